@@ -1,0 +1,91 @@
+"""Configuration from the environment: frozen dataclasses that fail fast.
+
+Every variable is prefixed ``EVENTLINE_``. A bad value stops the process at
+start-up with a message naming the variable, never later at first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(Exception):
+    """A configuration variable is missing or malformed."""
+
+
+def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
+    return environ.get(name, default).strip() or default
+
+
+def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventline"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_STREAM = "eventline:events"
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every service needs: where PostgreSQL and Redis are, and how to serve."""
+
+    database_url: str
+    redis_url: str
+    stream: str
+    host: str
+    port: int
+    database_pool_size: int
+    shutdown_grace_s: float
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], service: str, default_port: int) -> CommonSettings:
+        prefix = f"EVENTLINE_{service.upper()}_"
+        database_url = env_str(environ, "EVENTLINE_DATABASE_URL", DEFAULT_DATABASE_URL)
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("EVENTLINE_DATABASE_URL must be a postgresql:// URL")
+        redis_url = env_str(environ, "EVENTLINE_REDIS_URL", DEFAULT_REDIS_URL)
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            stream=env_str(environ, "EVENTLINE_STREAM", DEFAULT_STREAM),
+            host=env_str(environ, prefix + "HOST", "127.0.0.1"),
+            port=env_int(environ, prefix + "PORT", default_port),
+            database_pool_size=env_int(environ, prefix + "DB_POOL_SIZE", 10, minimum=1),
+            shutdown_grace_s=env_float(environ, "EVENTLINE_SHUTDOWN_GRACE_S", 10.0),
+            log_level=env_str(environ, "EVENTLINE_LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,117 @@
+"""PostgreSQL: connection pools, numbered migrations and driver-error translation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import asyncpg
+
+from eventline_shared.errors import AlreadyExists, DeadlineExceeded, EventlineError, Unavailable
+
+log = logging.getLogger(__name__)
+
+# An arbitrary constant that identifies Eventline's migration lock.
+MIGRATION_LOCK_ID = 0x45564C4E  # "EVLN"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+@asynccontextmanager
+async def open_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, wait_s: float = 30.0
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool, waiting up to ``wait_s`` for PostgreSQL to accept connections."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_S
+            )
+            break
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for PostgreSQL", extra={"error": str(exc)})
+            await asyncio.sleep(0.5)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The numbered migrations shipped with Eventline: (version, name, sql), in order."""
+    found = []
+    for entry in resources.files("eventline_shared.migrations").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(connection: asyncpg.Connection) -> list[int]:
+    """Apply the missing migrations, each in its own transaction, under an advisory lock.
+
+    Several replicas may start at once: the lock makes them take turns, and the
+    later ones find nothing left to do. Returns the versions applied here.
+    """
+    await connection.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await connection.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+            """
+        )
+        done = {r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            log.info("applied migration", extra={"version": version, "migration": name})
+            applied.append(version)
+        return applied
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+
+
+async def migrate_url(dsn: str) -> list[int]:
+    connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        return await migrate(connection)
+    finally:
+        await connection.close()
+
+
+def translate(exc: BaseException) -> EventlineError | None:
+    """The client-facing error for a driver error, or None when it is a bug."""
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return AlreadyExists(f"already exists: {exc.constraint_name or 'unique key'}")
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return DeadlineExceeded("the query was cancelled: deadline or statement timeout")
+    if isinstance(
+        exc,
+        OSError
+        | asyncio.TimeoutError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.TooManyConnectionsError
+        | asyncpg.AdminShutdownError
+        | asyncpg.ConnectionFailureError,
+    ):
+        return Unavailable("the database is unavailable, retry later")
+    return None

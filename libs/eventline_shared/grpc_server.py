@@ -1,0 +1,184 @@
+"""How every Eventline service serves gRPC.
+
+``ErrorInterceptor`` is the one place that turns exceptions into statuses;
+``serve`` runs a server with health checking, reflection, explicit message size
+limits and a graceful shutdown on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import signal
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from eventline_shared import database
+from eventline_shared.errors import EventlineError, Unavailable
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Requests and replies larger than this are refused with RESOURCE_EXHAUSTED."""
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+]
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+Translator = Callable[[BaseException], EventlineError | None]
+_translators: list[Translator] = [database.translate]
+
+
+def register_translator(translator: Translator) -> None:
+    """Let a dependency's driver errors reach clients as clean statuses."""
+    _translators.append(translator)
+
+
+def _redis_translate(exc: BaseException) -> EventlineError | None:
+    import redis.exceptions
+
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return Unavailable("the event stream is unavailable, retry later")
+    return None
+
+
+register_translator(_redis_translate)
+
+
+def as_status(exc: BaseException, method: str) -> grpc.Status:
+    error = exc if isinstance(exc, EventlineError) else None
+    for translate in _translators:
+        if error is None:
+            error = translate(exc)
+    if error is None:
+        log.exception("unexpected error", extra={"method": method}, exc_info=exc)
+        error = EventlineError("internal error")
+    elif error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        log.warning("dependency error", extra={"method": method, "error": repr(exc)})
+    return rpc_status.to_status(error.to_status())
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps every exception of a handler to a google.rpc.Status and tags logs with a request id."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        if handler.unary_unary:
+            inner_unary = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                request_id.set(_incoming_request_id(context))
+                try:
+                    return await inner_unary(request, context)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await context.abort_with_status(as_status(exc, method))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+                request_id.set(_incoming_request_id(context))
+                try:
+                    async for reply in inner_stream(request, context):
+                        yield reply
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, grpc.aio.AbortError):
+                        raise
+                    await context.abort_with_status(as_status(exc, method))
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+class Server:
+    """A gRPC server with health checking and reflection, started and stopped as a unit."""
+
+    def __init__(
+        self,
+        service_names: Iterable[str],
+        *,
+        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), *interceptors],
+            options=[*SERVER_OPTIONS, *options],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = 0
+
+    def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        return self.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish within ``grace_s``, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+async def wait_for_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

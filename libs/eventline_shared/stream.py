@@ -1,0 +1,118 @@
+"""The Redis event stream: entry layout, connections and safe trimming.
+
+Each stored event becomes one stream entry with the fields:
+
+* ``event_id``: the client-chosen event id (consumers dedupe on it with
+  ``customer_id``);
+* ``customer_id``: the owning customer, ``""`` for a system event (so the
+  stream can later be sharded by customer);
+* ``name``: the event name, so consumers can skip events without parsing;
+* ``payload``: the ``eventline.common.v1.Event`` exactly as stored, serialized
+  as protobuf.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from eventline.common.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    entry_id: str
+    event_id: str
+    customer_id: str
+    name: str
+    payload: bytes
+
+    def event(self) -> common_pb2.Event:
+        return common_pb2.Event.FromString(self.payload)
+
+    @classmethod
+    def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
+        return cls(
+            entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            event_id=fields.get(b"event_id", b"").decode(),
+            customer_id=fields.get(b"customer_id", b"").decode(),
+            name=fields.get(b"name", b"").decode(),
+            payload=fields.get(b"payload", b""),
+        )
+
+
+def entry_fields(customer_id: str, event_id: str, name: str, payload: bytes) -> dict[str, str | bytes]:
+    return {"event_id": event_id, "customer_id": customer_id, "name": name, "payload": payload}
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that fails fast when Redis is down instead of hanging the caller."""
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def safe_trim_point(client: redis.Redis, stream: str, retention_s: float) -> str | None:
+    """The lowest entry id that must be kept: nothing below it is needed by anyone.
+
+    Entries older than ``retention_s`` may go, but never one that a consumer
+    group has not acknowledged or not yet read (Redis 7's XTRIM would silently
+    drop pending entries). Returns None when the stream does not exist.
+    """
+    if not await client.exists(stream):
+        return None
+    keep = f"{int((time.time() - retention_s) * 1000)}-0"
+    for group in await client.xinfo_groups(stream):
+        name = group["name"]
+        last = group["last-delivered-id"]
+        last = last.decode() if isinstance(last, bytes) else last
+        needed = _next_id(last)
+        if group["pending"]:
+            summary = await client.xpending(stream, name)
+            lowest = summary["min"]
+            lowest = lowest.decode() if isinstance(lowest, bytes) else lowest
+            needed = min(needed, lowest, key=_id_key)
+        keep = min(keep, needed, key=_id_key)
+    return keep
+
+
+async def trim(client: redis.Redis, stream: str, retention_s: float) -> int:
+    """Trim what no one needs any more (see ``safe_trim_point``); returns entries removed."""
+    keep = await safe_trim_point(client, stream, retention_s)
+    if keep is None:
+        return 0
+    removed: int = await client.xtrim(stream, minid=keep, approximate=False)
+    return removed
+
+
+async def erase_customer_entries(
+    client: redis.Redis, stream: str, customer_id: str, chunk: int = 5000
+) -> int:
+    """Delete every entry of ``customer_id`` from ``stream``; returns how many.
+
+    Entries carry no index by customer, so this scans the stream in chunks:
+    erasure is rare and the stream is bounded by its retention.
+    """
+    wanted = customer_id.encode()
+    start = "-"
+    erased = 0
+    while True:
+        entries = await client.xrange(stream, min=start, max="+", count=chunk)
+        if not entries:
+            return erased
+        doomed = [entry_id for entry_id, fields in entries if fields.get(b"customer_id") == wanted]
+        if doomed:
+            erased += await client.xdel(stream, *doomed)
+        last = entries[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else last)
+        if len(entries) < chunk:
+            return erased

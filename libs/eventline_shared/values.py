@@ -1,0 +1,229 @@
+"""Typed values (event context, customer attributes): validation and storage form.
+
+Storage form is JSON (a PostgreSQL ``jsonb`` column) chosen so that SQL can
+filter on it without losing types:
+
+=========  ==============================================  =======================
+kind       stored as                                       example
+=========  ==============================================  =======================
+string     JSON string                                     ``"Blue kettle"``
+integer    JSON number without a decimal point             ``42``
+decimal    JSON number that always has a decimal point     ``12.50``, ``300.0``
+boolean    JSON boolean                                    ``true``
+timestamp  object with a fixed-width UTC text in ``ts``    ``{"ts": "2026-11-26T23:24:01.000000Z"}``
+=========  ==============================================  =======================
+
+A string therefore never equals a number, integers and decimals compare as
+numbers, and timestamps compare correctly both as text and as ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from eventline.common.v1 import common_pb2
+from google.protobuf import timestamp_pb2
+
+from eventline_shared.errors import FieldViolation
+
+CODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+"""Event names, context field codes and attribute codes. Never contains ``-``."""
+_CODE = re.compile(CODE_PATTERN)
+_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9_.:@+\-]{1,128}$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+
+MAX_CONTEXT_KEYS = 100
+MAX_STRING_CHARS = 4096
+MAX_CONTEXT_BYTES = 32 * 1024
+MAX_DECIMAL_DIGITS = 38
+MAX_DECIMAL_EXPONENT = 64
+
+UTC = dt.UTC
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_TS_MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
+_TS_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+
+
+def quote_path(container: str, key: str) -> str:
+    """The field path of a map entry, e.g. ``context["item-id"]``."""
+    return f"{container}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def check_code(value: str, field: str, what: str) -> FieldViolation | None:
+    if not value:
+        return FieldViolation(field, f"{what} is required")
+    if not _CODE.match(value):
+        return FieldViolation(field, f"{what} {value!r} must match {CODE_PATTERN}")
+    return None
+
+
+def check_customer_id(value: str, field: str) -> FieldViolation | None:
+    if not value:
+        return FieldViolation(field, "customer id is required")
+    if not _CUSTOMER_ID.match(value):
+        return FieldViolation(field, "customer id must be 1 to 128 letters, digits or any of _.:@+-")
+    return None
+
+
+def check_event_id(value: str, field: str) -> FieldViolation | None:
+    if not value:
+        return FieldViolation(field, "event id is required")
+    if not _EVENT_ID.match(value):
+        return FieldViolation(field, "event id must be 1 to 128 letters, digits or any of _.:-")
+    return None
+
+
+def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
+    """A protobuf timestamp as an aware UTC datetime, truncated to microseconds."""
+    return EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    delta = value - EPOCH
+    seconds = delta.days * 86400 + delta.seconds
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
+
+
+def check_timestamp(ts: timestamp_pb2.Timestamp, field: str) -> FieldViolation | None:
+    if not (_TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS) or not (0 <= ts.nanos < 10**9):
+        return FieldViolation(field, "timestamp must be between years 1 and 9999")
+    return None
+
+
+def _decimal_text(text: str) -> str | None:
+    """Plain-notation text of a decimal that always has a point, or None if invalid."""
+    try:
+        number = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    if not number.is_finite() or text != text.strip() or "_" in text:
+        return None
+    digits = number.as_tuple().digits
+    if len(digits) > MAX_DECIMAL_DIGITS or abs(number.adjusted()) > MAX_DECIMAL_EXPONENT:
+        return None
+    plain = format(number, "f")
+    return plain if "." in plain else plain + ".0"
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
+
+
+def encode_value(value: common_pb2.Value, field: str) -> tuple[str, FieldViolation | None]:
+    """The JSON storage text of one value, or a violation."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        text = value.string_value
+        if len(text) > MAX_STRING_CHARS:
+            return "", FieldViolation(field, f"string is longer than {MAX_STRING_CHARS} characters")
+        if "\x00" in text:
+            return "", FieldViolation(field, "string must not contain NUL characters")
+        return json.dumps(text, ensure_ascii=False), None
+    if kind == "integer_value":
+        return str(value.integer_value), None
+    if kind == "decimal_value":
+        decimal = _decimal_text(value.decimal_value)
+        if decimal is None:
+            return "", FieldViolation(
+                field,
+                f"decimal {value.decimal_value[:50]!r} must be a finite number with at most "
+                f"{MAX_DECIMAL_DIGITS} significant digits",
+            )
+        return decimal, None
+    if kind == "boolean_value":
+        return "true" if value.boolean_value else "false", None
+    if kind == "timestamp_value":
+        bad = check_timestamp(value.timestamp_value, field)
+        if bad:
+            return "", bad
+        return '{"ts": "' + _iso(timestamp_to_datetime(value.timestamp_value)) + '"}', None
+    return "", FieldViolation(
+        field, "value must have one of string, integer, decimal, boolean or timestamp set"
+    )
+
+
+def encode_values(
+    values: Mapping[str, common_pb2.Value], field: str, what: str = "field code"
+) -> tuple[str, list[FieldViolation]]:
+    """Validate a context or attribute map and return its JSON storage text."""
+    violations: list[FieldViolation] = []
+    if len(values) > MAX_CONTEXT_KEYS:
+        violations.append(
+            FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {len(values)}")
+        )
+        return "", violations
+    parts: list[str] = []
+    size = 0
+    for code in sorted(values):
+        path = quote_path(field, code)
+        bad = check_code(code, path, what)
+        if bad:
+            violations.append(bad)
+            continue
+        text, bad = encode_value(values[code], path)
+        if bad:
+            violations.append(bad)
+            continue
+        size += len(code.encode()) + len(text.encode())
+        parts.append(json.dumps(code) + ": " + text)
+    if size > MAX_CONTEXT_BYTES:
+        violations.append(
+            FieldViolation(field, f"at most {MAX_CONTEXT_BYTES} bytes are allowed in all, got {size}")
+        )
+    return "{" + ", ".join(parts) + "}", violations
+
+
+class _DecimalText(str):
+    """A JSON number that had a decimal point, kept as its exact text."""
+
+
+def _decode_json(text: str) -> Any:
+    return json.loads(text, parse_float=_DecimalText)
+
+
+def decode_value(stored: Any) -> common_pb2.Value:
+    if isinstance(stored, bool):
+        return common_pb2.Value(boolean_value=stored)
+    if isinstance(stored, _DecimalText):
+        return common_pb2.Value(decimal_value=str(stored))
+    if isinstance(stored, int):
+        return common_pb2.Value(integer_value=stored)
+    if isinstance(stored, str):
+        return common_pb2.Value(string_value=stored)
+    if isinstance(stored, dict) and "ts" in stored:
+        parsed = dt.datetime.strptime(stored["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return common_pb2.Value(timestamp_value=datetime_to_timestamp(parsed))
+    raise ValueError(f"not a stored value: {stored!r}")
+
+
+def decode_values(text: str | None) -> dict[str, common_pb2.Value]:
+    """The typed map stored as ``text`` (the inverse of ``encode_values``)."""
+    if not text:
+        return {}
+    return {code: decode_value(stored) for code, stored in _decode_json(text).items()}
+
+
+def python_value(value: common_pb2.Value) -> Any:
+    """A value as plain Python (str, int, Decimal, bool, aware datetime), e.g. for templates."""
+    kind = value.WhichOneof("kind")
+    if kind == "decimal_value":
+        return Decimal(value.decimal_value)
+    if kind == "timestamp_value":
+        return timestamp_to_datetime(value.timestamp_value)
+    if kind is None:
+        return None
+    return getattr(value, kind)
+
+
+def python_values(values: Mapping[str, common_pb2.Value]) -> dict[str, Any]:
+    return {code: python_value(v) for code, v in values.items()}
+
+
+def present(violations: Iterable[FieldViolation | None]) -> list[FieldViolation]:
+    """The violations that are not None."""
+    return [v for v in violations if v is not None]

@@ -1,0 +1,111 @@
+"""The outbox relay: publishes committed events to the Redis stream, at least once.
+
+It runs inside every ingestion replica. Storing an event wakes it; it also
+polls, so rows left by another replica (or by a crash) are published too.
+A row is published and deleted in one PostgreSQL transaction: if anything
+fails before the commit, the row stays and is published again later, so an
+entry can be duplicated (consumers dedupe on the event id) but never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+import redis.asyncio as redis
+from eventline_shared import stream
+
+log = logging.getLogger(__name__)
+
+_CLAIM = """
+SELECT id, customer_ids, event_ids, names, payloads FROM event_outbox
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        client: redis.Redis,
+        stream_key: str,
+        *,
+        batch: int = 200,
+        poll_s: float = 1.0,
+        retention_s: float = 7 * 24 * 3600.0,
+        trim_interval_s: float = 60.0,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.stream_key = stream_key
+        self.batch = batch
+        self.poll_s = poll_s
+        self.retention_s = retention_s
+        self.trim_interval_s = trim_interval_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.published = 0
+
+    def wake(self) -> None:
+        """Tell the relay that new outbox rows were committed."""
+        self._wake.set()
+
+    async def publish_once(self) -> int:
+        """Publish and delete up to ``batch`` outbox rows; returns the events published."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(_CLAIM, self.batch)
+            if not rows:
+                return 0
+            pipe = self.client.pipeline(transaction=False)
+            count = 0
+            for row in rows:
+                for customer_id, event_id, name, payload in zip(
+                    row["customer_ids"], row["event_ids"], row["names"], row["payloads"], strict=True
+                ):
+                    pipe.xadd(self.stream_key, stream.entry_fields(customer_id, event_id, name, payload))
+                    count += 1
+            await pipe.execute()
+            await connection.execute(
+                "DELETE FROM event_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+            )
+        self.published += count
+        return count
+
+    async def drain(self) -> int:
+        """Burst mode: publish until the outbox is empty; returns the events published."""
+        total = 0
+        while count := await self.publish_once():
+            total += count
+        return total
+
+    async def run(self) -> None:
+        """Publish until ``shutdown``; survives PostgreSQL and Redis outages with backoff."""
+        backoff = 0.05
+        next_trim = time.monotonic() + self.trim_interval_s
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                published = await self.drain()
+                if time.monotonic() >= next_trim:
+                    next_trim = time.monotonic() + self.trim_interval_s
+                    removed = await stream.trim(self.client, self.stream_key, self.retention_s)
+                    if removed:
+                        log.info("trimmed stream", extra={"entries": removed})
+                backoff = 0.05
+            except Exception as exc:
+                log.warning("outbox relay cannot publish yet", extra={"error": repr(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if published:
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self._wake.set()

@@ -1,0 +1,322 @@
+"""All SQL of the ingestion service, with bind parameters only."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from eventline.common.v1 import common_pb2
+from eventline_shared.values import datetime_to_timestamp, decode_values
+
+from eventline_ingestion.validation import CustomerChange, NewEvent
+
+# One statement stores a whole batch atomically: new customers, customer events
+# and their stats rows, system events and one outbox row for what was new.
+# Rows are sorted by key in Python so that concurrent batches lock in the same
+# order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
+_STORE_EVENTS = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[])
+        AS t(customer_id, event_id, name, occurred_at, context, payload)
+),
+new_customers AS (
+    INSERT INTO customers (customer_id, created_at, updated_at)
+    SELECT DISTINCT customer_id, $7::timestamptz, $7::timestamptz FROM input ORDER BY 1
+    ON CONFLICT (customer_id) DO NOTHING
+),
+stored AS (
+    INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
+    SELECT customer_id, event_id, name, occurred_at, $7, context FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING customer_id, event_id, name, occurred_at
+),
+stats AS (
+    INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
+    SELECT customer_id, name, min(occurred_at), max(occurred_at), count(*)
+    FROM stored GROUP BY customer_id, name ORDER BY customer_id, name
+    ON CONFLICT (customer_id, name) DO UPDATE SET
+        first_at = least(s.first_at, excluded.first_at),
+        last_at = greatest(s.last_at, excluded.last_at),
+        count = s.count + excluded.count
+),
+system_input AS (
+    SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::jsonb[], $12::bytea[])
+        AS t(event_id, name, occurred_at, context, payload)
+),
+system_stored AS (
+    INSERT INTO system_events (event_id, name, occurred_at, received_at, context)
+    SELECT event_id, name, occurred_at, $7, context FROM system_input
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+outbox_items AS (
+    SELECT i.customer_id, i.event_id, i.name, i.payload
+    FROM stored JOIN input i USING (customer_id, event_id)
+    UNION ALL
+    SELECT '', i.event_id, i.name, i.payload
+    FROM system_stored JOIN system_input i USING (event_id)
+),
+outbox AS (
+    INSERT INTO event_outbox (customer_ids, event_ids, names, payloads)
+    SELECT array_agg(customer_id), array_agg(event_id), array_agg(name), array_agg(payload)
+    FROM outbox_items HAVING count(*) > 0
+)
+SELECT customer_id, event_id FROM stored
+UNION ALL
+SELECT '', event_id FROM system_stored
+"""
+
+_STORED_CUSTOMER_EVENTS = """
+SELECT e.customer_id, e.event_id, e.name, e.occurred_at, e.received_at, e.context::text AS context
+FROM customer_events e
+JOIN unnest($1::text[], $2::text[]) AS k(customer_id, event_id) USING (customer_id, event_id)
+"""
+
+_STORED_SYSTEM_EVENTS = """
+SELECT '' AS customer_id, event_id, name, occurred_at, received_at, context::text AS context
+FROM system_events WHERE event_id = ANY($1::text[])
+"""
+
+_UPSERT_CUSTOMER = """
+INSERT INTO customers AS c (customer_id, email, phone, push_tokens, attributes,
+                            email_consent, sms_consent, push_consent, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, now(), now())
+ON CONFLICT (customer_id) DO UPDATE SET
+    email = CASE WHEN 'email' = ANY($9::text[]) THEN excluded.email ELSE c.email END,
+    phone = CASE WHEN 'phone' = ANY($9::text[]) THEN excluded.phone ELSE c.phone END,
+    push_tokens = CASE WHEN 'push_tokens' = ANY($9::text[]) THEN excluded.push_tokens ELSE c.push_tokens END,
+    attributes = CASE WHEN 'attributes' = ANY($9::text[]) THEN excluded.attributes ELSE c.attributes END,
+    email_consent = CASE WHEN 'email_consent' = ANY($9::text[]) THEN excluded.email_consent ELSE c.email_consent END,
+    sms_consent = CASE WHEN 'sms_consent' = ANY($9::text[]) THEN excluded.sms_consent ELSE c.sms_consent END,
+    push_consent = CASE WHEN 'push_consent' = ANY($9::text[]) THEN excluded.push_consent ELSE c.push_consent END,
+    updated_at = now()
+RETURNING customer_id, email, phone, push_tokens, attributes::text AS attributes,
+          email_consent, sms_consent, push_consent, created_at, updated_at, (xmax = 0) AS created
+"""
+
+_GET_CUSTOMER = """
+SELECT customer_id, email, phone, push_tokens, attributes::text AS attributes,
+       email_consent, sms_consent, push_consent, created_at, updated_at
+FROM customers WHERE customer_id = $1
+"""
+
+_TIMELINE = """
+SELECT customer_id, event_id, name, occurred_at, received_at, context::text AS context
+FROM customer_events
+WHERE customer_id = $1
+  AND (cardinality($2::text[]) = 0 OR name = ANY($2::text[]))
+  AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+  AND ($4::timestamptz IS NULL OR occurred_at < $4)
+  AND ($5::timestamptz IS NULL OR (occurred_at, event_id) < ($5, $6::text))
+ORDER BY occurred_at DESC, event_id DESC
+LIMIT $7
+"""
+
+_RETRIES = 3
+
+
+def event_from_row(row: asyncpg.Record) -> common_pb2.Event:
+    customer_id = row["customer_id"]
+    return common_pb2.Event(
+        event_id=row["event_id"],
+        kind=common_pb2.EVENT_KIND_CUSTOMER if customer_id else common_pb2.EVENT_KIND_SYSTEM,
+        customer_id=customer_id,
+        name=row["name"],
+        occurred_at=datetime_to_timestamp(row["occurred_at"]),
+        received_at=datetime_to_timestamp(row["received_at"]),
+        context=decode_values(row["context"]),
+    )
+
+
+def customer_from_row(row: asyncpg.Record) -> common_pb2.Customer:
+    return common_pb2.Customer(
+        customer_id=row["customer_id"],
+        email=row["email"],
+        phone=row["phone"],
+        push_tokens=row["push_tokens"],
+        attributes=decode_values(row["attributes"]),
+        email_consent=row["email_consent"],
+        sms_consent=row["sms_consent"],
+        push_consent=row["push_consent"],
+        created_at=datetime_to_timestamp(row["created_at"]),
+        updated_at=datetime_to_timestamp(row["updated_at"]),
+    )
+
+
+def stored_event(event: NewEvent, received_at: dt.datetime) -> common_pb2.Event:
+    """The event exactly as it will be stored and published."""
+    return common_pb2.Event(
+        event_id=event.event_id,
+        kind=event.kind,
+        customer_id=event.customer_id,
+        name=event.name,
+        occurred_at=datetime_to_timestamp(event.occurred_at),
+        received_at=datetime_to_timestamp(received_at),
+        context=decode_values(event.context_json),
+    )
+
+
+@dataclass(frozen=True)
+class TimelinePage:
+    events: list[common_pb2.Event]
+    last: tuple[dt.datetime, str] | None
+
+
+class IngestionRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def store_events(
+        self, events: Sequence[NewEvent], received_at: dt.datetime, timeout: float | None = None
+    ) -> dict[tuple[str, str], tuple[common_pb2.Event, bool]]:
+        """Store new events; for each key, the stored event and whether it was there before.
+
+        ``events`` must have distinct keys.
+        """
+        ordered = sorted(events, key=lambda e: e.key)
+        customer = [e for e in ordered if e.customer_id]
+        system = [e for e in ordered if not e.customer_id]
+        built = {e.key: stored_event(e, received_at) for e in ordered}
+        payloads = {key: event.SerializeToString() for key, event in built.items()}
+        args = (
+            [e.customer_id for e in customer],
+            [e.event_id for e in customer],
+            [e.name for e in customer],
+            [e.occurred_at for e in customer],
+            [e.context_json for e in customer],
+            [payloads[e.key] for e in customer],
+            received_at,
+            [e.event_id for e in system],
+            [e.name for e in system],
+            [e.occurred_at for e in system],
+            [e.context_json for e in system],
+            [payloads[e.key] for e in system],
+        )
+        for attempt in range(_RETRIES):
+            try:
+                rows = await self.pool.fetch(_STORE_EVENTS, *args, timeout=timeout)
+                break
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                if attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
+        new = {(r["customer_id"], r["event_id"]) for r in rows}
+        results = {key: (built[key], False) for key in new}
+        seen = [e for e in ordered if e.key not in new]
+        if seen:
+            for event in await self.stored_events(seen, timeout):
+                results[(event.customer_id, event.event_id)] = (event, True)
+        return results
+
+    async def stored_events(
+        self, keys: Sequence[NewEvent], timeout: float | None = None
+    ) -> list[common_pb2.Event]:
+        customer = [k for k in keys if k.customer_id]
+        system = [k.event_id for k in keys if not k.customer_id]
+        rows: list[asyncpg.Record] = []
+        if customer:
+            rows += await self.pool.fetch(
+                _STORED_CUSTOMER_EVENTS,
+                [k.customer_id for k in customer],
+                [k.event_id for k in customer],
+                timeout=timeout,
+            )
+        if system:
+            rows += await self.pool.fetch(_STORED_SYSTEM_EVENTS, system, timeout=timeout)
+        return [event_from_row(r) for r in rows]
+
+    async def upsert_customer(
+        self, change: CustomerChange, timeout: float | None = None
+    ) -> tuple[common_pb2.Customer, bool]:
+        row = await self.pool.fetchrow(
+            _UPSERT_CUSTOMER,
+            change.customer_id,
+            change.email,
+            change.phone,
+            change.push_tokens,
+            change.attributes_json,
+            change.email_consent,
+            change.sms_consent,
+            change.push_consent,
+            sorted(change.fields),
+            timeout=timeout,
+        )
+        assert row is not None
+        return customer_from_row(row), bool(row["created"])
+
+    async def get_customer(
+        self, customer_id: str, timeout: float | None = None
+    ) -> common_pb2.Customer | None:
+        row = await self.pool.fetchrow(_GET_CUSTOMER, customer_id, timeout=timeout)
+        return customer_from_row(row) if row else None
+
+    async def customer_exists(self, customer_id: str, timeout: float | None = None) -> bool:
+        found = await self.pool.fetchval(
+            "SELECT true FROM customers WHERE customer_id = $1", customer_id, timeout=timeout
+        )
+        return bool(found)
+
+    async def timeline(
+        self,
+        customer_id: str,
+        *,
+        names: Sequence[str],
+        after: dt.datetime | None,
+        before: dt.datetime | None,
+        cursor: tuple[dt.datetime, str] | None,
+        limit: int,
+        timeout: float | None = None,
+    ) -> TimelinePage:
+        rows = await self.pool.fetch(
+            _TIMELINE,
+            customer_id,
+            list(names),
+            after,
+            before,
+            cursor[0] if cursor else None,
+            cursor[1] if cursor else None,
+            limit + 1,
+            timeout=timeout,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = (rows[-1]["occurred_at"], rows[-1]["event_id"]) if more else None
+        return TimelinePage([event_from_row(r) for r in rows], last)
+
+    async def erase_customer(self, customer_id: str, timeout: float | None = None) -> tuple[bool, int]:
+        """Delete the profile and, by cascade, every row derived from it; scrub the outbox.
+
+        Outbox rows are locked, so a relay publishing one of them finishes (and
+        its stream entries exist) before this transaction goes on.
+        """
+        async with self.pool.acquire() as connection, connection.transaction():
+            events = await connection.fetchval(
+                "SELECT count(*) FROM customer_events WHERE customer_id = $1", customer_id, timeout=timeout
+            )
+            erased = await connection.fetchval(
+                "DELETE FROM customers WHERE customer_id = $1 RETURNING true", customer_id, timeout=timeout
+            )
+            outbox = await connection.fetch(
+                "SELECT id, customer_ids, event_ids, names, payloads FROM event_outbox"
+                " WHERE $1 = ANY(customer_ids) ORDER BY id FOR UPDATE",
+                customer_id,
+                timeout=timeout,
+            )
+            for row in outbox:
+                keep = [i for i, c in enumerate(row["customer_ids"]) if c != customer_id]
+                if not keep:
+                    await connection.execute("DELETE FROM event_outbox WHERE id = $1", row["id"])
+                    continue
+                await connection.execute(
+                    "UPDATE event_outbox SET customer_ids = $2, event_ids = $3, names = $4, payloads = $5"
+                    " WHERE id = $1",
+                    row["id"],
+                    *(
+                        [row[column][i] for i in keep]
+                        for column in ("customer_ids", "event_ids", "names", "payloads")
+                    ),
+                )
+        return bool(erased), int(events or 0)

@@ -1,0 +1,66 @@
+"""Wiring of the ingestion service: pools, relay, servicer and server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from eventline_shared import database, stream
+from eventline_shared.grpc_server import Server
+
+from eventline_ingestion.relay import OutboxRelay
+from eventline_ingestion.repository import IngestionRepository
+from eventline_ingestion.servicer import IngestionServicer
+from eventline_ingestion.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name
+
+
+@dataclass
+class RunningIngestion:
+    server: Server
+    relay: OutboxRelay
+    port: int
+
+
+@asynccontextmanager
+async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[RunningIngestion]:
+    """The ingestion service, serving until the context exits; then a graceful stop.
+
+    With ``relay=False`` the outbox is not published (tests drive ``drain`` themselves).
+    """
+    common = settings.common
+    await database.migrate_url(common.database_url)
+    client = stream.connect(common.redis_url)
+    async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
+        outbox = OutboxRelay(
+            pool,
+            client,
+            common.stream,
+            batch=settings.relay_batch,
+            retention_s=settings.stream_retention_s,
+            trim_interval_s=settings.trim_interval_s,
+        )
+        servicer = IngestionServicer(
+            IngestionRepository(pool), client, common.stream, outbox.wake, settings.max_batch
+        )
+        server = Server([SERVICE_NAME])
+        ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
+        port = server.bind(common.host, common.port)
+        await server.start()
+        relay_task = asyncio.create_task(outbox.run()) if relay else None
+        log.info("ingestion serving", extra={"port": port})
+        try:
+            yield RunningIngestion(server, outbox, port)
+        finally:
+            await server.stop(common.shutdown_grace_s)
+            if relay_task:
+                outbox.shutdown()
+                await relay_task
+            await client.aclose()

@@ -1,0 +1,207 @@
+"""IngestionService over gRPC: validate, call the repository, map the reply."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import redis.asyncio as redis
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from eventline_shared import stream
+from eventline_shared.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    invalid,
+    raise_if_any,
+)
+from eventline_shared.values import UTC, check_customer_id, timestamp_to_datetime
+
+from eventline_ingestion import validation
+from eventline_ingestion.repository import IngestionRepository
+from eventline_ingestion.validation import NewEvent
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def deadline(context: Context) -> float | None:
+    """Seconds left before the client's deadline, for database calls; None when unbounded."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(remaining, 0.001)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
+    def __init__(
+        self,
+        repository: IngestionRepository,
+        client: redis.Redis,
+        stream_key: str,
+        on_stored: Callable[[], None],
+        max_batch: int = 1000,
+    ) -> None:
+        self.repository = repository
+        self.client = client
+        self.stream_key = stream_key
+        self.on_stored = on_stored
+        self.max_batch = max_batch
+
+    async def _store(
+        self, events: list[NewEvent], received_at: dt.datetime, context: Context
+    ) -> dict[tuple[str, str], tuple[common_pb2.Event, bool]]:
+        unique = list({e.key: e for e in reversed(events)}.values())
+        results = await self.repository.store_events(unique, received_at, deadline(context))
+        if any(not seen for _, seen in results.values()):
+            self.on_stored()
+        return results
+
+    async def _track_one(
+        self, event: NewEvent | list[FieldViolation], context: Context
+    ) -> tuple[common_pb2.Event, bool]:
+        if not isinstance(event, NewEvent):
+            raise InvalidArgument(event)
+        results = await self._store([event], _now(), context)
+        return results[event.key]
+
+    async def TrackCustomerEvent(
+        self, request: ingestion_pb2.TrackCustomerEventRequest, context: Context
+    ) -> ingestion_pb2.TrackCustomerEventResponse:
+        event, seen = await self._track_one(validation.customer_event(request, _now()), context)
+        return ingestion_pb2.TrackCustomerEventResponse(event=event, deduplicated=seen)
+
+    async def TrackSystemEvent(
+        self, request: ingestion_pb2.TrackSystemEventRequest, context: Context
+    ) -> ingestion_pb2.TrackSystemEventResponse:
+        event, seen = await self._track_one(validation.system_event(request, _now()), context)
+        return ingestion_pb2.TrackSystemEventResponse(event=event, deduplicated=seen)
+
+    async def TrackEvents(
+        self, request: ingestion_pb2.TrackEventsRequest, context: Context
+    ) -> ingestion_pb2.TrackEventsResponse:
+        if not request.events:
+            raise invalid("events", "at least one event is required")
+        if len(request.events) > self.max_batch:
+            raise ResourceExhausted(
+                [
+                    FieldViolation(
+                        "events", f"at most {self.max_batch} events per call, got {len(request.events)}"
+                    )
+                ]
+            )
+        now = _now()
+        checked = [validation.batch_item(item, i, now) for i, item in enumerate(request.events)]
+        good = [e for e in checked if isinstance(e, NewEvent)]
+        stored = await self._store(good, now, context) if good else {}
+        first_index: dict[tuple[str, str], int] = {}
+        results = []
+        for i, item in enumerate(checked):
+            if isinstance(item, NewEvent):
+                event, seen = stored[item.key]
+                repeated = first_index.setdefault(item.key, i) != i
+                results.append(ingestion_pb2.TrackEventsResult(event=event, deduplicated=seen or repeated))
+            else:
+                error = InvalidArgument(item).to_status()
+                results.append(ingestion_pb2.TrackEventsResult(error=error))
+        return ingestion_pb2.TrackEventsResponse(results=results)
+
+    async def UpsertCustomer(
+        self, request: ingestion_pb2.UpsertCustomerRequest, context: Context
+    ) -> ingestion_pb2.UpsertCustomerResponse:
+        change = validation.customer_change(request)
+        if not isinstance(change, validation.CustomerChange):
+            raise InvalidArgument(change)
+        customer, created = await self.repository.upsert_customer(change, deadline(context))
+        return ingestion_pb2.UpsertCustomerResponse(customer=customer, created=created)
+
+    async def GetCustomer(
+        self, request: ingestion_pb2.GetCustomerRequest, context: Context
+    ) -> ingestion_pb2.GetCustomerResponse:
+        raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
+        customer = await self.repository.get_customer(request.customer_id, deadline(context))
+        if customer is None:
+            raise NotFound(f"customer {request.customer_id!r} not found")
+        return ingestion_pb2.GetCustomerResponse(customer=customer)
+
+    async def ListTimeline(
+        self, request: ingestion_pb2.ListTimelineRequest, context: Context
+    ) -> ingestion_pb2.ListTimelineResponse:
+        violations = [v for v in [check_customer_id(request.customer_id, "customer_id")] if v]
+        violations += validation.check_names(list(request.event_names), "event_names")
+        if request.page_size < 0:
+            violations.append(FieldViolation("page_size", "page_size must not be negative"))
+        after = timestamp_to_datetime(request.occurred_after) if request.HasField("occurred_after") else None
+        before = (
+            timestamp_to_datetime(request.occurred_before) if request.HasField("occurred_before") else None
+        )
+        filters = _filter_digest(request)
+        cursor = None
+        if request.page_token:
+            cursor = _decode_token(request.page_token, filters)
+            if cursor is None:
+                violations.append(
+                    FieldViolation("page_token", "page token is malformed or was made for other filters")
+                )
+        raise_if_any(violations)
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        page = await self.repository.timeline(
+            request.customer_id,
+            names=list(request.event_names),
+            after=after,
+            before=before,
+            cursor=cursor,
+            limit=size,
+            timeout=deadline(context),
+        )
+        if not page.events and not cursor:
+            if not await self.repository.customer_exists(request.customer_id, deadline(context)):
+                raise NotFound(f"customer {request.customer_id!r} not found")
+        token = _encode_token(page.last, filters) if page.last else ""
+        return ingestion_pb2.ListTimelineResponse(events=page.events, next_page_token=token)
+
+    async def EraseCustomer(
+        self, request: ingestion_pb2.EraseCustomerRequest, context: Context
+    ) -> ingestion_pb2.EraseCustomerResponse:
+        raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
+        erased, events = await self.repository.erase_customer(request.customer_id, deadline(context))
+        entries = await stream.erase_customer_entries(self.client, self.stream_key, request.customer_id)
+        return ingestion_pb2.EraseCustomerResponse(
+            customer_erased=erased, events_erased=events, stream_entries_erased=entries
+        )
+
+
+def _filter_digest(request: ingestion_pb2.ListTimelineRequest) -> str:
+    key = [
+        request.customer_id,
+        sorted(request.event_names),
+        request.occurred_after.ToJsonString() if request.HasField("occurred_after") else "",
+        request.occurred_before.ToJsonString() if request.HasField("occurred_before") else "",
+    ]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+def _encode_token(last: tuple[dt.datetime, str], filters: str) -> str:
+    raw = json.dumps({"t": last[0].isoformat(), "e": last[1], "f": filters})
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, filters: str) -> tuple[dt.datetime, str] | None:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if raw["f"] != filters:
+            return None
+        return dt.datetime.fromisoformat(raw["t"]), str(raw["e"])
+    except (ValueError, KeyError, TypeError):
+        return None

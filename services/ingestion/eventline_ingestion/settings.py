@@ -1,0 +1,32 @@
+"""Ingestion configuration (see README for every variable)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from eventline_shared.config import CommonSettings, env_float, env_int
+
+DEFAULT_PORT = 50051
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: CommonSettings
+    max_batch: int
+    """TrackEvents refuses more items than this with RESOURCE_EXHAUSTED."""
+    relay_batch: int
+    """How many outbox rows the relay publishes per transaction."""
+    stream_retention_s: float
+    """Stream entries older than this are trimmed, unless a consumer group still needs them."""
+    trim_interval_s: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        return cls(
+            common=CommonSettings.from_env(environ, "ingestion", DEFAULT_PORT),
+            max_batch=env_int(environ, "EVENTLINE_INGESTION_MAX_BATCH", 1000, minimum=1),
+            relay_batch=env_int(environ, "EVENTLINE_INGESTION_RELAY_BATCH", 200, minimum=1),
+            stream_retention_s=env_float(environ, "EVENTLINE_STREAM_RETENTION_S", 7 * 24 * 3600.0),
+            trim_interval_s=env_float(environ, "EVENTLINE_STREAM_TRIM_INTERVAL_S", 60.0),
+        )

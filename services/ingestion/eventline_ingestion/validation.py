@@ -1,0 +1,188 @@
+"""Validation of ingestion requests into the domain's terms.
+
+Every rule names the offending field path; nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2
+from eventline_shared.errors import FieldViolation
+from eventline_shared.values import (
+    EPOCH,
+    check_code,
+    check_customer_id,
+    check_event_id,
+    check_timestamp,
+    encode_values,
+    present,
+    timestamp_to_datetime,
+)
+
+MAX_FUTURE = dt.timedelta(hours=24)
+MAX_PUSH_TOKENS = 20
+MAX_PUSH_TOKEN_CHARS = 4096
+_EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,189}$")
+_PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
+CUSTOMER_FIELDS = (
+    "email",
+    "phone",
+    "push_tokens",
+    "attributes",
+    "email_consent",
+    "sms_consent",
+    "push_consent",
+)
+_CONSENTS = set(common_pb2.Consent.values())
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A valid event, ready to store."""
+
+    kind: common_pb2.EventKind.ValueType
+    customer_id: str  # "" for a system event
+    event_id: str
+    name: str
+    occurred_at: dt.datetime
+    context_json: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.customer_id, self.event_id
+
+
+def _path(prefix: str, field: str) -> str:
+    return f"{prefix}.{field}" if prefix else field
+
+
+def _event(
+    kind: common_pb2.EventKind.ValueType,
+    customer_id: str,
+    request: ingestion_pb2.TrackCustomerEventRequest | ingestion_pb2.TrackSystemEventRequest,
+    now: dt.datetime,
+    prefix: str,
+    violations: list[FieldViolation],
+) -> NewEvent | list[FieldViolation]:
+    violations.extend(
+        present(
+            [
+                check_event_id(request.event_id, _path(prefix, "event_id")),
+                check_code(request.name, _path(prefix, "name"), "event name"),
+            ]
+        )
+    )
+    occurred_at = now
+    if request.HasField("occurred_at"):
+        field = _path(prefix, "occurred_at")
+        bad = check_timestamp(request.occurred_at, field)
+        if bad:
+            violations.append(bad)
+        else:
+            occurred_at = timestamp_to_datetime(request.occurred_at)
+            if occurred_at > now + MAX_FUTURE:
+                violations.append(FieldViolation(field, "occurred_at is more than 24 hours in the future"))
+            elif occurred_at < EPOCH:
+                violations.append(FieldViolation(field, "occurred_at is before 1970"))
+    context_json, bad_context = encode_values(request.context, _path(prefix, "context"))
+    violations.extend(bad_context)
+    if violations:
+        return violations
+    return NewEvent(kind, customer_id, request.event_id, request.name, occurred_at, context_json)
+
+
+def customer_event(
+    request: ingestion_pb2.TrackCustomerEventRequest, now: dt.datetime, prefix: str = ""
+) -> NewEvent | list[FieldViolation]:
+    """The event to store, or every violation found in the request."""
+    violations = present([check_customer_id(request.customer_id, _path(prefix, "customer_id"))])
+    return _event(common_pb2.EVENT_KIND_CUSTOMER, request.customer_id, request, now, prefix, violations)
+
+
+def system_event(
+    request: ingestion_pb2.TrackSystemEventRequest, now: dt.datetime, prefix: str = ""
+) -> NewEvent | list[FieldViolation]:
+    return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, now, prefix, [])
+
+
+def batch_item(
+    item: ingestion_pb2.TrackEventsItem, index: int, now: dt.datetime
+) -> NewEvent | list[FieldViolation]:
+    prefix = f"events[{index}]"
+    which = item.WhichOneof("event")
+    if which == "customer_event":
+        return customer_event(item.customer_event, now, f"{prefix}.customer_event")
+    if which == "system_event":
+        return system_event(item.system_event, now, f"{prefix}.system_event")
+    return [FieldViolation(prefix, "one of customer_event or system_event is required")]
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerChange:
+    """A valid profile upsert: the new values and which of them to apply."""
+
+    customer_id: str
+    email: str
+    phone: str
+    push_tokens: list[str]
+    attributes_json: str
+    email_consent: int
+    sms_consent: int
+    push_consent: int
+    fields: frozenset[str]
+
+
+def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerChange | list[FieldViolation]:
+    customer = request.customer
+    violations = present([check_customer_id(customer.customer_id, "customer.customer_id")])
+    fields = set(request.update_mask.paths) if request.update_mask.paths else set(CUSTOMER_FIELDS)
+    for i, path in enumerate(request.update_mask.paths):
+        if path not in CUSTOMER_FIELDS:
+            violations.append(
+                FieldViolation(
+                    f"update_mask.paths[{i}]", f"{path!r} is not one of {', '.join(CUSTOMER_FIELDS)}"
+                )
+            )
+    if customer.email and not _EMAIL.match(customer.email):
+        violations.append(FieldViolation("customer.email", "not an e-mail address"))
+    if customer.phone and not _PHONE.match(customer.phone):
+        violations.append(
+            FieldViolation("customer.phone", "phone must be in E.164 form, e.g. +4915112345678")
+        )
+    if len(customer.push_tokens) > MAX_PUSH_TOKENS:
+        violations.append(FieldViolation("customer.push_tokens", f"at most {MAX_PUSH_TOKENS} push tokens"))
+    for i, token in enumerate(customer.push_tokens):
+        if not token or len(token) > MAX_PUSH_TOKEN_CHARS or "\x00" in token:
+            violations.append(
+                FieldViolation(
+                    f"customer.push_tokens[{i}]",
+                    f"push token must be 1 to {MAX_PUSH_TOKEN_CHARS} characters without NUL",
+                )
+            )
+    for field in ("email_consent", "sms_consent", "push_consent"):
+        if getattr(customer, field) not in _CONSENTS:
+            violations.append(FieldViolation(f"customer.{field}", "unknown consent value"))
+    attributes_json, bad = encode_values(customer.attributes, "customer.attributes", "attribute code")
+    violations.extend(bad)
+    if violations:
+        return violations
+    return CustomerChange(
+        customer_id=customer.customer_id,
+        email=customer.email,
+        phone=customer.phone,
+        push_tokens=list(dict.fromkeys(customer.push_tokens)),
+        attributes_json=attributes_json,
+        email_consent=customer.email_consent,
+        sms_consent=customer.sms_consent,
+        push_consent=customer.push_consent,
+        fields=frozenset(fields),
+    )
+
+
+def check_names(names: Sequence[str], field: str) -> list[FieldViolation]:
+    return present(check_code(name, f"{field}[{i}]", "event name") for i, name in enumerate(names))
