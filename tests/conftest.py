@@ -21,6 +21,7 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from eventline.ingestion.v1 import ingestion_pb2_grpc
+
 from eventline_shared import database
 
 POSTGRES_URL = os.environ.get("EVENTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -9,8 +9,8 @@ import grpc
 import pytest
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
-from eventline_shared.stream import StreamEntry
 
+from eventline_shared.stream import StreamEntry
 from tests.support import customer_event, value, violations
 
 

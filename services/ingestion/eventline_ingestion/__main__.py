@@ -6,12 +6,11 @@ import asyncio
 import os
 import sys
 
+from eventline_ingestion.service import running
+from eventline_ingestion.settings import Settings
 from eventline_shared import logs
 from eventline_shared.config import ConfigError
 from eventline_shared.grpc_server import wait_for_signal
-
-from eventline_ingestion.service import running
-from eventline_ingestion.settings import Settings
 
 
 async def serve(settings: Settings) -> None:

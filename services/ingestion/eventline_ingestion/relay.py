@@ -15,6 +15,7 @@ import time
 
 import asyncpg
 import redis.asyncio as redis
+
 from eventline_shared import stream
 
 log = logging.getLogger(__name__)

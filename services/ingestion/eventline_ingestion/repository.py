@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import asyncpg
 from eventline.common.v1 import common_pb2
-from eventline_shared.values import datetime_to_timestamp, decode_values
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
+from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events
 # and their stats rows, system events and one outbox row for what was new.

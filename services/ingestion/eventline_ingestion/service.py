@@ -9,13 +9,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
-from eventline_shared import database, stream
-from eventline_shared.grpc_server import Server
 
 from eventline_ingestion.relay import OutboxRelay
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
+from eventline_shared import database, stream
+from eventline_shared.grpc_server import Server
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,10 @@ import grpc
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+
+from eventline_ingestion import validation
+from eventline_ingestion.repository import IngestionRepository
+from eventline_ingestion.validation import NewEvent
 from eventline_shared import stream
 from eventline_shared.errors import (
     FieldViolation,
@@ -23,10 +27,6 @@ from eventline_shared.errors import (
     raise_if_any,
 )
 from eventline_shared.values import UTC, check_customer_id, timestamp_to_datetime
-
-from eventline_ingestion import validation
-from eventline_ingestion.repository import IngestionRepository
-from eventline_ingestion.validation import NewEvent
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

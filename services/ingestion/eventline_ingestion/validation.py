@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
+
 from eventline_shared.errors import FieldViolation
 from eventline_shared.values import (
     EPOCH,

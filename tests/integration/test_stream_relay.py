@@ -1,0 +1,99 @@
+"""The outbox relay and the stream: nothing lost between commit and publish, nothing trimmed early."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlparse
+
+import grpc
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+
+from eventline_shared import stream
+from tests.conftest import REDIS_URL, service_env
+from tests.faults import TcpProxy
+from tests.support import customer_event
+
+
+async def test_ingestion_keeps_accepting_while_redis_is_down_and_drains_after(
+    db_url, stream_key, redis_client, db
+):
+    from eventline_ingestion.service import running
+    from eventline_ingestion.settings import Settings
+
+    target = urlparse(REDIS_URL)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=f"redis://127.0.0.1:{proxy.port}{target.path}")
+    try:
+        async with running(Settings.from_env(env)) as served:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+                stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+                await stub.TrackCustomerEvent(customer_event("c1", "A", "before"))
+                proxy.cut()
+                for i in range(30):
+                    reply = await stub.TrackCustomerEvent(customer_event(f"c{i % 4}", "A", f"down{i}"))
+                    assert not reply.deduplicated
+                await asyncio.sleep(0.3)
+                assert await db.fetchval("SELECT count(*) FROM event_outbox") > 0
+                proxy.restore()
+                for _ in range(300):
+                    if await db.fetchval("SELECT count(*) FROM event_outbox") == 0:
+                        break
+                    await asyncio.sleep(0.05)
+    finally:
+        await proxy.close()
+    committed = {r["event_id"] for r in await db.fetch("SELECT event_id FROM customer_events")}
+    streamed = [fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)]
+    assert len(committed) == 31
+    assert set(streamed) == committed
+
+
+async def test_relay_publishes_rows_left_by_a_stopped_replica(db_url, stream_key, redis_client, db):
+    from eventline_ingestion.service import running
+    from eventline_ingestion.settings import Settings
+
+    env = service_env(db_url, stream_key)
+    async with running(Settings.from_env(env), relay=False) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            items = [
+                ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", f"e{i}"))
+                for i in range(7)
+            ]
+            await stub.TrackEvents(ingestion_pb2.TrackEventsRequest(events=items))
+    assert await redis_client.exists(stream_key) == 0
+    assert await db.fetchval("SELECT count(*) FROM event_outbox") == 1
+    async with running(Settings.from_env(env)):
+        for _ in range(200):
+            if await redis_client.xlen(stream_key) == 7:
+                break
+            await asyncio.sleep(0.02)
+    assert await redis_client.xlen(stream_key) == 7
+    assert await db.fetchval("SELECT count(*) FROM event_outbox") == 0
+
+
+async def test_trim_never_drops_unacknowledged_or_unread_entries(redis_client, stream_key):
+    ids = [await redis_client.xadd(stream_key, {"n": str(i)}) for i in range(10)]
+    await redis_client.xgroup_create(stream_key, "slow", id="0")
+    await redis_client.xgroup_create(stream_key, "fast", id="0")
+    read = await redis_client.xreadgroup("slow", "w1", {stream_key: ">"}, count=6)
+    delivered = [entry_id for entry_id, _ in read[0][1]]
+    await redis_client.xack(stream_key, "slow", *delivered[:3])  # 3..5 stay pending
+    fast = await redis_client.xreadgroup("fast", "w1", {stream_key: ">"})
+    await redis_client.xack(stream_key, "fast", *[i for i, _ in fast[0][1]])
+
+    removed = await stream.trim(redis_client, stream_key, retention_s=0)
+    remaining = [entry_id for entry_id, _ in await redis_client.xrange(stream_key)]
+    assert removed == 3
+    assert remaining == ids[3:]
+
+    await redis_client.xack(stream_key, "slow", *delivered[3:])
+    await stream.trim(redis_client, stream_key, retention_s=0)
+    assert [i for i, _ in await redis_client.xrange(stream_key)] == ids[6:]  # unread by "slow"
+
+
+async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
+    for i in range(5):
+        await redis_client.xadd(stream_key, {"n": str(i)})
+    assert await stream.trim(redis_client, stream_key, retention_s=3600) == 0
+    assert await redis_client.xlen(stream_key) == 5
+    assert await stream.trim(redis_client, stream_key, retention_s=0) == 5
