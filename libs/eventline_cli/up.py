@@ -1,0 +1,362 @@
+"""``eventline up``: the whole suite on one machine, stopped in order by Ctrl-C.
+
+Starts an embedded PostgreSQL and Redis (data under the data folder) unless
+EVENTLINE_DATABASE_URL / EVENTLINE_REDIS_URL are set, then every service whose
+package has a ``__main__`` as a subprocess. Every child runs in its own session,
+so a terminal Ctrl-C reaches only this process, which then stops the services
+(SIGTERM: in-flight RPCs finish), then Redis, then PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from eventline_shared.config import ConfigError, env_int
+from eventline_shared.embedded import (
+    EmbeddedError,
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServer,
+    ensure_database,
+)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    module: str
+    default_port: int
+
+
+SERVICES = [
+    ServiceSpec("ingestion", "eventline_ingestion", 50051),
+    ServiceSpec("segmentation", "eventline_segmentation", 50052),
+    ServiceSpec("campaigns", "eventline_campaigns", 50053),
+]
+
+COLORS = {
+    "postgres": "blue",
+    "redis": "red",
+    "ingestion": "green",
+    "segmentation": "magenta",
+    "campaigns": "cyan",
+    "eventline": "bold white",
+}
+LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red", "critical": "bold red"}
+_SKIPPED_KEYS = {"ts", "level", "service", "logger", "msg", "exc"}
+
+
+def installed_services() -> list[ServiceSpec]:
+    """The services that can run: those whose package has a ``__main__`` module."""
+    found = []
+    for spec in SERVICES:
+        try:
+            if importlib.util.find_spec(spec.module + ".__main__") is not None:
+                found.append(spec)
+        except ImportError:
+            continue
+    return found
+
+
+def service_address(spec: ServiceSpec, environ: Mapping[str, str]) -> tuple[str, int]:
+    prefix = f"EVENTLINE_{spec.name.upper()}_"
+    host = environ.get(prefix + "HOST", "").strip() or "127.0.0.1"
+    if host in {"0.0.0.0", "::", "[::]"}:
+        host = "127.0.0.1"
+    return host, env_int(environ, prefix + "PORT", spec.default_port)
+
+
+@dataclass
+class Logs:
+    """Interleaved, labelled, coloured output of every child and of ``up`` itself."""
+
+    console: Console
+    width: int = 12
+
+    def line(self, source: str, raw: str) -> None:
+        text = Text(f"{source:<{self.width}}| ", style=COLORS.get(source, "white"))
+        text.append_text(self._format(raw))
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+    def say(self, message: str) -> None:
+        self.line("eventline", message)
+
+    @staticmethod
+    def _format(raw: str) -> Text:
+        raw = raw.rstrip()
+        if not raw.startswith("{"):
+            return Text(raw)
+        try:
+            entry: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            return Text(raw)
+        level = str(entry.get("level", "info"))
+        text = Text()
+        ts = str(entry.get("ts", ""))
+        if "T" in ts:
+            text.append(ts.split("T", 1)[1][:12] + " ", style="dim")
+        text.append(f"{level:<7} ", style=LEVEL_STYLES.get(level, ""))
+        text.append(str(entry.get("msg", "")), style=LEVEL_STYLES.get(level, ""))
+        extras = " ".join(f"{key}={value}" for key, value in entry.items() if key not in _SKIPPED_KEYS)
+        if extras:
+            text.append(" " + extras, style="dim")
+        if entry.get("exc"):
+            text.append("\n" + str(entry["exc"]), style="red")
+        return text
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    pump: asyncio.Task[None] | None = None
+    server: EmbeddedServer | None = None
+
+
+@dataclass
+class Suite:
+    data_dir: Path
+    environ: dict[str, str]
+    logs: Logs
+    infrastructure: list[Child] = field(default_factory=list)
+    services: list[Child] = field(default_factory=list)
+
+    async def _pump(self, name: str, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:  # a line longer than the buffer: show what there is
+                line = await stream.read(65536)
+            if not line:
+                return
+            self.logs.line(name, line.decode(errors="replace"))
+
+    async def _start_embedded(self, server: EmbeddedServer) -> str:
+        try:
+            url = await server.start()  # type: ignore[attr-defined]
+        except BaseException:
+            if server.process is not None:
+                if server.process.returncode is None:
+                    await server.stop(signal.SIGKILL, 5)
+                await self._pump(server.name, server.process.stdout)
+            raise
+        assert server.process is not None
+        child = Child(server.name, server.process, server=server)
+        child.pump = asyncio.create_task(self._pump(server.name, server.process.stdout))
+        self.infrastructure.append(child)
+        return str(url)
+
+    async def start_infrastructure(self) -> None:
+        if not self.environ.get("EVENTLINE_DATABASE_URL", "").strip():
+            postgres = EmbeddedPostgres(
+                "postgres",
+                self.data_dir / "postgres",
+                port=env_int(self.environ, "EVENTLINE_EMBEDDED_POSTGRES_PORT", 0),
+            )
+            self.logs.say(f"starting an embedded PostgreSQL with its data in {postgres.data_dir}")
+            maintenance = await self._start_embedded(postgres)
+            self.environ["EVENTLINE_DATABASE_URL"] = await ensure_database(maintenance, "eventline")
+            self.logs.say(f"PostgreSQL: {self.environ['EVENTLINE_DATABASE_URL']}")
+        if not self.environ.get("EVENTLINE_REDIS_URL", "").strip():
+            redis_server = EmbeddedRedis(
+                "redis",
+                self.data_dir / "redis",
+                port=env_int(self.environ, "EVENTLINE_EMBEDDED_REDIS_PORT", 0),
+            )
+            self.logs.say(f"starting an embedded Redis with its data in {redis_server.data_dir}")
+            self.environ["EVENTLINE_REDIS_URL"] = await self._start_embedded(redis_server)
+            self.logs.say(f"Redis: {self.environ['EVENTLINE_REDIS_URL']}")
+
+    async def start_services(self, specs: list[ServiceSpec]) -> None:
+        for spec in specs:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                spec.module,
+                env=self.environ,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                limit=1024 * 1024,
+            )
+            child = Child(spec.name, process)
+            child.pump = asyncio.create_task(self._pump(spec.name, process.stdout))
+            self.services.append(child)
+
+    async def wait_healthy(self, specs: list[ServiceSpec], timeout_s: float = 120.0) -> bool:
+        """Wait until every service reports SERVING; False when one exits first."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        async def healthy(spec: ServiceSpec, child: Child) -> bool:
+            host, port = service_address(spec, self.environ)
+            async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while child.process.returncode is None:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            return True
+                    await asyncio.sleep(0.2)
+            return False
+
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    *(healthy(spec, child) for spec, child in zip(specs, self.services, strict=True))
+                ),
+                timeout_s,
+            )
+        except TimeoutError:
+            return False
+        return all(results)
+
+    async def stop(self) -> int:
+        """Services first (SIGTERM, in-flight RPCs finish), then Redis, then PostgreSQL."""
+        grace = float(self.environ.get("EVENTLINE_SHUTDOWN_GRACE_S", "") or 10) + 10
+        worst = 0
+
+        async def stop_service(child: Child) -> int:
+            if child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.terminate()
+                try:
+                    await asyncio.wait_for(child.process.wait(), grace)
+                except TimeoutError:
+                    self.logs.say(f"{child.name} did not stop in {grace:.0f}s, killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
+                    await child.process.wait()
+            if child.pump is not None:
+                await child.pump
+            code = child.process.returncode or 0
+            self.logs.say(f"{child.name} stopped" + (f" with exit code {code}" if code else ""))
+            return code
+
+        if self.services:
+            self.logs.say("stopping the services")
+            codes = await asyncio.gather(*(stop_service(child) for child in self.services))
+            worst = max([worst, *(abs(code) for code in codes)])
+        for child in sorted(self.infrastructure, key=lambda c: c.name != "redis"):
+            assert child.server is not None
+            self.logs.say(f"stopping {child.name}")
+            code = await child.server.stop()
+            if child.pump is not None:
+                await child.pump
+            self.logs.say(f"{child.name} stopped" + (f" with exit code {code}" if code else ""))
+            worst = max(worst, abs(code or 0))
+        return worst
+
+
+def banner(specs: list[ServiceSpec], environ: Mapping[str, str]) -> list[str]:
+    lines = ["Eventline is up (Ctrl-C stops it; the data stays). Authentication is off."]
+    for spec in specs:
+        host, port = service_address(spec, environ)
+        lines.append(f"  {spec.name:<13} {host}:{port}")
+    ingestion = next((spec for spec in specs if spec.name == "ingestion"), None)
+    if ingestion is not None:
+        host, port = service_address(ingestion, environ)
+        target = f"--target {host}:{port} " if port != ingestion.default_port or host != "127.0.0.1" else ""
+        lines += [
+            "Try, in another terminal:",
+            f"  eventline {target}events send --customer c42 --name order_placed --context total=59.90",
+            f"  eventline {target}timeline c42",
+            f"  grpcurl -plaintext {host}:{port} list",
+        ]
+    from eventline_cli import main
+
+    if "demo" in main.cli.commands:
+        lines.append(
+            "  eventline demo          # seeds customers, events and campaigns, shows the messages sent"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Any:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "up.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise EmbeddedError(f"another `eventline up` is using {data_dir}") from None
+        yield
+
+
+async def run(data_dir: Path, environ: Mapping[str, str], console: Console) -> int:
+    logs = Logs(console)
+    suite = Suite(data_dir, dict(environ), logs)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        specs = installed_services()
+        for spec in specs:
+            service_address(spec, suite.environ)  # fail fast on a malformed port
+        with _exclusive(data_dir):
+            try:
+                await suite.start_infrastructure()
+                if not stop.is_set():
+                    await suite.start_services(specs)
+                    logs.say("starting " + ", ".join(spec.name for spec in specs))
+                    healthy = asyncio.create_task(suite.wait_healthy(specs))
+                    stopping = asyncio.create_task(stop.wait())
+                    await asyncio.wait({healthy, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if healthy.done() and healthy.result():
+                        for line in banner(specs, suite.environ):
+                            logs.say(line)
+                    elif not stop.is_set():
+                        logs.say("a service did not become healthy, stopping everything")
+                        code = 1
+                        stop.set()
+                    healthy.cancel()
+                    exited = [asyncio.create_task(child.process.wait()) for child in suite.services]
+                    exited += [asyncio.create_task(child.process.wait()) for child in suite.infrastructure]
+                    await asyncio.wait({stopping, *exited}, return_when=asyncio.FIRST_COMPLETED)
+                    if not stop.is_set():
+                        gone = [
+                            c.name
+                            for c in suite.services + suite.infrastructure
+                            if c.process.returncode is not None
+                        ]
+                        logs.say(f"{', '.join(gone)} exited unexpectedly, stopping everything")
+                        code = 1
+                    stopping.cancel()
+                    for task in exited:
+                        task.cancel()
+            finally:
+                stopped = await suite.stop()
+                code = code or stopped
+    except (EmbeddedError, ConfigError) as exc:
+        logs.say(f"error: {exc}")
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    logs.say("everything stopped" + (f" (exit code {code})" if code else ""))
+    return code
+
+
+def up(data_dir: Path) -> int:
+    console = Console(highlight=False, force_terminal=None if sys.stdout.isatty() else False)
+    return asyncio.run(run(data_dir, os.environ, console))
