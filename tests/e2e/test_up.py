@@ -1,0 +1,163 @@
+"""``eventline up`` as a user runs it: embedded servers, the services, Ctrl-C, data kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eventline_cli.up import installed_services
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Up:
+    """One ``eventline up`` subprocess with its own ports and data folder."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.ports = {spec.name: free_port() for spec in installed_services()}
+        self.postgres_port = free_port()
+        self.redis_port = free_port()
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"EVENTLINE_DATABASE_URL", "EVENTLINE_REDIS_URL"}
+        }
+        env.update({f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
+        env.update(
+            {
+                "EVENTLINE_DATA_DIR": str(data_dir),
+                "EVENTLINE_EMBEDDED_POSTGRES_PORT": str(self.postgres_port),
+                "EVENTLINE_EMBEDDED_REDIS_PORT": str(self.redis_port),
+                "EVENTLINE_SHUTDOWN_GRACE_S": "2",
+            }
+        )
+        self.log_path = data_dir.parent / f"up-{time.monotonic_ns()}.log"
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "eventline_cli", "up"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_serving(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for name, port in self.ports.items():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    assert self.process.poll() is None, f"eventline up exited early:\n{self.output()}"
+                    assert time.monotonic() < deadline, f"{name} never became SERVING:\n{self.output()}"
+                    try:
+                        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.aio.AioRpcError:
+                        pass
+                    await asyncio.sleep(0.2)
+
+    async def interrupt(self, timeout_s: float = 60.0) -> int:
+        self.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        while self.process.poll() is None:
+            assert time.monotonic() < deadline, f"eventline up did not stop:\n{self.output()}"
+            await asyncio.sleep(0.1)
+        self.log.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = Up(data_dir)
+    try:
+        await first.wait_serving()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.ports['ingestion']}") as channel:
+            ingestion = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            await ingestion.TrackCustomerEvent(
+                ingestion_pb2.TrackCustomerEventRequest(event_id="e-1", customer_id="c-1", name="signed_up"),
+                timeout=10,
+            )
+        assert await first.interrupt() == 0
+    finally:
+        first.kill()
+
+    output = first.output()
+    for label in ("postgres", "redis", "ingestion", "eventline"):
+        assert f"\n{label:<12}| " in output
+    # Services stop before Redis, Redis before PostgreSQL.
+    assert (
+        output.index("ingestion stopped") < output.index("redis stopped") < output.index("postgres stopped")
+    )
+    assert "everything stopped" in output
+    assert not port_open(first.postgres_port)
+    assert not port_open(first.redis_port)
+    assert not port_open(first.ports["ingestion"])
+    assert (data_dir / "postgres" / "PG_VERSION").exists()
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()
+
+    # The data survives: a second run serves the event stored by the first.
+    second = Up(data_dir)
+    try:
+        await second.wait_serving()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.ports['ingestion']}") as channel:
+            ingestion = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            timeline = await ingestion.ListTimeline(
+                ingestion_pb2.ListTimelineRequest(customer_id="c-1"), timeout=10
+            )
+        assert [event.event_id for event in timeline.events] == ["e-1"]
+        assert await second.interrupt() == 0
+    finally:
+        second.kill()
+
+
+async def test_up_refuses_a_second_run_on_the_same_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    first = Up(data_dir)
+    try:
+        await first.wait_serving()
+        second = subprocess.run(
+            [sys.executable, "-m", "eventline_cli", "up"],
+            env={**os.environ, "EVENTLINE_DATA_DIR": str(data_dir)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 1
+        assert "another `eventline up` is using" in second.stdout
+        assert await first.interrupt() == 0
+    finally:
+        first.kill()
