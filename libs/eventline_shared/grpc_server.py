@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import signal
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
@@ -33,8 +33,6 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
-
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 Translator = Callable[[BaseException], EventlineError | None]
 _translators: list[Translator] = [database.translate]
@@ -69,65 +67,88 @@ def as_status(exc: BaseException, method: str) -> grpc.Status:
     return rpc_status.to_status(error.to_status())
 
 
-def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+_current_call: contextvars.ContextVar[grpc.aio.ServicerContext[Any, Any] | None] = contextvars.ContextVar(
+    "current_call", default=None
+)
+
+
+def current_request_id() -> str:
+    """The id of the RPC being served, for logs: the client's x-request-id, else one of our own.
+
+    Computed only when something is logged, so serving a call costs nothing.
+    """
+    context = _current_call.get()
+    if context is None:
+        return ""
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    return f"{os.getpid():x}-{id(context):x}"
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        inner_unary = handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _current_call.set(context)
+            try:
+                return await inner_unary(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await context.abort_with_status(as_status(exc, method))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            _current_call.set(context)
+            try:
+                async for reply in inner_stream(request, context):
+                    yield reply
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await context.abort_with_status(as_status(exc, method))
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps every exception of a handler to a google.rpc.Status and tags logs with a request id."""
+    """Maps every exception of a handler to a google.rpc.Status, and marks the call for logs.
+
+    It must be the innermost interceptor: then ``continuation`` returns the
+    registered handler of the method, which never changes, so it is wrapped
+    once per method rather than once per call. Outer interceptors (auth,
+    metrics) still run on every call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        if handler.unary_unary:
-            inner_unary = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                request_id.set(_incoming_request_id(context))
-                try:
-                    return await inner_unary(request, context)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await context.abort_with_status(as_status(exc, method))
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                request_id.set(_incoming_request_id(context))
-                try:
-                    async for reply in inner_stream(request, context):
-                        yield reply
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    if isinstance(exc, grpc.aio.AbortError):
-                        raise
-                    await context.abort_with_status(as_status(exc, method))
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[details.method] = _wrap(handler, details.method)
+        return wrapped
 
 
 class Server:
@@ -141,7 +162,8 @@ class Server:
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), *interceptors],
+            # Innermost, so that the handler it wraps is the registered one (see ErrorInterceptor).
+            interceptors=[*interceptors, ErrorInterceptor()],
             options=[*SERVER_OPTIONS, *options],
         )
         self.health = health.aio.HealthServicer()

@@ -18,7 +18,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        from eventline_shared.grpc_server import request_id
+        from eventline_shared.grpc_server import current_request_id
 
         entry: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        current = request_id.get()
+        current = current_request_id()
         if current:
             entry["request_id"] = current
         for key, value in record.__dict__.items():

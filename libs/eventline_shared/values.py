@@ -24,7 +24,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from eventline.common.v1 import common_pb2
 from google.protobuf import timestamp_pb2
@@ -33,9 +33,10 @@ from eventline_shared.errors import FieldViolation
 
 CODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 """Event names, context field codes and attribute codes. Never contains ``-``."""
-_CODE = re.compile(CODE_PATTERN)
-_CUSTOMER_ID = re.compile(r"^[A-Za-z0-9_.:@+\-]{1,128}$")
-_EVENT_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+# Used with fullmatch: "$" would also accept a trailing newline.
+CODE = re.compile(CODE_PATTERN[1:-1])
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9_.:@+\-]{1,128}")
+EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 MAX_CONTEXT_KEYS = 100
 MAX_STRING_CHARS = 4096
@@ -57,7 +58,7 @@ def quote_path(container: str, key: str) -> str:
 def check_code(value: str, field: str, what: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(field, f"{what} is required")
-    if not _CODE.match(value):
+    if not CODE.fullmatch(value):
         return FieldViolation(field, f"{what} {value!r} must match {CODE_PATTERN}")
     return None
 
@@ -65,7 +66,7 @@ def check_code(value: str, field: str, what: str) -> FieldViolation | None:
 def check_customer_id(value: str, field: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(field, "customer id is required")
-    if not _CUSTOMER_ID.match(value):
+    if not CUSTOMER_ID.fullmatch(value):
         return FieldViolation(field, "customer id must be 1 to 128 letters, digits or any of _.:@+-")
     return None
 
@@ -73,7 +74,7 @@ def check_customer_id(value: str, field: str) -> FieldViolation | None:
 def check_event_id(value: str, field: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(field, "event id is required")
-    if not _EVENT_ID.match(value):
+    if not EVENT_ID.fullmatch(value):
         return FieldViolation(field, "event id must be 1 to 128 letters, digits or any of _.:-")
     return None
 
@@ -89,10 +90,15 @@ def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
+_TIMESTAMP_RANGE = "timestamp must be between years 1 and 9999"
+
+
+def _timestamp_in_range(ts: timestamp_pb2.Timestamp) -> bool:
+    return _TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS and 0 <= ts.nanos < 10**9
+
+
 def check_timestamp(ts: timestamp_pb2.Timestamp, field: str) -> FieldViolation | None:
-    if not (_TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS) or not (0 <= ts.nanos < 10**9):
-        return FieldViolation(field, "timestamp must be between years 1 and 9999")
-    return None
+    return None if _timestamp_in_range(ts) else FieldViolation(field, _TIMESTAMP_RANGE)
 
 
 def _decimal_text(text: str) -> str | None:
@@ -114,68 +120,89 @@ def _iso(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
 
 
-def encode_value(value: common_pb2.Value, field: str) -> tuple[str, FieldViolation | None]:
-    """The JSON storage text of one value, or a violation."""
+class Encoded(NamedTuple):
+    """A validated map in storage form."""
+
+    json: str
+    """The JSON storage text."""
+    violations: list[FieldViolation]
+    normalized: dict[str, common_pb2.Value]
+    """Values whose stored form differs from what was sent (decimals in plain
+    notation, timestamps cut to microseconds), by code; the others are stored
+    exactly as sent."""
+
+
+def _encode_value(
+    value: common_pb2.Value, code: str, normalized: dict[str, common_pb2.Value]
+) -> str | _Invalid:
     kind = value.WhichOneof("kind")
     if kind == "string_value":
         text = value.string_value
         if len(text) > MAX_STRING_CHARS:
-            return "", FieldViolation(field, f"string is longer than {MAX_STRING_CHARS} characters")
+            return _Invalid(f"string is longer than {MAX_STRING_CHARS} characters")
         if "\x00" in text:
-            return "", FieldViolation(field, "string must not contain NUL characters")
-        return json.dumps(text, ensure_ascii=False), None
+            return _Invalid("string must not contain NUL characters")
+        return json.dumps(text, ensure_ascii=False)
     if kind == "integer_value":
-        return str(value.integer_value), None
+        return str(value.integer_value)
     if kind == "decimal_value":
         decimal = _decimal_text(value.decimal_value)
         if decimal is None:
-            return "", FieldViolation(
-                field,
+            return _Invalid(
                 f"decimal {value.decimal_value[:50]!r} must be a finite number with at most "
-                f"{MAX_DECIMAL_DIGITS} significant digits",
+                f"{MAX_DECIMAL_DIGITS} significant digits"
             )
-        return decimal, None
+        if decimal != value.decimal_value:
+            normalized[code] = common_pb2.Value(decimal_value=decimal)
+        return decimal
     if kind == "boolean_value":
-        return "true" if value.boolean_value else "false", None
+        return "true" if value.boolean_value else "false"
     if kind == "timestamp_value":
-        bad = check_timestamp(value.timestamp_value, field)
-        if bad:
-            return "", bad
-        return '{"ts": "' + _iso(timestamp_to_datetime(value.timestamp_value)) + '"}', None
-    return "", FieldViolation(
-        field, "value must have one of string, integer, decimal, boolean or timestamp set"
-    )
+        ts = value.timestamp_value
+        if not _timestamp_in_range(ts):
+            return _Invalid(_TIMESTAMP_RANGE)
+        if ts.nanos % 1000:
+            normalized[code] = common_pb2.Value(
+                timestamp_value=timestamp_pb2.Timestamp(seconds=ts.seconds, nanos=ts.nanos - ts.nanos % 1000)
+            )
+        return '{"ts": "' + _iso(timestamp_to_datetime(ts)) + '"}'
+    return _Invalid("value must have one of string, integer, decimal, boolean or timestamp set")
 
 
-def encode_values(
-    values: Mapping[str, common_pb2.Value], field: str, what: str = "field code"
-) -> tuple[str, list[FieldViolation]]:
+class _Invalid(str):
+    """The description of why a value is invalid."""
+
+
+def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str = "field code") -> Encoded:
     """Validate a context or attribute map and return its JSON storage text."""
     violations: list[FieldViolation] = []
+    normalized: dict[str, common_pb2.Value] = {}
+    if not values:
+        return Encoded("{}", violations, normalized)
     if len(values) > MAX_CONTEXT_KEYS:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {len(values)}")
         )
-        return "", violations
+        return Encoded("", violations, normalized)
     parts: list[str] = []
     size = 0
-    for code in sorted(values):
-        path = quote_path(field, code)
-        bad = check_code(code, path, what)
-        if bad:
-            violations.append(bad)
+    for code, value in sorted(values.items()):
+        if not CODE.fullmatch(code):
+            violations.append(
+                FieldViolation(quote_path(field, code), f"{what} {code!r} must match {CODE_PATTERN}")
+            )
             continue
-        text, bad = encode_value(values[code], path)
-        if bad:
-            violations.append(bad)
+        text = _encode_value(value, code, normalized)
+        if isinstance(text, _Invalid):
+            violations.append(FieldViolation(quote_path(field, code), text))
             continue
-        size += len(code.encode()) + len(text.encode())
-        parts.append(json.dumps(code) + ": " + text)
+        size += len(code) + len(text.encode())
+        parts.append(f'"{code}": {text}')
     if size > MAX_CONTEXT_BYTES:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_BYTES} bytes are allowed in all, got {size}")
         )
-    return "{" + ", ".join(parts) + "}", violations
+    return Encoded("{" + ", ".join(parts) + "}", violations, normalized)
 
 
 class _DecimalText(str):

@@ -81,6 +81,7 @@ async def test_trim_never_drops_unacknowledged_or_unread_entries(redis_client, s
     fast = await redis_client.xreadgroup("fast", "w1", {stream_key: ">"})
     await redis_client.xack(stream_key, "fast", *[i for i, _ in fast[0][1]])
 
+    await asyncio.sleep(0.01)
     removed = await stream.trim(redis_client, stream_key, retention_s=0)
     remaining = [entry_id for entry_id, _ in await redis_client.xrange(stream_key)]
     assert removed == 3
@@ -96,4 +97,5 @@ async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
         await redis_client.xadd(stream_key, {"n": str(i)})
     assert await stream.trim(redis_client, stream_key, retention_s=3600) == 0
     assert await redis_client.xlen(stream_key) == 5
+    await asyncio.sleep(0.01)  # entry ids are milliseconds: let the last one age
     assert await stream.trim(redis_client, stream_key, retention_s=0) == 5

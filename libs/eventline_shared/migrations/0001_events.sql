@@ -70,15 +70,18 @@ CREATE TABLE system_events (
 CREATE INDEX system_events_by_name ON system_events (name, occurred_at);
 
 -- Transactional outbox: one row per storing transaction, holding the stream
--- payloads of the events it stored. The relay publishes a row to the Redis
--- stream and deletes it in one transaction, so every committed event reaches
--- the stream at least once. customer_id is '' for system events.
+-- entries of the events it stored, packed (eventline_shared.stream.pack_entry).
+-- The relay publishes a row to the Redis stream and deletes it in one
+-- transaction, so every committed event reaches the stream at least once.
+-- customer_ids lists the owners of the entries ('' for a system event), so
+-- that erasure can find and scrub them.
 CREATE TABLE event_outbox (
     id           bigserial PRIMARY KEY,
     created_at   timestamptz NOT NULL DEFAULT now(),
     customer_ids text[] NOT NULL,
-    event_ids    text[] NOT NULL,
-    names        text[] NOT NULL,
-    payloads     bytea[] NOT NULL
+    entries      bytea NOT NULL
 );
+
+-- Entries are protobuf and ids: compressing them costs CPU and saves little.
+ALTER TABLE event_outbox ALTER COLUMN entries SET STORAGE EXTERNAL;
 

@@ -20,9 +20,12 @@ from eventline_shared import stream
 
 log = logging.getLogger(__name__)
 
+# Rows locked by another relay are skipped; the deletion only commits after the publish.
 _CLAIM = """
-SELECT id, customer_ids, event_ids, names, payloads FROM event_outbox
-ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+DELETE FROM event_outbox WHERE id IN (
+    SELECT id FROM event_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING id, entries
 """
 
 
@@ -46,6 +49,7 @@ class OutboxRelay:
         self.retention_s = retention_s
         self.trim_interval_s = trim_interval_s
         self._wake = asyncio.Event()
+        self.appender = stream.Appender(client, stream_key)
         self._stopping = False
         self.published = 0
 
@@ -56,21 +60,10 @@ class OutboxRelay:
     async def publish_once(self) -> int:
         """Publish and delete up to ``batch`` outbox rows; returns the events published."""
         async with self.pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(_CLAIM, self.batch)
+            rows = sorted(await connection.fetch(_CLAIM, self.batch), key=lambda row: row["id"])
             if not rows:
                 return 0
-            pipe = self.client.pipeline(transaction=False)
-            count = 0
-            for row in rows:
-                for customer_id, event_id, name, payload in zip(
-                    row["customer_ids"], row["event_ids"], row["names"], row["payloads"], strict=True
-                ):
-                    pipe.xadd(self.stream_key, stream.entry_fields(customer_id, event_id, name, payload))
-                    count += 1
-            await pipe.execute()
-            await connection.execute(
-                "DELETE FROM event_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-            )
+            count = await self.appender.append([row["entries"] for row in rows])
         self.published += count
         return count
 

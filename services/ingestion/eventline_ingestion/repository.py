@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import asyncpg
 from eventline.common.v1 import common_pb2
+from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
+from eventline_shared import stream
 from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events
@@ -20,7 +22,7 @@ from eventline_shared.values import datetime_to_timestamp, decode_values
 _STORE_EVENTS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[])
-        AS t(customer_id, event_id, name, occurred_at, context, payload)
+        AS t(customer_id, event_id, name, occurred_at, context, entry)
 ),
 new_customers AS (
     INSERT INTO customers (customer_id, created_at, updated_at)
@@ -44,7 +46,7 @@ stats AS (
 ),
 system_input AS (
     SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::jsonb[], $12::bytea[])
-        AS t(event_id, name, occurred_at, context, payload)
+        AS t(event_id, name, occurred_at, context, entry)
 ),
 system_stored AS (
     INSERT INTO system_events (event_id, name, occurred_at, received_at, context)
@@ -53,15 +55,15 @@ system_stored AS (
     RETURNING event_id
 ),
 outbox_items AS (
-    SELECT i.customer_id, i.event_id, i.name, i.payload
+    SELECT i.customer_id, i.entry
     FROM stored JOIN input i USING (customer_id, event_id)
     UNION ALL
-    SELECT '', i.event_id, i.name, i.payload
+    SELECT '', i.entry
     FROM system_stored JOIN system_input i USING (event_id)
 ),
 outbox AS (
-    INSERT INTO event_outbox (customer_ids, event_ids, names, payloads)
-    SELECT array_agg(customer_id), array_agg(event_id), array_agg(name), array_agg(payload)
+    INSERT INTO event_outbox (customer_ids, entries)
+    SELECT array_agg(customer_id), string_agg(entry, ''::bytea)
     FROM outbox_items HAVING count(*) > 0
 )
 SELECT customer_id, event_id FROM stored
@@ -146,17 +148,20 @@ def customer_from_row(row: asyncpg.Record) -> common_pb2.Customer:
     )
 
 
-def stored_event(event: NewEvent, received_at: dt.datetime) -> common_pb2.Event:
+def stored_event(event: NewEvent, received_at: timestamp_pb2.Timestamp) -> common_pb2.Event:
     """The event exactly as it will be stored and published."""
-    return common_pb2.Event(
+    stored = common_pb2.Event(
         event_id=event.event_id,
         kind=event.kind,
         customer_id=event.customer_id,
         name=event.name,
-        occurred_at=datetime_to_timestamp(event.occurred_at),
-        received_at=datetime_to_timestamp(received_at),
-        context=decode_values(event.context_json),
+        occurred_at=event.occurred_at_proto,
+        received_at=received_at,
+        context=event.context,
     )
+    for code, value in event.normalized.items():
+        stored.context[code].CopyFrom(value)
+    return stored
 
 
 @dataclass(frozen=True)
@@ -179,21 +184,25 @@ class IngestionRepository:
         ordered = sorted(events, key=lambda e: e.key)
         customer = [e for e in ordered if e.customer_id]
         system = [e for e in ordered if not e.customer_id]
-        built = {e.key: stored_event(e, received_at) for e in ordered}
-        payloads = {key: event.SerializeToString() for key, event in built.items()}
+        received_at_proto = datetime_to_timestamp(received_at)
+        built = {e.key: stored_event(e, received_at_proto) for e in ordered}
+        entries = {
+            e.key: stream.pack_entry(e.customer_id, e.event_id, e.name, built[e.key].SerializeToString())
+            for e in ordered
+        }
         args = (
             [e.customer_id for e in customer],
             [e.event_id for e in customer],
             [e.name for e in customer],
             [e.occurred_at for e in customer],
             [e.context_json for e in customer],
-            [payloads[e.key] for e in customer],
+            [entries[e.key] for e in customer],
             received_at,
             [e.event_id for e in system],
             [e.name for e in system],
             [e.occurred_at for e in system],
             [e.context_json for e in system],
-            [payloads[e.key] for e in system],
+            [entries[e.key] for e in system],
         )
         for attempt in range(_RETRIES):
             try:
@@ -300,23 +309,19 @@ class IngestionRepository:
                 "DELETE FROM customers WHERE customer_id = $1 RETURNING true", customer_id, timeout=timeout
             )
             outbox = await connection.fetch(
-                "SELECT id, customer_ids, event_ids, names, payloads FROM event_outbox"
-                " WHERE $1 = ANY(customer_ids) ORDER BY id FOR UPDATE",
+                "SELECT id, entries FROM event_outbox WHERE $1 = ANY(customer_ids) ORDER BY id FOR UPDATE",
                 customer_id,
                 timeout=timeout,
             )
             for row in outbox:
-                keep = [i for i, c in enumerate(row["customer_ids"]) if c != customer_id]
+                keep = [e for e in stream.unpack_entries(row["entries"]) if e[0] != customer_id]
                 if not keep:
                     await connection.execute("DELETE FROM event_outbox WHERE id = $1", row["id"])
                     continue
                 await connection.execute(
-                    "UPDATE event_outbox SET customer_ids = $2, event_ids = $3, names = $4, payloads = $5"
-                    " WHERE id = $1",
+                    "UPDATE event_outbox SET customer_ids = $2, entries = $3 WHERE id = $1",
                     row["id"],
-                    *(
-                        [row[column][i] for i in keep]
-                        for column in ("customer_ids", "event_ids", "names", "payloads")
-                    ),
+                    [e[0] for e in keep],
+                    b"".join(stream.pack_entry(*e) for e in keep),
                 )
         return bool(erased), int(events or 0)

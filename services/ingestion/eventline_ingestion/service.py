@@ -14,6 +14,7 @@ from eventline_ingestion.relay import OutboxRelay
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
+from eventline_ingestion.writer import EventWriter
 from eventline_shared import database, stream
 from eventline_shared.grpc_server import Server
 
@@ -47,9 +48,9 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
             retention_s=settings.stream_retention_s,
             trim_interval_s=settings.trim_interval_s,
         )
-        servicer = IngestionServicer(
-            IngestionRepository(pool), client, common.stream, outbox.wake, settings.max_batch
-        )
+        repository = IngestionRepository(pool)
+        writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
+        servicer = IngestionServicer(repository, writer, client, common.stream, settings.max_batch)
         server = Server([SERVICE_NAME])
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

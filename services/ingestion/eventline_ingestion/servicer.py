@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -16,7 +15,8 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_ingestion import validation
 from eventline_ingestion.repository import IngestionRepository
-from eventline_ingestion.validation import NewEvent
+from eventline_ingestion.validation import Clock, NewEvent
+from eventline_ingestion.writer import EventWriter
 from eventline_shared import stream
 from eventline_shared.errors import (
     FieldViolation,
@@ -26,7 +26,7 @@ from eventline_shared.errors import (
     invalid,
     raise_if_any,
 )
-from eventline_shared.values import UTC, check_customer_id, timestamp_to_datetime
+from eventline_shared.values import check_customer_id, timestamp_to_datetime
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -40,52 +40,39 @@ def deadline(context: Context) -> float | None:
     return None if remaining is None else max(remaining, 0.001)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(UTC)
-
-
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     def __init__(
         self,
         repository: IngestionRepository,
+        writer: EventWriter,
         client: redis.Redis,
         stream_key: str,
-        on_stored: Callable[[], None],
         max_batch: int = 1000,
     ) -> None:
         self.repository = repository
+        self.writer = writer
         self.client = client
         self.stream_key = stream_key
-        self.on_stored = on_stored
         self.max_batch = max_batch
-
-    async def _store(
-        self, events: list[NewEvent], received_at: dt.datetime, context: Context
-    ) -> dict[tuple[str, str], tuple[common_pb2.Event, bool]]:
-        unique = list({e.key: e for e in reversed(events)}.values())
-        results = await self.repository.store_events(unique, received_at, deadline(context))
-        if any(not seen for _, seen in results.values()):
-            self.on_stored()
-        return results
 
     async def _track_one(
         self, event: NewEvent | list[FieldViolation], context: Context
     ) -> tuple[common_pb2.Event, bool]:
         if not isinstance(event, NewEvent):
             raise InvalidArgument(event)
-        results = await self._store([event], _now(), context)
+        results = await self.writer.store([event])
         return results[event.key]
 
     async def TrackCustomerEvent(
         self, request: ingestion_pb2.TrackCustomerEventRequest, context: Context
     ) -> ingestion_pb2.TrackCustomerEventResponse:
-        event, seen = await self._track_one(validation.customer_event(request, _now()), context)
+        event, seen = await self._track_one(validation.customer_event(request, Clock.read()), context)
         return ingestion_pb2.TrackCustomerEventResponse(event=event, deduplicated=seen)
 
     async def TrackSystemEvent(
         self, request: ingestion_pb2.TrackSystemEventRequest, context: Context
     ) -> ingestion_pb2.TrackSystemEventResponse:
-        event, seen = await self._track_one(validation.system_event(request, _now()), context)
+        event, seen = await self._track_one(validation.system_event(request, Clock.read()), context)
         return ingestion_pb2.TrackSystemEventResponse(event=event, deduplicated=seen)
 
     async def TrackEvents(
@@ -101,10 +88,10 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                     )
                 ]
             )
-        now = _now()
-        checked = [validation.batch_item(item, i, now) for i, item in enumerate(request.events)]
+        clock = Clock.read()
+        checked = [validation.batch_item(item, i, clock) for i, item in enumerate(request.events)]
         good = [e for e in checked if isinstance(e, NewEvent)]
-        stored = await self._store(good, now, context) if good else {}
+        stored = await self.writer.store(good) if good else {}
         first_index: dict[tuple[str, str], int] = {}
         results = []
         for i, item in enumerate(checked):

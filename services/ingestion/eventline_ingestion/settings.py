@@ -20,6 +20,8 @@ class Settings:
     stream_retention_s: float
     """Stream entries older than this are trimmed, unless a consumer group still needs them."""
     trim_interval_s: float
+    write_concurrency: int
+    """How many storing statements run at once; requests arriving meanwhile share the next one."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -29,4 +31,5 @@ class Settings:
             relay_batch=env_int(environ, "EVENTLINE_INGESTION_RELAY_BATCH", 200, minimum=1),
             stream_retention_s=env_float(environ, "EVENTLINE_STREAM_RETENTION_S", 7 * 24 * 3600.0),
             trim_interval_s=env_float(environ, "EVENTLINE_STREAM_TRIM_INTERVAL_S", 60.0),
+            write_concurrency=env_int(environ, "EVENTLINE_INGESTION_WRITE_CONCURRENCY", 2, minimum=1),
         )

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
+from google.protobuf import timestamp_pb2
 
 from eventline_shared.errors import FieldViolation
 from eventline_shared.values import (
+    CODE,
+    CUSTOMER_ID,
     EPOCH,
+    EVENT_ID,
+    UTC,
     check_code,
     check_customer_id,
     check_event_id,
     check_timestamp,
+    datetime_to_timestamp,
     encode_values,
     present,
     timestamp_to_datetime,
@@ -28,8 +35,8 @@ from eventline_shared.values import (
 MAX_FUTURE = dt.timedelta(hours=24)
 MAX_PUSH_TOKENS = 20
 MAX_PUSH_TOKEN_CHARS = 4096
-_EMAIL = re.compile(r"^[^@\s\x00]{1,64}@[^@\s\x00]{1,189}$")
-_PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
+_EMAIL = re.compile(r"[^@\s\x00]{1,64}@[^@\s\x00]{1,189}")
+_PHONE = re.compile(r"\+[1-9][0-9]{7,14}")
 CUSTOMER_FIELDS = (
     "email",
     "phone",
@@ -42,20 +49,34 @@ CUSTOMER_FIELDS = (
 _CONSENTS = set(common_pb2.Consent.values())
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    """A valid event, ready to store."""
+class NewEvent(NamedTuple):
+    """A valid event, ready to store (a tuple: hundreds are made per batch)."""
 
+    key: tuple[str, str]
+    """(customer_id, event_id): what makes an event unique."""
     kind: common_pb2.EventKind.ValueType
     customer_id: str  # "" for a system event
     event_id: str
     name: str
     occurred_at: dt.datetime
+    occurred_at_proto: timestamp_pb2.Timestamp
     context_json: str
+    context: Mapping[str, common_pb2.Value]
+    """The context as sent; with ``normalized`` applied, it is the context as stored."""
+    normalized: Mapping[str, common_pb2.Value]
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.customer_id, self.event_id
+
+class Clock(NamedTuple):
+    """The time a request was received, in the forms validation needs."""
+
+    now: dt.datetime
+    now_proto: timestamp_pb2.Timestamp
+    latest: dt.datetime
+
+    @classmethod
+    def read(cls) -> Clock:
+        now = dt.datetime.now(UTC)
+        return cls(now, datetime_to_timestamp(now), now + MAX_FUTURE)
 
 
 def _path(prefix: str, field: str) -> str:
@@ -66,61 +87,80 @@ def _event(
     kind: common_pb2.EventKind.ValueType,
     customer_id: str,
     request: ingestion_pb2.TrackCustomerEventRequest | ingestion_pb2.TrackSystemEventRequest,
-    now: dt.datetime,
+    clock: Clock,
     prefix: str,
     violations: list[FieldViolation],
 ) -> NewEvent | list[FieldViolation]:
-    violations.extend(
-        present(
-            [
-                check_event_id(request.event_id, _path(prefix, "event_id")),
-                check_code(request.name, _path(prefix, "name"), "event name"),
-            ]
-        )
-    )
-    occurred_at = now
+    # Paths are only formatted for a violation: the valid case is the hot path.
+    event_id = request.event_id
+    if not EVENT_ID.fullmatch(event_id):
+        violations += present([check_event_id(event_id, _path(prefix, "event_id"))])
+    name = request.name
+    if not CODE.fullmatch(name):
+        violations += present([check_code(name, _path(prefix, "name"), "event name")])
+    occurred_at, occurred_at_proto = clock.now, clock.now_proto
     if request.HasField("occurred_at"):
-        field = _path(prefix, "occurred_at")
-        bad = check_timestamp(request.occurred_at, field)
+        occurred_at_proto = request.occurred_at
+        bad = check_timestamp(occurred_at_proto, "")
         if bad:
-            violations.append(bad)
+            violations.append(bad.under(_path(prefix, "occurred_at")))
         else:
-            occurred_at = timestamp_to_datetime(request.occurred_at)
-            if occurred_at > now + MAX_FUTURE:
-                violations.append(FieldViolation(field, "occurred_at is more than 24 hours in the future"))
+            occurred_at = timestamp_to_datetime(occurred_at_proto)
+            if occurred_at > clock.latest:
+                violations.append(
+                    FieldViolation(
+                        _path(prefix, "occurred_at"), "occurred_at is more than 24 hours in the future"
+                    )
+                )
             elif occurred_at < EPOCH:
-                violations.append(FieldViolation(field, "occurred_at is before 1970"))
-    context_json, bad_context = encode_values(request.context, _path(prefix, "context"))
-    violations.extend(bad_context)
+                violations.append(FieldViolation(_path(prefix, "occurred_at"), "occurred_at is before 1970"))
+            elif occurred_at_proto.nanos % 1000:
+                occurred_at_proto = datetime_to_timestamp(occurred_at)
+    context = encode_values(request.context, _path(prefix, "context"))
+    if context.violations:
+        violations += context.violations
     if violations:
         return violations
-    return NewEvent(kind, customer_id, request.event_id, request.name, occurred_at, context_json)
+    return NewEvent(
+        (customer_id, event_id),
+        kind,
+        customer_id,
+        event_id,
+        name,
+        occurred_at,
+        occurred_at_proto,
+        context.json,
+        request.context,
+        context.normalized,
+    )
 
 
 def customer_event(
-    request: ingestion_pb2.TrackCustomerEventRequest, now: dt.datetime, prefix: str = ""
+    request: ingestion_pb2.TrackCustomerEventRequest, clock: Clock, prefix: str = ""
 ) -> NewEvent | list[FieldViolation]:
     """The event to store, or every violation found in the request."""
-    violations = present([check_customer_id(request.customer_id, _path(prefix, "customer_id"))])
-    return _event(common_pb2.EVENT_KIND_CUSTOMER, request.customer_id, request, now, prefix, violations)
+    customer_id = request.customer_id
+    violations = []
+    if not CUSTOMER_ID.fullmatch(customer_id):
+        violations = present([check_customer_id(customer_id, _path(prefix, "customer_id"))])
+    return _event(common_pb2.EVENT_KIND_CUSTOMER, customer_id, request, clock, prefix, violations)
 
 
 def system_event(
-    request: ingestion_pb2.TrackSystemEventRequest, now: dt.datetime, prefix: str = ""
+    request: ingestion_pb2.TrackSystemEventRequest, clock: Clock, prefix: str = ""
 ) -> NewEvent | list[FieldViolation]:
-    return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, now, prefix, [])
+    return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, clock, prefix, [])
 
 
 def batch_item(
-    item: ingestion_pb2.TrackEventsItem, index: int, now: dt.datetime
+    item: ingestion_pb2.TrackEventsItem, index: int, clock: Clock
 ) -> NewEvent | list[FieldViolation]:
-    prefix = f"events[{index}]"
     which = item.WhichOneof("event")
     if which == "customer_event":
-        return customer_event(item.customer_event, now, f"{prefix}.customer_event")
+        return customer_event(item.customer_event, clock, f"events[{index}].customer_event")
     if which == "system_event":
-        return system_event(item.system_event, now, f"{prefix}.system_event")
-    return [FieldViolation(prefix, "one of customer_event or system_event is required")]
+        return system_event(item.system_event, clock, f"events[{index}].system_event")
+    return [FieldViolation(f"events[{index}]", "one of customer_event or system_event is required")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +189,9 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
                     f"update_mask.paths[{i}]", f"{path!r} is not one of {', '.join(CUSTOMER_FIELDS)}"
                 )
             )
-    if customer.email and not _EMAIL.match(customer.email):
+    if customer.email and not _EMAIL.fullmatch(customer.email):
         violations.append(FieldViolation("customer.email", "not an e-mail address"))
-    if customer.phone and not _PHONE.match(customer.phone):
+    if customer.phone and not _PHONE.fullmatch(customer.phone):
         violations.append(
             FieldViolation("customer.phone", "phone must be in E.164 form, e.g. +4915112345678")
         )
@@ -168,8 +208,8 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
     for field in ("email_consent", "sms_consent", "push_consent"):
         if getattr(customer, field) not in _CONSENTS:
             violations.append(FieldViolation(f"customer.{field}", "unknown consent value"))
-    attributes_json, bad = encode_values(customer.attributes, "customer.attributes", "attribute code")
-    violations.extend(bad)
+    attributes = encode_values(customer.attributes, "customer.attributes", "attribute code")
+    violations.extend(attributes.violations)
     if violations:
         return violations
     return CustomerChange(
@@ -177,7 +217,7 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
         email=customer.email,
         phone=customer.phone,
         push_tokens=list(dict.fromkeys(customer.push_tokens)),
-        attributes_json=attributes_json,
+        attributes_json=attributes.json,
         email_consent=customer.email_consent,
         sms_consent=customer.sms_consent,
         push_consent=customer.push_consent,

@@ -1,0 +1,234 @@
+"""Ingestion benchmark: batch and unary throughput against the raw COPY floor.
+
+Starts the ingestion service as its own process (python -m eventline_ingestion)
+on a database of its own, and measures from this process over loopback gRPC:
+
+* batch: 500 events per TrackEvents call, 4 calls in flight; the clock stops
+  when every event is durable: committed in PostgreSQL and published on the
+  Redis stream;
+* copy: the same rows COPYed into the same table (same indexes and foreign
+  key, customers created beforehand) over one connection: the floor;
+* unary: one TrackCustomerEvent per call, 64 in flight; the clock stops when
+  every reply is in (each reply means committed).
+
+Data: customers drawn with a skew (a few customers have many events) from a
+pool of 10,000, 20 event names, contexts like {"item_id": 123, "amount": 12.34}.
+
+Usage: python bench/ingest.py [--quick]. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+import redis.asyncio as redis
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eventline_shared import database
+from eventline_shared.values import UTC
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+NAMES = [f"Event{i:02d}" for i in range(20)]
+
+
+def db_url(name: str) -> str:
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def fresh_database(name: str) -> str:
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    await database.migrate_url(db_url(name))
+    return db_url(name)
+
+
+def make_events(count: int, seed: int) -> list[tuple[str, str, str, dt.datetime, int, str]]:
+    """(customer_id, event_id, name, occurred_at, item_id, amount) with a skew over customers."""
+    rng = random.Random(seed)
+    now = dt.datetime.now(UTC)
+    run = uuid.uuid4().hex[:8]
+    events = []
+    for i in range(count):
+        customer = int(rng.paretovariate(1.2)) % 10_000
+        occurred = now - dt.timedelta(seconds=rng.randrange(90 * 86400))
+        events.append(
+            (f"cust{customer}", f"{run}-{i}", rng.choice(NAMES), occurred.replace(microsecond=0), rng.randrange(1000), f"{rng.randrange(1, 100000) / 100:.2f}")
+        )
+    return events
+
+
+def customer_request(event: tuple[str, str, str, dt.datetime, int, str]) -> ingestion_pb2.TrackCustomerEventRequest:
+    customer, event_id, name, occurred, item_id, amount = event
+    request = ingestion_pb2.TrackCustomerEventRequest(customer_id=customer, event_id=event_id, name=name)
+    request.occurred_at.FromDatetime(occurred)
+    request.context["item_id"].integer_value = item_id
+    request.context["amount"].decimal_value = amount
+    return request
+
+
+class Service:
+    def __init__(self, url: str, stream: str) -> None:
+        self.port = 50951
+        env = {
+            **os.environ,
+            "EVENTLINE_DATABASE_URL": url,
+            "EVENTLINE_REDIS_URL": REDIS_URL,
+            "EVENTLINE_STREAM": stream,
+            "EVENTLINE_INGESTION_PORT": str(self.port),
+            "EVENTLINE_INGESTION_DB_POOL_SIZE": "16",
+            "EVENTLINE_LOG_LEVEL": "WARNING",
+        }
+        self.process = subprocess.Popen([sys.executable, "-m", "eventline_ingestion"], env=env, cwd=ROOT)
+
+    async def ready(self, channel: grpc.aio.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(200):
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError("ingestion did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+async def wait_for_stream(client: redis.Redis, stream: str, count: int) -> None:
+    while await client.xlen(stream) < count:
+        await asyncio.sleep(0.005)
+
+
+async def bench_copy(events: list[tuple[str, str, str, dt.datetime, int, str]]) -> float:
+    url = await fresh_database("eventline_bench_copy")
+    connection = await asyncpg.connect(url)
+    try:
+        customers = sorted({e[0] for e in events})
+        await connection.executemany("INSERT INTO customers (customer_id) VALUES ($1)", [(c,) for c in customers])
+        now = dt.datetime.now(UTC)
+        rows = [
+            (c, i, n, o, now, json.dumps({"amount": float(a), "item_id": item}))
+            for c, i, n, o, item, a in events
+        ]
+        started = time.perf_counter()
+        await connection.copy_records_to_table(
+            "customer_events",
+            records=rows,
+            columns=["customer_id", "event_id", "name", "occurred_at", "received_at", "context"],
+        )
+        return len(rows) / (time.perf_counter() - started)
+    finally:
+        await connection.close()
+
+
+async def bench_batch(stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events) -> float:  # type: ignore[no-untyped-def]
+    batches = [
+        ingestion_pb2.TrackEventsRequest(
+            events=[ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in events[i : i + 500]]
+        )
+        for i in range(0, len(events), 500)
+    ]
+    queue: asyncio.Queue[ingestion_pb2.TrackEventsRequest] = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+    before = await client.xlen(stream)
+
+    async def worker() -> None:
+        while not queue.empty():
+            reply = await stub.TrackEvents(queue.get_nowait(), timeout=60)
+            assert all(r.WhichOneof("result") == "event" for r in reply.results)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(4)))
+    await wait_for_stream(client, stream, before + len(events))
+    return len(events) / (time.perf_counter() - started)
+
+
+async def bench_unary(stub: ingestion_pb2_grpc.IngestionServiceStub, events) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    requests = [customer_request(e) for e in events]
+    latencies: list[float] = []
+    index = 0
+
+    async def worker() -> None:
+        nonlocal index
+        while index < len(requests):
+            request = requests[index]
+            index += 1
+            t0 = time.perf_counter()
+            await stub.TrackCustomerEvent(request, timeout=30)
+            latencies.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(64)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return len(requests) / elapsed, statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+
+
+async def main(quick: bool) -> dict[str, float]:
+    batch_events = make_events(20_000 if quick else 200_000, seed=1)
+    unary_events = make_events(3_000 if quick else 30_000, seed=2)
+    copy_rows_per_s = await bench_copy(batch_events)
+    url = await fresh_database("eventline_bench_ingest")
+    stream = f"bench:{uuid.uuid4().hex[:8]}:events"
+    client = redis.Redis.from_url(REDIS_URL)
+    service = Service(url, stream)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            await service.ready(channel)
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            # Warm up connections and code paths.
+            await stub.TrackEvents(
+                ingestion_pb2.TrackEventsRequest(
+                    events=[ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in make_events(500, 3)]
+                )
+            )
+            batch_events_per_s = await bench_batch(stub, client, stream, batch_events)
+            unary_events_per_s, unary_p50, unary_p99 = await bench_unary(stub, unary_events)
+    finally:
+        service.stop()
+        await client.delete(stream)
+        await client.aclose()
+    return {
+        "batch_events": len(batch_events),
+        "batch_events_per_s": round(batch_events_per_s),
+        "copy_rows_per_s": round(copy_rows_per_s),
+        "batch_to_copy_ratio": round(batch_events_per_s / copy_rows_per_s, 3),
+        "unary_events": len(unary_events),
+        "unary_events_per_s": round(unary_events_per_s),
+        "unary_p50_ms": round(unary_p50, 2),
+        "unary_p99_ms": round(unary_p99, 2),
+        "cpus": os.cpu_count() or 0,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    result = asyncio.run(main(parser.parse_args().quick))
+    print(f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, ratio {result['batch_to_copy_ratio']} (target >= 0.75)")
+    print(f"unary: {result['unary_events_per_s']} events/s (target >= 3000), p50 {result['unary_p50_ms']} ms, p99 {result['unary_p99_ms']} ms")
+    print(json.dumps(result))
