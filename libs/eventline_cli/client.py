@@ -1,0 +1,223 @@
+"""What every API command shares: channels, credentials, files in proto3 JSON/YAML, errors.
+
+Commands of other services (segments, campaigns, deliveries) use ``channel(ctx, service)``,
+``load_message`` and ``call`` from here, so every command behaves alike: files in the
+proto3 JSON mapping (JSON or YAML), server errors printed with their field paths and a
+non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from rich.console import Console
+
+DEFAULT_PORTS = {"ingestion": 50051, "segmentation": 50052, "campaigns": 50053}
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Where the services are and how to authenticate; the options of the ``eventline`` group."""
+
+    targets: dict[str, str]
+    api_key: str
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_server_name: str
+    timeout_s: float
+
+    @classmethod
+    def build(
+        cls,
+        target: str | None,
+        api_key: str | None,
+        tls_ca: Path | None,
+        tls_cert: Path | None,
+        tls_key: Path | None,
+        tls_server_name: str | None,
+        timeout_s: float,
+    ) -> ClientOptions:
+        targets = {}
+        for service, port in DEFAULT_PORTS.items():
+            prefix = f"EVENTLINE_{service.upper()}_"
+            explicit = os.environ.get(prefix + "TARGET", "").strip()
+            host = os.environ.get(prefix + "HOST", "").strip() or "127.0.0.1"
+            if host in {"0.0.0.0", "::"}:
+                host = "127.0.0.1"
+            targets[service] = explicit or f"{host}:{os.environ.get(prefix + 'PORT', '').strip() or port}"
+        if target:
+            targets["ingestion"] = target
+        if bool(tls_cert) != bool(tls_key):
+            raise click.UsageError("--tls-cert and --tls-key go together (a client certificate and its key)")
+        return cls(
+            targets,
+            api_key or "",
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_server_name or "",
+            timeout_s,
+        )
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def open_channel(self, service: str) -> grpc.Channel:
+        target = self.targets[service]
+        if self.tls_ca is None and self.tls_cert is None:
+            return grpc.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
+            private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
+        )
+        options = [("grpc.ssl_target_name_override", self.tls_server_name)] if self.tls_server_name else []
+        return grpc.secure_channel(target, credentials, options=options)
+
+
+def options(ctx: click.Context) -> ClientOptions:
+    found = ctx.find_object(ClientOptions)
+    if found is None:  # pragma: no cover - the group always sets it
+        raise click.UsageError("client options are missing")
+    return found
+
+
+@contextlib.contextmanager
+def channel(ctx: click.Context, service: str) -> Iterator[grpc.Channel]:
+    """A channel to ``service``, closed afterwards."""
+    opened = options(ctx).open_channel(service)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def call(ctx: click.Context, method: Callable[..., R], request: Message) -> R:
+    """Call an RPC with the deadline and credentials of the command line; exit non-zero on error."""
+    opts = options(ctx)
+    try:
+        return method(request, timeout=opts.timeout_s, metadata=opts.metadata())
+    except grpc.RpcError as error:
+        fail_rpc(error)
+
+
+def describe_status(code: str, message: str, details: list[Any]) -> list[str]:
+    """Human lines for a status: the code and message, then one line per field violation."""
+    lines = [f"{code}: {message}" if message else code]
+    for detail in details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines += [f"  {violation.field}: {violation.description}" for violation in bad.field_violations]
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            lines += [f"  {violation.subject}: {violation.description}" for violation in quota.violations]
+    return lines
+
+
+def rpc_error_lines(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    code = error.code().name if hasattr(error, "code") else "UNKNOWN"  # type: ignore[attr-defined]
+    message = error.details() if hasattr(error, "details") else str(error)  # type: ignore[attr-defined]
+    return describe_status(code, message or "", list(status.details) if status is not None else [])
+
+
+def fail_rpc(error: grpc.RpcError) -> NoReturn:
+    fail(rpc_error_lines(error))
+
+
+def fail(lines: list[str] | str, code: int = 1) -> NoReturn:
+    console = Console(stderr=True, highlight=False)
+    for line in [lines] if isinstance(lines, str) else lines:
+        console.print(f"[red]error:[/red] {line}" if not line.startswith("  ") else line, markup=True)
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def parse_document(text: str, name: str) -> Any:
+    """JSON or YAML (JSON is YAML, but JSON errors read better from the JSON parser)."""
+    stripped = text.lstrip()
+    if name.endswith(".json") or stripped.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            if name.endswith(".json"):
+                raise click.BadParameter(f"{name}: not valid JSON: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{name}: not valid JSON or YAML: {exc}") from None
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML turns timestamps into datetimes; proto3 JSON wants RFC 3339 strings."""
+    import datetime as dt
+
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def message_from_dict(data: Any, message: M, name: str) -> M:
+    try:
+        json_format.ParseDict(_jsonable(data), message)
+    except json_format.ParseError as exc:
+        raise click.BadParameter(f"{name}: {exc}") from None
+    return message
+
+
+def load_message(path: str, message: M) -> M:
+    """Read ``message`` from a JSON or YAML file (``-`` is stdin) in the proto3 JSON mapping."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return message_from_dict(parse_document(text, path), message, path)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_message(message: Message, output: str = "json") -> None:
+    data = to_dict(message)
+    if output == "yaml":
+        click.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
+    else:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["json", "yaml"]),
+    default="json",
+    show_default=True,
+    help="Output format (proto3 JSON mapping).",
+)
