@@ -1,0 +1,24 @@
+# One image for every Eventline service; the command picks the service:
+#   docker run eventline python -m eventline_ingestion   (or _segmentation, _campaigns)
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY libs ./libs
+COPY services ./services
+COPY protos ./protos
+RUN pip install . && useradd --system --uid 10001 eventline
+
+USER eventline
+# Inside a container the services listen on every interface.
+ENV EVENTLINE_INGESTION_HOST=0.0.0.0 \
+    EVENTLINE_SEGMENTATION_HOST=0.0.0.0 \
+    EVENTLINE_CAMPAIGNS_HOST=0.0.0.0
+EXPOSE 50051 50052 50053
+STOPSIGNAL SIGTERM
+CMD ["python", "-m", "eventline_ingestion"]

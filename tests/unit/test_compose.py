@@ -1,0 +1,121 @@
+"""docker-compose.yml and the Dockerfile, checked without a container engine.
+
+CI has no Docker daemon (and the docker CLI has no compose plugin there), so the
+structure is checked here: what the compose spec requires, plus our own rules:
+one image for the three services, health checks everywhere, Redis with its
+append-only file, configuration through known environment variables only.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = {"ingestion": 50051, "segmentation": 50052, "campaigns": 50053}
+TOP_LEVEL = {"version", "name", "services", "networks", "volumes", "configs", "secrets", "include"}
+SERVICE_KEYS = {
+    "build", "image", "command", "entrypoint", "environment", "env_file", "ports", "expose", "volumes",
+    "depends_on", "healthcheck", "restart", "stop_grace_period", "stop_signal", "networks", "labels",
+    "user", "working_dir", "deploy", "logging", "profiles",
+}  # fmt: skip
+CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def known_variables() -> set[str]:
+    """Every EVENTLINE_* name the code mentions (including EVENTLINE_<SERVICE>_ patterns)."""
+    names: set[str] = set()
+    for path in [*(ROOT / "libs").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
+        if "generated" in path.parts:
+            continue
+        names.update(re.findall(r"EVENTLINE_[A-Z0-9_]+", path.read_text()))
+    for service in SERVICES:
+        for suffix in ("HOST", "PORT", "DB_POOL_SIZE", "METRICS_PORT"):
+            names.add(f"EVENTLINE_{service.upper()}_{suffix}")
+    return names
+
+
+def test_the_file_has_only_compose_keys_and_every_service_is_complete() -> None:
+    document = compose()
+    assert {key for key in document if not key.startswith("x-")} <= TOP_LEVEL  # x-* are extensions
+    services = document["services"]
+    assert set(services) == {"postgres", "redis", *SERVICES}
+    for name, service in services.items():
+        assert set(service) <= SERVICE_KEYS, (name, set(service) - SERVICE_KEYS)
+        assert "image" in service or "build" in service, name
+        check = service["healthcheck"]["test"]
+        assert check[0] in {"CMD", "CMD-SHELL"} and len(check) > 1, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith((".", "/")) or source in (document.get("volumes") or {}), (name, volume)
+
+
+def test_one_image_runs_the_three_services_after_healthy_dependencies() -> None:
+    services = compose()["services"]
+    images = {services[name]["image"] for name in SERVICES}
+    assert len(images) == 1
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    package_dirs = pyproject["tool"]["setuptools"]["package-dir"]
+    for name, port in SERVICES.items():
+        service = services[name]
+        assert service["build"] == "."
+        assert service["command"] == ["python", "-m", f"eventline_{name}"]
+        assert f"eventline_{name}" in package_dirs
+        assert service["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }
+        assert set(condition["condition"] for condition in service["depends_on"].values()) <= CONDITIONS
+        assert f"{port}:{port}" in service["ports"]
+        assert service["healthcheck"]["test"] == ["CMD", "eventline", "health", f"127.0.0.1:{port}"]
+        env = service["environment"]
+        assert env[f"EVENTLINE_{name.upper()}_PORT"] == str(port)
+        assert env[f"EVENTLINE_{name.upper()}_HOST"] == "0.0.0.0"
+
+
+def test_configuration_is_environment_with_known_variables() -> None:
+    services = compose()["services"]
+    known = known_variables()
+    postgres_env = services["postgres"]["environment"]
+    for name in SERVICES:
+        env = services[name]["environment"]
+        assert isinstance(env, dict)
+        assert all(isinstance(value, str) for value in env.values()), "quote numbers: compose wants strings"
+        assert set(env) <= known, set(env) - known
+        url = env["EVENTLINE_DATABASE_URL"]
+        assert url == (
+            f"postgresql://{postgres_env['POSTGRES_USER']}:{postgres_env['POSTGRES_PASSWORD']}"
+            f"@postgres:5432/{postgres_env['POSTGRES_DB']}"
+        )
+        assert env["EVENTLINE_REDIS_URL"].startswith("redis://redis:6379/")
+
+
+def test_redis_keeps_its_stream_across_restarts() -> None:
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(volume.endswith(":/data") for volume in redis["volumes"])
+
+
+def test_the_dockerfile_copies_what_the_package_needs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE)
+    sources = [source for line in copied for source in line.split()]
+    for source in sources:
+        assert (ROOT / source).exists(), source
+    for needed in ("pyproject.toml", "README.md", "libs", "services"):
+        assert needed in sources
+    assert re.search(r"^RUN pip install \.", dockerfile, flags=re.MULTILINE)
+    assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".eventline" in ignored and ".git" in ignored
