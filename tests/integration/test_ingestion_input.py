@@ -27,7 +27,7 @@ async def nothing_stored(db) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     "name",
-    ["", "item-id", "1abc", "a b", "a" * 65, "naïve", "x\x00y", "semi;colon", "quote'd"],
+    ["", "item-id", "1abc", "a b", "a" * 65, "naïve", "x\x00y", "semi;colon", "quote'd", "trailing\n"],
 )
 async def test_event_names_follow_the_grammar(ingestion, db, name):
     code, paths = await refused(ingestion.TrackCustomerEvent, customer_event("c1", name))

@@ -40,6 +40,7 @@ class OutboxRelay:
         poll_s: float = 1.0,
         retention_s: float = 7 * 24 * 3600.0,
         trim_interval_s: float = 60.0,
+        min_interval_s: float = 0.002,
     ) -> None:
         self.pool = pool
         self.client = client
@@ -48,6 +49,10 @@ class OutboxRelay:
         self.poll_s = poll_s
         self.retention_s = retention_s
         self.trim_interval_s = trim_interval_s
+        # Under load, publishing at most every few milliseconds lets each
+        # publish carry many transactions' entries; when idle, a wake-up is
+        # served at once.
+        self.min_interval_s = min_interval_s
         self._wake = asyncio.Event()
         self.appender = stream.Appender(client, stream_key)
         self._stopping = False
@@ -57,15 +62,19 @@ class OutboxRelay:
         """Tell the relay that new outbox rows were committed."""
         self._wake.set()
 
-    async def publish_once(self) -> int:
-        """Publish and delete up to ``batch`` outbox rows; returns the events published."""
+    async def _publish(self) -> tuple[int, int]:
+        """Publish and delete up to ``batch`` outbox rows; returns (rows, events)."""
         async with self.pool.acquire() as connection, connection.transaction():
             rows = sorted(await connection.fetch(_CLAIM, self.batch), key=lambda row: row["id"])
             if not rows:
-                return 0
+                return 0, 0
             count = await self.appender.append([row["entries"] for row in rows])
         self.published += count
-        return count
+        return len(rows), count
+
+    async def publish_once(self) -> int:
+        """Publish and delete up to ``batch`` outbox rows; returns the events published."""
+        return (await self._publish())[1]
 
     async def drain(self) -> int:
         """Burst mode: publish until the outbox is empty; returns the events published."""
@@ -78,10 +87,15 @@ class OutboxRelay:
         """Publish until ``shutdown``; survives PostgreSQL and Redis outages with backoff."""
         backoff = 0.05
         next_trim = time.monotonic() + self.trim_interval_s
+        last_publish = 0.0
         while not self._stopping:
+            pause = last_publish + self.min_interval_s - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last_publish = time.monotonic()
             self._wake.clear()
             try:
-                published = await self.drain()
+                rows, _ = await self._publish()
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + self.trim_interval_s
                     removed = await stream.trim(self.client, self.stream_key, self.retention_s)
@@ -93,8 +107,8 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            if published:
-                continue
+            if rows == self.batch:
+                continue  # there may be more right away
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except TimeoutError:
