@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eventline_shared.auth import SecuritySettings
 
 
 class ConfigError(Exception):
@@ -69,6 +73,11 @@ class CommonSettings:
     database_pool_size: int
     shutdown_grace_s: float
     log_level: str
+    metrics_port: int | None = None
+    """The /metrics HTTP port (EVENTLINE_<SERVICE>_METRICS_PORT); None: no endpoint."""
+    metrics_interval_s: float = 15.0
+    security: SecuritySettings | None = None
+    """API keys and TLS (see eventline_shared.auth); None: neither."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], service: str, default_port: int) -> CommonSettings:
@@ -79,6 +88,9 @@ class CommonSettings:
         redis_url = env_str(environ, "EVENTLINE_REDIS_URL", DEFAULT_REDIS_URL)
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        from eventline_shared.auth import SecuritySettings  # here: auth imports this module
+
+        metrics_port = env_int(environ, prefix + "METRICS_PORT", -1, minimum=-1)
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -88,4 +100,7 @@ class CommonSettings:
             database_pool_size=env_int(environ, prefix + "DB_POOL_SIZE", 10, minimum=1),
             shutdown_grace_s=env_float(environ, "EVENTLINE_SHUTDOWN_GRACE_S", 10.0),
             log_level=env_str(environ, "EVENTLINE_LOG_LEVEL", "INFO").upper(),
+            metrics_port=None if metrics_port < 0 else metrics_port,
+            metrics_interval_s=env_float(environ, "EVENTLINE_METRICS_INTERVAL_S", 15.0),
+            security=SecuritySettings.from_env(environ),
         )

@@ -21,7 +21,9 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from eventline_shared import database
+from eventline_shared.config import CommonSettings
 from eventline_shared.errors import EventlineError, Unavailable
+from eventline_shared.metrics import Operations
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +162,17 @@ class Server:
         *,
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         options: Iterable[tuple[str, Any]] = (),
+        settings: CommonSettings | None = None,
     ) -> None:
+        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
+        self.operations = Operations(list(service_names), settings) if settings is not None else None
         self.server = grpc.aio.server(
             # Innermost, so that the handler it wraps is the registered one (see ErrorInterceptor).
-            interceptors=[*interceptors, ErrorInterceptor()],
+            interceptors=[
+                *(self.operations.interceptors() if self.operations else ()),
+                *interceptors,
+                ErrorInterceptor(),
+            ],
             options=[*SERVER_OPTIONS, *options],
         )
         self.health = health.aio.HealthServicer()
@@ -176,6 +185,8 @@ class Server:
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if credentials is None and self.operations is not None:
+            credentials = self.operations.credentials()
         if credentials is None:
             self.port = self.server.add_insecure_port(address)
         else:
@@ -183,6 +194,8 @@ class Server:
         return self.port
 
     async def start(self) -> None:
+        if self.operations is not None:
+            await self.operations.start()
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -191,6 +204,8 @@ class Server:
         """Report NOT_SERVING, let in-flight RPCs finish within ``grace_s``, then stop."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.operations is not None:
+            await self.operations.stop()
 
 
 async def wait_for_signal() -> None:

@@ -51,7 +51,7 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
         repository = IngestionRepository(pool)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
         servicer = IngestionServicer(repository, writer, client, common.stream, settings.max_batch)
-        server = Server([SERVICE_NAME])
+        server = Server([SERVICE_NAME], settings=common)
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

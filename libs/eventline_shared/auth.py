@@ -1,0 +1,262 @@
+"""API keys and transport security, shared by every service.
+
+Keys travel in gRPC metadata as ``authorization: Bearer evl_<key id>_<secret>``.
+Only a SHA-256 hash of the secret is stored (the secret is 256 random bits, so
+a slow hash would add nothing), in the ``api_keys`` table, with scopes:
+
+* ``ingest``: the Track* RPCs and customer upserts;
+* ``read``: Get*, List*, Count*, Explain*, Preview* RPCs and server reflection;
+* ``admin``: everything, including erasure and changing campaigns and segments.
+
+Health checks are always open. A missing, malformed, unknown or revoked key is
+UNAUTHENTICATED; a key without the needed scope is PERMISSION_DENIED. Checked
+keys are cached for ``EVENTLINE_AUTH_CACHE_S`` seconds, so a revocation takes
+effect within that time.
+
+TLS is on when EVENTLINE_TLS_CERT and EVENTLINE_TLS_KEY are set; with
+EVENTLINE_TLS_CLIENT_CA too, clients must present a certificate signed by that
+CA (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+
+from eventline_shared.config import ConfigError, env_bool, env_float, env_str
+
+SCOPES = ("ingest", "read", "admin")
+KEY_PATTERN = re.compile(r"^evl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+OPEN_SERVICES = ("grpc.health.v1.Health",)
+READ_PREFIXES = ("Get", "List", "Count", "Explain", "Preview", "Describe", "Search", "Watch")
+INGEST_PREFIXES = ("Track",)
+INGEST_METHODS = {"UpsertCustomer"}
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Whether API keys are required, and the TLS material."""
+
+    auth: bool = False
+    auth_cache_s: float = 5.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SecuritySettings:
+        settings = cls(
+            auth=env_bool(environ, "EVENTLINE_AUTH", False),
+            auth_cache_s=env_float(environ, "EVENTLINE_AUTH_CACHE_S", 5.0),
+            tls_cert=env_str(environ, "EVENTLINE_TLS_CERT", ""),
+            tls_key=env_str(environ, "EVENTLINE_TLS_KEY", ""),
+            tls_client_ca=env_str(environ, "EVENTLINE_TLS_CLIENT_CA", ""),
+        )
+        if bool(settings.tls_cert) != bool(settings.tls_key):
+            raise ConfigError("EVENTLINE_TLS_CERT and EVENTLINE_TLS_KEY must be set together")
+        if settings.tls_client_ca and not settings.tls_cert:
+            raise ConfigError(
+                "EVENTLINE_TLS_CLIENT_CA (mutual TLS) needs EVENTLINE_TLS_CERT and EVENTLINE_TLS_KEY"
+            )
+        for name, path in (
+            ("EVENTLINE_TLS_CERT", settings.tls_cert),
+            ("EVENTLINE_TLS_KEY", settings.tls_key),
+            ("EVENTLINE_TLS_CLIENT_CA", settings.tls_client_ca),
+        ):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name}: no such file {path!r}")
+        return settings
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        if not self.tls:
+            return None
+        client_ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+def required_scope(method: str) -> str | None:
+    """The scope an RPC needs (``/package.Service/Method``); None when it is open."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    if service in OPEN_SERVICES:
+        return None
+    if service.startswith("grpc.reflection."):
+        return "read"
+    if name.startswith(INGEST_PREFIXES) or name in INGEST_METHODS:
+        return "ingest"
+    if name.startswith(READ_PREFIXES):
+        return "read"
+    return "admin"
+
+
+def allows(scopes: Sequence[str], needed: str) -> bool:
+    return "admin" in scopes or needed in scopes
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    name: str
+    scopes: list[str]
+    created_at: Any
+    revoked_at: Any
+
+
+async def create_key(connection: asyncpg.Connection, name: str, scopes: Sequence[str]) -> tuple[ApiKey, str]:
+    """Store a new key; returns it and the token (shown once, never stored)."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}, got {', '.join(scopes) or 'none'}")
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    row = await connection.fetchrow(
+        "INSERT INTO api_keys (key_id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
+        " RETURNING key_id, name, scopes, created_at, revoked_at",
+        key_id,
+        name,
+        _hash(secret),
+        sorted(set(scopes), key=SCOPES.index),
+    )
+    assert row is not None
+    return ApiKey(**dict(row)), f"evl_{key_id}_{secret}"
+
+
+async def revoke_key(connection: asyncpg.Connection, key_id: str) -> bool:
+    """Revoke a key (by its id or its whole token); False when there is no such active key."""
+    match = KEY_PATTERN.match(key_id)
+    if match:
+        key_id = match.group(1)
+    status = await connection.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id
+    )
+    return bool(status.endswith(" 1"))
+
+
+async def list_keys(connection: asyncpg.Connection) -> list[ApiKey]:
+    rows = await connection.fetch(
+        "SELECT key_id, name, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at, key_id"
+    )
+    return [ApiKey(**dict(row)) for row in rows]
+
+
+class KeyStore:
+    """Checks tokens against ``api_keys``, caching results for ``cache_s`` seconds."""
+
+    def __init__(self, pool: asyncpg.Pool, cache_s: float) -> None:
+        self.pool = pool
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, tuple[str, ...] | None]] = {}
+
+    async def scopes(self, token: str) -> tuple[str, ...] | None:
+        """The scopes of a valid, active key; None for anything else."""
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        match = KEY_PATTERN.match(token)
+        found: tuple[str, ...] | None = None
+        if match:
+            row = await self.pool.fetchrow(
+                "SELECT secret_hash, scopes FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL",
+                match.group(1),
+            )
+            if row is not None and hmac.compare_digest(bytes(row["secret_hash"]), _hash(match.group(2))):
+                found = tuple(row["scopes"])
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        if self.cache_s > 0:
+            self._cache[token] = (now + self.cache_s, found)
+        return found
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that only refuses the call."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without a key that has the RPC's scope; health checks stay open."""
+
+    def __init__(self, keys: Callable[[], KeyStore | None]) -> None:
+        self._keys = keys
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        needed = required_scope(details.method)
+        if needed is None:
+            return handler
+        token = _bearer(details.invocation_metadata)
+        if not token:
+            return _refusal(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
+            )
+        keys = self._keys()
+        if keys is None:
+            return _refusal(handler, grpc.StatusCode.UNAVAILABLE, "the server is starting, retry")
+        scopes = await keys.scopes(token)
+        if scopes is None:
+            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")
+        if not allows(scopes, needed):
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the API key lacks the {needed!r} scope for this RPC",
+            )
+        return handler
