@@ -15,6 +15,7 @@ from eventline_cli import up as up_module
 from eventline_cli.client import ClientOptions
 from eventline_cli.customers import customers
 from eventline_cli.events import events, timeline
+from eventline_cli.keys import keys
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -97,3 +98,4 @@ def health(ctx: click.Context, target: str | None, service: str) -> None:
 cli.add_command(events)
 cli.add_command(timeline)
 cli.add_command(customers)
+cli.add_command(keys)

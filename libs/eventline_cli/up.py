@@ -42,6 +42,11 @@ class ServiceSpec:
     module: str
     default_port: int
 
+    @property
+    def default_metrics_port(self) -> int:
+        """9051, 9052, 9053: the gRPC port's last digits, in the 9000s."""
+        return 9000 + self.default_port % 1000
+
 
 SERVICES = [
     ServiceSpec("ingestion", "eventline_ingestion", 50051),
@@ -184,8 +189,16 @@ class Suite:
             self.environ["EVENTLINE_REDIS_URL"] = await self._start_embedded(redis_server)
             self.logs.say(f"Redis: {self.environ['EVENTLINE_REDIS_URL']}")
 
+    def write_urls(self) -> None:
+        """So that `eventline keys` finds the embedded database while the suite runs."""
+        lines = [f"{name}={self.environ[name]}" for name in ("EVENTLINE_DATABASE_URL", "EVENTLINE_REDIS_URL")]
+        (self.data_dir / "urls.env").write_text("\n".join(lines) + "\n")
+
     async def start_services(self, specs: list[ServiceSpec]) -> None:
         for spec in specs:
+            self.environ.setdefault(
+                f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", str(spec.default_metrics_port)
+            )
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -267,10 +280,22 @@ class Suite:
 
 
 def banner(specs: list[ServiceSpec], environ: Mapping[str, str]) -> list[str]:
-    lines = ["Eventline is up (Ctrl-C stops it; the data stays). Authentication is off."]
+    auth = environ.get("EVENTLINE_AUTH", "").strip().lower() in {"1", "true", "yes", "on"}
+    lines = [
+        "Eventline is up (Ctrl-C stops it; the data stays). "
+        + (
+            "API keys are required: create one with `eventline keys create`."
+            if auth
+            else "Authentication is off."
+        )
+    ]
     for spec in specs:
         host, port = service_address(spec, environ)
-        lines.append(f"  {spec.name:<13} {host}:{port}")
+        metrics = environ.get(f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", "")
+        lines.append(
+            f"  {spec.name:<13} {host}:{port}"
+            + (f"   metrics http://{host}:{metrics}/metrics" if metrics else "")
+        )
     ingestion = next((spec for spec in specs if spec.name == "ingestion"), None)
     if ingestion is not None:
         host, port = service_address(ingestion, environ)
@@ -316,6 +341,7 @@ async def run(data_dir: Path, environ: Mapping[str, str], console: Console) -> i
         with _exclusive(data_dir):
             try:
                 await suite.start_infrastructure()
+                suite.write_urls()
                 if not stop.is_set():
                     await suite.start_services(specs)
                     logs.say("starting " + ", ".join(spec.name for spec in specs))
@@ -345,6 +371,7 @@ async def run(data_dir: Path, environ: Mapping[str, str], console: Console) -> i
                     for task in exited:
                         task.cancel()
             finally:
+                (data_dir / "urls.env").unlink(missing_ok=True)
                 stopped = await suite.stop()
                 code = code or stopped
     except (EmbeddedError, ConfigError) as exc:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -25,6 +26,11 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def urlopen_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
 
 
 def port_open(port: int) -> bool:
@@ -46,6 +52,10 @@ class Up:
             if key not in {"EVENTLINE_DATABASE_URL", "EVENTLINE_REDIS_URL"}
         }
         env.update({f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
+        self.metrics_ports = {name: free_port() for name in self.ports}
+        env.update(
+            {f"EVENTLINE_{name.upper()}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()}
+        )
         env.update(
             {
                 "EVENTLINE_DATA_DIR": str(data_dir),
@@ -110,11 +120,16 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(tmp_path: P
                 ingestion_pb2.TrackCustomerEventRequest(event_id="e-1", customer_id="c-1", name="signed_up"),
                 timeout=10,
             )
+        metrics_url = f"http://127.0.0.1:{first.metrics_ports['ingestion']}/metrics"
+        metrics = await asyncio.to_thread(urlopen_text, metrics_url)
+        assert 'grpc_method="TrackCustomerEvent"' in metrics
+        assert (data_dir / "urls.env").read_text().startswith("EVENTLINE_DATABASE_URL=postgresql://")
         assert await first.interrupt() == 0
     finally:
         first.kill()
 
     output = first.output()
+    assert not (data_dir / "urls.env").exists()
     for label in ("postgres", "redis", "ingestion", "eventline"):
         assert f"\n{label:<12}| " in output
     # Services stop before Redis, Redis before PostgreSQL.
