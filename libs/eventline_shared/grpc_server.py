@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 
 from eventline_shared import database
 from eventline_shared.config import CommonSettings
-from eventline_shared.errors import EventlineError, Unavailable
+from eventline_shared.errors import DeadlineExceeded, EventlineError, Unavailable
 from eventline_shared.metrics import Operations
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,15 @@ def _redis_translate(exc: BaseException) -> EventlineError | None:
 register_translator(_redis_translate)
 
 
-def as_status(exc: BaseException, method: str) -> grpc.Status:
+def as_status(exc: BaseException, method: str, remaining_s: float | None = None) -> grpc.Status:
+    """The status a client sees for ``exc``, raised while serving ``method``.
+
+    A timeout once the client's deadline has passed is DEADLINE_EXCEEDED,
+    whatever timed out (database calls get the remaining time as timeout).
+    """
     error = exc if isinstance(exc, EventlineError) else None
+    if error is None and isinstance(exc, TimeoutError) and remaining_s is not None and remaining_s <= 0.01:
+        error = DeadlineExceeded("the deadline passed before the call completed")
     for translate in _translators:
         if error is None:
             error = translate(exc)
@@ -99,7 +106,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(as_status(exc, method))
+                await context.abort_with_status(as_status(exc, method, context.time_remaining()))
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
@@ -117,7 +124,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(as_status(exc, method))
+                await context.abort_with_status(as_status(exc, method, context.time_remaining()))
 
         return grpc.unary_stream_rpc_method_handler(
             stream,

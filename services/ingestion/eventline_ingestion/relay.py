@@ -16,7 +16,7 @@ import time
 import asyncpg
 import redis.asyncio as redis
 
-from eventline_shared import stream
+from eventline_shared import faults, stream
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class OutboxRelay:
             if not rows:
                 return 0, 0
             count = await self.appender.append([row["entries"] for row in rows])
+            await faults.point("relay.after_append")
         self.published += count
         return len(rows), count
 

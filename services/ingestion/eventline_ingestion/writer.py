@@ -19,6 +19,7 @@ from eventline.common.v1 import common_pb2
 
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import NewEvent
+from eventline_shared import faults
 from eventline_shared.values import UTC
 
 Stored = dict[tuple[str, str], tuple[common_pb2.Event, bool]]
@@ -84,9 +85,11 @@ class EventWriter:
             for request in requests:
                 for event in request.events:
                     unique.setdefault(event.key, event)
+            await faults.point("writer.before_store")
             results = await self.repository.store_events(
                 list(unique.values()), dt.datetime.now(UTC), STATEMENT_TIMEOUT_S
             )
+            await faults.point("writer.after_commit")
         except Exception as exc:
             for request in requests:
                 if not request.done.done():

@@ -1,0 +1,54 @@
+"""Fault points: named places where a test can make a process crash or stall for real.
+
+``EVENTLINE_FAULTS`` lists ``point=action`` pairs separated by commas:
+
+* ``crash``: the process exits at once with status 137, as after ``kill -9``
+  (no clean-up, no flushing, no acknowledgements);
+* ``crash@P``: crash with probability P (0..1) each time the point is reached;
+* a number of seconds: the point stalls that long.
+
+For example ``EVENTLINE_FAULTS=relay.after_append=crash@0.2``. With the
+variable unset (production), reaching a point is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+
+from eventline_shared.config import ConfigError
+
+
+def _parse(spec: str) -> dict[str, tuple[str, float]]:
+    points: dict[str, tuple[str, float]] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, action = item.partition("=")
+        if action == "crash":
+            points[name] = ("crash", 1.0)
+        elif action.startswith("crash@"):
+            points[name] = ("crash", float(action[6:]))
+        else:
+            try:
+                points[name] = ("stall", float(action))
+            except ValueError:
+                raise ConfigError(f"EVENTLINE_FAULTS: bad action {action!r} for {name!r}") from None
+    return points
+
+
+_points = _parse(os.environ.get("EVENTLINE_FAULTS", ""))
+
+
+async def point(name: str) -> None:
+    """Crash or stall here if a fault is configured for ``name``."""
+    fault = _points.get(name)
+    if fault is None:
+        return
+    action, amount = fault
+    if action == "stall":
+        await asyncio.sleep(amount)
+    elif random.random() < amount:
+        sys.stderr.write(f"fault point {name}: crashing\n")
+        sys.stderr.flush()
+        os._exit(137)
