@@ -114,3 +114,152 @@ async def ingestion_server(db_url: str, stream_key: str, redis_client: redis.Red
 async def ingestion(ingestion_server) -> AsyncIterator[ingestion_pb2_grpc.IngestionServiceStub]:  # type: ignore[no-untyped-def]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as channel:
         yield ingestion_pb2_grpc.IngestionServiceStub(channel)
+
+
+@pytest.fixture
+async def segmentation_server(db_url: str, stream_key: str):  # type: ignore[no-untyped-def]
+    from eventline_segmentation.service import running
+    from eventline_segmentation.settings import Settings
+
+    settings = Settings.from_env(service_env(db_url, stream_key))
+    async with running(settings) as served:
+        yield served
+
+
+@pytest.fixture
+async def segmentation(segmentation_server):  # type: ignore[no-untyped-def]
+    from eventline.segmentation.v1 import segmentation_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{segmentation_server.port}") as channel:
+        yield segmentation_pb2_grpc.SegmentationServiceStub(channel)
+
+
+# --- Campaigns: a real SMTP server (aiosmtpd), a local HTTP provider, the campaign service ---
+
+
+class SmtpInbox:
+    """What the test SMTP server received, parsed; ``arrived`` is set on every message."""
+
+    def __init__(self) -> None:
+        import email.message
+
+        self.messages: list[email.message.EmailMessage] = []
+        self.arrived = asyncio.Event()
+        self.port = 0
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        import email
+        import email.policy
+
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))  # type: ignore[arg-type]
+        self.arrived.set()
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        async def enough() -> None:
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[SmtpInbox]:
+    from aiosmtpd.smtp import SMTP
+
+    inbox = SmtpInbox()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTP(inbox, hostname="smtp.test"), "127.0.0.1", 0
+    )
+    inbox.port = server.sockets[0].getsockname()[1]
+    yield inbox
+    server.close()
+    await server.wait_closed()
+
+
+class HttpProvider:
+    """A minimal HTTP/1.1 server that records every request; ``fail_next`` replies 503 that many times."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.fail_next = 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                path = line.decode().split(" ")[1]
+                headers: dict[str, str] = {}
+                while (header := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, text = header.decode().partition(":")
+                    headers[name.strip().lower()] = text.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.requests.append((path, headers, body))
+                status = "503 Service Unavailable" if self.fail_next > 0 else "200 OK"
+                self.fail_next = max(0, self.fail_next - 1)
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok".encode())
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def http_provider() -> AsyncIterator[HttpProvider]:
+    provider = HttpProvider()
+    server = await asyncio.start_server(provider.handle, "127.0.0.1", 0)
+    provider.port = server.sockets[0].getsockname()[1]
+    yield provider
+    server.close()
+
+
+def campaigns_env(
+    db_url: str,
+    stream_key: str,
+    segmentation_port: int,
+    smtp_port: int,
+    http_port: int,
+    sink_dir: str,
+    **extra: str,
+) -> dict[str, str]:
+    """The campaign service's environment in tests: real SMTP and HTTP providers, short timeouts."""
+    return service_env(
+        db_url,
+        stream_key,
+        EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{segmentation_port}",
+        EVENTLINE_SMTP_HOST="127.0.0.1",
+        EVENTLINE_SMTP_PORT=str(smtp_port),
+        EVENTLINE_SMS_URL=f"http://127.0.0.1:{http_port}/sms",
+        EVENTLINE_PUSH_URL=f"http://127.0.0.1:{http_port}/push",
+        EVENTLINE_PROVIDER_SECRET="test-secret",
+        EVENTLINE_CAMPAIGNS_SINK_DIR=sink_dir,
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
+        EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
+        EVENTLINE_CAMPAIGNS_POLL_S="0.1",
+        **extra,
+    )
+
+
+@pytest.fixture
+async def campaigns_server(  # type: ignore[no-untyped-def]
+    db_url: str, stream_key: str, redis_client, segmentation_server, smtp_server, http_provider, tmp_path
+):
+    """The campaign service without its background consumer: tests call ``consumer.drain()``."""
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path / "sink"),
+    )
+    async with running(Settings.from_env(env), consume=False) as served:
+        yield served

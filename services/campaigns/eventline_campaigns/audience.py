@@ -1,0 +1,95 @@
+"""The campaign's view of the segmentation service: match one customer, stream an audience."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+from eventline.common.v1 import common_pb2
+from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+from eventline_shared.errors import FieldViolation, InvalidArgument, Unavailable
+
+MATCH_TIMEOUT_S = 5.0
+VALIDATE_TIMEOUT_S = 5.0
+STREAM_CHUNK_TIMEOUT_S = 60.0
+
+
+class AudienceUnresolvable(Exception):
+    """The audience cannot be evaluated for this trigger (e.g. a reference the event lacks)."""
+
+
+def _translate(exc: grpc.aio.AioRpcError) -> Exception:
+    if exc.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return AudienceUnresolvable(exc.details() or exc.code().name)
+    return Unavailable(f"segmentation: {exc.code().name} {exc.details() or ''}".strip())
+
+
+class Audience:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
+
+    async def match(
+        self,
+        audience: segmentation_pb2.Filter,
+        customer_id: str,
+        bindings: Mapping[str, common_pb2.Value],
+        now: timestamp_pb2.Timestamp,
+    ) -> bool:
+        """Whether the customer is in the audience; raises ``AudienceUnresolvable`` or ``Unavailable``."""
+        request = segmentation_pb2.MatchCustomerRequest(
+            filter=audience, customer_id=customer_id, bindings=bindings, now=now
+        )
+        try:
+            reply = await self.stub.MatchCustomer(request, timeout=MATCH_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        return bool(reply.matched)
+
+    async def stream(
+        self,
+        audience: segmentation_pb2.Filter,
+        bindings: Mapping[str, common_pb2.Value],
+        now: timestamp_pb2.Timestamp,
+        after_customer_id: str,
+        chunk_size: int,
+    ) -> AsyncIterator[list[str]]:
+        """Chunks of customer ids in ascending order, strictly after ``after_customer_id``."""
+        request = segmentation_pb2.StreamCustomersRequest(
+            filter=audience,
+            bindings=bindings,
+            now=now,
+            after_customer_id=after_customer_id,
+            chunk_size=chunk_size,
+        )
+        call = self.stub.StreamCustomers(request)
+        try:
+            async for reply in call:
+                yield list(reply.customer_ids)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            call.cancel()
+
+    async def validate(self, audience: segmentation_pb2.Filter, field: str) -> None:
+        """Raise ``InvalidArgument`` with paths under ``field`` when the filter is invalid."""
+        try:
+            reply = await self.stub.ValidateFilter(
+                segmentation_pb2.ValidateFilterRequest(filter=audience), timeout=VALIDATE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument([FieldViolation(field, exc.details() or "invalid filter")]) from None
+            raise Unavailable(f"segmentation: {exc.code().name}") from None
+        if not reply.valid:
+            raise InvalidArgument(
+                [
+                    FieldViolation(field + v.field.removeprefix("filter"), v.description)
+                    for v in reply.violations
+                ]
+            )

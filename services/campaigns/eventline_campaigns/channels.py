@@ -1,0 +1,265 @@
+"""Channels: hand a rendered message to a provider, keyed by the delivery id.
+
+* ``SmtpChannel``: e-mail over SMTP (aiosmtplib); the delivery id is in the
+  ``Message-ID`` header (``<delivery-123@domain>``) so a receiving system can
+  drop a repeated message.
+* ``HttpChannel``: SMS and push providers over HTTP (httpx). The request is a
+  ``POST`` of a JSON object::
+
+      SMS:  {"delivery_id": "123", "channel": "sms", "to": "+4915112345678", "text": "..."}
+      push: {"delivery_id": "123", "channel": "push", "tokens": ["..."],
+             "title": "...", "body": "...", "data": {"k": "v"}}
+
+  with the headers ``Idempotency-Key: <delivery_id>``, ``X-Eventline-Timestamp:
+  <unix seconds>`` and ``X-Eventline-Signature: sha256=<hex HMAC-SHA256 of
+  "<timestamp>.<body>" with the shared secret>``. A 2xx reply is success; 408,
+  429 and 5xx replies and connection errors are transient (retried with
+  backoff); other replies are permanent failures.
+* ``FileSink``: writes each message as a readable text file (local development).
+
+Errors: ``PermanentError`` (do not retry) and ``TransientError`` (retry later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosmtplib
+import httpx
+
+EMAIL = 1
+SMS = 2
+PUSH = 3
+CHANNEL_NAMES = {EMAIL: "email", SMS: "sms", PUSH: "push"}
+
+
+class PermanentError(Exception):
+    """The provider refused the message for good."""
+
+
+class TransientError(Exception):
+    """The provider could not be reached or asked to retry."""
+
+
+@dataclass
+class Message:
+    """A rendered message ready for a provider; stored in the ledger while pending."""
+
+    delivery_id: int
+    channel: int
+    to: list[str]
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    data: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"to": self.to, "subject": self.subject, "html": self.html, "text": self.text, "data": self.data},
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, delivery_id: int, channel: int, text: str) -> Message:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(delivery_id, channel, raw["to"], raw["subject"], raw["html"], raw["text"], raw["data"])
+
+
+class Channel(Protocol):
+    async def send(self, message: Message) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def with_retries(call: Callable[[], Any], attempts: int, base_delay_s: float = 0.05) -> int:
+    """Run ``call`` until it succeeds or fails permanently; returns how many calls were made.
+
+    Transient errors are retried with exponential backoff and jitter-free
+    delays (base, 2x base, ...); the last one is re-raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await call()
+            return attempt
+        except TransientError:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(base_delay_s * 2 ** (attempt - 1))
+    return attempts
+
+
+class SmtpChannel:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        *,
+        domain: str,
+        username: str = "",
+        password: str = "",
+        start_tls: bool = False,
+        timeout_s: float = 10.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.domain = domain
+        self.username = username or None
+        self.password = password or None
+        self.start_tls = start_tls
+        self.timeout_s = timeout_s
+        self._limit = asyncio.Semaphore(concurrency)
+
+    def build(self, message: Message) -> EmailMessage:
+        email = EmailMessage()
+        email["From"] = self.sender
+        email["To"] = message.to[0]
+        email["Subject"] = message.subject
+        email["Date"] = formatdate(localtime=False)
+        email["Message-ID"] = f"<delivery-{message.delivery_id}@{self.domain}>"
+        email.set_content(message.text or "")
+        if message.html:
+            email.add_alternative(message.html, subtype="html")
+        return email
+
+    async def send(self, message: Message) -> None:
+        email = self.build(message)
+        async with self._limit:
+            try:
+                await aiosmtplib.send(
+                    email,
+                    hostname=self.host,
+                    port=self.port,
+                    username=self.username,
+                    password=self.password,
+                    start_tls=self.start_tls,
+                    timeout=self.timeout_s,
+                )
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                raise PermanentError(f"recipient refused: {exc}") from None
+            except aiosmtplib.SMTPResponseException as exc:
+                if 400 <= exc.code < 500:
+                    raise TransientError(f"SMTP {exc.code}: {exc.message}") from None
+                raise PermanentError(f"SMTP {exc.code}: {exc.message}") from None
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise TransientError(f"SMTP server unreachable: {exc}") from None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Eventline-Signature header value of a provider call."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class HttpChannel:
+    """An SMS or push provider behind an HTTP endpoint (see the module docstring)."""
+
+    def __init__(self, url: str, secret: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.secret = secret
+        self.client = httpx.AsyncClient(timeout=timeout_s)
+
+    @staticmethod
+    def payload(message: Message) -> dict[str, Any]:
+        if message.channel == SMS:
+            return {
+                "delivery_id": str(message.delivery_id),
+                "channel": "sms",
+                "to": message.to[0],
+                "text": message.text,
+            }
+        return {
+            "delivery_id": str(message.delivery_id),
+            "channel": "push",
+            "tokens": message.to,
+            "title": message.subject,
+            "body": message.text,
+            "data": message.data,
+        }
+
+    async def send(self, message: Message) -> None:
+        body = json.dumps(self.payload(message), ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": str(message.delivery_id),
+            "X-Eventline-Timestamp": timestamp,
+            "X-Eventline-Signature": signature(self.secret, timestamp, body),
+        }
+        try:
+            reply = await self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"provider unreachable: {type(exc).__name__}") from None
+        if reply.is_success:
+            return
+        detail = f"provider replied {reply.status_code}: {reply.text[:200]}"
+        if reply.status_code in (408, 429) or reply.status_code >= 500:
+            raise TransientError(detail)
+        raise PermanentError(detail)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class FileSink:
+    """Writes every message as ``<delivery_id>-<channel>.txt`` in a folder, for people to read.
+
+    Writing the same delivery again replaces the file: the delivery id is the
+    idempotency key here too. ``observer`` (if any) is called after each write.
+    """
+
+    def __init__(self, directory: str, observer: Callable[[Message], None] | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.observer = observer
+
+    def path(self, message: Message) -> Path:
+        return self.directory / f"{message.delivery_id:012d}-{CHANNEL_NAMES[message.channel]}.txt"
+
+    @staticmethod
+    def format(message: Message) -> str:
+        lines = [
+            f"Delivery: {message.delivery_id}",
+            f"Channel: {CHANNEL_NAMES[message.channel]}",
+            f"To: {', '.join(message.to)}",
+        ]
+        if message.subject:
+            lines.append(f"Subject: {message.subject}")
+        for key, value in sorted(message.data.items()):
+            lines.append(f"Data-{key}: {value}")
+        lines.append("")
+        lines.append(message.text)
+        if message.html:
+            lines += ["", "--- HTML ---", message.html]
+        return "\n".join(lines) + "\n"
+
+    async def send(self, message: Message) -> None:
+        try:
+            fd = os.open(self.path(message), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, self.format(message).encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise TransientError(f"cannot write message file: {exc}") from None
+        if self.observer is not None:
+            self.observer(message)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,259 @@
+"""The stream consumer: a consumer group on the ingestion stream, shared by every replica.
+
+* Each replica reads new entries with ``XREADGROUP >`` under its own
+  consumer name; entries left pending by a crashed replica for longer than
+  ``claim_idle_ms`` are taken over with ``XAUTOCLAIM``.
+* An entry is acknowledged only after the engine has recorded its deliveries
+  in the ledger and handed them to the channels.
+* An entry that fails is left pending; once it has been delivered more than
+  ``max_attempts`` times it is copied to the dead-letter stream (with the
+  error) and acknowledged, so it never blocks the entries behind it. An entry
+  that cannot even be parsed is dead-lettered at once.
+* ``drain()`` processes until nothing is left (burst mode for tests and
+  tools); ``run()`` serves until ``shutdown()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+import redis.exceptions
+from eventline.common.v1 import common_pb2
+from google.protobuf.message import DecodeError
+
+from eventline_campaigns.engine import Engine
+from eventline_shared.stream import StreamEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Parsed:
+    entry: StreamEntry
+    event: common_pb2.Event
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        engine: Engine,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        dead_letter_stream: str,
+        batch: int = 200,
+        claim_idle_ms: int = 30_000,
+        max_attempts: int = 5,
+        recover_interval_s: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.engine = engine
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.dead_letter_stream = dead_letter_stream
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self.max_attempts = max_attempts
+        self.recover_interval_s = recover_interval_s
+        self._stop = asyncio.Event()
+        self._group_ready = False
+        self.errors: list[str] = []
+        """The latest processing errors (kept short), for logs and tests."""
+
+    async def ensure_group(self) -> None:
+        """Create the group at the start of the stream (campaigns ignore events from before their activation)."""
+        if self._group_ready:
+            return
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    # --- reading ---
+
+    async def _read_new(self, block_ms: int | None) -> list[StreamEntry]:
+        reply = await self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
+        )
+        entries: list[StreamEntry] = []
+        for _, items in reply or []:
+            entries += [StreamEntry.from_fields(entry_id, fields) for entry_id, fields in items if fields]
+        return entries
+
+    async def _reclaim(self, min_idle_ms: int) -> list[StreamEntry]:
+        """Entries pending too long elsewhere (or failed here), now ours; poison ones are dead-lettered."""
+        claimed: list[StreamEntry] = []
+        start = "0-0"
+        while True:
+            reply = await self.client.xautoclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=self.batch
+            )
+            start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+            claimed += [StreamEntry.from_fields(entry_id, fields) for entry_id, fields in reply[1] if fields]
+            if start == "0-0" or len(claimed) >= self.batch:
+                break
+        if not claimed:
+            return []
+        deliveries = await self._times_delivered([e.entry_id for e in claimed])
+        fresh: list[StreamEntry] = []
+        for entry in claimed:
+            attempts = deliveries.get(entry.entry_id, 1)
+            if attempts > self.max_attempts:
+                await self._dead_letter(entry, f"failed {attempts - 1} times", attempts - 1)
+            else:
+                fresh.append(entry)
+        return fresh
+
+    async def _times_delivered(self, entry_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for entry_id in entry_ids:
+            rows = await self.client.xpending_range(
+                self.stream, self.group, min=entry_id, max=entry_id, count=1, consumername=self.consumer
+            )
+            for row in rows:
+                key = row["message_id"]
+                found[key.decode() if isinstance(key, bytes) else key] = int(row["times_delivered"])
+        return found
+
+    async def _dead_letter(self, entry: StreamEntry, error: str, attempts: int) -> None:
+        fields: dict[str, str | bytes] = {
+            "event_id": entry.event_id,
+            "customer_id": entry.customer_id,
+            "name": entry.name,
+            "payload": entry.payload,
+            "source_stream": self.stream,
+            "source_id": entry.entry_id,
+            "group": self.group,
+            "attempts": str(attempts),
+            "error": error[:2000],
+        }
+        await self.client.xadd(self.dead_letter_stream, fields)  # type: ignore[arg-type]
+        await self.client.xack(self.stream, self.group, entry.entry_id)
+        log.error(
+            "stream entry dead-lettered",
+            extra={"entry_id": entry.entry_id, "event_id": entry.event_id, "error": error[:500]},
+        )
+
+    # --- processing ---
+
+    async def process(self, entries: Sequence[StreamEntry]) -> int:
+        """Process entries and acknowledge the ones whose deliveries are recorded; returns how many."""
+        parsed: list[_Parsed] = []
+        for entry in entries:
+            try:
+                event = common_pb2.Event.FromString(entry.payload)
+                if not event.event_id or not event.name:
+                    raise ValueError("the event has no id or no name")
+            except (DecodeError, ValueError) as exc:
+                await self._dead_letter(entry, f"unreadable entry: {exc}", 1)
+                continue
+            parsed.append(_Parsed(entry, event))
+        if not parsed:
+            return len(entries)
+        try:
+            await self._process_batch(parsed)
+            done = [p.entry.entry_id for p in parsed]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Find the entries that fail on their own; the others go through.
+            self._note_error(exc)
+            done = []
+            for item in parsed:
+                try:
+                    await self._process_batch([item])
+                    done.append(item.entry.entry_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as single:
+                    self._note_error(single)
+                    log.warning(
+                        "stream entry failed; it stays pending",
+                        extra={"entry_id": item.entry.entry_id, "error": repr(single)[:500]},
+                    )
+        if done:
+            await self.client.xack(self.stream, self.group, *done)
+        return len(entries)
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.errors = [*self.errors[-9:], repr(exc)[:500]]
+
+    async def _process_batch(self, items: Sequence[_Parsed]) -> None:
+        customer = [p.event for p in items if p.event.kind == common_pb2.EVENT_KIND_CUSTOMER]
+        if customer:
+            await self.engine.handle_customer_events(customer)
+        for item in items:
+            if item.event.kind == common_pb2.EVENT_KIND_SYSTEM:
+                await self.engine.handle_system_event(item.event, self._keepalive(item.entry.entry_id))
+
+    def _keepalive(self, entry_id: str):  # type: ignore[no-untyped-def]
+        async def touch() -> None:
+            # Resets the entry's idle time so no other replica reclaims a long fan-out.
+            await self.client.xclaim(self.stream, self.group, self.consumer, 0, [entry_id], justid=True)
+
+        return touch
+
+    # --- loops ---
+
+    async def step(self, block_ms: int | None, reclaim: bool) -> int:
+        """One round: reclaim (optionally) and read new entries; returns how many were processed."""
+        await self.ensure_group()
+        entries = await self._reclaim(self.claim_idle_ms) if reclaim else []
+        entries += await self._read_new(block_ms)
+        if not entries:
+            return 0
+        return await self.process(entries)
+
+    async def drain(self) -> int:
+        """Process until the stream has nothing new or reclaimable; returns entries processed."""
+        await self.engine.cache.refresh()
+        total = 0
+        while True:
+            processed = await self.step(None, reclaim=True)
+            total += processed
+            if processed == 0:
+                break
+        await self.engine.recover()
+        return total
+
+    async def run(self) -> None:
+        """Serve until ``shutdown()``: read, reclaim now and then, resend stale deliveries."""
+        loop = asyncio.get_running_loop()
+        next_reclaim = 0.0
+        next_recover = 0.0
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                now = loop.time()
+                reclaim = now >= next_reclaim
+                if reclaim:
+                    next_reclaim = now + max(self.claim_idle_ms / 2000, 0.5)
+                await self.step(500, reclaim)
+                if loop.time() >= next_recover:
+                    next_recover = loop.time() + self.recover_interval_s
+                    await self.engine.recover()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note_error(exc)
+                if isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc):
+                    self._group_ready = False
+                log.warning("campaign consumer error; retrying", extra={"error": repr(exc)[:500]})
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, 5.0)
+
+    def shutdown(self) -> None:
+        self._stop.set()

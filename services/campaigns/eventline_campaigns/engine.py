@@ -1,0 +1,402 @@
+"""Turning trigger events into recorded, then sent, deliveries.
+
+Exactly once, step by step:
+
+1. the deliveries of a trigger are rendered and written to the ledger in one
+   transaction (``INSERT ... ON CONFLICT DO NOTHING`` on (customer, campaign,
+   event, channel)), pending ones with a lease;
+2. only rows this worker inserted (or whose lease expired: their sender
+   crashed) are sent, each with its delivery id as the idempotency key;
+3. the outcome is written back (sent / failed, or pending again with a later
+   lease after a transient provider error);
+4. only then is the stream entry acknowledged.
+
+A worker killed anywhere leaves either an unacknowledged entry (reprocessed
+by another replica: the ledger makes it a no-op apart from taking over
+expired leases) or a pending row with a lease (sent again, with the same
+idempotency key, once the lease expires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.common.v1 import common_pb2
+
+from eventline_campaigns.audience import Audience, AudienceUnresolvable
+from eventline_campaigns.channels import (
+    EMAIL,
+    PUSH,
+    SMS,
+    Channel,
+    Message,
+    PermanentError,
+    TransientError,
+    with_retries,
+)
+from eventline_campaigns.model import (
+    CUSTOMER_TRIGGER,
+    FAILED,
+    PENDING,
+    SENT,
+    SKIPPED,
+    SYSTEM_TRIGGER,
+    CompiledCampaign,
+    compile_campaign,
+)
+from eventline_campaigns.repository import CampaignRepository, Outcome, Owned, Planned, Profile
+from eventline_campaigns.templates import RenderError, variables
+from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
+
+log = logging.getLogger(__name__)
+
+GRANTED = common_pb2.CONSENT_GRANTED
+_CHANNEL_WORDS = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push"}
+
+
+class CampaignCache:
+    """The active campaigns by trigger, reloaded whenever any campaign changes.
+
+    Every replica polls the campaigns' highest revision (one index-only query)
+    every ``poll_s``; a change therefore reaches every replica within about
+    ``poll_s`` plus the reload time.
+    """
+
+    def __init__(self, repository: CampaignRepository, poll_s: float = 0.25) -> None:
+        self.repository = repository
+        self.poll_s = poll_s
+        self._seen: tuple[int, int] | None = None
+        self._compiled: dict[tuple[str, int], CompiledCampaign] = {}
+        self._by_trigger: dict[tuple[int, str], list[CompiledCampaign]] = {}
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def for_trigger(self, kind: int, name: str) -> list[CompiledCampaign]:
+        return self._by_trigger.get((kind, name), [])
+
+    async def refresh(self) -> bool:
+        """Reload when anything changed; returns whether it did."""
+        async with self._lock:
+            seen = await self.repository.campaigns_revision()
+            if seen == self._seen:
+                return False
+            rows = await self.repository.active_campaigns()
+            compiled: dict[tuple[str, int], CompiledCampaign] = {}
+            by_trigger: dict[tuple[int, str], list[CompiledCampaign]] = defaultdict(list)
+            for row in rows:
+                key = (row.campaign_id, row.revision)
+                campaign = self._compiled.get(key)
+                if campaign is None:
+                    try:
+                        spec = campaigns_pb2.Campaign.FromString(row.spec)
+                        assert row.active_since is not None
+                        campaign = compile_campaign(row.campaign_id, row.revision, spec, row.active_since)
+                    except Exception:
+                        log.exception("cannot compile campaign", extra={"campaign_id": row.campaign_id})
+                        continue
+                compiled[key] = campaign
+                by_trigger[(campaign.kind, campaign.event_name)].append(campaign)
+            self._compiled = compiled
+            self._by_trigger = dict(by_trigger)
+            self._seen = seen
+            log.info("campaigns loaded", extra={"active": len(compiled), "revision": seen[0]})
+            return True
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("cannot reload campaigns", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+            except TimeoutError:
+                pass
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+
+def _address(profile: Profile, channel: int) -> tuple[list[str], int]:
+    if channel == EMAIL:
+        return ([profile.email] if profile.email else []), profile.email_consent
+    if channel == SMS:
+        return ([profile.phone] if profile.phone else []), profile.sms_consent
+    return list(profile.push_tokens), profile.push_consent
+
+
+@dataclass
+class Trigger:
+    """One trigger event as templates and the audience see it."""
+
+    event: common_pb2.Event
+    context: dict[str, Any]
+    occurred_at: dt.datetime
+
+    @classmethod
+    def of(cls, event: common_pb2.Event) -> Trigger:
+        return cls(event, python_values(event.context), timestamp_to_datetime(event.occurred_at))
+
+
+def plan(
+    campaign: CompiledCampaign, trigger: Trigger, profile: Profile, skip_reason: str = ""
+) -> list[Planned]:
+    """The deliveries of one campaign to one customer for one trigger: rendered, skipped or failed."""
+    planned: list[Planned] = []
+    template_variables: Mapping[str, Any] | None = None
+    for action in campaign.actions:
+        word = _CHANNEL_WORDS[action.channel]
+        if skip_reason:
+            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
+            continue
+        to, consent = _address(profile, action.channel)
+        if consent != GRANTED:
+            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None))
+            continue
+        if not to:
+            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None))
+            continue
+        if template_variables is None:
+            template_variables = variables(
+                customer_id=profile.customer_id,
+                email=profile.email,
+                phone=profile.phone,
+                attributes=python_values(decode_values(profile.attributes)),
+                context=trigger.context,
+                event_name=trigger.event.name,
+                event_id=trigger.event.event_id,
+                occurred_at=trigger.occurred_at,
+            )
+        try:
+            message = action.message(0, to, template_variables)
+        except RenderError as exc:
+            planned.append(
+                Planned(profile.customer_id, action.channel, FAILED, f"template: {exc}"[:1000], None)
+            )
+            continue
+        planned.append(Planned(profile.customer_id, action.channel, PENDING, "", message.to_json()))
+    return planned
+
+
+Keepalive = Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+class Engine:
+    """Records and sends the deliveries of trigger events (no knowledge of the stream)."""
+
+    def __init__(
+        self,
+        repository: CampaignRepository,
+        cache: CampaignCache,
+        audience: Audience,
+        channels: Mapping[int, Channel],
+        *,
+        lease_s: float = 60.0,
+        send_attempts: int = 3,
+        send_concurrency: int = 32,
+        fanout_batch: int = 1000,
+        retry_base_s: float = 0.05,
+    ) -> None:
+        self.repository = repository
+        self.cache = cache
+        self.audience = audience
+        self.channels = channels
+        self.lease_s = lease_s
+        self.send_attempts = send_attempts
+        self.max_calls = send_attempts * 5
+        self.fanout_batch = fanout_batch
+        self.retry_base_s = retry_base_s
+        self._send_limit = asyncio.Semaphore(send_concurrency)
+
+    # --- customer events ---
+
+    async def handle_customer_events(self, events: Sequence[common_pb2.Event]) -> None:
+        """Record and send the deliveries of a batch of customer events."""
+        pairs: list[tuple[CompiledCampaign, Trigger]] = []
+        for event in events:
+            received = timestamp_to_datetime(event.received_at)
+            campaigns = [
+                c
+                for c in self.cache.for_trigger(CUSTOMER_TRIGGER, event.name)
+                if c.triggered_by(event, received)
+            ]
+            if campaigns:
+                trigger = Trigger.of(event)
+                pairs += [(c, trigger) for c in campaigns]
+        if not pairs:
+            return
+        verdicts = await asyncio.gather(*(self._in_audience(c, t) for c, t in pairs))
+        wanted = [(c, t, reason) for (c, t), (inside, reason) in zip(pairs, verdicts, strict=True) if inside]
+        if not wanted:
+            return
+        profiles = await self.repository.profiles(sorted({t.event.customer_id for _, t, _ in wanted}))
+        recorded = await asyncio.gather(
+            *(self._record_one(campaign, trigger, profiles, reason) for campaign, trigger, reason in wanted)
+        )
+        await self.send([owned for batch in recorded for owned in batch])
+
+    async def _in_audience(self, campaign: CompiledCampaign, trigger: Trigger) -> tuple[bool, str]:
+        """(whether to record deliveries, skip reason) for one customer."""
+        if campaign.audience is None:
+            return True, ""
+        try:
+            matched = await self.audience.match(
+                campaign.audience, trigger.event.customer_id, trigger.event.context, trigger.event.occurred_at
+            )
+        except AudienceUnresolvable as exc:
+            return True, f"audience cannot be evaluated: {exc}"[:1000]
+        return matched, ""
+
+    async def _record_one(
+        self, campaign: CompiledCampaign, trigger: Trigger, profiles: Mapping[str, Profile], reason: str
+    ) -> list[Owned]:
+        profile = profiles.get(trigger.event.customer_id)
+        if profile is None:
+            return []  # erased meanwhile: nothing to deliver, nothing to keep
+        planned = plan(campaign, trigger, profile, reason)
+        return await self.repository.record(
+            campaign.campaign_id,
+            trigger.event.event_id,
+            planned,
+            lease_s=self.lease_s,
+            cap_max=campaign.cap_max,
+            cap_period_s=campaign.cap_period_s,
+        )
+
+    # --- system events ---
+
+    async def handle_system_event(self, event: common_pb2.Event, keepalive: Keepalive = _nothing) -> None:
+        received = timestamp_to_datetime(event.received_at)
+        for campaign in self.cache.for_trigger(SYSTEM_TRIGGER, event.name):
+            if campaign.triggered_by(event, received):
+                await self.fan_out(campaign, event, keepalive)
+
+    async def fan_out(
+        self, campaign: CompiledCampaign, event: common_pb2.Event, keepalive: Keepalive = _nothing
+    ) -> int:
+        """Deliver a system event's campaign to its audience, batch by batch; returns deliveries sent.
+
+        Resumable: the cursor (last customer recorded) advances in the same
+        transaction as the batch's ledger rows, and the audience is evaluated
+        at the event's occurred_at, so a restarted fan-out continues with the
+        same audience, skipping nobody and repeating nobody.
+        """
+        progress = await self.repository.start_fanout(campaign.campaign_id, event.event_id)
+        if progress.done:
+            return 0
+        trigger = Trigger.of(event)
+        sent = 0
+        sending: asyncio.Task[int] | None = None
+        try:
+            async for batch in self._audience_batches(campaign, event, progress.after_customer_id):
+                profiles = await self.repository.profiles(batch)
+                planned: list[Planned] = []
+                for customer_id in batch:
+                    profile = profiles.get(customer_id)
+                    if profile is not None:
+                        planned += plan(campaign, trigger, profile)
+                owned = await self.repository.record(
+                    campaign.campaign_id,
+                    event.event_id,
+                    planned,
+                    lease_s=self.lease_s,
+                    cap_max=campaign.cap_max,
+                    cap_period_s=campaign.cap_period_s,
+                    fanout_after=batch[-1],
+                )
+                # Send this batch while the next one is rendered and recorded.
+                if sending is not None:
+                    sent += await sending
+                sending = asyncio.create_task(self.send(owned))
+                await keepalive()
+            if sending is not None:
+                sent += await sending
+                sending = None
+        except AudienceUnresolvable as exc:
+            log.warning(
+                "system event audience cannot be evaluated",
+                extra={"campaign_id": campaign.campaign_id, "event_id": event.event_id, "error": str(exc)},
+            )
+        finally:
+            if sending is not None:
+                await asyncio.gather(sending, return_exceptions=True)
+        await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
+        return sent
+
+    async def _audience_batches(
+        self, campaign: CompiledCampaign, event: common_pb2.Event, after: str
+    ) -> AsyncIterator[list[str]]:
+        size = self.fanout_batch
+        if campaign.audience is None:
+            while True:
+                batch = await self.repository.all_customers_after(after, size)
+                if not batch:
+                    return
+                yield batch
+                after = batch[-1]
+        else:
+            async for chunk in self.audience.stream(
+                campaign.audience, event.context, event.occurred_at, after, size
+            ):
+                for start in range(0, len(chunk), size):
+                    yield chunk[start : start + size]
+
+    # --- sending ---
+
+    async def send(self, owned: Sequence[Owned]) -> int:
+        """Send the deliveries this worker holds and record the outcomes; returns how many were sent."""
+        if not owned:
+            return 0
+        outcomes = await asyncio.gather(*(self._send_one(o) for o in owned))
+        await self.repository.mark(outcomes)
+        return sum(1 for o in outcomes if o.status == SENT)
+
+    async def _send_one(self, owned: Owned) -> Outcome:
+        message = Message.from_json(owned.delivery_id, owned.channel, owned.message)
+        channel = self.channels[owned.channel]
+        calls = 0
+
+        async def call() -> None:
+            nonlocal calls
+            calls += 1
+            await channel.send(message)
+
+        async with self._send_limit:
+            try:
+                await with_retries(call, self.send_attempts, self.retry_base_s)
+            except PermanentError as exc:
+                return Outcome(owned.delivery_id, FAILED, f"provider: {exc}"[:1000], calls)
+            except TransientError as exc:
+                if owned.attempts + calls >= self.max_calls:
+                    return Outcome(owned.delivery_id, FAILED, f"provider unavailable: {exc}"[:1000], calls)
+                retry = min(60.0, self.retry_base_s * 2 ** (owned.attempts + calls))
+                return Outcome(owned.delivery_id, PENDING, f"retrying: {exc}"[:1000], calls, retry)
+            except Exception as exc:
+                log.exception("channel failed", extra={"delivery_id": owned.delivery_id})
+                return Outcome(
+                    owned.delivery_id, PENDING, f"retrying: {type(exc).__name__}", calls, self.lease_s
+                )
+        return Outcome(owned.delivery_id, SENT, "", calls)
+
+    async def recover(self, limit: int = 500) -> int:
+        """Send pending deliveries whose sender crashed or whose provider was down; returns how many."""
+        total = 0
+        while True:
+            owned = await self.repository.take_over_stale(limit, self.lease_s)
+            if not owned:
+                return total
+            total += len(owned)
+            await self.send(owned)
+            if len(owned) < limit:
+                return total

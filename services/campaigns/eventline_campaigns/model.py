@@ -1,0 +1,183 @@
+"""Campaigns as the worker runs them: compiled templates, trigger tests and rendering."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.common.v1 import common_pb2
+from eventline.segmentation.v1 import segmentation_pb2
+
+from eventline_campaigns.channels import EMAIL, PUSH, SMS, Message
+from eventline_campaigns.templates import Template, compile_template, render
+from eventline_shared.values import python_value
+
+CUSTOMER_TRIGGER = common_pb2.EVENT_KIND_CUSTOMER
+SYSTEM_TRIGGER = common_pb2.EVENT_KIND_SYSTEM
+
+PENDING = campaigns_pb2.DELIVERY_STATUS_PENDING
+SENT = campaigns_pb2.DELIVERY_STATUS_SENT
+FAILED = campaigns_pb2.DELIVERY_STATUS_FAILED
+SKIPPED = campaigns_pb2.DELIVERY_STATUS_SKIPPED
+
+ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
+
+
+@dataclass(frozen=True)
+class CompiledAction:
+    channel: int
+    subject: Template | None
+    html: Template | None
+    text: Template | None
+    data: dict[str, Template]
+
+    def render(self, variables: Mapping[str, Any]) -> tuple[str, str, str, dict[str, str]]:
+        """(subject, html, text, data); raises ``RenderError``."""
+        subject = render(self.subject, variables) if self.subject else ""
+        html = render(self.html, variables) if self.html else ""
+        text = render(self.text, variables) if self.text else ""
+        data = {key: render(template, variables) for key, template in self.data.items()}
+        # A subject or title is one line, whatever the template produced.
+        return " ".join(subject.split()), html, text, data
+
+    def message(self, delivery_id: int, to: list[str], variables: Mapping[str, Any]) -> Message:
+        subject, html, text, data = self.render(variables)
+        return Message(delivery_id, self.channel, to, subject, html, text, data)
+
+
+def compile_action(action: campaigns_pb2.Action) -> CompiledAction:
+    """Compile an action's templates (validated before, so this does not fail)."""
+    kind = action.WhichOneof("channel")
+    if kind == "email":
+        email = action.email
+        return CompiledAction(
+            EMAIL,
+            compile_template(email.subject),
+            compile_template(email.html_body, html=True) if email.html_body else None,
+            compile_template(email.text_body) if email.text_body else None,
+            {},
+        )
+    if kind == "sms":
+        return CompiledAction(SMS, None, None, compile_template(action.sms.text), {})
+    push = action.push
+    return CompiledAction(
+        PUSH,
+        compile_template(push.title),
+        None,
+        compile_template(push.body),
+        {key: compile_template(value) for key, value in sorted(push.data.items())},
+    )
+
+
+@dataclass(frozen=True)
+class CompiledCampaign:
+    campaign_id: str
+    revision: int
+    kind: int
+    event_name: str
+    predicates: tuple[segmentation_pb2.Predicate, ...]
+    audience: segmentation_pb2.Filter | None
+    actions: tuple[CompiledAction, ...]
+    cap_max: int
+    cap_period_s: float
+    active_since: dt.datetime
+
+    def triggered_by(self, event: common_pb2.Event, received_at: dt.datetime) -> bool:
+        """Whether ``event`` triggers this campaign (name, kind, predicates, activation time)."""
+        if event.name != self.event_name or event.kind != self.kind:
+            return False
+        if received_at < self.active_since:
+            return False
+        return all(predicate_holds(p, event.context) for p in self.predicates)
+
+
+def compile_campaign(
+    campaign_id: str, revision: int, spec: campaigns_pb2.Campaign, active_since: dt.datetime
+) -> CompiledCampaign:
+    trigger_kind = spec.trigger.WhichOneof("kind")
+    if trigger_kind == "customer_event":
+        kind, trigger = CUSTOMER_TRIGGER, spec.trigger.customer_event
+        name, predicates = trigger.event_name, tuple(trigger.context_predicates)
+    else:
+        system = spec.trigger.system_event
+        kind, name, predicates = SYSTEM_TRIGGER, system.event_name, tuple(system.context_predicates)
+    cap = spec.frequency_cap if spec.HasField("frequency_cap") else None
+    return CompiledCampaign(
+        campaign_id=campaign_id,
+        revision=revision,
+        kind=kind,
+        event_name=name,
+        predicates=predicates,
+        audience=spec.audience if spec.HasField("audience") else None,
+        actions=tuple(compile_action(a) for a in spec.actions),
+        cap_max=cap.max_sends if cap else 0,
+        cap_period_s=cap.period.ToTimedelta().total_seconds() if cap else 0.0,
+        active_since=active_since,
+    )
+
+
+# --- Trigger predicates: the segmentation semantics, on one event's context ---
+
+_NUMBERS = ("integer_value", "decimal_value")
+
+
+def _comparable(value: common_pb2.Value) -> tuple[str, Any]:
+    kind = value.WhichOneof("kind") or ""
+    plain = python_value(value)
+    if kind in _NUMBERS:
+        return "number", Decimal(plain)
+    return kind, plain
+
+
+def values_equal(a: common_pb2.Value, b: common_pb2.Value) -> bool:
+    kind_a, plain_a = _comparable(a)
+    kind_b, plain_b = _comparable(b)
+    return kind_a == kind_b and bool(plain_a == plain_b)
+
+
+def _order(a: common_pb2.Value, b: common_pb2.Value) -> int | None:
+    kind_a, plain_a = _comparable(a)
+    kind_b, plain_b = _comparable(b)
+    if kind_a != kind_b or kind_a not in ("number", "timestamp_value"):
+        return None
+    return (plain_a > plain_b) - (plain_a < plain_b)
+
+
+def predicate_holds(predicate: segmentation_pb2.Predicate, context: Mapping[str, common_pb2.Value]) -> bool:
+    """Whether a literal predicate holds on a context (see segmentation.proto for the semantics)."""
+    op = predicate.operator
+    present = predicate.field in context
+    if op == segmentation_pb2.OPERATOR_NOT_EXISTS:
+        return not present
+    if not present:
+        return False
+    field = context[predicate.field]
+    if op == segmentation_pb2.OPERATOR_EXISTS:
+        return True
+    if op in (segmentation_pb2.OPERATOR_IN, segmentation_pb2.OPERATOR_NOT_IN):
+        found = any(values_equal(field, operand.literal) for operand in predicate.values)
+        return found if op == segmentation_pb2.OPERATOR_IN else not found
+    operand = predicate.value.literal
+    if op == segmentation_pb2.OPERATOR_EQUALS:
+        return values_equal(field, operand)
+    if op == segmentation_pb2.OPERATOR_NOT_EQUALS:
+        return not values_equal(field, operand)
+    if op in (segmentation_pb2.OPERATOR_CONTAINS, segmentation_pb2.OPERATOR_STARTS_WITH):
+        if field.WhichOneof("kind") != "string_value" or operand.WhichOneof("kind") != "string_value":
+            return False
+        if op == segmentation_pb2.OPERATOR_CONTAINS:
+            return operand.string_value in field.string_value
+        return field.string_value.startswith(operand.string_value)
+    order = _order(field, operand)
+    if order is None:
+        return False
+    return {
+        segmentation_pb2.OPERATOR_GREATER: order > 0,
+        segmentation_pb2.OPERATOR_GREATER_OR_EQUAL: order >= 0,
+        segmentation_pb2.OPERATOR_LESS: order < 0,
+        segmentation_pb2.OPERATOR_LESS_OR_EQUAL: order <= 0,
+    }.get(op, False)

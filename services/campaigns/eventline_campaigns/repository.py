@@ -1,0 +1,436 @@
+"""All SQL of the campaign service, with bind parameters only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from eventline_campaigns.model import FAILED, PENDING, SENT, SKIPPED
+
+# --- campaigns ---------------------------------------------------------------
+
+_CAMPAIGN_COLUMNS = "campaign_id, display_name, state, spec, revision, created_at, updated_at, active_since"
+
+
+@dataclass(frozen=True)
+class CampaignRow:
+    campaign_id: str
+    display_name: str
+    state: int
+    spec: bytes
+    revision: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    active_since: dt.datetime | None
+
+
+def _campaign(row: asyncpg.Record) -> CampaignRow:
+    return CampaignRow(*row)
+
+
+@dataclass(frozen=True)
+class Profile:
+    customer_id: str
+    email: str
+    phone: str
+    push_tokens: list[str]
+    attributes: str
+    email_consent: int
+    sms_consent: int
+    push_consent: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A delivery about to be recorded; ``message`` is the rendered JSON for pending ones."""
+
+    customer_id: str
+    channel: int
+    status: int
+    reason: str
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A pending delivery this worker must now send (it holds the lease)."""
+
+    delivery_id: int
+    customer_id: str
+    channel: int
+    message: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery_id: int
+    status: int
+    reason: str
+    calls: int
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    delivery_id: int
+    campaign_id: str
+    event_id: str
+    customer_id: str
+    channel: int
+    status: int
+    reason: str
+    attempts: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Fanout:
+    after_customer_id: str
+    done: bool
+
+
+_RECORD = """
+INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
+SELECT t.customer_id, $1, $2, t.channel, t.status, t.reason, t.message,
+       CASE WHEN t.status = 1 THEN now() + $8 * interval '1 second' END
+FROM unnest($3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
+    AS t(customer_id, channel, status, reason, message)
+ORDER BY t.customer_id, t.channel
+ON CONFLICT DO NOTHING
+RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+"""
+
+_TAKE_OVER = """
+UPDATE deliveries SET lease_until = now() + $4 * interval '1 second', updated_at = now()
+WHERE customer_id = ANY($3::text[]) AND campaign_id = $1 AND event_id = $2
+  AND status = 1 AND lease_until < now()
+RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+"""
+
+_TAKE_OVER_STALE = """
+UPDATE deliveries d SET lease_until = now() + $2 * interval '1 second', updated_at = now()
+FROM (
+    SELECT customer_id, campaign_id, event_id, channel FROM deliveries
+    WHERE status = 1 AND lease_until < now()
+    ORDER BY lease_until LIMIT $1
+    FOR UPDATE SKIP LOCKED
+) stale
+WHERE (d.customer_id, d.campaign_id, d.event_id, d.channel)
+    = (stale.customer_id, stale.campaign_id, stale.event_id, stale.channel)
+RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts
+"""
+
+_LOCK_CUSTOMERS = """
+SELECT count(pg_advisory_xact_lock(hashtext($1), hashtext(c)))
+FROM (SELECT c FROM unnest($2::text[]) AS c ORDER BY c) AS sorted
+"""
+
+_RECENT_SENDS = """
+SELECT customer_id,
+       count(*) FILTER (WHERE event_id <> $3 AND sent_at > now() - $4 * interval '1 second') AS recent,
+       bool_or(event_id = $3) AS counted
+FROM campaign_sends
+WHERE customer_id = ANY($2::text[]) AND campaign_id = $1
+GROUP BY customer_id
+"""
+
+_COUNT_SENDS = """
+INSERT INTO campaign_sends (customer_id, campaign_id, event_id)
+SELECT c, $1, $2 FROM unnest($3::text[]) AS c ORDER BY c
+ON CONFLICT DO NOTHING
+"""
+
+_MARK = """
+UPDATE deliveries AS d SET
+    status = u.status,
+    reason = u.reason,
+    attempts = d.attempts + u.calls,
+    message = CASE WHEN u.status = 1 THEN d.message END,
+    lease_until = CASE WHEN u.status = 1 THEN now() + u.retry_s * interval '1 second' END,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::int[], $5::float8[])
+    AS u(delivery_id, status, reason, calls, retry_s)
+WHERE d.delivery_id = u.delivery_id AND d.status = 1
+"""
+
+
+def _owned(rows: Sequence[asyncpg.Record]) -> list[Owned]:
+    return [
+        Owned(r["delivery_id"], r["customer_id"], r["channel"], r["message"], r["attempts"])
+        for r in rows
+        if r["status"] == PENDING
+    ]
+
+
+class CampaignRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # --- campaigns ---
+
+    async def create_campaign(
+        self, campaign_id: str, display_name: str, spec: bytes
+    ) -> tuple[CampaignRow, bool]:
+        """The stored campaign and whether this call created it."""
+        async with self.pool.acquire() as connection:
+            row = await connection.fetchrow(
+                f"""
+                INSERT INTO campaigns (campaign_id, display_name, state, spec)
+                VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING
+                RETURNING {_CAMPAIGN_COLUMNS}
+                """,
+                campaign_id,
+                display_name,
+                spec,
+            )
+            if row is not None:
+                return _campaign(row), True
+            existing = await connection.fetchrow(
+                f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE campaign_id = $1", campaign_id
+            )
+            assert existing is not None
+            return _campaign(existing), False
+
+    async def get_campaign(self, campaign_id: str) -> CampaignRow | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE campaign_id = $1", campaign_id
+        )
+        return _campaign(row) if row else None
+
+    async def list_campaigns(
+        self, limit: int, after: tuple[dt.datetime, str] | None, states: list[int]
+    ) -> list[CampaignRow]:
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_CAMPAIGN_COLUMNS} FROM campaigns
+            WHERE (cardinality($1::smallint[]) = 0 OR state = ANY($1::smallint[]))
+              AND ($2::timestamptz IS NULL OR (created_at, campaign_id) < ($2, $3))
+            ORDER BY created_at DESC, campaign_id DESC
+            LIMIT $4
+            """,
+            states,
+            after[0] if after else None,
+            after[1] if after else "",
+            limit,
+        )
+        return [_campaign(r) for r in rows]
+
+    async def update_campaign(self, campaign_id: str, display_name: str, spec: bytes) -> CampaignRow | None:
+        """Store new fields unless the campaign is archived; None when it does not exist."""
+        row = await self.pool.fetchrow(
+            f"""
+            UPDATE campaigns SET display_name = $2, spec = $3, updated_at = now(),
+                revision = nextval('campaign_revisions')
+            WHERE campaign_id = $1 AND state <> 4
+            RETURNING {_CAMPAIGN_COLUMNS}
+            """,
+            campaign_id,
+            display_name,
+            spec,
+        )
+        return _campaign(row) if row else None
+
+    async def set_state(self, campaign_id: str, allowed_from: list[int], state: int) -> CampaignRow | None:
+        """Move to ``state`` when the current state is in ``allowed_from``; None otherwise."""
+        row = await self.pool.fetchrow(
+            f"""
+            UPDATE campaigns SET state = $3::smallint, updated_at = now(),
+                revision = nextval('campaign_revisions'),
+                active_since = CASE WHEN $3::smallint = 2 THEN now() ELSE active_since END
+            WHERE campaign_id = $1 AND state = ANY($2::smallint[])
+            RETURNING {_CAMPAIGN_COLUMNS}
+            """,
+            campaign_id,
+            allowed_from,
+            state,
+        )
+        return _campaign(row) if row else None
+
+    async def campaigns_revision(self) -> tuple[int, int]:
+        """(highest revision, number of campaigns): changes whenever any campaign changes."""
+        row = await self.pool.fetchrow("SELECT coalesce(max(revision), 0), count(*) FROM campaigns")
+        assert row is not None
+        return row[0], row[1]
+
+    async def active_campaigns(self) -> list[CampaignRow]:
+        rows = await self.pool.fetch(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state = 2")
+        return [_campaign(r) for r in rows]
+
+    # --- customers ---
+
+    async def profiles(self, customer_ids: Sequence[str]) -> dict[str, Profile]:
+        rows = await self.pool.fetch(
+            """
+            SELECT customer_id, email, phone, push_tokens, attributes::text,
+                   email_consent, sms_consent, push_consent
+            FROM customers WHERE customer_id = ANY($1::text[])
+            """,
+            list(customer_ids),
+        )
+        return {r[0]: Profile(*r) for r in rows}
+
+    async def all_customers_after(self, after: str, limit: int) -> list[str]:
+        """Every customer, in id order, after ``after``: the audience of a campaign without a filter."""
+        rows = await self.pool.fetch(
+            "SELECT customer_id FROM customers WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+            after,
+            limit,
+        )
+        return [r[0] for r in rows]
+
+    # --- the ledger ---
+
+    async def record(
+        self,
+        campaign_id: str,
+        event_id: str,
+        planned: Sequence[Planned],
+        *,
+        lease_s: float,
+        cap_max: int = 0,
+        cap_period_s: float = 0.0,
+        fanout_after: str | None = None,
+    ) -> list[Owned]:
+        """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
+
+        A repeated (customer, campaign, event, channel) keeps its first row;
+        its pending row is returned only when its previous sender's lease has
+        expired (that sender crashed). With a frequency cap, customers are
+        locked (transaction advisory locks in id order) and those over the cap
+        get skipped rows instead of pending ones. With ``fanout_after`` the
+        fan-out cursor advances in the same transaction.
+        """
+        planned = list(planned)
+        customers = sorted({p.customer_id for p in planned})
+        async with self.pool.acquire() as connection, connection.transaction():
+            if cap_max and customers:
+                await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
+                sends = {
+                    r["customer_id"]: (r["recent"], r["counted"])
+                    for r in await connection.fetch(
+                        _RECENT_SENDS, campaign_id, customers, event_id, cap_period_s
+                    )
+                }
+                capped = {c for c, (recent, counted) in sends.items() if not counted and recent >= cap_max}
+                if capped:
+                    planned = [
+                        Planned(
+                            p.customer_id,
+                            p.channel,
+                            SKIPPED,
+                            f"frequency cap: {cap_max} sends per period",
+                            None,
+                        )
+                        if p.customer_id in capped and p.status == PENDING
+                        else p
+                        for p in planned
+                    ]
+                sending = sorted({p.customer_id for p in planned if p.status == PENDING})
+                if sending:
+                    await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending)
+            rows = await connection.fetch(
+                _RECORD,
+                campaign_id,
+                event_id,
+                [p.customer_id for p in planned],
+                [p.channel for p in planned],
+                [p.status for p in planned],
+                [p.reason for p in planned],
+                [p.message for p in planned],
+                lease_s,
+            )
+            owned = _owned(rows)
+            if len(rows) < len(planned):
+                taken = await connection.fetch(_TAKE_OVER, campaign_id, event_id, customers, lease_s)
+                owned += _owned(taken)
+            if fanout_after is not None:
+                await connection.execute(
+                    """
+                    UPDATE campaign_fanouts SET after_customer_id = $3, recorded = recorded + $4,
+                        updated_at = now()
+                    WHERE campaign_id = $1 AND event_id = $2
+                    """,
+                    campaign_id,
+                    event_id,
+                    fanout_after,
+                    len(rows),
+                )
+        return owned
+
+    async def take_over_stale(self, limit: int, lease_s: float) -> list[Owned]:
+        """Pending deliveries whose sender's lease expired (it crashed or the provider was down)."""
+        rows = await self.pool.fetch(_TAKE_OVER_STALE, limit, lease_s)
+        return _owned(rows)
+
+    async def mark(self, outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        await self.pool.execute(
+            _MARK,
+            [o.delivery_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.reason for o in outcomes],
+            [o.calls for o in outcomes],
+            [o.retry_in_s for o in outcomes],
+        )
+
+    # --- fan-out progress ---
+
+    async def start_fanout(self, campaign_id: str, event_id: str) -> Fanout:
+        async with self.pool.acquire() as connection:
+            await connection.execute(
+                "INSERT INTO campaign_fanouts (campaign_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                campaign_id,
+                event_id,
+            )
+            row = await connection.fetchrow(
+                "SELECT after_customer_id, done FROM campaign_fanouts WHERE campaign_id = $1 AND event_id = $2",
+                campaign_id,
+                event_id,
+            )
+        assert row is not None
+        return Fanout(row[0], row[1])
+
+    async def finish_fanout(self, campaign_id: str, event_id: str) -> None:
+        await self.pool.execute(
+            "UPDATE campaign_fanouts SET done = true, updated_at = now() WHERE campaign_id = $1 AND event_id = $2",
+            campaign_id,
+            event_id,
+        )
+
+    # --- reading the ledger ---
+
+    async def list_deliveries(
+        self, parent: str, value: str, before: int | None, limit: int
+    ) -> list[DeliveryRow]:
+        column = {"campaign_id": "campaign_id", "customer_id": "customer_id", "event_id": "event_id"}[parent]
+        # The column name comes from the fixed table above, never from the request.
+        rows = await self.pool.fetch(
+            f"""
+            SELECT delivery_id, campaign_id, event_id, customer_id, channel, status, reason, attempts,
+                   created_at, updated_at
+            FROM deliveries
+            WHERE {column} = $1 AND ($2::bigint IS NULL OR delivery_id < $2)
+            ORDER BY {column}, delivery_id DESC
+            LIMIT $3
+            """,
+            value,
+            before,
+            limit,
+        )
+        return [DeliveryRow(*r) for r in rows]
+
+    async def stats(self, campaign_id: str) -> list[tuple[int, str, int]]:
+        rows = await self.pool.fetch(
+            "SELECT status, reason, count(*) FROM deliveries WHERE campaign_id = $1 GROUP BY status, reason",
+            campaign_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignRepository"]

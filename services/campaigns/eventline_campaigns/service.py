@@ -1,0 +1,145 @@
+"""Wiring of the campaign service: pools, channels, campaign cache, stream consumer and server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+
+from eventline_campaigns.audience import Audience
+from eventline_campaigns.channels import (
+    EMAIL,
+    PUSH,
+    SMS,
+    Channel,
+    FileSink,
+    HttpChannel,
+    Message,
+    SmtpChannel,
+)
+from eventline_campaigns.consumer import StreamConsumer
+from eventline_campaigns.engine import CampaignCache, Engine
+from eventline_campaigns.repository import CampaignRepository
+from eventline_campaigns.servicer import CampaignServicer
+from eventline_campaigns.settings import Settings
+from eventline_shared import database, stream
+from eventline_shared.grpc_server import Server
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = campaigns_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name
+
+
+@dataclass
+class RunningCampaigns:
+    server: Server
+    port: int
+    consumer: StreamConsumer
+    engine: Engine
+    cache: CampaignCache
+    channels: dict[int, Channel]
+
+
+def build_channels(
+    settings: Settings, observer: Callable[[Message], None] | None = None
+) -> dict[int, Channel]:
+    """A provider per channel where one is configured, the file sink everywhere else."""
+    sink: FileSink | None = None
+
+    def file_sink() -> FileSink:
+        nonlocal sink
+        if sink is None:
+            sink = FileSink(settings.sink_dir, observer)
+        return sink
+
+    channels: dict[int, Channel] = {}
+    if settings.smtp_host:
+        channels[EMAIL] = SmtpChannel(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_from,
+            domain=settings.message_id_domain,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            start_tls=settings.smtp_starttls,
+            timeout_s=settings.provider_timeout_s,
+        )
+    else:
+        channels[EMAIL] = file_sink()
+    for channel, url in ((SMS, settings.sms_url), (PUSH, settings.push_url)):
+        channels[channel] = (
+            HttpChannel(url, settings.provider_secret, timeout_s=settings.provider_timeout_s)
+            if url
+            else file_sink()
+        )
+    return channels
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings,
+    *,
+    consume: bool = True,
+    observer: Callable[[Message], None] | None = None,
+) -> AsyncIterator[RunningCampaigns]:
+    """The campaign service, serving until the context exits; then a graceful stop.
+
+    With ``consume=False`` the stream is not consumed in the background (tests
+    call ``consumer.drain()`` themselves); campaign changes are still polled.
+    """
+    common = settings.common
+    await database.migrate_url(common.database_url)
+    client = stream.connect(common.redis_url)
+    channels = build_channels(settings, observer)
+    segmentation = grpc.aio.insecure_channel(settings.segmentation_addr)
+    async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
+        repository = CampaignRepository(pool)
+        cache = CampaignCache(repository, settings.campaign_poll_s)
+        audience = Audience(segmentation)
+        engine = Engine(
+            repository,
+            cache,
+            audience,
+            channels,
+            lease_s=settings.lease_s,
+            send_attempts=settings.send_attempts,
+            send_concurrency=settings.send_concurrency,
+            fanout_batch=settings.fanout_batch,
+        )
+        consumer = StreamConsumer(
+            client,
+            engine,
+            stream=common.stream,
+            group=settings.consumer_group,
+            consumer=settings.consumer_name,
+            dead_letter_stream=settings.dead_letter_stream,
+            batch=settings.read_batch,
+            claim_idle_ms=settings.claim_idle_ms,
+            max_attempts=settings.max_attempts,
+        )
+        await cache.refresh()
+        servicer = CampaignServicer(repository, audience, cache)
+        server = Server([SERVICE_NAME], settings=common)
+        campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
+        port = server.bind(common.host, common.port)
+        await server.start()
+        tasks = [asyncio.create_task(cache.run())]
+        if consume:
+            tasks.append(asyncio.create_task(consumer.run()))
+        log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
+        try:
+            yield RunningCampaigns(server, port, consumer, engine, cache, channels)
+        finally:
+            await server.stop(common.shutdown_grace_s)
+            consumer.shutdown()
+            cache.shutdown()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for channel in {id(c): c for c in channels.values()}.values():
+                await channel.aclose()
+            await segmentation.close()
+            await client.aclose()

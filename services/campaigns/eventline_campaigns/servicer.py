@@ -1,0 +1,322 @@
+"""CampaignService: validate, call the repository or engine, map to replies."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+import grpc
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+
+from eventline_campaigns import validation
+from eventline_campaigns.audience import Audience
+from eventline_campaigns.engine import CampaignCache, Trigger, _address
+from eventline_campaigns.model import compile_action
+from eventline_campaigns.repository import CampaignRepository, CampaignRow, DeliveryRow
+from eventline_campaigns.templates import RenderError, variables
+from eventline_shared.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    raise_if_any,
+)
+from eventline_shared.values import datetime_to_timestamp, decode_values, python_values
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
+ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
+PAUSED = campaigns_pb2.CAMPAIGN_STATE_PAUSED
+ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
+_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap"}
+_OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
+
+
+def _encode_token(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str, field: str = "page_token") -> dict[str, Any]:
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(payload, dict):
+            raise ValueError
+        return payload
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument([FieldViolation(field, "not a page token of this list")]) from None
+
+
+def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
+    campaign = campaigns_pb2.Campaign.FromString(row.spec)
+    campaign.campaign_id = row.campaign_id
+    campaign.display_name = row.display_name
+    campaign.state = row.state  # type: ignore[assignment]
+    campaign.create_time.CopyFrom(datetime_to_timestamp(row.created_at))
+    campaign.update_time.CopyFrom(datetime_to_timestamp(row.updated_at))
+    if row.active_since is not None:
+        campaign.active_since.CopyFrom(datetime_to_timestamp(row.active_since))
+    return campaign
+
+
+def _spec(campaign: campaigns_pb2.Campaign) -> bytes:
+    """What is stored: the campaign without its output-only fields and columns."""
+    spec = campaigns_pb2.Campaign()
+    spec.CopyFrom(campaign)
+    for name in ("campaign_id", "display_name", *_OUTPUT_ONLY):
+        spec.ClearField(name)  # type: ignore[arg-type]
+    return spec.SerializeToString(deterministic=True)
+
+
+def _delivery(row: DeliveryRow) -> campaigns_pb2.Delivery:
+    return campaigns_pb2.Delivery(
+        delivery_id=str(row.delivery_id),
+        campaign_id=row.campaign_id,
+        event_id=row.event_id,
+        customer_id=row.customer_id,
+        channel=row.channel,  # type: ignore[arg-type]
+        status=row.status,  # type: ignore[arg-type]
+        reason=row.reason,
+        attempts=row.attempts,
+        create_time=datetime_to_timestamp(row.created_at),
+        update_time=datetime_to_timestamp(row.updated_at),
+    )
+
+
+class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
+    def __init__(self, repository: CampaignRepository, audience: Audience, cache: CampaignCache) -> None:
+        self.repository = repository
+        self.audience = audience
+        self.cache = cache
+
+    async def _changed(self) -> None:
+        # This replica sees its own change at once; the others within a poll.
+        await self.cache.refresh()
+
+    async def _require(self, campaign_id: str, field: str = "campaign_id") -> CampaignRow:
+        raise_if_any(v for v in [validation.check_campaign_id(campaign_id, field)] if v)
+        row = await self.repository.get_campaign(campaign_id)
+        if row is None:
+            raise NotFound(f"campaign {campaign_id!r} does not exist")
+        return row
+
+    async def CreateCampaign(
+        self, request: campaigns_pb2.CreateCampaignRequest, context: Context
+    ) -> campaigns_pb2.CreateCampaignResponse:
+        violations = validation.check_campaign(request.campaign, "campaign")
+        campaign_id = request.campaign_id or request.campaign.campaign_id or uuid.uuid4().hex
+        bad_id = validation.check_campaign_id(campaign_id, "campaign_id")
+        if bad_id:
+            violations.append(bad_id)
+        raise_if_any(violations)
+        if request.campaign.HasField("audience"):
+            await self.audience.validate(request.campaign.audience, "campaign.audience")
+        row, _ = await self.repository.create_campaign(
+            campaign_id, request.campaign.display_name, _spec(request.campaign)
+        )
+        return campaigns_pb2.CreateCampaignResponse(campaign=to_proto(row))
+
+    async def GetCampaign(
+        self, request: campaigns_pb2.GetCampaignRequest, context: Context
+    ) -> campaigns_pb2.GetCampaignResponse:
+        return campaigns_pb2.GetCampaignResponse(campaign=to_proto(await self._require(request.campaign_id)))
+
+    async def ListCampaigns(
+        self, request: campaigns_pb2.ListCampaignsRequest, context: Context
+    ) -> campaigns_pb2.ListCampaignsResponse:
+        size = validation.page_size(request.page_size, 50, 500)
+        violations = [size] if isinstance(size, FieldViolation) else []
+        states = list(request.states)
+        for i, state in enumerate(states):
+            if state not in (DRAFT, ACTIVE, PAUSED, ARCHIVED):
+                violations.append(FieldViolation(f"states[{i}]", "must be a campaign state"))
+        raise_if_any(violations)
+        assert isinstance(size, int)
+        after = None
+        if request.page_token:
+            token = _decode_token(request.page_token)
+            try:
+                after = (dt.datetime.fromisoformat(token["t"]), str(token["c"]))
+            except (KeyError, ValueError, TypeError):
+                raise InvalidArgument(
+                    [FieldViolation("page_token", "not a page token of this list")]
+                ) from None
+        rows = await self.repository.list_campaigns(size + 1, after, states)
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = _encode_token({"t": rows[-1].created_at.isoformat(), "c": rows[-1].campaign_id})
+        return campaigns_pb2.ListCampaignsResponse(
+            campaigns=[to_proto(r) for r in rows], next_page_token=next_token
+        )
+
+    async def UpdateCampaign(
+        self, request: campaigns_pb2.UpdateCampaignRequest, context: Context
+    ) -> campaigns_pb2.UpdateCampaignResponse:
+        paths = set(request.update_mask.paths)
+        violations = []
+        if not paths:
+            violations.append(FieldViolation("update_mask", "name the fields to change"))
+        for path in sorted(paths - _UPDATABLE):
+            violations.append(FieldViolation("update_mask", f"{path!r} cannot be changed"))
+        raise_if_any(violations)
+        current = await self._require(request.campaign.campaign_id, "campaign.campaign_id")
+        merged = to_proto(current)
+        for path in paths:
+            if path == "actions":
+                del merged.actions[:]
+                merged.actions.extend(request.campaign.actions)
+            elif path == "display_name":
+                merged.display_name = request.campaign.display_name
+            elif request.campaign.HasField(path):
+                getattr(merged, path).CopyFrom(getattr(request.campaign, path))
+            else:
+                merged.ClearField(path)  # type: ignore[arg-type]
+        raise_if_any(validation.check_campaign(merged, "campaign", paths))
+        if "audience" in paths and merged.HasField("audience"):
+            await self.audience.validate(merged.audience, "campaign.audience")
+        if current.state == ARCHIVED:
+            raise FailedPrecondition("an archived campaign cannot change")
+        row = await self.repository.update_campaign(current.campaign_id, merged.display_name, _spec(merged))
+        if row is None:
+            raise FailedPrecondition("an archived campaign cannot change")
+        await self._changed()
+        return campaigns_pb2.UpdateCampaignResponse(campaign=to_proto(row))
+
+    async def _transition(
+        self, campaign_id: str, allowed_from: list[int], state: int, verb: str
+    ) -> CampaignRow:
+        current = await self._require(campaign_id)
+        if current.state == state:
+            return current  # repeating a transition changes nothing
+        row = await self.repository.set_state(campaign_id, allowed_from, state)
+        if row is None:
+            latest = await self._require(campaign_id)
+            if latest.state == state:
+                return latest
+            name = campaigns_pb2.CampaignState.Name(latest.state).removeprefix("CAMPAIGN_STATE_").lower()
+            raise FailedPrecondition(f"a {name} campaign cannot be {verb}")
+        await self._changed()
+        return row
+
+    async def ActivateCampaign(
+        self, request: campaigns_pb2.ActivateCampaignRequest, context: Context
+    ) -> campaigns_pb2.ActivateCampaignResponse:
+        row = await self._transition(request.campaign_id, [DRAFT, PAUSED], ACTIVE, "activated")
+        return campaigns_pb2.ActivateCampaignResponse(campaign=to_proto(row))
+
+    async def PauseCampaign(
+        self, request: campaigns_pb2.PauseCampaignRequest, context: Context
+    ) -> campaigns_pb2.PauseCampaignResponse:
+        row = await self._transition(request.campaign_id, [ACTIVE], PAUSED, "paused")
+        return campaigns_pb2.PauseCampaignResponse(campaign=to_proto(row))
+
+    async def ArchiveCampaign(
+        self, request: campaigns_pb2.ArchiveCampaignRequest, context: Context
+    ) -> campaigns_pb2.ArchiveCampaignResponse:
+        row = await self._transition(request.campaign_id, [DRAFT, ACTIVE, PAUSED], ARCHIVED, "archived")
+        return campaigns_pb2.ArchiveCampaignResponse(campaign=to_proto(row))
+
+    async def PreviewMessage(
+        self, request: campaigns_pb2.PreviewMessageRequest, context: Context
+    ) -> campaigns_pb2.PreviewMessageResponse:
+        violations = validation.check_preview(request)
+        bad_id = validation.check_campaign_id(request.campaign_id, "campaign_id")
+        raise_if_any([*([bad_id] if bad_id else []), *violations])
+        row = await self._require(request.campaign_id)
+        spec = campaigns_pb2.Campaign.FromString(row.spec)
+        profiles = await self.repository.profiles([request.customer_id])
+        profile = profiles.get(request.customer_id)
+        if profile is None:
+            raise NotFound(f"customer {request.customer_id!r} does not exist")
+        trigger_kind = spec.trigger.WhichOneof("kind")
+        event_name = getattr(spec.trigger, trigger_kind).event_name if trigger_kind else ""
+        trigger = Trigger.of(
+            _sample_event(event_name, request.context)  # a sample event: now, the given context
+        )
+        template_variables = variables(
+            customer_id=profile.customer_id,
+            email=profile.email,
+            phone=profile.phone,
+            attributes=python_values(decode_values(profile.attributes)),
+            context=trigger.context,
+            event_name=event_name,
+            event_id="preview",
+            occurred_at=trigger.occurred_at,
+        )
+        messages = []
+        for action in spec.actions:
+            compiled = compile_action(action)
+            to, _ = _address(profile, compiled.channel)
+            try:
+                message = compiled.message(0, to, template_variables)
+            except RenderError as exc:
+                messages.append(campaigns_pb2.RenderedMessage(channel=compiled.channel, error=str(exc)))  # type: ignore[arg-type]
+                continue
+            messages.append(
+                campaigns_pb2.RenderedMessage(
+                    channel=compiled.channel,  # type: ignore[arg-type]
+                    subject=message.subject,
+                    html_body=message.html,
+                    text_body=message.text,
+                    data=message.data,
+                )
+            )
+        return campaigns_pb2.PreviewMessageResponse(messages=messages)
+
+    async def ListDeliveries(
+        self, request: campaigns_pb2.ListDeliveriesRequest, context: Context
+    ) -> campaigns_pb2.ListDeliveriesResponse:
+        parent = request.WhichOneof("parent")
+        violations: list[FieldViolation] = []
+        size = validation.page_size(request.page_size, 50, 1000)
+        if isinstance(size, FieldViolation):
+            violations.append(size)
+        value = getattr(request, parent) if parent else ""
+        if parent is None or not value:
+            violations.append(FieldViolation("parent", "campaign_id, customer_id or event_id is required"))
+        elif len(value) > 128 or "\x00" in value:
+            violations.append(FieldViolation(parent, "must be at most 128 characters without NUL"))
+        raise_if_any(violations)
+        assert isinstance(size, int) and parent is not None
+        before = None
+        if request.page_token:
+            token = _decode_token(request.page_token)
+            if token.get("p") != parent or token.get("v") != value or not isinstance(token.get("d"), int):
+                raise InvalidArgument([FieldViolation("page_token", "not a page token of this list")])
+            before = token["d"]
+        rows = await self.repository.list_deliveries(parent, value, before, size + 1)
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            next_token = _encode_token({"p": parent, "v": value, "d": rows[-1].delivery_id})
+        return campaigns_pb2.ListDeliveriesResponse(
+            deliveries=[_delivery(r) for r in rows], next_page_token=next_token
+        )
+
+    async def GetCampaignStats(
+        self, request: campaigns_pb2.GetCampaignStatsRequest, context: Context
+    ) -> campaigns_pb2.GetCampaignStatsResponse:
+        await self._require(request.campaign_id)
+        reply = campaigns_pb2.GetCampaignStatsResponse()
+        fields = {1: "pending", 2: "sent", 3: "failed", 4: "skipped"}
+        for status, reason, count in await self.repository.stats(request.campaign_id):
+            name = fields.get(status)
+            if name:
+                setattr(reply, name, getattr(reply, name) + count)
+            if reason and status in (3, 4):
+                reply.reasons[reason] = reply.reasons.get(reason, 0) + count
+        return reply
+
+
+def _sample_event(name: str, context: Any) -> Any:
+    from eventline.common.v1 import common_pb2
+
+    event = common_pb2.Event(event_id="preview", name=name, context=context)
+    now = dt.datetime.now(dt.UTC)
+    event.occurred_at.CopyFrom(datetime_to_timestamp(now))
+    event.received_at.CopyFrom(datetime_to_timestamp(now))
+    return event

@@ -1,0 +1,102 @@
+"""Campaign service configuration (see README for every variable).
+
+Channels: e-mail goes over SMTP when ``EVENTLINE_SMTP_HOST`` is set, SMS and
+push go to HTTP providers when ``EVENTLINE_SMS_URL`` / ``EVENTLINE_PUSH_URL``
+are set; every channel without a provider writes readable files to
+``EVENTLINE_CAMPAIGNS_SINK_DIR`` (local development).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from eventline_shared.config import CommonSettings, ConfigError, env_bool, env_float, env_int, env_str
+
+DEFAULT_PORT = 50053
+DEFAULT_SEGMENTATION_ADDR = "127.0.0.1:50052"
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: CommonSettings
+    segmentation_addr: str
+    """host:port of the segmentation service."""
+    consumer_group: str
+    consumer_name: str
+    """Unique per replica: pending entries are tracked per consumer."""
+    read_batch: int
+    """Stream entries read per XREADGROUP."""
+    claim_idle_ms: int
+    """Entries pending longer than this on another (crashed) replica are reclaimed."""
+    max_attempts: int
+    """An entry delivered this many times without success goes to the dead-letter stream."""
+    dead_letter_stream: str
+    fanout_batch: int
+    """Customers rendered, ledgered and sent per step of a system-event fan-out."""
+    lease_s: float
+    """A pending delivery not finished within this time is taken over by another replica."""
+    send_attempts: int
+    """Provider calls for one delivery before it is failed (transient errors only)."""
+    send_concurrency: int
+    campaign_poll_s: float
+    """How often replicas check for campaign changes."""
+    smtp_host: str
+    smtp_port: int
+    smtp_from: str
+    smtp_username: str
+    smtp_password: str
+    smtp_starttls: bool
+    sms_url: str
+    push_url: str
+    provider_secret: str
+    """HMAC-SHA256 key of the X-Eventline-Signature header of provider calls."""
+    provider_timeout_s: float
+    sink_dir: str
+    message_id_domain: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        common = CommonSettings.from_env(environ, "campaigns", DEFAULT_PORT)
+        sms_url = env_str(environ, "EVENTLINE_SMS_URL", "")
+        push_url = env_str(environ, "EVENTLINE_PUSH_URL", "")
+        for name, url in (("EVENTLINE_SMS_URL", sms_url), ("EVENTLINE_PUSH_URL", push_url)):
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name} must be an http:// or https:// URL")
+        secret = env_str(environ, "EVENTLINE_PROVIDER_SECRET", "")
+        if (sms_url or push_url) and not secret:
+            raise ConfigError("EVENTLINE_PROVIDER_SECRET is required when an SMS or push provider is set")
+        segmentation_addr = env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR)
+        if ":" not in segmentation_addr:
+            raise ConfigError("EVENTLINE_SEGMENTATION_ADDR must be host:port")
+        default_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        return cls(
+            common=common,
+            segmentation_addr=segmentation_addr,
+            consumer_group=env_str(environ, "EVENTLINE_CAMPAIGNS_GROUP", "campaigns"),
+            consumer_name=env_str(environ, "EVENTLINE_CAMPAIGNS_CONSUMER", default_name),
+            read_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_READ_BATCH", 200, minimum=1),
+            claim_idle_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS", 30_000),
+            max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
+            dead_letter_stream=env_str(environ, "EVENTLINE_CAMPAIGNS_DEAD_LETTER", common.stream + ":dead"),
+            fanout_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_FANOUT_BATCH", 1000, minimum=1),
+            lease_s=env_float(environ, "EVENTLINE_CAMPAIGNS_LEASE_S", 60.0),
+            send_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_SEND_ATTEMPTS", 3, minimum=1),
+            send_concurrency=env_int(environ, "EVENTLINE_CAMPAIGNS_SEND_CONCURRENCY", 32, minimum=1),
+            campaign_poll_s=env_float(environ, "EVENTLINE_CAMPAIGNS_POLL_S", 0.25),
+            smtp_host=env_str(environ, "EVENTLINE_SMTP_HOST", ""),
+            smtp_port=env_int(environ, "EVENTLINE_SMTP_PORT", 25),
+            smtp_from=env_str(environ, "EVENTLINE_SMTP_FROM", "Eventline <no-reply@eventline.local>"),
+            smtp_username=env_str(environ, "EVENTLINE_SMTP_USERNAME", ""),
+            smtp_password=environ.get("EVENTLINE_SMTP_PASSWORD", ""),
+            smtp_starttls=env_bool(environ, "EVENTLINE_SMTP_STARTTLS", False),
+            sms_url=sms_url,
+            push_url=push_url,
+            provider_secret=secret,
+            provider_timeout_s=env_float(environ, "EVENTLINE_PROVIDER_TIMEOUT_S", 5.0),
+            sink_dir=env_str(environ, "EVENTLINE_CAMPAIGNS_SINK_DIR", ".eventline/messages"),
+            message_id_domain=env_str(environ, "EVENTLINE_MESSAGE_ID_DOMAIN", "eventline.local"),
+        )

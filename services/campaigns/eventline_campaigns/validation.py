@@ -1,0 +1,199 @@
+"""Request validation: every problem of a request at once, each with its field path."""
+
+from __future__ import annotations
+
+import re
+
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.segmentation.v1 import segmentation_pb2
+
+from eventline_campaigns.templates import TemplateProblem, compile_template
+from eventline_shared.errors import FieldViolation
+from eventline_shared.values import check_code, check_customer_id, encode_values
+
+CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_PREDICATES = 20
+MAX_PREDICATE_VALUES = 1000
+MAX_DISPLAY_NAME = 200
+MAX_PERIOD_S = 366 * 24 * 3600
+_SINGLE_OPERAND = {
+    segmentation_pb2.OPERATOR_EQUALS,
+    segmentation_pb2.OPERATOR_NOT_EQUALS,
+    segmentation_pb2.OPERATOR_CONTAINS,
+    segmentation_pb2.OPERATOR_STARTS_WITH,
+    segmentation_pb2.OPERATOR_GREATER,
+    segmentation_pb2.OPERATOR_GREATER_OR_EQUAL,
+    segmentation_pb2.OPERATOR_LESS,
+    segmentation_pb2.OPERATOR_LESS_OR_EQUAL,
+}
+_LIST_OPERAND = {segmentation_pb2.OPERATOR_IN, segmentation_pb2.OPERATOR_NOT_IN}
+_NO_OPERAND = {segmentation_pb2.OPERATOR_EXISTS, segmentation_pb2.OPERATOR_NOT_EXISTS}
+
+# (field, limit in characters, html?)
+_EMAIL_FIELDS = (("subject", 1000, False), ("html_body", 100_000, True), ("text_body", 100_000, False))
+
+
+def check_campaign_id(value: str, field: str) -> FieldViolation | None:
+    if not value:
+        return FieldViolation(field, "campaign id is required")
+    if not CAMPAIGN_ID.match(value):
+        return FieldViolation(field, "campaign id must be 1 to 64 letters, digits, '_' or '-'")
+    return None
+
+
+def _template(source: str, field: str, limit: int, html: bool, required: bool) -> list[FieldViolation]:
+    if not source:
+        return [FieldViolation(field, "template is required")] if required else []
+    if len(source) > limit:
+        return [FieldViolation(field, f"template is longer than {limit} characters")]
+    try:
+        compile_template(source, html=html)
+    except TemplateProblem as problem:
+        return [FieldViolation(field, f"template error at {problem.description}")]
+    return []
+
+
+def _predicate(predicate: segmentation_pb2.Predicate, field: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    code = check_code(predicate.field, f"{field}.field", "field code")
+    if code:
+        found.append(code)
+    op = predicate.operator
+    if op in _SINGLE_OPERAND:
+        if predicate.values:
+            found.append(FieldViolation(f"{field}.values", "must be empty for this operator"))
+        operands = [(predicate.value, f"{field}.value")] if predicate.HasField("value") else []
+        if not operands:
+            found.append(FieldViolation(f"{field}.value", "a value is required for this operator"))
+    elif op in _LIST_OPERAND:
+        if predicate.HasField("value"):
+            found.append(FieldViolation(f"{field}.value", "must be unset for IN and NOT_IN; use values"))
+        if not 1 <= len(predicate.values) <= MAX_PREDICATE_VALUES:
+            found.append(
+                FieldViolation(f"{field}.values", f"1 to {MAX_PREDICATE_VALUES} values are required")
+            )
+        operands = [(v, f"{field}.values[{i}]") for i, v in enumerate(predicate.values)]
+    elif op in _NO_OPERAND:
+        if predicate.HasField("value") or predicate.values:
+            found.append(FieldViolation(f"{field}.value", "EXISTS and NOT_EXISTS take no value"))
+        operands = []
+    else:
+        return [*found, FieldViolation(f"{field}.operator", "operator is required")]
+    for operand, path in operands:
+        if operand.WhichOneof("kind") != "literal":
+            found.append(FieldViolation(path, "trigger predicates take literal values, not references"))
+            continue
+        encoded = encode_values({"v": operand.literal}, path)
+        found += [FieldViolation(f"{path}.literal", v.description) for v in encoded.violations]
+        kind = operand.literal.WhichOneof("kind")
+        if op in (segmentation_pb2.OPERATOR_CONTAINS, segmentation_pb2.OPERATOR_STARTS_WITH):
+            if kind != "string_value":
+                found.append(FieldViolation(f"{path}.literal", "CONTAINS and STARTS_WITH need a string"))
+        elif op in _SINGLE_OPERAND - {segmentation_pb2.OPERATOR_EQUALS, segmentation_pb2.OPERATOR_NOT_EQUALS}:
+            if kind not in ("integer_value", "decimal_value", "timestamp_value"):
+                found.append(FieldViolation(f"{path}.literal", "ordering needs a number or a timestamp"))
+    return found
+
+
+def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]:
+    kind = trigger.WhichOneof("kind")
+    if kind is None:
+        return [FieldViolation(field, "a trigger (customer_event or system_event) is required")]
+    inner = trigger.customer_event if kind == "customer_event" else trigger.system_event
+    found: list[FieldViolation] = []
+    name = check_code(inner.event_name, f"{field}.{kind}.event_name", "event name")
+    if name:
+        found.append(name)
+    if len(inner.context_predicates) > MAX_PREDICATES:
+        found.append(
+            FieldViolation(f"{field}.{kind}.context_predicates", f"at most {MAX_PREDICATES} predicates")
+        )
+    for i, predicate in enumerate(inner.context_predicates):
+        found += _predicate(predicate, f"{field}.{kind}.context_predicates[{i}]")
+    return found
+
+
+def _actions(actions: list[campaigns_pb2.Action], field: str) -> list[FieldViolation]:
+    if not 1 <= len(actions) <= 3:
+        return [FieldViolation(field, "1 to 3 actions are required")]
+    found: list[FieldViolation] = []
+    seen: set[str] = set()
+    for i, action in enumerate(actions):
+        path = f"{field}[{i}]"
+        kind = action.WhichOneof("channel")
+        if kind is None:
+            found.append(FieldViolation(path, "a channel (email, sms or push) is required"))
+            continue
+        if kind in seen:
+            found.append(FieldViolation(f"{path}.{kind}", "at most one action per channel"))
+        seen.add(kind)
+        if kind == "email":
+            email = action.email
+            for name, limit, html in _EMAIL_FIELDS:
+                found += _template(
+                    getattr(email, name), f"{path}.email.{name}", limit, html, name == "subject"
+                )
+            if not email.html_body and not email.text_body:
+                found.append(FieldViolation(f"{path}.email", "html_body or text_body is required"))
+        elif kind == "sms":
+            found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True)
+        else:
+            push = action.push
+            found += _template(push.title, f"{path}.push.title", 1000, False, True)
+            found += _template(push.body, f"{path}.push.body", 4000, False, True)
+            if len(push.data) > 20:
+                found.append(FieldViolation(f"{path}.push.data", "at most 20 data entries"))
+            for key, source in sorted(push.data.items()):
+                key_path = f"{path}.push.data[{key!r}]"
+                bad_key = check_code(key, key_path, "data key")
+                if bad_key:
+                    found.append(bad_key)
+                found += _template(source, key_path, 4000, False, True)
+    return found
+
+
+def _frequency_cap(cap: campaigns_pb2.FrequencyCap, field: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    if cap.max_sends < 1:
+        found.append(FieldViolation(f"{field}.max_sends", "must be at least 1"))
+    seconds = cap.period.ToTimedelta().total_seconds()
+    if not 1 <= seconds <= MAX_PERIOD_S:
+        found.append(FieldViolation(f"{field}.period", "must be from 1 second to 366 days"))
+    return found
+
+
+def check_campaign(
+    campaign: campaigns_pb2.Campaign, field: str, paths: set[str] | None = None
+) -> list[FieldViolation]:
+    """Violations of the campaign fields named in ``paths`` (all when None), under ``field``."""
+
+    def wanted(name: str) -> bool:
+        return paths is None or name in paths
+
+    found: list[FieldViolation] = []
+    if wanted("display_name"):
+        if not 1 <= len(campaign.display_name) <= MAX_DISPLAY_NAME:
+            found.append(
+                FieldViolation(f"{field}.display_name", f"1 to {MAX_DISPLAY_NAME} characters are required")
+            )
+        elif "\x00" in campaign.display_name:
+            found.append(FieldViolation(f"{field}.display_name", "must not contain NUL characters"))
+    if wanted("trigger"):
+        found += _trigger(campaign.trigger, f"{field}.trigger")
+    if wanted("actions"):
+        found += _actions(list(campaign.actions), f"{field}.actions")
+    if wanted("frequency_cap") and campaign.HasField("frequency_cap"):
+        found += _frequency_cap(campaign.frequency_cap, f"{field}.frequency_cap")
+    return found
+
+
+def check_preview(request: campaigns_pb2.PreviewMessageRequest) -> list[FieldViolation]:
+    found = [v for v in (check_customer_id(request.customer_id, "customer_id"),) if v]
+    found += encode_values(request.context, "context").violations
+    return found
+
+
+def page_size(requested: int, default: int, cap: int, field: str = "page_size") -> int | FieldViolation:
+    if requested < 0:
+        return FieldViolation(field, "must not be negative")
+    return min(requested or default, cap)
