@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_ingestion.relay import OutboxRelay
@@ -28,6 +29,7 @@ class RunningIngestion:
     server: Server
     relay: OutboxRelay
     port: int
+    pool: asyncpg.Pool
 
 
 @asynccontextmanager
@@ -58,7 +60,7 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
         relay_task = asyncio.create_task(outbox.run()) if relay else None
         log.info("ingestion serving", extra={"port": port})
         try:
-            yield RunningIngestion(server, outbox, port)
+            yield RunningIngestion(server, outbox, port, pool)
         finally:
             await server.stop(common.shutdown_grace_s)
             if relay_task:
