@@ -1,0 +1,131 @@
+"""Trigger predicates (segmentation semantics on one event), planning and provider signatures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+
+import pytest
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.common.v1 import common_pb2
+from eventline.segmentation.v1 import segmentation_pb2 as seg
+
+from eventline_campaigns.channels import EMAIL, FileSink, HttpChannel, Message, signature
+from eventline_campaigns.engine import Trigger, plan
+from eventline_campaigns.model import FAILED, PENDING, SKIPPED, compile_campaign, predicate_holds
+from eventline_campaigns.repository import Profile
+from tests.support import value
+
+
+def decimal(text: str) -> common_pb2.Value:
+    return common_pb2.Value(decimal_value=text)
+
+
+def predicate(op: int, *operands: common_pb2.Value) -> seg.Predicate:
+    p = seg.Predicate(field="f", operator=op)  # type: ignore[arg-type]
+    if op in (seg.OPERATOR_IN, seg.OPERATOR_NOT_IN):
+        p.values.extend(seg.Operand(literal=o) for o in operands)
+    elif operands:
+        p.value.CopyFrom(seg.Operand(literal=operands[0]))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("op", "operands", "field", "holds"),
+    [
+        (seg.OPERATOR_EQUALS, [value(5)], value(5), True),
+        (seg.OPERATOR_EQUALS, [value(5)], value("5"), False),
+        (seg.OPERATOR_EQUALS, [decimal("5.0")], value(5), True),
+        (seg.OPERATOR_NOT_EQUALS, [value(5)], value("5"), True),
+        (seg.OPERATOR_NOT_EQUALS, [value(5)], None, False),
+        (seg.OPERATOR_IN, [value(1), value(2)], value(2), True),
+        (seg.OPERATOR_NOT_IN, [value(1), value(2)], value(3), True),
+        (seg.OPERATOR_NOT_IN, [value(1)], None, False),
+        (seg.OPERATOR_CONTAINS, [value("ett")], value("kettle"), True),
+        (seg.OPERATOR_STARTS_WITH, [value("ket")], value("kettle"), True),
+        (seg.OPERATOR_STARTS_WITH, [value("ket")], value(5), False),
+        (seg.OPERATOR_GREATER, [value(100)], decimal("100.5"), True),
+        (seg.OPERATOR_GREATER_OR_EQUAL, [value(100)], value(100), True),
+        (seg.OPERATOR_LESS, [value(100)], value("50"), False),
+        (
+            seg.OPERATOR_LESS_OR_EQUAL,
+            [value(dt.datetime(2026, 1, 2, tzinfo=dt.UTC))],
+            value(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+            True,
+        ),
+        (seg.OPERATOR_EXISTS, [], value(False), True),
+        (seg.OPERATOR_EXISTS, [], None, False),
+        (seg.OPERATOR_NOT_EXISTS, [], None, True),
+    ],
+)
+def test_predicates(
+    op: int, operands: list[common_pb2.Value], field: common_pb2.Value | None, holds: bool
+) -> None:
+    context = {"f": field} if field is not None else {}
+    assert predicate_holds(predicate(op, *operands), context) is holds
+
+
+def _campaign(**action: campaigns_pb2.EmailAction) -> campaigns_pb2.Campaign:
+    return campaigns_pb2.Campaign(
+        trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="E")),
+        actions=[campaigns_pb2.Action(email=action["email"])],
+    )
+
+
+def _profile(**fields: object) -> Profile:
+    base: dict[str, object] = dict(
+        customer_id="c1",
+        email="c1@example.com",
+        phone="",
+        push_tokens=[],
+        attributes="{}",
+        email_consent=1,
+        sms_consent=0,
+        push_consent=0,
+    )
+    base.update(fields)
+    return Profile(**base)  # type: ignore[arg-type]
+
+
+def _trigger(**context: common_pb2.Value) -> Trigger:
+    event = common_pb2.Event(
+        event_id="e1", customer_id="c1", name="E", kind=common_pb2.EVENT_KIND_CUSTOMER, context=context
+    )
+    return Trigger.of(event)
+
+
+def test_plan_skips_renders_or_fails_without_half_messages() -> None:
+    spec = _campaign(email=campaigns_pb2.EmailAction(subject="S {{ client.eventContext.a }}", text_body="T"))
+    campaign = compile_campaign("c", 1, spec, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    [ok] = plan(campaign, _trigger(a=value("x")), _profile())
+    assert ok.status == PENDING and Message.from_json(1, EMAIL, ok.message or "").subject == "S x"
+    [failed] = plan(campaign, _trigger(), _profile())
+    assert failed.status == FAILED and failed.message is None and "'a'" in failed.reason
+    [no_consent] = plan(campaign, _trigger(a=value("x")), _profile(email_consent=2))
+    assert (no_consent.status, no_consent.reason) == (SKIPPED, "no e-mail consent")
+    [no_address] = plan(campaign, _trigger(a=value("x")), _profile(email=""))
+    assert (no_address.status, no_address.reason) == (SKIPPED, "no e-mail address")
+
+
+def test_provider_signature_and_payload() -> None:
+    body = b'{"a":1}'
+    expected = hmac.new(b"k", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert signature("k", "1700000000", body) == "sha256=" + expected
+    sms = Message(7, 2, ["+4915112345678"], text="hi")
+    assert HttpChannel.payload(sms) == {
+        "delivery_id": "7",
+        "channel": "sms",
+        "to": "+4915112345678",
+        "text": "hi",
+    }
+
+
+async def test_file_sink_writes_a_readable_file_once_per_delivery(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sink = FileSink(str(tmp_path))
+    message = Message(12, EMAIL, ["a@example.com"], "Blue kettle is back", "<p>x</p>", "Get it now")
+    await sink.send(message)
+    await sink.send(message)
+    [written] = list(tmp_path.iterdir())
+    text = written.read_text()
+    assert "To: a@example.com" in text and "Subject: Blue kettle is back" in text and "Get it now" in text

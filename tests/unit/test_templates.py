@@ -1,0 +1,102 @@
+"""Campaign templates: sandbox, strict variables, escaping and the save-time checks."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eventline_campaigns.templates import RenderError, TemplateProblem, compile_template, variables
+
+
+def render(source: str, html: bool = False, **context: object) -> str:
+    template = compile_template(source, html=html)
+    return template.render(
+        variables(
+            customer_id="c1",
+            email="c1@example.com",
+            phone="",
+            attributes={"tier": "gold", "items": 3},
+            context=context,
+            event_name="ItemInStock",
+            event_id="e1",
+            occurred_at=None,
+        )
+    )
+
+
+def test_the_customers_syntax_renders_the_context() -> None:
+    assert (
+        render("{{ client.eventContext.item_name }} is back", item_name="Blue kettle")
+        == "Blue kettle is back"
+    )
+    assert (
+        render("{{ client.tier }}/{{ client.attributes.tier }}/{{ event.name }}") == "gold/gold/ItemInStock"
+    )
+    # Field codes that are also dict method names are plain fields.
+    assert render("{{ client.eventContext.items }} {{ client.attributes.items }}", items="x") == "x 3"
+
+
+def test_a_missing_variable_fails_the_render_naming_it() -> None:
+    with pytest.raises(RenderError, match=r"client\.eventContext has no field 'reset_link'"):
+        render("Reset: {{ client.eventContext.reset_link }}")
+    with pytest.raises(RenderError, match="'nobody' is undefined"):
+        render("{{ nobody }}")
+
+
+def test_html_is_autoescaped_and_text_is_not() -> None:
+    assert render("<p>{{ client.eventContext.x }}</p>", html=True, x="<b>&") == "<p>&lt;b&gt;&amp;</p>"
+    assert render("{{ client.eventContext.x }}", x="<b>&") == "<b>&"
+
+
+@given(st.text(max_size=50).map(lambda s: "{{ " + s + " }}{% if 1 %}"))
+def test_template_syntax_inside_a_context_value_is_text(text: str) -> None:
+    assert render("{{ client.eventContext.x }}", x=text) == text
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [("ok\n{{ x ]]", 2), ("{% for %}", 1), ("a\nb\n{% if x %}", 3), ("{{ x|no_such_filter }}", 1)],
+)
+def test_syntax_errors_name_the_line(source: str, line: int) -> None:
+    with pytest.raises(TemplateProblem) as problem:
+        compile_template(source)
+    assert problem.value.line == line
+    assert problem.value.description.startswith(f"line {line}:")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ client|attr('__class__') }}",
+        "{{ client['_values'] }}",
+        "{% set _x = 1 %}",
+    ],
+)
+def test_attacks_are_refused_at_save_time(source: str) -> None:
+    with pytest.raises(TemplateProblem):
+        compile_template(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ range(10**9)|list }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}xx{% endfor %}{% endfor %}",
+        "{{ 'a' * 10**9 }}",
+        "{{ 7 ** 100000 }}",
+        "{{ (2 ** 99) ** 99 }}",
+        "{{ '{0.__class__}'.format(1) }}",
+        "{{ client.eventContext.x.format(client) }}",
+        "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+    ],
+)
+def test_expensive_or_unsafe_renders_fail_fast(source: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(RenderError):
+        render(source, x="{0.__class__}")
+    assert time.monotonic() - started < 0.5
