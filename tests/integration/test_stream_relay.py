@@ -99,3 +99,41 @@ async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
     assert await redis_client.xlen(stream_key) == 5
     await asyncio.sleep(0.01)  # entry ids are milliseconds: let the last one age
     assert await stream.trim(redis_client, stream_key, retention_s=0) == 5
+
+
+async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_key, redis_client):
+    """Issue 6, scenario 8: with a zero retention and trimming five times a second,
+    a consumer group that stops consuming keeps every entry it has not acknowledged."""
+    from eventline_ingestion.service import running
+    from eventline_ingestion.settings import Settings
+
+    env = service_env(
+        db_url, stream_key, EVENTLINE_STREAM_RETENTION_S="0", EVENTLINE_STREAM_TRIM_INTERVAL_S="0.2"
+    )
+    async with running(Settings.from_env(env)) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            await stub.TrackCustomerEvent(customer_event("c0", "A", "first"))
+            for _ in range(100):
+                if await redis_client.exists(stream_key):
+                    break
+                await asyncio.sleep(0.02)
+            await redis_client.xgroup_create(stream_key, "campaigns", id="0")
+            read = await redis_client.xreadgroup("campaigns", "worker", {stream_key: ">"})
+            acked = [entry_id for entry_id, _ in read[0][1]]
+            await redis_client.xack(stream_key, "campaigns", *acked)
+            # The consumer reads a few more and stops without acknowledging them.
+            for i in range(10):
+                await stub.TrackCustomerEvent(customer_event("c1", "A", f"pending{i}"))
+            await asyncio.sleep(0.3)
+            await redis_client.xreadgroup("campaigns", "worker", {stream_key: ">"}, count=4)
+            # Producers go on for a while; the consumer is gone.
+            for i in range(30):
+                await stub.TrackCustomerEvent(customer_event("c2", "A", f"later{i}"))
+                await asyncio.sleep(0.03)
+            await asyncio.sleep(0.6)
+    remaining = [fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)]
+    expected = [f"pending{i}" for i in range(10)] + [f"later{i}" for i in range(30)]
+    assert remaining == expected  # the acknowledged entry went, nothing else did
+    pending = await redis_client.xpending(stream_key, "campaigns")
+    assert pending["pending"] == 4
