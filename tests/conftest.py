@@ -228,9 +228,7 @@ def campaigns_env(
     **extra: str,
 ) -> dict[str, str]:
     """The campaign service's environment in tests: real SMTP and HTTP providers, short timeouts."""
-    return service_env(
-        db_url,
-        stream_key,
+    settings = dict(
         EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{segmentation_port}",
         EVENTLINE_SMTP_HOST="127.0.0.1",
         EVENTLINE_SMTP_PORT=str(smtp_port),
@@ -241,8 +239,8 @@ def campaigns_env(
         EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
         EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
         EVENTLINE_CAMPAIGNS_POLL_S="0.1",
-        **extra,
     )
+    return service_env(db_url, stream_key, **{**settings, **extra})
 
 
 @pytest.fixture

@@ -1,0 +1,194 @@
+"""End to end: ingestion, segmentation and campaigns as real servers, real PostgreSQL, Redis and SMTP.
+
+The campaign service consumes the stream in the background, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2
+from eventline.segmentation.v1 import segmentation_pb2 as seg
+
+from tests.conftest import campaigns_env
+from tests.support import customer_event, value
+
+GRANTED = common_pb2.CONSENT_GRANTED
+
+
+@pytest.fixture
+async def campaigns(  # type: ignore[no-untyped-def]
+    db_url,
+    stream_key,
+    redis_client,
+    ingestion_server,
+    segmentation_server,
+    smtp_server,
+    http_provider,
+    tmp_path,
+) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path / "sink"),
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
+    )
+    async with running(Settings.from_env(env)) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            yield campaigns_pb2_grpc.CampaignServiceStub(channel)
+
+
+async def upsert(ingestion, customer_id: str, **fields: object) -> None:  # type: ignore[no-untyped-def]
+    await ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(customer=common_pb2.Customer(customer_id=customer_id, **fields))  # type: ignore[arg-type]
+    )
+
+
+async def activate(campaigns, campaign: campaigns_pb2.Campaign) -> str:  # type: ignore[no-untyped-def]
+    created = await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
+    campaign_id = created.campaign.campaign_id
+    await campaigns.ActivateCampaign(campaigns_pb2.ActivateCampaignRequest(campaign_id=campaign_id))
+    return str(campaign_id)
+
+
+async def settle(campaigns, campaign_id: str, expected: int) -> campaigns_pb2.GetCampaignStatsResponse:  # type: ignore[no-untyped-def]
+    """Wait until the campaign has ``expected`` finished deliveries, then a little longer for extras."""
+    deadline = time.monotonic() + 10
+    while True:
+        stats = await campaigns.GetCampaignStats(
+            campaigns_pb2.GetCampaignStatsRequest(campaign_id=campaign_id)
+        )
+        if stats.sent + stats.failed + stats.skipped >= expected and stats.pending == 0:
+            break
+        assert time.monotonic() < deadline, f"deliveries did not settle: {stats}"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    return await campaigns.GetCampaignStats(campaigns_pb2.GetCampaignStatsRequest(campaign_id=campaign_id))
+
+
+async def test_back_in_stock_reaches_exactly_the_consenting_subscribers_once(  # type: ignore[no-untyped-def]
+    ingestion, campaigns, smtp_server
+) -> None:
+    subscribers = {
+        "ann": (42, GRANTED),
+        "bob": (42, GRANTED),
+        "cat": (42, common_pb2.CONSENT_DENIED),
+        "dan": (7, GRANTED),
+        "eve": (42, common_pb2.CONSENT_UNSPECIFIED),
+    }
+    for customer_id, (item_id, consent) in subscribers.items():
+        await upsert(ingestion, customer_id, email=f"{customer_id}@example.com", email_consent=consent)
+        await ingestion.TrackCustomerEvent(customer_event(customer_id, "StockSubscription", item_id=item_id))
+    await upsert(ingestion, "fay", email="fay@example.com", email_consent=GRANTED)  # never subscribed
+    campaign_id = await activate(
+        campaigns,
+        campaigns_pb2.Campaign(
+            display_name="Back in stock",
+            trigger=campaigns_pb2.Trigger(
+                system_event=campaigns_pb2.SystemEventTrigger(event_name="ItemInStock")
+            ),
+            audience=seg.Filter(
+                event=seg.EventCondition(
+                    name="StockSubscription",
+                    predicates=[
+                        seg.Predicate(
+                            field="item_id",
+                            operator=seg.OPERATOR_EQUALS,
+                            value=seg.Operand(reference="$item_id"),
+                        )
+                    ],
+                )
+            ),
+            actions=[
+                campaigns_pb2.Action(
+                    email=campaigns_pb2.EmailAction(
+                        subject="{{ client.eventContext.item_name }} is back",
+                        html_body="<p>{{ client.eventContext.item_name }} is back in stock.</p>",
+                        text_body="{{ client.eventContext.item_name }} is back in stock.",
+                    )
+                )
+            ],
+        ),
+    )
+    stock = ingestion_pb2.TrackSystemEventRequest(
+        event_id="stock-42-1",
+        name="ItemInStock",
+        context={"item_id": value(42), "item_name": value("Blue kettle")},
+    )
+    await ingestion.TrackSystemEvent(stock)
+    await ingestion.TrackSystemEvent(stock)  # a client retry: the same event id
+    await smtp_server.wait_for(2)
+    stats = await settle(campaigns, campaign_id, 4)
+    assert sorted(m["To"] for m in smtp_server.messages) == ["ann@example.com", "bob@example.com"]
+    assert {m["Subject"] for m in smtp_server.messages} == {"Blue kettle is back"}
+    assert (stats.sent, stats.skipped) == (2, 2)
+    assert stats.reasons["no e-mail consent"] == 2
+
+
+async def test_password_recovery_email_arrives_within_a_second(ingestion, campaigns, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    await upsert(ingestion, "u1", email="u1@example.com", email_consent=GRANTED)
+    await activate(
+        campaigns,
+        campaigns_pb2.Campaign(
+            display_name="Password recovery",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="PasswordRecoveryRequested")
+            ),
+            actions=[
+                campaigns_pb2.Action(
+                    email=campaigns_pb2.EmailAction(
+                        subject="Reset your password",
+                        text_body="Reset it here: {{ client.eventContext.reset_link }}",
+                    )
+                )
+            ],
+        ),
+    )
+    link = "https://shop.example.com/reset?token=abc123"
+    started = time.monotonic()
+    await ingestion.TrackCustomerEvent(
+        customer_event("u1", "PasswordRecoveryRequested", "pr-1", reset_link=link)
+    )
+    await smtp_server.wait_for(1, timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    [message] = smtp_server.messages
+    assert message["To"] == "u1@example.com"
+    assert f"Reset it here: {link}" in message.get_body(("plain",)).get_content()
+
+
+async def test_the_same_event_id_twice_sends_one_message(ingestion, campaigns, smtp_server) -> None:  # type: ignore[no-untyped-def]
+    await upsert(ingestion, "u2", email="u2@example.com", email_consent=GRANTED)
+    campaign_id = await activate(
+        campaigns,
+        campaigns_pb2.Campaign(
+            display_name="Welcome",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="SignedUp")
+            ),
+            actions=[
+                campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Welcome", text_body="Hi"))
+            ],
+        ),
+    )
+    request = customer_event("u2", "SignedUp", "signup-1")
+    first, second = await asyncio.gather(
+        ingestion.TrackCustomerEvent(request), ingestion.TrackCustomerEvent(request)
+    )
+    assert first.deduplicated != second.deduplicated or first.deduplicated is second.deduplicated is False
+    await ingestion.TrackCustomerEvent(request)
+    await smtp_server.wait_for(1)
+    stats = await settle(campaigns, campaign_id, 1)
+    assert stats.sent == 1
+    assert len(smtp_server.messages) == 1
