@@ -1,0 +1,1 @@
+"""The segmentation service: filters over customers and their events, and saved segments."""

@@ -1,0 +1,106 @@
+"""Periods resolved against a request's ``now`` and time zone (see the proto comments)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass
+
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+
+from eventline_segmentation.filters import PeriodSpec
+from eventline_shared.errors import invalid
+
+UTC = dt.UTC
+
+
+@dataclass(frozen=True)
+class Interval:
+    """start <= t < end (or <= end when ``end_inclusive``); None is an open side."""
+
+    start: dt.datetime | None
+    end: dt.datetime | None
+    end_inclusive: bool = False
+
+    def holds(self, t: dt.datetime) -> bool:
+        if self.start is not None and t < self.start:
+            return False
+        if self.end is not None:
+            return t <= self.end if self.end_inclusive else t < self.end
+        return True
+
+
+def time_zone(name: str, path: str = "time_zone") -> dt.tzinfo:
+    if not name or name == "UTC":
+        return UTC
+    if len(name) > 64 or "\x00" in name or name.startswith(("/", ".")) or ".." in name:
+        raise invalid(path, "time zone must be an IANA name such as Europe/Berlin")
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise invalid(
+            path, f"unknown time zone {name[:64]!r}; use an IANA name such as Europe/Berlin"
+        ) from None
+
+
+class Clock:
+    """Day arithmetic in one time zone around one ``now``."""
+
+    def __init__(self, now: dt.datetime, zone: dt.tzinfo) -> None:
+        self.now = now
+        self.zone = zone
+        self.today = now.astimezone(zone).date()
+
+    def local_date(self, t: dt.datetime) -> dt.date:
+        return t.astimezone(self.zone).date()
+
+    def day_start(self, days_before_today: int) -> dt.datetime:
+        """The first instant whose local date is today minus ``days_before_today`` days."""
+        day = self.today - dt.timedelta(days=days_before_today)
+        # Midnight may not exist (a DST jump at 00:00) or exist twice: fold=0
+        # maps it to the transition instant or to its first occurrence, which
+        # is in both cases the first instant of the local day (PEP 495).
+        local = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone)
+        instant = local.astimezone(UTC)
+        return instant
+
+    def resolve(self, period: PeriodSpec) -> Interval:
+        if period.kind == "absolute":
+            return Interval(period.start, period.end)
+        if period.kind == "hours":
+            return Interval(self.now - dt.timedelta(hours=period.amount), self.now, end_inclusive=True)
+        if period.kind == "days":
+            return Interval(self.day_start(period.amount - 1), self.now, end_inclusive=True)
+        return Interval(self.day_start(period.max_days_ago), self.day_start(period.min_days_ago - 1))
+
+    def days_since(self, last: dt.datetime) -> int:
+        return (self.today - self.local_date(last)).days
+
+    def days_since_intervals(self, comparison: int, days: int) -> list[Interval]:
+        """The times of a last event for which ``days_since <comparison> days`` holds."""
+        start_of = self.day_start  # day_start(n): first instant of today - n
+        if comparison == pb.COMPARISON_GREATER:
+            return [Interval(None, start_of(days))]
+        if comparison == pb.COMPARISON_GREATER_OR_EQUAL:
+            return [Interval(None, start_of(days - 1))]
+        if comparison == pb.COMPARISON_LESS:
+            return [Interval(start_of(days - 1), None)]
+        if comparison == pb.COMPARISON_LESS_OR_EQUAL:
+            return [Interval(start_of(days), None)]
+        if comparison == pb.COMPARISON_EQUAL:
+            return [Interval(start_of(days), start_of(days - 1))]
+        return [Interval(None, start_of(days)), Interval(start_of(days - 1), None)]
+
+
+def compare(comparison: int, left: int, right: int) -> bool:
+    if comparison == pb.COMPARISON_EQUAL:
+        return left == right
+    if comparison == pb.COMPARISON_NOT_EQUAL:
+        return left != right
+    if comparison == pb.COMPARISON_LESS:
+        return left < right
+    if comparison == pb.COMPARISON_LESS_OR_EQUAL:
+        return left <= right
+    if comparison == pb.COMPARISON_GREATER:
+        return left > right
+    return left >= right

@@ -1,0 +1,166 @@
+"""All SQL of the segmentation service: evaluating compiled filters and saved segments.
+
+Every query runs with the caller's remaining deadline as its asyncpg timeout:
+when it runs out, asyncpg cancels the statement in PostgreSQL and the caller
+gets DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from eventline_segmentation.compiler import Compiled, MatchQuery
+from eventline_shared.errors import AlreadyExists, DeadlineExceeded, NotFound
+
+T = TypeVar("T")
+
+
+async def _bounded(run: Callable[[], Awaitable[T]], timeout: float | None) -> T:
+    if timeout is not None and timeout <= 0:
+        raise DeadlineExceeded("the deadline passed before the query could start")
+    try:
+        return await run()
+    except TimeoutError:
+        raise DeadlineExceeded("the query did not finish within the deadline and was cancelled") from None
+
+
+@dataclass(frozen=True)
+class StoredSegment:
+    segment_id: str
+    display_name: str
+    description: str
+    filter: bytes
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+_SEGMENT_COLUMNS = "segment_id, display_name, description, filter, created_at, updated_at"
+
+
+def _segment(row: asyncpg.Record) -> StoredSegment:
+    return StoredSegment(
+        row["segment_id"],
+        row["display_name"],
+        row["description"],
+        bytes(row["filter"]),
+        row["created_at"],
+        row["updated_at"],
+    )
+
+
+class SegmentationRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def count(self, query: Compiled, timeout: float | None) -> int:
+        async def run() -> int:
+            return int(await self.pool.fetchval(query.sql, *query.params, timeout=timeout))
+
+        return await _bounded(run, timeout)
+
+    async def ids(self, query: Compiled, timeout: float | None) -> list[str]:
+        async def run() -> list[str]:
+            rows = await self.pool.fetch(query.sql, *query.params, timeout=timeout)
+            return [r[0] for r in rows]
+
+        return await _bounded(run, timeout)
+
+    async def stream_ids(
+        self, query: Compiled, chunk: int, timeout: Callable[[], float | None]
+    ) -> AsyncIterator[list[str]]:
+        """Chunks of ids read through a server-side cursor; ``timeout`` gives the time left."""
+        async with self.pool.acquire() as connection:
+            async with connection.transaction(readonly=True):
+                cursor = await _bounded(
+                    lambda: connection.cursor(query.sql, *query.params, timeout=timeout()), timeout()
+                )
+                while True:
+                    left = timeout()
+                    rows = await _bounded(lambda left=left: cursor.fetch(chunk, timeout=left), left)
+                    if rows:
+                        yield [r[0] for r in rows]
+                    if len(rows) < chunk:
+                        return
+
+    async def match(self, query: MatchQuery, timeout: float | None) -> asyncpg.Record | None:
+        async def run() -> asyncpg.Record | None:
+            return await self.pool.fetchrow(query.sql, *query.params, timeout=timeout)
+
+        return await _bounded(run, timeout)
+
+    # Saved segments ------------------------------------------------------------------
+
+    async def create_segment(
+        self, segment_id: str, display_name: str, description: str, filter_bytes: bytes
+    ) -> StoredSegment:
+        row = await self.pool.fetchrow(
+            f"""
+            INSERT INTO segments (segment_id, display_name, description, filter)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (segment_id) DO NOTHING
+            RETURNING {_SEGMENT_COLUMNS}
+            """,
+            segment_id,
+            display_name,
+            description,
+            filter_bytes,
+        )
+        if row is not None:
+            return _segment(row)
+        existing = await self.get_segment(segment_id)
+        if (existing.display_name, existing.description, existing.filter) != (
+            display_name,
+            description,
+            filter_bytes,
+        ):
+            raise AlreadyExists(f"segment {segment_id!r} already exists with other content")
+        return existing
+
+    async def get_segment(self, segment_id: str) -> StoredSegment:
+        row = await self.pool.fetchrow(
+            f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE segment_id = $1", segment_id
+        )
+        if row is None:
+            raise NotFound(f"segment {segment_id!r} does not exist")
+        return _segment(row)
+
+    async def list_segments(self, after: str, limit: int) -> list[StoredSegment]:
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_SEGMENT_COLUMNS} FROM segments
+            WHERE segment_id COLLATE "C" > $1 COLLATE "C"
+            ORDER BY segment_id COLLATE "C" LIMIT $2
+            """,
+            after,
+            limit,
+        )
+        return [_segment(r) for r in rows]
+
+    async def update_segment(self, segment_id: str, changes: dict[str, Any]) -> StoredSegment:
+        # Column names come from a fixed whitelist, never from the request.
+        allowed = {"display_name", "description", "filter"}
+        assert set(changes) <= allowed
+        sets = [f"{column} = ${i}" for i, column in enumerate(sorted(changes), start=2)]
+        row = await self.pool.fetchrow(
+            f"""
+            UPDATE segments SET {", ".join([*sets, "updated_at = now()"])}
+            WHERE segment_id = $1 RETURNING {_SEGMENT_COLUMNS}
+            """,
+            segment_id,
+            *[changes[c] for c in sorted(changes)],
+        )
+        if row is None:
+            raise NotFound(f"segment {segment_id!r} does not exist")
+        return _segment(row)
+
+    async def delete_segment(self, segment_id: str) -> None:
+        deleted = await self.pool.fetchval(
+            "DELETE FROM segments WHERE segment_id = $1 RETURNING segment_id", segment_id
+        )
+        if deleted is None:
+            raise NotFound(f"segment {segment_id!r} does not exist")

@@ -1,0 +1,61 @@
+"""Wiring of the segmentation service: pool, servicer and server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+
+from eventline_segmentation.repository import SegmentationRepository
+from eventline_segmentation.servicer import SegmentationServicer
+from eventline_segmentation.settings import Settings
+from eventline_shared import database
+from eventline_shared.grpc_server import Server
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
+
+
+@dataclass
+class RunningSegmentation:
+    server: Server
+    port: int
+
+
+def session_dsn(dsn: str, work_mem_mb: int) -> str:
+    """The DSN with the session settings of segmentation queries.
+
+    asyncpg passes unknown DSN query parameters as server settings. Hashed id
+    sets (``IN`` / ``NOT IN`` under OR and NOT) must fit in work_mem, and every
+    execution is planned with its actual values (period bounds, names), since a
+    generic plan cannot know how selective they are.
+    """
+    parts = urlsplit(dsn)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("work_mem", f"{work_mem_mb}MB")
+    query.setdefault("plan_cache_mode", "force_custom_plan")
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
+    """The segmentation service, serving until the context exits; then a graceful stop."""
+    common = settings.common
+    await database.migrate_url(common.database_url)
+    dsn = session_dsn(common.database_url, settings.work_mem_mb)
+    async with database.open_pool(dsn, max_size=common.database_pool_size) as pool:
+        servicer = SegmentationServicer(SegmentationRepository(pool), settings.max_query_s)
+        server = Server([SERVICE_NAME])
+        segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
+        port = server.bind(common.host, common.port)
+        await server.start()
+        log.info("segmentation serving", extra={"port": port})
+        try:
+            yield RunningSegmentation(server, port)
+        finally:
+            await server.stop(common.shutdown_grace_s)

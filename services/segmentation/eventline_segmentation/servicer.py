@@ -1,0 +1,368 @@
+"""SegmentationService: validate the request, compile, run, map the answer."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+from eventline.segmentation.v1 import segmentation_pb2_grpc
+
+from eventline_segmentation import compiler, evaluation, filters, periods
+from eventline_segmentation.repository import SegmentationRepository, StoredSegment
+from eventline_shared import values
+from eventline_shared.errors import FieldViolation, InvalidArgument, NotFound, invalid, raise_if_any
+
+DEFAULT_PAGE = 1000
+MAX_PAGE = 10_000
+DEFAULT_CHUNK = 5000
+DEFAULT_SEGMENT_PAGE = 50
+MAX_SEGMENT_PAGE = 1000
+MAX_DISPLAY_NAME = 200
+MAX_DESCRIPTION = 2000
+_NOW_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NOW_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EvaluationRequest(Protocol):
+    """What Count/List/Stream/MatchCustomer requests have in common."""
+
+    filter: pb.Filter
+    segment_id: str
+    bindings: Any
+    now: Any
+    time_zone: str
+
+    def WhichOneof(self, name: str) -> str | None: ...
+    def HasField(self, name: str) -> bool: ...
+
+
+@dataclass
+class Prepared:
+    root: filters.Node
+    clock: periods.Clock
+    target_key: str
+    """A digest of what was evaluated (target, bindings, time zone), for page tokens."""
+
+
+def _digest(target: bytes, bindings: Any, zone: str) -> str:
+    h = hashlib.sha256(target)
+    for code in sorted(bindings):
+        h.update(code.encode() + b"\0" + bindings[code].SerializeToString(deterministic=True))
+    h.update(b"\0" + zone.encode())
+    return h.hexdigest()[:24]
+
+
+def _time_left(context: Context, ceiling: float) -> float:
+    left = context.time_remaining()
+    return ceiling if left is None else min(left, ceiling)
+
+
+def _page_size(requested: int, default: int, cap: int, path: str) -> int:
+    if requested < 0:
+        raise invalid(path, "must be 0 or more")
+    return min(requested or default, cap)
+
+
+def _encode_token(data: dict[str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str, path: str = "page_token") -> dict[str, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (binascii.Error, ValueError, UnicodeError):
+        raise invalid(path, "not a page token of this RPC") from None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise invalid(path, "not a page token of this RPC")
+    return data
+
+
+def segment_message(stored: StoredSegment) -> pb.Segment:
+    return pb.Segment(
+        segment_id=stored.segment_id,
+        display_name=stored.display_name,
+        description=stored.description,
+        filter=pb.Filter.FromString(stored.filter),
+        create_time=values.datetime_to_timestamp(stored.created_at),
+        update_time=values.datetime_to_timestamp(stored.updated_at),
+    )
+
+
+class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
+    def __init__(self, repository: SegmentationRepository, max_query_s: float) -> None:
+        self.repository = repository
+        self.max_query_s = max_query_s
+
+    # Evaluation ----------------------------------------------------------------------
+
+    async def _prepare(self, request: EvaluationRequest, now: dt.datetime | None = None) -> Prepared:
+        target = request.WhichOneof("target")
+        if target == "filter":
+            flt, path, raw = (
+                request.filter,
+                "filter",
+                b"f" + request.filter.SerializeToString(deterministic=True),
+            )
+        elif target == "segment_id":
+            if not request.segment_id:
+                raise invalid("segment_id", "segment id is required")
+            stored = await self.repository.get_segment(request.segment_id)
+            flt, path = pb.Filter.FromString(stored.filter), "segment.filter"
+            raw = b"s" + request.segment_id.encode() + b"\0" + stored.filter
+        else:
+            raise invalid("filter", "one of filter or segment_id is required")
+        violations: list[FieldViolation] = []
+        zone: dt.tzinfo = dt.UTC
+        try:
+            zone = periods.time_zone(request.time_zone)
+        except InvalidArgument as exc:
+            violations += exc.violations
+        if now is None:
+            if request.HasField("now"):
+                bad = values.check_timestamp(request.now, "now")
+                if bad is None:
+                    now = values.timestamp_to_datetime(request.now)
+                    if not _NOW_MIN <= now < _NOW_MAX:
+                        bad = FieldViolation("now", "now must be between 1970 and 9000")
+                if bad:
+                    violations.append(bad)
+            else:
+                now = dt.datetime.now(dt.UTC)
+        checked = filters.check(flt, path, request.bindings)
+        violations += checked.violations
+        raise_if_any(violations)
+        assert checked.root is not None and now is not None
+        return Prepared(
+            checked.root, periods.Clock(now, zone), _digest(raw, request.bindings, request.time_zone)
+        )
+
+    async def CountCustomers(
+        self, request: pb.CountCustomersRequest, context: Context
+    ) -> pb.CountCustomersResponse:
+        prepared = await self._prepare(request)
+        query = compiler.count_query(prepared.root, prepared.clock)
+        count = await self.repository.count(query, _time_left(context, self.max_query_s))
+        return pb.CountCustomersResponse(count=count, now=values.datetime_to_timestamp(prepared.clock.now))
+
+    async def ListCustomers(
+        self, request: pb.ListCustomersRequest, context: Context
+    ) -> pb.ListCustomersResponse:
+        size = _page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE, "page_size")
+        after, now = "", None
+        token: dict[str, str] = {}
+        if request.page_token:
+            token = _decode_token(request.page_token)
+            try:
+                after = token["after"]
+                now = dt.datetime.fromisoformat(token["now"])
+            except (KeyError, ValueError):
+                raise invalid("page_token", "not a page token of this RPC") from None
+        prepared = await self._prepare(request, now)
+        if token and token.get("key") != prepared.target_key:
+            raise invalid("page_token", "the page token belongs to another filter, bindings or time zone")
+        query = compiler.ids_query(prepared.root, prepared.clock, after, size + 1)
+        ids = await self.repository.ids(query, _time_left(context, self.max_query_s))
+        next_token = ""
+        if len(ids) > size:
+            ids = ids[:size]
+            next_token = _encode_token(
+                {"after": ids[-1], "now": prepared.clock.now.isoformat(), "key": prepared.target_key}
+            )
+        return pb.ListCustomersResponse(
+            customer_ids=ids, next_page_token=next_token, now=values.datetime_to_timestamp(prepared.clock.now)
+        )
+
+    async def StreamCustomers(
+        self, request: pb.StreamCustomersRequest, context: Context
+    ) -> AsyncIterator[pb.StreamCustomersResponse]:
+        chunk = _page_size(request.chunk_size, DEFAULT_CHUNK, MAX_PAGE, "chunk_size")
+        after = request.after_customer_id
+        if after and len(after) > 128:
+            raise invalid("after_customer_id", "a customer id is at most 128 characters")
+        prepared = await self._prepare(request)
+        query = compiler.ids_query(prepared.root, prepared.clock, after, None)
+        async for ids in self.repository.stream_ids(
+            query, chunk, lambda: _time_left(context, self.max_query_s)
+        ):
+            yield pb.StreamCustomersResponse(customer_ids=ids)
+
+    async def MatchCustomer(
+        self, request: pb.MatchCustomerRequest, context: Context
+    ) -> pb.MatchCustomerResponse:
+        customer_bad = values.check_customer_id(request.customer_id, "customer_id")
+        if customer_bad:
+            raise InvalidArgument([customer_bad])
+        prepared = await self._prepare(request)
+        query = compiler.match_query(prepared.root, prepared.clock, request.customer_id)
+        row = await self.repository.match(query, _time_left(context, self.max_query_s))
+        if row is None:
+            raise NotFound(f"customer {request.customer_id!r} does not exist")
+        matched, explanations = evaluation.explain(query, row, prepared.clock)
+        response = pb.MatchCustomerResponse(
+            matched=matched, now=values.datetime_to_timestamp(prepared.clock.now)
+        )
+        for e in explanations:
+            node = response.nodes.add(path=e.path, held=e.held, count=e.count)
+            if e.last is not None:
+                node.last_occurred_at.CopyFrom(values.datetime_to_timestamp(e.last))
+            if e.first is not None:
+                node.first_occurred_at.CopyFrom(values.datetime_to_timestamp(e.first))
+            if e.days_since_last is not None:
+                node.days_since_last = e.days_since_last
+            if e.value is not None:
+                node.value.CopyFrom(e.value)
+        return response
+
+    async def ValidateFilter(
+        self, request: pb.ValidateFilterRequest, context: Context
+    ) -> pb.ValidateFilterResponse:
+        checked = filters.check(request.filter, "filter", None, present=request.HasField("filter"))
+        # Check the references against the bindings given, without making them violations.
+        unresolved = sorted(code for code in checked.references if code not in request.bindings)
+        violations = list(checked.violations)
+        for code in sorted(checked.references):
+            if code in request.bindings:
+                _, bad = filters.operand_of(request.bindings[code], values.quote_path("bindings", code))
+                if bad:
+                    violations.append(bad)
+        return pb.ValidateFilterResponse(
+            valid=not violations,
+            violations=[pb.FilterViolation(field=v.field, description=v.description) for v in violations],
+            references=sorted(checked.references),
+            unresolved_references=unresolved,
+        )
+
+    # Saved segments ------------------------------------------------------------------
+
+    def _check_segment(
+        self, segment: pb.Segment, paths: set[str], prefix: str = "segment"
+    ) -> list[FieldViolation]:
+        found: list[FieldViolation] = []
+        if "display_name" in paths:
+            name = segment.display_name
+            if not name.strip():
+                found.append(FieldViolation(f"{prefix}.display_name", "display name is required"))
+            elif len(name) > MAX_DISPLAY_NAME or "\x00" in name:
+                found.append(
+                    FieldViolation(
+                        f"{prefix}.display_name",
+                        f"display name is at most {MAX_DISPLAY_NAME} characters, no NUL",
+                    )
+                )
+        if "description" in paths and (
+            len(segment.description) > MAX_DESCRIPTION or "\x00" in segment.description
+        ):
+            found.append(
+                FieldViolation(
+                    f"{prefix}.description", f"description is at most {MAX_DESCRIPTION} characters, no NUL"
+                )
+            )
+        if "filter" in paths:
+            checked = filters.check(
+                segment.filter, f"{prefix}.filter", None, present=segment.HasField("filter")
+            )
+            found += checked.violations
+        return found
+
+    async def CreateSegment(
+        self, request: pb.CreateSegmentRequest, context: Context
+    ) -> pb.CreateSegmentResponse:
+        violations = self._check_segment(request.segment, {"display_name", "description", "filter"})
+        segment_id = request.segment_id
+        if segment_id:
+            bad = values.check_event_id(segment_id, "segment_id")
+            if bad:
+                violations.append(
+                    FieldViolation("segment_id", bad.description.replace("event id", "segment id"))
+                )
+        else:
+            segment_id = uuid.uuid4().hex
+        raise_if_any(violations)
+        stored = await self.repository.create_segment(
+            segment_id,
+            request.segment.display_name,
+            request.segment.description,
+            request.segment.filter.SerializeToString(deterministic=True),
+        )
+        return pb.CreateSegmentResponse(segment=segment_message(stored))
+
+    async def GetSegment(self, request: pb.GetSegmentRequest, context: Context) -> pb.GetSegmentResponse:
+        if not request.segment_id:
+            raise invalid("segment_id", "segment id is required")
+        return pb.GetSegmentResponse(
+            segment=segment_message(await self.repository.get_segment(request.segment_id))
+        )
+
+    async def ListSegments(
+        self, request: pb.ListSegmentsRequest, context: Context
+    ) -> pb.ListSegmentsResponse:
+        size = _page_size(request.page_size, DEFAULT_SEGMENT_PAGE, MAX_SEGMENT_PAGE, "page_size")
+        after = ""
+        if request.page_token:
+            token = _decode_token(request.page_token)
+            if "segment" not in token:
+                raise invalid("page_token", "not a page token of this RPC")
+            after = token["segment"]
+        stored = await self.repository.list_segments(after, size + 1)
+        next_token = ""
+        if len(stored) > size:
+            stored = stored[:size]
+            next_token = _encode_token({"segment": stored[-1].segment_id})
+        return pb.ListSegmentsResponse(
+            segments=[segment_message(s) for s in stored], next_page_token=next_token
+        )
+
+    async def UpdateSegment(
+        self, request: pb.UpdateSegmentRequest, context: Context
+    ) -> pb.UpdateSegmentResponse:
+        allowed = {"display_name", "description", "filter"}
+        paths = set(request.update_mask.paths) or allowed
+        unknown = sorted(paths - allowed)
+        violations = [
+            FieldViolation(
+                "update_mask", f"unknown field {p[:64]!r}; use display_name, description or filter"
+            )
+            for p in unknown
+        ]
+        if not request.segment.segment_id:
+            violations.append(FieldViolation("segment.segment_id", "segment id is required"))
+        violations += self._check_segment(request.segment, paths & allowed)
+        raise_if_any(violations)
+        changes: dict[str, Any] = {}
+        for p in paths:
+            if p == "filter":
+                changes[p] = request.segment.filter.SerializeToString(deterministic=True)
+            else:
+                changes[p] = getattr(request.segment, p)
+        stored = await self.repository.update_segment(request.segment.segment_id, changes)
+        return pb.UpdateSegmentResponse(segment=segment_message(stored))
+
+    async def DeleteSegment(
+        self, request: pb.DeleteSegmentRequest, context: Context
+    ) -> pb.DeleteSegmentResponse:
+        if not request.segment_id:
+            raise invalid("segment_id", "segment id is required")
+        await self.repository.delete_segment(request.segment_id)
+        return pb.DeleteSegmentResponse()
+
+    async def GetSegmentSize(
+        self, request: pb.GetSegmentSizeRequest, context: Context
+    ) -> pb.GetSegmentSizeResponse:
+        count_request = pb.CountCustomersRequest(
+            segment_id=request.segment_id, bindings=request.bindings, time_zone=request.time_zone
+        )
+        if request.HasField("now"):
+            count_request.now.CopyFrom(request.now)
+        counted = await self.CountCustomers(count_request, context)
+        return pb.GetSegmentSizeResponse(size=counted.count, now=counted.now)

@@ -1,0 +1,298 @@
+"""The reference evaluator of the segmentation filter language, and its own tests.
+
+Written straight from the semantics in segmentation.proto, in plain Python,
+with no code shared with the service (no SQL, no period resolution into
+intervals, no stats): it is the oracle of the differential tests in
+tests/integration/test_segmentation_differential.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from eventline.common.v1 import common_pb2
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+
+UTC = dt.UTC
+
+
+@dataclass
+class Customer:
+    customer_id: str
+    email: str = ""
+    phone: str = ""
+    push_tokens: list[str] = field(default_factory=list)
+    attributes: dict[str, common_pb2.Value] = field(default_factory=dict)
+    email_consent: int = 0
+    sms_consent: int = 0
+    push_consent: int = 0
+
+
+@dataclass
+class Event:
+    customer_id: str
+    name: str
+    occurred_at: dt.datetime
+    context: dict[str, common_pb2.Value] = field(default_factory=dict)
+
+
+@dataclass
+class NodeResult:
+    path: str
+    held: bool
+    count: int = 0
+    last: dt.datetime | None = None
+    first: dt.datetime | None = None
+    days_since_last: int | None = None
+    value: common_pb2.Value | None = None
+
+
+def typed(v: common_pb2.Value) -> tuple[str, Any]:
+    """A value as (kind, comparable python value); integers and decimals are both numbers."""
+    kind = v.WhichOneof("kind")
+    if kind == "string_value":
+        return ("string", v.string_value)
+    if kind == "integer_value":
+        return ("number", Decimal(v.integer_value))
+    if kind == "decimal_value":
+        return ("number", Decimal(v.decimal_value))
+    if kind == "boolean_value":
+        return ("boolean", v.boolean_value)
+    ts = v.timestamp_value
+    # Microsecond precision: finer digits are dropped.
+    return (
+        "timestamp",
+        dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000),
+    )
+
+
+class Evaluator:
+    def __init__(
+        self,
+        customers: Sequence[Customer],
+        events: Sequence[Event],
+        bindings: Mapping[str, common_pb2.Value],
+        now: dt.datetime,
+        time_zone: str,
+    ) -> None:
+        self.customers = customers
+        self.events_of: dict[str, list[Event]] = {c.customer_id: [] for c in customers}
+        for e in events:
+            self.events_of[e.customer_id].append(e)
+        self.bindings = bindings
+        self.now = now
+        self.zone = zoneinfo.ZoneInfo(time_zone) if time_zone else UTC
+        self.today = self.local_date(now)
+
+    def local_date(self, t: dt.datetime) -> dt.date:
+        return t.astimezone(self.zone).date()
+
+    # Values and predicates -------------------------------------------------------
+
+    def operand(self, o: pb.Operand) -> tuple[str, Any]:
+        if o.WhichOneof("kind") == "reference":
+            return typed(self.bindings[o.reference[1:]])
+        return typed(o.literal)
+
+    def predicate(self, p: pb.Predicate, fields: Mapping[str, common_pb2.Value]) -> bool:
+        op = p.operator
+        if op == pb.OPERATOR_NOT_EXISTS:
+            return p.field not in fields
+        if p.field not in fields:
+            return False  # a missing field never holds for the other operators
+        if op == pb.OPERATOR_EXISTS:
+            return True
+        kind, value = typed(fields[p.field])
+        if op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
+            found = any((kind, value) == self.operand(o) for o in p.values)
+            return found if op == pb.OPERATOR_IN else not found
+        other_kind, other = self.operand(p.value)
+        if op == pb.OPERATOR_EQUALS:
+            return (kind, value) == (other_kind, other)
+        if op == pb.OPERATOR_NOT_EQUALS:
+            return (kind, value) != (other_kind, other)
+        if op == pb.OPERATOR_CONTAINS:
+            return kind == "string" and other in value
+        if op == pb.OPERATOR_STARTS_WITH:
+            return kind == "string" and value.startswith(other)
+        if kind != other_kind:
+            return False  # values of different kinds are never ordered
+        if op == pb.OPERATOR_GREATER:
+            return bool(value > other)
+        if op == pb.OPERATOR_GREATER_OR_EQUAL:
+            return bool(value >= other)
+        if op == pb.OPERATOR_LESS:
+            return bool(value < other)
+        return bool(value <= other)
+
+    # Periods -----------------------------------------------------------------------
+
+    def in_period(self, period: pb.Period, t: dt.datetime) -> bool:
+        kind = period.WhichOneof("kind")
+        if kind == "absolute":
+            a = period.absolute
+            if a.HasField("start") and t < a.start.ToDatetime(UTC):
+                return False
+            return not (a.HasField("end") and t >= a.end.ToDatetime(UTC))
+        if kind == "last":
+            if period.last.unit == pb.TIME_UNIT_HOUR:
+                return self.now - dt.timedelta(hours=period.last.amount) <= t <= self.now
+            # Today counts as one of the days.
+            return (self.today - self.local_date(t)).days <= period.last.amount - 1 and t <= self.now
+        days_ago = (self.today - self.local_date(t)).days
+        return period.days_ago.min_days_ago <= days_ago <= period.days_ago.max_days_ago
+
+    # Conditions --------------------------------------------------------------------
+
+    def event(self, cond: pb.EventCondition, customer: Customer, path: str) -> NodeResult:
+        matching = [
+            e
+            for e in self.events_of[customer.customer_id]
+            if e.name == cond.name and all(self.predicate(p, e.context) for p in cond.predicates)
+        ]
+        last = max((e.occurred_at for e in matching), default=None)
+        first = min((e.occurred_at for e in matching), default=None)
+        days = (self.today - self.local_date(last)).days if last is not None else None
+        result = NodeResult(path, False, len(matching), last, first, days)
+        test = cond.WhichOneof("test")
+        if test is None or test == "count":
+            c = cond.count
+            if test == "count" and c.HasField("period"):
+                result.count = sum(1 for e in matching if self.in_period(c.period, e.occurred_at))
+            n = result.count
+            bound = c.WhichOneof("bound") if test else None
+            if bound is None:
+                result.held = n >= 1
+            elif bound == "at_least":
+                result.held = n >= c.at_least
+            elif bound == "at_most":
+                result.held = n <= c.at_most
+            elif bound == "exactly":
+                result.held = n == c.exactly
+            else:
+                result.held = c.between.min <= n <= c.between.max
+        elif test == "last_occurred":
+            result.held = last is not None and self.in_period(cond.last_occurred, last)
+        elif test == "first_occurred":
+            result.held = first is not None and self.in_period(cond.first_occurred, first)
+        else:
+            d = cond.days_since_last
+            result.held = (
+                days is not None
+                and {
+                    pb.COMPARISON_EQUAL: days == d.days,
+                    pb.COMPARISON_NOT_EQUAL: days != d.days,
+                    pb.COMPARISON_LESS: days < d.days,
+                    pb.COMPARISON_LESS_OR_EQUAL: days <= d.days,
+                    pb.COMPARISON_GREATER: days > d.days,
+                    pb.COMPARISON_GREATER_OR_EQUAL: days >= d.days,
+                }[d.comparison]
+            )
+        return result
+
+    def customer_condition(self, cond: pb.CustomerCondition, customer: Customer, path: str) -> NodeResult:
+        test = cond.WhichOneof("test")
+        if test == "has_address":
+            held = {
+                pb.CHANNEL_EMAIL: customer.email != "",
+                pb.CHANNEL_SMS: customer.phone != "",
+                pb.CHANNEL_PUSH: len(customer.push_tokens) > 0,
+            }[cond.has_address]
+            return NodeResult(path, held)
+        if test == "consent_granted":
+            consent = {
+                pb.CHANNEL_EMAIL: customer.email_consent,
+                pb.CHANNEL_SMS: customer.sms_consent,
+                pb.CHANNEL_PUSH: customer.push_consent,
+            }[cond.consent_granted]
+            return NodeResult(path, consent == common_pb2.CONSENT_GRANTED)
+        p = cond.attribute
+        return NodeResult(
+            path, self.predicate(p, customer.attributes), value=customer.attributes.get(p.field)
+        )
+
+    def explain(self, f: pb.Filter, customer: Customer, path: str = "filter") -> list[NodeResult]:
+        """Every node's result for one customer, in depth-first pre-order."""
+        kind = f.WhichOneof("node")
+        if kind in ("all_of", "any_of"):
+            children: list[list[NodeResult]] = [
+                self.explain(child, customer, f"{path}.{kind}.filters[{i}]")
+                for i, child in enumerate(getattr(f, kind).filters)
+            ]
+            combine = all if kind == "all_of" else any
+            held = combine(c[0].held for c in children)
+            return [NodeResult(path, held)] + [r for c in children for r in c]
+        if kind == "negation":
+            inner = self.explain(f.negation, customer, f"{path}.negation")
+            return [NodeResult(path, not inner[0].held), *inner]
+        if kind == "event":
+            return [self.event(f.event, customer, path)]
+        return [self.customer_condition(f.customer, customer, path)]
+
+    def matching_ids(self, f: pb.Filter) -> list[str]:
+        """The matching customer ids in ascending byte order."""
+        ids = [c.customer_id for c in self.customers if self.explain(f, c)[0].held]
+        return sorted(ids, key=lambda i: i.encode())
+
+
+# The reference's own tests: worked examples from the proto comments. ----------------
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def _v(x: Any) -> common_pb2.Value:
+    if isinstance(x, bool):
+        return common_pb2.Value(boolean_value=x)
+    if isinstance(x, int):
+        return common_pb2.Value(integer_value=x)
+    if isinstance(x, Decimal):
+        return common_pb2.Value(decimal_value=str(x))
+    return common_pb2.Value(string_value=x)
+
+
+def _eq(code: str, x: Any) -> pb.Predicate:
+    return pb.Predicate(field=code, operator=pb.OPERATOR_EQUALS, value=pb.Operand(literal=_v(x)))
+
+
+def test_a_string_never_equals_a_number_but_integers_equal_decimals() -> None:
+    ev = Evaluator([Customer("c")], [], {}, NOW, "")
+    assert not ev.predicate(_eq("x", 5), {"x": _v("5")})
+    assert ev.predicate(_eq("x", 5), {"x": _v(Decimal("5.00"))})
+    ne = pb.Predicate(field="x", operator=pb.OPERATOR_NOT_EQUALS, value=pb.Operand(literal=_v(5)))
+    assert ev.predicate(ne, {"x": _v("5")})
+    assert not ev.predicate(ne, {})  # NOT_EQUALS needs the field
+
+
+def test_days_since_and_last_days_use_the_time_zone() -> None:
+    # 23:30 UTC on the 25th is already the 26th in Berlin: 0 days ago there, 1 in UTC.
+    late = dt.datetime(2026, 11, 25, 23, 30, tzinfo=UTC)
+    cond = pb.EventCondition(
+        name="A", days_since_last=pb.DaysSinceTest(comparison=pb.COMPARISON_EQUAL, days=0)
+    )
+    for zone, held in (("", False), ("Europe/Berlin", True)):
+        ev = Evaluator([Customer("c")], [Event("c", "A", late)], {}, NOW, zone)
+        assert ev.explain(pb.Filter(event=cond), ev.customers[0])[0].held is held
+
+
+def test_has_not_done_holds_for_customers_without_events() -> None:
+    cond = pb.EventCondition(
+        name="A",
+        count=pb.CountTest(
+            period=pb.Period(last=pb.RecentPeriod(amount=7, unit=pb.TIME_UNIT_DAY)), at_most=0
+        ),
+    )
+    old = Event("b", "A", NOW - dt.timedelta(days=30))
+    recent = Event("c", "A", NOW - dt.timedelta(days=1))
+    ev = Evaluator([Customer("a"), Customer("b"), Customer("c")], [old, recent], {}, NOW, "")
+    assert ev.matching_ids(pb.Filter(event=cond)) == ["a", "b"]
+
+
+def test_ids_are_in_byte_order() -> None:
+    ev = Evaluator([Customer("b"), Customer("B"), Customer("a"), Customer("_")], [], {}, NOW, "")
+    everyone = pb.Filter(negation=pb.Filter(customer=pb.CustomerCondition(has_address=pb.CHANNEL_EMAIL)))
+    assert ev.matching_ids(everyone) == ["B", "_", "a", "b"]
