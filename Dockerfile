@@ -12,13 +12,15 @@ COPY pyproject.toml README.md ./
 COPY libs ./libs
 COPY services ./services
 COPY protos ./protos
-RUN pip install . && useradd --system --uid 10001 eventline
+RUN pip install . \
+    && useradd --system --uid 10001 eventline \
+    && mkdir /data && chown eventline /data
 
 USER eventline
 # Inside a container the services listen on every interface.
 ENV EVENTLINE_INGESTION_HOST=0.0.0.0 \
     EVENTLINE_SEGMENTATION_HOST=0.0.0.0 \
     EVENTLINE_CAMPAIGNS_HOST=0.0.0.0
-EXPOSE 50051 50052 50053
+EXPOSE 50051 50052 50053 9051 9052 9053
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "eventline_ingestion"]

@@ -120,9 +120,12 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(tmp_path: P
                 ingestion_pb2.TrackCustomerEventRequest(event_id="e-1", customer_id="c-1", name="signed_up"),
                 timeout=10,
             )
-        metrics_url = f"http://127.0.0.1:{first.metrics_ports['ingestion']}/metrics"
-        metrics = await asyncio.to_thread(urlopen_text, metrics_url)
-        assert 'grpc_method="TrackCustomerEvent"' in metrics
+        # Every service serves /metrics; ingestion's counts the RPC just made.
+        for name, port in first.metrics_ports.items():
+            metrics = await asyncio.to_thread(urlopen_text, f"http://127.0.0.1:{port}/metrics")
+            assert "# TYPE eventline_rpc_duration_seconds histogram" in metrics, name
+            if name == "ingestion":
+                assert 'grpc_method="TrackCustomerEvent"' in metrics
         assert (data_dir / "urls.env").read_text().startswith("EVENTLINE_DATABASE_URL=postgresql://")
         assert await first.interrupt() == 0
     finally:

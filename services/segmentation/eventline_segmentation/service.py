@@ -50,7 +50,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
     dsn = session_dsn(common.database_url, settings.work_mem_mb)
     async with database.open_pool(dsn, max_size=common.database_pool_size) as pool:
         servicer = SegmentationServicer(SegmentationRepository(pool), settings.max_query_s)
-        server = Server([SERVICE_NAME])
+        server = Server([SERVICE_NAME], settings=common)
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()
