@@ -135,9 +135,9 @@ def describe_status(code: str, message: str, details: list[Any]) -> list[str]:
 
 
 def rpc_error_lines(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    code = error.code().name if hasattr(error, "code") else "UNKNOWN"  # type: ignore[attr-defined]
-    message = error.details() if hasattr(error, "details") else str(error)  # type: ignore[attr-defined]
+    status = rpc_status.from_call(error)
+    code = error.code().name if hasattr(error, "code") else "UNKNOWN"
+    message = error.details() if hasattr(error, "details") else str(error)
     return describe_status(code, message or "", list(status.details) if status is not None else [])
 
 

@@ -86,7 +86,7 @@ def health(ctx: click.Context, target: str | None, service: str) -> None:
             health_pb2.HealthCheckRequest(service=service), timeout=min(options.timeout_s, 5.0)
         )
     except grpc.RpcError as error:
-        click.echo(f"not serving: {error.code().name}", err=True)  # type: ignore[attr-defined]
+        click.echo(f"not serving: {error.code().name}", err=True)
         sys.exit(1)
     finally:
         opened.close()

@@ -270,7 +270,9 @@ class EmbeddedServer:
                 raise EmbeddedError(f"embedded {self.name} did not become ready in {timeout_s:.0f}s")
             await asyncio.sleep(0.1)
 
-    async def stop(self, sig: signal.Signals, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    async def stop(
+        self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
+    ) -> int | None:
         """Send ``sig``, wait for a clean exit, kill after ``timeout_s``; return the exit code."""
         process = self.process
         if process is None or process.returncode is not None:
