@@ -1,0 +1,284 @@
+"""Soak: mixed traffic at half the measured capacity, watching memory, errors and stream lag.
+
+Not part of CI. Starts the three services as processes on a database of their
+own (file-sink channel for messages), seeds customers and two campaigns, then:
+
+1. probes capacity: the traffic mix as fast as 32 workers can go, for a while;
+2. runs the same mix at half that rate for ``--minutes`` (10 by default), and
+   every few seconds samples each service's resident memory, the campaign
+   consumer group's lag and pending entries, and the error count.
+
+The mix: 60% a customer event that triggers a campaign e-mail, 20% a batch of
+20 events, 10% a timeline read, 10% a segment count; a system event that fans
+out to every customer every 30 s.
+
+Usage: python bench/soak.py [--minutes N] [--quick]. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import psutil
+import redis.asyncio as redis
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import REDIS_URL, fresh_database
+
+ROOT = Path(__file__).resolve().parent.parent
+PORTS = {"ingestion": 50961, "segmentation": 50962, "campaigns": 50963}
+CUSTOMERS = 2000
+
+
+def start_services(url: str, stream: str, sink: str) -> dict[str, subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "EVENTLINE_DATABASE_URL": url,
+        "EVENTLINE_REDIS_URL": REDIS_URL,
+        "EVENTLINE_STREAM": stream,
+        "EVENTLINE_LOG_LEVEL": "WARNING",
+        "EVENTLINE_CAMPAIGNS_SINK_DIR": sink,
+        "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{PORTS['segmentation']}",
+        **{f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in PORTS.items()},
+    }
+    return {
+        name: subprocess.Popen([sys.executable, "-m", f"eventline_{name}"], env=env, cwd=ROOT)
+        for name in PORTS
+    }
+
+
+async def serving(port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(300):
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"service on {port} did not start")
+
+
+def event(customer: str, name: str, **context: int) -> ingestion_pb2.TrackCustomerEventRequest:
+    return ingestion_pb2.TrackCustomerEventRequest(
+        event_id=uuid.uuid4().hex,
+        customer_id=customer,
+        name=name,
+        context={k: common_pb2.Value(integer_value=v) for k, v in context.items()},
+    )
+
+
+class Traffic:
+    def __init__(self, channels: dict[str, grpc.aio.Channel]) -> None:
+        self.ingestion = ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"])
+        self.segmentation = segmentation_pb2_grpc.SegmentationServiceStub(channels["segmentation"])
+        self.rng = random.Random(19)
+        self.ops = 0
+        self.errors: dict[str, int] = {}
+        self.segment = segmentation_pb2.Filter(
+            event=segmentation_pb2.EventCondition(
+                name="Purchase",
+                count=segmentation_pb2.CountTest(
+                    period=segmentation_pb2.Period(
+                        last=segmentation_pb2.RecentPeriod(amount=30, unit=segmentation_pb2.TIME_UNIT_DAY)
+                    ),
+                    at_least=2,
+                ),
+            )
+        )
+
+    def customer(self) -> str:
+        return f"soak{self.rng.randrange(CUSTOMERS)}"
+
+    async def one(self) -> None:
+        roll = self.rng.random()
+        try:
+            if roll < 0.6:
+                await self.ingestion.TrackCustomerEvent(
+                    event(self.customer(), "Purchase", amount=5), timeout=10
+                )
+            elif roll < 0.8:
+                items = [
+                    ingestion_pb2.TrackEventsItem(customer_event=event(self.customer(), "PageView", page=i))
+                    for i in range(20)
+                ]
+                await self.ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(events=items), timeout=10)
+            elif roll < 0.9:
+                await self.ingestion.ListTimeline(
+                    ingestion_pb2.ListTimelineRequest(customer_id=self.customer(), page_size=20), timeout=10
+                )
+            else:
+                await self.segmentation.CountCustomers(
+                    segmentation_pb2.CountCustomersRequest(filter=self.segment), timeout=10
+                )
+            self.ops += 1
+        except grpc.aio.AioRpcError as error:
+            key = error.code().name
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+    async def at_rate(self, rate: float | None, seconds: float, workers: int = 32) -> float:
+        """Run the mix for ``seconds``; at most ``rate`` ops/s when given. Returns ops/s."""
+        start_ops, started = self.ops, time.monotonic()
+        end = started + seconds
+        interval = workers / rate if rate else 0.0
+
+        async def worker(offset: float) -> None:
+            next_at = time.monotonic() + offset
+            while time.monotonic() < end:
+                if interval:
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                    next_at += interval
+                await self.one()
+
+        await asyncio.gather(*(worker(i * interval / workers) for i in range(workers)))
+        return (self.ops - start_ops) / (time.monotonic() - started)
+
+
+async def seed(channels: dict[str, grpc.aio.Channel]) -> None:
+    ingestion = ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"])
+    for start in range(0, CUSTOMERS, 100):
+        await asyncio.gather(
+            *(
+                ingestion.UpsertCustomer(
+                    ingestion_pb2.UpsertCustomerRequest(
+                        customer=common_pb2.Customer(
+                            customer_id=f"soak{i}",
+                            email=f"soak{i}@example.com",
+                            email_consent=common_pb2.CONSENT_GRANTED,
+                        )
+                    )
+                )
+                for i in range(start, start + 100)
+            )
+        )
+    campaigns = campaigns_pb2_grpc.CampaignServiceStub(channels["campaigns"])
+    email = campaigns_pb2.Action(
+        email=campaigns_pb2.EmailAction(
+            subject="Thanks {{ client.customer_id }}", text_body="Amount {{ client.eventContext.amount }}"
+        )
+    )
+    for campaign_id, trigger in [
+        (
+            "soak-purchase",
+            campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Purchase")),
+        ),
+        (
+            "soak-news",
+            campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="News")),
+        ),
+    ]:
+        await campaigns.CreateCampaign(
+            campaigns_pb2.CreateCampaignRequest(
+                campaign_id=campaign_id,
+                campaign=campaigns_pb2.Campaign(display_name=campaign_id, trigger=trigger, actions=[email]),
+            )
+        )
+        await campaigns.ActivateCampaign(campaigns_pb2.ActivateCampaignRequest(campaign_id=campaign_id))
+
+
+async def sample(
+    processes: dict[str, subprocess.Popen[bytes]], client: redis.Redis, stream: str
+) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for name, process in processes.items():
+        row[f"{name}_rss_mb"] = psutil.Process(process.pid).memory_info().rss / 2**20
+    for group in await client.xinfo_groups(stream):
+        row["lag"] = float(group.get("lag") or 0)
+        row["pending"] = float(group["pending"])
+    return row
+
+
+async def main(minutes: float, probe_s: float) -> dict[str, object]:
+    url = await fresh_database("eventline_bench_soak")
+    stream = f"soak:{uuid.uuid4().hex[:8]}:events"
+    sink = tempfile.mkdtemp(prefix="eventline-soak-")
+    processes = start_services(url, stream, sink)
+    client = redis.Redis.from_url(REDIS_URL)
+    samples: list[dict[str, float]] = []
+    try:
+        await asyncio.gather(*(serving(port) for port in PORTS.values()))
+        channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for name, port in PORTS.items()}
+        await seed(channels)
+        traffic = Traffic(channels)
+        capacity = await traffic.at_rate(None, probe_s)
+        rate = capacity / 2
+        print(f"capacity {capacity:.0f} ops/s; soaking at {rate:.0f} ops/s for {minutes} min", flush=True)
+        probe_errors = dict(traffic.errors)
+        traffic.errors.clear()
+        ingestion = traffic.ingestion
+        end = time.monotonic() + minutes * 60
+        next_news = time.monotonic() + 30
+
+        async def watch() -> None:
+            nonlocal next_news
+            while time.monotonic() < end:
+                samples.append(await sample(processes, client, stream))
+                if time.monotonic() >= next_news:
+                    next_news += 30
+                    await ingestion.TrackSystemEvent(
+                        ingestion_pb2.TrackSystemEventRequest(event_id=uuid.uuid4().hex, name="News")
+                    )
+                await asyncio.sleep(5)
+
+        watcher = asyncio.create_task(watch())
+        achieved = await traffic.at_rate(rate, minutes * 60)
+        await watcher
+        await asyncio.sleep(5)
+        samples.append(await sample(processes, client, stream))
+        for channel in channels.values():
+            await channel.close()
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(30)
+        await client.delete(stream, stream + ":dead")
+        await client.aclose()
+    settled = samples[max(1, len(samples) // 5)]  # after warm-up
+    result: dict[str, object] = {
+        "minutes": minutes,
+        "capacity_ops_per_s": round(capacity),
+        "soak_ops_per_s": round(achieved),
+        "errors": sum(traffic.errors.values()),
+        "error_codes": ",".join(f"{k}:{v}" for k, v in sorted(traffic.errors.items())),
+        "probe_errors": sum(probe_errors.values()),
+        "max_lag": max(s.get("lag", 0) for s in samples),
+        "final_lag": samples[-1].get("lag", 0),
+        "max_pending": max(s.get("pending", 0) for s in samples),
+        "final_pending": samples[-1].get("pending", 0),
+        "messages_in_sink": sum(1 for _ in Path(sink).rglob("*") if _.is_file()),
+    }
+    for name in PORTS:
+        result[f"{name}_rss_settled_mb"] = round(settled[f"{name}_rss_mb"], 1)
+        result[f"{name}_rss_end_mb"] = round(samples[-1][f"{name}_rss_mb"], 1)
+        result[f"{name}_rss_max_mb"] = round(max(s[f"{name}_rss_mb"] for s in samples), 1)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="one minute, shorter probe")
+    options = parser.parse_args()
+    minutes = 1.0 if options.quick else options.minutes
+    print(json.dumps(asyncio.run(main(minutes, probe_s=10 if options.quick else 30))))
