@@ -39,6 +39,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import redis.asyncio as redis
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -165,9 +166,9 @@ async def activate(stub: campaigns_pb2_grpc.CampaignServiceStub, campaign: campa
 
 
 async def bench_triggers(
-    ingestion: ingestion_pb2_grpc.IngestionServiceStub, sink: str, rate: int, seconds: float
-) -> tuple[float, float, float, int]:
-    """(p50 ms, p99 ms, p50 ms from the request, events) of accepted -> handed to the sink."""
+    ingestion: ingestion_pb2_grpc.IngestionServiceStub, sink: str, rate: int, seconds: float, stream: str
+) -> tuple[float, float, float, float, int]:
+    """(p50 ms, p99 ms, p50 ms from the request, p50 ms to the stream, events) of accepted -> handed to the sink."""
     rng = random.Random(1)
     run = uuid.uuid4().hex[:6]
     total = int(rate * seconds)
@@ -197,7 +198,17 @@ async def bench_triggers(
     latencies = sorted(max(0, handed[e] - accepted[e]) / 1e6 for e in accepted)
     from_request = sorted((handed[e] - sent[e]) / 1e6 for e in sent)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return statistics.median(latencies), p99, statistics.median(from_request), total
+    # Where the time goes: accepted -> appended to the stream (the entry id is the append time in ms).
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        appended = {
+            fields[b"event_id"].decode(): int(entry_id.split(b"-")[0]) * 1_000_000
+            for entry_id, fields in await client.xrange(stream)
+        }
+    finally:
+        await client.aclose()
+    to_stream = statistics.median(max(0, appended[e] - accepted[e]) / 1e6 for e in accepted if e in appended)
+    return statistics.median(latencies), p99, statistics.median(from_request), to_stream, total
 
 
 async def bench_fanout(
@@ -268,8 +279,10 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
             )
             await asyncio.sleep(1.0)  # every replica has loaded the campaigns
             # Warm-up: connections, prepared statements, compiled templates.
-            await bench_triggers(ingestion, sink, 200, 1.0)
-            p50, p99, p50_request, events = await bench_triggers(ingestion, sink, rate, seconds)
+            await bench_triggers(ingestion, sink, 200, 1.0, stream)
+            p50, p99, p50_request, p50_stream, events = await bench_triggers(
+                ingestion, sink, rate, seconds, stream
+            )
             fanout_per_s = await bench_fanout(ingestion, sink, customers)
     finally:
         services.stop()
@@ -280,6 +293,7 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
         "trigger_p50_ms": round(p50, 2),
         "trigger_p99_ms": round(p99, 2),
         "trigger_from_request_p50_ms": round(p50_request, 2),
+        "trigger_to_stream_p50_ms": round(p50_stream, 2),
         "fanout_customers": customers,
         "fanout_messages_per_s": round(fanout_per_s),
         "cpus": os.cpu_count() or 0,

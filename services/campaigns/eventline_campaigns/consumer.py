@@ -51,6 +51,7 @@ class StreamConsumer:
         claim_idle_ms: int = 30_000,
         max_attempts: int = 5,
         recover_interval_s: float = 1.0,
+        concurrency: int = 4,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -62,6 +63,7 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.recover_interval_s = recover_interval_s
+        self.concurrency = concurrency
         self._stop = asyncio.Event()
         self._group_ready = False
         self.errors: list[str] = []
@@ -226,34 +228,64 @@ class StreamConsumer:
         return total
 
     async def run(self) -> None:
-        """Serve until ``shutdown()``: read, reclaim now and then, resend stale deliveries."""
+        """Serve until ``shutdown()``: read, reclaim now and then, resend stale deliveries.
+
+        Up to ``concurrency`` batches are processed at once, so that reading
+        the next batch overlaps with the database round trips of the previous
+        ones (latency under load); each batch is acknowledged on its own.
+        """
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
-        next_recover = 0.0
+        next_recover = loop.time() + self.recover_interval_s
         delay = 0.1
-        while not self._stop.is_set():
-            try:
-                now = loop.time()
-                reclaim = now >= next_reclaim
-                if reclaim:
-                    next_reclaim = now + max(self.claim_idle_ms / 2000, 0.5)
-                await self.step(500, reclaim)
-                if loop.time() >= next_recover:
-                    next_recover = loop.time() + self.recover_interval_s
-                    await self.engine.recover()
-                delay = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._note_error(exc)
-                if isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc):
-                    self._group_ready = False
-                log.warning("campaign consumer error; retrying", extra={"error": repr(exc)[:500]})
+        inflight: set[asyncio.Task[int]] = set()
+        try:
+            while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    pass
-                delay = min(delay * 2, 5.0)
+                    if len(inflight) >= self.concurrency:
+                        await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    await self.ensure_group()
+                    entries: list[StreamEntry] = []
+                    if loop.time() >= next_reclaim:
+                        next_reclaim = loop.time() + max(self.claim_idle_ms / 2000, 0.5)
+                        entries += await self._reclaim(self.claim_idle_ms)
+                    entries += await self._read_new(20 if inflight else 500)
+                    if entries:
+                        task = asyncio.create_task(self.process(entries))
+                        inflight.add(task)
+                        task.add_done_callback(self._finished(inflight))
+                    if loop.time() >= next_recover:
+                        next_recover = loop.time() + self.recover_interval_s
+                        await self.engine.recover()
+                    delay = 0.1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._note_error(exc)
+                    if isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc):
+                        self._group_ready = False
+                    log.warning("campaign consumer error; retrying", extra={"error": repr(exc)[:500]})
+                    try:
+                        await asyncio.wait_for(self._stop.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    delay = min(delay * 2, 5.0)
+        finally:
+            # Let batches in flight finish: what they recorded gets sent and acknowledged.
+            if inflight:
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    def _finished(self, inflight: set[asyncio.Task[int]]):  # type: ignore[no-untyped-def]
+        def done(task: asyncio.Task[int]) -> None:
+            inflight.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                self._note_error(task.exception())  # type: ignore[arg-type]
+                log.warning(
+                    "batch failed; its entries stay pending", extra={"error": repr(task.exception())[:500]}
+                )
+
+        return done
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -241,9 +241,19 @@ class Engine:
         if not wanted:
             return
         profiles = await self.repository.profiles(sorted({t.event.customer_id for _, t, _ in wanted}))
-        recorded = await asyncio.gather(
-            *(self._record_one(campaign, trigger, profiles, reason) for campaign, trigger, reason in wanted)
-        )
+        uncapped: list[tuple[str, str, Planned]] = []
+        capped = []
+        for campaign, trigger, reason in wanted:
+            if campaign.cap_max:
+                capped.append(self._record_one(campaign, trigger, profiles, reason))
+                continue
+            profile = profiles.get(trigger.event.customer_id)
+            if profile is not None:  # else erased meanwhile: nothing to deliver, nothing to keep
+                uncapped += [
+                    (campaign.campaign_id, trigger.event.event_id, p)
+                    for p in plan(campaign, trigger, profile, reason)
+                ]
+        recorded = await asyncio.gather(self.repository.record_many(uncapped, lease_s=self.lease_s), *capped)
         await self.send([owned for batch in recorded for owned in batch])
 
     async def _in_audience(self, campaign: CompiledCampaign, trigger: Trigger) -> tuple[bool, str]:

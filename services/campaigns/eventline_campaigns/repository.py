@@ -112,6 +112,25 @@ WHERE customer_id = ANY($3::text[]) AND campaign_id = $1 AND event_id = $2
 RETURNING delivery_id, customer_id, channel, status, message::text, attempts
 """
 
+_RECORD_MANY = """
+INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
+SELECT t.customer_id, t.campaign_id, t.event_id, t.channel, t.status, t.reason, t.message,
+       CASE WHEN t.status = 1 THEN now() + $8 * interval '1 second' END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
+    AS t(campaign_id, event_id, customer_id, channel, status, reason, message)
+ORDER BY t.customer_id, t.campaign_id, t.event_id, t.channel
+ON CONFLICT DO NOTHING
+RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+"""
+
+_TAKE_OVER_MANY = """
+UPDATE deliveries d SET lease_until = now() + $4 * interval '1 second', updated_at = now()
+FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[]) AS t(campaign_id, event_id, customer_id)) t
+WHERE d.customer_id = t.customer_id AND d.campaign_id = t.campaign_id AND d.event_id = t.event_id
+  AND d.status = 1 AND d.lease_until < now()
+RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts
+"""
+
 _TAKE_OVER_STALE = """
 UPDATE deliveries d SET lease_until = now() + $2 * interval '1 second', updated_at = now()
 FROM (
@@ -360,6 +379,37 @@ class CampaignRepository:
                     fanout_after,
                     len(rows),
                 )
+        return owned
+
+    async def record_many(self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float) -> list[Owned]:
+        """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a cap.
+
+        One statement (no explicit transaction): the hot path of customer-event
+        triggers, where a stream batch holds many events.
+        """
+        if not items:
+            return []
+        rows = await self.pool.fetch(
+            _RECORD_MANY,
+            [c for c, _, _ in items],
+            [e for _, e, _ in items],
+            [p.customer_id for _, _, p in items],
+            [p.channel for _, _, p in items],
+            [p.status for _, _, p in items],
+            [p.reason for _, _, p in items],
+            [p.message for _, _, p in items],
+            lease_s,
+        )
+        owned = _owned(rows)
+        if len(rows) < len(items):
+            taken = await self.pool.fetch(
+                _TAKE_OVER_MANY,
+                [c for c, _, _ in items],
+                [e for _, e, _ in items],
+                [p.customer_id for _, _, p in items],
+                lease_s,
+            )
+            owned += _owned(taken)
         return owned
 
     async def take_over_stale(self, limit: int, lease_s: float) -> list[Owned]:
