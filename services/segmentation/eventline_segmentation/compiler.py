@@ -138,23 +138,38 @@ def _test_intervals(node: EventNode, clock: Clock) -> list[Interval]:
     return [clock.resolve(node.period)]
 
 
-def event_sql(node: EventNode, clock: Clock, params: Params) -> str:
-    """A boolean expression over ``c`` for an event condition."""
+@dataclass(frozen=True)
+class IdSet:
+    """An event condition as a set of customer ids.
+
+    ``positive``: the condition holds exactly for the customers in ``sql``
+    (which never include a customer without events); otherwise it holds for
+    the customers *not* in ``sql``. ``distinct``: ``sql`` yields each id once.
+    """
+
+    sql: str
+    positive: bool
+    distinct: bool
+
+
+def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
+    """The id set of an event condition, or None when it holds for everyone."""
     if node.test == "count" and node.low <= 0 and node.high is None:
-        return "TRUE"  # at least 0: holds for everyone (adds no parameters)
+        return None  # at least 0: holds for everyone (adds no parameters)
     name = params.add(node.name, "text")
     predicates = [predicate_sql(p, "e.context", params) for p in node.predicates]
     if node.test == "count":
         low, high = node.low, node.high
         if not predicates and node.period is None:
+            # Stats hold one row per (customer, name) with the exact count.
             source = f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}"
             if low >= 1:
-                bounds = f" AND s.count >= {params.add(low, 'bigint')}"
+                source += f" AND s.count >= {params.add(low, 'bigint')}"
                 if high is not None:
-                    bounds += f" AND s.count <= {params.add(high, 'bigint')}"
-                return f"c.customer_id IN ({source}{bounds})"
+                    source += f" AND s.count <= {params.add(high, 'bigint')}"
+                return IdSet(source, True, True)
             assert high is not None
-            return f"c.customer_id NOT IN ({source} AND s.count > {params.add(high, 'bigint')})"
+            return IdSet(f"{source} AND s.count > {params.add(high, 'bigint')}", False, True)
         where = [f"e.name = {name}"]
         if node.period is not None:
             where += interval_sql("e.occurred_at", clock.resolve(node.period), params)
@@ -162,33 +177,42 @@ def event_sql(node: EventNode, clock: Clock, params: Params) -> str:
         source = "SELECT e.customer_id FROM customer_events e WHERE " + " AND ".join(where)
         if low >= 1:
             if low == 1 and high is None:
-                return f"c.customer_id IN ({source})"
+                return IdSet(source, True, False)
             having = f"count(*) >= {params.add(low, 'bigint')}"
             if high is not None:
                 having += f" AND count(*) <= {params.add(high, 'bigint')}"
-            return f"c.customer_id IN ({source} GROUP BY e.customer_id HAVING {having})"
+            return IdSet(f"{source} GROUP BY e.customer_id HAVING {having}", True, True)
         assert high is not None
         if high == 0:
-            return f"c.customer_id NOT IN ({source})"
-        return (
-            f"c.customer_id NOT IN ({source} GROUP BY e.customer_id "
-            f"HAVING count(*) > {params.add(high, 'bigint')})"
+            return IdSet(source, False, False)
+        return IdSet(
+            f"{source} GROUP BY e.customer_id HAVING count(*) > {params.add(high, 'bigint')}", False, True
         )
     intervals = _test_intervals(node, clock)
     if not predicates:
         column = "s.first_at" if node.test == "first" else "s.last_at"
         condition = intervals_sql(column, intervals, params)
-        return (
-            f"c.customer_id IN (SELECT s.customer_id FROM customer_event_stats s "
-            f"WHERE s.name = {name} AND {condition})"
+        return IdSet(
+            f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name} AND {condition}",
+            True,
+            True,
         )
     aggregate = "min(e.occurred_at)" if node.test == "first" else "max(e.occurred_at)"
     condition = intervals_sql(aggregate, intervals, params)
     matching = " AND ".join([f"e.name = {name}", *predicates])
-    return (
-        f"c.customer_id IN (SELECT e.customer_id FROM customer_events e WHERE {matching} "
-        f"GROUP BY e.customer_id HAVING {condition})"
+    return IdSet(
+        f"SELECT e.customer_id FROM customer_events e WHERE {matching} GROUP BY e.customer_id HAVING {condition}",
+        True,
+        True,
     )
+
+
+def event_sql(node: EventNode, clock: Clock, params: Params, id_column: str = "c.customer_id") -> str:
+    """A boolean expression for an event condition over the customer id ``id_column``."""
+    found = event_set(node, clock, params)
+    if found is None:
+        return "TRUE"
+    return f"{id_column} {'IN' if found.positive else 'NOT IN'} ({found.sql})"
 
 
 def customer_sql(node: CustomerNode, params: Params) -> str:
@@ -200,18 +224,57 @@ def customer_sql(node: CustomerNode, params: Params) -> str:
     return predicate_sql(node.predicate, "c.attributes", params)
 
 
-def where_sql(node: Node, clock: Clock, params: Params) -> str:
-    """A boolean expression over ``customers c`` that holds for the matching customers."""
+def where_sql(node: Node, clock: Clock, params: Params, id_column: str = "c.customer_id") -> str:
+    """A boolean expression that holds for the matching customers (``customers c``)."""
     if isinstance(node, BoolNode):
-        parts = [where_sql(child, clock, params) for child in node.children]
+        parts = [where_sql(child, clock, params, id_column) for child in node.children]
         if node.op == "not":
             return f"NOT ({parts[0]})"
         joiner = " AND " if node.op == "all" else " OR "
         return "(" + joiner.join(parts) + ")"
     if isinstance(node, EventNode):
-        return event_sql(node, clock, params)
+        return event_sql(node, clock, params, id_column)
     assert isinstance(node, CustomerNode)
     return customer_sql(node, params)
+
+
+def _uses_profile(node: Node) -> bool:
+    return any(isinstance(n, CustomerNode) for n in walk(node))
+
+
+def source_sql(root: Node, clock: Clock, params: Params) -> tuple[str, str]:
+    """``FROM … WHERE …`` of the matching customers, and their id column.
+
+    When the tree is (or is an all_of with) an event condition that only
+    customers with events can satisfy, that condition's id set drives the
+    query: every customer id in customer_events and customer_event_stats
+    exists in customers (foreign key), so the customers table is joined only
+    when a profile condition needs it.
+    """
+    conjuncts = root.children if isinstance(root, BoolNode) and root.op == "all" else [root]
+    for i, candidate in enumerate(conjuncts):
+        if not isinstance(candidate, EventNode):
+            continue
+        mark = len(params.values)
+        found = event_set(candidate, clock, params)
+        if found is None or not found.positive:
+            del params.values[mark:]
+            continue
+        driver = (
+            found.sql
+            if found.distinct
+            else found.sql.replace("SELECT e.customer_id", "SELECT DISTINCT e.customer_id", 1)
+        )
+        rest = conjuncts[:i] + conjuncts[i + 1 :]
+        if any(_uses_profile(n) for n in rest):
+            where = " AND ".join(where_sql(n, clock, params, "c.customer_id") for n in rest)
+            return (
+                f"FROM ({driver}) p JOIN customers c ON c.customer_id = p.customer_id WHERE {where}",
+                "c.customer_id",
+            )
+        where = " AND ".join(where_sql(n, clock, params, "p.customer_id") for n in rest) or "TRUE"
+        return f"FROM ({driver}) p WHERE {where}", "p.customer_id"
+    return f"FROM customers c WHERE {where_sql(root, clock, params)}", "c.customer_id"
 
 
 @dataclass
@@ -222,18 +285,18 @@ class Compiled:
 
 def count_query(root: Node, clock: Clock) -> Compiled:
     params = Params()
-    where = where_sql(root, clock, params)
-    return Compiled(f"SELECT count(*) FROM customers c WHERE {where}", params.values)
+    source, _ = source_sql(root, clock, params)
+    return Compiled(f"SELECT count(*) {source}", params.values)
 
 
 def ids_query(root: Node, clock: Clock, after: str, limit: int | None) -> Compiled:
     """Matching ids in byte order, after ``after`` ('' for the start), at most ``limit``."""
     params = Params()
-    where = where_sql(root, clock, params)
-    sql = f"SELECT c.customer_id FROM customers c WHERE {where}"
+    source, id_column = source_sql(root, clock, params)
+    sql = f"SELECT {id_column} {source}"
     if after:
-        sql += f' AND c.customer_id COLLATE "C" > {params.add(after, "text")} COLLATE "C"'
-    sql += ' ORDER BY c.customer_id COLLATE "C"'
+        sql += f' AND {id_column} COLLATE "C" > {params.add(after, "text")} COLLATE "C"'
+    sql += f' ORDER BY {id_column} COLLATE "C"'
     if limit is not None:
         sql += f" LIMIT {params.add(limit, 'bigint')}"
     return Compiled(sql, params.values)
