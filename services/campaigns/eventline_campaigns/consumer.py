@@ -105,6 +105,7 @@ class StreamConsumer:
                 break
         if not claimed:
             return []
+        log.debug("stream entries reclaimed", extra={"entries": len(claimed)})
         deliveries = await self._times_delivered([e.entry_id for e in claimed])
         fresh: list[StreamEntry] = []
         for entry in claimed:
@@ -184,6 +185,7 @@ class StreamConsumer:
                     )
         if done:
             await self.client.xack(self.stream, self.group, *done)
+        log.debug("stream entries processed", extra={"entries": len(entries), "acknowledged": len(done)})
         return len(entries)
 
     def _note_error(self, exc: BaseException) -> None:
@@ -248,8 +250,10 @@ class StreamConsumer:
                     await self.ensure_group()
                     entries: list[StreamEntry] = []
                     if loop.time() >= next_reclaim:
-                        next_reclaim = loop.time() + max(self.claim_idle_ms / 2000, 0.5)
                         entries += await self._reclaim(self.claim_idle_ms)
+                        # A full batch means more may be waiting: claim again at once.
+                        pause = 0.0 if len(entries) >= self.batch else max(self.claim_idle_ms / 2000, 0.5)
+                        next_reclaim = loop.time() + pause
                     entries += await self._read_new(20 if inflight else 500)
                     if entries:
                         task = asyncio.create_task(self.process(entries))
