@@ -19,11 +19,12 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as redis
-import redis.exceptions
 from eventline.common.v1 import common_pb2
 from google.protobuf.message import DecodeError
+from redis import exceptions as redis_errors
 
 from eventline_campaigns.engine import Engine
 from eventline_shared.stream import StreamEntry
@@ -75,7 +76,7 @@ class StreamConsumer:
             return
         try:
             await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except redis.exceptions.ResponseError as exc:
+        except redis_errors.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
         self._group_ready = True
@@ -83,7 +84,7 @@ class StreamConsumer:
     # --- reading ---
 
     async def _read_new(self, block_ms: int | None) -> list[StreamEntry]:
-        reply = await self.client.xreadgroup(
+        reply: Any = await self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
         )
         entries: list[StreamEntry] = []
@@ -96,7 +97,7 @@ class StreamConsumer:
         claimed: list[StreamEntry] = []
         start = "0-0"
         while True:
-            reply = await self.client.xautoclaim(
+            reply: Any = await self.client.xautoclaim(
                 self.stream, self.group, self.consumer, min_idle_ms, start_id=start, count=self.batch
             )
             start = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
@@ -119,7 +120,7 @@ class StreamConsumer:
     async def _times_delivered(self, entry_ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for entry_id in entry_ids:
-            rows = await self.client.xpending_range(
+            rows: Any = await self.client.xpending_range(
                 self.stream, self.group, min=entry_id, max=entry_id, count=1, consumername=self.consumer
             )
             for row in rows:
@@ -267,7 +268,7 @@ class StreamConsumer:
                     raise
                 except Exception as exc:
                     self._note_error(exc)
-                    if isinstance(exc, redis.exceptions.ResponseError) and "NOGROUP" in str(exc):
+                    if isinstance(exc, redis_errors.ResponseError) and "NOGROUP" in str(exc):
                         self._group_ready = False
                     log.warning("campaign consumer error; retrying", extra={"error": repr(exc)[:500]})
                     try:

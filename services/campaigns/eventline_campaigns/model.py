@@ -144,7 +144,7 @@ def _order(a: common_pb2.Value, b: common_pb2.Value) -> int | None:
     kind_b, plain_b = _comparable(b)
     if kind_a != kind_b or kind_a not in ("number", "timestamp_value"):
         return None
-    return (plain_a > plain_b) - (plain_a < plain_b)
+    return int(plain_a > plain_b) - int(plain_a < plain_b)
 
 
 def predicate_holds(predicate: segmentation_pb2.Predicate, context: Mapping[str, common_pb2.Value]) -> bool:

@@ -67,7 +67,7 @@ def _spec(campaign: campaigns_pb2.Campaign) -> bytes:
     spec = campaigns_pb2.Campaign()
     spec.CopyFrom(campaign)
     for name in ("campaign_id", "display_name", *_OUTPUT_ONLY):
-        spec.ClearField(name)  # type: ignore[arg-type]
+        spec.ClearField(name)
     return spec.SerializeToString(deterministic=True)
 
 
@@ -129,7 +129,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
     ) -> campaigns_pb2.ListCampaignsResponse:
         size = validation.page_size(request.page_size, 50, 500)
         violations = [size] if isinstance(size, FieldViolation) else []
-        states = list(request.states)
+        states = [int(state) for state in request.states]
         for i, state in enumerate(states):
             if state not in (DRAFT, ACTIVE, PAUSED, ARCHIVED):
                 violations.append(FieldViolation(f"states[{i}]", "must be a campaign state"))
@@ -174,7 +174,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
             elif request.campaign.HasField(path):
                 getattr(merged, path).CopyFrom(getattr(request.campaign, path))
             else:
-                merged.ClearField(path)  # type: ignore[arg-type]
+                merged.ClearField(path)
         raise_if_any(validation.check_campaign(merged, "campaign", paths))
         if "audience" in paths and merged.HasField("audience"):
             await self.audience.validate(merged.audience, "campaign.audience")
