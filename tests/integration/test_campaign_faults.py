@@ -192,3 +192,57 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
     counts = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
     assert counts == {2: len(expected), 4: customers - len(expected)}
     assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'sale-1'") is True
+
+
+async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # type: ignore[no-untyped-def]
+    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+) -> None:
+    import signal
+
+    rows = [(f"t{i:03d}", f"t{i:03d}@example.com", 1) for i in range(50)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path / "sink"),
+    )
+    process = worker(env, tmp_path).start()
+    try:
+        await process.serving()
+        await create_and_activate(
+            process.address,
+            campaigns_pb2.Campaign(
+                display_name="Ping",
+                trigger=campaigns_pb2.Trigger(
+                    customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
+                ),
+                actions=[
+                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))
+                ],
+            ),
+        )
+        await asyncio.sleep(0.3)
+        await ingestion.TrackEvents(
+            ingestion_pb2.TrackEventsRequest(
+                events=[
+                    ingestion_pb2.TrackEventsItem(customer_event=customer_event(f"t{i:03d}", "Ping", f"q{i}"))
+                    for i in range(50)
+                ]
+            )
+        )
+        await wait_until(lambda: len(smtp_server.messages) >= 5, 20, "the worker sent nothing")
+        process.signal(signal.SIGTERM)  # with batches in flight
+        assert await process.exited(10) == 0
+    finally:
+        process.kill()
+    # What the worker took, it finished: recorded, sent and acknowledged; the rest waits unread.
+    pending = await redis_client.xpending(stream_key, "campaigns")
+    assert pending["pending"] == 0
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 1") == 0
+    sent = await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2")
+    assert sent == len(by_recipient(smtp_server))
