@@ -125,6 +125,17 @@ class Services:
                 else:
                     raise RuntimeError(f"the service on port {port} did not start")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each service process (Linux /proc)."""
+        used: dict[str, float] = {}
+        for name, process in zip(self.ports, self.processes, strict=True):
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                used[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                used[name] = 0.0
+        return used
+
     def stop(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -280,10 +291,13 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
             await asyncio.sleep(1.0)  # every replica has loaded the campaigns
             # Warm-up: connections, prepared statements, compiled templates.
             await bench_triggers(ingestion, sink, 200, 1.0, stream)
+            cpu_before = services.cpu_seconds()
             p50, p99, p50_request, p50_stream, events = await bench_triggers(
                 ingestion, sink, rate, seconds, stream
             )
+            cpu_after = services.cpu_seconds()
             fanout_per_s = await bench_fanout(ingestion, sink, customers)
+            cpu_fanout = services.cpu_seconds()
     finally:
         services.stop()
         shutil.rmtree(sink, ignore_errors=True)
@@ -294,7 +308,16 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
         "trigger_p99_ms": round(p99, 2),
         "trigger_from_request_p50_ms": round(p50_request, 2),
         "trigger_to_stream_p50_ms": round(p50_stream, 2),
+        "trigger_campaigns_cpu_ms_per_event": round(
+            (cpu_after["campaigns"] - cpu_before["campaigns"]) * 1000 / events, 3
+        ),
+        "trigger_ingestion_cpu_ms_per_event": round(
+            (cpu_after["ingestion"] - cpu_before["ingestion"]) * 1000 / events, 3
+        ),
         "fanout_customers": customers,
+        "fanout_campaigns_cpu_ms_per_message": round(
+            (cpu_fanout["campaigns"] - cpu_after["campaigns"]) * 1000 / customers, 3
+        ),
         "fanout_messages_per_s": round(fanout_per_s),
         "cpus": os.cpu_count() or 0,
     }
