@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -100,6 +103,8 @@ class Up:
             assert time.monotonic() < deadline, f"eventline up did not stop:\n{self.output()}"
             await asyncio.sleep(0.1)
         self.log.close()
+        if self.process.returncode != 0:
+            print(self.output())  # shown by pytest when the test fails
         return self.process.returncode
 
     def kill(self) -> None:
@@ -109,8 +114,16 @@ class Up:
         self.log.close()
 
 
-async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """Not under pytest's tmp_path: as root, PostgreSQL runs as another user that must traverse the
+    parents, and every pytest session resets /tmp/pytest-of-<user> to mode 0700."""
+    parent = Path(tempfile.mkdtemp(prefix="eventline-up-test-"))
+    yield parent / "data"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(data_dir: Path) -> None:
     first = Up(data_dir)
     try:
         await first.wait_serving()
@@ -161,8 +174,7 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(tmp_path: P
         second.kill()
 
 
-async def test_up_refuses_a_second_run_on_the_same_data(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+async def test_up_refuses_a_second_run_on_the_same_data(data_dir: Path) -> None:
     first = Up(data_dir)
     try:
         await first.wait_serving()
