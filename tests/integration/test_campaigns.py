@@ -672,3 +672,36 @@ async def test_list_deliveries_pages_and_bad_requests(campaigns, campaigns_serve
 
 def base_token() -> str:
     return uuid.uuid4().hex
+
+
+async def test_a_segmentation_outage_delays_deliveries_but_never_dead_letters_them(  # type: ignore[no-untyped-def]
+    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path
+) -> None:
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+    from tests.conftest import campaigns_env
+    from tests.faults import TcpProxy
+
+    proxy = await TcpProxy("127.0.0.1", segmentation_server.port).start()
+    env = campaigns_env(db_url, stream_key, proxy.port, smtp_server.port, http_provider.port, str(tmp_path))
+    try:
+        async with running(Settings.from_env(env), consume=False) as served:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+                campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+                await upsert(ingestion, "o1", email="o1@example.com", email_consent=GRANTED)
+                audience = seg.Filter(customer=seg.CustomerCondition(consent_granted=seg.CHANNEL_EMAIL))
+                await start(campaigns, email_campaign(event_name="Pinged", text="x", audience=audience))
+            proxy.cut()
+            await ingestion.TrackCustomerEvent(customer_event("o1", "Pinged", "out-1"))
+            await wait_for_entries(redis_client, stream_key, 1)
+            draining = asyncio.create_task(served.consumer.drain())
+            await asyncio.sleep(1.0)
+            assert not draining.done() and smtp_server.messages == []
+            assert any("Unavailable" in error for error in served.consumer.errors)
+            proxy.restore()
+            await asyncio.wait_for(draining, 15)
+            await smtp_server.wait_for(1)
+    finally:
+        await proxy.close()
+    assert await redis_client.xlen(stream_key + ":dead") == 0
+    assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0

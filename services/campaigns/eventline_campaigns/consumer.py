@@ -27,9 +27,19 @@ from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
 from eventline_campaigns.engine import Engine
+from eventline_shared import database
+from eventline_shared.errors import Unavailable
 from eventline_shared.stream import StreamEntry
 
 log = logging.getLogger(__name__)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means a dependency is down (retry later) rather than a bad entry."""
+    if isinstance(exc, Unavailable | redis_errors.ConnectionError | redis_errors.TimeoutError):
+        return True
+    translated = database.translate(exc)
+    return isinstance(translated, Unavailable)
 
 
 @dataclass
@@ -53,6 +63,7 @@ class StreamConsumer:
         max_attempts: int = 5,
         recover_interval_s: float = 1.0,
         concurrency: int = 4,
+        max_outage_backoff_s: float = 5.0,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -65,6 +76,7 @@ class StreamConsumer:
         self.max_attempts = max_attempts
         self.recover_interval_s = recover_interval_s
         self.concurrency = concurrency
+        self.max_outage_backoff_s = max_outage_backoff_s
         self._stop = asyncio.Event()
         self._group_ready = False
         self.errors: list[str] = []
@@ -164,7 +176,7 @@ class StreamConsumer:
         if not parsed:
             return len(entries)
         try:
-            await self._process_batch(parsed)
+            await self._process_with_retries(parsed)
             done = [p.entry.entry_id for p in parsed]
         except asyncio.CancelledError:
             raise
@@ -191,6 +203,36 @@ class StreamConsumer:
 
     def _note_error(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-9:], repr(exc)[:500]]
+
+    async def _process_with_retries(self, items: Sequence[_Parsed]) -> None:
+        """Process a batch; while a dependency is down, retry it here with backoff.
+
+        An outage (PostgreSQL, segmentation) is not the entries' fault: retrying
+        them in place keeps their delivery count, so an outage never sends good
+        entries to the dead-letter stream. Only errors that are not transient
+        reach the caller (and count as attempts).
+        """
+        delay = 0.1
+        while True:
+            try:
+                await self._process_batch(items)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not transient(exc) or self._stop.is_set():
+                    raise
+                self._note_error(exc)
+                log.warning("dependency unavailable; retrying the batch", extra={"error": repr(exc)[:300]})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_outage_backoff_s)
+            try:
+                # Still ours: keep other replicas from reclaiming what this one retries.
+                await self.client.xclaim(
+                    self.stream, self.group, self.consumer, 0, [i.entry.entry_id for i in items], justid=True
+                )
+            except redis_errors.RedisError:
+                pass
 
     async def _process_batch(self, items: Sequence[_Parsed]) -> None:
         customer = [p.event for p in items if p.event.kind == common_pb2.EVENT_KIND_CUSTOMER]
