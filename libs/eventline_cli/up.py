@@ -194,7 +194,30 @@ class Suite:
         lines = [f"{name}={self.environ[name]}" for name in ("EVENTLINE_DATABASE_URL", "EVENTLINE_REDIS_URL")]
         (self.data_dir / "urls.env").write_text("\n".join(lines) + "\n")
 
+    async def stop_leftover_services(self) -> None:
+        """Stop services a previous, killed ``eventline up`` on this data folder left running."""
+        pids_file = self.data_dir / "services.pids"
+        try:
+            pids = [int(pid) for pid in pids_file.read_text().split()]
+        except (FileNotFoundError, ValueError):
+            return
+        for pid in pids:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(command) > 2 and command[1] == b"-m" and command[2].startswith(b"eventline_"):
+                self.logs.say(f"stopping {command[2].decode()} (pid {pid}) left running by an earlier run")
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                for _ in range(200):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    await asyncio.sleep(0.1)
+        pids_file.unlink(missing_ok=True)
+
     async def start_services(self, specs: list[ServiceSpec]) -> None:
+        await self.stop_leftover_services()
         for spec in specs:
             self.environ.setdefault(
                 f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", str(spec.default_metrics_port)
@@ -213,6 +236,9 @@ class Suite:
             child = Child(spec.name, process)
             child.pump = asyncio.create_task(self._pump(spec.name, process.stdout))
             self.services.append(child)
+        (self.data_dir / "services.pids").write_text(
+            " ".join(str(c.process.pid) for c in self.services) + "\n"
+        )
 
     async def wait_healthy(self, specs: list[ServiceSpec], timeout_s: float = 120.0) -> bool:
         """Wait until every service reports SERVING; False when one exits first."""
@@ -373,6 +399,7 @@ async def run(data_dir: Path, environ: Mapping[str, str], console: Console) -> i
             finally:
                 (data_dir / "urls.env").unlink(missing_ok=True)
                 stopped = await suite.stop()
+                (data_dir / "services.pids").unlink(missing_ok=True)
                 code = code or stopped
     except (EmbeddedError, ConfigError) as exc:
         logs.say(f"error: {exc}")

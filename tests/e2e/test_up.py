@@ -45,10 +45,13 @@ def port_open(port: int) -> bool:
 class Up:
     """One ``eventline up`` subprocess with its own ports and data folder."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, same_ports_as: Up | None = None) -> None:
         self.ports = {spec.name: free_port() for spec in installed_services()}
         self.postgres_port = free_port()
         self.redis_port = free_port()
+        if same_ports_as is not None:
+            self.ports = same_ports_as.ports
+            self.postgres_port, self.redis_port = same_ports_as.postgres_port, same_ports_as.redis_port
         env = {
             key: value
             for key, value in os.environ.items()
@@ -56,6 +59,8 @@ class Up:
         }
         env.update({f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
         self.metrics_ports = {name: free_port() for name in self.ports}
+        if same_ports_as is not None:
+            self.metrics_ports = same_ports_as.metrics_ports
         env.update(
             {f"EVENTLINE_{name.upper()}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()}
         )
@@ -189,5 +194,35 @@ async def test_up_refuses_a_second_run_on_the_same_data(data_dir: Path) -> None:
         assert second.returncode == 1
         assert "another `eventline up` is using" in second.stdout
         assert await first.interrupt() == 0
+    finally:
+        first.kill()
+
+
+async def test_up_recovers_from_a_killed_run(data_dir: Path) -> None:
+    """SIGKILL leaves the children running; the next run on the same data stops them and starts afresh."""
+    first = Up(data_dir)
+    try:
+        await first.wait_serving()
+        first.process.kill()
+        first.process.wait()
+        assert port_open(first.ports["ingestion"]) and port_open(first.postgres_port)
+        second = Up(data_dir, same_ports_as=first)
+        try:
+            # The old services still answer health checks: wait for this run's banner instead.
+            deadline = time.monotonic() + 90
+            while "Eventline is up" not in second.output():
+                assert second.process.poll() is None, second.output()
+                assert time.monotonic() < deadline, second.output()
+                await asyncio.sleep(0.2)
+            await second.wait_serving()
+            output = second.output()
+            assert "left running by an earlier run" in output
+            assert "PostgreSQL" in output or "postgres" in output
+            assert await second.interrupt() == 0
+        finally:
+            second.kill()
+        assert not port_open(first.ports["ingestion"])
+        assert not port_open(first.postgres_port)
+        assert not port_open(first.redis_port)
     finally:
         first.kill()
