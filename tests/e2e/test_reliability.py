@@ -1,0 +1,71 @@
+"""Issue 6 scenarios that cross every service: ingestion, segmentation and campaigns as servers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+
+from tests.e2e.test_campaigns_e2e import GRANTED, activate, campaigns, settle, upsert  # noqa: F401 - fixture
+from tests.faults import TcpProxy
+from tests.support import customer_event
+
+
+async def test_same_event_id_100_times_with_connection_drops_is_one_event_one_entry_one_message(  # type: ignore[no-untyped-def]
+    ingestion_server, ingestion, campaigns, smtp_server, db, redis_client, stream_key  # noqa: F811 - the fixture
+):
+    """Scenario 1: clients retry through dropped connections; one stored event, one
+    stream entry and one e-mail come out."""
+    await upsert(ingestion, "u1", email="u1@example.com", email_consent=GRANTED)
+    campaign_id = await activate(
+        campaigns,
+        campaigns_pb2.Campaign(
+            display_name="Order",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ordered")
+            ),
+            actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Thanks", text_body="Hi"))],
+        ),
+    )
+    proxy = await TcpProxy("127.0.0.1", ingestion_server.port).start()
+    request = customer_event("u1", "Ordered", "order-42", total=99)
+    replies: list[ingestion_pb2.TrackCustomerEventResponse] = []
+
+    async def send_with_retries(channel: grpc.aio.Channel) -> None:
+        stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+        for _ in range(100):
+            try:
+                replies.append(await stub.TrackCustomerEvent(request, timeout=5))
+                return
+            except grpc.aio.AioRpcError as error:
+                assert error.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, error
+                await asyncio.sleep(0.02)
+        raise AssertionError("never got through")
+
+    async def drop_connections() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0.03)
+            proxy.cut()
+            await asyncio.sleep(0.02)
+            proxy.restore()
+
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") for _ in range(10)]
+    try:
+        await asyncio.gather(drop_connections(), *(send_with_retries(channels[i % 10]) for i in range(100)))
+    finally:
+        for channel in channels:
+            await channel.close()
+        await proxy.close()
+
+    assert len(replies) == 100
+    assert len({r.event.SerializeToString() for r in replies}) == 1
+    assert sum(not r.deduplicated for r in replies) <= 1
+    assert await db.fetchval("SELECT count(*) FROM customer_events WHERE event_id = 'order-42'") == 1
+    await smtp_server.wait_for(1)
+    stats = await settle(campaigns, campaign_id, 1)
+    assert stats.sent == 1
+    assert len(smtp_server.messages) == 1
+    entries = await redis_client.xrange(stream_key)
+    assert [fields[b"event_id"] for _, fields in entries] == [b"order-42"]
