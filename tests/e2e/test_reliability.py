@@ -8,13 +8,19 @@ import grpc
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from tests.e2e.test_campaigns_e2e import GRANTED, activate, campaigns, settle, upsert  # noqa: F401 - fixture
+from tests.e2e.test_campaigns_e2e import GRANTED, activate, settle, upsert
 from tests.faults import TcpProxy
 from tests.support import customer_event
 
 
 async def test_same_event_id_100_times_with_connection_drops_is_one_event_one_entry_one_message(  # type: ignore[no-untyped-def]
-    ingestion_server, ingestion, campaigns, smtp_server, db, redis_client, stream_key  # noqa: F811 - the fixture
+    ingestion_server,
+    ingestion,
+    campaigns,
+    smtp_server,
+    db,
+    redis_client,
+    stream_key,
 ):
     """Scenario 1: clients retry through dropped connections; one stored event, one
     stream entry and one e-mail come out."""
@@ -69,3 +75,33 @@ async def test_same_event_id_100_times_with_connection_drops_is_one_event_one_en
     assert len(smtp_server.messages) == 1
     entries = await redis_client.xrange(stream_key)
     assert [fields[b"event_id"] for _, fields in entries] == [b"order-42"]
+
+
+async def test_segment_deadline_of_100_ms_over_a_slow_query(segmentation, ingestion, db, db_url):  # type: ignore[no-untyped-def]
+    """Scenario 11: DEADLINE_EXCEEDED within 150 ms, and a second later no query of the
+    call is left running in PostgreSQL."""
+    import time
+
+    from eventline.segmentation.v1 import segmentation_pb2 as seg
+
+    await ingestion.TrackCustomerEvent(customer_event("c1", "Viewed", "v1"))
+    flt = seg.Filter(event=seg.EventCondition(name="Viewed", count=seg.CountTest(at_least=2)))
+    database = db_url.rsplit("/", 1)[1].split("?")[0]
+    async with db.transaction():
+        # The service's query waits behind this lock: a slow query that only the deadline ends.
+        await db.execute("LOCK TABLE customer_events, customer_event_stats IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        try:
+            await segmentation.CountCustomers(seg.CountCustomersRequest(filter=flt), timeout=0.1)
+            raise AssertionError("the call should have exceeded its deadline")
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 0.15
+        await asyncio.sleep(1.0)
+        running = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
+            database,
+        )
+        assert running == 0
+    reply = await segmentation.CountCustomers(seg.CountCustomersRequest(filter=flt), timeout=5)
+    assert reply.count == 0
