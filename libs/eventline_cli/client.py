@@ -201,6 +201,24 @@ def load_message(path: str, message: M) -> M:
     return message_from_dict(parse_document(text, path), message, path)
 
 
+def load_request(path: str, request: M, inner: str) -> M:
+    """A request from a file holding either the whole request or just its ``inner`` message.
+
+    ``segments save -f s.yaml`` accepts a Segment or a CreateSegmentRequest: a file whose keys
+    are fields of the request (other than ``inner``'s own) is the request.
+    """
+    with click.open_file(path) as handle:
+        data = parse_document(handle.read(), path)
+    fields = request.DESCRIPTOR.fields_by_name
+    camel = {field.json_name for field in request.DESCRIPTOR.fields}
+    if isinstance(data, dict) and (inner in data or any(key in fields or key in camel for key in data)):
+        inner_fields = set(fields[inner].message_type.fields_by_name) if inner in fields else set()
+        if inner in data or not set(data) & inner_fields:
+            return message_from_dict(data, request, path)
+    message_from_dict(data, getattr(request, inner), path)
+    return request
+
+
 def to_dict(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 

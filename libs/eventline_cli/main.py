@@ -12,10 +12,12 @@ from pathlib import Path
 import click
 
 from eventline_cli import up as up_module
+from eventline_cli.campaigns import campaigns, deliveries
 from eventline_cli.client import ClientOptions
 from eventline_cli.customers import customers
 from eventline_cli.events import events, timeline
 from eventline_cli.keys import keys
+from eventline_cli.segments import segments
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -99,3 +101,6 @@ cli.add_command(events)
 cli.add_command(timeline)
 cli.add_command(customers)
 cli.add_command(keys)
+cli.add_command(segments)
+cli.add_command(campaigns)
+cli.add_command(deliveries)

@@ -5,7 +5,7 @@ Only a SHA-256 hash of the secret is stored (the secret is 256 random bits, so
 a slow hash would add nothing), in the ``api_keys`` table, with scopes:
 
 * ``ingest``: the Track* RPCs and customer upserts;
-* ``read``: Get*, List*, Count*, Explain*, Preview* RPCs and server reflection;
+* ``read``: Get*, List*, Count*, Stream*, Match*, Validate*, Preview* RPCs and server reflection;
 * ``admin``: everything, including erasure and changing campaigns and segments.
 
 Health checks are always open. A missing, malformed, unknown or revoked key is
@@ -38,7 +38,18 @@ from eventline_shared.config import ConfigError, env_bool, env_float, env_str
 SCOPES = ("ingest", "read", "admin")
 KEY_PATTERN = re.compile(r"^evl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 OPEN_SERVICES = ("grpc.health.v1.Health",)
-READ_PREFIXES = ("Get", "List", "Count", "Explain", "Preview", "Describe", "Search", "Watch")
+READ_PREFIXES = (
+    "Get",
+    "List",
+    "Count",
+    "Stream",
+    "Match",
+    "Validate",
+    "Explain",
+    "Preview",
+    "Describe",
+    "Search",
+)
 INGEST_PREFIXES = ("Track",)
 INGEST_METHODS = {"UpsertCustomer"}
 

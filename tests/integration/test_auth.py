@@ -138,6 +138,8 @@ def test_which_scope_each_rpc_needs() -> None:
     assert auth.required_scope(service + "GetCustomer") == "read"
     assert auth.required_scope(service + "EraseCustomer") == "admin"
     assert auth.required_scope("/eventline.campaigns.v1.CampaignService/ActivateCampaign") == "admin"
+    assert auth.required_scope("/eventline.segmentation.v1.SegmentationService/MatchCustomer") == "read"
+    assert auth.required_scope("/eventline.segmentation.v1.SegmentationService/CreateSegment") == "admin"
     assert auth.required_scope("/grpc.health.v1.Health/Check") is None
     assert auth.required_scope("/grpc.health.v1.Health/Watch") is None
 

@@ -1,0 +1,195 @@
+"""``eventline campaigns create|update|get|list|activate|pause|preview`` and ``deliveries list``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import click
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+
+from eventline_cli.client import (
+    call,
+    channel,
+    load_message,
+    load_request,
+    output_option,
+    print_message,
+    to_dict,
+)
+
+
+def _stub(opened: object) -> campaigns_pb2_grpc.CampaignServiceStub:
+    return campaigns_pb2_grpc.CampaignServiceStub(opened)
+
+
+@click.group()
+def campaigns() -> None:
+    """Create, change, activate, pause and preview campaigns."""
+
+
+@campaigns.command()
+@click.option(
+    "-f", "--file", "path", required=True, help="A Campaign (or CreateCampaignRequest) in JSON or YAML."
+)
+@click.option("--id", "campaign_id", help="The new campaign's id (else the file's, else one is chosen).")
+@output_option
+@click.pass_context
+def create(ctx: click.Context, path: str, campaign_id: str | None, output: str) -> None:
+    """Create a campaign (as a draft); prints it."""
+    request = load_request(path, campaigns_pb2.CreateCampaignRequest(), "campaign")
+    if campaign_id:
+        request.campaign_id = campaign_id
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).CreateCampaign, request)
+    print_message(reply.campaign, output)
+
+
+@campaigns.command()
+@click.option(
+    "-f", "--file", "path", required=True, help="A Campaign (or UpdateCampaignRequest) in JSON or YAML."
+)
+@click.option(
+    "--update", "fields", multiple=True, metavar="FIELD", help="Change only this field (repeatable)."
+)
+@output_option
+@click.pass_context
+def update(ctx: click.Context, path: str, fields: tuple[str, ...], output: str) -> None:
+    """Change a campaign; prints it."""
+    request = load_request(path, campaigns_pb2.UpdateCampaignRequest(), "campaign")
+    if fields:
+        request.update_mask.paths.extend(fields)
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).UpdateCampaign, request)
+    print_message(reply.campaign, output)
+
+
+@campaigns.command()
+@click.argument("campaign_id")
+@output_option
+@click.pass_context
+def get(ctx: click.Context, campaign_id: str, output: str) -> None:
+    """Print a campaign."""
+    with channel(ctx, "campaigns") as opened:
+        reply = call(
+            ctx, _stub(opened).GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id)
+        )
+    print_message(reply.campaign, output)
+
+
+@campaigns.command("list")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.pass_context
+def list_(ctx: click.Context, limit: int) -> None:
+    """The campaigns, as a table."""
+    found: list[campaigns_pb2.Campaign] = []
+    request = campaigns_pb2.ListCampaignsRequest(page_size=min(limit, 100))
+    with channel(ctx, "campaigns") as opened:
+        while len(found) < limit:
+            reply = call(ctx, _stub(opened).ListCampaigns, request)
+            found.extend(reply.campaigns)
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+    table = Table()
+    for column in ("campaign id", "name", "state"):
+        table.add_column(column)
+    for campaign in found[:limit]:
+        state = campaigns_pb2.CampaignState.Name(campaign.state).removeprefix("CAMPAIGN_STATE_").lower()
+        table.add_row(campaign.campaign_id, campaign.display_name, state)
+    Console(highlight=False).print(table)
+
+
+@campaigns.command()
+@click.argument("campaign_id")
+@click.pass_context
+def activate(ctx: click.Context, campaign_id: str) -> None:
+    """Start sending: the campaign reacts to events from now on."""
+    with channel(ctx, "campaigns") as opened:
+        request = campaigns_pb2.ActivateCampaignRequest(campaign_id=campaign_id)
+        reply = call(ctx, _stub(opened).ActivateCampaign, request)
+    click.echo(f"{reply.campaign.campaign_id}: {campaigns_pb2.CampaignState.Name(reply.campaign.state)}")
+
+
+@campaigns.command()
+@click.argument("campaign_id")
+@click.pass_context
+def pause(ctx: click.Context, campaign_id: str) -> None:
+    """Stop sending until activated again."""
+    with channel(ctx, "campaigns") as opened:
+        reply = call(
+            ctx, _stub(opened).PauseCampaign, campaigns_pb2.PauseCampaignRequest(campaign_id=campaign_id)
+        )
+    click.echo(f"{reply.campaign.campaign_id}: {campaigns_pb2.CampaignState.Name(reply.campaign.state)}")
+
+
+@campaigns.command()
+@click.option("-f", "--file", "path", required=True, help="A PreviewMessageRequest in JSON or YAML.")
+@click.pass_context
+def preview(ctx: click.Context, path: str) -> None:
+    """Render a campaign's messages for one customer without sending them."""
+    request = load_message(path, campaigns_pb2.PreviewMessageRequest())
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).PreviewMessage, request)
+    click.echo(json.dumps(to_dict(reply), indent=2, ensure_ascii=False))
+
+
+@click.group()
+def deliveries() -> None:
+    """The delivery ledger: what was sent, to whom, and how it went."""
+
+
+@deliveries.command("list")
+@click.option("--campaign", "campaign_id", help="Deliveries of this campaign.")
+@click.option("--customer", "customer_id", help="Deliveries to this customer.")
+@click.option("--event", "event_id", help="Deliveries triggered by this event id.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def list_deliveries(
+    ctx: click.Context,
+    campaign_id: str | None,
+    customer_id: str | None,
+    event_id: str | None,
+    limit: int,
+    output: str,
+) -> None:
+    """Deliveries, newest first, of one campaign, customer or event."""
+    given = [value for value in (campaign_id, customer_id, event_id) if value]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --campaign, --customer and --event")
+    request = campaigns_pb2.ListDeliveriesRequest()
+    if campaign_id:
+        request.campaign_id = campaign_id
+    elif customer_id:
+        request.customer_id = customer_id
+    else:
+        request.event_id = event_id or ""
+    found: list[campaigns_pb2.Delivery] = []
+    with channel(ctx, "campaigns") as opened:
+        while len(found) < limit:
+            request.page_size = min(100, limit - len(found))
+            reply = call(ctx, _stub(opened).ListDeliveries, request)
+            found.extend(reply.deliveries)
+            if not reply.next_page_token:
+                break
+            request.page_token = reply.next_page_token
+    if output == "json":
+        click.echo(json.dumps([to_dict(delivery) for delivery in found[:limit]], indent=2))
+        return
+    table = Table()
+    for column in ("created (UTC)", "campaign", "customer", "channel", "status", "reason", "event id"):
+        table.add_column(column)
+    for delivery in found[:limit]:
+        table.add_row(
+            delivery.create_time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            delivery.campaign_id,
+            delivery.customer_id,
+            campaigns_pb2.Channel.Name(delivery.channel).removeprefix("CHANNEL_").lower(),
+            campaigns_pb2.DeliveryStatus.Name(delivery.status).removeprefix("DELIVERY_STATUS_").lower(),
+            delivery.reason,
+            delivery.event_id,
+        )
+    Console(highlight=False).print(table)
