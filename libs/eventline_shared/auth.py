@@ -63,6 +63,10 @@ class SecuritySettings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    tls_ca: str = ""
+    """CA that the servers this service calls (campaigns → segmentation) must chain to: TLS for them."""
+    service_api_key: str = ""
+    """The key this service sends when it calls another service."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SecuritySettings:
@@ -72,6 +76,8 @@ class SecuritySettings:
             tls_cert=env_str(environ, "EVENTLINE_TLS_CERT", ""),
             tls_key=env_str(environ, "EVENTLINE_TLS_KEY", ""),
             tls_client_ca=env_str(environ, "EVENTLINE_TLS_CLIENT_CA", ""),
+            tls_ca=env_str(environ, "EVENTLINE_TLS_CA", ""),
+            service_api_key=env_str(environ, "EVENTLINE_SERVICE_API_KEY", ""),
         )
         if bool(settings.tls_cert) != bool(settings.tls_key):
             raise ConfigError("EVENTLINE_TLS_CERT and EVENTLINE_TLS_KEY must be set together")
@@ -83,6 +89,7 @@ class SecuritySettings:
             ("EVENTLINE_TLS_CERT", settings.tls_cert),
             ("EVENTLINE_TLS_KEY", settings.tls_key),
             ("EVENTLINE_TLS_CLIENT_CA", settings.tls_client_ca),
+            ("EVENTLINE_TLS_CA", settings.tls_ca),
         ):
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name}: no such file {path!r}")
@@ -101,6 +108,53 @@ class SecuritySettings:
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
+
+
+def client_channel(target: str, security: SecuritySettings | None) -> grpc.aio.Channel:
+    """A channel from one service to another, secured like the configuration says.
+
+    With EVENTLINE_TLS_CA it is TLS, presenting this service's own certificate (mutual TLS);
+    with EVENTLINE_SERVICE_API_KEY every call carries that key.
+    """
+    security = security or SecuritySettings()
+    interceptors: list[grpc.aio.ClientInterceptor] = []
+    if security.service_api_key:
+        interceptors = [
+            _BearerUnaryUnary(security.service_api_key),
+            _BearerUnaryStream(security.service_api_key),
+        ]
+    if not security.tls_ca:
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(security.tls_ca).read_bytes(),
+        private_key=Path(security.tls_key).read_bytes() if security.tls_key else None,
+        certificate_chain=Path(security.tls_cert).read_bytes() if security.tls_cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+
+
+def _with_bearer(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata.add("authorization", f"Bearer {token}")
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _BearerUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_bearer(details, self.token), request)
+
+
+class _BearerUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_bearer(details, self.token), request)
 
 
 def required_scope(method: str) -> str | None:

@@ -320,3 +320,53 @@ def test_tls_configuration_fails_fast(certificates: Certificates) -> None:
         CommonSettings.from_env({**base, "EVENTLINE_AUTH": "maybe"}, "ingestion", 1)
     settings = CommonSettings.from_env(base, "ingestion", 1)
     assert settings.security is not None and not settings.security.auth and not settings.security.tls
+
+
+async def test_service_to_service_channel_carries_the_service_key_over_mutual_tls(
+    db_url: str, stream_key: str, db: asyncpg.Connection, certificates: Certificates
+) -> None:
+    """What campaigns uses to call segmentation when both require keys and client certificates."""
+    from eventline.segmentation.v1 import segmentation_pb2
+    from eventline.segmentation.v1 import segmentation_pb2_grpc as segmentation_grpc
+
+    from eventline_segmentation.service import running
+    from eventline_segmentation.settings import Settings
+
+    _, token = await auth.create_key(db, "campaigns", ["read"])
+    env = service_env(
+        db_url,
+        stream_key,
+        EVENTLINE_AUTH="true",
+        EVENTLINE_TLS_CERT=str(certificates.server_cert),
+        EVENTLINE_TLS_KEY=str(certificates.server_key),
+        EVENTLINE_TLS_CLIENT_CA=str(certificates.ca),
+    )
+    count = segmentation_pb2.CountCustomersRequest(
+        filter=segmentation_pb2.Filter(event=segmentation_pb2.EventCondition(name="order_placed"))
+    )
+    stream = segmentation_pb2.StreamCustomersRequest(filter=count.filter)
+    async with running(Settings.from_env(env)) as served:
+        target = f"127.0.0.1:{served.port}"
+        caller = auth.SecuritySettings(
+            tls_ca=str(certificates.ca),
+            tls_cert=str(certificates.client_cert),
+            tls_key=str(certificates.client_key),
+            service_api_key=token,
+        )
+        async with auth.client_channel(target, caller) as channel:
+            stub = segmentation_grpc.SegmentationServiceStub(channel)
+            assert (await stub.CountCustomers(count, timeout=10)).count == 0
+            # A server-streaming call carries the key too (it would raise UNAUTHENTICATED otherwise).
+            streamed = [list(reply.customer_ids) async for reply in stub.StreamCustomers(stream, timeout=10)]
+            assert all(ids == [] for ids in streamed)
+        keyless = auth.SecuritySettings(
+            tls_ca=str(certificates.ca),
+            tls_cert=str(certificates.client_cert),
+            tls_key=str(certificates.client_key),
+        )
+        async with auth.client_channel(target, keyless) as channel:
+            stub = segmentation_grpc.SegmentationServiceStub(channel)
+            assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        async with auth.client_channel(target, auth.SecuritySettings(service_api_key=token)) as channel:
+            stub = segmentation_grpc.SegmentationServiceStub(channel)
+            assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAVAILABLE

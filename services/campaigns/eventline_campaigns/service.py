@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_campaigns.audience import Audience
@@ -27,7 +26,7 @@ from eventline_campaigns.engine import CampaignCache, Engine
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
-from eventline_shared import database, stream
+from eventline_shared import auth, database, stream
 from eventline_shared.grpc_server import Server
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ async def running(
     await database.migrate_url(common.database_url)
     client = stream.connect(common.redis_url)
     channels = build_channels(settings, observer)
-    segmentation = grpc.aio.insecure_channel(settings.segmentation_addr)
+    segmentation = auth.client_channel(settings.segmentation_addr, common.security)
     async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         repository = CampaignRepository(pool)
         cache = CampaignCache(repository, settings.campaign_poll_s)
