@@ -18,7 +18,9 @@ then VACUUM ANALYZE):
   attributes {"tier": gold 10% / silver 30% / bronze 60%, "half": i % 2};
 * customer events: 10,000,000 (--quick 500,000); 20 names E00…E19 with
   Zipf weights 1/(k+1) (E00 ≈ 28% of events, E05 ≈ 4.7%, E19 ≈ 1.4%);
-  occurred_at uniform over the 90 days before generation; context
+  occurred_at uniform over the 90 days before generation, loaded in time
+  order (as events arrive in production, so the heap follows occurred_at);
+  context
   {"amount": decimal 1.00…999.99, "item_id": integer 1…999, log-uniform (so
   item 42 is ≈ 0.34% of events)}.
 
@@ -108,26 +110,27 @@ def activity_weights(count: int, rng: random.Random) -> list[float]:
 
 
 def event_chunks(
-    worker: int, count: int, customers: int, cumulative: list[float], generated_at: dt.datetime, chunk: int
+    worker: int, workers: int, count: int, customers: int, cumulative: list[float], generated_at: dt.datetime
 ) -> Iterator[list[tuple[Any, ...]]]:
+    """This worker's events, one chunk per day (days worker, worker + workers, …), in time order."""
     rng = random.Random(1000 + worker)
     name_weights = list(itertools.accumulate(1 / (k + 1) for k in range(20)))
-    span_us = 90 * 86400 * 10**6
+    day_us = 86400 * 10**6
+    start = generated_at - dt.timedelta(days=90)
     ids = [f"c{i:06d}" for i in range(customers)]
     log_items = math.log(1000)
-    done = 0
-    while done < count:
-        n = min(chunk, count - done)
+    for day in range(worker, 90, workers):
+        n = count // 90 + (1 if day < count % 90 else 0)
         who = rng.choices(range(customers), cum_weights=cumulative, k=n)
         names = rng.choices(NAMES, cum_weights=name_weights, k=n)
+        offsets = sorted(rng.randrange(day_us) for _ in range(n))
         rows = []
         for j in range(n):
-            at = generated_at - dt.timedelta(microseconds=rng.randrange(span_us))
+            at = start + dt.timedelta(days=day, microseconds=offsets[j])
             item = int(math.exp(rng.random() * log_items))
             amount = f"{rng.randrange(1, 1000)}.{rng.randrange(100):02d}"
             context = f'{{"amount": {amount}, "item_id": {item}}}'
-            rows.append((ids[who[j]], f"e{worker}-{done + j}", names[j], at, at, context))
-        done += n
+            rows.append((ids[who[j]], f"e{day}-{j}", names[j], at, at, context))
         yield rows
 
 
@@ -181,8 +184,7 @@ async def generate(url: str, customers: int, events: int) -> dt.datetime:
     async def load(worker: int) -> None:
         c = await asyncpg.connect(url)
         try:
-            share = events // workers + (events % workers if worker == 0 else 0)
-            for rows in event_chunks(worker, share, customers, cumulative, generated_at, 100_000):
+            for rows in event_chunks(worker, workers, events, customers, cumulative, generated_at):
                 await c.copy_records_to_table(
                     "customer_events",
                     records=rows,
@@ -337,7 +339,8 @@ def floors(now: dt.datetime) -> dict[int, tuple[str, list[Any]]]:
     )
     s2 = (
         "SELECT customer_id FROM customer_events WHERE name = $1 AND occurred_at >= $2 AND occurred_at <= $3 "
-        "AND context @> '{\"item_id\": 42}' GROUP BY customer_id HAVING count(*) >= 3"
+        'AND eventline_named_context(name, context) @> \'{"E05": {"item_id": 42}}\' '
+        "GROUP BY customer_id HAVING count(*) >= 3"
     )
     return {
         1: (f"SELECT count(*) FROM ({s1}) s", [A, d30, now]),

@@ -138,6 +138,27 @@ def _test_intervals(node: EventNode, clock: Clock) -> list[Interval]:
     return [clock.resolve(node.period)]
 
 
+def set_predicates_sql(node: EventNode, params: Params) -> list[str]:
+    """The predicates of an event condition for set queries over ``customer_events e``.
+
+    Equalities become one containment test on {name: context}, which the
+    customer_events_named_context GIN index answers (migration 0101).
+    """
+    equalities: dict[str, str] = {}
+    others: list[Predicate] = []
+    for p in node.predicates:
+        if p.operator == pb.OPERATOR_EQUALS and p.field not in equalities:
+            equalities[p.field] = p.operands[0].stored
+        else:
+            others.append(p)
+    parts = []
+    if equalities:
+        inner = ", ".join(f"{json.dumps(code)}: {stored}" for code, stored in equalities.items())
+        wanted = params.add("{" + json.dumps(node.name) + ": {" + inner + "}}", "jsonb")
+        parts.append(f"eventline_named_context(e.name, e.context) @> {wanted}")
+    return parts + [predicate_sql(p, "e.context", params) for p in others]
+
+
 @dataclass(frozen=True)
 class IdSet:
     """An event condition as a set of customer ids.
@@ -157,7 +178,7 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
     if node.test == "count" and node.low <= 0 and node.high is None:
         return None  # at least 0: holds for everyone (adds no parameters)
     name = params.add(node.name, "text")
-    predicates = [predicate_sql(p, "e.context", params) for p in node.predicates]
+    predicates = set_predicates_sql(node, params)
     if node.test == "count":
         low, high = node.low, node.high
         if not predicates and node.period is None:
