@@ -10,6 +10,8 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as seg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventline_campaigns.channels import EMAIL, FileSink, HttpChannel, Message, signature
 from eventline_campaigns.engine import Trigger, plan
@@ -129,3 +131,55 @@ async def test_file_sink_writes_a_readable_file_once_per_delivery(tmp_path) -> N
     [written] = list(tmp_path.iterdir())
     text = written.read_text()
     assert "To: a@example.com" in text and "Subject: Blue kettle is back" in text and "Get it now" in text
+
+
+_hostile = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["{{", "}}", "{%", "__class__", "'; DROP TABLE campaigns; --", "\x00", "{{ x|attr('y') }}", "-" * 70]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_hostile,
+    event_name=_hostile,
+    field=_hostile,
+    subject=_hostile,
+    body=_hostile,
+    data_key=_hostile,
+    operator=st.integers(min_value=-1, max_value=14),
+    max_sends=st.integers(min_value=-(2**31), max_value=2**31 - 1),
+)
+def test_campaign_validation_never_crashes_on_hostile_input(
+    name: str,
+    event_name: str,
+    field: str,
+    subject: str,
+    body: str,
+    data_key: str,
+    operator: int,
+    max_sends: int,
+) -> None:
+    from eventline_campaigns.validation import check_campaign
+
+    campaign = campaigns_pb2.Campaign(
+        display_name=name,
+        trigger=campaigns_pb2.Trigger(
+            system_event=campaigns_pb2.SystemEventTrigger(
+                event_name=event_name,
+                context_predicates=[
+                    seg.Predicate(field=field, operator=operator, value=seg.Operand(literal=value(body)))  # type: ignore[arg-type]
+                ],
+            )
+        ),
+        actions=[
+            campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject=subject, html_body=body)),
+            campaigns_pb2.Action(
+                push=campaigns_pb2.PushAction(title=subject, body=body, data={data_key: body})
+            ),
+        ],
+        frequency_cap=campaigns_pb2.FrequencyCap(max_sends=max_sends),
+    )
+    found = check_campaign(campaign, "campaign")
+    assert all(v.field.startswith("campaign.") for v in found)
+    if "\x00" in name or not name:
+        assert any(v.field == "campaign.display_name" for v in found)
