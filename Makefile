@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 # are set. Ctrl-C stops everything; the data stays.
 run: $(STAMP)
 	@echo "Starting Eventline (Ctrl-C stops it). Once it is up, in another terminal:"
+	@echo "  $(BIN)/eventline demo                                           # campaigns at work, messages shown"
 	@echo "  $(BIN)/eventline events send --customer c1 --name signed_up     # send an event"
 	@echo "  $(BIN)/eventline timeline c1                                    # read the timeline"
-	@echo "  $(BIN)/eventline demo                                           # the demo (when installed)"
 	@echo "  grpcurl -plaintext 127.0.0.1:50051 list                         # the API, by reflection"
 	$(BIN)/eventline up
 

@@ -212,7 +212,8 @@ def load_request(path: str, request: M, inner: str) -> M:
     fields = request.DESCRIPTOR.fields_by_name
     camel = {field.json_name for field in request.DESCRIPTOR.fields}
     if isinstance(data, dict) and (inner in data or any(key in fields or key in camel for key in data)):
-        inner_fields = set(fields[inner].message_type.fields_by_name) if inner in fields else set()
+        inner_type = fields[inner].message_type if inner in fields else None
+        inner_fields = set(inner_type.fields_by_name) if inner_type is not None else set()
         if inner in data or not set(data) & inner_fields:
             return message_from_dict(data, request, path)
     message_from_dict(data, getattr(request, inner), path)

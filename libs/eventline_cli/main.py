@@ -15,6 +15,7 @@ from eventline_cli import up as up_module
 from eventline_cli.campaigns import campaigns, deliveries
 from eventline_cli.client import ClientOptions
 from eventline_cli.customers import customers
+from eventline_cli.demo import demo
 from eventline_cli.events import events, timeline
 from eventline_cli.keys import keys
 from eventline_cli.segments import segments
@@ -104,3 +105,4 @@ cli.add_command(keys)
 cli.add_command(segments)
 cli.add_command(campaigns)
 cli.add_command(deliveries)
+cli.add_command(demo)

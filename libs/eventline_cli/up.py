@@ -218,6 +218,13 @@ class Suite:
 
     async def start_services(self, specs: list[ServiceSpec]) -> None:
         await self.stop_leftover_services()
+        # Without SMTP or providers, campaigns writes messages here, where `eventline demo` reads them.
+        self.environ.setdefault("EVENTLINE_CAMPAIGNS_SINK_DIR", str((self.data_dir / "messages").resolve()))
+        # Campaigns calls segmentation wherever this run serves it.
+        segmentation = next((spec for spec in SERVICES if spec.name == "segmentation"), None)
+        if segmentation is not None:
+            host, port = service_address(segmentation, self.environ)
+            self.environ.setdefault("EVENTLINE_SEGMENTATION_ADDR", f"{host}:{port}")
         for spec in specs:
             self.environ.setdefault(
                 f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", str(spec.default_metrics_port)

@@ -226,3 +226,28 @@ async def test_up_recovers_from_a_killed_run(data_dir: Path) -> None:
         assert not port_open(first.redis_port)
     finally:
         first.kill()
+
+
+async def test_demo_shows_messages_going_out_after_up(data_dir: Path) -> None:
+    """What a newcomer does: `make run`, then `eventline demo` in another terminal."""
+    suite = Up(data_dir)
+    try:
+        await suite.wait_serving()
+        env = {**os.environ, "EVENTLINE_DATA_DIR": str(data_dir)}
+        env.update({f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in suite.ports.items()})
+        env["COLUMNS"] = "200"
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "eventline_cli", "demo",
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(process.communicate(), 90)
+        text = output.decode()
+        assert process.returncode == 0, text + suite.output()
+        assert text.count("Subject: Blue kettle is back") == 2
+        assert "To: ann@example.com" in text and "To: bob@example.com" in text
+        assert "To: cat@example.com" not in text  # no consent: skipped
+        assert "Subject: Reset your password" in text
+        assert len(list((data_dir / "messages").glob("*-email.txt"))) == 3
+        assert await suite.interrupt() == 0
+    finally:
+        suite.kill()
