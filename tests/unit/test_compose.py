@@ -9,10 +9,15 @@ append-only file, configuration through known environment variables only.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +124,36 @@ def test_the_dockerfile_copies_what_the_package_needs() -> None:
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".eventline" in ignored and ".git" in ignored
+
+
+@pytest.mark.slow
+def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) -> None:
+    """`RUN pip install .` after the Dockerfile's COPY lines: build that context's wheel, check its contents."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for line in re.findall(r"^COPY (.+)$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
+        *sources, _ = line.split()
+        for source in sources:
+            if (ROOT / source).is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "node_modules")
+                shutil.copytree(ROOT / source, context / source, ignore=ignore)
+            else:
+                shutil.copy(ROOT / source, context / source)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", ".", "-w", "dist"],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    [wheel] = (context / "dist").glob("eventline-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+        assert "eventline = eventline_cli.main:cli" in archive.read(entry_points).decode()
+    for name in SERVICES:
+        assert f"eventline_{name}/__main__.py" in names
+    migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
+    assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
+    assert "eventline/ingestion/v1/ingestion_pb2.py" in names
