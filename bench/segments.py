@@ -461,12 +461,19 @@ async def main(quick: bool, regenerate: bool) -> dict[str, float]:
             rng = random.Random(3)
             matches: list[float] = []
             matched = 0
+            members: set[str] = set()
+            async for chunk in stub.StreamCustomers(pb.StreamCustomersRequest(filter=SHAPE5, now=now)):
+                members.update(chunk.customer_ids)
             for i in range(300 if quick else 1000):
                 request = pb.MatchCustomerRequest(
                     filter=SHAPE5, now=now, customer_id=f"c{rng.randrange(customers):06d}"
                 )
                 ms, reply = await timed(lambda request=request: stub.MatchCustomer(request))
                 matched += reply.matched
+                if reply.matched != (request.customer_id in members):
+                    raise SystemExit(
+                        f"MatchCustomer disagrees with StreamCustomers for {request.customer_id}"
+                    )
                 if i >= 10:
                     matches.append(ms)
             result["match_p50_ms"] = round(pct(matches, 50), 2)

@@ -332,27 +332,65 @@ class MatchQuery:
     nodes: list[Node]
 
 
+def _hull(intervals: list[Interval]) -> Interval:
+    """The smallest interval holding all of ``intervals`` (inclusive end, to be safe)."""
+    starts = [i.start for i in intervals]
+    ends = [i.end for i in intervals]
+    return Interval(
+        None if any(t is None for t in starts) else min(t for t in starts if t is not None),
+        None if any(t is None for t in ends) else max(t for t in ends if t is not None),
+        end_inclusive=True,
+    )
+
+
 def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
     """Columns: ``n<i>`` count, ``l<i>`` last, ``f<i>`` first (event nodes),
-    ``h<i>`` held and ``v<i>`` value text (customer nodes)."""
+    ``h<i>`` held and ``v<i>`` value text (customer nodes).
+
+    Reads as little of the customer's history as the tree needs: first, last
+    and all-time counts of conditions without predicates come from
+    customer_event_stats; counts in a period come from one pass over the
+    customer's events restricted to the hull of those periods; first and last
+    of conditions with predicates are min()/max() subqueries, which walk the
+    customer's events in time order and stop at the first match. Only an
+    all-time count with predicates needs the whole history.
+    """
     params = Params()
     customer = params.add(customer_id, "text")
     nodes = walk(root)
+    events = [n for n in nodes if isinstance(n, EventNode)]
+    full_scan = any(n.predicates and (n.test != "count" or n.period is None) for n in events)
+    periods = [clock.resolve(n.period) for n in events if n.test == "count" and n.period is not None]
     outer: list[str] = []
     aggregates: list[str] = []
-    names: list[str] = []
+    scanned: list[str] = []
     for i, node in enumerate(nodes):
         if isinstance(node, EventNode):
-            names.append(node.name)
-            matching = [f"e.name = {params.add(node.name, 'text')}"]
-            matching += [predicate_sql(p, "e.context", params) for p in node.predicates]
-            in_period = list(matching)
+            name = params.add(node.name, "text")
+            stats = f"FROM customer_event_stats s WHERE s.customer_id = c.customer_id AND s.name = {name}"
+            matching = [f"e.name = {name}", *(predicate_sql(p, "e.context", params) for p in node.predicates)]
             if node.test == "count" and node.period is not None:
-                in_period += interval_sql("e.occurred_at", clock.resolve(node.period), params)
-            aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(in_period)}) AS n{i}")
-            aggregates.append(f"max(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS l{i}")
-            aggregates.append(f"min(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS f{i}")
-            outer += [f"a.n{i}", f"a.l{i}", f"a.f{i}"]
+                in_period = matching + interval_sql("e.occurred_at", clock.resolve(node.period), params)
+                aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(in_period)}) AS n{i}")
+                outer.append(f"a.n{i}")
+                scanned.append(node.name)
+            elif not node.predicates:
+                outer.append(f"COALESCE((SELECT s.count {stats}), 0) AS n{i}")
+            else:
+                aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(matching)}) AS n{i}")
+                outer.append(f"a.n{i}")
+                scanned.append(node.name)
+            if not node.predicates:
+                outer.append(f"(SELECT s.last_at {stats}) AS l{i}")
+                outer.append(f"(SELECT s.first_at {stats}) AS f{i}")
+            elif full_scan:
+                aggregates.append(f"max(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS l{i}")
+                aggregates.append(f"min(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS f{i}")
+                outer += [f"a.l{i}", f"a.f{i}"]
+            else:
+                where = " AND ".join(["e.customer_id = c.customer_id", *matching])
+                outer.append(f"(SELECT max(e.occurred_at) FROM customer_events e WHERE {where}) AS l{i}")
+                outer.append(f"(SELECT min(e.occurred_at) FROM customer_events e WHERE {where}) AS f{i}")
         elif isinstance(node, CustomerNode):
             outer.append(f"{customer_sql(node, params)} AS h{i}")
             if node.predicate is not None:
@@ -362,9 +400,12 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
         sql += ", " + ", ".join(outer)
     sql += " FROM customers c"
     if aggregates:
-        sql += (
-            f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e "
-            f"WHERE e.customer_id = c.customer_id AND e.name = ANY({params.add(sorted(set(names)), 'text[]')})) a"
-        )
+        where = [
+            "e.customer_id = c.customer_id",
+            f"e.name = ANY({params.add(sorted(set(scanned)), 'text[]')})",
+        ]
+        if not full_scan:
+            where += interval_sql("e.occurred_at", _hull(periods), params)
+        sql += f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e WHERE {' AND '.join(where)}) a"
     sql += f" WHERE c.customer_id = {customer}"
     return MatchQuery(sql, params.values, nodes)
