@@ -70,6 +70,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eventline_segmentation.service import session_dsn
 from eventline_shared import database, values
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -423,7 +424,8 @@ async def main(quick: bool, regenerate: bool) -> dict[str, float]:
     rounds = 15 if quick else 40
     result: dict[str, float] = {}
     service = Service(url)
-    floor_conn = await asyncpg.connect(url)
+    # The floor runs with the service's session settings (see session_dsn).
+    floor_conn = await asyncpg.connect(session_dsn(url, 64))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             await service.ready(channel)

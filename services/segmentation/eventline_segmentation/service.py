@@ -39,6 +39,9 @@ def session_dsn(dsn: str, work_mem_mb: int) -> str:
     query = dict(parse_qsl(parts.query))
     query.setdefault("work_mem", f"{work_mem_mb}MB")
     query.setdefault("plan_cache_mode", "force_custom_plan")
+    # JIT compilation costs 100-600 ms on the larger trees (measured on shape 5
+    # of bench/segments.py) and never pays back within one segment query.
+    query.setdefault("jit", "off")
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
