@@ -705,3 +705,29 @@ async def test_a_segmentation_outage_delays_deliveries_but_never_dead_letters_th
         await proxy.close()
     assert await redis_client.xlen(stream_key + ":dead") == 0
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
+
+
+async def test_fan_out_respects_the_frequency_cap(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
+) -> None:
+    for i in range(5):
+        await upsert(ingestion, f"fc{i}", email=f"fc{i}@example.com", email_consent=GRANTED)
+    campaign = campaigns_pb2.Campaign(
+        display_name="Daily deal",
+        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Deal")),
+        actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Deal", text_body="x"))],
+        frequency_cap=campaigns_pb2.FrequencyCap(max_sends=1, period=duration_pb2.Duration(seconds=86400)),
+    )
+    campaign_id = await start(campaigns, campaign)
+    for event_id in ("deal-1", "deal-2"):
+        await ingestion.TrackSystemEvent(
+            ingestion_pb2.TrackSystemEventRequest(event_id=event_id, name="Deal")
+        )
+    await wait_for_entries(redis_client, stream_key, 2)
+    await campaigns_server.consumer.drain()
+    await smtp_server.wait_for(5)
+    await asyncio.sleep(0.1)
+    assert sorted(m["To"] for m in smtp_server.messages) == [f"fc{i}@example.com" for i in range(5)]
+    stats = await campaigns.GetCampaignStats(campaigns_pb2.GetCampaignStatsRequest(campaign_id=campaign_id))
+    assert (stats.sent, stats.skipped) == (5, 5)
+    assert stats.reasons == {"frequency cap: 1 sends per period": 5}

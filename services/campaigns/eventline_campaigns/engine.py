@@ -187,6 +187,9 @@ def plan(
 
 Keepalive = Callable[[], Awaitable[None]]
 
+CAPPED_BATCH = 200
+"""Fan-out batch size of a campaign with a frequency cap (one advisory lock per customer)."""
+
 
 async def _nothing() -> None:
     return None
@@ -348,6 +351,10 @@ class Engine:
         self, campaign: CompiledCampaign, event: common_pb2.Event, after: str
     ) -> AsyncIterator[list[str]]:
         size = self.fanout_batch
+        if campaign.cap_max:
+            # Each customer of a capped batch holds an advisory lock until commit; PostgreSQL's
+            # shared lock table is small (max_locks_per_transaction x connections).
+            size = min(size, CAPPED_BATCH)
         if campaign.audience is None:
             while True:
                 batch = await self.repository.all_customers_after(after, size)
