@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from eventline_shared.config import ConfigError, env_int
+from eventline_shared.config import ConfigError, env_bool, env_int
 from eventline_shared.embedded import (
     EmbeddedError,
     EmbeddedPostgres,
@@ -140,6 +140,7 @@ class Suite:
     logs: Logs
     infrastructure: list[Child] = field(default_factory=list)
     services: list[Child] = field(default_factory=list)
+    service_key_id: str = ""
 
     async def _pump(self, name: str, stream: asyncio.StreamReader | None) -> None:
         if stream is None:
@@ -216,8 +217,44 @@ class Suite:
                     await asyncio.sleep(0.1)
         pids_file.unlink(missing_ok=True)
 
+    async def create_service_key(self) -> None:
+        """With API keys required, the services' calls to each other need one: a read key for this run."""
+        if not env_bool(self.environ, "EVENTLINE_AUTH", False) or self.environ.get(
+            "EVENTLINE_SERVICE_API_KEY"
+        ):
+            return
+        import asyncpg
+
+        from eventline_shared import auth, database
+
+        url = self.environ["EVENTLINE_DATABASE_URL"]
+        await database.migrate_url(url)
+        connection = await asyncpg.connect(url)
+        try:
+            key, token = await auth.create_key(connection, "eventline up: calls between services", ["read"])
+        finally:
+            await connection.close()
+        self.service_key_id = key.key_id
+        self.environ["EVENTLINE_SERVICE_API_KEY"] = token
+        self.logs.say(f"API keys are required; the services call each other with key {key.key_id} (read)")
+
+    async def revoke_service_key(self) -> None:
+        if not self.service_key_id:
+            return
+        import asyncpg
+
+        from eventline_shared import auth
+
+        with contextlib.suppress(Exception):
+            connection = await asyncpg.connect(self.environ["EVENTLINE_DATABASE_URL"], timeout=5)
+            try:
+                await auth.revoke_key(connection, self.service_key_id)
+            finally:
+                await connection.close()
+
     async def start_services(self, specs: list[ServiceSpec]) -> None:
         await self.stop_leftover_services()
+        await self.create_service_key()
         # Without SMTP or providers, campaigns writes messages here, where `eventline demo` reads them.
         self.environ.setdefault("EVENTLINE_CAMPAIGNS_SINK_DIR", str((self.data_dir / "messages").resolve()))
         # Campaigns calls segmentation wherever this run serves it.
@@ -301,6 +338,7 @@ class Suite:
             self.logs.say("stopping the services")
             codes = await asyncio.gather(*(stop_service(child) for child in self.services))
             worst = max([worst, *(abs(code) for code in codes)])
+        await self.revoke_service_key()
         for child in sorted(self.infrastructure, key=lambda c: c.name != "redis"):
             assert child.server is not None
             self.logs.say(f"stopping {child.name}")
