@@ -9,12 +9,14 @@ import io
 import json
 import re
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from rich.console import Console
@@ -35,8 +37,10 @@ from eventline_cli.client import (
     channel,
     describe_status,
     fail,
+    fail_rpc,
     load_message,
     message_from_dict,
+    options,
     output_option,
     print_message,
     to_dict,
@@ -303,8 +307,13 @@ class RateColumn(ProgressColumn):
     "--format", "file_format", type=click.Choice(["auto", "ndjson", "csv"]), default="auto", show_default=True
 )
 @click.option("--batch-size", type=click.IntRange(1, 1000), default=500, show_default=True)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Batches in flight."
+)
 @click.pass_context
-def import_events(ctx: click.Context, path: Path, file_format: str, batch_size: int) -> None:
+def import_events(
+    ctx: click.Context, path: Path, file_format: str, batch_size: int, concurrency: int
+) -> None:
     """Import events from an NDJSON or CSV file through the batch RPC.
 
     NDJSON: one event per line in the proto3 JSON mapping (a TrackCustomerEventRequest, a
@@ -317,9 +326,34 @@ def import_events(ctx: click.Context, path: Path, file_format: str, batch_size: 
         file_format = "csv" if path.suffix.lower() == ".csv" else "ndjson"
     source = list(read_csv(path) if file_format == "csv" else read_ndjson(path))
     console = Console(stderr=True, highlight=False)
-    problems: list[str] = [f"line {entry.line}: {entry.problem}" for entry in source if entry.item is None]
+    problems: list[tuple[int, str]] = [(entry.line, entry.problem) for entry in source if entry.item is None]
     good = [entry for entry in source if entry.item is not None]
-    stored = deduplicated = 0
+    counts = {"stored": 0, "deduplicated": 0}
+    opts = options(ctx)
+    in_flight: deque[tuple[list[SourceLine], Any]] = deque()
+
+    def settle_oldest() -> None:
+        chunk, future = in_flight.popleft()
+        try:
+            reply = future.result()
+        except grpc.RpcError as error:
+            fail_rpc(error)
+        for entry, result in zip(chunk, reply.results, strict=True):
+            if result.HasField("error"):
+                lines = describe_status(
+                    _code_name(result.error.code), result.error.message, list(result.error.details)
+                )
+                lines = [
+                    re.sub(r"^  events\[\d+\]\.", "  ", line) if line.startswith("  ") else line
+                    for line in lines
+                ]
+                problems.append((entry.line, "\n".join(lines)))
+            elif result.deduplicated:
+                counts["deduplicated"] += 1
+            else:
+                counts["stored"] += 1
+        progress.advance(task, len(chunk))
+
     with channel(ctx, "ingestion") as opened:
         stub = ingestion_pb2_grpc.IngestionServiceStub(opened)
         with Progress(
@@ -338,33 +372,22 @@ def import_events(ctx: click.Context, path: Path, file_format: str, batch_size: 
                 request = ingestion_pb2.TrackEventsRequest(
                     events=[entry.item for entry in chunk if entry.item]
                 )
-                reply = call(ctx, stub.TrackEvents, request)
-                for entry, result in zip(chunk, reply.results, strict=True):
-                    if result.HasField("error"):
-                        lines = describe_status(
-                            _code_name(result.error.code), result.error.message, list(result.error.details)
-                        )
-                        lines = [
-                            re.sub(r"^  events\[\d+\]\.", "  ", line) if line.startswith("  ") else line
-                            for line in lines
-                        ]
-                        problems.append(f"line {entry.line}: " + "\n".join(lines))
-                    elif result.deduplicated:
-                        deduplicated += 1
-                    else:
-                        stored += 1
-                progress.advance(task, len(chunk))
+                future = stub.TrackEvents.future(request, timeout=opts.timeout_s, metadata=opts.metadata())
+                in_flight.append((chunk, future))
+                if len(in_flight) >= concurrency:
+                    settle_oldest()
+            while in_flight:
+                settle_oldest()
     console.print(
-        f"{path.name}: {stored} stored, {deduplicated} already stored before, {len(problems)} refused",
+        f"{path.name}: {counts['stored']} stored, {counts['deduplicated']} already stored before,"
+        f" {len(problems)} refused",
         highlight=False,
     )
     if problems:
-        fail(problems)
+        fail([f"line {line}: {text}" for line, text in sorted(problems)])
 
 
 def _code_name(code: int) -> str:
-    import grpc
-
     for status in grpc.StatusCode:
         if status.value[0] == code:
             return str(status.name)
