@@ -37,14 +37,16 @@ class SegmentationServiceStub:
     example the context of the event that triggered a campaign). A reference
     whose code is missing from `bindings` is INVALID_ARGUMENT.
     - `now`: the moment relative periods and "days since" are measured from;
-    the server's clock when unset. Pin it to get reproducible answers.
+    the server's clock when unset. Pin it to get reproducible answers. A
+    pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
     boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
-    `filter.all_of.filters[1].event.predicates[0].operator`. A request that runs
-    out of its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
+    segment's filter start with `segment.filter`). A request that runs out of
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
     """
 
     def __init__(self, channel):
@@ -122,14 +124,16 @@ class SegmentationServiceServicer:
     example the context of the event that triggered a campaign). A reference
     whose code is missing from `bindings` is INVALID_ARGUMENT.
     - `now`: the moment relative periods and "days since" are measured from;
-    the server's clock when unset. Pin it to get reproducible answers.
+    the server's clock when unset. Pin it to get reproducible answers. A
+    pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
     boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
-    `filter.all_of.filters[1].event.predicates[0].operator`. A request that runs
-    out of its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
+    segment's filter start with `segment.filter`). A request that runs out of
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
     """
 
     def CountCustomers(self, request, context):
@@ -292,14 +296,16 @@ class SegmentationService:
     example the context of the event that triggered a campaign). A reference
     whose code is missing from `bindings` is INVALID_ARGUMENT.
     - `now`: the moment relative periods and "days since" are measured from;
-    the server's clock when unset. Pin it to get reproducible answers.
+    the server's clock when unset. Pin it to get reproducible answers. A
+    pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
     boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
-    `filter.all_of.filters[1].event.predicates[0].operator`. A request that runs
-    out of its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
+    segment's filter start with `segment.filter`). A request that runs out of
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
     """
 
     @staticmethod
