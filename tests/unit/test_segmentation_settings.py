@@ -1,0 +1,42 @@
+"""Segmentation settings and the session DSN."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventline_segmentation.service import session_dsn
+from eventline_segmentation.settings import DEFAULT_PORT, Settings
+from eventline_shared.config import ConfigError
+
+
+def test_defaults_and_overrides() -> None:
+    settings = Settings.from_env({})
+    assert settings.common.port == DEFAULT_PORT == 50052
+    assert settings.max_query_s == 300.0 and settings.work_mem_mb == 64
+    tuned = Settings.from_env(
+        {
+            "EVENTLINE_SEGMENTATION_PORT": "6000",
+            "EVENTLINE_SEGMENTATION_MAX_QUERY_S": "2.5",
+            "EVENTLINE_SEGMENTATION_WORK_MEM_MB": "16",
+        }
+    )
+    assert (tuned.common.port, tuned.max_query_s, tuned.work_mem_mb) == (6000, 2.5, 16)
+
+
+def test_bad_values_fail_fast_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_WORK_MEM_MB"):
+        Settings.from_env({"EVENTLINE_SEGMENTATION_WORK_MEM_MB": "1"})
+    with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_PORT"):
+        Settings.from_env({"EVENTLINE_SEGMENTATION_PORT": "many"})
+
+
+def test_session_settings_keep_the_callers_parameters() -> None:
+    dsn = session_dsn("postgresql://u@h:5432/db?sslmode=disable&jit=on", 32)
+    assert dsn.startswith("postgresql://u@h:5432/db?")
+    query = dict(p.split("=") for p in dsn.split("?", 1)[1].split("&"))
+    assert query == {
+        "sslmode": "disable",
+        "jit": "on",  # an explicit choice in the URL wins
+        "work_mem": "32MB",
+        "plan_cache_mode": "force_custom_plan",
+    }
