@@ -153,8 +153,9 @@ class SegmentationServiceServicer:
 
     def StreamCustomers(self, request, context):
         """Streams the ids of all customers matching a filter, in chunks, in
-        ascending byte order of the customer id. Meant for fan-out to many
-        customers; resumable with `after_customer_id`.
+        ascending byte order of the customer id, all read from one snapshot of
+        the database. Meant for fan-out to many customers; resumable with
+        `after_customer_id`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
