@@ -400,12 +400,12 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
         sql += ", " + ", ".join(outer)
     sql += " FROM customers c"
     if aggregates:
-        where = [
+        scan = [
             "e.customer_id = c.customer_id",
             f"e.name = ANY({params.add(sorted(set(scanned)), 'text[]')})",
         ]
         if not full_scan:
-            where += interval_sql("e.occurred_at", _hull(periods), params)
-        sql += f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e WHERE {' AND '.join(where)}) a"
+            scan += interval_sql("e.occurred_at", _hull(periods), params)
+        sql += f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e WHERE {' AND '.join(scan)}) a"
     sql += f" WHERE c.customer_id = {customer}"
     return MatchQuery(sql, params.values, nodes)

@@ -40,7 +40,7 @@ def _event_held(
     return seen is not None and clock.resolve(node.period).holds(seen)
 
 
-def explain(query: MatchQuery, row: Mapping[str, Any], clock: Clock) -> tuple[bool, list[Explanation]]:
+def explain(query: MatchQuery, row: Mapping[str, Any] | Any, clock: Clock) -> tuple[bool, list[Explanation]]:
     """The answer for the whole tree and one explanation per node, in pre-order."""
     by_node: dict[int, Explanation] = {}
     for i, node in enumerate(query.nodes):

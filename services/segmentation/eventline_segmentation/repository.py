@@ -76,12 +76,19 @@ class SegmentationRepository:
         """Chunks of ids read through a server-side cursor; ``timeout`` gives the time left."""
         async with self.pool.acquire() as connection:
             async with connection.transaction(readonly=True):
-                cursor = await _bounded(
-                    lambda: connection.cursor(query.sql, *query.params, timeout=timeout()), timeout()
-                )
+                opening = timeout()
+
+                async def open_cursor() -> Any:
+                    return await connection.cursor(query.sql, *query.params, timeout=opening)
+
+                cursor = await _bounded(open_cursor, opening)
                 while True:
                     left = timeout()
-                    rows = await _bounded(lambda left=left: cursor.fetch(chunk, timeout=left), left)
+
+                    async def fetch(left: float | None = left) -> list[asyncpg.Record]:
+                        return list(await cursor.fetch(chunk, timeout=left))
+
+                    rows = await _bounded(fetch, left)
                     if rows:
                         yield [r[0] for r in rows]
                     if len(rows) < chunk:
