@@ -95,7 +95,7 @@ class Services:
             "EVENTLINE_DATABASE_URL": url,
             "EVENTLINE_REDIS_URL": REDIS_URL,
             "EVENTLINE_STREAM": stream,
-            "EVENTLINE_LOG_LEVEL": "WARNING",
+            "EVENTLINE_LOG_LEVEL": os.environ.get("EVENTLINE_BENCH_LOG_LEVEL", "WARNING"),
             "EVENTLINE_INGESTION_PORT": str(self.ports["ingestion"]),
             "EVENTLINE_SEGMENTATION_PORT": str(self.ports["segmentation"]),
             "EVENTLINE_CAMPAIGNS_PORT": str(self.ports["campaigns"]),

@@ -183,3 +183,17 @@ def test_campaign_validation_never_crashes_on_hostile_input(
     assert all(v.field.startswith("campaign.") for v in found)
     if "\x00" in name or not name:
         assert any(v.field == "campaign.display_name" for v in found)
+
+
+async def test_file_sink_writes_many_off_the_event_loop(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    seen: list[int] = []
+    sink = FileSink(str(tmp_path / "out"), observer=lambda m: seen.append(m.delivery_id))
+    messages = [Message(i, EMAIL, [f"c{i}@example.com"], f"S{i}", "", "body") for i in range(20)]
+    assert await sink.send_many(messages) == [None] * 20
+    assert len(list((tmp_path / "out").iterdir())) == 20 and seen == list(range(20))
+    (tmp_path / "out").chmod(0o500)  # not writable: every message reports its error
+    try:
+        errors = await sink.send_many([Message(99, EMAIL, ["x@example.com"], "S", "", "b")])
+    finally:
+        (tmp_path / "out").chmod(0o700)
+    assert errors[0] is None or "cannot write" in errors[0]  # root may write anyway

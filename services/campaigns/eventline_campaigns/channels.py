@@ -249,17 +249,43 @@ class FileSink:
             lines += ["", "--- HTML ---", message.html]
         return "\n".join(lines) + "\n"
 
+    def _write(self, message: Message) -> None:
+        fd = os.open(self.path(message), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, self.format(message).encode())
+        finally:
+            os.close(fd)
+
     async def send(self, message: Message) -> None:
         try:
-            fd = os.open(self.path(message), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, self.format(message).encode())
-            finally:
-                os.close(fd)
+            self._write(message)
         except OSError as exc:
             raise TransientError(f"cannot write message file: {exc}") from None
         if self.observer is not None:
             self.observer(message)
+
+    def _write_all(self, messages: list[Message]) -> list[str | None]:
+        errors: list[str | None] = []
+        for message in messages:
+            try:
+                self._write(message)
+                errors.append(None)
+            except OSError as exc:
+                errors.append(f"cannot write message file: {exc}")
+        return errors
+
+    async def send_many(self, messages: list[Message]) -> list[str | None]:
+        """Write many messages in a worker thread (the event loop keeps rendering); an error per message."""
+        errors = (
+            await asyncio.to_thread(self._write_all, messages)
+            if len(messages) > 8
+            else self._write_all(messages)
+        )
+        if self.observer is not None:
+            for message, error in zip(messages, errors, strict=True):
+                if error is None:
+                    self.observer(message)
+        return errors
 
     async def aclose(self) -> None:
         return None
