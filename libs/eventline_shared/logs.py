@@ -1,4 +1,4 @@
-"""JSON-lines logging with the request id of the RPC being served."""
+"""JSON-lines logging with the request id of the RPC being served and the trace being followed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 from typing import Any
+
+from eventline_shared import tracing
 
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -30,6 +32,10 @@ class JsonFormatter(logging.Formatter):
         current = current_request_id()
         if current:
             entry["request_id"] = current
+        trace = tracing.current.get()
+        if trace is not None:
+            entry["trace_id"] = trace.trace_id
+            entry["span_id"] = trace.span_id
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value

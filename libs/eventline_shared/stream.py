@@ -8,7 +8,9 @@ Each stored event becomes one stream entry with the fields:
   stream can later be sharded by customer);
 * ``name``: the event name, so consumers can skip events without parsing;
 * ``payload``: the ``eventline.common.v1.Event`` exactly as stored, serialized
-  as protobuf.
+  as protobuf;
+* ``traceparent``: the W3C trace context of the call that stored the event
+  (see ``eventline_shared.tracing``), so consumers continue its trace.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class StreamEntry:
     customer_id: str
     name: str
     payload: bytes
+    traceparent: str = ""
 
     def event(self) -> common_pb2.Event:
         return common_pb2.Event.FromString(self.payload)
@@ -40,6 +43,7 @@ class StreamEntry:
             customer_id=fields.get(b"customer_id", b"").decode(),
             name=fields.get(b"name", b"").decode(),
             payload=fields.get(b"payload", b""),
+            traceparent=fields.get(b"traceparent", b"").decode(),
         )
 
 
@@ -49,13 +53,14 @@ local count = 0
 for _, blob in ipairs(ARGV) do
     local pos, size = 1, #blob
     while pos <= size do
-        local event_id, customer_id, name, payload
+        local event_id, customer_id, name, payload, traceparent
         event_id, pos = struct.unpack('>I4c0', blob, pos)
         customer_id, pos = struct.unpack('>I4c0', blob, pos)
         name, pos = struct.unpack('>I4c0', blob, pos)
         payload, pos = struct.unpack('>I4c0', blob, pos)
+        traceparent, pos = struct.unpack('>I4c0', blob, pos)
         redis.call('XADD', KEYS[1], '*', 'event_id', event_id, 'customer_id', customer_id,
-                   'name', name, 'payload', payload)
+                   'name', name, 'payload', payload, 'traceparent', traceparent)
         count = count + 1
     end
 end
@@ -65,29 +70,31 @@ return count
 _LENGTH = struct.Struct(">I")
 
 
-def pack_entry(customer_id: str, event_id: str, name: str, payload: bytes) -> bytes:
-    """One stream entry, packed for ``Appender``: four length-prefixed fields.
+def pack_entry(customer_id: str, event_id: str, name: str, payload: bytes, traceparent: str) -> bytes:
+    """One stream entry, packed for ``Appender``: five length-prefixed fields.
 
     Entries are packed once, when their events are stored, and concatenated;
     the relay hands the blobs to Redis as they are, so publishing costs no
     per-event work in Python.
     """
-    fields = (event_id.encode(), customer_id.encode(), name.encode(), payload)
+    fields = (event_id.encode(), customer_id.encode(), name.encode(), payload, traceparent.encode())
     return b"".join(part for field in fields for part in (_LENGTH.pack(len(field)), field))
 
 
-def unpack_entries(blob: bytes) -> list[tuple[str, str, str, bytes]]:
-    """The (customer_id, event_id, name, payload) entries packed in ``blob``."""
+def unpack_entries(blob: bytes) -> list[tuple[str, str, str, bytes, str]]:
+    """The (customer_id, event_id, name, payload, traceparent) entries packed in ``blob``."""
     entries = []
     position = 0
     while position < len(blob):
         fields = []
-        for _ in range(4):
+        for _ in range(5):
             (size,) = _LENGTH.unpack_from(blob, position)
             fields.append(blob[position + 4 : position + 4 + size])
             position += 4 + size
-        event_id, customer_id, name, payload = fields
-        entries.append((customer_id.decode(), event_id.decode(), name.decode(), payload))
+        event_id, customer_id, name, payload, traceparent = fields
+        entries.append(
+            (customer_id.decode(), event_id.decode(), name.decode(), payload, traceparent.decode())
+        )
     return entries
 
 
@@ -102,6 +109,11 @@ class Appender:
         """Append every entry of ``blobs`` in order; returns how many."""
         appended: int = await self._script(keys=[self.stream], args=blobs)
         return appended
+
+
+def dead_letter_stream(stream: str) -> str:
+    """The default key of the dead-letter stream of consumers of ``stream``."""
+    return stream + ":dead"
 
 
 def connect(url: str) -> redis.Redis:

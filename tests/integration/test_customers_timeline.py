@@ -185,8 +185,14 @@ async def test_erasure_leaves_no_row_or_stream_entry_and_repeats_harmlessly(
         await asyncio.sleep(0.02)
     assert await redis_client.xlen(stream_key) == 10
 
+    # A consumer dead-lettered one of the customer's entries: that copy goes too.
+    await redis_client.xadd(stream_key + ":dead", {"event_id": "g0", "customer_id": "gone", "payload": b"x"})
+    await redis_client.xadd(stream_key + ":dead", {"event_id": "s0", "customer_id": "stays", "payload": b"x"})
+
     reply = await ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id="gone"))
-    assert reply.customer_erased and reply.events_erased == 5 and reply.stream_entries_erased == 5
+    assert reply.customer_erased and reply.events_erased == 5 and reply.stream_entries_erased == 6
+    dead = await redis_client.xrange(stream_key + ":dead")
+    assert [fields[b"customer_id"] for _, fields in dead] == [b"stays"]
 
     for table in ("customers", "customer_events", "customer_event_stats"):
         assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE customer_id = 'gone'") == 0

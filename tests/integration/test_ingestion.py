@@ -11,6 +11,7 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
 from eventline_shared.stream import StreamEntry
+from eventline_shared.tracing import TraceContext
 from tests.support import customer_event, value, violations
 
 
@@ -187,3 +188,18 @@ async def test_stats_row_tracks_first_last_and_count(ingestion, db):
     row = await db.fetchrow("SELECT first_at, last_at, count FROM customer_event_stats")
     assert row["count"] == 3
     assert row["first_at"].day == 1 and row["last_at"].day == 9
+
+
+async def test_stream_entries_continue_the_callers_trace(ingestion, redis_client, stream_key):
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    await ingestion.TrackCustomerEvent(
+        customer_event("c1", "A", "traced"), metadata=[("traceparent", parent)]
+    )
+    await ingestion.TrackCustomerEvent(customer_event("c1", "A", "untraced"))
+    entries = {e.event_id: e for e in await wait_for_entries(redis_client, stream_key, 2)}
+    traced = TraceContext.parse(entries["traced"].traceparent)
+    assert traced is not None
+    assert traced.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert traced.span_id != "00f067aa0ba902b7"  # ingestion's own span, child of the caller's
+    fresh = TraceContext.parse(entries["untraced"].traceparent)
+    assert fresh is not None and fresh.trace_id != traced.trace_id

@@ -187,7 +187,9 @@ class IngestionRepository:
         received_at_proto = datetime_to_timestamp(received_at)
         built = {e.key: stored_event(e, received_at_proto) for e in ordered}
         entries = {
-            e.key: stream.pack_entry(e.customer_id, e.event_id, e.name, built[e.key].SerializeToString())
+            e.key: stream.pack_entry(
+                e.customer_id, e.event_id, e.name, built[e.key].SerializeToString(), e.traceparent
+            )
             for e in ordered
         }
         args = (

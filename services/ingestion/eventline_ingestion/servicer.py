@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import logging
 from typing import Any
 
 import grpc
@@ -15,9 +16,9 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_ingestion import validation
 from eventline_ingestion.repository import IngestionRepository
-from eventline_ingestion.validation import Clock, NewEvent
+from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import stream
+from eventline_shared import stream, tracing
 from eventline_shared.errors import (
     FieldViolation,
     InvalidArgument,
@@ -27,6 +28,8 @@ from eventline_shared.errors import (
     raise_if_any,
 )
 from eventline_shared.values import check_customer_id, timestamp_to_datetime
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -38,6 +41,11 @@ def deadline(context: Context) -> float | None:
     """Seconds left before the client's deadline, for database calls; None when unbounded."""
     remaining = context.time_remaining()
     return None if remaining is None else max(remaining, 0.001)
+
+
+def _arrival(context: Context) -> Arrival:
+    """Now, and the trace of this call: the client's traceparent continued, or a new one."""
+    return Arrival.now_under(tracing.from_metadata(context.invocation_metadata()).header)
 
 
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
@@ -61,18 +69,20 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         if not isinstance(event, NewEvent):
             raise InvalidArgument(event)
         results = await self.writer.store([event])
-        return results[event.key]
+        stored, seen = results[event.key]
+        log.debug("event tracked", extra={"event_id": event.event_id, "deduplicated": seen})
+        return stored, seen
 
     async def TrackCustomerEvent(
         self, request: ingestion_pb2.TrackCustomerEventRequest, context: Context
     ) -> ingestion_pb2.TrackCustomerEventResponse:
-        event, seen = await self._track_one(validation.customer_event(request, Clock.read()), context)
+        event, seen = await self._track_one(validation.customer_event(request, _arrival(context)), context)
         return ingestion_pb2.TrackCustomerEventResponse(event=event, deduplicated=seen)
 
     async def TrackSystemEvent(
         self, request: ingestion_pb2.TrackSystemEventRequest, context: Context
     ) -> ingestion_pb2.TrackSystemEventResponse:
-        event, seen = await self._track_one(validation.system_event(request, Clock.read()), context)
+        event, seen = await self._track_one(validation.system_event(request, _arrival(context)), context)
         return ingestion_pb2.TrackSystemEventResponse(event=event, deduplicated=seen)
 
     async def TrackEvents(
@@ -88,10 +98,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
                     )
                 ]
             )
-        clock = Clock.read()
-        checked = [validation.batch_item(item, i, clock) for i, item in enumerate(request.events)]
+        arrival = _arrival(context)
+        checked = [validation.batch_item(item, i, arrival) for i, item in enumerate(request.events)]
         good = [e for e in checked if isinstance(e, NewEvent)]
         stored = await self.writer.store(good) if good else {}
+        log.debug("batch tracked", extra={"items": len(checked), "valid": len(good)})
         first_index: dict[tuple[str, str], int] = {}
         results = []
         for i, item in enumerate(checked):
@@ -163,7 +174,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
     ) -> ingestion_pb2.EraseCustomerResponse:
         raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
         erased, events = await self.repository.erase_customer(request.customer_id, deadline(context))
-        entries = await stream.erase_customer_entries(self.client, self.stream_key, request.customer_id)
+        entries = 0
+        for key in (self.stream_key, stream.dead_letter_stream(self.stream_key)):
+            entries += await stream.erase_customer_entries(self.client, key, request.customer_id)
         return ingestion_pb2.EraseCustomerResponse(
             customer_erased=erased, events_erased=events, stream_entries_erased=entries
         )

@@ -64,19 +64,22 @@ class NewEvent(NamedTuple):
     context: Mapping[str, common_pb2.Value]
     """The context as sent; with ``normalized`` applied, it is the context as stored."""
     normalized: Mapping[str, common_pb2.Value]
+    traceparent: str
+    """The W3C trace context the event's stream entry carries."""
 
 
-class Clock(NamedTuple):
-    """The time a request was received, in the forms validation needs."""
+class Arrival(NamedTuple):
+    """When a request arrived (in the forms validation needs) and the trace it belongs to."""
 
     now: dt.datetime
     now_proto: timestamp_pb2.Timestamp
     latest: dt.datetime
+    traceparent: str
 
     @classmethod
-    def read(cls) -> Clock:
+    def now_under(cls, traceparent: str) -> Arrival:
         now = dt.datetime.now(UTC)
-        return cls(now, datetime_to_timestamp(now), now + MAX_FUTURE)
+        return cls(now, datetime_to_timestamp(now), now + MAX_FUTURE, traceparent)
 
 
 def _path(prefix: str, field: str) -> str:
@@ -87,7 +90,7 @@ def _event(
     kind: common_pb2.EventKind.ValueType,
     customer_id: str,
     request: ingestion_pb2.TrackCustomerEventRequest | ingestion_pb2.TrackSystemEventRequest,
-    clock: Clock,
+    arrival: Arrival,
     prefix: str,
     violations: list[FieldViolation],
 ) -> NewEvent | list[FieldViolation]:
@@ -98,7 +101,7 @@ def _event(
     name = request.name
     if not CODE.fullmatch(name):
         violations += present([check_code(name, _path(prefix, "name"), "event name")])
-    occurred_at, occurred_at_proto = clock.now, clock.now_proto
+    occurred_at, occurred_at_proto = arrival.now, arrival.now_proto
     if request.HasField("occurred_at"):
         occurred_at_proto = request.occurred_at
         bad = check_timestamp(occurred_at_proto, "")
@@ -106,7 +109,7 @@ def _event(
             violations.append(bad.under(_path(prefix, "occurred_at")))
         else:
             occurred_at = timestamp_to_datetime(occurred_at_proto)
-            if occurred_at > clock.latest:
+            if occurred_at > arrival.latest:
                 violations.append(
                     FieldViolation(
                         _path(prefix, "occurred_at"), "occurred_at is more than 24 hours in the future"
@@ -132,34 +135,35 @@ def _event(
         context.json,
         request.context,
         context.normalized,
+        arrival.traceparent,
     )
 
 
 def customer_event(
-    request: ingestion_pb2.TrackCustomerEventRequest, clock: Clock, prefix: str = ""
+    request: ingestion_pb2.TrackCustomerEventRequest, arrival: Arrival, prefix: str = ""
 ) -> NewEvent | list[FieldViolation]:
     """The event to store, or every violation found in the request."""
     customer_id = request.customer_id
     violations = []
     if not CUSTOMER_ID.fullmatch(customer_id):
         violations = present([check_customer_id(customer_id, _path(prefix, "customer_id"))])
-    return _event(common_pb2.EVENT_KIND_CUSTOMER, customer_id, request, clock, prefix, violations)
+    return _event(common_pb2.EVENT_KIND_CUSTOMER, customer_id, request, arrival, prefix, violations)
 
 
 def system_event(
-    request: ingestion_pb2.TrackSystemEventRequest, clock: Clock, prefix: str = ""
+    request: ingestion_pb2.TrackSystemEventRequest, arrival: Arrival, prefix: str = ""
 ) -> NewEvent | list[FieldViolation]:
-    return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, clock, prefix, [])
+    return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, arrival, prefix, [])
 
 
 def batch_item(
-    item: ingestion_pb2.TrackEventsItem, index: int, clock: Clock
+    item: ingestion_pb2.TrackEventsItem, index: int, arrival: Arrival
 ) -> NewEvent | list[FieldViolation]:
     which = item.WhichOneof("event")
     if which == "customer_event":
-        return customer_event(item.customer_event, clock, f"events[{index}].customer_event")
+        return customer_event(item.customer_event, arrival, f"events[{index}].customer_event")
     if which == "system_event":
-        return system_event(item.system_event, clock, f"events[{index}].system_event")
+        return system_event(item.system_event, arrival, f"events[{index}].system_event")
     return [FieldViolation(f"events[{index}]", "one of customer_event or system_event is required")]
 
 
