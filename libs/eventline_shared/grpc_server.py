@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +35,23 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
+
+Context: TypeAlias = Any
+"""A servicer's call context, ``grpc.aio.ServicerContext`` (grpcio ships no type information)."""
+
+
+def database_timeout(context: Context, ceiling: float) -> float:
+    """The timeout for a database call made for ``context``: a little less than its time left.
+
+    The margin lets asyncpg's timeout (which cancels the statement in
+    PostgreSQL) fire before gRPC cancels the handler at the deadline itself;
+    without a deadline, ``ceiling`` bounds the call.
+    """
+    left: float | None = context.time_remaining()
+    if left is None:
+        return ceiling
+    return max(min(max(left - 0.05, left * 0.5), ceiling), 0.001)
+
 
 Translator = Callable[[BaseException], EventlineError | None]
 _translators: list[Translator] = [database.translate]

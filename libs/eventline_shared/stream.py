@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
@@ -176,13 +177,15 @@ async def erase_customer_entries(
     start = "-"
     erased = 0
     while True:
-        entries = await client.xrange(stream, min=start, max="+", count=chunk)
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await client.xrange(stream, min=start, max="+", count=chunk),
+        )
         if not entries:
             return erased
         doomed = [entry_id for entry_id, fields in entries if fields.get(b"customer_id") == wanted]
         if doomed:
             erased += await client.xdel(stream, *doomed)
-        last = entries[-1][0]
-        start = "(" + (last.decode() if isinstance(last, bytes) else last)
+        start = "(" + entries[-1][0].decode()
         if len(entries) < chunk:
             return erased

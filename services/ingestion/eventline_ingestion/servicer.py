@@ -7,9 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from typing import Any
 
-import grpc
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
@@ -27,20 +25,15 @@ from eventline_shared.errors import (
     invalid,
     raise_if_any,
 )
+from eventline_shared.grpc_server import Context, database_timeout
 from eventline_shared.values import check_customer_id, timestamp_to_datetime
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
+QUERY_CEILING_S = 30.0
+"""The longest a database call of an RPC without a deadline may take."""
 MAX_PAGE_SIZE = 1000
-
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def deadline(context: Context) -> float | None:
-    """Seconds left before the client's deadline, for database calls; None when unbounded."""
-    remaining = context.time_remaining()
-    return None if remaining is None else max(remaining, 0.001)
 
 
 def _arrival(context: Context) -> Arrival:
@@ -48,7 +41,7 @@ def _arrival(context: Context) -> Arrival:
     return Arrival.now_under(tracing.from_metadata(context.invocation_metadata()).header)
 
 
-class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
+class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         repository: IngestionRepository,
@@ -121,14 +114,18 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         change = validation.customer_change(request)
         if not isinstance(change, validation.CustomerChange):
             raise InvalidArgument(change)
-        customer, created = await self.repository.upsert_customer(change, deadline(context))
+        customer, created = await self.repository.upsert_customer(
+            change, database_timeout(context, QUERY_CEILING_S)
+        )
         return ingestion_pb2.UpsertCustomerResponse(customer=customer, created=created)
 
     async def GetCustomer(
         self, request: ingestion_pb2.GetCustomerRequest, context: Context
     ) -> ingestion_pb2.GetCustomerResponse:
         raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
-        customer = await self.repository.get_customer(request.customer_id, deadline(context))
+        customer = await self.repository.get_customer(
+            request.customer_id, database_timeout(context, QUERY_CEILING_S)
+        )
         if customer is None:
             raise NotFound(f"customer {request.customer_id!r} not found")
         return ingestion_pb2.GetCustomerResponse(customer=customer)
@@ -161,10 +158,12 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
             before=before,
             cursor=cursor,
             limit=size,
-            timeout=deadline(context),
+            timeout=database_timeout(context, QUERY_CEILING_S),
         )
         if not page.events and not cursor:
-            if not await self.repository.customer_exists(request.customer_id, deadline(context)):
+            if not await self.repository.customer_exists(
+                request.customer_id, database_timeout(context, QUERY_CEILING_S)
+            ):
                 raise NotFound(f"customer {request.customer_id!r} not found")
         token = _encode_token(page.last, filters) if page.last else ""
         return ingestion_pb2.ListTimelineResponse(events=page.events, next_page_token=token)
@@ -173,7 +172,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):
         self, request: ingestion_pb2.EraseCustomerRequest, context: Context
     ) -> ingestion_pb2.EraseCustomerResponse:
         raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
-        erased, events = await self.repository.erase_customer(request.customer_id, deadline(context))
+        erased, events = await self.repository.erase_customer(
+            request.customer_id, database_timeout(context, QUERY_CEILING_S)
+        )
         entries = 0
         for key in (self.stream_key, stream.dead_letter_stream(self.stream_key)):
             entries += await stream.erase_customer_entries(self.client, key, request.customer_id)

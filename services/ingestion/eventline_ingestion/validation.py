@@ -54,7 +54,7 @@ class NewEvent(NamedTuple):
 
     key: tuple[str, str]
     """(customer_id, event_id): what makes an event unique."""
-    kind: common_pb2.EventKind.ValueType
+    kind: common_pb2.EventKind
     customer_id: str  # "" for a system event
     event_id: str
     name: str
@@ -87,7 +87,7 @@ def _path(prefix: str, field: str) -> str:
 
 
 def _event(
-    kind: common_pb2.EventKind.ValueType,
+    kind: common_pb2.EventKind,
     customer_id: str,
     request: ingestion_pb2.TrackCustomerEventRequest | ingestion_pb2.TrackSystemEventRequest,
     arrival: Arrival,
