@@ -322,6 +322,24 @@ class Engine:
             spent[phase] += now - mark
             mark = now
 
+        # A pipeline: batch k+1 is rendered while batch k is recorded and batch k-1 is sent.
+        # Ledger writes stay strictly in order (each advances the resumable cursor).
+        recording: asyncio.Task[list[Owned]] | None = None
+
+        async def sent_previous() -> None:
+            nonlocal sent, sending
+            if sending is not None:
+                sent += await sending
+                sending = None
+
+        async def hand_over(record: asyncio.Task[list[Owned]]) -> None:
+            nonlocal sending
+            owned = await record
+            lap("record")
+            await sent_previous()
+            sending = asyncio.create_task(self.send(owned))
+            lap("send_wait")
+
         try:
             async for batch in self._audience_batches(campaign, event, progress.after_customer_id):
                 lap("audience")
@@ -333,32 +351,38 @@ class Engine:
                     if profile is not None:
                         planned += plan(campaign, trigger, profile)
                 lap("render")
-                owned = await self.repository.record(
-                    campaign.campaign_id,
-                    event.event_id,
-                    planned,
-                    lease_s=self.lease_s,
-                    cap_max=campaign.cap_max,
-                    cap_period_s=campaign.cap_period_s,
-                    fanout_after=batch[-1],
+                if recording is not None:
+                    await hand_over(recording)
+                    recording = None
+                recording = asyncio.create_task(
+                    self.repository.record(
+                        campaign.campaign_id,
+                        event.event_id,
+                        planned,
+                        lease_s=self.lease_s,
+                        cap_max=campaign.cap_max,
+                        cap_period_s=campaign.cap_period_s,
+                        fanout_after=batch[-1],
+                    )
                 )
-                lap("record")
-                # Send this batch while the next one is rendered and recorded.
-                if sending is not None:
-                    sent += await sending
-                sending = asyncio.create_task(self.send(owned))
                 await keepalive()
-                lap("send_wait")
-            if sending is not None:
-                sent += await sending
-                sending = None
-                lap("send_wait")
+            if recording is not None:
+                await hand_over(recording)
+                recording = None
+            await sent_previous()
+            lap("send_wait")
         except AudienceUnresolvable as exc:
             log.warning(
                 "system event audience cannot be evaluated",
                 extra={"campaign_id": campaign.campaign_id, "event_id": event.event_id, "error": str(exc)},
             )
         finally:
+            # Interrupted (an error of the audience stream or of a later batch): what was
+            # recorded is ours to send, now rather than when its lease expires.
+            if recording is not None:
+                recorded = (await asyncio.gather(recording, return_exceptions=True))[0]
+                if isinstance(recorded, list):
+                    await asyncio.gather(self.send(recorded), return_exceptions=True)
             if sending is not None:
                 await asyncio.gather(sending, return_exceptions=True)
         await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
