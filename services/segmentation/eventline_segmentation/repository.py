@@ -54,8 +54,10 @@ def _segment(row: asyncpg.Record) -> StoredSegment:
 
 
 class SegmentationRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, match_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        self.match_pool = match_pool or pool
+        """MatchCustomer's connections, which keep the plan cache (see service.session_dsn)."""
 
     async def count(self, query: Compiled, timeout: float | None) -> int:
         async def run() -> int:
@@ -96,7 +98,7 @@ class SegmentationRepository:
 
     async def match(self, query: MatchQuery, timeout: float | None) -> asyncpg.Record | None:
         async def run() -> asyncpg.Record | None:
-            return await self.pool.fetchrow(query.sql, *query.params, timeout=timeout)
+            return await self.match_pool.fetchrow(query.sql, *query.params, timeout=timeout)
 
         return await _bounded(run, timeout)
 
