@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import grpc
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 
@@ -20,6 +19,7 @@ from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import values
 from eventline_shared.errors import FieldViolation, InvalidArgument, NotFound, invalid, raise_if_any
+from eventline_shared.grpc_server import Context, database_timeout
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
@@ -30,8 +30,6 @@ MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2000
 _NOW_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NOW_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class EvaluationRequest(Protocol):
@@ -61,18 +59,6 @@ def _digest(target: bytes, bindings: Any, zone: str) -> str:
         h.update(code.encode() + b"\0" + bindings[code].SerializeToString(deterministic=True))
     h.update(b"\0" + zone.encode())
     return h.hexdigest()[:24]
-
-
-def _time_left(context: Context, ceiling: float) -> float:
-    """The database timeout for a request: a little less than its remaining deadline.
-
-    The margin lets asyncpg's timeout (which cancels the statement in
-    PostgreSQL) fire before gRPC cancels the handler at the deadline itself.
-    """
-    left = context.time_remaining()
-    if left is None:
-        return ceiling
-    return min(max(left - 0.05, left * 0.5), ceiling)
 
 
 def _page_size(requested: int, default: int, cap: int, path: str) -> int:
@@ -106,7 +92,7 @@ def segment_message(stored: StoredSegment) -> pb.Segment:
     )
 
 
-class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
+class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  # type: ignore[misc]
     def __init__(self, repository: SegmentationRepository, max_query_s: float) -> None:
         self.repository = repository
         self.max_query_s = max_query_s
@@ -159,7 +145,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
     ) -> pb.CountCustomersResponse:
         prepared = await self._prepare(request)
         query = compiler.count_query(prepared.root, prepared.clock)
-        count = await self.repository.count(query, _time_left(context, self.max_query_s))
+        count = await self.repository.count(query, database_timeout(context, self.max_query_s))
         return pb.CountCustomersResponse(count=count, now=values.datetime_to_timestamp(prepared.clock.now))
 
     async def ListCustomers(
@@ -179,7 +165,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         if token and token.get("key") != prepared.target_key:
             raise invalid("page_token", "the page token belongs to another filter, bindings or time zone")
         query = compiler.ids_query(prepared.root, prepared.clock, after, size + 1)
-        ids = await self.repository.ids(query, _time_left(context, self.max_query_s))
+        ids = await self.repository.ids(query, database_timeout(context, self.max_query_s))
         next_token = ""
         if len(ids) > size:
             ids = ids[:size]
@@ -200,7 +186,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         prepared = await self._prepare(request)
         query = compiler.ids_query(prepared.root, prepared.clock, after, None)
         async for ids in self.repository.stream_ids(
-            query, chunk, lambda: _time_left(context, self.max_query_s)
+            query, chunk, lambda: database_timeout(context, self.max_query_s)
         ):
             yield pb.StreamCustomersResponse(customer_ids=ids)
 
@@ -212,7 +198,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             raise InvalidArgument([customer_bad])
         prepared = await self._prepare(request)
         query = compiler.match_query(prepared.root, prepared.clock, request.customer_id)
-        row = await self.repository.match(query, _time_left(context, self.max_query_s))
+        row = await self.repository.match(query, database_timeout(context, self.max_query_s))
         if row is None:
             raise NotFound(f"customer {request.customer_id!r} does not exist")
         matched, explanations = evaluation.explain(query, row, prepared.clock)
