@@ -246,3 +246,77 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 1") == 0
     sent = await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2")
     assert sent == len(by_recipient(smtp_server))
+
+
+@pytest.mark.parametrize("fault", ["exit_before_ack", "exit_after_send"])
+async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
+    fault,
+    db_url,
+    stream_key,
+    redis_client,
+    ingestion,
+    segmentation_server,
+    smtp_server,
+    http_provider,
+    tmp_path,
+    db,
+) -> None:
+    """Crash after the provider call: before the ack there is no second call at all; before the
+    ledger update the only repeat carries the same Message-ID (the provider's idempotency key)."""
+    customers = 30
+    rows = [(f"a{i:03d}", f"a{i:03d}@example.com", 1) for i in range(customers)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path / "sink"),
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="300",
+        EVENTLINE_CAMPAIGNS_LEASE_S="1",
+    )
+    setup = worker(env, tmp_path).start()
+    try:
+        await setup.serving()
+        await create_and_activate(
+            setup.address,
+            campaigns_pb2.Campaign(
+                display_name="Ping",
+                trigger=campaigns_pb2.Trigger(
+                    customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
+                ),
+                actions=[
+                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))
+                ],
+            ),
+        )
+    finally:
+        setup.kill()
+    # Stored while no worker runs, so that the faulty worker finds them all in one batch.
+    await ingestion.TrackEvents(
+        ingestion_pb2.TrackEventsRequest(
+            events=[
+                ingestion_pb2.TrackEventsItem(customer_event=customer_event(f"a{i:03d}", "Ping", f"c{i}"))
+                for i in range(customers)
+            ]
+        )
+    )
+    faulty = worker(env, tmp_path).start(EVENTLINE_CAMPAIGNS_FAULT=fault)
+    assert await faulty.exited(30) == 137
+    calls_before = len(smtp_server.messages)
+    assert calls_before == customers, "the worker called the provider for the whole batch, then died"
+    survivor = worker(env, tmp_path).start()
+    try:
+        await survivor.serving()
+        await wait_for_no_pending(redis_client, stream_key)
+        await asyncio.sleep(1.5)  # leases expire: a resend would happen now
+    finally:
+        survivor.kill()
+    recipients = by_recipient(smtp_server)
+    assert len(recipients) == customers and all(len(ids) == 1 for ids in recipients.values())
+    if fault == "exit_before_ack":
+        assert len(smtp_server.messages) == customers, "no second provider call"
+    assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == {2: customers}

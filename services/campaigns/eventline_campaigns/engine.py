@@ -30,6 +30,7 @@ from typing import Any
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 
+from eventline_campaigns import faults
 from eventline_campaigns.audience import Audience, AudienceUnresolvable
 from eventline_campaigns.channels import (
     EMAIL,
@@ -435,6 +436,7 @@ class Engine:
         outcomes: list[Outcome] = []
         for result in results:
             outcomes += result if isinstance(result, list) else [result]
+        faults.point("exit_after_send")
         await self.repository.mark(outcomes)
         return sum(1 for o in outcomes if o.status == SENT)
 
