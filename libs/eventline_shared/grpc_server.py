@@ -12,16 +12,18 @@ import contextvars
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeAlias
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from eventline_shared import database
-from eventline_shared.config import CommonSettings
+from eventline_shared import database, logs
+from eventline_shared.config import CommonSettings, ConfigError
 from eventline_shared.errors import DeadlineExceeded, EventlineError, Unavailable
 from eventline_shared.metrics import Operations
 
@@ -243,3 +245,32 @@ async def wait_for_signal() -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+SettingsT = TypeVar("SettingsT", bound="ServiceSettings")
+
+
+class ServiceSettings(Protocol):
+    """What a service's ``Settings`` offers: its common part, read from the environment."""
+
+    @property
+    def common(self) -> CommonSettings: ...
+
+
+def serve_main(
+    service: str,
+    read_settings: Callable[[Mapping[str, str]], SettingsT],
+    running: Callable[[SettingsT], AbstractAsyncContextManager[Any]],
+) -> None:
+    """``python -m eventline_<service>``: configure from the environment, serve until SIGTERM or SIGINT."""
+    try:
+        settings = read_settings(os.environ)
+    except ConfigError as exc:
+        sys.exit(f"eventline-{service}: {exc}")
+    logs.configure(service, settings.common.log_level)
+
+    async def serve() -> None:
+        async with running(settings):
+            await wait_for_signal()
+
+    asyncio.run(serve())

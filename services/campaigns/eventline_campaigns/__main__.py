@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-
 from eventline_campaigns.service import running
 from eventline_campaigns.settings import Settings
-from eventline_shared import logs
-from eventline_shared.config import ConfigError
-from eventline_shared.grpc_server import wait_for_signal
-
-
-async def serve(settings: Settings) -> None:
-    async with running(settings):
-        await wait_for_signal()
+from eventline_shared.grpc_server import serve_main
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ)
-    except ConfigError as exc:
-        sys.exit(f"eventline-campaigns: {exc}")
-    logs.configure("campaigns", settings.common.log_level)
-    asyncio.run(serve(settings))
+    serve_main("campaigns", Settings.from_env, running)
 
 
 if __name__ == "__main__":
