@@ -430,12 +430,13 @@ class Engine:
         single: list[Owned] = []
         for item in owned:
             (bulk[item.channel] if hasattr(self.channels[item.channel], "send_many") else single).append(item)
-        results = await asyncio.gather(
-            *(self._send_one(o) for o in single), *(self._send_many(c, items) for c, items in bulk.items())
+        singles, batches = await asyncio.gather(
+            asyncio.gather(*(self._send_one(o) for o in single)),
+            asyncio.gather(*(self._send_many(c, items) for c, items in bulk.items())),
         )
-        outcomes: list[Outcome] = []
-        for result in results:
-            outcomes += result if isinstance(result, list) else [result]
+        outcomes: list[Outcome] = list(singles)
+        for batch in batches:
+            outcomes += batch
         faults.point("exit_after_send")
         await self.repository.mark(outcomes)
         return sum(1 for o in outcomes if o.status == SENT)
