@@ -26,22 +26,18 @@ import json
 import os
 import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 import grpc
 import redis.asyncio as redis
+from common import free_port, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eventline_shared import database
 from eventline_shared.values import UTC
 
-ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAMES = [f"Event{i:02d}" for i in range(20)]
@@ -72,12 +68,21 @@ def make_events(count: int, seed: int) -> list[tuple[str, str, str, dt.datetime,
         customer = int(rng.paretovariate(1.2)) % 10_000
         occurred = now - dt.timedelta(seconds=rng.randrange(90 * 86400))
         events.append(
-            (f"cust{customer}", f"{run}-{i}", rng.choice(NAMES), occurred.replace(microsecond=0), rng.randrange(1000), f"{rng.randrange(1, 100000) / 100:.2f}")
+            (
+                f"cust{customer}",
+                f"{run}-{i}",
+                rng.choice(NAMES),
+                occurred.replace(microsecond=0),
+                rng.randrange(1000),
+                f"{rng.randrange(1, 100000) / 100:.2f}",
+            )
         )
     return events
 
 
-def customer_request(event: tuple[str, str, str, dt.datetime, int, str]) -> ingestion_pb2.TrackCustomerEventRequest:
+def customer_request(
+    event: tuple[str, str, str, dt.datetime, int, str],
+) -> ingestion_pb2.TrackCustomerEventRequest:
     customer, event_id, name, occurred, item_id, amount = event
     request = ingestion_pb2.TrackCustomerEventRequest(customer_id=customer, event_id=event_id, name=name)
     request.occurred_at.FromDatetime(occurred)
@@ -88,9 +93,8 @@ def customer_request(event: tuple[str, str, str, dt.datetime, int, str]) -> inge
 
 class Service:
     def __init__(self, url: str, stream: str) -> None:
-        self.port = 50951
+        self.port = free_port()
         env = {
-            **os.environ,
             "EVENTLINE_DATABASE_URL": url,
             "EVENTLINE_REDIS_URL": REDIS_URL,
             "EVENTLINE_STREAM": stream,
@@ -98,23 +102,10 @@ class Service:
             "EVENTLINE_INGESTION_DB_POOL_SIZE": "16",
             "EVENTLINE_LOG_LEVEL": "WARNING",
         }
-        self.process = subprocess.Popen([sys.executable, "-m", "eventline_ingestion"], env=env, cwd=ROOT)
-
-    async def ready(self, channel: grpc.aio.Channel) -> None:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(200):
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("ingestion did not start")
+        self.process = start_service("ingestion", env)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        stop(self.process)
 
 
 async def wait_for_stream(client: redis.Redis, stream: str, count: int) -> None:
@@ -127,7 +118,9 @@ async def bench_copy(events: list[tuple[str, str, str, dt.datetime, int, str]]) 
     connection = await asyncpg.connect(url)
     try:
         customers = sorted({e[0] for e in events})
-        await connection.executemany("INSERT INTO customers (customer_id) VALUES ($1)", [(c,) for c in customers])
+        await connection.executemany(
+            "INSERT INTO customers (customer_id) VALUES ($1)", [(c,) for c in customers]
+        )
         now = dt.datetime.now(UTC)
         rows = [
             (c, i, n, o, now, json.dumps({"amount": float(a), "item_id": item}))
@@ -144,10 +137,14 @@ async def bench_copy(events: list[tuple[str, str, str, dt.datetime, int, str]]) 
         await connection.close()
 
 
-async def bench_batch(stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events) -> float:  # type: ignore[no-untyped-def]
+async def bench_batch(
+    stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events
+) -> float:  # type: ignore[no-untyped-def]
     batches = [
         ingestion_pb2.TrackEventsRequest(
-            events=[ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in events[i : i + 500]]
+            events=[
+                ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in events[i : i + 500]
+            ]
         )
         for i in range(0, len(events), 500)
     ]
@@ -185,7 +182,11 @@ async def bench_unary(stub: ingestion_pb2_grpc.IngestionServiceStub, events) -> 
     await asyncio.gather(*(worker() for _ in range(64)))
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return len(requests) / elapsed, statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+    return (
+        len(requests) / elapsed,
+        statistics.median(latencies) * 1000,
+        latencies[int(len(latencies) * 0.99)] * 1000,
+    )
 
 
 async def main(quick: bool) -> dict[str, float]:
@@ -198,12 +199,15 @@ async def main(quick: bool) -> dict[str, float]:
     service = Service(url, stream)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-            await service.ready(channel)
+            await serving(service.port)
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
             # Warm up connections and code paths.
             await stub.TrackEvents(
                 ingestion_pb2.TrackEventsRequest(
-                    events=[ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in make_events(500, 3)]
+                    events=[
+                        ingestion_pb2.TrackEventsItem(customer_event=customer_request(e))
+                        for e in make_events(500, 3)
+                    ]
                 )
             )
             batch_events_per_s = await bench_batch(stub, client, stream, batch_events)
@@ -226,9 +230,15 @@ async def main(quick: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a short run on less data")
     result = asyncio.run(main(parser.parse_args().quick))
-    print(f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, ratio {result['batch_to_copy_ratio']} (target >= 0.75)")
-    print(f"unary: {result['unary_events_per_s']} events/s (target >= 3000), p50 {result['unary_p50_ms']} ms, p99 {result['unary_p99_ms']} ms")
+    print(
+        f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, ratio {result['batch_to_copy_ratio']} (target >= 0.75)"
+    )
+    print(
+        f"unary: {result['unary_events_per_s']} events/s (target >= 3000), p50 {result['unary_p50_ms']} ms, p99 {result['unary_p99_ms']} ms"
+    )
     print(json.dumps(result))

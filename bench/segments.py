@@ -55,10 +55,7 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -66,10 +63,10 @@ from typing import Any
 
 import asyncpg
 import grpc
+from common import free_port, serving, start_service, stop
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eventline_segmentation.service import session_dsn
 from eventline_shared import database, values
@@ -372,38 +369,18 @@ def floors(now: dt.datetime) -> dict[int, tuple[str, list[Any]]]:
 # --- Service and measurement -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Service:
     def __init__(self, url: str) -> None:
         self.port = free_port()
         env = {
-            **os.environ,
             "EVENTLINE_DATABASE_URL": url,
             "EVENTLINE_SEGMENTATION_PORT": str(self.port),
             "EVENTLINE_LOG_LEVEL": "WARNING",
         }
-        self.process = subprocess.Popen([sys.executable, "-m", "eventline_segmentation"], env=env, cwd=ROOT)
-
-    async def ready(self, channel: grpc.aio.Channel) -> None:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-        raise RuntimeError("segmentation did not start")
+        self.process = start_service("segmentation", env)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        stop(self.process)
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -429,7 +406,7 @@ async def main(quick: bool, regenerate: bool) -> dict[str, float]:
     floor_conn = await asyncpg.connect(session_dsn(url, 64))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-            await service.ready(channel)
+            await serving(service.port)
             stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
             floor_sql = floors(generated_at)
             print(

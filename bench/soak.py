@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,23 +30,19 @@ from pathlib import Path
 import grpc
 import psutil
 import redis.asyncio as redis
+from common import serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import REDIS_URL, fresh_database
 
-ROOT = Path(__file__).resolve().parent.parent
 PORTS = {"ingestion": 50961, "segmentation": 50962, "campaigns": 50963}
 CUSTOMERS = 2000
 
 
 def start_services(url: str, stream: str, sink: str) -> dict[str, subprocess.Popen[bytes]]:
     env = {
-        **os.environ,
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_STREAM": stream,
@@ -57,24 +51,7 @@ def start_services(url: str, stream: str, sink: str) -> dict[str, subprocess.Pop
         "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{PORTS['segmentation']}",
         **{f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in PORTS.items()},
     }
-    return {
-        name: subprocess.Popen([sys.executable, "-m", f"eventline_{name}"], env=env, cwd=ROOT)
-        for name in PORTS
-    }
-
-
-async def serving(port: int) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"service on {port} did not start")
+    return {name: start_service(name, env) for name in PORTS}
 
 
 def event(customer: str, name: str, **context: int) -> ingestion_pb2.TrackCustomerEventRequest:
@@ -246,10 +223,7 @@ async def main(minutes: float, probe_s: float) -> dict[str, object]:
         for channel in channels.values():
             await channel.close()
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            process.wait(30)
+        stop(*processes.values())
         await client.delete(stream, stream + ":dead")
         await client.aclose()
     settled = samples[max(1, len(samples) // 5)]  # after warm-up
