@@ -58,7 +58,6 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -71,7 +70,6 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 from eventline_segmentation.service import session_dsn
 from eventline_shared import database, values
 
-ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NAMES = [f"E{i:02d}" for i in range(20)]
 A, B, C, D = "E05", "E08", "E02", "E11"
