@@ -731,3 +731,52 @@ async def test_fan_out_respects_the_frequency_cap(  # type: ignore[no-untyped-de
     stats = await campaigns.GetCampaignStats(campaigns_pb2.GetCampaignStatsRequest(campaign_id=campaign_id))
     assert (stats.sent, stats.skipped) == (5, 5)
     assert stats.reasons == {"frequency cap: 1 sends per period": 5}
+
+
+async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # type: ignore[no-untyped-def]
+    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+) -> None:
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+    from tests.conftest import campaigns_env
+
+    customers = 60
+    rows = [(f"rp{i:03d}", f"rp{i:03d}@example.com", 1) for i in range(customers)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path),
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
+        EVENTLINE_CAMPAIGNS_READ_BATCH="5",
+    )
+    async with running(Settings.from_env(env)) as one, running(Settings.from_env(env)) as two:
+        sent_by: dict[str, int] = {"one": 0, "two": 0}
+        for name, replica in (("one", one), ("two", two)):
+            original = replica.engine.send
+
+            async def counting(owned, original=original, name=name):  # type: ignore[no-untyped-def]
+                sent = await original(owned)
+                sent_by[name] += sent
+                return sent
+
+            replica.engine.send = counting
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{one.port}") as channel:
+            stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
+            await start(stub, email_campaign(event_name="Pinged", text="x"))
+        await asyncio.sleep(0.3)  # both replicas have the campaign
+        for i in range(customers):
+            await ingestion.TrackCustomerEvent(customer_event(f"rp{i:03d}", "Pinged", f"rp-{i}"))
+        await smtp_server.wait_for(customers, timeout=20)
+        await asyncio.sleep(0.3)
+    assert sorted(m["To"] for m in smtp_server.messages) == [
+        f"rp{i:03d}@example.com" for i in range(customers)
+    ]
+    assert sent_by["one"] + sent_by["two"] == customers
+    assert sent_by["one"] > 0 and sent_by["two"] > 0, f"one replica did all the work: {sent_by}"
+    assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
