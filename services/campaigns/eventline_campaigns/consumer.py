@@ -283,7 +283,7 @@ class StreamConsumer:
         """
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
-        next_recover = loop.time() + self.recover_interval_s
+        recovering = asyncio.create_task(self._recover_loop())
         delay = 0.1
         inflight: set[asyncio.Task[int]] = set()
         try:
@@ -304,9 +304,6 @@ class StreamConsumer:
                         task = asyncio.create_task(self.process(entries))
                         inflight.add(task)
                         task.add_done_callback(self._finished(inflight))
-                    if loop.time() >= next_recover:
-                        next_recover = loop.time() + self.recover_interval_s
-                        await self.engine.recover()
                     delay = 0.1
                 except asyncio.CancelledError:
                     raise
@@ -324,6 +321,24 @@ class StreamConsumer:
             # Let batches in flight finish: what they recorded gets sent and acknowledged.
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
+            # After shutdown() it stops once its current round is done; otherwise (cancelled) at once.
+            if not self._stop.is_set():
+                recovering.cancel()
+            await asyncio.gather(recovering, return_exceptions=True)
+
+    async def _recover_loop(self) -> None:
+        """Resend stale pending deliveries every ``recover_interval_s``, beside (not in) the read loop."""
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.recover_interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.engine.recover()
+            except Exception as exc:
+                self._note_error(exc)
+                log.warning("cannot resend stale deliveries", extra={"error": repr(exc)[:300]})
 
     def _finished(self, inflight: set[asyncio.Task[int]]):  # type: ignore[no-untyped-def]
         def done(task: asyncio.Task[int]) -> None:
