@@ -120,6 +120,7 @@ async def running(
             batch=settings.read_batch,
             claim_idle_ms=settings.claim_idle_ms,
             max_attempts=settings.max_attempts,
+            concurrency=settings.batches_in_flight,
         )
         await cache.refresh()
         servicer = CampaignServicer(repository, audience, cache)

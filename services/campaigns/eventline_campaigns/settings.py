@@ -30,6 +30,8 @@ class Settings:
     """Unique per replica: pending entries are tracked per consumer."""
     read_batch: int
     """Stream entries read per XREADGROUP."""
+    batches_in_flight: int
+    """Stream batches processed at once by one replica."""
     claim_idle_ms: int
     """Entries pending longer than this on another (crashed) replica are reclaimed."""
     max_attempts: int
@@ -79,6 +81,7 @@ class Settings:
             consumer_group=env_str(environ, "EVENTLINE_CAMPAIGNS_GROUP", "campaigns"),
             consumer_name=env_str(environ, "EVENTLINE_CAMPAIGNS_CONSUMER", default_name),
             read_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_READ_BATCH", 200, minimum=1),
+            batches_in_flight=env_int(environ, "EVENTLINE_CAMPAIGNS_BATCHES_IN_FLIGHT", 4, minimum=1),
             claim_idle_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS", 30_000),
             max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
             dead_letter_stream=env_str(environ, "EVENTLINE_CAMPAIGNS_DEAD_LETTER", common.stream + ":dead"),
