@@ -5,9 +5,17 @@
 * ``crash``: the process exits at once with status 137, as after ``kill -9``
   (no clean-up, no flushing, no acknowledgements);
 * ``crash@P``: crash with probability P (0..1) each time the point is reached;
+* ``crash#N``: crash the Nth time the point is reached;
 * a number of seconds: the point stalls that long.
 
-For example ``EVENTLINE_FAULTS=relay.after_append=crash@0.2``. With the
+For example ``EVENTLINE_FAULTS=relay.after_append=crash@0.2,campaigns.before_ack=crash#2``.
+The points: ``writer.before_store``, ``writer.after_commit`` and
+``relay.after_append`` (ingestion); ``campaigns.after_send`` (after the
+provider calls of a batch, before their outcome is in the ledger: they are
+sent again with the same idempotency key when their lease expires) and
+``campaigns.before_ack`` (after the outcome is in the ledger, before the
+stream entries are acknowledged: they are reprocessed, with no second
+provider call). With the
 variable unset (production), reaching a point is one dict lookup.
 """
 
@@ -29,6 +37,8 @@ def _parse(spec: str) -> dict[str, tuple[str, float]]:
             points[name] = ("crash", 1.0)
         elif action.startswith("crash@"):
             points[name] = ("crash", float(action[6:]))
+        elif action.startswith("crash#"):
+            points[name] = ("crash-at", float(action[6:]))
         else:
             try:
                 points[name] = ("stall", float(action))
@@ -38,6 +48,7 @@ def _parse(spec: str) -> dict[str, tuple[str, float]]:
 
 
 _points = _parse(os.environ.get("EVENTLINE_FAULTS", ""))
+_reached: dict[str, int] = {}
 
 
 async def point(name: str) -> None:
@@ -46,9 +57,12 @@ async def point(name: str) -> None:
     if fault is None:
         return
     action, amount = fault
+    _reached[name] = _reached.get(name, 0) + 1
     if action == "stall":
         await asyncio.sleep(amount)
-    elif random.random() < amount:
+    elif (action == "crash-at" and _reached[name] >= amount) or (
+        action == "crash" and random.random() < amount
+    ):
         sys.stderr.write(f"fault point {name}: crashing\n")
         sys.stderr.flush()
         os._exit(137)

@@ -248,7 +248,7 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
     assert sent == len(by_recipient(smtp_server))
 
 
-@pytest.mark.parametrize("fault", ["exit_before_ack", "exit_after_send"])
+@pytest.mark.parametrize("fault", ["campaigns.before_ack", "campaigns.after_send"])
 async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
     fault,
     db_url,
@@ -304,7 +304,12 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
             ]
         )
     )
-    faulty = worker(env, tmp_path).start(EVENTLINE_CAMPAIGNS_FAULT=fault)
+    # The relay publishes asynchronously: wait until the whole batch is on the stream.
+    deadline = time.monotonic() + 10
+    while await redis_client.xlen(stream_key) < customers:
+        assert time.monotonic() < deadline, "the events did not reach the stream"
+        await asyncio.sleep(0.02)
+    faulty = worker(env, tmp_path).start(EVENTLINE_FAULTS=f"{fault}=crash")
     assert await faulty.exited(30) == 137
     calls_before = len(smtp_server.messages)
     assert calls_before == customers, "the worker called the provider for the whole batch, then died"
@@ -317,6 +322,6 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
         survivor.kill()
     recipients = by_recipient(smtp_server)
     assert len(recipients) == customers and all(len(ids) == 1 for ids in recipients.values())
-    if fault == "exit_before_ack":
+    if fault == "campaigns.before_ack":
         assert len(smtp_server.messages) == customers, "no second provider call"
     assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == {2: customers}

@@ -26,9 +26,8 @@ from eventline.common.v1 import common_pb2
 from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
-from eventline_campaigns import faults
 from eventline_campaigns.engine import Engine
-from eventline_shared import database
+from eventline_shared import database, faults
 from eventline_shared.errors import Unavailable
 from eventline_shared.stream import StreamEntry
 
@@ -198,7 +197,7 @@ class StreamConsumer:
                         extra={"entry_id": item.entry.entry_id, "error": repr(single)[:500]},
                     )
         if done:
-            faults.point("exit_before_ack")
+            await faults.point("campaigns.before_ack")
             await self.client.xack(self.stream, self.group, *done)
         log.debug("stream entries processed", extra={"entries": len(entries), "acknowledged": len(done)})
         return len(entries)

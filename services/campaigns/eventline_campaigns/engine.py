@@ -30,7 +30,6 @@ from typing import Any
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 
-from eventline_campaigns import faults
 from eventline_campaigns.audience import Audience, AudienceUnresolvable
 from eventline_campaigns.channels import (
     EMAIL,
@@ -54,6 +53,7 @@ from eventline_campaigns.model import (
 )
 from eventline_campaigns.repository import CampaignRepository, Outcome, Owned, Planned, Profile
 from eventline_campaigns.templates import RenderError, variables
+from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
 
 log = logging.getLogger(__name__)
@@ -437,7 +437,7 @@ class Engine:
         outcomes: list[Outcome] = list(singles)
         for batch in batches:
             outcomes += batch
-        faults.point("exit_after_send")
+        await faults.point("campaigns.after_send")
         await self.repository.mark(outcomes)
         return sum(1 for o in outcomes if o.status == SENT)
 
