@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
 from eventline_campaigns.engine import Engine
-from eventline_shared import database, faults
+from eventline_shared import database, faults, tracing
 from eventline_shared.errors import Unavailable
 from eventline_shared.stream import StreamEntry
 
@@ -239,8 +239,18 @@ class StreamConsumer:
         customer = [p.event for p in items if p.event.kind == common_pb2.EVENT_KIND_CUSTOMER]
         if customer:
             await self.engine.handle_customer_events(customer)
+            if log.isEnabledFor(logging.DEBUG):
+                for item in items:
+                    # Each event's own trace, continued from the call that stored it.
+                    trace = tracing.TraceContext.parse(item.entry.traceparent) or tracing.TraceContext.root()
+                    log.debug(
+                        "customer event handled",
+                        extra={"event_id": item.event.event_id, "trace_id": trace.trace_id},
+                    )
         for item in items:
             if item.event.kind == common_pb2.EVENT_KIND_SYSTEM:
+                # The fan-out's log lines carry the trace of the call that stored the event.
+                tracing.continue_from(item.entry.traceparent)
                 await self.engine.handle_system_event(item.event, self._keepalive(item.entry.entry_id))
 
     def _keepalive(self, entry_id: str):  # type: ignore[no-untyped-def]
