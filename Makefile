@@ -34,6 +34,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy libs/eventline_shared libs/eventline_cli services
 	$(BIN)/buf lint
 
 protos: $(STAMP)

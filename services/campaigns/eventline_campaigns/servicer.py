@@ -8,7 +8,6 @@ import json
 import uuid
 from typing import Any
 
-import grpc
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_campaigns import validation
@@ -24,9 +23,8 @@ from eventline_shared.errors import (
     NotFound,
     raise_if_any,
 )
+from eventline_shared.grpc_server import Context
 from eventline_shared.values import datetime_to_timestamp, decode_values, python_values
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
@@ -86,7 +84,7 @@ def _delivery(row: DeliveryRow) -> campaigns_pb2.Delivery:
     )
 
 
-class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
+class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ignore[misc]
     def __init__(self, repository: CampaignRepository, audience: Audience, cache: CampaignCache) -> None:
         self.repository = repository
         self.audience = audience
