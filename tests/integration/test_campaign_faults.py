@@ -65,7 +65,8 @@ async def create_and_activate(address: str, campaign: campaigns_pb2.Campaign) ->
 async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-untyped-def]
     db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
 ) -> None:
-    customers = 200
+    """Issue 6, scenario 5: killed with 1,000 read but unacknowledged entries."""
+    customers = 1000
     rows = [(f"k{i:03d}", f"k{i:03d}@example.com", 1) for i in range(customers)]
     await db.copy_records_to_table(
         "customers", records=rows, columns=["customer_id", "email", "email_consent"]
@@ -79,7 +80,7 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
         str(tmp_path / "sink"),
         EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
         EVENTLINE_CAMPAIGNS_LEASE_S="1",
-        EVENTLINE_CAMPAIGNS_READ_BATCH="20",
+        EVENTLINE_CAMPAIGNS_READ_BATCH="1000",
     )
     first = worker(env, tmp_path).start()
     try:
@@ -105,17 +106,19 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
                 ]
             )
         )
-        await wait_until(lambda: len(smtp_server.messages) >= 20, 20, "the first worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 20, 30, "the first worker sent nothing")
         first.kill()  # kill -9, in the middle of the work
     finally:
         first.kill()
+    unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
+    assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
     sent_before = len(smtp_server.messages)
     assert sent_before < customers, "the worker finished before it was killed; the test proves nothing"
     second = worker(env, tmp_path).start()
     try:
         await second.serving()
         await wait_until(
-            lambda: len(by_recipient(smtp_server)) == customers, 60, "not every customer got the message"
+            lambda: len(by_recipient(smtp_server)) == customers, 120, "not every customer got the message"
         )
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)  # leases expire: any extra message would arrive now
@@ -325,3 +328,72 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
     if fault == "campaigns.before_ack":
         assert len(smtp_server.messages) == customers, "no second provider call"
     assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == {2: customers}
+
+
+@pytest.mark.timeout(900)
+async def test_fan_out_to_50k_customers_with_the_worker_killed_midway(  # type: ignore[no-untyped-def]
+    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+) -> None:
+    """Issue 6, scenario 9: a system event fans out an SMS to 50,000 customers; the worker is
+    killed with kill -9 midway and another finishes: every customer gets exactly one message
+    (one idempotency key; a provider call repeated after the crash carries the same key)."""
+    import json
+
+    customers = 50_000
+    rows = [(f"s{i:05d}", f"+49151{i:08d}", 1) for i in range(customers)]
+    await db.copy_records_to_table("customers", records=rows, columns=["customer_id", "phone", "sms_consent"])
+    env = campaigns_env(
+        db_url,
+        stream_key,
+        segmentation_server.port,
+        smtp_server.port,
+        http_provider.port,
+        str(tmp_path / "sink"),
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
+        EVENTLINE_CAMPAIGNS_LEASE_S="2",
+    )
+    first = worker(env, tmp_path).start()
+    try:
+        await first.serving()
+        await create_and_activate(
+            first.address,
+            campaigns_pb2.Campaign(
+                display_name="Flash sale",
+                trigger=campaigns_pb2.Trigger(
+                    system_event=campaigns_pb2.SystemEventTrigger(event_name="FlashSale")
+                ),
+                actions=[
+                    campaigns_pb2.Action(
+                        sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}")
+                    )
+                ],
+            ),
+        )
+        await asyncio.sleep(0.3)
+        await ingestion.TrackSystemEvent(
+            ingestion_pb2.TrackSystemEventRequest(event_id="flash-1", name="FlashSale")
+        )
+        await wait_until(
+            lambda: len(http_provider.requests) >= 5_000, 120, "the first worker sent too little"
+        )
+        first.kill()  # kill -9, midway
+    finally:
+        first.kill()
+    assert len(http_provider.requests) < customers, "the fan-out finished before the kill"
+    second = worker(env, tmp_path).start()
+    try:
+        await second.serving()
+        deadline = time.monotonic() + 240
+        while await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2") < customers:
+            assert time.monotonic() < deadline, "the fan-out did not complete"
+            await asyncio.sleep(0.2)
+        await wait_for_no_pending(redis_client, stream_key)
+        await asyncio.sleep(2.5)  # leases expire: any extra send would happen now
+    finally:
+        second.kill()
+    keys_by_phone: dict[str, set[str]] = defaultdict(set)
+    for _, headers, body in http_provider.requests:
+        keys_by_phone[json.loads(body)["to"]].add(headers["idempotency-key"])
+    assert len(keys_by_phone) == customers
+    assert all(len(keys) == 1 for keys in keys_by_phone.values()), "a customer got two different messages"
+    assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'flash-1'") is True

@@ -73,6 +73,8 @@ class StreamConsumer:
         self.dead_letter_stream = dead_letter_stream
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
+        # Entries this consumer is processing right now: never reclaimed from itself.
+        self._inflight: set[str] = set()
         self.max_attempts = max_attempts
         self.recover_interval_s = recover_interval_s
         self.concurrency = concurrency
@@ -116,6 +118,7 @@ class StreamConsumer:
             claimed += [StreamEntry.from_fields(entry_id, fields) for entry_id, fields in reply[1] if fields]
             if start == "0-0" or len(claimed) >= self.batch:
                 break
+        claimed = [entry for entry in claimed if entry.entry_id not in self._inflight]
         if not claimed:
             return []
         log.debug("stream entries reclaimed", extra={"entries": len(claimed)})
@@ -175,6 +178,28 @@ class StreamConsumer:
             parsed.append(_Parsed(entry, event))
         if not parsed:
             return len(entries)
+        ids = [p.entry.entry_id for p in parsed]
+        self._inflight.update(ids)
+        heartbeat = asyncio.create_task(self._hold(ids))
+        try:
+            return await self._process_parsed(entries, parsed)
+        finally:
+            heartbeat.cancel()
+            self._inflight.difference_update(ids)
+
+    async def _hold(self, entry_ids: Sequence[str]) -> None:
+        """While entries are processed, keep resetting their idle time (XCLAIM JUSTID does not
+        count as a delivery), so that no replica reclaims work that is still going on."""
+        while True:
+            await asyncio.sleep(max(self.claim_idle_ms / 3000, 0.05))
+            try:
+                await self.client.xclaim(
+                    self.stream, self.group, self.consumer, 0, list(entry_ids), justid=True
+                )
+            except redis_errors.RedisError:
+                pass
+
+    async def _process_parsed(self, entries: Sequence[StreamEntry], parsed: Sequence[_Parsed]) -> int:
         try:
             await self._process_with_retries(parsed)
             done = [p.entry.entry_id for p in parsed]
