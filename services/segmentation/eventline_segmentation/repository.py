@@ -131,6 +131,8 @@ class SegmentationRepository:
         return existing
 
     async def get_segment(self, segment_id: str) -> StoredSegment:
+        if "\x00" in segment_id:  # PostgreSQL text cannot hold NUL: no stored id can match it
+            raise NotFound(f"segment {segment_id!r} does not exist")
         row = await self.pool.fetchrow(
             f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE segment_id = $1", segment_id
         )
@@ -151,6 +153,8 @@ class SegmentationRepository:
         return [_segment(r) for r in rows]
 
     async def update_segment(self, segment_id: str, changes: dict[str, Any]) -> StoredSegment:
+        if "\x00" in segment_id:
+            raise NotFound(f"segment {segment_id!r} does not exist")
         # Column names come from a fixed whitelist, never from the request.
         allowed = {"display_name", "description", "filter"}
         assert set(changes) <= allowed
@@ -168,6 +172,8 @@ class SegmentationRepository:
         return _segment(row)
 
     async def delete_segment(self, segment_id: str) -> None:
+        if "\x00" in segment_id:
+            raise NotFound(f"segment {segment_id!r} does not exist")
         deleted = await self.pool.fetchval(
             "DELETE FROM segments WHERE segment_id = $1 RETURNING segment_id", segment_id
         )
