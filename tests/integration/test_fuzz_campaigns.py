@@ -1,0 +1,198 @@
+"""Scenario 16 for CampaignService: fuzzed requests to every RPC get clean errors, never INTERNAL.
+
+Hostile campaign ids, triggers, predicates, audiences (reusing the segmentation fuzz strategies),
+templates with syntax errors and sandbox attacks, frequency caps, paging; a refused write leaves the
+``campaigns`` table as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from eventline.campaigns.v1 import campaigns_pb2 as pb
+from eventline.campaigns.v1 import campaigns_pb2_grpc
+from google.protobuf import duration_pb2, field_mask_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.test_fuzz_segmentation import (
+    CLEAN,
+    bindings,
+    codes,
+    enum_numbers,
+    filters,
+    page_sizes,
+    page_tokens,
+    predicates,
+)
+
+WRITE_CLEAN = CLEAN | {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION}
+STATE_CLEAN = CLEAN | {grpc.StatusCode.FAILED_PRECONDITION}
+
+templates = st.one_of(
+    st.sampled_from(
+        [
+            "{{ ",
+            "{% for %}",
+            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+            "{{ 'x'|attr('format') }}",
+            "{% for i in range(10**9) %}x{% endfor %}",
+            "{{ customer.email }}",
+            "{{ event.context['item-id'] }}",
+            "{{ 9**9**9 }}",
+            "\x00",
+            "x" * 100_000,
+            "",
+        ]
+    ),
+    st.text(max_size=40),
+)
+actions = st.one_of(
+    st.builds(
+        pb.Action,
+        email=st.builds(pb.EmailAction, subject=templates, html_body=templates, text_body=templates),
+    ),
+    st.builds(pb.Action, sms=st.builds(pb.SmsAction, text=templates)),
+    st.builds(
+        pb.Action,
+        push=st.builds(
+            pb.PushAction, title=templates, body=templates, data=st.dictionaries(codes, templates, max_size=3)
+        ),
+    ),
+    st.just(pb.Action()),
+)
+triggers = st.one_of(
+    st.builds(
+        pb.Trigger,
+        customer_event=st.builds(
+            pb.CustomerEventTrigger, event_name=codes, context_predicates=st.lists(predicates, max_size=3)
+        ),
+    ),
+    st.builds(
+        pb.Trigger,
+        system_event=st.builds(
+            pb.SystemEventTrigger, event_name=codes, context_predicates=st.lists(predicates, max_size=3)
+        ),
+    ),
+    st.just(pb.Trigger()),
+)
+durations = st.builds(
+    duration_pb2.Duration,
+    seconds=st.one_of(st.integers(-(2**40), 2**40), st.integers(-5, 10**6)),
+    nanos=st.integers(-999_999_999, 999_999_999),
+)
+caps = st.builds(
+    pb.FrequencyCap, max_sends=st.integers(-(2**31), 2**31 - 1), period=st.one_of(st.none(), durations)
+)
+campaign_ids = st.one_of(st.sampled_from(["camp-1", "camp_1", "", "x\x00"]), codes)
+campaigns_messages = st.builds(
+    pb.Campaign,
+    campaign_id=campaign_ids,
+    display_name=st.one_of(st.text(max_size=30), st.just("d" * 5000)),
+    state=enum_numbers,
+    trigger=st.one_of(st.none(), triggers),
+    audience=st.one_of(st.none(), filters),
+    actions=st.lists(actions, max_size=3),
+    frequency_cap=st.one_of(st.none(), caps),
+)
+
+
+@pytest.fixture
+async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:  # type: ignore[no-untyped-def]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
+
+
+async def _call(call, message, allowed=CLEAN):  # type: ignore[no-untyped-def]
+    try:
+        return await call(message)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() in allowed, (call, error.code(), error.details(), message)
+        return None
+
+
+async def _rows(db):  # type: ignore[no-untyped-def]
+    return await db.fetch("SELECT * FROM campaigns ORDER BY campaign_id")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    campaign=campaigns_messages,
+    campaign_id=campaign_ids,
+    update=campaigns_messages,
+    mask=st.lists(
+        st.one_of(
+            st.sampled_from(
+                ["display_name", "trigger", "audience", "actions", "frequency_cap", "state", "campaign_id"]
+            ),
+            codes,
+        ),
+        max_size=3,
+    ),
+    page_size=page_sizes,
+    page_token=page_tokens,
+    states=st.lists(enum_numbers, max_size=3),
+    customer_id=codes,
+    context=bindings,
+    lifecycle=st.lists(st.sampled_from(["activate", "pause", "archive"]), max_size=3),
+)
+async def test_fuzzed_campaign_requests_are_clean_and_all_or_nothing(  # type: ignore[no-untyped-def]
+    campaigns,
+    db,
+    campaign,
+    campaign_id,
+    update,
+    mask,
+    page_size,
+    page_token,
+    states,
+    customer_id,
+    context,
+    lifecycle,
+):
+    """Every CampaignService RPC answers or refuses cleanly; a refused write changes no campaign row."""
+    before = await _rows(db)
+    created = await _call(
+        campaigns.CreateCampaign,
+        pb.CreateCampaignRequest(campaign=campaign, campaign_id=campaign_id),
+        WRITE_CLEAN,
+    )
+    if created is None:
+        assert await _rows(db) == before
+    target = created.campaign.campaign_id if created is not None else campaign_id
+    await _call(campaigns.GetCampaign, pb.GetCampaignRequest(campaign_id=target))
+    update.campaign_id = target
+    before = await _rows(db)
+    updated = await _call(
+        campaigns.UpdateCampaign,
+        pb.UpdateCampaignRequest(campaign=update, update_mask=field_mask_pb2.FieldMask(paths=mask)),
+        WRITE_CLEAN,
+    )
+    if updated is None:
+        assert await _rows(db) == before
+    for step in lifecycle:
+        before = await _rows(db)
+        call, request = {
+            "activate": (campaigns.ActivateCampaign, pb.ActivateCampaignRequest),
+            "pause": (campaigns.PauseCampaign, pb.PauseCampaignRequest),
+            "archive": (campaigns.ArchiveCampaign, pb.ArchiveCampaignRequest),
+        }[step]
+        if await _call(call, request(campaign_id=target), STATE_CLEAN) is None:
+            assert await _rows(db) == before
+    await _call(
+        campaigns.PreviewMessage,
+        pb.PreviewMessageRequest(campaign_id=target, customer_id=customer_id, context=context),
+        STATE_CLEAN,
+    )
+    await _call(
+        campaigns.ListCampaigns,
+        pb.ListCampaignsRequest(page_size=page_size, page_token=page_token, states=states),
+    )
+    for parent in ({"campaign_id": target}, {"customer_id": customer_id}, {"event_id": customer_id}, {}):
+        await _call(
+            campaigns.ListDeliveries,
+            pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token, **parent),
+        )
+    await _call(campaigns.GetCampaignStats, pb.GetCampaignStatsRequest(campaign_id=target))
