@@ -14,7 +14,7 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2 as pb
 from eventline.campaigns.v1 import campaigns_pb2_grpc
 from google.protobuf import duration_pb2, field_mask_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_fuzz_segmentation import (
@@ -25,6 +25,8 @@ from tests.integration.test_fuzz_segmentation import (
     filters,
     page_sizes,
     page_tokens,
+    plausible_filters,
+    plausible_predicates,
     predicates,
 )
 
@@ -87,7 +89,26 @@ caps = st.builds(
     pb.FrequencyCap, max_sends=st.integers(-(2**31), 2**31 - 1), period=st.one_of(st.none(), durations)
 )
 campaign_ids = st.one_of(st.sampled_from(["camp-1", "camp_1", "", "x\x00"]), codes)
-campaigns_messages = st.builds(
+plausible_campaigns = st.builds(
+    pb.Campaign,
+    display_name=st.text(min_size=1, max_size=30),
+    trigger=st.builds(
+        pb.Trigger,
+        customer_event=st.builds(
+            pb.CustomerEventTrigger,
+            event_name=st.sampled_from(["Viewed", "PasswordRecoveryRequested"]),
+            context_predicates=st.lists(plausible_predicates, max_size=2),
+        ),
+    ),
+    audience=st.one_of(st.none(), plausible_filters),
+    actions=st.lists(
+        st.builds(pb.Action, email=st.builds(pb.EmailAction, subject=templates, text_body=templates)),
+        min_size=1,
+        max_size=2,
+    ),
+    frequency_cap=st.one_of(st.none(), caps),
+)
+hostile_campaigns = st.builds(
     pb.Campaign,
     campaign_id=campaign_ids,
     display_name=st.one_of(st.text(max_size=30), st.just("d" * 5000)),
@@ -97,6 +118,7 @@ campaigns_messages = st.builds(
     actions=st.lists(actions, max_size=3),
     frequency_cap=st.one_of(st.none(), caps),
 )
+campaigns_messages = st.one_of(hostile_campaigns, plausible_campaigns)
 
 
 @pytest.fixture
@@ -120,7 +142,7 @@ async def _rows(db):  # type: ignore[no-untyped-def]
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     campaign=campaigns_messages,
-    campaign_id=campaign_ids,
+    campaign_id=st.one_of(st.just(""), campaign_ids),
     update=campaigns_messages,
     mask=st.lists(
         st.one_of(
@@ -159,6 +181,7 @@ async def test_fuzzed_campaign_requests_are_clean_and_all_or_nothing(  # type: i
         pb.CreateCampaignRequest(campaign=campaign, campaign_id=campaign_id),
         WRITE_CLEAN,
     )
+    event("created" if created is not None else "create refused")
     if created is None:
         assert await _rows(db) == before
     target = created.campaign.campaign_id if created is not None else campaign_id
@@ -170,6 +193,7 @@ async def test_fuzzed_campaign_requests_are_clean_and_all_or_nothing(  # type: i
         pb.UpdateCampaignRequest(campaign=update, update_mask=field_mask_pb2.FieldMask(paths=mask)),
         WRITE_CLEAN,
     )
+    event("updated" if updated is not None else "update refused")
     if updated is None:
         assert await _rows(db) == before
     for step in lifecycle:

@@ -12,7 +12,7 @@ import pytest
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from google.protobuf import field_mask_pb2, timestamp_pb2
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND}
@@ -152,13 +152,35 @@ def targeted(draw, factory):  # type: ignore[no-untyped-def]
     return message
 
 
-segments = st.builds(
+plausible_predicates = st.builds(
+    pb.Predicate,
+    field=st.sampled_from(["price", "item_id", "plan"]),
+    operator=st.integers(1, 12),
+    value=st.one_of(st.none(), operands),
+    values=st.lists(operands, max_size=3),
+)
+plausible_filters = st.builds(
+    pb.Filter,
+    event=st.builds(
+        pb.EventCondition,
+        name=st.sampled_from(["Viewed", "Purchased"]),
+        predicates=st.lists(plausible_predicates, max_size=2),
+    ),
+)
+plausible_segments = st.builds(
+    pb.Segment,
+    display_name=st.text(min_size=1, max_size=30),
+    description=st.text(max_size=30),
+    filter=st.one_of(st.just(pb.Filter(event=pb.EventCondition(name="Viewed"))), plausible_filters),
+)
+hostile_segments = st.builds(
     pb.Segment,
     segment_id=segment_ids,
     display_name=st.one_of(st.text(max_size=30), st.just("d" * 5000)),
     description=st.one_of(st.text(max_size=30), st.just("d" * 100_000)),
     filter=st.one_of(st.none(), filters),
 )
+segments = st.one_of(hostile_segments, plausible_segments)
 
 
 async def _call(call, message, allowed=CLEAN):  # type: ignore[no-untyped-def]
@@ -206,7 +228,7 @@ async def test_fuzzed_queries_get_clean_errors(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     segment=segments,
-    segment_id=segment_ids,
+    segment_id=st.one_of(st.just(""), segment_ids),
     update=segments,
     mask=st.lists(
         st.one_of(st.sampled_from(["filter", "display_name", "description", "segment_id"]), codes), max_size=3
@@ -226,6 +248,7 @@ async def test_fuzzed_segment_writes_are_clean_and_all_or_nothing(  # type: igno
         pb.CreateSegmentRequest(segment=segment, segment_id=segment_id),
         WRITE_CLEAN,
     )
+    event("created" if created is not None else "create refused")
     if created is None:
         assert await db.fetch("SELECT * FROM segments ORDER BY segment_id") == before
     target = created.segment.segment_id if created is not None else segment_id
@@ -237,6 +260,7 @@ async def test_fuzzed_segment_writes_are_clean_and_all_or_nothing(  # type: igno
         pb.UpdateSegmentRequest(segment=update, update_mask=field_mask_pb2.FieldMask(paths=mask)),
         WRITE_CLEAN,
     )
+    event("updated" if updated is not None else "update refused")
     if updated is None:
         assert await db.fetch("SELECT * FROM segments ORDER BY segment_id") == before
     await _call(segmentation.ListSegments, pb.ListSegmentsRequest(page_size=page_size, page_token=page_token))
