@@ -89,6 +89,10 @@ caps = st.builds(
     pb.FrequencyCap, max_sends=st.integers(-(2**31), 2**31 - 1), period=st.one_of(st.none(), durations)
 )
 campaign_ids = st.one_of(st.sampled_from(["camp-1", "camp_1", "", "x\x00"]), codes)
+usable_texts = st.one_of(
+    st.text(st.characters(blacklist_characters="{}%#\x00"), min_size=1, max_size=40),
+    st.sampled_from(["Hi {{ customer.email }}", "{{ client.eventContext['item-id'] }}", "{{ '{{' }}"]),
+)
 plausible_campaigns = st.builds(
     pb.Campaign,
     display_name=st.text(min_size=1, max_size=30),
@@ -97,16 +101,24 @@ plausible_campaigns = st.builds(
         customer_event=st.builds(
             pb.CustomerEventTrigger,
             event_name=st.sampled_from(["Viewed", "PasswordRecoveryRequested"]),
-            context_predicates=st.lists(plausible_predicates, max_size=2),
+            context_predicates=st.one_of(st.just([]), st.lists(plausible_predicates, max_size=1)),
         ),
     ),
     audience=st.one_of(st.none(), plausible_filters),
     actions=st.lists(
-        st.builds(pb.Action, email=st.builds(pb.EmailAction, subject=templates, text_body=templates)),
+        st.builds(pb.Action, email=st.builds(pb.EmailAction, subject=usable_texts, text_body=usable_texts)),
         min_size=1,
-        max_size=2,
+        max_size=1,
     ),
-    frequency_cap=st.one_of(st.none(), caps),
+    frequency_cap=st.one_of(
+        st.none(),
+        caps,
+        st.builds(
+            pb.FrequencyCap,
+            max_sends=st.integers(1, 2**31 - 1),
+            period=st.builds(duration_pb2.Duration, seconds=st.integers(1, 366 * 86400)),
+        ),
+    ),
 )
 hostile_campaigns = st.builds(
     pb.Campaign,
@@ -139,7 +151,7 @@ async def _rows(db):  # type: ignore[no-untyped-def]
     return await db.fetch("SELECT * FROM campaigns ORDER BY campaign_id")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     campaign=campaigns_messages,
     campaign_id=st.one_of(st.just(""), campaign_ids),

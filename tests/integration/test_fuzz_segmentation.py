@@ -191,7 +191,7 @@ async def _call(call, message, allowed=CLEAN):  # type: ignore[no-untyped-def]
         return None
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     count=targeted(pb.CountCustomersRequest),
     listing=targeted(pb.ListCustomersRequest),
@@ -225,7 +225,7 @@ async def test_fuzzed_queries_get_clean_errors(
         assert reply.valid == (not reply.violations)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     segment=segments,
     segment_id=st.one_of(st.just(""), segment_ids),
