@@ -18,13 +18,20 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from eventline_shared import database, logs
 from eventline_shared.config import CommonSettings, ConfigError
-from eventline_shared.errors import DeadlineExceeded, EventlineError, Unavailable
+from eventline_shared.errors import (
+    DeadlineExceeded,
+    EventlineError,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+)
 from eventline_shared.metrics import Operations
 
 log = logging.getLogger(__name__)
@@ -114,14 +121,26 @@ def current_request_id() -> str:
     return f"{os.getpid():x}-{id(context):x}"
 
 
+def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
+    """The request message; one protobuf cannot decode (e.g. nested past its depth limit of
+    100) is INVALID_ARGUMENT, where gRPC's own decoding would answer UNKNOWN."""
+    if decode is None:
+        return raw
+    try:
+        return decode(raw)
+    except DecodeError as exc:
+        raise InvalidArgument([FieldViolation("", f"the request cannot be decoded: {exc}")]) from None
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
     if handler.unary_unary:
         inner_unary = handler.unary_unary
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
             try:
-                return await inner_unary(request, context)
+                return await inner_unary(_decode(decode, raw), context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -129,16 +148,16 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return grpc.unary_unary_rpc_method_handler(
             unary,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,  # decoded in ``unary``, where a bad message is a clean error
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         inner_stream = handler.unary_stream
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             _current_call.set(context)
             try:
-                async for reply in inner_stream(request, context):
+                async for reply in inner_stream(_decode(decode, raw), context):
                     yield reply
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
@@ -147,7 +166,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
     return handler
