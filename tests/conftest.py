@@ -179,14 +179,20 @@ async def smtp_server() -> AsyncIterator[SmtpInbox]:
 
 
 class HttpProvider:
-    """A minimal HTTP/1.1 server that records every request; ``fail_next`` replies 503 that many times."""
+    """A minimal HTTP/1.1 server that records every request and counts connections;
+    ``fail_next`` replies 503 that many times, then every reply is ``status``."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.fail_next = 0
+        self.status = "200 OK"
+        self.connections = 0
+        self.open: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open.add(writer)
         try:
             while True:
                 line = await reader.readline()
@@ -199,14 +205,22 @@ class HttpProvider:
                     headers[name.strip().lower()] = text.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.requests.append((path, headers, body))
-                status = "503 Service Unavailable" if self.fail_next > 0 else "200 OK"
+                status = "503 Service Unavailable" if self.fail_next > 0 else self.status
                 self.fail_next = max(0, self.fail_next - 1)
                 writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
+            self.open.discard(writer)
             writer.close()
+
+    async def close(self) -> None:
+        """Close the connections clients still keep alive."""
+        writers = list(self.open)
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
 
 
 @pytest.fixture
@@ -216,6 +230,7 @@ async def http_provider() -> AsyncIterator[HttpProvider]:
     provider.port = server.sockets[0].getsockname()[1]
     yield provider
     server.close()
+    await provider.close()
 
 
 def campaigns_env(

@@ -3,7 +3,8 @@
 * ``SmtpChannel``: e-mail over SMTP (aiosmtplib); the delivery id is in the
   ``Message-ID`` header (``<delivery-123@domain>``) so a receiving system can
   drop a repeated message.
-* ``HttpChannel``: SMS and push providers over HTTP (httpx). The request is a
+* ``HttpChannel``: SMS and push providers over HTTP (aiohttp, keep-alive
+  connections shared by all concurrent sends). The request is a
   ``POST`` of a JSON object::
 
       SMS:  {"delivery_id": "123", "channel": "sms", "to": "+4915112345678", "text": "..."}
@@ -35,8 +36,8 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import aiosmtplib
-import httpx
 
 EMAIL = 1
 SMS = 2
@@ -173,7 +174,19 @@ class HttpChannel:
     def __init__(self, url: str, secret: str, *, timeout_s: float = 5.0) -> None:
         self.url = url
         self.secret = secret
-        self.client = httpx.AsyncClient(timeout=timeout_s)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Created on first use: an aiohttp session belongs to the running event loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # a provider's cookies must not leak between calls
+                connector=aiohttp.TCPConnector(limit=100),
+            )
+        return self._session
 
     @staticmethod
     def payload(message: Message) -> dict[str, Any]:
@@ -203,18 +216,21 @@ class HttpChannel:
             "X-Eventline-Signature": signature(self.secret, timestamp, body),
         }
         try:
-            reply = await self.client.post(self.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with self.session.post(self.url, data=body, headers=headers) as reply:
+                status = reply.status
+                detail = "" if 200 <= status < 300 else (await reply.text(errors="replace"))[:200]
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"provider unreachable: {type(exc).__name__}") from None
-        if reply.is_success:
+        if 200 <= status < 300:
             return
-        detail = f"provider replied {reply.status_code}: {reply.text[:200]}"
-        if reply.status_code in (408, 429) or reply.status_code >= 500:
+        detail = f"provider replied {status}: {detail}"
+        if status in (408, 429) or status >= 500:
             raise TransientError(detail)
         raise PermanentError(detail)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class FileSink:
