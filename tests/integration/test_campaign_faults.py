@@ -330,7 +330,7 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
     assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == {2: customers}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-untyped-def]
     db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
 ) -> None:
@@ -338,12 +338,12 @@ async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-u
     killed with kill -9 midway and another finishes: every customer gets exactly one message
     (one idempotency key; a provider call repeated after the crash carries the same key).
 
-    CI runs it with 10,000 customers: at ~300 SMS/s through the test's HTTP server the issue's
-    50,000 (EVENTLINE_TEST_FANOUT_CUSTOMERS=50000) take minutes on a 2-core machine."""
+    50,000 customers, the issue's scale (about 20 s on 2 cores); EVENTLINE_TEST_FANOUT_CUSTOMERS
+    sets another."""
     import json
     import os
 
-    customers = int(os.environ.get("EVENTLINE_TEST_FANOUT_CUSTOMERS", "10000"))
+    customers = int(os.environ.get("EVENTLINE_TEST_FANOUT_CUSTOMERS", "50000"))
     rows = [(f"s{i:05d}", f"+49151{i:08d}", 1) for i in range(customers)]
     await db.copy_records_to_table("customers", records=rows, columns=["customer_id", "phone", "sms_consent"])
     env = campaigns_env(
@@ -387,7 +387,7 @@ async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-u
     second = worker(env, tmp_path).start()
     try:
         await second.serving()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 300
         while await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2") < customers:
             assert time.monotonic() < deadline, "the fan-out did not complete"
             await asyncio.sleep(0.2)
