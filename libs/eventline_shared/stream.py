@@ -143,15 +143,13 @@ async def safe_trim_point(client: redis.Redis, stream: str, retention_s: float) 
         return None
     keep = f"{int((time.time() - retention_s) * 1000)}-0"
     for group in await client.xinfo_groups(stream):
-        name = group["name"]
         last = group["last-delivered-id"]
-        last = last.decode() if isinstance(last, bytes) else last
-        needed = _next_id(last)
-        if group["pending"]:
-            summary = await client.xpending(stream, name)
-            lowest = summary["min"]
-            lowest = lowest.decode() if isinstance(lowest, bytes) else lowest
-            needed = min(needed, lowest, key=_id_key)
+        needed = _next_id(last.decode() if isinstance(last, bytes) else last)
+        # Asked even when XINFO counted nothing pending: entries may have been read since. And
+        # what XINFO counted may be acknowledged by now, leaving no lowest pending id.
+        lowest = (await client.xpending(stream, group["name"]))["min"]
+        if lowest is not None:
+            needed = min(needed, lowest.decode() if isinstance(lowest, bytes) else lowest, key=_id_key)
         keep = min(keep, needed, key=_id_key)
     return keep
 

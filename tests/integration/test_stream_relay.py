@@ -92,6 +92,27 @@ async def test_trim_never_drops_unacknowledged_or_unread_entries(redis_client, s
     assert [i for i, _ in await redis_client.xrange(stream_key)] == ids[6:]  # unread by "slow"
 
 
+async def test_trim_when_pending_entries_are_acknowledged_while_it_looks(redis_client, stream_key):
+    """XINFO GROUPS counts pending entries that the consumer acknowledges before XPENDING runs
+    (seen under load: the relay's trim failed on a missing lowest pending id)."""
+    ids = [await redis_client.xadd(stream_key, {"n": str(i)}) for i in range(4)]
+    await redis_client.xgroup_create(stream_key, "g", id="0")
+    read = await redis_client.xreadgroup("g", "w1", {stream_key: ">"}, count=2)
+    delivered = [entry_id for entry_id, _ in read[0][1]]
+
+    class AcknowledgesInBetween(type(redis_client)):  # type: ignore[misc]
+        async def xinfo_groups(self, name):  # type: ignore[no-untyped-def]
+            groups = await super().xinfo_groups(name)
+            assert groups[0]["pending"] == 2
+            await redis_client.xack(stream_key, "g", *delivered)  # the consumer, meanwhile
+            return groups
+
+    client = AcknowledgesInBetween(connection_pool=redis_client.connection_pool)
+    await asyncio.sleep(0.01)
+    assert await stream.trim(client, stream_key, retention_s=0) == 2
+    assert [i for i, _ in await redis_client.xrange(stream_key)] == ids[2:]  # unread ones stay
+
+
 async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
     for i in range(5):
         await redis_client.xadd(stream_key, {"n": str(i)})
