@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
 import grpc
@@ -233,46 +233,41 @@ async def http_provider() -> AsyncIterator[HttpProvider]:
     await provider.close()
 
 
-def campaigns_env(
-    db_url: str,
-    stream_key: str,
-    segmentation_port: int,
-    smtp_port: int,
-    http_port: int,
-    sink_dir: str,
-    **extra: str,
-) -> dict[str, str]:
-    """The campaign service's environment in tests: real SMTP and HTTP providers, short timeouts."""
-    settings = dict(
-        EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{segmentation_port}",
-        EVENTLINE_SMTP_HOST="127.0.0.1",
-        EVENTLINE_SMTP_PORT=str(smtp_port),
-        EVENTLINE_SMS_URL=f"http://127.0.0.1:{http_port}/sms",
-        EVENTLINE_PUSH_URL=f"http://127.0.0.1:{http_port}/push",
-        EVENTLINE_PROVIDER_SECRET="test-secret",
-        EVENTLINE_CAMPAIGNS_SINK_DIR=sink_dir,
-        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
-        EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
-        EVENTLINE_CAMPAIGNS_POLL_S="0.1",
-    )
-    return service_env(db_url, stream_key, **{**settings, **extra})
+CampaignsEnv = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
-async def campaigns_server(  # type: ignore[no-untyped-def]
-    db_url: str, stream_key: str, redis_client, segmentation_server, smtp_server, http_provider, tmp_path
-):
+def campaigns_env(  # type: ignore[no-untyped-def]
+    db_url: str, stream_key: str, segmentation_server, smtp_server, http_provider, tmp_path
+) -> CampaignsEnv:
+    """The campaign service's environment in this test: its database and stream, the real
+    segmentation, SMTP and HTTP servers, short timeouts; ``campaigns_env(NAME="value")`` adds
+    or overrides settings."""
+
+    def env(**extra: str) -> dict[str, str]:
+        settings = dict(
+            EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{segmentation_server.port}",
+            EVENTLINE_SMTP_HOST="127.0.0.1",
+            EVENTLINE_SMTP_PORT=str(smtp_server.port),
+            EVENTLINE_SMS_URL=f"http://127.0.0.1:{http_provider.port}/sms",
+            EVENTLINE_PUSH_URL=f"http://127.0.0.1:{http_provider.port}/push",
+            EVENTLINE_PROVIDER_SECRET="test-secret",
+            EVENTLINE_CAMPAIGNS_SINK_DIR=str(tmp_path / "sink"),
+            EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
+            EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
+            EVENTLINE_CAMPAIGNS_POLL_S="0.1",
+        )
+        return service_env(db_url, stream_key, **{**settings, **extra})
+
+    return env
+
+
+@pytest.fixture
+async def campaigns_server(campaigns_env: CampaignsEnv, redis_client):  # type: ignore[no-untyped-def]
     """The campaign service without its background consumer: tests call ``consumer.drain()``."""
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
-    )
+    env = campaigns_env()
     async with running(Settings.from_env(env), consume=False) as served:
         yield served

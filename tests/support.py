@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -49,3 +51,11 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             found.update({v.field: v.description for v in bad.field_violations})
     return found
+
+
+async def wait_for_entries(redis_client, stream_key: str, count: int, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the relay has published ``count`` entries to the stream."""
+    deadline = time.monotonic() + timeout_s
+    while await redis_client.xlen(stream_key) < count:
+        assert time.monotonic() < deadline, "the relay did not publish in time"
+        await asyncio.sleep(0.01)

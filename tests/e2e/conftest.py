@@ -8,32 +8,18 @@ import grpc
 import pytest
 from eventline.campaigns.v1 import campaigns_pb2_grpc
 
-from tests.conftest import campaigns_env
+from tests.conftest import CampaignsEnv
 
 
 @pytest.fixture
 async def campaigns(  # type: ignore[no-untyped-def]
-    db_url,
-    stream_key,
-    redis_client,
-    ingestion_server,
-    segmentation_server,
-    smtp_server,
-    http_provider,
-    tmp_path,
+    campaigns_env: CampaignsEnv, redis_client, ingestion_server
 ) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:
+    """The campaign service with its consumer running, as deployed."""
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
-        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
-    )
+    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000")
     async with running(Settings.from_env(env)) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             yield campaigns_pb2_grpc.CampaignServiceStub(channel)

@@ -10,22 +10,88 @@ check exactly that: one Message-ID per (customer, trigger event).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
+import asyncpg
+import grpc
 import pytest
-from eventline.campaigns.v1 import campaigns_pb2
-from eventline.ingestion.v1 import ingestion_pb2
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from tests.conftest import SmtpInbox, campaigns_env
+from tests.conftest import SmtpInbox
 from tests.processes import ServiceProcess
-from tests.support import customer_event
+from tests.support import customer_event, wait_for_entries
 
 pytestmark = pytest.mark.slow
 
+PING = campaigns_pb2.Campaign(
+    display_name="Ping",
+    trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")),
+    actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))],
+)
 
-def worker(env: dict[str, str], tmp_path) -> ServiceProcess:  # type: ignore[no-untyped-def]
+
+def system_campaign(event_name: str, action: campaigns_pb2.Action) -> campaigns_pb2.Campaign:
+    return campaigns_pb2.Campaign(
+        display_name=event_name,
+        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name=event_name)),
+        actions=[action],
+    )
+
+
+def worker(env: dict[str, str], tmp_path: Path) -> ServiceProcess:
     return ServiceProcess("campaigns", env, tmp_path)
+
+
+@asynccontextmanager
+async def running_worker(
+    env: dict[str, str], tmp_path: Path, campaign: campaigns_pb2.Campaign | None = None
+) -> AsyncIterator[ServiceProcess]:
+    """A campaign worker process, serving (with ``campaign`` created and active); killed on exit."""
+    process = worker(env, tmp_path).start()
+    try:
+        await process.serving()
+        if campaign is not None:
+            async with grpc.aio.insecure_channel(process.address) as channel:
+                stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
+                created = await stub.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
+                await stub.ActivateCampaign(
+                    campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
+                )
+            await asyncio.sleep(0.3)  # the consumer has picked the campaign up
+        yield process
+    finally:
+        process.kill()
+
+
+async def add_email_customers(db: asyncpg.Connection, prefix: str, count: int, consent=lambda i: 1) -> None:  # type: ignore[no-untyped-def]
+    rows = [(f"{prefix}{i:03d}", f"{prefix}{i:03d}@example.com", consent(i)) for i in range(count)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+
+
+async def track_pings(
+    ingestion: ingestion_pb2_grpc.IngestionServiceStub, prefix: str, count: int, event_prefix: str
+) -> None:
+    """One batch: a Ping for each customer ``<prefix>000``…"""
+    await ingestion.TrackEvents(
+        ingestion_pb2.TrackEventsRequest(
+            events=[
+                ingestion_pb2.TrackEventsItem(
+                    customer_event=customer_event(f"{prefix}{i:03d}", "Ping", f"{event_prefix}{i}")
+                )
+                for i in range(count)
+            ]
+        )
+    )
 
 
 async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -49,200 +115,88 @@ def by_recipient(inbox: SmtpInbox) -> dict[str, set[str]]:
     return found
 
 
-async def create_and_activate(address: str, campaign: campaigns_pb2.Campaign) -> str:
-    import grpc
-    from eventline.campaigns.v1 import campaigns_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
-        created = await stub.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
-        await stub.ActivateCampaign(
-            campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
-        )
-        return str(created.campaign.campaign_id)
+async def statuses(db: asyncpg.Connection) -> dict[int, int]:
+    return dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
 
 
 async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, tmp_path, db
 ) -> None:
     """Issue 6, scenario 5: killed with 1,000 read but unacknowledged entries."""
     customers = 1000
-    rows = [(f"k{i:03d}", f"k{i:03d}@example.com", 1) for i in range(customers)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
+    await add_email_customers(db, "k", customers)
     env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
         EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
         EVENTLINE_CAMPAIGNS_LEASE_S="1",
         EVENTLINE_CAMPAIGNS_READ_BATCH="1000",
     )
-    first = worker(env, tmp_path).start()
-    try:
-        await first.serving()
-        await create_and_activate(
-            first.address,
-            campaigns_pb2.Campaign(
-                display_name="Ping",
-                trigger=campaigns_pb2.Trigger(
-                    customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
-                ),
-                actions=[
-                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))
-                ],
-            ),
-        )
-        await asyncio.sleep(0.3)
-        await ingestion.TrackEvents(
-            ingestion_pb2.TrackEventsRequest(
-                events=[
-                    ingestion_pb2.TrackEventsItem(customer_event=customer_event(f"k{i:03d}", "Ping", f"p{i}"))
-                    for i in range(customers)
-                ]
-            )
-        )
+    async with running_worker(env, tmp_path, PING) as first:
+        await track_pings(ingestion, "k", customers, "p")
         await wait_until(lambda: len(smtp_server.messages) >= 20, 30, "the first worker sent nothing")
         first.kill()  # kill -9, in the middle of the work
-    finally:
-        first.kill()
     unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
     assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
     sent_before = len(smtp_server.messages)
     assert sent_before < customers, "the worker finished before it was killed; the test proves nothing"
-    second = worker(env, tmp_path).start()
-    try:
-        await second.serving()
+    async with running_worker(env, tmp_path):
         await wait_until(
             lambda: len(by_recipient(smtp_server)) == customers, 120, "not every customer got the message"
         )
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)  # leases expire: any extra message would arrive now
         pending = await redis_client.xpending(stream_key, "campaigns")
-    finally:
-        second.kill()
     assert all(len(ids) == 1 for ids in by_recipient(smtp_server).values()), (
         "a customer got two different messages"
     )
     assert pending["pending"] == 0
-    statuses = await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")
-    assert dict(statuses) == {2: customers}
+    assert await statuses(db) == {2: customers}
 
 
 async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, tmp_path, db
 ) -> None:
     customers = 300
-    rows = [(f"f{i:03d}", f"f{i:03d}@example.com", 1 if i % 5 else 2) for i in range(customers)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
+    await add_email_customers(db, "f", customers, consent=lambda i: 1 if i % 5 else 2)
     env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
         EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
         EVENTLINE_CAMPAIGNS_LEASE_S="1",
         EVENTLINE_CAMPAIGNS_FANOUT_BATCH="25",
     )
-    first = worker(env, tmp_path).start()
-    try:
-        await first.serving()
-        await create_and_activate(
-            first.address,
-            campaigns_pb2.Campaign(
-                display_name="Sale",
-                trigger=campaigns_pb2.Trigger(
-                    system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")
-                ),
-                actions=[
-                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Sale", text_body="x"))
-                ],
-            ),
-        )
-        await asyncio.sleep(0.3)
+    sale = system_campaign(
+        "Sale", campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Sale", text_body="x"))
+    )
+    async with running_worker(env, tmp_path, sale) as first:
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-1", name="Sale")
         )
         await wait_until(lambda: len(smtp_server.messages) >= 30, 20, "the first worker sent nothing")
         first.kill()
-    finally:
-        first.kill()
     assert len(smtp_server.messages) < customers * 4 // 5, "the fan-out finished before the kill"
-    second = worker(env, tmp_path).start()
-    try:
-        await second.serving()
-        expected = {f"f{i:03d}@example.com" for i in range(customers) if i % 5}
+    expected = {f"f{i:03d}@example.com" for i in range(customers) if i % 5}
+    async with running_worker(env, tmp_path):
         await wait_until(
             lambda: set(by_recipient(smtp_server)) == expected, 60, "the fan-out did not complete"
         )
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)
         pending = await redis_client.xpending(stream_key, "campaigns")
-    finally:
-        second.kill()
     recipients = by_recipient(smtp_server)
     assert set(recipients) == expected
     assert all(len(ids) == 1 for ids in recipients.values()), "a customer got two different messages"
     assert pending["pending"] == 0
-    counts = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
-    assert counts == {2: len(expected), 4: customers - len(expected)}
+    assert await statuses(db) == {2: len(expected), 4: customers - len(expected)}
     assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'sale-1'") is True
 
 
 async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, tmp_path, db
 ) -> None:
-    import signal
-
-    rows = [(f"t{i:03d}", f"t{i:03d}@example.com", 1) for i in range(50)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
-    )
-    process = worker(env, tmp_path).start()
-    try:
-        await process.serving()
-        await create_and_activate(
-            process.address,
-            campaigns_pb2.Campaign(
-                display_name="Ping",
-                trigger=campaigns_pb2.Trigger(
-                    customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
-                ),
-                actions=[
-                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))
-                ],
-            ),
-        )
-        await asyncio.sleep(0.3)
-        await ingestion.TrackEvents(
-            ingestion_pb2.TrackEventsRequest(
-                events=[
-                    ingestion_pb2.TrackEventsItem(customer_event=customer_event(f"t{i:03d}", "Ping", f"q{i}"))
-                    for i in range(50)
-                ]
-            )
-        )
+    await add_email_customers(db, "t", 50)
+    async with running_worker(campaigns_env(), tmp_path, PING) as process:
+        await track_pings(ingestion, "t", 50, "q")
         await wait_until(lambda: len(smtp_server.messages) >= 5, 20, "the worker sent nothing")
         process.signal(signal.SIGTERM)  # with batches in flight
         assert await process.exited(10) == 0
-    finally:
-        process.kill()
     # What the worker took, it finished: recorded, sent and acknowledged; the rest waits unread.
     pending = await redis_client.xpending(stream_key, "campaigns")
     assert pending["pending"] == 0
@@ -253,86 +207,35 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
 
 @pytest.mark.parametrize("fault", ["campaigns.before_ack", "campaigns.after_send"])
 async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
-    fault,
-    db_url,
-    stream_key,
-    redis_client,
-    ingestion,
-    segmentation_server,
-    smtp_server,
-    http_provider,
-    tmp_path,
-    db,
+    fault, campaigns_env, stream_key, redis_client, ingestion, smtp_server, tmp_path, db
 ) -> None:
     """Crash after the provider call: before the ack there is no second call at all; before the
     ledger update the only repeat carries the same Message-ID (the provider's idempotency key)."""
     customers = 30
-    rows = [(f"a{i:03d}", f"a{i:03d}@example.com", 1) for i in range(customers)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
-        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="300",
-        EVENTLINE_CAMPAIGNS_LEASE_S="1",
-    )
-    setup = worker(env, tmp_path).start()
-    try:
-        await setup.serving()
-        await create_and_activate(
-            setup.address,
-            campaigns_pb2.Campaign(
-                display_name="Ping",
-                trigger=campaigns_pb2.Trigger(
-                    customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
-                ),
-                actions=[
-                    campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))
-                ],
-            ),
-        )
-    finally:
-        setup.kill()
+    await add_email_customers(db, "a", customers)
+    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="300", EVENTLINE_CAMPAIGNS_LEASE_S="1")
+    async with running_worker(env, tmp_path, PING):
+        pass  # creates the campaign, then stops
     # Stored while no worker runs, so that the faulty worker finds them all in one batch.
-    await ingestion.TrackEvents(
-        ingestion_pb2.TrackEventsRequest(
-            events=[
-                ingestion_pb2.TrackEventsItem(customer_event=customer_event(f"a{i:03d}", "Ping", f"c{i}"))
-                for i in range(customers)
-            ]
-        )
-    )
-    # The relay publishes asynchronously: wait until the whole batch is on the stream.
-    deadline = time.monotonic() + 10
-    while await redis_client.xlen(stream_key) < customers:
-        assert time.monotonic() < deadline, "the events did not reach the stream"
-        await asyncio.sleep(0.02)
+    await track_pings(ingestion, "a", customers, "c")
+    await wait_for_entries(redis_client, stream_key, customers)
     faulty = worker(env, tmp_path).start(EVENTLINE_FAULTS=f"{fault}=crash")
     assert await faulty.exited(30) == 137
     calls_before = len(smtp_server.messages)
     assert calls_before == customers, "the worker called the provider for the whole batch, then died"
-    survivor = worker(env, tmp_path).start()
-    try:
-        await survivor.serving()
+    async with running_worker(env, tmp_path):
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)  # leases expire: a resend would happen now
-    finally:
-        survivor.kill()
     recipients = by_recipient(smtp_server)
     assert len(recipients) == customers and all(len(ids) == 1 for ids in recipients.values())
     if fault == "campaigns.before_ack":
         assert len(smtp_server.messages) == customers, "no second provider call"
-    assert dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status")) == {2: customers}
+    assert await statuses(db) == {2: customers}
 
 
 @pytest.mark.timeout(600)
 async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+    campaigns_env, stream_key, redis_client, ingestion, http_provider, tmp_path, db
 ) -> None:
     """Issue 6, scenario 9: a system event fans out an SMS to many customers; the worker is
     killed with kill -9 midway and another finishes: every customer gets exactly one message
@@ -340,40 +243,15 @@ async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-u
 
     50,000 customers, the issue's scale (about 20 s on 2 cores); EVENTLINE_TEST_FANOUT_CUSTOMERS
     sets another."""
-    import json
-    import os
-
     customers = int(os.environ.get("EVENTLINE_TEST_FANOUT_CUSTOMERS", "50000"))
     rows = [(f"s{i:05d}", f"+49151{i:08d}", 1) for i in range(customers)]
     await db.copy_records_to_table("customers", records=rows, columns=["customer_id", "phone", "sms_consent"])
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path / "sink"),
-        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
-        EVENTLINE_CAMPAIGNS_LEASE_S="2",
+    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500", EVENTLINE_CAMPAIGNS_LEASE_S="2")
+    flash_sale = system_campaign(
+        "FlashSale",
+        campaigns_pb2.Action(sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}")),
     )
-    first = worker(env, tmp_path).start()
-    try:
-        await first.serving()
-        await create_and_activate(
-            first.address,
-            campaigns_pb2.Campaign(
-                display_name="Flash sale",
-                trigger=campaigns_pb2.Trigger(
-                    system_event=campaigns_pb2.SystemEventTrigger(event_name="FlashSale")
-                ),
-                actions=[
-                    campaigns_pb2.Action(
-                        sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}")
-                    )
-                ],
-            ),
-        )
-        await asyncio.sleep(0.3)
+    async with running_worker(env, tmp_path, flash_sale) as first:
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="flash-1", name="FlashSale")
         )
@@ -381,20 +259,14 @@ async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-u
             lambda: len(http_provider.requests) >= 5_000, 120, "the first worker sent too little"
         )
         first.kill()  # kill -9, midway
-    finally:
-        first.kill()
     assert len(http_provider.requests) < customers, "the fan-out finished before the kill"
-    second = worker(env, tmp_path).start()
-    try:
-        await second.serving()
+    async with running_worker(env, tmp_path):
         deadline = time.monotonic() + 300
         while await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2") < customers:
             assert time.monotonic() < deadline, "the fan-out did not complete"
             await asyncio.sleep(0.2)
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(2.5)  # leases expire: any extra send would happen now
-    finally:
-        second.kill()
     keys_by_phone: dict[str, set[str]] = defaultdict(set)
     for _, headers, body in http_provider.requests:
         keys_by_phone[json.loads(body)["to"]].add(headers["idempotency-key"])

@@ -19,7 +19,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_shared.stream import StreamEntry
-from tests.support import customer_event, value, violations
+from tests.support import customer_event, value, violations, wait_for_entries
 
 GRANTED = common_pb2.CONSENT_GRANTED
 DENIED = common_pb2.CONSENT_DENIED
@@ -56,13 +56,6 @@ async def upsert(ingestion, customer_id: str, **fields: Any) -> None:  # type: i
     await ingestion.UpsertCustomer(
         ingestion_pb2.UpsertCustomerRequest(customer=common_pb2.Customer(customer_id=customer_id, **fields))
     )
-
-
-async def wait_for_entries(redis_client, stream_key: str, count: int) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 5
-    while await redis_client.xlen(stream_key) < count:
-        assert time.monotonic() < deadline, "the relay did not publish in time"
-        await asyncio.sleep(0.01)
 
 
 async def start(campaigns, campaign: campaigns_pb2.Campaign, campaign_id: str = "") -> str:  # type: ignore[no-untyped-def]
@@ -564,17 +557,13 @@ async def test_system_event_fan_out_resumes_after_a_crash(  # type: ignore[no-un
 
 
 async def test_campaign_changes_reach_another_replica_within_a_second(  # type: ignore[no-untyped-def]
-    campaigns, campaigns_server, db_url, stream_key, segmentation_server, smtp_server, http_provider, tmp_path
+    campaigns, campaigns_server, campaigns_env
 ) -> None:
     from eventline_campaigns.model import CUSTOMER_TRIGGER
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
-    from tests.conftest import campaigns_env
 
-    env = campaigns_env(
-        db_url, stream_key, segmentation_server.port, smtp_server.port, http_provider.port, str(tmp_path)
-    )
-    async with running(Settings.from_env(env), consume=False) as other:
+    async with running(Settings.from_env(campaigns_env()), consume=False) as other:
         campaign_id = await start(campaigns, email_campaign(event_name="Joined"))
         started = time.monotonic()
         while not other.cache.for_trigger(CUSTOMER_TRIGGER, "Joined"):
@@ -675,15 +664,14 @@ def base_token() -> str:
 
 
 async def test_a_segmentation_outage_delays_deliveries_but_never_dead_letters_them(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path
+    campaigns_env, stream_key, redis_client, ingestion, segmentation_server, smtp_server
 ) -> None:
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
-    from tests.conftest import campaigns_env
     from tests.faults import TcpProxy
 
     proxy = await TcpProxy("127.0.0.1", segmentation_server.port).start()
-    env = campaigns_env(db_url, stream_key, proxy.port, smtp_server.port, http_provider.port, str(tmp_path))
+    env = campaigns_env(EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{proxy.port}")
     try:
         async with running(Settings.from_env(env), consume=False) as served:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
@@ -734,27 +722,17 @@ async def test_fan_out_respects_the_frequency_cap(  # type: ignore[no-untyped-de
 
 
 async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # type: ignore[no-untyped-def]
-    db_url, stream_key, redis_client, ingestion, segmentation_server, smtp_server, http_provider, tmp_path, db
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, db
 ) -> None:
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
-    from tests.conftest import campaigns_env
 
     customers = 60
     rows = [(f"rp{i:03d}", f"rp{i:03d}@example.com", 1) for i in range(customers)]
     await db.copy_records_to_table(
         "customers", records=rows, columns=["customer_id", "email", "email_consent"]
     )
-    env = campaigns_env(
-        db_url,
-        stream_key,
-        segmentation_server.port,
-        smtp_server.port,
-        http_provider.port,
-        str(tmp_path),
-        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
-        EVENTLINE_CAMPAIGNS_READ_BATCH="5",
-    )
+    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000", EVENTLINE_CAMPAIGNS_READ_BATCH="5")
     async with running(Settings.from_env(env)) as one, running(Settings.from_env(env)) as two:
         sent_by: dict[str, int] = {"one": 0, "two": 0}
         for name, replica in (("one", one), ("two", two)):
