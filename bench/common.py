@@ -1,4 +1,5 @@
-"""What the benchmarks share: service processes on loopback, and waiting until they serve."""
+"""What the benchmarks share: where PostgreSQL and Redis are, fresh databases, service processes
+on loopback, and waiting until they serve."""
 
 from __future__ import annotations
 
@@ -10,10 +11,32 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from eventline_shared import database
+
 ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def db_url(name: str) -> str:
+    """The URL of database ``name`` on the benchmark's PostgreSQL server."""
+    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def fresh_database(name: str) -> str:
+    """Drop and re-create database ``name``, migrated; returns its URL."""
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    await database.migrate_url(db_url(name))
+    return db_url(name)
 
 
 def free_port() -> int:

@@ -32,30 +32,12 @@ import uuid
 import asyncpg
 import grpc
 import redis.asyncio as redis
-from common import free_port, serving, start_service, stop
+from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from eventline_shared import database
 from eventline_shared.values import UTC
 
-POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 NAMES = [f"Event{i:02d}" for i in range(20)]
-
-
-def db_url(name: str) -> str:
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-
-
-async def fresh_database(name: str) -> str:
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    await database.migrate_url(db_url(name))
-    return db_url(name)
 
 
 def make_events(count: int, seed: int) -> list[tuple[str, str, str, dt.datetime, int, str]]:

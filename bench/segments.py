@@ -53,7 +53,6 @@ import datetime as dt
 import itertools
 import json
 import math
-import os
 import random
 import statistics
 import time
@@ -62,7 +61,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from common import free_port, serving, start_service, stop
+from common import POSTGRES_URL, db_url, free_port, fresh_database, serving, start_service, stop
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
@@ -70,14 +69,9 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 from eventline_segmentation.service import session_dsn
 from eventline_shared import database, values
 
-POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NAMES = [f"E{i:02d}" for i in range(20)]
 A, B, C, D = "E05", "E08", "E02", "E11"
 UTC = dt.UTC
-
-
-def db_url(name: str) -> str:
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
 
 
 # --- Data --------------------------------------------------------------------------------
@@ -236,13 +230,7 @@ async def prepare(name: str, customers: int, events: int, regenerate: bool) -> t
                 f"reusing {name}: {customers:,} customers, {events:,} events, generated {meta['generated_at']}"
             )
             return url, meta["generated_at"]
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    await database.migrate_url(url)
+    url = await fresh_database(name)
     print(f"generating {name}: {customers:,} customers, {events:,} events", flush=True)
     started = time.perf_counter()
     generated_at = await generate(url, customers, events)

@@ -4,9 +4,12 @@ Not part of CI. Starts the three services as processes on a database of their
 own (file-sink channel for messages), seeds customers and two campaigns, then:
 
 1. probes capacity: the traffic mix as fast as 32 workers can go, for a while;
-2. runs the same mix at half that rate for ``--minutes`` (10 by default), and
-   every few seconds samples each service's resident memory, the campaign
-   consumer group's lag and pending entries, and the error count.
+2. runs the same mix at half that rate for ``--minutes`` (10 by default) as an
+   open loop (an operation starts every 1/rate s whatever the replies' latency,
+   as independent clients do), and every few seconds samples each service's
+   resident memory, the campaign consumer group's lag and pending entries, and
+   the error count; each kind of operation's p50/p99 latency in the first and
+   the last minute shows whether the services slow down as the data grows.
 
 The mix: 60% a customer event that triggers a campaign e-mail, 20% a batch of
 20 events, 10% a timeline read, 10% a segment count; a system event that fans
@@ -30,12 +33,11 @@ from pathlib import Path
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import serving, start_service, stop
+from common import REDIS_URL, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
-from ingest import REDIS_URL, fresh_database
 
 PORTS = {"ingestion": 50961, "segmentation": 50962, "campaigns": 50963}
 CUSTOMERS = 2000
@@ -70,6 +72,7 @@ class Traffic:
         self.rng = random.Random(19)
         self.ops = 0
         self.errors: dict[str, int] = {}
+        self.latencies: list[tuple[float, str, float]] = []  # (finished at, kind, seconds)
         self.segment = segmentation_pb2.Filter(
             event=segmentation_pb2.EventCondition(
                 name="Purchase",
@@ -87,46 +90,86 @@ class Traffic:
 
     async def one(self) -> None:
         roll = self.rng.random()
+        started = time.monotonic()
         try:
             if roll < 0.6:
+                kind = "event"
                 await self.ingestion.TrackCustomerEvent(
                     event(self.customer(), "Purchase", amount=5), timeout=10
                 )
             elif roll < 0.8:
+                kind = "batch"
                 items = [
                     ingestion_pb2.TrackEventsItem(customer_event=event(self.customer(), "PageView", page=i))
                     for i in range(20)
                 ]
                 await self.ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(events=items), timeout=10)
             elif roll < 0.9:
+                kind = "timeline"
                 await self.ingestion.ListTimeline(
                     ingestion_pb2.ListTimelineRequest(customer_id=self.customer(), page_size=20), timeout=10
                 )
             else:
+                kind = "count"
                 await self.segmentation.CountCustomers(
                     segmentation_pb2.CountCustomersRequest(filter=self.segment), timeout=10
                 )
             self.ops += 1
+            finished = time.monotonic()
+            self.latencies.append((finished, kind, finished - started))
         except grpc.aio.AioRpcError as error:
             key = error.code().name
             self.errors[key] = self.errors.get(key, 0) + 1
 
-    async def at_rate(self, rate: float | None, seconds: float, workers: int = 32) -> float:
-        """Run the mix for ``seconds``; at most ``rate`` ops/s when given. Returns ops/s."""
+    async def as_fast_as_possible(self, seconds: float, workers: int = 32) -> float:
+        """The mix from ``workers`` closed loops for ``seconds``; returns ops/s."""
         start_ops, started = self.ops, time.monotonic()
         end = started + seconds
-        interval = workers / rate if rate else 0.0
 
-        async def worker(offset: float) -> None:
-            next_at = time.monotonic() + offset
+        async def worker() -> None:
             while time.monotonic() < end:
-                if interval:
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                    next_at += interval
                 await self.one()
 
-        await asyncio.gather(*(worker(i * interval / workers) for i in range(workers)))
+        await asyncio.gather(*(worker() for _ in range(workers)))
         return (self.ops - start_ops) / (time.monotonic() - started)
+
+    async def at_rate(self, rate: float, seconds: float, max_in_flight: int = 512) -> float:
+        """Start an operation every 1/``rate`` s for ``seconds`` whatever the replies' latency (an
+        open loop, as real clients are), with at most ``max_in_flight`` outstanding. Returns ops/s."""
+        start_ops, started = self.ops, time.monotonic()
+        end = started + seconds
+        slots = asyncio.Semaphore(max_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def run() -> None:
+            try:
+                await self.one()
+            finally:
+                slots.release()
+
+        next_at = started
+        while next_at < end:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await slots.acquire()
+            task = asyncio.create_task(run())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            next_at += 1 / rate
+        await asyncio.gather(*tasks)
+        return (self.ops - start_ops) / (time.monotonic() - started)
+
+    def latency_ms(self, since: float, until: float) -> dict[str, float]:
+        """p50 and p99 of each kind of operation that finished in [since, until)."""
+        by_kind: dict[str, list[float]] = {}
+        for finished, kind, seconds in self.latencies:
+            if since <= finished < until:
+                by_kind.setdefault(kind, []).append(seconds * 1000)
+        figures: dict[str, float] = {}
+        for kind, values in sorted(by_kind.items()):
+            values.sort()
+            figures[f"{kind}_p50"] = round(values[len(values) // 2], 1)
+            figures[f"{kind}_p99"] = round(values[min(len(values) - 1, len(values) * 99 // 100)], 1)
+        return figures
 
 
 async def seed(channels: dict[str, grpc.aio.Channel]) -> None:
@@ -195,7 +238,7 @@ async def main(minutes: float, probe_s: float) -> dict[str, object]:
         channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for name, port in PORTS.items()}
         await seed(channels)
         traffic = Traffic(channels)
-        capacity = await traffic.at_rate(None, probe_s)
+        capacity = await traffic.as_fast_as_possible(probe_s)
         rate = capacity / 2
         print(f"capacity {capacity:.0f} ops/s; soaking at {rate:.0f} ops/s for {minutes} min", flush=True)
         probe_errors = dict(traffic.errors)
@@ -216,7 +259,9 @@ async def main(minutes: float, probe_s: float) -> dict[str, object]:
                 await asyncio.sleep(5)
 
         watcher = asyncio.create_task(watch())
+        soak_started = time.monotonic()
         achieved = await traffic.at_rate(rate, minutes * 60)
+        soak_ended = time.monotonic()
         await watcher
         await asyncio.sleep(5)
         samples.append(await sample(processes, client, stream))
@@ -239,6 +284,8 @@ async def main(minutes: float, probe_s: float) -> dict[str, object]:
         "max_pending": max(s.get("pending", 0) for s in samples),
         "final_pending": samples[-1].get("pending", 0),
         "messages_in_sink": sum(1 for _ in Path(sink).rglob("*") if _.is_file()),
+        "latency_ms_first_minute": traffic.latency_ms(soak_started, soak_started + 60),
+        "latency_ms_last_minute": traffic.latency_ms(soak_ended - 60, soak_ended),
     }
     for name in PORTS:
         result[f"{name}_rss_settled_mb"] = round(settled[f"{name}_rss_mb"], 1)

@@ -33,10 +33,7 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -45,38 +42,16 @@ from pathlib import Path
 import asyncpg
 import grpc
 import redis.asyncio as redis
+from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eventline_shared import database
-
-ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TRIGGER_CUSTOMERS = 1000
 
 
-def db_url(name: str) -> str:
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def fresh_database(name: str, customers: int) -> str:
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = db_url(name)
-    await database.migrate_url(url)
+async def database_with_customers(name: str, customers: int) -> str:
+    url = await fresh_database(name)
     connection = await asyncpg.connect(url)
     try:
         await connection.copy_records_to_table(
@@ -96,7 +71,6 @@ class Services:
     def __init__(self, url: str, stream: str, sink: str) -> None:
         self.ports = {"ingestion": free_port(), "segmentation": free_port(), "campaigns": free_port()}
         env = {
-            **os.environ,
             "EVENTLINE_DATABASE_URL": url,
             "EVENTLINE_REDIS_URL": REDIS_URL,
             "EVENTLINE_STREAM": stream,
@@ -107,28 +81,16 @@ class Services:
             "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{self.ports['segmentation']}",
             "EVENTLINE_CAMPAIGNS_SINK_DIR": sink,
             "EVENTLINE_INGESTION_DB_POOL_SIZE": "16",
+            # Messages go to the file sink, whatever this shell has configured.
+            "EVENTLINE_SMTP_HOST": "",
+            "EVENTLINE_SMS_URL": "",
+            "EVENTLINE_PUSH_URL": "",
         }
-        for name in ("EVENTLINE_SMTP_HOST", "EVENTLINE_SMS_URL", "EVENTLINE_PUSH_URL"):
-            env.pop(name, None)
-        self.processes = [
-            subprocess.Popen([sys.executable, "-m", f"eventline_{name}"], env=env, cwd=ROOT)
-            for name in self.ports
-        ]
+        self.processes = [start_service(name, env) for name in self.ports]
 
     async def ready(self) -> None:
         for port in self.ports.values():
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                for _ in range(300):
-                    try:
-                        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.aio.AioRpcError:
-                        pass
-                    await asyncio.sleep(0.1)
-                else:
-                    raise RuntimeError(f"the service on port {port} did not start")
+            await serving(port)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) used so far by each service process (Linux /proc)."""
@@ -142,10 +104,7 @@ class Services:
         return used
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(30)
+        stop(*self.processes)
 
 
 def count_files(directory: str) -> int:
@@ -264,7 +223,7 @@ async def bench_fanout(
 async def main(quick: bool, rate: int) -> dict[str, float]:
     customers = 20_000 if quick else 100_000
     seconds = 3.0 if quick else 10.0
-    url = await fresh_database("eventline_bench_triggers", customers)
+    url = await database_with_customers("eventline_bench_triggers", customers)
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     sink = tempfile.mkdtemp(
         prefix="eventline-bench-sink-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
