@@ -22,21 +22,21 @@ POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://post
 REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def db_url(name: str) -> str:
-    """The URL of database ``name`` on the benchmark's PostgreSQL server."""
-    return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+def db_url(name: str, server_url: str = POSTGRES_URL) -> str:
+    """The URL of database ``name`` on the PostgreSQL server of ``server_url``."""
+    return server_url.rsplit("/", 1)[0] + "/" + name
 
 
-async def fresh_database(name: str) -> str:
+async def fresh_database(name: str, server_url: str = POSTGRES_URL) -> str:
     """Drop and re-create database ``name``, migrated; returns its URL."""
-    admin = await asyncpg.connect(POSTGRES_URL)
+    admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    await database.migrate_url(db_url(name))
-    return db_url(name)
+    await database.migrate_url(db_url(name, server_url))
+    return db_url(name, server_url)
 
 
 def free_port() -> int:

@@ -11,9 +11,17 @@ own (file-sink channel for messages), seeds customers and two campaigns, then:
    the error count; each kind of operation's p50/p99 latency in the first and
    the last minute shows whether the services slow down as the data grows.
 
-The mix: 60% a customer event that triggers a campaign e-mail, 20% a batch of
-20 events, 10% a timeline read, 10% a segment count; a system event that fans
-out to every customer every 30 s.
+Before the probe each customer gets 30 days of history (25 events), so that
+reads do not start on empty tables. The mix, as a platform sees it: 65% a
+customer event that triggers a campaign e-mail, 25% a batch of 20 events, 8% a
+timeline read, 2% a segment count ("at least 2 purchases in 30 days": its cost
+grows with the events in the window); a system event that fans out to every
+customer every 30 s.
+
+PostgreSQL: the benchmark server's, unless its autovacuum is off (the
+development machine's is): a 10-minute soak then measures table bloat, not the
+services, so the soak starts an embedded PostgreSQL with stock settings, as
+``eventline up`` runs it.
 
 Usage: python bench/soak.py [--minutes N] [--quick]. The last line is one JSON object.
 """
@@ -24,23 +32,28 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import asyncpg
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import REDIS_URL, fresh_database, serving, start_service, stop
+from common import POSTGRES_URL, REDIS_URL, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
+from eventline_shared.embedded import EmbeddedPostgres
+
 PORTS = {"ingestion": 50961, "segmentation": 50962, "campaigns": 50963}
 CUSTOMERS = 2000
+HISTORY = 25
 
 
 def start_services(url: str, stream: str, sink: str) -> dict[str, subprocess.Popen[bytes]]:
@@ -56,13 +69,18 @@ def start_services(url: str, stream: str, sink: str) -> dict[str, subprocess.Pop
     return {name: start_service(name, env) for name in PORTS}
 
 
-def event(customer: str, name: str, **context: int) -> ingestion_pb2.TrackCustomerEventRequest:
-    return ingestion_pb2.TrackCustomerEventRequest(
+def event(
+    customer: str, name: str, occurred_at: float | None = None, **context: int
+) -> ingestion_pb2.TrackCustomerEventRequest:
+    request = ingestion_pb2.TrackCustomerEventRequest(
         event_id=uuid.uuid4().hex,
         customer_id=customer,
         name=name,
         context={k: common_pb2.Value(integer_value=v) for k, v in context.items()},
     )
+    if occurred_at is not None:
+        request.occurred_at.FromNanoseconds(int(occurred_at * 1e9))
+    return request
 
 
 class Traffic:
@@ -92,19 +110,19 @@ class Traffic:
         roll = self.rng.random()
         started = time.monotonic()
         try:
-            if roll < 0.6:
+            if roll < 0.65:
                 kind = "event"
                 await self.ingestion.TrackCustomerEvent(
                     event(self.customer(), "Purchase", amount=5), timeout=10
                 )
-            elif roll < 0.8:
+            elif roll < 0.9:
                 kind = "batch"
                 items = [
                     ingestion_pb2.TrackEventsItem(customer_event=event(self.customer(), "PageView", page=i))
                     for i in range(20)
                 ]
                 await self.ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(events=items), timeout=10)
-            elif roll < 0.9:
+            elif roll < 0.98:
                 kind = "timeline"
                 await self.ingestion.ListTimeline(
                     ingestion_pb2.ListTimelineRequest(customer_id=self.customer(), page_size=20), timeout=10
@@ -189,6 +207,19 @@ async def seed(channels: dict[str, grpc.aio.Channel]) -> None:
                 for i in range(start, start + 100)
             )
         )
+    # History first (campaigns are not active yet, so it sends nothing).
+    rng, now = random.Random(7), time.time()
+    history = [
+        ingestion_pb2.TrackEventsItem(
+            customer_event=event(
+                f"soak{i}", rng.choice(["Purchase", "PageView"]), now - rng.uniform(60, 30 * 86400), page=1
+            )
+        )
+        for i in range(CUSTOMERS)
+        for _ in range(HISTORY)
+    ]
+    for start in range(0, len(history), 1000):
+        await ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(events=history[start : start + 1000]))
     campaigns = campaigns_pb2_grpc.CampaignServiceStub(channels["campaigns"])
     email = campaigns_pb2.Action(
         email=campaigns_pb2.EmailAction(
@@ -226,8 +257,33 @@ async def sample(
     return row
 
 
+async def postgres_server(run_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
+    """The benchmark PostgreSQL when its autovacuum is on, else an embedded one with stock settings."""
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        autovacuum = await admin.fetchval("SHOW autovacuum")
+    finally:
+        await admin.close()
+    if autovacuum == "on":
+        return POSTGRES_URL, None
+    print("autovacuum is off on the benchmark PostgreSQL: starting an embedded one", flush=True)
+    server = EmbeddedPostgres("postgres", run_dir / "postgres", log_file=open(run_dir / "postgres.log", "ab"))
+    return await server.start(), server
+
+
 async def main(minutes: float, probe_s: float) -> dict[str, object]:
-    url = await fresh_database("eventline_bench_soak")
+    run_dir = Path(tempfile.mkdtemp(prefix="eventline-soak-pg-"))
+    server_url, embedded = await postgres_server(run_dir)
+    try:
+        return await soak(server_url, minutes, probe_s)
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def soak(server_url: str, minutes: float, probe_s: float) -> dict[str, object]:
+    url = await fresh_database("eventline_bench_soak", server_url)
     stream = f"soak:{uuid.uuid4().hex[:8]}:events"
     sink = tempfile.mkdtemp(prefix="eventline-soak-")
     processes = start_services(url, stream, sink)
