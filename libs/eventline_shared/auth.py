@@ -20,6 +20,7 @@ CA (mutual TLS).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -267,8 +268,9 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
     return ""
 
 
+@functools.cache
 def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that only refuses the call."""
+    """A handler of the same shape that only refuses the call (one per method, code and message)."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(code, message)

@@ -79,6 +79,11 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Counts every RPC by status code and observes its latency (outermost, so refusals count too)."""
 
+    def __init__(self) -> None:
+        # The handlers inside are the same objects call after call (the error interceptor caches
+        # its own, auth its refusals), so each is wrapped once, not on every call.
+        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -87,7 +92,16 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        service, name = _names(details.method)
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            wrapped = self._wrap(details.method, handler)
+            if len(self._wrapped) < 10_000:  # a bound, should a handler inside ever be made per call
+                self._wrapped[handler] = wrapped
+        return wrapped
+
+    @staticmethod
+    def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, name = _names(method)
         counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
         latency = RPC_SECONDS.labels(service, name)
 
