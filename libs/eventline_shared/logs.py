@@ -44,6 +44,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _ReplyAfterCallEnded(logging.Filter):
+    """grpc.aio logs an ERROR with a traceback when a handler's reply cannot be sent because
+    the call had already ended (the client's deadline passed, or it cancelled, just as the
+    handler finished): an ordinary event under load, so a one-line warning naming the method."""
+
+    PREFIX = "ExecuteBatchError raised in core by servicer method ["
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = (
+                "reply not sent: the call had already ended (client deadline or cancel)",
+                (),
+            )
+            record.method = message[len(self.PREFIX) :].rstrip("]")
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def configure(service: str, level: str = "INFO") -> None:
     """Send the root logger's records to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -51,3 +71,6 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    grpc_core = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ReplyAfterCallEnded) for f in grpc_core.filters):
+        grpc_core.addFilter(_ReplyAfterCallEnded())
