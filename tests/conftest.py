@@ -186,6 +186,9 @@ class HttpProvider:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.fail_next = 0
         self.status = "200 OK"
+        self.reply_body = b"ok"
+        self.body_pause_s = 0.0
+        """When set, the reply's body arrives in two parts this far apart, as over a real network."""
         self.connections = 0
         self.open: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -207,7 +210,15 @@ class HttpProvider:
                 self.requests.append((path, headers, body))
                 status = "503 Service Unavailable" if self.fail_next > 0 else self.status
                 self.fail_next = max(0, self.fail_next - 1)
-                writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok".encode())
+                reply, half = self.reply_body, len(self.reply_body) // 2
+                head = f"HTTP/1.1 {status}\r\nContent-Length: {len(reply)}\r\n\r\n".encode()
+                if self.body_pause_s:
+                    writer.write(head + reply[:half])
+                    await writer.drain()
+                    await asyncio.sleep(self.body_pause_s)
+                    writer.write(reply[half:])
+                else:
+                    writer.write(head + reply)
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             return

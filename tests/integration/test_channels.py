@@ -15,7 +15,15 @@ def sms(delivery_id: int) -> Message:
     return Message(delivery_id=delivery_id, channel=SMS, to=["+4915112345678"], text=f"hello {delivery_id}")
 
 
-async def test_concurrent_sends_share_keep_alive_connections(http_provider) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("reply_body", "body_pause_s"), [(b"ok", 0.0), (b'{"id": "%s"}' % (b"x" * 8000), 0.01)]
+)
+async def test_concurrent_sends_share_keep_alive_connections(  # type: ignore[no-untyped-def]
+    http_provider, reply_body: bytes, body_pause_s: float
+) -> None:
+    """Also when the provider's reply body arrives after its headers (a connection whose body
+    is left unread cannot go back to the pool)."""
+    http_provider.reply_body, http_provider.body_pause_s = reply_body, body_pause_s
     channel = HttpChannel(f"http://127.0.0.1:{http_provider.port}/sms", "secret")
     try:
         for _ in range(5):  # five rounds of 40 concurrent sends
@@ -29,6 +37,19 @@ async def test_concurrent_sends_share_keep_alive_connections(http_provider) -> N
     assert all(json.loads(body)["to"] == "+4915112345678" for _, _, body in http_provider.requests)
     # A connection per request would be 200; later rounds reuse the first round's connections.
     assert http_provider.connections <= 40
+
+
+async def test_a_refusal_quotes_the_start_of_the_providers_reply(http_provider) -> None:  # type: ignore[no-untyped-def]
+    http_provider.status = "422 Unprocessable Entity"
+    http_provider.reply_body = b'{"error": "invalid number"}' + b" " * 100_000
+    channel = HttpChannel(f"http://127.0.0.1:{http_provider.port}/sms", "secret")
+    try:
+        with pytest.raises(PermanentError) as refused:
+            await channel.send(sms(1))
+    finally:
+        await channel.aclose()
+    assert str(refused.value).startswith('provider replied 422: {"error": "invalid number"}')
+    assert len(str(refused.value)) < 250
 
 
 @pytest.mark.parametrize(

@@ -168,6 +168,10 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+MAX_REPLY_BYTES = 64 * 1024
+"""The most of a provider's reply that is read; a longer one costs its connection."""
+
+
 class HttpChannel:
     """An SMS or push provider behind an HTTP endpoint (see the module docstring)."""
 
@@ -218,15 +222,23 @@ class HttpChannel:
         try:
             async with self.session.post(self.url, data=body, headers=headers) as reply:
                 status = reply.status
-                detail = "" if 200 <= status < 300 else (await reply.text(errors="replace"))[:200]
+                content = await self._read_reply(reply)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"provider unreachable: {type(exc).__name__}") from None
         if 200 <= status < 300:
             return
-        detail = f"provider replied {status}: {detail}"
+        detail = f"provider replied {status}: {content[:200].decode(errors='replace')}"
         if status in (408, 429) or status >= 500:
             raise TransientError(detail)
         raise PermanentError(detail)
+
+    @staticmethod
+    async def _read_reply(reply: aiohttp.ClientResponse) -> bytes:
+        """The reply's body, read to the end when it is small so that the connection goes back
+        to the pool (aiohttp closes one whose body is left unread); at most MAX_REPLY_BYTES."""
+        if reply.content_length is not None and reply.content_length <= MAX_REPLY_BYTES:
+            return await reply.read()
+        return await reply.content.read(MAX_REPLY_BYTES)
 
     async def aclose(self) -> None:
         if self._session is not None:
