@@ -146,6 +146,8 @@ class SmtpInbox:
         self.messages: list[email.message.EmailMessage] = []
         self.arrived = asyncio.Event()
         self.port = 0
+        self.connections: list[asyncio.Transport] = []
+        """Every connection clients opened, in order (closing one drops that client)."""
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         import email
@@ -169,8 +171,14 @@ async def smtp_server() -> AsyncIterator[SmtpInbox]:
     from aiosmtpd.smtp import SMTP
 
     inbox = SmtpInbox()
+
+    class Counted(SMTP):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            inbox.connections.append(transport)  # type: ignore[arg-type]
+            super().connection_made(transport)
+
     server = await asyncio.get_running_loop().create_server(
-        lambda: SMTP(inbox, hostname="smtp.test"), "127.0.0.1", 0
+        lambda: Counted(inbox, hostname="smtp.test"), "127.0.0.1", 0
     )
     inbox.port = server.sockets[0].getsockname()[1]
     yield inbox

@@ -1,4 +1,4 @@
-"""The HTTP provider channel against a real local HTTP server (the boundary we do not own)."""
+"""The provider channels against real local servers: SMTP (aiosmtpd) and HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import socket
 
 import pytest
 
-from eventline_campaigns.channels import SMS, HttpChannel, Message, PermanentError, TransientError
+from eventline_campaigns.channels import (
+    EMAIL,
+    SMS,
+    HttpChannel,
+    Message,
+    PermanentError,
+    SmtpChannel,
+    TransientError,
+)
 
 
 def sms(delivery_id: int) -> Message:
@@ -102,3 +110,81 @@ async def test_unreachable_or_silent_provider_is_transient() -> None:
         for writer in accepted:
             writer.close()
             await writer.wait_closed()
+
+
+def mail(delivery_id: int, **fields: str) -> Message:
+    return Message(
+        delivery_id=delivery_id,
+        channel=EMAIL,
+        to=[fields.get("to", f"c{delivery_id}@example.com")],
+        subject=fields.get("subject", f"Hello {delivery_id}"),
+        text=fields.get("text", "text"),
+        html=fields.get("html", ""),
+    )
+
+
+def smtp_channel(smtp_server, **options) -> SmtpChannel:  # type: ignore[no-untyped-def]
+    return SmtpChannel(
+        "127.0.0.1", smtp_server.port, "Eventline <no-reply@eventline.test>", domain="d.test", **options
+    )
+
+
+async def test_smtp_messages_share_a_few_open_connections(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    channel = smtp_channel(smtp_server, concurrency=4)
+    try:
+        await asyncio.gather(*(channel.send(mail(i)) for i in range(200)))
+    finally:
+        await channel.aclose()
+    assert sorted(m["Message-ID"] for m in smtp_server.messages) == sorted(
+        f"<delivery-{i}@d.test>" for i in range(200)
+    )
+    assert len(smtp_server.connections) <= 4
+
+
+async def test_smtp_connection_dropped_while_idle_is_replaced(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    channel = smtp_channel(smtp_server, concurrency=1)
+    try:
+        await channel.send(mail(1))
+        smtp_server.connections[0].close()  # the server drops the idle client
+        await asyncio.sleep(0.05)
+        await channel.send(mail(2))
+        await channel.send(mail(3))
+    finally:
+        await channel.aclose()
+    assert [m["Message-ID"] for m in smtp_server.messages] == [f"<delivery-{i}@d.test>" for i in (1, 2, 3)]
+    assert len(smtp_server.connections) == 2
+
+
+async def test_smtp_connection_idle_too_long_is_not_reused(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    channel = smtp_channel(smtp_server, idle_s=0.05)
+    try:
+        await channel.send(mail(1))
+        await asyncio.sleep(0.1)
+        await channel.send(mail(2))
+    finally:
+        await channel.aclose()
+    assert len(smtp_server.messages) == 2 and len(smtp_server.connections) == 2
+
+
+async def test_smtp_message_round_trips_unicode_and_alternatives(smtp_server) -> None:  # type: ignore[no-untyped-def]
+    channel = smtp_channel(smtp_server)
+    try:
+        await channel.send(
+            mail(7, subject="Grüße, 🎉 für dich", text="Zeile 1\nZeile 2 — ü", html="<p>ü &amp; 🎉</p>")
+        )
+    finally:
+        await channel.aclose()
+    [received] = smtp_server.messages
+    assert received["Subject"] == "Grüße, 🎉 für dich"
+    assert received["To"] == "c7@example.com"
+    assert received["From"] == "Eventline <no-reply@eventline.test>"
+    # SMTP carries lines as CRLF
+    assert received.get_body(("plain",)).get_content().splitlines() == ["Zeile 1", "Zeile 2 — ü"]
+    assert received.get_body(("html",)).get_content() == "<p>ü &amp; 🎉</p>"
+
+
+@pytest.mark.parametrize("field", ["subject", "to"])
+def test_a_line_break_in_a_header_is_refused(field: str) -> None:
+    channel = SmtpChannel("127.0.0.1", 25, "x@example.com", domain="d.test")
+    with pytest.raises(PermanentError, match="line break"):
+        channel.build(mail(1, **{field: "a@example.com\r\nBcc: victim@example.com"}))
