@@ -146,6 +146,8 @@ class SmtpInbox:
         self.messages: list[email.message.EmailMessage] = []
         self.arrived = asyncio.Event()
         self.port = 0
+        self.reply = "250 OK"
+        """The reply to DATA; anything else refuses the message (and records nothing)."""
         self.connections: list[asyncio.Transport] = []
         """Every connection clients opened, in order (closing one drops that client)."""
 
@@ -153,6 +155,8 @@ class SmtpInbox:
         import email
         import email.policy
 
+        if self.reply != "250 OK":
+            return self.reply
         self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))  # type: ignore[arg-type]
         self.arrived.set()
         return "250 OK"

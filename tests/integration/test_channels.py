@@ -183,6 +183,25 @@ async def test_smtp_message_round_trips_unicode_and_alternatives(smtp_server) ->
     assert received.get_body(("html",)).get_content() == "<p>ü &amp; 🎉</p>"
 
 
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("451 4.3.0 try again later", TransientError), ("554 5.7.1 rejected as spam", PermanentError)],
+)
+async def test_smtp_refusals_map_to_transient_or_permanent(
+    smtp_server, reply: str, error: type[Exception]
+) -> None:  # type: ignore[no-untyped-def]
+    smtp_server.reply = reply
+    channel = smtp_channel(smtp_server)
+    try:
+        with pytest.raises(error, match=f"SMTP {reply[:3]}"):
+            await channel.send(mail(1))
+        smtp_server.reply = "250 OK"
+        await channel.send(mail(2))  # the refusal cost its connection, not the next message
+    finally:
+        await channel.aclose()
+    assert [m["Message-ID"] for m in smtp_server.messages] == ["<delivery-2@d.test>"]
+
+
 @pytest.mark.parametrize("field", ["subject", "to"])
 def test_a_line_break_in_a_header_is_refused(field: str) -> None:
     channel = SmtpChannel("127.0.0.1", 25, "x@example.com", domain="d.test")
