@@ -758,3 +758,42 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     assert sent_by["one"] + sent_by["two"] == customers
     assert sent_by["one"] > 0 and sent_by["two"] > 0, f"one replica did all the work: {sent_by}"
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
+
+
+async def test_a_system_event_fan_out_by_email_uses_the_configured_smtp_connections(  # type: ignore[no-untyped-def]
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, db
+) -> None:
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+
+    rows = [(f"sc{i:03d}", f"sc{i:03d}@example.com", 1) for i in range(120)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+    env = campaigns_env(EVENTLINE_SMTP_CONNECTIONS="2")
+    async with running(Settings.from_env(env), consume=False) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+            await start(
+                campaigns,
+                campaigns_pb2.Campaign(
+                    display_name="Sale",
+                    trigger=campaigns_pb2.Trigger(
+                        system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")
+                    ),
+                    actions=[
+                        campaigns_pb2.Action(
+                            email=campaigns_pb2.EmailAction(
+                                subject="Sale for {{ client.customer_id }}", text_body="x"
+                            )
+                        )
+                    ],
+                ),
+            )
+        await ingestion.TrackSystemEvent(
+            ingestion_pb2.TrackSystemEventRequest(event_id="sale-smtp", name="Sale")
+        )
+        await wait_for_entries(redis_client, stream_key, 1)
+        await served.consumer.drain()
+    assert sorted(m["To"] for m in smtp_server.messages) == [f"sc{i:03d}@example.com" for i in range(120)]
+    assert len(smtp_server.connections) <= 2

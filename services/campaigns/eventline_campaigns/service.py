@@ -67,6 +67,7 @@ def build_channels(
             password=settings.smtp_password,
             start_tls=settings.smtp_starttls,
             timeout_s=settings.provider_timeout_s,
+            concurrency=settings.smtp_connections,
         )
     else:
         channels[EMAIL] = file_sink()

@@ -52,6 +52,7 @@ class Settings:
     smtp_username: str
     smtp_password: str
     smtp_starttls: bool
+    smtp_connections: int
     sms_url: str
     push_url: str
     provider_secret: str
@@ -96,6 +97,7 @@ class Settings:
             smtp_username=env_str(environ, "EVENTLINE_SMTP_USERNAME", ""),
             smtp_password=environ.get("EVENTLINE_SMTP_PASSWORD", ""),
             smtp_starttls=env_bool(environ, "EVENTLINE_SMTP_STARTTLS", False),
+            smtp_connections=env_int(environ, "EVENTLINE_SMTP_CONNECTIONS", 8, minimum=1),
             sms_url=sms_url,
             push_url=push_url,
             provider_secret=secret,
