@@ -760,40 +760,81 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
 
 
+def sale_by_email() -> campaigns_pb2.Campaign:
+    return campaigns_pb2.Campaign(
+        display_name="Sale",
+        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
+        actions=[
+            campaigns_pb2.Action(
+                email=campaigns_pb2.EmailAction(subject="Sale for {{ client.customer_id }}", text_body="x")
+            )
+        ],
+    )
+
+
+async def add_email_customers(db, prefix: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
+    rows = [(f"{prefix}{i:04d}", f"{prefix}{i:04d}@example.com", 1) for i in range(count)]
+    await db.copy_records_to_table(
+        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
+    )
+    return [email for _, email, _ in rows]
+
+
 async def test_a_system_event_fan_out_by_email_uses_the_configured_smtp_connections(  # type: ignore[no-untyped-def]
     campaigns_env, stream_key, redis_client, ingestion, smtp_server, db
 ) -> None:
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    rows = [(f"sc{i:03d}", f"sc{i:03d}@example.com", 1) for i in range(120)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
+    addresses = await add_email_customers(db, "sc", 120)
     env = campaigns_env(EVENTLINE_SMTP_CONNECTIONS="2")
     async with running(Settings.from_env(env), consume=False) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
-            await start(
-                campaigns,
-                campaigns_pb2.Campaign(
-                    display_name="Sale",
-                    trigger=campaigns_pb2.Trigger(
-                        system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")
-                    ),
-                    actions=[
-                        campaigns_pb2.Action(
-                            email=campaigns_pb2.EmailAction(
-                                subject="Sale for {{ client.customer_id }}", text_body="x"
-                            )
-                        )
-                    ],
-                ),
-            )
+            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale_by_email())
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-smtp", name="Sale")
         )
         await wait_for_entries(redis_client, stream_key, 1)
         await served.consumer.drain()
-    assert sorted(m["To"] for m in smtp_server.messages) == [f"sc{i:03d}@example.com" for i in range(120)]
+    assert sorted(m["To"] for m in smtp_server.messages) == addresses
     assert len(smtp_server.connections) <= 2
+
+
+async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_nothing(  # type: ignore[no-untyped-def]
+    campaigns_env, stream_key, redis_client, ingestion, smtp_server, db
+) -> None:
+    """The SMTP server drops every connection (a restart, a load balancer) three times while
+    a fan-out is sending over them: every customer still gets one message (one Message-ID)."""
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+
+    addresses = await add_email_customers(db, "cut", 1500)
+    env = campaigns_env(EVENTLINE_CAMPAIGNS_FANOUT_BATCH="100")
+    async with running(Settings.from_env(env)) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale_by_email())
+        await asyncio.sleep(0.3)  # the consumer has the campaign
+        await ingestion.TrackSystemEvent(
+            ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale")
+        )
+        opened = []
+        for threshold in (200, 600, 1000):
+            await smtp_server.wait_for(threshold, timeout=30)
+            opened.append(len(smtp_server.connections))
+            for connection in smtp_server.connections:
+                connection.close()
+        received_at_last_cut = len(smtp_server.messages)
+        deadline = time.monotonic() + 60
+        while len({m["To"] for m in smtp_server.messages}) < len(addresses):
+            assert time.monotonic() < deadline, "the fan-out did not complete"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a late duplicate would arrive now
+    ids_by_recipient: dict[str, set[str]] = {}
+    for message in smtp_server.messages:
+        ids_by_recipient.setdefault(message["To"], set()).add(message["Message-ID"])
+    assert sorted(ids_by_recipient) == addresses
+    assert all(len(ids) == 1 for ids in ids_by_recipient.values()), "a customer got two different messages"
+    assert opened[0] < opened[1] < opened[2] < len(smtp_server.connections), "cut connections were replaced"
+    assert received_at_last_cut < len(addresses), "the cuts came after the fan-out; the test proves nothing"
+    statuses = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
+    assert statuses == {2: len(addresses)}
