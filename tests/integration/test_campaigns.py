@@ -838,3 +838,55 @@ async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_not
     assert received_at_last_cut < len(addresses), "the cuts came after the fan-out; the test proves nothing"
     statuses = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
     assert statuses == {2: len(addresses)}
+
+
+async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_double_nothing(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, http_provider, db
+) -> None:
+    """The same for SMS over HTTP: a call whose reply was cut is repeated with the same
+    Idempotency-Key, so each customer has exactly one key at the provider."""
+    from eventline_campaigns.service import running
+    from eventline_campaigns.settings import Settings
+
+    rows = [(f"hc{i:04d}", f"+49151{i:08d}", 1) for i in range(1500)]
+    await db.copy_records_to_table("customers", records=rows, columns=["customer_id", "phone", "sms_consent"])
+    sale = campaigns_pb2.Campaign(
+        display_name="Sale",
+        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
+        actions=[campaigns_pb2.Action(sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}"))],
+    )
+
+    def phones() -> set[str]:
+        return {json.loads(body)["to"] for _, _, body in http_provider.requests}
+
+    async with running(Settings.from_env(campaigns_env(EVENTLINE_CAMPAIGNS_FANOUT_BATCH="100"))) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale)
+        await asyncio.sleep(0.3)  # the consumer has the campaign
+        await ingestion.TrackSystemEvent(
+            ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale")
+        )
+        opened = []
+        for threshold in (200, 600, 1000):
+            deadline = time.monotonic() + 30
+            while len(http_provider.requests) < threshold:
+                assert time.monotonic() < deadline, "the fan-out stalled"
+                await asyncio.sleep(0.005)
+            opened.append(http_provider.connections)
+            for writer in list(http_provider.open):
+                writer.transport.abort()  # a reset, possibly after the request was read
+        received_at_last_cut = len(phones())
+        deadline = time.monotonic() + 60
+        while len(phones()) < len(rows):
+            assert time.monotonic() < deadline, "the fan-out did not complete"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a late different message would arrive now
+    keys_by_phone: dict[str, set[str]] = {}
+    for _, headers, body in http_provider.requests:
+        keys_by_phone.setdefault(json.loads(body)["to"], set()).add(headers["idempotency-key"])
+    assert len(keys_by_phone) == len(rows)
+    assert all(len(keys) == 1 for keys in keys_by_phone.values()), "a customer got two different messages"
+    assert opened[0] < opened[1] < opened[2] < http_provider.connections, "cut connections were replaced"
+    assert received_at_last_cut < len(rows), "the cuts came after the fan-out; the test proves nothing"
+    statuses = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
+    assert statuses == {2: len(rows)}
