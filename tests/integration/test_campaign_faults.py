@@ -19,15 +19,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from tests.conftest import SmtpInbox
 from tests.processes import ServiceProcess
-from tests.support import customer_event, wait_for_entries
+from tests.support import (
+    add_email_customers,
+    customer_event,
+    delivery_statuses,
+    message_ids_by_recipient,
+    numbered,
+    system_campaign,
+    wait_for_entries,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +43,6 @@ PING = campaigns_pb2.Campaign(
     trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")),
     actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Pong", text_body="x"))],
 )
-
-
-def system_campaign(event_name: str, action: campaigns_pb2.Action) -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name=event_name,
-        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name=event_name)),
-        actions=[action],
-    )
 
 
 def worker(env: dict[str, str], tmp_path: Path) -> ServiceProcess:
@@ -71,22 +70,15 @@ async def running_worker(
         process.kill()
 
 
-async def add_email_customers(db: asyncpg.Connection, prefix: str, count: int, consent=lambda i: 1) -> None:  # type: ignore[no-untyped-def]
-    rows = [(f"{prefix}{i:03d}", f"{prefix}{i:03d}@example.com", consent(i)) for i in range(count)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
-
-
 async def track_pings(
     ingestion: ingestion_pb2_grpc.IngestionServiceStub, prefix: str, count: int, event_prefix: str
 ) -> None:
-    """One batch: a Ping for each customer ``<prefix>000``…"""
+    """One batch: a Ping for each customer ``numbered(prefix, i)``."""
     await ingestion.TrackEvents(
         ingestion_pb2.TrackEventsRequest(
             events=[
                 ingestion_pb2.TrackEventsItem(
-                    customer_event=customer_event(f"{prefix}{i:03d}", "Ping", f"{event_prefix}{i}")
+                    customer_event=customer_event(numbered(prefix, i), "Ping", f"{event_prefix}{i}")
                 )
                 for i in range(count)
             ]
@@ -94,29 +86,11 @@ async def track_pings(
     )
 
 
-async def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
-
-
 async def wait_for_no_pending(redis_client, stream_key: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + 30
     while (await redis_client.xpending(stream_key, "campaigns"))["pending"]:
         assert time.monotonic() < deadline, "entries stay pending"
         await asyncio.sleep(0.05)
-
-
-def by_recipient(inbox: SmtpInbox) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = defaultdict(set)
-    for message in inbox.messages:
-        found[message["To"]].add(message["Message-ID"])
-    return found
-
-
-async def statuses(db: asyncpg.Connection) -> dict[int, int]:
-    return dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
 
 
 async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-untyped-def]
@@ -140,23 +114,25 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
     assert sent_before < customers, "the worker finished before it was killed; the test proves nothing"
     async with running_worker(env, tmp_path):
         await wait_until(
-            lambda: len(by_recipient(smtp_server)) == customers, 120, "not every customer got the message"
+            lambda: len(message_ids_by_recipient(smtp_server)) == customers,
+            120,
+            "not every customer got the message",
         )
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)  # leases expire: any extra message would arrive now
         pending = await redis_client.xpending(stream_key, "campaigns")
-    assert all(len(ids) == 1 for ids in by_recipient(smtp_server).values()), (
+    assert all(len(ids) == 1 for ids in message_ids_by_recipient(smtp_server).values()), (
         "a customer got two different messages"
     )
     assert pending["pending"] == 0
-    assert await statuses(db) == {2: customers}
+    assert await delivery_statuses(db) == {2: customers}
 
 
 async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
     campaigns_env, stream_key, redis_client, ingestion, smtp_server, tmp_path, db
 ) -> None:
     customers = 300
-    await add_email_customers(db, "f", customers, consent=lambda i: 1 if i % 5 else 2)
+    addresses = await add_email_customers(db, "f", customers, consent=lambda i: 1 if i % 5 else 2)
     env = campaigns_env(
         EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="500",
         EVENTLINE_CAMPAIGNS_LEASE_S="1",
@@ -172,19 +148,19 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
         await wait_until(lambda: len(smtp_server.messages) >= 30, 20, "the first worker sent nothing")
         first.kill()
     assert len(smtp_server.messages) < customers * 4 // 5, "the fan-out finished before the kill"
-    expected = {f"f{i:03d}@example.com" for i in range(customers) if i % 5}
+    expected = {address for i, address in enumerate(addresses) if i % 5}
     async with running_worker(env, tmp_path):
         await wait_until(
-            lambda: set(by_recipient(smtp_server)) == expected, 60, "the fan-out did not complete"
+            lambda: set(message_ids_by_recipient(smtp_server)) == expected, 60, "the fan-out did not complete"
         )
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)
         pending = await redis_client.xpending(stream_key, "campaigns")
-    recipients = by_recipient(smtp_server)
+    recipients = message_ids_by_recipient(smtp_server)
     assert set(recipients) == expected
     assert all(len(ids) == 1 for ids in recipients.values()), "a customer got two different messages"
     assert pending["pending"] == 0
-    assert await statuses(db) == {2: len(expected), 4: customers - len(expected)}
+    assert await delivery_statuses(db) == {2: len(expected), 4: customers - len(expected)}
     assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'sale-1'") is True
 
 
@@ -202,7 +178,7 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
     assert pending["pending"] == 0
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 1") == 0
     sent = await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2")
-    assert sent == len(by_recipient(smtp_server))
+    assert sent == len(message_ids_by_recipient(smtp_server))
 
 
 @pytest.mark.parametrize("fault", ["campaigns.before_ack", "campaigns.after_send"])
@@ -226,11 +202,11 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
     async with running_worker(env, tmp_path):
         await wait_for_no_pending(redis_client, stream_key)
         await asyncio.sleep(1.5)  # leases expire: a resend would happen now
-    recipients = by_recipient(smtp_server)
+    recipients = message_ids_by_recipient(smtp_server)
     assert len(recipients) == customers and all(len(ids) == 1 for ids in recipients.values())
     if fault == "campaigns.before_ack":
         assert len(smtp_server.messages) == customers, "no second provider call"
-    assert await statuses(db) == {2: customers}
+    assert await delivery_statuses(db) == {2: customers}
 
 
 @pytest.mark.timeout(600)

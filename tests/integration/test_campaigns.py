@@ -19,7 +19,17 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_shared.stream import StreamEntry
-from tests.support import customer_event, value, violations, wait_for_entries
+from tests.support import (
+    add_email_customers,
+    customer_event,
+    delivery_statuses,
+    message_ids_by_recipient,
+    system_campaign,
+    value,
+    violations,
+    wait_for_entries,
+    wait_until,
+)
 
 GRANTED = common_pb2.CONSENT_GRANTED
 DENIED = common_pb2.CONSENT_DENIED
@@ -760,24 +770,9 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
 
 
-def sale_by_email() -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name="Sale",
-        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(subject="Sale for {{ client.customer_id }}", text_body="x")
-            )
-        ],
-    )
-
-
-async def add_email_customers(db, prefix: str, count: int) -> list[str]:  # type: ignore[no-untyped-def]
-    rows = [(f"{prefix}{i:04d}", f"{prefix}{i:04d}@example.com", 1) for i in range(count)]
-    await db.copy_records_to_table(
-        "customers", records=rows, columns=["customer_id", "email", "email_consent"]
-    )
-    return [email for _, email, _ in rows]
+SALE_EMAIL = campaigns_pb2.Action(
+    email=campaigns_pb2.EmailAction(subject="Sale for {{ client.customer_id }}", text_body="x")
+)
 
 
 async def test_a_system_event_fan_out_by_email_uses_the_configured_smtp_connections(  # type: ignore[no-untyped-def]
@@ -790,7 +785,7 @@ async def test_a_system_event_fan_out_by_email_uses_the_configured_smtp_connecti
     env = campaigns_env(EVENTLINE_SMTP_CONNECTIONS="2")
     async with running(Settings.from_env(env), consume=False) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale_by_email())
+            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), system_campaign("Sale", SALE_EMAIL))
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-smtp", name="Sale")
         )
@@ -812,7 +807,7 @@ async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_not
     env = campaigns_env(EVENTLINE_CAMPAIGNS_FANOUT_BATCH="100")
     async with running(Settings.from_env(env)) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale_by_email())
+            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), system_campaign("Sale", SALE_EMAIL))
         await asyncio.sleep(0.3)  # the consumer has the campaign
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale")
@@ -824,20 +819,18 @@ async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_not
             for connection in smtp_server.connections:
                 connection.close()
         received_at_last_cut = len(smtp_server.messages)
-        deadline = time.monotonic() + 60
-        while len({m["To"] for m in smtp_server.messages}) < len(addresses):
-            assert time.monotonic() < deadline, "the fan-out did not complete"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: len(message_ids_by_recipient(smtp_server)) == len(addresses),
+            60,
+            "the fan-out did not complete",
+        )
         await asyncio.sleep(0.5)  # a late duplicate would arrive now
-    ids_by_recipient: dict[str, set[str]] = {}
-    for message in smtp_server.messages:
-        ids_by_recipient.setdefault(message["To"], set()).add(message["Message-ID"])
+    ids_by_recipient = message_ids_by_recipient(smtp_server)
     assert sorted(ids_by_recipient) == addresses
     assert all(len(ids) == 1 for ids in ids_by_recipient.values()), "a customer got two different messages"
     assert opened[0] < opened[1] < opened[2] < len(smtp_server.connections), "cut connections were replaced"
     assert received_at_last_cut < len(addresses), "the cuts came after the fan-out; the test proves nothing"
-    statuses = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
-    assert statuses == {2: len(addresses)}
+    assert await delivery_statuses(db) == {2: len(addresses)}
 
 
 async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_double_nothing(  # type: ignore[no-untyped-def]
@@ -850,10 +843,8 @@ async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_d
 
     rows = [(f"hc{i:04d}", f"+49151{i:08d}", 1) for i in range(1500)]
     await db.copy_records_to_table("customers", records=rows, columns=["customer_id", "phone", "sms_consent"])
-    sale = campaigns_pb2.Campaign(
-        display_name="Sale",
-        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
-        actions=[campaigns_pb2.Action(sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}"))],
+    sale = system_campaign(
+        "Sale", campaigns_pb2.Action(sms=campaigns_pb2.SmsAction(text="Sale for {{ client.customer_id }}"))
     )
 
     def phones() -> set[str]:
@@ -868,18 +859,12 @@ async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_d
         )
         opened = []
         for threshold in (200, 600, 1000):
-            deadline = time.monotonic() + 30
-            while len(http_provider.requests) < threshold:
-                assert time.monotonic() < deadline, "the fan-out stalled"
-                await asyncio.sleep(0.005)
+            await wait_until(lambda n=threshold: len(http_provider.requests) >= n, 30, "the fan-out stalled")
             opened.append(http_provider.connections)
             for writer in list(http_provider.open):
                 writer.transport.abort()  # a reset, possibly after the request was read
         received_at_last_cut = len(phones())
-        deadline = time.monotonic() + 60
-        while len(phones()) < len(rows):
-            assert time.monotonic() < deadline, "the fan-out did not complete"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: len(phones()) == len(rows), 60, "the fan-out did not complete")
         await asyncio.sleep(0.5)  # a late different message would arrive now
     keys_by_phone: dict[str, set[str]] = {}
     for _, headers, body in http_provider.requests:
@@ -888,5 +873,4 @@ async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_d
     assert all(len(keys) == 1 for keys in keys_by_phone.values()), "a customer got two different messages"
     assert opened[0] < opened[1] < opened[2] < http_provider.connections, "cut connections were replaced"
     assert received_at_last_cut < len(rows), "the cuts came after the fan-out; the test proves nothing"
-    statuses = dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
-    assert statuses == {2: len(rows)}
+    assert await delivery_statuses(db) == {2: len(rows)}
