@@ -154,7 +154,7 @@ class SmtpChannel:
         """The MIME message: text, or text and HTML alternatives, UTF-8 and quoted-printable.
 
         Built with the classic MIME classes: EmailMessage's header registry parsed the
-        addresses of every message again (1.2 ms a message against 0.3 ms). What it
+        addresses of every message again (1.2 ms a message against 0.47 ms). What it
         guarded against is checked here: no header value may break its line.
         """
         to, subject = message.to[0], message.subject
