@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 
@@ -17,6 +16,7 @@ from eventline_campaigns.channels import (
     SmtpChannel,
     TransientError,
 )
+from tests.processes import free_port
 
 
 def sms(delivery_id: int) -> Message:
@@ -83,10 +83,7 @@ async def test_provider_replies_map_to_transient_or_permanent(  # type: ignore[n
 
 
 async def test_unreachable_or_silent_provider_is_transient() -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    channel = HttpChannel(f"http://127.0.0.1:{port}/sms", "secret")
+    channel = HttpChannel(f"http://127.0.0.1:{free_port()}/sms", "secret")  # nothing listens
     try:
         with pytest.raises(TransientError, match="provider unreachable"):
             await channel.send(sms(1))
