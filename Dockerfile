@@ -9,10 +9,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The generated code and Python client: their own distribution (eventline-api), installed
+# in the same pip run so that the services' dependency on it is met from here.
+COPY clients/python ./clients/python
 COPY libs ./libs
 COPY services ./services
 COPY protos ./protos
-RUN pip install . \
+RUN pip install ./clients/python . \
     && useradd --system --uid 10001 eventline \
     && mkdir /data && chown eventline /data
 

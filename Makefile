@@ -1,20 +1,36 @@
 # Eventline: `make run` starts the suite locally, `make test` runs every test.
 # Both work on a fresh clone: they create .venv and install the project into it
-# (again whenever pyproject.toml changes).
+# (again whenever a pyproject.toml changes). The generated code and the Python client are
+# their own distribution (clients/python, eventline-api), installed first; the
+# TypeScript client and the Node example get their npm packages from their lock files.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_CLIENT := clients/typescript/node_modules/.installed
+NODE_EXAMPLE := examples/node/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint protos check-protos clean-data
+.PHONY: run test lint protos check-protos node clean-data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e clients/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# npm ci also builds the TypeScript client (its `prepare` script runs tsc).
+$(NODE_CLIENT): clients/typescript/package-lock.json clients/typescript/package.json
+	cd clients/typescript && npm ci --no-audit --no-fund
+	@touch $(NODE_CLIENT)
+
+$(NODE_EXAMPLE): examples/node/package-lock.json examples/node/package.json $(NODE_CLIENT)
+	cd examples/node && npm ci --no-audit --no-fund
+	@touch $(NODE_EXAMPLE)
+
+node: $(NODE_CLIENT) $(NODE_EXAMPLE)
 
 # Starts ingestion, segmentation and campaigns, plus an embedded PostgreSQL and
 # Redis (data under .eventline/) unless EVENTLINE_DATABASE_URL / EVENTLINE_REDIS_URL
@@ -29,18 +45,20 @@ run: $(STAMP)
 
 # The whole suite, against PostgreSQL/Redis from the environment when reachable,
 # otherwise against embedded servers started for the run (EVENTLINE_EMBEDDED=1 forces them).
-test: $(STAMP)
+test: $(STAMP) node
 	$(BIN)/python -m eventline_shared.embedded test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP) $(NODE_CLIENT)
 	$(BIN)/ruff check .
 	$(BIN)/mypy libs/eventline_shared libs/eventline_cli services
+	$(BIN)/python scripts/check_python_client.py
+	cd clients/typescript && npx tsc -p tsconfig.json --noEmit
 	$(BIN)/buf lint
 
-protos: $(STAMP)
+protos: $(STAMP) $(NODE_CLIENT)
 	$(BIN)/python scripts/gen_protos.py
 
-check-protos: $(STAMP)
+check-protos: $(STAMP) $(NODE_CLIENT)
 	$(BIN)/python scripts/gen_protos.py --check
 
 clean-data:

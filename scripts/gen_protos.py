@@ -1,7 +1,12 @@
-"""Regenerate the Python code for protos/ into libs/generated.
+"""Regenerate the client code for protos/: Python and TypeScript.
 
-One script, so that the output is reproducible: CI runs it with --check and
-fails when the committed code differs from what the protos produce.
+- Python (grpcio-tools): messages, stubs and ``.pyi`` into ``clients/python/src/eventline``,
+  the generated half of the ``eventline-api`` distribution.
+- TypeScript (buf with protoc-gen-es, clients/typescript/buf.gen.yaml): messages and
+  service descriptors into ``clients/typescript/src/gen``.
+
+One script, so that the output is reproducible: CI runs it with --check and fails when
+the committed code differs from what the protos produce.
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -19,10 +26,15 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 THIRD_PARTY = PROTOS / "third_party"
-OUT = ROOT / "libs" / "generated"
+PYTHON_OUT = ROOT / "clients" / "python" / "src"
+TYPESCRIPT = ROOT / "clients" / "typescript"
+TYPESCRIPT_TEMPLATE = TYPESCRIPT / "buf.gen.yaml"
+TYPESCRIPT_OUT = Path("clients") / "typescript" / "src" / "gen"  # as buf.gen.yaml says, from ROOT
 
 
-def generate(out: Path) -> None:
+def generate_python(out: Path) -> Path:
+    """Write the Python package ``eventline`` under ``out``; returns its directory."""
+    out.mkdir(parents=True, exist_ok=True)
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "eventline").rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
@@ -37,34 +49,72 @@ def generate(out: Path) -> None:
     ]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
-    # Packages need __init__.py so that setuptools and type checkers find them.
-    for directory in [out / "eventline", *(out / "eventline").rglob("*")]:
+    package = out / "eventline"
+    # Packages need __init__.py so that setuptools and type checkers find them; py.typed
+    # tells type checkers of the package's users to read the .pyi stubs.
+    for directory in [package, *package.rglob("*")]:
         if directory.is_dir():
             (directory / "__init__.py").touch()
+    (package / "py.typed").touch()
+    return package
+
+
+def buf() -> str:
+    """The buf of this environment (the buf-bin package), else one on PATH."""
+    beside = Path(sysconfig.get_path("scripts")) / "buf"
+    found = str(beside) if beside.exists() else shutil.which("buf")
+    if found is None:
+        sys.exit("buf is missing: install the project's dev dependencies (make test does)")
+    return found
+
+
+def generate_typescript(out_root: Path) -> Path:
+    """Write the TypeScript code under ``out_root`` (buf's -o); returns its directory."""
+    plugin = TYPESCRIPT / "node_modules" / ".bin" / "protoc-gen-es"
+    if not plugin.exists():
+        sys.exit(
+            f"{plugin.relative_to(ROOT)} is missing: run `npm ci` in clients/typescript (make test does)"
+        )
+    result = subprocess.run(
+        [buf(), "generate", "--template", str(TYPESCRIPT_TEMPLATE), "-o", str(out_root)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        sys.exit(f"buf generate failed:\n{result.stdout}{result.stderr}")
+    return out_root / TYPESCRIPT_OUT
 
 
 def differences(a: Path, b: Path) -> list[str]:
-    files_a = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    files_b = {p.relative_to(b) for p in b.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    def files(root: Path) -> set[Path]:
+        return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+
+    files_a, files_b = files(a), files(b)
     changed = [str(p) for p in files_a & files_b if not filecmp.cmp(a / p, b / p, shallow=False)]
     return sorted(changed + [str(p) for p in files_a ^ files_b])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if libs/generated is stale")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="fail if the committed generated code is stale")
     options = parser.parse_args()
     if options.check:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(Path(tmp))
-            stale = differences(Path(tmp), OUT)
+            fresh_python = generate_python(Path(tmp) / "python")
+            fresh_typescript = generate_typescript(Path(tmp) / "typescript")
+            stale = [f"python: {p}" for p in differences(fresh_python, PYTHON_OUT / "eventline")]
+            stale += [f"typescript: {p}" for p in differences(fresh_typescript, ROOT / TYPESCRIPT_OUT)]
         if stale:
             sys.exit("generated code is stale, run `make protos`: " + ", ".join(stale))
         print("generated code is up to date")
         return
-    shutil.rmtree(OUT / "eventline", ignore_errors=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    generate(OUT)
+    shutil.rmtree(PYTHON_OUT / "eventline", ignore_errors=True)
+    PYTHON_OUT.mkdir(parents=True, exist_ok=True)
+    generate_python(PYTHON_OUT)
+    generate_typescript(ROOT)  # clean: true in the template empties the output directory first
 
 
 if __name__ == "__main__":

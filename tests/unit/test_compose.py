@@ -41,8 +41,6 @@ def known_variables() -> set[str]:
     """Every EVENTLINE_* name the code mentions (including EVENTLINE_<SERVICE>_ patterns)."""
     names: set[str] = set()
     for path in [*(ROOT / "libs").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
-        if "generated" in path.parts:
-            continue
         names.update(re.findall(r"EVENTLINE_[A-Z0-9_]+", path.read_text()))
     for service in SERVICES:
         for suffix in ("HOST", "PORT", "DB_POOL_SIZE", "METRICS_PORT"):
@@ -118,9 +116,10 @@ def test_the_dockerfile_copies_what_the_package_needs() -> None:
     sources = [source for line in copied for source in line.split()]
     for source in sources:
         assert (ROOT / source).exists(), source
-    for needed in ("pyproject.toml", "README.md", "libs", "services"):
+    for needed in ("pyproject.toml", "README.md", "libs", "services", "clients/python"):
         assert needed in sources
-    assert re.search(r"^RUN pip install \.", dockerfile, flags=re.MULTILINE)
+    # The generated code's distribution (eventline-api) is installed in the same pip run.
+    assert re.search(r"^RUN pip install \./clients/python \.", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".eventline" in ignored and ".git" in ignored
@@ -139,21 +138,43 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
                 shutil.copytree(ROOT / source, context / source, ignore=ignore)
             else:
                 shutil.copy(ROOT / source, context / source)
+    wheel_command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        "dist",
+    ]
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", ".", "-w", "dist"],
+        [*wheel_command, "./clients/python", "."],  # both distributions, as the Dockerfile installs them
         cwd=context,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    [wheel] = (context / "dist").glob("eventline-*.whl")
+    [wheel] = (context / "dist").glob("eventline-0*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(name for name in names if name.endswith("entry_points.txt"))
         assert "eventline = eventline_cli.main:cli" in archive.read(entry_points).decode()
+        metadata = archive.read(next(name for name in names if name.endswith("METADATA"))).decode()
+        assert "Requires-Dist: eventline-api==" in metadata
     for name in SERVICES:
         assert f"eventline_{name}/__main__.py" in names
     migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
     assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
-    assert "eventline/ingestion/v1/ingestion_pb2.py" in names
+    # The generated code ships once, in eventline-api, not again in the services' wheel.
+    assert not any(name.startswith("eventline/") for name in names)
+    [api_wheel] = (context / "dist").glob("eventline_api-*.whl")
+    with zipfile.ZipFile(api_wheel) as archive:
+        api_names = set(archive.namelist())
+    assert {
+        "eventline/ingestion/v1/ingestion_pb2.py",
+        "eventline/ingestion/v1/ingestion_pb2.pyi",
+    } <= api_names
+    assert "eventline_client/__init__.py" in api_names
