@@ -27,6 +27,8 @@ from eventline_shared import database
 POSTGRES_URL = os.environ.get("EVENTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+pytest_plugins = ["tests.certificates"]  # the `certificates` fixture of the TLS tests
+
 
 def database_url(name: str) -> str:
     base, _, _ = POSTGRES_URL.rpartition("/")

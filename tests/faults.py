@@ -16,6 +16,8 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.up = True
+        self.accepted = 0
+        """Connections forwarded so far (a client that reconnected after a cut made more than one)."""
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -31,6 +33,7 @@ class TcpProxy:
         except OSError:
             writer.close()
             return
+        self.accepted += 1
         self._writers |= {writer, upstream_writer}
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
             task = asyncio.create_task(self._pipe(source, sink))

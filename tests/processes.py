@@ -25,8 +25,16 @@ def free_port() -> int:
 class ServiceProcess:
     """One service process with its own port; its stderr (JSON logs) goes to a file."""
 
-    def __init__(self, service: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        service: str,
+        env: dict[str, str],
+        log_dir: Path,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.service = service
+        self.credentials = credentials
+        """TLS credentials to reach the service with, when it serves TLS."""
         self.port = free_port()
         self.env = {**os.environ, **env, f"EVENTLINE_{service.upper()}_PORT": str(self.port)}
         self.log_path = log_dir / f"{service}-{self.port}.log"
@@ -51,7 +59,11 @@ class ServiceProcess:
         """Wait until the health service reports SERVING."""
         assert self.process is not None
         deadline = asyncio.get_running_loop().time() + timeout_s
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        if self.credentials is None:
+            channel = grpc.aio.insecure_channel(self.address)
+        else:
+            channel = grpc.aio.secure_channel(self.address, self.credentials)
+        async with channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if self.process.poll() is not None:
