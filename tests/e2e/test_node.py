@@ -1,90 +1,73 @@
-"""The Node.js example (examples/node) against a live ingestion server: protos/ are enough."""
+"""The Node.js example (examples/node, on the TypeScript client) against a live ingestion server."""
 
 from __future__ import annotations
 
-import asyncio
+import datetime as dt
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
 from eventline_shared import auth
-
-NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "node"
+from tests.node import NODE_EXAMPLE, TYPESCRIPT_CLIENT, build, run_node
 
 pytestmark = pytest.mark.slow
 
+EXAMPLE = NODE_EXAMPLE / "dist" / "client.js"
+
 
 @pytest.fixture(scope="session")
-def node_client() -> Path:
-    """examples/node with its packages installed (npm ci from the lock file; once per machine)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("node and npm are needed to test examples/node (install Node.js 18 or newer)")
-    installed = NODE_DIR / "node_modules" / "@grpc" / "grpc-js"
-    if not installed.exists():
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "CI": "true"},
-        )
-        if result.returncode != 0:
-            pytest.fail(f"npm ci failed in {NODE_DIR}:\n{result.stdout}\n{result.stderr}")
-    return NODE_DIR / "client.js"
+def node_example() -> None:
+    build(TYPESCRIPT_CLIENT)
+    build(NODE_EXAMPLE)
 
 
-async def run_node(client: Path, port: int, **env: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        str(client),
-        f"127.0.0.1:{port}",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+async def run_example(port: int, **env: str) -> tuple[int, dict[str, Any] | None, str]:
+    code, stdout, stderr = await run_node(EXAMPLE, f"127.0.0.1:{port}", timeout_s=60, **env)
+    lines = stdout.strip().splitlines()
+    return code, json.loads(lines[-1]) if code == 0 else None, stderr
 
 
-async def test_node_client_upserts_sends_and_reads_the_timeline(
-    node_client: Path, ingestion_server: Any, db: asyncpg.Connection
+async def test_the_example_tracks_decodes_errors_and_item_results_and_sends_dates_and_int64_exactly(
+    node_example: None, ingestion_server: Any, db: asyncpg.Connection
 ) -> None:
-    code, stdout, stderr = await run_node(node_client, ingestion_server.port, EVENTLINE_CUSTOMER="node-1")
+    code, summary, stderr = await run_example(ingestion_server.port, EVENTLINE_CUSTOMER="node-1")
     assert code == 0, stderr
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary == {
-        "customer_id": "node-1",
-        "created": True,
-        "tracked_deduplicated": False,
-        "batch_results": 2,
-        "timeline": ["order_shipped", "order_placed", "signed_up"],
-    }
+    assert summary is not None
+    assert summary["customer_id"] == "node-1" and summary["tracked_deduplicated"] is False
+    assert summary["signed_up_at"] == "2024-01-15T09:30:00.250Z"
+    assert summary["referrer_id"] == "9007199254740993"
+    # The batch item with a bad name is refused alone, its field path relative to the event.
+    assert summary["batch"] == ["stored", "refused", "stored"]
+    assert list(summary["batch_refused_fields"]) == ["name"]
+    # The refused call's BadRequest is decoded: the code and both offending field paths.
+    assert summary["invalid"]["code"] == "InvalidArgument"
+    assert set(summary["invalid"]["fields"]) == {"name", 'context["item-id"]'}
+    assert summary["timeline"] == ["order_shipped", "order_placed", "signed_up"]
+
     row = await db.fetchrow("SELECT email, attributes FROM customers WHERE customer_id = 'node-1'")
     assert row is not None and row["email"] == "node-1@example.com"
+    assert json.loads(row["attributes"]) == {"plan": "pro", "seats": 5}
+    signed_up = await db.fetchrow(
+        "SELECT occurred_at, context FROM customer_events WHERE event_id = 'node-1-signed-up'"
+    )
+    assert signed_up["occurred_at"] == dt.datetime(2024, 1, 15, 9, 30, 0, 250000, tzinfo=dt.UTC)
+    assert json.loads(signed_up["context"])["referrer_id"] == 2**53 + 1
     context = await db.fetchval(
         "SELECT context FROM customer_events WHERE customer_id = 'node-1' AND name = 'order_placed'"
     )
     assert json.loads(context) == {"total": 59.90, "items": 3}
 
     # Running it again changes nothing: the event ids are the client's idempotency keys.
-    code, stdout, stderr = await run_node(node_client, ingestion_server.port, EVENTLINE_CUSTOMER="node-1")
+    code, again, stderr = await run_example(ingestion_server.port, EVENTLINE_CUSTOMER="node-1")
     assert code == 0, stderr
-    again = json.loads(stdout.strip().splitlines()[-1])
-    assert again["created"] is False and again["tracked_deduplicated"] is True
+    assert again is not None and again["tracked_deduplicated"] is True
     assert await db.fetchval("SELECT count(*) FROM customer_events WHERE customer_id = 'node-1'") == 3
 
 
-async def test_node_client_sends_its_api_key(
-    node_client: Path, db_url: str, stream_key: str, redis_client: Any, db: asyncpg.Connection
+async def test_the_example_sends_its_api_key(
+    node_example: None, db_url: str, stream_key: str, redis_client: Any, db: asyncpg.Connection
 ) -> None:
     from eventline_ingestion.service import running
     from eventline_ingestion.settings import Settings
@@ -93,9 +76,9 @@ async def test_node_client_sends_its_api_key(
     _, token = await auth.create_key(db, "node", ["ingest", "read"])
     settings = Settings.from_env(service_env(db_url, stream_key, EVENTLINE_AUTH="true"))
     async with running(settings) as served:
-        code, _, stderr = await run_node(node_client, served.port)
+        code, _, stderr = await run_example(served.port)
         assert code == 1
-        assert "UNAUTHENTICATED" in stderr
-        code, stdout, stderr = await run_node(node_client, served.port, EVENTLINE_API_KEY=token)
+        assert "Unauthenticated" in stderr
+        code, summary, stderr = await run_example(served.port, EVENTLINE_API_KEY=token)
         assert code == 0, stderr
-        assert json.loads(stdout.strip().splitlines()[-1])["batch_results"] == 2
+        assert summary is not None and summary["batch"] == ["stored", "refused", "stored"]
