@@ -35,7 +35,8 @@ from eventline_client.events import (
 )
 from eventline_client.values import ContextValue, to_context, to_timestamp
 
-Q = TypeVar("Q", bound=Message)
+Q = TypeVar("Q")
+M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
 
 MAX_BATCH_EVENTS = 1000
@@ -109,8 +110,8 @@ INGESTION = ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_n
 
 
 def _unary(
-    channel: grpc.aio.Channel, service: str, name: str, request: type[Q], response: type[R]
-) -> grpc.aio.UnaryUnaryMultiCallable[Q, R]:
+    channel: grpc.aio.Channel, service: str, name: str, request: type[M], response: type[R]
+) -> grpc.aio.UnaryUnaryMultiCallable[M, R]:
     return channel.unary_unary(
         f"/{service}/{name}",
         request_serializer=request.SerializeToString,
@@ -136,6 +137,15 @@ class IngestionMethods:
         self.TrackEvents = _unary(
             channel, INGESTION, "TrackEvents", pb.TrackEventsRequest, pb.TrackEventsResponse
         )
+        self.TrackEventsEncoded: grpc.aio.UnaryUnaryMultiCallable[bytes, pb.TrackEventsResponse] = (
+            channel.unary_unary(
+                f"/{INGESTION}/TrackEvents",
+                request_serializer=None,
+                response_deserializer=pb.TrackEventsResponse.FromString,
+            )
+        )
+        """TrackEvents taking its request already serialized: track_many sends the
+        concatenation of its items' bytes, each as field 1 of TrackEventsRequest."""
         self.UpsertCustomer = _unary(
             channel, INGESTION, "UpsertCustomer", pb.UpsertCustomerRequest, pb.UpsertCustomerResponse
         )
@@ -258,18 +268,20 @@ class AsyncClient:
         """
         events = list(events)
         event_ids = [event.event_id or new_event_id() for event in events]
-        items = [event.item(event_id) for event, event_id in zip(events, event_ids, strict=True)]
+        # Each item serialized once, as a field of TrackEventsRequest: its size is exact and a
+        # batch is the concatenation of its items, with no message copied.
+        items = [
+            _request_field(event.item(event_id).SerializeToString())
+            for event, event_id in zip(events, event_ids, strict=True)
+        ]
         outcomes: list[Outcome | None] = [None] * len(items)
-        pending = asyncio.Queue[tuple[int, list[ingestion_pb2.TrackEventsItem]]]()
-        for batch in self._batches(items):
-            pending.put_nowait(batch)
+        pending = list(self._batches(items))
+        pending.reverse()
         failures: list[EventlineError] = []
 
-        async def send(start: int, batch: list[ingestion_pb2.TrackEventsItem]) -> None:
+        async def send(start: int, batch: list[bytes]) -> None:
             try:
-                reply = await self.call(
-                    self.ingestion.TrackEvents, ingestion_pb2.TrackEventsRequest(events=batch)
-                )
+                reply = await self.call(self.ingestion.TrackEventsEncoded, b"".join(batch))
             except ResourceExhaustedError:
                 if len(batch) == 1:
                     raise
@@ -279,40 +291,38 @@ class AsyncClient:
                 await send(start, batch[:half])
                 await send(start + half, batch[half:])
                 return
-            for offset, result in enumerate(reply.results):
-                index = start + offset
+            for index, result in enumerate(reply.results, start):
                 if result.HasField("error"):
                     outcomes[index] = Refused(event_ids[index], relative_to_item(from_status(result.error)))
                 else:
                     outcomes[index] = Tracked(result.event, result.deduplicated)
 
         async def worker() -> None:
-            while not failures and not pending.empty():
-                start, batch = pending.get_nowait()
+            while not failures and pending:
+                start, batch = pending.pop()
                 try:
                     await send(start, batch)
                 except EventlineError as error:
                     failures.append(error)
 
-        workers = min(concurrency or self.concurrency, pending.qsize())
+        workers = min(concurrency or self.concurrency, len(pending))
         await asyncio.gather(*(worker() for _ in range(workers)))
         if failures:
             raise TrackManyError(failures[0], events, event_ids, outcomes)
-        return [outcome for outcome in outcomes if outcome is not None]
+        if None in outcomes:
+            raise EventlineError(f"the server sent no result for event {outcomes.index(None)}")
+        return outcomes  # type: ignore[return-value]  # no None left
 
-    def _batches(
-        self, items: list[ingestion_pb2.TrackEventsItem]
-    ) -> Iterable[tuple[int, list[ingestion_pb2.TrackEventsItem]]]:
+    def _batches(self, items: list[bytes]) -> Iterable[tuple[int, list[bytes]]]:
         """Consecutive runs of ``items`` within the count and byte limits, with their start."""
         start, size = 0, 0
         for index, item in enumerate(items):
-            item_size = _field_size(item.ByteSize())
             if index > start and (
-                index - start >= self.max_batch_events or size + item_size > self.max_batch_bytes
+                index - start >= self.max_batch_events or size + len(item) > self.max_batch_bytes
             ):
                 yield start, items[start:index]
                 start, size = index, 0
-            size += item_size
+            size += len(item)
         if start < len(items):
             yield start, items[start:]
 
@@ -399,6 +409,11 @@ class AsyncClient:
         )
 
 
-def _field_size(length: int) -> int:
-    """Bytes of a length-delimited field of ``length`` bytes: tag, length varint, payload."""
-    return 1 + (length.bit_length() + 6) // 7 + length if length else 2
+def _request_field(item: bytes) -> bytes:
+    """``item`` as field 1 (``events``) of TrackEventsRequest: tag, length varint, bytes."""
+    length, varint = len(item), bytearray()
+    while length > 0x7F:
+        varint.append(0x80 | (length & 0x7F))
+        length >>= 7
+    varint.append(length)
+    return b"\x0a" + bytes(varint) + item

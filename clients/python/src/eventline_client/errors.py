@@ -43,12 +43,13 @@ class EventlineError(Exception):
         details: Sequence[any_pb2.Any] = (),
         code: grpc.StatusCode | None = None,
     ) -> None:
-        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        super().__init__(f"{message} ({summary})" if summary and summary not in message else message)
+        self.code: grpc.StatusCode = code or self.default_code
         self.message = message
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
         self.details: tuple[any_pb2.Any, ...] = tuple(details)
-        self.code: grpc.StatusCode = code or self.default_code
+        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
+        text = message or self.code.name
+        super().__init__(f"{text} ({summary})" if summary and summary not in text else text)
 
     @property
     def fields(self) -> dict[str, str]:
@@ -163,4 +164,4 @@ def from_rpc_error(error: grpc.RpcError) -> EventlineError:
             if status.code == code.value[0]:
                 details = list(status.details)
     cls = _BY_CODE.get(code, EventlineError)
-    return cls(message or code.name, violations_of(details), details, code=code)
+    return cls(message, violations_of(details), details, code=code)

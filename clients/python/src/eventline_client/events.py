@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -12,15 +12,15 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
 from eventline_client.errors import EventlineError, FieldViolation
-from eventline_client.values import ContextValue, to_context, to_timestamp
+from eventline_client.values import ContextValue, set_context, set_timestamp
 
 
 def new_event_id() -> str:
-    """A fresh event id (a random UUID, 32 hex digits): unique without coordination."""
-    return uuid.uuid4().hex
+    """A fresh event id: 128 random bits as 32 hex digits, unique without coordination."""
+    return os.urandom(16).hex()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CustomerEvent:
     """Something one customer did. ``event_id`` is generated when not given; give your own
     (an order number, say) to make repeats across restarts of your process safe too."""
@@ -31,20 +31,27 @@ class CustomerEvent:
     occurred_at: dt.datetime | None = None
     event_id: str | None = None
 
+    def fill(self, request: ingestion_pb2.TrackCustomerEventRequest, event_id: str) -> None:
+        """Set the fields of ``request`` (fields set in place: no message is copied)."""
+        request.event_id = event_id
+        request.customer_id = self.customer_id
+        request.name = self.name
+        set_context(request.context, self.context)
+        if self.occurred_at is not None:
+            set_timestamp(request.occurred_at, self.occurred_at)
+
     def request(self, event_id: str) -> ingestion_pb2.TrackCustomerEventRequest:
-        return ingestion_pb2.TrackCustomerEventRequest(
-            event_id=event_id,
-            customer_id=self.customer_id,
-            name=self.name,
-            context=to_context(self.context),
-            occurred_at=to_timestamp(self.occurred_at) if self.occurred_at is not None else None,
-        )
+        request = ingestion_pb2.TrackCustomerEventRequest()
+        self.fill(request, event_id)
+        return request
 
     def item(self, event_id: str) -> ingestion_pb2.TrackEventsItem:
-        return ingestion_pb2.TrackEventsItem(customer_event=self.request(event_id))
+        item = ingestion_pb2.TrackEventsItem()
+        self.fill(item.customer_event, event_id)
+        return item
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SystemEvent:
     """Something that concerns every customer ("item X is back in stock")."""
 
@@ -53,22 +60,29 @@ class SystemEvent:
     occurred_at: dt.datetime | None = None
     event_id: str | None = None
 
+    def fill(self, request: ingestion_pb2.TrackSystemEventRequest, event_id: str) -> None:
+        """Set the fields of ``request`` (fields set in place: no message is copied)."""
+        request.event_id = event_id
+        request.name = self.name
+        set_context(request.context, self.context)
+        if self.occurred_at is not None:
+            set_timestamp(request.occurred_at, self.occurred_at)
+
     def request(self, event_id: str) -> ingestion_pb2.TrackSystemEventRequest:
-        return ingestion_pb2.TrackSystemEventRequest(
-            event_id=event_id,
-            name=self.name,
-            context=to_context(self.context),
-            occurred_at=to_timestamp(self.occurred_at) if self.occurred_at is not None else None,
-        )
+        request = ingestion_pb2.TrackSystemEventRequest()
+        self.fill(request, event_id)
+        return request
 
     def item(self, event_id: str) -> ingestion_pb2.TrackEventsItem:
-        return ingestion_pb2.TrackEventsItem(system_event=self.request(event_id))
+        item = ingestion_pb2.TrackEventsItem()
+        self.fill(item.system_event, event_id)
+        return item
 
 
 Event = CustomerEvent | SystemEvent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tracked:
     """An event that is stored: the stored event, and whether its id had been seen before.
 
@@ -89,7 +103,7 @@ class Tracked:
 _ITEM_PREFIX = re.compile(r"^events\[\d+\]\.(?:customer_event|system_event)(?:\.|$)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Refused:
     """An event of a batch that the server refused (nothing of it is stored); ``error`` is
     the typed error, whose violations name fields relative to the event (``name``,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 from eventline.common.v1 import common_pb2
 from google.protobuf import timestamp_pb2
@@ -21,13 +21,24 @@ an exact decimal (a float as its shortest repr, so ``0.1`` is ``"0.1"``), an awa
 _INT64 = range(-(2**63), 2**63)
 
 
-def to_timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
-    """A Timestamp of an aware datetime (a naive one is refused: its zone would be a guess)."""
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+
+
+def set_timestamp(target: timestamp_pb2.Timestamp, moment: dt.datetime) -> None:
+    """Set ``target`` to an aware datetime (a naive one is refused: its zone would be a guess)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"a naive datetime has no time zone: {moment!r} (use tzinfo=datetime.UTC)")
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    seconds, micros = divmod(delta // dt.timedelta(microseconds=1), 1_000_000)
-    return timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+    seconds, micros = divmod((moment - _EPOCH) // _MICROSECOND, 1_000_000)
+    target.seconds = seconds
+    target.nanos = micros * 1000
+
+
+def to_timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    """A Timestamp of an aware datetime (see :func:`set_timestamp`)."""
+    timestamp = timestamp_pb2.Timestamp()
+    set_timestamp(timestamp, moment)
+    return timestamp
 
 
 def from_timestamp(timestamp: timestamp_pb2.Timestamp) -> dt.datetime:
@@ -37,31 +48,47 @@ def from_timestamp(timestamp: timestamp_pb2.Timestamp) -> dt.datetime:
     )
 
 
+def set_value(target: common_pb2.Value, value: ContextValue) -> None:
+    """Set ``target`` to the typed API value of a Python value (see :data:`ContextValue`)."""
+    if isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, bool):  # before int: a bool is an int in Python
+        target.boolean_value = value
+    elif isinstance(value, int):
+        if value not in _INT64:
+            raise ValueError(f"{value} does not fit a signed 64-bit integer (send a Decimal)")
+        target.integer_value = value
+    elif isinstance(value, decimal.Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a number the API can hold")
+        target.decimal_value = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a number the API can hold")
+        target.decimal_value = repr(value)
+    elif isinstance(value, dt.datetime):
+        set_timestamp(target.timestamp_value, value)
+    elif isinstance(value, common_pb2.Value):
+        target.CopyFrom(value)
+    else:
+        raise TypeError(
+            f"a context value is str, int, float, Decimal, bool or datetime, not {type(value).__name__}"
+        )
+
+
 def to_value(value: ContextValue) -> common_pb2.Value:
     """The typed API value of a Python value (see :data:`ContextValue`)."""
     if isinstance(value, common_pb2.Value):
         return value
-    if isinstance(value, bool):  # before int: a bool is an int in Python
-        return common_pb2.Value(boolean_value=value)
-    if isinstance(value, int):
-        if value not in _INT64:
-            raise ValueError(f"{value} does not fit a signed 64-bit integer (send a Decimal)")
-        return common_pb2.Value(integer_value=value)
-    if isinstance(value, str):
-        return common_pb2.Value(string_value=value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value} is not a number the API can hold")
-        return common_pb2.Value(decimal_value=repr(value))
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():
-            raise ValueError(f"{value} is not a number the API can hold")
-        return common_pb2.Value(decimal_value=str(value))
-    if isinstance(value, dt.datetime):
-        return common_pb2.Value(timestamp_value=to_timestamp(value))
-    raise TypeError(
-        f"a context value is str, int, float, Decimal, bool or datetime, not {type(value).__name__}"
-    )
+    target = common_pb2.Value()
+    set_value(target, value)
+    return target
+
+
+def set_context(target: MutableMapping[str, common_pb2.Value], context: Mapping[str, ContextValue]) -> None:
+    """Fill a message's context (or attributes) map from a mapping of Python values."""
+    for code, value in context.items():
+        set_value(target[code], value)
 
 
 def to_context(context: Mapping[str, ContextValue] | None) -> dict[str, common_pb2.Value]:
