@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 from eventline.campaigns.v1 import campaigns_pb2_grpc
 
 from tests.conftest import CampaignsEnv, service_env
+from tests.faults import TcpProxy
 from tests.processes import ServiceProcess
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -79,3 +82,41 @@ def start_suite(db_url: str, stream_key: str, redis_client: Any, tmp_path: Path)
                 process.kill()
 
     return start
+
+
+async def through_a_cut_connection(
+    suite: Suite, db: Any, send: Callable[[str], Awaitable[T]], cut_after: int = 5_000
+) -> T:
+    """Run ``send(target)`` through a TCP proxy to ingestion, and once ``cut_after`` events
+    are stored drop every connection (new ones are accepted again at once). Fails unless
+    the cut came before the end and the client reconnected."""
+    proxy = await TcpProxy("127.0.0.1", suite.ingestion.port).start()
+    try:
+        sending = asyncio.ensure_future(send(f"127.0.0.1:{proxy.port}"))
+        deadline = asyncio.get_running_loop().time() + 120
+        while not await db.fetchval("SELECT count(*) >= $1 FROM customer_events", cut_after):
+            assert not sending.done(), "the client finished (or failed) before the cut"
+            assert asyncio.get_running_loop().time() < deadline, "nothing arrived"
+            await asyncio.sleep(0.05)
+        proxy.cut()
+        proxy.restore()
+        result = await sending
+    finally:
+        await proxy.close()
+    assert proxy.accepted >= 2, "the client never reconnected"
+    return result
+
+
+async def assert_each_event_once(db: Any, redis_client: Any, stream_key: str, ids: list[str]) -> None:
+    """Event ``ids[i]`` is stored once with context seq = i, nothing else is stored, and each
+    is published on the stream exactly once."""
+    assert len(set(ids)) == len(ids)
+    rows = await db.fetch("SELECT event_id, (context->>'seq')::int AS seq FROM customer_events")
+    assert {row["event_id"]: row["seq"] for row in rows} == {event_id: i for i, event_id in enumerate(ids)}
+    assert len(rows) == len(ids)
+    deadline = asyncio.get_running_loop().time() + 60
+    while await redis_client.xlen(stream_key) < len(ids):
+        assert asyncio.get_running_loop().time() < deadline, "not every event was published"
+        await asyncio.sleep(0.05)
+    published = [fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)]
+    assert sorted(published) == sorted(ids)

@@ -30,17 +30,9 @@ from eventline_client import (
 )
 from eventline_shared import auth
 from tests.certificates import Certificates
-from tests.e2e.conftest import StartSuite
-from tests.faults import TcpProxy
+from tests.e2e.conftest import StartSuite, assert_each_event_once, through_a_cut_connection
 
 pytestmark = pytest.mark.slow
-
-
-async def wait_for(condition: Any, timeout_s: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_track_reads_back_every_kind_of_value_and_repeats_are_deduplicated(
@@ -77,44 +69,19 @@ async def test_50000_events_through_a_cut_connection_arrive_once_and_in_order(
     """track_many of 50,000 events while every connection is cut in the middle: each event
     is stored exactly once, published once, and the outcomes are in input order."""
     events = [CustomerEvent(f"c{i % 500}", "page_viewed", {"seq": i}) for i in range(50_000)]
+    retry = RetryPolicy(attempts=20, max_backoff_s=1.0)
+
+    async def send(target: str) -> list[Any]:
+        async with AsyncClient(target, retry=retry) as client:
+            return await client.track_many(events)
+
     async with start_suite() as suite:
-        proxy = await TcpProxy("127.0.0.1", suite.ingestion.port).start()
-        client = AsyncClient(f"127.0.0.1:{proxy.port}", retry=RetryPolicy(attempts=20, max_backoff_s=1.0))
-        try:
-            sending = asyncio.ensure_future(client.track_many(events))
-
-            async def some_stored() -> bool:
-                return bool(await db.fetchval("SELECT count(*) >= 5000 FROM customer_events"))
-
-            await wait_for(some_stored)
-            stored_at_cut = await db.fetchval("SELECT count(*) FROM customer_events")
-            proxy.cut()
-            proxy.restore()
-            outcomes = await sending
-        finally:
-            await client.close()
-            await proxy.close()
-
-        assert stored_at_cut < 50_000, "the cut came after the last batch: nothing was tested"
-        assert proxy.accepted >= 2, "the client never reconnected"
+        outcomes = await through_a_cut_connection(suite, db, send)
         assert len(outcomes) == 50_000
         assert all(isinstance(outcome, Tracked) for outcome in outcomes)
-        tracked = [outcome for outcome in outcomes if isinstance(outcome, Tracked)]
-        assert [outcome.event.context["seq"].integer_value for outcome in tracked] == list(range(50_000))
-        ids = [outcome.event_id for outcome in tracked]
-        assert len(set(ids)) == 50_000
-        rows = await db.fetch("SELECT event_id, (context->>'seq')::int AS seq FROM customer_events")
-        assert len(rows) == 50_000
-        assert {row["event_id"]: row["seq"] for row in rows} == {
-            event_id: i for i, event_id in enumerate(ids)
-        }
-
-        async def all_published() -> bool:
-            return bool(await redis_client.xlen(stream_key) >= 50_000)
-
-        await wait_for(all_published)
-        published = [fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)]
-        assert sorted(published) == sorted(ids)
+        seqs = [outcome.event.context["seq"].integer_value for outcome in outcomes]
+        assert seqs == list(range(50_000))
+        await assert_each_event_once(db, redis_client, stream_key, [outcome.event_id for outcome in outcomes])
 
 
 async def test_invalid_events_raise_typed_errors_with_field_paths(start_suite: StartSuite) -> None:
