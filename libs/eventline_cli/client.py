@@ -22,9 +22,9 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rich.console import Console
+
+from eventline_client.errors import from_rpc_error, violations_of
 
 DEFAULT_PORTS = {"ingestion": 50051, "segmentation": 50052, "campaigns": 50053}
 
@@ -122,23 +122,12 @@ def call(ctx: click.Context, method: Callable[..., R], request: Message) -> R:
 def describe_status(code: str, message: str, details: list[Any]) -> list[str]:
     """Human lines for a status: the code and message, then one line per field violation."""
     lines = [f"{code}: {message}" if message else code]
-    for detail in details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            lines += [f"  {violation.field}: {violation.description}" for violation in bad.field_violations]
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            quota = error_details_pb2.QuotaFailure()
-            detail.Unpack(quota)
-            lines += [f"  {violation.subject}: {violation.description}" for violation in quota.violations]
-    return lines
+    return lines + [f"  {violation.field}: {violation.description}" for violation in violations_of(details)]
 
 
 def rpc_error_lines(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    code = error.code().name if hasattr(error, "code") else "UNKNOWN"
-    message = error.details() if hasattr(error, "details") else str(error)
-    return describe_status(code, message or "", list(status.details) if status is not None else [])
+    decoded = from_rpc_error(error)
+    return describe_status(decoded.code.name, decoded.message, list(decoded.details))
 
 
 def fail_rpc(error: grpc.RpcError) -> NoReturn:
