@@ -106,7 +106,7 @@ export interface ClientOptions {
   concurrency?: number;
 }
 
-const DEFAULT_RETRY: RetryPolicy = { attempts: 8, initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 };
+const DEFAULT_RETRY: RetryPolicy = { attempts: 6, initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 };
 
 /** A fresh event id (a random UUID, 32 hex digits). */
 export function newEventId(): string {

@@ -53,7 +53,7 @@ class RetryPolicy:
     ``DEADLINE_EXCEEDED`` is repeated: ``attempts`` in all, waiting a random time up to
     ``initial_backoff_s * multiplier**n`` (capped at ``max_backoff_s``) before repeat n."""
 
-    attempts: int = 8
+    attempts: int = 6
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 5.0
     multiplier: float = 2.0

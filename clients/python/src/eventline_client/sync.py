@@ -120,8 +120,11 @@ class Client:
         async def following() -> common_pb2.Event | None:
             return await anext(pages, None)
 
-        while (event := self._run(following())) is not None:
-            yield event
+        try:
+            while (event := self._run(following())) is not None:
+                yield event
+        finally:
+            self._run(pages.aclose())  # also when the caller stops early
 
     def erase_customer(self, customer_id: str) -> ingestion_pb2.EraseCustomerResponse:
         """See :meth:`AsyncClient.erase_customer`."""
