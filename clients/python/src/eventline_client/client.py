@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -385,7 +385,7 @@ class AsyncClient:
         occurred_after: dt.datetime | None = None,
         occurred_before: dt.datetime | None = None,
         page_size: int = 200,
-    ) -> AsyncIterator[common_pb2.Event]:
+    ) -> AsyncGenerator[common_pb2.Event, None]:
         """A customer's events, newest first, read page by page as you iterate."""
         request = ingestion_pb2.ListTimelineRequest(
             customer_id=customer_id,
