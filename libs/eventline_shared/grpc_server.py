@@ -32,6 +32,7 @@ from eventline_shared.errors import (
     InvalidArgument,
     Unavailable,
 )
+from eventline_shared.handlers import writing_stream
 from eventline_shared.metrics import Operations
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,9 @@ def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
-    if handler.unary_unary:
-        inner_unary = handler.unary_unary
+    writer = writing_stream(handler)
+    if handler.unary_unary or writer:
+        inner_unary = writer or handler.unary_unary
 
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
@@ -146,7 +148,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except Exception as exc:
                 await context.abort_with_status(as_status(exc, method, context.time_remaining()))
 
-        return grpc.unary_unary_rpc_method_handler(
+        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
+        return register(
             unary,
             request_deserializer=None,  # decoded in ``unary``, where a bad message is a clean error
             response_serializer=handler.response_serializer,
