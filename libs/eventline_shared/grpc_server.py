@@ -23,8 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from eventline_shared import database, logs
+from eventline_shared import database, logs, stream
 from eventline_shared.config import CommonSettings, ConfigError
+from eventline_shared.dependencies import DependencyMonitor, health_name
 from eventline_shared.errors import (
     DeadlineExceeded,
     EventlineError,
@@ -73,9 +74,7 @@ def register_translator(translator: Translator) -> None:
 
 
 def _redis_translate(exc: BaseException) -> EventlineError | None:
-    import redis.exceptions
-
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if stream.unavailable(exc):
         return Unavailable("the event stream is unavailable, retry later")
     return None
 
@@ -201,8 +200,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
+def _health_status(serving: bool) -> int:
+    return int(
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+
 class Server:
-    """A gRPC server with health checking and reflection, started and stopped as a unit."""
+    """A gRPC server with health checking and reflection, started and stopped as a unit.
+
+    Health: ``""`` and each of ``service_names`` are SERVING while every
+    required dependency of ``dependencies`` is up, NOT_SERVING otherwise and
+    from the start of a shutdown; each dependency is reported under its own
+    name too (``eventline.dependency.<name>``). Watch streams every change.
+    """
 
     def __init__(
         self,
@@ -211,6 +222,7 @@ class Server:
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         options: Iterable[tuple[str, Any]] = (),
         settings: CommonSettings | None = None,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
@@ -230,6 +242,8 @@ class Server:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self.dependencies = dependencies
+        self._health_follower: asyncio.Task[None] | None = None
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -244,14 +258,38 @@ class Server:
     async def start(self) -> None:
         if self.operations is not None:
             await self.operations.start()
+        if self.dependencies is not None:
+            await self.dependencies.start()  # the first health status answered is a probed one
+        await self._report_health()
         await self.server.start()
+        if self.dependencies is not None:
+            self._health_follower = asyncio.create_task(self._follow_dependencies())
+
+    async def _report_health(self) -> None:
+        monitor = self.dependencies
         for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, _health_status(monitor is None or monitor.serving))
+        if monitor is not None:
+            for dependency in monitor.dependencies:
+                await self.health.set(
+                    health_name(dependency.name), _health_status(monitor.up(dependency.name))
+                )
+
+    async def _follow_dependencies(self) -> None:
+        assert self.dependencies is not None
+        while True:
+            await self.dependencies.changed()
+            await self._report_health()
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within ``grace_s``, then stop."""
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # later changes of the dependencies are ignored
         await self.server.stop(grace_s)
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            await asyncio.gather(self._health_follower, return_exceptions=True)
+        if self.dependencies is not None:
+            await self.dependencies.stop()
         if self.operations is not None:
             await self.operations.stop()
 

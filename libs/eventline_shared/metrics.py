@@ -57,6 +57,12 @@ DELIVERIES = Gauge(
     "eventline_deliveries", "Deliveries in the ledger, by channel and status.", ["channel", "status"]
 )
 
+DEPENDENCY_UP = Gauge(
+    "eventline_dependency_up",
+    "1 while a dependency of the service answers its probes and real work, 0 while it does not.",
+    ["dependency"],
+)
+
 CHANNELS = {1: "email", 2: "sms", 3: "push"}
 DELIVERY_STATUSES = {1: "pending", 2: "sent", 3: "failed", 4: "skipped"}
 
