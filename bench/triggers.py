@@ -58,8 +58,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ class SmtpReceiver:
         self.repeated: list[str] = []
         self._lock = threading.Lock()
         self.port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller: Controller | None = None
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         arrival = Arrival(time.perf_counter_ns(), time.time_ns())  # the data is complete: it has arrived
@@ -138,11 +138,14 @@ class SmtpReceiver:
         return len(self.arrived)
 
     def __enter__(self) -> SmtpReceiver:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self._controller.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._controller.stop()
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
 
 
 class Services:
@@ -210,27 +213,81 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+@dataclass
 class Stamps:
     """When this process made a call and read its reply (see the module's description for the clocks)."""
 
-    __slots__ = ("replied_ns", "sent_ns", "sent_wall_ns")
-
-    def __init__(self) -> None:
-        self.sent_wall_ns = time.time_ns()
-        self.sent_ns = time.perf_counter_ns()
-        self.replied_ns = 0
+    sent_wall_ns: int = field(default_factory=time.time_ns)
+    sent_ns: int = field(default_factory=time.perf_counter_ns)
+    replied_ns: int = 0
 
 
 @dataclass(frozen=True)
-class TriggerRun:
+class TriggerFigures:
     """Milliseconds, p50 unless said: call -> message received (p50, p99), call -> reply, call ->
-    stream entry, stream entry -> message received; events tracked and the rate actually offered."""
+    stream entry, stream entry -> message received (p50, p99)."""
 
     p50: float
     p99: float
     reply: float
     to_stream: float
     in_campaigns: float
+    in_campaigns_p99: float
+
+
+def trigger_figures(
+    calls: Mapping[str, Stamps],
+    receiver: SmtpReceiver,
+    appended: Mapping[str, int],
+    started_ns: int,
+    finished_ns: int,
+) -> TriggerFigures:
+    """The figures of the accepted ``calls`` (by event id) made between ``started_ns`` and
+    ``finished_ns``, from their messages' arrivals and their stream entries' ids (``appended``: the
+    ms of the id, in ns); raises ImpossibleFigure when the stamps contradict each other."""
+    impossible_unless(not receiver.repeated, f"messages received twice: {receiver.repeated[:5]}")
+    arrived = receiver.arrived
+    missing = [e for e in calls if e not in arrived]
+    impossible_unless(not missing, f"no message with the subject of events {missing[:5]} arrived")
+    latencies, replies = [], []
+    for event_id, stamps in calls.items():
+        arrival = arrived[event_id].perf_ns
+        # The message is caused by the call, and everything happened during the run: one clock
+        # stamped all four, so anything else is a defect of the measurement.
+        impossible_unless(
+            started_ns <= stamps.sent_ns < stamps.replied_ns <= finished_ns
+            and stamps.sent_ns < arrival <= finished_ns,
+            f"event {event_id}: call, reply and message stamped out of order",
+        )
+        latencies.append((arrival - stamps.sent_ns) / 1e6)
+        replies.append((stamps.replied_ns - stamps.sent_ns) / 1e6)
+    latencies.sort()
+    to_stream, in_campaigns = [], []
+    for event_id in calls.keys() & appended.keys():
+        stamps, append_ms_ns, wall_arrival_ns = calls[event_id], appended[event_id], arrived[event_id].wall_ns
+        # The append happened within [ms, ms + 1), after the call was sent and before the message left.
+        impossible_unless(
+            stamps.sent_wall_ns < append_ms_ns + 1_000_000 and append_ms_ns < wall_arrival_ns,
+            f"event {event_id}: its stream entry is stamped outside its call and its message"
+            " (did the wall clock step during the run?)",
+        )
+        to_stream.append((append_ms_ns + 500_000 - stamps.sent_wall_ns) / 1e6)
+        in_campaigns.append((wall_arrival_ns - append_ms_ns - 500_000) / 1e6)
+    impossible_unless(bool(latencies) and bool(in_campaigns), "no event was measured")
+    in_campaigns.sort()
+    return TriggerFigures(
+        p50=statistics.median(latencies),
+        p99=percentile(latencies, 0.99),
+        reply=statistics.median(replies),
+        to_stream=statistics.median(to_stream),
+        in_campaigns=statistics.median(in_campaigns),
+        in_campaigns_p99=percentile(in_campaigns, 0.99),
+    )
+
+
+@dataclass(frozen=True)
+class TriggerRun:
+    figures: TriggerFigures
     events: int
     offered_per_s: float
 
@@ -275,28 +332,11 @@ async def bench_triggers(
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(track(i)))
-    offered_per_s = total / max(time.monotonic() - start, 1e-9) if total > 1 else float(rate)
+    offered_per_s = (total - 1) / max(time.monotonic() - start, 1e-9) if total > 1 else float(rate)
     await asyncio.gather(*tasks)
     accepted = {event_id: stamps for event_id, stamps in calls.items() if stamps.replied_ns}
     await wait_for_messages(receiver, before + len(accepted), 60)
     finished_ns = time.perf_counter_ns()
-    impossible_unless(not receiver.repeated, f"messages received twice: {receiver.repeated[:5]}")
-    arrived = receiver.arrived
-    missing = [e for e in accepted if e not in arrived]
-    impossible_unless(not missing, f"no message with the subject of events {missing[:5]} arrived")
-    latencies, replies = [], []
-    for event_id, stamps in accepted.items():
-        arrival = arrived[event_id].perf_ns
-        # The message is caused by the call, and everything happened during the run: one clock
-        # stamped all four, so anything else is a defect of the measurement.
-        impossible_unless(
-            started_ns <= stamps.sent_ns < stamps.replied_ns <= finished_ns
-            and stamps.sent_ns < arrival <= finished_ns,
-            f"event {event_id}: call, reply and message stamped out of order",
-        )
-        latencies.append((arrival - stamps.sent_ns) / 1e6)
-        replies.append((stamps.replied_ns - stamps.sent_ns) / 1e6)
-    latencies.sort()
     # Where the time goes, against the entries' ids: Redis stamps them with its wall clock, in ms.
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -306,21 +346,10 @@ async def bench_triggers(
         }
     finally:
         await client.aclose()
-    to_stream, in_campaigns = [], []
-    for event_id in accepted.keys() & appended.keys():
-        stamps, append_ms_ns, arrival = accepted[event_id], appended[event_id], arrived[event_id]
-        # The append happened within [ms, ms + 1), after the call was sent and before the message left.
-        impossible_unless(
-            stamps.sent_wall_ns < append_ms_ns + 1_000_000 and append_ms_ns < arrival.wall_ns,
-            f"event {event_id}: its stream entry is stamped outside its call and its message"
-            " (did the wall clock step during the run?)",
-        )
-        to_stream.append((append_ms_ns + 500_000 - stamps.sent_wall_ns) / 1e6)
-        in_campaigns.append((arrival.wall_ns - append_ms_ns - 500_000) / 1e6)
-    in_campaigns.sort()
+    figures = trigger_figures(accepted, receiver, appended, started_ns, finished_ns)
     print(
-        f"campaigns only (stream append -> received, +-0.5 ms): p50 {statistics.median(in_campaigns):.2f} ms, "
-        f"p99 {percentile(in_campaigns, 0.99):.2f} ms"
+        f"campaigns only (stream append -> received, +-0.5 ms): p50 {figures.in_campaigns:.2f} ms, "
+        f"p99 {figures.in_campaigns_p99:.2f} ms"
     )
     if offered_per_s < 0.95 * rate:
         print(f"the load generator offered only {offered_per_s:.0f} of {rate} events/s")
@@ -328,15 +357,7 @@ async def bench_triggers(
         print(
             f"ingestion answered {len(retries)} calls with {sorted(set(retries))}; retried with the same event id"
         )
-    return TriggerRun(
-        p50=statistics.median(latencies),
-        p99=percentile(latencies, 0.99),
-        reply=statistics.median(replies),
-        to_stream=statistics.median(to_stream),
-        in_campaigns=statistics.median(in_campaigns),
-        events=total,
-        offered_per_s=offered_per_s,
-    )
+    return TriggerRun(figures, total, offered_per_s)
 
 
 async def bench_fanout(
@@ -428,12 +449,12 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
         "trigger_events": events,
         "trigger_rate_per_s": rate,
         "trigger_offered_per_s": round(triggers.offered_per_s),
-        "trigger_p50_ms": round(triggers.p50, 2),
-        "trigger_p99_ms": round(triggers.p99, 2),
-        "trigger_from_request_p50_ms": round(triggers.p50, 2),
-        "trigger_reply_p50_ms": round(triggers.reply, 2),
-        "trigger_to_stream_p50_ms": round(triggers.to_stream, 2),
-        "trigger_in_campaigns_p50_ms": round(triggers.in_campaigns, 2),
+        "trigger_p50_ms": round(triggers.figures.p50, 2),
+        "trigger_p99_ms": round(triggers.figures.p99, 2),
+        "trigger_from_request_p50_ms": round(triggers.figures.p50, 2),
+        "trigger_reply_p50_ms": round(triggers.figures.reply, 2),
+        "trigger_to_stream_p50_ms": round(triggers.figures.to_stream, 2),
+        "trigger_in_campaigns_p50_ms": round(triggers.figures.in_campaigns, 2),
         "trigger_campaigns_cpu_ms_per_event": round(
             (cpu_after["campaigns"] - cpu_before["campaigns"]) * 1000 / events, 3
         ),
