@@ -202,6 +202,36 @@ async def wait_for_messages(receiver: SmtpReceiver, count: int, timeout_s: float
         await asyncio.sleep(0.05)
 
 
+PING_CAMPAIGN = campaigns_pb2.Campaign(
+    display_name="Ping",
+    trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")),
+    actions=[
+        campaigns_pb2.Action(
+            email=campaigns_pb2.EmailAction(
+                subject="{{ event.event_id }}", text_body="Hello {{ client.customer_id }}"
+            )
+        )
+    ],
+)
+"""The triggered campaign: an e-mail whose subject is the event id, for every customer event Ping."""
+
+SALE_CAMPAIGN = campaigns_pb2.Campaign(
+    display_name="Sale",
+    trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
+    audience=seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
+    actions=[
+        campaigns_pb2.Action(
+            email=campaigns_pb2.EmailAction(
+                subject="Sale for {{ client.customer_id }}",
+                html_body="<p>Dear {{ client.email }}, everything is 20% off.</p>",
+                text_body="Dear {{ client.email }}, everything is 20% off.",
+            )
+        )
+    ],
+)
+"""The fan-out: an e-mail to every customer with an address when the system event Sale occurs."""
+
+
 async def activate(stub: campaigns_pb2_grpc.CampaignServiceStub, campaign: campaigns_pb2.Campaign) -> None:
     created = await stub.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
     await stub.ActivateCampaign(
@@ -395,41 +425,8 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
             ):
                 ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
                 campaigns = campaigns_pb2_grpc.CampaignServiceStub(campaigns_channel)
-                await activate(
-                    campaigns,
-                    campaigns_pb2.Campaign(
-                        display_name="Ping",
-                        trigger=campaigns_pb2.Trigger(
-                            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")
-                        ),
-                        actions=[
-                            campaigns_pb2.Action(
-                                email=campaigns_pb2.EmailAction(
-                                    subject="{{ event.event_id }}", text_body="Hello {{ client.customer_id }}"
-                                )
-                            )
-                        ],
-                    ),
-                )
-                await activate(
-                    campaigns,
-                    campaigns_pb2.Campaign(
-                        display_name="Sale",
-                        trigger=campaigns_pb2.Trigger(
-                            system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")
-                        ),
-                        audience=seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
-                        actions=[
-                            campaigns_pb2.Action(
-                                email=campaigns_pb2.EmailAction(
-                                    subject="Sale for {{ client.customer_id }}",
-                                    html_body="<p>Dear {{ client.email }}, everything is 20% off.</p>",
-                                    text_body="Dear {{ client.email }}, everything is 20% off.",
-                                )
-                            )
-                        ],
-                    ),
-                )
+                await activate(campaigns, PING_CAMPAIGN)
+                await activate(campaigns, SALE_CAMPAIGN)
                 await asyncio.sleep(1.0)  # every replica has loaded the campaigns
                 # Warm-up: connections, prepared statements, compiled templates.
                 await bench_triggers(ingestion, receiver, 200, 1.0, stream)
