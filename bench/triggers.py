@@ -67,7 +67,7 @@ import asyncpg
 import grpc
 import redis.asyncio as redis
 from aiosmtpd.controller import Controller
-from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
+from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -412,7 +412,17 @@ async def bench_fanout(
 async def main(quick: bool, rate: int) -> dict[str, float]:
     customers = 20_000 if quick else 100_000
     seconds = 3.0 if quick else 10.0
-    url = await database_with_customers("eventline_bench_triggers", customers)
+    # A database of this run's own: runs on one server at once (other checkouts) must not drop
+    # each other's.
+    database_name = f"eventline_bench_triggers_{uuid.uuid4().hex[:8]}"
+    url = await database_with_customers(database_name, customers)
+    try:
+        return await measure(url, customers, seconds, rate)
+    finally:
+        await drop_database(database_name)
+
+
+async def measure(url: str, customers: int, seconds: float, rate: int) -> dict[str, float]:
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     sink = tempfile.mkdtemp(prefix="eventline-bench-sink-")
     with SmtpReceiver() as receiver:
@@ -441,6 +451,11 @@ async def main(quick: bool, rate: int) -> dict[str, float]:
         finally:
             services.stop()
             shutil.rmtree(sink, ignore_errors=True)
+            client = redis.Redis.from_url(REDIS_URL)
+            try:
+                await client.delete(stream, stream + ":dead")
+            finally:
+                await client.aclose()
     events = triggers.events
     return {
         "trigger_events": events,
