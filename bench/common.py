@@ -29,14 +29,23 @@ def db_url(name: str, server_url: str = POSTGRES_URL) -> str:
 
 async def fresh_database(name: str, server_url: str = POSTGRES_URL) -> str:
     """Drop and re-create database ``name``, migrated; returns its URL."""
+    await drop_database(name, server_url)
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     await database.migrate_url(db_url(name, server_url))
     return db_url(name, server_url)
+
+
+async def drop_database(name: str, server_url: str = POSTGRES_URL) -> None:
+    """Drop database ``name`` (a run's own, see ``fresh_database``), closing its connections."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def free_port() -> int:

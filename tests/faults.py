@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -18,6 +19,16 @@ class TcpProxy:
         self.up = True
         self.accepted = 0
         """Connections forwarded so far (a client that reconnected after a cut made more than one)."""
+
+    @classmethod
+    async def in_front_of(cls, url: str) -> tuple[TcpProxy, str]:
+        """A started proxy to the server of ``url`` (postgresql:// or redis://), and ``url`` through it."""
+        parsed = urlsplit(url)
+        default_port = 6379 if parsed.scheme.startswith("redis") else 5432
+        proxy = await cls(parsed.hostname or "127.0.0.1", parsed.port or default_port).start()
+        credentials = parsed.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+        return proxy, urlunsplit(parsed._replace(netloc=netloc))
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)

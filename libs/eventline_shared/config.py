@@ -78,6 +78,8 @@ class CommonSettings:
     metrics_interval_s: float = 15.0
     security: SecuritySettings | None = None
     """API keys and TLS (see eventline_shared.auth); None: neither."""
+    health_probe_interval_s: float = 2.0
+    """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.dependencies)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], service: str, default_port: int) -> CommonSettings:
@@ -91,6 +93,9 @@ class CommonSettings:
         from eventline_shared.auth import SecuritySettings  # here: auth imports this module
 
         metrics_port = env_int(environ, prefix + "METRICS_PORT", -1, minimum=-1)
+        health_probe_interval_s = env_float(environ, "EVENTLINE_HEALTH_PROBE_INTERVAL_S", 2.0)
+        if not 0 < health_probe_interval_s <= 3600:
+            raise ConfigError("EVENTLINE_HEALTH_PROBE_INTERVAL_S must be more than 0 and at most 3600")
         return cls(
             database_url=database_url,
             redis_url=redis_url,
@@ -103,4 +108,5 @@ class CommonSettings:
             metrics_port=None if metrics_port < 0 else metrics_port,
             metrics_interval_s=env_float(environ, "EVENTLINE_METRICS_INTERVAL_S", 15.0),
             security=SecuritySettings.from_env(environ),
+            health_probe_interval_s=health_probe_interval_s,
         )

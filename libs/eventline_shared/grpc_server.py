@@ -23,8 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from eventline_shared import database, logs
+from eventline_shared import database, logs, stream
 from eventline_shared.config import CommonSettings, ConfigError
+from eventline_shared.dependencies import DependencyMonitor, health_name
 from eventline_shared.errors import (
     DeadlineExceeded,
     EventlineError,
@@ -32,6 +33,7 @@ from eventline_shared.errors import (
     InvalidArgument,
     Unavailable,
 )
+from eventline_shared.handlers import writing_stream
 from eventline_shared.metrics import Operations
 
 log = logging.getLogger(__name__)
@@ -72,9 +74,7 @@ def register_translator(translator: Translator) -> None:
 
 
 def _redis_translate(exc: BaseException) -> EventlineError | None:
-    import redis.exceptions
-
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if stream.unavailable(exc):
         return Unavailable("the event stream is unavailable, retry later")
     return None
 
@@ -134,8 +134,9 @@ def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
-    if handler.unary_unary:
-        inner_unary = handler.unary_unary
+    writer = writing_stream(handler)
+    if handler.unary_unary or writer:
+        inner_unary = writer or handler.unary_unary
 
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
@@ -146,7 +147,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except Exception as exc:
                 await context.abort_with_status(as_status(exc, method, context.time_remaining()))
 
-        return grpc.unary_unary_rpc_method_handler(
+        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
+        return register(
             unary,
             request_deserializer=None,  # decoded in ``unary``, where a bad message is a clean error
             response_serializer=handler.response_serializer,
@@ -198,8 +200,20 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
+def _health_status(serving: bool) -> int:
+    return int(
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+
 class Server:
-    """A gRPC server with health checking and reflection, started and stopped as a unit."""
+    """A gRPC server with health checking and reflection, started and stopped as a unit.
+
+    Health: ``""`` and each of ``service_names`` are SERVING while every
+    required dependency of ``dependencies`` is up, NOT_SERVING otherwise and
+    from the start of a shutdown; each dependency is reported under its own
+    name too (``eventline.dependency.<name>``). Watch streams every change.
+    """
 
     def __init__(
         self,
@@ -208,6 +222,7 @@ class Server:
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         options: Iterable[tuple[str, Any]] = (),
         settings: CommonSettings | None = None,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
@@ -227,6 +242,8 @@ class Server:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self.dependencies = dependencies
+        self._health_follower: asyncio.Task[None] | None = None
 
     def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -241,14 +258,38 @@ class Server:
     async def start(self) -> None:
         if self.operations is not None:
             await self.operations.start()
+        if self.dependencies is not None:
+            await self.dependencies.start()  # the first health status answered is a probed one
+        await self._report_health()
         await self.server.start()
+        if self.dependencies is not None:
+            self._health_follower = asyncio.create_task(self._follow_dependencies())
+
+    async def _report_health(self) -> None:
+        monitor = self.dependencies
         for name in ["", *self.service_names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, _health_status(monitor is None or monitor.serving))
+        if monitor is not None:
+            for dependency in monitor.dependencies:
+                await self.health.set(
+                    health_name(dependency.name), _health_status(monitor.up(dependency.name))
+                )
+
+    async def _follow_dependencies(self) -> None:
+        assert self.dependencies is not None
+        while True:
+            await self.dependencies.changed()
+            await self._report_health()
 
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish within ``grace_s``, then stop."""
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # later changes of the dependencies are ignored
         await self.server.stop(grace_s)
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            await asyncio.gather(self._health_follower, return_exceptions=True)
+        if self.dependencies is not None:
+            await self.dependencies.stop()
         if self.operations is not None:
             await self.operations.stop()
 

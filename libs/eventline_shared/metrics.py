@@ -23,6 +23,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from eventline_shared.auth import AuthInterceptor, KeyStore
+from eventline_shared.handlers import writing_stream
 
 if TYPE_CHECKING:
     from eventline_shared.config import CommonSettings
@@ -54,6 +55,12 @@ STREAM_LAG = Gauge(
 OUTBOX_BACKLOG = Gauge("eventline_outbox_backlog_rows", "Outbox rows not yet published to the stream.")
 DELIVERIES = Gauge(
     "eventline_deliveries", "Deliveries in the ledger, by channel and status.", ["channel", "status"]
+)
+
+DEPENDENCY_UP = Gauge(
+    "eventline_dependency_up",
+    "1 while a dependency of the service answers its probes and real work, 0 while it does not.",
+    ["dependency"],
 )
 
 CHANNELS = {1: "email", 2: "sms", 3: "push"}
@@ -110,8 +117,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code = _code_of(context, failure or "OK")
             (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        writer = writing_stream(handler)
+        if handler.unary_unary or writer:
+            inner = writer or handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 started = time.perf_counter()
@@ -127,7 +135,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     record(context, started, failure)
 
-            return grpc.unary_unary_rpc_method_handler(
+            register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
+            return register(
                 unary,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,

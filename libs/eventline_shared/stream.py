@@ -22,6 +22,7 @@ from typing import cast
 
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
+from redis import exceptions as redis_errors
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,26 @@ class Appender:
 def dead_letter_stream(stream: str) -> str:
     """The default key of the dead-letter stream of consumers of ``stream``."""
     return stream + ":dead"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means Redis cannot serve the stream now (retry later), not a bad command.
+
+    Unreachable, timing out, loading, out of memory, read-only or failing to
+    persist; and on a Redis Cluster, a node answering MOVED/ASK (it does not
+    hold the key: a client that is not cluster-aware can never succeed there),
+    CLUSTERDOWN or TRYAGAIN.
+    """
+    return isinstance(
+        exc,
+        redis_errors.ConnectionError
+        | redis_errors.TimeoutError
+        | redis_errors.OutOfMemoryError
+        | redis_errors.ReadOnlyError
+        | redis_errors.AskError
+        | redis_errors.ClusterError
+        | redis_errors.TryAgainError,
+    ) or (isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("MISCONF"))
 
 
 def connect(url: str) -> redis.Redis:

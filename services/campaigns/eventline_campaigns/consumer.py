@@ -28,6 +28,7 @@ from redis import exceptions as redis_errors
 
 from eventline_campaigns.engine import Engine
 from eventline_shared import database, faults, tracing
+from eventline_shared.dependencies import REDIS, DependencyMonitor
 from eventline_shared.errors import Unavailable
 from eventline_shared.stream import StreamEntry
 
@@ -64,6 +65,7 @@ class StreamConsumer:
         recover_interval_s: float = 1.0,
         concurrency: int = 4,
         max_outage_backoff_s: float = 5.0,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         self.client = client
         self.engine = engine
@@ -83,6 +85,8 @@ class StreamConsumer:
         self._group_ready = False
         self.errors: list[str] = []
         """The latest processing errors (kept short), for logs and tests."""
+        self.dependencies = dependencies
+        """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
 
     async def ensure_group(self) -> None:
         """Create the group at the start of the stream (campaigns ignore events from before their activation)."""
@@ -334,6 +338,8 @@ class StreamConsumer:
                         pause = 0.0 if len(entries) >= self.batch else max(self.claim_idle_ms / 2000, 0.5)
                         next_reclaim = loop.time() + pause
                     entries += await self._read_new(20 if inflight else 500)
+                    if self.dependencies is not None:
+                        self.dependencies.report_ok(REDIS)
                     if entries:
                         task = asyncio.create_task(self.process(entries))
                         inflight.add(task)
@@ -343,6 +349,8 @@ class StreamConsumer:
                     raise
                 except Exception as exc:
                     self._note_error(exc)
+                    if self.dependencies is not None:
+                        self.dependencies.report_error(exc)
                     if isinstance(exc, redis_errors.ResponseError) and "NOGROUP" in str(exc):
                         self._group_ready = False
                     log.warning("campaign consumer error; retrying", extra={"error": repr(exc)[:500]})

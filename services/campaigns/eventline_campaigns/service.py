@@ -27,6 +27,7 @@ from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
 from eventline_shared import auth, database, stream
+from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,13 @@ async def running(
     client = stream.connect(common.redis_url)
     channels = build_channels(settings, observer)
     segmentation = auth.client_channel(settings.segmentation_addr, common.security)
+    # Campaigns react to the event stream: without Redis they cannot do their job, so both
+    # PostgreSQL and Redis are required. Segmentation is not: its outage only delays deliveries,
+    # and it reports its own health (a chain of NOT_SERVING would take every service out at once).
+    dependencies = DependencyMonitor(
+        [PostgreSQL(common.database_url), Redis(client, common.stream, required=True)],
+        interval_s=common.health_probe_interval_s,
+    )
     async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         repository = CampaignRepository(pool)
         cache = CampaignCache(repository, settings.campaign_poll_s)
@@ -122,10 +130,11 @@ async def running(
             claim_idle_ms=settings.claim_idle_ms,
             max_attempts=settings.max_attempts,
             concurrency=settings.batches_in_flight,
+            dependencies=dependencies,
         )
         await cache.refresh()
         servicer = CampaignServicer(repository, audience, cache)
-        server = Server([SERVICE_NAME], settings=common)
+        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

@@ -17,6 +17,7 @@ import asyncpg
 import redis.asyncio as redis
 
 from eventline_shared import faults, stream
+from eventline_shared.dependencies import POSTGRESQL, REDIS, DependencyMonitor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class OutboxRelay:
         retention_s: float = 7 * 24 * 3600.0,
         trim_interval_s: float = 60.0,
         min_interval_s: float = 0.002,
+        dependencies: DependencyMonitor | None = None,
     ) -> None:
         self.pool = pool
         self.client = client
@@ -57,6 +59,8 @@ class OutboxRelay:
         self.appender = stream.Appender(client, stream_key)
         self._stopping = False
         self.published = 0
+        self.dependencies = dependencies
+        """Told of every publish that worked or failed, so health shows a relay that cannot publish."""
 
     def wake(self) -> None:
         """Tell the relay that new outbox rows were committed."""
@@ -97,6 +101,10 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 rows, _ = await self._publish()
+                if self.dependencies is not None:
+                    self.dependencies.report_ok(POSTGRESQL)
+                    if rows:
+                        self.dependencies.report_ok(REDIS)
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + self.trim_interval_s
                     removed = await stream.trim(self.client, self.stream_key, self.retention_s)
@@ -105,6 +113,8 @@ class OutboxRelay:
                 backoff = 0.05
             except Exception as exc:
                 log.warning("outbox relay cannot publish yet", extra={"error": repr(exc)})
+                if self.dependencies is not None:
+                    self.dependencies.report_error(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -17,6 +17,7 @@ from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
 from eventline_ingestion.writer import EventWriter
 from eventline_shared import database, stream
+from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
     common = settings.common
     await database.migrate_url(common.database_url)
     client = stream.connect(common.redis_url)
+    # Ingestion cannot store without PostgreSQL. Without Redis it keeps accepting events (the
+    # outbox keeps them until the relay can publish), so Redis is reported on its own name only.
+    dependencies = DependencyMonitor(
+        [PostgreSQL(common.database_url), Redis(client, common.stream, required=False)],
+        interval_s=common.health_probe_interval_s,
+    )
     async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         outbox = OutboxRelay(
             pool,
@@ -49,11 +56,12 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
             batch=settings.relay_batch,
             retention_s=settings.stream_retention_s,
             trim_interval_s=settings.trim_interval_s,
+            dependencies=dependencies,
         )
         repository = IngestionRepository(pool)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
         servicer = IngestionServicer(repository, writer, client, common.stream, settings.max_batch)
-        server = Server([SERVICE_NAME], settings=common)
+        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

@@ -14,6 +14,7 @@ from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared import database
+from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
 from eventline_shared.grpc_server import Server
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
         database.open_pool(match_dsn, max_size=common.database_pool_size) as match_pool,
     ):
         servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s)
-        server = Server([SERVICE_NAME], settings=common)
+        dependencies = DependencyMonitor(
+            [PostgreSQL(common.database_url)], interval_s=common.health_probe_interval_s
+        )
+        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()
