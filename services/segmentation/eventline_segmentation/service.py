@@ -15,6 +15,7 @@ from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared import database
 from eventline_shared.grpc_server import Server
+from eventline_shared.paging import PageTokens
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
         database.open_pool(dsn, max_size=common.database_pool_size) as pool,
         database.open_pool(match_dsn, max_size=common.database_pool_size) as match_pool,
     ):
-        servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s)
+        tokens = await PageTokens.load(pool)
+        servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s, tokens)
         server = Server([SERVICE_NAME], settings=common)
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
