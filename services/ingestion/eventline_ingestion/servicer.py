@@ -171,16 +171,14 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         bound_to = paging.scope(request)
         cursor = None
         if request.page_token:
-            occurred_at, event_id = self.tokens.read(
-                request.page_token, "ListTimeline", bound_to, (dt.datetime, str)
-            )
-            cursor = (occurred_at, event_id)
+            position = self.tokens.read(request.page_token, "ListTimeline", bound_to, (dt.datetime, str))
+            cursor = (position.instant(0), position.text(1))
         rows = await self.repository.timeline(
             request.customer_id,
             names=list(request.event_names),
             after=bounds.get("occurred_after"),
             before=bounds.get("occurred_before"),
-            cursor=cursor,  # type: ignore[arg-type]
+            cursor=cursor,
             limit=size + 1,
             timeout=database_timeout(context, QUERY_CEILING_S),
         )

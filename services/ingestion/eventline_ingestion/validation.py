@@ -17,6 +17,7 @@ from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import timestamp_pb2
 
 from eventline_shared.errors import FieldViolation, quote
+from eventline_shared.paging import field_bytes
 from eventline_shared.values import (
     CODE,
     CUSTOMER_ID,
@@ -186,8 +187,8 @@ def reply_bytes(
     total = request.ByteSize() + REPLY_OVERHEAD_BYTES * len(checked)
     first: dict[tuple[str, str], tuple[int, int]] = {}
     for i, event in enumerate(checked):
-        if not isinstance(event, NewEvent):
-            total += errors[i]
+        if not isinstance(event, NewEvent):  # answered with its error instead of itself
+            total += errors[i] - field_bytes(request.events[i].ByteSize())
             continue
         growth = sum(
             value.ByteSize() - event.context[code].ByteSize() + 2 for code, value in event.normalized.items()
