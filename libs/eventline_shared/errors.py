@@ -20,7 +20,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-
 QUOTED_CHARS = 40
 """The most characters of a bad value an error message quotes."""
 MAX_MESSAGE_BYTES = 512

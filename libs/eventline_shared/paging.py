@@ -142,6 +142,25 @@ def _decode_key(text: Any, kind: type) -> Key:
     raise ValueError
 
 
+class Position(tuple[Key, ...]):
+    """The keys a page token holds, read back with their types."""
+
+    def text(self, i: int) -> str:
+        value = self[i]
+        assert isinstance(value, str)
+        return value
+
+    def number(self, i: int) -> int:
+        value = self[i]
+        assert isinstance(value, int)
+        return value
+
+    def instant(self, i: int) -> dt.datetime:
+        value = self[i]
+        assert isinstance(value, dt.datetime)
+        return value
+
+
 class PageTokens:
     """Issues and reads the signed page tokens of every list RPC."""
 
@@ -172,21 +191,24 @@ class PageTokens:
 
     def read(
         self, token: str, rpc: str, bound_to: str, kinds: Sequence[type], field: str = "page_token"
-    ) -> tuple[Key, ...]:
-        """The position of a token issued by ``issue(rpc, bound_to, ...)``; INVALID_ARGUMENT otherwise."""
+    ) -> Position:
+        """The position of a token issued by ``issue(rpc, bound_to, ...)``; INVALID_ARGUMENT otherwise.
+
+        ``kinds`` are the types of its keys (str, int or datetime), checked.
+        """
         body, _, signature = token.partition(".")
         try:
-            raw = _unb64(body)
-            good = hmac.compare_digest(self._sign(raw), _unb64(signature))
+            raw, mac = _unb64(body), _unb64(signature)
         except (binascii.Error, ValueError):
             raise invalid(field, _NOT_A_TOKEN) from None
-        if not good:
+        # Only the canonical text: base64's spare bits would let other texts decode the same.
+        if _b64(raw) != body or _b64(mac) != signature or not hmac.compare_digest(self._sign(raw), mac):
             raise invalid(field, _NOT_A_TOKEN)
         try:
             made_for, made_bound, parts = json.loads(raw)
             if made_for != rpc or not isinstance(parts, list) or len(parts) != len(kinds):
                 raise ValueError
-            position = tuple(_decode_key(p, k) for p, k in zip(parts, kinds, strict=True))
+            position = Position(_decode_key(p, k) for p, k in zip(parts, kinds, strict=True))
         except (ValueError, TypeError):
             raise invalid(field, _NOT_A_TOKEN) from None
         if made_bound != bound_to:
