@@ -68,6 +68,18 @@ def big_event(i: int, context_bytes: int, customer: str = "big") -> ingestion_pb
     return ingestion_pb2.TrackEventsItem(customer_event=request)
 
 
+async def every_page(call: Any, request: Any) -> list[Any]:
+    """Every page of a list, read with a client's default limits; each within a reply's 4,000,000 bytes."""
+    pages = []
+    while True:
+        page = await call(request)
+        assert page.ByteSize() <= 4_000_000
+        pages.append(page)
+        if not page.next_page_token:
+            return pages
+        request.page_token = page.next_page_token
+
+
 # --- 6. Never store what cannot be answered; every reply fits a client's 4 MiB -----------------------
 
 
@@ -96,19 +108,9 @@ async def test_timeline_pages_stop_by_bytes_and_read_everything(big_sender, db):
             ingestion_pb2.TrackEventsRequest(events=[big_event(i, 28_000) for i in range(start, start + 100)])
         )
         assert all(r.HasField("event") for r in reply.results)
-    seen: list[str] = []
-    request = ingestion_pb2.ListTimelineRequest(customer_id="big", page_size=1000)
-    pages = 0
-    while True:
-        page = await big_sender.ListTimeline(request)  # received with the default 4 MiB limit
-        pages += 1
-        seen += [e.event_id for e in page.events]
-        assert page.ByteSize() <= 4_000_000
-        if not page.next_page_token:
-            break
-        request.page_token = page.next_page_token
-    assert pages >= 3
-    assert seen == sorted({f"e{i:05d}" for i in range(300)}, reverse=False)[::-1] or len(set(seen)) == 300
+    pages = await every_page(big_sender.ListTimeline, ingestion_pb2.ListTimelineRequest(customer_id="big", page_size=1000))
+    assert len(pages) >= 3
+    seen = [e.event_id for page in pages for e in page.events]
     assert len(seen) == 300 and len(set(seen)) == 300
 
 
@@ -169,16 +171,9 @@ async def test_list_segments_pages_stop_by_bytes(segmentation):
 
     for i in range(6):  # about 1 MB each
         await segmentation.CreateSegment(seg.CreateSegmentRequest(segment=large(i), segment_id=f"s{i}"))
-    request = seg.ListSegmentsRequest(page_size=50)
-    ids: list[str] = []
-    while True:
-        page = await segmentation.ListSegments(request)
-        assert 0 < len(page.segments) < 6 and page.ByteSize() <= 4_000_000
-        ids += [s.segment_id for s in page.segments]
-        if not page.next_page_token:
-            break
-        request.page_token = page.next_page_token
-    assert ids == [f"s{i}" for i in range(6)]
+    pages = await every_page(segmentation.ListSegments, seg.ListSegmentsRequest(page_size=50))
+    assert all(0 < len(page.segments) < 6 for page in pages)
+    assert [s.segment_id for page in pages for s in page.segments] == [f"s{i}" for i in range(6)]
 
 
 async def test_list_campaigns_pages_stop_by_bytes(campaigns):
@@ -197,15 +192,9 @@ async def test_list_campaigns_pages_stop_by_bytes(campaigns):
 
     for i in range(16):  # about 280 KB each
         await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=large(i), campaign_id=f"c{i}"))
-    request = campaigns_pb2.ListCampaignsRequest(page_size=500)
-    ids: list[str] = []
-    while True:
-        page = await campaigns.ListCampaigns(request)
-        assert 0 < len(page.campaigns) < 16 and page.ByteSize() <= 4_000_000
-        ids += [c.campaign_id for c in page.campaigns]
-        if not page.next_page_token:
-            break
-        request.page_token = page.next_page_token
+    pages = await every_page(campaigns.ListCampaigns, campaigns_pb2.ListCampaignsRequest(page_size=500))
+    assert all(0 < len(page.campaigns) < 16 for page in pages)
+    ids = [c.campaign_id for page in pages for c in page.campaigns]
     assert sorted(ids) == sorted(f"c{i}" for i in range(16)) and len(ids) == 16
 
 
