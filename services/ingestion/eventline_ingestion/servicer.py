@@ -119,15 +119,18 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         log.debug("batch tracked", extra={"items": len(checked), "valid": len(good)})
         first_index: dict[tuple[str, str], int] = {}
         results = []
+        stored_before = False
         for i, item in enumerate(checked):
             if isinstance(item, NewEvent):
                 event, seen = stored[item.key]
+                stored_before |= seen
                 repeated = first_index.setdefault(item.key, i) != i
                 results.append(ingestion_pb2.TrackEventsResult(event=event, deduplicated=seen or repeated))
             else:
                 results.append(errors[i])
         reply = ingestion_pb2.TrackEventsResponse(results=results)
-        if reply.ByteSize() > MAX_REPLY_BYTES:
+        # Only events stored by earlier calls can make the reply larger than its bound.
+        if stored_before and reply.ByteSize() > MAX_REPLY_BYTES:
             _shrink(reply)
         return reply
 
