@@ -39,6 +39,11 @@ clients accept by default (Python, Node, Go, Java), whatever the request."""
 PAGE_BYTES = MAX_REPLY_BYTES - 64 * 1024
 """The most bytes of items one page holds, leaving room for its token and other fields."""
 
+READ_BYTES = PAGE_BYTES + MAX_REPLY_BYTES
+"""How far into its rows a list query reads, in bytes of their large columns: one page and
+one more row of the largest size a write lets in, so that ``fill`` always sees whether a row
+follows the page, while a page of large rows never loads more than this."""
+
 T = TypeVar("T")
 Key = str | int | dt.datetime
 """One part of a position: an id, a number or an instant."""

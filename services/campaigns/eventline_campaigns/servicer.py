@@ -154,7 +154,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         if request.page_token:
             position = self.tokens.read(request.page_token, "ListCampaigns", bound_to, (dt.datetime, str))
             after = (position.instant(0), position.text(1))
-        rows = await self.repository.list_campaigns(size + 1, after, states)
+        rows = await self.repository.list_campaigns(size + 1, after, states, paging.READ_BYTES)
         page = paging.fill(rows, size, lambda r: paging.message_bytes(to_proto(r)))
         next_token = ""
         if len(page) < len(rows):

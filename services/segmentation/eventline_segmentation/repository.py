@@ -140,15 +140,30 @@ class SegmentationRepository:
             raise NotFound(f"segment {quote(segment_id)} does not exist")
         return _segment(row)
 
-    async def list_segments(self, after: str, limit: int) -> list[StoredSegment]:
+    async def list_segments(self, after: str, limit: int, max_bytes: int) -> list[StoredSegment]:
+        """Up to ``limit`` segments after ``after``, stopping after the first that starts past ``max_bytes``.
+
+        The byte bound (of the filter and texts, counted without reading them) keeps a page of
+        large segments from loading a thousand of them.
+        """
         rows = await self.pool.fetch(
             f"""
-            SELECT {_SEGMENT_COLUMNS} FROM segments
-            WHERE segment_id COLLATE "C" > $1 COLLATE "C"
-            ORDER BY segment_id COLLATE "C" LIMIT $2
+            SELECT {_SEGMENT_COLUMNS} FROM (
+                SELECT {_SEGMENT_COLUMNS}, sum(size) OVER (ORDER BY segment_id COLLATE "C") - size AS before
+                FROM (
+                    SELECT {_SEGMENT_COLUMNS},
+                           octet_length(filter) + octet_length(display_name) + octet_length(description) AS size
+                    FROM segments
+                    WHERE segment_id COLLATE "C" > $1 COLLATE "C"
+                    ORDER BY segment_id COLLATE "C" LIMIT $2
+                ) AS sized
+            ) AS counted
+            WHERE before <= $3
+            ORDER BY segment_id COLLATE "C"
             """,
             after,
             limit,
+            max_bytes,
         )
         return [_segment(r) for r in rows]
 

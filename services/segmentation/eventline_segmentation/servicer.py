@@ -312,7 +312,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         after = ""
         if request.page_token:
             after = self.tokens.read(request.page_token, "ListSegments", bound_to, (str,)).text(0)
-        stored = await self.repository.list_segments(after, size + 1)
+        stored = await self.repository.list_segments(after, size + 1, paging.READ_BYTES)
         segments = [segment_message(s) for s in stored]
         page = paging.fill(segments, size, paging.message_bytes)
         next_token = ""
