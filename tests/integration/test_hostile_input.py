@@ -17,8 +17,11 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import service_env
+from tests.integration.test_fuzz_segmentation import CLEAN, page_sizes, timestamps
 from tests.support import customer_event, violations
 
 MiB = 1024 * 1024
@@ -236,6 +239,48 @@ async def test_timeline_bounds_outside_a_timestamp_are_invalid_argument(ingestio
     request = ingestion_pb2.ListTimelineRequest(customer_id="c1")
     getattr(request, field).CopyFrom(timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos))
     await invalid_at(ingestion.ListTimeline, request, field)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    after=st.one_of(st.none(), timestamps),
+    before=st.one_of(st.none(), timestamps),
+    occurred_at=st.one_of(st.none(), timestamps),
+    page_size=page_sizes,
+    edit=st.one_of(st.none(), st.tuples(st.integers(0, 200), st.characters(codec="utf-8"))),
+)
+async def test_fuzzed_timeline_and_track_timestamps_and_tokens_are_clean(
+    ingestion, after, before, occurred_at, page_size, edit
+):
+    """Any Timestamp in ListTimeline or a tracked event, any page size, any edit of a real token:
+    a clean refusal or an answer, never INTERNAL."""
+    track = customer_event("c1", "A")
+    if occurred_at is not None:
+        track.occurred_at.CopyFrom(occurred_at)
+    try:
+        await ingestion.TrackCustomerEvent(track)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() in CLEAN, error.details()
+    await ingestion.TrackCustomerEvent(customer_event("c1", "A", "one"))
+    await ingestion.TrackCustomerEvent(customer_event("c1", "A", "two"))
+    request = ingestion_pb2.ListTimelineRequest(customer_id="c1", page_size=page_size)
+    if after is not None:
+        request.occurred_after.CopyFrom(after)
+    if before is not None:
+        request.occurred_before.CopyFrom(before)
+    for _ in range(2):
+        try:
+            page = await ingestion.ListTimeline(request)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() in CLEAN, error.details()
+            return
+        if not page.next_page_token:
+            return
+        token = page.next_page_token
+        if edit is not None:
+            at, character = edit
+            token = token[: at % len(token)] + character + token[at % len(token) + 1 :]
+        request.page_token = token
 
 
 def forged(payload: dict[str, Any]) -> str:
