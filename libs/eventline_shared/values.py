@@ -236,7 +236,7 @@ _TIMESTAMP_TEXT_BYTES = len("2026-11-26T23:24:01.000000Z")
 
 
 def _measured_bytes(value: common_pb2.Value, stored: str) -> int:
-    """A value's size by the documented measure (common.proto): its text as UTF-8.
+    """A value's size by the documented measure (ingestion.proto, the context field): its text as UTF-8.
 
     A string counts its own bytes (not its JSON escapes), a number the
     characters it is stored as (decimals in plain notation), a boolean 4 or 5
