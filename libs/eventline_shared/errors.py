@@ -2,6 +2,13 @@
 
 Domain code raises these; the server interceptor in ``grpc_server`` turns them
 into ``google.rpc.Status`` replies. Handlers never set status codes themselves.
+
+A status travels in the reply's trailers (``grpc-message`` and, with the
+message again, ``grpc-status-details-bin``), which clients refuse past 8 KiB
+("received metadata size exceeds hard limit" from 16 KiB). So a bad value is
+quoted by ``quote`` (a short prefix), and a status is bounded whatever the
+request: at most ``MAX_MESSAGE_BYTES`` of message and ``MAX_DETAILS_BYTES`` of
+field violations, the rest counted ("and 3 more").
 """
 
 from __future__ import annotations
@@ -12,6 +19,34 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+QUOTED_CHARS = 40
+"""The most characters of a bad value an error message quotes."""
+MAX_MESSAGE_BYTES = 512
+"""The longest status message (UTF-8): it is sent twice, and percent-encoded once."""
+MAX_DETAILS_BYTES = 2500
+"""The most bytes of ``BadRequest`` field violations one status carries."""
+MAX_FIELD_BYTES = 200
+MAX_DESCRIPTION_BYTES = 300
+
+
+def quote(value: str, limit: int = QUOTED_CHARS) -> str:
+    """``value`` quoted for an error message (Python ``repr`` style), cut to ``limit`` characters.
+
+    Every message that repeats a client's value goes through here: a value of
+    any length stays a short, printable, unambiguous quote.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes (ending in "…" when cut)."""
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - 3].decode(errors="ignore") + "…"
 
 
 @dataclass(frozen=True)
@@ -32,6 +67,7 @@ class EventlineError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.message = message
 
@@ -47,19 +83,36 @@ class BadRequestError(EventlineError):
 
     def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
         self.violations = list(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}")
+        self._reported = _bounded(self.violations)
+        left = len(self.violations) - len(self._reported.field_violations)
+        if message is None:
+            shown = [f"{v.field}: {v.description}" for v in self._reported.field_violations]
+            more = f" (and {left:,} more)" if left else ""
+            # The whole summary when it fits, else the first violation and the count of the rest.
+            message = f"invalid request: {'; '.join(shown)}{more}"
+            if len(message.encode()) > MAX_MESSAGE_BYTES and len(shown) > 1:
+                message = f"invalid request: {shown[0]} (and {len(self.violations) - 1:,} more)"
+        super().__init__(message)
 
     def details(self) -> list[any_pb2.Any]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in self.violations
-            ]
-        )
         packed = any_pb2.Any()
-        packed.Pack(bad_request)
+        packed.Pack(self._reported)
         return [packed]
+
+
+def _bounded(violations: Sequence[FieldViolation]) -> error_details_pb2.BadRequest:
+    """The first violations, each clipped, that fit in ``MAX_DETAILS_BYTES``."""
+    bad_request = error_details_pb2.BadRequest()
+    size = 0
+    for v in violations:
+        entry = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(v.field, MAX_FIELD_BYTES), description=clip(v.description, MAX_DESCRIPTION_BYTES)
+        )
+        size += entry.ByteSize() + 3  # the tag and length of the entry
+        if size > MAX_DETAILS_BYTES:
+            break
+        bad_request.field_violations.append(entry)
+    return bad_request
 
 
 class InvalidArgument(BadRequestError):
@@ -68,6 +121,12 @@ class InvalidArgument(BadRequestError):
 
 class ResourceExhausted(BadRequestError):
     """A size limit was passed; the violations say which field and which limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ReplyTooLarge(EventlineError):
+    """A reply would be larger than a client accepts; nothing was changed (see ``paging``)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -31,10 +31,12 @@ from eventline_shared.errors import (
     EventlineError,
     FieldViolation,
     InvalidArgument,
+    ReplyTooLarge,
     Unavailable,
 )
 from eventline_shared.handlers import writing_stream
 from eventline_shared.metrics import Operations
+from eventline_shared.paging import MAX_REPLY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +134,26 @@ def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         raise InvalidArgument([FieldViolation("", f"the request cannot be decoded: {exc}")]) from None
 
 
+def _encode(encode: Callable[[Any], bytes] | None, reply: Any) -> bytes:
+    """The reply message as sent; one a client would refuse for its size is RESOURCE_EXHAUSTED.
+
+    The last line of defence of "every reply fits the client's 4 MiB default":
+    list RPCs cut their pages by bytes and writes refuse what they could not
+    echo before storing anything, so this only turns a reply that would fail
+    on the client into a clear error.
+    """
+    raw = encode(reply) if encode is not None else reply
+    if len(raw) > MAX_REPLY_BYTES:
+        raise ReplyTooLarge(
+            f"the reply would be {len(raw):,} bytes, more than the {MAX_REPLY_BYTES:,} a reply may hold; "
+            "ask for less (a smaller page_size)"
+        )
+    return bytes(raw)
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
+    encode = handler.response_serializer
     writer = writing_stream(handler)
     if handler.unary_unary or writer:
         inner_unary = writer or handler.unary_unary
@@ -141,17 +161,23 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
             try:
-                return await inner_unary(_decode(decode, raw), context)
+                reply = await inner_unary(_decode(decode, raw), context)
+                # A writing stream's replies go through context.write and its serializer.
+                return None if writer else _encode(encode, reply)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
                 await context.abort_with_status(as_status(exc, method, context.time_remaining()))
 
-        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
-        return register(
+        if writer:
+            return grpc.unary_stream_rpc_method_handler(
+                unary, request_deserializer=None, response_serializer=handler.response_serializer
+            )
+        return grpc.unary_unary_rpc_method_handler(
             unary,
-            request_deserializer=None,  # decoded in ``unary``, where a bad message is a clean error
-            response_serializer=handler.response_serializer,
+            # Decoded and encoded in ``unary``, where a bad message or a reply too large is a clean error.
+            request_deserializer=None,
+            response_serializer=None,
         )
     if handler.unary_stream:
         inner_stream = handler.unary_stream
@@ -160,7 +186,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             _current_call.set(context)
             try:
                 async for reply in inner_stream(_decode(decode, raw), context):
-                    yield reply
+                    yield _encode(encode, reply)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -169,7 +195,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         return grpc.unary_stream_rpc_method_handler(
             stream,
             request_deserializer=None,
-            response_serializer=handler.response_serializer,
+            response_serializer=None,
         )
     return handler
 

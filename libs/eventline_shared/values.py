@@ -27,16 +27,20 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 
 from eventline.common.v1 import common_pb2
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from eventline_shared.errors import FieldViolation
+from eventline_shared.errors import QUOTED_CHARS, FieldViolation, quote
 
 CODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 """Event names, context field codes and attribute codes. Never contains ``-``."""
 # Used with fullmatch: "$" would also accept a trailing newline.
 CODE = re.compile(CODE_PATTERN[1:-1])
+# Ids are checked with fullmatch too, and ASCII only: \w and \d would take any script's letters and digits.
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9_.:@+\-]{1,128}")
 EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+"""Decimal notation in ASCII digits only (Python's Decimal would take Arabic-Indic or full-width digits)."""
+MAX_DECIMAL_CHARS = 200
 
 MAX_CONTEXT_KEYS = 100
 MAX_STRING_CHARS = 4096
@@ -48,35 +52,40 @@ UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _TS_MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
 _TS_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
+_DURATION_MAX_SECONDS = 315_576_000_000  # 10,000 years: google.protobuf.Duration's range
+_NANOS = 10**9
 
 
 def quote_path(container: str, key: str) -> str:
-    """The field path of a map entry, e.g. ``context["item-id"]``."""
-    return f"{container}[{json.dumps(key, ensure_ascii=False)}]"
+    """The field path of a map entry, e.g. ``context["item-id"]`` (a long key is cut, see ``quote``)."""
+    if len(key) <= QUOTED_CHARS:
+        return f"{container}[{json.dumps(key, ensure_ascii=False)}]"
+    return f"{container}[{json.dumps(key[:QUOTED_CHARS], ensure_ascii=False)[:-1]}…\"]"
 
 
 def check_code(value: str, field: str, what: str) -> FieldViolation | None:
     if not value:
         return FieldViolation(field, f"{what} is required")
     if not CODE.fullmatch(value):
-        return FieldViolation(field, f"{what} {value!r} must match {CODE_PATTERN}")
+        return FieldViolation(field, f"{what} {quote(value)} must match {CODE_PATTERN}")
+    return None
+
+
+def check_id(value: str, field: str, what: str, pattern: re.Pattern[str], rule: str) -> FieldViolation | None:
+    """The one check of every id field: required, and a strict full match of ``pattern``."""
+    if not value:
+        return FieldViolation(field, f"{what} is required")
+    if not pattern.fullmatch(value):
+        return FieldViolation(field, f"{what} {quote(value)} must be {rule}")
     return None
 
 
 def check_customer_id(value: str, field: str) -> FieldViolation | None:
-    if not value:
-        return FieldViolation(field, "customer id is required")
-    if not CUSTOMER_ID.fullmatch(value):
-        return FieldViolation(field, "customer id must be 1 to 128 letters, digits or any of _.:@+-")
-    return None
+    return check_id(value, field, "customer id", CUSTOMER_ID, "1 to 128 letters, digits or any of _.:@+-")
 
 
-def check_event_id(value: str, field: str) -> FieldViolation | None:
-    if not value:
-        return FieldViolation(field, "event id is required")
-    if not EVENT_ID.fullmatch(value):
-        return FieldViolation(field, "event id must be 1 to 128 letters, digits or any of _.:-")
-    return None
+def check_event_id(value: str, field: str, what: str = "event id") -> FieldViolation | None:
+    return check_id(value, field, what, EVENT_ID, "1 to 128 letters, digits or any of _.:-")
 
 
 def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
@@ -90,24 +99,74 @@ def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
-_TIMESTAMP_RANGE = "timestamp must be between years 1 and 9999"
+_TIMESTAMP_RANGE = "timestamp must be between years 1 and 9999, with nanos from 0 to 999,999,999"
 
 
 def _timestamp_in_range(ts: timestamp_pb2.Timestamp) -> bool:
-    return _TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS and 0 <= ts.nanos < 10**9
+    return _TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS and 0 <= ts.nanos < _NANOS
 
 
-def check_timestamp(ts: timestamp_pb2.Timestamp, field: str) -> FieldViolation | None:
-    return None if _timestamp_in_range(ts) else FieldViolation(field, _TIMESTAMP_RANGE)
+def check_timestamp(
+    ts: timestamp_pb2.Timestamp,
+    field: str,
+    *,
+    earliest: dt.datetime | None = None,
+    latest: dt.datetime | None = None,
+    bounds: str = "",
+) -> FieldViolation | None:
+    """The one check of every Timestamp of a request.
+
+    A valid google.protobuf.Timestamp (years 1 to 9999, nanos 0 to
+    999,999,999), and within ``earliest`` <= t < ``latest`` when given
+    (``bounds`` says those bounds in words, e.g. "between 1970 and 9000").
+    Only a timestamp that passes may go to ``timestamp_to_datetime``.
+    """
+    if not _timestamp_in_range(ts):
+        return FieldViolation(field, _TIMESTAMP_RANGE)
+    if earliest is not None or latest is not None:
+        moment = timestamp_to_datetime(ts)
+        if (earliest is not None and moment < earliest) or (latest is not None and moment >= latest):
+            return FieldViolation(field, f"timestamp must be {bounds}")
+    return None
+
+
+def check_duration(
+    duration: duration_pb2.Duration, field: str, *, minimum: dt.timedelta, maximum: dt.timedelta
+) -> FieldViolation | None:
+    """The one check of every Duration of a request: valid, and from ``minimum`` to ``maximum``.
+
+    Valid means what google/protobuf/duration.proto says: seconds within
+    ±315,576,000,000, nanos within ±999,999,999 and of the same sign as the
+    seconds. Only a duration that passes may go to ``ToTimedelta``.
+    """
+    seconds, nanos = duration.seconds, duration.nanos
+    if abs(seconds) > _DURATION_MAX_SECONDS:
+        return FieldViolation(field, "not a valid duration: seconds must be within ±315,576,000,000")
+    if not -_NANOS < nanos < _NANOS:
+        return FieldViolation(field, "not a valid duration: nanos must be within ±999,999,999")
+    if seconds < 0 < nanos or nanos < 0 < seconds:
+        return FieldViolation(field, "not a valid duration: seconds and nanos must not have opposite signs")
+    total = Decimal(seconds) + Decimal(nanos) / _NANOS
+    if not Decimal(minimum.total_seconds()) <= total <= Decimal(maximum.total_seconds()):
+        return FieldViolation(field, f"must be from {_say(minimum)} to {_say(maximum)}")
+    return None
+
+
+def _say(span: dt.timedelta) -> str:
+    """A duration in words, as the API documents its bounds ("1 second", "366 days")."""
+    if span.days and not span.seconds and not span.microseconds:
+        return f"{span.days:,} day{'s' if span.days != 1 else ''}"
+    seconds = span.total_seconds()
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
 def _decimal_text(text: str) -> str | None:
     """Plain-notation text of a decimal that always has a point, or None if invalid."""
-    try:
-        number = Decimal(text.strip())
-    except (InvalidOperation, ValueError):
+    if len(text) > MAX_DECIMAL_CHARS or not _DECIMAL.fullmatch(text):
         return None
-    if not number.is_finite() or text != text.strip() or "_" in text:
+    try:
+        number = Decimal(text)
+    except (InvalidOperation, ValueError):
         return None
     digits = number.as_tuple().digits
     if len(digits) > MAX_DECIMAL_DIGITS or abs(number.adjusted()) > MAX_DECIMAL_EXPONENT:
@@ -149,8 +208,8 @@ def _encode_value(
         decimal = _decimal_text(value.decimal_value)
         if decimal is None:
             return _Invalid(
-                f"decimal {value.decimal_value[:50]!r} must be a finite number with at most "
-                f"{MAX_DECIMAL_DIGITS} significant digits"
+                f"decimal {quote(value.decimal_value)} must be a finite number in ASCII digits with "
+                f"at most {MAX_DECIMAL_DIGITS} significant digits"
             )
         if decimal != value.decimal_value:
             normalized[code] = common_pb2.Value(decimal_value=decimal)
@@ -173,6 +232,24 @@ class _Invalid(str):
     """The description of why a value is invalid."""
 
 
+_TIMESTAMP_TEXT_BYTES = len("2026-11-26T23:24:01.000000Z")
+
+
+def _measured_bytes(value: common_pb2.Value, stored: str) -> int:
+    """A value's size by the documented measure (ingestion.proto, the context field): its text as UTF-8.
+
+    A string counts its own bytes (not its JSON escapes), a number the
+    characters it is stored as (decimals in plain notation), a boolean 4 or 5
+    ("true", "false"), a timestamp the 27 of its RFC 3339 text.
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return len(value.string_value.encode())
+    if kind == "timestamp_value":
+        return _TIMESTAMP_TEXT_BYTES
+    return len(stored)  # integers, decimals and booleans are stored as their ASCII text
+
+
 def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str = "field code") -> Encoded:
     """Validate a context or attribute map and return its JSON storage text."""
     violations: list[FieldViolation] = []
@@ -189,14 +266,14 @@ def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str 
     for code, value in sorted(values.items()):
         if not CODE.fullmatch(code):
             violations.append(
-                FieldViolation(quote_path(field, code), f"{what} {code!r} must match {CODE_PATTERN}")
+                FieldViolation(quote_path(field, code), f"{what} {quote(code)} must match {CODE_PATTERN}")
             )
             continue
         text = _encode_value(value, code, normalized)
         if isinstance(text, _Invalid):
             violations.append(FieldViolation(quote_path(field, code), text))
             continue
-        size += len(code) + len(text.encode())
+        size += len(code) + _measured_bytes(value, text)
         parts.append(f'"{code}": {text}')
     if size > MAX_CONTEXT_BYTES:
         violations.append(

@@ -93,9 +93,14 @@ async def test_create_get_list_update_and_states(campaigns) -> None:  # type: ig
     assert first.campaign.state == campaigns_pb2.CAMPAIGN_STATE_DRAFT
     assert first.campaign.campaign_id == "reset"
     again = await campaigns.CreateCampaign(
-        campaigns_pb2.CreateCampaignRequest(campaign=email_campaign(subject="other"), campaign_id="reset")
+        campaigns_pb2.CreateCampaignRequest(campaign=email_campaign(), campaign_id="reset")
     )
     assert again.campaign == first.campaign, "a repeated create returns the first campaign"
+    with pytest.raises(grpc.aio.AioRpcError) as other:  # AIP-155: another campaign with the id
+        await campaigns.CreateCampaign(
+            campaigns_pb2.CreateCampaignRequest(campaign=email_campaign(subject="other"), campaign_id="reset")
+        )
+    assert other.value.code() == grpc.StatusCode.ALREADY_EXISTS
     for _ in range(3):
         await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=email_campaign()))
     page = await campaigns.ListCampaigns(campaigns_pb2.ListCampaignsRequest(page_size=3))

@@ -15,6 +15,8 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.support import violations
+
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND}
 WRITE_CLEAN = CLEAN | {grpc.StatusCode.ALREADY_EXISTS}
 
@@ -290,8 +292,11 @@ async def test_filter_nested_past_protobuf_depth_is_invalid_argument(segmentatio
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
 
 
-async def test_segment_id_with_nul_is_not_found_not_internal(segmentation):
-    """Regression: a NUL in a looked-up segment id reached PostgreSQL and came back INTERNAL."""
+async def test_segment_id_with_nul_is_invalid_argument_not_internal(segmentation):
+    """Regression: a NUL in a looked-up segment id reached PostgreSQL and came back INTERNAL.
+
+    It was NOT_FOUND for a while; an id that breaks the segment id grammar can name no segment
+    (CreateSegment checks the same grammar), so it is bad input, with its path (issue 10, item 12)."""
     for call, message in [
         (segmentation.GetSegment, pb.GetSegmentRequest(segment_id="x\x00")),
         (segmentation.CountCustomers, pb.CountCustomersRequest(segment_id="x\x00")),
@@ -300,4 +305,5 @@ async def test_segment_id_with_nul_is_not_found_not_internal(segmentation):
     ]:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(message)
-        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, (call, caught.value.details())
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (call, caught.value.details())
+        assert "segment_id" in violations(caught.value)

@@ -222,20 +222,35 @@ class CampaignRepository:
         return _campaign(row) if row else None
 
     async def list_campaigns(
-        self, limit: int, after: tuple[dt.datetime, str] | None, states: list[int]
+        self, limit: int, after: tuple[dt.datetime, str] | None, states: list[int], max_bytes: int
     ) -> list[CampaignRow]:
+        """Up to ``limit`` campaigns, newest first, stopping after the first that starts past ``max_bytes``.
+
+        The byte bound (of the stored campaign, counted without reading it) keeps a page of
+        large campaigns from loading hundreds of them.
+        """
         rows = await self.pool.fetch(
             f"""
-            SELECT {_CAMPAIGN_COLUMNS} FROM campaigns
-            WHERE (cardinality($1::smallint[]) = 0 OR state = ANY($1::smallint[]))
-              AND ($2::timestamptz IS NULL OR (created_at, campaign_id) < ($2, $3))
+            SELECT {_CAMPAIGN_COLUMNS} FROM (
+                SELECT {_CAMPAIGN_COLUMNS},
+                       sum(size) OVER (ORDER BY created_at DESC, campaign_id DESC) - size AS before
+                FROM (
+                    SELECT {_CAMPAIGN_COLUMNS}, octet_length(spec) + octet_length(display_name) AS size
+                    FROM campaigns
+                    WHERE (cardinality($1::smallint[]) = 0 OR state = ANY($1::smallint[]))
+                      AND ($2::timestamptz IS NULL OR (created_at, campaign_id) < ($2, $3))
+                    ORDER BY created_at DESC, campaign_id DESC
+                    LIMIT $4
+                ) AS sized
+            ) AS counted
+            WHERE before <= $5
             ORDER BY created_at DESC, campaign_id DESC
-            LIMIT $4
             """,
             states,
             after[0] if after else None,
             after[1] if after else "",
             limit,
+            max_bytes,
         )
         return [_campaign(r) for r in rows]
 

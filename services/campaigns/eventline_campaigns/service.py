@@ -29,6 +29,7 @@ from eventline_campaigns.settings import Settings
 from eventline_shared import auth, database, stream
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
+from eventline_shared.paging import PageTokens
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ async def running(
             dependencies=dependencies,
         )
         await cache.refresh()
-        servicer = CampaignServicer(repository, audience, cache)
+        servicer = CampaignServicer(repository, audience, cache, await PageTokens.load(pool))
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

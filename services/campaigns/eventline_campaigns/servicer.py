@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import uuid
 from typing import Any
 
@@ -16,14 +14,18 @@ from eventline_campaigns.engine import CampaignCache, Trigger, _address
 from eventline_campaigns.model import compile_action
 from eventline_campaigns.repository import CampaignRepository, CampaignRow, DeliveryRow
 from eventline_campaigns.templates import RenderError, variables
+from eventline_shared import paging
 from eventline_shared.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
-    InvalidArgument,
     NotFound,
+    ResourceExhausted,
+    quote,
     raise_if_any,
 )
 from eventline_shared.grpc_server import Context
+from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 from eventline_shared.values import datetime_to_timestamp, decode_values, python_values
 
 DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
@@ -34,18 +36,27 @@ _UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap"}
 _OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
 
 
-def _encode_token(payload: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+_CAMPAIGN_OUTPUT_BYTES = 256
+"""The most a campaign's output-only fields and id add to it in a reply."""
 
 
-def _decode_token(token: str, field: str = "page_token") -> dict[str, Any]:
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if not isinstance(payload, dict):
-            raise ValueError
-        return payload
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument([FieldViolation(field, "not a page token of this list")]) from None
+def _fits_a_reply(campaign: campaigns_pb2.Campaign) -> None:
+    """Refuse, before storing, a campaign whose every later reply would be too large."""
+    size = campaign.ByteSize() + _CAMPAIGN_OUTPUT_BYTES
+    if size > MAX_REPLY_BYTES:
+        raise ResourceExhausted(
+            [
+                FieldViolation(
+                    "campaign",
+                    f"the campaign takes {size:,} bytes; it must fit in a reply of {MAX_REPLY_BYTES:,} bytes",
+                )
+            ]
+        )
+
+
+def _with_article(word: str) -> str:
+    """ "an archived", "a draft": the indefinite article a generated message needs."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
@@ -85,10 +96,13 @@ def _delivery(row: DeliveryRow) -> campaigns_pb2.Delivery:
 
 
 class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ignore[misc]
-    def __init__(self, repository: CampaignRepository, audience: Audience, cache: CampaignCache) -> None:
+    def __init__(
+        self, repository: CampaignRepository, audience: Audience, cache: CampaignCache, tokens: PageTokens
+    ) -> None:
         self.repository = repository
         self.audience = audience
         self.cache = cache
+        self.tokens = tokens
 
     async def _changed(self) -> None:
         # This replica sees its own change at once; the others within a poll.
@@ -98,7 +112,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         raise_if_any(v for v in [validation.check_campaign_id(campaign_id, field)] if v)
         row = await self.repository.get_campaign(campaign_id)
         if row is None:
-            raise NotFound(f"campaign {campaign_id!r} does not exist")
+            raise NotFound(f"campaign {quote(campaign_id)} does not exist")
         return row
 
     async def CreateCampaign(
@@ -110,11 +124,14 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         if bad_id:
             violations.append(bad_id)
         raise_if_any(violations)
+        _fits_a_reply(request.campaign)
         if request.campaign.HasField("audience"):
             await self.audience.validate(request.campaign.audience, "campaign.audience")
-        row, _ = await self.repository.create_campaign(
-            campaign_id, request.campaign.display_name, _spec(request.campaign)
-        )
+        spec = _spec(request.campaign)
+        row, created = await self.repository.create_campaign(campaign_id, request.campaign.display_name, spec)
+        # AIP-155: the same request again returns the campaign; another one with the id is refused.
+        if not created and (row.display_name, row.spec) != (request.campaign.display_name, spec):
+            raise AlreadyExists(f"campaign {quote(campaign_id)} already exists with other content")
         return campaigns_pb2.CreateCampaignResponse(campaign=to_proto(row))
 
     async def GetCampaign(
@@ -125,30 +142,27 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
     async def ListCampaigns(
         self, request: campaigns_pb2.ListCampaignsRequest, context: Context
     ) -> campaigns_pb2.ListCampaignsResponse:
-        size = validation.page_size(request.page_size, 50, 500)
-        violations = [size] if isinstance(size, FieldViolation) else []
         states = [int(state) for state in request.states]
-        for i, state in enumerate(states):
-            if state not in (DRAFT, ACTIVE, PAUSED, ARCHIVED):
-                violations.append(FieldViolation(f"states[{i}]", "must be a campaign state"))
-        raise_if_any(violations)
-        assert isinstance(size, int)
+        raise_if_any(
+            FieldViolation(f"states[{i}]", "must be a campaign state")
+            for i, state in enumerate(states)
+            if state not in (DRAFT, ACTIVE, PAUSED, ARCHIVED)
+        )
+        size = paging.page_size(request.page_size, 50, 500)
+        bound_to = paging.scope(request)
         after = None
         if request.page_token:
-            token = _decode_token(request.page_token)
-            try:
-                after = (dt.datetime.fromisoformat(token["t"]), str(token["c"]))
-            except (KeyError, ValueError, TypeError):
-                raise InvalidArgument(
-                    [FieldViolation("page_token", "not a page token of this list")]
-                ) from None
-        rows = await self.repository.list_campaigns(size + 1, after, states)
+            position = self.tokens.read(request.page_token, "ListCampaigns", bound_to, (dt.datetime, str))
+            after = (position.instant(0), position.text(1))
+        rows = await self.repository.list_campaigns(size + 1, after, states, paging.READ_BYTES)
+        page = paging.fill(rows, size, lambda r: paging.message_bytes(to_proto(r)))
         next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = _encode_token({"t": rows[-1].created_at.isoformat(), "c": rows[-1].campaign_id})
+        if len(page) < len(rows):
+            next_token = self.tokens.issue(
+                "ListCampaigns", bound_to, (page[-1].created_at, page[-1].campaign_id)
+            )
         return campaigns_pb2.ListCampaignsResponse(
-            campaigns=[to_proto(r) for r in rows], next_page_token=next_token
+            campaigns=[to_proto(r) for r in page], next_page_token=next_token
         )
 
     async def UpdateCampaign(
@@ -159,7 +173,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         if not paths:
             violations.append(FieldViolation("update_mask", "name the fields to change"))
         for path in sorted(paths - _UPDATABLE):
-            violations.append(FieldViolation("update_mask", f"{path!r} cannot be changed"))
+            violations.append(FieldViolation("update_mask", f"{quote(path)} cannot be changed"))
         raise_if_any(violations)
         current = await self._require(request.campaign.campaign_id, "campaign.campaign_id")
         merged = to_proto(current)
@@ -174,6 +188,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
             else:
                 merged.ClearField(path)
         raise_if_any(validation.check_campaign(merged, "campaign", paths))
+        _fits_a_reply(merged)
         if "audience" in paths and merged.HasField("audience"):
             await self.audience.validate(merged.audience, "campaign.audience")
         if current.state == ARCHIVED:
@@ -196,7 +211,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
             if latest.state == state:
                 return latest
             name = campaigns_pb2.CampaignState.Name(latest.state).removeprefix("CAMPAIGN_STATE_").lower()
-            raise FailedPrecondition(f"a {name} campaign cannot be {verb}")
+            raise FailedPrecondition(f"{_with_article(name)} campaign cannot be {verb}")
         await self._changed()
         return row
 
@@ -229,7 +244,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         profiles = await self.repository.profiles([request.customer_id])
         profile = profiles.get(request.customer_id)
         if profile is None:
-            raise NotFound(f"customer {request.customer_id!r} does not exist")
+            raise NotFound(f"customer {quote(request.customer_id)} does not exist")
         trigger_kind = spec.trigger.WhichOneof("kind")
         event_name = getattr(spec.trigger, trigger_kind).event_name if trigger_kind else ""
         trigger = Trigger.of(
@@ -269,31 +284,21 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         self, request: campaigns_pb2.ListDeliveriesRequest, context: Context
     ) -> campaigns_pb2.ListDeliveriesResponse:
         parent = request.WhichOneof("parent")
-        violations: list[FieldViolation] = []
-        size = validation.page_size(request.page_size, 50, 1000)
-        if isinstance(size, FieldViolation):
-            violations.append(size)
         value = getattr(request, parent) if parent else ""
-        if parent is None or not value:
-            violations.append(FieldViolation("parent", "campaign_id, customer_id or event_id is required"))
-        elif len(value) > 128 or "\x00" in value:
-            violations.append(FieldViolation(parent, "must be at most 128 characters without NUL"))
-        raise_if_any(violations)
-        assert isinstance(size, int) and parent is not None
+        raise_if_any(v for v in [validation.check_parent(parent, value)] if v)
+        assert parent is not None
+        size = paging.page_size(request.page_size, 50, 1000)
+        bound_to = paging.scope(request)
         before = None
         if request.page_token:
-            token = _decode_token(request.page_token)
-            if token.get("p") != parent or token.get("v") != value or not isinstance(token.get("d"), int):
-                raise InvalidArgument([FieldViolation("page_token", "not a page token of this list")])
-            before = token["d"]
+            before = self.tokens.read(request.page_token, "ListDeliveries", bound_to, (int,)).number(0)
         rows = await self.repository.list_deliveries(parent, value, before, size + 1)
+        deliveries = [_delivery(r) for r in rows]
+        page = paging.fill(deliveries, size, paging.message_bytes)
         next_token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            next_token = _encode_token({"p": parent, "v": value, "d": rows[-1].delivery_id})
-        return campaigns_pb2.ListDeliveriesResponse(
-            deliveries=[_delivery(r) for r in rows], next_page_token=next_token
-        )
+        if len(page) < len(deliveries):
+            next_token = self.tokens.issue("ListDeliveries", bound_to, (int(page[-1].delivery_id),))
+        return campaigns_pb2.ListDeliveriesResponse(deliveries=page, next_page_token=next_token)
 
     async def GetCampaignStats(
         self, request: campaigns_pb2.GetCampaignStatsRequest, context: Context

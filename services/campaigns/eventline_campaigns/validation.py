@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from eventline.campaigns.v1 import campaigns_pb2
@@ -9,13 +10,23 @@ from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_campaigns.templates import TemplateProblem, compile_template
 from eventline_shared.errors import FieldViolation
-from eventline_shared.values import check_code, check_customer_id, encode_values
+from eventline_shared.values import (
+    check_code,
+    check_customer_id,
+    check_duration,
+    check_event_id,
+    check_id,
+    encode_values,
+    quote_path,
+)
 
-CAMPAIGN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""Checked with fullmatch: "$" would accept a trailing newline (then NOT_FOUND without it)."""
 MAX_PREDICATES = 20
 MAX_PREDICATE_VALUES = 1000
 MAX_DISPLAY_NAME = 200
-MAX_PERIOD_S = 366 * 24 * 3600
+MIN_PERIOD = dt.timedelta(seconds=1)
+MAX_PERIOD = dt.timedelta(days=366)
 _SINGLE_OPERAND = {
     segmentation_pb2.OPERATOR_EQUALS,
     segmentation_pb2.OPERATOR_NOT_EQUALS,
@@ -34,11 +45,18 @@ _EMAIL_FIELDS = (("subject", 1000, False), ("html_body", 100_000, True), ("text_
 
 
 def check_campaign_id(value: str, field: str) -> FieldViolation | None:
-    if not value:
-        return FieldViolation(field, "campaign id is required")
-    if not CAMPAIGN_ID.match(value):
-        return FieldViolation(field, "campaign id must be 1 to 64 letters, digits, '_' or '-'")
-    return None
+    return check_id(value, field, "campaign id", CAMPAIGN_ID, "1 to 64 letters, digits, '_' or '-'")
+
+
+def check_parent(parent: str | None, value: str) -> FieldViolation | None:
+    """The parent of ListDeliveries: a campaign, customer or event id of its own grammar."""
+    if parent == "campaign_id":
+        return check_campaign_id(value, parent)
+    if parent == "customer_id":
+        return check_customer_id(value, parent)
+    if parent == "event_id":
+        return check_event_id(value, parent)
+    return FieldViolation("parent", "campaign_id, customer_id or event_id is required")
 
 
 def _template(source: str, field: str, limit: int, html: bool, required: bool) -> list[FieldViolation]:
@@ -144,7 +162,7 @@ def _actions(actions: list[campaigns_pb2.Action], field: str) -> list[FieldViola
             if len(push.data) > 20:
                 found.append(FieldViolation(f"{path}.push.data", "at most 20 data entries"))
             for key, source in sorted(push.data.items()):
-                key_path = f"{path}.push.data[{key!r}]"
+                key_path = quote_path(f"{path}.push.data", key)
                 bad_key = check_code(key, key_path, "data key")
                 if bad_key:
                     found.append(bad_key)
@@ -156,9 +174,9 @@ def _frequency_cap(cap: campaigns_pb2.FrequencyCap, field: str) -> list[FieldVio
     found: list[FieldViolation] = []
     if cap.max_sends < 1:
         found.append(FieldViolation(f"{field}.max_sends", "must be at least 1"))
-    seconds = cap.period.ToTimedelta().total_seconds()
-    if not 1 <= seconds <= MAX_PERIOD_S:
-        found.append(FieldViolation(f"{field}.period", "must be from 1 second to 366 days"))
+    bad = check_duration(cap.period, f"{field}.period", minimum=MIN_PERIOD, maximum=MAX_PERIOD)
+    if bad:
+        found.append(bad)
     return found
 
 
@@ -191,9 +209,3 @@ def check_preview(request: campaigns_pb2.PreviewMessageRequest) -> list[FieldVio
     found = [v for v in (check_customer_id(request.customer_id, "customer_id"),) if v]
     found += encode_values(request.context, "context").violations
     return found
-
-
-def page_size(requested: int, default: int, cap: int, field: str = "page_size") -> int | FieldViolation:
-    if requested < 0:
-        return FieldViolation(field, "must not be negative")
-    return min(requested or default, cap)

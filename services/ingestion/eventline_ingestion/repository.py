@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncpg
 from eventline.common.v1 import common_pb2
@@ -164,12 +163,6 @@ def stored_event(event: NewEvent, received_at: timestamp_pb2.Timestamp) -> commo
     return stored
 
 
-@dataclass(frozen=True)
-class TimelinePage:
-    events: list[common_pb2.Event]
-    last: tuple[dt.datetime, str] | None
-
-
 class IngestionRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -280,7 +273,8 @@ class IngestionRepository:
         cursor: tuple[dt.datetime, str] | None,
         limit: int,
         timeout: float | None = None,
-    ) -> TimelinePage:
+    ) -> list[common_pb2.Event]:
+        """Up to ``limit`` events of a customer, newest first, after ``cursor`` (occurred_at, event_id)."""
         rows = await self.pool.fetch(
             _TIMELINE,
             customer_id,
@@ -289,13 +283,10 @@ class IngestionRepository:
             before,
             cursor[0] if cursor else None,
             cursor[1] if cursor else None,
-            limit + 1,
+            limit,
             timeout=timeout,
         )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        last = (rows[-1]["occurred_at"], rows[-1]["event_id"]) if more else None
-        return TimelinePage([event_from_row(r) for r in rows], last)
+        return [event_from_row(r) for r in rows]
 
     async def erase_customer(self, customer_id: str, timeout: float | None = None) -> tuple[bool, int]:
         """Delete the profile and, by cascade, every row derived from it; scrub the outbox.

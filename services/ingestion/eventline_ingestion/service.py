@@ -19,6 +19,7 @@ from eventline_ingestion.writer import EventWriter
 from eventline_shared import database, stream
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
+from eventline_shared.paging import PageTokens
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
         )
         repository = IngestionRepository(pool)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
-        servicer = IngestionServicer(repository, writer, client, common.stream, settings.max_batch)
+        tokens = await PageTokens.load(pool)
+        servicer = IngestionServicer(repository, writer, client, common.stream, tokens, settings.max_batch)
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

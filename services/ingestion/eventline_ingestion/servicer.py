@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import hashlib
-import json
 import logging
 
 import redis.asyncio as redis
@@ -16,17 +13,19 @@ from eventline_ingestion import validation
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import stream, tracing
+from eventline_shared import paging, stream, tracing
 from eventline_shared.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     invalid,
+    quote,
     raise_if_any,
 )
 from eventline_shared.grpc_server import Context, database_timeout
-from eventline_shared.values import check_customer_id, timestamp_to_datetime
+from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
+from eventline_shared.values import check_customer_id, check_timestamp, timestamp_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,14 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         writer: EventWriter,
         client: redis.Redis,
         stream_key: str,
+        tokens: PageTokens,
         max_batch: int = 1000,
     ) -> None:
         self.repository = repository
         self.writer = writer
         self.client = client
         self.stream_key = stream_key
+        self.tokens = tokens
         self.max_batch = max_batch
 
     async def _track_one(
@@ -93,20 +94,45 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
             )
         arrival = _arrival(context)
         checked = [validation.batch_item(item, i, arrival) for i, item in enumerate(request.events)]
+        errors = {
+            i: ingestion_pb2.TrackEventsResult(error=InvalidArgument(item).to_status())
+            for i, item in enumerate(checked)
+            if not isinstance(item, NewEvent)
+        }
+        # Never store what cannot be answered: the reply is bounded before anything is stored.
+        bound = validation.reply_bytes(
+            request, checked, {i: paging.message_bytes(e) for i, e in errors.items()}
+        )
+        if bound > MAX_REPLY_BYTES:
+            raise ResourceExhausted(
+                [
+                    FieldViolation(
+                        "events",
+                        f"the reply to these {len(request.events):,} events could take {bound:,} bytes, "
+                        f"more than the {MAX_REPLY_BYTES:,} a reply may hold; send fewer or smaller "
+                        "events per call",
+                    )
+                ]
+            )
         good = [e for e in checked if isinstance(e, NewEvent)]
         stored = await self.writer.store(good) if good else {}
         log.debug("batch tracked", extra={"items": len(checked), "valid": len(good)})
         first_index: dict[tuple[str, str], int] = {}
         results = []
+        stored_before = False
         for i, item in enumerate(checked):
             if isinstance(item, NewEvent):
                 event, seen = stored[item.key]
+                stored_before |= seen
                 repeated = first_index.setdefault(item.key, i) != i
                 results.append(ingestion_pb2.TrackEventsResult(event=event, deduplicated=seen or repeated))
             else:
-                error = InvalidArgument(item).to_status()
-                results.append(ingestion_pb2.TrackEventsResult(error=error))
-        return ingestion_pb2.TrackEventsResponse(results=results)
+                results.append(errors[i])
+        reply = ingestion_pb2.TrackEventsResponse(results=results)
+        # Only events stored by earlier calls can make the reply larger than its bound.
+        if stored_before and reply.ByteSize() > MAX_REPLY_BYTES:
+            _shrink(reply)
+        return reply
 
     async def UpsertCustomer(
         self, request: ingestion_pb2.UpsertCustomerRequest, context: Context
@@ -127,7 +153,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
             request.customer_id, database_timeout(context, QUERY_CEILING_S)
         )
         if customer is None:
-            raise NotFound(f"customer {request.customer_id!r} not found")
+            raise NotFound(f"customer {quote(request.customer_id)} not found")
         return ingestion_pb2.GetCustomerResponse(customer=customer)
 
     async def ListTimeline(
@@ -135,38 +161,43 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
     ) -> ingestion_pb2.ListTimelineResponse:
         violations = [v for v in [check_customer_id(request.customer_id, "customer_id")] if v]
         violations += validation.check_names(list(request.event_names), "event_names")
-        if request.page_size < 0:
-            violations.append(FieldViolation("page_size", "page_size must not be negative"))
-        after = timestamp_to_datetime(request.occurred_after) if request.HasField("occurred_after") else None
-        before = (
-            timestamp_to_datetime(request.occurred_before) if request.HasField("occurred_before") else None
-        )
-        filters = _filter_digest(request)
+        bounds = {}
+        for field in ("occurred_after", "occurred_before"):
+            if request.HasField(field):
+                bad = check_timestamp(getattr(request, field), field)
+                if bad:
+                    violations.append(bad)
+                else:
+                    bounds[field] = timestamp_to_datetime(getattr(request, field))
+        raise_if_any(violations)
+        size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        bound_to = paging.scope(request)
         cursor = None
         if request.page_token:
-            cursor = _decode_token(request.page_token, filters)
-            if cursor is None:
-                violations.append(
-                    FieldViolation("page_token", "page token is malformed or was made for other filters")
-                )
-        raise_if_any(violations)
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = await self.repository.timeline(
+            position = self.tokens.read(request.page_token, "ListTimeline", bound_to, (dt.datetime, str))
+            cursor = (position.instant(0), position.text(1))
+        rows = await self.repository.timeline(
             request.customer_id,
             names=list(request.event_names),
-            after=after,
-            before=before,
+            after=bounds.get("occurred_after"),
+            before=bounds.get("occurred_before"),
             cursor=cursor,
-            limit=size,
+            limit=size + 1,
             timeout=database_timeout(context, QUERY_CEILING_S),
         )
-        if not page.events and not cursor:
+        if not rows and not cursor:
             if not await self.repository.customer_exists(
                 request.customer_id, database_timeout(context, QUERY_CEILING_S)
             ):
-                raise NotFound(f"customer {request.customer_id!r} not found")
-        token = _encode_token(page.last, filters) if page.last else ""
-        return ingestion_pb2.ListTimelineResponse(events=page.events, next_page_token=token)
+                raise NotFound(f"customer {quote(request.customer_id)} not found")
+        page = paging.fill(rows, size, paging.message_bytes)
+        token = ""
+        if len(page) < len(rows):
+            last = page[-1]
+            token = self.tokens.issue(
+                "ListTimeline", bound_to, (timestamp_to_datetime(last.occurred_at), last.event_id)
+            )
+        return ingestion_pb2.ListTimelineResponse(events=page, next_page_token=token)
 
     async def EraseCustomer(
         self, request: ingestion_pb2.EraseCustomerRequest, context: Context
@@ -183,26 +214,34 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         )
 
 
-def _filter_digest(request: ingestion_pb2.ListTimelineRequest) -> str:
-    key = [
-        request.customer_id,
-        sorted(request.event_names),
-        request.occurred_after.ToJsonString() if request.HasField("occurred_after") else "",
-        request.occurred_before.ToJsonString() if request.HasField("occurred_before") else "",
-    ]
-    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+def _shrink(reply: ingestion_pb2.TrackEventsResponse) -> None:
+    """Fit a batch reply that only events stored by earlier calls made too large.
 
-
-def _encode_token(last: tuple[dt.datetime, str], filters: str) -> str:
-    raw = json.dumps({"t": last[0].isoformat(), "e": last[1], "f": filters})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str, filters: str) -> tuple[dt.datetime, str] | None:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if raw["f"] != filters:
-            return None
-        return dt.datetime.fromisoformat(raw["t"]), str(raw["e"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    ``reply_bytes`` bounds the reply before storing, counting each repeated
+    event id as the event sent; an id stored earlier with a larger event is
+    answered with that event. Such an item stored nothing in this call, so it
+    is answered with an error instead (largest first) until the reply fits:
+    sent again alone, it returns the stored event.
+    """
+    seen = sorted(
+        (i for i, r in enumerate(reply.results) if r.deduplicated),
+        key=lambda i: reply.results[i].ByteSize(),
+        reverse=True,
+    )
+    for i in seen:
+        if reply.ByteSize() <= MAX_REPLY_BYTES:
+            return
+        reply.results[i].CopyFrom(
+            ingestion_pb2.TrackEventsResult(
+                error=ResourceExhausted(
+                    [
+                        FieldViolation(
+                            f"events[{i}]",
+                            "this event id was stored before, with an event too large to return in "
+                            "this reply; nothing was stored: send it alone to read the stored event",
+                        )
+                    ]
+                ).to_status(),
+                deduplicated=True,
+            )
+        )

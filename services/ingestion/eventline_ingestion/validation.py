@@ -11,11 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import email_validator
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import timestamp_pb2
 
-from eventline_shared.errors import FieldViolation
+from eventline_shared.errors import FieldViolation, quote
+from eventline_shared.paging import field_bytes
 from eventline_shared.values import (
     CODE,
     CUSTOMER_ID,
@@ -35,7 +37,6 @@ from eventline_shared.values import (
 MAX_FUTURE = dt.timedelta(hours=24)
 MAX_PUSH_TOKENS = 20
 MAX_PUSH_TOKEN_CHARS = 4096
-_EMAIL = re.compile(r"[^@\s\x00]{1,64}@[^@\s\x00]{1,189}")
 _PHONE = re.compile(r"\+[1-9][0-9]{7,14}")
 CUSTOMER_FIELDS = (
     "email",
@@ -47,6 +48,12 @@ CUSTOMER_FIELDS = (
     "push_consent",
 )
 _CONSENTS = set(common_pb2.Consent.values())
+
+
+EPOCH_REFUSED = (
+    "occurred_at is exactly 1970-01-01T00:00:00Z, what a client sends when it failed to set "
+    "the time (an empty Timestamp); leave occurred_at unset to mean the time of arrival"
+)
 
 
 class NewEvent(NamedTuple):
@@ -107,6 +114,8 @@ def _event(
         bad = check_timestamp(occurred_at_proto, "")
         if bad:
             violations.append(bad.under(_path(prefix, "occurred_at")))
+        elif occurred_at_proto.seconds == 0 and occurred_at_proto.nanos == 0:
+            violations.append(FieldViolation(_path(prefix, "occurred_at"), EPOCH_REFUSED))
         else:
             occurred_at = timestamp_to_datetime(occurred_at_proto)
             if occurred_at > arrival.latest:
@@ -156,6 +165,43 @@ def system_event(
     return _event(common_pb2.EVENT_KIND_SYSTEM, "", request, arrival, prefix, [])
 
 
+REPLY_OVERHEAD_BYTES = 64
+"""The most an item's result adds to the item as sent: the event's kind, received_at and
+occurred_at (when the client left it unset), and the result's length prefixes."""
+
+
+def reply_bytes(
+    request: ingestion_pb2.TrackEventsRequest,
+    checked: Sequence[NewEvent | list[FieldViolation]],
+    errors: Mapping[int, int],
+) -> int:
+    """An upper bound of the TrackEventsResponse to ``request``, known before anything is stored.
+
+    Each good item is answered with the event as stored (the item as sent,
+    its decimals in plain notation, plus the output fields); a repeated event
+    id with the first item of that id; a bad item with its error, whose
+    encoded size ``errors`` gives by index. Only an event id stored by an
+    earlier call can be answered with more than this (the servicer handles
+    that case).
+    """
+    total = request.ByteSize() + REPLY_OVERHEAD_BYTES * len(checked)
+    first: dict[tuple[str, str], tuple[int, int]] = {}
+    for i, event in enumerate(checked):
+        if not isinstance(event, NewEvent):  # answered with its error instead of itself
+            total += errors[i] - field_bytes(request.events[i].ByteSize())
+            continue
+        growth = sum(
+            value.ByteSize() - event.context[code].ByteSize() + 2 for code, value in event.normalized.items()
+        )
+        total += growth
+        if event.key in first:  # answered with the first item of this event id
+            index, first_growth = first[event.key]
+            total += request.events[index].ByteSize() + first_growth + REPLY_OVERHEAD_BYTES
+        else:
+            first[event.key] = (i, growth)
+    return total
+
+
 def batch_item(
     item: ingestion_pb2.TrackEventsItem, index: int, arrival: Arrival
 ) -> NewEvent | list[FieldViolation]:
@@ -190,11 +236,13 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
         if path not in CUSTOMER_FIELDS:
             violations.append(
                 FieldViolation(
-                    f"update_mask.paths[{i}]", f"{path!r} is not one of {', '.join(CUSTOMER_FIELDS)}"
+                    f"update_mask.paths[{i}]", f"{quote(path)} is not one of {', '.join(CUSTOMER_FIELDS)}"
                 )
             )
-    if customer.email and not _EMAIL.fullmatch(customer.email):
-        violations.append(FieldViolation("customer.email", "not an e-mail address"))
+    if customer.email:
+        bad_email = check_email(customer.email, "customer.email")
+        if bad_email:
+            violations.append(bad_email)
     if customer.phone and not _PHONE.fullmatch(customer.phone):
         violations.append(
             FieldViolation("customer.phone", "phone must be in E.164 form, e.g. +4915112345678")
@@ -227,6 +275,25 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
         push_consent=customer.push_consent,
         fields=frozenset(fields),
     )
+
+
+def check_email(address: str, field: str) -> FieldViolation | None:
+    """An address messages can be sent to, and safe in an SMTP header.
+
+    email-validator checks the addr-spec of RFC 5321/5322 (dot-atom local
+    part, a domain of valid labels with a dot, length limits, IDNA), without
+    quoted local parts, IP literals, display names or special-use domains
+    (.local, .test, .invalid...), and without DNS look-ups: nothing a
+    header could be injected through (``<``, ``>``, ``,``, ``;``, CR, LF)
+    passes. The address is stored as sent.
+    """
+    try:
+        email_validator.validate_email(
+            address, check_deliverability=False, allow_quoted_local=False, allow_domain_literal=False
+        )
+    except email_validator.EmailNotValidError as exc:
+        return FieldViolation(field, f"{quote(address)} is not an e-mail address: {exc}")
+    return None
 
 
 def check_names(names: Sequence[str], field: str) -> list[FieldViolation]:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from eventline_segmentation.compiler import Compiled, MatchQuery
-from eventline_shared.errors import AlreadyExists, DeadlineExceeded, NotFound
+from eventline_shared.errors import AlreadyExists, DeadlineExceeded, NotFound, quote
 
 T = TypeVar("T")
 
@@ -127,34 +127,49 @@ class SegmentationRepository:
             description,
             filter_bytes,
         ):
-            raise AlreadyExists(f"segment {segment_id!r} already exists with other content")
+            raise AlreadyExists(f"segment {quote(segment_id)} already exists with other content")
         return existing
 
     async def get_segment(self, segment_id: str) -> StoredSegment:
         if "\x00" in segment_id:  # PostgreSQL text cannot hold NUL: no stored id can match it
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")
         row = await self.pool.fetchrow(
             f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE segment_id = $1", segment_id
         )
         if row is None:
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")
         return _segment(row)
 
-    async def list_segments(self, after: str, limit: int) -> list[StoredSegment]:
+    async def list_segments(self, after: str, limit: int, max_bytes: int) -> list[StoredSegment]:
+        """Up to ``limit`` segments after ``after``, stopping after the first that starts past ``max_bytes``.
+
+        The byte bound (of the filter and texts, counted without reading them) keeps a page of
+        large segments from loading a thousand of them.
+        """
         rows = await self.pool.fetch(
             f"""
-            SELECT {_SEGMENT_COLUMNS} FROM segments
-            WHERE segment_id COLLATE "C" > $1 COLLATE "C"
-            ORDER BY segment_id COLLATE "C" LIMIT $2
+            SELECT {_SEGMENT_COLUMNS} FROM (
+                SELECT {_SEGMENT_COLUMNS}, sum(size) OVER (ORDER BY segment_id COLLATE "C") - size AS before
+                FROM (
+                    SELECT {_SEGMENT_COLUMNS},
+                           octet_length(filter) + octet_length(display_name) + octet_length(description) AS size
+                    FROM segments
+                    WHERE segment_id COLLATE "C" > $1 COLLATE "C"
+                    ORDER BY segment_id COLLATE "C" LIMIT $2
+                ) AS sized
+            ) AS counted
+            WHERE before <= $3
+            ORDER BY segment_id COLLATE "C"
             """,
             after,
             limit,
+            max_bytes,
         )
         return [_segment(r) for r in rows]
 
     async def update_segment(self, segment_id: str, changes: dict[str, Any]) -> StoredSegment:
         if "\x00" in segment_id:
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")
         # Column names come from a fixed whitelist, never from the request.
         allowed = {"display_name", "description", "filter"}
         assert set(changes) <= allowed
@@ -168,14 +183,14 @@ class SegmentationRepository:
             *[changes[c] for c in sorted(changes)],
         )
         if row is None:
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")
         return _segment(row)
 
     async def delete_segment(self, segment_id: str) -> None:
         if "\x00" in segment_id:
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")
         deleted = await self.pool.fetchval(
             "DELETE FROM segments WHERE segment_id = $1 RETURNING segment_id", segment_id
         )
         if deleted is None:
-            raise NotFound(f"segment {segment_id!r} does not exist")
+            raise NotFound(f"segment {quote(segment_id)} does not exist")

@@ -16,6 +16,7 @@ from eventline_segmentation.settings import Settings
 from eventline_shared import database
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
 from eventline_shared.grpc_server import Server
+from eventline_shared.paging import PageTokens
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
         database.open_pool(dsn, max_size=common.database_pool_size) as pool,
         database.open_pool(match_dsn, max_size=common.database_pool_size) as match_pool,
     ):
-        servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s)
+        tokens = await PageTokens.load(pool)
+        servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s, tokens)
         dependencies = DependencyMonitor(
             [PostgreSQL(common.database_url)], interval_s=common.health_probe_interval_s
         )

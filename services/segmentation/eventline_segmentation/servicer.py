@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,9 +14,18 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 
 from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
-from eventline_shared import values
-from eventline_shared.errors import FieldViolation, InvalidArgument, NotFound, invalid, raise_if_any
+from eventline_shared import paging, values
+from eventline_shared.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    invalid,
+    quote,
+    raise_if_any,
+)
 from eventline_shared.grpc_server import Context, database_timeout
+from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
@@ -28,8 +34,13 @@ DEFAULT_SEGMENT_PAGE = 50
 MAX_SEGMENT_PAGE = 1000
 MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2000
+MAX_LISTED_VIOLATIONS = 100
+"""ValidateFilter lists at most this many problems (a huge bad filter must not make a huge reply)."""
 _NOW_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NOW_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+_NOW_BOUNDS = "between 1970 and 9000"
+_SEGMENT_FIELDS_BYTES = 16 * 1024
+"""The most a segment's fields other than its filter take in a reply (id, names, times)."""
 
 
 class EvaluationRequest(Protocol):
@@ -61,24 +72,22 @@ def _digest(target: bytes, bindings: Any, zone: str) -> str:
     return h.hexdigest()[:24]
 
 
-def _page_size(requested: int, default: int, cap: int, path: str) -> int:
-    if requested < 0:
-        raise invalid(path, "must be 0 or more")
-    return min(requested or default, cap)
+def check_segment_id(value: str, field: str) -> FieldViolation | None:
+    return values.check_event_id(value, field, "segment id")
 
 
-def _encode_token(data: dict[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
-
-
-def _decode_token(token: str, path: str = "page_token") -> dict[str, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (binascii.Error, ValueError, UnicodeError):
-        raise invalid(path, "not a page token of this RPC") from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise invalid(path, "not a page token of this RPC")
-    return data
+def _fits_a_reply(filter_bytes: int, field: str) -> None:
+    """Refuse, before storing, a segment whose every later reply would be too large."""
+    if filter_bytes + _SEGMENT_FIELDS_BYTES > MAX_REPLY_BYTES:
+        raise ResourceExhausted(
+            [
+                FieldViolation(
+                    field,
+                    f"the filter takes {filter_bytes:,} bytes; a saved segment must fit in a reply "
+                    f"of {MAX_REPLY_BYTES:,} bytes",
+                )
+            ]
+        )
 
 
 def segment_message(stored: StoredSegment) -> pb.Segment:
@@ -93,9 +102,10 @@ def segment_message(stored: StoredSegment) -> pb.Segment:
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  # type: ignore[misc]
-    def __init__(self, repository: SegmentationRepository, max_query_s: float) -> None:
+    def __init__(self, repository: SegmentationRepository, max_query_s: float, tokens: PageTokens) -> None:
         self.repository = repository
         self.max_query_s = max_query_s
+        self.tokens = tokens
 
     # Evaluation ----------------------------------------------------------------------
 
@@ -108,8 +118,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 b"f" + request.filter.SerializeToString(deterministic=True),
             )
         elif target == "segment_id":
-            if not request.segment_id:
-                raise invalid("segment_id", "segment id is required")
+            raise_if_any(values.present([check_segment_id(request.segment_id, "segment_id")]))
             stored = await self.repository.get_segment(request.segment_id)
             flt, path = pb.Filter.FromString(stored.filter), "segment.filter"
             raw = b"s" + request.segment_id.encode() + b"\0" + stored.filter
@@ -123,13 +132,13 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
             violations += exc.violations
         if now is None:
             if request.HasField("now"):
-                bad = values.check_timestamp(request.now, "now")
-                if bad is None:
-                    now = values.timestamp_to_datetime(request.now)
-                    if not _NOW_MIN <= now < _NOW_MAX:
-                        bad = FieldViolation("now", "now must be between 1970 and 9000")
+                bad = values.check_timestamp(
+                    request.now, "now", earliest=_NOW_MIN, latest=_NOW_MAX, bounds=_NOW_BOUNDS
+                )
                 if bad:
                     violations.append(bad)
+                else:
+                    now = values.timestamp_to_datetime(request.now)
             else:
                 now = dt.datetime.now(dt.UTC)
         checked = filters.check(flt, path, request.bindings)
@@ -151,38 +160,37 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def ListCustomers(
         self, request: pb.ListCustomersRequest, context: Context
     ) -> pb.ListCustomersResponse:
-        size = _page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE, "page_size")
-        after, now = "", None
-        token: dict[str, str] = {}
+        size = paging.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        after, now, key = "", None, ""
         if request.page_token:
-            token = _decode_token(request.page_token)
-            try:
-                after = token["after"]
-                now = dt.datetime.fromisoformat(token["now"])
-            except (KeyError, ValueError):
-                raise invalid("page_token", "not a page token of this RPC") from None
+            # The token's key is checked once the target is known (a segment's filter may change).
+            position = self.tokens.read(request.page_token, "ListCustomers", "", (str, dt.datetime, str))
+            after, now, key = position.text(0), position.instant(1), position.text(2)
+            if not _NOW_MIN <= now < _NOW_MAX:
+                raise invalid("page_token", f"the page token's now must be {_NOW_BOUNDS}")
         prepared = await self._prepare(request, now)
-        if token and token.get("key") != prepared.target_key:
+        if request.page_token and key != prepared.target_key:
             raise invalid("page_token", "the page token belongs to another filter, bindings or time zone")
         query = compiler.ids_query(prepared.root, prepared.clock, after, size + 1)
         ids = await self.repository.ids(query, database_timeout(context, self.max_query_s))
+        page = paging.fill(ids, size, paging.string_bytes)
         next_token = ""
-        if len(ids) > size:
-            ids = ids[:size]
-            next_token = _encode_token(
-                {"after": ids[-1], "now": prepared.clock.now.isoformat(), "key": prepared.target_key}
+        if len(page) < len(ids):
+            next_token = self.tokens.issue(
+                "ListCustomers", "", (page[-1], prepared.clock.now, prepared.target_key)
             )
         return pb.ListCustomersResponse(
-            customer_ids=ids, next_page_token=next_token, now=values.datetime_to_timestamp(prepared.clock.now)
+            customer_ids=page, next_page_token=next_token, now=values.datetime_to_timestamp(prepared.clock.now)
         )
 
     async def StreamCustomers(
         self, request: pb.StreamCustomersRequest, context: Context
     ) -> AsyncIterator[pb.StreamCustomersResponse]:
-        chunk = _page_size(request.chunk_size, DEFAULT_CHUNK, MAX_PAGE, "chunk_size")
+        # A chunk of 10,000 ids of at most 128 bytes is far below a reply's 4 MB.
+        chunk = paging.page_size(request.chunk_size, DEFAULT_CHUNK, MAX_PAGE, "chunk_size")
         after = request.after_customer_id
-        if after and len(after) > 128:
-            raise invalid("after_customer_id", "a customer id is at most 128 characters")
+        if after:
+            raise_if_any(values.present([values.check_customer_id(after, "after_customer_id")]))
         prepared = await self._prepare(request)
         query = compiler.ids_query(prepared.root, prepared.clock, after, None)
         async for ids in self.repository.stream_ids(
@@ -200,7 +208,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         query = compiler.match_query(prepared.root, prepared.clock, request.customer_id)
         row = await self.repository.match(query, database_timeout(context, self.max_query_s))
         if row is None:
-            raise NotFound(f"customer {request.customer_id!r} does not exist")
+            raise NotFound(f"customer {quote(request.customer_id)} does not exist")
         matched, explanations = evaluation.explain(query, row, prepared.clock)
         response = pb.MatchCustomerResponse(
             matched=matched, now=values.datetime_to_timestamp(prepared.clock.now)
@@ -231,7 +239,10 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                     violations.append(bad)
         return pb.ValidateFilterResponse(
             valid=not violations,
-            violations=[pb.FilterViolation(field=v.field, description=v.description) for v in violations],
+            violations=[
+                pb.FilterViolation(field=v.field, description=v.description)
+                for v in violations[:MAX_LISTED_VIOLATIONS]
+            ],
             references=sorted(checked.references),
             unresolved_references=unresolved,
         )
@@ -274,14 +285,11 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         violations = self._check_segment(request.segment, {"display_name", "description", "filter"})
         segment_id = request.segment_id
         if segment_id:
-            bad = values.check_event_id(segment_id, "segment_id")
-            if bad:
-                violations.append(
-                    FieldViolation("segment_id", bad.description.replace("event id", "segment id"))
-                )
+            violations += values.present([check_segment_id(segment_id, "segment_id")])
         else:
             segment_id = uuid.uuid4().hex
         raise_if_any(violations)
+        _fits_a_reply(request.segment.filter.ByteSize(), "segment.filter")
         stored = await self.repository.create_segment(
             segment_id,
             request.segment.display_name,
@@ -291,8 +299,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         return pb.CreateSegmentResponse(segment=segment_message(stored))
 
     async def GetSegment(self, request: pb.GetSegmentRequest, context: Context) -> pb.GetSegmentResponse:
-        if not request.segment_id:
-            raise invalid("segment_id", "segment id is required")
+        raise_if_any(values.present([check_segment_id(request.segment_id, "segment_id")]))
         return pb.GetSegmentResponse(
             segment=segment_message(await self.repository.get_segment(request.segment_id))
         )
@@ -300,21 +307,18 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def ListSegments(
         self, request: pb.ListSegmentsRequest, context: Context
     ) -> pb.ListSegmentsResponse:
-        size = _page_size(request.page_size, DEFAULT_SEGMENT_PAGE, MAX_SEGMENT_PAGE, "page_size")
+        size = paging.page_size(request.page_size, DEFAULT_SEGMENT_PAGE, MAX_SEGMENT_PAGE)
+        bound_to = paging.scope(request)
         after = ""
         if request.page_token:
-            token = _decode_token(request.page_token)
-            if "segment" not in token:
-                raise invalid("page_token", "not a page token of this RPC")
-            after = token["segment"]
-        stored = await self.repository.list_segments(after, size + 1)
+            after = self.tokens.read(request.page_token, "ListSegments", bound_to, (str,)).text(0)
+        stored = await self.repository.list_segments(after, size + 1, paging.READ_BYTES)
+        segments = [segment_message(s) for s in stored]
+        page = paging.fill(segments, size, paging.message_bytes)
         next_token = ""
-        if len(stored) > size:
-            stored = stored[:size]
-            next_token = _encode_token({"segment": stored[-1].segment_id})
-        return pb.ListSegmentsResponse(
-            segments=[segment_message(s) for s in stored], next_page_token=next_token
-        )
+        if len(page) < len(segments):
+            next_token = self.tokens.issue("ListSegments", bound_to, (page[-1].segment_id,))
+        return pb.ListSegmentsResponse(segments=page, next_page_token=next_token)
 
     async def UpdateSegment(
         self, request: pb.UpdateSegmentRequest, context: Context
@@ -323,15 +327,14 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         paths = set(request.update_mask.paths) or allowed
         unknown = sorted(paths - allowed)
         violations = [
-            FieldViolation(
-                "update_mask", f"unknown field {p[:64]!r}; use display_name, description or filter"
-            )
+            FieldViolation("update_mask", f"unknown field {quote(p)}; use display_name, description or filter")
             for p in unknown
         ]
-        if not request.segment.segment_id:
-            violations.append(FieldViolation("segment.segment_id", "segment id is required"))
+        violations += values.present([check_segment_id(request.segment.segment_id, "segment.segment_id")])
         violations += self._check_segment(request.segment, paths & allowed)
         raise_if_any(violations)
+        if "filter" in paths:
+            _fits_a_reply(request.segment.filter.ByteSize(), "segment.filter")
         changes: dict[str, Any] = {}
         for p in paths:
             if p == "filter":
@@ -344,8 +347,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def DeleteSegment(
         self, request: pb.DeleteSegmentRequest, context: Context
     ) -> pb.DeleteSegmentResponse:
-        if not request.segment_id:
-            raise invalid("segment_id", "segment id is required")
+        raise_if_any(values.present([check_segment_id(request.segment_id, "segment_id")]))
         await self.repository.delete_segment(request.segment_id)
         return pb.DeleteSegmentResponse()
 

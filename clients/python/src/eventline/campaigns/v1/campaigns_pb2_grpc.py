@@ -42,7 +42,15 @@ class CampaignServiceStub:
     `campaign.actions[0].email.subject` for a template syntax error (the
     description names the template line). An unknown campaign is NOT_FOUND; a
     state change that is not allowed (for example activating an archived
-    campaign) is FAILED_PRECONDITION.
+    campaign) is FAILED_PRECONDITION. Every id field (campaign, customer and
+    event ids) must match its grammar in full, else INVALID_ARGUMENT.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCampaigns or ListDeliveries ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    campaign that would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateCampaign and UpdateCampaign. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     def __init__(self, channel):
@@ -120,12 +128,22 @@ class CampaignServiceServicer:
     `campaign.actions[0].email.subject` for a template syntax error (the
     description names the template line). An unknown campaign is NOT_FOUND; a
     state change that is not allowed (for example activating an archived
-    campaign) is FAILED_PRECONDITION.
+    campaign) is FAILED_PRECONDITION. Every id field (campaign, customer and
+    event ids) must match its grammar in full, else INVALID_ARGUMENT.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCampaigns or ListDeliveries ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    campaign that would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateCampaign and UpdateCampaign. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     def CreateCampaign(self, request, context):
         """Creates a campaign in the DRAFT state. Repeating a request with the same
-        campaign_id returns the campaign created first.
+        campaign_id returns the campaign created first (AIP-155); a request with
+        that id and another display name, trigger, audience, actions or
+        frequency cap is ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,7 +296,15 @@ class CampaignService:
     `campaign.actions[0].email.subject` for a template syntax error (the
     description names the template line). An unknown campaign is NOT_FOUND; a
     state change that is not allowed (for example activating an archived
-    campaign) is FAILED_PRECONDITION.
+    campaign) is FAILED_PRECONDITION. Every id field (campaign, customer and
+    event ids) must match its grammar in full, else INVALID_ARGUMENT.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCampaigns or ListDeliveries ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    campaign that would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateCampaign and UpdateCampaign. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     @staticmethod

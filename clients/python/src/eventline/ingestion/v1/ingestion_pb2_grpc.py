@@ -35,7 +35,15 @@ class IngestionServiceStub:
     Errors: bad input is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     naming the offending field path, for example `context["item-id"]`; a batch
     over the size limit is RESOURCE_EXHAUSTED; a request larger than 16 MiB is
-    RESOURCE_EXHAUSTED. A failed request stores nothing.
+    RESOURCE_EXHAUSTED. A failed request stores nothing. Error messages quote at
+    most 40 characters of a bad value, and a status lists at most the first
+    violations that fit in 2,500 bytes (the message counts the others), so that
+    every error fits a client's 8 KiB limit of trailers.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB that gRPC
+    clients accept by default. A page of ListTimeline ends early when its events
+    reach about 3.9 MB (its next_page_token is then set); a TrackEvents batch
+    whose reply could exceed 4,000,000 bytes is refused (see TrackEventsRequest).
 
     Idempotency: an event id is remembered forever (a unique key, no window).
     Tracking the same event id again, for the same customer or again as a system
@@ -95,7 +103,15 @@ class IngestionServiceServicer:
     Errors: bad input is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     naming the offending field path, for example `context["item-id"]`; a batch
     over the size limit is RESOURCE_EXHAUSTED; a request larger than 16 MiB is
-    RESOURCE_EXHAUSTED. A failed request stores nothing.
+    RESOURCE_EXHAUSTED. A failed request stores nothing. Error messages quote at
+    most 40 characters of a bad value, and a status lists at most the first
+    violations that fit in 2,500 bytes (the message counts the others), so that
+    every error fits a client's 8 KiB limit of trailers.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB that gRPC
+    clients accept by default. A page of ListTimeline ends early when its events
+    reach about 3.9 MB (its next_page_token is then set); a TrackEvents batch
+    whose reply could exceed 4,000,000 bytes is refused (see TrackEventsRequest).
 
     Idempotency: an event id is remembered forever (a unique key, no window).
     Tracking the same event id again, for the same customer or again as a system
@@ -209,7 +225,15 @@ class IngestionService:
     Errors: bad input is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     naming the offending field path, for example `context["item-id"]`; a batch
     over the size limit is RESOURCE_EXHAUSTED; a request larger than 16 MiB is
-    RESOURCE_EXHAUSTED. A failed request stores nothing.
+    RESOURCE_EXHAUSTED. A failed request stores nothing. Error messages quote at
+    most 40 characters of a bad value, and a status lists at most the first
+    violations that fit in 2,500 bytes (the message counts the others), so that
+    every error fits a client's 8 KiB limit of trailers.
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB that gRPC
+    clients accept by default. A page of ListTimeline ends early when its events
+    reach about 3.9 MB (its next_page_token is then set); a TrackEvents batch
+    whose reply could exceed 4,000,000 bytes is refused (see TrackEventsRequest).
 
     Idempotency: an event id is remembered forever (a unique key, no window).
     Tracking the same event id again, for the same customer or again as a system

@@ -40,13 +40,25 @@ class SegmentationServiceStub:
     the server's clock when unset. Pin it to get reproducible answers. A
     pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
-    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
+    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT, and so
+    are the names of the zoneinfo directory that are not IANA zones
+    ("localtime", "posixrules", "Factory", "posix/...", "right/...").
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
+    id field (segment ids, customer ids) must match its grammar in full, else
+    INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
+    999,999,999).
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCustomers or ListSegments ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    segment whose filter would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateSegment and UpdateSegment. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     def __init__(self, channel):
@@ -127,13 +139,25 @@ class SegmentationServiceServicer:
     the server's clock when unset. Pin it to get reproducible answers. A
     pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
-    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
+    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT, and so
+    are the names of the zoneinfo directory that are not IANA zones
+    ("localtime", "posixrules", "Factory", "posix/...", "right/...").
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
+    id field (segment ids, customer ids) must match its grammar in full, else
+    INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
+    999,999,999).
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCustomers or ListSegments ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    segment whose filter would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateSegment and UpdateSegment. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     def CountCustomers(self, request, context):
@@ -300,13 +324,25 @@ class SegmentationService:
     the server's clock when unset. Pin it to get reproducible answers. A
     pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
     - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
-    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
+    boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT, and so
+    are the names of the zoneinfo directory that are not IANA zones
+    ("localtime", "posixrules", "Factory", "posix/...", "right/...").
 
     Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
+    id field (segment ids, customer ids) must match its grammar in full, else
+    INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
+    999,999,999).
+
+    Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+    clients accept by default. A page of ListCustomers or ListSegments ends
+    early when its items reach about 3.9 MB (next_page_token is then set); a
+    segment whose filter would not fit in a reply is RESOURCE_EXHAUSTED at
+    CreateSegment and UpdateSegment. Page tokens are opaque and signed: an
+    edited token is INVALID_ARGUMENT.
     """
 
     @staticmethod

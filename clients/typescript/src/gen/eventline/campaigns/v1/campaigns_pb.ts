@@ -279,7 +279,8 @@ export type FrequencyCap = Message<"eventline.campaigns.v1.FrequencyCap"> & {
   maxSends: number;
 
   /**
-   * Required. The sliding period, from 1 second to 366 days.
+   * Required. The sliding period, from 1 second to 366 days. A Duration whose
+   * seconds and nanos have opposite signs (negative nanos) is INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Duration period = 2;
    */
@@ -397,7 +398,9 @@ export type CreateCampaignRequest = Message<"eventline.campaigns.v1.CreateCampai
 
   /**
    * Optional. A client-chosen id (1 to 64 letters, digits, "_" or "-") that
-   * makes retries safe; a random id is chosen when empty.
+   * makes retries safe; a random id is chosen when empty. The same request
+   * again returns the stored campaign; another campaign with the same id is
+   * ALREADY_EXISTS.
    *
    * @generated from field: string campaign_id = 2;
    */
@@ -1223,14 +1226,24 @@ export const DeliveryStatusSchema: GenEnum<DeliveryStatus> = /*@__PURE__*/
  * `campaign.actions[0].email.subject` for a template syntax error (the
  * description names the template line). An unknown campaign is NOT_FOUND; a
  * state change that is not allowed (for example activating an archived
- * campaign) is FAILED_PRECONDITION.
+ * campaign) is FAILED_PRECONDITION. Every id field (campaign, customer and
+ * event ids) must match its grammar in full, else INVALID_ARGUMENT.
+ *
+ * Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+ * clients accept by default. A page of ListCampaigns or ListDeliveries ends
+ * early when its items reach about 3.9 MB (next_page_token is then set); a
+ * campaign that would not fit in a reply is RESOURCE_EXHAUSTED at
+ * CreateCampaign and UpdateCampaign. Page tokens are opaque and signed: an
+ * edited token is INVALID_ARGUMENT.
  *
  * @generated from service eventline.campaigns.v1.CampaignService
  */
 export const CampaignService: GenService<{
   /**
    * Creates a campaign in the DRAFT state. Repeating a request with the same
-   * campaign_id returns the campaign created first.
+   * campaign_id returns the campaign created first (AIP-155); a request with
+   * that id and another display name, trigger, audience, actions or
+   * frequency cap is ALREADY_EXISTS.
    *
    * @generated from rpc eventline.campaigns.v1.CampaignService.CreateCampaign
    */

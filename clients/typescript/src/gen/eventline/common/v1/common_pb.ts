@@ -52,8 +52,10 @@ export type Value = Message<"eventline.common.v1.Value"> & {
   } | {
     /**
      * An exact decimal number in plain or scientific notation, for example
-     * "12.50" or "-3e2", with at most 38 significant digits. NaN and infinities
-     * are INVALID_ARGUMENT. Trailing zeros after the decimal point are kept.
+     * "12.50" or "-3e2", in ASCII digits, with at most 38 significant digits
+     * and an exponent of at most 64 either way. NaN, infinities, spaces, "_"
+     * and digits of other scripts are INVALID_ARGUMENT. Trailing zeros after
+     * the decimal point are kept.
      *
      * @generated from field: string decimal_value = 3;
      */
@@ -69,7 +71,8 @@ export type Value = Message<"eventline.common.v1.Value"> & {
     case: "booleanValue";
   } | {
     /**
-     * A point in time, with microsecond precision (finer digits are dropped).
+     * A point in time, with microsecond precision (finer digits are dropped):
+     * years 1 to 9999, nanos 0 to 999,999,999.
      *
      * @generated from field: google.protobuf.Timestamp timestamp_value = 5;
      */
@@ -165,7 +168,10 @@ export type Customer = Message<"eventline.common.v1.Customer"> & {
   customerId: string;
 
   /**
-   * Optional. The e-mail address messages are sent to; empty when none.
+   * Optional. The e-mail address messages are sent to; empty when none. An
+   * addr-spec of RFC 5321/5322 with a domain of at least two labels: no quoted
+   * local part, IP literal, display name or special-use domain (".local",
+   * ".test", ".invalid", ...); else INVALID_ARGUMENT.
    *
    * @generated from field: string email = 2;
    */

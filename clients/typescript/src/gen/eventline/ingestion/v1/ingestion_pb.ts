@@ -50,7 +50,10 @@ export type TrackCustomerEventRequest = Message<"eventline.ingestion.v1.TrackCus
 
   /**
    * Optional. When the event happened; at most 24 hours in the future and not
-   * before 1970. Defaults to the time the event is received.
+   * before 1970. Defaults to the time the event is received. Exactly
+   * 1970-01-01T00:00:00Z (seconds and nanos 0, what a client sends when its
+   * serialiser dropped the time) is INVALID_ARGUMENT: leave the field unset to
+   * mean "now".
    *
    * @generated from field: google.protobuf.Timestamp occurred_at = 4;
    */
@@ -59,7 +62,10 @@ export type TrackCustomerEventRequest = Message<"eventline.ingestion.v1.TrackCus
   /**
    * Optional. The event context: at most 100 fields, codes matching
    * ^[A-Za-z_][A-Za-z0-9_]{0,63}$, string values at most 4,096 characters and
-   * at most 32 KiB in all (codes and values as UTF-8).
+   * at most 32 KiB (32,768 bytes) in all, counting codes and values as UTF-8
+   * text: a string its own bytes, an integer or decimal the characters it is
+   * stored as (decimals in plain notation), a boolean 4 or 5 ("true",
+   * "false"), a timestamp 27 (its RFC 3339 text).
    *
    * @generated from field: map<string, eventline.common.v1.Value> context = 5;
    */
@@ -124,7 +130,7 @@ export type TrackSystemEventRequest = Message<"eventline.ingestion.v1.TrackSyste
 
   /**
    * Optional. When the event happened, with the same rules as for customer
-   * events.
+   * events (exactly 1970-01-01T00:00:00Z is INVALID_ARGUMENT).
    *
    * @generated from field: google.protobuf.Timestamp occurred_at = 3;
    */
@@ -217,8 +223,10 @@ export const TrackEventsItemSchema: GenMessage<TrackEventsItem> = /*@__PURE__*/
  */
 export type TrackEventsRequest = Message<"eventline.ingestion.v1.TrackEventsRequest"> & {
   /**
-   * Required. 1 to 1,000 events. More is RESOURCE_EXHAUSTED and stores nothing.
-   * Field paths in item errors are relative to this request, for example
+   * Required. 1 to 1,000 events. More is RESOURCE_EXHAUSTED and stores nothing,
+   * and so is a batch whose reply could exceed 4,000,000 bytes (each result
+   * echoes its event: keep batches to about 3.5 MB). Field paths in item
+   * errors are relative to this request, for example
    * `events[3].customer_event.name`.
    *
    * @generated from field: repeated eventline.ingestion.v1.TrackEventsItem events = 1;
@@ -255,7 +263,11 @@ export type TrackEventsResult = Message<"eventline.ingestion.v1.TrackEventsResul
   } | {
     /**
      * Why this item was refused; its code is INVALID_ARGUMENT and its details
-     * hold a google.rpc.BadRequest. Nothing of a refused item is stored.
+     * hold a google.rpc.BadRequest. Nothing of a refused item is stored. One
+     * exception: an item whose event id was stored before by another call, with
+     * an event too large for this reply, is RESOURCE_EXHAUSTED with
+     * `deduplicated` true (it stored nothing; sent alone, it returns the
+     * stored event).
      *
      * @generated from field: google.rpc.Status error = 2;
      */
@@ -415,7 +427,8 @@ export type ListTimelineRequest = Message<"eventline.ingestion.v1.ListTimelineRe
 
   /**
    * Optional. At most this many events per page; 0 means 50, and values above
-   * 1,000 are treated as 1,000.
+   * 1,000 are treated as 1,000. A page also ends before its events reach about
+   * 3.9 MB; negative is INVALID_ARGUMENT.
    *
    * @generated from field: int32 page_size = 2;
    */
@@ -423,7 +436,8 @@ export type ListTimelineRequest = Message<"eventline.ingestion.v1.ListTimelineRe
 
   /**
    * Optional. The next_page_token of a previous call with the same filters, to
-   * read the next page. Tokens are opaque.
+   * read the next page. Tokens are opaque and signed: an edited token, or one
+   * of another request, is INVALID_ARGUMENT.
    *
    * @generated from field: string page_token = 3;
    */
@@ -437,14 +451,16 @@ export type ListTimelineRequest = Message<"eventline.ingestion.v1.ListTimelineRe
   eventNames: string[];
 
   /**
-   * Optional. Only events that occurred at or after this time.
+   * Optional. Only events that occurred at or after this time: a valid
+   * Timestamp (years 1 to 9999, nanos 0 to 999,999,999), else INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Timestamp occurred_after = 5;
    */
   occurredAfter?: Timestamp | undefined;
 
   /**
-   * Optional. Only events that occurred strictly before this time.
+   * Optional. Only events that occurred strictly before this time (valid as
+   * for occurred_after).
    *
    * @generated from field: google.protobuf.Timestamp occurred_before = 6;
    */
@@ -553,7 +569,15 @@ export const EraseCustomerResponseSchema: GenMessage<EraseCustomerResponse> = /*
  * Errors: bad input is INVALID_ARGUMENT with a google.rpc.BadRequest detail
  * naming the offending field path, for example `context["item-id"]`; a batch
  * over the size limit is RESOURCE_EXHAUSTED; a request larger than 16 MiB is
- * RESOURCE_EXHAUSTED. A failed request stores nothing.
+ * RESOURCE_EXHAUSTED. A failed request stores nothing. Error messages quote at
+ * most 40 characters of a bad value, and a status lists at most the first
+ * violations that fit in 2,500 bytes (the message counts the others), so that
+ * every error fits a client's 8 KiB limit of trailers.
+ *
+ * Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB that gRPC
+ * clients accept by default. A page of ListTimeline ends early when its events
+ * reach about 3.9 MB (its next_page_token is then set); a TrackEvents batch
+ * whose reply could exceed 4,000,000 bytes is refused (see TrackEventsRequest).
  *
  * Idempotency: an event id is remembered forever (a unique key, no window).
  * Tracking the same event id again, for the same customer or again as a system

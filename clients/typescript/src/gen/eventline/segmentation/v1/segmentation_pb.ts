@@ -861,7 +861,8 @@ export type StreamCustomersRequest = Message<"eventline.segmentation.v1.StreamCu
 
   /**
    * Optional. Only customers whose id sorts strictly after this one (byte
-   * order): pass the last id received to resume an interrupted stream.
+   * order): pass the last id received to resume an interrupted stream. A
+   * customer id (see eventline.common.v1.Customer), else INVALID_ARGUMENT.
    *
    * @generated from field: string after_customer_id = 7;
    */
@@ -1115,7 +1116,7 @@ export type ValidateFilterResponse = Message<"eventline.segmentation.v1.Validate
 
   /**
    * Every problem found, with its field path (for example
-   * `filter.any_of.filters[0].event.name`).
+   * `filter.any_of.filters[0].event.name`); at most the first 100.
    *
    * @generated from field: repeated eventline.segmentation.v1.FilterViolation violations = 2;
    */
@@ -1340,7 +1341,8 @@ export type ListSegmentsRequest = Message<"eventline.segmentation.v1.ListSegment
   pageSize: number;
 
   /**
-   * Optional. The next_page_token of a previous call. Tokens are opaque.
+   * Optional. The next_page_token of a previous call. Tokens are opaque and
+   * signed; an edited one is INVALID_ARGUMENT.
    *
    * @generated from field: string page_token = 2;
    */
@@ -1800,13 +1802,25 @@ export const ChannelSchema: GenEnum<Channel> = /*@__PURE__*/
  *   the server's clock when unset. Pin it to get reproducible answers. A
  *   pinned `now` must lie between 1970 and 9000, or it is INVALID_ARGUMENT.
  * - `time_zone`: an IANA time zone name ("Europe/Berlin") that gives day
- *   boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
+ *   boundaries; "UTC" when empty. An unknown name is INVALID_ARGUMENT, and so
+ *   are the names of the zoneinfo directory that are not IANA zones
+ *   ("localtime", "posixrules", "Factory", "posix/...", "right/...").
  *
  * Errors: a bad filter is INVALID_ARGUMENT with a google.rpc.BadRequest detail
  * listing every problem with its field path, for example
  * `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
  * segment's filter start with `segment.filter`). A request that runs out of
- * its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+ * its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
+ * id field (segment ids, customer ids) must match its grammar in full, else
+ * INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
+ * 999,999,999).
+ *
+ * Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
+ * clients accept by default. A page of ListCustomers or ListSegments ends
+ * early when its items reach about 3.9 MB (next_page_token is then set); a
+ * segment whose filter would not fit in a reply is RESOURCE_EXHAUSTED at
+ * CreateSegment and UpdateSegment. Page tokens are opaque and signed: an
+ * edited token is INVALID_ARGUMENT.
  *
  * @generated from service eventline.segmentation.v1.SegmentationService
  */
