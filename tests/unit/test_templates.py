@@ -91,6 +91,24 @@ def test_attacks_are_refused_at_save_time(source: str) -> None:
         "{{ 7 ** 100000 }}",
         "{{ (2 ** 99) ** 99 }}",
         "{{ '{0.__class__}'.format(1) }}",
+    ],
+)
+def test_expensive_or_unsafe_constant_parts_are_refused_at_save_time(source: str) -> None:
+    """What would fail at every render fails at save time (these failed at render before)."""
+    with pytest.raises(TemplateProblem, match="line 1: "):
+        compile_template(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ range(client.eventContext.n * 10000)|list }}",
+        "{% for i in range(client.eventContext.n) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(client.eventContext.n) %}{% for j in range(100000) %}xx{% endfor %}{% endfor %}",
+        "{{ 'a' * client.eventContext.n ** 2 }}",
+        "{{ 7 ** client.eventContext.n }}",
+        "{{ (2 ** 99) ** client.eventContext.small }}",
+        "{{ client.eventContext.x.format(1) }}",
         "{{ client.eventContext.x.format(client) }}",
         "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
     ],
@@ -98,5 +116,5 @@ def test_attacks_are_refused_at_save_time(source: str) -> None:
 def test_expensive_or_unsafe_renders_fail_fast(source: str) -> None:
     started = time.monotonic()
     with pytest.raises(RenderError):
-        render(source, x="{0.__class__}")
+        render(source, x="{0.__class__}", n=100000, small=99)
     assert time.monotonic() - started < 0.5
