@@ -48,11 +48,13 @@ from eventline_campaigns.model import (
     SENT,
     SKIPPED,
     SYSTEM_TRIGGER,
+    CompiledAction,
     CompiledCampaign,
+    TemplateSource,
     compile_campaign,
 )
+from eventline_campaigns.rendering import Rendering
 from eventline_campaigns.repository import CampaignRepository, Outcome, Owned, Planned, Profile
-from eventline_campaigns.templates import RenderError, variables
 from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
 
@@ -146,44 +148,80 @@ class Trigger:
         return cls(event, python_values(event.context), timestamp_to_datetime(event.occurred_at))
 
 
-def plan(
-    campaign: CompiledCampaign, trigger: Trigger, profile: Profile, skip_reason: str = ""
-) -> list[Planned]:
-    """The deliveries of one campaign to one customer for one trigger: rendered, skipped or failed."""
-    planned: list[Planned] = []
-    template_variables: Mapping[str, Any] | None = None
-    for action in campaign.actions:
-        word = _CHANNEL_WORDS[action.channel]
-        if skip_reason:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
-            continue
-        to, consent = _address(profile, action.channel)
-        if consent != GRANTED:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None))
-            continue
-        if not to:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None))
-            continue
-        if template_variables is None:
-            template_variables = variables(
-                customer_id=profile.customer_id,
-                email=profile.email,
-                phone=profile.phone,
-                attributes=python_values(decode_values(profile.attributes)),
-                context=trigger.context,
-                event_name=trigger.event.name,
-                event_id=trigger.event.event_id,
-                occurred_at=trigger.occurred_at,
+def template_arguments(profile: Profile, trigger: Trigger) -> dict[str, Any]:
+    """The arguments of ``templates.variables`` for one customer and trigger (sent to a render worker)."""
+    return {
+        "customer_id": profile.customer_id,
+        "email": profile.email,
+        "phone": profile.phone,
+        "attributes": python_values(decode_values(profile.attributes)),
+        "context": trigger.context,
+        "event_name": trigger.event.name,
+        "event_id": trigger.event.event_id,
+        "occurred_at": trigger.occurred_at,
+    }
+
+
+async def render_actions(
+    rendering: Rendering, requests: Sequence[tuple[CompiledAction, dict[str, Any]]]
+) -> list[list[str] | str]:
+    """Render each (action, template arguments): its parts' texts, or why it failed."""
+    sources: dict[TemplateSource, int] = {}
+    jobs = [
+        (tuple(sources.setdefault(source, len(sources)) for _, source in action.parts), arguments)
+        for action, arguments in requests
+    ]
+    answers = await rendering.render(list(sources), jobs)
+    rendered: list[list[str] | str] = []
+    for answer in answers:
+        failure = next((text for ok, text in answer if not ok), None)
+        rendered.append(failure if failure is not None else [text for _, text in answer])
+    return rendered
+
+
+PlanItem = tuple[CompiledCampaign, Trigger, Profile, str]
+"""A campaign, its trigger, a customer and (when the deliveries are skipped) the reason."""
+
+
+async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Planned]]:
+    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed."""
+    planned: list[list[Planned | None]] = [[] for _ in items]
+    requests: list[tuple[CompiledAction, dict[str, Any]]] = []
+    places: list[tuple[int, int, list[str]]] = []
+    for n, (campaign, trigger, profile, skip_reason) in enumerate(items):
+        arguments: dict[str, Any] | None = None
+        for action in campaign.actions:
+            word = _CHANNEL_WORDS[action.channel]
+            if skip_reason:
+                planned[n].append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
+                continue
+            to, consent = _address(profile, action.channel)
+            if consent != GRANTED:
+                planned[n].append(
+                    Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None)
+                )
+                continue
+            if not to:
+                planned[n].append(
+                    Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None)
+                )
+                continue
+            if arguments is None:
+                arguments = template_arguments(profile, trigger)
+            requests.append((action, arguments))
+            places.append((n, len(planned[n]), to))
+            planned[n].append(None)  # rendered below
+    rendered = await render_actions(rendering, requests)
+    for (n, position, to), (action, _), texts in zip(places, requests, rendered, strict=True):
+        customer_id = items[n][2].customer_id
+        if isinstance(texts, str):
+            planned[n][position] = Planned(
+                customer_id, action.channel, FAILED, f"template: {texts}"[:1000], None
             )
-        try:
-            message = action.message(0, to, template_variables)
-        except RenderError as exc:
-            planned.append(
-                Planned(profile.customer_id, action.channel, FAILED, f"template: {exc}"[:1000], None)
-            )
-            continue
-        planned.append(Planned(profile.customer_id, action.channel, PENDING, "", message.to_json()))
-    return planned
+        else:
+            message = action.message(0, to, texts)
+            planned[n][position] = Planned(customer_id, action.channel, PENDING, "", message.to_json())
+    return [[p for p in deliveries if p is not None] for deliveries in planned]
 
 
 Keepalive = Callable[[], Awaitable[None]]
@@ -205,6 +243,7 @@ class Engine:
         cache: CampaignCache,
         audience: Audience,
         channels: Mapping[int, Channel],
+        rendering: Rendering,
         *,
         lease_s: float = 60.0,
         send_attempts: int = 3,
@@ -216,6 +255,7 @@ class Engine:
         self.cache = cache
         self.audience = audience
         self.channels = channels
+        self.rendering = rendering
         self.lease_s = lease_s
         self.send_attempts = send_attempts
         self.max_calls = send_attempts * 5
@@ -245,18 +285,28 @@ class Engine:
         if not wanted:
             return
         profiles = await self.repository.profiles(sorted({t.event.customer_id for _, t, _ in wanted}))
+        # A customer erased meanwhile has no profile: nothing to deliver, nothing to keep.
+        items = [
+            (campaign, trigger, profiles[trigger.event.customer_id], reason)
+            for campaign, trigger, reason in wanted
+            if trigger.event.customer_id in profiles
+        ]
         uncapped: list[tuple[str, str, Planned]] = []
         capped = []
-        for campaign, trigger, reason in wanted:
+        for (campaign, trigger, _, _), planned in zip(items, await plan(self.rendering, items), strict=True):
             if campaign.cap_max:
-                capped.append(self._record_one(campaign, trigger, profiles, reason))
-                continue
-            profile = profiles.get(trigger.event.customer_id)
-            if profile is not None:  # else erased meanwhile: nothing to deliver, nothing to keep
-                uncapped += [
-                    (campaign.campaign_id, trigger.event.event_id, p)
-                    for p in plan(campaign, trigger, profile, reason)
-                ]
+                capped.append(
+                    self.repository.record(
+                        campaign.campaign_id,
+                        trigger.event.event_id,
+                        planned,
+                        lease_s=self.lease_s,
+                        cap_max=campaign.cap_max,
+                        cap_period_s=campaign.cap_period_s,
+                    )
+                )
+            else:
+                uncapped += [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
         recorded = await asyncio.gather(self.repository.record_many(uncapped, lease_s=self.lease_s), *capped)
         await self.send([owned for batch in recorded for owned in batch])
 
@@ -271,22 +321,6 @@ class Engine:
         except AudienceUnresolvable as exc:
             return True, f"audience cannot be evaluated: {exc}"[:1000]
         return matched, ""
-
-    async def _record_one(
-        self, campaign: CompiledCampaign, trigger: Trigger, profiles: Mapping[str, Profile], reason: str
-    ) -> list[Owned]:
-        profile = profiles.get(trigger.event.customer_id)
-        if profile is None:
-            return []  # erased meanwhile: nothing to deliver, nothing to keep
-        planned = plan(campaign, trigger, profile, reason)
-        return await self.repository.record(
-            campaign.campaign_id,
-            trigger.event.event_id,
-            planned,
-            lease_s=self.lease_s,
-            cap_max=campaign.cap_max,
-            cap_period_s=campaign.cap_period_s,
-        )
 
     # --- system events ---
 
@@ -346,11 +380,8 @@ class Engine:
                 lap("audience")
                 profiles = await self.repository.profiles(batch)
                 lap("profiles")
-                planned: list[Planned] = []
-                for customer_id in batch:
-                    profile = profiles.get(customer_id)
-                    if profile is not None:
-                        planned += plan(campaign, trigger, profile)
+                items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
+                planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
                 lap("render")
                 if recording is not None:
                     await hand_over(recording)

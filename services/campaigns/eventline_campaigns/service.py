@@ -23,6 +23,7 @@ from eventline_campaigns.channels import (
 )
 from eventline_campaigns.consumer import StreamConsumer
 from eventline_campaigns.engine import CampaignCache, Engine
+from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
@@ -42,6 +43,7 @@ class RunningCampaigns:
     engine: Engine
     cache: CampaignCache
     channels: dict[int, Channel]
+    rendering: RenderPool
 
 
 def build_channels(
@@ -97,7 +99,13 @@ async def running(
     client = stream.connect(common.redis_url)
     channels = build_channels(settings, observer)
     segmentation = auth.client_channel(settings.segmentation_addr, common.security)
-    async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
+    rendering = RenderPool(
+        settings.render_workers,
+        settings.render_limits,
+        memory_mb=settings.render_memory_mb,
+        stall_s=max(30.0, settings.render_limits.cpu_s * 4 + 10),
+    )
+    async with rendering, database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         repository = CampaignRepository(pool)
         cache = CampaignCache(repository, settings.campaign_poll_s)
         audience = Audience(segmentation)
@@ -106,6 +114,7 @@ async def running(
             cache,
             audience,
             channels,
+            rendering,
             lease_s=settings.lease_s,
             send_attempts=settings.send_attempts,
             send_concurrency=settings.send_concurrency,
@@ -124,7 +133,7 @@ async def running(
             concurrency=settings.batches_in_flight,
         )
         await cache.refresh()
-        servicer = CampaignServicer(repository, audience, cache)
+        servicer = CampaignServicer(repository, audience, cache, rendering, settings.render_limits)
         server = Server([SERVICE_NAME], settings=common)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
@@ -134,7 +143,7 @@ async def running(
             tasks.append(asyncio.create_task(consumer.run()))
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
         try:
-            yield RunningCampaigns(server, port, consumer, engine, cache, channels)
+            yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering)
         finally:
             await server.stop(common.shutdown_grace_s)
             consumer.shutdown()
