@@ -23,7 +23,8 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from eventline_campaigns.channels import (
     with_retries,
 )
 from eventline_campaigns.model import (
+    ACTIVE,
     CUSTOMER_TRIGGER,
     FAILED,
     PENDING,
@@ -54,7 +56,14 @@ from eventline_campaigns.model import (
     compile_campaign,
 )
 from eventline_campaigns.rendering import Rendering
-from eventline_campaigns.repository import CampaignRepository, Outcome, Owned, Planned, Profile
+from eventline_campaigns.repository import (
+    CampaignChanged,
+    CampaignRepository,
+    Outcome,
+    Owned,
+    Planned,
+    Profile,
+)
 from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
 
@@ -339,16 +348,79 @@ class Engine:
         transaction as the batch's ledger rows, and the audience is evaluated
         at the event's occurred_at, so a restarted fan-out continues with the
         same audience, skipping nobody and repeating nobody.
+
+        Changes of the campaign apply at once, on every replica: each batch is
+        recorded only if the campaign, read in that transaction (and locked
+        against a concurrent change), is still active at the revision the batch
+        was rendered with. After an update the fan-out goes on from its cursor
+        with the new revision (re-rendering the batch it had rendered); after a
+        pause or archive (or an update after which the event no longer triggers
+        the campaign) it stops for good. Deliveries recorded before the change
+        are still sent: at most the two batches in the pipeline.
         """
-        progress = await self.repository.start_fanout(campaign.campaign_id, event.event_id)
-        if progress.done:
-            return 0
+        received = timestamp_to_datetime(event.received_at)
+        # Where a fan-out spends its time, logged at the end (audience, render, ledger, send).
+        spent = dict.fromkeys(("audience", "profiles", "render", "record", "send_wait"), 0.0)
+        sent = 0
+        outcome = "done"
+        while True:
+            progress = await self.repository.start_fanout(campaign.campaign_id, event.event_id)
+            if progress.done:
+                return sent
+            try:
+                sent += await self._fan_out_from(
+                    campaign, event, progress.after_customer_id, keepalive, spent
+                )
+                break
+            except CampaignChanged as change:
+                sent += change.sent
+                latest = await self._current(campaign.campaign_id)
+                if latest is None or not latest.triggered_by(event, received):
+                    outcome = "stopped: the campaign was paused, archived or no longer triggered by the event"
+                    break
+                log.info(
+                    "campaign changed during its fan-out; going on with the new revision",
+                    extra={"campaign_id": campaign.campaign_id, "revision": latest.revision},
+                )
+                campaign = latest
+        await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
+        log.info(
+            "fan-out " + outcome.split(":")[0],
+            extra={
+                "campaign_id": campaign.campaign_id,
+                "event_id": event.event_id,
+                "sent": sent,
+                "outcome": outcome,
+                **{f"{phase}_s": round(seconds, 3) for phase, seconds in spent.items()},
+            },
+        )
+        return sent
+
+    async def _current(self, campaign_id: str) -> CompiledCampaign | None:
+        """The campaign as stored now, if it is active."""
+        row = await self.repository.get_campaign(campaign_id)
+        if row is None or row.state != ACTIVE or row.active_since is None:
+            return None
+        return compile_campaign(
+            row.campaign_id, row.revision, campaigns_pb2.Campaign.FromString(row.spec), row.active_since
+        )
+
+    async def _fan_out_from(
+        self,
+        campaign: CompiledCampaign,
+        event: common_pb2.Event,
+        after: str,
+        keepalive: Keepalive,
+        spent: dict[str, float],
+    ) -> int:
+        """One pass of a fan-out from the cursor ``after``, at one revision of the campaign.
+
+        Raises ``CampaignChanged`` (carrying what it sent) when the campaign changed.
+        """
         trigger = Trigger.of(event)
         sent = 0
         sending: asyncio.Task[int] | None = None
         clock = asyncio.get_running_loop().time
-        # Where a fan-out spends its time, logged at the end (audience, render, ledger, send).
-        spent = dict.fromkeys(("audience", "profiles", "render", "record", "send_wait"), 0.0)
         mark = clock()
 
         def lap(phase: str) -> None:
@@ -376,28 +448,30 @@ class Engine:
             lap("send_wait")
 
         try:
-            async for batch in self._audience_batches(campaign, event, progress.after_customer_id):
-                lap("audience")
-                profiles = await self.repository.profiles(batch)
-                lap("profiles")
-                items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
-                planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
-                lap("render")
-                if recording is not None:
-                    await hand_over(recording)
-                    recording = None
-                recording = asyncio.create_task(
-                    self.repository.record(
-                        campaign.campaign_id,
-                        event.event_id,
-                        planned,
-                        lease_s=self.lease_s,
-                        cap_max=campaign.cap_max,
-                        cap_period_s=campaign.cap_period_s,
-                        fanout_after=batch[-1],
+            async with aclosing(self._audience_batches(campaign, event, after)) as batches:
+                async for batch in batches:
+                    lap("audience")
+                    profiles = await self.repository.profiles(batch)
+                    lap("profiles")
+                    items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
+                    planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
+                    lap("render")
+                    if recording is not None:
+                        await hand_over(recording)
+                        recording = None
+                    recording = asyncio.create_task(
+                        self.repository.record(
+                            campaign.campaign_id,
+                            event.event_id,
+                            planned,
+                            lease_s=self.lease_s,
+                            cap_max=campaign.cap_max,
+                            cap_period_s=campaign.cap_period_s,
+                            fanout_after=batch[-1],
+                            revision=campaign.revision,
+                        )
                     )
-                )
-                await keepalive()
+                    await keepalive()
             if recording is not None:
                 await hand_over(recording)
                 recording = None
@@ -408,6 +482,13 @@ class Engine:
                 "system event audience cannot be evaluated",
                 extra={"campaign_id": campaign.campaign_id, "event_id": event.event_id, "error": str(exc)},
             )
+        except CampaignChanged as change:
+            if sending is not None:
+                finished = (await asyncio.gather(sending, return_exceptions=True))[0]
+                sent += finished if isinstance(finished, int) else 0
+                sending = None
+            change.sent = sent
+            raise
         finally:
             # Interrupted (an error of the audience stream or of a later batch): what was
             # recorded is ours to send, now rather than when its lease expires.
@@ -417,21 +498,11 @@ class Engine:
                     await asyncio.gather(self.send(recorded), return_exceptions=True)
             if sending is not None:
                 await asyncio.gather(sending, return_exceptions=True)
-        await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
-        log.info(
-            "fan-out done",
-            extra={
-                "campaign_id": campaign.campaign_id,
-                "event_id": event.event_id,
-                "sent": sent,
-                **{f"{phase}_s": round(seconds, 3) for phase, seconds in spent.items()},
-            },
-        )
         return sent
 
     async def _audience_batches(
         self, campaign: CompiledCampaign, event: common_pb2.Event, after: str
-    ) -> AsyncIterator[list[str]]:
+    ) -> AsyncGenerator[list[str], None]:
         size = self.fanout_batch
         if campaign.cap_max:
             # Each customer of a capped batch holds an advisory lock until commit; PostgreSQL's

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from eventline_campaigns.model import FAILED, PENDING, SENT, SKIPPED
+from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
 
 # --- campaigns ---------------------------------------------------------------
 
@@ -86,6 +86,17 @@ class DeliveryRow:
     attempts: int
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class CampaignChanged(Exception):
+    """A batch was not recorded: its campaign is no longer active at the revision it was rendered with."""
+
+    def __init__(self, state: int, revision: int) -> None:
+        super().__init__(f"the campaign is now in state {state} at revision {revision}")
+        self.state = state
+        self.revision = revision
+        self.sent = 0
+        """Deliveries the interrupted fan-out pass sent (it fills this in)."""
 
 
 @dataclass(frozen=True)
@@ -314,6 +325,7 @@ class CampaignRepository:
         cap_max: int = 0,
         cap_period_s: float = 0.0,
         fanout_after: str | None = None,
+        revision: int | None = None,
     ) -> list[Owned]:
         """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
 
@@ -322,11 +334,23 @@ class CampaignRepository:
         expired (that sender crashed). With a frequency cap, customers are
         locked (transaction advisory locks in id order) and those over the cap
         get skipped rows instead of pending ones. With ``fanout_after`` the
-        fan-out cursor advances in the same transaction.
+        fan-out cursor advances in the same transaction. With ``revision``
+        nothing is recorded (``CampaignChanged``) unless the campaign is active
+        at that revision; its row is locked (FOR SHARE) until commit, so a
+        pause, archive or update on any replica either waits for this batch or
+        is seen by it.
         """
         planned = list(planned)
         customers = sorted({p.customer_id for p in planned})
         async with self.pool.acquire() as connection, connection.transaction():
+            if revision is not None:
+                current = await connection.fetchrow(
+                    "SELECT state, revision FROM campaigns WHERE campaign_id = $1 FOR SHARE", campaign_id
+                )
+                if current is None or current["state"] != ACTIVE or current["revision"] != revision:
+                    raise CampaignChanged(
+                        current["state"] if current else 0, current["revision"] if current else 0
+                    )
             if cap_max and customers:
                 await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
                 sends = {
@@ -483,4 +507,4 @@ class CampaignRepository:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignRepository"]
+__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignChanged", "CampaignRepository"]
