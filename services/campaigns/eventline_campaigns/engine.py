@@ -37,6 +37,7 @@ from eventline_campaigns.channels import (
     PUSH,
     SMS,
     Channel,
+    FileSink,
     Message,
     PermanentError,
     TransientError,
@@ -344,10 +345,10 @@ class Engine:
     ) -> int:
         """Deliver a system event's campaign to its audience, batch by batch; returns deliveries sent.
 
-        Resumable: the cursor (last customer recorded) advances in the same
-        transaction as the batch's ledger rows, and the audience is evaluated
-        at the event's occurred_at, so a restarted fan-out continues with the
-        same audience, skipping nobody and repeating nobody.
+        Resumable: the cursor is the last customer in the ledger (whose rows
+        are written in one transaction per batch), and the audience is
+        evaluated at the event's occurred_at, so a restarted fan-out continues
+        with the same audience, skipping nobody and repeating nobody.
 
         Changes of the campaign apply at once, on every replica: each batch is
         recorded only if the campaign, read in that transaction (and locked
@@ -467,7 +468,7 @@ class Engine:
                             lease_s=self.lease_s,
                             cap_max=campaign.cap_max,
                             cap_period_s=campaign.cap_period_s,
-                            fanout_after=batch[-1],
+                            fanout=True,
                             revision=campaign.revision,
                         )
                     )
@@ -541,7 +542,19 @@ class Engine:
             outcomes += batch
         await faults.point("campaigns.after_send")
         await self.repository.mark(outcomes)
+        await self._forget_erased(owned)
         return sum(1 for o in outcomes if o.status == SENT)
+
+    async def _forget_erased(self, owned: Sequence[Owned]) -> None:
+        """Remove the message files of deliveries whose customer was erased while they were sent."""
+        sinks = {id(c): c for o in owned if isinstance(c := self.channels[o.channel], FileSink)}
+        if not sinks:
+            return
+        written = [o.delivery_id for o in owned if isinstance(self.channels[o.channel], FileSink)]
+        missing = await self.repository.missing_deliveries(written)
+        if missing:
+            for sink in sinks.values():
+                await asyncio.to_thread(sink.forget, missing)
 
     async def _send_many(self, channel: int, owned: Sequence[Owned]) -> list[Outcome]:
         """One call for many messages, for channels that can (the file sink: writes off the event loop)."""

@@ -102,6 +102,7 @@ class CampaignChanged(Exception):
 @dataclass(frozen=True)
 class Fanout:
     after_customer_id: str
+    """The highest customer id among the fan-out's deliveries: where it goes on."""
     done: bool
 
 
@@ -324,7 +325,7 @@ class CampaignRepository:
         lease_s: float,
         cap_max: int = 0,
         cap_period_s: float = 0.0,
-        fanout_after: str | None = None,
+        fanout: bool = False,
         revision: int | None = None,
     ) -> list[Owned]:
         """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
@@ -333,8 +334,8 @@ class CampaignRepository:
         its pending row is returned only when its previous sender's lease has
         expired (that sender crashed). With a frequency cap, customers are
         locked (transaction advisory locks in id order) and those over the cap
-        get skipped rows instead of pending ones. With ``fanout_after`` the
-        fan-out cursor advances in the same transaction. With ``revision``
+        get skipped rows instead of pending ones. With ``fanout`` the
+        fan-out's progress counts the batch. With ``revision``
         nothing is recorded (``CampaignChanged``) unless the campaign is active
         at that revision; its row is locked (FOR SHARE) until commit, so a
         pause, archive or update on any replica either waits for this batch or
@@ -391,16 +392,14 @@ class CampaignRepository:
             if len(rows) < len(planned):
                 taken = await connection.fetch(_TAKE_OVER, campaign_id, event_id, customers, lease_s)
                 owned += _owned(taken)
-            if fanout_after is not None:
+            if fanout:
                 await connection.execute(
                     """
-                    UPDATE campaign_fanouts SET after_customer_id = $3, recorded = recorded + $4,
-                        updated_at = now()
+                    UPDATE campaign_fanouts SET recorded = recorded + $3, updated_at = now()
                     WHERE campaign_id = $1 AND event_id = $2
                     """,
                     campaign_id,
                     event_id,
-                    fanout_after,
                     len(rows),
                 )
         return owned
@@ -456,19 +455,27 @@ class CampaignRepository:
     # --- fan-out progress ---
 
     async def start_fanout(self, campaign_id: str, event_id: str) -> Fanout:
+        """Start or resume a fan-out. Its cursor is derived from the ledger rather than stored, so
+        that no row outlives the erasure of the customer it would name (the ledger's rows go with
+        the customer): a fan-out whose last customer was erased resumes a little earlier, and
+        the ledger's unique key makes the repeated customers no-ops."""
         async with self.pool.acquire() as connection:
             await connection.execute(
                 "INSERT INTO campaign_fanouts (campaign_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 campaign_id,
                 event_id,
             )
-            row = await connection.fetchrow(
-                "SELECT after_customer_id, done FROM campaign_fanouts WHERE campaign_id = $1 AND event_id = $2",
+            done = await connection.fetchval(
+                "SELECT done FROM campaign_fanouts WHERE campaign_id = $1 AND event_id = $2",
                 campaign_id,
                 event_id,
             )
-        assert row is not None
-        return Fanout(row[0], row[1])
+            after = await connection.fetchval(
+                "SELECT coalesce(max(customer_id), '') FROM deliveries WHERE event_id = $2 AND campaign_id = $1",
+                campaign_id,
+                event_id,
+            )
+        return Fanout(after, bool(done))
 
     async def finish_fanout(self, campaign_id: str, event_id: str) -> None:
         await self.pool.execute(
@@ -476,6 +483,21 @@ class CampaignRepository:
             campaign_id,
             event_id,
         )
+
+    # --- erasure ---
+
+    async def erasures(self) -> int:
+        """How many customer erasures there have been (it changes with each one)."""
+        return int(await self.pool.fetchval("SELECT erasures FROM customer_erasures"))
+
+    async def missing_deliveries(self, delivery_ids: Sequence[int]) -> set[int]:
+        """The ids among ``delivery_ids`` that the ledger does not hold (their customer was erased)."""
+        if not delivery_ids:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])", list(delivery_ids)
+        )
+        return set(delivery_ids) - {r[0] for r in rows}
 
     # --- reading the ledger ---
 

@@ -23,6 +23,7 @@ from eventline_campaigns.channels import (
 )
 from eventline_campaigns.consumer import StreamConsumer
 from eventline_campaigns.engine import CampaignCache, Engine
+from eventline_campaigns.erasure import SinkJanitor
 from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
@@ -139,6 +140,11 @@ async def running(
         port = server.bind(common.host, common.port)
         await server.start()
         tasks = [asyncio.create_task(cache.run())]
+        janitors = [
+            SinkJanitor(sink, repository, settings.campaign_poll_s)
+            for sink in {id(c): c for c in channels.values() if isinstance(c, FileSink)}.values()
+        ]
+        tasks += [asyncio.create_task(janitor.run()) for janitor in janitors]
         if consume:
             tasks.append(asyncio.create_task(consumer.run()))
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
@@ -148,6 +154,8 @@ async def running(
             await server.stop(common.shutdown_grace_s)
             consumer.shutdown()
             cache.shutdown()
+            for janitor in janitors:
+                janitor.shutdown()
             await asyncio.gather(*tasks, return_exceptions=True)
             for channel in {id(c): c for c in channels.values()}.values():
                 await channel.aclose()
