@@ -139,7 +139,7 @@ async def running(
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()
-        tasks = [asyncio.create_task(cache.run())]
+        tasks = [asyncio.create_task(cache.run()), asyncio.create_task(audience.check_access())]
         janitors = [
             SinkJanitor(sink, repository, settings.campaign_poll_s)
             for sink in {id(c): c for c in channels.values() if isinstance(c, FileSink)}.values()

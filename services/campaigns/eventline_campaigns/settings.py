@@ -79,6 +79,12 @@ class Settings:
         secret = env_str(environ, "EVENTLINE_PROVIDER_SECRET", "")
         if (sms_url or push_url) and not secret:
             raise ConfigError("EVENTLINE_PROVIDER_SECRET is required when an SMS or push provider is set")
+        if common.security is not None and common.security.auth and not common.security.service_api_key:
+            raise ConfigError(
+                "EVENTLINE_AUTH=true needs EVENTLINE_SERVICE_API_KEY: the campaign service calls the "
+                "segmentation service with it (create one with: eventline keys create --name campaigns "
+                "--scope read)"
+            )
         segmentation_addr = env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR)
         if ":" not in segmentation_addr:
             raise ConfigError("EVENTLINE_SEGMENTATION_ADDR must be host:port")
