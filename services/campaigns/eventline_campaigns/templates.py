@@ -799,7 +799,15 @@ class _Static:
     def _expression(self, node: nodes.Expr) -> None:
         if self.known(node) is not _UNKNOWN:
             return
-        # Not constant as a whole: the parts that are may still be refused on their own.
+        try:
+            self._constant_arguments(node)
+        except _REFUSALS:
+            raise
+        except Exception:  # arguments of the wrong type: the render will say so
+            pass
+
+    def _constant_arguments(self, node: nodes.Expr) -> None:
+        """Not constant as a whole: the parts that are may still be refused on their own."""
         if isinstance(node, nodes.Filter) and node.name in _FILTER_CHECKS:
             args = [self.known(a) for a in node.args]
             kwargs = {str(k.key): self.known(k.value) for k in node.kwargs}
