@@ -56,6 +56,7 @@ from eventline_campaigns.model import (
     TemplateSource,
     compile_campaign,
 )
+from eventline_campaigns.polling import poll
 from eventline_campaigns.rendering import Rendering
 from eventline_campaigns.repository import (
     CampaignChanged,
@@ -123,15 +124,7 @@ class CampaignCache:
             return True
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.warning("cannot reload campaigns", extra={"error": repr(exc)})
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+        await poll(self.refresh, self.poll_s, self._stop, "cannot reload campaigns")
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -20,6 +20,7 @@ import asyncio
 import logging
 
 from eventline_campaigns.channels import FileSink
+from eventline_campaigns.polling import poll
 from eventline_campaigns.repository import CampaignRepository
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class SinkJanitor:
         self.sink = sink
         self.repository = repository
         self.poll_s = poll_s
+        self._seen: int | None = None
         self._stop = asyncio.Event()
 
     async def sweep(self) -> int:
@@ -49,19 +51,13 @@ class SinkJanitor:
         return removed
 
     async def run(self) -> None:
-        seen: int | None = None
-        while not self._stop.is_set():
-            try:
-                count = await self.repository.erasures()
-                if count != seen:
-                    await self.sweep()  # also the first time: erasures while this replica was down
-                    seen = count
-            except Exception as exc:
-                log.warning("cannot sweep the message files", extra={"error": repr(exc)[:300]})
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+        await poll(self._check, self.poll_s, self._stop, "cannot sweep the message files")
+
+    async def _check(self) -> None:
+        count = await self.repository.erasures()
+        if count != self._seen:
+            await self.sweep()  # also the first time: erasures while this replica was down
+            self._seen = count
 
     def shutdown(self) -> None:
         self._stop.set()
