@@ -13,12 +13,14 @@ The worker is the last line of defence behind the sandbox's own checks: its
 address space is limited (``RLIMIT_AS``: an allocation past it fails with
 MemoryError instead of growing the service), and a render that keeps the CPU
 past twice its budget is interrupted by ``ITIMER_PROF`` even inside code that
-never reaches a sandbox check. Its stdout carries frames only; anything else
+never reaches a sandbox check. It dies with the service process, even one
+killed with SIGKILL. Its stdout carries frames only; anything else
 printed goes to stderr.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
@@ -132,6 +134,15 @@ def _limit_memory(headroom_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _die_with_the_service(service_pid: int) -> None:
+    """A worker must not outlive its service (killed with -9, it cannot stop us): the kernel kills
+    us when the service process dies (Linux PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != service_pid:  # it died before the call above
+        os._exit(1)
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     limits = Limits(steps=int(config["steps"]), cpu_s=float(config["cpu_s"]))
@@ -140,6 +151,7 @@ def main() -> None:
     signal.signal(signal.SIGPROF, _out_of_cpu)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the service, which stops us
     if sys.platform == "linux":
+        _die_with_the_service(int(config["service_pid"]))
         _limit_memory(int(config["memory_mb"]))
     renderer = _GuardedRenderer(limits)
     output.write(frame("ready"))
@@ -164,8 +176,9 @@ def main() -> None:
                 output.write(frame(pending))
                 output.flush()
                 pending, size, since = [], 0, time.monotonic()
-        output.write(frame(pending))
-        output.flush()
+        if pending:
+            output.write(frame(pending))
+            output.flush()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import pickle
 import sys
 from collections.abc import Sequence
@@ -116,7 +117,12 @@ class RenderPool:
 
     async def _spawn(self) -> _Worker:
         config = json.dumps(
-            {"steps": self.limits.steps, "cpu_s": self.limits.cpu_s, "memory_mb": self.memory_mb}
+            {
+                "steps": self.limits.steps,
+                "cpu_s": self.limits.cpu_s,
+                "memory_mb": self.memory_mb,
+                "service_pid": os.getpid(),
+            }
         )
         process = await asyncio.create_subprocess_exec(
             sys.executable,
