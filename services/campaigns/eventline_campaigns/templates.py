@@ -299,7 +299,6 @@ def _pad(value: Any, width: Any = 80, *_: Any) -> int:
 
 
 def _indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> int:
-    width = __.get("width", width)
     if width is _UNKNOWN:
         return 0
     indent = len(width) if isinstance(width, str) else _count(width, "indent width")
@@ -310,22 +309,23 @@ def _indent(value: Any, width: Any = 4, *_: Any, **__: Any) -> int:
 
 
 def _wordwrap(
-    value: Any, width: Any = 79, long_words: Any = True, wrapstring: Any = None, *_: Any, **kw: Any
+    value: Any, width: Any = 79, long_words: Any = True, wrapstring: Any = None, *_: Any, **__: Any
 ) -> int:
-    wrapstring = kw.get("wrapstring", wrapstring)
     if value is _UNKNOWN or wrapstring is _UNKNOWN:
         return 0
     text = str(value)
-    # Each break inserts the wrap string; a text breaks at most once per character.
-    return len(text) + (len(text) + 1) * (len(str(wrapstring)) if wrapstring is not None else 1)
+    # Each break inserts the wrap string: at most at every space, hyphen and line end, plus
+    # once per ``width`` characters of a word too long for a line.
+    per_line = width if isinstance(width, int) and width > 0 else 1
+    breaks = sum(text.count(c) for c in " \t-\n") + len(text) // per_line + 1
+    return len(text) + min(breaks, len(text) + 1) * (len(str(wrapstring)) if wrapstring is not None else 1)
 
 
-def _join_items(value: Any, separator: Any = "", *_: Any, **kw: Any) -> int:
-    separator = kw.get("d", separator)
-    if value is _UNKNOWN or separator is _UNKNOWN:
+def _join_items(value: Any, d: Any = "", *_: Any, **__: Any) -> int:
+    if value is _UNKNOWN or d is _UNKNOWN:
         return 0
     items = value if isinstance(value, list | tuple | str | range) else []
-    return _text_size(list(items)) + len(str(separator)) * len(items)
+    return _text_size(list(items)) + len(str(d)) * len(items)
 
 
 def _replace(value: Any, old: Any = _UNKNOWN, new: Any = _UNKNOWN, count: Any = -1, *_: Any) -> int:
@@ -375,8 +375,7 @@ def _format_filter(value: Any, *args: Any, **kwargs: Any) -> int:
     return _percent_size(value, kwargs or (_UNKNOWN if _UNKNOWN in args else tuple(args)))
 
 
-def _sum(value: Any, attribute: Any = None, start: Any = 0, *_: Any, **kw: Any) -> int:
-    start = kw.get("start", start)
+def _sum(value: Any, attribute: Any = None, start: Any = 0, *_: Any) -> int:
     if start is not _UNKNOWN and not isinstance(start, int | float | Decimal):
         raise SecurityError("sum adds numbers; its start must be a number")
     return 0
