@@ -152,11 +152,24 @@ class SmtpInbox:
         """The reply to DATA; anything else refuses the message (and records nothing)."""
         self.connections: list[asyncio.Transport] = []
         """Every connection clients opened, in order (closing one drops that client)."""
+        self.gate: asyncio.Semaphore | None = None
+        """When set, each message waits for a permit (``allow``) before it is accepted."""
+
+    def hold(self) -> None:
+        """Accept no message until ``allow`` says how many."""
+        self.gate = asyncio.Semaphore(0)
+
+    def allow(self, count: int) -> None:
+        assert self.gate is not None
+        for _ in range(count):
+            self.gate.release()
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
         import email
         import email.policy
 
+        if self.gate is not None:
+            await self.gate.acquire()
         if self.reply != "250 OK":
             return self.reply
         self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -73,6 +73,14 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
     while not predicate():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll the coroutine ``check`` (a query, a call) until it holds; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
 
 
 def numbered(prefix: str, i: int) -> str:

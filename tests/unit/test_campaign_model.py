@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from eventline_campaigns.channels import EMAIL, FileSink, HttpChannel, Message, signature
 from eventline_campaigns.engine import Trigger, plan
 from eventline_campaigns.model import FAILED, PENDING, SKIPPED, compile_campaign, predicate_holds
+from eventline_campaigns.rendering import InlineRendering
 from eventline_campaigns.repository import Profile
 from tests.support import value
 
@@ -97,16 +98,21 @@ def _trigger(**context: common_pb2.Value) -> Trigger:
     return Trigger.of(event)
 
 
-def test_plan_skips_renders_or_fails_without_half_messages() -> None:
+async def test_plan_skips_renders_or_fails_without_half_messages() -> None:
     spec = _campaign(email=campaigns_pb2.EmailAction(subject="S {{ client.eventContext.a }}", text_body="T"))
     campaign = compile_campaign("c", 1, spec, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    [ok] = plan(campaign, _trigger(a=value("x")), _profile())
+    [[ok], [failed], [no_consent], [no_address]] = await plan(
+        InlineRendering(),
+        [
+            (campaign, _trigger(a=value("x")), _profile(), ""),
+            (campaign, _trigger(), _profile(), ""),
+            (campaign, _trigger(a=value("x")), _profile(email_consent=2), ""),
+            (campaign, _trigger(a=value("x")), _profile(email=""), ""),
+        ],
+    )
     assert ok.status == PENDING and Message.from_json(1, EMAIL, ok.message or "").subject == "S x"
-    [failed] = plan(campaign, _trigger(), _profile())
     assert failed.status == FAILED and failed.message is None and "'a'" in failed.reason
-    [no_consent] = plan(campaign, _trigger(a=value("x")), _profile(email_consent=2))
     assert (no_consent.status, no_consent.reason) == (SKIPPED, "no e-mail consent")
-    [no_address] = plan(campaign, _trigger(a=value("x")), _profile(email=""))
     assert (no_address.status, no_address.reason) == (SKIPPED, "no e-mail address")
 
 

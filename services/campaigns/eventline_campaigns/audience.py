@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 
 import grpc
@@ -9,7 +10,9 @@ from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from eventline_shared.errors import FieldViolation, InvalidArgument, Unavailable
+from eventline_shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+
+log = logging.getLogger(__name__)
 
 MATCH_TIMEOUT_S = 5.0
 VALIDATE_TIMEOUT_S = 5.0
@@ -20,7 +23,30 @@ class AudienceUnresolvable(Exception):
     """The audience cannot be evaluated for this trigger (e.g. a reference the event lacks)."""
 
 
+class SegmentationRefused(FailedPrecondition):
+    """Segmentation refused this service's credentials: a configuration mistake, not an outage.
+
+    Calls answer FAILED_PRECONDITION (retrying the same call cannot help); the
+    stream consumer keeps the entries and retries them, as during an outage,
+    so that deliveries wait for the fix instead of being dead-lettered.
+    """
+
+
+def _refused(exc: grpc.aio.AioRpcError) -> SegmentationRefused:
+    error = SegmentationRefused(
+        f"the segmentation service refused this service's API key ({exc.code().name}): "
+        "EVENTLINE_SERVICE_API_KEY of the campaign service must be a valid key with the read scope"
+    )
+    log.error("segmentation refused the campaign service's API key", extra={"code": exc.code().name})
+    return error
+
+
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
 def _translate(exc: grpc.aio.AioRpcError) -> Exception:
+    if exc.code() in _REFUSED:
+        return _refused(exc)
     if exc.code() in (
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
@@ -76,6 +102,18 @@ class Audience:
         finally:
             call.cancel()
 
+    async def check_access(self) -> bool:
+        """At start: whether segmentation accepts this service's credentials (a refusal is logged as
+        an error); an unreachable segmentation is not a refusal."""
+        probe = segmentation_pb2.Filter(event=segmentation_pb2.EventCondition(name="access_check"))
+        try:
+            await self.validate(probe, "filter")
+        except SegmentationRefused:
+            return False
+        except Exception:
+            pass
+        return True
+
     async def validate(self, audience: segmentation_pb2.Filter, field: str) -> None:
         """Raise ``InvalidArgument`` with paths under ``field`` when the filter is invalid."""
         try:
@@ -85,6 +123,8 @@ class Audience:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument([FieldViolation(field, exc.details() or "invalid filter")]) from None
+            if exc.code() in _REFUSED:
+                raise _refused(exc) from None
             raise Unavailable(f"segmentation: {exc.code().name}") from None
         if not reply.valid:
             raise InvalidArgument(

@@ -29,8 +29,9 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.charset import QP, Charset
 from email.header import Header
@@ -315,8 +316,14 @@ class HttpChannel:
             await self._session.close()
 
 
+_SINK_FILE = re.compile(r"^(\d+)-[a-z]+\.txt$")
+
+
 class FileSink:
     """Writes every message as ``<delivery_id>-<channel>.txt`` in a folder, for people to read.
+
+    The folder mirrors the ledger: files whose delivery the ledger no longer
+    holds (their customer was erased) are removed (``erasure.SinkJanitor``).
 
     Writing the same delivery again replaces the file: the delivery id is the
     idempotency key here too. ``observer`` (if any) is called after each write.
@@ -328,7 +335,32 @@ class FileSink:
         self.observer = observer
 
     def path(self, message: Message) -> Path:
-        return self.directory / f"{message.delivery_id:012d}-{CHANNEL_NAMES[message.channel]}.txt"
+        return self._path(message.delivery_id, CHANNEL_NAMES[message.channel])
+
+    def _path(self, delivery_id: int, channel_name: str) -> Path:
+        return self.directory / f"{delivery_id:012d}-{channel_name}.txt"
+
+    def delivery_ids(self) -> set[int]:
+        """The deliveries that have a file here (blocking: call it from a worker thread)."""
+        found = set()
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                match = _SINK_FILE.match(entry.name)
+                if match:
+                    found.add(int(match.group(1)))
+        return found
+
+    def forget(self, delivery_ids: Iterable[int]) -> int:
+        """Remove the files of these deliveries; returns how many (blocking: call it from a worker thread)."""
+        removed = 0
+        for delivery_id in delivery_ids:
+            for channel_name in CHANNEL_NAMES.values():
+                try:
+                    self._path(delivery_id, channel_name).unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
 
     @staticmethod
     def format(message: Message) -> str:

@@ -26,6 +26,7 @@ from eventline.common.v1 import common_pb2
 from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
+from eventline_campaigns.audience import SegmentationRefused
 from eventline_campaigns.engine import Engine
 from eventline_shared import database, faults, tracing
 from eventline_shared.dependencies import REDIS, DependencyMonitor
@@ -36,8 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` means a dependency is down (retry later) rather than a bad entry."""
-    if isinstance(exc, Unavailable | redis_errors.ConnectionError | redis_errors.TimeoutError):
+    """Whether ``exc`` means a dependency is down or refuses us (retry later) rather than a bad entry."""
+    if isinstance(
+        exc, Unavailable | SegmentationRefused | redis_errors.ConnectionError | redis_errors.TimeoutError
+    ):
         return True
     translated = database.translate(exc)
     return isinstance(translated, Unavailable)

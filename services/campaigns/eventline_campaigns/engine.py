@@ -23,7 +23,8 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,23 +37,35 @@ from eventline_campaigns.channels import (
     PUSH,
     SMS,
     Channel,
+    FileSink,
     Message,
     PermanentError,
     TransientError,
     with_retries,
 )
 from eventline_campaigns.model import (
+    ACTIVE,
     CUSTOMER_TRIGGER,
     FAILED,
     PENDING,
     SENT,
     SKIPPED,
     SYSTEM_TRIGGER,
+    CompiledAction,
     CompiledCampaign,
+    TemplateSource,
     compile_campaign,
 )
-from eventline_campaigns.repository import CampaignRepository, Outcome, Owned, Planned, Profile
-from eventline_campaigns.templates import RenderError, variables
+from eventline_campaigns.polling import poll
+from eventline_campaigns.rendering import Rendering
+from eventline_campaigns.repository import (
+    CampaignChanged,
+    CampaignRepository,
+    Outcome,
+    Owned,
+    Planned,
+    Profile,
+)
 from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
 
@@ -111,15 +124,7 @@ class CampaignCache:
             return True
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.refresh()
-            except Exception as exc:
-                log.warning("cannot reload campaigns", extra={"error": repr(exc)})
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+        await poll(self.refresh, self.poll_s, self._stop, "cannot reload campaigns")
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -146,44 +151,80 @@ class Trigger:
         return cls(event, python_values(event.context), timestamp_to_datetime(event.occurred_at))
 
 
-def plan(
-    campaign: CompiledCampaign, trigger: Trigger, profile: Profile, skip_reason: str = ""
-) -> list[Planned]:
-    """The deliveries of one campaign to one customer for one trigger: rendered, skipped or failed."""
-    planned: list[Planned] = []
-    template_variables: Mapping[str, Any] | None = None
-    for action in campaign.actions:
-        word = _CHANNEL_WORDS[action.channel]
-        if skip_reason:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
-            continue
-        to, consent = _address(profile, action.channel)
-        if consent != GRANTED:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None))
-            continue
-        if not to:
-            planned.append(Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None))
-            continue
-        if template_variables is None:
-            template_variables = variables(
-                customer_id=profile.customer_id,
-                email=profile.email,
-                phone=profile.phone,
-                attributes=python_values(decode_values(profile.attributes)),
-                context=trigger.context,
-                event_name=trigger.event.name,
-                event_id=trigger.event.event_id,
-                occurred_at=trigger.occurred_at,
+def template_arguments(profile: Profile, trigger: Trigger) -> dict[str, Any]:
+    """The arguments of ``templates.variables`` for one customer and trigger (sent to a render worker)."""
+    return {
+        "customer_id": profile.customer_id,
+        "email": profile.email,
+        "phone": profile.phone,
+        "attributes": python_values(decode_values(profile.attributes)),
+        "context": trigger.context,
+        "event_name": trigger.event.name,
+        "event_id": trigger.event.event_id,
+        "occurred_at": trigger.occurred_at,
+    }
+
+
+async def render_actions(
+    rendering: Rendering, requests: Sequence[tuple[CompiledAction, dict[str, Any]]]
+) -> list[list[str] | str]:
+    """Render each (action, template arguments): its parts' texts, or why it failed."""
+    sources: dict[TemplateSource, int] = {}
+    jobs = [
+        (tuple(sources.setdefault(source, len(sources)) for _, source in action.parts), arguments)
+        for action, arguments in requests
+    ]
+    answers = await rendering.render(list(sources), jobs)
+    rendered: list[list[str] | str] = []
+    for answer in answers:
+        failure = next((text for ok, text in answer if not ok), None)
+        rendered.append(failure if failure is not None else [text for _, text in answer])
+    return rendered
+
+
+PlanItem = tuple[CompiledCampaign, Trigger, Profile, str]
+"""A campaign, its trigger, a customer and (when the deliveries are skipped) the reason."""
+
+
+async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Planned]]:
+    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed."""
+    planned: list[list[Planned | None]] = [[] for _ in items]
+    requests: list[tuple[CompiledAction, dict[str, Any]]] = []
+    places: list[tuple[int, int, list[str]]] = []
+    for n, (campaign, trigger, profile, skip_reason) in enumerate(items):
+        arguments: dict[str, Any] | None = None
+        for action in campaign.actions:
+            word = _CHANNEL_WORDS[action.channel]
+            if skip_reason:
+                planned[n].append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
+                continue
+            to, consent = _address(profile, action.channel)
+            if consent != GRANTED:
+                planned[n].append(
+                    Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None)
+                )
+                continue
+            if not to:
+                planned[n].append(
+                    Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None)
+                )
+                continue
+            if arguments is None:
+                arguments = template_arguments(profile, trigger)
+            requests.append((action, arguments))
+            places.append((n, len(planned[n]), to))
+            planned[n].append(None)  # rendered below
+    rendered = await render_actions(rendering, requests)
+    for (n, position, to), (action, _), texts in zip(places, requests, rendered, strict=True):
+        customer_id = items[n][2].customer_id
+        if isinstance(texts, str):
+            planned[n][position] = Planned(
+                customer_id, action.channel, FAILED, f"template: {texts}"[:1000], None
             )
-        try:
-            message = action.message(0, to, template_variables)
-        except RenderError as exc:
-            planned.append(
-                Planned(profile.customer_id, action.channel, FAILED, f"template: {exc}"[:1000], None)
-            )
-            continue
-        planned.append(Planned(profile.customer_id, action.channel, PENDING, "", message.to_json()))
-    return planned
+        else:
+            message = action.message(0, to, texts)
+            planned[n][position] = Planned(customer_id, action.channel, PENDING, "", message.to_json())
+    return [[p for p in deliveries if p is not None] for deliveries in planned]
 
 
 Keepalive = Callable[[], Awaitable[None]]
@@ -205,6 +246,7 @@ class Engine:
         cache: CampaignCache,
         audience: Audience,
         channels: Mapping[int, Channel],
+        rendering: Rendering,
         *,
         lease_s: float = 60.0,
         send_attempts: int = 3,
@@ -216,6 +258,7 @@ class Engine:
         self.cache = cache
         self.audience = audience
         self.channels = channels
+        self.rendering = rendering
         self.lease_s = lease_s
         self.send_attempts = send_attempts
         self.max_calls = send_attempts * 5
@@ -245,18 +288,28 @@ class Engine:
         if not wanted:
             return
         profiles = await self.repository.profiles(sorted({t.event.customer_id for _, t, _ in wanted}))
+        # A customer erased meanwhile has no profile: nothing to deliver, nothing to keep.
+        items = [
+            (campaign, trigger, profiles[trigger.event.customer_id], reason)
+            for campaign, trigger, reason in wanted
+            if trigger.event.customer_id in profiles
+        ]
         uncapped: list[tuple[str, str, Planned]] = []
         capped = []
-        for campaign, trigger, reason in wanted:
+        for (campaign, trigger, _, _), planned in zip(items, await plan(self.rendering, items), strict=True):
             if campaign.cap_max:
-                capped.append(self._record_one(campaign, trigger, profiles, reason))
-                continue
-            profile = profiles.get(trigger.event.customer_id)
-            if profile is not None:  # else erased meanwhile: nothing to deliver, nothing to keep
-                uncapped += [
-                    (campaign.campaign_id, trigger.event.event_id, p)
-                    for p in plan(campaign, trigger, profile, reason)
-                ]
+                capped.append(
+                    self.repository.record(
+                        campaign.campaign_id,
+                        trigger.event.event_id,
+                        planned,
+                        lease_s=self.lease_s,
+                        cap_max=campaign.cap_max,
+                        cap_period_s=campaign.cap_period_s,
+                    )
+                )
+            else:
+                uncapped += [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
         recorded = await asyncio.gather(self.repository.record_many(uncapped, lease_s=self.lease_s), *capped)
         await self.send([owned for batch in recorded for owned in batch])
 
@@ -272,22 +325,6 @@ class Engine:
             return True, f"audience cannot be evaluated: {exc}"[:1000]
         return matched, ""
 
-    async def _record_one(
-        self, campaign: CompiledCampaign, trigger: Trigger, profiles: Mapping[str, Profile], reason: str
-    ) -> list[Owned]:
-        profile = profiles.get(trigger.event.customer_id)
-        if profile is None:
-            return []  # erased meanwhile: nothing to deliver, nothing to keep
-        planned = plan(campaign, trigger, profile, reason)
-        return await self.repository.record(
-            campaign.campaign_id,
-            trigger.event.event_id,
-            planned,
-            lease_s=self.lease_s,
-            cap_max=campaign.cap_max,
-            cap_period_s=campaign.cap_period_s,
-        )
-
     # --- system events ---
 
     async def handle_system_event(self, event: common_pb2.Event, keepalive: Keepalive = _nothing) -> None:
@@ -301,20 +338,83 @@ class Engine:
     ) -> int:
         """Deliver a system event's campaign to its audience, batch by batch; returns deliveries sent.
 
-        Resumable: the cursor (last customer recorded) advances in the same
-        transaction as the batch's ledger rows, and the audience is evaluated
-        at the event's occurred_at, so a restarted fan-out continues with the
-        same audience, skipping nobody and repeating nobody.
+        Resumable: the cursor is the last customer in the ledger (whose rows
+        are written in one transaction per batch), and the audience is
+        evaluated at the event's occurred_at, so a restarted fan-out continues
+        with the same audience, skipping nobody and repeating nobody.
+
+        Changes of the campaign apply at once, on every replica: each batch is
+        recorded only if the campaign, read in that transaction (and locked
+        against a concurrent change), is still active at the revision the batch
+        was rendered with. After an update the fan-out goes on from its cursor
+        with the new revision (re-rendering the batch it had rendered); after a
+        pause or archive (or an update after which the event no longer triggers
+        the campaign) it stops for good. Deliveries recorded before the change
+        are still sent: at most the two batches in the pipeline.
         """
-        progress = await self.repository.start_fanout(campaign.campaign_id, event.event_id)
-        if progress.done:
-            return 0
+        received = timestamp_to_datetime(event.received_at)
+        # Where a fan-out spends its time, logged at the end (audience, render, ledger, send).
+        spent = dict.fromkeys(("audience", "profiles", "render", "record", "send_wait"), 0.0)
+        sent = 0
+        outcome = "done"
+        while True:
+            progress = await self.repository.start_fanout(campaign.campaign_id, event.event_id)
+            if progress.done:
+                return sent
+            try:
+                sent += await self._fan_out_from(
+                    campaign, event, progress.after_customer_id, keepalive, spent
+                )
+                break
+            except CampaignChanged as change:
+                sent += change.sent
+                latest = await self._current(campaign.campaign_id)
+                if latest is None or not latest.triggered_by(event, received):
+                    outcome = "stopped: the campaign was paused, archived or no longer triggered by the event"
+                    break
+                log.info(
+                    "campaign changed during its fan-out; going on with the new revision",
+                    extra={"campaign_id": campaign.campaign_id, "revision": latest.revision},
+                )
+                campaign = latest
+        await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
+        log.info(
+            "fan-out " + outcome.split(":")[0],
+            extra={
+                "campaign_id": campaign.campaign_id,
+                "event_id": event.event_id,
+                "sent": sent,
+                "outcome": outcome,
+                **{f"{phase}_s": round(seconds, 3) for phase, seconds in spent.items()},
+            },
+        )
+        return sent
+
+    async def _current(self, campaign_id: str) -> CompiledCampaign | None:
+        """The campaign as stored now, if it is active."""
+        row = await self.repository.get_campaign(campaign_id)
+        if row is None or row.state != ACTIVE or row.active_since is None:
+            return None
+        return compile_campaign(
+            row.campaign_id, row.revision, campaigns_pb2.Campaign.FromString(row.spec), row.active_since
+        )
+
+    async def _fan_out_from(
+        self,
+        campaign: CompiledCampaign,
+        event: common_pb2.Event,
+        after: str,
+        keepalive: Keepalive,
+        spent: dict[str, float],
+    ) -> int:
+        """One pass of a fan-out from the cursor ``after``, at one revision of the campaign.
+
+        Raises ``CampaignChanged`` (carrying what it sent) when the campaign changed.
+        """
         trigger = Trigger.of(event)
         sent = 0
         sending: asyncio.Task[int] | None = None
         clock = asyncio.get_running_loop().time
-        # Where a fan-out spends its time, logged at the end (audience, render, ledger, send).
-        spent = dict.fromkeys(("audience", "profiles", "render", "record", "send_wait"), 0.0)
         mark = clock()
 
         def lap(phase: str) -> None:
@@ -342,31 +442,30 @@ class Engine:
             lap("send_wait")
 
         try:
-            async for batch in self._audience_batches(campaign, event, progress.after_customer_id):
-                lap("audience")
-                profiles = await self.repository.profiles(batch)
-                lap("profiles")
-                planned: list[Planned] = []
-                for customer_id in batch:
-                    profile = profiles.get(customer_id)
-                    if profile is not None:
-                        planned += plan(campaign, trigger, profile)
-                lap("render")
-                if recording is not None:
-                    await hand_over(recording)
-                    recording = None
-                recording = asyncio.create_task(
-                    self.repository.record(
-                        campaign.campaign_id,
-                        event.event_id,
-                        planned,
-                        lease_s=self.lease_s,
-                        cap_max=campaign.cap_max,
-                        cap_period_s=campaign.cap_period_s,
-                        fanout_after=batch[-1],
+            async with aclosing(self._audience_batches(campaign, event, after)) as batches:
+                async for batch in batches:
+                    lap("audience")
+                    profiles = await self.repository.profiles(batch)
+                    lap("profiles")
+                    items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
+                    planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
+                    lap("render")
+                    if recording is not None:
+                        await hand_over(recording)
+                        recording = None
+                    recording = asyncio.create_task(
+                        self.repository.record(
+                            campaign.campaign_id,
+                            event.event_id,
+                            planned,
+                            lease_s=self.lease_s,
+                            cap_max=campaign.cap_max,
+                            cap_period_s=campaign.cap_period_s,
+                            fanout=True,
+                            revision=campaign.revision,
+                        )
                     )
-                )
-                await keepalive()
+                    await keepalive()
             if recording is not None:
                 await hand_over(recording)
                 recording = None
@@ -377,6 +476,13 @@ class Engine:
                 "system event audience cannot be evaluated",
                 extra={"campaign_id": campaign.campaign_id, "event_id": event.event_id, "error": str(exc)},
             )
+        except CampaignChanged as change:
+            if sending is not None:
+                finished = (await asyncio.gather(sending, return_exceptions=True))[0]
+                sent += finished if isinstance(finished, int) else 0
+                sending = None
+            change.sent = sent
+            raise
         finally:
             # Interrupted (an error of the audience stream or of a later batch): what was
             # recorded is ours to send, now rather than when its lease expires.
@@ -386,21 +492,11 @@ class Engine:
                     await asyncio.gather(self.send(recorded), return_exceptions=True)
             if sending is not None:
                 await asyncio.gather(sending, return_exceptions=True)
-        await self.repository.finish_fanout(campaign.campaign_id, event.event_id)
-        log.info(
-            "fan-out done",
-            extra={
-                "campaign_id": campaign.campaign_id,
-                "event_id": event.event_id,
-                "sent": sent,
-                **{f"{phase}_s": round(seconds, 3) for phase, seconds in spent.items()},
-            },
-        )
         return sent
 
     async def _audience_batches(
         self, campaign: CompiledCampaign, event: common_pb2.Event, after: str
-    ) -> AsyncIterator[list[str]]:
+    ) -> AsyncGenerator[list[str], None]:
         size = self.fanout_batch
         if campaign.cap_max:
             # Each customer of a capped batch holds an advisory lock until commit; PostgreSQL's
@@ -439,7 +535,19 @@ class Engine:
             outcomes += batch
         await faults.point("campaigns.after_send")
         await self.repository.mark(outcomes)
+        await self._forget_erased(owned)
         return sum(1 for o in outcomes if o.status == SENT)
+
+    async def _forget_erased(self, owned: Sequence[Owned]) -> None:
+        """Remove the message files of deliveries whose customer was erased while they were sent."""
+        sinks = {id(c): c for o in owned if isinstance(c := self.channels[o.channel], FileSink)}
+        if not sinks:
+            return
+        written = [o.delivery_id for o in owned if isinstance(self.channels[o.channel], FileSink)]
+        missing = await self.repository.missing_deliveries(written)
+        if missing:
+            for sink in sinks.values():
+                await asyncio.to_thread(sink.forget, missing)
 
     async def _send_many(self, channel: int, owned: Sequence[Owned]) -> list[Outcome]:
         """One call for many messages, for channels that can (the file sink: writes off the event loop)."""

@@ -1,9 +1,9 @@
-"""Campaigns as the worker runs them: compiled templates, trigger tests and rendering."""
+"""Campaigns as the worker runs them: their templates by action, trigger tests."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -13,7 +13,6 @@ from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_campaigns.channels import EMAIL, PUSH, SMS, Message
-from eventline_campaigns.templates import Template, compile_template, render
 from eventline_shared.values import python_value
 
 CUSTOMER_TRIGGER = common_pb2.EVENT_KIND_CUSTOMER
@@ -27,50 +26,51 @@ SKIPPED = campaigns_pb2.DELIVERY_STATUS_SKIPPED
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
 
 
+TemplateSource = tuple[str, bool]
+"""A template's source and whether it is HTML (autoescaped)."""
+
+
 @dataclass(frozen=True)
 class CompiledAction:
+    """An action's templates, by part: ``subject``, ``html``, ``text`` or ``data:<key>``.
+
+    Templates are checked when a campaign is saved and rendered by the render
+    workers (``eventline_campaigns.rendering``), never in the service's process.
+    """
+
     channel: int
-    subject: Template | None
-    html: Template | None
-    text: Template | None
-    data: dict[str, Template]
+    parts: tuple[tuple[str, TemplateSource], ...]
 
-    def render(self, variables: Mapping[str, Any]) -> tuple[str, str, str, dict[str, str]]:
-        """(subject, html, text, data); raises ``RenderError``."""
-        subject = render(self.subject, variables) if self.subject else ""
-        html = render(self.html, variables) if self.html else ""
-        text = render(self.text, variables) if self.text else ""
-        data = {key: render(template, variables) for key, template in self.data.items()}
+    def message(self, delivery_id: int, to: list[str], rendered: Sequence[str]) -> Message:
+        """The message from the rendered parts, in the order of ``parts``."""
+        texts = {"subject": "", "html": "", "text": ""}
+        data: dict[str, str] = {}
+        for (part, _), text in zip(self.parts, rendered, strict=True):
+            if part.startswith("data:"):
+                data[part.removeprefix("data:")] = text
+            else:
+                texts[part] = text
         # A subject or title is one line, whatever the template produced.
-        return " ".join(subject.split()), html, text, data
-
-    def message(self, delivery_id: int, to: list[str], variables: Mapping[str, Any]) -> Message:
-        subject, html, text, data = self.render(variables)
-        return Message(delivery_id, self.channel, to, subject, html, text, data)
+        subject = " ".join(texts["subject"].split())
+        return Message(delivery_id, self.channel, to, subject, texts["html"], texts["text"], data)
 
 
 def compile_action(action: campaigns_pb2.Action) -> CompiledAction:
-    """Compile an action's templates (validated before, so this does not fail)."""
+    """An action's templates (validated when the campaign was saved)."""
     kind = action.WhichOneof("channel")
     if kind == "email":
         email = action.email
-        return CompiledAction(
-            EMAIL,
-            compile_template(email.subject),
-            compile_template(email.html_body, html=True) if email.html_body else None,
-            compile_template(email.text_body) if email.text_body else None,
-            {},
-        )
+        parts = [("subject", (email.subject, False))]
+        if email.html_body:
+            parts.append(("html", (email.html_body, True)))
+        if email.text_body:
+            parts.append(("text", (email.text_body, False)))
+        return CompiledAction(EMAIL, tuple(parts))
     if kind == "sms":
-        return CompiledAction(SMS, None, None, compile_template(action.sms.text), {})
+        return CompiledAction(SMS, (("text", (action.sms.text, False)),))
     push = action.push
-    return CompiledAction(
-        PUSH,
-        compile_template(push.title),
-        None,
-        compile_template(push.body),
-        {key: compile_template(value) for key, value in sorted(push.data.items())},
-    )
+    data = tuple((f"data:{key}", (value, False)) for key, value in sorted(push.data.items()))
+    return CompiledAction(PUSH, (("subject", (push.title, False)), ("text", (push.body, False)), *data))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from eventline_campaigns.model import FAILED, PENDING, SENT, SKIPPED
+from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
 
 # --- campaigns ---------------------------------------------------------------
 
@@ -88,9 +88,21 @@ class DeliveryRow:
     updated_at: dt.datetime
 
 
+class CampaignChanged(Exception):
+    """A batch was not recorded: its campaign is no longer active at the revision it was rendered with."""
+
+    def __init__(self, state: int, revision: int) -> None:
+        super().__init__(f"the campaign is now in state {state} at revision {revision}")
+        self.state = state
+        self.revision = revision
+        self.sent = 0
+        """Deliveries the interrupted fan-out pass sent (it fills this in)."""
+
+
 @dataclass(frozen=True)
 class Fanout:
     after_customer_id: str
+    """The highest customer id among the fan-out's deliveries: where it goes on."""
     done: bool
 
 
@@ -328,7 +340,8 @@ class CampaignRepository:
         lease_s: float,
         cap_max: int = 0,
         cap_period_s: float = 0.0,
-        fanout_after: str | None = None,
+        fanout: bool = False,
+        revision: int | None = None,
     ) -> list[Owned]:
         """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
 
@@ -336,12 +349,24 @@ class CampaignRepository:
         its pending row is returned only when its previous sender's lease has
         expired (that sender crashed). With a frequency cap, customers are
         locked (transaction advisory locks in id order) and those over the cap
-        get skipped rows instead of pending ones. With ``fanout_after`` the
-        fan-out cursor advances in the same transaction.
+        get skipped rows instead of pending ones. With ``fanout`` the
+        fan-out's progress counts the batch. With ``revision``
+        nothing is recorded (``CampaignChanged``) unless the campaign is active
+        at that revision; its row is locked (FOR SHARE) until commit, so a
+        pause, archive or update on any replica either waits for this batch or
+        is seen by it.
         """
         planned = list(planned)
         customers = sorted({p.customer_id for p in planned})
         async with self.pool.acquire() as connection, connection.transaction():
+            if revision is not None:
+                current = await connection.fetchrow(
+                    "SELECT state, revision FROM campaigns WHERE campaign_id = $1 FOR SHARE", campaign_id
+                )
+                if current is None or current["state"] != ACTIVE or current["revision"] != revision:
+                    raise CampaignChanged(
+                        current["state"] if current else 0, current["revision"] if current else 0
+                    )
             if cap_max and customers:
                 await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
                 sends = {
@@ -382,16 +407,14 @@ class CampaignRepository:
             if len(rows) < len(planned):
                 taken = await connection.fetch(_TAKE_OVER, campaign_id, event_id, customers, lease_s)
                 owned += _owned(taken)
-            if fanout_after is not None:
+            if fanout:
                 await connection.execute(
                     """
-                    UPDATE campaign_fanouts SET after_customer_id = $3, recorded = recorded + $4,
-                        updated_at = now()
+                    UPDATE campaign_fanouts SET recorded = recorded + $3, updated_at = now()
                     WHERE campaign_id = $1 AND event_id = $2
                     """,
                     campaign_id,
                     event_id,
-                    fanout_after,
                     len(rows),
                 )
         return owned
@@ -447,19 +470,27 @@ class CampaignRepository:
     # --- fan-out progress ---
 
     async def start_fanout(self, campaign_id: str, event_id: str) -> Fanout:
+        """Start or resume a fan-out. Its cursor is derived from the ledger rather than stored, so
+        that no row outlives the erasure of the customer it would name (the ledger's rows go with
+        the customer): a fan-out whose last customer was erased resumes a little earlier, and
+        the ledger's unique key makes the repeated customers no-ops."""
         async with self.pool.acquire() as connection:
             await connection.execute(
                 "INSERT INTO campaign_fanouts (campaign_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 campaign_id,
                 event_id,
             )
-            row = await connection.fetchrow(
-                "SELECT after_customer_id, done FROM campaign_fanouts WHERE campaign_id = $1 AND event_id = $2",
+            done = await connection.fetchval(
+                "SELECT done FROM campaign_fanouts WHERE campaign_id = $1 AND event_id = $2",
                 campaign_id,
                 event_id,
             )
-        assert row is not None
-        return Fanout(row[0], row[1])
+            after = await connection.fetchval(
+                "SELECT coalesce(max(customer_id), '') FROM deliveries WHERE event_id = $2 AND campaign_id = $1",
+                campaign_id,
+                event_id,
+            )
+        return Fanout(after, bool(done))
 
     async def finish_fanout(self, campaign_id: str, event_id: str) -> None:
         await self.pool.execute(
@@ -467,6 +498,21 @@ class CampaignRepository:
             campaign_id,
             event_id,
         )
+
+    # --- erasure ---
+
+    async def erasures(self) -> int:
+        """How many customer erasures there have been (it changes with each one)."""
+        return int(await self.pool.fetchval("SELECT erasures FROM customer_erasures"))
+
+    async def missing_deliveries(self, delivery_ids: Sequence[int]) -> set[int]:
+        """The ids among ``delivery_ids`` that the ledger does not hold (their customer was erased)."""
+        if not delivery_ids:
+            return set()
+        rows = await self.pool.fetch(
+            "SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])", list(delivery_ids)
+        )
+        return set(delivery_ids) - {r[0] for r in rows}
 
     # --- reading the ledger ---
 
@@ -498,4 +544,4 @@ class CampaignRepository:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignRepository"]
+__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignChanged", "CampaignRepository"]

@@ -23,6 +23,8 @@ from eventline_campaigns.channels import (
 )
 from eventline_campaigns.consumer import StreamConsumer
 from eventline_campaigns.engine import CampaignCache, Engine
+from eventline_campaigns.erasure import SinkJanitor
+from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
@@ -44,6 +46,7 @@ class RunningCampaigns:
     engine: Engine
     cache: CampaignCache
     channels: dict[int, Channel]
+    rendering: RenderPool
 
 
 def build_channels(
@@ -106,7 +109,13 @@ async def running(
         [PostgreSQL(common.database_url), Redis(client, common.stream, required=True)],
         interval_s=common.health_probe_interval_s,
     )
-    async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
+    rendering = RenderPool(
+        settings.render_workers,
+        settings.render_limits,
+        memory_mb=settings.render_memory_mb,
+        stall_s=max(30.0, settings.render_limits.cpu_s * 4 + 10),
+    )
+    async with rendering, database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         repository = CampaignRepository(pool)
         cache = CampaignCache(repository, settings.campaign_poll_s)
         audience = Audience(segmentation)
@@ -115,6 +124,7 @@ async def running(
             cache,
             audience,
             channels,
+            rendering,
             lease_s=settings.lease_s,
             send_attempts=settings.send_attempts,
             send_concurrency=settings.send_concurrency,
@@ -134,21 +144,30 @@ async def running(
             dependencies=dependencies,
         )
         await cache.refresh()
-        servicer = CampaignServicer(repository, audience, cache, await PageTokens.load(pool))
+        servicer = CampaignServicer(
+            repository, audience, cache, await PageTokens.load(pool), rendering, settings.render_limits
+        )
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()
-        tasks = [asyncio.create_task(cache.run())]
+        tasks = [asyncio.create_task(cache.run()), asyncio.create_task(audience.check_access())]
+        janitors = [
+            SinkJanitor(sink, repository, settings.campaign_poll_s)
+            for sink in {id(c): c for c in channels.values() if isinstance(c, FileSink)}.values()
+        ]
+        tasks += [asyncio.create_task(janitor.run()) for janitor in janitors]
         if consume:
             tasks.append(asyncio.create_task(consumer.run()))
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
         try:
-            yield RunningCampaigns(server, port, consumer, engine, cache, channels)
+            yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering)
         finally:
             await server.stop(common.shutdown_grace_s)
             consumer.shutdown()
             cache.shutdown()
+            for janitor in janitors:
+                janitor.shutdown()
             await asyncio.gather(*tasks, return_exceptions=True)
             for channel in {id(c): c for c in channels.values()}.values():
                 await channel.aclose()

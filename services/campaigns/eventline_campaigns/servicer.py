@@ -10,10 +10,11 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_campaigns import validation
 from eventline_campaigns.audience import Audience
-from eventline_campaigns.engine import CampaignCache, Trigger, _address
+from eventline_campaigns.engine import CampaignCache, Trigger, _address, render_actions, template_arguments
 from eventline_campaigns.model import compile_action
+from eventline_campaigns.rendering import Rendering
 from eventline_campaigns.repository import CampaignRepository, CampaignRow, DeliveryRow
-from eventline_campaigns.templates import RenderError, variables
+from eventline_campaigns.templates import Limits
 from eventline_shared import paging
 from eventline_shared.errors import (
     AlreadyExists,
@@ -26,7 +27,7 @@ from eventline_shared.errors import (
 )
 from eventline_shared.grpc_server import Context
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
-from eventline_shared.values import datetime_to_timestamp, decode_values, python_values
+from eventline_shared.values import datetime_to_timestamp
 
 DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
@@ -97,12 +98,20 @@ def _delivery(row: DeliveryRow) -> campaigns_pb2.Delivery:
 
 class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, repository: CampaignRepository, audience: Audience, cache: CampaignCache, tokens: PageTokens
+        self,
+        repository: CampaignRepository,
+        audience: Audience,
+        cache: CampaignCache,
+        tokens: PageTokens,
+        rendering: Rendering,
+        limits: Limits,
     ) -> None:
         self.repository = repository
         self.audience = audience
         self.cache = cache
         self.tokens = tokens
+        self.rendering = rendering
+        self.limits = limits
 
     async def _changed(self) -> None:
         # This replica sees its own change at once; the others within a poll.
@@ -118,7 +127,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
     async def CreateCampaign(
         self, request: campaigns_pb2.CreateCampaignRequest, context: Context
     ) -> campaigns_pb2.CreateCampaignResponse:
-        violations = validation.check_campaign(request.campaign, "campaign")
+        violations = validation.check_campaign(request.campaign, "campaign", limits=self.limits)
         campaign_id = request.campaign_id or request.campaign.campaign_id or uuid.uuid4().hex
         bad_id = validation.check_campaign_id(campaign_id, "campaign_id")
         if bad_id:
@@ -187,7 +196,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 getattr(merged, path).CopyFrom(getattr(request.campaign, path))
             else:
                 merged.ClearField(path)
-        raise_if_any(validation.check_campaign(merged, "campaign", paths))
+        raise_if_any(validation.check_campaign(merged, "campaign", paths, limits=self.limits))
         _fits_a_reply(merged)
         if "audience" in paths and merged.HasField("audience"):
             await self.audience.validate(merged.audience, "campaign.audience")
@@ -250,28 +259,19 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         trigger = Trigger.of(
             _sample_event(event_name, request.context)  # a sample event: now, the given context
         )
-        template_variables = variables(
-            customer_id=profile.customer_id,
-            email=profile.email,
-            phone=profile.phone,
-            attributes=python_values(decode_values(profile.attributes)),
-            context=trigger.context,
-            event_name=event_name,
-            event_id="preview",
-            occurred_at=trigger.occurred_at,
-        )
+        arguments = template_arguments(profile, trigger)
+        actions = [compile_action(action) for action in spec.actions]
+        rendered = await render_actions(self.rendering, [(action, arguments) for action in actions])
         messages = []
-        for action in spec.actions:
-            compiled = compile_action(action)
-            to, _ = _address(profile, compiled.channel)
-            try:
-                message = compiled.message(0, to, template_variables)
-            except RenderError as exc:
-                messages.append(campaigns_pb2.RenderedMessage(channel=compiled.channel, error=str(exc)))  # type: ignore[arg-type]
+        for action, texts in zip(actions, rendered, strict=True):
+            channel: Any = action.channel
+            if isinstance(texts, str):
+                messages.append(campaigns_pb2.RenderedMessage(channel=channel, error=texts))
                 continue
+            message = action.message(0, _address(profile, action.channel)[0], texts)
             messages.append(
                 campaigns_pb2.RenderedMessage(
-                    channel=compiled.channel,  # type: ignore[arg-type]
+                    channel=channel,
                     subject=message.subject,
                     html_body=message.html,
                     text_body=message.text,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from eventline_campaigns.templates import DEFAULT_LIMITS, Limits
 from eventline_shared.config import CommonSettings, ConfigError, env_bool, env_float, env_int, env_str
 
 DEFAULT_PORT = 50053
@@ -60,6 +61,12 @@ class Settings:
     provider_timeout_s: float
     sink_dir: str
     message_id_domain: str
+    render_workers: int
+    """Render worker processes (templates are never rendered in the service's own process)."""
+    render_limits: Limits
+    """Steps and CPU time one template render may take."""
+    render_memory_mb: int
+    """Address space a render worker may add to what it has after starting."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -72,6 +79,12 @@ class Settings:
         secret = env_str(environ, "EVENTLINE_PROVIDER_SECRET", "")
         if (sms_url or push_url) and not secret:
             raise ConfigError("EVENTLINE_PROVIDER_SECRET is required when an SMS or push provider is set")
+        if common.security is not None and common.security.auth and not common.security.service_api_key:
+            raise ConfigError(
+                "EVENTLINE_AUTH=true needs EVENTLINE_SERVICE_API_KEY: the campaign service calls the "
+                "segmentation service with it (create one with: eventline keys create --name campaigns "
+                "--scope read)"
+            )
         segmentation_addr = env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR)
         if ":" not in segmentation_addr:
             raise ConfigError("EVENTLINE_SEGMENTATION_ADDR must be host:port")
@@ -104,4 +117,16 @@ class Settings:
             provider_timeout_s=env_float(environ, "EVENTLINE_PROVIDER_TIMEOUT_S", 5.0),
             sink_dir=env_str(environ, "EVENTLINE_CAMPAIGNS_SINK_DIR", ".eventline/messages"),
             message_id_domain=env_str(environ, "EVENTLINE_MESSAGE_ID_DOMAIN", "eventline.local"),
+            render_workers=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_WORKERS", 2, minimum=1),
+            render_limits=Limits(
+                steps=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_STEPS", DEFAULT_LIMITS.steps, minimum=1),
+                cpu_s=env_int(
+                    environ,
+                    "EVENTLINE_CAMPAIGNS_RENDER_CPU_MS",
+                    round(DEFAULT_LIMITS.cpu_s * 1000),
+                    minimum=1,
+                )
+                / 1000,
+            ),
+            render_memory_mb=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_MEMORY_MB", 256, minimum=16),
         )

@@ -8,7 +8,7 @@ import re
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 
-from eventline_campaigns.templates import TemplateProblem, compile_template
+from eventline_campaigns.templates import DEFAULT_LIMITS, Limits, TemplateProblem, compile_template
 from eventline_shared.errors import FieldViolation
 from eventline_shared.values import (
     check_code,
@@ -59,13 +59,15 @@ def check_parent(parent: str | None, value: str) -> FieldViolation | None:
     return FieldViolation("parent", "campaign_id, customer_id or event_id is required")
 
 
-def _template(source: str, field: str, limit: int, html: bool, required: bool) -> list[FieldViolation]:
+def _template(
+    source: str, field: str, limit: int, html: bool, required: bool, limits: Limits = DEFAULT_LIMITS
+) -> list[FieldViolation]:
     if not source:
         return [FieldViolation(field, "template is required")] if required else []
     if len(source) > limit:
         return [FieldViolation(field, f"template is longer than {limit} characters")]
     try:
-        compile_template(source, html=html)
+        compile_template(source, html=html, limits=limits)
     except TemplateProblem as problem:
         return [FieldViolation(field, f"template error at {problem.description}")]
     return []
@@ -131,7 +133,9 @@ def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]
     return found
 
 
-def _actions(actions: list[campaigns_pb2.Action], field: str) -> list[FieldViolation]:
+def _actions(
+    actions: list[campaigns_pb2.Action], field: str, limits: Limits = DEFAULT_LIMITS
+) -> list[FieldViolation]:
     if not 1 <= len(actions) <= 3:
         return [FieldViolation(field, "1 to 3 actions are required")]
     found: list[FieldViolation] = []
@@ -149,16 +153,16 @@ def _actions(actions: list[campaigns_pb2.Action], field: str) -> list[FieldViola
             email = action.email
             for name, limit, html in _EMAIL_FIELDS:
                 found += _template(
-                    getattr(email, name), f"{path}.email.{name}", limit, html, name == "subject"
+                    getattr(email, name), f"{path}.email.{name}", limit, html, name == "subject", limits
                 )
             if not email.html_body and not email.text_body:
                 found.append(FieldViolation(f"{path}.email", "html_body or text_body is required"))
         elif kind == "sms":
-            found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True)
+            found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True, limits)
         else:
             push = action.push
-            found += _template(push.title, f"{path}.push.title", 1000, False, True)
-            found += _template(push.body, f"{path}.push.body", 4000, False, True)
+            found += _template(push.title, f"{path}.push.title", 1000, False, True, limits)
+            found += _template(push.body, f"{path}.push.body", 4000, False, True, limits)
             if len(push.data) > 20:
                 found.append(FieldViolation(f"{path}.push.data", "at most 20 data entries"))
             for key, source in sorted(push.data.items()):
@@ -166,7 +170,7 @@ def _actions(actions: list[campaigns_pb2.Action], field: str) -> list[FieldViola
                 bad_key = check_code(key, key_path, "data key")
                 if bad_key:
                     found.append(bad_key)
-                found += _template(source, key_path, 4000, False, True)
+                found += _template(source, key_path, 4000, False, True, limits)
     return found
 
 
@@ -181,7 +185,11 @@ def _frequency_cap(cap: campaigns_pb2.FrequencyCap, field: str) -> list[FieldVio
 
 
 def check_campaign(
-    campaign: campaigns_pb2.Campaign, field: str, paths: set[str] | None = None
+    campaign: campaigns_pb2.Campaign,
+    field: str,
+    paths: set[str] | None = None,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[FieldViolation]:
     """Violations of the campaign fields named in ``paths`` (all when None), under ``field``."""
 
@@ -199,7 +207,7 @@ def check_campaign(
     if wanted("trigger"):
         found += _trigger(campaign.trigger, f"{field}.trigger")
     if wanted("actions"):
-        found += _actions(list(campaign.actions), f"{field}.actions")
+        found += _actions(list(campaign.actions), f"{field}.actions", limits)
     if wanted("frequency_cap") and campaign.HasField("frequency_cap"):
         found += _frequency_cap(campaign.frequency_cap, f"{field}.frequency_cap")
     return found

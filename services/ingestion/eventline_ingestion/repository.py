@@ -292,7 +292,9 @@ class IngestionRepository:
         """Delete the profile and, by cascade, every row derived from it; scrub the outbox.
 
         Outbox rows are locked, so a relay publishing one of them finishes (and
-        its stream entries exist) before this transaction goes on.
+        its stream entries exist) before this transaction goes on. The erasure
+        is counted (without the customer) in ``customer_erasures``, which the
+        services keeping copies outside PostgreSQL watch.
         """
         async with self.pool.acquire() as connection, connection.transaction():
             events = await connection.fetchval(
@@ -317,4 +319,5 @@ class IngestionRepository:
                     [e[0] for e in keep],
                     b"".join(stream.pack_entry(*e) for e in keep),
                 )
+            await connection.execute("UPDATE customer_erasures SET erasures = erasures + 1", timeout=timeout)
         return bool(erased), int(events or 0)

@@ -166,7 +166,13 @@ class CampaignServiceServicer:
     def UpdateCampaign(self, request, context):
         """Changes the fields of a campaign named in the update mask. A change to an
         active campaign takes effect on every replica within a second. Archived
-        campaigns cannot change (FAILED_PRECONDITION).
+        campaigns cannot change (FAILED_PRECONDITION). A system-event fan-out
+        that is running applies the change to every delivery it records after
+        this call returns (the deliveries recorded before keep the previous
+        version; they are at most the fan-out's next two batches of
+        EVENTLINE_CAMPAIGNS_FANOUT_BATCH customers, already recorded and being
+        sent). If after the change the event no longer triggers the campaign, the
+        fan-out stops.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,8 +188,13 @@ class CampaignServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseCampaign(self, request, context):
-        """Stops an active campaign from reacting to new events. Deliveries already
-        recorded are still sent.
+        """Stops an active campaign from reacting to new events, and stops its
+        running system-event fan-outs on every replica: once this call returns,
+        no further delivery of the campaign is recorded. Deliveries already
+        recorded are still sent (for a fan-out, at most the two batches of
+        EVENTLINE_CAMPAIGNS_FANOUT_BATCH customers it had in progress). A stopped
+        fan-out is not resumed by ActivateCampaign: the campaign reacts to events
+        received from its activation on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +202,7 @@ class CampaignServiceServicer:
 
     def ArchiveCampaign(self, request, context):
         """Retires a campaign for good; it can no longer be changed or activated.
+        Its running fan-outs stop as with PauseCampaign.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -162,8 +162,11 @@ class IngestionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EraseCustomer(self, request, context):
-        """Erases a customer: profile, events, derived rows and stream copies.
-        Erasing an unknown or already erased customer succeeds and erases nothing.
+        """Erases a customer: profile, events, derived rows (deliveries included) and
+        stream copies; the campaign service then removes its message files of the
+        customer. Afterwards no row, stream entry or file of Eventline holds the
+        customer's id, e-mail address, phone number or push tokens. Erasing an
+        unknown or already erased customer succeeds and erases nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -125,7 +125,13 @@ export const SystemEventTriggerSchema: GenMessage<SystemEventTrigger> = /*@__PUR
  * `client` (the customer: customer_id, email, phone, attributes by code, and
  * eventContext, the trigger event's context by field code) and `event` (name,
  * event_id, occurred_at). A variable missing at render time fails that
- * delivery with the reason recorded.
+ * delivery with the reason recorded, and so does a render past its budget
+ * (100,000 steps, 50 ms of CPU, values of at most 1,000,000 characters by
+ * default; see README, "Message templates"). A template that could never
+ * render - a constant part the sandbox refuses, such as ''|center(10**9), or
+ * loops over constant ranges that alone exceed the step budget - is
+ * INVALID_ARGUMENT when the campaign is saved. These rules hold for every
+ * template of every action.
  *
  * @generated from message eventline.campaigns.v1.EmailAction
  */
@@ -1275,7 +1281,13 @@ export const CampaignService: GenService<{
   /**
    * Changes the fields of a campaign named in the update mask. A change to an
    * active campaign takes effect on every replica within a second. Archived
-   * campaigns cannot change (FAILED_PRECONDITION).
+   * campaigns cannot change (FAILED_PRECONDITION). A system-event fan-out
+   * that is running applies the change to every delivery it records after
+   * this call returns (the deliveries recorded before keep the previous
+   * version; they are at most the fan-out's next two batches of
+   * EVENTLINE_CAMPAIGNS_FANOUT_BATCH customers, already recorded and being
+   * sent). If after the change the event no longer triggers the campaign, the
+   * fan-out stops.
    *
    * @generated from rpc eventline.campaigns.v1.CampaignService.UpdateCampaign
    */
@@ -1297,8 +1309,13 @@ export const CampaignService: GenService<{
     output: typeof ActivateCampaignResponseSchema;
   },
   /**
-   * Stops an active campaign from reacting to new events. Deliveries already
-   * recorded are still sent.
+   * Stops an active campaign from reacting to new events, and stops its
+   * running system-event fan-outs on every replica: once this call returns,
+   * no further delivery of the campaign is recorded. Deliveries already
+   * recorded are still sent (for a fan-out, at most the two batches of
+   * EVENTLINE_CAMPAIGNS_FANOUT_BATCH customers it had in progress). A stopped
+   * fan-out is not resumed by ActivateCampaign: the campaign reacts to events
+   * received from its activation on.
    *
    * @generated from rpc eventline.campaigns.v1.CampaignService.PauseCampaign
    */
@@ -1309,6 +1326,7 @@ export const CampaignService: GenService<{
   },
   /**
    * Retires a campaign for good; it can no longer be changed or activated.
+   * Its running fan-outs stop as with PauseCampaign.
    *
    * @generated from rpc eventline.campaigns.v1.CampaignService.ArchiveCampaign
    */

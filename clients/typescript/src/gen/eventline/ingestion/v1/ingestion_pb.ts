@@ -648,8 +648,11 @@ export const IngestionService: GenService<{
     output: typeof ListTimelineResponseSchema;
   },
   /**
-   * Erases a customer: profile, events, derived rows and stream copies.
-   * Erasing an unknown or already erased customer succeeds and erases nothing.
+   * Erases a customer: profile, events, derived rows (deliveries included) and
+   * stream copies; the campaign service then removes its message files of the
+   * customer. Afterwards no row, stream entry or file of Eventline holds the
+   * customer's id, e-mail address, phone number or push tokens. Erasing an
+   * unknown or already erased customer succeeds and erases nothing.
    *
    * @generated from rpc eventline.ingestion.v1.IngestionService.EraseCustomer
    */
