@@ -226,6 +226,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapped
 
 
+LIVENESS_HEALTH_NAME = "eventline.liveness"
+"""A grpc.health.v1 name that is SERVING while the process answers, whatever its dependencies
+(NOT_SERVING once it shuts down): what a liveness probe asks, so that an outage of PostgreSQL
+restarts no replica. Readiness follows ``""``."""
+
+
 def _health_status(serving: bool) -> int:
     return int(
         health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -238,7 +244,8 @@ class Server:
     Health: ``""`` and each of ``service_names`` are SERVING while every
     required dependency of ``dependencies`` is up, NOT_SERVING otherwise and
     from the start of a shutdown; each dependency is reported under its own
-    name too (``eventline.dependency.<name>``). Watch streams every change.
+    name too (``eventline.dependency.<name>``), and ``LIVENESS_HEALTH_NAME``
+    is SERVING until the shutdown. Watch streams every change.
     """
 
     def __init__(
@@ -293,6 +300,7 @@ class Server:
 
     async def _report_health(self) -> None:
         monitor = self.dependencies
+        await self.health.set(LIVENESS_HEALTH_NAME, _health_status(True))
         for name in ["", *self.service_names]:
             await self.health.set(name, _health_status(monitor is None or monitor.serving))
         if monitor is not None:
@@ -359,4 +367,7 @@ def serve_main(
         async with running(settings):
             await wait_for_signal()
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except database.SchemaBehind as exc:
+        sys.exit(f"eventline-{service}: {exc}")

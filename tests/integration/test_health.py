@@ -24,6 +24,7 @@ from redis import exceptions as redis_errors
 
 from eventline_shared import embedded
 from eventline_shared.dependencies import health_name
+from eventline_shared.grpc_server import LIVENESS_HEALTH_NAME
 from tests.conftest import REDIS_URL, CampaignsEnv, service_env
 from tests.faults import TcpProxy
 from tests.processes import free_port
@@ -113,7 +114,7 @@ async def test_watch_streams_serving_on_every_service(
         ("segmentation", segmentation_server),
         ("campaigns", campaigns_server),
     ):
-        names = ["", SERVICE_NAMES[service], health_name("postgresql")]
+        names = ["", SERVICE_NAMES[service], health_name("postgresql"), LIVENESS_HEALTH_NAME]
         async with watching(served.port, *names, "no.such.Service") as watches:
             *known, unknown = watches
             for watch in known:
@@ -127,18 +128,27 @@ async def test_watch_streams_serving_on_every_service(
 async def test_postgresql_cut_is_not_serving_on_watch_and_check_until_it_returns(
     service: str, campaigns_env: CampaignsEnv, db_url: str, stream_key: str, redis_client: redis.Redis
 ) -> None:
-    """Every service needs PostgreSQL: NOT_SERVING while it is unreachable, SERVING once it is back."""
+    """Every service needs PostgreSQL: NOT_SERVING while it is unreachable, SERVING once it is back.
+
+    The liveness name stays SERVING all along: a liveness probe must not restart a replica for
+    an outage that a restart cannot fix.
+    """
     proxy, proxied_url = await TcpProxy.in_front_of(db_url)
     env = environment(service, campaigns_env, db_url, stream_key, EVENTLINE_DATABASE_URL=proxied_url)
     names = ["", SERVICE_NAMES[service], health_name("postgresql")]
     try:
-        async with running(service, env) as port, watching(port, *names) as watches:
-            for watch in watches:
+        async with (
+            running(service, env) as port,
+            watching(port, *names) as watches,
+            watching(port, LIVENESS_HEALTH_NAME) as (liveness,),
+        ):
+            for watch in [*watches, liveness]:
                 await watch.until(SERVING)
             proxy.cut()
             for watch in watches:
                 await watch.until(NOT_SERVING)
                 assert await watch.check() == NOT_SERVING
+            assert await liveness.check() == SERVING
             proxy.restore()
             for watch in watches:
                 await watch.until(SERVING)
