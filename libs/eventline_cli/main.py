@@ -18,6 +18,7 @@ from eventline_cli.customers import customers
 from eventline_cli.demo import demo
 from eventline_cli.events import events, timeline
 from eventline_cli.keys import keys
+from eventline_cli.migrate import migrate
 from eventline_cli.segments import segments
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -102,6 +103,7 @@ cli.add_command(events)
 cli.add_command(timeline)
 cli.add_command(customers)
 cli.add_command(keys)
+cli.add_command(migrate)
 cli.add_command(segments)
 cli.add_command(campaigns)
 cli.add_command(deliveries)

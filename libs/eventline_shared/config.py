@@ -80,6 +80,9 @@ class CommonSettings:
     """API keys and TLS (see eventline_shared.auth); None: neither."""
     health_probe_interval_s: float = 2.0
     """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.dependencies)."""
+    migrate: bool = True
+    """EVENTLINE_MIGRATE: apply missing migrations at start; false: only check that none is missing
+    (then ``eventline migrate``, run once per release, is the only writer of DDL)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], service: str, default_port: int) -> CommonSettings:
@@ -109,4 +112,5 @@ class CommonSettings:
             metrics_interval_s=env_float(environ, "EVENTLINE_METRICS_INTERVAL_S", 15.0),
             security=SecuritySettings.from_env(environ),
             health_probe_interval_s=health_probe_interval_s,
+            migrate=env_bool(environ, "EVENTLINE_MIGRATE", True),
         )

@@ -69,6 +69,39 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def migration_label(version: int, name: str) -> str:
+    """A migration as its file is named, without ``.sql``: ``0100_segments``."""
+    return f"{version:04d}_{name}"
+
+
+class SchemaBehind(Exception):
+    """The database lacks migrations this code needs: started with EVENTLINE_MIGRATE=false
+    before ``eventline migrate`` applied them."""
+
+    def __init__(self, missing: list[tuple[int, str]]) -> None:
+        self.missing = missing
+        labels = ", ".join(migration_label(version, name) for version, name in missing)
+        plural = "s" if len(missing) > 1 else ""
+        super().__init__(
+            f"the database schema is behind this version: missing migration{plural} {labels}. "
+            "Run `eventline migrate` (EVENTLINE_MIGRATE=false: this process applies none itself)"
+        )
+
+
+async def applied_migrations(connection: asyncpg.Connection) -> dict[int, str]:
+    """The migrations recorded in the database: version to name (none before the first migrate)."""
+    if await connection.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return {}
+    rows = await connection.fetch("SELECT version, name FROM schema_migrations")
+    return {row["version"]: row["name"] for row in rows}
+
+
+async def missing_migrations(connection: asyncpg.Connection) -> list[tuple[int, str]]:
+    """The shipped migrations the database has not applied, in order."""
+    done = await applied_migrations(connection)
+    return [(version, name) for version, name, _ in migrations() if version not in done]
+
+
 async def migrate(connection: asyncpg.Connection) -> list[int]:
     """Apply the missing migrations, each in its own transaction, under an advisory lock.
 
@@ -86,7 +119,7 @@ async def migrate(connection: asyncpg.Connection) -> list[int]:
             )
             """
         )
-        done = {r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")}
+        done = await applied_migrations(connection)
         applied = []
         for version, name, sql in migrations():
             if version in done:
@@ -109,6 +142,21 @@ async def migrate_url(dsn: str) -> list[int]:
         return await migrate(connection)
     finally:
         await connection.close()
+
+
+async def prepare_schema(dsn: str, *, apply: bool) -> None:
+    """At a service's start: apply the missing migrations (``apply``: EVENTLINE_MIGRATE), or only
+    check that none is missing and raise ``SchemaBehind`` naming them: no DDL from this process."""
+    if apply:
+        await migrate_url(dsn)
+        return
+    connection = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
+    try:
+        missing = await missing_migrations(connection)
+    finally:
+        await connection.close()
+    if missing:
+        raise SchemaBehind(missing)
 
 
 def translate(exc: BaseException) -> EventlineError | None:

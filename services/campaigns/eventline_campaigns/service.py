@@ -98,7 +98,7 @@ async def running(
     call ``consumer.drain()`` themselves); campaign changes are still polled.
     """
     common = settings.common
-    await database.migrate_url(common.database_url)
+    await database.prepare_schema(common.database_url, apply=common.migrate)
     client = stream.connect(common.redis_url)
     channels = build_channels(settings, observer)
     segmentation = auth.client_channel(settings.segmentation_addr, common.security)

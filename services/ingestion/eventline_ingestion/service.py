@@ -41,7 +41,7 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
     With ``relay=False`` the outbox is not published (tests drive ``drain`` themselves).
     """
     common = settings.common
-    await database.migrate_url(common.database_url)
+    await database.prepare_schema(common.database_url, apply=common.migrate)
     client = stream.connect(common.redis_url)
     # Ingestion cannot store without PostgreSQL. Without Redis it keeps accepting events (the
     # outbox keeps them until the relay can publish), so Redis is reported on its own name only.

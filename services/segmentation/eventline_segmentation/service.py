@@ -55,7 +55,7 @@ def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str
 async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
     """The segmentation service, serving until the context exits; then a graceful stop."""
     common = settings.common
-    await database.migrate_url(common.database_url)
+    await database.prepare_schema(common.database_url, apply=common.migrate)
     dsn = session_dsn(common.database_url, settings.work_mem_mb)
     match_dsn = session_dsn(common.database_url, settings.work_mem_mb, custom_plans=False)
     async with (
