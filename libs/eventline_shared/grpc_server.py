@@ -1,8 +1,10 @@
 """How every Eventline service serves gRPC.
 
-``ErrorInterceptor`` is the one place that turns exceptions into statuses;
-``serve`` runs a server with health checking, reflection, explicit message size
-limits and a graceful shutdown on SIGTERM or SIGINT.
+``ErrorInterceptor`` is the one place that turns exceptions into statuses; it
+also applies each method's request size limit (before decoding) and bounds how
+long a streaming reply may wait for its client to read. ``Server`` runs a server
+with health checking, reflection, explicit message size limits and a graceful
+shutdown on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from grpc_status import rpc_status
 from eventline_shared import database, logs
 from eventline_shared.config import CommonSettings, ConfigError
 from eventline_shared.errors import (
+    Aborted,
     DeadlineExceeded,
     EventlineError,
     FieldViolation,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from eventline_shared.metrics import Operations
@@ -37,7 +41,11 @@ from eventline_shared.metrics import Operations
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Requests and replies larger than this are refused with RESOURCE_EXHAUSTED."""
+"""Requests and replies larger than this are refused with RESOURCE_EXHAUSTED.
+
+A service lowers the limit of its requests method by method (``Server``'s
+``max_request_bytes``); this is the limit of the methods that declare none.
+"""
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -47,6 +55,11 @@ SERVER_OPTIONS = [
 
 Context: TypeAlias = Any
 """A servicer's call context, ``grpc.aio.ServicerContext`` (grpcio ships no type information)."""
+
+
+def method_path(service: str, method: str) -> str:
+    """The full name of a method as gRPC routes it: ``/eventline.x.v1.XService/Method``."""
+    return f"/{service}/{method}"
 
 
 def database_timeout(context: Context, ceiling: float) -> float:
@@ -121,9 +134,17 @@ def current_request_id() -> str:
     return f"{os.getpid():x}-{id(context):x}"
 
 
-def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
+def _decode(decode: Callable[[bytes], Any] | None, raw: bytes, limit: int | None) -> Any:
     """The request message; one protobuf cannot decode (e.g. nested past its depth limit of
-    100) is INVALID_ARGUMENT, where gRPC's own decoding would answer UNKNOWN."""
+    100) is INVALID_ARGUMENT, where gRPC's own decoding would answer UNKNOWN.
+
+    A request larger than the method's ``limit`` is RESOURCE_EXHAUSTED before any
+    decoding: the work a request can cost starts with its size.
+    """
+    if limit is not None and len(raw) > limit:
+        raise ResourceExhausted(
+            [FieldViolation("", f"the request is {len(raw):,} bytes; this method accepts at most {limit:,}")]
+        )
     if decode is None:
         return raw
     try:
@@ -132,7 +153,35 @@ def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         raise InvalidArgument([FieldViolation("", f"the request cannot be decoded: {exc}")]) from None
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _written(write: asyncio.Future[None]) -> None:
+    # A write left pending (the stream stalled, or the call was cancelled) fails when the
+    # call ends: nothing to report.
+    if not write.cancelled():
+        write.exception()
+
+
+async def _write(context: grpc.aio.ServicerContext[Any, Any], reply: Any, idle_s: float | None) -> Any:
+    """Write one reply of a stream; returns the write still pending when the client did not
+    take it within ``idle_s`` (None once written).
+
+    The pending write is not cancelled: grpc frees the message it sends only when
+    the write completes (when the client reads it, or when the call ends).
+    """
+    if idle_s is None:
+        await context.write(reply)
+        return None
+    write = asyncio.ensure_future(context.write(reply))
+    write.add_done_callback(_written)  # also when this handler is cancelled while it waits
+    await asyncio.wait({write}, timeout=idle_s)
+    if not write.done():
+        return write
+    write.result()
+    return None
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, method: str, limit: int | None, stream_idle_s: float | None
+) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
     if handler.unary_unary:
         inner_unary = handler.unary_unary
@@ -140,7 +189,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
             try:
-                return await inner_unary(_decode(decode, raw), context)
+                return await inner_unary(_decode(decode, raw, limit), context)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -155,14 +204,47 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner_stream = handler.unary_stream
 
         async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            """Writes the handler's replies itself, so that a client that stops reading cannot
+            hold the call (and what the handler holds) for longer than ``stream_idle_s``."""
             _current_call.set(context)
+            failure: grpc.Status | None = None
+            stalled: Any = None
+            replies: AsyncIterator[Any] | None = None
             try:
-                async for reply in inner_stream(_decode(decode, raw), context):
-                    yield reply
+                replies = inner_stream(_decode(decode, raw, limit), context)
+                if stream_idle_s is not None:
+                    # Sent on their own, so that the status can follow a write still pending.
+                    await context.send_initial_metadata(())
+                while failure is None:
+                    try:
+                        reply = await anext(replies)
+                    except StopAsyncIteration:
+                        break
+                    stalled = await _write(context, reply, stream_idle_s)
+                    if stalled is not None:
+                        failure = as_status(
+                            Aborted(
+                                f"the client read nothing for {stream_idle_s:g} s, so the stream was "
+                                "ended; resume it from the last reply received"
+                            ),
+                            method,
+                        )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(as_status(exc, method, context.time_remaining()))
+                if _is_grpc_internal(exc):
+                    raise  # a write failed because the call ended: grpc handles it
+                failure = as_status(exc, method, context.time_remaining())
+            finally:
+                aclose = getattr(replies, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # releases what the handler holds before the status is sent
+            if failure is not None:
+                # Queued behind a pending write, the status reaches the client after the
+                # replies it has not read.
+                await context.abort_with_status(failure)
+            return
+            yield  # never reached: makes this an async generator, the style the interceptors outside wrap
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
@@ -170,6 +252,11 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+def _is_grpc_internal(exc: BaseException) -> bool:
+    """Errors grpc raises from a write when the call has ended (not the handler's)."""
+    return type(exc).__module__.startswith("grpc._cython")
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -181,8 +268,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     metrics) still run on every call.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_request_bytes: Mapping[str, int] | None = None, stream_idle_s: float | None = None
+    ) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._max_request_bytes = dict(max_request_bytes or {})
+        self._stream_idle_s = stream_idle_s
 
     async def intercept_service(
         self,
@@ -194,12 +285,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             handler = await continuation(details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[details.method] = _wrap(handler, details.method)
+            wrapped = self._wrapped[details.method] = _wrap(
+                handler, details.method, self._max_request_bytes.get(details.method), self._stream_idle_s
+            )
         return wrapped
 
 
 class Server:
-    """A gRPC server with health checking and reflection, started and stopped as a unit."""
+    """A gRPC server with health checking and reflection, started and stopped as a unit.
+
+    ``max_request_bytes`` maps a method's full name (``method_path``) to the
+    largest request it accepts, checked before decoding; methods not named there
+    accept up to ``MAX_MESSAGE_BYTES``. With ``stream_idle_s``, a streaming reply
+    that its client leaves unread for that long ends with ABORTED, releasing
+    what the handler held.
+    """
 
     def __init__(
         self,
@@ -208,6 +308,8 @@ class Server:
         interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         options: Iterable[tuple[str, Any]] = (),
         settings: CommonSettings | None = None,
+        max_request_bytes: Mapping[str, int] | None = None,
+        stream_idle_s: float | None = None,
     ) -> None:
         # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
@@ -216,7 +318,7 @@ class Server:
             interceptors=[
                 *(self.operations.interceptors() if self.operations else ()),
                 *interceptors,
-                ErrorInterceptor(),
+                ErrorInterceptor(max_request_bytes, stream_idle_s),
             ],
             options=[*SERVER_OPTIONS, *options],
         )
