@@ -46,7 +46,9 @@ class SegmentationServiceStub:
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. A
+    request larger than 256 KiB (64 KiB for GetSegment, ListSegments and
+    DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
     """
 
     def __init__(self, channel):
@@ -133,7 +135,9 @@ class SegmentationServiceServicer:
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. A
+    request larger than 256 KiB (64 KiB for GetSegment, ListSegments and
+    DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
     """
 
     def CountCustomers(self, request, context):
@@ -153,9 +157,19 @@ class SegmentationServiceServicer:
 
     def StreamCustomers(self, request, context):
         """Streams the ids of all customers matching a filter, in chunks, in
-        ascending byte order of the customer id, all read from one snapshot of
-        the database. Meant for fan-out to many customers; resumable with
-        `after_customer_id`.
+        ascending byte order of the customer id. Meant for fan-out to many
+        customers; resumable with `after_customer_id`.
+
+        The ids are read page by page (up to 10,000 per query), each page from
+        its own snapshot of the database, and no database connection is held
+        between pages: an id is never repeated and the order holds, but a
+        customer who starts or stops matching while the stream runs may or may
+        not be included (as when resuming). Pin `now` to keep the periods fixed.
+
+        Streams are bounded per server replica: past its limit of streams at once
+        (32 by default) a new call is RESOURCE_EXHAUSTED, and a stream whose
+        client reads nothing for a while (120 s by default) ends with ABORTED
+        after the replies already sent; resume it from the last id received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -306,7 +320,9 @@ class SegmentationService:
     listing every problem with its field path, for example
     `filter.all_of.filters[1].event.predicates[0].operator` (paths into a saved
     segment's filter start with `segment.filter`). A request that runs out of
-    its deadline is cancelled in the database and is DEADLINE_EXCEEDED.
+    its deadline is cancelled in the database and is DEADLINE_EXCEEDED. A
+    request larger than 256 KiB (64 KiB for GetSegment, ListSegments and
+    DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
     """
 
     @staticmethod
