@@ -64,7 +64,8 @@ async def running_worker(
                 await stub.ActivateCampaign(
                     campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
                 )
-            await asyncio.sleep(0.3)  # the consumer has picked the campaign up
+            # No pause needed: the replica that handled the activation has reloaded its campaigns
+            # before answering (CampaignCache.refresh in the servicer), and its consumer reads them.
         yield process
     finally:
         process.kill()
