@@ -82,6 +82,19 @@ async def read_all(stub: Any, request: pb.StreamCustomersRequest = REQUEST) -> l
     return [i async for chunk in stub.StreamCustomers(request, timeout=60) for i in chunk.customer_ids]
 
 
+async def served_whole(stub: Any, retry_on: set[grpc.StatusCode], what: str) -> None:
+    """Stream all 20,000 customers, again (up to 60 s) while the call ends with one of ``retry_on``."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert len(await read_all(stub)) == 20_000
+            return
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() in retry_on, exc
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+
 async def test_a_client_that_never_reads_holds_no_connection_and_unary_calls_go_on(
     db: asyncpg.Connection, db_url: str, stream_key: str
 ) -> None:
@@ -143,23 +156,19 @@ async def test_a_stream_left_unread_ends_with_aborted_and_frees_its_slot(
             (held,) = await stalled(client, 1)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
                 stub = segmentation_pb2_grpc.SegmentationServiceStub(channel)
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        assert len(await read_all(stub)) == 20_000
-                        break
-                    except grpc.aio.AioRpcError as exc:
-                        # Refused while the stalled stream holds the slot; ABORTED should this very
-                        # stream be left unread for 0.5 s on a loaded machine. Either way: again.
-                        assert exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
-                        assert time.monotonic() < deadline, "the stalled stream never gave its slot up"
-                        await asyncio.sleep(0.05)
+                # Refused while the stalled stream holds the slot; ABORTED should this very stream
+                # be left unread for 0.5 s on a loaded machine. Either way: again.
+                await served_whole(
+                    stub,
+                    {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED},
+                    "the stalled stream never gave its slot up",
+                )
             await client.open_window(held)
             await client.wait_for(lambda: held.ended)
             assert held.status == grpc.StatusCode.ABORTED.value[0], held
             assert "read nothing" in held.message
             # What it received are whole replies: the first ids, in order.
-            ids = []
+            ids: list[str] = []
             data = bytes(held.data)
             while data:
                 size = int.from_bytes(data[1:5], "big")
@@ -185,16 +194,10 @@ async def test_a_stream_holds_no_transaction_and_a_cancelled_one_frees_its_slot(
             states = await sessions(db, db_url)
             assert states["idle in transaction"] == 0 and states["active"] == 0, states
             call.cancel()
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    assert len(await read_all(stub)) == 20_000
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    # Until the server has seen the cancellation, the one slot is still taken.
-                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                    assert time.monotonic() < deadline, "the cancelled stream never gave its slot up"
-                    await asyncio.sleep(0.05)
+            # Until the server has seen the cancellation, the one slot is still taken.
+            await served_whole(
+                stub, {grpc.StatusCode.RESOURCE_EXHAUSTED}, "the cancelled stream never gave its slot up"
+            )
             counted = await stub.CountCustomers(pb.CountCustomersRequest(filter=EVERYONE), timeout=60)
             assert counted.count == 20_000
 
