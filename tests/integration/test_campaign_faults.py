@@ -107,7 +107,7 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
     )
     async with running_worker(env, tmp_path, PING) as first:
         await track_pings(ingestion, "k", customers, "p")
-        await wait_until(lambda: len(smtp_server.messages) >= 20, 30, "the first worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 20, 60, "the first worker sent nothing")
         first.kill()  # kill -9, in the middle of the work
     unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
     assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
@@ -146,7 +146,7 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-1", name="Sale")
         )
-        await wait_until(lambda: len(smtp_server.messages) >= 30, 20, "the first worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 30, 60, "the first worker sent nothing")
         first.kill()
     assert len(smtp_server.messages) < customers * 4 // 5, "the fan-out finished before the kill"
     expected = {address for i, address in enumerate(addresses) if i % 5}
@@ -171,7 +171,7 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
     await add_email_customers(db, "t", 50)
     async with running_worker(campaigns_env(), tmp_path, PING) as process:
         await track_pings(ingestion, "t", 50, "q")
-        await wait_until(lambda: len(smtp_server.messages) >= 5, 20, "the worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 5, 60, "the worker sent nothing")
         process.signal(signal.SIGTERM)  # with batches in flight
         assert await process.exited(10) == 0
     # What the worker took, it finished: recorded, sent and acknowledged; the rest waits unread.

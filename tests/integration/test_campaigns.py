@@ -765,7 +765,7 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
         )
         for i in range(customers):
             await ingestion.TrackCustomerEvent(customer_event(f"rp{i:03d}", "Pinged", f"rp-{i}"))
-        await smtp_server.wait_for(customers, timeout=20)
+        await smtp_server.wait_for(customers, timeout=60)
         await asyncio.sleep(0.3)
     assert sorted(m["To"] for m in smtp_server.messages) == [
         f"rp{i:03d}@example.com" for i in range(customers)
@@ -821,7 +821,7 @@ async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_not
         )
         opened = []
         for threshold in (200, 600, 1000):
-            await smtp_server.wait_for(threshold, timeout=30)
+            await smtp_server.wait_for(threshold, timeout=60)
             opened.append(len(smtp_server.connections))
             for connection in smtp_server.connections:
                 connection.close()
@@ -868,7 +868,7 @@ async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_d
         )
         opened = []
         for threshold in (200, 600, 1000):
-            await wait_until(lambda n=threshold: len(http_provider.requests) >= n, 30, "the fan-out stalled")
+            await wait_until(lambda n=threshold: len(http_provider.requests) >= n, 60, "the fan-out stalled")
             opened.append(http_provider.connections)
             for writer in list(http_provider.open):
                 writer.transport.abort()  # a reset, possibly after the request was read
