@@ -88,7 +88,7 @@ async def track_pings(
 
 
 async def wait_for_no_pending(redis_client, stream_key: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while (await redis_client.xpending(stream_key, "campaigns"))["pending"]:
         assert time.monotonic() < deadline, "entries stay pending"
         await asyncio.sleep(0.05)
