@@ -102,7 +102,9 @@ def _filter(name: str, code: str, text: str, ref: str) -> pb.Filter:
 
 
 codes = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
-texts = st.text(st.characters(exclude_characters="\x00"), max_size=30)
+# No lone surrogates: protobuf cannot hold them (a client cannot send them), so they only made
+# the test fail when Hypothesis happened to draw one.
+texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=30)
 
 
 @given(name=codes, code=codes, text=texts, ref=codes, bound=texts)
