@@ -176,7 +176,7 @@ class SmtpInbox:
         self.arrived.set()
         return "250 OK"
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+    async def wait_for(self, count: int, timeout: float = 60.0) -> None:
         async def enough() -> None:
             while len(self.messages) < count:
                 self.arrived.clear()

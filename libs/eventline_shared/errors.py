@@ -153,6 +153,12 @@ class DeadlineExceeded(EventlineError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Aborted(EventlineError):
+    """The call was ended by the server before it completed; the client may resume or retry it."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 def invalid(field: str, description: str) -> InvalidArgument:
     """Shorthand for the common case of a single bad field."""
     return InvalidArgument([FieldViolation(field, description)])

@@ -59,6 +59,9 @@ async def point(name: str) -> None:
     action, amount = fault
     _reached[name] = _reached.get(name, 0) + 1
     if action == "stall":
+        # Said first, so that a test can wait for the process to be here rather than guess.
+        sys.stderr.write(f"fault point {name}: stalling {amount:g} s\n")
+        sys.stderr.flush()
         await asyncio.sleep(amount)
     elif (action == "crash-at" and _reached[name] >= amount) or (
         action == "crash" and random.random() < amount

@@ -1,8 +1,10 @@
 """How every Eventline service serves gRPC.
 
-``ErrorInterceptor`` is the one place that turns exceptions into statuses;
-``serve`` runs a server with health checking, reflection, explicit message size
-limits and a graceful shutdown on SIGTERM or SIGINT.
+``ErrorInterceptor`` is the one place that turns exceptions into statuses; it
+also applies each method's request size limit (before decoding) and bounds how
+long a streaming reply may wait for its client to read. ``Server`` runs a server
+with health checking, reflection, explicit message size limits and a graceful
+shutdown on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from eventline_shared import database, logs, stream
 from eventline_shared.config import CommonSettings, ConfigError
 from eventline_shared.dependencies import DependencyMonitor, health_name
 from eventline_shared.errors import (
+    Aborted,
     DeadlineExceeded,
     EventlineError,
     FieldViolation,
     InvalidArgument,
     ReplyTooLarge,
+    ResourceExhausted,
     Unavailable,
 )
 from eventline_shared.handlers import writing_stream
@@ -41,7 +45,11 @@ from eventline_shared.paging import MAX_REPLY_BYTES
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-"""Requests and replies larger than this are refused with RESOURCE_EXHAUSTED."""
+"""Requests and replies larger than this are refused with RESOURCE_EXHAUSTED.
+
+A service lowers the limit of its requests method by method (``Server``'s
+``max_request_bytes``); this is the limit of the methods that declare none.
+"""
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -51,6 +59,11 @@ SERVER_OPTIONS = [
 
 Context: TypeAlias = Any
 """A servicer's call context, ``grpc.aio.ServicerContext`` (grpcio ships no type information)."""
+
+
+def method_path(service: str, method: str) -> str:
+    """The full name of a method as gRPC routes it: ``/eventline.x.v1.XService/Method``."""
+    return f"/{service}/{method}"
 
 
 def database_timeout(context: Context, ceiling: float) -> float:
@@ -123,9 +136,17 @@ def current_request_id() -> str:
     return f"{os.getpid():x}-{id(context):x}"
 
 
-def _decode(decode: Callable[[bytes], Any] | None, raw: bytes) -> Any:
+def _decode(decode: Callable[[bytes], Any] | None, raw: bytes, limit: int | None) -> Any:
     """The request message; one protobuf cannot decode (e.g. nested past its depth limit of
-    100) is INVALID_ARGUMENT, where gRPC's own decoding would answer UNKNOWN."""
+    100) is INVALID_ARGUMENT, where gRPC's own decoding would answer UNKNOWN.
+
+    A request larger than the method's ``limit`` is RESOURCE_EXHAUSTED before any
+    decoding: the work a request can cost starts with its size.
+    """
+    if limit is not None and len(raw) > limit:
+        raise ResourceExhausted(
+            [FieldViolation("", f"the request is {len(raw):,} bytes; this method accepts at most {limit:,}")]
+        )
     if decode is None:
         return raw
     try:
@@ -151,7 +172,35 @@ def _encode(encode: Callable[[Any], bytes] | None, reply: Any) -> bytes:
     return bytes(raw)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _written(write: asyncio.Future[None]) -> None:
+    # A write left pending (the stream stalled, or the call was cancelled) fails when the
+    # call ends: nothing to report.
+    if not write.cancelled():
+        write.exception()
+
+
+async def _write(context: grpc.aio.ServicerContext[Any, Any], reply: Any, idle_s: float | None) -> Any:
+    """Write one reply of a stream; returns the write still pending when the client did not
+    take it within ``idle_s`` (None once written).
+
+    The pending write is not cancelled: grpc frees the message it sends only when
+    the write completes (when the client reads it, or when the call ends).
+    """
+    if idle_s is None:
+        await context.write(reply)
+        return None
+    write = asyncio.ensure_future(context.write(reply))
+    write.add_done_callback(_written)  # also when this handler is cancelled while it waits
+    await asyncio.wait({write}, timeout=idle_s)
+    if not write.done():
+        return write
+    write.result()
+    return None
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, method: str, limit: int | None, stream_idle_s: float | None
+) -> grpc.RpcMethodHandler:
     decode = handler.request_deserializer
     encode = handler.response_serializer
     writer = writing_stream(handler)
@@ -161,7 +210,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         async def unary(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _current_call.set(context)
             try:
-                reply = await inner_unary(_decode(decode, raw), context)
+                reply = await inner_unary(_decode(decode, raw, limit), context)
                 # A writing stream's replies go through context.write and its serializer.
                 return None if writer else _encode(encode, reply)
             except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -183,14 +232,47 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner_stream = handler.unary_stream
 
         async def stream(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            """Writes the handler's replies itself, so that a client that stops reading cannot
+            hold the call (and what the handler holds) for longer than ``stream_idle_s``."""
             _current_call.set(context)
+            failure: grpc.Status | None = None
+            stalled: Any = None
+            replies: AsyncIterator[Any] | None = None
             try:
-                async for reply in inner_stream(_decode(decode, raw), context):
-                    yield _encode(encode, reply)
+                replies = inner_stream(_decode(decode, raw, limit), context)
+                if stream_idle_s is not None:
+                    # Sent on their own, so that the status can follow a write still pending.
+                    await context.send_initial_metadata(())
+                while failure is None:
+                    try:
+                        reply = await anext(replies)
+                    except StopAsyncIteration:
+                        break
+                    stalled = await _write(context, _encode(encode, reply), stream_idle_s)
+                    if stalled is not None:
+                        failure = as_status(
+                            Aborted(
+                                f"the client read nothing for {stream_idle_s:g} s, so the stream was "
+                                "ended; resume it from the last reply received"
+                            ),
+                            method,
+                        )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                await context.abort_with_status(as_status(exc, method, context.time_remaining()))
+                if _is_grpc_internal(exc):
+                    raise  # a write failed because the call ended: grpc handles it
+                failure = as_status(exc, method, context.time_remaining())
+            finally:
+                aclose = getattr(replies, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # releases what the handler holds before the status is sent
+            if failure is not None:
+                # Queued behind a pending write, the status reaches the client after the
+                # replies it has not read.
+                await context.abort_with_status(failure)
+            return
+            yield  # never reached: makes this an async generator, the style the interceptors outside wrap
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
@@ -198,6 +280,11 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             response_serializer=None,
         )
     return handler
+
+
+def _is_grpc_internal(exc: BaseException) -> bool:
+    """Errors grpc raises from a write when the call has ended (not the handler's)."""
+    return type(exc).__module__.startswith("grpc._cython")
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -209,8 +296,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     metrics) still run on every call.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_request_bytes: Mapping[str, int] | None = None, stream_idle_s: float | None = None
+    ) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._max_request_bytes = dict(max_request_bytes or {})
+        self._stream_idle_s = stream_idle_s
 
     async def intercept_service(
         self,
@@ -222,7 +313,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             handler = await continuation(details)
             if handler is None:
                 return None
-            wrapped = self._wrapped[details.method] = _wrap(handler, details.method)
+            wrapped = self._wrapped[details.method] = _wrap(
+                handler, details.method, self._max_request_bytes.get(details.method), self._stream_idle_s
+            )
         return wrapped
 
 
@@ -246,6 +339,12 @@ class Server:
     from the start of a shutdown; each dependency is reported under its own
     name too (``eventline.dependency.<name>``), and ``LIVENESS_HEALTH_NAME``
     is SERVING until the shutdown. Watch streams every change.
+
+    ``max_request_bytes`` maps a method's full name (``method_path``) to the
+    largest request it accepts, checked before decoding; methods not named there
+    accept up to ``MAX_MESSAGE_BYTES``. With ``stream_idle_s``, a streaming reply
+    that its client leaves unread for that long ends with ABORTED, releasing
+    what the handler held.
     """
 
     def __init__(
@@ -256,6 +355,8 @@ class Server:
         options: Iterable[tuple[str, Any]] = (),
         settings: CommonSettings | None = None,
         dependencies: DependencyMonitor | None = None,
+        max_request_bytes: Mapping[str, int] | None = None,
+        stream_idle_s: float | None = None,
     ) -> None:
         # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
@@ -264,7 +365,7 @@ class Server:
             interceptors=[
                 *(self.operations.interceptors() if self.operations else ()),
                 *interceptors,
-                ErrorInterceptor(),
+                ErrorInterceptor(max_request_bytes, stream_idle_s),
             ],
             options=[*SERVER_OPTIONS, *options],
         )

@@ -105,7 +105,7 @@ async def test_back_in_stock_reaches_exactly_the_consenting_subscribers_once(  #
     assert stats.reasons["no e-mail consent"] == 2
 
 
-async def test_password_recovery_email_arrives_within_a_second(ingestion, campaigns, smtp_server) -> None:  # type: ignore[no-untyped-def]
+async def test_password_recovery_email_arrives_with_its_link(ingestion, campaigns, smtp_server) -> None:  # type: ignore[no-untyped-def]
     await upsert(ingestion, "u1", email="u1@example.com", email_consent=GRANTED)
     await activate(
         campaigns,
@@ -125,12 +125,11 @@ async def test_password_recovery_email_arrives_within_a_second(ingestion, campai
         ),
     )
     link = "https://shop.example.com/reset?token=abc123"
-    started = time.monotonic()
     await ingestion.TrackCustomerEvent(
         customer_event("u1", "PasswordRecoveryRequested", "pr-1", reset_link=link)
     )
-    await smtp_server.wait_for(1, timeout=1.0)
-    assert time.monotonic() - started < 1.0
+    # How fast is bench/triggers.py's measure; here: that it arrives, once, with the link.
+    await smtp_server.wait_for(1)
     [message] = smtp_server.messages
     assert message["To"] == "u1@example.com"
     assert f"Reset it here: {link}" in message.get_body(("plain",)).get_content()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import asyncpg
 import grpc
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from eventline_shared import database
 from tests.conftest import _admin, database_url, service_env
 from tests.processes import ServiceProcess
-from tests.support import customer_event
+from tests.support import customer_event, wait_until
 
 
 @pytest.fixture
@@ -50,12 +51,19 @@ async def test_serves_health_reflection_and_json_logs(ingestion_process):
 
 
 async def test_sigterm_lets_calls_in_flight_finish(ingestion_process, db):
-    # Each store stalls 1 s, so the call is surely in flight when SIGTERM arrives.
-    await ingestion_process.start(EVENTLINE_FAULTS="writer.before_store=1.0").serving()
+    # The store stalls 5 s, within a grace of 60 s; SIGTERM is sent once the process says the
+    # call is in the stall (not after a guessed pause, which a loaded machine can outlast).
+    await ingestion_process.start(
+        EVENTLINE_FAULTS="writer.before_store=5", EVENTLINE_SHUTDOWN_GRACE_S="60"
+    ).serving()
     async with grpc.aio.insecure_channel(ingestion_process.address) as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
         call = asyncio.ensure_future(stub.TrackCustomerEvent(customer_event("c1", "A", "inflight")))
-        await asyncio.sleep(0.3)
+        await wait_until(
+            lambda: "fault point writer.before_store: stalling" in ingestion_process.logs(),
+            60,
+            "the call never reached the store",
+        )
         ingestion_process.signal()
         reply = await call
         assert reply.event.event_id == "inflight"
@@ -106,9 +114,9 @@ async def test_crashes_between_commit_and_publish_lose_nothing(
         ingestion_process.kill()  # kill -9 if no fault point did
     ingestion_process.start()
     await ingestion_process.serving()
-    for _ in range(200):
-        if await db.fetchval("SELECT count(*) FROM event_outbox") == 0:
-            break
+    deadline = asyncio.get_running_loop().time() + 60
+    while await db.fetchval("SELECT count(*) FROM event_outbox") != 0:
+        assert asyncio.get_running_loop().time() < deadline, "the relay did not drain the outbox"
         await asyncio.sleep(0.05)
     committed = {r["event_id"] for r in await db.fetch("SELECT event_id FROM customer_events")}
     streamed = {fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)}
@@ -119,7 +127,8 @@ async def test_crashes_between_commit_and_publish_lose_nothing(
 
 
 async def test_replicas_starting_together_migrate_once():
-    name = "eventline_test_migrate_race"
+    # A name of this run's own: a fixed one was dropped by other runs on the same server.
+    name = f"eventline_test_migrate_race_{uuid.uuid4().hex[:12]}"
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await _admin(f'CREATE DATABASE "{name}"')
     try:

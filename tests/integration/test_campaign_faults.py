@@ -64,7 +64,8 @@ async def running_worker(
                 await stub.ActivateCampaign(
                     campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
                 )
-            await asyncio.sleep(0.3)  # the consumer has picked the campaign up
+            # No pause needed: the replica that handled the activation has reloaded its campaigns
+            # before answering (CampaignCache.refresh in the servicer), and its consumer reads them.
         yield process
     finally:
         process.kill()
@@ -87,7 +88,7 @@ async def track_pings(
 
 
 async def wait_for_no_pending(redis_client, stream_key: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while (await redis_client.xpending(stream_key, "campaigns"))["pending"]:
         assert time.monotonic() < deadline, "entries stay pending"
         await asyncio.sleep(0.05)
@@ -106,7 +107,7 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
     )
     async with running_worker(env, tmp_path, PING) as first:
         await track_pings(ingestion, "k", customers, "p")
-        await wait_until(lambda: len(smtp_server.messages) >= 20, 30, "the first worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 20, 60, "the first worker sent nothing")
         first.kill()  # kill -9, in the middle of the work
     unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
     assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
@@ -115,7 +116,7 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
     async with running_worker(env, tmp_path):
         await wait_until(
             lambda: len(message_ids_by_recipient(smtp_server)) == customers,
-            120,
+            300,
             "not every customer got the message",
         )
         await wait_for_no_pending(redis_client, stream_key)
@@ -145,7 +146,7 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-1", name="Sale")
         )
-        await wait_until(lambda: len(smtp_server.messages) >= 30, 20, "the first worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 30, 60, "the first worker sent nothing")
         first.kill()
     assert len(smtp_server.messages) < customers * 4 // 5, "the fan-out finished before the kill"
     expected = {address for i, address in enumerate(addresses) if i % 5}
@@ -170,7 +171,7 @@ async def test_sigterm_stops_the_worker_cleanly_and_leaves_nothing_pending(  # t
     await add_email_customers(db, "t", 50)
     async with running_worker(campaigns_env(), tmp_path, PING) as process:
         await track_pings(ingestion, "t", 50, "q")
-        await wait_until(lambda: len(smtp_server.messages) >= 5, 20, "the worker sent nothing")
+        await wait_until(lambda: len(smtp_server.messages) >= 5, 60, "the worker sent nothing")
         process.signal(signal.SIGTERM)  # with batches in flight
         assert await process.exited(10) == 0
     # What the worker took, it finished: recorded, sent and acknowledged; the rest waits unread.
@@ -209,7 +210,7 @@ async def test_crash_after_the_provider_call(  # type: ignore[no-untyped-def]
     assert await delivery_statuses(db) == {2: customers}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)  # 50,000 deliveries: minutes on a loaded 2-core machine
 async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-untyped-def]
     campaigns_env, stream_key, redis_client, ingestion, http_provider, tmp_path, db
 ) -> None:
@@ -232,12 +233,12 @@ async def test_large_fan_out_with_the_worker_killed_midway(  # type: ignore[no-u
             ingestion_pb2.TrackSystemEventRequest(event_id="flash-1", name="FlashSale")
         )
         await wait_until(
-            lambda: len(http_provider.requests) >= 5_000, 120, "the first worker sent too little"
+            lambda: len(http_provider.requests) >= 5_000, 300, "the first worker sent too little"
         )
         first.kill()  # kill -9, midway
     assert len(http_provider.requests) < customers, "the fan-out finished before the kill"
     async with running_worker(env, tmp_path):
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 800
         while await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 2") < customers:
             assert time.monotonic() < deadline, "the fan-out did not complete"
             await asyncio.sleep(0.2)

@@ -20,7 +20,7 @@ async def stream_entries(redis_client, stream_key: str) -> list[StreamEntry]:  #
 
 
 async def wait_for_entries(redis_client, stream_key: str, count: int) -> list[StreamEntry]:  # type: ignore[no-untyped-def]
-    for _ in range(200):
+    for _ in range(3000):
         entries = await stream_entries(redis_client, stream_key)
         if len(entries) >= count:
             return entries

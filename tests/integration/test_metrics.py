@@ -88,7 +88,7 @@ async def test_stream_and_outbox_gauges(metered: Any, redis_client: redis.Redis,
                 ingestion_pb2.TrackCustomerEventRequest(event_id=f"e{index}", customer_id="c1", name="viewed")
             )
     # Wait for the relay to publish, then read two entries without acknowledging them.
-    for _ in range(100):
+    for _ in range(1200):
         if await redis_client.xlen(stream_key) >= 4:
             break
         await asyncio.sleep(0.05)
@@ -105,7 +105,7 @@ async def test_stream_and_outbox_gauges(metered: Any, redis_client: redis.Redis,
     if int(str(version).split(".")[0]) < 7:  # XINFO GROUPS reports lag since Redis 7
         del expected[("eventline_stream_lag_entries", (("group", "segmentation"), ("stream", stream_key)))]
     seen: dict[Any, float] = {}
-    for _ in range(50):
+    for _ in range(600):
         samples = await asyncio.to_thread(scrape, port)
         seen = {key: samples.get(key, -1.0) for key in expected}
         if seen == expected:

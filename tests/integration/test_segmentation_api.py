@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from typing import Any
 
 import asyncpg
@@ -460,7 +461,8 @@ async def test_deadline_cancels_the_query_in_postgresql(
             await segmentation.CountCustomers(pb.CountCustomersRequest(filter=flt), timeout=0.5)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # Generous: while the lock is held, an uncancelled query would wait forever.
-        for _ in range(200):
+        deadline = time.monotonic() + 60
+        while True:
             waiting = await db.fetchval(
                 """SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active'
                    AND query LIKE '%strpos%' AND pid <> pg_backend_pid()""",
@@ -468,8 +470,8 @@ async def test_deadline_cancels_the_query_in_postgresql(
             )
             if waiting == 0:
                 break
+            assert time.monotonic() < deadline, "the query was never cancelled"
             await asyncio.sleep(0.05)
-        assert waiting == 0
     assert await count(segmentation, flt) == 0  # the service is fine afterwards
 
 
@@ -506,31 +508,3 @@ async def test_stats_shortcuts_agree_with_events_written_by_ingestion(
                 )
             )
         ) == ["y"]
-
-
-async def test_a_cancelled_stream_releases_its_transaction(
-    segmentation: Any, db: asyncpg.Connection, db_url: str
-) -> None:
-    # Enough one-id chunks that the stream cannot finish before it is cancelled.
-    await db.execute(
-        "INSERT INTO customers (customer_id) SELECT 'c' || lpad(i::text, 5, '0') FROM generate_series(0, 19999) i"
-    )
-    await db.execute(
-        """INSERT INTO customer_event_stats (customer_id, name, first_at, last_at, count)
-           SELECT customer_id, 'A', now(), now(), 1 FROM customers"""
-    )
-    database = db_url.rsplit("/", 1)[1].split("?")[0]
-    call = segmentation.StreamCustomers(pb.StreamCustomersRequest(filter=event("A"), chunk_size=1))
-    first = await call.read()
-    assert list(first.customer_ids) == ["c00000"]
-    in_transaction = """SELECT count(*) FROM pg_stat_activity WHERE datname = $1
-                        AND state LIKE '%transaction%' AND pid <> pg_backend_pid()"""
-    assert await db.fetchval(in_transaction, database) == 1  # the cursor's
-    call.cancel()
-    for _ in range(100):
-        if await db.fetchval(in_transaction, database) == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert await db.fetchval(in_transaction, database) == 0
-    # The connection went back to the pool in a usable state.
-    assert await count(segmentation, event("A")) == 20000

@@ -35,7 +35,7 @@ async def test_ingestion_keeps_accepting_while_redis_is_down_and_drains_after(
                 await asyncio.sleep(0.3)
                 assert await db.fetchval("SELECT count(*) FROM event_outbox") > 0
                 proxy.restore()
-                for _ in range(300):
+                for _ in range(1200):
                     if await db.fetchval("SELECT count(*) FROM event_outbox") == 0:
                         break
                     await asyncio.sleep(0.05)
@@ -63,7 +63,7 @@ async def test_relay_publishes_rows_left_by_a_stopped_replica(db_url, stream_key
     assert await redis_client.exists(stream_key) == 0
     assert await db.fetchval("SELECT count(*) FROM event_outbox") == 1
     async with running(Settings.from_env(env)):
-        for _ in range(200):
+        for _ in range(3000):
             if await redis_client.xlen(stream_key) == 7:
                 break
             await asyncio.sleep(0.02)
@@ -135,7 +135,7 @@ async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_k
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
             await stub.TrackCustomerEvent(customer_event("c0", "A", "first"))
-            for _ in range(100):
+            for _ in range(3000):
                 if await redis_client.exists(stream_key):
                     break
                 await asyncio.sleep(0.02)
@@ -152,7 +152,12 @@ async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_k
             for i in range(30):
                 await stub.TrackCustomerEvent(customer_event("c2", "A", f"later{i}"))
                 await asyncio.sleep(0.03)
-            await asyncio.sleep(0.6)
+            # The trimmer (every 0.2 s) removes the acknowledged entry: wait for that, not a pause.
+            for _ in range(3000):
+                ids = [fields[b"event_id"] for _, fields in await redis_client.xrange(stream_key)]
+                if b"first" not in ids and len(ids) >= 40:
+                    break
+                await asyncio.sleep(0.02)
     remaining = [fields[b"event_id"].decode() for _, fields in await redis_client.xrange(stream_key)]
     expected = [f"pending{i}" for i in range(10)] + [f"later{i}" for i in range(30)]
     assert remaining == expected  # the acknowledged entry went, nothing else did

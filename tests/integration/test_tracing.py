@@ -57,7 +57,7 @@ async def test_the_callers_trace_reaches_the_campaign_logs(ingestion, campaigns_
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-1", name="Sale"),
             metadata=[("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01")],
         )
-        for _ in range(100):
+        for _ in range(3000):
             if await campaigns_server.consumer.drain():
                 break
             await asyncio.sleep(0.02)

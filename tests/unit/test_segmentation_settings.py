@@ -13,14 +13,18 @@ def test_defaults_and_overrides() -> None:
     settings = Settings.from_env({})
     assert settings.common.port == DEFAULT_PORT == 50052
     assert settings.max_query_s == 300.0 and settings.work_mem_mb == 64
+    assert (settings.max_streams, settings.stream_idle_s) == (32, 120.0)
     tuned = Settings.from_env(
         {
             "EVENTLINE_SEGMENTATION_PORT": "6000",
             "EVENTLINE_SEGMENTATION_MAX_QUERY_S": "2.5",
             "EVENTLINE_SEGMENTATION_WORK_MEM_MB": "16",
+            "EVENTLINE_SEGMENTATION_MAX_STREAMS": "4",
+            "EVENTLINE_SEGMENTATION_STREAM_IDLE_S": "0.5",
         }
     )
     assert (tuned.common.port, tuned.max_query_s, tuned.work_mem_mb) == (6000, 2.5, 16)
+    assert (tuned.max_streams, tuned.stream_idle_s) == (4, 0.5)
 
 
 def test_bad_values_fail_fast_naming_the_variable() -> None:
@@ -28,6 +32,11 @@ def test_bad_values_fail_fast_naming_the_variable() -> None:
         Settings.from_env({"EVENTLINE_SEGMENTATION_WORK_MEM_MB": "1"})
     with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_PORT"):
         Settings.from_env({"EVENTLINE_SEGMENTATION_PORT": "many"})
+    with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_MAX_STREAMS"):
+        Settings.from_env({"EVENTLINE_SEGMENTATION_MAX_STREAMS": "0"})
+    for idle in ("0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_STREAM_IDLE_S"):
+            Settings.from_env({"EVENTLINE_SEGMENTATION_STREAM_IDLE_S": idle})
 
 
 def test_session_settings_keep_the_callers_parameters() -> None:

@@ -25,6 +25,8 @@ MAX_NODES = 200
 MAX_CHILDREN = 100
 MAX_PREDICATES = 20
 MAX_IN_VALUES = 1000
+MAX_OPERANDS = 5000
+"""Operands (literals and references) in a whole filter: bounds the work of checking one."""
 MAX_DAYS = 36_500
 MAX_HOURS = MAX_DAYS * 24
 
@@ -144,11 +146,16 @@ def stored_timestamp_text(stored: str) -> str:
     return str(json.loads(stored)["ts"])
 
 
+class _LimitCrossed(Exception):
+    """A size limit of the whole filter was crossed: checking stops there."""
+
+
 class _Checker:
     def __init__(self, bindings: Mapping[str, common_pb2.Value] | None) -> None:
         self.bindings = bindings
         self.result = Checked(None)
         self.nodes = 0
+        self.operands = 0
         self._bound: dict[str, tuple[Operand | None, FieldViolation | None]] = {}
 
     def bad(self, path: str, description: str) -> None:
@@ -156,8 +163,10 @@ class _Checker:
 
     def filter(self, f: pb.Filter, path: str, depth: int) -> Node | None:
         self.nodes += 1
-        if self.nodes == MAX_NODES + 1:
+        if self.nodes > MAX_NODES:
+            # Stop here: walking the rest of a huge tree is the work the limit is there to bound.
             self.bad(path, f"a filter has at most {MAX_NODES} nodes")
+            raise _LimitCrossed
         if depth > MAX_DEPTH:
             self.bad(path, f"a filter is at most {MAX_DEPTH} levels deep")
             return None
@@ -345,6 +354,10 @@ class _Checker:
         return Predicate(p.field, op, tuple(operands))
 
     def operand(self, o: pb.Operand, path: str, op: int) -> Operand | None:
+        self.operands += 1
+        if self.operands > MAX_OPERANDS:
+            self.bad(path, f"a filter has at most {MAX_OPERANDS} operands in all")
+            raise _LimitCrossed
         kind = o.WhichOneof("kind")
         if kind == "literal":
             operand, bad = operand_of(o.literal, f"{path}.literal")
@@ -403,7 +416,10 @@ def check(
     """
     checker = _Checker(bindings)
     if present:
-        checker.result.root = checker.filter(f, path, 1)
+        try:
+            checker.result.root = checker.filter(f, path, 1)
+        except _LimitCrossed:
+            pass  # the violation is recorded; what was found before it is kept
     else:
         checker.bad(path, "a filter is required")
     if checker.result.violations:

@@ -7,8 +7,9 @@ gets DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,10 +55,13 @@ def _segment(row: asyncpg.Record) -> StoredSegment:
 
 
 class SegmentationRepository:
-    def __init__(self, pool: asyncpg.Pool, match_pool: asyncpg.Pool | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, match_pool: asyncpg.Pool | None = None, stream_connections: int = 1
+    ) -> None:
         self.pool = pool
         self.match_pool = match_pool or pool
         """MatchCustomer's connections, which keep the plan cache (see service.session_dsn)."""
+        self._stream_connections = asyncio.Semaphore(stream_connections)
 
     async def count(self, query: Compiled, timeout: float | None) -> int:
         async def run() -> int:
@@ -72,29 +76,16 @@ class SegmentationRepository:
 
         return await _bounded(run, timeout)
 
-    async def stream_ids(
-        self, query: Compiled, chunk: int, timeout: Callable[[], float | None]
-    ) -> AsyncIterator[list[str]]:
-        """Chunks of ids read through a server-side cursor; ``timeout`` gives the time left."""
-        async with self.pool.acquire() as connection:
-            async with connection.transaction(readonly=True):
-                opening = timeout()
+    async def stream_page(self, query: Compiled, timeout: Callable[[], float | None]) -> list[str]:
+        """One page of a stream's ids (``timeout`` gives the time left once a connection is free).
 
-                async def open_cursor() -> Any:
-                    return await connection.cursor(query.sql, *query.params, timeout=opening)
-
-                cursor = await _bounded(open_cursor, opening)
-                while True:
-                    left = timeout()
-
-                    async def fetch(left: float | None = left) -> list[asyncpg.Record]:
-                        return list(await cursor.fetch(chunk, timeout=left))
-
-                    rows = await _bounded(fetch, left)
-                    if rows:
-                        yield [r[0] for r in rows]
-                    if len(rows) < chunk:
-                        return
+        A stream holds no connection or transaction between its pages, so a client
+        that stops reading holds nothing of the database; and streams share at most
+        ``stream_connections`` connections, so they never take the whole pool from
+        the other RPCs.
+        """
+        async with self._stream_connections:
+            return await self.ids(query, timeout())
 
     async def match(self, query: MatchQuery, timeout: float | None) -> asyncpg.Record | None:
         async def run() -> asyncpg.Record | None:

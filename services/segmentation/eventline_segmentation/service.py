@@ -15,12 +15,48 @@ from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared import database
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
-from eventline_shared.grpc_server import Server
+from eventline_shared.grpc_server import Server, method_path
 from eventline_shared.paging import PageTokens
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
+
+FILTER_REQUEST_BYTES = 256 * 1024
+"""The largest request carrying a filter: ample for 200 nodes and 5,000 operands of usual sizes,
+and small enough to decode in about a millisecond (a 7 MB filter took 0.1 s to decode alone)."""
+SMALL_REQUEST_BYTES = 64 * 1024
+"""The largest request of the RPCs that take ids and paging only."""
+REQUEST_LIMITS = {
+    **{
+        method_path(SERVICE_NAME, method): FILTER_REQUEST_BYTES
+        for method in (
+            "CountCustomers",
+            "ListCustomers",
+            "StreamCustomers",
+            "MatchCustomer",
+            "ValidateFilter",
+            "CreateSegment",
+            "UpdateSegment",
+            "GetSegmentSize",
+        )
+    },
+    **{
+        method_path(SERVICE_NAME, method): SMALL_REQUEST_BYTES
+        for method in ("GetSegment", "ListSegments", "DeleteSegment")
+    },
+}
+MAX_STREAMS_PER_CONNECTION = 256
+"""HTTP/2 streams one client connection may have open at once; its further calls wait in the client.
+
+Without a bound, one connection could open thousands of calls at once; grpc's core
+keeps the calls the server has not yet picked up in a backlog, and past 1,000 of
+them (all past 3,000) sheds new ones by cancelling them: their clients saw
+CANCELLED for calls they never cancelled. With the bound, a connection's burst
+waits in its client instead; a stream opened past it (before the client learns
+the bound, or while the server is still releasing finished streams) is refused
+with REFUSED_STREAM, which clients see as UNAVAILABLE: never processed, safe to
+retry."""
 
 
 @dataclass
@@ -63,11 +99,21 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
         database.open_pool(match_dsn, max_size=common.database_pool_size) as match_pool,
     ):
         tokens = await PageTokens.load(pool)
-        servicer = SegmentationServicer(SegmentationRepository(pool, match_pool), settings.max_query_s, tokens)
+        repository = SegmentationRepository(
+            pool, match_pool, stream_connections=max(1, common.database_pool_size // 2)
+        )
+        servicer = SegmentationServicer(repository, settings.max_query_s, settings.max_streams, tokens)
         dependencies = DependencyMonitor(
             [PostgreSQL(common.database_url)], interval_s=common.health_probe_interval_s
         )
-        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
+        server = Server(
+            [SERVICE_NAME],
+            settings=common,
+            dependencies=dependencies,
+            options=[("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)],
+            max_request_bytes=REQUEST_LIMITS,
+            stream_idle_s=settings.stream_idle_s,
+        )
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

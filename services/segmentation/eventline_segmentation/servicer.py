@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 
@@ -16,6 +19,7 @@ from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import paging, values
 from eventline_shared.errors import (
+    EventlineError,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -30,6 +34,8 @@ from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 DEFAULT_CHUNK = 5000
+STREAM_PAGE = MAX_PAGE
+"""Ids a stream reads per query (its chunks are cut from these pages)."""
 DEFAULT_SEGMENT_PAGE = 50
 MAX_SEGMENT_PAGE = 1000
 MAX_DISPLAY_NAME = 200
@@ -101,10 +107,37 @@ def segment_message(stored: StoredSegment) -> pb.Segment:
     )
 
 
+class TooManyStreams(EventlineError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class StreamSlots:
+    """At most ``size`` streams at once in this replica; one more is refused at once, not queued."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.open = 0
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.open >= self.size:
+            raise TooManyStreams(
+                f"{self.size} StreamCustomers calls are already being served by this replica; retry later"
+            )
+        self.open += 1
+        try:
+            yield
+        finally:
+            self.open -= 1
+
+
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  # type: ignore[misc]
-    def __init__(self, repository: SegmentationRepository, max_query_s: float, tokens: PageTokens) -> None:
+    def __init__(
+        self, repository: SegmentationRepository, max_query_s: float, max_streams: int, tokens: PageTokens
+    ) -> None:
         self.repository = repository
         self.max_query_s = max_query_s
+        self.streams = StreamSlots(max_streams)
         self.tokens = tokens
 
     # Evaluation ----------------------------------------------------------------------
@@ -191,12 +224,28 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         after = request.after_customer_id
         if after:
             raise_if_any(values.present([values.check_customer_id(after, "after_customer_id")]))
-        prepared = await self._prepare(request)
-        query = compiler.ids_query(prepared.root, prepared.clock, after, None)
-        async for ids in self.repository.stream_ids(
-            query, chunk, lambda: database_timeout(context, self.max_query_s)
-        ):
-            yield pb.StreamCustomersResponse(customer_ids=ids)
+        with self.streams.slot():  # first: refusing a stream must cost next to nothing
+            prepared = await self._prepare(request)
+            # Keyset pages, each its own short query: nothing of the database is held
+            # while the client reads (or does not).
+            while True:
+                query = compiler.ids_query(prepared.root, prepared.clock, after, STREAM_PAGE)
+                ids = await self.repository.stream_page(
+                    query, lambda: database_timeout(context, self.max_query_s)
+                )
+                last_page = len(ids) < STREAM_PAGE
+                after = ids[-1] if ids else after
+                # The page is held as its replies (compact protobuf), not as Python strings:
+                # a stream waiting for its client holds a few hundred KB at most.
+                replies = collections.deque(
+                    pb.StreamCustomersResponse(customer_ids=ids[start : start + chunk])
+                    for start in range(0, len(ids), chunk)
+                )
+                del ids
+                while replies:
+                    yield replies.popleft()
+                if last_page:
+                    return
 
     async def MatchCustomer(
         self, request: pb.MatchCustomerRequest, context: Context

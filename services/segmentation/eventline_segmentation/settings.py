@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.config import CommonSettings, env_float, env_int
+from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int
 
 DEFAULT_PORT = 50052
 
@@ -17,11 +18,20 @@ class Settings:
     """Queries of a request without a deadline are cancelled after this many seconds."""
     work_mem_mb: int
     """PostgreSQL work_mem of the service's connections: hashed id sets must fit in memory."""
+    max_streams: int
+    """StreamCustomers calls served at once by this replica; more are RESOURCE_EXHAUSTED."""
+    stream_idle_s: float
+    """A stream whose client reads nothing for this long is ended with ABORTED."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        idle = env_float(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
+        if not (idle > 0 and math.isfinite(idle)):
+            raise ConfigError(f"EVENTLINE_SEGMENTATION_STREAM_IDLE_S must be a positive number, got {idle}")
         return cls(
             common=CommonSettings.from_env(environ, "segmentation", DEFAULT_PORT),
             max_query_s=env_float(environ, "EVENTLINE_SEGMENTATION_MAX_QUERY_S", 300.0),
             work_mem_mb=env_int(environ, "EVENTLINE_SEGMENTATION_WORK_MEM_MB", 64, minimum=4),
+            max_streams=env_int(environ, "EVENTLINE_SEGMENTATION_MAX_STREAMS", 32, minimum=1),
+            stream_idle_s=idle,
         )

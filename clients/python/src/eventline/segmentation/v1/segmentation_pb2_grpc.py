@@ -51,7 +51,8 @@ class SegmentationServiceStub:
     its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
     id field (segment ids, customer ids) must match its grammar in full, else
     INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
-    999,999,999).
+    999,999,999). A request larger than 256 KiB (64 KiB for GetSegment,
+    ListSegments and DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
 
     Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
     clients accept by default. A page of ListCustomers or ListSegments ends
@@ -150,7 +151,8 @@ class SegmentationServiceServicer:
     its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
     id field (segment ids, customer ids) must match its grammar in full, else
     INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
-    999,999,999).
+    999,999,999). A request larger than 256 KiB (64 KiB for GetSegment,
+    ListSegments and DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
 
     Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
     clients accept by default. A page of ListCustomers or ListSegments ends
@@ -177,9 +179,19 @@ class SegmentationServiceServicer:
 
     def StreamCustomers(self, request, context):
         """Streams the ids of all customers matching a filter, in chunks, in
-        ascending byte order of the customer id, all read from one snapshot of
-        the database. Meant for fan-out to many customers; resumable with
-        `after_customer_id`.
+        ascending byte order of the customer id. Meant for fan-out to many
+        customers; resumable with `after_customer_id`.
+
+        The ids are read page by page (up to 10,000 per query), each page from
+        its own snapshot of the database, and no database connection is held
+        between pages: an id is never repeated and the order holds, but a
+        customer who starts or stops matching while the stream runs may or may
+        not be included (as when resuming). Pin `now` to keep the periods fixed.
+
+        Streams are bounded per server replica: past its limit of streams at once
+        (32 by default) a new call is RESOURCE_EXHAUSTED, and a stream whose
+        client reads nothing for a while (120 s by default) ends with ABORTED
+        after the replies already sent; resume it from the last id received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -335,7 +347,8 @@ class SegmentationService:
     its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
     id field (segment ids, customer ids) must match its grammar in full, else
     INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
-    999,999,999).
+    999,999,999). A request larger than 256 KiB (64 KiB for GetSegment,
+    ListSegments and DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
 
     Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
     clients accept by default. A page of ListCustomers or ListSegments ends

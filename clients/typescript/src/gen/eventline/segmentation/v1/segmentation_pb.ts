@@ -25,8 +25,10 @@ export const file_eventline_segmentation_v1_segmentation: GenFile = /*@__PURE__*
  * INVALID_ARGUMENT.
  *
  * Limits: a tree is at most 10 levels deep (a filter that is a single
- * condition is 1 level; every all_of, any_of or negation adds one) and has at
- * most 200 nodes. Deeper or larger trees are INVALID_ARGUMENT.
+ * condition is 1 level; every all_of, any_of or negation adds one), has at
+ * most 200 nodes and at most 5,000 operands (literals and references) in all.
+ * Deeper or larger trees are INVALID_ARGUMENT; checking stops at the first
+ * of these limits crossed, so only the problems found before it are listed.
  *
  * @generated from message eventline.segmentation.v1.Filter
  */
@@ -1813,7 +1815,8 @@ export const ChannelSchema: GenEnum<Channel> = /*@__PURE__*/
  * its deadline is cancelled in the database and is DEADLINE_EXCEEDED. Every
  * id field (segment ids, customer ids) must match its grammar in full, else
  * INVALID_ARGUMENT. Every Timestamp must be valid (years 1 to 9999, nanos 0 to
- * 999,999,999).
+ * 999,999,999). A request larger than 256 KiB (64 KiB for GetSegment,
+ * ListSegments and DeleteSegment) is RESOURCE_EXHAUSTED before it is decoded.
  *
  * Replies: no reply is larger than 4,000,000 bytes, below the 4 MiB gRPC
  * clients accept by default. A page of ListCustomers or ListSegments ends
@@ -1848,9 +1851,19 @@ export const SegmentationService: GenService<{
   },
   /**
    * Streams the ids of all customers matching a filter, in chunks, in
-   * ascending byte order of the customer id, all read from one snapshot of
-   * the database. Meant for fan-out to many customers; resumable with
-   * `after_customer_id`.
+   * ascending byte order of the customer id. Meant for fan-out to many
+   * customers; resumable with `after_customer_id`.
+   *
+   * The ids are read page by page (up to 10,000 per query), each page from
+   * its own snapshot of the database, and no database connection is held
+   * between pages: an id is never repeated and the order holds, but a
+   * customer who starts or stops matching while the stream runs may or may
+   * not be included (as when resuming). Pin `now` to keep the periods fixed.
+   *
+   * Streams are bounded per server replica: past its limit of streams at once
+   * (32 by default) a new call is RESOURCE_EXHAUSTED, and a stream whose
+   * client reads nothing for a while (120 s by default) ends with ABORTED
+   * after the replies already sent; resume it from the last id received.
    *
    * @generated from rpc eventline.segmentation.v1.SegmentationService.StreamCustomers
    */
