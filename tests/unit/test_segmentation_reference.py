@@ -3,12 +3,18 @@
 Written straight from the semantics in segmentation.proto, in plain Python,
 with no code shared with the service (no SQL, no period resolution into
 intervals, no stats): it is the oracle of the differential tests in
-tests/integration/test_segmentation_differential.py.
+tests/integration/test_segmentation_differential.py and of the forecasts of
+tests/unit/test_segment_transitions.py. Day periods compare instants with the
+proto's "start of day D" (the first instant whose local date is D), found by
+its own search over the zone's UTC offsets; days since compares local dates.
+The two differ where a clock change after midnight returns to the day before
+(St. John's until 2010).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +25,53 @@ from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
 UTC = dt.UTC
+
+
+def _offset_pieces(
+    zone: dt.tzinfo, start: dt.datetime, end: dt.datetime
+) -> list[tuple[dt.datetime, dt.timedelta]]:
+    """(first instant, UTC offset) of each stretch of one offset over [start, end).
+
+    Offsets are probed every hour and each change is pinned to the microsecond
+    by bisection: no zone has changed its offset twice within three days since 1900.
+    """
+
+    def offset(t: dt.datetime) -> dt.timedelta:
+        found = t.astimezone(zone).utcoffset()
+        assert found is not None
+        return found
+
+    pieces = [(start, offset(start))]
+    probe = start
+    while probe < end:
+        following = probe + dt.timedelta(hours=1)
+        if offset(following) != pieces[-1][1]:
+            low, high = probe, following  # the offset changes in (low, high]
+            while high - low > dt.timedelta(microseconds=1):
+                middle = low + (high - low) // 2
+                if offset(middle) == pieces[-1][1]:
+                    low = middle
+                else:
+                    high = middle
+            pieces.append((high, offset(high)))
+        probe = following
+    return pieces
+
+
+@functools.cache
+def start_of_day(time_zone: str, day: dt.date) -> dt.datetime:
+    """The proto's "start of day D": the first instant whose local date is D
+    (or later, for a date the zone skipped, such as Apia's 2011-12-30)."""
+    midnight = dt.datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if not time_zone or time_zone == "UTC":
+        return midnight
+    window = (midnight - dt.timedelta(days=2), midnight + dt.timedelta(days=2))
+    pieces = _offset_pieces(zoneinfo.ZoneInfo(time_zone), *window)
+    ends = [begin for begin, _ in pieces[1:]] + [window[1]]
+    # Within one offset the local date only moves forward: a piece's first
+    # instant of D or later is where its wall clock reaches midnight of D.
+    firsts = [max(begin, midnight - offset) for (begin, offset), end in zip(pieces, ends, strict=True)]
+    return min(first for first, end in zip(firsts, ends, strict=True) if first < end)
 
 
 @dataclass
@@ -86,6 +139,7 @@ class Evaluator:
             self.events_of[e.customer_id].append(e)
         self.bindings = bindings
         self.now = now
+        self.time_zone = time_zone
         self.zone = zoneinfo.ZoneInfo(time_zone) if time_zone else UTC
         self.today = self.local_date(now)
 
@@ -143,9 +197,12 @@ class Evaluator:
             if period.last.unit == pb.TIME_UNIT_HOUR:
                 return self.now - dt.timedelta(hours=period.last.amount) <= t <= self.now
             # Today counts as one of the days.
-            return (self.today - self.local_date(t)).days <= period.last.amount - 1 and t <= self.now
-        days_ago = (self.today - self.local_date(t)).days
-        return period.days_ago.min_days_ago <= days_ago <= period.days_ago.max_days_ago
+            return self.day_start(period.last.amount - 1) <= t <= self.now
+        days_ago = period.days_ago
+        return self.day_start(days_ago.max_days_ago) <= t < self.day_start(days_ago.min_days_ago - 1)
+
+    def day_start(self, days_before_today: int) -> dt.datetime:
+        return start_of_day(self.time_zone, self.today - dt.timedelta(days=days_before_today))
 
     # Conditions --------------------------------------------------------------------
 
@@ -296,3 +353,34 @@ def test_ids_are_in_byte_order() -> None:
     ev = Evaluator([Customer("b"), Customer("B"), Customer("a"), Customer("_")], [], {}, NOW, "")
     everyone = pb.Filter(negation=pb.Filter(customer=pb.CustomerCondition(has_address=pb.CHANNEL_EMAIL)))
     assert ev.matching_ids(everyone) == ["B", "_", "a", "b"]
+
+
+def test_start_of_day_is_the_first_instant_of_the_local_date() -> None:
+    def start(zone: str, day: dt.date) -> dt.datetime:
+        return start_of_day(zone, day)
+
+    utc = dt.datetime
+    assert start("Europe/Berlin", dt.date(2026, 3, 29)) == utc(2026, 3, 28, 23, tzinfo=UTC)
+    # Chile skips 00:00-01:00: the day starts at the jump.
+    assert start("America/Santiago", dt.date(2026, 9, 6)) == utc(2026, 9, 6, 4, tzinfo=UTC)
+    # Toronto jumped from 23:30 to 00:30: the day started at the jump, not an hour later.
+    assert start("America/Toronto", dt.date(1919, 3, 31)) == utc(1919, 3, 31, 4, 30, tzinfo=UTC)
+    # St. John's set 00:01 back to 23:01: the 31st began at 00:00 NDT, before the day before came back.
+    assert start("America/St_Johns", dt.date(1993, 10, 31)) == utc(1993, 10, 31, 2, 30, tzinfo=UTC)
+    # Apia skipped 2011-12-30: it starts with the 31st.
+    skipped = start("Pacific/Apia", dt.date(2011, 12, 30))
+    assert skipped == start("Pacific/Apia", dt.date(2011, 12, 31)) == utc(2011, 12, 30, 10, tzinfo=UTC)
+
+
+def test_day_periods_use_the_start_of_day_where_the_date_goes_back() -> None:
+    # 23:30 NST on Oct 30 came after 00:00 NDT on Oct 31: "today" (days ago 0) by
+    # the start of day, one day ago by its local date.
+    in_the_hour_back = dt.datetime(1993, 10, 31, 3, 0, tzinfo=UTC)
+    now = dt.datetime(1993, 10, 31, 15, 0, tzinfo=UTC)
+    ev = Evaluator([Customer("c")], [Event("c", "A", in_the_hour_back)], {}, now, "America/St_Johns")
+    today = pb.Period(days_ago=pb.DaysAgoPeriod(min_days_ago=0, max_days_ago=0))
+    assert ev.in_period(today, in_the_hour_back)
+    days = pb.EventCondition(
+        name="A", days_since_last=pb.DaysSinceTest(comparison=pb.COMPARISON_EQUAL, days=1)
+    )
+    assert ev.explain(pb.Filter(event=days), ev.customers[0])[0].held

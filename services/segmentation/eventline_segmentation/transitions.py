@@ -1,0 +1,543 @@
+"""When a customer's membership of a segment changes with time alone.
+
+A filter's answer for one customer depends on the clock through two things
+only: the instant ``now`` (hour periods, and the inclusive end ``<= now`` of
+"last N days") and ``today``, the local date of ``now`` in the time zone (day
+periods, ``days_ago``, days since). Everything else is fixed until an event
+arrives or the profile changes: which events match (names, and predicates on
+contexts that never change), counts over all time, absolute periods (fixed
+instants, compared with fixed ``occurred_at``), profile conditions.
+
+For one tree, one customer, a time zone and ``now``:
+
+* ``plan`` says what to load (one ``Load`` per leaf, the least each needs);
+* ``forecast`` answers membership at ``now`` and every instant after it at
+  which membership changes with no new event and no profile change (up to
+  where the loaded data stops telling);
+* ``dependencies`` says which events and profile fields can change the answer.
+
+Semantics are MatchCustomer's (evaluation.py): periods resolve through
+``periods.Clock`` (start of day = ``Clock.day_start``), days since through
+``Clock.days_since`` (local dates). Instants are exact to the microsecond, the
+precision of timestamps: an hour period holds an event for
+``occurred_at <= now <= occurred_at + hours``, so the event leaves at
+``occurred_at + hours + 1 µs``. docs/segmentation.md ("When membership changes
+with time") explains the algorithm.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+
+from eventline_segmentation.filters import BoolNode, CustomerNode, EventNode, Node, PeriodSpec, walk
+from eventline_segmentation.periods import Clock, Interval
+
+UTC = dt.UTC
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = dt.timedelta(microseconds=1)
+_HOUR = 3_600_000_000  # microseconds
+
+# Instants are whole microseconds since 1970 here; these two lie beyond every datetime.
+_BEFORE_ALL = (dt.datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND - 1
+_AFTER_ALL = (dt.datetime.max.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND + 1
+
+_ADDRESS_FIELDS: dict[int, str] = {
+    pb.CHANNEL_EMAIL: "email",
+    pb.CHANNEL_SMS: "phone",
+    pb.CHANNEL_PUSH: "push_tokens",
+}
+_CONSENT_FIELDS: dict[int, str] = {
+    pb.CHANNEL_EMAIL: "email_consent",
+    pb.CHANNEL_SMS: "sms_consent",
+    pb.CHANNEL_PUSH: "push_consent",
+}
+
+
+def _micros(t: dt.datetime) -> int:
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def _instant(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)
+
+
+# What can change the answer ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What can change a filter's answer for one customer."""
+
+    event_names: frozenset[str]
+    """A new event changes the answer only if its name is one of these."""
+    profile_fields: frozenset[str]
+    """A profile change changes the answer only if it touches one of these fields
+    of eventline.common.v1.Customer ("email", "phone", "push_tokens",
+    "email_consent", "sms_consent", "push_consent", "attributes.<code>")."""
+    changes_with_time: bool
+    """Whether time alone can change the answer (whether the segment needs timers)."""
+
+
+def dependencies(root: Node) -> Dependencies:
+    """The events, profile fields and clock a tree's answer depends on.
+
+    The creation of a customer (by a profile or by their first event) and an
+    erasure are not in it: they change who is a candidate at all.
+    """
+    names: set[str] = set()
+    fields: set[str] = set()
+    timed = False
+    for node in walk(root):
+        if isinstance(node, EventNode):
+            names.add(node.name)
+            timed = timed or _varies_with_time(node)
+        elif isinstance(node, CustomerNode):
+            if node.test == "address":
+                fields.add(_ADDRESS_FIELDS[node.channel])
+            elif node.test == "consent":
+                fields.add(_CONSENT_FIELDS[node.channel])
+            else:
+                assert node.predicate is not None
+                fields.add(f"attributes.{node.predicate.field}")
+    return Dependencies(frozenset(names), frozenset(fields), timed)
+
+
+def _sliding(period: PeriodSpec | None) -> bool:
+    return period is not None and period.kind != "absolute"
+
+
+def _varies_with_time(node: EventNode) -> bool:
+    if node.test == "days":
+        return True
+    if node.test == "count" and node.low <= 0 and node.high is None:
+        return False  # at least 0: holds for everyone
+    return _sliding(node.period)
+
+
+def _count_limit(node: EventNode) -> int:
+    """How far a count must be known: its bound tells counts apart only up to this.
+
+    ``count >= low`` is the same test on min(count, low); ``low <= count <= high``
+    on min(count, high + 1).
+    """
+    return node.high + 1 if node.high is not None else node.low
+
+
+# What to load ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnswerNow:
+    """Load whether the condition holds at ``now``; time alone never changes it.
+
+    Profile conditions, counts over all time or in an absolute period, last or
+    first occurred in an absolute period. Give an ``Answer``.
+    """
+
+    node: EventNode | CustomerNode
+
+
+@dataclass(frozen=True)
+class LatestOccurrence:
+    """Load ``occurred_at`` of the customer's latest matching event, over all time.
+
+    For days since and "last occurred" in a sliding period. Without predicates
+    it is ``customer_event_stats.last_at``. Give an ``Occurrence``.
+    """
+
+    node: EventNode
+
+
+@dataclass(frozen=True)
+class EarliestOccurrence:
+    """Load ``occurred_at`` of the customer's earliest matching event, over all time.
+
+    For "first occurred" in a sliding period. Without predicates it is
+    ``customer_event_stats.first_at``. Give an ``Occurrence``.
+    """
+
+    node: EventNode
+
+
+@dataclass(frozen=True)
+class WindowOccurrences:
+    """Load, for a count in a sliding period, the ``occurred_at`` of:
+
+    * the newest ``limit`` matching events inside ``window`` (the period at
+      ``now``), and
+    * the earliest ``limit`` matching events after it (``occurred_at > end``
+      when the end is inclusive, ``>= end`` otherwise): events that will enter
+      the period.
+
+    Give a ``WindowEvents``. Periods only move forward, so an event before the
+    window never counts again (until the local date goes back, where the
+    forecast stops); the events inside leave oldest first, and the
+    bound tells counts apart only up to ``limit``, so the older ones cannot
+    matter. When ``limit`` events come back after the window there may be
+    more: the forecast then looks no further than the last one's entry.
+    """
+
+    node: EventNode
+    window: Interval
+    limit: int
+
+    def after(self, occurred_at: dt.datetime) -> bool:
+        """Whether an event at ``occurred_at`` lies after the window (it will enter it)."""
+        end = self.window.end
+        assert end is not None  # sliding periods end at now or at a day start
+        return occurred_at > end if self.window.end_inclusive else occurred_at >= end
+
+
+Load = AnswerNow | LatestOccurrence | EarliestOccurrence | WindowOccurrences
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Whether an ``AnswerNow`` condition holds at ``now``."""
+
+    held: bool
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """The ``occurred_at`` asked by a Latest/EarliestOccurrence; None when there is no matching event."""
+
+    at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class WindowEvents:
+    """The ``occurred_at`` values asked by a ``WindowOccurrences``, in any order."""
+
+    inside: tuple[dt.datetime, ...]
+    after: tuple[dt.datetime, ...]
+
+
+Loaded = Answer | Occurrence | WindowEvents
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What to load for one customer to forecast ``root`` from ``now`` in ``zone``.
+
+    ``loads`` has one item per leaf of the tree, in pre-order; the loaded values
+    are keyed by the leaf's path (``load.node.path``).
+    """
+
+    root: Node
+    now: dt.datetime
+    zone: dt.tzinfo
+    loads: tuple[Load, ...]
+
+
+def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
+    """What ``forecast`` needs for ``root`` at ``now`` (aware, from 1970 on) in ``zone``."""
+    if now.tzinfo is None or now < _EPOCH:
+        raise ValueError("now must be an aware datetime from 1970 on")
+    clock = Clock(now, zone)
+    loads: list[Load] = []
+    for node in walk(root):
+        if isinstance(node, CustomerNode):
+            loads.append(AnswerNow(node))
+        elif isinstance(node, EventNode):
+            if not _varies_with_time(node):
+                loads.append(AnswerNow(node))
+            elif node.test == "count":
+                assert node.period is not None
+                loads.append(WindowOccurrences(node, clock.resolve(node.period), _count_limit(node)))
+            elif node.test == "first":
+                loads.append(EarliestOccurrence(node))
+            else:
+                loads.append(LatestOccurrence(node))
+    return LoadPlan(root, now, zone, tuple(loads))
+
+
+# The forecast ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Membership at ``now`` and how time alone changes it, if no event arrives and the profile stays."""
+
+    member: bool
+    """Whether the customer matches at ``now``."""
+    changes: tuple[dt.datetime, ...]
+    """Every instant after ``now`` and before ``recheck`` at which membership
+    flips, in order: membership is ``member`` up to (not including) the first,
+    the opposite from the first up to the second, and so on."""
+    recheck: dt.datetime | None
+    """Where the loaded data stops telling (more events may enter a period, or
+    the local date goes back to the day before): evaluate again there. None:
+    after the last change, membership never changes by time alone."""
+
+    @property
+    def next_change(self) -> dt.datetime | None:
+        """The first instant after ``now`` at which membership may change: it is
+        ``member`` at every instant from ``now`` up to, not including, it."""
+        return self.changes[0] if self.changes else self.recheck
+
+
+def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
+    """Membership at ``plan.now`` and its changes, from the values ``plan`` asked for.
+
+    Each moving condition becomes the instants where it flips; sweeping them in
+    time order through the tree gives the instants where the whole answer flips.
+    """
+    calendar = _Calendar(plan.now, plan.zone)
+    now = calendar.now
+    horizon = _AFTER_ALL  # where the loaded data stops telling
+    counted: dict[str, tuple[list[tuple[int, int]], int, int | None]] = {}
+    answers: dict[str, bool] = {}
+    for load in plan.loads:
+        path = load.node.path
+        value = loaded.get(path)
+        if isinstance(load, AnswerNow):
+            answers[path] = _expect(value, Answer, path).held
+        elif isinstance(load, WindowOccurrences):
+            events = _expect(value, WindowEvents, path)
+            _check_window(load, events)
+            period = load.node.period
+            assert period is not None
+            if period.kind != "hours":
+                # Events that left the period at the start of today (not loaded) come
+                # back if today later goes back to the day before.
+                calendar.reach(calendar.clock.today)
+            spans = [_presence(period, _micros(t), calendar) for t in (*events.inside, *events.after)]
+            if len(events.after) >= load.limit:
+                # More events may follow the last one loaded: nothing is known from its entry on.
+                horizon = min(horizon, max(enter for enter, _ in spans[len(events.inside) :]))
+            counted[path] = (spans, load.node.low, load.node.high)
+        else:
+            at = _expect(value, Occurrence, path).at
+            node = load.node
+            if at is None:
+                answers[path] = False  # every test but counts needs a matching event
+            elif node.test == "days":
+                counted[path] = (_days_since_spans(node, at, calendar), 1, None)
+            else:
+                assert node.period is not None
+                counted[path] = ([_presence(node.period, _micros(at), calendar)], 1, None)
+    horizon = min(horizon, calendar.recheck)
+
+    held = dict(answers)
+    flips: dict[int, list[str]] = {}
+    for path, (spans, low, high) in counted.items():
+        held[path], instants = _count_flips(spans, low, high, now, horizon)
+        for instant in instants:
+            flips.setdefault(instant, []).append(path)
+    member = current = _holds(plan.root, held)
+    changes: list[dt.datetime] = []
+    for instant in sorted(flips):
+        for path in flips[instant]:
+            held[path] = not held[path]
+        if _holds(plan.root, held) != current:
+            current = not current
+            changes.append(_instant(instant))
+    return Forecast(member, tuple(changes), _instant(horizon) if horizon < _AFTER_ALL else None)
+
+
+_T = TypeVar("_T")
+
+
+def _expect(value: Loaded | None, kind: type[_T], path: str) -> _T:
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _check_window(load: WindowOccurrences, events: WindowEvents) -> None:
+    path = load.node.path
+    if len(events.inside) > load.limit or len(events.after) > load.limit:
+        raise ValueError(f"{path}: at most {load.limit} events inside and after the window")
+    if not all(load.window.holds(t) for t in events.inside) or not all(load.after(t) for t in events.after):
+        raise ValueError(f"{path}: an event is not where the plan asked for it")
+
+
+def _holds(node: Node, held: Mapping[str, bool]) -> bool:
+    if isinstance(node, BoolNode):
+        if node.op == "not":
+            return not _holds(node.children[0], held)
+        results = (_holds(child, held) for child in node.children)
+        return all(results) if node.op == "all" else any(results)
+    return held[node.path]
+
+
+def _count_flips(
+    spans: list[tuple[int, int]], low: int, high: int | None, now: int, horizon: int
+) -> tuple[bool, list[int]]:
+    """Whether ``low <= count <= high`` holds at ``now``, and the instants before
+    ``horizon`` where it flips, where count(t) is the number of spans
+    ``[enter, leave)`` holding t."""
+    count = 0
+    changes: dict[int, int] = {}
+    for enter, leave in spans:
+        if leave <= max(enter, now):
+            continue
+        if enter <= now:
+            count += 1
+        else:
+            changes[enter] = changes.get(enter, 0) + 1
+        if leave < _AFTER_ALL:
+            changes[leave] = changes.get(leave, 0) - 1
+
+    def bound(n: int) -> bool:
+        return n >= low and (high is None or n <= high)
+
+    held = current = bound(count)
+    flips: list[int] = []
+    for at in sorted(changes):
+        if at >= horizon:
+            break
+        count += changes[at]
+        if bound(count) != current:
+            current = not current
+            flips.append(at)
+    return held, flips
+
+
+def _presence(period: PeriodSpec, at: int, calendar: _Calendar) -> tuple[int, int]:
+    """When an event at ``at`` is in a sliding period, from now on: ``[enter, leave)``."""
+    if period.kind == "hours":
+        return at, min(at + period.amount * _HOUR + 1, _AFTER_ALL)
+    day = calendar.day_of(at)
+    if period.kind == "days":
+        # start of day (today - (amount - 1)) <= at <= now
+        return at, calendar.reach(_plus(day, period.amount))
+    # start of day (today - max) <= at < start of day (today - min + 1)
+    return (
+        calendar.reach(_plus(day, period.min_days_ago)),
+        calendar.reach(_plus(day, period.max_days_ago + 1)),
+    )
+
+
+def _days_since_spans(node: EventNode, last: dt.datetime, calendar: _Calendar) -> list[tuple[int, int]]:
+    """When ``days_since <comparison> days`` holds: days since = today - the local date of ``last``."""
+    day = calendar.clock.local_date(last)
+    reached = calendar.reach(_plus(day, node.days))  # days since becomes `days`
+    passed = calendar.reach(_plus(day, node.days + 1))  # days since becomes `days + 1`
+    comparison = node.comparison
+    if comparison == pb.COMPARISON_GREATER:
+        return [(passed, _AFTER_ALL)]
+    if comparison == pb.COMPARISON_GREATER_OR_EQUAL:
+        return [(reached, _AFTER_ALL)]
+    if comparison == pb.COMPARISON_LESS:
+        return [(_BEFORE_ALL, reached)]
+    if comparison == pb.COMPARISON_LESS_OR_EQUAL:
+        return [(_BEFORE_ALL, passed)]
+    if comparison == pb.COMPARISON_EQUAL:
+        return [(reached, passed)]
+    return [(_BEFORE_ALL, reached), (passed, _AFTER_ALL)]
+
+
+def _plus(day: dt.date, days: int) -> dt.date | None:
+    """``day`` plus ``days``, or None beyond the calendar."""
+    try:
+        return day + dt.timedelta(days=days)
+    except OverflowError:
+        return None
+
+
+# Days ---------------------------------------------------------------------------------
+
+
+class _Calendar:
+    """Day arithmetic of one forecast: MatchCustomer's day starts, and when today reaches a date.
+
+    Local dates move forward, except where a clock change shortly after midnight
+    sets the clock back past midnight (St. John's and Goose Bay changed at 00:01
+    until 2010, Casey at 02:00 +11 in 2010): the previous date then comes back
+    for a while (see ``_date_goes_back``). ``reach`` assumes dates move forward
+    and records in ``recheck`` the first such return on a date it was asked
+    about; the forecast looks no further.
+    """
+
+    def __init__(self, now: dt.datetime, zone: dt.tzinfo) -> None:
+        self.clock = Clock(now, zone)
+        self.zone = zone
+        self.now = _micros(now)
+        self.recheck = _AFTER_ALL
+        self._starts: dict[dt.date, int] = {}
+
+    def day_start(self, day: dt.date) -> int:
+        """``Clock.day_start`` of ``day``: the first instant whose local date is ``day`` or later."""
+        start = self._starts.get(day)
+        if start is None:
+            try:
+                start = _micros(self.clock.day_start((self.clock.today - day).days))
+            except OverflowError:
+                start = _AFTER_ALL if day > self.clock.today else _BEFORE_ALL
+            self._starts[day] = start
+        return start
+
+    def day_of(self, at: int) -> dt.date:
+        """The latest date D with day_start(D) <= ``at``: an event at ``at`` is at or after
+        the start of day D exactly when D <= day_of(at). (Its local date, except in the
+        hour a clock change gives back to the previous date.)"""
+        day = self.clock.local_date(_instant(at))
+        while (after := _plus(day, 1)) is not None and self.day_start(after) <= at:
+            day = after
+        while self.day_start(day) > at:
+            day -= dt.timedelta(days=1)
+        return day
+
+    def reach(self, day: dt.date | None) -> int:
+        """The first instant from now on at which today is ``day`` or later:
+        before every instant when it already is, after every instant for None."""
+        if day is None:
+            return _AFTER_ALL
+        today = self.clock.today
+        if day < today:
+            return _BEFORE_ALL  # dates go back by at most one day, and only to the day before
+        back = _date_goes_back(self.zone, day)
+        if back is not None and self.now < back[0]:
+            self.recheck = min(self.recheck, back[0])  # `day` will be undone for a while
+        if day == today:
+            return _BEFORE_ALL
+        start = self.day_start(day)
+        if start > self.now:
+            return start
+        # ``day`` began before now, yet today is earlier: now lies where the clock
+        # went back to the previous date, and ``day`` comes back when that ends.
+        if back is not None and back[0] <= self.now < back[1]:
+            return back[1]
+        # Dates going back by more than a day (date-line moves before 1970) or a
+        # midnight gap that is not at midnight would lead here; no zone has them from 1970 on.
+        raise RuntimeError(f"the local dates of {self.zone} do not move as expected around {day}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_goes_back(zone: dt.tzinfo, day: dt.date) -> tuple[int, int] | None:
+    """Where the local date goes back from ``day`` to the day before, if it does:
+    the instant the previous date returns, and the instant ``day`` begins again.
+
+    When a clock change sets the clock back past midnight after ``day`` has
+    begun, the last wall-clock instant of the previous day happens twice, and
+    its second occurrence (fold=1, PEP 495) comes after the first midnight.
+    """
+    if zone is UTC:
+        return None
+    try:
+        midnight = dt.datetime(day.year, day.month, day.day, tzinfo=zone)
+        begins = _micros(midnight.astimezone(UTC))
+        # Aware arithmetic is wall-clock arithmetic: 23:59:59.999999 of the day before.
+        eve = _micros((midnight - _MICROSECOND).replace(fold=1).astimezone(UTC))
+    except OverflowError:
+        return None
+    if eve <= begins:
+        return None
+    # The date is `day` from `begins` until the clock goes back, then the day
+    # before until `eve`: bisect for the change.
+    low, high = begins, eve
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _instant(middle).astimezone(zone).date() >= day:
+            low = middle
+        else:
+            high = middle
+    return high, eve + 1
