@@ -296,3 +296,33 @@ async def campaigns_server(campaigns_env: CampaignsEnv, redis_client):  # type: 
     env = campaigns_env()
     async with running(Settings.from_env(env), consume=False) as served:
         yield served
+
+
+# --- The HTTP/JSON gateway in front of the three services ---
+
+
+def gateway_env(
+    ingestion_port: int, segmentation_port: int, campaigns_port: int, **extra: str
+) -> dict[str, str]:
+    """The gateway's environment: port 0 and the three services of this test."""
+    env = {
+        "EVENTLINE_GATEWAY_PORT": "0",
+        "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
+        "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{segmentation_port}",
+        "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
+        "EVENTLINE_SHUTDOWN_GRACE_S": "2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def gateway_server(ingestion_server, segmentation_server, campaigns_server):  # type: ignore[no-untyped-def]
+    """The gateway, in this process, before real ingestion, segmentation and campaign services
+    (the campaign consumer runs only when a test drains it)."""
+    from eventline_gateway.service import running
+    from eventline_gateway.settings import Settings
+
+    env = gateway_env(ingestion_server.port, segmentation_server.port, campaigns_server.port)
+    async with running(Settings.from_env(env)) as served:
+        yield served
