@@ -439,6 +439,15 @@ async def test_api_keys_and_scopes_are_the_services_own(
 # --------------------------------------------------------------------------- operations
 
 
+async def cli_health(base: str, *args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from eventline_cli.main import cli
+
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["health", base, *args], catch_exceptions=False)
+    return result.exit_code, result.output.strip()
+
+
 async def test_readiness_follows_the_required_backends_and_liveness_does_not(
     db_url: str, stream_key: str, redis_client: Any
 ) -> None:
@@ -473,6 +482,9 @@ async def test_readiness_follows_the_required_backends_and_liveness_does_not(
             assert (await health("/readyz?backend=segmentation"))[0] == 503
             assert (await health("/readyz?backend=ingestion"))[0] == 200
             assert (await health("/readyz?backend=nothing"))[0] == 400
+            # `eventline health URL` is the container health check of the gateway.
+            assert await cli_health(base) == (0, "SERVING")
+            assert (await cli_health(base, "--service", "segmentation"))[0] == 1
         await until("/readyz", 503)
         assert (await health("/healthz"))[0] == 200
 

@@ -2,8 +2,8 @@
 
 CI has no Docker daemon (and the docker CLI has no compose plugin there), so the
 structure is checked here: what the compose spec requires, plus our own rules:
-one image for the three services, health checks everywhere, Redis with its
-append-only file, configuration through known environment variables only.
+one image for the three services and the gateway, health checks everywhere, Redis with
+its append-only file, configuration through known environment variables only.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"ingestion": 50051, "segmentation": 50052, "campaigns": 50053}
+GATEWAY_PORT = 8080
 TOP_LEVEL = {"version", "name", "services", "networks", "volumes", "configs", "secrets", "include"}
 SERVICE_KEYS = {
     "build", "image", "command", "entrypoint", "environment", "env_file", "ports", "expose", "volumes",
@@ -42,7 +43,7 @@ def known_variables() -> set[str]:
     names: set[str] = set()
     for path in [*(ROOT / "libs").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
         names.update(re.findall(r"EVENTLINE_[A-Z0-9_]+", path.read_text()))
-    for service in SERVICES:
+    for service in [*SERVICES, "gateway"]:
         for suffix in ("HOST", "PORT", "DB_POOL_SIZE", "METRICS_PORT"):
             names.add(f"EVENTLINE_{service.upper()}_{suffix}")
     return names
@@ -52,7 +53,7 @@ def test_the_file_has_only_compose_keys_and_every_service_is_complete() -> None:
     document = compose()
     assert {key for key in document if not key.startswith("x-")} <= TOP_LEVEL  # x-* are extensions
     services = document["services"]
-    assert set(services) == {"postgres", "redis", *SERVICES}
+    assert set(services) == {"postgres", "redis", "gateway", *SERVICES}
     for name, service in services.items():
         assert set(service) <= SERVICE_KEYS, (name, set(service) - SERVICE_KEYS)
         assert "image" in service or "build" in service, name
@@ -65,7 +66,7 @@ def test_the_file_has_only_compose_keys_and_every_service_is_complete() -> None:
 
 def test_one_image_runs_the_three_services_after_healthy_dependencies() -> None:
     services = compose()["services"]
-    images = {services[name]["image"] for name in SERVICES}
+    images = {services[name]["image"] for name in [*SERVICES, "gateway"]}
     assert len(images) == 1
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_dirs = pyproject["tool"]["setuptools"]["package-dir"]
@@ -84,6 +85,27 @@ def test_one_image_runs_the_three_services_after_healthy_dependencies() -> None:
         env = service["environment"]
         assert env[f"EVENTLINE_{name.upper()}_PORT"] == str(port)
         assert env[f"EVENTLINE_{name.upper()}_HOST"] == "0.0.0.0"
+
+
+def test_the_gateway_calls_the_three_services_and_is_checked_over_http() -> None:
+    services = compose()["services"]
+    gateway = services["gateway"]
+    assert gateway["build"] == "." and gateway["command"] == ["python", "-m", "eventline_gateway"]
+    env = gateway["environment"]
+    assert set(env) <= known_variables(), set(env) - known_variables()
+    assert all(isinstance(value, str) for value in env.values())
+    assert env["EVENTLINE_GATEWAY_HOST"] == "0.0.0.0" and env["EVENTLINE_GATEWAY_PORT"] == str(GATEWAY_PORT)
+    for name, port in SERVICES.items():
+        assert env[f"EVENTLINE_{name.upper()}_ADDR"] == f"{name}:{port}"
+    assert f"{GATEWAY_PORT}:{GATEWAY_PORT}" in gateway["ports"]
+    assert gateway["healthcheck"]["test"] == [
+        "CMD",
+        "eventline",
+        "health",
+        f"http://127.0.0.1:{GATEWAY_PORT}",
+    ]
+    # It keeps no state: no database, no Redis, no volume.
+    assert "EVENTLINE_DATABASE_URL" not in env and "volumes" not in gateway
 
 
 def test_configuration_is_environment_with_known_variables() -> None:
@@ -164,8 +186,9 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
         assert "eventline = eventline_cli.main:cli" in archive.read(entry_points).decode()
         metadata = archive.read(next(name for name in names if name.endswith("METADATA"))).decode()
         assert "Requires-Dist: eventline-api==" in metadata
-    for name in SERVICES:
+    for name in [*SERVICES, "gateway"]:
         assert f"eventline_{name}/__main__.py" in names
+    assert "eventline_gateway/openapi.json" in names  # served at /openapi.json
     migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
     assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
     # The generated code ships once, in eventline-api, not again in the services' wheel.

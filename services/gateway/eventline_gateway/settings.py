@@ -15,11 +15,12 @@ from eventline_shared.config import CommonSettings, ConfigError, env_float, env_
 
 DEFAULT_PORT = 8080
 BACKENDS = ("ingestion", "segmentation", "campaigns")
-DEFAULT_ADDRESSES = {
-    "ingestion": "127.0.0.1:50051",
-    "segmentation": "127.0.0.1:50052",
-    "campaigns": "127.0.0.1:50053",
+ADDRESSES = {
+    "ingestion": ("EVENTLINE_INGESTION_ADDR", "127.0.0.1:50051"),
+    "segmentation": ("EVENTLINE_SEGMENTATION_ADDR", "127.0.0.1:50052"),
+    "campaigns": ("EVENTLINE_CAMPAIGNS_ADDR", "127.0.0.1:50053"),
 }
+"""Backend → the variable of its address, and its default."""
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         backends = {}
         for name in BACKENDS:
-            variable = f"EVENTLINE_{name.upper()}_ADDR"
-            address = env_str(environ, variable, DEFAULT_ADDRESSES[name])
+            variable, default = ADDRESSES[name]
+            address = env_str(environ, variable, default)
             if ":" not in address:
                 raise ConfigError(f"{variable} must be host:port or a gRPC target such as dns:///host:port")
             backends[name] = address
