@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline_gateway.service import running as running_gateway
 from eventline_gateway.settings import Settings as GatewaySettings
 from eventline_shared import auth
-from tests.conftest import gateway_env, service_env
+from tests.conftest import gateway_env, secured_suite, service_env
 from tests.processes import free_port
 from tests.support import wait_for_entries
 
@@ -347,50 +346,41 @@ async def test_a_body_over_the_limit_is_413_a_backend_down_503_and_a_silent_one_
 ) -> None:
     closed = free_port()  # nothing listens there: campaigns is down
     # Segmentation "hangs": a socket that accepts connections and never answers.
-    silent = await asyncio.start_server(lambda reader, writer: reader.read(), "127.0.0.1", 0)
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    silent = await asyncio.start_server(hold, "127.0.0.1", 0)
     silent_port = silent.sockets[0].getsockname()[1]
     env = gateway_env(ingestion_server.port, silent_port, closed, EVENTLINE_GATEWAY_MAX_BODY_BYTES="4096")
-    async with (
-        silent,
-        running_gateway(GatewaySettings.from_env(env)) as gateway,
-        aiohttp.ClientSession() as session,
-    ):
-        http = Http(session, f"http://127.0.0.1:{gateway.port}")
-        big = {"eventId": "e1", "name": "x", "context": {"note": {"stringValue": "x" * 5000}}}
-        status, error, _ = await http.call("POST", "/v1/customers/c1/events", big)
-        assert status == 413 and error["code"] == 8
-        status, error, _ = await http.call("GET", "/v1/campaigns")
-        assert status == 503 and error["code"] == 14
-        assert error["message"] == "the campaigns service is unavailable, retry later"
-        # The deadline a client asks for (gRPC's header format), passed waiting for segmentation.
-        status, error, _ = await http.call("GET", "/v1/segments", headers={"Grpc-Timeout": "300m"})
-        assert status == 504 and error["code"] == 4
-        assert error["message"] == "the segmentation service did not answer before the deadline"
-        assert await http.ok("POST", "/v1/systemEvents", {"eventId": "s1", "name": "x"})  # ingestion answers
+    try:
+        async with (
+            running_gateway(GatewaySettings.from_env(env)) as gateway,
+            aiohttp.ClientSession() as session,
+        ):
+            http = Http(session, f"http://127.0.0.1:{gateway.port}")
+            big = {"eventId": "e1", "name": "x", "context": {"note": {"stringValue": "x" * 5000}}}
+            status, error, _ = await http.call("POST", "/v1/customers/c1/events", big)
+            assert status == 413 and error["code"] == 8
+            status, error, _ = await http.call("GET", "/v1/campaigns")
+            assert status == 503 and error["code"] == 14
+            assert error["message"] == "the campaigns service is unavailable, retry later"
+            # The deadline a client asks for (gRPC's header format), passed waiting for segmentation.
+            status, error, _ = await http.call("GET", "/v1/segments", headers={"Grpc-Timeout": "300m"})
+            assert status == 504 and error["code"] == 4
+            assert error["message"] == "the segmentation service did not answer before the deadline"
+            # Ingestion still answers.
+            assert await http.ok("POST", "/v1/systemEvents", {"eventId": "s1", "name": "x"})
+    finally:
+        for writer in held:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
 
 
 # --------------------------------------------------------------------------- keys
-
-
-@asynccontextmanager
-async def secured_suite(db_url: str, stream_key: str, **gateway_extra: str) -> AsyncIterator[str]:
-    """Ingestion and segmentation requiring keys, a gateway before them; its base URL."""
-    from eventline_ingestion.service import running as running_ingestion
-    from eventline_ingestion.settings import Settings as IngestionSettings
-    from eventline_segmentation.service import running as running_segmentation
-    from eventline_segmentation.settings import Settings as SegmentationSettings
-
-    env = service_env(db_url, stream_key, EVENTLINE_AUTH="true")
-    async with (
-        running_ingestion(IngestionSettings.from_env(env)) as ingestion,
-        running_segmentation(SegmentationSettings.from_env(env)) as segmentation,
-        running_gateway(
-            GatewaySettings.from_env(
-                gateway_env(ingestion.port, segmentation.port, free_port(), **gateway_extra)
-            )
-        ) as gateway,
-    ):
-        yield f"http://127.0.0.1:{gateway.port}"
 
 
 async def test_api_keys_and_scopes_are_the_services_own(
