@@ -14,9 +14,8 @@ limit 413.
 
 from __future__ import annotations
 
-import json
-
 import grpc
+import orjson
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -67,7 +66,7 @@ class HttpError(Exception):
                 status_pb2.Status(code=self.status.code, message=self.status.message)
             )
         body = {"code": self.status.code, "message": self.status.message, "details": found.get("details", [])}
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        return orjson.dumps(body)
 
 
 def status(code: int, message: str, violations: list[FieldViolation] | None = None) -> status_pb2.Status:

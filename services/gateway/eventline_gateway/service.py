@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from importlib import resources
 from typing import Any
 
 import grpc
+import orjson
 from aiohttp import web
 from google.rpc import code_pb2
 from prometheus_client import Counter, Histogram, start_http_server
@@ -69,6 +69,7 @@ class Exchange:
 
 
 _exchange: contextvars.ContextVar[Exchange] = contextvars.ContextVar("exchange")
+
 
 @dataclass
 class GatewayState:
@@ -187,7 +188,7 @@ async def transcode(request: web.Request) -> web.Response:
 
 
 def _dump(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 def _health_body(request: web.Request, ready: bool) -> dict[str, Any]:
