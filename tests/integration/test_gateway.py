@@ -23,6 +23,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline_gateway.service import running as running_gateway
 from eventline_gateway.settings import Settings as GatewaySettings
 from eventline_shared import auth
+from tests.certificates import Certificates
 from tests.conftest import gateway_env, secured_suite, service_env
 from tests.processes import free_port
 from tests.support import wait_for_entries
@@ -514,3 +515,49 @@ async def test_request_ids_traces_metrics_and_the_openapi_document(
         async with session.get(http.base + "/openapi.json") as response:
             served = await response.read()
         assert served == (ROOT / "services/gateway/eventline_gateway/openapi.json").read_bytes()
+
+
+async def test_https_and_mutual_tls_outside_and_tls_to_the_services(
+    db_url: str, stream_key: str, redis_client: Any, certificates: Certificates
+) -> None:
+    import ssl
+
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+
+    tls = {
+        "EVENTLINE_TLS_CERT": str(certificates.server_cert),
+        "EVENTLINE_TLS_KEY": str(certificates.server_key),
+    }
+    trusting = ssl.create_default_context(cafile=str(certificates.ca))
+    with_certificate = ssl.create_default_context(cafile=str(certificates.ca))
+    with_certificate.load_cert_chain(str(certificates.client_cert), str(certificates.client_key))
+    event = customer_event("tls-1", "viewed")
+    async with (
+        running_ingestion(IngestionSettings.from_env(service_env(db_url, stream_key, **tls))) as ingestion,
+        aiohttp.ClientSession() as session,
+    ):
+        # HTTPS outside, TLS (EVENTLINE_TLS_CA) to ingestion, which serves TLS only.
+        env = gateway_env(
+            ingestion.port, free_port(), free_port(), EVENTLINE_TLS_CA=str(certificates.ca), **tls
+        )
+        async with running_gateway(GatewaySettings.from_env(env)) as gateway:
+            url = f"https://127.0.0.1:{gateway.port}/v1/customers/c1/events"
+            async with session.post(url, json=event, ssl=trusting) as response:
+                assert response.status == 200, await response.text()
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(url.replace("https:", "http:"), json=event):
+                    pass
+        # Mutual TLS: a client certificate signed by EVENTLINE_TLS_CLIENT_CA, or no connection.
+        env = gateway_env(
+            ingestion.port, free_port(), free_port(), EVENTLINE_TLS_CA=str(certificates.ca),
+            EVENTLINE_TLS_CLIENT_CA=str(certificates.ca), **tls,
+        )  # fmt: skip
+        async with running_gateway(GatewaySettings.from_env(env)) as gateway:
+            url = f"https://127.0.0.1:{gateway.port}/v1/customers/c1/timeline"
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(url, ssl=trusting) as response:
+                    await response.read()
+            async with session.get(url, ssl=with_certificate) as response:
+                assert response.status == 200
+                assert [e["eventId"] for e in (await response.json())["events"]] == ["tls-1"]
