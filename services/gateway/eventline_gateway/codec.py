@@ -358,8 +358,6 @@ def timestamp_text(message: Any) -> str:
 
 Parse = Callable[[Any, Message, int], None]
 """Merges a JSON value into a message, at a nesting depth."""
-Setter = Callable[[Message, Any, int], None]
-"""Sets one field of a message from its JSON value."""
 Print = Callable[[Message], Any]
 
 
@@ -418,9 +416,8 @@ class Codec:
     def _compile_message_parser(self, message_type: descriptor.Descriptor) -> Parse:
         """A function written for the message type (see ``_generate_printer`` for why).
 
-        The common field kinds (strings, scalars, messages, timestamps, repeated messages,
-        maps of messages by string key) are written out in it; the others call the field's
-        setter (``_setter``). An error inside a field gets the field's name in its path.
+        Each field's code is written out in it (``_field_parser_lines``); an error inside a
+        field gets the field's name in its path.
         """
         namespace: dict[str, Any] = {
             "JsonError": JsonError,
@@ -431,11 +428,7 @@ class Codec:
             "json_key": lambda key: f"[{json.dumps(key, ensure_ascii=False)}]",
         }
 
-        def bind(value: Any) -> str:
-            name = f"v{len(namespace)}"
-            namespace[name] = value
-            return name
-
+        bind = _binder(namespace)
         fields = list(message_type.fields)
         indexes = {}
         for index, field in enumerate(fields):
@@ -490,17 +483,26 @@ class Codec:
         return parse
 
     def _field_parser_lines(self, field: descriptor.FieldDescriptor, bind: Callable[[Any], str]) -> list[str]:
-        """The lines that set ``field`` of ``message`` from ``value``."""
+        """The lines that set ``field`` of ``message`` from the JSON ``value``.
+
+        ``null`` clears a field (a ``google.protobuf.Value`` becomes JSON null, a NullValue
+        0), as ``json_format`` does; it is refused inside an array or as a map value.
+        """
         name = field.name
         attribute = f"getattr(message, {name!r})" if keyword.iskeyword(name) else f"message.{name}"
         clear = ["if value is None:", f"    message.ClearField({name!r})"]
-        is_message = field.type == _FD.TYPE_MESSAGE
         if is_map(field):
             entry = message_type_of(field)
             key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
-            if key_field.type != _FD.TYPE_STRING or value_field.type != _FD.TYPE_MESSAGE:
-                return [f"{bind(self._setter(field))}(message, value, depth)"]
-            parse_value = bind(self.parser(message_type_of(value_field)))
+            key = (
+                "entry_key"
+                if key_field.type == _FD.TYPE_STRING
+                else f"{bind(_map_key_converter(key_field))}(entry_key)"
+            )
+            if value_field.type == _FD.TYPE_MESSAGE:
+                store = f"{bind(self.parser(message_type_of(value_field)))}(item, entries[{key}], depth + 1)"
+            else:
+                store = f"entries[{key}] = {bind(_scalar_converter(value_field))}(item)"
             return [
                 *clear,
                 "else:",
@@ -512,14 +514,24 @@ class Codec:
                 "        try:",
                 "            if item is None:",
                 "                raise JsonError('null is not allowed as a map value')",
-                f"            {parse_value}(item, entries[entry_key], depth + 1)",
+                f"            {store}",
                 "        except JsonError as error:",
                 "            raise error.under(json_key(entry_key)) from None",
             ]
+        is_message = field.type == _FD.TYPE_MESSAGE
+        is_value = is_message and message_type_of(field).full_name == "google.protobuf.Value"
         if field.is_repeated:
-            if not is_message or message_type_of(field).full_name == "google.protobuf.Value":
-                return [f"{bind(self._setter(field))}(message, value, depth)"]
-            parse_item = bind(self.parser(message_type_of(field)))
+            if is_message:
+                item_lines = [
+                    f"{bind(self.parser(message_type_of(field)))}(item, container.add(), depth + 1)"
+                ]
+            else:
+                item_lines = [f"container.append({bind(_scalar_converter(field))}(item))"]
+            null_check = (
+                []
+                if is_value
+                else ["if item is None:", "    raise JsonError('null is not allowed in an array')"]
+            )
             return [
                 *clear,
                 "else:",
@@ -529,17 +541,14 @@ class Codec:
                 f"    container = {attribute}",
                 "    for position, item in enumerate(value):",
                 "        try:",
-                "            if item is None:",
-                "                raise JsonError('null is not allowed in an array')",
-                f"            {parse_item}(item, container.add(), depth + 1)",
+                *(" " * 12 + line for line in [*null_check, *item_lines]),
                 "        except JsonError as error:",
                 "            raise error.under(f'[{position}]') from None",
             ]
+        if is_value:  # null is a value here
+            return [f"{bind(self.parser(message_type_of(field)))}(value, {attribute}, depth + 1)"]
         if is_message:
-            sub_type = message_type_of(field).full_name
-            if sub_type == "google.protobuf.Value":
-                return [f"{bind(self._setter(field))}(message, value, depth)"]
-            if sub_type == TIMESTAMP:
+            if message_type_of(field).full_name == TIMESTAMP:
                 return [*clear, "else:", f"    parse_timestamp(value, {attribute})"]
             return [
                 *clear,
@@ -549,155 +558,23 @@ class Codec:
                 "        sub.SetInParent()",
                 f"    {bind(self.parser(message_type_of(field)))}(value, sub, depth + 1)",
             ]
-        if field.type == _FD.TYPE_ENUM and enum_type_of(field).full_name == "google.protobuf.NullValue":
-            return [f"{bind(self._setter(field))}(message, value, depth)"]
+        check = []
+        converted = "value"
         if field.type == _FD.TYPE_STRING:
-            converted = "value"
             check = [
                 "    if type(value) is not str:",
                 "        raise JsonError(f'must be a string, got {kind_of(value)} {quote(value)}')",
             ]
         else:
             converted = f"{bind(_scalar_converter(field))}(value)"
-            check = []
+        if field.type == _FD.TYPE_ENUM and enum_type_of(field).full_name == "google.protobuf.NullValue":
+            clear = ["if value is None:", f"    setattr(message, {name!r}, 0)"]
         store = (
             f"setattr(message, {name!r}, {converted})"
             if keyword.iskeyword(name)
             else f"message.{name} = {converted}"
         )
         return [*clear, "else:", *check, f"    {store}"]
-
-    def _setter(self, field: descriptor.FieldDescriptor) -> Setter:
-        name = field.name
-        is_message = field.type == _FD.TYPE_MESSAGE
-        if is_map(field):
-            return self._map_setter(field)
-        if field.is_repeated:
-            if is_message:
-                parse_item = self.parser(message_type_of(field))
-                value_items = message_type_of(field).full_name == "google.protobuf.Value"
-
-                def repeated_messages(message: Message, value: Any, depth: int) -> None:
-                    if value is None:
-                        message.ClearField(name)
-                        return
-                    if type(value) is not list:
-                        raise JsonError(f"must be an array, got {_kind(value)}")
-                    message.ClearField(name)
-                    container = getattr(message, name)
-                    for index, item in enumerate(value):
-                        try:
-                            if item is None and not value_items:
-                                raise JsonError("null is not allowed in an array")
-                            parse_item(item, container.add(), depth + 1)
-                        except JsonError as error:
-                            raise error.under(f"[{index}]") from None
-
-                return repeated_messages
-            convert = _scalar_converter(field)
-
-            def repeated_scalars(message: Message, value: Any, depth: int) -> None:
-                if value is None:
-                    message.ClearField(name)
-                    return
-                if type(value) is not list:
-                    raise JsonError(f"must be an array, got {_kind(value)}")
-                converted = []
-                for index, item in enumerate(value):
-                    try:
-                        if item is None:
-                            raise JsonError("null is not allowed in an array")
-                        converted.append(convert(item))
-                    except JsonError as error:
-                        raise error.under(f"[{index}]") from None
-                message.ClearField(name)
-                getattr(message, name).extend(converted)
-
-            return repeated_scalars
-        if is_message:
-            parse_message = self.parser(message_type_of(field))
-            if message_type_of(field).full_name == "google.protobuf.Value":
-
-                def value_message(message: Message, value: Any, depth: int) -> None:
-                    parse_message(value, getattr(message, name), depth + 1)
-
-                return value_message
-
-            def singular_message(message: Message, value: Any, depth: int) -> None:
-                if value is None:
-                    message.ClearField(name)
-                    return
-                sub = getattr(message, name)
-                if not value:  # {} sets the field; any field set inside it does too
-                    sub.SetInParent()
-                parse_message(value, sub, depth + 1)
-
-            return singular_message
-        convert = _scalar_converter(field)
-        if field.type == _FD.TYPE_ENUM and enum_type_of(field).full_name == "google.protobuf.NullValue":
-
-            def null_value(message: Message, value: Any, depth: int) -> None:
-                setattr(message, name, 0 if value is None else convert(value))
-
-            return null_value
-
-        def scalar(message: Message, value: Any, depth: int) -> None:
-            if value is None:
-                message.ClearField(name)
-                return
-            try:
-                setattr(message, name, convert(value))
-            except (ValueError, TypeError) as exc:  # a lone surrogate in a string, say
-                if isinstance(exc, JsonError):
-                    raise
-                raise JsonError(f"cannot be stored: {exc}") from None
-
-        return scalar
-
-    def _map_setter(self, field: descriptor.FieldDescriptor) -> Setter:
-        name = field.name
-        key_field = message_type_of(field).fields_by_name["key"]
-        value_field = message_type_of(field).fields_by_name["value"]
-        convert_key = _map_key_converter(key_field)
-        if value_field.type == _FD.TYPE_MESSAGE:
-            parse_value = self.parser(message_type_of(value_field))
-
-            def message_map(message: Message, value: Any, depth: int) -> None:
-                if value is None:
-                    message.ClearField(name)
-                    return
-                if type(value) is not dict:
-                    raise JsonError(f"must be a JSON object (a map), got {_kind(value)}")
-                message.ClearField(name)
-                entries = getattr(message, name)
-                for key, item in value.items():
-                    try:
-                        if item is None:
-                            raise JsonError("null is not allowed as a map value")
-                        parse_value(item, entries[convert_key(key)], depth + 1)
-                    except JsonError as error:
-                        raise error.under(f"[{json.dumps(key, ensure_ascii=False)}]") from None
-
-            return message_map
-        convert_value = _scalar_converter(value_field)
-
-        def scalar_map(message: Message, value: Any, depth: int) -> None:
-            if value is None:
-                message.ClearField(name)
-                return
-            if type(value) is not dict:
-                raise JsonError(f"must be a JSON object (a map), got {_kind(value)}")
-            message.ClearField(name)
-            entries = getattr(message, name)
-            for key, item in value.items():
-                try:
-                    if item is None:
-                        raise JsonError("null is not allowed as a map value")
-                    entries[convert_key(key)] = convert_value(item)
-                except JsonError as error:
-                    raise error.under(f"[{json.dumps(key, ensure_ascii=False)}]") from None
-
-        return scalar_map
 
     # ----------------------------------------------------------------- printing
 
@@ -733,10 +610,7 @@ class Codec:
         """
         namespace: dict[str, Any] = {}
 
-        def bind(value: Any) -> str:
-            name = f"v{len(namespace)}"
-            namespace[name] = value
-            return name
+        bind = _binder(namespace)
 
         def value_of(field: descriptor.FieldDescriptor) -> str:
             """An expression of the field's JSON value."""
@@ -796,6 +670,17 @@ class Codec:
             single = kind == _FD.TYPE_FLOAT
             return lambda value: _float_text(value, single)
         return _identity
+
+
+def _binder(namespace: dict[str, Any]) -> Callable[[Any], str]:
+    """A function that puts a value in the namespace of generated code and returns its name there."""
+
+    def bind(value: Any) -> str:
+        name = f"v{len(namespace)}"
+        namespace[name] = value
+        return name
+
+    return bind
 
 
 def _identity(value: Any) -> Any:
