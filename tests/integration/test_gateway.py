@@ -561,3 +561,52 @@ async def test_https_and_mutual_tls_outside_and_tls_to_the_services(
             async with session.get(url, ssl=with_certificate) as response:
                 assert response.status == 200
                 assert [e["eventId"] for e in (await response.json())["events"]] == ["tls-1"]
+
+
+async def test_a_shutdown_lets_requests_in_flight_finish(
+    ingestion_server: Any, segmentation_server: Any, db: asyncpg.Connection, db_url: str
+) -> None:
+    """At SIGTERM (the end of ``running``) the gateway stops accepting and answers what it holds:
+    a ListSegments held up by a lock on its table is answered after the listener closed."""
+    env = gateway_env(
+        ingestion_server.port, segmentation_server.port, free_port(), EVENTLINE_SHUTDOWN_GRACE_S="30"
+    )
+    watcher = await asyncpg.connect(db_url)
+    lock = db.transaction()
+    await lock.start()
+    released = False
+    try:
+        await db.execute("LOCK TABLE segments IN ACCESS EXCLUSIVE MODE")
+        async with aiohttp.ClientSession() as session:
+            context = running_gateway(GatewaySettings.from_env(env))
+            gateway = await context.__aenter__()
+            in_flight = asyncio.create_task(session.get(f"http://127.0.0.1:{gateway.port}/v1/segments"))
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            for _ in range(600):
+                if await watcher.fetchval(waiting):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("ListSegments never waited on the lock")
+            stopping = asyncio.create_task(context.__aexit__(None, None, None))
+            for _ in range(600):  # until the listener is closed
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+                except OSError:
+                    break
+                writer.close()
+                await writer.wait_closed()
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the gateway kept accepting connections")
+            assert not in_flight.done()
+            await lock.rollback()
+            released = True
+            response = await in_flight
+            assert response.status == 200 and (await response.json())["segments"] == []
+            response.release()
+            await stopping
+    finally:
+        if not released:
+            await lock.rollback()
+        await watcher.close()

@@ -338,7 +338,7 @@ edits = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(any_message, st.lists(st.integers(0, 50), max_size=5), edits, st.booleans(), names)
 def test_edited_documents_are_refused_with_a_field_or_read_as_json_format_reads_them(
     message: Message, path: list[int], replacement: Any, renaming: bool, new_name: str
