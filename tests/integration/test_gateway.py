@@ -8,7 +8,9 @@ the gateway forwards them to; health follows the backends.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline_gateway.service import running as running_gateway
 from eventline_gateway.settings import Settings as GatewaySettings
 from eventline_shared import auth
+from eventline_shared.logs import JsonFormatter
 from tests.certificates import Certificates
 from tests.conftest import gateway_env, secured_suite, service_env
 from tests.processes import free_port
@@ -365,9 +368,21 @@ async def test_a_body_over_the_limit_is_413_a_backend_down_503_and_a_silent_one_
             big = {"eventId": "e1", "name": "x", "context": {"note": {"stringValue": "x" * 5000}}}
             status, error, _ = await http.call("POST", "/v1/customers/c1/events", big)
             assert status == 413 and error["code"] == 8
-            status, error, _ = await http.call("GET", "/v1/campaigns")
+            # The failure is logged as a JSON line with the request's id.
+            lines = io.StringIO()
+            handler = logging.StreamHandler(lines)
+            handler.setFormatter(JsonFormatter("gateway"))
+            logging.getLogger("eventline_gateway").addHandler(handler)
+            try:
+                status, error, _ = await http.call(
+                    "GET", "/v1/campaigns", headers={"X-Request-Id": "req-503"}
+                )
+            finally:
+                logging.getLogger("eventline_gateway").removeHandler(handler)
             assert status == 503 and error["code"] == 14
             assert error["message"] == "the campaigns service is unavailable, retry later"
+            [logged] = [json.loads(line) for line in lines.getvalue().splitlines()]
+            assert logged["request_id"] == "req-503" and logged["http_status"] == 503
             # The deadline a client asks for (gRPC's header format), passed waiting for segmentation.
             status, error, _ = await http.call("GET", "/v1/segments", headers={"Grpc-Timeout": "300m"})
             assert status == 504 and error["code"] == 4
