@@ -84,6 +84,8 @@ WRAPPERS = {
     "google.protobuf.StringValue",
     "google.protobuf.BytesValue",
 }
+SCALAR_JSON = {TIMESTAMP, "google.protobuf.Duration", "google.protobuf.FieldMask", *WRAPPERS}
+"""Messages whose JSON form is one scalar (a string, number or boolean): what a query parameter can hold."""
 DELEGATED = {
     "google.protobuf.Duration",
     "google.protobuf.FieldMask",

@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 
+from eventline_gateway.codec import SCALAR_JSON
 from eventline_gateway.errors import HTTP_STATUS
 from eventline_gateway.routes import Binding, service_bindings
 
@@ -68,12 +69,6 @@ _WRAPPED = {
     "google.protobuf.BoolValue": {"type": "boolean"},
     "google.protobuf.StringValue": {"type": "string"},
     "google.protobuf.BytesValue": {"type": "string", "format": "byte"},
-}
-_QUERY_MESSAGES = {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-    *_WRAPPED,
 }
 
 INTRODUCTION = """\
@@ -297,7 +292,7 @@ def _query_fields(
             assert sub is not None
             if sub.GetOptions().map_entry:
                 continue
-            if sub.full_name in _QUERY_MESSAGES:
+            if sub.full_name in SCALAR_JSON:
                 yield [*above, field]
             elif not field.is_repeated and sub.full_name not in seen:
                 yield from _query_fields(sub, [*above, field], seen | {message_type.full_name})

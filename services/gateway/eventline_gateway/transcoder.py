@@ -31,40 +31,25 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 from multidict import MultiMapping
 
-from eventline_gateway.codec import CODEC, JsonError, is_map, message_type_of
+from eventline_gateway.codec import CODEC, SCALAR_JSON, JsonError, is_map, message_type_of
 from eventline_gateway.errors import HttpError, invalid, status
 from eventline_gateway.routes import Binding, Variable, decode
 
 FieldPath = list[descriptor.FieldDescriptor]
 
-_WKT_STRINGS = {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-    "google.protobuf.Int32Value",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt32Value",
-    "google.protobuf.UInt64Value",
-    "google.protobuf.FloatValue",
-    "google.protobuf.DoubleValue",
-    "google.protobuf.BoolValue",
-}
-"""Messages that a query parameter can hold: their JSON form is one scalar."""
 
 _MESSAGE = descriptor.FieldDescriptor.TYPE_MESSAGE
 _BOOL = descriptor.FieldDescriptor.TYPE_BOOL
 
 
-def _json_path(fields: FieldPath) -> str:
+def _proto_path(fields: FieldPath) -> str:
     return ".".join(f.name for f in fields)
 
 
 def _query_value(fields: FieldPath, values: Sequence[str]) -> Any:
     """The JSON value of a query parameter (or path variable) for the field it names."""
     leaf = fields[-1]
-    name = _json_path(fields)
+    name = _proto_path(fields)
     if leaf.is_repeated and not is_map(leaf):
         return [_scalar(leaf, name, value) for value in values]
     if len(values) > 1:
@@ -107,7 +92,7 @@ class Route:
         self.body_field = self.binding.body_field()
         self.response_field = self.binding.response_field()
         # Fields a query parameter may not set: those of the path (and the fields above them).
-        self._bound = {_json_path(path[: i + 1]) for _, path in self.variables for i in range(len(path))}
+        self._bound = {_proto_path(path[: i + 1]) for _, path in self.variables for i in range(len(path))}
         if self.body_field is not None:
             self._bound.add(self.body_field.name)
 
@@ -142,7 +127,7 @@ class Route:
             given: dict[str, tuple[FieldPath, list[str]]] = {}
             for name, value in query.items():
                 path = self._query_field(name)
-                given.setdefault(_json_path(path), (path, []))[1].append(value)
+                given.setdefault(_proto_path(path), (path, []))[1].append(value)
             for path, values in given.values():
                 _put(tree, path, _query_value(path, values))
         if tree:
@@ -158,17 +143,17 @@ class Route:
         message: descriptor.Descriptor | None = self.binding.method.input_type
         for part in name.split("."):
             current = None
-            if message is not None and message.full_name not in _WKT_STRINGS:
+            if message is not None and message.full_name not in SCALAR_JSON:
                 current = message.fields_by_name.get(part) or message.fields_by_camelcase_name.get(part)
             if current is None:
                 raise invalid(name, "unknown query parameter")
             fields.append(current)
             message = current.message_type if current.type == _MESSAGE and not current.is_repeated else None
         leaf = fields[-1]
-        proto_path = _json_path(fields)
+        proto_path = _proto_path(fields)
         if any(proto_path == bound or proto_path.startswith(bound + ".") for bound in self._bound):
             raise invalid(name, "set by the path or the body, not by a query parameter")
-        if is_map(leaf) or (leaf.type == _MESSAGE and message_type_of(leaf).full_name not in _WKT_STRINGS):
+        if is_map(leaf) or (leaf.type == _MESSAGE and message_type_of(leaf).full_name not in SCALAR_JSON):
             raise invalid(name, "a message or map cannot be a query parameter")
         self._query_fields[name] = fields
         return fields
