@@ -1,5 +1,5 @@
 # One image for every Eventline service; the command picks the service:
-#   docker run eventline python -m eventline_ingestion   (or _segmentation, _campaigns)
+#   docker run eventline python -m eventline_ingestion   (or _segmentation, _campaigns, _gateway)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,7 +23,8 @@ USER eventline
 # Inside a container the services listen on every interface.
 ENV EVENTLINE_INGESTION_HOST=0.0.0.0 \
     EVENTLINE_SEGMENTATION_HOST=0.0.0.0 \
-    EVENTLINE_CAMPAIGNS_HOST=0.0.0.0
-EXPOSE 50051 50052 50053 9051 9052 9053
+    EVENTLINE_CAMPAIGNS_HOST=0.0.0.0 \
+    EVENTLINE_GATEWAY_HOST=0.0.0.0
+EXPOSE 50051 50052 50053 8080 9051 9052 9053 9080
 STOPSIGNAL SIGTERM
 CMD ["python", "-m", "eventline_ingestion"]

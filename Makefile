@@ -42,7 +42,7 @@ $(HELM): deploy/tools/package-lock.json deploy/tools/package.json scripts/instal
 
 helm: $(HELM)
 
-# Starts ingestion, segmentation and campaigns, plus an embedded PostgreSQL and
+# Starts ingestion, segmentation, campaigns and the HTTP gateway, plus an embedded PostgreSQL and
 # Redis (data under .eventline/) unless EVENTLINE_DATABASE_URL / EVENTLINE_REDIS_URL
 # are set. Ctrl-C stops everything; the data stays.
 run: $(STAMP)
@@ -51,6 +51,7 @@ run: $(STAMP)
 	@echo "  $(BIN)/eventline events send --customer c1 --name signed_up     # send an event"
 	@echo "  $(BIN)/eventline timeline c1                                    # read the timeline"
 	@echo "  grpcurl -plaintext 127.0.0.1:50051 list                         # the API, by reflection"
+	@echo "  curl http://127.0.0.1:8080/v1/customers/c1/timeline              # the API over HTTP/JSON"
 	$(BIN)/eventline up
 
 # The whole suite, against PostgreSQL/Redis from the environment when reachable,

@@ -4,6 +4,9 @@
   the generated half of the ``eventline-api`` distribution.
 - TypeScript (buf with protoc-gen-es, clients/typescript/buf.gen.yaml): messages and
   service descriptors into ``clients/typescript/src/gen``.
+- OpenAPI: the HTTP/JSON API the gateway transcodes, from the ``google.api.http``
+  annotations and the comments, into ``services/gateway/eventline_gateway/openapi.json``
+  (served by the gateway at ``/openapi.json``).
 
 One script, so that the output is reproducible: CI runs it with --check and fails when
 the committed code differs from what the protos produce.
@@ -30,18 +33,25 @@ PYTHON_OUT = ROOT / "clients" / "python" / "src"
 TYPESCRIPT = ROOT / "clients" / "typescript"
 TYPESCRIPT_TEMPLATE = TYPESCRIPT / "buf.gen.yaml"
 TYPESCRIPT_OUT = Path("clients") / "typescript" / "src" / "gen"  # as buf.gen.yaml says, from ROOT
+OPENAPI = ROOT / "services" / "gateway" / "eventline_gateway" / "openapi.json"
+
+
+def _sources() -> list[str]:
+    return sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "eventline").rglob("*.proto"))
+
+
+def _includes() -> list[str]:
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    return [f"-I{PROTOS}", f"-I{THIRD_PARTY}", f"-I{well_known}"]
 
 
 def generate_python(out: Path) -> Path:
     """Write the Python package ``eventline`` under ``out``; returns its directory."""
     out.mkdir(parents=True, exist_ok=True)
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "eventline").rglob("*.proto"))
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    sources = _sources()
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTOS}",
-        f"-I{THIRD_PARTY}",
-        f"-I{well_known}",
+        *_includes(),
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
@@ -86,6 +96,29 @@ def generate_typescript(out_root: Path) -> Path:
     return out_root / TYPESCRIPT_OUT
 
 
+def generate_openapi(out: Path) -> None:
+    """Write the OpenAPI document of the gateway's HTTP/JSON API to ``out``."""
+    from google.protobuf import descriptor_pb2
+
+    from eventline_gateway import openapi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        descriptor_set = Path(tmp) / "protos.pb"
+        args = [
+            "grpc_tools.protoc",
+            *_includes(),
+            f"--descriptor_set_out={descriptor_set}",
+            "--include_imports",
+            "--include_source_info",
+            *_sources(),
+            "google/rpc/error_details.proto",  # the details an error's Status holds
+        ]
+        if protoc.main(args) != 0:
+            sys.exit("protoc failed")
+        files = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    out.write_text(openapi.render(files))
+
+
 def differences(a: Path, b: Path) -> list[str]:
     def files(root: Path) -> set[Path]:
         return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
@@ -105,8 +138,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fresh_python = generate_python(Path(tmp) / "python")
             fresh_typescript = generate_typescript(Path(tmp) / "typescript")
+            fresh_openapi = Path(tmp) / "openapi.json"
+            generate_openapi(fresh_openapi)
             stale = [f"python: {p}" for p in differences(fresh_python, PYTHON_OUT / "eventline")]
             stale += [f"typescript: {p}" for p in differences(fresh_typescript, ROOT / TYPESCRIPT_OUT)]
+            if not OPENAPI.exists() or not filecmp.cmp(fresh_openapi, OPENAPI, shallow=False):
+                stale.append(f"openapi: {OPENAPI.relative_to(ROOT)}")
         if stale:
             sys.exit("generated code is stale, run `make protos`: " + ", ".join(stale))
         print("generated code is up to date")
@@ -115,6 +152,7 @@ def main() -> None:
     PYTHON_OUT.mkdir(parents=True, exist_ok=True)
     generate_python(PYTHON_OUT)
     generate_typescript(ROOT)  # clean: true in the template empties the output directory first
+    generate_openapi(OPENAPI)
 
 
 if __name__ == "__main__":

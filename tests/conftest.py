@@ -15,6 +15,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import grpc
@@ -23,6 +24,7 @@ import redis.asyncio as redis
 from eventline.ingestion.v1 import ingestion_pb2_grpc
 
 from eventline_shared import database
+from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("EVENTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -309,3 +311,57 @@ async def campaigns_server(campaigns_env: CampaignsEnv, redis_client):  # type: 
     env = campaigns_env()
     async with running(Settings.from_env(env), consume=False) as served:
         yield served
+
+
+# --- The HTTP/JSON gateway in front of the three services ---
+
+
+def gateway_env(
+    ingestion_port: int, segmentation_port: int, campaigns_port: int, **extra: str
+) -> dict[str, str]:
+    """The gateway's environment: port 0 and the three services of this test."""
+    env = {
+        "EVENTLINE_GATEWAY_PORT": "0",
+        "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
+        "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{segmentation_port}",
+        "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
+        "EVENTLINE_SHUTDOWN_GRACE_S": "2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def gateway_server(ingestion_server, segmentation_server, campaigns_server):  # type: ignore[no-untyped-def]
+    """The gateway, in this process, before real ingestion, segmentation and campaign services
+    (the campaign consumer runs only when a test drains it)."""
+    from eventline_gateway.service import running
+    from eventline_gateway.settings import Settings
+
+    env = gateway_env(ingestion_server.port, segmentation_server.port, campaigns_server.port)
+    async with running(Settings.from_env(env)) as served:
+        yield served
+
+
+@asynccontextmanager
+async def secured_suite(db_url: str, stream_key: str, **gateway_extra: str) -> AsyncIterator[str]:
+    """Ingestion and segmentation requiring keys, a gateway before them (campaigns absent);
+    the gateway's base URL."""
+    from eventline_gateway.service import running as running_gateway
+    from eventline_gateway.settings import Settings as GatewaySettings
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from eventline_segmentation.service import running as running_segmentation
+    from eventline_segmentation.settings import Settings as SegmentationSettings
+
+    env = service_env(db_url, stream_key, EVENTLINE_AUTH="true")
+    async with (
+        running_ingestion(IngestionSettings.from_env(env)) as ingestion,
+        running_segmentation(SegmentationSettings.from_env(env)) as segmentation,
+        running_gateway(
+            GatewaySettings.from_env(
+                gateway_env(ingestion.port, segmentation.port, free_port(), **gateway_extra)
+            )
+        ) as gateway,
+    ):
+        yield f"http://127.0.0.1:{gateway.port}"

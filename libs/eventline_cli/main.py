@@ -79,11 +79,16 @@ def up(data_dir: Path) -> None:
 @click.option("--service", default="", help="The service name to check; empty means the whole server.")
 @click.pass_context
 def health(ctx: click.Context, target: str | None, service: str) -> None:
-    """Exit 0 when the server at TARGET (default: ingestion) reports SERVING (for container health checks)."""
+    """Exit 0 when the server at TARGET (default: ingestion) reports SERVING (for container health checks).
+
+    An http:// or https:// TARGET is the gateway: its /readyz (with --service, that backend's).
+    """
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     options: ClientOptions = ctx.obj
+    if target and target.startswith(("http://", "https://")):
+        sys.exit(_http_ready(target, service, min(options.timeout_s, 5.0)))
     opened = grpc.insecure_channel(target) if target else options.open_channel("ingestion")
     try:
         reply = health_pb2_grpc.HealthStub(opened).Check(
@@ -97,6 +102,25 @@ def health(ctx: click.Context, target: str | None, service: str) -> None:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     click.echo(status)
     sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _http_ready(target: str, backend: str, timeout_s: float) -> int:
+    """The gateway's readiness: 0 when /readyz answers 200, else 1."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = target.rstrip("/") + "/readyz" + (f"?backend={urllib.parse.quote(backend)}" if backend else "")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            click.echo(json.loads(reply.read())["status"])
+            return 0
+    except urllib.error.HTTPError as error:
+        click.echo(f"not serving: HTTP {error.code}", err=True)
+    except (OSError, ValueError) as error:
+        click.echo(f"not serving: {error}", err=True)
+    return 1
 
 
 cli.add_command(events)

@@ -41,10 +41,12 @@ class ServiceSpec:
     name: str
     module: str
     default_port: int
+    http: bool = False
+    """Serves HTTP (the gateway, ready when /readyz answers 200) rather than gRPC."""
 
     @property
     def default_metrics_port(self) -> int:
-        """9051, 9052, 9053: the gRPC port's last digits, in the 9000s."""
+        """9051, 9052, 9053 (9080 for the gateway): the port's last digits, in the 9000s."""
         return 9000 + self.default_port % 1000
 
 
@@ -52,6 +54,7 @@ SERVICES = [
     ServiceSpec("ingestion", "eventline_ingestion", 50051),
     ServiceSpec("segmentation", "eventline_segmentation", 50052),
     ServiceSpec("campaigns", "eventline_campaigns", 50053),
+    ServiceSpec("gateway", "eventline_gateway", 8080, http=True),
 ]
 
 COLORS = {
@@ -60,6 +63,7 @@ COLORS = {
     "ingestion": "green",
     "segmentation": "magenta",
     "campaigns": "cyan",
+    "gateway": "yellow",
     "eventline": "bold white",
 }
 LEVEL_STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red", "critical": "bold red"}
@@ -257,11 +261,11 @@ class Suite:
         await self.create_service_key()
         # Without SMTP or providers, campaigns writes messages here, where `eventline demo` reads them.
         self.environ.setdefault("EVENTLINE_CAMPAIGNS_SINK_DIR", str((self.data_dir / "messages").resolve()))
-        # Campaigns calls segmentation wherever this run serves it.
-        segmentation = next((spec for spec in SERVICES if spec.name == "segmentation"), None)
-        if segmentation is not None:
-            host, port = service_address(segmentation, self.environ)
-            self.environ.setdefault("EVENTLINE_SEGMENTATION_ADDR", f"{host}:{port}")
+        # Campaigns calls segmentation, the gateway every gRPC service, wherever this run serves them.
+        for called in SERVICES:
+            if not called.http:
+                host, port = service_address(called, self.environ)
+                self.environ.setdefault(f"EVENTLINE_{called.name.upper()}_ADDR", f"{host}:{port}")
         for spec in specs:
             self.environ.setdefault(
                 f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", str(spec.default_metrics_port)
@@ -289,7 +293,22 @@ class Suite:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        async def ready(spec: ServiceSpec, child: Child) -> bool:
+            import aiohttp
+
+            host, port = service_address(spec, self.environ)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+                while child.process.returncode is None:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(f"http://{host}:{port}/readyz") as reply:
+                            if reply.status == 200:
+                                return True
+                    await asyncio.sleep(0.2)
+            return False
+
         async def healthy(spec: ServiceSpec, child: Child) -> bool:
+            if spec.http:
+                return await ready(spec, child)
             host, port = service_address(spec, self.environ)
             async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
@@ -363,8 +382,9 @@ def banner(specs: list[ServiceSpec], environ: Mapping[str, str]) -> list[str]:
     for spec in specs:
         host, port = service_address(spec, environ)
         metrics = environ.get(f"EVENTLINE_{spec.name.upper()}_METRICS_PORT", "")
+        address = f"http://{host}:{port}" if spec.http else f"{host}:{port}"
         lines.append(
-            f"  {spec.name:<13} {host}:{port}"
+            f"  {spec.name:<13} {address}"
             + (f"   metrics http://{host}:{metrics}/metrics" if metrics else "")
         )
     ingestion = next((spec for spec in specs if spec.name == "ingestion"), None)
@@ -376,6 +396,13 @@ def banner(specs: list[ServiceSpec], environ: Mapping[str, str]) -> list[str]:
             f"  eventline {target}events send --customer c42 --name order_placed --context total=59.90",
             f"  eventline {target}timeline c42",
             f"  grpcurl -plaintext {host}:{port} list",
+        ]
+    gateway = next((spec for spec in specs if spec.http), None)
+    if gateway is not None:
+        host, port = service_address(gateway, environ)
+        lines += [
+            f"  curl http://{host}:{port}/v1/customers/c42/timeline     # the same API over HTTP/JSON",
+            f"  curl http://{host}:{port}/openapi.json",
         ]
     from eventline_cli import main
 

@@ -111,27 +111,34 @@ class SecuritySettings:
         )
 
 
-def client_channel(target: str, security: SecuritySettings | None) -> grpc.aio.Channel:
+def client_channel(
+    target: str,
+    security: SecuritySettings | None,
+    *,
+    service_key: bool = True,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
     """A channel from one service to another, secured like the configuration says.
 
     With EVENTLINE_TLS_CA it is TLS, presenting this service's own certificate (mutual TLS);
-    with EVENTLINE_SERVICE_API_KEY every call carries that key.
+    with EVENTLINE_SERVICE_API_KEY every call carries that key, unless ``service_key`` is
+    False (the gateway, whose calls carry their clients' keys and never its own).
     """
     security = security or SecuritySettings()
     interceptors: list[grpc.aio.ClientInterceptor] = []
-    if security.service_api_key:
+    if security.service_api_key and service_key:
         interceptors = [
             _BearerUnaryUnary(security.service_api_key),
             _BearerUnaryStream(security.service_api_key),
         ]
     if not security.tls_ca:
-        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=Path(security.tls_ca).read_bytes(),
         private_key=Path(security.tls_key).read_bytes() if security.tls_key else None,
         certificate_chain=Path(security.tls_cert).read_bytes() if security.tls_cert else None,
     )
-    return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def _with_bearer(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import json
 import logging
@@ -12,6 +13,9 @@ from eventline_shared import tracing
 
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+"""The id of the HTTP request being served (the gateway sets it); RPCs are found by grpc_server."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +33,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        current = current_request_id()
+        current = request_id.get() or current_request_id()
         if current:
             entry["request_id"] = current
         trace = tracing.current.get()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,14 @@ def free_port() -> int:
 def urlopen_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
+
+
+def http_ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
 
 
 def port_open(port: int) -> bool:
@@ -89,6 +98,12 @@ class Up:
     async def wait_serving(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         for name, port in self.ports.items():
+            if name == "gateway":  # HTTP: ready when /readyz answers 200
+                while not await asyncio.to_thread(http_ready, port):
+                    assert self.process.poll() is None, f"eventline up exited early:\n{self.output()}"
+                    assert time.monotonic() < deadline, f"the gateway never became ready:\n{self.output()}"
+                    await asyncio.sleep(0.2)
+                continue
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 while True:
@@ -139,9 +154,17 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(data_dir: P
                 ingestion_pb2.TrackCustomerEventRequest(event_id="e-1", customer_id="c-1", name="signed_up"),
                 timeout=10,
             )
-        # Every service serves /metrics; ingestion's counts the RPC just made.
+        # The gateway in front of it answers JSON: the same customer's timeline.
+        timeline = await asyncio.to_thread(
+            urlopen_text, f"http://127.0.0.1:{first.ports['gateway']}/v1/customers/c-1/timeline"
+        )
+        assert [event["eventId"] for event in json.loads(timeline)["events"]] == ["e-1"]
+        # Every service serves /metrics; ingestion's counts the RPC just made, the gateway its request.
         for name, port in first.metrics_ports.items():
             metrics = await asyncio.to_thread(urlopen_text, f"http://127.0.0.1:{port}/metrics")
+            if name == "gateway":
+                assert 'route="/v1/customers/{customer_id}/timeline"' in metrics
+                continue
             assert "# TYPE eventline_rpc_duration_seconds histogram" in metrics, name
             if name == "ingestion":
                 assert 'grpc_method="TrackCustomerEvent"' in metrics
@@ -152,7 +175,7 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(data_dir: P
 
     output = first.output()
     assert not (data_dir / "urls.env").exists()
-    for label in ("postgres", "redis", "ingestion", "eventline"):
+    for label in ("postgres", "redis", "ingestion", "gateway", "eventline"):
         assert f"\n{label:<12}| " in output
     # Services stop before Redis, Redis before PostgreSQL.
     assert (
@@ -162,6 +185,7 @@ async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(data_dir: P
     assert not port_open(first.postgres_port)
     assert not port_open(first.redis_port)
     assert not port_open(first.ports["ingestion"])
+    assert not port_open(first.ports["gateway"])
     assert (data_dir / "postgres" / "PG_VERSION").exists()
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
 
@@ -223,6 +247,7 @@ async def test_up_recovers_from_a_killed_run(data_dir: Path) -> None:
         finally:
             second.kill()
         assert not port_open(first.ports["ingestion"])
+        assert not port_open(first.ports["gateway"])
         assert not port_open(first.postgres_port)
         assert not port_open(first.redis_port)
     finally:

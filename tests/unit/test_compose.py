@@ -2,9 +2,9 @@
 
 CI has no Docker daemon (and the docker CLI has no compose plugin there), so the
 structure is checked here: what the compose spec requires, plus our own rules:
-one image for the three services, health checks on everything long-running, Redis
+one image for the three services and the gateway, health checks on everything long-running, Redis
 with its append-only file, configuration through known environment variables only,
-and every service scalable (``--scale``): no fixed host port but Envoy's. Envoy's
+and every service scalable (``--scale``): no fixed host port but Envoy's (the gateway is behind Envoy too). Envoy's
 configuration is parsed against Envoy's own API (envoy-data-plane: the
 data-plane-api protos as Python classes), which refuses unknown fields, enum values
 and ``@type`` URLs, as Envoy would at start.
@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"ingestion": 50051, "segmentation": 50052, "campaigns": 50053}
 ONE_SHOT = {"migrate"}
 """Services that run to completion (``restart: "no"``); the others have health checks."""
+GATEWAY_PORT = 8080
 TOP_LEVEL = {"version", "name", "services", "networks", "volumes", "configs", "secrets", "include"}
 SERVICE_KEYS = {
     "build", "image", "command", "entrypoint", "environment", "env_file", "ports", "expose", "volumes",
@@ -107,7 +108,7 @@ def test_the_file_has_only_compose_keys_and_every_service_is_complete() -> None:
     document = compose()
     assert {key for key in document if not key.startswith("x-")} <= TOP_LEVEL  # x-* are extensions
     services = document["services"]
-    assert set(services) == {"postgres", "redis", "envoy", *ONE_SHOT, *SERVICES}
+    assert set(services) == {"postgres", "redis", "envoy", "gateway", *ONE_SHOT, *SERVICES}
     for name, service in services.items():
         assert set(service) <= SERVICE_KEYS, (name, set(service) - SERVICE_KEYS)
         assert "image" in service or "build" in service, name
@@ -124,7 +125,7 @@ def test_the_file_has_only_compose_keys_and_every_service_is_complete() -> None:
 
 def test_one_image_runs_the_three_services_after_healthy_dependencies() -> None:
     services = compose()["services"]
-    images = {services[name]["image"] for name in SERVICES}
+    images = {services[name]["image"] for name in [*SERVICES, "gateway"]}
     assert len(images) == 1
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_dirs = pyproject["tool"]["setuptools"]["package-dir"]
@@ -172,7 +173,7 @@ def test_every_service_scales_without_clashing_host_ports() -> None:
     """`docker compose up --scale ingestion=2 --scale segmentation=2 --scale campaigns=3`: a fixed
     host port on a scaled service makes its second replica fail to start."""
     services = compose()["services"]
-    for name in SERVICES:
+    for name in [*SERVICES, "gateway"]:
         service = services[name]
         assert "container_name" not in service, name  # a fixed name does not scale either
         for mapping in service.get("ports", []):
@@ -181,8 +182,9 @@ def test_every_service_scales_without_clashing_host_ports() -> None:
         host_port(str(mapping)) for service in services.values() for mapping in service.get("ports", [])
     ]
     fixed = [port for port in published if port is not None]
-    assert sorted(fixed) == sorted(str(port) for port in SERVICES.values())  # Envoy's, once each
-    assert [f"{port}:{port}" for port in SERVICES.values()] == services["envoy"]["ports"]
+    envoy_ports = [*SERVICES.values(), GATEWAY_PORT]
+    assert sorted(fixed) == sorted(str(port) for port in envoy_ports)  # Envoy's, once each
+    assert [f"{port}:{port}" for port in envoy_ports] == services["envoy"]["ports"]
 
 
 def test_envoy_balances_each_api_over_the_replicas_by_grpc_health() -> None:
@@ -191,7 +193,7 @@ def test_envoy_balances_each_api_over_the_replicas_by_grpc_health() -> None:
     bootstrap = envoy_bootstrap(config)  # what Envoy would refuse fails here
     clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
     listeners = {listener["name"]: listener for listener in config["static_resources"]["listeners"]}
-    assert set(clusters) == set(listeners) == set(SERVICES)
+    assert set(clusters) == set(listeners) == {*SERVICES, "gateway"}
     assert len(bootstrap.static_resources.clusters) == len(clusters)
     for name, port in SERVICES.items():
         cluster = clusters[name]
@@ -222,6 +224,19 @@ def test_envoy_balances_each_api_over_the_replicas_by_grpc_health() -> None:
         assert all(route["match"].get("grpc") == {} for route in routes)
     # Campaigns reach segmentation through Envoy's segmentation listener.
     assert services["campaigns"]["environment"]["EVENTLINE_SEGMENTATION_ADDR"] == "envoy:50052"
+    # The gateway: plain HTTP, balanced per request over the replicas whose /readyz answers.
+    gateway = clusters["gateway"]
+    assert gateway["cluster_type"]["name"] == "envoy.clusters.dns" and gateway["lb_policy"] == "ROUND_ROBIN"
+    [locality] = gateway["load_assignment"]["endpoints"]
+    [endpoint] = locality["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == ("gateway", GATEWAY_PORT)
+    [check] = gateway["health_checks"]
+    assert check["http_health_check"] == {"path": "/readyz"}
+    listener = listeners["gateway"]
+    assert listener["address"]["socket_address"]["port_value"] == GATEWAY_PORT
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {route["route"]["cluster"] for route in routes} == {"gateway"}
 
 
 def test_the_envoy_check_refuses_what_envoy_would() -> None:
@@ -245,6 +260,27 @@ def test_the_envoy_check_refuses_what_envoy_would() -> None:
     manager["typed_config"]["@type"] = "type.googleapis.com/envoy.extensions.filters.nope.v3.Nope"
     with pytest.raises(AssertionError, match="no such Envoy type"):
         envoy_bootstrap(config)
+
+
+def test_the_gateway_calls_the_three_services_and_is_checked_over_http() -> None:
+    services = compose()["services"]
+    gateway = services["gateway"]
+    assert gateway["build"] == "." and gateway["command"] == ["python", "-m", "eventline_gateway"]
+    env = gateway["environment"]
+    assert set(env) <= known_variables(), set(env) - known_variables()
+    assert all(isinstance(value, str) for value in env.values())
+    assert env["EVENTLINE_GATEWAY_HOST"] == "0.0.0.0" and env["EVENTLINE_GATEWAY_PORT"] == str(GATEWAY_PORT)
+    for name, port in SERVICES.items():  # through Envoy: balanced over the replicas
+        assert env[f"EVENTLINE_{name.upper()}_ADDR"] == f"envoy:{port}"
+    assert [host_port(str(mapping)) for mapping in gateway["ports"]] == [None]  # metrics only, any port
+    assert gateway["healthcheck"]["test"] == [
+        "CMD",
+        "eventline",
+        "health",
+        f"http://127.0.0.1:{GATEWAY_PORT}",
+    ]
+    # It keeps no state: no database, no Redis, no volume.
+    assert "EVENTLINE_DATABASE_URL" not in env and "volumes" not in gateway
 
 
 def test_configuration_is_environment_with_known_variables() -> None:
@@ -325,8 +361,9 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
         assert "eventline = eventline_cli.main:cli" in archive.read(entry_points).decode()
         metadata = archive.read(next(name for name in names if name.endswith("METADATA"))).decode()
         assert "Requires-Dist: eventline-api==" in metadata
-    for name in SERVICES:
+    for name in [*SERVICES, "gateway"]:
         assert f"eventline_{name}/__main__.py" in names
+    assert "eventline_gateway/openapi.json" in names  # served at /openapi.json
     migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
     assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
     # The generated code ships once, in eventline-api, not again in the services' wheel.

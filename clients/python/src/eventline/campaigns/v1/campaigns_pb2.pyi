@@ -2,6 +2,7 @@ import datetime
 
 from eventline.common.v1 import common_pb2 as _common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as _segmentation_pb2
+from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2

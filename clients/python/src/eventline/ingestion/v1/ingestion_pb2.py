@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from eventline.common.v1 import common_pb2 as eventline_dot_common_dot_v1_dot_common__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&eventline/ingestion/v1/ingestion.proto\x12\x16\x65ventline.ingestion.v1\x1a eventline/common/v1/common.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x9e\x02\n\x19TrackCustomerEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12O\n\x07\x63ontext\x18\x05 \x03(\x0b\x32>.eventline.ingestion.v1.TrackCustomerEventRequest.ContextEntry\x1aJ\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.eventline.common.v1.Value:\x02\x38\x01\"]\n\x1aTrackCustomerEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.Event\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\x85\x02\n\x17TrackSystemEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12M\n\x07\x63ontext\x18\x04 \x03(\x0b\x32<.eventline.ingestion.v1.TrackSystemEventRequest.ContextEntry\x1aJ\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.eventline.common.v1.Value:\x02\x38\x01\"[\n\x18TrackSystemEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.Event\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\xb0\x01\n\x0fTrackEventsItem\x12K\n\x0e\x63ustomer_event\x18\x01 \x01(\x0b\x32\x31.eventline.ingestion.v1.TrackCustomerEventRequestH\x00\x12G\n\x0csystem_event\x18\x02 \x01(\x0b\x32/.eventline.ingestion.v1.TrackSystemEventRequestH\x00\x42\x07\n\x05\x65vent\"M\n\x12TrackEventsRequest\x12\x37\n\x06\x65vents\x18\x01 \x03(\x0b\x32\'.eventline.ingestion.v1.TrackEventsItem\"\x85\x01\n\x11TrackEventsResult\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.EventH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"Q\n\x13TrackEventsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).eventline.ingestion.v1.TrackEventsResult\"y\n\x15UpsertCustomerRequest\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"Z\n\x16UpsertCustomerResponse\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x12GetCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"F\n\x13GetCustomerResponse\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\"\xcf\x01\n\x13ListTimelineRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_names\x18\x04 \x03(\t\x12\x32\n\x0eoccurred_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0foccurred_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14ListTimelineResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.eventline.common.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14\x45raseCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"f\n\x15\x45raseCustomerResponse\x12\x17\n\x0f\x63ustomer_erased\x18\x01 \x01(\x08\x12\x15\n\revents_erased\x18\x02 \x01(\x03\x12\x1d\n\x15stream_entries_erased\x18\x03 \x01(\x03\x32\xa0\x06\n\x10IngestionService\x12{\n\x12TrackCustomerEvent\x12\x31.eventline.ingestion.v1.TrackCustomerEventRequest\x1a\x32.eventline.ingestion.v1.TrackCustomerEventResponse\x12u\n\x10TrackSystemEvent\x12/.eventline.ingestion.v1.TrackSystemEventRequest\x1a\x30.eventline.ingestion.v1.TrackSystemEventResponse\x12\x66\n\x0bTrackEvents\x12*.eventline.ingestion.v1.TrackEventsRequest\x1a+.eventline.ingestion.v1.TrackEventsResponse\x12o\n\x0eUpsertCustomer\x12-.eventline.ingestion.v1.UpsertCustomerRequest\x1a..eventline.ingestion.v1.UpsertCustomerResponse\x12\x66\n\x0bGetCustomer\x12*.eventline.ingestion.v1.GetCustomerRequest\x1a+.eventline.ingestion.v1.GetCustomerResponse\x12i\n\x0cListTimeline\x12+.eventline.ingestion.v1.ListTimelineRequest\x1a,.eventline.ingestion.v1.ListTimelineResponse\x12l\n\rEraseCustomer\x12,.eventline.ingestion.v1.EraseCustomerRequest\x1a-.eventline.ingestion.v1.EraseCustomerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&eventline/ingestion/v1/ingestion.proto\x12\x16\x65ventline.ingestion.v1\x1a eventline/common/v1/common.proto\x1a\x1cgoogle/api/annotations.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x9e\x02\n\x19TrackCustomerEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12O\n\x07\x63ontext\x18\x05 \x03(\x0b\x32>.eventline.ingestion.v1.TrackCustomerEventRequest.ContextEntry\x1aJ\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.eventline.common.v1.Value:\x02\x38\x01\"]\n\x1aTrackCustomerEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.Event\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\x85\x02\n\x17TrackSystemEventRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12/\n\x0boccurred_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12M\n\x07\x63ontext\x18\x04 \x03(\x0b\x32<.eventline.ingestion.v1.TrackSystemEventRequest.ContextEntry\x1aJ\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.eventline.common.v1.Value:\x02\x38\x01\"[\n\x18TrackSystemEventResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.Event\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\xb0\x01\n\x0fTrackEventsItem\x12K\n\x0e\x63ustomer_event\x18\x01 \x01(\x0b\x32\x31.eventline.ingestion.v1.TrackCustomerEventRequestH\x00\x12G\n\x0csystem_event\x18\x02 \x01(\x0b\x32/.eventline.ingestion.v1.TrackSystemEventRequestH\x00\x42\x07\n\x05\x65vent\"M\n\x12TrackEventsRequest\x12\x37\n\x06\x65vents\x18\x01 \x03(\x0b\x32\'.eventline.ingestion.v1.TrackEventsItem\"\x85\x01\n\x11TrackEventsResult\x12+\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1a.eventline.common.v1.EventH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\x42\x08\n\x06result\"Q\n\x13TrackEventsResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).eventline.ingestion.v1.TrackEventsResult\"y\n\x15UpsertCustomerRequest\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"Z\n\x16UpsertCustomerResponse\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\")\n\x12GetCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"F\n\x13GetCustomerResponse\x12/\n\x08\x63ustomer\x18\x01 \x01(\x0b\x32\x1d.eventline.common.v1.Customer\"\xcf\x01\n\x13ListTimelineRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_names\x18\x04 \x03(\t\x12\x32\n\x0eoccurred_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0foccurred_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14ListTimelineResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.eventline.common.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x14\x45raseCustomerRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"f\n\x15\x45raseCustomerResponse\x12\x17\n\x0f\x63ustomer_erased\x18\x01 \x01(\x08\x12\x15\n\revents_erased\x18\x02 \x01(\x03\x12\x1d\n\x15stream_entries_erased\x18\x03 \x01(\x03\x32\xce\x08\n\x10IngestionService\x12\xaa\x01\n\x12TrackCustomerEvent\x12\x31.eventline.ingestion.v1.TrackCustomerEventRequest\x1a\x32.eventline.ingestion.v1.TrackCustomerEventResponse\"-\x82\xd3\xe4\x93\x02\'\"\"/v1/customers/{customer_id}/events:\x01*\x12\x92\x01\n\x10TrackSystemEvent\x12/.eventline.ingestion.v1.TrackSystemEventRequest\x1a\x30.eventline.ingestion.v1.TrackSystemEventResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/systemEvents:\x01*\x12\x88\x01\n\x0bTrackEvents\x12*.eventline.ingestion.v1.TrackEventsRequest\x1a+.eventline.ingestion.v1.TrackEventsResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/events:batchTrack:\x01*\x12\xa7\x01\n\x0eUpsertCustomer\x12-.eventline.ingestion.v1.UpsertCustomerRequest\x1a..eventline.ingestion.v1.UpsertCustomerResponse\"6\x82\xd3\xe4\x93\x02\x30\x32$/v1/customers/{customer.customer_id}:\x08\x63ustomer\x12\x8b\x01\n\x0bGetCustomer\x12*.eventline.ingestion.v1.GetCustomerRequest\x1a+.eventline.ingestion.v1.GetCustomerResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/customers/{customer_id}\x12\x97\x01\n\x0cListTimeline\x12+.eventline.ingestion.v1.ListTimelineRequest\x1a,.eventline.ingestion.v1.ListTimelineResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/customers/{customer_id}/timeline\x12\x9a\x01\n\rEraseCustomer\x12,.eventline.ingestion.v1.EraseCustomerRequest\x1a-.eventline.ingestion.v1.EraseCustomerResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/customers/{customer_id}:erase:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,42 +40,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKCUSTOMEREVENTREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_TRACKCUSTOMEREVENTREQUEST']._serialized_start=193
-  _globals['_TRACKCUSTOMEREVENTREQUEST']._serialized_end=479
-  _globals['_TRACKCUSTOMEREVENTREQUEST_CONTEXTENTRY']._serialized_start=405
-  _globals['_TRACKCUSTOMEREVENTREQUEST_CONTEXTENTRY']._serialized_end=479
-  _globals['_TRACKCUSTOMEREVENTRESPONSE']._serialized_start=481
-  _globals['_TRACKCUSTOMEREVENTRESPONSE']._serialized_end=574
-  _globals['_TRACKSYSTEMEVENTREQUEST']._serialized_start=577
-  _globals['_TRACKSYSTEMEVENTREQUEST']._serialized_end=838
-  _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._serialized_start=405
-  _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._serialized_end=479
-  _globals['_TRACKSYSTEMEVENTRESPONSE']._serialized_start=840
-  _globals['_TRACKSYSTEMEVENTRESPONSE']._serialized_end=931
-  _globals['_TRACKEVENTSITEM']._serialized_start=934
-  _globals['_TRACKEVENTSITEM']._serialized_end=1110
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=1112
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=1189
-  _globals['_TRACKEVENTSRESULT']._serialized_start=1192
-  _globals['_TRACKEVENTSRESULT']._serialized_end=1325
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1327
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1408
-  _globals['_UPSERTCUSTOMERREQUEST']._serialized_start=1410
-  _globals['_UPSERTCUSTOMERREQUEST']._serialized_end=1531
-  _globals['_UPSERTCUSTOMERRESPONSE']._serialized_start=1533
-  _globals['_UPSERTCUSTOMERRESPONSE']._serialized_end=1623
-  _globals['_GETCUSTOMERREQUEST']._serialized_start=1625
-  _globals['_GETCUSTOMERREQUEST']._serialized_end=1666
-  _globals['_GETCUSTOMERRESPONSE']._serialized_start=1668
-  _globals['_GETCUSTOMERRESPONSE']._serialized_end=1738
-  _globals['_LISTTIMELINEREQUEST']._serialized_start=1741
-  _globals['_LISTTIMELINEREQUEST']._serialized_end=1948
-  _globals['_LISTTIMELINERESPONSE']._serialized_start=1950
-  _globals['_LISTTIMELINERESPONSE']._serialized_end=2041
-  _globals['_ERASECUSTOMERREQUEST']._serialized_start=2043
-  _globals['_ERASECUSTOMERREQUEST']._serialized_end=2086
-  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=2088
-  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=2190
-  _globals['_INGESTIONSERVICE']._serialized_start=2193
-  _globals['_INGESTIONSERVICE']._serialized_end=2993
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackCustomerEvent']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackCustomerEvent']._serialized_options = b'\202\323\344\223\002\'\"\"/v1/customers/{customer_id}/events:\001*'
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackSystemEvent']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackSystemEvent']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/systemEvents:\001*'
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackEvents']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['TrackEvents']._serialized_options = b'\202\323\344\223\002\032\"\025/v1/events:batchTrack:\001*'
+  _globals['_INGESTIONSERVICE'].methods_by_name['UpsertCustomer']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['UpsertCustomer']._serialized_options = b'\202\323\344\223\00202$/v1/customers/{customer.customer_id}:\010customer'
+  _globals['_INGESTIONSERVICE'].methods_by_name['GetCustomer']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['GetCustomer']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/customers/{customer_id}'
+  _globals['_INGESTIONSERVICE'].methods_by_name['ListTimeline']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['ListTimeline']._serialized_options = b'\202\323\344\223\002&\022$/v1/customers/{customer_id}/timeline'
+  _globals['_INGESTIONSERVICE'].methods_by_name['EraseCustomer']._loaded_options = None
+  _globals['_INGESTIONSERVICE'].methods_by_name['EraseCustomer']._serialized_options = b'\202\323\344\223\002&\"!/v1/customers/{customer_id}:erase:\001*'
+  _globals['_TRACKCUSTOMEREVENTREQUEST']._serialized_start=223
+  _globals['_TRACKCUSTOMEREVENTREQUEST']._serialized_end=509
+  _globals['_TRACKCUSTOMEREVENTREQUEST_CONTEXTENTRY']._serialized_start=435
+  _globals['_TRACKCUSTOMEREVENTREQUEST_CONTEXTENTRY']._serialized_end=509
+  _globals['_TRACKCUSTOMEREVENTRESPONSE']._serialized_start=511
+  _globals['_TRACKCUSTOMEREVENTRESPONSE']._serialized_end=604
+  _globals['_TRACKSYSTEMEVENTREQUEST']._serialized_start=607
+  _globals['_TRACKSYSTEMEVENTREQUEST']._serialized_end=868
+  _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._serialized_start=435
+  _globals['_TRACKSYSTEMEVENTREQUEST_CONTEXTENTRY']._serialized_end=509
+  _globals['_TRACKSYSTEMEVENTRESPONSE']._serialized_start=870
+  _globals['_TRACKSYSTEMEVENTRESPONSE']._serialized_end=961
+  _globals['_TRACKEVENTSITEM']._serialized_start=964
+  _globals['_TRACKEVENTSITEM']._serialized_end=1140
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1142
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1219
+  _globals['_TRACKEVENTSRESULT']._serialized_start=1222
+  _globals['_TRACKEVENTSRESULT']._serialized_end=1355
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1357
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1438
+  _globals['_UPSERTCUSTOMERREQUEST']._serialized_start=1440
+  _globals['_UPSERTCUSTOMERREQUEST']._serialized_end=1561
+  _globals['_UPSERTCUSTOMERRESPONSE']._serialized_start=1563
+  _globals['_UPSERTCUSTOMERRESPONSE']._serialized_end=1653
+  _globals['_GETCUSTOMERREQUEST']._serialized_start=1655
+  _globals['_GETCUSTOMERREQUEST']._serialized_end=1696
+  _globals['_GETCUSTOMERRESPONSE']._serialized_start=1698
+  _globals['_GETCUSTOMERRESPONSE']._serialized_end=1768
+  _globals['_LISTTIMELINEREQUEST']._serialized_start=1771
+  _globals['_LISTTIMELINEREQUEST']._serialized_end=1978
+  _globals['_LISTTIMELINERESPONSE']._serialized_start=1980
+  _globals['_LISTTIMELINERESPONSE']._serialized_end=2071
+  _globals['_ERASECUSTOMERREQUEST']._serialized_start=2073
+  _globals['_ERASECUSTOMERREQUEST']._serialized_end=2116
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=2118
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=2220
+  _globals['_INGESTIONSERVICE']._serialized_start=2223
+  _globals['_INGESTIONSERVICE']._serialized_end=3325
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,200 @@
+"""HTTP/JSON gateway benchmark: JSON batch ingest through the gateway against gRPC TrackEvents.
+
+Starts the ingestion service and the gateway as their own processes on a database of their
+own, then sends the same kind of events (customers from a pool of 10,000, 20 names,
+contexts like {"item_id": 123, "amount": "12.34"}, explicit occurred_at) two ways,
+alternating rounds so that both see the same machine:
+
+* gRPC: TrackEventsRequest messages of 500 events straight to ingestion, 4 calls in flight;
+* JSON: the same batches as proto3 JSON bodies, POST /v1/events:batchTrack to the gateway
+  (which transcodes them to the same TrackEvents call), 4 requests in flight.
+
+Both sides build their requests before the clock starts (the figure is the server side's,
+not the benchmark's own encoding), and both read every reply and check that each event was
+stored. The clock runs from the first request sent to the last reply read (every reply
+means committed). The ratio JSON/gRPC is what the HTTP edge costs (target >= 0.7).
+
+``callbacks_per_s`` (provider status callbacks, target >= 2,000) is null until the gateway
+handles callbacks (issue 15, part B).
+
+Usage: python bench/gateway.py [--quick]. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import grpc
+import orjson
+import redis.asyncio as redis
+from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from google.protobuf import json_format
+
+NAMES = [f"Event{i:02d}" for i in range(20)]
+BATCH = 500
+IN_FLIGHT = 4
+DATABASE = "eventline_bench_gateway"
+
+
+def make_batches(count: int, seed: int) -> list[ingestion_pb2.TrackEventsRequest]:
+    """``count`` events in TrackEventsRequests of ``BATCH``, every event id new."""
+    rng = random.Random(seed)
+    start = 1_704_067_200  # 2024-01-01T00:00:00Z
+    batches = []
+    for first in range(0, count, BATCH):
+        request = ingestion_pb2.TrackEventsRequest()
+        for _ in range(min(BATCH, count - first)):
+            event = request.events.add().customer_event
+            event.event_id = uuid.uuid4().hex
+            event.customer_id = f"c{int(rng.paretovariate(1.2)) % 10_000}"
+            event.name = rng.choice(NAMES)
+            event.occurred_at.seconds = start + rng.randrange(86_400 * 90)
+            event.context["item_id"].integer_value = rng.randrange(1, 10_000)
+            event.context["amount"].decimal_value = f"{rng.randrange(100, 100_000) / 100:.2f}"
+        batches.append(request)
+    return batches
+
+
+async def grpc_round(stub: Any, batches: list[ingestion_pb2.TrackEventsRequest]) -> float:
+    """Seconds to send ``batches`` as TrackEvents calls, ``IN_FLIGHT`` at a time."""
+    queue = list(batches)
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while queue:
+            reply = await stub.TrackEvents(queue.pop(), timeout=60)
+            assert all(result.WhichOneof("result") == "event" for result in reply.results)
+
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return time.perf_counter() - started
+
+
+async def json_round(
+    session: aiohttp.ClientSession, url: str, bodies: list[bytes], sizes: list[int]
+) -> float:
+    """Seconds to POST ``bodies`` to the gateway, ``IN_FLIGHT`` at a time."""
+    queue = list(zip(bodies, sizes, strict=True))
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while queue:
+            body, size = queue.pop()
+            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+                reply = orjson.loads(await response.read())
+                assert response.status == 200, reply
+            results = reply["results"]
+            assert len(results) == size and all("event" in result for result in results)
+
+    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+    return time.perf_counter() - started
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    total = 20_000 if quick else 200_000
+    rounds = 4 if quick else 10  # per side, alternating: the machine changes less within a pair
+    url = await fresh_database(DATABASE)
+    ingestion_port, gateway_port = free_port(), free_port()
+    stream = f"bench:{uuid.uuid4().hex[:8]}:events"
+    common = {
+        "EVENTLINE_DATABASE_URL": url,
+        "EVENTLINE_REDIS_URL": REDIS_URL,
+        "EVENTLINE_STREAM": stream,
+        "EVENTLINE_LOG_LEVEL": "WARNING",
+    }
+    ingestion = start_service(
+        "ingestion",
+        {**common, "EVENTLINE_INGESTION_PORT": str(ingestion_port), "EVENTLINE_INGESTION_DB_POOL_SIZE": "16"},
+    )
+    gateway = start_service(
+        "gateway",
+        {
+            **common,
+            "EVENTLINE_GATEWAY_PORT": str(gateway_port),
+            "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
+        },
+    )
+    grpc_s = json_s = 0.0
+    try:
+        await serving(ingestion_port)
+        endpoint = f"http://127.0.0.1:{gateway_port}"
+        connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_port}") as channel,
+            aiohttp.ClientSession(connector=connector) as session,
+        ):
+            await ready(session, endpoint)
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            track = endpoint + "/v1/events:batchTrack"
+
+            def as_json(batches: list[ingestion_pb2.TrackEventsRequest]) -> tuple[list[bytes], list[int]]:
+                bodies = [json.dumps(json_format.MessageToDict(b)).encode() for b in batches]
+                return bodies, [len(b.events) for b in batches]
+
+            # Warm both paths up (connections, the database's caches, the gateway's routes).
+            await grpc_round(stub, make_batches(2 * BATCH * IN_FLIGHT, seed=2))
+            await json_round(session, track, *as_json(make_batches(2 * BATCH * IN_FLIGHT, seed=3)))
+            per_round = total // rounds
+            for index in range(rounds):
+                grpc_batches = make_batches(per_round, seed=10 + 2 * index)
+                json_bodies = as_json(make_batches(per_round, seed=11 + 2 * index))
+                # Alternate which side goes first so that neither always meets a warmer database.
+                if index % 2 == 0:
+                    grpc_s += await grpc_round(stub, grpc_batches)
+                    json_s += await json_round(session, track, *json_bodies)
+                else:
+                    json_s += await json_round(session, track, *json_bodies)
+                    grpc_s += await grpc_round(stub, grpc_batches)
+            events = per_round * rounds
+    finally:
+        stop(gateway, ingestion)
+        connection = redis.Redis.from_url(REDIS_URL)
+        await connection.delete(stream)
+        await connection.aclose()
+        await drop_database(DATABASE)
+    grpc_per_s, json_per_s = events / grpc_s, events / json_s
+    return {
+        "events_per_side": events,
+        "batch_events": BATCH,
+        "json_batch_events_per_s": round(json_per_s),
+        "grpc_batch_events_per_s": round(grpc_per_s),
+        "json_to_grpc_ratio": round(json_per_s / grpc_per_s, 3),
+        "callbacks_per_s": None,
+        "cpus": os.cpu_count() or 0,
+    }
+
+
+async def ready(session: aiohttp.ClientSession, endpoint: str, timeout_s: float = 30.0) -> None:
+    """Return once the gateway's /readyz answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(endpoint + "/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the gateway did not become ready")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="20,000 events per side instead of 200,000")
+    result = asyncio.run(main(parser.parse_args().quick))
+    print(
+        f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "
+        f"gRPC TrackEvents: {result['grpc_batch_events_per_s']} events/s, "
+        f"ratio {result['json_to_grpc_ratio']} (target >= 0.7)"
+    )
+    print(json.dumps(result))

@@ -1,0 +1,68 @@
+"""Gateway configuration (see README for every variable).
+
+The gateway keeps no state and opens no database: it needs its own address, the
+addresses of the three services it calls, and the TLS settings shared with them.
+``EVENTLINE_AUTH`` does not concern it: it forwards ``Authorization`` and each service
+checks the key as for any gRPC call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
+
+DEFAULT_PORT = 8080
+BACKENDS = ("ingestion", "segmentation", "campaigns")
+ADDRESSES = {
+    "ingestion": ("EVENTLINE_INGESTION_ADDR", "127.0.0.1:50051"),
+    "segmentation": ("EVENTLINE_SEGMENTATION_ADDR", "127.0.0.1:50052"),
+    "campaigns": ("EVENTLINE_CAMPAIGNS_ADDR", "127.0.0.1:50053"),
+}
+"""Backend → the variable of its address, and its default."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    common: CommonSettings
+    backends: Mapping[str, str]
+    """Backend name (``ingestion``, ``segmentation``, ``campaigns``) to its gRPC target."""
+    required_backends: tuple[str, ...]
+    """The backends /readyz follows; the others are reported only."""
+    max_body_bytes: int
+    """Larger request bodies are refused with 413."""
+    deadline_s: float
+    """The deadline of each call to a service (a shorter ``Grpc-Timeout`` header wins)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        backends = {}
+        for name in BACKENDS:
+            variable, default = ADDRESSES[name]
+            address = env_str(environ, variable, default)
+            if ":" not in address:
+                raise ConfigError(f"{variable} must be host:port or a gRPC target such as dns:///host:port")
+            backends[name] = address
+        required = tuple(
+            name.strip()
+            for name in env_str(environ, "EVENTLINE_GATEWAY_REQUIRED_BACKENDS", "ingestion").split(",")
+            if name.strip()
+        )
+        unknown = sorted(set(required) - set(BACKENDS))
+        if unknown:
+            raise ConfigError(
+                f"EVENTLINE_GATEWAY_REQUIRED_BACKENDS: unknown {', '.join(unknown)} (known: {', '.join(BACKENDS)})"
+            )
+        deadline_s = env_float(environ, "EVENTLINE_GATEWAY_DEADLINE_S", 60.0)
+        if not 0 < deadline_s <= 3600:
+            raise ConfigError("EVENTLINE_GATEWAY_DEADLINE_S must be more than 0 and at most 3600")
+        return cls(
+            common=CommonSettings.from_env(environ, "gateway", DEFAULT_PORT),
+            backends=backends,
+            required_backends=required,
+            max_body_bytes=env_int(
+                environ, "EVENTLINE_GATEWAY_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024
+            ),
+            deadline_s=deadline_s,
+        )
