@@ -9,7 +9,18 @@ on a database of its own, and measures from this process over loopback gRPC:
 * copy: the same rows COPYed into the same table (same indexes and foreign
   key, customers created beforehand) over one connection: the floor;
 * unary: one TrackCustomerEvent per call, 64 in flight; the clock stops when
-  every reply is in (each reply means committed).
+  every reply is in (each reply means committed);
+* bare: the same unary calls, same client, answered by a handler that stores
+  nothing (bench/bare_unary.py), served once by the services' own bootstrap
+  (``eventline_shared.grpc_server.Server``, its interceptors included) and
+  once by a plain grpc.aio server (interceptors excluded): the floor.
+
+Both ratios come from floors measured in the same run, so they hold on a
+shared, noisy machine where absolute figures do not: ``batch_to_copy_ratio``
+(batch events/s over COPY rows/s) and ``unary_to_bare_ratio`` (unary events/s
+over the plain grpc.aio floor). The CPU the serving process (and its worker
+processes, if any) spent per event is read from the kernel (psutil) around
+each phase.
 
 Data: customers drawn with a skew (a few customers have many events) from a
 pool of 10,000, 20 event names, contexts like {"item_id": 123, "amount": 12.34}.
@@ -26,13 +37,16 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 
 import asyncpg
 import grpc
+import psutil
 import redis.asyncio as redis
-from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
+from common import REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared.values import UTC
@@ -88,6 +102,35 @@ class Service:
 
     def stop(self) -> None:
         stop(self.process)
+
+
+class BareServer:
+    """bench/bare_unary.py in its own process: the unary floor."""
+
+    def __init__(self, interceptors: bool) -> None:
+        self.port = free_port()
+        flags = ["--interceptors"] if interceptors else []
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "bare_unary.py"), str(self.port), *flags],
+            env={**os.environ, "EVENTLINE_LOG_LEVEL": "WARNING"},
+            cwd=ROOT,
+        )
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its children (worker processes), in seconds."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 async def wait_for_stream(client: redis.Redis, stream: str, count: int) -> None:
@@ -171,9 +214,26 @@ async def bench_unary(stub: ingestion_pb2_grpc.IngestionServiceStub, events) -> 
     )
 
 
-async def main(quick: bool) -> dict[str, float]:
-    batch_events = make_events(20_000 if quick else 200_000, seed=1)
-    unary_events = make_events(3_000 if quick else 30_000, seed=2)
+async def bench_bare(events, interceptors: bool) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Unary calls/s against the bare handler, and its server's CPU µs per call."""
+    server = BareServer(interceptors)
+    try:
+        await serving(server.port)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            await stub.TrackCustomerEvent(customer_request(make_events(1, 4)[0]))
+            cpu = cpu_seconds(server.process.pid)
+            per_s, _, _ = await bench_unary(stub, events)
+            cpu = cpu_seconds(server.process.pid) - cpu
+    finally:
+        server.stop()
+    return per_s, cpu * 1e6 / len(events)
+
+
+async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, float]:
+    batch_count, unary_count = sizes or ((20_000, 3_000) if quick else (200_000, 30_000))
+    batch_events = make_events(batch_count, seed=1)
+    unary_events = make_events(unary_count, seed=2)
     copy_rows_per_s = await bench_copy(batch_events)
     url = await fresh_database("eventline_bench_ingest")
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
@@ -192,12 +252,21 @@ async def main(quick: bool) -> dict[str, float]:
                     ]
                 )
             )
+            cpu = cpu_seconds(service.process.pid)
             batch_events_per_s = await bench_batch(stub, client, stream, batch_events)
+            batch_cpu_us = (cpu_seconds(service.process.pid) - cpu) * 1e6 / len(batch_events)
+            cpu = cpu_seconds(service.process.pid)
             unary_events_per_s, unary_p50, unary_p99 = await bench_unary(stub, unary_events)
+            # Every reply means committed; the relay's publishing is counted too.
+            await wait_for_stream(client, stream, 500 + len(batch_events) + len(unary_events))
+            unary_cpu_us = (cpu_seconds(service.process.pid) - cpu) * 1e6 / len(unary_events)
     finally:
         service.stop()
         await client.delete(stream)
         await client.aclose()
+    bare_events = unary_events[: len(unary_events) // 2]
+    served_per_s, served_cpu_us = await bench_bare(bare_events, interceptors=True)
+    bare_per_s, bare_cpu_us = await bench_bare(bare_events, interceptors=False)
     return {
         "batch_events": len(batch_events),
         "batch_events_per_s": round(batch_events_per_s),
@@ -207,6 +276,14 @@ async def main(quick: bool) -> dict[str, float]:
         "unary_events_per_s": round(unary_events_per_s),
         "unary_p50_ms": round(unary_p50, 2),
         "unary_p99_ms": round(unary_p99, 2),
+        "bare_calls_per_s": round(bare_per_s),
+        "bare_served_calls_per_s": round(served_per_s),
+        "unary_to_bare_ratio": round(unary_events_per_s / bare_per_s, 3),
+        "unary_to_served_bare_ratio": round(unary_events_per_s / served_per_s, 3),
+        "batch_cpu_us_per_event": round(batch_cpu_us, 1),
+        "unary_cpu_us_per_event": round(unary_cpu_us, 1),
+        "bare_cpu_us_per_call": round(bare_cpu_us, 1),
+        "bare_served_cpu_us_per_call": round(served_cpu_us, 1),
         "cpus": os.cpu_count() or 0,
     }
 
@@ -216,11 +293,28 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a short run on less data")
-    result = asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--events",
+        type=int,
+        nargs=2,
+        metavar=("BATCH", "UNARY"),
+        help="how many events the batch and unary phases send (default 200000 30000; quick 20000 3000)",
+    )
+    arguments = parser.parse_args()
+    result = asyncio.run(main(arguments.quick, tuple(arguments.events) if arguments.events else None))
     print(
-        f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, ratio {result['batch_to_copy_ratio']} (target >= 0.75)"
+        f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, "
+        f"ratio {result['batch_to_copy_ratio']} (target >= 0.75); "
+        f"{result['batch_cpu_us_per_event']} CPU µs per event in the service"
     )
     print(
-        f"unary: {result['unary_events_per_s']} events/s (target >= 3000), p50 {result['unary_p50_ms']} ms, p99 {result['unary_p99_ms']} ms"
+        f"unary: {result['unary_events_per_s']} events/s, p50 {result['unary_p50_ms']} ms, "
+        f"p99 {result['unary_p99_ms']} ms; {result['unary_cpu_us_per_event']} CPU µs per event in the service"
+    )
+    print(
+        f"bare handler: {result['bare_calls_per_s']} calls/s on plain grpc.aio "
+        f"({result['bare_cpu_us_per_call']} CPU µs per call), {result['bare_served_calls_per_s']} through "
+        f"eventline's Server ({result['bare_served_cpu_us_per_call']} µs); unary ratio "
+        f"{result['unary_to_bare_ratio']} (target >= 0.65), {result['unary_to_served_bare_ratio']} to the served floor"
     )
     print(json.dumps(result))
