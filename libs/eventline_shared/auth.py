@@ -20,13 +20,12 @@ CA (mutual TLS).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import asyncpg
 import grpc
 
 from eventline_shared.config import ConfigError, env_bool, env_float, env_str
+from eventline_shared.handlers import HandlerWrapper, checked_first
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PATTERN = re.compile(r"^evl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
@@ -275,62 +275,36 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
     return ""
 
 
-@functools.cache
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that only refuses the call (one per method, code and message)."""
+def requiring_keys(keys: Callable[[], KeyStore | None]) -> HandlerWrapper:
+    """Wraps each method's handler so that a call needs a key with the RPC's scope; health stays open.
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
+    The check runs before the request is decoded: a refused call costs no decoding.
+    """
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(code, message)
-        yield  # pragma: no cover - makes this an async generator
-
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls without a key that has the RPC's scope; health checks stay open."""
-
-    def __init__(self, keys: Callable[[], KeyStore | None]) -> None:
-        self._keys = keys
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        needed = required_scope(details.method)
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        needed = required_scope(method)
         if needed is None:
             return handler
-        token = _bearer(details.invocation_metadata)
-        if not token:
-            return _refusal(
-                handler, grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
-            )
-        keys = self._keys()
-        if keys is None:
-            return _refusal(handler, grpc.StatusCode.UNAVAILABLE, "the server is starting, retry")
-        scopes = await keys.scopes(token)
-        if scopes is None:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")
-        if not allows(scopes, needed):
-            return _refusal(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the API key lacks the {needed!r} scope for this RPC",
-            )
-        return handler
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            token = _bearer(context.invocation_metadata())
+            if not token:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
+                )
+            store = keys()
+            if store is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting, retry")
+            assert store is not None
+            scopes = await store.scopes(token)
+            if scopes is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")
+            assert scopes is not None
+            if not allows(scopes, needed):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"the API key lacks the {needed!r} scope for this RPC"
+                )
+
+        return checked_first(handler, check)
+
+    return wrap

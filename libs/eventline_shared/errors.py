@@ -1,6 +1,6 @@
 """The one error hierarchy of Eventline.
 
-Domain code raises these; the server interceptor in ``grpc_server`` turns them
+Domain code raises these; the handler wrapper in ``grpc_server`` turns them
 into ``google.rpc.Status`` replies. Handlers never set status codes themselves.
 
 A status travels in the reply's trailers (``grpc-message`` and, with the

@@ -1,8 +1,10 @@
 """How every Eventline service serves gRPC.
 
-``ErrorInterceptor`` is the one place that turns exceptions into statuses; it
+``mapping_errors`` is the one place that turns exceptions into statuses; it
 also applies each method's request size limit (before decoding) and bounds how
-long a streaming reply may wait for its client to read. ``Server`` runs a server
+long a streaming reply may wait for its client to read. ``WrappingServer``
+applies it, and the other handler wrappers (metrics, API keys), to each handler
+once, when the servicer is registered: nothing runs per call but the wrappers. ``Server`` runs a server
 with health checking, reflection, explicit message size limits and a graceful
 shutdown on SIGTERM or SIGINT.
 """
@@ -15,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
@@ -38,7 +40,7 @@ from eventline_shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from eventline_shared.handlers import writing_stream
+from eventline_shared.handlers import HandlerWrapper, writing_stream
 from eventline_shared.metrics import Operations
 from eventline_shared.paging import MAX_REPLY_BYTES
 
@@ -272,7 +274,7 @@ def _wrap(
                 # replies it has not read.
                 await context.abort_with_status(failure)
             return
-            yield  # never reached: makes this an async generator, the style the interceptors outside wrap
+            yield  # never reached: makes this an async generator, the style the wrappers outside wrap
 
         return grpc.unary_stream_rpc_method_handler(
             stream,
@@ -287,36 +289,86 @@ def _is_grpc_internal(exc: BaseException) -> bool:
     return type(exc).__module__.startswith("grpc._cython")
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps every exception of a handler to a google.rpc.Status, and marks the call for logs.
+def mapping_errors(
+    max_request_bytes: Mapping[str, int] | None = None, stream_idle_s: float | None = None
+) -> HandlerWrapper:
+    """Wraps each method's handler so that every exception becomes a google.rpc.Status, the
+    request is size-checked and decoded (and the reply encoded) where a failure is a clean
+    error, and the call is marked for logs. The innermost wrapper: it wraps the servicer's own
+    handler."""
+    limits = dict(max_request_bytes or {})
 
-    It must be the innermost interceptor: then ``continuation`` returns the
-    registered handler of the method, which never changes, so it is wrapped
-    once per method rather than once per call. Outer interceptors (auth,
-    metrics) still run on every call.
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return _wrap(handler, method, limits.get(method), stream_idle_s)
+
+    return wrap
+
+
+class _WrappedHandlers(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler (what generated code registers) whose handlers are wrapped, each once."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrapped: Callable[[str, Any], Any]) -> None:
+        self._inner = inner
+        self._wrapped = wrapped
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else self._wrapped(details.method, handler)
+
+
+class WrappingServer(grpc.aio.Server):  # type: ignore[misc]
+    """A grpc.aio server that wraps every handler registered on it with ``wrappers``, once, at
+    registration, instead of running interceptors on every call.
+
+    The generated ``add_XServicer_to_server`` functions, health and reflection
+    register on it as on any grpc.aio server.
     """
 
-    def __init__(
-        self, max_request_bytes: Mapping[str, int] | None = None, stream_idle_s: float | None = None
-    ) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-        self._max_request_bytes = dict(max_request_bytes or {})
-        self._stream_idle_s = stream_idle_s
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = list(wrappers)
+        self._wrapped_by_method: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            handler = await continuation(details)
-            if handler is None:
-                return None
-            wrapped = self._wrapped[details.method] = _wrap(
-                handler, details.method, self._max_request_bytes.get(details.method), self._stream_idle_s
-            )
-        return wrapped
+    def _wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of ``method`` wrapped (a method has one handler: wrapped the first time)."""
+        found = self._wrapped_by_method.get(method)
+        if found is None:
+            found = handler
+            for wrap in self._wrappers:
+                found = wrap(method, found)
+            self._wrapped_by_method[method] = found
+        return found
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedHandlers(each, self._wrapped) for each in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self._wrapped(method_path(service_name, name), handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return int(self._server.add_secure_port(address, server_credentials))
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(await self._server.wait_for_termination(timeout))
 
 
 LIVENESS_HEALTH_NAME = "eventline.liveness"
@@ -351,7 +403,6 @@ class Server:
         self,
         service_names: Iterable[str],
         *,
-        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
         options: Iterable[tuple[str, Any]] = (),
         settings: CommonSettings | None = None,
         dependencies: DependencyMonitor | None = None,
@@ -360,14 +411,13 @@ class Server:
     ) -> None:
         # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
-        self.server = grpc.aio.server(
-            # Innermost, so that the handler it wraps is the registered one (see ErrorInterceptor).
-            interceptors=[
-                *(self.operations.interceptors() if self.operations else ()),
-                *interceptors,
-                ErrorInterceptor(max_request_bytes, stream_idle_s),
+        # No interceptor runs per call: every handler is wrapped once, when it is registered.
+        self.server = WrappingServer(
+            grpc.aio.server(options=[*SERVER_OPTIONS, *options]),
+            [
+                mapping_errors(max_request_bytes, stream_idle_s),
+                *(self.operations.wrappers() if self.operations else ()),
             ],
-            options=[*SERVER_OPTIONS, *options],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

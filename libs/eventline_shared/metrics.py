@@ -1,8 +1,8 @@
 """Prometheus metrics, and what every server gets from its configuration.
 
-``MetricsInterceptor`` counts RPCs by service, method and status code and
-observes their latency. ``Operations`` bundles what ``grpc_server.Server`` adds
-to every service from ``CommonSettings``: the metrics interceptor, the API-key
+``counting_calls`` counts RPCs by service, method and status code and observes
+their latency. ``Operations`` bundles what ``grpc_server.Server`` adds to every
+service from ``CommonSettings``: counting calls, the API-key
 check (``eventline_shared.auth``), TLS credentials, and the ``/metrics`` HTTP
 endpoint (on EVENTLINE_<SERVICE>_METRICS_PORT; off when unset) with gauges that
 are refreshed every EVENTLINE_METRICS_INTERVAL_S seconds: stream length,
@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from eventline_shared.auth import AuthInterceptor, KeyStore
-from eventline_shared.handlers import writing_stream
+from eventline_shared.auth import KeyStore, requiring_keys
+from eventline_shared.handlers import HandlerWrapper, writing_stream
 
 if TYPE_CHECKING:
     from eventline_shared.config import CommonSettings
@@ -83,88 +83,68 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
     return default
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts every RPC by status code and observes its latency (outermost, so refusals count too)."""
+def counting_calls(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Wraps a method's handler to count every call by status code and observe its latency.
 
-    def __init__(self) -> None:
-        # The handlers inside are the same objects call after call (the error interceptor caches
-        # its own, auth its refusals), so each is wrapped once, not on every call.
-        self._wrapped: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
+    Applied last (outermost), so that calls refused for their API key count too.
+    """
+    service, name = _names(method)
+    counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
+    latency = RPC_SECONDS.labels(service, name)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        wrapped = self._wrapped.get(handler)
-        if wrapped is None:
-            wrapped = self._wrap(details.method, handler)
-            if len(self._wrapped) < 10_000:  # a bound, should a handler inside ever be made per call
-                self._wrapped[handler] = wrapped
-        return wrapped
+    def record(context: grpc.aio.ServicerContext[Any, Any], started: float, failure: str | None) -> None:
+        latency.observe(time.perf_counter() - started)
+        code = _code_of(context, failure or "OK")
+        (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
 
-    @staticmethod
-    def _wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        service, name = _names(method)
-        counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
-        latency = RPC_SECONDS.labels(service, name)
+    writer = writing_stream(handler)
+    if handler.unary_unary or writer:
+        inner = writer or handler.unary_unary
 
-        def record(context: grpc.aio.ServicerContext[Any, Any], started: float, failure: str | None) -> None:
-            latency.observe(time.perf_counter() - started)
-            code = _code_of(context, failure or "OK")
-            (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            failure: str | None = None
+            try:
+                return await inner(request, context)
+            except asyncio.CancelledError:
+                failure = "CANCELLED"
+                raise
+            except BaseException:
+                failure = "UNKNOWN"
+                raise
+            finally:
+                record(context, started, failure)
 
-        writer = writing_stream(handler)
-        if handler.unary_unary or writer:
-            inner = writer or handler.unary_unary
+        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
+        return register(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started = time.perf_counter()
-                failure: str | None = None
-                try:
-                    return await inner(request, context)
-                except asyncio.CancelledError:
-                    failure = "CANCELLED"
-                    raise
-                except BaseException:
-                    failure = "UNKNOWN"
-                    raise
-                finally:
-                    record(context, started, failure)
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            failure: str | None = None
+            try:
+                async for reply in inner_stream(request, context):
+                    yield reply
+            except asyncio.CancelledError:
+                failure = "CANCELLED"
+                raise
+            except BaseException:
+                failure = "UNKNOWN"
+                raise
+            finally:
+                record(context, started, failure)
 
-            register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
-            return register(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                failure: str | None = None
-                try:
-                    async for reply in inner_stream(request, context):
-                        yield reply
-                except asyncio.CancelledError:
-                    failure = "CANCELLED"
-                    raise
-                except BaseException:
-                    failure = "UNKNOWN"
-                    raise
-                finally:
-                    record(context, started, failure)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
 
 
 class Operations:
@@ -183,10 +163,12 @@ class Operations:
         self._probes: asyncio.Task[None] | None = None
         self.bound_metrics_port = 0
 
-    def interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        found: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+    def wrappers(self) -> list[HandlerWrapper]:
+        """What wraps every method's handler, innermost first (see ``eventline_shared.handlers``)."""
+        found: list[HandlerWrapper] = []
         if self.security.auth:
-            found.append(AuthInterceptor(lambda: self.keys))
+            found.append(requiring_keys(lambda: self.keys))
+        found.append(counting_calls)
         return found
 
     def credentials(self) -> grpc.ServerCredentials | None:

@@ -60,7 +60,7 @@ def quote_path(container: str, key: str) -> str:
     """The field path of a map entry, e.g. ``context["item-id"]`` (a long key is cut, see ``quote``)."""
     if len(key) <= QUOTED_CHARS:
         return f"{container}[{json.dumps(key, ensure_ascii=False)}]"
-    return f"{container}[{json.dumps(key[:QUOTED_CHARS], ensure_ascii=False)[:-1]}…\"]"
+    return f'{container}[{json.dumps(key[:QUOTED_CHARS], ensure_ascii=False)[:-1]}…"]'
 
 
 def check_code(value: str, field: str, what: str) -> FieldViolation | None:
