@@ -63,6 +63,13 @@ Context: TypeAlias = Any
 """A servicer's call context, ``grpc.aio.ServicerContext`` (grpcio ships no type information)."""
 
 
+def _with_defaults(options: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``options`` and the ``SERVER_OPTIONS`` they do not set (gRPC takes the first of a repeated key)."""
+    given = list(options)
+    names = {name for name, _ in given}
+    return [*given, *(option for option in SERVER_OPTIONS if option[0] not in names)]
+
+
 def method_path(service: str, method: str) -> str:
     """The full name of a method as gRPC routes it: ``/eventline.x.v1.XService/Method``."""
     return f"/{service}/{method}"
@@ -413,7 +420,7 @@ class Server:
         self.operations = Operations(list(service_names), settings) if settings is not None else None
         # No interceptor runs per call: every handler is wrapped once, when it is registered.
         self.server = WrappingServer(
-            grpc.aio.server(options=[*SERVER_OPTIONS, *options]),
+            grpc.aio.server(options=_with_defaults(options)),
             [
                 mapping_errors(max_request_bytes, stream_idle_s),
                 *(self.operations.wrappers() if self.operations else ()),

@@ -8,6 +8,7 @@ import uuid
 
 import asyncpg
 import grpc
+import psutil
 import pytest
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -144,3 +145,49 @@ async def test_replicas_starting_together_migrate_once():
         assert [r["version"] for r in rows] == expected
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _listening_on(pid: int, port: int) -> bool:
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
+
+
+async def test_workers_serve_one_port_and_stop_together(ingestion_process, db):
+    await ingestion_process.start(EVENTLINE_INGESTION_WORKERS="2").serving()
+    assert ingestion_process.process is not None
+    supervisor = psutil.Process(ingestion_process.process.pid)
+    await wait_until(
+        lambda: (
+            len(supervisor.children()) == 2
+            and all(_listening_on(w.pid, ingestion_process.port) for w in supervisor.children())
+        ),
+        60,
+        "two workers never listened on the service's port",
+    )
+    assert not _listening_on(supervisor.pid, ingestion_process.port)  # the supervisor serves nothing
+    workers = supervisor.children()
+    # Each channel is one connection, which the kernel gives to one worker or the other.
+    for i in range(8):
+        async with grpc.aio.insecure_channel(ingestion_process.address) as channel:
+            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            await stub.TrackCustomerEvent(customer_event(f"c{i}", "A", f"w{i}"))
+    assert await db.fetchval("SELECT count(*) FROM customer_events WHERE event_id LIKE 'w%'") == 8
+    ingestion_process.signal()
+    assert await ingestion_process.exited() == 0
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+
+
+async def test_a_worker_that_dies_stops_the_unit(ingestion_process):
+    await ingestion_process.start(EVENTLINE_INGESTION_WORKERS="2").serving()
+    assert ingestion_process.process is not None
+    supervisor = psutil.Process(ingestion_process.process.pid)
+    await wait_until(lambda: len(supervisor.children()) == 2, 60, "the workers never started")
+    first, second = supervisor.children()
+    first.kill()
+    # Restarted whole by the orchestrator, rather than left serving with one worker short.
+    assert await ingestion_process.exited() != 0
+    second.wait(30)
+    assert "worker 0 exited" in ingestion_process.logs() or "worker 1 exited" in ingestion_process.logs()

@@ -1,13 +1,28 @@
-"""``python -m eventline_ingestion``: serve until SIGTERM or SIGINT."""
+"""``python -m eventline_ingestion``: serve until SIGTERM or SIGINT.
+
+With ``EVENTLINE_INGESTION_WORKERS`` above 1, start that many worker processes
+on the same port instead (``eventline_shared.workers``).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from eventline_ingestion.service import running
 from eventline_ingestion.settings import Settings
+from eventline_shared import workers
+from eventline_shared.config import ConfigError
 from eventline_shared.grpc_server import serve_main
 
 
 def main() -> None:
+    if workers.supervising(os.environ, "ingestion"):
+        try:
+            Settings.from_env(os.environ)  # a bad variable stops the supervisor, not N workers
+            sys.exit(workers.supervise("ingestion", os.environ))
+        except ConfigError as exc:
+            sys.exit(f"eventline-ingestion: {exc}")
     serve_main("ingestion", Settings.from_env, running)
 
 

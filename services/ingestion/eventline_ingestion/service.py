@@ -16,7 +16,7 @@ from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import database, stream
+from eventline_shared import database, stream, workers
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 from eventline_shared.paging import PageTokens
@@ -63,7 +63,12 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
         tokens = await PageTokens.load(pool)
         servicer = IngestionServicer(repository, writer, client, common.stream, tokens, settings.max_batch)
-        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
+        server = Server(
+            [SERVICE_NAME],
+            settings=common,
+            dependencies=dependencies,
+            options=[workers.REUSEPORT_OPTION] if settings.workers > 1 else (),
+        )
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

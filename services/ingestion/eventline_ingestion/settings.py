@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from eventline_shared import workers
 from eventline_shared.config import CommonSettings, env_float, env_int
 
 DEFAULT_PORT = 50051
@@ -22,6 +23,9 @@ class Settings:
     trim_interval_s: float
     write_concurrency: int
     """How many storing statements run at once; requests arriving meanwhile share the next one."""
+    workers: int = 1
+    """Worker processes serving the one port (``eventline_shared.workers``); above 1, each binds
+    with SO_REUSEPORT."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -32,4 +36,5 @@ class Settings:
             stream_retention_s=env_float(environ, "EVENTLINE_STREAM_RETENTION_S", 7 * 24 * 3600.0),
             trim_interval_s=env_float(environ, "EVENTLINE_STREAM_TRIM_INTERVAL_S", 60.0),
             write_concurrency=env_int(environ, "EVENTLINE_INGESTION_WRITE_CONCURRENCY", 2, minimum=1),
+            workers=workers.worker_count(environ, "ingestion"),
         )

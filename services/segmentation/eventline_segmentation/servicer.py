@@ -213,7 +213,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 "ListCustomers", "", (page[-1], prepared.clock.now, prepared.target_key)
             )
         return pb.ListCustomersResponse(
-            customer_ids=page, next_page_token=next_token, now=values.datetime_to_timestamp(prepared.clock.now)
+            customer_ids=page,
+            next_page_token=next_token,
+            now=values.datetime_to_timestamp(prepared.clock.now),
         )
 
     async def StreamCustomers(
@@ -376,7 +378,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         paths = set(request.update_mask.paths) or allowed
         unknown = sorted(paths - allowed)
         violations = [
-            FieldViolation("update_mask", f"unknown field {quote(p)}; use display_name, description or filter")
+            FieldViolation(
+                "update_mask", f"unknown field {quote(p)}; use display_name, description or filter"
+            )
             for p in unknown
         ]
         violations += values.present([check_segment_id(request.segment.segment_id, "segment.segment_id")])
