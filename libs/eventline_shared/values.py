@@ -160,8 +160,16 @@ def _say(span: dt.timedelta) -> str:
     return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
+_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+"""A decimal already in its stored form: no exponent, no leading zero, a point."""
+
+
 def _decimal_text(text: str) -> str | None:
     """Plain-notation text of a decimal that always has a point, or None if invalid."""
+    # What clients send nearly always ("12.34"): stored as sent, within every bound (at most
+    # 38 digits, so also an exponent within ±37), without building a Decimal.
+    if len(text) <= MAX_DECIMAL_DIGITS + 1 and _PLAIN_DECIMAL.fullmatch(text):
+        return text
     if len(text) > MAX_DECIMAL_CHARS or not _DECIMAL.fullmatch(text):
         return None
     try:

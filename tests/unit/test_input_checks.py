@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from decimal import Decimal
 
 import pytest
 from eventline.common.v1 import common_pb2
@@ -138,7 +139,9 @@ def test_decimals_take_ascii_digits_only(digits: str) -> None:
     assert (encoded.violations == []) == digits.isascii()
 
 
-@given(st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(lambda d: abs(d.adjusted()) <= 60))
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(lambda d: abs(d.adjusted()) <= 60)
+)
 def test_ascii_decimals_in_any_notation_are_accepted(number) -> None:  # type: ignore[no-untyped-def]
     text = str(number)
     if len(number.as_tuple().digits) > 38:
@@ -146,7 +149,23 @@ def test_ascii_decimals_in_any_notation_are_accepted(number) -> None:  # type: i
     assert values.encode_values({"d": common_pb2.Value(decimal_value=text)}, "context").violations == []
 
 
-@pytest.mark.parametrize("digits", ["\u0661\u0662\u0663", "\uff11\uff12\uff13", "1\u06623", "12.\u0665", "1e\u0662"])
+@given(
+    st.from_regex(r"-?[0-9]{1,45}\.[0-9]{0,45}|[+-]?[0-9]{0,3}\.?[0-9]{1,40}(e-?[0-9]{1,2})?", fullmatch=True)
+)
+def test_decimals_as_sent_are_stored_as_decimal_would_write_them(text: str) -> None:
+    # The shortcut for text already in plain notation agrees with the general rule.
+    encoded = values.encode_values({"d": common_pb2.Value(decimal_value=text)}, "context")
+    number = Decimal(text)
+    if len(number.as_tuple().digits) > 38 or abs(number.adjusted()) > 64:
+        assert encoded.violations
+        return
+    plain = format(number, "f")
+    assert encoded.json == '{"d": ' + (plain if "." in plain else plain + ".0") + "}"
+
+
+@pytest.mark.parametrize(
+    "digits", ["\u0661\u0662\u0663", "\uff11\uff12\uff13", "1\u06623", "12.\u0665", "1e\u0662"]
+)
 def test_decimals_in_other_scripts_are_refused(digits: str) -> None:
     encoded = values.encode_values({"d": common_pb2.Value(decimal_value=digits)}, "context")
     assert [v.field for v in encoded.violations] == ['context["d"]']
@@ -175,7 +194,9 @@ def test_a_token_reads_back_as_issued(position: list[object], bound_to: str) -> 
 
 @settings(max_examples=300)
 @given(st.lists(keys, min_size=1, max_size=3), st.data())
-def test_an_edited_token_is_invalid_argument_on_page_token(position: list[object], data: st.DataObject) -> None:
+def test_an_edited_token_is_invalid_argument_on_page_token(
+    position: list[object], data: st.DataObject
+) -> None:
     kinds = [_kind(k) for k in position]
     token = tokens.issue("ListX", "b", position)  # type: ignore[arg-type]
     at = data.draw(st.integers(0, len(token) - 1))
@@ -210,7 +231,11 @@ def test_even_a_signed_token_with_a_bad_position_is_refused(payload: object, kin
 
 def test_a_token_of_another_rpc_request_or_key_is_refused() -> None:
     token = tokens.issue("ListX", "b", ["a"])
-    for rpc, bound_to, reader in (("ListY", "b", tokens), ("ListX", "c", tokens), ("ListX", "b", PageTokens(b"o" * 32))):
+    for rpc, bound_to, reader in (
+        ("ListY", "b", tokens),
+        ("ListX", "c", tokens),
+        ("ListX", "b", PageTokens(b"o" * 32)),
+    ):
         with pytest.raises(InvalidArgument):
             reader.read(token, rpc, bound_to, [str])
 
