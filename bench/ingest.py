@@ -15,8 +15,9 @@ on a database of its own, and measures from this process over loopback gRPC:
   (``eventline_shared.grpc_server.Server``, its interceptors included) and
   once by a plain grpc.aio server (interceptors excluded): the floor.
 
-Both ratios come from floors measured in the same run, so they hold on a
-shared, noisy machine where absolute figures do not: ``batch_to_copy_ratio``
+Each phase runs in rounds (``ROUNDS``), each round of the service next to a
+round of its floors, so both ratios compare figures taken under the same load:
+they hold on a shared, noisy machine where absolute figures do not: ``batch_to_copy_ratio``
 (batch events/s over COPY rows/s) and ``unary_to_bare_ratio`` (unary events/s
 over the plain grpc.aio floor). The CPU the serving process (and its worker
 processes, if any) spent per event is read from the kernel (psutil) around
@@ -41,6 +42,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 
 import asyncpg
 import grpc
@@ -138,33 +140,48 @@ async def wait_for_stream(client: redis.Redis, stream: str, count: int) -> None:
         await asyncio.sleep(0.005)
 
 
-async def bench_copy(events: list[tuple[str, str, str, dt.datetime, int, str]]) -> float:
-    url = await fresh_database("eventline_bench_copy")
-    connection = await asyncpg.connect(url)
-    try:
+ROUNDS = 4
+"""Each phase runs in this many rounds, a round of each floor next to a round of what it is
+the floor of, so that a change of load on a shared machine weighs on both alike."""
+
+Event = tuple[str, str, str, dt.datetime, int, str]
+
+
+class CopyFloor:
+    """COPY of rows into ``customer_events`` of a database of its own (customers created first)."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    @classmethod
+    async def open(cls, events: list[Event]) -> CopyFloor:
+        connection = await asyncpg.connect(await fresh_database("eventline_bench_copy"))
         customers = sorted({e[0] for e in events})
         await connection.executemany(
             "INSERT INTO customers (customer_id) VALUES ($1)", [(c,) for c in customers]
         )
+        return cls(connection)
+
+    async def copy(self, events: list[Event]) -> float:
+        """Seconds to COPY ``events``."""
         now = dt.datetime.now(UTC)
         rows = [
             (c, i, n, o, now, json.dumps({"amount": float(a), "item_id": item}))
             for c, i, n, o, item, a in events
         ]
         started = time.perf_counter()
-        await connection.copy_records_to_table(
+        await self.connection.copy_records_to_table(
             "customer_events",
             records=rows,
             columns=["customer_id", "event_id", "name", "occurred_at", "received_at", "context"],
         )
-        return len(rows) / (time.perf_counter() - started)
-    finally:
-        await connection.close()
+        return time.perf_counter() - started
 
 
 async def bench_batch(
-    stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events
-) -> float:  # type: ignore[no-untyped-def]
+    stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events: list[Event]
+) -> float:
+    """Seconds until ``events``, sent in TrackEvents calls of 500, 4 in flight, are all on the stream."""
     batches = [
         ingestion_pb2.TrackEventsRequest(
             events=[
@@ -186,10 +203,13 @@ async def bench_batch(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(4)))
     await wait_for_stream(client, stream, before + len(events))
-    return len(events) / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
-async def bench_unary(stub: ingestion_pb2_grpc.IngestionServiceStub, events) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+async def bench_unary(
+    stub: ingestion_pb2_grpc.IngestionServiceStub, events: list[Event]
+) -> tuple[float, list[float]]:
+    """Seconds for one TrackCustomerEvent per event, 64 in flight, and each call's latency."""
     requests = [customer_request(e) for e in events]
     latencies: list[float] = []
     index = 0
@@ -205,44 +225,83 @@ async def bench_unary(stub: ingestion_pb2_grpc.IngestionServiceStub, events) -> 
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(64)))
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return (
-        len(requests) / elapsed,
-        statistics.median(latencies) * 1000,
-        latencies[int(len(latencies) * 0.99)] * 1000,
-    )
+    return time.perf_counter() - started, latencies
 
 
-async def bench_bare(events, interceptors: bool) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    """Unary calls/s against the bare handler, and its server's CPU µs per call."""
-    server = BareServer(interceptors)
-    try:
-        await serving(server.port)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
-            await stub.TrackCustomerEvent(customer_request(make_events(1, 4)[0]))
-            cpu = cpu_seconds(server.process.pid)
-            per_s, _, _ = await bench_unary(stub, events)
-            cpu = cpu_seconds(server.process.pid) - cpu
-    finally:
-        server.stop()
-    return per_s, cpu * 1e6 / len(events)
+async def unary_published(
+    stub: ingestion_pb2_grpc.IngestionServiceStub,
+    client: redis.Redis,
+    stream: str,
+    events: list[Event],
+    stored: int,
+    latencies: list[float],
+) -> float:
+    """``bench_unary``'s seconds (every reply means committed), adding its latencies; returns once
+    the stream holds ``stored`` entries, so that the CPU the relay spends on them counts too."""
+    elapsed, seen = await bench_unary(stub, events)
+    latencies.extend(seen)
+    await wait_for_stream(client, stream, stored)
+    return elapsed
+
+
+class Phase:
+    """Time and server CPU summed over a phase's rounds."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = pid
+        self.seconds = 0.0
+        self.cpu_s = 0.0
+        self.count = 0
+
+    async def run(self, count: int, work: Awaitable[float]) -> None:
+        cpu = cpu_seconds(self.pid) if self.pid else 0.0
+        self.seconds += await work
+        if self.pid:
+            self.cpu_s += cpu_seconds(self.pid) - cpu
+        self.count += count
+
+    @property
+    def per_s(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu_s * 1e6 / self.count
+
+
+def rounds(events: list[Event]) -> list[list[Event]]:
+    size = -(-len(events) // ROUNDS)
+    return [events[i : i + size] for i in range(0, len(events), size)]
 
 
 async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, float]:
     batch_count, unary_count = sizes or ((20_000, 3_000) if quick else (200_000, 30_000))
     batch_events = make_events(batch_count, seed=1)
     unary_events = make_events(unary_count, seed=2)
-    copy_rows_per_s = await bench_copy(batch_events)
+    floor = await CopyFloor.open(batch_events)
     url = await fresh_database("eventline_bench_ingest")
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     client = redis.Redis.from_url(REDIS_URL)
     service = Service(url, stream)
+    bare, served = BareServer(interceptors=False), BareServer(interceptors=True)
+    copy, batch = Phase(), Phase(service.process.pid)
+    unary, bare_unary, served_unary = (
+        Phase(service.process.pid),
+        Phase(bare.process.pid),
+        Phase(served.process.pid),
+    )
+    latencies: list[float] = []
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-            await serving(service.port)
+        for server in (service, bare, served):
+            await serving(server.port)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}") as bare_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as served_channel,
+        ):
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            bare_stub = ingestion_pb2_grpc.IngestionServiceStub(bare_channel)
+            served_stub = ingestion_pb2_grpc.IngestionServiceStub(served_channel)
             # Warm up connections and code paths.
             await stub.TrackEvents(
                 ingestion_pb2.TrackEventsRequest(
@@ -252,40 +311,50 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
                     ]
                 )
             )
-            cpu = cpu_seconds(service.process.pid)
-            batch_events_per_s = await bench_batch(stub, client, stream, batch_events)
-            batch_cpu_us = (cpu_seconds(service.process.pid) - cpu) * 1e6 / len(batch_events)
-            cpu = cpu_seconds(service.process.pid)
-            unary_events_per_s, unary_p50, unary_p99 = await bench_unary(stub, unary_events)
-            # Every reply means committed; the relay's publishing is counted too.
-            await wait_for_stream(client, stream, 500 + len(batch_events) + len(unary_events))
-            unary_cpu_us = (cpu_seconds(service.process.pid) - cpu) * 1e6 / len(unary_events)
+            for each in (bare_stub, served_stub):
+                await each.TrackCustomerEvent(customer_request(make_events(1, 4)[0]))
+            for part in rounds(batch_events):
+                await copy.run(len(part), floor.copy(part))
+                await batch.run(len(part), bench_batch(stub, client, stream, part))
+            stored = 500 + len(batch_events)
+            for part in rounds(unary_events):
+                # The bare handlers store nothing: half as many calls measure them well enough.
+                half = part[: len(part) // 2]
+                await bare_unary.run(len(half), _elapsed(bench_unary(bare_stub, half)))
+                await served_unary.run(len(half), _elapsed(bench_unary(served_stub, half)))
+                stored += len(part)
+                await unary.run(len(part), unary_published(stub, client, stream, part, stored, latencies))
     finally:
         service.stop()
+        bare.stop()
+        served.stop()
+        await floor.connection.close()
         await client.delete(stream)
         await client.aclose()
-    bare_events = unary_events[: len(unary_events) // 2]
-    served_per_s, served_cpu_us = await bench_bare(bare_events, interceptors=True)
-    bare_per_s, bare_cpu_us = await bench_bare(bare_events, interceptors=False)
+    latencies.sort()
     return {
         "batch_events": len(batch_events),
-        "batch_events_per_s": round(batch_events_per_s),
-        "copy_rows_per_s": round(copy_rows_per_s),
-        "batch_to_copy_ratio": round(batch_events_per_s / copy_rows_per_s, 3),
+        "batch_events_per_s": round(batch.per_s),
+        "copy_rows_per_s": round(copy.per_s),
+        "batch_to_copy_ratio": round(batch.per_s / copy.per_s, 3),
         "unary_events": len(unary_events),
-        "unary_events_per_s": round(unary_events_per_s),
-        "unary_p50_ms": round(unary_p50, 2),
-        "unary_p99_ms": round(unary_p99, 2),
-        "bare_calls_per_s": round(bare_per_s),
-        "bare_served_calls_per_s": round(served_per_s),
-        "unary_to_bare_ratio": round(unary_events_per_s / bare_per_s, 3),
-        "unary_to_served_bare_ratio": round(unary_events_per_s / served_per_s, 3),
-        "batch_cpu_us_per_event": round(batch_cpu_us, 1),
-        "unary_cpu_us_per_event": round(unary_cpu_us, 1),
-        "bare_cpu_us_per_call": round(bare_cpu_us, 1),
-        "bare_served_cpu_us_per_call": round(served_cpu_us, 1),
+        "unary_events_per_s": round(unary.per_s),
+        "unary_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "unary_p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "bare_calls_per_s": round(bare_unary.per_s),
+        "bare_served_calls_per_s": round(served_unary.per_s),
+        "unary_to_bare_ratio": round(unary.per_s / bare_unary.per_s, 3),
+        "unary_to_served_bare_ratio": round(unary.per_s / served_unary.per_s, 3),
+        "batch_cpu_us_per_event": round(batch.cpu_us, 1),
+        "unary_cpu_us_per_event": round(unary.cpu_us, 1),
+        "bare_cpu_us_per_call": round(bare_unary.cpu_us, 1),
+        "bare_served_cpu_us_per_call": round(served_unary.cpu_us, 1),
         "cpus": os.cpu_count() or 0,
     }
+
+
+async def _elapsed(timed: Awaitable[tuple[float, list[float]]]) -> float:
+    return (await timed)[0]
 
 
 if __name__ == "__main__":
