@@ -20,8 +20,8 @@ round of its floors, so both ratios compare figures taken under the same load:
 they hold on a shared, noisy machine where absolute figures do not: ``batch_to_copy_ratio``
 (batch events/s over COPY rows/s) and ``unary_to_bare_ratio`` (unary events/s
 over the plain grpc.aio floor). The CPU the serving process (and its worker
-processes, if any) spent per event is read from the kernel (psutil) around
-each phase.
+processes, if any) and the PostgreSQL backends of each database (same host)
+spent per event is read from the kernel (psutil) around each round.
 
 Data: customers drawn with a skew (a few customers have many events) from a
 pool of 10,000, 20 event names, contexts like {"item_id": 123, "amount": 12.34}.
@@ -42,13 +42,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
+from common import POSTGRES_URL, REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared.values import UTC
@@ -244,21 +244,49 @@ async def unary_published(
     return elapsed
 
 
-class Phase:
-    """Time and server CPU summed over a phase's rounds."""
+def backend_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend (same host) by pid."""
+    found = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        found[pid] = times.user + times.system
+    return found
 
-    def __init__(self, pid: int | None = None) -> None:
+
+class Phase:
+    """Time, server CPU and PostgreSQL CPU summed over a phase's rounds.
+
+    ``backends`` gives the pids of the PostgreSQL backends serving the phase (its
+    database's connections), whose CPU is read around each round.
+    """
+
+    def __init__(
+        self, pid: int | None = None, backends: Callable[[], Awaitable[list[int]]] | None = None
+    ) -> None:
         self.pid = pid
+        self.backends = backends
         self.seconds = 0.0
         self.cpu_s = 0.0
+        self.database_cpu_s = 0.0
         self.count = 0
 
     async def run(self, count: int, work: Awaitable[float]) -> None:
+        before = backend_cpu(await self.backends()) if self.backends else {}
         cpu = cpu_seconds(self.pid) if self.pid else 0.0
         self.seconds += await work
         if self.pid:
             self.cpu_s += cpu_seconds(self.pid) - cpu
+        if self.backends:
+            after = backend_cpu(await self.backends())
+            self.database_cpu_s += sum(t - before.get(pid, 0.0) for pid, t in after.items())
         self.count += count
+
+    @property
+    def database_cpu_us(self) -> float:
+        return self.database_cpu_s * 1e6 / self.count
 
     @property
     def per_s(self) -> float:
@@ -284,9 +312,18 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
     client = redis.Redis.from_url(REDIS_URL)
     service = Service(url, stream)
     bare, served = BareServer(interceptors=False), BareServer(interceptors=True)
-    copy, batch = Phase(), Phase(service.process.pid)
+    admin = await asyncpg.connect(POSTGRES_URL)
+
+    async def service_backends() -> list[int]:
+        rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", url.rsplit("/", 1)[1])
+        return [row["pid"] for row in rows]
+
+    async def copy_backend() -> list[int]:
+        return [floor.connection.get_server_pid()]
+
+    copy, batch = Phase(backends=copy_backend), Phase(service.process.pid, service_backends)
     unary, bare_unary, served_unary = (
-        Phase(service.process.pid),
+        Phase(service.process.pid, service_backends),
         Phase(bare.process.pid),
         Phase(served.process.pid),
     )
@@ -329,6 +366,7 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
         bare.stop()
         served.stop()
         await floor.connection.close()
+        await admin.close()
         await client.delete(stream)
         await client.aclose()
     latencies.sort()
@@ -347,6 +385,9 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
         "unary_to_served_bare_ratio": round(unary.per_s / served_unary.per_s, 3),
         "batch_cpu_us_per_event": round(batch.cpu_us, 1),
         "unary_cpu_us_per_event": round(unary.cpu_us, 1),
+        "copy_database_cpu_us_per_row": round(copy.database_cpu_us, 1),
+        "batch_database_cpu_us_per_event": round(batch.database_cpu_us, 1),
+        "unary_database_cpu_us_per_event": round(unary.database_cpu_us, 1),
         "bare_cpu_us_per_call": round(bare_unary.cpu_us, 1),
         "bare_served_cpu_us_per_call": round(served_unary.cpu_us, 1),
         "cpus": os.cpu_count() or 0,
@@ -374,7 +415,8 @@ if __name__ == "__main__":
     print(
         f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, "
         f"ratio {result['batch_to_copy_ratio']} (target >= 0.75); "
-        f"{result['batch_cpu_us_per_event']} CPU µs per event in the service"
+        f"{result['batch_cpu_us_per_event']} CPU µs per event in the service; PostgreSQL "
+        f"{result['batch_database_cpu_us_per_event']} µs per event, {result['copy_database_cpu_us_per_row']} per COPY row"
     )
     print(
         f"unary: {result['unary_events_per_s']} events/s, p50 {result['unary_p50_ms']} ms, "
