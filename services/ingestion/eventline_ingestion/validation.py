@@ -19,7 +19,6 @@ from google.protobuf import timestamp_pb2
 from eventline_shared.errors import FieldViolation, quote
 from eventline_shared.paging import field_bytes
 from eventline_shared.values import (
-    CODE,
     CUSTOMER_ID,
     EPOCH,
     EVENT_ID,
@@ -32,6 +31,7 @@ from eventline_shared.values import (
     encode_values,
     present,
     timestamp_to_datetime,
+    valid_code,
 )
 
 MAX_FUTURE = dt.timedelta(hours=24)
@@ -106,7 +106,7 @@ def _event(
     if not EVENT_ID.fullmatch(event_id):
         violations += present([check_event_id(event_id, _path(prefix, "event_id"))])
     name = request.name
-    if not CODE.fullmatch(name):
+    if not valid_code(name):
         violations += present([check_code(name, _path(prefix, "name"), "event name")])
     occurred_at, occurred_at_proto = arrival.now, arrival.now_proto
     if request.HasField("occurred_at"):
