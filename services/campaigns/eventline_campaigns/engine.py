@@ -65,6 +65,8 @@ from eventline_campaigns.repository import (
     Owned,
     Planned,
     Profile,
+    SuppressionRepository,
+    normal_address,
 )
 from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
@@ -186,8 +188,36 @@ PlanItem = tuple[CompiledCampaign, Trigger, Profile, str]
 """A campaign, its trigger, a customer and (when the deliveries are skipped) the reason."""
 
 
-async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Planned]]:
-    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed."""
+SUPPRESSION_WORDS: dict[int, str] = {
+    campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE: "hard bounce",
+    campaigns_pb2.SUPPRESSION_REASON_COMPLAINT: "complaint",
+    campaigns_pb2.SUPPRESSION_REASON_SOFT_BOUNCES: "soft bounces",
+    campaigns_pb2.SUPPRESSION_REASON_MANUAL: "added by hand",
+}
+
+
+def suppressible(items: Sequence[PlanItem]) -> list[tuple[int, str]]:
+    """The (channel, address) pairs of e-mail and SMS deliveries ``plan`` would render."""
+    pairs = set()
+    for campaign, _, profile, skip_reason in items:
+        if skip_reason:
+            continue
+        for action in campaign.actions:
+            if action.channel in (EMAIL, SMS):
+                to, consent = _address(profile, action.channel)
+                if to and consent == GRANTED:
+                    pairs.add((action.channel, normal_address(action.channel, to[0])))
+    return sorted(pairs)
+
+
+async def plan(
+    rendering: Rendering, items: Sequence[PlanItem], suppressed: Mapping[tuple[int, str], int] | None = None
+) -> list[list[Planned]]:
+    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed.
+
+    ``suppressed`` holds the suppressed (channel, address) pairs among the items' with
+    their reason: those deliveries are skipped, ``suppressed: <reason>``.
+    """
     planned: list[list[Planned | None]] = [[] for _ in items]
     requests: list[tuple[CompiledAction, dict[str, Any]]] = []
     places: list[tuple[int, int, list[str]]] = []
@@ -207,6 +237,18 @@ async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Pla
             if not to:
                 planned[n].append(
                     Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None)
+                )
+                continue
+            reason = (suppressed or {}).get((action.channel, normal_address(action.channel, to[0])))
+            if reason is not None and action.channel in (EMAIL, SMS):
+                planned[n].append(
+                    Planned(
+                        profile.customer_id,
+                        action.channel,
+                        SKIPPED,
+                        f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}",
+                        None,
+                    )
                 )
                 continue
             if arguments is None:
@@ -255,6 +297,7 @@ class Engine:
         retry_base_s: float = 0.05,
     ) -> None:
         self.repository = repository
+        self.suppressions = SuppressionRepository(repository.pool)
         self.cache = cache
         self.audience = audience
         self.channels = channels
@@ -265,6 +308,10 @@ class Engine:
         self.fanout_batch = fanout_batch
         self.retry_base_s = retry_base_s
         self._send_limit = asyncio.Semaphore(send_concurrency)
+
+    async def _plan(self, items: Sequence[PlanItem]) -> list[list[Planned]]:
+        """``plan`` with the suppressions of the items' addresses (one query)."""
+        return await plan(self.rendering, items, await self.suppressions.suppressed(suppressible(items)))
 
     # --- customer events ---
 
@@ -296,7 +343,7 @@ class Engine:
         ]
         uncapped: list[tuple[str, str, Planned]] = []
         capped = []
-        for (campaign, trigger, _, _), planned in zip(items, await plan(self.rendering, items), strict=True):
+        for (campaign, trigger, _, _), planned in zip(items, await self._plan(items), strict=True):
             if campaign.cap_max:
                 capped.append(
                     self.repository.record(
@@ -448,7 +495,7 @@ class Engine:
                     profiles = await self.repository.profiles(batch)
                     lap("profiles")
                     items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
-                    planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
+                    planned = [p for deliveries in await self._plan(items) for p in deliveries]
                     lap("render")
                     if recording is not None:
                         await hand_over(recording)

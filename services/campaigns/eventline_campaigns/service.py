@@ -145,7 +145,13 @@ async def running(
         )
         await cache.refresh()
         servicer = CampaignServicer(
-            repository, audience, cache, await PageTokens.load(pool), rendering, settings.render_limits
+            repository,
+            audience,
+            cache,
+            await PageTokens.load(pool),
+            rendering,
+            settings.render_limits,
+            settings.suppression,
         )
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)

@@ -22,6 +22,18 @@ DEFAULT_SEGMENTATION_ADDR = "127.0.0.1:50052"
 
 
 @dataclass(frozen=True)
+class SuppressionPolicy:
+    """When provider reports suppress an address (hard bounces and complaints always do)."""
+
+    soft_bounces: int = 3
+    """Soft bounces of an address within the window that suppress it."""
+    soft_bounce_window_s: float = 7 * 86400.0
+
+
+DEFAULT_SUPPRESSION = SuppressionPolicy()
+
+
+@dataclass(frozen=True)
 class Settings:
     common: CommonSettings
     segmentation_addr: str
@@ -67,6 +79,7 @@ class Settings:
     """Steps and CPU time one template render may take."""
     render_memory_mb: int
     """Address space a render worker may add to what it has after starting."""
+    suppression: SuppressionPolicy = DEFAULT_SUPPRESSION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -129,4 +142,8 @@ class Settings:
                 / 1000,
             ),
             render_memory_mb=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_MEMORY_MB", 256, minimum=16),
+            suppression=SuppressionPolicy(
+                soft_bounces=env_int(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCES", 3, minimum=1),
+                soft_bounce_window_s=env_float(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S", 7 * 86400.0),
+            ),
         )

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file eventline/campaigns/v1/campaigns.proto.
  */
 export const file_eventline_campaigns_v1_campaigns: GenFile = /*@__PURE__*/
-  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKvAQoGQWN0aW9uEjQKBWVtYWlsGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FbWFpbEFjdGlvbkgAEjAKA3NtcxgCIAEoCzIhLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU21zQWN0aW9uSAASMgoEcHVzaBgDIAEoCzIiLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHVzaEFjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i1AMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYAoVQ3JlYXRlQ2FtcGFpZ25SZXF1ZXN0EjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhITCgtjYW1wYWlnbl9pZBgCIAEoCSJMChZDcmVhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIpChJHZXRDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSQoTR2V0Q2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24idAoUTGlzdENhbXBhaWduc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNQoGc3RhdGVzGAMgAygOMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnblN0YXRlImUKFUxpc3RDYW1wYWlnbnNSZXNwb25zZRIzCgljYW1wYWlnbnMYASADKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChVVcGRhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJMChZVcGRhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIuChdBY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJOChhBY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIisKFFBhdXNlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIksKFVBhdXNlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iLQoWQXJjaGl2ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJNChdBcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24i2gEKFVByZXZpZXdNZXNzYWdlUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRJLCgdjb250ZXh0GAMgAygLMjouZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlcXVlc3QuQ29udGV4dEVudHJ5GkoKDENvbnRleHRFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4ASL3AQoPUmVuZGVyZWRNZXNzYWdlEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHc3ViamVjdBgCIAEoCRIRCglodG1sX2JvZHkYAyABKAkSEQoJdGV4dF9ib2R5GAQgASgJEj8KBGRhdGEYBSADKAsyMS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlbmRlcmVkTWVzc2FnZS5EYXRhRW50cnkSDQoFZXJyb3IYBiABKAkaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoWUHJldmlld01lc3NhZ2VSZXNwb25zZRI5CghtZXNzYWdlcxgBIAMoCzInLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlIskCCghEZWxpdmVyeRITCgtkZWxpdmVyeV9pZBgBIAEoCRITCgtjYW1wYWlnbl9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIwCgdjaGFubmVsGAUgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEjYKBnN0YXR1cxgGIAEoDjImLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlTdGF0dXMSDgoGcmVhc29uGAcgASgJEhAKCGF0dGVtcHRzGAggASgFEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiigEKFUxpc3REZWxpdmVyaWVzUmVxdWVzdBIVCgtjYW1wYWlnbl9pZBgBIAEoCUgAEhUKC2N1c3RvbWVyX2lkGAIgASgJSAASEgoIZXZlbnRfaWQYAyABKAlIABIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCUIICgZwYXJlbnQiZwoWTGlzdERlbGl2ZXJpZXNSZXNwb25zZRI0CgpkZWxpdmVyaWVzGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLgoXR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAki2gEKGEdldENhbXBhaWduU3RhdHNSZXNwb25zZRIPCgdwZW5kaW5nGAEgASgDEgwKBHNlbnQYAiABKAMSDgoGZmFpbGVkGAMgASgDEg8KB3NraXBwZWQYBCABKAMSTgoHcmVhc29ucxgFIAMoCzI9LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlLlJlYXNvbnNFbnRyeRouCgxSZWFzb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASqcAQoNQ2FtcGFpZ25TdGF0ZRIeChpDQU1QQUlHTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFENBTVBBSUdOX1NUQVRFX0RSQUZUEAESGQoVQ0FNUEFJR05fU1RBVEVfQUNUSVZFEAISGQoVQ0FNUEFJR05fU1RBVEVfUEFVU0VEEAMSGwoXQ0FNUEFJR05fU1RBVEVfQVJDSElWRUQQBCpYCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABIRCg1DSEFOTkVMX0VNQUlMEAESDwoLQ0hBTk5FTF9TTVMQAhIQCgxDSEFOTkVMX1BVU0gQAyqhAQoORGVsaXZlcnlTdGF0dXMSHwobREVMSVZFUllfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXREVMSVZFUllfU1RBVFVTX1BFTkRJTkcQARIYChRERUxJVkVSWV9TVEFUVVNfU0VOVBACEhoKFkRFTElWRVJZX1NUQVRVU19GQUlMRUQQAxIbChdERUxJVkVSWV9TVEFUVVNfU0tJUFBFRBAEMpULCg9DYW1wYWlnblNlcnZpY2USbwoOQ3JlYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlQ2FtcGFpZ25SZXNwb25zZRKLAQoLR2V0Q2FtcGFpZ24SKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVxdWVzdBorLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25SZXNwb25zZSIjgtPkkwIdEhsvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0SgwEKDUxpc3RDYW1wYWlnbnMSLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RDYW1wYWlnbnNSZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVzcG9uc2UiFYLT5JMCDxINL3YxL2NhbXBhaWducxJvCg5VcGRhdGVDYW1wYWlnbhItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5VcGRhdGVDYW1wYWlnblJlc3BvbnNlEnUKEEFjdGl2YXRlQ2FtcGFpZ24SLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USbAoNUGF1c2VDYW1wYWlnbhIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUGF1c2VDYW1wYWlnblJlcXVlc3QaLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXNwb25zZRJyCg9BcmNoaXZlQ2FtcGFpZ24SLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlcXVlc3QaLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlc3BvbnNlEp8BCg5QcmV2aWV3TWVzc2FnZRItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlc3BvbnNlIi6C0+STAig6ASoiIy92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfTpwcmV2aWV3Eu0BCg5MaXN0RGVsaXZlcmllcxItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlInyC0+STAnZaKBImL3YxL2N1c3RvbWVycy97Y3VzdG9tZXJfaWR9L2RlbGl2ZXJpZXNaIhIgL3YxL2V2ZW50cy97ZXZlbnRfaWR9L2RlbGl2ZXJpZXMSJi92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9kZWxpdmVyaWVzEqABChBHZXRDYW1wYWlnblN0YXRzEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblN0YXRzUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlIimC0+STAiMSIS92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9zdGF0c2IGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKvAQoGQWN0aW9uEjQKBWVtYWlsGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FbWFpbEFjdGlvbkgAEjAKA3NtcxgCIAEoCzIhLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU21zQWN0aW9uSAASMgoEcHVzaBgDIAEoCzIiLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHVzaEFjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i1AMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYAoVQ3JlYXRlQ2FtcGFpZ25SZXF1ZXN0EjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhITCgtjYW1wYWlnbl9pZBgCIAEoCSJMChZDcmVhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIpChJHZXRDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSQoTR2V0Q2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24idAoUTGlzdENhbXBhaWduc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNQoGc3RhdGVzGAMgAygOMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnblN0YXRlImUKFUxpc3RDYW1wYWlnbnNSZXNwb25zZRIzCgljYW1wYWlnbnMYASADKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChVVcGRhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJMChZVcGRhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIuChdBY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJOChhBY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIisKFFBhdXNlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIksKFVBhdXNlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iLQoWQXJjaGl2ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJNChdBcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24i2gEKFVByZXZpZXdNZXNzYWdlUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRJLCgdjb250ZXh0GAMgAygLMjouZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlcXVlc3QuQ29udGV4dEVudHJ5GkoKDENvbnRleHRFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4ASL3AQoPUmVuZGVyZWRNZXNzYWdlEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHc3ViamVjdBgCIAEoCRIRCglodG1sX2JvZHkYAyABKAkSEQoJdGV4dF9ib2R5GAQgASgJEj8KBGRhdGEYBSADKAsyMS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlbmRlcmVkTWVzc2FnZS5EYXRhRW50cnkSDQoFZXJyb3IYBiABKAkaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoWUHJldmlld01lc3NhZ2VSZXNwb25zZRI5CghtZXNzYWdlcxgBIAMoCzInLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlIoADCghEZWxpdmVyeRITCgtkZWxpdmVyeV9pZBgBIAEoCRITCgtjYW1wYWlnbl9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIwCgdjaGFubmVsGAUgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEjYKBnN0YXR1cxgGIAEoDjImLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlTdGF0dXMSDgoGcmVhc29uGAcgASgJEhAKCGF0dGVtcHRzGAggASgFEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoGZXZlbnRzGAsgAygLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50IooBChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoLY2FtcGFpZ25faWQYASABKAlIABIVCgtjdXN0b21lcl9pZBgCIAEoCUgAEhIKCGV2ZW50X2lkGAMgASgJSAASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAlCCAoGcGFyZW50ImcKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USNAoKZGVsaXZlcmllcxgBIAMoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KF0dldENhbXBhaWduU3RhdHNSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIrMCChhHZXRDYW1wYWlnblN0YXRzUmVzcG9uc2USDwoHcGVuZGluZxgBIAEoAxIMCgRzZW50GAIgASgDEg4KBmZhaWxlZBgDIAEoAxIPCgdza2lwcGVkGAQgASgDEk4KB3JlYXNvbnMYBSADKAsyPS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZS5SZWFzb25zRW50cnkSEQoJZGVsaXZlcmVkGAYgASgDEg8KB2JvdW5jZWQYByABKAMSEgoKY29tcGxhaW5lZBgIIAEoAxIOCgZvcGVuZWQYCSABKAMSDwoHY2xpY2tlZBgKIAEoAxouCgxSZWFzb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASLLAQoNRGVsaXZlcnlFdmVudBITCgtkZWxpdmVyeV9pZBgBIAEoCRI3CgRraW5kGAIgASgOMikuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50S2luZBIuCgpvY2N1cl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZkZXRhaWwYBCABKAkSGQoRcHJvdmlkZXJfZXZlbnRfaWQYBSABKAkSEQoJcmVjaXBpZW50GAYgASgJImkKG1JlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBI1CgZldmVudHMYASADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQSEwoLcmVxdWVzdF9rZXkYAiABKAkiawocUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZRIQCghyZWNvcmRlZBgBIAEoBRIRCgl1bm1hdGNoZWQYAiABKAUSEgoKZHVwbGljYXRlcxgDIAEoBRISCgpzdXBwcmVzc2VkGAQgASgFIuEBCgtTdXBwcmVzc2lvbhIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEg8KB2FkZHJlc3MYAiABKAkSOQoGcmVhc29uGAMgASgOMikuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvblJlYXNvbhIOCgZkZXRhaWwYBCABKAkSEwoLZGVsaXZlcnlfaWQYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKF0xpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibgoYTGlzdFN1cHByZXNzaW9uc1Jlc3BvbnNlEjkKDHN1cHByZXNzaW9ucxgBIAMoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlQKGENyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iVQoZQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZRI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iXQoYRGVsZXRlU3VwcHJlc3Npb25SZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHYWRkcmVzcxgCIAEoCSIbChlEZWxldGVTdXBwcmVzc2lvblJlc3BvbnNlKpwBCg1DYW1wYWlnblN0YXRlEh4KGkNBTVBBSUdOX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0FNUEFJR05fU1RBVEVfRFJBRlQQARIZChVDQU1QQUlHTl9TVEFURV9BQ1RJVkUQAhIZChVDQU1QQUlHTl9TVEFURV9QQVVTRUQQAxIbChdDQU1QQUlHTl9TVEFURV9BUkNISVZFRBAEKlgKB0NoYW5uZWwSFwoTQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhEKDUNIQU5ORUxfRU1BSUwQARIPCgtDSEFOTkVMX1NNUxACEhAKDENIQU5ORUxfUFVTSBADKqEBCg5EZWxpdmVyeVN0YXR1cxIfChtERUxJVkVSWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9TVEFUVVNfUEVORElORxABEhgKFERFTElWRVJZX1NUQVRVU19TRU5UEAISGgoWREVMSVZFUllfU1RBVFVTX0ZBSUxFRBADEhsKF0RFTElWRVJZX1NUQVRVU19TS0lQUEVEEAQqjAIKEURlbGl2ZXJ5RXZlbnRLaW5kEiMKH0RFTElWRVJZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9FVkVOVF9LSU5EX0RFTElWRVJFRBABEiQKIERFTElWRVJZX0VWRU5UX0tJTkRfQk9VTkNFRF9IQVJEEAISJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX1NPRlQQAxIiCh5ERUxJVkVSWV9FVkVOVF9LSU5EX0NPTVBMQUlORUQQBBIeChpERUxJVkVSWV9FVkVOVF9LSU5EX09QRU5FRBAFEh8KG0RFTElWRVJZX0VWRU5UX0tJTkRfQ0xJQ0tFRBAGKsEBChFTdXBwcmVzc2lvblJlYXNvbhIiCh5TVVBQUkVTU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5TVVBQUkVTU0lPTl9SRUFTT05fSEFSRF9CT1VOQ0UQARIgChxTVVBQUkVTU0lPTl9SRUFTT05fQ09NUExBSU5UEAISIwofU1VQUFJFU1NJT05fUkVBU09OX1NPRlRfQk9VTkNFUxADEh0KGVNVUFBSRVNTSU9OX1JFQVNPTl9NQU5VQUwQBDLsDwoPQ2FtcGFpZ25TZXJ2aWNlEm8KDkNyZWF0ZUNhbXBhaWduEi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVDYW1wYWlnblJlcXVlc3QaLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USiwEKC0dldENhbXBhaWduEiouZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblJlcXVlc3QaKy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVzcG9uc2UiI4LT5JMCHRIbL3YxL2NhbXBhaWducy97Y2FtcGFpZ25faWR9EoMBCg1MaXN0Q2FtcGFpZ25zEiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVxdWVzdBotLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdENhbXBhaWduc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYW1wYWlnbnMSbwoOVXBkYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlVwZGF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXNwb25zZRJ1ChBBY3RpdmF0ZUNhbXBhaWduEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aXZhdGVDYW1wYWlnblJlc3BvbnNlEmwKDVBhdXNlQ2FtcGFpZ24SLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QYXVzZUNhbXBhaWduUmVzcG9uc2UScgoPQXJjaGl2ZUNhbXBhaWduEi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0Gi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRKfAQoOUHJldmlld01lc3NhZ2USLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXNwb25zZSIugtPkkwIoOgEqIiMvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH06cHJldmlldxLtAQoOTGlzdERlbGl2ZXJpZXMSLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSJ8gtPkkwJ2WigSJi92MS9jdXN0b21lcnMve2N1c3RvbWVyX2lkfS9kZWxpdmVyaWVzWiISIC92MS9ldmVudHMve2V2ZW50X2lkfS9kZWxpdmVyaWVzEiYvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vZGVsaXZlcmllcxKgAQoQR2V0Q2FtcGFpZ25TdGF0cxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZSIpgtPkkwIjEiEvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vc3RhdHMSjwEKEExpc3RTdXBwcmVzc2lvbnMSLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0U3VwcHJlc3Npb25zUmVzcG9uc2UiGILT5JMCEhIQL3YxL3N1cHByZXNzaW9ucxKfAQoRQ3JlYXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZSIlgtPkkwIfOgtzdXBwcmVzc2lvbiIQL3YxL3N1cHByZXNzaW9ucxKcAQoRRGVsZXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGV0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXNwb25zZSIigtPkkwIcKhovdjEvc3VwcHJlc3Npb25zL3thZGRyZXNzfRKBAQoUUmVjb3JkRGVsaXZlcnlFdmVudHMSMy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBo0LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * What makes a campaign act.
@@ -911,6 +911,14 @@ export type Delivery = Message<"eventline.campaigns.v1.Delivery"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. What providers reported about the message, oldest first
+   * (at most the first 20 reports).
+   *
+   * @generated from field: repeated eventline.campaigns.v1.DeliveryEvent events = 11;
+   */
+  events: DeliveryEvent[];
 };
 
 /**
@@ -1069,6 +1077,41 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
    * @generated from field: map<string, int64> reasons = 5;
    */
   reasons: { [key: string]: bigint };
+
+  /**
+   * Sent deliveries a provider reported delivered.
+   *
+   * @generated from field: int64 delivered = 6;
+   */
+  delivered: bigint;
+
+  /**
+   * Sent deliveries a provider reported bounced (hard or soft).
+   *
+   * @generated from field: int64 bounced = 7;
+   */
+  bounced: bigint;
+
+  /**
+   * Sent deliveries whose recipient complained (marked them as spam).
+   *
+   * @generated from field: int64 complained = 8;
+   */
+  complained: bigint;
+
+  /**
+   * Sent deliveries a provider reported opened at least once.
+   *
+   * @generated from field: int64 opened = 9;
+   */
+  opened: bigint;
+
+  /**
+   * Sent deliveries a provider reported a click in at least once.
+   *
+   * @generated from field: int64 clicked = 10;
+   */
+  clicked: bigint;
 };
 
 /**
@@ -1077,6 +1120,348 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
  */
 export const GetCampaignStatsResponseSchema: GenMessage<GetCampaignStatsResponse> = /*@__PURE__*/
   messageDesc(file_eventline_campaigns_v1_campaigns, 30);
+
+/**
+ * One report of a provider about one message.
+ *
+ * @generated from message eventline.campaigns.v1.DeliveryEvent
+ */
+export type DeliveryEvent = Message<"eventline.campaigns.v1.DeliveryEvent"> & {
+  /**
+   * Required. The delivery the message belongs to (the provider's
+   * idempotency key, the number in the Message-ID `<delivery-N@domain>`).
+   *
+   * @generated from field: string delivery_id = 1;
+   */
+  deliveryId: string;
+
+  /**
+   * Required. What happened.
+   *
+   * @generated from field: eventline.campaigns.v1.DeliveryEventKind kind = 2;
+   */
+  kind: DeliveryEventKind;
+
+  /**
+   * Optional. When it happened, as the provider says; the time of recording
+   * when unset.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 3;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * Optional. The provider's own words (a bounce's SMTP reply, a clicked
+   * URL), at most 1,000 characters.
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+
+  /**
+   * Optional. The provider's id of this report, at most 200 characters: a
+   * report whose id was recorded before is ignored (providers retry).
+   *
+   * @generated from field: string provider_event_id = 5;
+   */
+  providerEventId: string;
+
+  /**
+   * Optional. The address the provider reports about (the recipient), at
+   * most 320 characters; the customer's current address on the delivery's
+   * channel when empty. A bounce or complaint suppresses this address.
+   *
+   * @generated from field: string recipient = 6;
+   */
+  recipient: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeliveryEvent.
+ * Use `create(DeliveryEventSchema)` to create a new message.
+ */
+export const DeliveryEventSchema: GenMessage<DeliveryEvent> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
+
+/**
+ * Reports of providers to record.
+ *
+ * @generated from message eventline.campaigns.v1.RecordDeliveryEventsRequest
+ */
+export type RecordDeliveryEventsRequest = Message<"eventline.campaigns.v1.RecordDeliveryEventsRequest"> & {
+  /**
+   * Required. 1 to 1,000 reports.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.DeliveryEvent events = 1;
+   */
+  events: DeliveryEvent[];
+
+  /**
+   * Optional. The id of the signed HTTP request that carried the reports (the
+   * gateway sends the provider's signature or token), at most 200
+   * characters: a key seen within the last 24 hours is ALREADY_EXISTS and
+   * nothing is recorded. Kept in PostgreSQL, so a replay is refused whichever
+   * gateway and campaign replicas serve it.
+   *
+   * @generated from field: string request_key = 2;
+   */
+  requestKey: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.RecordDeliveryEventsRequest.
+ * Use `create(RecordDeliveryEventsRequestSchema)` to create a new message.
+ */
+export const RecordDeliveryEventsRequestSchema: GenMessage<RecordDeliveryEventsRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
+
+/**
+ * What was recorded.
+ *
+ * @generated from message eventline.campaigns.v1.RecordDeliveryEventsResponse
+ */
+export type RecordDeliveryEventsResponse = Message<"eventline.campaigns.v1.RecordDeliveryEventsResponse"> & {
+  /**
+   * Reports recorded on their delivery.
+   *
+   * @generated from field: int32 recorded = 1;
+   */
+  recorded: number;
+
+  /**
+   * Reports naming no known delivery (erased, or not ours); not recorded.
+   *
+   * @generated from field: int32 unmatched = 2;
+   */
+  unmatched: number;
+
+  /**
+   * Reports whose provider_event_id was recorded before; not recorded again.
+   *
+   * @generated from field: int32 duplicates = 3;
+   */
+  duplicates: number;
+
+  /**
+   * Addresses suppressed because of these reports.
+   *
+   * @generated from field: int32 suppressed = 4;
+   */
+  suppressed: number;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.RecordDeliveryEventsResponse.
+ * Use `create(RecordDeliveryEventsResponseSchema)` to create a new message.
+ */
+export const RecordDeliveryEventsResponseSchema: GenMessage<RecordDeliveryEventsResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
+
+/**
+ * An address that is sent nothing on a channel.
+ *
+ * @generated from message eventline.campaigns.v1.Suppression
+ */
+export type Suppression = Message<"eventline.campaigns.v1.Suppression"> & {
+  /**
+   * Required. The channel: CHANNEL_EMAIL or CHANNEL_SMS.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Required. The e-mail address (compared without regard to case) or the
+   * phone number, at most 320 characters.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * Output only (MANUAL for CreateSuppression). Why it is suppressed.
+   *
+   * @generated from field: eventline.campaigns.v1.SuppressionReason reason = 3;
+   */
+  reason: SuppressionReason;
+
+  /**
+   * Optional. A note (the bounce's SMTP reply, who added it), at most 1,000
+   * characters.
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+
+  /**
+   * Output only. The delivery whose report suppressed it; empty for MANUAL.
+   *
+   * @generated from field: string delivery_id = 5;
+   */
+  deliveryId: string;
+
+  /**
+   * Output only. When it was suppressed.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.Suppression.
+ * Use `create(SuppressionSchema)` to create a new message.
+ */
+export const SuppressionSchema: GenMessage<Suppression> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
+
+/**
+ * Lists suppressions.
+ *
+ * @generated from message eventline.campaigns.v1.ListSuppressionsRequest
+ */
+export type ListSuppressionsRequest = Message<"eventline.campaigns.v1.ListSuppressionsRequest"> & {
+  /**
+   * Optional. Only this channel; CHANNEL_UNSPECIFIED means every channel.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Optional. At most this many; 0 means 50, more than 1,000 means 1,000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. The next_page_token of a previous call with the same channel.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.ListSuppressionsRequest.
+ * Use `create(ListSuppressionsRequestSchema)` to create a new message.
+ */
+export const ListSuppressionsRequestSchema: GenMessage<ListSuppressionsRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
+
+/**
+ * A page of suppressions.
+ *
+ * @generated from message eventline.campaigns.v1.ListSuppressionsResponse
+ */
+export type ListSuppressionsResponse = Message<"eventline.campaigns.v1.ListSuppressionsResponse"> & {
+  /**
+   * The suppressions, newest first.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.Suppression suppressions = 1;
+   */
+  suppressions: Suppression[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.ListSuppressionsResponse.
+ * Use `create(ListSuppressionsResponseSchema)` to create a new message.
+ */
+export const ListSuppressionsResponseSchema: GenMessage<ListSuppressionsResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
+
+/**
+ * Suppresses an address.
+ *
+ * @generated from message eventline.campaigns.v1.CreateSuppressionRequest
+ */
+export type CreateSuppressionRequest = Message<"eventline.campaigns.v1.CreateSuppressionRequest"> & {
+  /**
+   * Required. The channel, the address and an optional detail.
+   *
+   * @generated from field: eventline.campaigns.v1.Suppression suppression = 1;
+   */
+  suppression?: Suppression | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.CreateSuppressionRequest.
+ * Use `create(CreateSuppressionRequestSchema)` to create a new message.
+ */
+export const CreateSuppressionRequestSchema: GenMessage<CreateSuppressionRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
+
+/**
+ * The suppression.
+ *
+ * @generated from message eventline.campaigns.v1.CreateSuppressionResponse
+ */
+export type CreateSuppressionResponse = Message<"eventline.campaigns.v1.CreateSuppressionResponse"> & {
+  /**
+   * The suppression as stored (the earlier one if the address was suppressed already).
+   *
+   * @generated from field: eventline.campaigns.v1.Suppression suppression = 1;
+   */
+  suppression?: Suppression | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.CreateSuppressionResponse.
+ * Use `create(CreateSuppressionResponseSchema)` to create a new message.
+ */
+export const CreateSuppressionResponseSchema: GenMessage<CreateSuppressionResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
+
+/**
+ * Lifts a suppression.
+ *
+ * @generated from message eventline.campaigns.v1.DeleteSuppressionRequest
+ */
+export type DeleteSuppressionRequest = Message<"eventline.campaigns.v1.DeleteSuppressionRequest"> & {
+  /**
+   * Required. CHANNEL_EMAIL or CHANNEL_SMS.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Required. The suppressed address.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeleteSuppressionRequest.
+ * Use `create(DeleteSuppressionRequestSchema)` to create a new message.
+ */
+export const DeleteSuppressionRequestSchema: GenMessage<DeleteSuppressionRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
+
+/**
+ * The suppression was lifted.
+ *
+ * @generated from message eventline.campaigns.v1.DeleteSuppressionResponse
+ */
+export type DeleteSuppressionResponse = Message<"eventline.campaigns.v1.DeleteSuppressionResponse"> & {
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeleteSuppressionResponse.
+ * Use `create(DeleteSuppressionResponseSchema)` to create a new message.
+ */
+export const DeleteSuppressionResponseSchema: GenMessage<DeleteSuppressionResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
 
 /**
  * The life cycle of a campaign.
@@ -1215,6 +1600,117 @@ export enum DeliveryStatus {
  */
 export const DeliveryStatusSchema: GenEnum<DeliveryStatus> = /*@__PURE__*/
   enumDesc(file_eventline_campaigns_v1_campaigns, 2);
+
+/**
+ * What a provider reported about a sent message.
+ *
+ * @generated from enum eventline.campaigns.v1.DeliveryEventKind
+ */
+export enum DeliveryEventKind {
+  /**
+   * Never stored; INVALID_ARGUMENT where a request names it.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The receiving server accepted the message (e-mail) or the handset got it (SMS).
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_DELIVERED = 1;
+   */
+  DELIVERED = 1,
+
+  /**
+   * Refused for good (unknown mailbox or number): suppresses the address.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_BOUNCED_HARD = 2;
+   */
+  BOUNCED_HARD = 2,
+
+  /**
+   * Refused for now (mailbox full, server down): suppresses the address
+   * after several within a window.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_BOUNCED_SOFT = 3;
+   */
+  BOUNCED_SOFT = 3,
+
+  /**
+   * The recipient marked the message as spam: suppresses the address.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_COMPLAINED = 4;
+   */
+  COMPLAINED = 4,
+
+  /**
+   * The recipient opened the message.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_OPENED = 5;
+   */
+  OPENED = 5,
+
+  /**
+   * The recipient clicked a link in the message.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_CLICKED = 6;
+   */
+  CLICKED = 6,
+}
+
+/**
+ * Describes the enum eventline.campaigns.v1.DeliveryEventKind.
+ */
+export const DeliveryEventKindSchema: GenEnum<DeliveryEventKind> = /*@__PURE__*/
+  enumDesc(file_eventline_campaigns_v1_campaigns, 3);
+
+/**
+ * Why an address is suppressed.
+ *
+ * @generated from enum eventline.campaigns.v1.SuppressionReason
+ */
+export enum SuppressionReason {
+  /**
+   * Never stored; INVALID_ARGUMENT where a request names it.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A provider reported a hard bounce.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_HARD_BOUNCE = 1;
+   */
+  HARD_BOUNCE = 1,
+
+  /**
+   * The recipient complained (marked a message as spam).
+   *
+   * @generated from enum value: SUPPRESSION_REASON_COMPLAINT = 2;
+   */
+  COMPLAINT = 2,
+
+  /**
+   * Too many soft bounces within the window.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_SOFT_BOUNCES = 3;
+   */
+  SOFT_BOUNCES = 3,
+
+  /**
+   * Added by hand (CreateSuppression).
+   *
+   * @generated from enum value: SUPPRESSION_REASON_MANUAL = 4;
+   */
+  MANUAL = 4,
+}
+
+/**
+ * Describes the enum eventline.campaigns.v1.SuppressionReason.
+ */
+export const SuppressionReasonSchema: GenEnum<SuppressionReason> = /*@__PURE__*/
+  enumDesc(file_eventline_campaigns_v1_campaigns, 4);
 
 /**
  * Manages campaigns and reports their deliveries.
@@ -1366,6 +1862,56 @@ export const CampaignService: GenService<{
     methodKind: "unary";
     input: typeof GetCampaignStatsRequestSchema;
     output: typeof GetCampaignStatsResponseSchema;
+  },
+  /**
+   * Lists suppressed addresses, newest first. Deliveries to a suppressed
+   * address on its channel are skipped with the reason "suppressed: <reason>".
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.ListSuppressions
+   */
+  listSuppressions: {
+    methodKind: "unary";
+    input: typeof ListSuppressionsRequestSchema;
+    output: typeof ListSuppressionsResponseSchema;
+  },
+  /**
+   * Suppresses an address on a channel by hand. Suppressing an address that
+   * is already suppressed returns the stored suppression and changes nothing.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.CreateSuppression
+   */
+  createSuppression: {
+    methodKind: "unary";
+    input: typeof CreateSuppressionRequestSchema;
+    output: typeof CreateSuppressionResponseSchema;
+  },
+  /**
+   * Lifts the suppression of an address on a channel (its soft-bounce count
+   * starts again from zero), or NOT_FOUND. Over HTTP the channel is a query
+   * parameter: `DELETE /v1/suppressions/a%40example.com?channel=CHANNEL_EMAIL`.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.DeleteSuppression
+   */
+  deleteSuppression: {
+    methodKind: "unary";
+    input: typeof DeleteSuppressionRequestSchema;
+    output: typeof DeleteSuppressionResponseSchema;
+  },
+  /**
+   * Records what e-mail and SMS providers reported about sent messages
+   * (delivered, bounced, complained, opened, clicked), matched to deliveries
+   * by delivery id. A hard bounce or a complaint suppresses the address on
+   * the delivery's channel; soft bounces do after
+   * EVENTLINE_SUPPRESS_SOFT_BOUNCES of them within
+   * EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S. The HTTP gateway calls it for
+   * the provider callbacks it has verified; it needs the `ingest` scope.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.RecordDeliveryEvents
+   */
+  recordDeliveryEvents: {
+    methodKind: "unary";
+    input: typeof RecordDeliveryEventsRequestSchema;
+    output: typeof RecordDeliveryEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_eventline_campaigns_v1_campaigns, 0);
