@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -42,6 +40,8 @@ from typing import Any, Protocol
 
 import aiohttp
 import aiosmtplib
+
+from eventline_shared import signatures
 
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in the raw message, unlike base64
@@ -233,10 +233,8 @@ class SmtpChannel:
                 client.close()
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The X-Eventline-Signature header value of a provider call."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+signature = signatures.sign
+"""The X-Eventline-Signature header value of a provider call."""
 
 
 MAX_REPLY_BYTES = 64 * 1024
