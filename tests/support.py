@@ -134,13 +134,14 @@ class Sender:
         self.redis_client, self.stream_key = redis_client, stream_key
         self.triggered = 0
 
-    async def start(self, action: campaigns_pb2.Action | None = None) -> str:
+    async def start(self, action: campaigns_pb2.Action | None = None, transactional: bool = False) -> str:
         """Create and activate the campaign: an e-mail unless ``action`` says otherwise."""
         campaign = campaigns_pb2.Campaign(
             display_name="Back in stock",
             trigger=campaigns_pb2.Trigger(
                 customer_event=campaigns_pb2.CustomerEventTrigger(event_name="item_watched")
             ),
+            transactional=transactional,
             actions=[
                 action
                 or campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Hi", text_body="Back!"))

@@ -79,17 +79,35 @@ class Message:
     html: str = ""
     text: str = ""
     data: dict[str, str] = field(default_factory=dict)
+    unsubscribe: list[str] = field(default_factory=list)
+    """The List-Unsubscribe URLs of a marketing e-mail (one-click HTTPS first, then mailto);
+    empty for transactional messages."""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"to": self.to, "subject": self.subject, "html": self.html, "text": self.text, "data": self.data},
-            ensure_ascii=False,
-        )
+        fields: dict[str, Any] = {
+            "to": self.to,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "data": self.data,
+        }
+        if self.unsubscribe:
+            fields["unsubscribe"] = self.unsubscribe
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, delivery_id: int, channel: int, text: str) -> Message:
         raw: dict[str, Any] = json.loads(text)
-        return cls(delivery_id, channel, raw["to"], raw["subject"], raw["html"], raw["text"], raw["data"])
+        return cls(
+            delivery_id,
+            channel,
+            raw["to"],
+            raw["subject"],
+            raw["html"],
+            raw["text"],
+            raw["data"],
+            raw.get("unsubscribe", []),
+        )
 
 
 class Channel(Protocol):
@@ -172,6 +190,12 @@ class SmtpChannel:
         mail["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = f"<delivery-{message.delivery_id}@{self.domain}>"
+        if message.unsubscribe:
+            if any(c in url for url in message.unsubscribe for c in "\r\n<>,"):
+                raise PermanentError("an unsubscribe URL contains a line break or a delimiter")
+            mail["List-Unsubscribe"] = ", ".join(f"<{url}>" for url in message.unsubscribe)
+            if message.unsubscribe[0].startswith("https://") or message.unsubscribe[0].startswith("http://"):
+                mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return mail
 
     async def _open(self) -> aiosmtplib.SMTP:

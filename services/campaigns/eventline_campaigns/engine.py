@@ -43,6 +43,7 @@ from eventline_campaigns.channels import (
     TransientError,
     with_retries,
 )
+from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.model import (
     ACTIVE,
     CUSTOMER_TRIGGER,
@@ -211,12 +212,16 @@ def suppressible(items: Sequence[PlanItem]) -> list[tuple[int, str]]:
 
 
 async def plan(
-    rendering: Rendering, items: Sequence[PlanItem], suppressed: Mapping[tuple[int, str], int] | None = None
+    rendering: Rendering,
+    items: Sequence[PlanItem],
+    suppressed: Mapping[tuple[int, str], int] | None = None,
+    links: UnsubscribeLinks | None = None,
 ) -> list[list[Planned]]:
     """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed.
 
     ``suppressed`` holds the suppressed (channel, address) pairs among the items' with
-    their reason: those deliveries are skipped, ``suppressed: <reason>``.
+    their reason: those deliveries are skipped, ``suppressed: <reason>``. With ``links``,
+    the e-mails of campaigns that are not transactional carry their List-Unsubscribe URLs.
     """
     planned: list[list[Planned | None]] = [[] for _ in items]
     requests: list[tuple[CompiledAction, dict[str, Any]]] = []
@@ -265,6 +270,9 @@ async def plan(
             )
         else:
             message = action.message(0, to, texts)
+            campaign = items[n][0]
+            if links is not None and action.channel == EMAIL and not campaign.transactional:
+                message.unsubscribe = links.urls(customer_id, "email", campaign.campaign_id)
             planned[n][position] = Planned(customer_id, action.channel, PENDING, "", message.to_json())
     return [[p for p in deliveries if p is not None] for deliveries in planned]
 
@@ -295,9 +303,11 @@ class Engine:
         send_concurrency: int = 32,
         fanout_batch: int = 1000,
         retry_base_s: float = 0.05,
+        unsubscribe_links: UnsubscribeLinks | None = None,
     ) -> None:
         self.repository = repository
         self.suppressions = SuppressionRepository(repository.pool)
+        self.unsubscribe_links = unsubscribe_links
         self.cache = cache
         self.audience = audience
         self.channels = channels
@@ -311,7 +321,8 @@ class Engine:
 
     async def _plan(self, items: Sequence[PlanItem]) -> list[list[Planned]]:
         """``plan`` with the suppressions of the items' addresses (one query)."""
-        return await plan(self.rendering, items, await self.suppressions.suppressed(suppressible(items)))
+        suppressed = await self.suppressions.suppressed(suppressible(items))
+        return await plan(self.rendering, items, suppressed, self.unsubscribe_links)
 
     # --- customer events ---
 

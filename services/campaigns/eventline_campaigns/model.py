@@ -85,6 +85,8 @@ class CompiledCampaign:
     cap_max: int
     cap_period_s: float
     active_since: dt.datetime
+    transactional: bool = False
+    """No unsubscribe link in its e-mails (see Campaign.transactional)."""
 
     def triggered_by(self, event: common_pb2.Event, received_at: dt.datetime) -> bool:
         """Whether ``event`` triggers this campaign (name, kind, predicates, activation time)."""
@@ -117,6 +119,7 @@ def compile_campaign(
         cap_max=cap.max_sends if cap else 0,
         cap_period_s=cap.period.ToTimedelta().total_seconds() if cap else 0.0,
         active_since=active_since,
+        transactional=spec.transactional,
     )
 
 

@@ -129,6 +129,7 @@ async def running(
             send_attempts=settings.send_attempts,
             send_concurrency=settings.send_concurrency,
             fanout_batch=settings.fanout_batch,
+            unsubscribe_links=settings.unsubscribe,
         )
         consumer = StreamConsumer(
             client,
@@ -165,6 +166,11 @@ async def running(
         tasks += [asyncio.create_task(janitor.run()) for janitor in janitors]
         if consume:
             tasks.append(asyncio.create_task(consumer.run()))
+        if settings.smtp_host and settings.unsubscribe is None:
+            log.warning(
+                "marketing e-mails carry no List-Unsubscribe link: set EVENTLINE_UNSUBSCRIBE_URL and "
+                "EVENTLINE_UNSUBSCRIBE_SECRET (mailbox providers require one-click unsubscribe of bulk senders)"
+            )
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
         try:
             yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering)

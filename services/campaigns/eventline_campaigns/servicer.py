@@ -46,7 +46,7 @@ DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
 PAUSED = campaigns_pb2.CAMPAIGN_STATE_PAUSED
 ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
-_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap"}
+_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap", "transactional"}
 _OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
 
 
@@ -257,6 +257,8 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 merged.actions.extend(request.campaign.actions)
             elif path == "display_name":
                 merged.display_name = request.campaign.display_name
+            elif path == "transactional":
+                merged.transactional = request.campaign.transactional
             elif request.campaign.HasField(path):
                 getattr(merged, path).CopyFrom(getattr(request.campaign, path))
             else:

@@ -37,6 +37,9 @@ class Settings:
     """The deadline of each call to a service (a shorter ``Grpc-Timeout`` header wins)."""
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     """Provider status callbacks: the providers' secrets."""
+    unsubscribe_secret: str = ""
+    """EVENTLINE_UNSUBSCRIBE_SECRET: the key of one-click unsubscribe tokens (shared with
+    the campaign service, which writes the links)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -77,6 +80,7 @@ class Settings:
         )
         return cls(
             callbacks=callbacks,
+            unsubscribe_secret=environ.get("EVENTLINE_UNSUBSCRIBE_SECRET", ""),
             common=common,
             backends=backends,
             required_backends=required,

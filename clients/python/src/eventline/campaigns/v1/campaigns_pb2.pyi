@@ -158,7 +158,7 @@ class FrequencyCap(_message.Message):
     def __init__(self, max_sends: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since")
+    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since", "transactional")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class Campaign(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONAL_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     display_name: str
     state: CampaignState
@@ -179,7 +180,8 @@ class Campaign(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     active_since: _timestamp_pb2.Timestamp
-    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    transactional: bool
+    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transactional: _Optional[bool] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("campaign", "campaign_id")
