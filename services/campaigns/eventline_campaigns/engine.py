@@ -36,6 +36,7 @@ from eventline_campaigns.channels import (
     EMAIL,
     PUSH,
     SMS,
+    WEBHOOK,
     Channel,
     FileSink,
     Message,
@@ -75,7 +76,7 @@ from eventline_shared.values import decode_values, python_values, timestamp_to_d
 log = logging.getLogger(__name__)
 
 GRANTED = common_pb2.CONSENT_GRANTED
-_CHANNEL_WORDS = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push"}
+_CHANNEL_WORDS = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push", WEBHOOK: "webhook"}
 
 
 class CampaignCache:
@@ -134,6 +135,8 @@ class CampaignCache:
 
 
 def _address(profile: Profile, channel: int) -> tuple[list[str], int]:
+    if channel == WEBHOOK:
+        return [], GRANTED  # a webhook goes to its action's URL, whatever the customer's addresses
     if channel == EMAIL:
         return ([profile.email] if profile.email else []), profile.email_consent
     if channel == SMS:
@@ -233,7 +236,7 @@ async def plan(
             if skip_reason:
                 planned[n].append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
                 continue
-            to, consent = _address(profile, action.channel)
+            to, consent = ([action.url], GRANTED) if action.channel == WEBHOOK else _address(profile, action.channel)
             if consent != GRANTED:
                 planned[n].append(
                     Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None)

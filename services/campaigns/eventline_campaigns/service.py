@@ -15,11 +15,13 @@ from eventline_campaigns.channels import (
     EMAIL,
     PUSH,
     SMS,
+    WEBHOOK,
     Channel,
     FileSink,
     HttpChannel,
     Message,
     SmtpChannel,
+    WebhookChannel,
 )
 from eventline_campaigns.consumer import StreamConsumer
 from eventline_campaigns.engine import CampaignCache, Engine
@@ -76,6 +78,15 @@ def build_channels(
         )
     else:
         channels[EMAIL] = file_sink()
+    channels[WEBHOOK] = (
+        WebhookChannel(
+            settings.webhook_secret,
+            timeout_s=settings.provider_timeout_s,
+            allow_private=settings.webhook_allow_private,
+        )
+        if settings.webhook_secret
+        else file_sink()
+    )
     for channel, url in ((SMS, settings.sms_url), (PUSH, settings.push_url)):
         channels[channel] = (
             HttpChannel(url, settings.provider_secret, timeout_s=settings.provider_timeout_s)

@@ -81,6 +81,10 @@ class Settings:
     render_memory_mb: int
     """Address space a render worker may add to what it has after starting."""
     suppression: SuppressionPolicy = DEFAULT_SUPPRESSION
+    webhook_secret: str = ""
+    """HMAC-SHA256 key of webhook deliveries (EVENTLINE_WEBHOOK_SECRET)."""
+    webhook_allow_private: bool = False
+    """Let webhooks reach loopback, link-local and private addresses (EVENTLINE_WEBHOOK_ALLOW_PRIVATE)."""
     unsubscribe: UnsubscribeLinks | None = None
     """The List-Unsubscribe links of marketing e-mails (EVENTLINE_UNSUBSCRIBE_URL and _SECRET)."""
 
@@ -159,6 +163,8 @@ class Settings:
             ),
             render_memory_mb=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_MEMORY_MB", 256, minimum=16),
             unsubscribe=unsubscribe,
+            webhook_secret=environ.get("EVENTLINE_WEBHOOK_SECRET", ""),
+            webhook_allow_private=env_bool(environ, "EVENTLINE_WEBHOOK_ALLOW_PRIVATE", False),
             suppression=SuppressionPolicy(
                 soft_bounces=env_int(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCES", 3, minimum=1),
                 soft_bounce_window_s=env_float(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S", 7 * 86400.0),

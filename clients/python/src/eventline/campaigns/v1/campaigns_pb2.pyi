@@ -29,6 +29,7 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_EMAIL: _ClassVar[Channel]
     CHANNEL_SMS: _ClassVar[Channel]
     CHANNEL_PUSH: _ClassVar[Channel]
+    CHANNEL_WEBHOOK: _ClassVar[Channel]
 
 class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -64,6 +65,7 @@ CHANNEL_UNSPECIFIED: Channel
 CHANNEL_EMAIL: Channel
 CHANNEL_SMS: Channel
 CHANNEL_PUSH: Channel
+CHANNEL_WEBHOOK: Channel
 DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
 DELIVERY_STATUS_PENDING: DeliveryStatus
 DELIVERY_STATUS_SENT: DeliveryStatus
@@ -139,15 +141,25 @@ class PushAction(_message.Message):
     data: _containers.ScalarMap[str, str]
     def __init__(self, title: _Optional[str] = ..., body: _Optional[str] = ..., data: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class WebhookAction(_message.Message):
+    __slots__ = ("url", "body")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    body: str
+    def __init__(self, url: _Optional[str] = ..., body: _Optional[str] = ...) -> None: ...
+
 class Action(_message.Message):
-    __slots__ = ("email", "sms", "push")
+    __slots__ = ("email", "sms", "push", "webhook")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     SMS_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     email: EmailAction
     sms: SmsAction
     push: PushAction
-    def __init__(self, email: _Optional[_Union[EmailAction, _Mapping]] = ..., sms: _Optional[_Union[SmsAction, _Mapping]] = ..., push: _Optional[_Union[PushAction, _Mapping]] = ...) -> None: ...
+    webhook: WebhookAction
+    def __init__(self, email: _Optional[_Union[EmailAction, _Mapping]] = ..., sms: _Optional[_Union[SmsAction, _Mapping]] = ..., push: _Optional[_Union[PushAction, _Mapping]] = ..., webhook: _Optional[_Union[WebhookAction, _Mapping]] = ...) -> None: ...
 
 class FrequencyCap(_message.Message):
     __slots__ = ("max_sends", "period")
