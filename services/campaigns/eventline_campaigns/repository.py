@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -629,6 +630,12 @@ GROUP BY channel, address
 REQUEST_KEY_TTL_S = 86400.0
 """How long the key of a signed request is remembered (replays within it are refused)."""
 
+_FORGET_EXPIRED_REQUESTS = """
+DELETE FROM seen_requests WHERE request_key IN (
+    SELECT request_key FROM seen_requests WHERE expires_at < now() LIMIT 100 FOR UPDATE SKIP LOCKED
+)
+"""
+
 # A key is new when it was never seen or its row has expired; a few expired rows go each time.
 _SEE_REQUEST = """
 WITH expired AS (
@@ -640,6 +647,40 @@ INSERT INTO seen_requests (request_key, expires_at) VALUES ($1, now() + $2 * int
 ON CONFLICT (request_key) DO UPDATE SET expires_at = excluded.expires_at
     WHERE seen_requests.expires_at < now()
 RETURNING true
+"""
+
+
+# The common case in one statement: reports that suppress nothing (delivered, opened,
+# clicked), with the request key's check, matched to their deliveries and recorded at once.
+_RECORD_PLAIN_REPORTS = """
+WITH seen AS (
+    INSERT INTO seen_requests (request_key, expires_at)
+    SELECT $7, now() + $8 * interval '1 second' WHERE $7 <> ''
+    ON CONFLICT (request_key) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE seen_requests.expires_at < now()
+    RETURNING true
+), allowed AS (
+    SELECT ($7 = '' OR EXISTS (SELECT 1 FROM seen)) AS ok
+), matched AS (
+    SELECT t.n, t.delivery_id, d.customer_id, d.channel, t.kind, t.occurred_at, t.detail, t.provider_event_id,
+           CASE d.channel WHEN 1 THEN lower(btrim(coalesce(nullif(t.recipient, ''), c.email)))
+                          WHEN 2 THEN btrim(coalesce(nullif(t.recipient, ''), c.phone))
+                          ELSE t.recipient END AS address
+    FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
+         WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, n)
+    JOIN deliveries d ON d.delivery_id = t.delivery_id
+    JOIN customers c ON c.customer_id = d.customer_id
+    WHERE (SELECT ok FROM allowed)
+), inserted AS (
+    INSERT INTO delivery_events
+        (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
+    SELECT delivery_id, customer_id, channel, address, kind, coalesce(occurred_at, now()), detail,
+           nullif(provider_event_id, '')
+    FROM matched ORDER BY n
+    ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT ok FROM allowed), (SELECT count(*) FROM matched), (SELECT count(*) FROM inserted)
 """
 
 
@@ -736,6 +777,8 @@ class SuppressionRepository:
         ``soft_window_s`` (reason ``SOFT_BOUNCES``, 3). A ``request_key`` seen within
         ``REQUEST_KEY_TTL_S`` raises ``Replayed`` and records nothing.
         """
+        if not any(r.kind in reasons or r.kind == 3 for r in reports):
+            return await self._record_plain_reports(reports, request_key)
         async with self.pool.acquire() as connection, connection.transaction():
             if request_key and not await connection.fetchval(_SEE_REQUEST, request_key, REQUEST_KEY_TTL_S):
                 raise Replayed()
@@ -801,6 +844,27 @@ class SuppressionRepository:
                 )
                 suppressed = int(status.split()[-1])
         return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
+
+    async def _record_plain_reports(self, reports: Sequence[Report], request_key: str) -> Recorded:
+        """Reports that suppress nothing: one statement, its own transaction."""
+        row = await self.pool.fetchrow(
+            _RECORD_PLAIN_REPORTS,
+            [r.delivery_id for r in reports],
+            [r.kind for r in reports],
+            [r.occurred_at for r in reports],
+            [r.detail for r in reports],
+            [r.provider_event_id or "" for r in reports],
+            [r.recipient for r in reports],
+            request_key,
+            REQUEST_KEY_TTL_S,
+        )
+        assert row is not None
+        ok, matched, inserted = row
+        if not ok:
+            raise Replayed()
+        if request_key and random.random() < 0.01:
+            await self.pool.execute(_FORGET_EXPIRED_REQUESTS)
+        return Recorded(inserted, len(reports) - matched, matched - inserted, 0)
 
     async def reports(self, delivery_ids: Sequence[int], per_delivery: int) -> dict[int, list[ReportRow]]:
         """The first ``per_delivery`` reports of each delivery, oldest first."""
