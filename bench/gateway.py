@@ -14,8 +14,13 @@ not the benchmark's own encoding), and both read every reply and check that each
 stored. The clock runs from the first request sent to the last reply read (every reply
 means committed). The ratio JSON/gRPC is what the HTTP edge costs (target >= 0.7).
 
-``callbacks_per_s`` (provider status callbacks, target >= 2,000) is null until the gateway
-handles callbacks (issue 15, part B).
+``callbacks_per_s`` (provider status callbacks, target >= 2,000): afterwards the campaign
+service is started too, the ledger is given one sent e-mail delivery per callback, and
+Mailgun webhooks (one "delivered" event each, as Mailgun sends them, each with its own
+token, signed with the signing key) are POSTed to /v1/callbacks/mailgun, ``CALLBACKS_IN_FLIGHT``
+at a time. Each is verified, checked against replays and recorded on the ledger through the
+campaign service's RecordDeliveryEvents (one PostgreSQL transaction per callback); every
+reply must say recorded 1, and the ledger must hold one report per delivery at the end.
 
 Usage: python bench/gateway.py [--quick]. The last line printed is one JSON object.
 """
@@ -24,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -32,6 +39,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import asyncpg
 import grpc
 import orjson
 import redis.asyncio as redis
@@ -42,6 +50,8 @@ from google.protobuf import json_format
 NAMES = [f"Event{i:02d}" for i in range(20)]
 BATCH = 500
 IN_FLIGHT = 4
+CALLBACKS_IN_FLIGHT = 32
+MAILGUN_KEY = "bench-mailgun-signing-key"
 DATABASE = "eventline_bench_gateway"
 
 
@@ -96,6 +106,105 @@ async def json_round(
 
     await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
     return time.perf_counter() - started
+
+
+async def seed_deliveries(url: str, count: int) -> list[int]:
+    """``count`` customers with one sent e-mail delivery each (what callbacks report on)."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            "INSERT INTO customers (customer_id, email, email_consent)"
+            " SELECT 'cb' || i, 'cb' || i || '@example.com', 1 FROM generate_series(1, $1) AS i",
+            count,
+        )
+        await connection.execute(
+            "INSERT INTO campaigns (campaign_id, display_name, state, spec) VALUES ('bench', 'bench', 4, '')"
+        )
+        rows = await connection.fetch(
+            "INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status)"
+            " SELECT 'cb' || i, 'bench', 'e' || i, 1, 2 FROM generate_series(1, $1) AS i RETURNING delivery_id",
+            count,
+        )
+        return [r[0] for r in rows]
+    finally:
+        await connection.close()
+
+
+def mailgun_webhook(delivery_id: int, token: str) -> bytes:
+    """A Mailgun "delivered" webhook for a delivery, signed as Mailgun signs them."""
+    stamp = str(int(time.time()))
+    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    return orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": token, "signature": signature},
+            "event-data": {
+                "event": "delivered",
+                "id": token,
+                "timestamp": time.time(),
+                "recipient": f"cb{delivery_id}@example.com",
+                "message": {"headers": {"message-id": f"delivery-{delivery_id}@eventline.local"}},
+            },
+        }
+    )
+
+
+async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
+    """Seconds to POST every webhook, ``CALLBACKS_IN_FLIGHT`` at a time; each must be recorded."""
+    queue = list(bodies)
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while queue:
+            async with session.post(url, data=queue.pop()) as response:
+                reply = orjson.loads(await response.read())
+                assert response.status == 200 and reply["recorded"] == 1, reply
+
+    await asyncio.gather(*(worker() for _ in range(CALLBACKS_IN_FLIGHT)))
+    return time.perf_counter() - started
+
+
+async def measure_callbacks(url: str, common: dict[str, str], count: int) -> float:
+    """Provider callbacks per second through a gateway before the campaign service."""
+    delivery_ids = await seed_deliveries(url, count + 500)
+    campaigns_port, gateway_port = free_port(), free_port()
+    campaigns = start_service(
+        "campaigns",
+        {
+            **common,
+            "EVENTLINE_CAMPAIGNS_PORT": str(campaigns_port),
+            "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{free_port()}",
+            "EVENTLINE_CAMPAIGNS_DB_POOL_SIZE": "16",
+            "EVENTLINE_CAMPAIGNS_RENDER_WORKERS": "1",
+        },
+    )
+    gateway = start_service(
+        "gateway",
+        {
+            **common,
+            "EVENTLINE_GATEWAY_PORT": str(gateway_port),
+            "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
+            "EVENTLINE_GATEWAY_REQUIRED_BACKENDS": "campaigns",
+            "EVENTLINE_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
+        },
+    )
+    try:
+        await serving(campaigns_port)
+        endpoint = f"http://127.0.0.1:{gateway_port}"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)) as session:
+            await ready(session, endpoint)
+            target = endpoint + "/v1/callbacks/mailgun"
+            bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
+            await callbacks_round(session, target, bodies[:500])  # warm-up
+            seconds = await callbacks_round(session, target, bodies[500:])
+        connection = await asyncpg.connect(url)
+        try:
+            stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
+        finally:
+            await connection.close()
+        assert stored == len(delivery_ids), f"{stored} deliveries have a report, expected {len(delivery_ids)}"
+    finally:
+        stop(gateway, campaigns)
+    return count / seconds
 
 
 async def main(quick: bool) -> dict[str, Any]:
@@ -154,6 +263,7 @@ async def main(quick: bool) -> dict[str, Any]:
                     json_s += await json_round(session, track, *json_bodies)
                     grpc_s += await grpc_round(stub, grpc_batches)
             events = per_round * rounds
+        callbacks_per_s = await measure_callbacks(url, common, 5_000 if quick else 30_000)
     finally:
         stop(gateway, ingestion)
         connection = redis.Redis.from_url(REDIS_URL)
@@ -167,7 +277,7 @@ async def main(quick: bool) -> dict[str, Any]:
         "json_batch_events_per_s": round(json_per_s),
         "grpc_batch_events_per_s": round(grpc_per_s),
         "json_to_grpc_ratio": round(json_per_s / grpc_per_s, 3),
-        "callbacks_per_s": None,
+        "callbacks_per_s": round(callbacks_per_s),
         "cpus": os.cpu_count() or 0,
     }
 
@@ -195,6 +305,7 @@ if __name__ == "__main__":
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "
         f"gRPC TrackEvents: {result['grpc_batch_events_per_s']} events/s, "
-        f"ratio {result['json_to_grpc_ratio']} (target >= 0.7)"
+        f"ratio {result['json_to_grpc_ratio']} (target >= 0.7); "
+        f"provider callbacks: {result['callbacks_per_s']}/s (target >= 2,000)"
     )
     print(json.dumps(result))

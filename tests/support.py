@@ -122,3 +122,57 @@ def message_ids_by_recipient(inbox: SmtpInbox) -> dict[str, set[str]]:
 async def delivery_statuses(db: asyncpg.Connection) -> dict[int, int]:
     """How many deliveries the ledger holds in each status."""
     return dict(await db.fetch("SELECT status, count(*) FROM deliveries GROUP BY status"))
+
+
+class Sender:
+    """One active e-mail campaign and a way to trigger it for a customer and wait for its delivery."""
+
+    def __init__(
+        self, campaigns: Any, ingestion: Any, server: Any, redis_client: Any, stream_key: str
+    ) -> None:
+        self.campaigns, self.ingestion, self.server = campaigns, ingestion, server
+        self.redis_client, self.stream_key = redis_client, stream_key
+        self.triggered = 0
+
+    async def start(self, action: campaigns_pb2.Action | None = None, transactional: bool = False) -> str:
+        """Create and activate the campaign: an e-mail unless ``action`` says otherwise."""
+        campaign = campaigns_pb2.Campaign(
+            display_name="Back in stock",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="item_watched")
+            ),
+            transactional=transactional,
+            actions=[
+                action
+                or campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Hi", text_body="Back!"))
+            ],
+        )
+        created = await self.campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
+        await self.campaigns.ActivateCampaign(
+            campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
+        )
+        self.campaign_id = created.campaign.campaign_id
+        return str(self.campaign_id)
+
+    async def trigger(self, customer_id: str) -> campaigns_pb2.Delivery:
+        """Trigger the campaign for a customer; its delivery once recorded and finished."""
+        self.triggered += 1
+        event_id = f"watch-{self.triggered}"
+        await self.ingestion.TrackCustomerEvent(customer_event(customer_id, "item_watched", event_id))
+        await wait_for_entries(self.redis_client, self.stream_key, self.triggered)
+        await self.server.consumer.drain()
+        reply = await self.campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(event_id=event_id))
+        [delivery] = reply.deliveries
+        return delivery
+
+
+async def upsert_contact(ingestion: Any, customer_id: str, email: str = "", phone: str = "") -> None:
+    """A customer with this e-mail address (or phone number) who consents to e-mail and SMS."""
+    granted = common_pb2.CONSENT_GRANTED
+    await ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(
+            customer=common_pb2.Customer(
+                customer_id=customer_id, email=email, phone=phone, email_consent=granted, sms_consent=granted
+            )
+        )
+    )

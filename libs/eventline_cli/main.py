@@ -20,6 +20,7 @@ from eventline_cli.events import events, timeline
 from eventline_cli.keys import keys
 from eventline_cli.migrate import migrate
 from eventline_cli.segments import segments
+from eventline_cli.suppressions import suppressions
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -131,4 +132,5 @@ cli.add_command(migrate)
 cli.add_command(segments)
 cli.add_command(campaigns)
 cli.add_command(deliveries)
+cli.add_command(suppressions)
 cli.add_command(demo)

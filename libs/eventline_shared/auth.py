@@ -4,7 +4,7 @@ Keys travel in gRPC metadata as ``authorization: Bearer evl_<key id>_<secret>``.
 Only a SHA-256 hash of the secret is stored (the secret is 256 random bits, so
 a slow hash would add nothing), in the ``api_keys`` table, with scopes:
 
-* ``ingest``: the Track* RPCs and customer upserts;
+* ``ingest``: the Track* RPCs, customer upserts and RecordDeliveryEvents (provider reports);
 * ``read``: Get*, List*, Count*, Stream*, Match*, Validate*, Preview* RPCs and server reflection;
 * ``admin``: everything, including erasure and changing campaigns and segments.
 
@@ -52,7 +52,7 @@ READ_PREFIXES = (
     "Search",
 )
 INGEST_PREFIXES = ("Track",)
-INGEST_METHODS = {"UpsertCustomer"}
+INGEST_METHODS = {"UpsertCustomer", "RecordDeliveryEvents"}
 
 
 @dataclass(frozen=True)

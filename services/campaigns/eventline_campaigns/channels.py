@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-import hashlib
-import hmac
+import ipaddress
 import json
 import os
 import re
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.charset import QP, Charset
@@ -41,7 +42,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
+import aiohttp.abc
 import aiosmtplib
+
+from eventline_shared import signatures
 
 _UTF8 = Charset("utf-8")
 _UTF8.body_encoding = QP  # readable in the raw message, unlike base64
@@ -57,7 +61,8 @@ def _text_part(body: str, subtype: str) -> email.message.Message:
 EMAIL = 1
 SMS = 2
 PUSH = 3
-CHANNEL_NAMES = {EMAIL: "email", SMS: "sms", PUSH: "push"}
+WEBHOOK = 4
+CHANNEL_NAMES = {EMAIL: "email", SMS: "sms", PUSH: "push", WEBHOOK: "webhook"}
 
 
 class PermanentError(Exception):
@@ -79,17 +84,35 @@ class Message:
     html: str = ""
     text: str = ""
     data: dict[str, str] = field(default_factory=dict)
+    unsubscribe: list[str] = field(default_factory=list)
+    """The List-Unsubscribe URLs of a marketing e-mail (one-click HTTPS first, then mailto);
+    empty for transactional messages."""
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"to": self.to, "subject": self.subject, "html": self.html, "text": self.text, "data": self.data},
-            ensure_ascii=False,
-        )
+        fields: dict[str, Any] = {
+            "to": self.to,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "data": self.data,
+        }
+        if self.unsubscribe:
+            fields["unsubscribe"] = self.unsubscribe
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, delivery_id: int, channel: int, text: str) -> Message:
         raw: dict[str, Any] = json.loads(text)
-        return cls(delivery_id, channel, raw["to"], raw["subject"], raw["html"], raw["text"], raw["data"])
+        return cls(
+            delivery_id,
+            channel,
+            raw["to"],
+            raw["subject"],
+            raw["html"],
+            raw["text"],
+            raw["data"],
+            raw.get("unsubscribe", []),
+        )
 
 
 class Channel(Protocol):
@@ -172,6 +195,12 @@ class SmtpChannel:
         mail["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = f"<delivery-{message.delivery_id}@{self.domain}>"
+        if message.unsubscribe:
+            if any(c in url for url in message.unsubscribe for c in "\r\n<>,"):
+                raise PermanentError("an unsubscribe URL contains a line break or a delimiter")
+            mail["List-Unsubscribe"] = ", ".join(f"<{url}>" for url in message.unsubscribe)
+            if message.unsubscribe[0].startswith("https://") or message.unsubscribe[0].startswith("http://"):
+                mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         return mail
 
     async def _open(self) -> aiosmtplib.SMTP:
@@ -233,10 +262,8 @@ class SmtpChannel:
                 client.close()
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """The X-Eventline-Signature header value of a provider call."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+signature = signatures.sign
+"""The X-Eventline-Signature header value of a provider call."""
 
 
 MAX_REPLY_BYTES = 64 * 1024
@@ -283,17 +310,23 @@ class HttpChannel:
 
     async def send(self, message: Message) -> None:
         body = json.dumps(self.payload(message), ensure_ascii=False, separators=(",", ":")).encode()
+        await self._post(self.url, body, message.delivery_id)
+
+    async def _post(self, url: str, body: bytes, delivery_id: int) -> None:
+        """POST a signed body keyed by the delivery id; raise PermanentError or TransientError."""
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
-            "Idempotency-Key": str(message.delivery_id),
+            "Idempotency-Key": str(delivery_id),
             "X-Eventline-Timestamp": timestamp,
             "X-Eventline-Signature": signature(self.secret, timestamp, body),
         }
         try:
-            async with self.session.post(self.url, data=body, headers=headers) as reply:
+            async with self.session.post(url, data=body, headers=headers) as reply:
                 status = reply.status
                 content = await self._read_reply(reply)
+        except RefusedAddress as exc:
+            raise PermanentError(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"provider unreachable: {type(exc).__name__}") from None
         if 200 <= status < 300:
@@ -314,6 +347,90 @@ class HttpChannel:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class RefusedAddress(aiohttp.ClientConnectionError):
+    """A webhook host resolved to an address webhooks may not reach (SSRF)."""
+
+
+def forbidden(address: str) -> str | None:
+    """Why a webhook may not connect to ``address`` (loopback, private...); None when it may."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for reason, found in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("private", ip.is_private),
+        ("shared (carrier-grade NAT)", ip in ipaddress.ip_network("100.64.0.0/10")),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("reserved", ip.is_reserved),
+    ):
+        if found:
+            return reason
+    return None
+
+
+class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
+    """Resolves as usual, then refuses hosts with an address webhooks may not reach.
+
+    Checking in the resolver (not before the request) means the addresses checked are the
+    ones connected to: a name that changes its answer between a check and the connection
+    (DNS rebinding) gains nothing.
+    """
+
+    def __init__(self) -> None:
+        self._resolver = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[Any]:
+        found = await self._resolver.resolve(host, port, family)
+        for entry in found:
+            reason = forbidden(entry["host"])
+            if reason is not None:
+                raise RefusedAddress(f"refused: {host} resolves to {entry['host']}, a {reason} address")
+        return found
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class WebhookChannel(HttpChannel):
+    """A campaign's webhook: its rendered JSON body POSTed to its own URL, signed like the
+    provider calls (see HttpChannel). Hosts resolving to loopback, link-local, private,
+    shared or reserved addresses are refused unless ``allow_private`` (SSRF)."""
+
+    def __init__(self, secret: str, *, timeout_s: float = 5.0, allow_private: bool = False) -> None:
+        super().__init__("", secret, timeout_s=timeout_s)
+        self.allow_private = allow_private
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=100, resolver=None if self.allow_private else PublicOnlyResolver()
+            )
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
+            )
+        return self._session
+
+    async def send(self, message: Message) -> None:
+        try:
+            json.loads(message.text)
+        except ValueError as exc:
+            raise PermanentError(f"the rendered body is not JSON: {exc}") from None
+        host = urllib.parse.urlsplit(message.to[0]).hostname or ""
+        if not self.allow_private:
+            try:
+                reason = forbidden(host)  # an address in the URL is never resolved: check it here
+            except ValueError:
+                reason = None  # a name: checked by the resolver
+            if reason is not None:
+                raise PermanentError(f"refused: {host} is a {reason} address")
+        await self._post(message.to[0], message.text.encode(), message.delivery_id)
 
 
 _SINK_FILE = re.compile(r"^(\d+)-[a-z]+\.txt$")

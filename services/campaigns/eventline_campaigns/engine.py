@@ -36,6 +36,7 @@ from eventline_campaigns.channels import (
     EMAIL,
     PUSH,
     SMS,
+    WEBHOOK,
     Channel,
     FileSink,
     Message,
@@ -43,6 +44,7 @@ from eventline_campaigns.channels import (
     TransientError,
     with_retries,
 )
+from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.model import (
     ACTIVE,
     CUSTOMER_TRIGGER,
@@ -65,6 +67,8 @@ from eventline_campaigns.repository import (
     Owned,
     Planned,
     Profile,
+    SuppressionRepository,
+    normal_address,
 )
 from eventline_shared import faults
 from eventline_shared.values import decode_values, python_values, timestamp_to_datetime
@@ -72,7 +76,7 @@ from eventline_shared.values import decode_values, python_values, timestamp_to_d
 log = logging.getLogger(__name__)
 
 GRANTED = common_pb2.CONSENT_GRANTED
-_CHANNEL_WORDS = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push"}
+_CHANNEL_WORDS = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push", WEBHOOK: "webhook"}
 
 
 class CampaignCache:
@@ -131,6 +135,8 @@ class CampaignCache:
 
 
 def _address(profile: Profile, channel: int) -> tuple[list[str], int]:
+    if channel == WEBHOOK:
+        return [], GRANTED  # a webhook goes to its action's URL, whatever the customer's addresses
     if channel == EMAIL:
         return ([profile.email] if profile.email else []), profile.email_consent
     if channel == SMS:
@@ -186,8 +192,40 @@ PlanItem = tuple[CompiledCampaign, Trigger, Profile, str]
 """A campaign, its trigger, a customer and (when the deliveries are skipped) the reason."""
 
 
-async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Planned]]:
-    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed."""
+SUPPRESSION_WORDS: dict[int, str] = {
+    campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE: "hard bounce",
+    campaigns_pb2.SUPPRESSION_REASON_COMPLAINT: "complaint",
+    campaigns_pb2.SUPPRESSION_REASON_SOFT_BOUNCES: "soft bounces",
+    campaigns_pb2.SUPPRESSION_REASON_MANUAL: "added by hand",
+}
+
+
+def suppressible(items: Sequence[PlanItem]) -> list[tuple[int, str]]:
+    """The (channel, address) pairs of e-mail and SMS deliveries ``plan`` would render."""
+    pairs = set()
+    for campaign, _, profile, skip_reason in items:
+        if skip_reason:
+            continue
+        for action in campaign.actions:
+            if action.channel in (EMAIL, SMS):
+                to, consent = _address(profile, action.channel)
+                if to and consent == GRANTED:
+                    pairs.add((action.channel, normal_address(action.channel, to[0])))
+    return sorted(pairs)
+
+
+async def plan(
+    rendering: Rendering,
+    items: Sequence[PlanItem],
+    suppressed: Mapping[tuple[int, str], int] | None = None,
+    links: UnsubscribeLinks | None = None,
+) -> list[list[Planned]]:
+    """For each item, the deliveries of the campaign to the customer: rendered, skipped or failed.
+
+    ``suppressed`` holds the suppressed (channel, address) pairs among the items' with
+    their reason: those deliveries are skipped, ``suppressed: <reason>``. With ``links``,
+    the e-mails of campaigns that are not transactional carry their List-Unsubscribe URLs.
+    """
     planned: list[list[Planned | None]] = [[] for _ in items]
     requests: list[tuple[CompiledAction, dict[str, Any]]] = []
     places: list[tuple[int, int, list[str]]] = []
@@ -198,7 +236,7 @@ async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Pla
             if skip_reason:
                 planned[n].append(Planned(profile.customer_id, action.channel, SKIPPED, skip_reason, None))
                 continue
-            to, consent = _address(profile, action.channel)
+            to, consent = ([action.url], GRANTED) if action.channel == WEBHOOK else _address(profile, action.channel)
             if consent != GRANTED:
                 planned[n].append(
                     Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} consent", None)
@@ -207,6 +245,18 @@ async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Pla
             if not to:
                 planned[n].append(
                     Planned(profile.customer_id, action.channel, SKIPPED, f"no {word} address", None)
+                )
+                continue
+            reason = (suppressed or {}).get((action.channel, normal_address(action.channel, to[0])))
+            if reason is not None and action.channel in (EMAIL, SMS):
+                planned[n].append(
+                    Planned(
+                        profile.customer_id,
+                        action.channel,
+                        SKIPPED,
+                        f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}",
+                        None,
+                    )
                 )
                 continue
             if arguments is None:
@@ -223,6 +273,9 @@ async def plan(rendering: Rendering, items: Sequence[PlanItem]) -> list[list[Pla
             )
         else:
             message = action.message(0, to, texts)
+            campaign = items[n][0]
+            if links is not None and action.channel == EMAIL and not campaign.transactional:
+                message.unsubscribe = links.urls(customer_id, "email", campaign.campaign_id)
             planned[n][position] = Planned(customer_id, action.channel, PENDING, "", message.to_json())
     return [[p for p in deliveries if p is not None] for deliveries in planned]
 
@@ -253,8 +306,11 @@ class Engine:
         send_concurrency: int = 32,
         fanout_batch: int = 1000,
         retry_base_s: float = 0.05,
+        unsubscribe_links: UnsubscribeLinks | None = None,
     ) -> None:
         self.repository = repository
+        self.suppressions = SuppressionRepository(repository.pool)
+        self.unsubscribe_links = unsubscribe_links
         self.cache = cache
         self.audience = audience
         self.channels = channels
@@ -265,6 +321,11 @@ class Engine:
         self.fanout_batch = fanout_batch
         self.retry_base_s = retry_base_s
         self._send_limit = asyncio.Semaphore(send_concurrency)
+
+    async def _plan(self, items: Sequence[PlanItem]) -> list[list[Planned]]:
+        """``plan`` with the suppressions of the items' addresses (one query)."""
+        suppressed = await self.suppressions.suppressed(suppressible(items))
+        return await plan(self.rendering, items, suppressed, self.unsubscribe_links)
 
     # --- customer events ---
 
@@ -296,7 +357,7 @@ class Engine:
         ]
         uncapped: list[tuple[str, str, Planned]] = []
         capped = []
-        for (campaign, trigger, _, _), planned in zip(items, await plan(self.rendering, items), strict=True):
+        for (campaign, trigger, _, _), planned in zip(items, await self._plan(items), strict=True):
             if campaign.cap_max:
                 capped.append(
                     self.repository.record(
@@ -448,7 +509,7 @@ class Engine:
                     profiles = await self.repository.profiles(batch)
                     lap("profiles")
                     items = [(campaign, trigger, profiles[c], "") for c in batch if c in profiles]
-                    planned = [p for deliveries in await plan(self.rendering, items) for p in deliveries]
+                    planned = [p for deliveries in await self._plan(items) for p in deliveries]
                     lap("render")
                     if recording is not None:
                         await hand_over(recording)

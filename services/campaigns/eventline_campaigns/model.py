@@ -12,7 +12,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 
-from eventline_campaigns.channels import EMAIL, PUSH, SMS, Message
+from eventline_campaigns.channels import EMAIL, PUSH, SMS, WEBHOOK, Message
 from eventline_shared.values import python_value
 
 CUSTOMER_TRIGGER = common_pb2.EVENT_KIND_CUSTOMER
@@ -40,6 +40,8 @@ class CompiledAction:
 
     channel: int
     parts: tuple[tuple[str, TemplateSource], ...]
+    url: str = ""
+    """A webhook's URL (its one recipient)."""
 
     def message(self, delivery_id: int, to: list[str], rendered: Sequence[str]) -> Message:
         """The message from the rendered parts, in the order of ``parts``."""
@@ -68,6 +70,8 @@ def compile_action(action: campaigns_pb2.Action) -> CompiledAction:
         return CompiledAction(EMAIL, tuple(parts))
     if kind == "sms":
         return CompiledAction(SMS, (("text", (action.sms.text, False)),))
+    if kind == "webhook":
+        return CompiledAction(WEBHOOK, (("text", (action.webhook.body, False)),), action.webhook.url)
     push = action.push
     data = tuple((f"data:{key}", (value, False)) for key, value in sorted(push.data.items()))
     return CompiledAction(PUSH, (("subject", (push.title, False)), ("text", (push.body, False)), *data))
@@ -85,6 +89,8 @@ class CompiledCampaign:
     cap_max: int
     cap_period_s: float
     active_since: dt.datetime
+    transactional: bool = False
+    """No unsubscribe link in its e-mails (see Campaign.transactional)."""
 
     def triggered_by(self, event: common_pb2.Event, received_at: dt.datetime) -> bool:
         """Whether ``event`` triggers this campaign (name, kind, predicates, activation time)."""
@@ -117,6 +123,7 @@ def compile_campaign(
         cap_max=cap.max_sends if cap else 0,
         cap_period_s=cap.period.ToTimedelta().total_seconds() if cap else 0.0,
         active_since=active_since,
+        transactional=spec.transactional,
     )
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
+from eventline_campaigns.channels import EMAIL, SMS
 from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
 
 # --- campaigns ---------------------------------------------------------------
@@ -542,6 +544,360 @@ class CampaignRepository:
             campaign_id,
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+
+# --- suppressions and provider reports ----------------------------------------
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    channel: int
+    address: str
+    reason: int
+    detail: str
+    delivery_id: int | None
+    created_at: dt.datetime
+
+
+_SUPPRESSION_COLUMNS = "channel, address, reason, detail, delivery_id, created_at"
+
+
+@dataclass(frozen=True)
+class Report:
+    """A provider's report about a delivery, as ``RecordDeliveryEvents`` received it."""
+
+    delivery_id: int
+    kind: int
+    occurred_at: dt.datetime | None
+    detail: str
+    provider_event_id: str | None
+    recipient: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    recorded: int
+    unmatched: int
+    duplicates: int
+    suppressed: int
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    delivery_id: int
+    kind: int
+    occurred_at: dt.datetime
+    detail: str
+    provider_event_id: str | None
+    address: str
+
+
+def normal_address(channel: int, address: str) -> str:
+    """How an address is kept and compared: e-mail addresses without regard to case."""
+    address = address.strip()
+    return address.lower() if channel == EMAIL else address
+
+
+_REPORTED_DELIVERIES = """
+SELECT d.delivery_id, d.customer_id, d.channel,
+       CASE d.channel WHEN 1 THEN c.email WHEN 2 THEN c.phone ELSE '' END AS address
+FROM deliveries d JOIN customers c USING (customer_id)
+WHERE d.delivery_id = ANY($1::bigint[])
+"""
+
+_RECORD_REPORTS = """
+INSERT INTO delivery_events (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::text[], $5::smallint[],
+                     $6::timestamptz[], $7::text[], $8::text[])
+ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+RETURNING delivery_id, customer_id, channel, address, kind, detail
+"""
+
+_SUPPRESS = """
+INSERT INTO suppressions (channel, address, reason, detail, delivery_id, customer_id)
+SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[], $6::text[])
+ON CONFLICT DO NOTHING
+"""
+
+_SOFT_BOUNCES = """
+SELECT channel, address, count(*) FROM delivery_events
+WHERE kind = 3 AND occurred_at > now() - $3 * interval '1 second'
+  AND (channel, address) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))
+GROUP BY channel, address
+"""
+
+
+REQUEST_KEY_TTL_S = 86400.0
+"""How long the key of a signed request is remembered (replays within it are refused)."""
+
+_FORGET_EXPIRED_REQUESTS = """
+DELETE FROM seen_requests WHERE request_key IN (
+    SELECT request_key FROM seen_requests WHERE expires_at < now() LIMIT 100 FOR UPDATE SKIP LOCKED
+)
+"""
+
+# A key is new when it was never seen or its row has expired; a few expired rows go each time.
+_SEE_REQUEST = """
+WITH expired AS (
+    DELETE FROM seen_requests WHERE request_key IN (
+        SELECT request_key FROM seen_requests WHERE expires_at < now() LIMIT 10 FOR UPDATE SKIP LOCKED
+    ) AND request_key <> $1
+)
+INSERT INTO seen_requests (request_key, expires_at) VALUES ($1, now() + $2 * interval '1 second')
+ON CONFLICT (request_key) DO UPDATE SET expires_at = excluded.expires_at
+    WHERE seen_requests.expires_at < now()
+RETURNING true
+"""
+
+
+# The common case in one statement: reports that suppress nothing (delivered, opened,
+# clicked), with the request key's check, matched to their deliveries and recorded at once.
+_RECORD_PLAIN_REPORTS = """
+WITH seen AS (
+    INSERT INTO seen_requests (request_key, expires_at)
+    SELECT $7, now() + $8 * interval '1 second' WHERE $7 <> ''
+    ON CONFLICT (request_key) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE seen_requests.expires_at < now()
+    RETURNING true
+), allowed AS (
+    SELECT ($7 = '' OR EXISTS (SELECT 1 FROM seen)) AS ok
+), matched AS (
+    SELECT t.n, t.delivery_id, d.customer_id, d.channel, t.kind, t.occurred_at, t.detail, t.provider_event_id,
+           CASE d.channel WHEN 1 THEN lower(btrim(coalesce(nullif(t.recipient, ''), c.email)))
+                          WHEN 2 THEN btrim(coalesce(nullif(t.recipient, ''), c.phone))
+                          ELSE t.recipient END AS address
+    FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
+         WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, n)
+    JOIN deliveries d ON d.delivery_id = t.delivery_id
+    JOIN customers c ON c.customer_id = d.customer_id
+    WHERE (SELECT ok FROM allowed)
+), inserted AS (
+    INSERT INTO delivery_events
+        (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
+    SELECT delivery_id, customer_id, channel, address, kind, coalesce(occurred_at, now()), detail,
+           nullif(provider_event_id, '')
+    FROM matched ORDER BY n
+    ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT ok FROM allowed), (SELECT count(*) FROM matched), (SELECT count(*) FROM inserted)
+"""
+
+
+class Replayed(Exception):
+    """The request key was seen before: the request is a replay."""
+
+
+class SuppressionRepository:
+    """Suppressed addresses, provider reports and the soft-bounce count, with bind parameters only."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def suppressed(self, addresses: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """The suppressed ones among (channel, normal address) pairs, with their reason."""
+        if not addresses:
+            return {}
+        rows = await self.pool.fetch(
+            """
+            SELECT channel, address, reason FROM suppressions
+            WHERE (channel, address) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))
+            """,
+            [c for c, _ in addresses],
+            [a for _, a in addresses],
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def page(
+        self, channel: int, before: tuple[dt.datetime, int, str] | None, limit: int
+    ) -> list[SuppressionRow]:
+        rows = await self.pool.fetch(
+            f"""
+            SELECT {_SUPPRESSION_COLUMNS} FROM suppressions
+            WHERE ($1::smallint = 0 OR channel = $1)
+              AND ($2::timestamptz IS NULL OR (created_at, channel, address) < ($2, $3, $4))
+            ORDER BY created_at DESC, channel DESC, address DESC
+            LIMIT $5
+            """,
+            channel,
+            before[0] if before else None,
+            before[1] if before else 0,
+            before[2] if before else "",
+            limit,
+        )
+        return [SuppressionRow(*r) for r in rows]
+
+    async def add(self, channel: int, address: str, reason: int, detail: str) -> SuppressionRow:
+        """Suppress by hand; the stored row (an earlier one wins)."""
+        async with self.pool.acquire() as connection:
+            await connection.execute(
+                "INSERT INTO suppressions (channel, address, reason, detail) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING",
+                channel,
+                address,
+                reason,
+                detail,
+            )
+            row = await connection.fetchrow(
+                f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE channel = $1 AND address = $2",
+                channel,
+                address,
+            )
+        assert row is not None
+        return SuppressionRow(*row)
+
+    async def remove(self, channel: int, address: str) -> bool:
+        """Lift a suppression; whether there was one. The address's soft bounces stop counting
+        (their kind is negated: they still show on their deliveries), so the next one does not
+        suppress it again at once."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            removed = await connection.fetchval(
+                "DELETE FROM suppressions WHERE channel = $1 AND address = $2 RETURNING true", channel, address
+            )
+            await connection.execute(
+                "UPDATE delivery_events SET kind = -kind WHERE kind = 3 AND channel = $1 AND address = $2",
+                channel,
+                address,
+            )
+        return bool(removed)
+
+    async def record_reports(
+        self,
+        reports: Sequence[Report],
+        *,
+        soft_limit: int,
+        soft_window_s: float,
+        reasons: dict[int, int],
+        request_key: str = "",
+    ) -> Recorded:
+        """Record reports on their deliveries and suppress what they call for, in one transaction.
+
+        ``reasons`` maps a report kind that suppresses at once (hard bounce, complaint)
+        to its suppression reason; soft bounces suppress after ``soft_limit`` within
+        ``soft_window_s`` (reason ``SOFT_BOUNCES``, 3). A ``request_key`` seen within
+        ``REQUEST_KEY_TTL_S`` raises ``Replayed`` and records nothing.
+        """
+        if not any(r.kind in reasons or r.kind == 3 for r in reports):
+            return await self._record_plain_reports(reports, request_key)
+        async with self.pool.acquire() as connection, connection.transaction():
+            if request_key and not await connection.fetchval(_SEE_REQUEST, request_key, REQUEST_KEY_TTL_S):
+                raise Replayed()
+            found = {
+                r["delivery_id"]: r
+                for r in await connection.fetch(_REPORTED_DELIVERIES, sorted({r.delivery_id for r in reports}))
+            }
+            matched = [r for r in reports if r.delivery_id in found]
+            now = await connection.fetchval("SELECT now()")
+            columns: list[list[object]] = [[] for _ in range(8)]
+            for report in matched:
+                delivery = found[report.delivery_id]
+                address = normal_address(delivery["channel"], report.recipient or delivery["address"] or "")
+                values = (
+                    report.delivery_id,
+                    delivery["customer_id"],
+                    delivery["channel"],
+                    address,
+                    report.kind,
+                    report.occurred_at or now,
+                    report.detail,
+                    report.provider_event_id,
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+            inserted = await connection.fetch(_RECORD_REPORTS, *columns) if matched else []
+            suppress: dict[tuple[int, str], tuple[int, str, int, str]] = {}
+            soft: set[tuple[int, str]] = set()
+            for row in inserted:
+                key = (row["channel"], row["address"])
+                if not key[1] or row["channel"] not in (EMAIL, SMS):
+                    continue
+                if row["kind"] in reasons:
+                    suppress.setdefault(
+                        key, (reasons[row["kind"]], row["detail"], row["delivery_id"], row["customer_id"])
+                    )
+                elif row["kind"] == 3:
+                    soft.add(key)
+            if soft:
+                for channel, address, count in await connection.fetch(
+                    _SOFT_BOUNCES, [c for c, _ in soft], [a for _, a in soft], soft_window_s
+                ):
+                    if count >= soft_limit:
+                        last = next(
+                            r for r in reversed(inserted) if (r["channel"], r["address"]) == (channel, address)
+                        )
+                        suppress.setdefault(
+                            (channel, address),
+                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"],
+                             last["customer_id"]),
+                        )
+            suppressed = 0
+            if suppress:
+                keys = sorted(suppress)
+                status = await connection.execute(
+                    _SUPPRESS,
+                    [c for c, _ in keys],
+                    [a for _, a in keys],
+                    [suppress[k][0] for k in keys],
+                    [suppress[k][1] for k in keys],
+                    [suppress[k][2] for k in keys],
+                    [suppress[k][3] for k in keys],
+                )
+                suppressed = int(status.split()[-1])
+        return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
+
+    async def _record_plain_reports(self, reports: Sequence[Report], request_key: str) -> Recorded:
+        """Reports that suppress nothing: one statement, its own transaction."""
+        row = await self.pool.fetchrow(
+            _RECORD_PLAIN_REPORTS,
+            [r.delivery_id for r in reports],
+            [r.kind for r in reports],
+            [r.occurred_at for r in reports],
+            [r.detail for r in reports],
+            [r.provider_event_id or "" for r in reports],
+            [r.recipient for r in reports],
+            request_key,
+            REQUEST_KEY_TTL_S,
+        )
+        assert row is not None
+        ok, matched, inserted = row
+        if not ok:
+            raise Replayed()
+        if request_key and random.random() < 0.01:
+            await self.pool.execute(_FORGET_EXPIRED_REQUESTS)
+        return Recorded(inserted, len(reports) - matched, matched - inserted, 0)
+
+    async def reports(self, delivery_ids: Sequence[int], per_delivery: int) -> dict[int, list[ReportRow]]:
+        """The first ``per_delivery`` reports of each delivery, oldest first."""
+        if not delivery_ids:
+            return {}
+        rows = await self.pool.fetch(
+            """
+            SELECT delivery_id, abs(kind), occurred_at, detail, provider_event_id, address FROM (
+                SELECT *, row_number() OVER (PARTITION BY delivery_id ORDER BY occurred_at, recorded_at) AS n
+                FROM delivery_events WHERE delivery_id = ANY($1::bigint[])
+            ) AS numbered
+            WHERE n <= $2 ORDER BY delivery_id, n
+            """,
+            list(delivery_ids),
+            per_delivery,
+        )
+        found: dict[int, list[ReportRow]] = {}
+        for r in rows:
+            found.setdefault(r[0], []).append(ReportRow(*r))
+        return found
+
+    async def report_stats(self, campaign_id: str) -> dict[int, int]:
+        """Sent deliveries of a campaign with at least one report of each kind."""
+        rows = await self.pool.fetch(
+            """
+            SELECT abs(e.kind), count(DISTINCT e.delivery_id) FROM delivery_events e
+            JOIN deliveries d USING (delivery_id)
+            WHERE d.campaign_id = $1
+            GROUP BY abs(e.kind)
+            """,
+            campaign_id,
+        )
+        return {r[0]: r[1] for r in rows}
 
 
 __all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignChanged", "CampaignRepository"]

@@ -15,11 +15,13 @@ from eventline_campaigns.channels import (
     EMAIL,
     PUSH,
     SMS,
+    WEBHOOK,
     Channel,
     FileSink,
     HttpChannel,
     Message,
     SmtpChannel,
+    WebhookChannel,
 )
 from eventline_campaigns.consumer import StreamConsumer
 from eventline_campaigns.engine import CampaignCache, Engine
@@ -76,6 +78,15 @@ def build_channels(
         )
     else:
         channels[EMAIL] = file_sink()
+    channels[WEBHOOK] = (
+        WebhookChannel(
+            settings.webhook_secret,
+            timeout_s=settings.provider_timeout_s,
+            allow_private=settings.webhook_allow_private,
+        )
+        if settings.webhook_secret
+        else file_sink()
+    )
     for channel, url in ((SMS, settings.sms_url), (PUSH, settings.push_url)):
         channels[channel] = (
             HttpChannel(url, settings.provider_secret, timeout_s=settings.provider_timeout_s)
@@ -129,6 +140,7 @@ async def running(
             send_attempts=settings.send_attempts,
             send_concurrency=settings.send_concurrency,
             fanout_batch=settings.fanout_batch,
+            unsubscribe_links=settings.unsubscribe,
         )
         consumer = StreamConsumer(
             client,
@@ -145,7 +157,13 @@ async def running(
         )
         await cache.refresh()
         servicer = CampaignServicer(
-            repository, audience, cache, await PageTokens.load(pool), rendering, settings.render_limits
+            repository,
+            audience,
+            cache,
+            await PageTokens.load(pool),
+            rendering,
+            settings.render_limits,
+            settings.suppression,
         )
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
@@ -159,6 +177,11 @@ async def running(
         tasks += [asyncio.create_task(janitor.run()) for janitor in janitors]
         if consume:
             tasks.append(asyncio.create_task(consumer.run()))
+        if settings.smtp_host and settings.unsubscribe is None:
+            log.warning(
+                "marketing e-mails carry no List-Unsubscribe link: set EVENTLINE_UNSUBSCRIBE_URL and "
+                "EVENTLINE_UNSUBSCRIBE_SECRET (mailbox providers require one-click unsubscribe of bulk senders)"
+            )
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
         try:
             yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from typing import Any
 
@@ -13,7 +14,19 @@ from eventline_campaigns.audience import Audience
 from eventline_campaigns.engine import CampaignCache, Trigger, _address, render_actions, template_arguments
 from eventline_campaigns.model import compile_action
 from eventline_campaigns.rendering import Rendering
-from eventline_campaigns.repository import CampaignRepository, CampaignRow, DeliveryRow
+from eventline_campaigns.repository import (
+    CampaignRepository,
+    CampaignRow,
+    DeliveryRow,
+    Recorded,
+    Replayed,
+    Report,
+    ReportRow,
+    SuppressionRepository,
+    SuppressionRow,
+    normal_address,
+)
+from eventline_campaigns.settings import DEFAULT_SUPPRESSION, SuppressionPolicy
 from eventline_campaigns.templates import Limits
 from eventline_shared import paging
 from eventline_shared.errors import (
@@ -27,13 +40,13 @@ from eventline_shared.errors import (
 )
 from eventline_shared.grpc_server import Context
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
-from eventline_shared.values import datetime_to_timestamp
+from eventline_shared.values import datetime_to_timestamp, timestamp_to_datetime
 
 DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
 PAUSED = campaigns_pb2.CAMPAIGN_STATE_PAUSED
 ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
-_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap"}
+_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap", "transactional"}
 _OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
 
 
@@ -81,8 +94,57 @@ def _spec(campaign: campaigns_pb2.Campaign) -> bytes:
     return spec.SerializeToString(deterministic=True)
 
 
-def _delivery(row: DeliveryRow) -> campaigns_pb2.Delivery:
+REPORTS_PER_DELIVERY = 20
+"""The most provider reports a Delivery carries (the first ones)."""
+
+MAX_REPORTS = 1000
+"""The most reports one RecordDeliveryEvents call may carry."""
+
+_SUPPRESSIBLE = (campaigns_pb2.CHANNEL_EMAIL, campaigns_pb2.CHANNEL_SMS)
+_PHONE = re.compile(r"\+?[0-9]{3,20}")
+
+
+def _report(row: ReportRow) -> campaigns_pb2.DeliveryEvent:
+    return campaigns_pb2.DeliveryEvent(
+        delivery_id=str(row.delivery_id),
+        kind=row.kind,  # type: ignore[arg-type]
+        occur_time=datetime_to_timestamp(row.occurred_at),
+        detail=row.detail,
+        provider_event_id=row.provider_event_id or "",
+        recipient=row.address,
+    )
+
+
+def _suppression(row: SuppressionRow) -> campaigns_pb2.Suppression:
+    return campaigns_pb2.Suppression(
+        channel=row.channel,  # type: ignore[arg-type]
+        address=row.address,
+        reason=row.reason,  # type: ignore[arg-type]
+        detail=row.detail,
+        delivery_id=str(row.delivery_id) if row.delivery_id is not None else "",
+        create_time=datetime_to_timestamp(row.created_at),
+    )
+
+
+def _check_address(channel: int, address: str, prefix: str = "") -> list[FieldViolation]:
+    """An address of a channel that can be suppressed: e-mail (one ``@``) or SMS (digits)."""
+    field = f"{prefix}address"
+    if channel not in _SUPPRESSIBLE:
+        return [FieldViolation(f"{prefix}channel", "must be CHANNEL_EMAIL or CHANNEL_SMS")]
+    if not address.strip():
+        return [FieldViolation(field, "an address is required")]
+    if len(address) > 320 or any(c.isspace() or not c.isprintable() for c in address):
+        return [FieldViolation(field, f"{quote(address)} is not an address")]
+    if channel == campaigns_pb2.CHANNEL_EMAIL and address.count("@") != 1:
+        return [FieldViolation(field, f"{quote(address)} is not an e-mail address")]
+    if channel == campaigns_pb2.CHANNEL_SMS and not _PHONE.fullmatch(address):
+        return [FieldViolation(field, f"{quote(address)} is not a phone number")]
+    return []
+
+
+def _delivery(row: DeliveryRow, reports: list[ReportRow] | None = None) -> campaigns_pb2.Delivery:
     return campaigns_pb2.Delivery(
+        events=[_report(r) for r in reports or []],
         delivery_id=str(row.delivery_id),
         campaign_id=row.campaign_id,
         event_id=row.event_id,
@@ -105,8 +167,11 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         tokens: PageTokens,
         rendering: Rendering,
         limits: Limits,
+        suppression: SuppressionPolicy = DEFAULT_SUPPRESSION,
     ) -> None:
         self.repository = repository
+        self.suppressions = SuppressionRepository(repository.pool)
+        self.suppression = suppression
         self.audience = audience
         self.cache = cache
         self.tokens = tokens
@@ -192,6 +257,8 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 merged.actions.extend(request.campaign.actions)
             elif path == "display_name":
                 merged.display_name = request.campaign.display_name
+            elif path == "transactional":
+                merged.transactional = request.campaign.transactional
             elif request.campaign.HasField(path):
                 getattr(merged, path).CopyFrom(getattr(request.campaign, path))
             else:
@@ -293,7 +360,8 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         if request.page_token:
             before = self.tokens.read(request.page_token, "ListDeliveries", bound_to, (int,)).number(0)
         rows = await self.repository.list_deliveries(parent, value, before, size + 1)
-        deliveries = [_delivery(r) for r in rows]
+        reports = await self.suppressions.reports([r.delivery_id for r in rows], REPORTS_PER_DELIVERY)
+        deliveries = [_delivery(r, reports.get(r.delivery_id, [])) for r in rows]
         page = paging.fill(deliveries, size, paging.message_bytes)
         next_token = ""
         if len(page) < len(deliveries):
@@ -312,7 +380,124 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 setattr(reply, name, getattr(reply, name) + count)
             if reason and status in (3, 4):
                 reply.reasons[reason] = reply.reasons.get(reason, 0) + count
+        reported = await self.suppressions.report_stats(request.campaign_id)
+        reply.delivered = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_DELIVERED, 0)
+        reply.bounced = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_HARD, 0) + reported.get(
+            campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_SOFT, 0
+        )
+        reply.complained = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED, 0)
+        reply.opened = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_OPENED, 0)
+        reply.clicked = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_CLICKED, 0)
         return reply
+
+    # --- suppression and provider reports ---
+
+    async def ListSuppressions(
+        self, request: campaigns_pb2.ListSuppressionsRequest, context: Context
+    ) -> campaigns_pb2.ListSuppressionsResponse:
+        channel = int(request.channel)
+        if channel not in (0, *_SUPPRESSIBLE):
+            raise_if_any([FieldViolation("channel", "must be CHANNEL_EMAIL, CHANNEL_SMS or unspecified")])
+        size = paging.page_size(request.page_size, 50, 1000)
+        bound_to = paging.scope(request)
+        before = None
+        if request.page_token:
+            position = self.tokens.read(
+                request.page_token, "ListSuppressions", bound_to, (dt.datetime, int, str)
+            )
+            before = (position.instant(0), position.number(1), position.text(2))
+        rows = await self.suppressions.page(channel, before, size + 1)
+        page = paging.fill(rows, size, lambda r: paging.message_bytes(_suppression(r)))
+        next_token = ""
+        if len(page) < len(rows):
+            last = page[-1]
+            next_token = self.tokens.issue(
+                "ListSuppressions", bound_to, (last.created_at, last.channel, last.address)
+            )
+        return campaigns_pb2.ListSuppressionsResponse(
+            suppressions=[_suppression(r) for r in page], next_page_token=next_token
+        )
+
+    async def CreateSuppression(
+        self, request: campaigns_pb2.CreateSuppressionRequest, context: Context
+    ) -> campaigns_pb2.CreateSuppressionResponse:
+        given = request.suppression
+        violations = _check_address(given.channel, given.address, "suppression.")
+        if len(given.detail) > 1000:
+            violations.append(FieldViolation("suppression.detail", "at most 1,000 characters"))
+        raise_if_any(violations)
+        row = await self.suppressions.add(
+            given.channel,
+            normal_address(given.channel, given.address),
+            campaigns_pb2.SUPPRESSION_REASON_MANUAL,
+            given.detail,
+        )
+        return campaigns_pb2.CreateSuppressionResponse(suppression=_suppression(row))
+
+    async def DeleteSuppression(
+        self, request: campaigns_pb2.DeleteSuppressionRequest, context: Context
+    ) -> campaigns_pb2.DeleteSuppressionResponse:
+        raise_if_any(_check_address(request.channel, request.address))
+        address = normal_address(request.channel, request.address)
+        if not await self.suppressions.remove(request.channel, address):
+            raise NotFound(f"{quote(address)} is not suppressed on that channel")
+        return campaigns_pb2.DeleteSuppressionResponse()
+
+    async def RecordDeliveryEvents(
+        self, request: campaigns_pb2.RecordDeliveryEventsRequest, context: Context
+    ) -> campaigns_pb2.RecordDeliveryEventsResponse:
+        violations: list[FieldViolation] = []
+        if not request.events:
+            violations.append(FieldViolation("events", "at least one report is required"))
+        if len(request.events) > MAX_REPORTS:
+            raise ResourceExhausted([FieldViolation("events", f"at most {MAX_REPORTS:,} reports per call")])
+        if len(request.request_key) > 200:
+            violations.append(FieldViolation("request_key", "at most 200 characters"))
+        reports = []
+        for i, event in enumerate(request.events):
+            field = f"events[{i}]"
+            if not event.delivery_id.isascii() or not event.delivery_id.isdigit() or len(event.delivery_id) > 18:
+                violations.append(FieldViolation(f"{field}.delivery_id", "must be a delivery id (digits)"))
+            if event.kind not in campaigns_pb2.DeliveryEventKind.values() or event.kind == 0:
+                violations.append(FieldViolation(f"{field}.kind", "must be a delivery event kind"))
+            for name, limit in (("detail", 1000), ("provider_event_id", 200), ("recipient", 320)):
+                if len(getattr(event, name)) > limit:
+                    violations.append(FieldViolation(f"{field}.{name}", f"at most {limit:,} characters"))
+            if violations:
+                continue
+            reports.append(
+                Report(
+                    int(event.delivery_id),
+                    event.kind,
+                    timestamp_to_datetime(event.occur_time) if event.HasField("occur_time") else None,
+                    event.detail,
+                    event.provider_event_id or None,
+                    event.recipient,
+                )
+            )
+        raise_if_any(violations)
+        try:
+            recorded = await self._record_reports(reports, request.request_key)
+        except Replayed:
+            raise AlreadyExists("this request was handled before (a replay); nothing was recorded") from None
+        return campaigns_pb2.RecordDeliveryEventsResponse(
+            recorded=recorded.recorded,
+            unmatched=recorded.unmatched,
+            duplicates=recorded.duplicates,
+            suppressed=recorded.suppressed,
+        )
+
+    async def _record_reports(self, reports: list[Report], request_key: str) -> Recorded:
+        return await self.suppressions.record_reports(
+            reports,
+            request_key=request_key,
+            soft_limit=self.suppression.soft_bounces,
+            soft_window_s=self.suppression.soft_bounce_window_s,
+            reasons={
+                campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_HARD: campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE,
+                campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED: campaigns_pb2.SUPPRESSION_REASON_COMPLAINT,
+            },
+        )
 
 
 def _sample_event(name: str, context: Any) -> Any:

@@ -14,11 +14,24 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits
 from eventline_shared.config import CommonSettings, ConfigError, env_bool, env_float, env_int, env_str
 
 DEFAULT_PORT = 50053
 DEFAULT_SEGMENTATION_ADDR = "127.0.0.1:50052"
+
+
+@dataclass(frozen=True)
+class SuppressionPolicy:
+    """When provider reports suppress an address (hard bounces and complaints always do)."""
+
+    soft_bounces: int = 3
+    """Soft bounces of an address within the window that suppress it."""
+    soft_bounce_window_s: float = 7 * 86400.0
+
+
+DEFAULT_SUPPRESSION = SuppressionPolicy()
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,13 @@ class Settings:
     """Steps and CPU time one template render may take."""
     render_memory_mb: int
     """Address space a render worker may add to what it has after starting."""
+    suppression: SuppressionPolicy = DEFAULT_SUPPRESSION
+    webhook_secret: str = ""
+    """HMAC-SHA256 key of webhook deliveries (EVENTLINE_WEBHOOK_SECRET)."""
+    webhook_allow_private: bool = False
+    """Let webhooks reach loopback, link-local and private addresses (EVENTLINE_WEBHOOK_ALLOW_PRIVATE)."""
+    unsubscribe: UnsubscribeLinks | None = None
+    """The List-Unsubscribe links of marketing e-mails (EVENTLINE_UNSUBSCRIBE_URL and _SECRET)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -85,6 +105,19 @@ class Settings:
                 "segmentation service with it (create one with: eventline keys create --name campaigns "
                 "--scope read)"
             )
+        unsubscribe_url = env_str(environ, "EVENTLINE_UNSUBSCRIBE_URL", "")
+        unsubscribe_secret = environ.get("EVENTLINE_UNSUBSCRIBE_SECRET", "")
+        if unsubscribe_url and not unsubscribe_url.startswith(("https://", "http://")):
+            raise ConfigError("EVENTLINE_UNSUBSCRIBE_URL must be an https:// URL (http:// for local tests)")
+        if unsubscribe_url and len(unsubscribe_secret) < 16:
+            raise ConfigError("EVENTLINE_UNSUBSCRIBE_URL needs EVENTLINE_UNSUBSCRIBE_SECRET (16 characters or more)")
+        unsubscribe = (
+            UnsubscribeLinks(
+                unsubscribe_url, unsubscribe_secret, env_str(environ, "EVENTLINE_UNSUBSCRIBE_MAILTO", "")
+            )
+            if unsubscribe_url
+            else None
+        )
         segmentation_addr = env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR)
         if ":" not in segmentation_addr:
             raise ConfigError("EVENTLINE_SEGMENTATION_ADDR must be host:port")
@@ -129,4 +162,11 @@ class Settings:
                 / 1000,
             ),
             render_memory_mb=env_int(environ, "EVENTLINE_CAMPAIGNS_RENDER_MEMORY_MB", 256, minimum=16),
+            unsubscribe=unsubscribe,
+            webhook_secret=environ.get("EVENTLINE_WEBHOOK_SECRET", ""),
+            webhook_allow_private=env_bool(environ, "EVENTLINE_WEBHOOK_ALLOW_PRIVATE", False),
+            suppression=SuppressionPolicy(
+                soft_bounces=env_int(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCES", 3, minimum=1),
+                soft_bounce_window_s=env_float(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S", 7 * 86400.0),
+            ),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import urllib.parse
 
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2
@@ -144,7 +145,7 @@ def _actions(
         path = f"{field}[{i}]"
         kind = action.WhichOneof("channel")
         if kind is None:
-            found.append(FieldViolation(path, "a channel (email, sms or push) is required"))
+            found.append(FieldViolation(path, "a channel (email, sms, push or webhook) is required"))
             continue
         if kind in seen:
             found.append(FieldViolation(f"{path}.{kind}", "at most one action per channel"))
@@ -159,6 +160,9 @@ def _actions(
                 found.append(FieldViolation(f"{path}.email", "html_body or text_body is required"))
         elif kind == "sms":
             found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True, limits)
+        elif kind == "webhook":
+            found += _webhook_url(action.webhook.url, f"{path}.webhook.url")
+            found += _template(action.webhook.body, f"{path}.webhook.body", 100_000, False, True, limits)
         else:
             push = action.push
             found += _template(push.title, f"{path}.push.title", 1000, False, True, limits)
@@ -172,6 +176,25 @@ def _actions(
                     found.append(bad_key)
                 found += _template(source, key_path, 4000, False, True, limits)
     return found
+
+
+def _webhook_url(url: str, field: str) -> list[FieldViolation]:
+    """An http(s) URL with a host and no user information (where it resolves is checked
+    when it is called: an address can change after the campaign is saved)."""
+    if not url:
+        return [FieldViolation(field, "a URL is required")]
+    if len(url) > 2000 or any(not c.isprintable() or c.isspace() for c in url):
+        return [FieldViolation(field, "must be a URL of at most 2,000 characters without spaces")]
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [FieldViolation(field, "must be an http:// or https:// URL with a host")]
+    if parts.username is not None or parts.password is not None:
+        return [FieldViolation(field, "must carry no user name or password")]
+    try:
+        parts.port  # noqa: B018 - a bad port raises
+    except ValueError:
+        return [FieldViolation(field, "has a bad port")]
+    return []
 
 
 def _frequency_cap(cap: campaigns_pb2.FrequencyCap, field: str) -> list[FieldViolation]:

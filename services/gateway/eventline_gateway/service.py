@@ -26,10 +26,12 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
+from eventline.campaigns.v1 import campaigns_pb2_grpc
+from eventline.ingestion.v1 import ingestion_pb2_grpc
 from google.rpc import code_pb2
 from prometheus_client import Counter, Histogram, start_http_server
 
-from eventline_gateway import errors
+from eventline_gateway import callbacks, errors, unsubscribe
 from eventline_gateway.backends import SERVICES, Backend, open_channels
 from eventline_gateway.errors import HttpError
 from eventline_gateway.settings import Settings
@@ -230,15 +232,34 @@ async def openapi(request: web.Request) -> web.Response:
     return _reply(request.app[STATE].openapi)
 
 
-def build_app(transcoder: Transcoder, backends: DependencyMonitor, settings: Settings) -> web.Application:
+def build_app(
+    transcoder: Transcoder,
+    backends: DependencyMonitor,
+    settings: Settings,
+    campaigns: grpc.aio.Channel | None = None,
+    ingestion: grpc.aio.Channel | None = None,
+) -> web.Application:
     """The HTTP application: the gateway's own routes, then every transcoded RPC."""
     app = web.Application(middlewares=[edge], client_max_size=settings.max_body_bytes)
+    if ingestion is not None and settings.unsubscribe_secret:
+        app[unsubscribe.UNSUBSCRIBER] = unsubscribe.Unsubscriber(
+            settings.unsubscribe_secret,
+            ingestion_pb2_grpc.IngestionServiceStub(ingestion),
+            settings.callbacks.service_api_key,
+        )
+    if campaigns is not None:
+        app[callbacks.CALLBACKS] = callbacks.Callbacks(
+            settings.callbacks, campaigns_pb2_grpc.CampaignServiceStub(campaigns)
+        )
     app[TRANSCODER] = transcoder
     app[BACKENDS] = backends
     app[STATE] = GatewayState(settings.deadline_s, openapi_document())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/callbacks/{provider}", callbacks.callback)
+    app.router.add_route("GET", "/v1/unsubscribe/{token}", unsubscribe.unsubscribe)
+    app.router.add_route("POST", "/v1/unsubscribe/{token}", unsubscribe.unsubscribe)
     # Last: whatever the routes above do not take is an RPC (or a clean 404/405).
     app.router.add_route("*", "/{path:.*}", transcode)
     return app
@@ -276,7 +297,7 @@ async def running(settings: Settings) -> AsyncIterator[RunningGateway]:
         interval_s=common.health_probe_interval_s,
     )
     transcoder = Transcoder.for_services(SERVICES, channels)
-    app = build_app(transcoder, monitor, settings)
+    app = build_app(transcoder, monitor, settings, channels["campaigns"], channels["ingestion"])
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=common.shutdown_grace_s)
     metrics_server: Any = None
     try:

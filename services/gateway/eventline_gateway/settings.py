@@ -9,8 +9,9 @@ checks the key as for any gRPC call.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from eventline_gateway.callbacks import CallbackSettings
 from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
 
 DEFAULT_PORT = 8080
@@ -34,6 +35,11 @@ class Settings:
     """Larger request bodies are refused with 413."""
     deadline_s: float
     """The deadline of each call to a service (a shorter ``Grpc-Timeout`` header wins)."""
+    callbacks: CallbackSettings = field(default_factory=CallbackSettings)
+    """Provider status callbacks: the providers' secrets."""
+    unsubscribe_secret: str = ""
+    """EVENTLINE_UNSUBSCRIBE_SECRET: the key of one-click unsubscribe tokens (shared with
+    the campaign service, which writes the links)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -57,8 +63,25 @@ class Settings:
         deadline_s = env_float(environ, "EVENTLINE_GATEWAY_DEADLINE_S", 60.0)
         if not 0 < deadline_s <= 3600:
             raise ConfigError("EVENTLINE_GATEWAY_DEADLINE_S must be more than 0 and at most 3600")
+        common = CommonSettings.from_env(environ, "gateway", DEFAULT_PORT)
+        public_url = env_str(environ, "EVENTLINE_GATEWAY_PUBLIC_URL", "")
+        if public_url and not public_url.startswith(("http://", "https://")):
+            raise ConfigError("EVENTLINE_GATEWAY_PUBLIC_URL must be an http:// or https:// URL")
+        tolerance_s = env_float(environ, "EVENTLINE_CALLBACK_TOLERANCE_S", 300.0)
+        if not 0 < tolerance_s <= 86400:
+            raise ConfigError("EVENTLINE_CALLBACK_TOLERANCE_S must be more than 0 and at most 86400")
+        callbacks = CallbackSettings(
+            secret=environ.get("EVENTLINE_CALLBACK_SECRET", ""),
+            mailgun_signing_key=environ.get("EVENTLINE_MAILGUN_SIGNING_KEY", ""),
+            twilio_auth_token=environ.get("EVENTLINE_TWILIO_AUTH_TOKEN", ""),
+            tolerance_s=tolerance_s,
+            public_url=public_url,
+            service_api_key=common.security.service_api_key if common.security else "",
+        )
         return cls(
-            common=CommonSettings.from_env(environ, "gateway", DEFAULT_PORT),
+            callbacks=callbacks,
+            unsubscribe_secret=environ.get("EVENTLINE_UNSUBSCRIBE_SECRET", ""),
+            common=common,
             backends=backends,
             required_backends=required,
             max_body_bytes=env_int(

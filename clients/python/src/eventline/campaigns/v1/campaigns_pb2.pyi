@@ -29,6 +29,7 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_EMAIL: _ClassVar[Channel]
     CHANNEL_SMS: _ClassVar[Channel]
     CHANNEL_PUSH: _ClassVar[Channel]
+    CHANNEL_WEBHOOK: _ClassVar[Channel]
 
 class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +38,24 @@ class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DELIVERY_STATUS_SENT: _ClassVar[DeliveryStatus]
     DELIVERY_STATUS_FAILED: _ClassVar[DeliveryStatus]
     DELIVERY_STATUS_SKIPPED: _ClassVar[DeliveryStatus]
+
+class DeliveryEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_EVENT_KIND_UNSPECIFIED: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_DELIVERED: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_BOUNCED_HARD: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_BOUNCED_SOFT: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_COMPLAINED: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_OPENED: _ClassVar[DeliveryEventKind]
+    DELIVERY_EVENT_KIND_CLICKED: _ClassVar[DeliveryEventKind]
+
+class SuppressionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUPPRESSION_REASON_UNSPECIFIED: _ClassVar[SuppressionReason]
+    SUPPRESSION_REASON_HARD_BOUNCE: _ClassVar[SuppressionReason]
+    SUPPRESSION_REASON_COMPLAINT: _ClassVar[SuppressionReason]
+    SUPPRESSION_REASON_SOFT_BOUNCES: _ClassVar[SuppressionReason]
+    SUPPRESSION_REASON_MANUAL: _ClassVar[SuppressionReason]
 CAMPAIGN_STATE_UNSPECIFIED: CampaignState
 CAMPAIGN_STATE_DRAFT: CampaignState
 CAMPAIGN_STATE_ACTIVE: CampaignState
@@ -46,11 +65,24 @@ CHANNEL_UNSPECIFIED: Channel
 CHANNEL_EMAIL: Channel
 CHANNEL_SMS: Channel
 CHANNEL_PUSH: Channel
+CHANNEL_WEBHOOK: Channel
 DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
 DELIVERY_STATUS_PENDING: DeliveryStatus
 DELIVERY_STATUS_SENT: DeliveryStatus
 DELIVERY_STATUS_FAILED: DeliveryStatus
 DELIVERY_STATUS_SKIPPED: DeliveryStatus
+DELIVERY_EVENT_KIND_UNSPECIFIED: DeliveryEventKind
+DELIVERY_EVENT_KIND_DELIVERED: DeliveryEventKind
+DELIVERY_EVENT_KIND_BOUNCED_HARD: DeliveryEventKind
+DELIVERY_EVENT_KIND_BOUNCED_SOFT: DeliveryEventKind
+DELIVERY_EVENT_KIND_COMPLAINED: DeliveryEventKind
+DELIVERY_EVENT_KIND_OPENED: DeliveryEventKind
+DELIVERY_EVENT_KIND_CLICKED: DeliveryEventKind
+SUPPRESSION_REASON_UNSPECIFIED: SuppressionReason
+SUPPRESSION_REASON_HARD_BOUNCE: SuppressionReason
+SUPPRESSION_REASON_COMPLAINT: SuppressionReason
+SUPPRESSION_REASON_SOFT_BOUNCES: SuppressionReason
+SUPPRESSION_REASON_MANUAL: SuppressionReason
 
 class Trigger(_message.Message):
     __slots__ = ("customer_event", "system_event")
@@ -109,15 +141,25 @@ class PushAction(_message.Message):
     data: _containers.ScalarMap[str, str]
     def __init__(self, title: _Optional[str] = ..., body: _Optional[str] = ..., data: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class WebhookAction(_message.Message):
+    __slots__ = ("url", "body")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    body: str
+    def __init__(self, url: _Optional[str] = ..., body: _Optional[str] = ...) -> None: ...
+
 class Action(_message.Message):
-    __slots__ = ("email", "sms", "push")
+    __slots__ = ("email", "sms", "push", "webhook")
     EMAIL_FIELD_NUMBER: _ClassVar[int]
     SMS_FIELD_NUMBER: _ClassVar[int]
     PUSH_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     email: EmailAction
     sms: SmsAction
     push: PushAction
-    def __init__(self, email: _Optional[_Union[EmailAction, _Mapping]] = ..., sms: _Optional[_Union[SmsAction, _Mapping]] = ..., push: _Optional[_Union[PushAction, _Mapping]] = ...) -> None: ...
+    webhook: WebhookAction
+    def __init__(self, email: _Optional[_Union[EmailAction, _Mapping]] = ..., sms: _Optional[_Union[SmsAction, _Mapping]] = ..., push: _Optional[_Union[PushAction, _Mapping]] = ..., webhook: _Optional[_Union[WebhookAction, _Mapping]] = ...) -> None: ...
 
 class FrequencyCap(_message.Message):
     __slots__ = ("max_sends", "period")
@@ -128,7 +170,7 @@ class FrequencyCap(_message.Message):
     def __init__(self, max_sends: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since")
+    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since", "transactional")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +181,7 @@ class Campaign(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTIONAL_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     display_name: str
     state: CampaignState
@@ -149,7 +192,8 @@ class Campaign(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     active_since: _timestamp_pb2.Timestamp
-    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    transactional: bool
+    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transactional: _Optional[bool] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("campaign", "campaign_id")
@@ -292,7 +336,7 @@ class PreviewMessageResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[RenderedMessage, _Mapping]]] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("delivery_id", "campaign_id", "event_id", "customer_id", "channel", "status", "reason", "attempts", "create_time", "update_time")
+    __slots__ = ("delivery_id", "campaign_id", "event_id", "customer_id", "channel", "status", "reason", "attempts", "create_time", "update_time", "events")
     DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +347,7 @@ class Delivery(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     delivery_id: str
     campaign_id: str
     event_id: str
@@ -313,7 +358,8 @@ class Delivery(_message.Message):
     attempts: int
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, delivery_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., event_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., reason: _Optional[str] = ..., attempts: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[DeliveryEvent]
+    def __init__(self, delivery_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., event_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., reason: _Optional[str] = ..., attempts: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeliveryEvent, _Mapping]]] = ...) -> None: ...
 
 class ListDeliveriesRequest(_message.Message):
     __slots__ = ("campaign_id", "customer_id", "event_id", "page_size", "page_token")
@@ -344,7 +390,7 @@ class GetCampaignStatsRequest(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
 
 class GetCampaignStatsResponse(_message.Message):
-    __slots__ = ("pending", "sent", "failed", "skipped", "reasons")
+    __slots__ = ("pending", "sent", "failed", "skipped", "reasons", "delivered", "bounced", "complained", "opened", "clicked")
     class ReasonsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -357,9 +403,113 @@ class GetCampaignStatsResponse(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    BOUNCED_FIELD_NUMBER: _ClassVar[int]
+    COMPLAINED_FIELD_NUMBER: _ClassVar[int]
+    OPENED_FIELD_NUMBER: _ClassVar[int]
+    CLICKED_FIELD_NUMBER: _ClassVar[int]
     pending: int
     sent: int
     failed: int
     skipped: int
     reasons: _containers.ScalarMap[str, int]
-    def __init__(self, pending: _Optional[int] = ..., sent: _Optional[int] = ..., failed: _Optional[int] = ..., skipped: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    delivered: int
+    bounced: int
+    complained: int
+    opened: int
+    clicked: int
+    def __init__(self, pending: _Optional[int] = ..., sent: _Optional[int] = ..., failed: _Optional[int] = ..., skipped: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., delivered: _Optional[int] = ..., bounced: _Optional[int] = ..., complained: _Optional[int] = ..., opened: _Optional[int] = ..., clicked: _Optional[int] = ...) -> None: ...
+
+class DeliveryEvent(_message.Message):
+    __slots__ = ("delivery_id", "kind", "occur_time", "detail", "provider_event_id", "recipient")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OCCUR_TIME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    kind: DeliveryEventKind
+    occur_time: _timestamp_pb2.Timestamp
+    detail: str
+    provider_event_id: str
+    recipient: str
+    def __init__(self, delivery_id: _Optional[str] = ..., kind: _Optional[_Union[DeliveryEventKind, str]] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., provider_event_id: _Optional[str] = ..., recipient: _Optional[str] = ...) -> None: ...
+
+class RecordDeliveryEventsRequest(_message.Message):
+    __slots__ = ("events", "request_key")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[DeliveryEvent]
+    request_key: str
+    def __init__(self, events: _Optional[_Iterable[_Union[DeliveryEvent, _Mapping]]] = ..., request_key: _Optional[str] = ...) -> None: ...
+
+class RecordDeliveryEventsResponse(_message.Message):
+    __slots__ = ("recorded", "unmatched", "duplicates", "suppressed")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    unmatched: int
+    duplicates: int
+    suppressed: int
+    def __init__(self, recorded: _Optional[int] = ..., unmatched: _Optional[int] = ..., duplicates: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
+
+class Suppression(_message.Message):
+    __slots__ = ("channel", "address", "reason", "detail", "delivery_id", "create_time")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    address: str
+    reason: SuppressionReason
+    detail: str
+    delivery_id: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., address: _Optional[str] = ..., reason: _Optional[_Union[SuppressionReason, str]] = ..., detail: _Optional[str] = ..., delivery_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSuppressionsRequest(_message.Message):
+    __slots__ = ("channel", "page_size", "page_token")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    page_size: int
+    page_token: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSuppressionsResponse(_message.Message):
+    __slots__ = ("suppressions", "next_page_token")
+    SUPPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    suppressions: _containers.RepeatedCompositeFieldContainer[Suppression]
+    next_page_token: str
+    def __init__(self, suppressions: _Optional[_Iterable[_Union[Suppression, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CreateSuppressionRequest(_message.Message):
+    __slots__ = ("suppression",)
+    SUPPRESSION_FIELD_NUMBER: _ClassVar[int]
+    suppression: Suppression
+    def __init__(self, suppression: _Optional[_Union[Suppression, _Mapping]] = ...) -> None: ...
+
+class CreateSuppressionResponse(_message.Message):
+    __slots__ = ("suppression",)
+    SUPPRESSION_FIELD_NUMBER: _ClassVar[int]
+    suppression: Suppression
+    def __init__(self, suppression: _Optional[_Union[Suppression, _Mapping]] = ...) -> None: ...
+
+class DeleteSuppressionRequest(_message.Message):
+    __slots__ = ("channel", "address")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    address: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., address: _Optional[str] = ...) -> None: ...
+
+class DeleteSuppressionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -109,6 +109,26 @@ class CampaignServiceStub:
                 request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsRequest.SerializeToString,
                 response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsResponse.FromString,
                 _registered_method=True)
+        self.ListSuppressions = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/ListSuppressions',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsResponse.FromString,
+                _registered_method=True)
+        self.CreateSuppression = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/CreateSuppression',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionResponse.FromString,
+                _registered_method=True)
+        self.DeleteSuppression = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/DeleteSuppression',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionResponse.FromString,
+                _registered_method=True)
+        self.RecordDeliveryEvents = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/RecordDeliveryEvents',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -230,6 +250,44 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSuppressions(self, request, context):
+        """Lists suppressed addresses, newest first. Deliveries to a suppressed
+        address on its channel are skipped with the reason "suppressed: <reason>".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSuppression(self, request, context):
+        """Suppresses an address on a channel by hand. Suppressing an address that
+        is already suppressed returns the stored suppression and changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSuppression(self, request, context):
+        """Lifts the suppression of an address on a channel (its soft-bounce count
+        starts again from zero), or NOT_FOUND. Over HTTP the channel is a query
+        parameter: `DELETE /v1/suppressions/a%40example.com?channel=CHANNEL_EMAIL`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordDeliveryEvents(self, request, context):
+        """Records what e-mail and SMS providers reported about sent messages
+        (delivered, bounced, complained, opened, clicked), matched to deliveries
+        by delivery id. A hard bounce or a complaint suppresses the address on
+        the delivery's channel; soft bounces do after
+        EVENTLINE_SUPPRESS_SOFT_BOUNCES of them within
+        EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S. The HTTP gateway calls it for
+        the provider callbacks it has verified; it needs the `ingest` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +340,26 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.GetCampaignStats,
                     request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsRequest.FromString,
                     response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsResponse.SerializeToString,
+            ),
+            'ListSuppressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuppressions,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsResponse.SerializeToString,
+            ),
+            'CreateSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSuppression,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionResponse.SerializeToString,
+            ),
+            'DeleteSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSuppression,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionResponse.SerializeToString,
+            ),
+            'RecordDeliveryEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordDeliveryEvents,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -579,6 +657,114 @@ class CampaignService:
             '/eventline.campaigns.v1.CampaignService/GetCampaignStats',
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsRequest.SerializeToString,
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuppressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/ListSuppressions',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.ListSuppressionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/CreateSuppression',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.CreateSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/DeleteSuppression',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.DeleteSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordDeliveryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/RecordDeliveryEvents',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file eventline/campaigns/v1/campaigns.proto.
  */
 export const file_eventline_campaigns_v1_campaigns: GenFile = /*@__PURE__*/
-  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKvAQoGQWN0aW9uEjQKBWVtYWlsGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FbWFpbEFjdGlvbkgAEjAKA3NtcxgCIAEoCzIhLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU21zQWN0aW9uSAASMgoEcHVzaBgDIAEoCzIiLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHVzaEFjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i1AMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYAoVQ3JlYXRlQ2FtcGFpZ25SZXF1ZXN0EjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhITCgtjYW1wYWlnbl9pZBgCIAEoCSJMChZDcmVhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIpChJHZXRDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSQoTR2V0Q2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24idAoUTGlzdENhbXBhaWduc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNQoGc3RhdGVzGAMgAygOMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnblN0YXRlImUKFUxpc3RDYW1wYWlnbnNSZXNwb25zZRIzCgljYW1wYWlnbnMYASADKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChVVcGRhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJMChZVcGRhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIuChdBY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJOChhBY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIisKFFBhdXNlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIksKFVBhdXNlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iLQoWQXJjaGl2ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJNChdBcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24i2gEKFVByZXZpZXdNZXNzYWdlUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRJLCgdjb250ZXh0GAMgAygLMjouZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlcXVlc3QuQ29udGV4dEVudHJ5GkoKDENvbnRleHRFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4ASL3AQoPUmVuZGVyZWRNZXNzYWdlEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHc3ViamVjdBgCIAEoCRIRCglodG1sX2JvZHkYAyABKAkSEQoJdGV4dF9ib2R5GAQgASgJEj8KBGRhdGEYBSADKAsyMS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlbmRlcmVkTWVzc2FnZS5EYXRhRW50cnkSDQoFZXJyb3IYBiABKAkaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoWUHJldmlld01lc3NhZ2VSZXNwb25zZRI5CghtZXNzYWdlcxgBIAMoCzInLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlIskCCghEZWxpdmVyeRITCgtkZWxpdmVyeV9pZBgBIAEoCRITCgtjYW1wYWlnbl9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIwCgdjaGFubmVsGAUgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEjYKBnN0YXR1cxgGIAEoDjImLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlTdGF0dXMSDgoGcmVhc29uGAcgASgJEhAKCGF0dGVtcHRzGAggASgFEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiigEKFUxpc3REZWxpdmVyaWVzUmVxdWVzdBIVCgtjYW1wYWlnbl9pZBgBIAEoCUgAEhUKC2N1c3RvbWVyX2lkGAIgASgJSAASEgoIZXZlbnRfaWQYAyABKAlIABIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCUIICgZwYXJlbnQiZwoWTGlzdERlbGl2ZXJpZXNSZXNwb25zZRI0CgpkZWxpdmVyaWVzGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLgoXR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAki2gEKGEdldENhbXBhaWduU3RhdHNSZXNwb25zZRIPCgdwZW5kaW5nGAEgASgDEgwKBHNlbnQYAiABKAMSDgoGZmFpbGVkGAMgASgDEg8KB3NraXBwZWQYBCABKAMSTgoHcmVhc29ucxgFIAMoCzI9LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlLlJlYXNvbnNFbnRyeRouCgxSZWFzb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASqcAQoNQ2FtcGFpZ25TdGF0ZRIeChpDQU1QQUlHTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFENBTVBBSUdOX1NUQVRFX0RSQUZUEAESGQoVQ0FNUEFJR05fU1RBVEVfQUNUSVZFEAISGQoVQ0FNUEFJR05fU1RBVEVfUEFVU0VEEAMSGwoXQ0FNUEFJR05fU1RBVEVfQVJDSElWRUQQBCpYCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABIRCg1DSEFOTkVMX0VNQUlMEAESDwoLQ0hBTk5FTF9TTVMQAhIQCgxDSEFOTkVMX1BVU0gQAyqhAQoORGVsaXZlcnlTdGF0dXMSHwobREVMSVZFUllfU1RBVFVTX1VOU1BFQ0lGSUVEEAASGwoXREVMSVZFUllfU1RBVFVTX1BFTkRJTkcQARIYChRERUxJVkVSWV9TVEFUVVNfU0VOVBACEhoKFkRFTElWRVJZX1NUQVRVU19GQUlMRUQQAxIbChdERUxJVkVSWV9TVEFUVVNfU0tJUFBFRBAEMpULCg9DYW1wYWlnblNlcnZpY2USbwoOQ3JlYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlQ2FtcGFpZ25SZXNwb25zZRKLAQoLR2V0Q2FtcGFpZ24SKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVxdWVzdBorLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25SZXNwb25zZSIjgtPkkwIdEhsvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0SgwEKDUxpc3RDYW1wYWlnbnMSLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RDYW1wYWlnbnNSZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVzcG9uc2UiFYLT5JMCDxINL3YxL2NhbXBhaWducxJvCg5VcGRhdGVDYW1wYWlnbhItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5VcGRhdGVDYW1wYWlnblJlc3BvbnNlEnUKEEFjdGl2YXRlQ2FtcGFpZ24SLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USbAoNUGF1c2VDYW1wYWlnbhIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUGF1c2VDYW1wYWlnblJlcXVlc3QaLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXNwb25zZRJyCg9BcmNoaXZlQ2FtcGFpZ24SLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlcXVlc3QaLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlc3BvbnNlEp8BCg5QcmV2aWV3TWVzc2FnZRItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlc3BvbnNlIi6C0+STAig6ASoiIy92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfTpwcmV2aWV3Eu0BCg5MaXN0RGVsaXZlcmllcxItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlInyC0+STAnZaKBImL3YxL2N1c3RvbWVycy97Y3VzdG9tZXJfaWR9L2RlbGl2ZXJpZXNaIhIgL3YxL2V2ZW50cy97ZXZlbnRfaWR9L2RlbGl2ZXJpZXMSJi92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9kZWxpdmVyaWVzEqABChBHZXRDYW1wYWlnblN0YXRzEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblN0YXRzUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlIimC0+STAiMSIS92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9zdGF0c2IGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCg1XZWJob29rQWN0aW9uEgsKA3VybBgBIAEoCRIMCgRib2R5GAIgASgJIukBCgZBY3Rpb24SNAoFZW1haWwYASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkVtYWlsQWN0aW9uSAASMAoDc21zGAIgASgLMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TbXNBY3Rpb25IABIyCgRwdXNoGAMgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uSAASOAoHd2ViaG9vaxgEIAEoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2ViaG9va0FjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6wMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNdHJhbnNhY3Rpb25hbBgLIAEoCCJgChVDcmVhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhMKC2NhbXBhaWduX2lkGAIgASgJIkwKFkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIikKEkdldENhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJJChNHZXRDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiJ0ChRMaXN0Q2FtcGFpZ25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRI1CgZzdGF0ZXMYAyADKA4yJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduU3RhdGUiZQoVTGlzdENhbXBhaWduc1Jlc3BvbnNlEjMKCWNhbXBhaWducxgBIAMoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFVVwZGF0ZUNhbXBhaWduUmVxdWVzdBIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkwKFlVwZGF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIi4KF0FjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk4KGEFjdGl2YXRlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iKwoUUGF1c2VDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSwoVUGF1c2VDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiItChZBcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk0KF0FyY2hpdmVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiLaAQoVUHJldmlld01lc3NhZ2VSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEksKB2NvbnRleHQYAyADKAsyOi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdC5Db250ZXh0RW50cnkaSgoMQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIvcBCg9SZW5kZXJlZE1lc3NhZ2USMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdzdWJqZWN0GAIgASgJEhEKCWh0bWxfYm9keRgDIAEoCRIRCgl0ZXh0X2JvZHkYBCABKAkSPwoEZGF0YRgFIAMoCzIxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlLkRhdGFFbnRyeRINCgVlcnJvchgGIAEoCRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTChZQcmV2aWV3TWVzc2FnZVJlc3BvbnNlEjkKCG1lc3NhZ2VzGAEgAygLMicuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZW5kZXJlZE1lc3NhZ2UigAMKCERlbGl2ZXJ5EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEhMKC2NhbXBhaWduX2lkGAIgASgJEhAKCGV2ZW50X2lkGAMgASgJEhMKC2N1c3RvbWVyX2lkGAQgASgJEjAKB2NoYW5uZWwYBSABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSNgoGc3RhdHVzGAYgASgOMiYuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeVN0YXR1cxIOCgZyZWFzb24YByABKAkSEAoIYXR0ZW1wdHMYCCABKAUSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1CgZldmVudHMYCyADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQiigEKFUxpc3REZWxpdmVyaWVzUmVxdWVzdBIVCgtjYW1wYWlnbl9pZBgBIAEoCUgAEhUKC2N1c3RvbWVyX2lkGAIgASgJSAASEgoIZXZlbnRfaWQYAyABKAlIABIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCUIICgZwYXJlbnQiZwoWTGlzdERlbGl2ZXJpZXNSZXNwb25zZRI0CgpkZWxpdmVyaWVzGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLgoXR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiswIKGEdldENhbXBhaWduU3RhdHNSZXNwb25zZRIPCgdwZW5kaW5nGAEgASgDEgwKBHNlbnQYAiABKAMSDgoGZmFpbGVkGAMgASgDEg8KB3NraXBwZWQYBCABKAMSTgoHcmVhc29ucxgFIAMoCzI9LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlLlJlYXNvbnNFbnRyeRIRCglkZWxpdmVyZWQYBiABKAMSDwoHYm91bmNlZBgHIAEoAxISCgpjb21wbGFpbmVkGAggASgDEg4KBm9wZW5lZBgJIAEoAxIPCgdjbGlja2VkGAogASgDGi4KDFJlYXNvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIssBCg1EZWxpdmVyeUV2ZW50EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEjcKBGtpbmQYAiABKA4yKS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnRLaW5kEi4KCm9jY3VyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldGFpbBgEIAEoCRIZChFwcm92aWRlcl9ldmVudF9pZBgFIAEoCRIRCglyZWNpcGllbnQYBiABKAkiaQobUmVjb3JkRGVsaXZlcnlFdmVudHNSZXF1ZXN0EjUKBmV2ZW50cxgBIAMoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlFdmVudBITCgtyZXF1ZXN0X2tleRgCIAEoCSJrChxSZWNvcmREZWxpdmVyeUV2ZW50c1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhEKCXVubWF0Y2hlZBgCIAEoBRISCgpkdXBsaWNhdGVzGAMgASgFEhIKCnN1cHByZXNzZWQYBCABKAUi4QEKC1N1cHByZXNzaW9uEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHYWRkcmVzcxgCIAEoCRI5CgZyZWFzb24YAyABKA4yKS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN1cHByZXNzaW9uUmVhc29uEg4KBmRldGFpbBgEIAEoCRITCgtkZWxpdmVyeV9pZBgFIAEoCRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoXTGlzdFN1cHByZXNzaW9uc1JlcXVlc3QSMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJuChhMaXN0U3VwcHJlc3Npb25zUmVzcG9uc2USOQoMc3VwcHJlc3Npb25zGAEgAygLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVAoYQ3JlYXRlU3VwcHJlc3Npb25SZXF1ZXN0EjgKC3N1cHByZXNzaW9uGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbiJVChlDcmVhdGVTdXBwcmVzc2lvblJlc3BvbnNlEjgKC3N1cHByZXNzaW9uGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbiJdChhEZWxldGVTdXBwcmVzc2lvblJlcXVlc3QSMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdhZGRyZXNzGAIgASgJIhsKGURlbGV0ZVN1cHByZXNzaW9uUmVzcG9uc2UqnAEKDUNhbXBhaWduU3RhdGUSHgoaQ0FNUEFJR05fU1RBVEVfVU5TUEVDSUZJRUQQABIYChRDQU1QQUlHTl9TVEFURV9EUkFGVBABEhkKFUNBTVBBSUdOX1NUQVRFX0FDVElWRRACEhkKFUNBTVBBSUdOX1NUQVRFX1BBVVNFRBADEhsKF0NBTVBBSUdOX1NUQVRFX0FSQ0hJVkVEEAQqbQoHQ2hhbm5lbBIXChNDSEFOTkVMX1VOU1BFQ0lGSUVEEAASEQoNQ0hBTk5FTF9FTUFJTBABEg8KC0NIQU5ORUxfU01TEAISEAoMQ0hBTk5FTF9QVVNIEAMSEwoPQ0hBTk5FTF9XRUJIT09LEAQqoQEKDkRlbGl2ZXJ5U3RhdHVzEh8KG0RFTElWRVJZX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0RFTElWRVJZX1NUQVRVU19QRU5ESU5HEAESGAoUREVMSVZFUllfU1RBVFVTX1NFTlQQAhIaChZERUxJVkVSWV9TVEFUVVNfRkFJTEVEEAMSGwoXREVMSVZFUllfU1RBVFVTX1NLSVBQRUQQBCqMAgoRRGVsaXZlcnlFdmVudEtpbmQSIwofREVMSVZFUllfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHURFTElWRVJZX0VWRU5UX0tJTkRfREVMSVZFUkVEEAESJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX0hBUkQQAhIkCiBERUxJVkVSWV9FVkVOVF9LSU5EX0JPVU5DRURfU09GVBADEiIKHkRFTElWRVJZX0VWRU5UX0tJTkRfQ09NUExBSU5FRBAEEh4KGkRFTElWRVJZX0VWRU5UX0tJTkRfT1BFTkVEEAUSHwobREVMSVZFUllfRVZFTlRfS0lORF9DTElDS0VEEAYqwQEKEVN1cHByZXNzaW9uUmVhc29uEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9IQVJEX0JPVU5DRRABEiAKHFNVUFBSRVNTSU9OX1JFQVNPTl9DT01QTEFJTlQQAhIjCh9TVVBQUkVTU0lPTl9SRUFTT05fU09GVF9CT1VOQ0VTEAMSHQoZU1VQUFJFU1NJT05fUkVBU09OX01BTlVBTBAEMuwPCg9DYW1wYWlnblNlcnZpY2USbwoOQ3JlYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlQ2FtcGFpZ25SZXNwb25zZRKLAQoLR2V0Q2FtcGFpZ24SKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVxdWVzdBorLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25SZXNwb25zZSIjgtPkkwIdEhsvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0SgwEKDUxpc3RDYW1wYWlnbnMSLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RDYW1wYWlnbnNSZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVzcG9uc2UiFYLT5JMCDxINL3YxL2NhbXBhaWducxJvCg5VcGRhdGVDYW1wYWlnbhItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5VcGRhdGVDYW1wYWlnblJlc3BvbnNlEnUKEEFjdGl2YXRlQ2FtcGFpZ24SLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USbAoNUGF1c2VDYW1wYWlnbhIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUGF1c2VDYW1wYWlnblJlcXVlc3QaLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXNwb25zZRJyCg9BcmNoaXZlQ2FtcGFpZ24SLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlcXVlc3QaLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlc3BvbnNlEp8BCg5QcmV2aWV3TWVzc2FnZRItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlc3BvbnNlIi6C0+STAig6ASoiIy92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfTpwcmV2aWV3Eu0BCg5MaXN0RGVsaXZlcmllcxItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlInyC0+STAnZaKBImL3YxL2N1c3RvbWVycy97Y3VzdG9tZXJfaWR9L2RlbGl2ZXJpZXNaIhIgL3YxL2V2ZW50cy97ZXZlbnRfaWR9L2RlbGl2ZXJpZXMSJi92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9kZWxpdmVyaWVzEqABChBHZXRDYW1wYWlnblN0YXRzEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblN0YXRzUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlIimC0+STAiMSIS92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9zdGF0cxKPAQoQTGlzdFN1cHByZXNzaW9ucxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdFN1cHByZXNzaW9uc1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXNwb25zZSIYgtPkkwISEhAvdjEvc3VwcHJlc3Npb25zEp8BChFDcmVhdGVTdXBwcmVzc2lvbhIwLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXF1ZXN0GjEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVTdXBwcmVzc2lvblJlc3BvbnNlIiWC0+STAh86C3N1cHByZXNzaW9uIhAvdjEvc3VwcHJlc3Npb25zEpwBChFEZWxldGVTdXBwcmVzc2lvbhIwLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXF1ZXN0GjEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxldGVTdXBwcmVzc2lvblJlc3BvbnNlIiKC0+STAhwqGi92MS9zdXBwcmVzc2lvbnMve2FkZHJlc3N9EoEBChRSZWNvcmREZWxpdmVyeUV2ZW50cxIzLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXF1ZXN0GjQuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZWNvcmREZWxpdmVyeUV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * What makes a campaign act.
@@ -226,6 +226,46 @@ export const PushActionSchema: GenMessage<PushAction> = /*@__PURE__*/
   messageDesc(file_eventline_campaigns_v1_campaigns, 5);
 
 /**
+ * A JSON document POSTed to a URL of the campaign's (another system of
+ * yours: a CRM, a fulfilment service, a chat channel). The request carries
+ * `Content-Type: application/json`, `Idempotency-Key: <delivery id>`,
+ * `X-Eventline-Timestamp: <unix seconds>` and `X-Eventline-Signature:
+ * sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` keyed with
+ * EVENTLINE_WEBHOOK_SECRET. A 2xx reply is sent; 408, 429, 5xx, a refused
+ * connection or a timeout are retried with backoff under the same key; any
+ * other 4xx fails for good. A URL whose host resolves to a loopback,
+ * link-local, private, shared or reserved address is refused (the delivery
+ * fails) unless EVENTLINE_WEBHOOK_ALLOW_PRIVATE is set.
+ *
+ * @generated from message eventline.campaigns.v1.WebhookAction
+ */
+export type WebhookAction = Message<"eventline.campaigns.v1.WebhookAction"> & {
+  /**
+   * Required. The http:// or https:// URL, at most 2,000 characters,
+   * without user information.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * Required. The body template, at most 100,000 characters; its rendering
+   * must be a JSON document (else the delivery fails). Write values with the
+   * tojson filter: {"customer": {{ client.customer_id|tojson }}}.
+   *
+   * @generated from field: string body = 2;
+   */
+  body: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.WebhookAction.
+ * Use `create(WebhookActionSchema)` to create a new message.
+ */
+export const WebhookActionSchema: GenMessage<WebhookAction> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 6);
+
+/**
  * One message a campaign sends.
  *
  * @generated from message eventline.campaigns.v1.Action
@@ -260,6 +300,14 @@ export type Action = Message<"eventline.campaigns.v1.Action"> & {
      */
     value: PushAction;
     case: "push";
+  } | {
+    /**
+     * An HTTP POST to another system.
+     *
+     * @generated from field: eventline.campaigns.v1.WebhookAction webhook = 4;
+     */
+    value: WebhookAction;
+    case: "webhook";
   } | { case: undefined; value?: undefined };
 };
 
@@ -268,7 +316,7 @@ export type Action = Message<"eventline.campaigns.v1.Action"> & {
  * Use `create(ActionSchema)` to create a new message.
  */
 export const ActionSchema: GenMessage<Action> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 6);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 7);
 
 /**
  * At most max_sends triggered sends per customer within any period.
@@ -299,7 +347,7 @@ export type FrequencyCap = Message<"eventline.campaigns.v1.FrequencyCap"> & {
  * Use `create(FrequencyCapSchema)` to create a new message.
  */
 export const FrequencyCapSchema: GenMessage<FrequencyCap> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 7);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 8);
 
 /**
  * A campaign.
@@ -381,6 +429,18 @@ export type Campaign = Message<"eventline.campaigns.v1.Campaign"> & {
    * @generated from field: google.protobuf.Timestamp active_since = 10;
    */
   activeSince?: Timestamp | undefined;
+
+  /**
+   * Optional. A transactional campaign (a password reset, a receipt) sends
+   * what the customer asked for: its e-mails carry no unsubscribe link.
+   * Otherwise the campaign is marketing and every e-mail it sends carries
+   * `List-Unsubscribe` (a signed one-click HTTPS link, and a mailto where
+   * configured) and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`
+   * (RFC 8058).
+   *
+   * @generated from field: bool transactional = 11;
+   */
+  transactional: boolean;
 };
 
 /**
@@ -388,7 +448,7 @@ export type Campaign = Message<"eventline.campaigns.v1.Campaign"> & {
  * Use `create(CampaignSchema)` to create a new message.
  */
 export const CampaignSchema: GenMessage<Campaign> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 8);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 9);
 
 /**
  * Creates a campaign.
@@ -419,7 +479,7 @@ export type CreateCampaignRequest = Message<"eventline.campaigns.v1.CreateCampai
  * Use `create(CreateCampaignRequestSchema)` to create a new message.
  */
 export const CreateCampaignRequestSchema: GenMessage<CreateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 9);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
 
 /**
  * The created campaign.
@@ -440,7 +500,7 @@ export type CreateCampaignResponse = Message<"eventline.campaigns.v1.CreateCampa
  * Use `create(CreateCampaignResponseSchema)` to create a new message.
  */
 export const CreateCampaignResponseSchema: GenMessage<CreateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
 
 /**
  * Reads a campaign.
@@ -461,7 +521,7 @@ export type GetCampaignRequest = Message<"eventline.campaigns.v1.GetCampaignRequ
  * Use `create(GetCampaignRequestSchema)` to create a new message.
  */
 export const GetCampaignRequestSchema: GenMessage<GetCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
 
 /**
  * A campaign.
@@ -482,7 +542,7 @@ export type GetCampaignResponse = Message<"eventline.campaigns.v1.GetCampaignRes
  * Use `create(GetCampaignResponseSchema)` to create a new message.
  */
 export const GetCampaignResponseSchema: GenMessage<GetCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
 
 /**
  * Lists campaigns.
@@ -517,7 +577,7 @@ export type ListCampaignsRequest = Message<"eventline.campaigns.v1.ListCampaigns
  * Use `create(ListCampaignsRequestSchema)` to create a new message.
  */
 export const ListCampaignsRequestSchema: GenMessage<ListCampaignsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
 
 /**
  * A page of campaigns.
@@ -545,7 +605,7 @@ export type ListCampaignsResponse = Message<"eventline.campaigns.v1.ListCampaign
  * Use `create(ListCampaignsResponseSchema)` to create a new message.
  */
 export const ListCampaignsResponseSchema: GenMessage<ListCampaignsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
 
 /**
  * Changes a campaign.
@@ -562,7 +622,7 @@ export type UpdateCampaignRequest = Message<"eventline.campaigns.v1.UpdateCampai
 
   /**
    * Required. The fields to change: any of "display_name", "trigger",
-   * "audience", "actions", "frequency_cap".
+   * "audience", "actions", "frequency_cap", "transactional".
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -574,7 +634,7 @@ export type UpdateCampaignRequest = Message<"eventline.campaigns.v1.UpdateCampai
  * Use `create(UpdateCampaignRequestSchema)` to create a new message.
  */
 export const UpdateCampaignRequestSchema: GenMessage<UpdateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
 
 /**
  * The changed campaign.
@@ -595,7 +655,7 @@ export type UpdateCampaignResponse = Message<"eventline.campaigns.v1.UpdateCampa
  * Use `create(UpdateCampaignResponseSchema)` to create a new message.
  */
 export const UpdateCampaignResponseSchema: GenMessage<UpdateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
 
 /**
  * Activates a campaign.
@@ -616,7 +676,7 @@ export type ActivateCampaignRequest = Message<"eventline.campaigns.v1.ActivateCa
  * Use `create(ActivateCampaignRequestSchema)` to create a new message.
  */
 export const ActivateCampaignRequestSchema: GenMessage<ActivateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
 
 /**
  * The activated campaign.
@@ -637,7 +697,7 @@ export type ActivateCampaignResponse = Message<"eventline.campaigns.v1.ActivateC
  * Use `create(ActivateCampaignResponseSchema)` to create a new message.
  */
 export const ActivateCampaignResponseSchema: GenMessage<ActivateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
 
 /**
  * Pauses a campaign.
@@ -658,7 +718,7 @@ export type PauseCampaignRequest = Message<"eventline.campaigns.v1.PauseCampaign
  * Use `create(PauseCampaignRequestSchema)` to create a new message.
  */
 export const PauseCampaignRequestSchema: GenMessage<PauseCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
 
 /**
  * The paused campaign.
@@ -679,7 +739,7 @@ export type PauseCampaignResponse = Message<"eventline.campaigns.v1.PauseCampaig
  * Use `create(PauseCampaignResponseSchema)` to create a new message.
  */
 export const PauseCampaignResponseSchema: GenMessage<PauseCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
 
 /**
  * Archives a campaign.
@@ -700,7 +760,7 @@ export type ArchiveCampaignRequest = Message<"eventline.campaigns.v1.ArchiveCamp
  * Use `create(ArchiveCampaignRequestSchema)` to create a new message.
  */
 export const ArchiveCampaignRequestSchema: GenMessage<ArchiveCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
 
 /**
  * The archived campaign.
@@ -721,7 +781,7 @@ export type ArchiveCampaignResponse = Message<"eventline.campaigns.v1.ArchiveCam
  * Use `create(ArchiveCampaignResponseSchema)` to create a new message.
  */
 export const ArchiveCampaignResponseSchema: GenMessage<ArchiveCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
 
 /**
  * Renders a campaign's messages without sending.
@@ -756,7 +816,7 @@ export type PreviewMessageRequest = Message<"eventline.campaigns.v1.PreviewMessa
  * Use `create(PreviewMessageRequestSchema)` to create a new message.
  */
 export const PreviewMessageRequestSchema: GenMessage<PreviewMessageRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
 
 /**
  * A rendered message, or why it could not be rendered.
@@ -813,7 +873,7 @@ export type RenderedMessage = Message<"eventline.campaigns.v1.RenderedMessage"> 
  * Use `create(RenderedMessageSchema)` to create a new message.
  */
 export const RenderedMessageSchema: GenMessage<RenderedMessage> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
 
 /**
  * The rendered messages of a campaign.
@@ -834,7 +894,7 @@ export type PreviewMessageResponse = Message<"eventline.campaigns.v1.PreviewMess
  * Use `create(PreviewMessageResponseSchema)` to create a new message.
  */
 export const PreviewMessageResponseSchema: GenMessage<PreviewMessageResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
 
 /**
  * One message of a campaign to a customer on a channel for a trigger event.
@@ -911,6 +971,14 @@ export type Delivery = Message<"eventline.campaigns.v1.Delivery"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 10;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Output only. What providers reported about the message, oldest first
+   * (at most the first 20 reports).
+   *
+   * @generated from field: repeated eventline.campaigns.v1.DeliveryEvent events = 11;
+   */
+  events: DeliveryEvent[];
 };
 
 /**
@@ -918,7 +986,7 @@ export type Delivery = Message<"eventline.campaigns.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
 
 /**
  * Lists deliveries.
@@ -978,7 +1046,7 @@ export type ListDeliveriesRequest = Message<"eventline.campaigns.v1.ListDeliveri
  * Use `create(ListDeliveriesRequestSchema)` to create a new message.
  */
 export const ListDeliveriesRequestSchema: GenMessage<ListDeliveriesRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
 
 /**
  * A page of deliveries.
@@ -1006,7 +1074,7 @@ export type ListDeliveriesResponse = Message<"eventline.campaigns.v1.ListDeliver
  * Use `create(ListDeliveriesResponseSchema)` to create a new message.
  */
 export const ListDeliveriesResponseSchema: GenMessage<ListDeliveriesResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
 
 /**
  * Counts a campaign's deliveries.
@@ -1027,7 +1095,7 @@ export type GetCampaignStatsRequest = Message<"eventline.campaigns.v1.GetCampaig
  * Use `create(GetCampaignStatsRequestSchema)` to create a new message.
  */
 export const GetCampaignStatsRequestSchema: GenMessage<GetCampaignStatsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
 
 /**
  * A campaign's delivery counts.
@@ -1069,6 +1137,41 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
    * @generated from field: map<string, int64> reasons = 5;
    */
   reasons: { [key: string]: bigint };
+
+  /**
+   * Sent deliveries a provider reported delivered.
+   *
+   * @generated from field: int64 delivered = 6;
+   */
+  delivered: bigint;
+
+  /**
+   * Sent deliveries a provider reported bounced (hard or soft).
+   *
+   * @generated from field: int64 bounced = 7;
+   */
+  bounced: bigint;
+
+  /**
+   * Sent deliveries whose recipient complained (marked them as spam).
+   *
+   * @generated from field: int64 complained = 8;
+   */
+  complained: bigint;
+
+  /**
+   * Sent deliveries a provider reported opened at least once.
+   *
+   * @generated from field: int64 opened = 9;
+   */
+  opened: bigint;
+
+  /**
+   * Sent deliveries a provider reported a click in at least once.
+   *
+   * @generated from field: int64 clicked = 10;
+   */
+  clicked: bigint;
 };
 
 /**
@@ -1076,7 +1179,349 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
  * Use `create(GetCampaignStatsResponseSchema)` to create a new message.
  */
 export const GetCampaignStatsResponseSchema: GenMessage<GetCampaignStatsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
+
+/**
+ * One report of a provider about one message.
+ *
+ * @generated from message eventline.campaigns.v1.DeliveryEvent
+ */
+export type DeliveryEvent = Message<"eventline.campaigns.v1.DeliveryEvent"> & {
+  /**
+   * Required. The delivery the message belongs to (the provider's
+   * idempotency key, the number in the Message-ID `<delivery-N@domain>`).
+   *
+   * @generated from field: string delivery_id = 1;
+   */
+  deliveryId: string;
+
+  /**
+   * Required. What happened.
+   *
+   * @generated from field: eventline.campaigns.v1.DeliveryEventKind kind = 2;
+   */
+  kind: DeliveryEventKind;
+
+  /**
+   * Optional. When it happened, as the provider says; the time of recording
+   * when unset.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 3;
+   */
+  occurTime?: Timestamp | undefined;
+
+  /**
+   * Optional. The provider's own words (a bounce's SMTP reply, a clicked
+   * URL), at most 1,000 characters.
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+
+  /**
+   * Optional. The provider's id of this report, at most 200 characters: a
+   * report whose id was recorded before is ignored (providers retry).
+   *
+   * @generated from field: string provider_event_id = 5;
+   */
+  providerEventId: string;
+
+  /**
+   * Optional. The address the provider reports about (the recipient), at
+   * most 320 characters; the customer's current address on the delivery's
+   * channel when empty. A bounce or complaint suppresses this address.
+   *
+   * @generated from field: string recipient = 6;
+   */
+  recipient: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeliveryEvent.
+ * Use `create(DeliveryEventSchema)` to create a new message.
+ */
+export const DeliveryEventSchema: GenMessage<DeliveryEvent> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
+
+/**
+ * Reports of providers to record.
+ *
+ * @generated from message eventline.campaigns.v1.RecordDeliveryEventsRequest
+ */
+export type RecordDeliveryEventsRequest = Message<"eventline.campaigns.v1.RecordDeliveryEventsRequest"> & {
+  /**
+   * Required. 1 to 1,000 reports.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.DeliveryEvent events = 1;
+   */
+  events: DeliveryEvent[];
+
+  /**
+   * Optional. The id of the signed HTTP request that carried the reports (the
+   * gateway sends the provider's signature or token), at most 200
+   * characters: a key seen within the last 24 hours is ALREADY_EXISTS and
+   * nothing is recorded. Kept in PostgreSQL, so a replay is refused whichever
+   * gateway and campaign replicas serve it.
+   *
+   * @generated from field: string request_key = 2;
+   */
+  requestKey: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.RecordDeliveryEventsRequest.
+ * Use `create(RecordDeliveryEventsRequestSchema)` to create a new message.
+ */
+export const RecordDeliveryEventsRequestSchema: GenMessage<RecordDeliveryEventsRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
+
+/**
+ * What was recorded.
+ *
+ * @generated from message eventline.campaigns.v1.RecordDeliveryEventsResponse
+ */
+export type RecordDeliveryEventsResponse = Message<"eventline.campaigns.v1.RecordDeliveryEventsResponse"> & {
+  /**
+   * Reports recorded on their delivery.
+   *
+   * @generated from field: int32 recorded = 1;
+   */
+  recorded: number;
+
+  /**
+   * Reports naming no known delivery (erased, or not ours); not recorded.
+   *
+   * @generated from field: int32 unmatched = 2;
+   */
+  unmatched: number;
+
+  /**
+   * Reports whose provider_event_id was recorded before; not recorded again.
+   *
+   * @generated from field: int32 duplicates = 3;
+   */
+  duplicates: number;
+
+  /**
+   * Addresses suppressed because of these reports.
+   *
+   * @generated from field: int32 suppressed = 4;
+   */
+  suppressed: number;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.RecordDeliveryEventsResponse.
+ * Use `create(RecordDeliveryEventsResponseSchema)` to create a new message.
+ */
+export const RecordDeliveryEventsResponseSchema: GenMessage<RecordDeliveryEventsResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
+
+/**
+ * An address that is sent nothing on a channel.
+ *
+ * @generated from message eventline.campaigns.v1.Suppression
+ */
+export type Suppression = Message<"eventline.campaigns.v1.Suppression"> & {
+  /**
+   * Required. The channel: CHANNEL_EMAIL or CHANNEL_SMS.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Required. The e-mail address (compared without regard to case) or the
+   * phone number, at most 320 characters.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * Output only (MANUAL for CreateSuppression). Why it is suppressed.
+   *
+   * @generated from field: eventline.campaigns.v1.SuppressionReason reason = 3;
+   */
+  reason: SuppressionReason;
+
+  /**
+   * Optional. A note (the bounce's SMTP reply, who added it), at most 1,000
+   * characters.
+   *
+   * @generated from field: string detail = 4;
+   */
+  detail: string;
+
+  /**
+   * Output only. The delivery whose report suppressed it; empty for MANUAL.
+   *
+   * @generated from field: string delivery_id = 5;
+   */
+  deliveryId: string;
+
+  /**
+   * Output only. When it was suppressed.
+   *
+   * @generated from field: google.protobuf.Timestamp create_time = 6;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.Suppression.
+ * Use `create(SuppressionSchema)` to create a new message.
+ */
+export const SuppressionSchema: GenMessage<Suppression> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
+
+/**
+ * Lists suppressions.
+ *
+ * @generated from message eventline.campaigns.v1.ListSuppressionsRequest
+ */
+export type ListSuppressionsRequest = Message<"eventline.campaigns.v1.ListSuppressionsRequest"> & {
+  /**
+   * Optional. Only this channel; CHANNEL_UNSPECIFIED means every channel.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Optional. At most this many; 0 means 50, more than 1,000 means 1,000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. The next_page_token of a previous call with the same channel.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.ListSuppressionsRequest.
+ * Use `create(ListSuppressionsRequestSchema)` to create a new message.
+ */
+export const ListSuppressionsRequestSchema: GenMessage<ListSuppressionsRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
+
+/**
+ * A page of suppressions.
+ *
+ * @generated from message eventline.campaigns.v1.ListSuppressionsResponse
+ */
+export type ListSuppressionsResponse = Message<"eventline.campaigns.v1.ListSuppressionsResponse"> & {
+  /**
+   * The suppressions, newest first.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.Suppression suppressions = 1;
+   */
+  suppressions: Suppression[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.ListSuppressionsResponse.
+ * Use `create(ListSuppressionsResponseSchema)` to create a new message.
+ */
+export const ListSuppressionsResponseSchema: GenMessage<ListSuppressionsResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
+
+/**
+ * Suppresses an address.
+ *
+ * @generated from message eventline.campaigns.v1.CreateSuppressionRequest
+ */
+export type CreateSuppressionRequest = Message<"eventline.campaigns.v1.CreateSuppressionRequest"> & {
+  /**
+   * Required. The channel, the address and an optional detail.
+   *
+   * @generated from field: eventline.campaigns.v1.Suppression suppression = 1;
+   */
+  suppression?: Suppression | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.CreateSuppressionRequest.
+ * Use `create(CreateSuppressionRequestSchema)` to create a new message.
+ */
+export const CreateSuppressionRequestSchema: GenMessage<CreateSuppressionRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
+
+/**
+ * The suppression.
+ *
+ * @generated from message eventline.campaigns.v1.CreateSuppressionResponse
+ */
+export type CreateSuppressionResponse = Message<"eventline.campaigns.v1.CreateSuppressionResponse"> & {
+  /**
+   * The suppression as stored (the earlier one if the address was suppressed already).
+   *
+   * @generated from field: eventline.campaigns.v1.Suppression suppression = 1;
+   */
+  suppression?: Suppression | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.CreateSuppressionResponse.
+ * Use `create(CreateSuppressionResponseSchema)` to create a new message.
+ */
+export const CreateSuppressionResponseSchema: GenMessage<CreateSuppressionResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
+
+/**
+ * Lifts a suppression.
+ *
+ * @generated from message eventline.campaigns.v1.DeleteSuppressionRequest
+ */
+export type DeleteSuppressionRequest = Message<"eventline.campaigns.v1.DeleteSuppressionRequest"> & {
+  /**
+   * Required. CHANNEL_EMAIL or CHANNEL_SMS.
+   *
+   * @generated from field: eventline.campaigns.v1.Channel channel = 1;
+   */
+  channel: Channel;
+
+  /**
+   * Required. The suppressed address.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeleteSuppressionRequest.
+ * Use `create(DeleteSuppressionRequestSchema)` to create a new message.
+ */
+export const DeleteSuppressionRequestSchema: GenMessage<DeleteSuppressionRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
+
+/**
+ * The suppression was lifted.
+ *
+ * @generated from message eventline.campaigns.v1.DeleteSuppressionResponse
+ */
+export type DeleteSuppressionResponse = Message<"eventline.campaigns.v1.DeleteSuppressionResponse"> & {
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.DeleteSuppressionResponse.
+ * Use `create(DeleteSuppressionResponseSchema)` to create a new message.
+ */
+export const DeleteSuppressionResponseSchema: GenMessage<DeleteSuppressionResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 41);
 
 /**
  * The life cycle of a campaign.
@@ -1159,6 +1604,14 @@ export enum Channel {
    * @generated from enum value: CHANNEL_PUSH = 3;
    */
   PUSH = 3,
+
+  /**
+   * An HTTP POST to the campaign's own URL (another system), needs no
+   * consent: the customer is its subject, not its recipient.
+   *
+   * @generated from enum value: CHANNEL_WEBHOOK = 4;
+   */
+  WEBHOOK = 4,
 }
 
 /**
@@ -1215,6 +1668,117 @@ export enum DeliveryStatus {
  */
 export const DeliveryStatusSchema: GenEnum<DeliveryStatus> = /*@__PURE__*/
   enumDesc(file_eventline_campaigns_v1_campaigns, 2);
+
+/**
+ * What a provider reported about a sent message.
+ *
+ * @generated from enum eventline.campaigns.v1.DeliveryEventKind
+ */
+export enum DeliveryEventKind {
+  /**
+   * Never stored; INVALID_ARGUMENT where a request names it.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The receiving server accepted the message (e-mail) or the handset got it (SMS).
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_DELIVERED = 1;
+   */
+  DELIVERED = 1,
+
+  /**
+   * Refused for good (unknown mailbox or number): suppresses the address.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_BOUNCED_HARD = 2;
+   */
+  BOUNCED_HARD = 2,
+
+  /**
+   * Refused for now (mailbox full, server down): suppresses the address
+   * after several within a window.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_BOUNCED_SOFT = 3;
+   */
+  BOUNCED_SOFT = 3,
+
+  /**
+   * The recipient marked the message as spam: suppresses the address.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_COMPLAINED = 4;
+   */
+  COMPLAINED = 4,
+
+  /**
+   * The recipient opened the message.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_OPENED = 5;
+   */
+  OPENED = 5,
+
+  /**
+   * The recipient clicked a link in the message.
+   *
+   * @generated from enum value: DELIVERY_EVENT_KIND_CLICKED = 6;
+   */
+  CLICKED = 6,
+}
+
+/**
+ * Describes the enum eventline.campaigns.v1.DeliveryEventKind.
+ */
+export const DeliveryEventKindSchema: GenEnum<DeliveryEventKind> = /*@__PURE__*/
+  enumDesc(file_eventline_campaigns_v1_campaigns, 3);
+
+/**
+ * Why an address is suppressed.
+ *
+ * @generated from enum eventline.campaigns.v1.SuppressionReason
+ */
+export enum SuppressionReason {
+  /**
+   * Never stored; INVALID_ARGUMENT where a request names it.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A provider reported a hard bounce.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_HARD_BOUNCE = 1;
+   */
+  HARD_BOUNCE = 1,
+
+  /**
+   * The recipient complained (marked a message as spam).
+   *
+   * @generated from enum value: SUPPRESSION_REASON_COMPLAINT = 2;
+   */
+  COMPLAINT = 2,
+
+  /**
+   * Too many soft bounces within the window.
+   *
+   * @generated from enum value: SUPPRESSION_REASON_SOFT_BOUNCES = 3;
+   */
+  SOFT_BOUNCES = 3,
+
+  /**
+   * Added by hand (CreateSuppression).
+   *
+   * @generated from enum value: SUPPRESSION_REASON_MANUAL = 4;
+   */
+  MANUAL = 4,
+}
+
+/**
+ * Describes the enum eventline.campaigns.v1.SuppressionReason.
+ */
+export const SuppressionReasonSchema: GenEnum<SuppressionReason> = /*@__PURE__*/
+  enumDesc(file_eventline_campaigns_v1_campaigns, 4);
 
 /**
  * Manages campaigns and reports their deliveries.
@@ -1366,6 +1930,56 @@ export const CampaignService: GenService<{
     methodKind: "unary";
     input: typeof GetCampaignStatsRequestSchema;
     output: typeof GetCampaignStatsResponseSchema;
+  },
+  /**
+   * Lists suppressed addresses, newest first. Deliveries to a suppressed
+   * address on its channel are skipped with the reason "suppressed: <reason>".
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.ListSuppressions
+   */
+  listSuppressions: {
+    methodKind: "unary";
+    input: typeof ListSuppressionsRequestSchema;
+    output: typeof ListSuppressionsResponseSchema;
+  },
+  /**
+   * Suppresses an address on a channel by hand. Suppressing an address that
+   * is already suppressed returns the stored suppression and changes nothing.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.CreateSuppression
+   */
+  createSuppression: {
+    methodKind: "unary";
+    input: typeof CreateSuppressionRequestSchema;
+    output: typeof CreateSuppressionResponseSchema;
+  },
+  /**
+   * Lifts the suppression of an address on a channel (its soft-bounce count
+   * starts again from zero), or NOT_FOUND. Over HTTP the channel is a query
+   * parameter: `DELETE /v1/suppressions/a%40example.com?channel=CHANNEL_EMAIL`.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.DeleteSuppression
+   */
+  deleteSuppression: {
+    methodKind: "unary";
+    input: typeof DeleteSuppressionRequestSchema;
+    output: typeof DeleteSuppressionResponseSchema;
+  },
+  /**
+   * Records what e-mail and SMS providers reported about sent messages
+   * (delivered, bounced, complained, opened, clicked), matched to deliveries
+   * by delivery id. A hard bounce or a complaint suppresses the address on
+   * the delivery's channel; soft bounces do after
+   * EVENTLINE_SUPPRESS_SOFT_BOUNCES of them within
+   * EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S. The HTTP gateway calls it for
+   * the provider callbacks it has verified; it needs the `ingest` scope.
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.RecordDeliveryEvents
+   */
+  recordDeliveryEvents: {
+    methodKind: "unary";
+    input: typeof RecordDeliveryEventsRequestSchema;
+    output: typeof RecordDeliveryEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_eventline_campaigns_v1_campaigns, 0);

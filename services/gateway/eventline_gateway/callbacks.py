@@ -1,0 +1,330 @@
+"""Provider status callbacks: what e-mail and SMS providers report about each message.
+
+``POST /v1/callbacks/{provider}`` takes a provider's webhook, checks the provider's own
+signature, turns its payload into ``DeliveryEvent`` reports and records them with the
+campaign service's ``RecordDeliveryEvents`` (the one implementation of the ledger). Reports
+are matched to deliveries by the delivery id, which every message carries: in its SMTP
+``Message-ID`` (``<delivery-123@domain>``, which e-mail providers echo back), and in the
+``Idempotency-Key`` and body of HTTP provider calls.
+
+Providers (each answers 404 until its secret is set):
+
+* ``eventline`` - our own shape, for any provider or relay an integrator writes: a JSON body
+  ``{"events": [{"deliveryId" | "messageId", "event", "bounceType", "occurredAt", "detail",
+  "id", "recipient"}]}`` signed like every request Eventline signs (``X-Eventline-Timestamp``,
+  ``X-Eventline-Signature: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">``) with
+  ``EVENTLINE_CALLBACK_SECRET``.
+* ``mailgun`` - Mailgun's webhooks (JSON; ``signature.signature`` is the hex HMAC-SHA256 of
+  ``timestamp`` + ``token`` with the webhook signing key, ``EVENTLINE_MAILGUN_SIGNING_KEY``).
+* ``twilio`` - Twilio's SMS status callbacks (form-encoded; ``X-Twilio-Signature`` is the
+  base64 HMAC-SHA1 of the URL Twilio called followed by the sorted parameters, keyed with
+  the auth token, ``EVENTLINE_TWILIO_AUTH_TOKEN``). The StatusCallback URL names the
+  delivery: ``…/v1/callbacks/twilio?deliveryId=123``; the signature covers it.
+
+Replays: a request whose timestamp is more than ``EVENTLINE_CALLBACK_TOLERANCE_S`` away
+from now is refused (401), and its signature (Mailgun: its token) is its key in
+``RecordDeliveryEvents``, which refuses a key seen within 24 hours (409) - in PostgreSQL,
+so across every gateway replica. Twilio's scheme has no timestamp: there a replay is
+refused by the key, and the report's id (message sid and status) records it once for ever.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import orjson
+from aiohttp import web
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import code_pb2
+
+from eventline_gateway import errors
+from eventline_gateway.errors import HttpError
+from eventline_shared import logs, signatures
+
+Kind = campaigns_pb2.DeliveryEventKind
+DELIVERED = campaigns_pb2.DELIVERY_EVENT_KIND_DELIVERED
+HARD = campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_HARD
+SOFT = campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_SOFT
+COMPLAINED = campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED
+OPENED = campaigns_pb2.DELIVERY_EVENT_KIND_OPENED
+CLICKED = campaigns_pb2.DELIVERY_EVENT_KIND_CLICKED
+
+MAX_EVENTS = 1000
+_DELIVERY_ID = re.compile(r"[0-9]{1,18}")
+_MESSAGE_ID = re.compile(r"<?delivery-([0-9]{1,18})@[^>]*>?")
+
+GENERIC_EVENTS = {
+    "delivered": DELIVERED,
+    "complained": COMPLAINED,
+    "opened": OPENED,
+    "clicked": CLICKED,
+}
+"""Our shape's ``event`` values (``bounced`` takes ``bounceType`` ``hard`` or ``soft``)."""
+
+TWILIO_HARD_ERRORS = frozenset({"21211", "21610", "21614", "30004", "30005", "30006"})
+"""Twilio error codes that say the number will never take a message (invalid, not a mobile,
+unsubscribed, blocked, unknown handset, landline); other failures count as soft bounces."""
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    """The secrets of the providers whose callbacks the gateway takes ("" turns one off)."""
+
+    secret: str = ""
+    """EVENTLINE_CALLBACK_SECRET: our own shape."""
+    mailgun_signing_key: str = ""
+    twilio_auth_token: str = ""
+    tolerance_s: float = 300.0
+    public_url: str = ""
+    """The gateway's URL as providers call it (EVENTLINE_GATEWAY_PUBLIC_URL), for Twilio's
+    signature over the URL; the request's own scheme and host when empty."""
+    service_api_key: str = ""
+    """Sent on the gateway's own calls (these have no client key); needs the ``ingest`` scope."""
+
+
+@dataclass
+class Callbacks:
+    settings: CallbackSettings
+    campaigns: campaigns_pb2_grpc.CampaignServiceStub
+
+
+CALLBACKS = web.AppKey("callbacks", Callbacks)
+
+
+def unauthenticated(message: str) -> HttpError:
+    return HttpError(errors.status(code_pb2.UNAUTHENTICATED, message), 401)
+
+
+def not_configured(provider: str) -> HttpError:
+    return HttpError(errors.status(code_pb2.NOT_FOUND, f"callbacks from {provider} are not configured"), 404)
+
+
+def delivery_id(value: Any, field: str) -> str:
+    """A delivery id from an id or a Message-ID (``<delivery-123@domain>``)."""
+    text = str(value or "").strip()
+    if _DELIVERY_ID.fullmatch(text):
+        return text
+    found = _MESSAGE_ID.fullmatch(text)
+    if found is None:
+        raise errors.invalid(field, "must be a delivery id or an Eventline Message-ID")
+    return found.group(1)
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise errors.invalid("", f"the body is not JSON: {exc}") from None
+
+
+# --- our own shape ---
+
+
+def generic_reports(
+    settings: CallbackSettings, headers: Mapping[str, str], body: bytes
+) -> tuple[list[campaigns_pb2.DeliveryEvent], str]:
+    """The reports of a callback in our shape, and its request key; refused unless signed and fresh."""
+    if not settings.secret:
+        raise not_configured("eventline")
+    timestamp = headers.get(signatures.TIMESTAMP_HEADER, "")
+    signature = headers.get(signatures.SIGNATURE_HEADER, "")
+    if not signatures.valid(settings.secret, timestamp, body, signature):
+        raise unauthenticated("the signature does not match the body and timestamp")
+    if not signatures.fresh(timestamp, settings.tolerance_s):
+        raise unauthenticated(f"the timestamp is more than {settings.tolerance_s:g} s away from now")
+    document = _json(body)
+    items = document.get("events") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        raise errors.invalid("events", "a list of 1 to 1,000 reports is required")
+    if len(items) > MAX_EVENTS:
+        raise errors.invalid("events", "at most 1,000 reports per request")
+    reports = []
+    for i, item in enumerate(items):
+        field = f"events[{i}]"
+        if not isinstance(item, dict):
+            raise errors.invalid(field, "must be an object")
+        if "deliveryId" in item:
+            found = delivery_id(item["deliveryId"], f"{field}.deliveryId")
+        else:
+            found = delivery_id(item.get("messageId"), f"{field}.messageId")
+        event = item.get("event")
+        if event == "bounced":
+            bounce = item.get("bounceType")
+            if bounce not in ("hard", "soft"):
+                raise errors.invalid(f"{field}.bounceType", "must be 'hard' or 'soft'")
+            kind = HARD if bounce == "hard" else SOFT
+        elif event in GENERIC_EVENTS:
+            kind = GENERIC_EVENTS[event]
+        else:
+            raise errors.invalid(
+                f"{field}.event", "must be delivered, bounced, complained, opened or clicked"
+            )
+        report = campaigns_pb2.DeliveryEvent(
+            delivery_id=found,
+            kind=kind,
+            detail=str(item.get("detail", ""))[:1000],
+            provider_event_id=str(item.get("id", ""))[:200],
+            recipient=str(item.get("recipient", ""))[:320],
+        )
+        occurred = item.get("occurredAt")
+        if occurred is not None:
+            try:
+                report.occur_time.FromJsonString(str(occurred))
+            except ValueError:
+                raise errors.invalid(f"{field}.occurredAt", "must be an RFC 3339 time") from None
+        reports.append(report)
+    return reports, "eventline:" + signature
+
+
+# --- Mailgun ---
+
+MAILGUN_EVENTS = {"delivered": DELIVERED, "complained": COMPLAINED, "opened": OPENED, "clicked": CLICKED}
+
+
+def mailgun_reports(settings: CallbackSettings, body: bytes) -> tuple[list[campaigns_pb2.DeliveryEvent], str]:
+    """A Mailgun webhook's report (none for events that say nothing of delivery, such as
+    ``accepted``), and its request key (the webhook's one-time token)."""
+    if not settings.mailgun_signing_key:
+        raise not_configured("mailgun")
+    document = _json(body)
+    if not isinstance(document, dict):
+        raise errors.invalid("", "must be a Mailgun webhook")
+    signed = document.get("signature")
+    if not isinstance(signed, dict):
+        raise unauthenticated("the webhook carries no signature")
+    timestamp, token = str(signed.get("timestamp", "")), str(signed.get("token", ""))
+    expected = hmac.new(
+        settings.mailgun_signing_key.encode(), (timestamp + token).encode(), hashlib.sha256
+    ).hexdigest()
+    if not token or not hmac.compare_digest(expected.encode(), str(signed.get("signature", "")).encode()):
+        raise unauthenticated("the signature does not match the timestamp and token")
+    if not signatures.fresh(timestamp, settings.tolerance_s):
+        raise unauthenticated(f"the timestamp is more than {settings.tolerance_s:g} s away from now")
+    data = document.get("event-data")
+    if not isinstance(data, dict):
+        raise errors.invalid("event-data", "is required")
+    event = data.get("event")
+    if event == "failed":
+        kind = HARD if data.get("severity") == "permanent" else SOFT
+    elif event in MAILGUN_EVENTS:
+        kind = MAILGUN_EVENTS[event]
+    else:
+        return [], "mailgun:" + token
+    message = data.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    message_id = headers.get("message-id") if isinstance(headers, dict) else None
+    status = data.get("delivery-status")
+    detail = data.get("url", "") if kind == CLICKED else ""
+    if isinstance(status, dict):
+        detail = " ".join(str(status.get(k) or "") for k in ("code", "message", "description")).strip()
+    report = campaigns_pb2.DeliveryEvent(
+        delivery_id=delivery_id(message_id, "event-data.message.headers.message-id"),
+        kind=kind,
+        detail=str(detail)[:1000],
+        provider_event_id=str(data.get("id", ""))[:200],
+        recipient=str(data.get("recipient", ""))[:320],
+    )
+    if isinstance(data.get("timestamp"), int | float):
+        report.occur_time.CopyFrom(_timestamp(float(data["timestamp"])))
+    return [report], "mailgun:" + token
+
+
+# --- Twilio ---
+
+
+def twilio_signature(auth_token: str, url: str, params: Mapping[str, str]) -> str:
+    """Twilio's X-Twilio-Signature of a request: base64 HMAC-SHA1 of the URL and the sorted
+    parameters, each name followed by its value."""
+    text = url + "".join(name + params[name] for name in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), text.encode(), hashlib.sha1).digest()).decode()
+
+
+def twilio_reports(
+    settings: CallbackSettings, url: str, params: Mapping[str, str], signature: str, query: Mapping[str, str]
+) -> tuple[list[campaigns_pb2.DeliveryEvent], str]:
+    """A Twilio status callback's report (none for interim statuses such as ``sent``)."""
+    if not settings.twilio_auth_token:
+        raise not_configured("twilio")
+    expected = twilio_signature(settings.twilio_auth_token, url, params)
+    if not signature or not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise unauthenticated("the X-Twilio-Signature does not match the URL and parameters")
+    status = params.get("MessageStatus", "")
+    key = "twilio:" + signature
+    if status == "delivered":
+        kind = DELIVERED
+    elif status in ("undelivered", "failed"):
+        kind = HARD if params.get("ErrorCode", "") in TWILIO_HARD_ERRORS else SOFT
+    elif status == "read":
+        kind = OPENED
+    else:
+        return [], key
+    error = params.get("ErrorCode", "")
+    return [
+        campaigns_pb2.DeliveryEvent(
+            delivery_id=delivery_id(query.get("deliveryId"), "deliveryId"),
+            kind=kind,
+            detail=f"{status} {error}".strip()[:1000],
+            provider_event_id=f"{params.get('MessageSid', '')}:{status}"[:200]
+            if params.get("MessageSid")
+            else "",
+            recipient=params.get("To", "")[:320],
+        )
+    ], key
+
+
+# --- the route ---
+
+
+async def callback(request: web.Request) -> web.Response:
+    """``POST /v1/callbacks/{provider}``: verify, translate, record; 200 with the counts."""
+    state = request.app[CALLBACKS]
+    settings = state.settings
+    provider = request.match_info["provider"]
+    body = await request.read()
+    if provider == "eventline":
+        reports, key = generic_reports(settings, request.headers, body)
+    elif provider == "mailgun":
+        reports, key = mailgun_reports(settings, body)
+    elif provider == "twilio":
+        form = {name: str(value) for name, value in (await request.post()).items()}
+        base = settings.public_url.rstrip("/") or f"{request.scheme}://{request.host}"
+        reports, key = twilio_reports(
+            settings,
+            base + request.rel_url.raw_path_qs,
+            form,
+            request.headers.get("X-Twilio-Signature", ""),
+            request.rel_url.query,
+        )
+    else:
+        raise HttpError(errors.status(code_pb2.NOT_FOUND, f"no callbacks from {provider!r}"), 404)
+    if not reports:
+        return web.Response(
+            body=b'{"recorded":0,"unmatched":0,"duplicates":0}', content_type="application/json"
+        )
+    metadata = [("x-request-id", logs.request_id.get())]
+    if settings.service_api_key:
+        metadata.append(("authorization", f"Bearer {settings.service_api_key}"))
+    try:
+        reply = await state.campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(events=reports, request_key=key[:200]),
+            metadata=metadata,
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as error:
+        raise errors.from_rpc_error(error, "campaigns") from None
+    answer = {"recorded": reply.recorded, "unmatched": reply.unmatched, "duplicates": reply.duplicates}
+    return web.Response(body=orjson.dumps(answer), content_type="application/json")

@@ -1,0 +1,220 @@
+"""Suppression: provider reports on the ledger, bounces and complaints suppressing addresses,
+suppressed deliveries skipped with the reason, the suppression API and CLI (real PostgreSQL,
+Redis, segmentation, SMTP server and campaign service)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.common.v1 import common_pb2
+
+from eventline_cli.main import cli
+from tests.support import Sender, upsert_contact, violations
+
+GRANTED = common_pb2.CONSENT_GRANTED
+EMAIL = campaigns_pb2.CHANNEL_EMAIL
+SMS = campaigns_pb2.CHANNEL_SMS
+Kind = campaigns_pb2.DeliveryEventKind
+
+
+@pytest.fixture
+async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
+
+
+@pytest.fixture
+async def sender(campaigns, ingestion, campaigns_server, redis_client, stream_key) -> Sender:  # type: ignore[no-untyped-def]
+    found = Sender(campaigns, ingestion, campaigns_server, redis_client, stream_key)
+    await found.start()
+    return found
+
+
+def report(delivery_id: str, kind: int, **fields: Any) -> campaigns_pb2.DeliveryEvent:
+    return campaigns_pb2.DeliveryEvent(delivery_id=delivery_id, kind=kind, **fields)  # type: ignore[arg-type]
+
+
+async def test_a_hard_bounce_suppresses_the_address_and_the_next_delivery_is_skipped(  # type: ignore[no-untyped-def]
+    campaigns, sender: Sender, ingestion, smtp_server
+) -> None:
+    await upsert_contact(ingestion, "c1", "Bouncy@Example.com")
+    first = await sender.trigger("c1")
+    assert first.status == campaigns_pb2.DELIVERY_STATUS_SENT
+    await smtp_server.wait_for(1)
+    recorded = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            events=[
+                report(first.delivery_id, Kind.DELIVERY_EVENT_KIND_DELIVERED, provider_event_id="p-1"),
+                report(
+                    first.delivery_id,
+                    Kind.DELIVERY_EVENT_KIND_BOUNCED_HARD,
+                    provider_event_id="p-2",
+                    detail="550 5.1.1 no such user",
+                ),
+                report("999999", Kind.DELIVERY_EVENT_KIND_OPENED),  # not ours
+            ]
+        )
+    )
+    assert (recorded.recorded, recorded.unmatched, recorded.duplicates, recorded.suppressed) == (2, 1, 0, 1)
+    again = await campaigns.RecordDeliveryEvents(  # the provider retries its webhook
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            events=[report(first.delivery_id, Kind.DELIVERY_EVENT_KIND_BOUNCED_HARD, provider_event_id="p-2")]
+        )
+    )
+    assert (again.recorded, again.duplicates, again.suppressed) == (0, 1, 0)
+
+    [shown] = (
+        await campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(customer_id="c1"))
+    ).deliveries
+    assert [e.kind for e in shown.events] == [
+        Kind.DELIVERY_EVENT_KIND_DELIVERED,
+        Kind.DELIVERY_EVENT_KIND_BOUNCED_HARD,
+    ]
+    assert shown.events[1].detail == "550 5.1.1 no such user"
+    assert shown.events[1].recipient == "bouncy@example.com"
+    [suppression] = (await campaigns.ListSuppressions(campaigns_pb2.ListSuppressionsRequest())).suppressions
+    assert suppression.address == "bouncy@example.com" and suppression.channel == EMAIL
+    assert suppression.reason == campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE
+    assert suppression.delivery_id == first.delivery_id
+
+    second = await sender.trigger("c1")
+    assert second.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED
+    assert second.reason == "suppressed: hard bounce"
+    stats = await campaigns.GetCampaignStats(
+        campaigns_pb2.GetCampaignStatsRequest(campaign_id=sender.campaign_id)
+    )
+    assert (stats.sent, stats.skipped, stats.delivered, stats.bounced) == (1, 1, 1, 1)
+    assert stats.reasons["suppressed: hard bounce"] == 1
+
+    await campaigns.DeleteSuppression(
+        campaigns_pb2.DeleteSuppressionRequest(channel=EMAIL, address="BOUNCY@example.com")
+    )
+    third = await sender.trigger("c1")
+    assert third.status == campaigns_pb2.DELIVERY_STATUS_SENT
+    await smtp_server.wait_for(2)
+    assert len(smtp_server.messages) == 2
+
+
+async def test_soft_bounces_suppress_after_three_and_a_complaint_at_once(  # type: ignore[no-untyped-def]
+    campaigns, sender: Sender, ingestion
+) -> None:
+    await upsert_contact(ingestion, "soft", "soft@example.com")
+    await upsert_contact(ingestion, "angry", "angry@example.com")
+    delivery = await sender.trigger("soft")
+    for n in range(1, 4):
+        reply = await campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(
+                events=[
+                    report(
+                        delivery.delivery_id,
+                        Kind.DELIVERY_EVENT_KIND_BOUNCED_SOFT,
+                        provider_event_id=f"soft-{n}",
+                        detail="452 mailbox full",
+                    )
+                ]
+            )
+        )
+        assert reply.suppressed == (1 if n == 3 else 0), f"after {n} soft bounces"
+    [soft] = (
+        await campaigns.ListSuppressions(campaigns_pb2.ListSuppressionsRequest(channel=EMAIL))
+    ).suppressions
+    assert soft.reason == campaigns_pb2.SUPPRESSION_REASON_SOFT_BOUNCES and "3 soft bounces" in soft.detail
+    assert (await sender.trigger("soft")).reason == "suppressed: soft bounces"
+
+    # Lifted by hand, the address starts counting again: one more soft bounce does not suppress it.
+    await campaigns.DeleteSuppression(
+        campaigns_pb2.DeleteSuppressionRequest(channel=EMAIL, address="soft@example.com")
+    )
+    reply = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            events=[
+                report(
+                    delivery.delivery_id, Kind.DELIVERY_EVENT_KIND_BOUNCED_SOFT, provider_event_id="soft-4"
+                )
+            ]
+        )
+    )
+    assert reply.suppressed == 0
+    assert (await sender.trigger("soft")).status == campaigns_pb2.DELIVERY_STATUS_SENT
+
+    angry = await sender.trigger("angry")
+    reply = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            events=[report(angry.delivery_id, Kind.DELIVERY_EVENT_KIND_COMPLAINED)]
+        )
+    )
+    assert reply.suppressed == 1
+    skipped = await sender.trigger("angry")
+    assert (skipped.status, skipped.reason) == (
+        campaigns_pb2.DELIVERY_STATUS_SKIPPED,
+        "suppressed: complaint",
+    )
+
+
+async def test_the_suppression_api_validates_pages_and_the_cli_adds_lists_and_removes(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, sender: Sender, ingestion
+) -> None:
+    for bad, field in [
+        (campaigns_pb2.Suppression(channel=EMAIL, address="not-an-address"), "suppression.address"),
+        (campaigns_pb2.Suppression(channel=SMS, address="call me"), "suppression.address"),
+        (
+            campaigns_pb2.Suppression(channel=campaigns_pb2.CHANNEL_PUSH, address="token"),
+            "suppression.channel",
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await campaigns.CreateSuppression(campaigns_pb2.CreateSuppressionRequest(suppression=bad))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in violations(error.value)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await campaigns.DeleteSuppression(
+            campaigns_pb2.DeleteSuppressionRequest(channel=EMAIL, address="x@y.z")
+        )
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(events=[report("12a", 0)])
+        )
+    assert set(violations(error.value)) == {"events[0].delivery_id", "events[0].kind"}
+
+    for n in range(5):
+        await campaigns.CreateSuppression(
+            campaigns_pb2.CreateSuppressionRequest(
+                suppression=campaigns_pb2.Suppression(channel=SMS, address=f"+3360000000{n}")
+            )
+        )
+    first = await campaigns.ListSuppressions(campaigns_pb2.ListSuppressionsRequest(page_size=3))
+    rest = await campaigns.ListSuppressions(
+        campaigns_pb2.ListSuppressionsRequest(page_size=3, page_token=first.next_page_token)
+    )
+    addresses = [s.address for s in [*first.suppressions, *rest.suppressions]]
+    assert sorted(addresses) == [f"+3360000000{n}" for n in range(5)] and not rest.next_page_token
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(
+            cli,
+            list(args),
+            env={"EVENTLINE_CAMPAIGNS_TARGET": f"127.0.0.1:{campaigns_server.port}"},
+            catch_exceptions=False,
+        )
+
+    await upsert_contact(ingestion, "manual", "manual@example.com")
+    added = await asyncio.to_thread(
+        run, "suppressions", "add", "Manual@Example.com", "--detail", "asked by phone"
+    )
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["reason"] == "SUPPRESSION_REASON_MANUAL"
+    skipped = await sender.trigger("manual")
+    assert skipped.reason == "suppressed: added by hand"
+    listed = await asyncio.to_thread(run, "suppressions", "list", "--channel", "email", "-o", "json")
+    assert [s["address"] for s in json.loads(listed.stdout)] == ["manual@example.com"]
+    removed = await asyncio.to_thread(run, "suppressions", "remove", "manual@example.com")
+    assert removed.exit_code == 0, removed.output
+    assert (await sender.trigger("manual")).status == campaigns_pb2.DELIVERY_STATUS_SENT
+    missing = await asyncio.to_thread(run, "suppressions", "remove", "manual@example.com")
+    assert missing.exit_code != 0 and "NOT_FOUND" in missing.output
