@@ -556,12 +556,20 @@ class Engine:
         outcomes = []
         for item, error in zip(owned, errors, strict=True):
             if error is None:
-                outcomes.append(Outcome(item.delivery_id, SENT, "", 1))
+                outcomes.append(Outcome(item.customer_id, item.delivery_id, SENT, "", 1))
             elif item.attempts + 1 >= self.max_calls:
-                outcomes.append(Outcome(item.delivery_id, FAILED, f"provider unavailable: {error}"[:1000], 1))
+                outcomes.append(
+                    Outcome(
+                        item.customer_id, item.delivery_id, FAILED, f"provider unavailable: {error}"[:1000], 1
+                    )
+                )
             else:
                 retry = min(60.0, self.retry_base_s * 2 ** (item.attempts + 1))
-                outcomes.append(Outcome(item.delivery_id, PENDING, f"retrying: {error}"[:1000], 1, retry))
+                outcomes.append(
+                    Outcome(
+                        item.customer_id, item.delivery_id, PENDING, f"retrying: {error}"[:1000], 1, retry
+                    )
+                )
         return outcomes
 
     async def _send_one(self, owned: Owned) -> Outcome:
@@ -578,18 +586,31 @@ class Engine:
             try:
                 await with_retries(call, self.send_attempts, self.retry_base_s)
             except PermanentError as exc:
-                return Outcome(owned.delivery_id, FAILED, f"provider: {exc}"[:1000], calls)
+                return Outcome(owned.customer_id, owned.delivery_id, FAILED, f"provider: {exc}"[:1000], calls)
             except TransientError as exc:
                 if owned.attempts + calls >= self.max_calls:
-                    return Outcome(owned.delivery_id, FAILED, f"provider unavailable: {exc}"[:1000], calls)
+                    return Outcome(
+                        owned.customer_id,
+                        owned.delivery_id,
+                        FAILED,
+                        f"provider unavailable: {exc}"[:1000],
+                        calls,
+                    )
                 retry = min(60.0, self.retry_base_s * 2 ** (owned.attempts + calls))
-                return Outcome(owned.delivery_id, PENDING, f"retrying: {exc}"[:1000], calls, retry)
+                return Outcome(
+                    owned.customer_id, owned.delivery_id, PENDING, f"retrying: {exc}"[:1000], calls, retry
+                )
             except Exception as exc:
                 log.exception("channel failed", extra={"delivery_id": owned.delivery_id})
                 return Outcome(
-                    owned.delivery_id, PENDING, f"retrying: {type(exc).__name__}", calls, self.lease_s
+                    owned.customer_id,
+                    owned.delivery_id,
+                    PENDING,
+                    f"retrying: {type(exc).__name__}",
+                    calls,
+                    self.lease_s,
                 )
-        return Outcome(owned.delivery_id, SENT, "", calls)
+        return Outcome(owned.customer_id, owned.delivery_id, SENT, "", calls)
 
     async def recover(self, limit: int = 500) -> int:
         """Send pending deliveries whose sender crashed or whose provider was down; returns how many."""
