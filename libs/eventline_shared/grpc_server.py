@@ -358,7 +358,8 @@ class Server:
         max_request_bytes: Mapping[str, int] | None = None,
         stream_idle_s: float | None = None,
     ) -> None:
-        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
+        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics), and
+        # the maximum connection age (CommonSettings.server_options).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
         self.server = grpc.aio.server(
             # Innermost, so that the handler it wraps is the registered one (see ErrorInterceptor).
@@ -367,7 +368,7 @@ class Server:
                 *interceptors,
                 ErrorInterceptor(max_request_bytes, stream_idle_s),
             ],
-            options=[*SERVER_OPTIONS, *options],
+            options=[*SERVER_OPTIONS, *(settings.server_options() if settings else ()), *options],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

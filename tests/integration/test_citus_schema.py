@@ -117,7 +117,9 @@ async def test_docs_scaling_places_every_table(db: asyncpg.Connection) -> None:
     """docs/scaling.md names every table: distributed by customer_id exactly when it is customer-owned."""
     tables, _, _ = await _schema(db)
     text = (ROOT / "docs" / "scaling.md").read_text()
-    placed = dict(re.findall(r"^\| `(\w+)` \| (distributed|reference|coordinator-local)\b", text, re.MULTILINE))
+    placed = dict(
+        re.findall(r"^\| `(\w+)` \| (distributed|reference|coordinator-local)\b", text, re.MULTILINE)
+    )
     assert sorted(placed) == sorted(name for name, _ in tables.values())
     for name, columns in tables.values():
         assert (placed[name] == "distributed") == (DISTRIBUTION_COLUMN in columns), name
