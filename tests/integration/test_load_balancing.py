@@ -62,7 +62,7 @@ async def test_campaigns_channel_spreads_match_calls_over_both_segmentation_repl
     ) as channel:
         audience = Audience(channel)
         for _ in range(1000):
-            assert await audience.match(audience_filter, "c1", {}, now) is False
+            assert await audience.match(audience_filter, "c1", {}, now, trigger_event_id="e1") is False
     served = [
         value(await asyncio.to_thread(scrape, port), "eventline_rpcs_total",
               grpc_service=SEGMENTATION, grpc_method="MatchCustomer", grpc_code="OK") - before

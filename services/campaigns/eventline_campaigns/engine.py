@@ -319,7 +319,11 @@ class Engine:
             return True, ""
         try:
             matched = await self.audience.match(
-                campaign.audience, trigger.event.customer_id, trigger.event.context, trigger.event.occurred_at
+                campaign.audience,
+                trigger.event.customer_id,
+                trigger.event.context,
+                trigger.event.occurred_at,
+                trigger_event_id=trigger.event.event_id,
             )
         except AudienceUnresolvable as exc:
             return True, f"audience cannot be evaluated: {exc}"[:1000]
