@@ -153,9 +153,41 @@ def channel_target(addresses: str, variable: str = "address") -> str:
     return f"ipv{families.pop()}:{','.join(entries)}"
 
 
-SERVICE_CONFIG = json.dumps(service_config())
+SEGMENTATION_READS = (
+    "CountCustomers",
+    "ListCustomers",
+    "StreamCustomers",
+    "MatchCustomer",
+    "ValidateFilter",
+    "GetSegment",
+    "ListSegments",
+    "GetSegmentSize",
+)
+"""Segmentation's read-only methods: safe for a channel to repeat."""
+
+
+def _service_config() -> str:
+    config = service_config()
+    # Reads of segmentation are retried too: a burst of MatchCustomer calls (a campaigns replica
+    # evaluates audiences of several batches at once) can exceed a connection's concurrent-stream
+    # limit, and the streams past it are refused (UNAVAILABLE) before the server sees them.
+    retry = config["methodConfig"][0]["retryPolicy"]
+    config["methodConfig"].append(
+        {
+            "name": [
+                {"service": "eventline.segmentation.v1.SegmentationService", "method": method}
+                for method in SEGMENTATION_READS
+            ],
+            "retryPolicy": retry,
+        }
+    )
+    return json.dumps(config)
+
+
+SERVICE_CONFIG = _service_config()
 """round_robin over every address of the target (calls spread over all replicas, following
-DNS as it changes); ingestion's calls, all idempotent, retried by the channel on UNAVAILABLE."""
+DNS as it changes); ingestion's calls (all idempotent) and segmentation's reads retried by the
+channel on UNAVAILABLE."""
 
 
 def client_channel(

@@ -7,6 +7,7 @@ client, and each replica's /metrics counting what it served: no mock anywhere.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -165,3 +166,17 @@ async def test_calls_keep_succeeding_over_new_connections_after_goaway(aging_ser
     # carried on over a new one.
     assert len(set(peers)) >= 3
     assert peers == sorted(peers, key=peers.index)  # connections follow each other, never interleave
+
+
+def test_service_channels_retry_only_what_is_safe_to_repeat() -> None:
+    config = json.loads(auth.SERVICE_CONFIG)
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    retried = {
+        (name["service"].rsplit(".", 1)[1], name.get("method", "*"))
+        for method_config in config["methodConfig"]
+        for name in method_config["name"]
+    }
+    assert ("SegmentationService", "MatchCustomer") in retried
+    assert ("IngestionService", "*") in retried  # every ingestion RPC is idempotent
+    assert not {("SegmentationService", m) for m in ("CreateSegment", "UpdateSegment", "DeleteSegment")} & retried
+    assert not any(service == "CampaignService" for service, _ in retried)

@@ -36,6 +36,7 @@ SECRET_VARIABLES = {
     "EVENTLINE_SERVICE_API_KEY",
     "EVENTLINE_PROVIDER_SECRET",
     "EVENTLINE_SMTP_PASSWORD",
+    "EVENTLINE_SEGMENTATION_READ_DATABASE_URL",
 }
 OLDEST = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"].removeprefix(">=").split("-")[0]
 KUBERNETES_VERSIONS = [OLDEST, kubernetes_validate.latest_version()]
