@@ -78,7 +78,7 @@ class StreamingReplica:
         async def replayed() -> bool:
             return bool(await self._standby_fetch("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", written))
 
-        await eventually(replayed, 60, "the standby did not replay the primary's WAL")
+        await eventually(replayed, 120, "the standby did not replay the primary's WAL")
 
     async def pause(self) -> None:
         """Stop the standby's replay (it keeps receiving WAL): from now on it lags."""
@@ -87,7 +87,7 @@ class StreamingReplica:
         async def paused() -> bool:
             return await self._standby_fetch("SELECT pg_get_wal_replay_pause_state()") == "paused"
 
-        await eventually(paused, 60, "the standby's replay did not pause")
+        await eventually(paused, 120, "the standby's replay did not pause")
 
     async def resume(self) -> None:
         await self._standby_fetch("SELECT pg_wal_replay_resume()")
