@@ -83,6 +83,13 @@ class CommonSettings:
     migrate: bool = True
     """EVENTLINE_MIGRATE: apply missing migrations at start; false: only check that none is missing
     (then ``eventline migrate``, run once per release, is the only writer of DDL)."""
+    max_connection_age_s: float = 300.0
+    """EVENTLINE_GRPC_MAX_CONNECTION_AGE_S: the server ends (GOAWAY) each client connection after
+    about this long (gRPC adds ±10 % jitter), so that clients reconnect and an L4 balancer spreads
+    them over new replicas; 0: never."""
+    max_connection_age_grace_s: float = 60.0
+    """EVENTLINE_GRPC_MAX_CONNECTION_AGE_GRACE_S: how long calls in flight on such a connection may
+    still run (long segment streams resume from their last page token after it)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], service: str, default_port: int) -> CommonSettings:
@@ -113,4 +120,24 @@ class CommonSettings:
             security=SecuritySettings.from_env(environ),
             health_probe_interval_s=health_probe_interval_s,
             migrate=env_bool(environ, "EVENTLINE_MIGRATE", True),
+            max_connection_age_s=_non_negative(environ, "EVENTLINE_GRPC_MAX_CONNECTION_AGE_S", 300.0),
+            max_connection_age_grace_s=_non_negative(
+                environ, "EVENTLINE_GRPC_MAX_CONNECTION_AGE_GRACE_S", 60.0
+            ),
         )
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """The gRPC server options these settings imply: the maximum connection age and its grace."""
+        if self.max_connection_age_s <= 0:
+            return []
+        return [
+            ("grpc.max_connection_age_ms", round(self.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", round(self.max_connection_age_grace_s * 1000)),
+        ]
+
+
+def _non_negative(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = env_float(environ, name, default)
+    if not 0 <= value <= 30 * 86400:
+        raise ConfigError(f"{name} must be between 0 and 2592000 seconds, got {value:g}")
+    return value

@@ -80,8 +80,8 @@ class Dependency:
 class PostgreSQL(Dependency):
     """PostgreSQL, probed with ``SELECT 1`` on a connection of its own (not one of the pool's)."""
 
-    def __init__(self, dsn: str, *, required: bool = True) -> None:
-        super().__init__(POSTGRESQL, required=required)
+    def __init__(self, dsn: str, *, required: bool = True, name: str = POSTGRESQL) -> None:
+        super().__init__(name, required=required)
         self.dsn = dsn
         self._connection: asyncpg.Connection | None = None
 

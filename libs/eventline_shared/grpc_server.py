@@ -416,11 +416,12 @@ class Server:
         max_request_bytes: Mapping[str, int] | None = None,
         stream_idle_s: float | None = None,
     ) -> None:
-        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics).
+        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics), and
+        # the maximum connection age (CommonSettings.server_options).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
         # No interceptor runs per call: every handler is wrapped once, when it is registered.
         self.server = WrappingServer(
-            grpc.aio.server(options=_with_defaults(options)),
+            grpc.aio.server(options=_with_defaults([*options, *(settings.server_options() if settings else ())])),
             [
                 mapping_errors(max_request_bytes, stream_idle_s),
                 *(self.operations.wrappers() if self.operations else ()),

@@ -36,6 +36,7 @@ SECRET_VARIABLES = {
     "EVENTLINE_SERVICE_API_KEY",
     "EVENTLINE_PROVIDER_SECRET",
     "EVENTLINE_SMTP_PASSWORD",
+    "EVENTLINE_SEGMENTATION_READ_DATABASE_URL",
 }
 OLDEST = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"].removeprefix(">=").split("-")[0]
 KUBERNETES_VERSIONS = [OLDEST, kubernetes_validate.latest_version()]
@@ -188,7 +189,9 @@ def test_calls_between_services_go_to_their_services(objects: list[dict[str, Any
     deployments = named(objects, "Deployment")
     services = named(objects, "Service")
     campaigns = env_of(deployments[component("campaigns")])
-    assert campaigns["EVENTLINE_SEGMENTATION_ADDR"]["value"] == f"{component('segmentation')}:50052"
+    # The headless Service, so that the campaigns' round_robin channel sees every segmentation pod.
+    assert campaigns["EVENTLINE_SEGMENTATION_ADDR"]["value"] == f"dns:///{component('segmentation')}-headless:50052"
+    assert f"{component('segmentation')}-headless" in services
     gateway = env_of(deployments[component("gateway")])
     for name, port in GRPC_SERVICES.items():
         host, _, target_port = gateway[f"EVENTLINE_{name.upper()}_ADDR"]["value"].partition(":")

@@ -66,10 +66,19 @@ class Audience:
         customer_id: str,
         bindings: Mapping[str, common_pb2.Value],
         now: timestamp_pb2.Timestamp,
+        trigger_event_id: str,
     ) -> bool:
-        """Whether the customer is in the audience; raises ``AudienceUnresolvable`` or ``Unavailable``."""
+        """Whether the customer is in the audience; raises ``AudienceUnresolvable`` or ``Unavailable``.
+
+        The answer takes the event ``trigger_event_id`` into account even when segmentation
+        reads from a replica that has not replayed it yet (see ``required_event_ids``).
+        """
         request = segmentation_pb2.MatchCustomerRequest(
-            filter=audience, customer_id=customer_id, bindings=bindings, now=now
+            filter=audience,
+            customer_id=customer_id,
+            bindings=bindings,
+            now=now,
+            required_event_ids=[trigger_event_id],
         )
         try:
             reply = await self.stub.MatchCustomer(request, timeout=MATCH_TIMEOUT_S)

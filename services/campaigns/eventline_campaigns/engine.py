@@ -380,7 +380,11 @@ class Engine:
             return True, ""
         try:
             matched = await self.audience.match(
-                campaign.audience, trigger.event.customer_id, trigger.event.context, trigger.event.occurred_at
+                campaign.audience,
+                trigger.event.customer_id,
+                trigger.event.context,
+                trigger.event.occurred_at,
+                trigger_event_id=trigger.event.event_id,
             )
         except AudienceUnresolvable as exc:
             return True, f"audience cannot be evaluated: {exc}"[:1000]
@@ -617,12 +621,20 @@ class Engine:
         outcomes = []
         for item, error in zip(owned, errors, strict=True):
             if error is None:
-                outcomes.append(Outcome(item.delivery_id, SENT, "", 1))
+                outcomes.append(Outcome(item.customer_id, item.delivery_id, SENT, "", 1))
             elif item.attempts + 1 >= self.max_calls:
-                outcomes.append(Outcome(item.delivery_id, FAILED, f"provider unavailable: {error}"[:1000], 1))
+                outcomes.append(
+                    Outcome(
+                        item.customer_id, item.delivery_id, FAILED, f"provider unavailable: {error}"[:1000], 1
+                    )
+                )
             else:
                 retry = min(60.0, self.retry_base_s * 2 ** (item.attempts + 1))
-                outcomes.append(Outcome(item.delivery_id, PENDING, f"retrying: {error}"[:1000], 1, retry))
+                outcomes.append(
+                    Outcome(
+                        item.customer_id, item.delivery_id, PENDING, f"retrying: {error}"[:1000], 1, retry
+                    )
+                )
         return outcomes
 
     async def _send_one(self, owned: Owned) -> Outcome:
@@ -639,18 +651,31 @@ class Engine:
             try:
                 await with_retries(call, self.send_attempts, self.retry_base_s)
             except PermanentError as exc:
-                return Outcome(owned.delivery_id, FAILED, f"provider: {exc}"[:1000], calls)
+                return Outcome(owned.customer_id, owned.delivery_id, FAILED, f"provider: {exc}"[:1000], calls)
             except TransientError as exc:
                 if owned.attempts + calls >= self.max_calls:
-                    return Outcome(owned.delivery_id, FAILED, f"provider unavailable: {exc}"[:1000], calls)
+                    return Outcome(
+                        owned.customer_id,
+                        owned.delivery_id,
+                        FAILED,
+                        f"provider unavailable: {exc}"[:1000],
+                        calls,
+                    )
                 retry = min(60.0, self.retry_base_s * 2 ** (owned.attempts + calls))
-                return Outcome(owned.delivery_id, PENDING, f"retrying: {exc}"[:1000], calls, retry)
+                return Outcome(
+                    owned.customer_id, owned.delivery_id, PENDING, f"retrying: {exc}"[:1000], calls, retry
+                )
             except Exception as exc:
                 log.exception("channel failed", extra={"delivery_id": owned.delivery_id})
                 return Outcome(
-                    owned.delivery_id, PENDING, f"retrying: {type(exc).__name__}", calls, self.lease_s
+                    owned.customer_id,
+                    owned.delivery_id,
+                    PENDING,
+                    f"retrying: {type(exc).__name__}",
+                    calls,
+                    self.lease_s,
                 )
-        return Outcome(owned.delivery_id, SENT, "", calls)
+        return Outcome(owned.customer_id, owned.delivery_id, SENT, "", calls)
 
     async def recover(self, limit: int = 500) -> int:
         """Send pending deliveries whose sender crashed or whose provider was down; returns how many."""

@@ -69,6 +69,8 @@ class Owned:
 
 @dataclass(frozen=True)
 class Outcome:
+    customer_id: str
+    """With ``delivery_id``, the delivery's key: a sharded ledger finds the row by its customer."""
     delivery_id: int
     status: int
     reason: str
@@ -186,9 +188,9 @@ UPDATE deliveries AS d SET
     message = CASE WHEN u.status = 1 THEN d.message END,
     lease_until = CASE WHEN u.status = 1 THEN now() + u.retry_s * interval '1 second' END,
     updated_at = now()
-FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::int[], $5::float8[])
-    AS u(delivery_id, status, reason, calls, retry_s)
-WHERE d.delivery_id = u.delivery_id AND d.status = 1
+FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::int[], $6::float8[])
+    AS u(customer_id, delivery_id, status, reason, calls, retry_s)
+WHERE d.customer_id = u.customer_id AND d.delivery_id = u.delivery_id AND d.status = 1
 """
 
 
@@ -462,6 +464,7 @@ class CampaignRepository:
             return
         await self.pool.execute(
             _MARK,
+            [o.customer_id for o in outcomes],
             [o.delivery_id for o in outcomes],
             [o.status for o in outcomes],
             [o.reason for o in outcomes],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits
+from eventline_shared.auth import channel_target
 from eventline_shared.config import CommonSettings, ConfigError, env_bool, env_float, env_int, env_str
 
 DEFAULT_PORT = 50053
@@ -118,9 +119,10 @@ class Settings:
             if unsubscribe_url
             else None
         )
-        segmentation_addr = env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR)
-        if ":" not in segmentation_addr:
-            raise ConfigError("EVENTLINE_SEGMENTATION_ADDR must be host:port")
+        segmentation_addr = channel_target(
+            env_str(environ, "EVENTLINE_SEGMENTATION_ADDR", DEFAULT_SEGMENTATION_ADDR),
+            "EVENTLINE_SEGMENTATION_ADDR",
+        )
         default_name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return cls(
             common=common,

@@ -8,7 +8,6 @@ with the same hysteresis as every other dependency of the suite.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import grpc
@@ -18,7 +17,6 @@ from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eventline_client.connection import service_config
 from eventline_shared.auth import SecuritySettings, client_channel
 from eventline_shared.dependencies import Dependency
 from eventline_shared.grpc_server import MAX_MESSAGE_BYTES
@@ -33,12 +31,9 @@ SERVICES: dict[str, descriptor.ServiceDescriptor] = {
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # round_robin over every address a dns:/// target resolves to (a headless Kubernetes
-    # service of several replicas); ingestion calls, all idempotent, retried on UNAVAILABLE
-    # by the channel before the server saw them.
-    ("grpc.service_config", json.dumps(service_config())),
-    ("grpc.enable_retries", 1),
 ]
+"""Besides ``client_channel``'s own: round_robin over every address of a backend's target,
+ingestion's calls retried on UNAVAILABLE."""
 
 
 def open_channels(

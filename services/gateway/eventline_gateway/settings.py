@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from eventline_gateway.callbacks import CallbackSettings
+from eventline_shared.auth import channel_target
 from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
 
 DEFAULT_PORT = 8080
@@ -46,10 +47,7 @@ class Settings:
         backends = {}
         for name in BACKENDS:
             variable, default = ADDRESSES[name]
-            address = env_str(environ, variable, default)
-            if ":" not in address:
-                raise ConfigError(f"{variable} must be host:port or a gRPC target such as dns:///host:port")
-            backends[name] = address
+            backends[name] = channel_target(env_str(environ, variable, default), variable)
         required = tuple(
             name.strip()
             for name in env_str(environ, "EVENTLINE_GATEWAY_REQUIRED_BACKENDS", "ingestion").split(",")

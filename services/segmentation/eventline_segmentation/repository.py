@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+from prometheus_client import Counter
 
 from eventline_segmentation.compiler import Compiled, MatchQuery
 from eventline_shared.errors import AlreadyExists, DeadlineExceeded, NotFound, quote
@@ -54,24 +55,45 @@ def _segment(row: asyncpg.Record) -> StoredSegment:
     )
 
 
+MATCHES_ON_PRIMARY = Counter(
+    "eventline_segmentation_matches_on_primary",  # exported as eventline_segmentation_matches_on_primary_total
+    "MatchCustomer calls evaluated on the primary because the read replica had not replayed "
+    "the events they required yet.",
+)
+
+_HOLDS_EVENTS = """
+SELECT count(*) = $3 FROM customer_events WHERE customer_id = $1 AND event_id = ANY($2::text[])
+"""
+
+
 class SegmentationRepository:
+    """Filters are evaluated on ``read_pool`` (a streaming replica, or the primary); saved segments
+    are read and written on the primary, ``pool``, so a segment is found right after it is saved."""
+
     def __init__(
-        self, pool: asyncpg.Pool, match_pool: asyncpg.Pool | None = None, stream_connections: int = 1
+        self,
+        pool: asyncpg.Pool,
+        match_pool: asyncpg.Pool | None = None,
+        stream_connections: int = 1,
+        read_pool: asyncpg.Pool | None = None,
     ) -> None:
         self.pool = pool
-        self.match_pool = match_pool or pool
+        self.read_pool = read_pool or pool
+        self.match_pool = match_pool or self.read_pool
         """MatchCustomer's connections, which keep the plan cache (see service.session_dsn)."""
+        self.replica = read_pool is not None
+        """Whether filters are evaluated on a replica, which may lag behind ``pool``."""
         self._stream_connections = asyncio.Semaphore(stream_connections)
 
     async def count(self, query: Compiled, timeout: float | None) -> int:
         async def run() -> int:
-            return int(await self.pool.fetchval(query.sql, *query.params, timeout=timeout))
+            return int(await self.read_pool.fetchval(query.sql, *query.params, timeout=timeout))
 
         return await _bounded(run, timeout)
 
     async def ids(self, query: Compiled, timeout: float | None) -> list[str]:
         async def run() -> list[str]:
-            rows = await self.pool.fetch(query.sql, *query.params, timeout=timeout)
+            rows = await self.read_pool.fetch(query.sql, *query.params, timeout=timeout)
             return [r[0] for r in rows]
 
         return await _bounded(run, timeout)
@@ -87,9 +109,26 @@ class SegmentationRepository:
         async with self._stream_connections:
             return await self.ids(query, timeout())
 
-    async def match(self, query: MatchQuery, timeout: float | None) -> asyncpg.Record | None:
+    async def match(
+        self, query: MatchQuery, customer_id: str, required_event_ids: Sequence[str], timeout: float | None
+    ) -> asyncpg.Record | None:
+        """The customer's row of ``query``, evaluated where every required event is visible.
+
+        A replica replays the primary's transactions in commit order, so once it holds the
+        required events it also holds everything committed before them (the customer's
+        profile and earlier events): the match runs there, on the same connection. Otherwise
+        (it lags) the match runs on the primary, which holds whatever was acknowledged.
+        """
+        required = sorted(set(required_event_ids))
+
         async def run() -> asyncpg.Record | None:
-            return await self.match_pool.fetchrow(query.sql, *query.params, timeout=timeout)
+            async with self.match_pool.acquire() as connection:
+                if not (self.replica and required) or await connection.fetchval(
+                    _HOLDS_EVENTS, customer_id, required, len(required), timeout=timeout
+                ):
+                    return await connection.fetchrow(query.sql, *query.params, timeout=timeout)
+            MATCHES_ON_PRIMARY.inc()
+            return await self.pool.fetchrow(query.sql, *query.params, timeout=timeout)
 
         return await _bounded(run, timeout)
 

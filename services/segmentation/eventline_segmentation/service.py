@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from eventline_shared.paging import PageTokens
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = segmentation_pb2.DESCRIPTOR.services_by_name["SegmentationService"].full_name
+READ_REPLICA = "postgresql-read"
+"""The dependency name of EVENTLINE_SEGMENTATION_READ_DATABASE_URL (health: eventline.dependency.postgresql-read)."""
 
 FILTER_REQUEST_BYTES = 256 * 1024
 """The largest request carrying a filter: ample for 200 nodes and 5,000 operands of usual sizes,
@@ -92,20 +95,35 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
     """The segmentation service, serving until the context exits; then a graceful stop."""
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
+    # Filters are evaluated on the read replica when there is one; saved segments, the page
+    # token key and matches the replica cannot answer yet use the primary.
+    read_url = settings.read_database_url or common.database_url
     dsn = session_dsn(common.database_url, settings.work_mem_mb)
-    match_dsn = session_dsn(common.database_url, settings.work_mem_mb, custom_plans=False)
-    async with (
-        database.open_pool(dsn, max_size=common.database_pool_size) as pool,
-        database.open_pool(match_dsn, max_size=common.database_pool_size) as match_pool,
-    ):
+    match_dsn = session_dsn(read_url, settings.work_mem_mb, custom_plans=False)
+    async with contextlib.AsyncExitStack() as pools:
+        pool = await pools.enter_async_context(database.open_pool(dsn, max_size=common.database_pool_size))
+        match_pool = await pools.enter_async_context(
+            database.open_pool(match_dsn, max_size=common.database_pool_size)
+        )
+        read_pool = None
+        if settings.read_database_url:
+            read_pool = await pools.enter_async_context(
+                database.open_pool(
+                    session_dsn(read_url, settings.work_mem_mb), max_size=common.database_pool_size
+                )
+            )
         tokens = await PageTokens.load(pool)
         repository = SegmentationRepository(
-            pool, match_pool, stream_connections=max(1, common.database_pool_size // 2)
+            pool,
+            match_pool,
+            stream_connections=max(1, common.database_pool_size // 2),
+            read_pool=read_pool,
         )
         servicer = SegmentationServicer(repository, settings.max_query_s, settings.max_streams, tokens)
-        dependencies = DependencyMonitor(
-            [PostgreSQL(common.database_url)], interval_s=common.health_probe_interval_s
-        )
+        databases = [PostgreSQL(common.database_url)]
+        if settings.read_database_url:
+            databases.append(PostgreSQL(settings.read_database_url, name=READ_REPLICA))
+        dependencies = DependencyMonitor(databases, interval_s=common.health_probe_interval_s)
         server = Server(
             [SERVICE_NAME],
             settings=common,

@@ -42,6 +42,8 @@ MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2000
 MAX_LISTED_VIOLATIONS = 100
 """ValidateFilter lists at most this many problems (a huge bad filter must not make a huge reply)."""
+MAX_REQUIRED_EVENT_IDS = 100
+"""Event ids one MatchCustomer call may require (a campaign passes its one trigger event)."""
 _NOW_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NOW_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 _NOW_BOUNDS = "between 1970 and 9000"
@@ -252,12 +254,27 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def MatchCustomer(
         self, request: pb.MatchCustomerRequest, context: Context
     ) -> pb.MatchCustomerResponse:
-        customer_bad = values.check_customer_id(request.customer_id, "customer_id")
-        if customer_bad:
-            raise InvalidArgument([customer_bad])
+        bad = values.present(
+            [
+                values.check_customer_id(request.customer_id, "customer_id"),
+                *(
+                    values.check_event_id(event_id, f"required_event_ids[{i}]")
+                    for i, event_id in enumerate(request.required_event_ids)
+                ),
+            ]
+        )
+        if len(request.required_event_ids) > MAX_REQUIRED_EVENT_IDS:
+            bad.append(FieldViolation("required_event_ids", f"at most {MAX_REQUIRED_EVENT_IDS} event ids"))
+        if bad:
+            raise InvalidArgument(bad[:MAX_LISTED_VIOLATIONS])
         prepared = await self._prepare(request)
         query = compiler.match_query(prepared.root, prepared.clock, request.customer_id)
-        row = await self.repository.match(query, database_timeout(context, self.max_query_s))
+        row = await self.repository.match(
+            query,
+            request.customer_id,
+            request.required_event_ids,
+            database_timeout(context, self.max_query_s),
+        )
         if row is None:
             raise NotFound(f"customer {quote(request.customer_id)} does not exist")
         matched, explanations = evaluation.explain(query, row, prepared.clock)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int
+from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
 
 DEFAULT_PORT = 50052
 
@@ -22,16 +22,23 @@ class Settings:
     """StreamCustomers calls served at once by this replica; more are RESOURCE_EXHAUSTED."""
     stream_idle_s: float
     """A stream whose client reads nothing for this long is ended with ABORTED."""
+    read_database_url: str = ""
+    """EVENTLINE_SEGMENTATION_READ_DATABASE_URL: a streaming replica that evaluates filters
+    (count, list, stream, match, segment size); empty: the primary does."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         idle = env_float(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
         if not (idle > 0 and math.isfinite(idle)):
             raise ConfigError(f"EVENTLINE_SEGMENTATION_STREAM_IDLE_S must be a positive number, got {idle}")
+        read_database_url = env_str(environ, "EVENTLINE_SEGMENTATION_READ_DATABASE_URL", "")
+        if read_database_url and not read_database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("EVENTLINE_SEGMENTATION_READ_DATABASE_URL must be a postgresql:// URL")
         return cls(
             common=CommonSettings.from_env(environ, "segmentation", DEFAULT_PORT),
             max_query_s=env_float(environ, "EVENTLINE_SEGMENTATION_MAX_QUERY_S", 300.0),
             work_mem_mb=env_int(environ, "EVENTLINE_SEGMENTATION_WORK_MEM_MB", 64, minimum=4),
             max_streams=env_int(environ, "EVENTLINE_SEGMENTATION_MAX_STREAMS", 32, minimum=1),
             stream_idle_s=idle,
+            read_database_url=read_database_url,
         )

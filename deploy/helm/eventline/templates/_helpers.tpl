@@ -56,7 +56,7 @@ ingestion:
   secrets: [databaseUrl, redisUrl]
 segmentation:
   module: eventline_segmentation
-  secrets: [databaseUrl]
+  secrets: [databaseUrl, segmentationReadDatabaseUrl]
 campaigns:
   module: eventline_campaigns
   secrets: [databaseUrl, redisUrl, serviceApiKey, providerSecret, smtpPassword]
@@ -69,6 +69,7 @@ redisUrl: {variable: EVENTLINE_REDIS_URL, optional: false}
 serviceApiKey: {variable: EVENTLINE_SERVICE_API_KEY, optional: true}
 providerSecret: {variable: EVENTLINE_PROVIDER_SECRET, optional: true}
 smtpPassword: {variable: EVENTLINE_SMTP_PASSWORD, optional: true}
+segmentationReadDatabaseUrl: {variable: EVENTLINE_SEGMENTATION_READ_DATABASE_URL, optional: true}
 {{- end }}
 
 {{/* env entries of secrets: (dict "root" $ "secrets" (list "databaseUrl" ...)). */}}

@@ -305,7 +305,7 @@ class StreamCustomersResponse(_message.Message):
     def __init__(self, customer_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MatchCustomerRequest(_message.Message):
-    __slots__ = ("filter", "segment_id", "bindings", "now", "time_zone", "customer_id")
+    __slots__ = ("filter", "segment_id", "bindings", "now", "time_zone", "customer_id", "required_event_ids")
     class BindingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -319,13 +319,15 @@ class MatchCustomerRequest(_message.Message):
     NOW_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
     filter: Filter
     segment_id: str
     bindings: _containers.MessageMap[str, _common_pb2.Value]
     now: _timestamp_pb2.Timestamp
     time_zone: str
     customer_id: str
-    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., segment_id: _Optional[str] = ..., bindings: _Optional[_Mapping[str, _common_pb2.Value]] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., customer_id: _Optional[str] = ...) -> None: ...
+    required_event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, filter: _Optional[_Union[Filter, _Mapping]] = ..., segment_id: _Optional[str] = ..., bindings: _Optional[_Mapping[str, _common_pb2.Value]] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., customer_id: _Optional[str] = ..., required_event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MatchCustomerResponse(_message.Message):
     __slots__ = ("matched", "nodes", "now")
