@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from eventline_shared import harness
 from eventline_shared.config import ConfigError, env_bool, env_int
 from eventline_shared.embedded import (
     EmbeddedError,
@@ -290,8 +291,6 @@ class Suite:
 
     async def wait_healthy(self, specs: list[ServiceSpec], timeout_s: float = 120.0) -> bool:
         """Wait until every service reports SERVING; False when one exits first."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         async def ready(spec: ServiceSpec, child: Child) -> bool:
             import aiohttp
@@ -310,15 +309,12 @@ class Suite:
             if spec.http:
                 return await ready(spec, child)
             host, port = service_address(spec, self.environ)
-            async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while child.process.returncode is None:
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            return True
-                    await asyncio.sleep(0.2)
-            return False
+            return await harness.wait_serving_at(
+                f"{host}:{port}",
+                timeout_s=timeout_s,
+                interval_s=0.2,
+                exited=lambda: child.process.returncode is not None,
+            )
 
         try:
             results = await asyncio.wait_for(

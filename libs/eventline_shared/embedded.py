@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
+from eventline_shared.harness import free_port
+
 log = logging.getLogger(__name__)
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -52,13 +54,6 @@ class EmbeddedError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def forced() -> bool:

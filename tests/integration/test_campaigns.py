@@ -18,6 +18,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
+from eventline_cli import demo_campaigns
 from eventline_shared.stream import StreamEntry
 from tests.support import (
     add_email_customers,
@@ -46,19 +47,15 @@ def email_campaign(
     subject: str = "Reset your password",
     text: str = "Follow {{ client.eventContext.reset_link }}",
     html: str = "",
-    **fields: Any,
+    audience: seg.Filter | None = None,
 ) -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
+    return demo_campaigns.email_on_customer_event(
+        event_name,
+        audience,
         display_name="Password recovery",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name=event_name)
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(subject=subject, text_body=text, html_body=html)
-            )
-        ],
-        **fields,
+        subject=subject,
+        text_body=text,
+        html_body=html,
     )
 
 
@@ -494,29 +491,7 @@ async def _stock_setup(ingestion, count: int) -> None:  # type: ignore[no-untype
 
 
 def stock_campaign() -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name="Back in stock",
-        trigger=campaigns_pb2.Trigger(
-            system_event=campaigns_pb2.SystemEventTrigger(event_name="ItemInStock")
-        ),
-        audience=seg.Filter(
-            event=seg.EventCondition(
-                name="StockSubscription",
-                predicates=[
-                    seg.Predicate(
-                        field="item_id", operator=seg.OPERATOR_EQUALS, value=seg.Operand(reference="$item_id")
-                    )
-                ],
-            )
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(
-                    subject="{{ client.eventContext.item_name }} is back", text_body="Get it now."
-                )
-            )
-        ],
-    )
+    return demo_campaigns.back_in_stock(display_name="Back in stock", text_body="Get it now.")
 
 
 def _expected_stock(count: int) -> list[str]:
