@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from eventline_shared.config import ConfigError, env_bool, env_float, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_str
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PATTERN = re.compile(r"^evl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
