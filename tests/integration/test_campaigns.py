@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -18,7 +19,10 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
+from eventline_campaigns.service import running
+from eventline_campaigns.settings import Settings
 from eventline_cli import demo_campaigns
+from eventline_shared.clock import ManualClock
 from eventline_shared.stream import StreamEntry
 from tests.support import (
     add_email_customers,
@@ -393,6 +397,41 @@ async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore
         for d in found
         if d.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED
     )
+
+
+async def test_a_frequency_cap_window_is_read_from_the_clock_the_service_is_given(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """A cap of one send per hour, evaluated at the service's clock: still capped 59:59 after
+    the first send, open again once the clock has moved past the hour. No sleeping: the
+    test moves the clock."""
+    clock = ManualClock()
+    async with running(Settings.from_env(campaigns_env()), consume=False, clock=clock) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+            await upsert(ingestion, "hourly", email="hourly@example.com", email_consent=GRANTED)
+            campaign = email_campaign(event_name="Visited", text="hello")
+            campaign.frequency_cap.CopyFrom(
+                campaigns_pb2.FrequencyCap(max_sends=1, period=duration_pb2.Duration(seconds=3600))
+            )
+            campaign_id = await start(campaigns, campaign)
+            await served.cache.refresh()
+
+            async def visit(event_id: str) -> str:
+                reply = await ingestion.TrackCustomerEvent(customer_event("hourly", "Visited", event_id))
+                await served.engine.handle_customer_events([reply.event])
+                [delivery] = await deliveries(campaigns, event_id=event_id)
+                return f"{campaigns_pb2.DeliveryStatus.Name(delivery.status)} {delivery.reason}".strip()
+
+            assert await visit("at-start") == "DELIVERY_STATUS_SENT"
+            clock.advance(dt.timedelta(seconds=3599))
+            assert (
+                await visit("before-the-hour") == "DELIVERY_STATUS_SKIPPED frequency cap: 1 sends per period"
+            )
+            clock.advance(dt.timedelta(seconds=2))
+            assert await visit("after-the-hour") == "DELIVERY_STATUS_SENT"
+            await smtp_server.wait_for(2)
+            assert len(await deliveries(campaigns, campaign_id=campaign_id)) == 3
 
 
 # --- the stream: crashes, poison entries ---

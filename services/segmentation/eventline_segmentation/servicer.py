@@ -18,6 +18,7 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import paging, values
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     EventlineError,
     FieldViolation,
@@ -133,8 +134,15 @@ class StreamSlots:
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, repository: SegmentationRepository, max_query_s: float, max_streams: int, tokens: PageTokens
+        self,
+        repository: SegmentationRepository,
+        max_query_s: float,
+        max_streams: int,
+        tokens: PageTokens,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
+        """The "now" a request without one is evaluated at."""
         self.repository = repository
         self.max_query_s = max_query_s
         self.streams = StreamSlots(max_streams)
@@ -173,7 +181,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 else:
                     now = values.timestamp_to_datetime(request.now)
             else:
-                now = dt.datetime.now(dt.UTC)
+                now = self.clock.now()
         checked = filters.check(flt, path, request.bindings)
         violations += checked.violations
         raise_if_any(violations)
@@ -213,7 +221,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 "ListCustomers", "", (page[-1], prepared.clock.now, prepared.target_key)
             )
         return pb.ListCustomersResponse(
-            customer_ids=page, next_page_token=next_token, now=values.datetime_to_timestamp(prepared.clock.now)
+            customer_ids=page,
+            next_page_token=next_token,
+            now=values.datetime_to_timestamp(prepared.clock.now),
         )
 
     async def StreamCustomers(
@@ -376,7 +386,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         paths = set(request.update_mask.paths) or allowed
         unknown = sorted(paths - allowed)
         violations = [
-            FieldViolation("update_mask", f"unknown field {quote(p)}; use display_name, description or filter")
+            FieldViolation(
+                "update_mask", f"unknown field {quote(p)}; use display_name, description or filter"
+            )
             for p in unknown
         ]
         violations += values.present([check_segment_id(request.segment.segment_id, "segment.segment_id")])
