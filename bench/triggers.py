@@ -204,13 +204,16 @@ async def wait_for_messages(receiver: SmtpReceiver, count: int, timeout_s: float
         await asyncio.sleep(0.05)
 
 
-PING_CAMPAIGN = demo_campaigns.email_on_customer_event(
-    "Ping", display_name="Ping", subject="{{ event.event_id }}", text_body="Hello {{ client.customer_id }}"
+PING_CAMPAIGN = demo_campaigns.email_campaign(
+    demo_campaigns.on_customer_event("Ping"),
+    display_name="Ping",
+    subject="{{ event.event_id }}",
+    text_body="Hello {{ client.customer_id }}",
 )
 """The triggered campaign: an e-mail whose subject is the event id, for every customer event Ping."""
 
-SALE_CAMPAIGN = demo_campaigns.email_on_system_event(
-    "Sale",
+SALE_CAMPAIGN = demo_campaigns.email_campaign(
+    demo_campaigns.on_system_event("Sale"),
     seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
     display_name="Sale",
     subject="Sale for {{ client.customer_id }}",

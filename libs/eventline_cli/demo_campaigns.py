@@ -13,8 +13,18 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 
 
-def email_on_customer_event(
-    event_name: str,
+def on_customer_event(event_name: str) -> campaigns_pb2.Trigger:
+    """A trigger: every customer event named ``event_name``."""
+    return campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name=event_name))
+
+
+def on_system_event(event_name: str) -> campaigns_pb2.Trigger:
+    """A trigger: every system event named ``event_name`` (reaching the campaign's audience)."""
+    return campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name=event_name))
+
+
+def email_campaign(
+    trigger: campaigns_pb2.Trigger,
     audience: seg.Filter | None = None,
     /,
     *,
@@ -23,35 +33,10 @@ def email_on_customer_event(
     text_body: str,
     html_body: str = "",
 ) -> campaigns_pb2.Campaign:
-    """An e-mail to the customer of every ``event_name`` customer event (in ``audience``, if given)."""
+    """One e-mail to each customer ``trigger`` reaches (those of ``audience``, if given)."""
     return campaigns_pb2.Campaign(
         display_name=display_name,
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name=event_name)
-        ),
-        audience=audience,
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(subject=subject, text_body=text_body, html_body=html_body)
-            )
-        ],
-    )
-
-
-def email_on_system_event(
-    event_name: str,
-    audience: seg.Filter,
-    /,
-    *,
-    display_name: str,
-    subject: str,
-    text_body: str,
-    html_body: str = "",
-) -> campaigns_pb2.Campaign:
-    """An e-mail to every customer of ``audience`` when the system event ``event_name`` occurs."""
-    return campaigns_pb2.Campaign(
-        display_name=display_name,
-        trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name=event_name)),
+        trigger=trigger,
         audience=audience,
         actions=[
             campaigns_pb2.Action(
@@ -90,10 +75,12 @@ PASSWORD_RECOVERY = {
 def back_in_stock(**wording: str) -> campaigns_pb2.Campaign:
     """``ItemInStock`` (a system event) e-mails the subscribers of the item; ``wording``
     replaces the demo's display name, subject or bodies."""
-    return email_on_system_event("ItemInStock", subscribers_of_the_item(), **(BACK_IN_STOCK | wording))
+    return email_campaign(
+        on_system_event("ItemInStock"), subscribers_of_the_item(), **(BACK_IN_STOCK | wording)
+    )
 
 
 def password_recovery(**wording: str) -> campaigns_pb2.Campaign:
     """``PasswordRecoveryRequested`` (a customer event) e-mails that customer their reset link;
     ``wording`` replaces the demo's display name, subject or bodies."""
-    return email_on_customer_event("PasswordRecoveryRequested", **(PASSWORD_RECOVERY | wording))
+    return email_campaign(on_customer_event("PasswordRecoveryRequested"), **(PASSWORD_RECOVERY | wording))

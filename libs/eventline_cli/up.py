@@ -292,25 +292,12 @@ class Suite:
     async def wait_healthy(self, specs: list[ServiceSpec], timeout_s: float = 120.0) -> bool:
         """Wait until every service reports SERVING; False when one exits first."""
 
-        async def ready(spec: ServiceSpec, child: Child) -> bool:
-            import aiohttp
-
-            host, port = service_address(spec, self.environ)
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-                while child.process.returncode is None:
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with session.get(f"http://{host}:{port}/readyz") as reply:
-                            if reply.status == 200:
-                                return True
-                    await asyncio.sleep(0.2)
-            return False
-
         async def healthy(spec: ServiceSpec, child: Child) -> bool:
-            if spec.http:
-                return await ready(spec, child)
             host, port = service_address(spec, self.environ)
-            return await harness.wait_serving_at(
-                f"{host}:{port}",
+            return await harness.wait_ready(
+                host,
+                port,
+                http=spec.http,
                 timeout_s=timeout_s,
                 interval_s=0.2,
                 exited=lambda: child.process.returncode is not None,

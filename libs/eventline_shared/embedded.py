@@ -28,7 +28,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
-from eventline_shared.harness import free_port
+from eventline_shared.harness import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +163,6 @@ async def _stop_leftover(pid_file: Path, sig: signal.Signals, what: str) -> None
     if _pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 # --------------------------------------------------------------------------- probes
@@ -347,7 +340,7 @@ class EmbeddedPostgres(EmbeddedServer):
         await self._spawn(argv, **run_as)
 
         async def ready() -> bool:
-            return _port_open(self.port) and await postgres_reachable(self.url, timeout_s=2.0)
+            return port_open(self.port) and await postgres_reachable(self.url, timeout_s=2.0)
 
         await self._wait_until(ready)
         return self.url
@@ -400,7 +393,7 @@ class EmbeddedRedis(EmbeddedServer):
         await self._spawn(argv)
 
         async def ready() -> bool:
-            return _port_open(self.port) and await redis_reachable(self.url, timeout_s=2.0)
+            return port_open(self.port) and await redis_reachable(self.url, timeout_s=2.0)
 
         await self._wait_until(ready)
         return self.url

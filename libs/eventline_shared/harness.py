@@ -11,12 +11,11 @@ which every service already depends on for its own health service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -56,7 +55,29 @@ def start_service(
     )
 
 
+def port_open(port: int, host: str = LOOPBACK) -> bool:
+    """Whether something accepts TCP connections on ``port`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
+
+
 def _never() -> bool:
+    return False
+
+
+async def _poll(
+    ready: Callable[[], Awaitable[bool]], timeout_s: float, interval_s: float, exited: Callable[[], bool]
+) -> bool:
+    """True once ``ready()`` is; False as soon as ``exited()`` is; TimeoutError after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not exited():
+        if await ready():
+            return True
+        if loop.time() > deadline:
+            raise TimeoutError(f"not ready after {timeout_s:.0f}s")
+        await asyncio.sleep(interval_s)
     return False
 
 
@@ -73,18 +94,16 @@ async def wait_serving(
     stopped; ``TimeoutError`` after ``timeout_s``. Unanswered checks (the server not listening
     yet) count as not serving.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
     health = health_pb2_grpc.HealthStub(channel)
-    while not exited():
-        with contextlib.suppress(grpc.aio.AioRpcError):
+
+    async def serving() -> bool:
+        try:
             reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return True
-        if loop.time() > deadline:
-            raise TimeoutError(f"not SERVING after {timeout_s:.0f}s")
-        await asyncio.sleep(interval_s)
-    return False
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return await _poll(serving, timeout_s, interval_s, exited)
 
 
 async def wait_serving_at(
@@ -103,3 +122,44 @@ async def wait_serving_at(
         channel = grpc.aio.secure_channel(address, credentials, options=options)
     async with channel:
         return await wait_serving(channel, timeout_s=timeout_s, interval_s=interval_s, exited=exited)
+
+
+async def wait_http_ready(
+    url: str,
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.2,
+    exited: Callable[[], bool] = _never,
+) -> bool:
+    """``wait_serving`` for an HTTP server (the gateway): ready once a GET of ``url`` (its
+    ``/readyz``) answers 200."""
+    import aiohttp  # only the HTTP gateway's callers need it
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+
+        async def ready() -> bool:
+            try:
+                async with session.get(url) as reply:
+                    return reply.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        return await _poll(ready, timeout_s, interval_s, exited)
+
+
+async def wait_ready(
+    host: str,
+    port: int,
+    *,
+    http: bool = False,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.2,
+    exited: Callable[[], bool] = _never,
+) -> bool:
+    """Wait for the service on ``host:port``: a gRPC service until its health reports SERVING,
+    the HTTP gateway (``http``) until its ``/readyz`` answers 200."""
+    if http:
+        return await wait_http_ready(
+            f"http://{host}:{port}/readyz", timeout_s=timeout_s, interval_s=interval_s, exited=exited
+        )
+    return await wait_serving_at(f"{host}:{port}", timeout_s=timeout_s, interval_s=interval_s, exited=exited)

@@ -104,8 +104,11 @@ async def test_the_same_event_id_twice_sends_one_message(ingestion, campaigns, s
     await upsert(ingestion, "u2", email="u2@example.com", email_consent=GRANTED)
     campaign_id = await activate(
         campaigns,
-        demo_campaigns.email_on_customer_event(
-            "SignedUp", display_name="Welcome", subject="Welcome", text_body="Hi"
+        demo_campaigns.email_campaign(
+            demo_campaigns.on_customer_event("SignedUp"),
+            display_name="Welcome",
+            subject="Welcome",
+            text_body="Hi",
         ),
     )
     request = customer_event("u2", "SignedUp", "signup-1")

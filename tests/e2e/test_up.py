@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_cli.up import installed_services
 from eventline_shared import harness
-from eventline_shared.harness import free_port
+from eventline_shared.harness import free_port, port_open
 
 pytestmark = pytest.mark.slow
 
@@ -30,20 +29,6 @@ pytestmark = pytest.mark.slow
 def urlopen_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
-
-
-def http_ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Up:
@@ -93,15 +78,11 @@ class Up:
     async def wait_serving(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         for name, port in self.ports.items():
-            if name == "gateway":  # HTTP: ready when /readyz answers 200
-                while not await asyncio.to_thread(http_ready, port):
-                    assert self.process.poll() is None, f"eventline up exited early:\n{self.output()}"
-                    assert time.monotonic() < deadline, f"the gateway never became ready:\n{self.output()}"
-                    await asyncio.sleep(0.2)
-                continue
             try:
-                up = await harness.wait_serving_at(
-                    f"127.0.0.1:{port}",
+                up = await harness.wait_ready(
+                    "127.0.0.1",
+                    port,
+                    http=name == "gateway",
                     timeout_s=max(deadline - time.monotonic(), 0),
                     interval_s=0.2,
                     exited=lambda: self.process.poll() is not None,

@@ -53,8 +53,8 @@ def email_campaign(
     html: str = "",
     audience: seg.Filter | None = None,
 ) -> campaigns_pb2.Campaign:
-    return demo_campaigns.email_on_customer_event(
-        event_name,
+    return demo_campaigns.email_campaign(
+        demo_campaigns.on_customer_event(event_name),
         audience,
         display_name="Password recovery",
         subject=subject,
@@ -369,16 +369,23 @@ async def test_sms_and_push_over_http_signed_idempotent_and_retried(  # type: ig
     assert len(retried) == 1
 
 
-async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore[no-untyped-def]
-    campaigns, campaigns_server, ingestion, smtp_server
-) -> None:
-    await upsert(ingestion, "capped", email="capped@example.com", email_consent=GRANTED)
+async def start_hourly_capped(campaigns, served, ingestion, customer_id: str) -> str:  # type: ignore[no-untyped-def]
+    """A customer with e-mail consent and an active campaign e-mailing them on each
+    ``Visited`` event, at most once an hour; returns the campaign id."""
+    await upsert(ingestion, customer_id, email=f"{customer_id}@example.com", email_consent=GRANTED)
     campaign = email_campaign(event_name="Visited", text="hello")
     campaign.frequency_cap.CopyFrom(
         campaigns_pb2.FrequencyCap(max_sends=1, period=duration_pb2.Duration(seconds=3600))
     )
     campaign_id = await start(campaigns, campaign)
-    await campaigns_server.cache.refresh()
+    await served.cache.refresh()
+    return campaign_id
+
+
+async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, smtp_server
+) -> None:
+    campaign_id = await start_hourly_capped(campaigns, campaigns_server, ingestion, "capped")
     events = []
     for i in range(20):
         reply = await ingestion.TrackCustomerEvent(customer_event("capped", "Visited", f"v{i}"))
@@ -409,13 +416,7 @@ async def test_a_frequency_cap_window_is_read_from_the_clock_the_service_is_give
     async with running(Settings.from_env(campaigns_env()), consume=False, clock=clock) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
-            await upsert(ingestion, "hourly", email="hourly@example.com", email_consent=GRANTED)
-            campaign = email_campaign(event_name="Visited", text="hello")
-            campaign.frequency_cap.CopyFrom(
-                campaigns_pb2.FrequencyCap(max_sends=1, period=duration_pb2.Duration(seconds=3600))
-            )
-            campaign_id = await start(campaigns, campaign)
-            await served.cache.refresh()
+            campaign_id = await start_hourly_capped(campaigns, served, ingestion, "hourly")
 
             async def visit(event_id: str) -> str:
                 reply = await ingestion.TrackCustomerEvent(customer_event("hourly", "Visited", event_id))
