@@ -95,10 +95,10 @@ async def running(
     clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[RunningCampaigns]:
     """The campaign service, serving until the context exits; then a graceful stop.
-    Business time (frequency-cap windows, previews) is read from ``clock``.
 
     With ``consume=False`` the stream is not consumed in the background (tests
     call ``consumer.drain()`` themselves); campaign changes are still polled.
+    Business time (frequency-cap windows, previews) is read from ``clock``.
     """
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
