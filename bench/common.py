@@ -3,19 +3,15 @@ on loopback, and waiting until they serve."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eventline_shared import database
+from eventline_shared import database, harness
+from eventline_shared.harness import free_port as free_port  # re-exported: the one free-port helper
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -48,32 +44,14 @@ async def drop_database(name: str, server_url: str = POSTGRES_URL) -> None:
         await admin.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_service(service: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
     """``python -m eventline_<service>`` with ``env`` added to this process's environment."""
-    return subprocess.Popen(
-        [sys.executable, "-m", f"eventline_{service}"], env={**os.environ, **env}, cwd=ROOT
-    )
+    return harness.start_service(service, env, cwd=ROOT)
 
 
 async def serving(port: int, timeout_s: float = 30.0) -> None:
-    """Return once the service on ``port`` reports SERVING; raise after ``timeout_s``."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(int(timeout_s / 0.1)):
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"the service on port {port} did not start")
+    """Return once the service on ``port`` reports SERVING; ``TimeoutError`` after ``timeout_s``."""
+    await harness.wait_serving_at(f"127.0.0.1:{port}", timeout_s=timeout_s)
 
 
 def stop(*processes: subprocess.Popen[bytes]) -> None:

@@ -47,6 +47,8 @@ from common import REDIS_URL, drop_database, free_port, fresh_database, serving,
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
+from eventline_shared import harness
+
 NAMES = [f"Event{i:02d}" for i in range(20)]
 BATCH = 500
 IN_FLIGHT = 4
@@ -191,7 +193,7 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int) -> flo
         await serving(campaigns_port)
         endpoint = f"http://127.0.0.1:{gateway_port}"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)) as session:
-            await ready(session, endpoint)
+            await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
             target = endpoint + "/v1/callbacks/mailgun"
             bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
             await callbacks_round(session, target, bodies[:500])  # warm-up
@@ -240,7 +242,7 @@ async def main(quick: bool) -> dict[str, Any]:
             grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_port}") as channel,
             aiohttp.ClientSession(connector=connector) as session,
         ):
-            await ready(session, endpoint)
+            await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
             track = endpoint + "/v1/events:batchTrack"
 
@@ -280,20 +282,6 @@ async def main(quick: bool) -> dict[str, Any]:
         "callbacks_per_s": round(callbacks_per_s),
         "cpus": os.cpu_count() or 0,
     }
-
-
-async def ready(session: aiohttp.ClientSession, endpoint: str, timeout_s: float = 30.0) -> None:
-    """Return once the gateway's /readyz answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            async with session.get(endpoint + "/readyz") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the gateway did not become ready")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 
+from eventline_cli import demo_campaigns
+
 TRIGGER_CUSTOMERS = 1000
 
 
@@ -202,32 +204,21 @@ async def wait_for_messages(receiver: SmtpReceiver, count: int, timeout_s: float
         await asyncio.sleep(0.05)
 
 
-PING_CAMPAIGN = campaigns_pb2.Campaign(
+PING_CAMPAIGN = demo_campaigns.email_campaign(
+    demo_campaigns.on_customer_event("Ping"),
     display_name="Ping",
-    trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Ping")),
-    actions=[
-        campaigns_pb2.Action(
-            email=campaigns_pb2.EmailAction(
-                subject="{{ event.event_id }}", text_body="Hello {{ client.customer_id }}"
-            )
-        )
-    ],
+    subject="{{ event.event_id }}",
+    text_body="Hello {{ client.customer_id }}",
 )
 """The triggered campaign: an e-mail whose subject is the event id, for every customer event Ping."""
 
-SALE_CAMPAIGN = campaigns_pb2.Campaign(
+SALE_CAMPAIGN = demo_campaigns.email_campaign(
+    demo_campaigns.on_system_event("Sale"),
+    seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
     display_name="Sale",
-    trigger=campaigns_pb2.Trigger(system_event=campaigns_pb2.SystemEventTrigger(event_name="Sale")),
-    audience=seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
-    actions=[
-        campaigns_pb2.Action(
-            email=campaigns_pb2.EmailAction(
-                subject="Sale for {{ client.customer_id }}",
-                html_body="<p>Dear {{ client.email }}, everything is 20% off.</p>",
-                text_body="Dear {{ client.email }}, everything is 20% off.",
-            )
-        )
-    ],
+    subject="Sale for {{ client.customer_id }}",
+    html_body="<p>Dear {{ client.email }}, everything is 20% off.</p>",
+    text_body="Dear {{ client.email }}, everything is 20% off.",
 )
 """The fan-out: an e-mail to every customer with an address when the system event Sale occurs."""
 

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eventline_shared import harness
+from eventline_shared.harness import free_port as free_port  # re-exported: the one free-port helper
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class ServiceProcess:
@@ -36,7 +29,7 @@ class ServiceProcess:
         self.credentials = credentials
         """TLS credentials to reach the service with, when it serves TLS."""
         self.port = free_port()
-        self.env = {**os.environ, **env, f"EVENTLINE_{service.upper()}_PORT": str(self.port)}
+        self.env = {**env, f"EVENTLINE_{service.upper()}_PORT": str(self.port)}
         self.log_path = log_dir / f"{service}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -46,39 +39,27 @@ class ServiceProcess:
 
     def start(self, **extra_env: str) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", f"eventline_{self.service}"],
-                env={**self.env, **extra_env},
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
+            self.process = harness.start_service(
+                self.service, {**self.env, **extra_env}, cwd=ROOT, output=log
             )
         return self
 
     async def serving(self, timeout_s: float = 30.0) -> None:
         """Wait until the health service reports SERVING."""
-        assert self.process is not None
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        if self.credentials is None:
-            channel = grpc.aio.insecure_channel(self.address)
-        else:
-            channel = grpc.aio.secure_channel(self.address, self.credentials)
-        async with channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.service} exited with {self.process.returncode}: {self.logs()[-2000:]}"
-                    )
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"{self.service} did not start: {self.logs()[-2000:]}")
-                await asyncio.sleep(0.05)
+        process = self.process
+        assert process is not None
+        try:
+            up = await harness.wait_serving_at(
+                self.address,
+                credentials=self.credentials,
+                timeout_s=timeout_s,
+                interval_s=0.05,
+                exited=lambda: process.poll() is not None,
+            )
+        except TimeoutError:
+            raise TimeoutError(f"{self.service} did not start: {self.logs()[-2000:]}") from None
+        if not up:
+            raise RuntimeError(f"{self.service} exited with {process.returncode}: {self.logs()[-2000:]}")
 
     async def exited(self, timeout_s: float = 30.0) -> int:
         assert self.process is not None

@@ -80,17 +80,25 @@ class ClientOptions:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
-    def open_channel(self, service: str) -> grpc.Channel:
-        target = self.targets[service]
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials for the services; None: plaintext."""
         if self.tls_ca is None and self.tls_cert is None:
-            return grpc.insecure_channel(target)
-        credentials = grpc.ssl_channel_credentials(
+            return None
+        return grpc.ssl_channel_credentials(
             root_certificates=self.tls_ca.read_bytes() if self.tls_ca else None,
             private_key=self.tls_key.read_bytes() if self.tls_key else None,
             certificate_chain=self.tls_cert.read_bytes() if self.tls_cert else None,
         )
-        options = [("grpc.ssl_target_name_override", self.tls_server_name)] if self.tls_server_name else []
-        return grpc.secure_channel(target, credentials, options=options)
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.tls_server_name)] if self.tls_server_name else []
+
+    def open_channel(self, service: str) -> grpc.Channel:
+        target = self.targets[service]
+        credentials = self.credentials()
+        if credentials is None:
+            return grpc.insecure_channel(target)
+        return grpc.secure_channel(target, credentials, options=self.channel_options())
 
 
 def options(ctx: click.Context) -> ClientOptions:

@@ -9,6 +9,7 @@ own messages.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -16,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
-from eventline.segmentation.v1 import segmentation_pb2 as seg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from eventline_cli.client import call, fail, options
+from eventline_cli.client import ClientOptions, call, fail, options
+from eventline_cli.demo_campaigns import back_in_stock, password_recovery
+from eventline_shared import harness
 
 SUBSCRIBERS = {
     # customer: (item subscribed to, e-mail consent)
@@ -37,65 +37,21 @@ SUBSCRIBERS = {
 }
 
 
-def back_in_stock() -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name="Back in stock (demo)",
-        trigger=campaigns_pb2.Trigger(
-            system_event=campaigns_pb2.SystemEventTrigger(event_name="ItemInStock")
-        ),
-        audience=seg.Filter(
-            event=seg.EventCondition(
-                name="StockSubscription",
-                predicates=[
-                    seg.Predicate(
-                        field="item_id", operator=seg.OPERATOR_EQUALS, value=seg.Operand(reference="$item_id")
-                    )
-                ],
-            )
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(
-                    subject="{{ client.eventContext.item_name }} is back",
-                    text_body="Good news: {{ client.eventContext.item_name }} is back in stock.",
-                )
-            )
-        ],
-    )
-
-
-def password_recovery() -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name="Password recovery (demo)",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="PasswordRecoveryRequested")
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(
-                    subject="Reset your password",
-                    text_body="Reset it here: {{ client.eventContext.reset_link }}",
-                )
-            )
-        ],
-    )
-
-
-def _wait_serving(ctx: click.Context, channels: dict[str, grpc.Channel], timeout_s: float) -> None:
+async def _not_serving(opts: ClientOptions, services: list[str], timeout_s: float) -> str | None:
+    """The first of ``services`` not SERVING within ``timeout_s`` (all together); None: all are."""
     deadline = time.monotonic() + timeout_s
-    for name, opened in channels.items():
-        health = health_pb2_grpc.HealthStub(opened)
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                target = options(ctx).targets[name]
-                fail(f"the {name} service at {target} is not serving; start the suite with `make run`")
-            time.sleep(0.5)
+    for name in services:
+        try:
+            await harness.wait_serving_at(
+                opts.targets[name],
+                credentials=opts.credentials(),
+                options=opts.channel_options(),
+                timeout_s=max(deadline - time.monotonic(), 0),
+                interval_s=0.5,
+            )
+        except TimeoutError:
+            return name
+    return None
 
 
 def _settle(ctx: click.Context, stub: Any, campaign_id: str, expected: int, timeout_s: float) -> Any:
@@ -131,9 +87,12 @@ def demo(ctx: click.Context, sink_dir: Path | None, wait_s: float) -> None:
         configured = os.environ.get("EVENTLINE_CAMPAIGNS_SINK_DIR", "").strip()
         data_dir = Path(os.environ.get("EVENTLINE_DATA_DIR", "").strip() or ".eventline")
         sink_dir = Path(configured) if configured else data_dir / "messages"
-    channels = {name: opts.open_channel(name) for name in ("ingestion", "segmentation", "campaigns")}
+    services = ["ingestion", "segmentation", "campaigns"]
+    down = asyncio.run(_not_serving(opts, services, 30.0))
+    if down is not None:
+        fail(f"the {down} service at {opts.targets[down]} is not serving; start the suite with `make run`")
+    channels = {name: opts.open_channel(name) for name in services}
     try:
-        _wait_serving(ctx, channels, 30.0)
         ingestion = ingestion_pb2_grpc.IngestionServiceStub(channels["ingestion"])
         campaigns = campaigns_pb2_grpc.CampaignServiceStub(channels["campaigns"])
 

@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from eventline_shared import harness
 from eventline_shared.config import ConfigError, env_bool, env_int
 from eventline_shared.embedded import (
     EmbeddedError,
@@ -290,35 +291,17 @@ class Suite:
 
     async def wait_healthy(self, specs: list[ServiceSpec], timeout_s: float = 120.0) -> bool:
         """Wait until every service reports SERVING; False when one exits first."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        async def ready(spec: ServiceSpec, child: Child) -> bool:
-            import aiohttp
-
-            host, port = service_address(spec, self.environ)
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-                while child.process.returncode is None:
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with session.get(f"http://{host}:{port}/readyz") as reply:
-                            if reply.status == 200:
-                                return True
-                    await asyncio.sleep(0.2)
-            return False
 
         async def healthy(spec: ServiceSpec, child: Child) -> bool:
-            if spec.http:
-                return await ready(spec, child)
             host, port = service_address(spec, self.environ)
-            async with grpc.aio.insecure_channel(f"{host}:{port}") as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while child.process.returncode is None:
-                    with contextlib.suppress(grpc.aio.AioRpcError):
-                        reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            return True
-                    await asyncio.sleep(0.2)
-            return False
+            return await harness.wait_ready(
+                host,
+                port,
+                http=spec.http,
+                timeout_s=timeout_s,
+                interval_s=0.2,
+                exited=lambda: child.process.returncode is not None,
+            )
 
         try:
             results = await asyncio.wait_for(
@@ -404,12 +387,8 @@ def banner(specs: list[ServiceSpec], environ: Mapping[str, str]) -> list[str]:
             f"  curl http://{host}:{port}/v1/customers/c42/timeline     # the same API over HTTP/JSON",
             f"  curl http://{host}:{port}/openapi.json",
         ]
-    from eventline_cli import main
-
-    if "demo" in main.cli.commands:
-        lines.append(
-            "  eventline demo          # seeds customers, events and campaigns, shows the messages sent"
-        )
+    # `eventline demo` is one of the CLI's own commands (main.py registers it with every other).
+    lines.append("  eventline demo          # seeds customers, events and campaigns, shows the messages sent")
     return lines
 
 

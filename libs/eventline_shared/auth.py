@@ -36,7 +36,7 @@ import asyncpg
 import grpc
 
 from eventline_client.connection import service_config
-from eventline_shared.config import ConfigError, env_bool, env_float, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_str
 from eventline_shared.handlers import HandlerWrapper, checked_first
 
 SCOPES = ("ingest", "read", "admin")

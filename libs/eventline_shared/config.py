@@ -8,53 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from eventline_shared.auth import SecuritySettings
+from eventline_shared.auth import SecuritySettings
 
-
-class ConfigError(Exception):
-    """A configuration variable is missing or malformed."""
-
-
-def env_str(environ: Mapping[str, str], name: str, default: str) -> str:
-    return environ.get(name, default).strip() or default
-
-
-def env_int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
-def env_float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-
-
-def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
-
+# Re-exported: the services read their own variables with these, next to CommonSettings.
+from eventline_shared.environment import ConfigError as ConfigError
+from eventline_shared.environment import env_bool as env_bool
+from eventline_shared.environment import env_float as env_float
+from eventline_shared.environment import env_int as env_int
+from eventline_shared.environment import env_str as env_str
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventline"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -100,8 +62,6 @@ class CommonSettings:
         redis_url = env_str(environ, "EVENTLINE_REDIS_URL", DEFAULT_REDIS_URL)
         if not redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
-        from eventline_shared.auth import SecuritySettings  # here: auth imports this module
-
         metrics_port = env_int(environ, prefix + "METRICS_PORT", -1, minimum=-1)
         health_probe_interval_s = env_float(environ, "EVENTLINE_HEALTH_PROBE_INTERVAL_S", 2.0)
         if not 0 < health_probe_interval_s <= 3600:

@@ -28,7 +28,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
+
+from eventline_shared.harness import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,6 @@ class EmbeddedError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def forced() -> bool:
@@ -169,12 +163,6 @@ async def _stop_leftover(pid_file: Path, sig: signal.Signals, what: str) -> None
     if _pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 # --------------------------------------------------------------------------- probes
@@ -352,7 +340,7 @@ class EmbeddedPostgres(EmbeddedServer):
         await self._spawn(argv, **run_as)
 
         async def ready() -> bool:
-            return _port_open(self.port) and await postgres_reachable(self.url, timeout_s=2.0)
+            return port_open(self.port) and await postgres_reachable(self.url, timeout_s=2.0)
 
         await self._wait_until(ready)
         return self.url
@@ -405,7 +393,7 @@ class EmbeddedRedis(EmbeddedServer):
         await self._spawn(argv)
 
         async def ready() -> bool:
-            return _port_open(self.port) and await redis_reachable(self.url, timeout_s=2.0)
+            return port_open(self.port) and await redis_reachable(self.url, timeout_s=2.0)
 
         await self._wait_until(ready)
         return self.url

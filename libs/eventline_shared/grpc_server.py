@@ -12,7 +12,6 @@ shutdown on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import os
 import signal
@@ -41,6 +40,7 @@ from eventline_shared.errors import (
     Unavailable,
 )
 from eventline_shared.handlers import HandlerWrapper, writing_stream
+from eventline_shared.logs import current_call as _current_call
 from eventline_shared.metrics import Operations
 from eventline_shared.paging import MAX_REPLY_BYTES
 
@@ -124,25 +124,6 @@ def as_status(exc: BaseException, method: str, remaining_s: float | None = None)
     elif error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.warning("dependency error", extra={"method": method, "error": repr(exc)})
     return rpc_status.to_status(error.to_status())
-
-
-_current_call: contextvars.ContextVar[grpc.aio.ServicerContext[Any, Any] | None] = contextvars.ContextVar(
-    "current_call", default=None
-)
-
-
-def current_request_id() -> str:
-    """The id of the RPC being served, for logs: the client's x-request-id, else one of our own.
-
-    Computed only when something is logged, so serving a call costs nothing.
-    """
-    context = _current_call.get()
-    if context is None:
-        return ""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return f"{os.getpid():x}-{id(context):x}"
 
 
 def _decode(decode: Callable[[bytes], Any] | None, raw: bytes, limit: int | None) -> Any:

@@ -6,8 +6,11 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import Any
+
+import grpc
 
 from eventline_shared import tracing
 
@@ -15,7 +18,26 @@ from eventline_shared import tracing
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-"""The id of the HTTP request being served (the gateway sets it); RPCs are found by grpc_server."""
+"""The id of the HTTP request being served (the gateway sets it); RPCs are found by ``current_call``."""
+
+current_call: contextvars.ContextVar[grpc.aio.ServicerContext[Any, Any] | None] = contextvars.ContextVar(
+    "current_call", default=None
+)
+"""The RPC being served (grpc_server sets it for each call), read only when something is logged."""
+
+
+def current_request_id() -> str:
+    """The id of the RPC being served, for logs: the client's x-request-id, else one of our own.
+
+    Computed only when something is logged, so serving a call costs nothing.
+    """
+    context = current_call.get()
+    if context is None:
+        return ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return f"{os.getpid():x}-{id(context):x}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,8 +46,6 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        from eventline_shared.grpc_server import current_request_id
-
         entry: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),

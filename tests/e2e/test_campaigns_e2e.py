@@ -11,8 +11,8 @@ import time
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
-from eventline.segmentation.v1 import segmentation_pb2 as seg
 
+from eventline_cli import demo_campaigns
 from tests.support import customer_event, value
 
 GRANTED = common_pb2.CONSENT_GRANTED
@@ -62,32 +62,10 @@ async def test_back_in_stock_reaches_exactly_the_consenting_subscribers_once(  #
     await upsert(ingestion, "fay", email="fay@example.com", email_consent=GRANTED)  # never subscribed
     campaign_id = await activate(
         campaigns,
-        campaigns_pb2.Campaign(
+        demo_campaigns.back_in_stock(
             display_name="Back in stock",
-            trigger=campaigns_pb2.Trigger(
-                system_event=campaigns_pb2.SystemEventTrigger(event_name="ItemInStock")
-            ),
-            audience=seg.Filter(
-                event=seg.EventCondition(
-                    name="StockSubscription",
-                    predicates=[
-                        seg.Predicate(
-                            field="item_id",
-                            operator=seg.OPERATOR_EQUALS,
-                            value=seg.Operand(reference="$item_id"),
-                        )
-                    ],
-                )
-            ),
-            actions=[
-                campaigns_pb2.Action(
-                    email=campaigns_pb2.EmailAction(
-                        subject="{{ client.eventContext.item_name }} is back",
-                        html_body="<p>{{ client.eventContext.item_name }} is back in stock.</p>",
-                        text_body="{{ client.eventContext.item_name }} is back in stock.",
-                    )
-                )
-            ],
+            html_body="<p>{{ client.eventContext.item_name }} is back in stock.</p>",
+            text_body="{{ client.eventContext.item_name }} is back in stock.",
         ),
     )
     stock = ingestion_pb2.TrackSystemEventRequest(
@@ -109,20 +87,7 @@ async def test_password_recovery_email_arrives_with_its_link(ingestion, campaign
     await upsert(ingestion, "u1", email="u1@example.com", email_consent=GRANTED)
     await activate(
         campaigns,
-        campaigns_pb2.Campaign(
-            display_name="Password recovery",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="PasswordRecoveryRequested")
-            ),
-            actions=[
-                campaigns_pb2.Action(
-                    email=campaigns_pb2.EmailAction(
-                        subject="Reset your password",
-                        text_body="Reset it here: {{ client.eventContext.reset_link }}",
-                    )
-                )
-            ],
-        ),
+        demo_campaigns.password_recovery(display_name="Password recovery"),
     )
     link = "https://shop.example.com/reset?token=abc123"
     await ingestion.TrackCustomerEvent(
@@ -139,14 +104,11 @@ async def test_the_same_event_id_twice_sends_one_message(ingestion, campaigns, s
     await upsert(ingestion, "u2", email="u2@example.com", email_consent=GRANTED)
     campaign_id = await activate(
         campaigns,
-        campaigns_pb2.Campaign(
+        demo_campaigns.email_campaign(
+            demo_campaigns.on_customer_event("SignedUp"),
             display_name="Welcome",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="SignedUp")
-            ),
-            actions=[
-                campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Welcome", text_body="Hi"))
-            ],
+            subject="Welcome",
+            text_body="Hi",
         ),
     )
     request = customer_event("u2", "SignedUp", "signup-1")

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,36 +18,17 @@ from pathlib import Path
 import grpc
 import pytest
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eventline_cli.up import installed_services
+from eventline_shared import harness
+from eventline_shared.harness import free_port, port_open
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def urlopen_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
         return str(reply.read().decode())
-
-
-def http_ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Up:
@@ -98,24 +78,19 @@ class Up:
     async def wait_serving(self, timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         for name, port in self.ports.items():
-            if name == "gateway":  # HTTP: ready when /readyz answers 200
-                while not await asyncio.to_thread(http_ready, port):
-                    assert self.process.poll() is None, f"eventline up exited early:\n{self.output()}"
-                    assert time.monotonic() < deadline, f"the gateway never became ready:\n{self.output()}"
-                    await asyncio.sleep(0.2)
-                continue
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    assert self.process.poll() is None, f"eventline up exited early:\n{self.output()}"
-                    assert time.monotonic() < deadline, f"{name} never became SERVING:\n{self.output()}"
-                    try:
-                        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.aio.AioRpcError:
-                        pass
-                    await asyncio.sleep(0.2)
+            try:
+                up = await harness.wait_ready(
+                    "127.0.0.1",
+                    port,
+                    http=name == "gateway",
+                    timeout_s=max(deadline - time.monotonic(), 0),
+                    interval_s=0.2,
+                    exited=lambda: self.process.poll() is not None,
+                )
+            except TimeoutError:
+                up = None
+            assert up is not False, f"eventline up exited early:\n{self.output()}"
+            assert up, f"{name} never became SERVING:\n{self.output()}"
 
     async def interrupt(self, timeout_s: float = 60.0) -> int:
         self.process.send_signal(signal.SIGINT)

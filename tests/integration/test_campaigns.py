@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -18,6 +19,10 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
+from eventline_campaigns.service import running
+from eventline_campaigns.settings import Settings
+from eventline_cli import demo_campaigns
+from eventline_shared.clock import ManualClock
 from eventline_shared.stream import StreamEntry
 from tests.support import (
     add_email_customers,
@@ -46,19 +51,15 @@ def email_campaign(
     subject: str = "Reset your password",
     text: str = "Follow {{ client.eventContext.reset_link }}",
     html: str = "",
-    **fields: Any,
+    audience: seg.Filter | None = None,
 ) -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
+    return demo_campaigns.email_campaign(
+        demo_campaigns.on_customer_event(event_name),
+        audience,
         display_name="Password recovery",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name=event_name)
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(subject=subject, text_body=text, html_body=html)
-            )
-        ],
-        **fields,
+        subject=subject,
+        text_body=text,
+        html_body=html,
     )
 
 
@@ -368,16 +369,23 @@ async def test_sms_and_push_over_http_signed_idempotent_and_retried(  # type: ig
     assert len(retried) == 1
 
 
-async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore[no-untyped-def]
-    campaigns, campaigns_server, ingestion, smtp_server
-) -> None:
-    await upsert(ingestion, "capped", email="capped@example.com", email_consent=GRANTED)
+async def start_hourly_capped(campaigns, served, ingestion, customer_id: str) -> str:  # type: ignore[no-untyped-def]
+    """A customer with e-mail consent and an active campaign e-mailing them on each
+    ``Visited`` event, at most once an hour; returns the campaign id."""
+    await upsert(ingestion, customer_id, email=f"{customer_id}@example.com", email_consent=GRANTED)
     campaign = email_campaign(event_name="Visited", text="hello")
     campaign.frequency_cap.CopyFrom(
         campaigns_pb2.FrequencyCap(max_sends=1, period=duration_pb2.Duration(seconds=3600))
     )
     campaign_id = await start(campaigns, campaign)
-    await campaigns_server.cache.refresh()
+    await served.cache.refresh()
+    return campaign_id
+
+
+async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, smtp_server
+) -> None:
+    campaign_id = await start_hourly_capped(campaigns, campaigns_server, ingestion, "capped")
     events = []
     for i in range(20):
         reply = await ingestion.TrackCustomerEvent(customer_event("capped", "Visited", f"v{i}"))
@@ -396,6 +404,35 @@ async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore
         for d in found
         if d.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED
     )
+
+
+async def test_a_frequency_cap_window_is_read_from_the_clock_the_service_is_given(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """A cap of one send per hour, evaluated at the service's clock: still capped 59:59 after
+    the first send, open again once the clock has moved past the hour. No sleeping: the
+    test moves the clock."""
+    clock = ManualClock()
+    async with running(Settings.from_env(campaigns_env()), consume=False, clock=clock) as served:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+            campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+            campaign_id = await start_hourly_capped(campaigns, served, ingestion, "hourly")
+
+            async def visit(event_id: str) -> str:
+                reply = await ingestion.TrackCustomerEvent(customer_event("hourly", "Visited", event_id))
+                await served.engine.handle_customer_events([reply.event])
+                [delivery] = await deliveries(campaigns, event_id=event_id)
+                return f"{campaigns_pb2.DeliveryStatus.Name(delivery.status)} {delivery.reason}".strip()
+
+            assert await visit("at-start") == "DELIVERY_STATUS_SENT"
+            clock.advance(dt.timedelta(seconds=3599))
+            assert (
+                await visit("before-the-hour") == "DELIVERY_STATUS_SKIPPED frequency cap: 1 sends per period"
+            )
+            clock.advance(dt.timedelta(seconds=2))
+            assert await visit("after-the-hour") == "DELIVERY_STATUS_SENT"
+            await smtp_server.wait_for(2)
+            assert len(await deliveries(campaigns, campaign_id=campaign_id)) == 3
 
 
 # --- the stream: crashes, poison entries ---
@@ -494,29 +531,7 @@ async def _stock_setup(ingestion, count: int) -> None:  # type: ignore[no-untype
 
 
 def stock_campaign() -> campaigns_pb2.Campaign:
-    return campaigns_pb2.Campaign(
-        display_name="Back in stock",
-        trigger=campaigns_pb2.Trigger(
-            system_event=campaigns_pb2.SystemEventTrigger(event_name="ItemInStock")
-        ),
-        audience=seg.Filter(
-            event=seg.EventCondition(
-                name="StockSubscription",
-                predicates=[
-                    seg.Predicate(
-                        field="item_id", operator=seg.OPERATOR_EQUALS, value=seg.Operand(reference="$item_id")
-                    )
-                ],
-            )
-        ),
-        actions=[
-            campaigns_pb2.Action(
-                email=campaigns_pb2.EmailAction(
-                    subject="{{ client.eventContext.item_name }} is back", text_body="Get it now."
-                )
-            )
-        ],
-    )
+    return demo_campaigns.back_in_stock(display_name="Back in stock", text_body="Get it now.")
 
 
 def _expected_stock(count: int) -> list[str]:

@@ -13,11 +13,12 @@ import grpc
 import pytest
 from eventline.campaigns.v1 import campaigns_pb2 as pb
 from eventline.campaigns.v1 import campaigns_pb2_grpc
-from google.protobuf import duration_pb2, field_mask_pb2
-from hypothesis import HealthCheck, event, given, settings
+from google.protobuf import duration_pb2
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.integration.test_fuzz_segmentation import (
+from tests import fuzzing
+from tests.fuzzing import (
     CLEAN,
     bindings,
     codes,
@@ -140,19 +141,7 @@ async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.Campai
         yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
-async def _call(call, message, allowed=CLEAN):  # type: ignore[no-untyped-def]
-    try:
-        return await call(message)
-    except grpc.aio.AioRpcError as error:
-        assert error.code() in allowed, (call, error.code(), error.details(), message)
-        return None
-
-
-async def _rows(db):  # type: ignore[no-untyped-def]
-    return await db.fetch("SELECT * FROM campaigns ORDER BY campaign_id")
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzzing.fuzzed
 @given(
     campaign=campaigns_messages,
     campaign_id=st.one_of(st.just(""), campaign_ids),
@@ -188,48 +177,32 @@ async def test_fuzzed_campaign_requests_are_clean_and_all_or_nothing(  # type: i
     lifecycle,
 ):
     """Every CampaignService RPC answers or refuses cleanly; a refused write changes no campaign row."""
-    before = await _rows(db)
-    created = await _call(
-        campaigns.CreateCampaign,
-        pb.CreateCampaignRequest(campaign=campaign, campaign_id=campaign_id),
-        WRITE_CLEAN,
+
+    async def rows():  # type: ignore[no-untyped-def]
+        return await db.fetch("SELECT * FROM campaigns ORDER BY campaign_id")
+
+    target = await fuzzing.create_get_update(
+        campaigns, pb, "Campaign", campaign, campaign_id, update, mask, rows, WRITE_CLEAN
     )
-    event("created" if created is not None else "create refused")
-    if created is None:
-        assert await _rows(db) == before
-    target = created.campaign.campaign_id if created is not None else campaign_id
-    await _call(campaigns.GetCampaign, pb.GetCampaignRequest(campaign_id=target))
-    update.campaign_id = target
-    before = await _rows(db)
-    updated = await _call(
-        campaigns.UpdateCampaign,
-        pb.UpdateCampaignRequest(campaign=update, update_mask=field_mask_pb2.FieldMask(paths=mask)),
-        WRITE_CLEAN,
-    )
-    event("updated" if updated is not None else "update refused")
-    if updated is None:
-        assert await _rows(db) == before
     for step in lifecycle:
-        before = await _rows(db)
         call, request = {
             "activate": (campaigns.ActivateCampaign, pb.ActivateCampaignRequest),
             "pause": (campaigns.PauseCampaign, pb.PauseCampaignRequest),
             "archive": (campaigns.ArchiveCampaign, pb.ArchiveCampaignRequest),
         }[step]
-        if await _call(call, request(campaign_id=target), STATE_CLEAN) is None:
-            assert await _rows(db) == before
-    await _call(
+        await fuzzing.all_or_nothing(call, request(campaign_id=target), rows, STATE_CLEAN)
+    await fuzzing.answer_or_refuse(
         campaigns.PreviewMessage,
         pb.PreviewMessageRequest(campaign_id=target, customer_id=customer_id, context=context),
         STATE_CLEAN,
     )
-    await _call(
+    await fuzzing.answer_or_refuse(
         campaigns.ListCampaigns,
         pb.ListCampaignsRequest(page_size=page_size, page_token=page_token, states=states),
     )
     for parent in ({"campaign_id": target}, {"customer_id": customer_id}, {"event_id": customer_id}, {}):
-        await _call(
+        await fuzzing.answer_or_refuse(
             campaigns.ListDeliveries,
             pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token, **parent),
         )
-    await _call(campaigns.GetCampaignStats, pb.GetCampaignStatsRequest(campaign_id=target))
+    await fuzzing.answer_or_refuse(campaigns.GetCampaignStats, pb.GetCampaignStatsRequest(campaign_id=target))

@@ -9,126 +9,28 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
-from google.protobuf import field_mask_pb2, timestamp_pb2
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.fuzzing import (
+    CLEAN,
+    all_or_nothing,
+    answer_or_refuse,
+    bindings,
+    codes,
+    create_get_update,
+    filters,
+    fuzzed,
+    page_sizes,
+    page_tokens,
+    plausible_filters,
+    timestamps,
+)
 from tests.support import violations
 
-CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND}
 WRITE_CLEAN = CLEAN | {grpc.StatusCode.ALREADY_EXISTS}
 
-HOSTILE = [
-    "item-id",
-    "",
-    "x\x00",
-    "a'b",
-    'a"b',
-    "a -- b",
-    "a" * 300,
-    "ünïcödé",
-    "$.x",
-    "_",
-    "\n",
-    "A",
-    "price",
-]
-codes = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=40))
-enum_numbers = st.integers(-3, 20)
-int64s = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-5, 400))
-timestamps = st.builds(
-    timestamp_pb2.Timestamp,
-    seconds=st.one_of(st.integers(-(2**40), 2**40), st.integers(-62135596800, 253402300799)),
-    nanos=st.one_of(st.integers(0, 999_999_999), st.integers(-(2**31), 2**31 - 1)),
-)
-decimals = st.one_of(
-    st.sampled_from(["NaN", "inf", "-Infinity", "1e999999", "1" * 200, "0.5", "", "1.2.3", "\x00"]),
-    st.decimals(allow_nan=False, allow_infinity=False).map(str),
-    st.text(max_size=20),
-)
-values = st.one_of(
-    st.builds(common_pb2.Value, string_value=st.text(max_size=50)),
-    st.builds(common_pb2.Value, integer_value=st.integers(-(2**63), 2**63 - 1)),
-    st.builds(common_pb2.Value, decimal_value=decimals),
-    st.builds(common_pb2.Value, boolean_value=st.booleans()),
-    st.builds(common_pb2.Value, timestamp_value=timestamps),
-    st.just(common_pb2.Value()),
-)
-references = st.one_of(st.sampled_from(["$x", "$", "$$", "$item-id", "x", "$\x00"]), st.text(max_size=20))
-operands = st.one_of(
-    st.builds(pb.Operand, literal=values),
-    st.builds(pb.Operand, reference=references),
-    st.just(pb.Operand()),
-)
-predicates = st.builds(
-    pb.Predicate,
-    field=codes,
-    operator=enum_numbers,
-    value=st.one_of(st.none(), operands),
-    values=st.lists(operands, max_size=4),
-)
-periods = st.one_of(
-    st.just(pb.Period()),
-    st.builds(pb.Period, absolute=st.builds(pb.TimeRange, start=timestamps, end=timestamps)),
-    st.builds(pb.Period, last=st.builds(pb.RecentPeriod, amount=int64s, unit=enum_numbers)),
-    st.builds(pb.Period, days_ago=st.builds(pb.DaysAgoPeriod, min_days_ago=int64s, max_days_ago=int64s)),
-)
-count_tests = st.one_of(
-    st.builds(pb.CountTest, period=periods, at_least=int64s),
-    st.builds(pb.CountTest, period=periods, at_most=int64s),
-    st.builds(pb.CountTest, period=periods, exactly=int64s),
-    st.builds(pb.CountTest, period=periods, between=st.builds(pb.CountRange, min=int64s, max=int64s)),
-    st.builds(pb.CountTest),
-)
-event_conditions = st.one_of(
-    st.builds(pb.EventCondition, name=codes, predicates=st.lists(predicates, max_size=3)),
-    st.builds(pb.EventCondition, name=codes, predicates=st.lists(predicates, max_size=2), count=count_tests),
-    st.builds(pb.EventCondition, name=codes, last_occurred=periods),
-    st.builds(pb.EventCondition, name=codes, first_occurred=periods),
-    st.builds(
-        pb.EventCondition,
-        name=codes,
-        days_since_last=st.builds(pb.DaysSinceTest, comparison=enum_numbers, days=int64s),
-    ),
-)
-customer_conditions = st.one_of(
-    st.builds(pb.CustomerCondition, has_address=enum_numbers),
-    st.builds(pb.CustomerCondition, consent_granted=enum_numbers),
-    st.builds(pb.CustomerCondition, attribute=predicates),
-    st.just(pb.CustomerCondition()),
-)
-leaves = st.one_of(
-    st.builds(pb.Filter, event=event_conditions),
-    st.builds(pb.Filter, customer=customer_conditions),
-    st.just(pb.Filter()),
-)
-
-
-def _deep(depth: int) -> pb.Filter:
-    node = pb.Filter(event=pb.EventCondition(name="x"))
-    for _ in range(depth):
-        node = pb.Filter(negation=node)
-    return node
-
-
-filters = st.one_of(
-    st.recursive(
-        leaves,
-        lambda children: st.one_of(
-            st.builds(pb.Filter, all_of=st.builds(pb.FilterList, filters=st.lists(children, max_size=4))),
-            st.builds(pb.Filter, any_of=st.builds(pb.FilterList, filters=st.lists(children, max_size=4))),
-            st.builds(pb.Filter, negation=children),
-        ),
-        max_leaves=12,
-    ),
-    st.integers(20, 90).map(_deep),
-    st.integers(100, 600).map(
-        lambda n: pb.Filter(any_of=pb.FilterList(filters=[pb.Filter(event=pb.EventCondition(name="e"))] * n))
-    ),
-)
-bindings = st.dictionaries(st.one_of(references, codes), values, max_size=4)
 time_zones = st.one_of(
     st.sampled_from(
         ["", "UTC", "Europe/Paris", "Mars/Olympus", "../etc/passwd", "+05:00", "x\x00", "a" * 300]
@@ -136,10 +38,6 @@ time_zones = st.one_of(
     st.text(max_size=20),
 )
 segment_ids = st.one_of(st.sampled_from(["seg-1", "seg_1", ""]), codes)
-page_tokens = st.one_of(
-    st.sampled_from(["", "garbage", "eyJ4IjoxfQ==", "\x00", "a" * 2000]), st.text(max_size=30)
-)
-page_sizes = st.one_of(st.integers(-(2**31), 2**31 - 1), st.integers(-2, 1001))
 
 
 @st.composite
@@ -154,21 +52,6 @@ def targeted(draw, factory):  # type: ignore[no-untyped-def]
     return message
 
 
-plausible_predicates = st.builds(
-    pb.Predicate,
-    field=st.sampled_from(["price", "item_id", "plan"]),
-    operator=st.integers(1, 12),
-    value=st.one_of(st.none(), operands),
-    values=st.lists(operands, max_size=3),
-)
-plausible_filters = st.builds(
-    pb.Filter,
-    event=st.builds(
-        pb.EventCondition,
-        name=st.sampled_from(["Viewed", "Purchased"]),
-        predicates=st.lists(plausible_predicates, max_size=2),
-    ),
-)
 plausible_segments = st.builds(
     pb.Segment,
     display_name=st.text(min_size=1, max_size=30),
@@ -185,15 +68,7 @@ hostile_segments = st.builds(
 segments = st.one_of(hostile_segments, plausible_segments)
 
 
-async def _call(call, message, allowed=CLEAN):  # type: ignore[no-untyped-def]
-    try:
-        return await call(message)
-    except grpc.aio.AioRpcError as error:
-        assert error.code() in allowed, (call, error.code(), error.details(), message)
-        return None
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzzed
 @given(
     count=targeted(pb.CountCustomersRequest),
     listing=targeted(pb.ListCustomersRequest),
@@ -207,10 +82,10 @@ async def test_fuzzed_queries_get_clean_errors(
     segmentation, count, listing, streaming, match, page_size, page_token, customer_id
 ):
     """Every query RPC answers or refuses cleanly, whatever the filter, bindings, time zone or paging."""
-    await _call(segmentation.CountCustomers, count)
+    await answer_or_refuse(segmentation.CountCustomers, count)
     listing.page_size = page_size
     listing.page_token = page_token
-    await _call(segmentation.ListCustomers, listing)
+    await answer_or_refuse(segmentation.ListCustomers, listing)
     streaming.chunk_size = page_size
     streaming.after_customer_id = customer_id
     try:
@@ -219,15 +94,15 @@ async def test_fuzzed_queries_get_clean_errors(
     except grpc.aio.AioRpcError as error:
         assert error.code() in CLEAN, (error.code(), error.details(), streaming)
     match.customer_id = customer_id
-    await _call(segmentation.MatchCustomer, match)
-    reply = await _call(
+    await answer_or_refuse(segmentation.MatchCustomer, match)
+    reply = await answer_or_refuse(
         segmentation.ValidateFilter, pb.ValidateFilterRequest(filter=count.filter, bindings=count.bindings)
     )
     if reply is not None:
         assert reply.valid == (not reply.violations)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzzed
 @given(
     segment=segments,
     segment_id=st.one_of(st.just(""), segment_ids),
@@ -244,36 +119,25 @@ async def test_fuzzed_segment_writes_are_clean_and_all_or_nothing(  # type: igno
     segmentation, db, segment, segment_id, update, mask, page_size, page_token, size_bindings, time_zone
 ):
     """Create/Update/Delete refuse cleanly and a refused write changes no row of ``segments``."""
-    before = await db.fetch("SELECT * FROM segments ORDER BY segment_id")
-    created = await _call(
-        segmentation.CreateSegment,
-        pb.CreateSegmentRequest(segment=segment, segment_id=segment_id),
-        WRITE_CLEAN,
+
+    async def rows():  # type: ignore[no-untyped-def]
+        return await db.fetch("SELECT * FROM segments ORDER BY segment_id")
+
+    target = await create_get_update(
+        segmentation, pb, "Segment", segment, segment_id, update, mask, rows, WRITE_CLEAN
     )
-    event("created" if created is not None else "create refused")
-    if created is None:
-        assert await db.fetch("SELECT * FROM segments ORDER BY segment_id") == before
-    target = created.segment.segment_id if created is not None else segment_id
-    await _call(segmentation.GetSegment, pb.GetSegmentRequest(segment_id=target))
-    update.segment_id = target
-    before = await db.fetch("SELECT * FROM segments ORDER BY segment_id")
-    updated = await _call(
-        segmentation.UpdateSegment,
-        pb.UpdateSegmentRequest(segment=update, update_mask=field_mask_pb2.FieldMask(paths=mask)),
-        WRITE_CLEAN,
+    await answer_or_refuse(
+        segmentation.ListSegments, pb.ListSegmentsRequest(page_size=page_size, page_token=page_token)
     )
-    event("updated" if updated is not None else "update refused")
-    if updated is None:
-        assert await db.fetch("SELECT * FROM segments ORDER BY segment_id") == before
-    await _call(segmentation.ListSegments, pb.ListSegmentsRequest(page_size=page_size, page_token=page_token))
-    await _call(
+    await answer_or_refuse(
         segmentation.GetSegmentSize,
         pb.GetSegmentSizeRequest(segment_id=target, bindings=size_bindings, time_zone=time_zone),
     )
-    before = await db.fetchval("SELECT count(*) FROM segments")
-    deleted = await _call(segmentation.DeleteSegment, pb.DeleteSegmentRequest(segment_id=target))
-    if deleted is None:
-        assert await db.fetchval("SELECT count(*) FROM segments") == before
+
+    async def count():  # type: ignore[no-untyped-def]
+        return await db.fetchval("SELECT count(*) FROM segments")
+
+    await all_or_nothing(segmentation.DeleteSegment, pb.DeleteSegmentRequest(segment_id=target), count, CLEAN)
 
 
 async def test_filter_nested_past_protobuf_depth_is_invalid_argument(segmentation_server):

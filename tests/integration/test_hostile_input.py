@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import service_env
-from tests.integration.test_fuzz_segmentation import CLEAN, page_sizes, timestamps
+from tests.fuzzing import CLEAN, page_sizes, timestamps
 from tests.support import customer_event, violations
 
 MiB = 1024 * 1024

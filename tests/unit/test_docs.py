@@ -29,3 +29,20 @@ def test_every_test_docs_guarantees_names_exists() -> None:
                     missing.append(reference)
     assert named > 40, "the document's references were not found; has its format changed?"
     assert missing == []
+
+
+def test_the_architecture_map_names_files_and_functions_that_exist() -> None:
+    """docs/architecture.md is a map of the code: every path it names exists, and every
+    ``name`` it places ``in `some/file.py` `` is defined there."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    paths = [ref for ref in re.findall(r"`([^`\s]+)`", text) if "/" in ref and not ref.startswith("google.")]
+    assert len(paths) > 30, "the map's paths were not found; has its format changed?"
+    missing = [ref for ref in paths if not (ROOT / ref.rstrip("/")).exists()]
+    placed = re.findall(r"`([A-Za-z_][\w.]*)`\s+in\s+`(\w+(?:/\w+)+\.py)`", text)
+    assert len(placed) > 15, "the map's functions were not found; has its format changed?"
+    for name, path in placed:
+        source = (ROOT / path).read_text() if (ROOT / path).exists() else ""
+        for part in name.split("."):
+            if not re.search(rf"^\s*(?:async\s+def|def|class)\s+{re.escape(part)}\b", source, re.M):
+                missing.append(f"{name} in {path}")
+    assert missing == []

@@ -11,6 +11,7 @@ import asyncpg
 
 from eventline_campaigns.channels import EMAIL, SMS
 from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 
 # --- campaigns ---------------------------------------------------------------
 
@@ -167,7 +168,7 @@ FROM (SELECT c FROM unnest($2::text[]) AS c ORDER BY c) AS sorted
 
 _RECENT_SENDS = """
 SELECT customer_id,
-       count(*) FILTER (WHERE event_id <> $3 AND sent_at > now() - $4 * interval '1 second') AS recent,
+       count(*) FILTER (WHERE event_id <> $3 AND sent_at > $5::timestamptz - $4 * interval '1 second') AS recent,
        bool_or(event_id = $3) AS counted
 FROM campaign_sends
 WHERE customer_id = ANY($2::text[]) AND campaign_id = $1
@@ -175,8 +176,8 @@ GROUP BY customer_id
 """
 
 _COUNT_SENDS = """
-INSERT INTO campaign_sends (customer_id, campaign_id, event_id)
-SELECT c, $1, $2 FROM unnest($3::text[]) AS c ORDER BY c
+INSERT INTO campaign_sends (customer_id, campaign_id, event_id, sent_at)
+SELECT c, $1, $2, $4::timestamptz FROM unnest($3::text[]) AS c ORDER BY c
 ON CONFLICT DO NOTHING
 """
 
@@ -203,8 +204,10 @@ def _owned(rows: Sequence[asyncpg.Record]) -> list[Owned]:
 
 
 class CampaignRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, clock: Clock = SYSTEM_CLOCK) -> None:
         self.pool = pool
+        self.clock = clock
+        """Frequency caps count sends at, and look back from, this clock's now."""
 
     # --- campaigns ---
 
@@ -372,11 +375,12 @@ class CampaignRepository:
                         current["state"] if current else 0, current["revision"] if current else 0
                     )
             if cap_max and customers:
+                now = self.clock.now()
                 await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
                 sends = {
                     r["customer_id"]: (r["recent"], r["counted"])
                     for r in await connection.fetch(
-                        _RECENT_SENDS, campaign_id, customers, event_id, cap_period_s
+                        _RECENT_SENDS, campaign_id, customers, event_id, cap_period_s, now
                     )
                 }
                 capped = {c for c, (recent, counted) in sends.items() if not counted and recent >= cap_max}
@@ -395,7 +399,7 @@ class CampaignRepository:
                     ]
                 sending = sorted({p.customer_id for p in planned if p.status == PENDING})
                 if sending:
-                    await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending)
+                    await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending, now)
             rows = await connection.fetch(
                 _RECORD,
                 campaign_id,

@@ -31,6 +31,7 @@ from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
 from eventline_shared import auth, database, stream
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 from eventline_shared.paging import PageTokens
@@ -102,11 +103,13 @@ async def running(
     *,
     consume: bool = True,
     observer: Callable[[Message], None] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[RunningCampaigns]:
     """The campaign service, serving until the context exits; then a graceful stop.
 
     With ``consume=False`` the stream is not consumed in the background (tests
     call ``consumer.drain()`` themselves); campaign changes are still polled.
+    Business time (frequency-cap windows, previews) is read from ``clock``.
     """
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
@@ -127,7 +130,7 @@ async def running(
         stall_s=max(30.0, settings.render_limits.cpu_s * 4 + 10),
     )
     async with rendering, database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
-        repository = CampaignRepository(pool)
+        repository = CampaignRepository(pool, clock)
         cache = CampaignCache(repository, settings.campaign_poll_s)
         audience = Audience(segmentation)
         engine = Engine(
@@ -164,6 +167,7 @@ async def running(
             rendering,
             settings.render_limits,
             settings.suppression,
+            clock=clock,
         )
         server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)

@@ -29,6 +29,7 @@ from eventline_campaigns.repository import (
 from eventline_campaigns.settings import DEFAULT_SUPPRESSION, SuppressionPolicy
 from eventline_campaigns.templates import Limits
 from eventline_shared import paging
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -168,7 +169,9 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         rendering: Rendering,
         limits: Limits,
         suppression: SuppressionPolicy = DEFAULT_SUPPRESSION,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.repository = repository
         self.suppressions = SuppressionRepository(repository.pool)
         self.suppression = suppression
@@ -324,7 +327,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         trigger_kind = spec.trigger.WhichOneof("kind")
         event_name = getattr(spec.trigger, trigger_kind).event_name if trigger_kind else ""
         trigger = Trigger.of(
-            _sample_event(event_name, request.context)  # a sample event: now, the given context
+            _sample_event(event_name, request.context, self.clock.now())  # now, the given context
         )
         arguments = template_arguments(profile, trigger)
         actions = [compile_action(action) for action in spec.actions]
@@ -500,11 +503,10 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         )
 
 
-def _sample_event(name: str, context: Any) -> Any:
+def _sample_event(name: str, context: Any, now: dt.datetime) -> Any:
     from eventline.common.v1 import common_pb2
 
     event = common_pb2.Event(event_id="preview", name=name, context=context)
-    now = dt.datetime.now(dt.UTC)
     event.occurred_at.CopyFrom(datetime_to_timestamp(now))
     event.received_at.CopyFrom(datetime_to_timestamp(now))
     return event

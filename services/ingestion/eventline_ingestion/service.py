@@ -17,6 +17,7 @@ from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
 from eventline_ingestion.writer import EventWriter
 from eventline_shared import database, stream, workers
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 from eventline_shared.paging import PageTokens
@@ -35,10 +36,13 @@ class RunningIngestion:
 
 
 @asynccontextmanager
-async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[RunningIngestion]:
+async def running(
+    settings: Settings, *, relay: bool = True, clock: Clock = SYSTEM_CLOCK
+) -> AsyncIterator[RunningIngestion]:
     """The ingestion service, serving until the context exits; then a graceful stop.
 
     With ``relay=False`` the outbox is not published (tests drive ``drain`` themselves).
+    Business time (arrival, received_at) is read from ``clock``.
     """
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
@@ -60,9 +64,11 @@ async def running(settings: Settings, *, relay: bool = True) -> AsyncIterator[Ru
             dependencies=dependencies,
         )
         repository = IngestionRepository(pool)
-        writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency)
+        writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency, clock=clock)
         tokens = await PageTokens.load(pool)
-        servicer = IngestionServicer(repository, writer, client, common.stream, tokens, settings.max_batch)
+        servicer = IngestionServicer(
+            repository, writer, client, common.stream, tokens, settings.max_batch, clock=clock
+        )
         server = Server(
             [SERVICE_NAME],
             settings=common,

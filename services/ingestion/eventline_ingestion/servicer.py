@@ -14,6 +14,7 @@ from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter
 from eventline_shared import paging, stream, tracing
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     FieldViolation,
     InvalidArgument,
@@ -35,9 +36,9 @@ QUERY_CEILING_S = 30.0
 MAX_PAGE_SIZE = 1000
 
 
-def _arrival(context: Context) -> Arrival:
+def _arrival(context: Context, clock: Clock) -> Arrival:
     """Now, and the trace of this call: the client's traceparent continued, or a new one."""
-    return Arrival.now_under(tracing.from_metadata(context.invocation_metadata()).header)
+    return Arrival.now_under(tracing.from_metadata(context.invocation_metadata()).header, clock)
 
 
 class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: ignore[misc]
@@ -49,7 +50,9 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         stream_key: str,
         tokens: PageTokens,
         max_batch: int = 1000,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.repository = repository
         self.writer = writer
         self.client = client
@@ -70,13 +73,17 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
     async def TrackCustomerEvent(
         self, request: ingestion_pb2.TrackCustomerEventRequest, context: Context
     ) -> ingestion_pb2.TrackCustomerEventResponse:
-        event, seen = await self._track_one(validation.customer_event(request, _arrival(context)), context)
+        event, seen = await self._track_one(
+            validation.customer_event(request, _arrival(context, self.clock)), context
+        )
         return ingestion_pb2.TrackCustomerEventResponse(event=event, deduplicated=seen)
 
     async def TrackSystemEvent(
         self, request: ingestion_pb2.TrackSystemEventRequest, context: Context
     ) -> ingestion_pb2.TrackSystemEventResponse:
-        event, seen = await self._track_one(validation.system_event(request, _arrival(context)), context)
+        event, seen = await self._track_one(
+            validation.system_event(request, _arrival(context, self.clock)), context
+        )
         return ingestion_pb2.TrackSystemEventResponse(event=event, deduplicated=seen)
 
     async def TrackEvents(
@@ -92,7 +99,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
                     )
                 ]
             )
-        arrival = _arrival(context)
+        arrival = _arrival(context, self.clock)
         checked = [validation.batch_item(item, i, arrival) for i, item in enumerate(request.events)]
         errors = {
             i: ingestion_pb2.TrackEventsResult(error=InvalidArgument(item).to_status())

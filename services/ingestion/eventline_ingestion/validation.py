@@ -16,13 +16,13 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import timestamp_pb2
 
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import FieldViolation, quote
 from eventline_shared.paging import field_bytes
 from eventline_shared.values import (
     CUSTOMER_ID,
     EPOCH,
     EVENT_ID,
-    UTC,
     check_code,
     check_customer_id,
     check_event_id,
@@ -84,8 +84,8 @@ class Arrival(NamedTuple):
     traceparent: str
 
     @classmethod
-    def now_under(cls, traceparent: str) -> Arrival:
-        now = dt.datetime.now(UTC)
+    def now_under(cls, traceparent: str, clock: Clock = SYSTEM_CLOCK) -> Arrival:
+        now = clock.now()
         return cls(now, datetime_to_timestamp(now), now + MAX_FUTURE, traceparent)
 
 

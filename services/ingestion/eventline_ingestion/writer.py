@@ -11,7 +11,6 @@ request is stored entirely or not at all.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ from eventline.common.v1 import common_pb2
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import NewEvent
 from eventline_shared import faults
-from eventline_shared.values import UTC
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 
 Stored = dict[tuple[str, str], tuple[common_pb2.Event, bool]]
 """For each (customer_id, event_id): the stored event and whether it had been stored before."""
@@ -42,7 +41,9 @@ class EventWriter:
         *,
         max_events: int = 2000,
         concurrency: int = 2,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.repository = repository
         self.on_stored = on_stored
         self.max_events = max_events
@@ -87,7 +88,7 @@ class EventWriter:
                     unique.setdefault(event.key, event)
             await faults.point("writer.before_store")
             results = await self.repository.store_events(
-                list(unique.values()), dt.datetime.now(UTC), STATEMENT_TIMEOUT_S
+                list(unique.values()), self.clock.now(), STATEMENT_TIMEOUT_S
             )
             await faults.point("writer.after_commit")
         except Exception as exc:

@@ -15,6 +15,7 @@ from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared import database
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
 from eventline_shared.grpc_server import Server, method_path
 from eventline_shared.paging import PageTokens
@@ -91,8 +92,10 @@ def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
-    """The segmentation service, serving until the context exits; then a graceful stop."""
+async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningSegmentation]:
+    """The segmentation service, serving until the context exits; then a graceful stop.
+
+    A query without its own ``now`` is evaluated at ``clock``'s now."""
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
     # Filters are evaluated on the read replica when there is one; saved segments, the page
@@ -119,7 +122,9 @@ async def running(settings: Settings) -> AsyncIterator[RunningSegmentation]:
             stream_connections=max(1, common.database_pool_size // 2),
             read_pool=read_pool,
         )
-        servicer = SegmentationServicer(repository, settings.max_query_s, settings.max_streams, tokens)
+        servicer = SegmentationServicer(
+            repository, settings.max_query_s, settings.max_streams, tokens, clock=clock
+        )
         databases = [PostgreSQL(common.database_url)]
         if settings.read_database_url:
             databases.append(PostgreSQL(settings.read_database_url, name=READ_REPLICA))

@@ -18,6 +18,7 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import paging, values
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     EventlineError,
     FieldViolation,
@@ -135,8 +136,15 @@ class StreamSlots:
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, repository: SegmentationRepository, max_query_s: float, max_streams: int, tokens: PageTokens
+        self,
+        repository: SegmentationRepository,
+        max_query_s: float,
+        max_streams: int,
+        tokens: PageTokens,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
+        """The "now" a request without one is evaluated at."""
         self.repository = repository
         self.max_query_s = max_query_s
         self.streams = StreamSlots(max_streams)
@@ -175,7 +183,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 else:
                     now = values.timestamp_to_datetime(request.now)
             else:
-                now = dt.datetime.now(dt.UTC)
+                now = self.clock.now()
         checked = filters.check(flt, path, request.bindings)
         violations += checked.violations
         raise_if_any(violations)
