@@ -197,6 +197,38 @@ async def test_concurrent_reports_share_a_commit_and_each_call_gets_its_own_outc
     stored = await db.fetchval("SELECT count(*) FROM delivery_events WHERE delivery_id = $1", int(delivery))
     assert stored == 30 + 5 + 1 + 2
 
+    # A gateway sends the callbacks that arrive together as one call's requests: each has its
+    # own outcome, a replay among them fails only itself, and a bad one is named by its path.
+    def provider(key: str, *events: campaigns_pb2.DeliveryEvent) -> campaigns_pb2.ProviderRequest:
+        return campaigns_pb2.ProviderRequest(events=list(events), request_key=key)
+
+    reply = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            requests=[
+                provider("gathered-1", report(delivery, opened, provider_event_id="g-1"), report("999997", opened)),
+                provider("own-3", report(delivery, opened, provider_event_id="g-2")),
+                provider("gathered-2", report(delivery, Kind.DELIVERY_EVENT_KIND_COMPLAINED)),
+                provider("gathered-3", report(delivery, opened, provider_event_id="g-1")),
+            ]
+        )
+    )
+    assert [(o.recorded, o.unmatched, o.duplicates, o.suppressed, o.replayed) for o in reply.outcomes] == [
+        (1, 1, 0, 0, False),
+        (0, 0, 0, 0, True),
+        (1, 0, 0, 1, False),
+        (0, 0, 1, 0, False),
+    ]
+    assert (reply.recorded, reply.unmatched, reply.duplicates, reply.suppressed) == (2, 1, 1, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(
+                requests=[provider("fine", report(delivery, opened)), provider("bad", report("12a", opened))],
+                request_key="both",
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error.value)) == {"events", "requests[1].events[0].delivery_id"}
+
 
 async def test_the_suppression_api_validates_pages_and_the_cli_adds_lists_and_removes(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, sender: Sender, ingestion
