@@ -19,7 +19,8 @@ service is started too, the ledger is given one sent e-mail delivery per callbac
 Mailgun webhooks (one "delivered" event each, as Mailgun sends them, each with its own
 token, signed with the signing key) are POSTed to /v1/callbacks/mailgun, ``CALLBACKS_IN_FLIGHT``
 at a time. Each is verified, checked against replays and recorded on the ledger through the
-campaign service's RecordDeliveryEvents (one PostgreSQL transaction per callback); every
+campaign service's RecordDeliveryEvents (the callbacks that arrive while a call is in flight
+share the next call and one PostgreSQL statement, each answered with its own outcome); every
 reply must say recorded 1, and the ledger must hold one report per delivery at the end.
 
 Usage: python bench/gateway.py [--quick]. The last line printed is one JSON object.

@@ -4,6 +4,7 @@ stale and replayed callbacks refused (also by another gateway replica)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -251,3 +252,32 @@ async def test_twilio_undelivered_sms_suppresses_the_number(  # type: ignore[no-
         "suppressed: hard bounce",
     )
     assert len(http_provider.requests) == 1
+
+
+async def test_callbacks_that_arrive_together_are_each_answered_with_their_own_outcome(  # type: ignore[no-untyped-def]
+    base, session, sender: Sender, ingestion, db
+) -> None:
+    """Concurrent callbacks share RecordDeliveryEvents calls; each answer is still its own:
+    recorded, its own replay refused (409) without failing the others, and all on the ledger."""
+    await sender.start()
+    await upsert_contact(ingestion, "c4", email="many@example.com")
+    delivery = (await sender.trigger("c4")).delivery_id
+    url = f"{base}/v1/callbacks/mailgun"
+
+    def delivered(n: int) -> dict[str, Any]:
+        return {
+            "event": "delivered",
+            "id": f"mg-many-{n}",
+            "timestamp": time.time(),
+            "message": {"headers": {"message-id": f"delivery-{delivery}@eventline.local"}},
+        }
+
+    bodies = [mailgun(delivered(n), f"token-{n:02d}" + "x" * 40) for n in range(40)]
+    again = [bodies[n] for n in range(0, 40, 8)]  # the same webhooks sent twice at once
+    answers = await asyncio.gather(*(post(session, url, data=body) for body in bodies + again))
+    statuses = [status for status, _ in answers]
+    assert statuses.count(200) == 40 and statuses.count(409) == 5, statuses
+    assert all(reply["recorded"] == 1 for status, reply in answers if status == 200)
+    assert all(reply["code"] == 6 for status, reply in answers if status == 409)
+    stored = await db.fetchval("SELECT count(*) FROM delivery_events WHERE delivery_id = $1", int(delivery))
+    assert stored == 40

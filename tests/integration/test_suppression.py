@@ -157,6 +157,79 @@ async def test_soft_bounces_suppress_after_three_and_a_complaint_at_once(  # typ
     )
 
 
+async def test_concurrent_reports_share_a_commit_and_each_call_gets_its_own_outcome(  # type: ignore[no-untyped-def]
+    campaigns, sender: Sender, ingestion, db
+) -> None:
+    """Calls that arrive together are recorded in one statement (a group commit); each is
+    still answered on its own: its own counts, its own replay check, the first of several
+    reports with one provider event id recorded and the others duplicates."""
+    await upsert_contact(ingestion, "busy", "busy@example.com")
+    delivery = (await sender.trigger("busy")).delivery_id
+    opened = Kind.DELIVERY_EVENT_KIND_OPENED
+
+    def call(key: str, *events: campaigns_pb2.DeliveryEvent) -> Any:
+        return campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(events=list(events), request_key=key)
+        )
+
+    async def outcome(key: str, *events: campaigns_pb2.DeliveryEvent) -> tuple[int, int, int] | str:
+        try:
+            reply = await call(key, *events)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return (reply.recorded, reply.unmatched, reply.duplicates)
+
+    answers = await asyncio.gather(
+        *(outcome(f"own-{n}", report(delivery, opened, provider_event_id=f"own-{n}")) for n in range(30)),
+        *(outcome(f"twice-{n}", report(delivery, opened, provider_event_id=f"twice-{n}")) for n in range(5)),
+        *(outcome(f"twice-{n}", report(delivery, opened, provider_event_id=f"twice-{n}")) for n in range(5)),
+        *(outcome(f"shared-{n}", report(delivery, opened, provider_event_id="shared")) for n in range(4)),
+        outcome("", report(delivery, opened), report("999999", opened)),
+        outcome("", report(delivery, opened), report("999998", opened)),
+    )
+    own, first, second, shared, unkeyed = answers[:30], answers[30:35], answers[35:40], answers[40:44], answers[44:]
+    assert own == [(1, 0, 0)] * 30
+    for n in range(5):  # the same key twice at once: one call records, the other is a replay
+        assert sorted([first[n], second[n]], key=str) == [(1, 0, 0), "ALREADY_EXISTS"], n
+    assert sorted(shared) == [(0, 0, 1)] * 3 + [(1, 0, 0)]
+    assert unkeyed == [(1, 1, 0)] * 2
+    assert await outcome("own-7", report(delivery, opened, provider_event_id="own-7b")) == "ALREADY_EXISTS"
+    stored = await db.fetchval("SELECT count(*) FROM delivery_events WHERE delivery_id = $1", int(delivery))
+    assert stored == 30 + 5 + 1 + 2
+
+    # A gateway sends the callbacks that arrive together as one call's requests: each has its
+    # own outcome, a replay among them fails only itself, and a bad one is named by its path.
+    def provider(key: str, *events: campaigns_pb2.DeliveryEvent) -> campaigns_pb2.ProviderRequest:
+        return campaigns_pb2.ProviderRequest(events=list(events), request_key=key)
+
+    reply = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            requests=[
+                provider("gathered-1", report(delivery, opened, provider_event_id="g-1"), report("999997", opened)),
+                provider("own-3", report(delivery, opened, provider_event_id="g-2")),
+                provider("gathered-2", report(delivery, Kind.DELIVERY_EVENT_KIND_COMPLAINED)),
+                provider("gathered-3", report(delivery, opened, provider_event_id="g-1")),
+            ]
+        )
+    )
+    assert [(o.recorded, o.unmatched, o.duplicates, o.suppressed, o.replayed) for o in reply.outcomes] == [
+        (1, 1, 0, 0, False),
+        (0, 0, 0, 0, True),
+        (1, 0, 0, 1, False),
+        (0, 0, 1, 0, False),
+    ]
+    assert (reply.recorded, reply.unmatched, reply.duplicates, reply.suppressed) == (2, 1, 1, 1)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(
+                requests=[provider("fine", report(delivery, opened)), provider("bad", report("12a", opened))],
+                request_key="both",
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error.value)) == {"events", "requests[1].events[0].delivery_id"}
+
+
 async def test_the_suppression_api_validates_pages_and_the_cli_adds_lists_and_removes(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, sender: Sender, ingestion
 ) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 from eventline_campaigns.channels import EMAIL, SMS
 from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared.group_commit import GroupCommit
 
 # --- campaigns ---------------------------------------------------------------
 
@@ -658,37 +659,47 @@ RETURNING true
 
 
 # The common case in one statement: reports that suppress nothing (delivered, opened,
-# clicked), with the request key's check, matched to their deliveries and recorded at once.
+# clicked) of several requests (a group commit), each request's key checked on its own,
+# the reports of the requests whose key is new matched to their deliveries and recorded.
+# Keys go in sorted, and reports in provider event id order, so that concurrent statements
+# (of this process or of other replicas) take their row locks in one order.
 _RECORD_PLAIN_REPORTS = """
-WITH seen AS (
+WITH keys AS (
+    SELECT k.request_key, k.r FROM unnest($8::text[]) WITH ORDINALITY AS k(request_key, r)
+), seen AS (
     INSERT INTO seen_requests (request_key, expires_at)
-    SELECT $7, now() + $8 * interval '1 second' WHERE $7 <> ''
+    SELECT request_key, now() + $9 * interval '1 second' FROM keys WHERE request_key <> ''
+    ORDER BY request_key
     ON CONFLICT (request_key) DO UPDATE SET expires_at = excluded.expires_at
         WHERE seen_requests.expires_at < now()
-    RETURNING true
+    RETURNING request_key
 ), allowed AS (
-    SELECT ($7 = '' OR EXISTS (SELECT 1 FROM seen)) AS ok
+    SELECT r FROM keys WHERE request_key = '' OR request_key IN (SELECT request_key FROM seen)
 ), matched AS (
     SELECT t.n, t.delivery_id, d.customer_id, d.channel, t.kind, t.occurred_at, t.detail, t.provider_event_id,
            CASE d.channel WHEN 1 THEN lower(btrim(coalesce(nullif(t.recipient, ''), c.email)))
                           WHEN 2 THEN btrim(coalesce(nullif(t.recipient, ''), c.phone))
                           ELSE t.recipient END AS address
-    FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
-         WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, n)
+    FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int[])
+         WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, r, n)
     JOIN deliveries d ON d.delivery_id = t.delivery_id
     JOIN customers c ON c.customer_id = d.customer_id
-    WHERE (SELECT ok FROM allowed)
+    WHERE t.r IN (SELECT r FROM allowed)
 ), inserted AS (
     INSERT INTO delivery_events
         (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
     SELECT delivery_id, customer_id, channel, address, kind, coalesce(occurred_at, now()), detail,
            nullif(provider_event_id, '')
-    FROM matched ORDER BY n
+    FROM matched ORDER BY provider_event_id, n
     ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
-    RETURNING 1
+    RETURNING provider_event_id
 )
-SELECT (SELECT ok FROM allowed), (SELECT count(*) FROM matched), (SELECT count(*) FROM inserted)
+SELECT ARRAY(SELECT r FROM allowed), ARRAY(SELECT n FROM matched ORDER BY n),
+       ARRAY(SELECT provider_event_id FROM inserted WHERE provider_event_id IS NOT NULL)
 """
+
+PLAIN_REPORTS_PER_STATEMENT = 2000
+"""The most reports one group-commit statement carries (whole requests only)."""
 
 
 class Replayed(Exception):
@@ -700,6 +711,9 @@ class SuppressionRepository:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._plain: GroupCommit[tuple[Sequence[Report], str], Recorded | None] = GroupCommit(
+            self._record_plain_requests, size=lambda request: len(request[0]), max_size=PLAIN_REPORTS_PER_STATEMENT
+        )
 
     async def suppressed(self, addresses: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
         """The suppressed ones among (channel, normal address) pairs, with their reason."""
@@ -853,25 +867,65 @@ class SuppressionRepository:
         return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
 
     async def _record_plain_reports(self, reports: Sequence[Report], request_key: str) -> Recorded:
-        """Reports that suppress nothing: one statement, its own transaction."""
-        row = await self.pool.fetchrow(
-            _RECORD_PLAIN_REPORTS,
-            [r.delivery_id for r in reports],
-            [r.kind for r in reports],
-            [r.occurred_at for r in reports],
-            [r.detail for r in reports],
-            [r.provider_event_id or "" for r in reports],
-            [r.recipient for r in reports],
-            request_key,
-            REQUEST_KEY_TTL_S,
-        )
-        assert row is not None
-        ok, matched, inserted = row
-        if not ok:
+        """Reports that suppress nothing: one statement shared with the concurrent requests."""
+        recorded = await self._plain.submit((reports, request_key))
+        if recorded is None:
             raise Replayed()
-        if request_key and random.random() < 0.01:
+        return recorded
+
+    async def _record_plain_requests(self, requests: list[tuple[Sequence[Report], str]]) -> list[Recorded | None]:
+        """Record the plain reports of several requests in one statement; for each request
+        what it recorded, or None for a replay (its key seen before, nothing recorded).
+
+        A key repeated within the group is a replay after its first request, whatever that
+        one's outcome; of reports with one provider event id, the first one is recorded."""
+        firsts: dict[str, int] = {}
+        keys: list[str] = []
+        for index, (_, key) in enumerate(requests):
+            if key and key in firsts:
+                keys.append("")  # not in the statement: answered as a replay below
+            else:
+                firsts.setdefault(key, index)
+                keys.append(key)
+        columns: list[list[object]] = [[] for _ in range(7)]
+        owners: list[int] = []
+        for index, (reports, key) in enumerate(requests):
+            if key and firsts[key] != index:
+                continue
+            for report in reports:
+                values = (
+                    report.delivery_id,
+                    report.kind,
+                    report.occurred_at,
+                    report.detail,
+                    report.provider_event_id or "",
+                    report.recipient,
+                    index + 1,
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+                owners.append(index)
+        row = await self.pool.fetchrow(_RECORD_PLAIN_REPORTS, *columns, keys, REQUEST_KEY_TTL_S)
+        assert row is not None
+        allowed, matched, inserted_ids = {r - 1 for r in row[0]}, row[1], set(row[2])
+        counts = [[0, 0] for _ in requests]  # matched, inserted
+        for n in matched:
+            owner = owners[n - 1]
+            event_id = columns[4][n - 1]
+            counts[owner][0] += 1
+            if not event_id:
+                counts[owner][1] += 1
+            elif event_id in inserted_ids:
+                inserted_ids.discard(event_id)
+                counts[owner][1] += 1
+        if any(key for _, key in requests) and random.random() < 0.01:
             await self.pool.execute(_FORGET_EXPIRED_REQUESTS)
-        return Recorded(inserted, len(reports) - matched, matched - inserted, 0)
+        return [
+            Recorded(inserted, len(reports) - found, found - inserted, 0)
+            if index in allowed and not (key and firsts[key] != index)
+            else None
+            for index, ((reports, key), (found, inserted)) in enumerate(zip(requests, counts, strict=True))
+        ]
 
     async def reports(self, delivery_ids: Sequence[int], per_delivery: int) -> dict[int, list[ReportRow]]:
         """The first ``per_delivery`` reports of each delivery, oldest first."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
@@ -450,40 +452,46 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         self, request: campaigns_pb2.RecordDeliveryEventsRequest, context: Context
     ) -> campaigns_pb2.RecordDeliveryEventsResponse:
         violations: list[FieldViolation] = []
-        if not request.events:
-            violations.append(FieldViolation("events", "at least one report is required"))
+        if request.requests:
+            if request.events or request.request_key:
+                violations.append(FieldViolation("events", "must be empty when requests are given"))
+            if sum(len(r.events) for r in request.requests) > MAX_REPORTS or len(request.requests) > MAX_REPORTS:
+                raise ResourceExhausted([FieldViolation("requests", f"at most {MAX_REPORTS:,} reports per call")])
+            gathered = [
+                (_checked_reports(r.events, r.request_key, f"requests[{i}].", violations), r.request_key)
+                for i, r in enumerate(request.requests)
+            ]
+            raise_if_any(violations)
+            outcomes = await asyncio.gather(*(self._outcome(reports, key) for reports, key in gathered))
+            return campaigns_pb2.RecordDeliveryEventsResponse(
+                recorded=sum(o.recorded for o in outcomes),
+                unmatched=sum(o.unmatched for o in outcomes),
+                duplicates=sum(o.duplicates for o in outcomes),
+                suppressed=sum(o.suppressed for o in outcomes),
+                outcomes=outcomes,
+            )
         if len(request.events) > MAX_REPORTS:
             raise ResourceExhausted([FieldViolation("events", f"at most {MAX_REPORTS:,} reports per call")])
-        if len(request.request_key) > 200:
-            violations.append(FieldViolation("request_key", "at most 200 characters"))
-        reports = []
-        for i, event in enumerate(request.events):
-            field = f"events[{i}]"
-            if not event.delivery_id.isascii() or not event.delivery_id.isdigit() or len(event.delivery_id) > 18:
-                violations.append(FieldViolation(f"{field}.delivery_id", "must be a delivery id (digits)"))
-            if event.kind not in campaigns_pb2.DeliveryEventKind.values() or event.kind == 0:
-                violations.append(FieldViolation(f"{field}.kind", "must be a delivery event kind"))
-            for name, limit in (("detail", 1000), ("provider_event_id", 200), ("recipient", 320)):
-                if len(getattr(event, name)) > limit:
-                    violations.append(FieldViolation(f"{field}.{name}", f"at most {limit:,} characters"))
-            if violations:
-                continue
-            reports.append(
-                Report(
-                    int(event.delivery_id),
-                    event.kind,
-                    timestamp_to_datetime(event.occur_time) if event.HasField("occur_time") else None,
-                    event.detail,
-                    event.provider_event_id or None,
-                    event.recipient,
-                )
-            )
+        reports = _checked_reports(request.events, request.request_key, "", violations)
         raise_if_any(violations)
         try:
             recorded = await self._record_reports(reports, request.request_key)
         except Replayed:
             raise AlreadyExists("this request was handled before (a replay); nothing was recorded") from None
         return campaigns_pb2.RecordDeliveryEventsResponse(
+            recorded=recorded.recorded,
+            unmatched=recorded.unmatched,
+            duplicates=recorded.duplicates,
+            suppressed=recorded.suppressed,
+        )
+
+    async def _outcome(self, reports: list[Report], request_key: str) -> campaigns_pb2.ProviderRequestOutcome:
+        """One provider request of a call, recorded alongside the others (a replay is its own outcome)."""
+        try:
+            recorded = await self._record_reports(reports, request_key)
+        except Replayed:
+            return campaigns_pb2.ProviderRequestOutcome(replayed=True)
+        return campaigns_pb2.ProviderRequestOutcome(
             recorded=recorded.recorded,
             unmatched=recorded.unmatched,
             duplicates=recorded.duplicates,
@@ -501,6 +509,40 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED: campaigns_pb2.SUPPRESSION_REASON_COMPLAINT,
             },
         )
+
+
+def _checked_reports(
+    events: Sequence[campaigns_pb2.DeliveryEvent], request_key: str, prefix: str, violations: list[FieldViolation]
+) -> list[Report]:
+    """The reports of one provider request; what is wrong with them goes to ``violations``
+    (field paths under ``prefix``)."""
+    if not events:
+        violations.append(FieldViolation(f"{prefix}events", "at least one report is required"))
+    if len(request_key) > 200:
+        violations.append(FieldViolation(f"{prefix}request_key", "at most 200 characters"))
+    reports = []
+    for i, event in enumerate(events):
+        field = f"{prefix}events[{i}]"
+        if not event.delivery_id.isascii() or not event.delivery_id.isdigit() or len(event.delivery_id) > 18:
+            violations.append(FieldViolation(f"{field}.delivery_id", "must be a delivery id (digits)"))
+        if event.kind not in campaigns_pb2.DeliveryEventKind.values() or event.kind == 0:
+            violations.append(FieldViolation(f"{field}.kind", "must be a delivery event kind"))
+        for name, limit in (("detail", 1000), ("provider_event_id", 200), ("recipient", 320)):
+            if len(getattr(event, name)) > limit:
+                violations.append(FieldViolation(f"{field}.{name}", f"at most {limit:,} characters"))
+        if violations:
+            continue
+        reports.append(
+            Report(
+                int(event.delivery_id),
+                event.kind,
+                timestamp_to_datetime(event.occur_time) if event.HasField("occur_time") else None,
+                event.detail,
+                event.provider_event_id or None,
+                event.recipient,
+            )
+        )
+    return reports
 
 
 def _sample_event(name: str, context: Any, now: dt.datetime) -> Any:

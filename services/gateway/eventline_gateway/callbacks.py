@@ -34,8 +34,8 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -48,6 +48,7 @@ from google.rpc import code_pb2
 from eventline_gateway import errors
 from eventline_gateway.errors import HttpError
 from eventline_shared import logs, signatures
+from eventline_shared.group_commit import GroupCommit
 
 Kind = campaigns_pb2.DeliveryEventKind
 DELIVERED = campaigns_pb2.DELIVERY_EVENT_KIND_DELIVERED
@@ -90,10 +91,47 @@ class CallbackSettings:
     """Sent on the gateway's own calls (these have no client key); needs the ``ingest`` scope."""
 
 
+RECORDING_CALLS = 4
+"""RecordDeliveryEvents calls in flight at once; the callbacks that arrive meanwhile go in the next."""
+
+
 @dataclass
 class Callbacks:
+    """Records the reports of callbacks: those that arrive while a call is in flight share the
+    next one (``eventline_shared.group_commit``), each answered with its own outcome, so a
+    burst of callbacks costs a few calls and PostgreSQL commits instead of one each."""
+
     settings: CallbackSettings
     campaigns: campaigns_pb2_grpc.CampaignServiceStub
+    group: GroupCommit[tuple[list[campaigns_pb2.DeliveryEvent], str], campaigns_pb2.ProviderRequestOutcome] = (
+        field(init=False)
+    )
+
+    def __post_init__(self) -> None:
+        self.group = GroupCommit(
+            self._record, size=lambda request: len(request[0]), max_size=MAX_EVENTS, concurrency=RECORDING_CALLS
+        )
+
+    async def record(
+        self, reports: list[campaigns_pb2.DeliveryEvent], key: str
+    ) -> campaigns_pb2.ProviderRequestOutcome:
+        """What recording the reports of one callback did, once they are on the ledger."""
+        return await self.group.submit((reports, key[:200]))
+
+    async def _record(
+        self, requests: list[tuple[list[campaigns_pb2.DeliveryEvent], str]]
+    ) -> Sequence[campaigns_pb2.ProviderRequestOutcome]:
+        metadata = [("x-request-id", logs.request_id.get())]
+        if self.settings.service_api_key:
+            metadata.append(("authorization", f"Bearer {self.settings.service_api_key}"))
+        reply: campaigns_pb2.RecordDeliveryEventsResponse = await self.campaigns.RecordDeliveryEvents(
+            campaigns_pb2.RecordDeliveryEventsRequest(
+                requests=[campaigns_pb2.ProviderRequest(events=events, request_key=key) for events, key in requests]
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
+        return reply.outcomes
 
 
 CALLBACKS = web.AppKey("callbacks", Callbacks)
@@ -315,16 +353,14 @@ async def callback(request: web.Request) -> web.Response:
         return web.Response(
             body=b'{"recorded":0,"unmatched":0,"duplicates":0}', content_type="application/json"
         )
-    metadata = [("x-request-id", logs.request_id.get())]
-    if settings.service_api_key:
-        metadata.append(("authorization", f"Bearer {settings.service_api_key}"))
     try:
-        reply = await state.campaigns.RecordDeliveryEvents(
-            campaigns_pb2.RecordDeliveryEventsRequest(events=reports, request_key=key[:200]),
-            metadata=metadata,
-            timeout=30,
-        )
+        reply = await state.record(reports, key)
     except grpc.aio.AioRpcError as error:
         raise errors.from_rpc_error(error, "campaigns") from None
+    if reply.replayed:
+        raise HttpError(
+            errors.status(code_pb2.ALREADY_EXISTS, "this request was handled before (a replay); nothing was recorded"),
+            409,
+        )
     answer = {"recorded": reply.recorded, "unmatched": reply.unmatched, "duplicates": reply.duplicates}
     return web.Response(body=orjson.dumps(answer), content_type="application/json")

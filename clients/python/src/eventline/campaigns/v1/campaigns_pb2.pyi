@@ -437,6 +437,16 @@ class DeliveryEvent(_message.Message):
     def __init__(self, delivery_id: _Optional[str] = ..., kind: _Optional[_Union[DeliveryEventKind, str]] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., detail: _Optional[str] = ..., provider_event_id: _Optional[str] = ..., recipient: _Optional[str] = ...) -> None: ...
 
 class RecordDeliveryEventsRequest(_message.Message):
+    __slots__ = ("events", "request_key", "requests")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[DeliveryEvent]
+    request_key: str
+    requests: _containers.RepeatedCompositeFieldContainer[ProviderRequest]
+    def __init__(self, events: _Optional[_Iterable[_Union[DeliveryEvent, _Mapping]]] = ..., request_key: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[ProviderRequest, _Mapping]]] = ...) -> None: ...
+
+class ProviderRequest(_message.Message):
     __slots__ = ("events", "request_key")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -445,16 +455,32 @@ class RecordDeliveryEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[DeliveryEvent, _Mapping]]] = ..., request_key: _Optional[str] = ...) -> None: ...
 
 class RecordDeliveryEventsResponse(_message.Message):
-    __slots__ = ("recorded", "unmatched", "duplicates", "suppressed")
+    __slots__ = ("recorded", "unmatched", "duplicates", "suppressed", "outcomes")
     RECORDED_FIELD_NUMBER: _ClassVar[int]
     UNMATCHED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     recorded: int
     unmatched: int
     duplicates: int
     suppressed: int
-    def __init__(self, recorded: _Optional[int] = ..., unmatched: _Optional[int] = ..., duplicates: _Optional[int] = ..., suppressed: _Optional[int] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[ProviderRequestOutcome]
+    def __init__(self, recorded: _Optional[int] = ..., unmatched: _Optional[int] = ..., duplicates: _Optional[int] = ..., suppressed: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[ProviderRequestOutcome, _Mapping]]] = ...) -> None: ...
+
+class ProviderRequestOutcome(_message.Message):
+    __slots__ = ("recorded", "unmatched", "duplicates", "suppressed", "replayed")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    UNMATCHED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    unmatched: int
+    duplicates: int
+    suppressed: int
+    replayed: bool
+    def __init__(self, recorded: _Optional[int] = ..., unmatched: _Optional[int] = ..., duplicates: _Optional[int] = ..., suppressed: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class Suppression(_message.Message):
     __slots__ = ("channel", "address", "reason", "detail", "delivery_id", "create_time")

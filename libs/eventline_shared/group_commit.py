@@ -1,0 +1,90 @@
+"""Group commit: concurrent requests share one statement and one commit.
+
+Every caller hands its request to the group and awaits its own result. While a
+statement runs, new requests queue up; when it finishes, the next statement
+takes everything queued (whole requests only, up to ``max_size``), so under
+load each commit carries many requests and under no load a request goes out at
+once: the window is the time the statement before took, never a timer. A
+request is always in one statement, so it is stored entirely or not at all.
+
+``run`` gets the requests of one statement and returns one result per request,
+in order; if it raises, every request of that statement gets the exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+RequestT = TypeVar("RequestT")
+ResultT = TypeVar("ResultT")
+
+
+@dataclass
+class _Pending(Generic[RequestT, ResultT]):
+    request: RequestT
+    size: int
+    done: asyncio.Future[ResultT] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class GroupCommit(Generic[RequestT, ResultT]):
+    """Runs ``run`` over the requests queued meanwhile, ``concurrency`` statements at a time."""
+
+    def __init__(
+        self,
+        run: Callable[[list[RequestT]], Awaitable[Sequence[ResultT]]],
+        *,
+        size: Callable[[RequestT], int] = lambda _: 1,
+        max_size: int = 2000,
+        concurrency: int = 2,
+    ) -> None:
+        self.run = run
+        self.size = size
+        self.max_size = max_size
+        self.concurrency = concurrency
+        self._queue: list[_Pending[RequestT, ResultT]] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: RequestT) -> ResultT:
+        """The result ``run`` gave for ``request``, once its statement has committed."""
+        pending: _Pending[RequestT, ResultT] = _Pending(request, self.size(request))
+        self._queue.append(pending)
+        self._start_statements()
+        return await pending.done
+
+    def _start_statements(self) -> None:
+        while self._queue and self._running < self.concurrency:
+            taken: list[_Pending[RequestT, ResultT]] = []
+            count = 0
+            while self._queue and (not taken or count + self._queue[0].size <= self.max_size):
+                pending = self._queue.pop(0)
+                if pending.done.cancelled():
+                    continue
+                taken.append(pending)
+                count += pending.size
+            if not taken:
+                return
+            self._running += 1
+            task = asyncio.create_task(self._statement(taken))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _statement(self, taken: list[_Pending[RequestT, ResultT]]) -> None:
+        try:
+            results = await self.run([pending.request for pending in taken])
+            if len(results) != len(taken):
+                raise RuntimeError(f"{len(results)} results for {len(taken)} requests")
+        except Exception as exc:
+            for pending in taken:
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+        else:
+            for pending, result in zip(taken, results, strict=True):
+                if not pending.done.done():
+                    pending.done.set_result(result)
+        finally:
+            self._running -= 1
+            self._start_statements()
