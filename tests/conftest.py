@@ -148,6 +148,10 @@ class SmtpInbox:
         import email.message
 
         self.messages: list[email.message.EmailMessage] = []
+        self.ids_by_recipient: dict[str, set[str]] = {}
+        """Each recipient's Message-IDs, read once as a message arrives: reading the headers of every
+        message again on each poll of a wait (an address parse each) blocks the event loop the
+        service under test shares for seconds on a loaded machine once a thousand messages are in."""
         self.arrived = asyncio.Event()
         self.port = 0
         self.reply = "250 OK"
@@ -174,7 +178,9 @@ class SmtpInbox:
             await self.gate.acquire()
         if self.reply != "250 OK":
             return self.reply
-        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))  # type: ignore[arg-type]
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)  # type: ignore[arg-type]
+        self.messages.append(message)  # type: ignore[arg-type]
+        self.ids_by_recipient.setdefault(str(message["To"]), set()).add(str(message["Message-ID"]))
         self.arrived.set()
         return "250 OK"
 

@@ -105,14 +105,24 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
         EVENTLINE_CAMPAIGNS_LEASE_S="1",
         EVENTLINE_CAMPAIGNS_READ_BATCH="1000",
     )
-    async with running_worker(env, tmp_path, PING) as first:
-        await track_pings(ingestion, "k", customers, "p")
-        await wait_until(lambda: len(smtp_server.messages) >= 20, 60, "the first worker sent nothing")
-        first.kill()  # kill -9, in the middle of the work
+    async with running_worker(env, tmp_path, PING):
+        pass  # creates the campaign, then stops
+    # Stored while no worker runs, so that the next one reads them all in its first XREADGROUP
+    # (stored while it runs, they would trickle in over several smaller batches).
+    await track_pings(ingestion, "k", customers, "p")
+    await wait_for_entries(redis_client, stream_key, customers)
+    sent_before = 20
+    smtp_server.hold()  # the server takes exactly sent_before messages, whatever the machine's pace
+    smtp_server.allow(sent_before)
+    first = worker(env, tmp_path).start()
+    try:
+        await smtp_server.wait_for(sent_before)
+    finally:
+        first.kill()  # kill -9 (and reaped), in the middle of the work
+    smtp_server.gate = None  # the killed worker's connections are gone: the next worker is not held
     unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
     assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
-    sent_before = len(smtp_server.messages)
-    assert sent_before < customers, "the worker finished before it was killed; the test proves nothing"
+    assert len(smtp_server.messages) == sent_before, "the server took no message beyond what it allowed"
     async with running_worker(env, tmp_path):
         await wait_until(
             lambda: len(message_ids_by_recipient(smtp_server)) == customers,
@@ -142,13 +152,17 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
     sale = system_campaign(
         "Sale", campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="Sale", text_body="x"))
     )
+    sent_before = 30
+    smtp_server.hold()  # the server takes exactly sent_before messages, whatever the machine's pace
+    smtp_server.allow(sent_before)
     async with running_worker(env, tmp_path, sale) as first:
         await ingestion.TrackSystemEvent(
             ingestion_pb2.TrackSystemEventRequest(event_id="sale-1", name="Sale")
         )
-        await wait_until(lambda: len(smtp_server.messages) >= 30, 60, "the first worker sent nothing")
-        first.kill()
-    assert len(smtp_server.messages) < customers * 4 // 5, "the fan-out finished before the kill"
+        await smtp_server.wait_for(sent_before)
+        first.kill()  # kill -9 (and reaped), midway through the fan-out
+    smtp_server.gate = None  # the killed worker's connections are gone: the next worker is not held
+    assert len(smtp_server.messages) == sent_before, "the server took no message beyond what it allowed"
     expected = {address for i, address in enumerate(addresses) if i % 5}
     async with running_worker(env, tmp_path):
         await wait_until(
