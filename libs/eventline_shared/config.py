@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from eventline_shared.auth import SecuritySettings
+    from eventline_shared.stream import StreamLayout
 
 
 class ConfigError(Exception):
@@ -67,6 +68,8 @@ class CommonSettings:
 
     database_url: str
     redis_url: str
+    """A single server (redis://, rediss://, unix://) or a Redis Cluster (redis+cluster://,
+    rediss+cluster://; EVENTLINE_REDIS_CLUSTER=true turns redis:// into redis+cluster://)."""
     stream: str
     host: str
     port: int
@@ -80,6 +83,9 @@ class CommonSettings:
     """API keys and TLS (see eventline_shared.auth); None: neither."""
     health_probe_interval_s: float = 2.0
     """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.dependencies)."""
+    stream_partitions: int = 1
+    """EVENTLINE_STREAM_PARTITIONS: the event stream is this many Redis streams (see
+    ``eventline_shared.stream.StreamLayout``); every replica of every service must agree."""
     migrate: bool = True
     """EVENTLINE_MIGRATE: apply missing migrations at start; false: only check that none is missing
     (then ``eventline migrate``, run once per release, is the only writer of DDL)."""
@@ -91,8 +97,19 @@ class CommonSettings:
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("EVENTLINE_DATABASE_URL must be a postgresql:// URL")
         redis_url = env_str(environ, "EVENTLINE_REDIS_URL", DEFAULT_REDIS_URL)
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ConfigError(
+                "EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL, or a Redis Cluster's "
+                "redis+cluster:// or rediss+cluster:// URL"
+            )
+        if env_bool(environ, "EVENTLINE_REDIS_CLUSTER", False) and "+cluster://" not in redis_url:
+            if redis_url.startswith("unix://"):
+                raise ConfigError(
+                    "EVENTLINE_REDIS_CLUSTER=true needs a redis:// or rediss:// URL, not unix://"
+                )
+            redis_url = redis_url.replace("://", "+cluster://", 1)
         from eventline_shared.auth import SecuritySettings  # here: auth imports this module
 
         metrics_port = env_int(environ, prefix + "METRICS_PORT", -1, minimum=-1)
@@ -112,5 +129,13 @@ class CommonSettings:
             metrics_interval_s=env_float(environ, "EVENTLINE_METRICS_INTERVAL_S", 15.0),
             security=SecuritySettings.from_env(environ),
             health_probe_interval_s=health_probe_interval_s,
+            stream_partitions=env_int(environ, "EVENTLINE_STREAM_PARTITIONS", 1, minimum=1),
             migrate=env_bool(environ, "EVENTLINE_MIGRATE", True),
         )
+
+    @property
+    def stream_layout(self) -> StreamLayout:
+        """The keys of the event stream's partitions and their dead-letter streams."""
+        from eventline_shared.stream import StreamLayout
+
+        return StreamLayout(self.stream, self.stream_partitions)

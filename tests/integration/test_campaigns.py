@@ -18,7 +18,9 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
+from eventline_shared import stream
 from eventline_shared.stream import StreamEntry
+from tests.conftest import single_and_cluster
 from tests.support import (
     add_email_customers,
     customer_event,
@@ -401,6 +403,7 @@ async def test_frequency_cap_holds_under_20_concurrent_triggers(  # type: ignore
 # --- the stream: crashes, poison entries ---
 
 
+@single_and_cluster
 async def test_entries_of_a_crashed_consumer_are_reclaimed_and_delivered_once(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
 ) -> None:
@@ -451,6 +454,7 @@ async def test_pending_delivery_of_a_crashed_sender_is_sent_once(  # type: ignor
     assert smtp_server.messages[0]["Message-ID"] == f"<delivery-{delivery.delivery_id}@eventline.local>"
 
 
+@single_and_cluster
 async def test_poison_entry_is_dead_lettered_and_the_rest_flow(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
 ) -> None:
@@ -473,7 +477,7 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_flow(  # type: ignore[
     await wait_for_entries(redis_client, stream_key, 3)
     await campaigns_server.consumer.drain()
     await smtp_server.wait_for(1)
-    dead = await redis_client.xrange(stream_key + ":dead")
+    dead = await redis_client.xrange(stream.dead_letter_key(stream_key))
     assert sorted(fields[b"event_id"] for _, fields in dead) == [b"bad", b"junk"]
     attempts = {fields[b"event_id"]: int(fields[b"attempts"]) for _, fields in dead}
     assert attempts[b"bad"] == 3, "dead-lettered after max_attempts (3 in tests)"
@@ -707,7 +711,7 @@ async def test_a_segmentation_outage_delays_deliveries_but_never_dead_letters_th
             await smtp_server.wait_for(1)
     finally:
         await proxy.close()
-    assert await redis_client.xlen(stream_key + ":dead") == 0
+    assert await redis_client.xlen(stream.dead_letter_key(stream_key)) == 0
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
 
 
