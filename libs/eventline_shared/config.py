@@ -116,7 +116,7 @@ class CommonSettings:
         health_probe_interval_s = env_float(environ, "EVENTLINE_HEALTH_PROBE_INTERVAL_S", 2.0)
         if not 0 < health_probe_interval_s <= 3600:
             raise ConfigError("EVENTLINE_HEALTH_PROBE_INTERVAL_S must be more than 0 and at most 3600")
-        return cls(
+        settings = cls(
             database_url=database_url,
             redis_url=redis_url,
             stream=env_str(environ, "EVENTLINE_STREAM", DEFAULT_STREAM),
@@ -132,6 +132,11 @@ class CommonSettings:
             stream_partitions=env_int(environ, "EVENTLINE_STREAM_PARTITIONS", 1, minimum=1),
             migrate=env_bool(environ, "EVENTLINE_MIGRATE", True),
         )
+        try:
+            settings.stream_layout  # noqa: B018 - checked at start, not at first use
+        except ValueError as exc:
+            raise ConfigError(f"EVENTLINE_STREAM: {exc}") from None
+        return settings
 
     @property
     def stream_layout(self) -> StreamLayout:

@@ -190,6 +190,9 @@ class StreamLayout:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ValueError("a stream has at least one partition")
+        if hash_tag(self.base) is None and ("{" in self.base or "}" in self.base):
+            # No key with another name could share its slot: its dead letters would be elsewhere.
+            raise ValueError(f"stream name {self.base!r} has braces but no hash tag ({{tag}})")
 
     @property
     def keys(self) -> list[str]:
