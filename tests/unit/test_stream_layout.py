@@ -66,7 +66,7 @@ def test_the_cluster_is_said_by_the_url_or_a_setting() -> None:
     with pytest.raises(ConfigError, match="EVENTLINE_STREAM_PARTITIONS"):
         settings(EVENTLINE_STREAM_PARTITIONS="0")
     assert settings(EVENTLINE_STREAM_PARTITIONS="4").stream_layout.partitions == 4
-    with pytest.raises(ConfigError, match="EVENTLINE_STREAM: .*braces"):
+    with pytest.raises(ConfigError, match=r"EVENTLINE_STREAM: .*braces"):
         settings(EVENTLINE_STREAM="odd{}name")
 
 
