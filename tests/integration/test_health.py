@@ -24,10 +24,10 @@ from redis import exceptions as redis_errors
 
 from eventline_shared import embedded
 from eventline_shared.dependencies import health_name
+from eventline_shared.embedded_cluster import cluster_node_port, start_cluster_node
 from eventline_shared.grpc_server import LIVENESS_HEALTH_NAME
 from tests.conftest import REDIS_URL, CampaignsEnv, service_env
 from tests.faults import TcpProxy
-from tests.redis_cluster import cluster_node_port, start_cluster_node
 from tests.support import customer_event
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

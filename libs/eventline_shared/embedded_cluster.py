@@ -1,4 +1,4 @@
-"""A real Redis Cluster on loopback for the tests: 6 nodes (3 masters, 3 replicas).
+"""A real Redis Cluster on loopback for tests and benchmarks: 6 nodes (3 masters, 3 replicas).
 
 The nodes are the ``redis-server`` the embedded Redis uses
 (``eventline_shared.embedded.find_redis_server``), started with cluster mode
@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
 from eventline_shared import embedded
-from tests.processes import free_port
 
 SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 
@@ -28,7 +28,7 @@ SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 def cluster_node_port() -> int:
     """A free port whose cluster bus port (port + 10000, the default) is free too."""
     while True:
-        port = free_port()
+        port = embedded.free_port()
         if port + 10000 > 65535:
             continue
         with socket.socket() as bus:
@@ -50,6 +50,11 @@ def start_cluster_node(binary: str, port: int, directory: Path, *extra: str) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def cluster_command(node: redis.Redis, *args: str | int) -> Any:
+    """``CLUSTER <args>`` on one node."""
+    return node.execute_command("CLUSTER", *args)  # type: ignore[no-untyped-call]
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
@@ -91,18 +96,15 @@ class RedisClusterNodes:
         for node in nodes:
             wait_for(lambda node=node: bool(node.ping()), "a cluster node did not start")  # type: ignore[misc]
         for master, (first, last) in zip(nodes[:3], SLOT_RANGES, strict=True):
-            master.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            cluster_command(master, "ADDSLOTSRANGE", first, last)
         for node in nodes[1:]:
-            node.execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[0])
+            cluster_command(node, "MEET", "127.0.0.1", self.ports[0])
         wait_for(lambda: all(len(self._nodes_line(node)) == 6 for node in nodes), "the nodes did not meet")
         for replica, master in zip(nodes[3:], nodes[:3], strict=True):
-            master_id = master.execute_command("CLUSTER", "MYID").decode()
+            master_id = cluster_command(master, "MYID").decode()
             wait_for(
-                lambda replica=replica, master_id=master_id: (
-                    replica.execute_command(  # type: ignore[misc]
-                        "CLUSTER", "REPLICATE", master_id
-                    )
-                    is not None
+                lambda replica=replica, master_id=master_id: (  # type: ignore[misc]
+                    cluster_command(replica, "REPLICATE", master_id) is not None
                 ),
                 "a replica could not follow its master",
             )
@@ -113,7 +115,7 @@ class RedisClusterNodes:
 
     @staticmethod
     def _nodes_line(node: redis.Redis) -> list[str]:
-        return [line for line in node.execute_command("CLUSTER", "NODES").decode().splitlines() if line]
+        return [line for line in cluster_command(node, "NODES").decode().splitlines() if line]
 
     def roles(self) -> dict[int, str]:
         """Each node's role now: ``master`` or ``slave``."""
@@ -141,8 +143,8 @@ class RedisClusterNodes:
     def replica_of(self, key: str) -> int:
         """The port of a replica of the master holding ``key``'s slot."""
         with self.node(self.ports[0]) as any_node:
-            slot = int(any_node.execute_command("CLUSTER", "KEYSLOT", key))
-            for first, last, _master, *replicas in any_node.execute_command("CLUSTER", "SLOTS"):
+            slot = int(cluster_command(any_node, "KEYSLOT", key))
+            for first, last, _master, *replicas in cluster_command(any_node, "SLOTS"):
                 if first <= slot <= last and replicas:
                     return int(replicas[0][1])
         raise AssertionError(f"no replica serves the slot of {key}")
@@ -150,7 +152,7 @@ class RedisClusterNodes:
     def failover(self, replica_port: int) -> None:
         """CLUSTER FAILOVER on a replica: it becomes its master's master, the master its replica."""
         with self.node(replica_port) as replica:
-            replica.execute_command("CLUSTER", "FAILOVER")
+            cluster_command(replica, "FAILOVER")
         wait_for(lambda: self.roles()[replica_port] == "master", "the replica did not take over")
         self.wait_healthy()
 
