@@ -5,10 +5,10 @@ Keys, the one place that names them (see ``StreamLayout``):
 * the stream ``EVENTLINE_STREAM`` is cut into ``EVENTLINE_STREAM_PARTITIONS``
   partition streams; a customer's events all go to partition
   ``partition_of(customer_id)`` (a stable hash), system events to partition 0;
-* each partition stream has its dead-letter stream and its consumer leases in
-  the same Redis Cluster hash slot (a hash tag), so that the scripts touching
-  both run on one node; different partitions have different hash tags, so a
-  cluster spreads them over its masters.
+* each partition stream has its dead-letter stream in the same Redis Cluster
+  hash slot (a hash tag), so that the script touching both runs on one node;
+  different partitions hash to different slots, so a cluster spreads them
+  over its masters.
 
 Each stored event becomes one stream entry with the fields:
 
@@ -157,11 +157,6 @@ def _same_slot(key: str, suffix: str) -> str:
 def dead_letter_key(stream: str) -> str:
     """The dead-letter stream of ``stream``: in its hash slot (``{eventline:events}:dead``)."""
     return _same_slot(stream, ":dead")
-
-
-def lease_key(stream: str, group: str) -> str:
-    """Who of consumer group ``group`` owns ``stream`` now (see ``eventline_shared.consumer_group``)."""
-    return _same_slot(stream, f":owner:{group}")
 
 
 def partition_of(customer_id: str, partitions: int) -> int:

@@ -11,11 +11,10 @@ from eventline_shared.config import CommonSettings, ConfigError
 
 
 @pytest.mark.parametrize("base", ["eventline:events", "eventline:prod:events", "app:{events}", "a{b}{}"])
-def test_a_dead_letter_stream_and_its_lease_share_their_streams_slot(base: str) -> None:
+def test_a_dead_letter_stream_shares_its_streams_slot(base: str) -> None:
     for partitions in (1, 2, 4):
         for key in stream.StreamLayout(base, partitions).keys:
             assert key_slot(stream.dead_letter_key(key).encode()) == key_slot(key.encode())
-            assert key_slot(stream.lease_key(key, "campaigns").encode()) == key_slot(key.encode())
 
 
 def test_one_partition_is_the_configured_stream_and_its_dead_letters_are_tagged() -> None:
