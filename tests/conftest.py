@@ -323,6 +323,7 @@ def campaigns_env(  # type: ignore[no-untyped-def]
             EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
             EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
             EVENTLINE_CAMPAIGNS_POLL_S="0.1",
+            EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS="1500",
             EVENTLINE_REDIS_URL=redis_url,
         )
         return service_env(db_url, stream_key, **{**settings, **extra})

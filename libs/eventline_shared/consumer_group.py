@@ -15,19 +15,29 @@ batches; the campaign service is one user, a future consumer is another.
   be parsed is dead-lettered at once.
 * While a dependency is down (``handler.transient``), a batch is retried in
   place with backoff: an outage never sends good entries to the dead letters.
-* One customer's entries are handed over in stream order: a batch that holds
-  a customer of a batch still in flight waits for that batch.
+* One customer's entries are handed over in stream order. Across replicas:
+  ``run()`` reads only the partitions this replica owns, one owner per
+  partition at a time (a lease in the partition's hash slot, renewed every
+  third of ``lease_ms``; the replicas share the partitions evenly, counted in
+  a members set). A new owner first takes over every entry the previous one
+  left pending, before reading new ones; an owner giving a partition up
+  (rebalancing) stops reading it and releases it once its batches are done.
+  Within a replica, a batch that holds a customer of a batch still in flight
+  waits for that batch.
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
 * ``drain()`` processes until nothing is left (burst mode for tests and
-  tools); ``run()`` serves until ``shutdown()``.
+  tools: it reads every partition, owned or not); ``run()`` serves until
+  ``shutdown()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +112,27 @@ return 0
 """
 
 
+# Lease scripts: KEYS[1] the lease, ARGV[1] this consumer, ARGV[2] the lease in ms.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Counts the live consumers of the group: KEYS[1] the members set, ARGV[1] this consumer (or ''
+# when leaving), ARGV[2] how long a member stays without saying it is alive (ms).
+_MEMBERS = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ARGV[1] ~= '' then redis.call('ZADD', KEYS[1], ms, ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -121,6 +152,7 @@ class ConsumerGroup:
         concurrency: int = 4,
         housekeeping_interval_s: float = 1.0,
         forget_idle_ms: int = 600_000,
+        lease_ms: int = 10_000,
         max_outage_backoff_s: float = 5.0,
         dependencies: DependencyMonitor | None = None,
     ) -> None:
@@ -137,6 +169,12 @@ class ConsumerGroup:
         self.concurrency = concurrency
         self.housekeeping_interval_s = housekeeping_interval_s
         self.forget_idle_ms = forget_idle_ms
+        self.lease_ms = lease_ms
+        """How long a partition stays a replica's without renewal (a crashed owner's, then free)."""
+        self.owned: set[str] = set()
+        """The partitions ``run()`` reads now."""
+        self._fresh: set[str] = set()  # owned since the last read: take the previous owner's entries first
+        self._batches_of: Counter[str] = Counter()  # batches in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
         self.dependencies = dependencies
         """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
@@ -152,6 +190,9 @@ class ConsumerGroup:
         self._ready: set[str] = set()
         self._dead_letter = client.register_script(_DEAD_LETTER)
         self._forget = client.register_script(_FORGET)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._members = client.register_script(_MEMBERS)
 
     async def ensure_group(self) -> None:
         """Create the group at the start of every partition (it ignores nothing already stored)."""
@@ -273,6 +314,8 @@ class ConsumerGroup:
         if not parsed:
             return len(entries)
         ids = [p.entry.entry_id for p in parsed]
+        keys = {p.entry.stream for p in parsed}
+        self._batches_of.update(keys)
         self._inflight.update(ids)
         heartbeat = asyncio.create_task(self._hold(parsed))
         # One customer's entries in stream order: wait for their batches in flight before this one.
@@ -290,6 +333,7 @@ class ConsumerGroup:
         finally:
             heartbeat.cancel()
             self._inflight.difference_update(ids)
+            self._batches_of.subtract(keys)
             done.set_result(None)
             for customer in mine:
                 if self._customers.get(customer) is done:
@@ -417,11 +461,14 @@ class ConsumerGroup:
         (latency under load); each batch is acknowledged on its own.
         """
         housekeeping = asyncio.create_task(self._housekeeping_loop())
+        owning = asyncio.create_task(self._ownership_loop())
         inflight: set[asyncio.Task[int]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         try:
             await asyncio.gather(*(self._serve(key, slots, inflight) for key in self.streams))
         finally:
+            owning.cancel()
+            await asyncio.gather(owning, return_exceptions=True)
             # Let batches in flight finish: what they recorded gets sent and acknowledged.
             if inflight:
                 await asyncio.gather(*inflight, return_exceptions=True)
@@ -429,6 +476,7 @@ class ConsumerGroup:
             if not self._stop.is_set():
                 housekeeping.cancel()
             await asyncio.gather(housekeeping, return_exceptions=True)
+            await self._leave()
 
     async def _serve(self, key: str, slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]) -> None:
         """Read one partition until ``shutdown()``, handing each batch to a task of its own."""
@@ -436,12 +484,36 @@ class ConsumerGroup:
         next_reclaim = 0.0
         delay = 0.1
         while not self._stop.is_set():
+            if key not in self.owned:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), 0.05)
+                except TimeoutError:
+                    pass
+                continue
             acquired = False
             try:
                 await slots.acquire()
                 acquired = True
                 await self.ensure_group()
                 entries: list[StreamEntry] = []
+                if key in self._fresh:
+                    # The previous owner's entries first (they come before any new one), and nothing
+                    # new until none is left: one still held (a batch it is finishing) is waited for.
+                    entries = await self._reclaim(key, self.claim_idle_ms)
+                    if not entries and not await self._others_pending(key):
+                        self._fresh.discard(key)
+                    elif not entries:
+                        slots.release()
+                        acquired = False
+                        await asyncio.sleep(0.05)
+                        continue
+                    if entries:
+                        task = asyncio.create_task(self.process(entries))
+                        inflight.add(task)
+                        task.add_done_callback(self._finished(inflight, slots))
+                        acquired = False
+                        await task  # in order: the next takeover round starts after this one
+                        continue
                 if loop.time() >= next_reclaim:
                     entries += await self._reclaim(key, self.claim_idle_ms)
                     # A full batch means more may be waiting: claim again at once.
@@ -475,6 +547,72 @@ class ConsumerGroup:
             finally:
                 if acquired:
                     slots.release()
+
+    async def _others_pending(self, key: str) -> bool:
+        """Whether another consumer still has entries of partition ``key`` pending."""
+        summary: Any = await self.client.xpending(key, self.group)
+        return any(
+            _text(c["name"]) != self.consumer and int(c["pending"]) for c in summary.get("consumers") or []
+        )
+
+    async def _ownership_loop(self) -> None:
+        """Every third of ``lease_ms``: renew the leases held, take or give partitions to share evenly."""
+        while not self._stop.is_set():
+            try:
+                await self.balance()
+            except Exception as exc:
+                self._note_error(exc)
+                log.warning("cannot renew partition leases", extra={"error": repr(exc)[:300]})
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.lease_ms / 3000)
+            except TimeoutError:
+                pass
+
+    async def balance(self) -> None:
+        """One round of partition ownership: renew, then take free partitions or give extra ones up."""
+        members = int(await self._members(keys=[self._members_key], args=[self.consumer, self.lease_ms]))
+        for key in list(self.owned):
+            if not await self._renew(
+                keys=[stream.owner_key(key, self.group)], args=[self.consumer, self.lease_ms]
+            ):
+                self.owned.discard(key)  # expired (this replica stalled): someone else's now
+                log.warning("partition lease lost", extra={"stream": key})
+        share = math.ceil(len(self.streams) / max(members, 1))
+        # Start at a place of this consumer's own, so that replicas starting together take different ones.
+        start = sum(self.consumer.encode()) % len(self.streams)
+        for key in self.streams[start:] + self.streams[:start]:
+            if len(self.owned) >= share:
+                break
+            if key not in self.owned and await self.client.set(
+                stream.owner_key(key, self.group), self.consumer, nx=True, px=self.lease_ms
+            ):
+                self.owned.add(key)
+                self._fresh.add(key)
+                log.info("partition taken", extra={"stream": key, "consumer": self.consumer})
+        for key in sorted(self.owned)[share:]:
+            await self._give_up(key)
+
+    async def _give_up(self, key: str) -> None:
+        """Stop reading ``key``; release its lease once this replica's batches of it are done."""
+        self.owned.discard(key)
+        self._fresh.discard(key)
+        while self._batches_of[key] > 0:
+            await asyncio.sleep(0.05)
+        await self._release(keys=[stream.owner_key(key, self.group)], args=[self.consumer])
+        log.info("partition given up", extra={"stream": key, "consumer": self.consumer})
+
+    async def _leave(self) -> None:
+        """At shutdown: release every partition (batches are done) and leave the members."""
+        try:
+            for key in list(self.owned):
+                await self._give_up(key)
+            await self.client.zrem(self._members_key, self.consumer)
+        except Exception as exc:  # the leases expire anyway
+            log.warning("cannot release partitions", extra={"error": repr(exc)[:300]})
+
+    @property
+    def _members_key(self) -> str:
+        return stream.members_key(self.streams[0], self.group)
 
     async def _housekeeping_loop(self) -> None:
         """Every ``housekeeping_interval_s``: the handler's housekeeping, and gone consumers removed."""

@@ -159,6 +159,16 @@ def dead_letter_key(stream: str) -> str:
     return _same_slot(stream, ":dead")
 
 
+def owner_key(stream: str, group: str) -> str:
+    """The lease naming which consumer of ``group`` owns partition ``stream`` now (in its slot)."""
+    return _same_slot(stream, f":owner:{group}")
+
+
+def members_key(stream: str, group: str) -> str:
+    """The live consumers of ``group`` on the stream whose first partition is ``stream``."""
+    return _same_slot(stream, f":members:{group}")
+
+
 def partition_of(customer_id: str, partitions: int) -> int:
     """The partition of a customer's events: CRC-32 of the id, so every process agrees forever.
 

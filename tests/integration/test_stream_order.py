@@ -208,3 +208,84 @@ def _event_bytes(request: ingestion_pb2.TrackCustomerEventRequest) -> bytes:
         customer_id=request.customer_id,
         name=request.name,
     ).SerializeToString()
+
+
+class SharedLog(StreamHandler):
+    """Two replicas' handler: both append to one log; replica ``slow`` holds its first batch."""
+
+    def __init__(self, log: list[tuple[str, str]], slow: bool) -> None:
+        self.log = log
+        self.slow = slow
+        self.batches = 0
+
+    async def handle(self, batch: Sequence[Received]) -> None:
+        self.batches += 1
+        if self.slow and self.batches == 1:
+            await asyncio.sleep(0.3)  # a batch in flight on this replica while the other reads on
+        self.log += [(item.event.customer_id, item.event.event_id) for item in batch]
+
+
+@single_and_cluster
+async def test_two_replicas_with_batches_in_flight_keep_each_customers_order(stream_key, redis_client):
+    """Issue 11: two campaigns replicas processing 4 batches at once recorded deliveries out of
+    their customer's order. Each partition has one owner at a time now, so the shared log holds
+    every customer's events in the order of the stream."""
+    layout = stream.StreamLayout(stream_key, 4)
+    customers = [f"c{i}" for i in range(8)]
+    for n in range(25):
+        for customer in customers:
+            event = customer_event(customer, "A", f"{customer}-{n:02d}")
+            entry = stream.pack_entry(customer, event.event_id, "A", _event_bytes(event), "")
+            await stream.Appender(redis_client, layout.key_for(customer)).append([entry])
+    handled: list[tuple[str, str]] = []
+    groups = [
+        ConsumerGroup(
+            redis_client,
+            SharedLog(handled, slow=i == 0),
+            streams=layout.keys,
+            group="g",
+            consumer=f"replica-{i}",
+            batch=5,
+            concurrency=4,
+            lease_ms=1000,
+        )
+        for i in range(2)
+    ]
+    running = [asyncio.create_task(group.run()) for group in groups]
+    try:
+        await wait_until(lambda: len(handled) >= 25 * len(customers), 60, "the replicas did not finish")
+        # The replicas shared the partitions (two each once both were in), never one at two owners.
+        await wait_until(lambda: all(len(g.owned) == 2 for g in groups), 30, "the partitions were not shared")
+        assert groups[0].owned.isdisjoint(groups[1].owned)
+    finally:
+        for group in groups:
+            group.shutdown()
+        await asyncio.gather(*running)
+    assert len(handled) == 25 * len(customers)
+    for customer in customers:
+        assert [e for c, e in handled if c == customer] == [f"{customer}-{n:02d}" for n in range(25)]
+
+
+async def test_a_crashed_owners_partition_is_taken_over_with_its_pending_entries_first(
+    stream_key, redis_client
+):
+    events = [customer_event("c1", "A", f"e{i}") for i in range(6)]
+    for event in events:
+        entry = stream.pack_entry("c1", event.event_id, "A", _event_bytes(event), "")
+        await stream.Appender(redis_client, stream_key).append([entry])
+    await redis_client.xgroup_create(stream_key, "g", id="0")
+    # The crashed owner had read e0..e2 and held the partition's lease, which now runs out.
+    await redis_client.xreadgroup("g", "crashed", {stream_key: ">"}, count=3)
+    await redis_client.set(stream.owner_key(stream_key, "g"), "crashed", px=300)
+    recorder = Recorder()
+    group = ConsumerGroup(
+        redis_client, recorder, streams=[stream_key], group="g", consumer="w1", claim_idle_ms=0, lease_ms=600
+    )
+    running = asyncio.create_task(group.run())
+    try:
+        await wait_until(lambda: len(recorder.handled) == 6, 30, "the partition was not taken over")
+    finally:
+        group.shutdown()
+        await running
+    assert recorder.handled == [("c1", f"e{i}") for i in range(6)]
+    assert await redis_client.get(stream.owner_key(stream_key, "g")) is None, "released at shutdown"

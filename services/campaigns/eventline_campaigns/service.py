@@ -142,6 +142,7 @@ async def running(
             max_attempts=settings.max_attempts,
             concurrency=settings.batches_in_flight,
             forget_idle_ms=settings.forget_consumer_ms,
+            lease_ms=settings.partition_lease_ms,
             dependencies=dependencies,
         )
         await cache.refresh()

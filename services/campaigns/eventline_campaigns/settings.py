@@ -38,6 +38,8 @@ class Settings:
     max_attempts: int
     """An entry delivered this many times without success goes to the dead-letter stream."""
     forget_consumer_ms: int
+    partition_lease_ms: int
+    """A partition stays one replica's this long without renewal (then a crashed owner's is taken over)."""
     """A consumer of the group with nothing pending, idle this long, is a gone replica's: removed."""
     fanout_batch: int
     """Customers rendered, ledgered and sent per step of a system-event fan-out."""
@@ -106,6 +108,7 @@ class Settings:
             claim_idle_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS", 30_000),
             max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
             forget_consumer_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_FORGET_CONSUMER_MS", 600_000, minimum=1),
+            partition_lease_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS", 10_000, minimum=300),
             fanout_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_FANOUT_BATCH", 1000, minimum=1),
             lease_s=env_float(environ, "EVENTLINE_CAMPAIGNS_LEASE_S", 60.0),
             send_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_SEND_ATTEMPTS", 3, minimum=1),
