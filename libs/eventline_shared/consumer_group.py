@@ -153,6 +153,7 @@ class ConsumerGroup:
         housekeeping_interval_s: float = 1.0,
         forget_idle_ms: int = 600_000,
         lease_ms: int = 10_000,
+        ordered: bool = True,
         max_outage_backoff_s: float = 5.0,
         dependencies: DependencyMonitor | None = None,
     ) -> None:
@@ -171,10 +172,15 @@ class ConsumerGroup:
         self.forget_idle_ms = forget_idle_ms
         self.lease_ms = lease_ms
         """How long a partition stays a replica's without renewal (a crashed owner's, then free)."""
-        self.owned: set[str] = set()
+        self.ordered = ordered
+        """Whether ``run()`` reads only the partitions it owns (per-customer order across replicas);
+        False: every replica reads every partition (more replicas than partitions can share the
+        work, one customer's entries may then be processed out of order on two replicas)."""
+        self.owned: set[str] = set() if ordered else set(self.streams)
         """The partitions ``run()`` reads now."""
         self._fresh: set[str] = set()  # owned since the last read: take the previous owner's entries first
         self._batches_of: Counter[str] = Counter()  # batches in flight per partition
+        self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
         self.dependencies = dependencies
         """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
@@ -220,42 +226,39 @@ class ConsumerGroup:
         return entries
 
     async def _reclaim(self, key: str, min_idle_ms: int) -> list[StreamEntry]:
-        """Entries pending too long elsewhere (or failed here), now ours; poison ones are dead-lettered."""
-        claimed: list[StreamEntry] = []
-        start = "0-0"
-        while True:
-            reply: Any = await self.client.xautoclaim(
-                key, self.group, self.consumer, min_idle_ms, start_id=start, count=self.batch
-            )
-            start = _text(reply[0])
-            claimed += [
-                StreamEntry.from_fields(entry_id, fields, key) for entry_id, fields in reply[1] if fields
-            ]
-            if start == "0-0" or len(claimed) >= self.batch:
-                break
-        claimed = [entry for entry in claimed if entry.entry_id not in self._inflight]
+        """Entries pending too long elsewhere (or failed here), now ours; poison ones are dead-lettered.
+
+        The candidates are listed first (XPENDING with IDLE) and this consumer's
+        entries in processing left out before anything is claimed: XAUTOCLAIM
+        would count a delivery of each (a slow batch's entries then reached the
+        dead letters without ever failing). XCLAIM with the same idle time
+        takes only those still idle; entries deleted meanwhile (erasure) leave
+        the pending list.
+        """
+        rows: Any = await self.client.xpending_range(
+            key, self.group, min="-", max="+", count=self.batch + len(self._inflight), idle=min_idle_ms
+        )
+        delivered = {
+            _text(row["message_id"]): int(row["times_delivered"])
+            for row in rows
+            if _text(row["message_id"]) not in self._inflight
+        }
+        if not delivered:
+            return []
+        ids: list[str | bytes | int | memoryview[int]] = [e for e in list(delivered)[: self.batch]]
+        reply: Any = await self.client.xclaim(key, self.group, self.consumer, min_idle_ms, ids)
+        claimed = [StreamEntry.from_fields(entry_id, fields, key) for entry_id, fields in reply if fields]
         if not claimed:
             return []
         log.debug("stream entries reclaimed", extra={"entries": len(claimed)})
-        deliveries = await self._times_delivered(key, [e.entry_id for e in claimed])
         fresh: list[StreamEntry] = []
         for entry in claimed:
-            attempts = deliveries.get(entry.entry_id, 1)
+            attempts = delivered[entry.entry_id] + 1  # this claim was one more delivery
             if attempts > self.max_attempts:
                 await self._move_to_dead_letters(entry, f"failed {attempts - 1} times", attempts - 1)
             else:
                 fresh.append(entry)
         return fresh
-
-    async def _times_delivered(self, key: str, entry_ids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for entry_id in entry_ids:
-            rows: Any = await self.client.xpending_range(
-                key, self.group, min=entry_id, max=entry_id, count=1, consumername=self.consumer
-            )
-            for row in rows:
-                found[_text(row["message_id"])] = int(row["times_delivered"])
-        return found
 
     async def _move_to_dead_letters(self, entry: StreamEntry, error: str, attempts: int) -> None:
         fields: dict[str, str | bytes] = {
@@ -314,8 +317,6 @@ class ConsumerGroup:
         if not parsed:
             return len(entries)
         ids = [p.entry.entry_id for p in parsed]
-        keys = {p.entry.stream for p in parsed}
-        self._batches_of.update(keys)
         self._inflight.update(ids)
         heartbeat = asyncio.create_task(self._hold(parsed))
         # One customer's entries in stream order: wait for their batches in flight before this one.
@@ -333,7 +334,6 @@ class ConsumerGroup:
         finally:
             heartbeat.cancel()
             self._inflight.difference_update(ids)
-            self._batches_of.subtract(keys)
             done.set_result(None)
             for customer in mine:
                 if self._customers.get(customer) is done:
@@ -461,7 +461,7 @@ class ConsumerGroup:
         (latency under load); each batch is acknowledged on its own.
         """
         housekeeping = asyncio.create_task(self._housekeeping_loop())
-        owning = asyncio.create_task(self._ownership_loop())
+        owning = asyncio.create_task(self._ownership_loop() if self.ordered else self._stop.wait())
         inflight: set[asyncio.Task[int]] = set()
         slots = asyncio.Semaphore(self.concurrency)
         try:
@@ -476,7 +476,8 @@ class ConsumerGroup:
             if not self._stop.is_set():
                 housekeeping.cancel()
             await asyncio.gather(housekeeping, return_exceptions=True)
-            await self._leave()
+            if self.ordered:
+                await self._leave()
 
     async def _serve(self, key: str, slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]) -> None:
         """Read one partition until ``shutdown()``, handing each batch to a task of its own."""
@@ -491,6 +492,7 @@ class ConsumerGroup:
                     pass
                 continue
             acquired = False
+            self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
                 await slots.acquire()
                 acquired = True
@@ -508,11 +510,8 @@ class ConsumerGroup:
                         await asyncio.sleep(0.05)
                         continue
                     if entries:
-                        task = asyncio.create_task(self.process(entries))
-                        inflight.add(task)
-                        task.add_done_callback(self._finished(inflight, slots))
                         acquired = False
-                        await task  # in order: the next takeover round starts after this one
+                        await self._dispatch(key, entries, slots, inflight)  # in order: one round at a time
                         continue
                 if loop.time() >= next_reclaim:
                     entries += await self._reclaim(key, self.claim_idle_ms)
@@ -523,10 +522,8 @@ class ConsumerGroup:
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
                 if entries:
-                    task = asyncio.create_task(self.process(entries))
-                    inflight.add(task)
-                    task.add_done_callback(self._finished(inflight, slots))
                     acquired = False  # the task gives its slot back
+                    self._dispatch(key, entries, slots, inflight)
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
@@ -545,8 +542,20 @@ class ConsumerGroup:
                     pass
                 delay = min(delay * 2, 5.0)
             finally:
+                self._reading[key] -= 1
                 if acquired:
                     slots.release()
+
+    def _dispatch(
+        self, key: str, entries: list[StreamEntry], slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]
+    ) -> asyncio.Task[int]:
+        """Process a batch of partition ``key`` in a task of its own, which gives its slot back."""
+        self._batches_of[key] += 1
+        task = asyncio.create_task(self.process(entries))
+        inflight.add(task)
+        task.add_done_callback(self._finished(inflight, slots))
+        task.add_done_callback(lambda _: self._batches_of.subtract([key]))
+        return task
 
     async def _others_pending(self, key: str) -> bool:
         """Whether another consumer still has entries of partition ``key`` pending."""
@@ -596,7 +605,7 @@ class ConsumerGroup:
         """Stop reading ``key``; release its lease once this replica's batches of it are done."""
         self.owned.discard(key)
         self._fresh.discard(key)
-        while self._batches_of[key] > 0:
+        while self._batches_of[key] > 0 or self._reading[key] > 0:
             await asyncio.sleep(0.05)
         await self._release(keys=[stream.owner_key(key, self.group)], args=[self.consumer])
         log.info("partition given up", extra={"stream": key, "consumer": self.consumer})

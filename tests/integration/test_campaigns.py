@@ -752,7 +752,12 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     await db.copy_records_to_table(
         "customers", records=rows, columns=["customer_id", "email", "email_consent"]
     )
-    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000", EVENTLINE_CAMPAIGNS_READ_BATCH="5")
+    # Unordered: both replicas read the one partition (ordered, one owns it; see test_stream_order.py).
+    env = campaigns_env(
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
+        EVENTLINE_CAMPAIGNS_READ_BATCH="5",
+        EVENTLINE_CAMPAIGNS_ORDERED="false",
+    )
     async with running(Settings.from_env(env)) as one, running(Settings.from_env(env)) as two:
         sent_by: dict[str, int] = {"one": 0, "two": 0}
         for name, replica in (("one", one), ("two", two)):

@@ -143,6 +143,7 @@ async def running(
             concurrency=settings.batches_in_flight,
             forget_idle_ms=settings.forget_consumer_ms,
             lease_ms=settings.partition_lease_ms,
+            ordered=settings.ordered,
             dependencies=dependencies,
         )
         await cache.refresh()

@@ -39,6 +39,8 @@ class Settings:
     """An entry delivered this many times without success goes to the dead-letter stream."""
     forget_consumer_ms: int
     partition_lease_ms: int
+    ordered: bool
+    """One replica per partition at a time (per-customer order); false: every replica reads every partition."""
     """A partition stays one replica's this long without renewal (then a crashed owner's is taken over)."""
     """A consumer of the group with nothing pending, idle this long, is a gone replica's: removed."""
     fanout_batch: int
@@ -109,6 +111,7 @@ class Settings:
             max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
             forget_consumer_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_FORGET_CONSUMER_MS", 600_000, minimum=1),
             partition_lease_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS", 10_000, minimum=300),
+            ordered=env_bool(environ, "EVENTLINE_CAMPAIGNS_ORDERED", True),
             fanout_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_FANOUT_BATCH", 1000, minimum=1),
             lease_s=env_float(environ, "EVENTLINE_CAMPAIGNS_LEASE_S", 60.0),
             send_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_SEND_ATTEMPTS", 3, minimum=1),
