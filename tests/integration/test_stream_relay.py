@@ -144,12 +144,14 @@ async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_k
     async with running(Settings.from_env(env)) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            # The group exists before the first entry: with no group, a zero retention may trim
+            # the entry before the group is created (seen on the cluster run).
+            await redis_client.xgroup_create(stream_key, "campaigns", id="0", mkstream=True)
             await stub.TrackCustomerEvent(customer_event("c0", "A", "first"))
             for _ in range(3000):
-                if await redis_client.exists(stream_key):
+                if await redis_client.xlen(stream_key):
                     break
                 await asyncio.sleep(0.02)
-            await redis_client.xgroup_create(stream_key, "campaigns", id="0")
             read = await redis_client.xreadgroup("campaigns", "worker", {stream_key: ">"})
             acked = [entry_id for entry_id, _ in read[0][1]]
             await redis_client.xack(stream_key, "campaigns", *acked)
