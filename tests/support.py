@@ -114,8 +114,8 @@ def system_campaign(event_name: str, action: campaigns_pb2.Action) -> campaigns_
 def message_ids_by_recipient(inbox: SmtpInbox) -> dict[str, set[str]]:
     """For each address the test SMTP server received mail for: the Message-IDs it got."""
     found: dict[str, set[str]] = {}
-    for message in inbox.messages:
-        found.setdefault(message["To"], set()).add(message["Message-ID"])
+    for to, message_id in inbox.addressed:
+        found.setdefault(to, set()).add(message_id)
     return found
 
 
