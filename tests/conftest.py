@@ -4,6 +4,11 @@ PostgreSQL isolation: one template database is built from the migrations per
 session; each test gets ``CREATE DATABASE … TEMPLATE`` (fast). Redis
 isolation: each test gets its own stream keys, deleted afterwards.
 
+Redis: the single server of EVENTLINE_TEST_REDIS_URL, or, for a test that asks
+``@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)``,
+also a real 6-node Redis Cluster (``eventline_shared/embedded_cluster.py``, started once per
+session when a test first needs it).
+
 ``make test`` points EVENTLINE_TEST_POSTGRES_URL and EVENTLINE_TEST_REDIS_URL at
 reachable servers (starting embedded ones when needed); without them the
 machine's defaults are used.
@@ -16,14 +21,15 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import asyncpg
 import grpc
 import pytest
-import redis.asyncio as redis
 from eventline.ingestion.v1 import ingestion_pb2_grpc
 
-from eventline_shared import database
+from eventline_shared import database, stream
+from eventline_shared.embedded_cluster import RedisClusterNodes
 from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("EVENTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -78,19 +84,40 @@ def stream_key() -> str:
     return f"test:{uuid.uuid4().hex[:12]}:events"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A real Redis Cluster of 6 nodes (3 masters, 3 replicas) on loopback."""
+    nodes = RedisClusterNodes(Path(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        yield nodes.start()
+    finally:
+        nodes.stop()
+
+
 @pytest.fixture
-async def redis_client(stream_key: str) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """EVENTLINE_REDIS_URL of this test: the single server, or the cluster when parametrized so."""
+    if getattr(request, "param", "single") == "cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return REDIS_URL
+
+
+@pytest.fixture
+async def redis_client(stream_key: str, redis_url: str) -> AsyncIterator[stream.Client]:
+    client = stream.connect(redis_url)
     yield client
+    # The stream's partitions and dead-letter streams: "{test:…:events}:dead" has the prefix inside.
     prefix = stream_key.rsplit(":", 1)[0]
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
+    keys = [key async for key in client.scan_iter(match=f"*{prefix}*")]
+    for key in keys:  # one by one: on a cluster they live in different slots
+        await client.delete(key)
     await client.aclose()
 
 
 def service_env(db_url: str, stream_key: str, **extra: str) -> dict[str, str]:
-    """The environment a service of this test runs with: its database, stream and port 0."""
+    """The environment a service of this test runs with: its database, stream and port 0
+    (Redis: the single server unless ``extra`` says EVENTLINE_REDIS_URL)."""
     env = {
         "EVENTLINE_DATABASE_URL": db_url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
@@ -105,11 +132,11 @@ def service_env(db_url: str, stream_key: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def ingestion_server(db_url: str, stream_key: str, redis_client: redis.Redis):  # type: ignore[no-untyped-def]
+async def ingestion_server(db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client):  # type: ignore[no-untyped-def]
     from eventline_ingestion.service import running
     from eventline_ingestion.settings import Settings
 
-    settings = Settings.from_env(service_env(db_url, stream_key))
+    settings = Settings.from_env(service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url))
     async with running(settings) as served:
         yield served
 
@@ -284,7 +311,7 @@ CampaignsEnv = Callable[..., dict[str, str]]
 
 @pytest.fixture
 def campaigns_env(  # type: ignore[no-untyped-def]
-    db_url: str, stream_key: str, segmentation_server, smtp_server, http_provider, tmp_path
+    db_url: str, stream_key: str, redis_url: str, segmentation_server, smtp_server, http_provider, tmp_path
 ) -> CampaignsEnv:
     """The campaign service's environment in this test: its database and stream, the real
     segmentation, SMTP and HTTP servers, short timeouts; ``campaigns_env(NAME="value")`` adds
@@ -302,6 +329,8 @@ def campaigns_env(  # type: ignore[no-untyped-def]
             EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="0",
             EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS="3",
             EVENTLINE_CAMPAIGNS_POLL_S="0.1",
+            EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS="1500",
+            EVENTLINE_REDIS_URL=redis_url,
         )
         return service_env(db_url, stream_key, **{**settings, **extra})
 
@@ -371,3 +400,7 @@ async def secured_suite(db_url: str, stream_key: str, **gateway_extra: str) -> A
         ) as gateway,
     ):
         yield f"http://127.0.0.1:{gateway.port}"
+
+
+single_and_cluster = pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+"""Run a test against the single Redis server and against the Redis Cluster."""

@@ -17,6 +17,7 @@ from eventline_shared.environment import env_bool as env_bool
 from eventline_shared.environment import env_float as env_float
 from eventline_shared.environment import env_int as env_int
 from eventline_shared.environment import env_str as env_str
+from eventline_shared.stream import StreamLayout
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventline"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -29,6 +30,8 @@ class CommonSettings:
 
     database_url: str
     redis_url: str
+    """A single server (redis://, rediss://, unix://) or a Redis Cluster (redis+cluster://,
+    rediss+cluster://; EVENTLINE_REDIS_CLUSTER=true turns redis:// into redis+cluster://)."""
     stream: str
     host: str
     port: int
@@ -42,6 +45,9 @@ class CommonSettings:
     """API keys and TLS (see eventline_shared.auth); None: neither."""
     health_probe_interval_s: float = 2.0
     """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.dependencies)."""
+    stream_partitions: int = 1
+    """EVENTLINE_STREAM_PARTITIONS: the event stream is this many Redis streams (see
+    ``eventline_shared.stream.StreamLayout``); every replica of every service must agree."""
     migrate: bool = True
     """EVENTLINE_MIGRATE: apply missing migrations at start; false: only check that none is missing
     (then ``eventline migrate``, run once per release, is the only writer of DDL)."""
@@ -60,13 +66,24 @@ class CommonSettings:
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("EVENTLINE_DATABASE_URL must be a postgresql:// URL")
         redis_url = env_str(environ, "EVENTLINE_REDIS_URL", DEFAULT_REDIS_URL)
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if not redis_url.startswith(
+            ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        ):
+            raise ConfigError(
+                "EVENTLINE_REDIS_URL must be a redis://, rediss:// or unix:// URL, or a Redis Cluster's "
+                "redis+cluster:// or rediss+cluster:// URL"
+            )
+        if env_bool(environ, "EVENTLINE_REDIS_CLUSTER", False) and "+cluster://" not in redis_url:
+            if redis_url.startswith("unix://"):
+                raise ConfigError(
+                    "EVENTLINE_REDIS_CLUSTER=true needs a redis:// or rediss:// URL, not unix://"
+                )
+            redis_url = redis_url.replace("://", "+cluster://", 1)
         metrics_port = env_int(environ, prefix + "METRICS_PORT", -1, minimum=-1)
         health_probe_interval_s = env_float(environ, "EVENTLINE_HEALTH_PROBE_INTERVAL_S", 2.0)
         if not 0 < health_probe_interval_s <= 3600:
             raise ConfigError("EVENTLINE_HEALTH_PROBE_INTERVAL_S must be more than 0 and at most 3600")
-        return cls(
+        settings = cls(
             database_url=database_url,
             redis_url=redis_url,
             stream=env_str(environ, "EVENTLINE_STREAM", DEFAULT_STREAM),
@@ -79,12 +96,18 @@ class CommonSettings:
             metrics_interval_s=env_float(environ, "EVENTLINE_METRICS_INTERVAL_S", 15.0),
             security=SecuritySettings.from_env(environ),
             health_probe_interval_s=health_probe_interval_s,
+            stream_partitions=env_int(environ, "EVENTLINE_STREAM_PARTITIONS", 1, minimum=1),
             migrate=env_bool(environ, "EVENTLINE_MIGRATE", True),
             max_connection_age_s=_non_negative(environ, "EVENTLINE_GRPC_MAX_CONNECTION_AGE_S", 300.0),
             max_connection_age_grace_s=_non_negative(
                 environ, "EVENTLINE_GRPC_MAX_CONNECTION_AGE_GRACE_S", 60.0
             ),
         )
+        try:
+            settings.stream_layout  # noqa: B018 - checked at start, not at first use
+        except ValueError as exc:
+            raise ConfigError(f"EVENTLINE_STREAM: {exc}") from None
+        return settings
 
     def server_options(self) -> list[tuple[str, int]]:
         """The gRPC server options these settings imply: the maximum connection age and its grace."""
@@ -94,6 +117,11 @@ class CommonSettings:
             ("grpc.max_connection_age_ms", round(self.max_connection_age_s * 1000)),
             ("grpc.max_connection_age_grace_ms", round(self.max_connection_age_grace_s * 1000)),
         ]
+
+    @property
+    def stream_layout(self) -> StreamLayout:
+        """The keys of the event stream's partitions and their dead-letter streams."""
+        return StreamLayout(self.stream, self.stream_partitions)
 
 
 def _non_negative(environ: Mapping[str, str], name: str, default: float) -> float:

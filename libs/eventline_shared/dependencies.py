@@ -7,9 +7,11 @@ failures between probes and failures a probe cannot see:
 
 * PostgreSQL: ``SELECT 1`` on a connection of the monitor's own, so that a
   pool busy with long queries is not mistaken for an outage;
-* Redis: ``EXISTS`` of the event stream's key, which fails the way the real
-  commands do: unreachable, timing out, out of memory, read-only, or a Redis
-  Cluster node answering MOVED because it does not hold the key (``PING``
+* Redis: ``EXISTS`` of each partition's stream key (on a Redis Cluster each
+  goes to the master holding it), which fails the way the real commands do:
+  unreachable, timing out, out of memory, read-only, a cluster down or a
+  slot without a master, or a Redis Cluster node answering MOVED because it
+  does not hold the key to a client that is not cluster-aware (``PING``
   would succeed there).
 
 Probes and work are two witnesses, each with hysteresis: one is against a
@@ -34,7 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
-import redis.asyncio as redis
 
 from eventline_shared import database, stream
 from eventline_shared.errors import Unavailable
@@ -106,15 +107,16 @@ class PostgreSQL(Dependency):
 
 
 class Redis(Dependency):
-    """Redis, probed with ``EXISTS`` of the stream key (see the module's description)."""
+    """Redis, probed with ``EXISTS`` of the stream keys (see the module's description)."""
 
-    def __init__(self, client: redis.Redis, key: str, *, required: bool) -> None:
+    def __init__(self, client: stream.Client, keys: str | Sequence[str], *, required: bool) -> None:
         super().__init__(REDIS, required=required)
         self.client = client
-        self.key = key
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
 
     async def probe(self) -> None:
-        await self.client.exists(self.key)
+        for key in self.keys:  # one by one: on a cluster, keys of several slots cannot share a command
+            await self.client.exists(key)
 
     def explains(self, exc: BaseException) -> bool:
         return stream.unavailable(exc)

@@ -208,8 +208,9 @@ class Operations:
         connection: asyncpg.Connection | None = None
         try:
             while True:
-                with contextlib.suppress(Exception):
-                    await refresh_stream_gauges(client, self.settings.stream)
+                for key in self.settings.stream_layout.keys:
+                    with contextlib.suppress(Exception):
+                        await refresh_stream_gauges(client, key)
                 try:
                     if connection is None or connection.is_closed():
                         connection = await asyncpg.connect(self.settings.database_url, timeout=5)

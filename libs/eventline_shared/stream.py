@@ -1,4 +1,14 @@
-"""The Redis event stream: entry layout, connections and safe trimming.
+"""The Redis event stream: entry layout, key names, connections and safe trimming.
+
+Keys, the one place that names them (see ``StreamLayout``):
+
+* the stream ``EVENTLINE_STREAM`` is cut into ``EVENTLINE_STREAM_PARTITIONS``
+  partition streams; a customer's events all go to partition
+  ``partition_of(customer_id)`` (a stable hash), system events to partition 0;
+* each partition stream has its dead-letter stream in the same Redis Cluster
+  hash slot (a hash tag), so that the script touching both runs on one node;
+  different partitions hash to different slots, so a cluster spreads them
+  over its masters.
 
 Each stored event becomes one stream entry with the fields:
 
@@ -17,12 +27,22 @@ from __future__ import annotations
 
 import struct
 import time
+import zlib
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeAlias, cast
 
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
 from redis import exceptions as redis_errors
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+Client: TypeAlias = redis.Redis | RedisCluster
+"""A client of a single Redis server or of a Redis Cluster (see ``connect``)."""
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+"""EVENTLINE_REDIS_URL schemes that name a Redis Cluster (any of its nodes; rediss: TLS)."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +53,14 @@ class StreamEntry:
     name: str
     payload: bytes
     traceparent: str = ""
+    stream: str = ""
+    """The partition stream the entry was read from ("" when not known)."""
 
     def event(self) -> common_pb2.Event:
         return common_pb2.Event.FromString(self.payload)
 
     @classmethod
-    def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
+    def from_fields(cls, entry_id: bytes | str, fields: dict[bytes, bytes], stream: str = "") -> StreamEntry:
         return cls(
             entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
             event_id=fields.get(b"event_id", b"").decode(),
@@ -46,6 +68,7 @@ class StreamEntry:
             name=fields.get(b"name", b"").decode(),
             payload=fields.get(b"payload", b""),
             traceparent=fields.get(b"traceparent", b"").decode(),
+            stream=stream,
         )
 
 
@@ -101,9 +124,9 @@ def unpack_entries(blob: bytes) -> list[tuple[str, str, str, bytes, str]]:
 
 
 class Appender:
-    """Appends packed entries (see ``pack_entry``) in one round trip."""
+    """Appends packed entries (see ``pack_entry``) to one stream in one round trip."""
 
-    def __init__(self, client: redis.Redis, stream: str) -> None:
+    def __init__(self, client: Client, stream: str) -> None:
         self.stream = stream
         self._script = client.register_script(_APPEND)
 
@@ -113,9 +136,89 @@ class Appender:
         return appended
 
 
-def dead_letter_stream(stream: str) -> str:
-    """The default key of the dead-letter stream of consumers of ``stream``."""
-    return stream + ":dead"
+def hash_tag(key: str) -> str | None:
+    """The part of ``key`` that Redis Cluster hashes to find its slot, when it has a hash tag.
+
+    Redis's rule: the text between the first ``{`` and the first ``}`` after
+    it, if that is not empty; otherwise the whole key is hashed.
+    """
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if end > start + 1 else None
+
+
+def _same_slot(key: str, suffix: str) -> str:
+    """A key named after ``key`` + ``suffix`` that hashes to ``key``'s slot."""
+    return key + suffix if hash_tag(key) is not None else "{" + key + "}" + suffix
+
+
+def dead_letter_key(stream: str) -> str:
+    """The dead-letter stream of ``stream``: in its hash slot (``{eventline:events}:dead``)."""
+    return _same_slot(stream, ":dead")
+
+
+def owner_key(stream: str, group: str) -> str:
+    """The lease naming which consumer of ``group`` owns partition ``stream`` now (in its slot)."""
+    return _same_slot(stream, f":owner:{group}")
+
+
+def members_key(stream: str, group: str) -> str:
+    """The live consumers of ``group`` on the stream whose first partition is ``stream``."""
+    return _same_slot(stream, f":members:{group}")
+
+
+def partition_of(customer_id: str, partitions: int) -> int:
+    """The partition of a customer's events: CRC-32 of the id, so every process agrees forever.
+
+    System events (``customer_id == ""``) live in partition 0.
+    """
+    if partitions <= 1 or not customer_id:
+        return 0
+    return zlib.crc32(customer_id.encode()) % partitions
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """The keys of the event stream ``base`` cut into ``partitions`` partitions.
+
+    One partition: the stream is ``base`` itself. More: partition ``i`` is
+    ``base:i``, or, when ``base`` has a hash tag (``app:{events}``), the tag
+    gets the number (``app:{events:i}``); either way partitions hash to
+    different slots.
+    """
+
+    base: str
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ValueError("a stream has at least one partition")
+        if hash_tag(self.base) is None and ("{" in self.base or "}" in self.base):
+            # No key with another name could share its slot: its dead letters would be elsewhere.
+            raise ValueError(f"stream name {self.base!r} has braces but no hash tag ({{tag}})")
+
+    @property
+    def keys(self) -> list[str]:
+        """Every partition's stream key, partition 0 first."""
+        return [self.key(i) for i in range(self.partitions)]
+
+    def key(self, partition: int) -> str:
+        if self.partitions == 1:
+            return self.base
+        tag = hash_tag(self.base)
+        if tag is None:
+            return f"{self.base}:{partition}"
+        return self.base.replace("{" + tag + "}", "{" + f"{tag}:{partition}" + "}", 1)
+
+    def key_for(self, customer_id: str) -> str:
+        """The stream key of ``customer_id``'s events (partition 0 for a system event: ``""``)."""
+        return self.key(partition_of(customer_id, self.partitions))
+
+    @property
+    def dead_letter_keys(self) -> list[str]:
+        return [dead_letter_key(key) for key in self.keys]
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -124,7 +227,8 @@ def unavailable(exc: BaseException) -> bool:
     Unreachable, timing out, loading, out of memory, read-only or failing to
     persist; and on a Redis Cluster, a node answering MOVED/ASK (it does not
     hold the key: a client that is not cluster-aware can never succeed there),
-    CLUSTERDOWN or TRYAGAIN.
+    CLUSTERDOWN, TRYAGAIN, a master down or a slot no node serves (a failover
+    the cluster client's retries did not outlast).
     """
     return isinstance(
         exc,
@@ -134,12 +238,33 @@ def unavailable(exc: BaseException) -> bool:
         | redis_errors.ReadOnlyError
         | redis_errors.AskError
         | redis_errors.ClusterError
-        | redis_errors.TryAgainError,
-    ) or (isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("MISCONF"))
+        | redis_errors.TryAgainError
+        | redis_errors.RedisClusterException,
+    ) or (isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("MISCONF", "CLUSTERDOWN")))
 
 
-def connect(url: str) -> redis.Redis:
-    """A client that fails fast when Redis is down instead of hanging the caller."""
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+def connect(url: str) -> Client:
+    """The one way a process connects to Redis: a client that fails fast when Redis is down.
+
+    ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) names any
+    node of a Redis Cluster: the client learns the slot map from it, follows
+    MOVED and ASK redirections, and after a failover or a connection error
+    reloads the map and retries (a few times, backing off) before the error
+    reaches the caller, whose own loop backs off and retries again. Any other
+    URL (``redis://``, ``rediss://``, ``unix://``) is one server.
+    """
+    if is_cluster_url(url):
+        return RedisCluster.from_url(
+            url.replace("+cluster", "", 1),
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+        )
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10)
 
 
@@ -153,7 +278,7 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def safe_trim_point(client: redis.Redis, stream: str, retention_s: float) -> str | None:
+async def safe_trim_point(client: Client, stream: str, retention_s: float) -> str | None:
     """The lowest entry id that must be kept: nothing below it is needed by anyone.
 
     Entries older than ``retention_s`` may go, but never one that a consumer
@@ -175,7 +300,7 @@ async def safe_trim_point(client: redis.Redis, stream: str, retention_s: float) 
     return keep
 
 
-async def trim(client: redis.Redis, stream: str, retention_s: float) -> int:
+async def trim(client: Client, stream: str, retention_s: float) -> int:
     """Trim what no one needs any more (see ``safe_trim_point``); returns entries removed."""
     keep = await safe_trim_point(client, stream, retention_s)
     if keep is None:
@@ -184,9 +309,16 @@ async def trim(client: redis.Redis, stream: str, retention_s: float) -> int:
     return removed
 
 
-async def erase_customer_entries(
-    client: redis.Redis, stream: str, customer_id: str, chunk: int = 5000
-) -> int:
+async def erase_customer(client: Client, layout: StreamLayout, customer_id: str) -> int:
+    """Delete ``customer_id``'s entries from every partition and dead-letter stream; returns how many."""
+    erased = 0
+    for key in layout.keys:
+        for doomed in (key, dead_letter_key(key)):
+            erased += await erase_customer_entries(client, doomed, customer_id)
+    return erased
+
+
+async def erase_customer_entries(client: Client, stream: str, customer_id: str, chunk: int = 5000) -> int:
     """Delete every entry of ``customer_id`` from ``stream``; returns how many.
 
     Entries carry no index by customer, so this scans the stream in chunks:

@@ -17,7 +17,7 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 
-from eventline_shared import auth
+from eventline_shared import auth, stream
 from eventline_shared.config import ConfigError
 from tests.conftest import CampaignsEnv, service_env
 from tests.processes import ServiceProcess
@@ -153,6 +153,6 @@ async def test_deliveries_wait_while_segmentation_refuses_the_key(  # type: igno
             return sum("SegmentationRefused" in error for error in served.consumer.errors)
 
         await wait_until(lambda: refusals() >= 4, 60, "the refused entry was not retried")
-        assert await redis_client.xlen(stream_key + ":dead") == 0
+        assert await redis_client.xlen(stream.dead_letter_key(stream_key)) == 0
         assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 1
         assert await db.fetchval("SELECT count(*) FROM deliveries") == 0

@@ -22,8 +22,10 @@ from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
 from eventline_campaigns.service import running
 from eventline_campaigns.settings import Settings
 from eventline_cli import demo_campaigns
+from eventline_shared import stream
 from eventline_shared.clock import ManualClock
 from eventline_shared.stream import StreamEntry
+from tests.conftest import single_and_cluster
 from tests.support import (
     add_email_customers,
     customer_event,
@@ -438,6 +440,7 @@ async def test_a_frequency_cap_window_is_read_from_the_clock_the_service_is_give
 # --- the stream: crashes, poison entries ---
 
 
+@single_and_cluster
 async def test_entries_of_a_crashed_consumer_are_reclaimed_and_delivered_once(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
 ) -> None:
@@ -488,6 +491,7 @@ async def test_pending_delivery_of_a_crashed_sender_is_sent_once(  # type: ignor
     assert smtp_server.messages[0]["Message-ID"] == f"<delivery-{delivery.delivery_id}@eventline.local>"
 
 
+@single_and_cluster
 async def test_poison_entry_is_dead_lettered_and_the_rest_flow(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
 ) -> None:
@@ -510,7 +514,7 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_flow(  # type: ignore[
     await wait_for_entries(redis_client, stream_key, 3)
     await campaigns_server.consumer.drain()
     await smtp_server.wait_for(1)
-    dead = await redis_client.xrange(stream_key + ":dead")
+    dead = await redis_client.xrange(stream.dead_letter_key(stream_key))
     assert sorted(fields[b"event_id"] for _, fields in dead) == [b"bad", b"junk"]
     attempts = {fields[b"event_id"]: int(fields[b"attempts"]) for _, fields in dead}
     assert attempts[b"bad"] == 3, "dead-lettered after max_attempts (3 in tests)"
@@ -722,7 +726,7 @@ async def test_a_segmentation_outage_delays_deliveries_but_never_dead_letters_th
             await smtp_server.wait_for(1)
     finally:
         await proxy.close()
-    assert await redis_client.xlen(stream_key + ":dead") == 0
+    assert await redis_client.xlen(stream.dead_letter_key(stream_key)) == 0
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
 
 
@@ -763,7 +767,12 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     await db.copy_records_to_table(
         "customers", records=rows, columns=["customer_id", "email", "email_consent"]
     )
-    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000", EVENTLINE_CAMPAIGNS_READ_BATCH="5")
+    # Unordered: both replicas read the one partition (ordered, one owns it; see test_stream_order.py).
+    env = campaigns_env(
+        EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000",
+        EVENTLINE_CAMPAIGNS_READ_BATCH="5",
+        EVENTLINE_CAMPAIGNS_ORDERED="false",
+    )
     async with running(Settings.from_env(env)) as one, running(Settings.from_env(env)) as two:
         sent_by: dict[str, int] = {"one": 0, "two": 0}
         for name, replica in (("one", one), ("two", two)):

@@ -11,6 +11,8 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import field_mask_pb2
 
+from eventline_shared import stream
+from tests.conftest import single_and_cluster
 from tests.support import customer_event, value, violations
 
 
@@ -169,6 +171,7 @@ async def test_timeline_of_unknown_customer_is_not_found(ingestion):
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+@single_and_cluster
 async def test_erasure_leaves_no_row_or_stream_entry_and_repeats_harmlessly(
     ingestion, ingestion_server, db, redis_client, stream_key
 ):
@@ -186,12 +189,13 @@ async def test_erasure_leaves_no_row_or_stream_entry_and_repeats_harmlessly(
     assert await redis_client.xlen(stream_key) == 10
 
     # A consumer dead-lettered one of the customer's entries: that copy goes too.
-    await redis_client.xadd(stream_key + ":dead", {"event_id": "g0", "customer_id": "gone", "payload": b"x"})
-    await redis_client.xadd(stream_key + ":dead", {"event_id": "s0", "customer_id": "stays", "payload": b"x"})
+    dead_letters = stream.dead_letter_key(stream_key)
+    await redis_client.xadd(dead_letters, {"event_id": "g0", "customer_id": "gone", "payload": b"x"})
+    await redis_client.xadd(dead_letters, {"event_id": "s0", "customer_id": "stays", "payload": b"x"})
 
     reply = await ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id="gone"))
     assert reply.customer_erased and reply.events_erased == 5 and reply.stream_entries_erased == 6
-    dead = await redis_client.xrange(stream_key + ":dead")
+    dead = await redis_client.xrange(dead_letters)
     assert [fields[b"customer_id"] for _, fields in dead] == [b"stays"]
 
     for table in ("customers", "customer_events", "customer_event_stats"):
@@ -205,12 +209,13 @@ async def test_erasure_leaves_no_row_or_stream_entry_and_repeats_harmlessly(
     assert not again.customer_erased and again.events_erased == 0 and again.stream_entries_erased == 0
 
 
-async def test_erasure_scrubs_events_still_in_the_outbox(db_url, stream_key, redis_client, db):
+@single_and_cluster
+async def test_erasure_scrubs_events_still_in_the_outbox(db_url, stream_key, redis_url, redis_client, db):
     from eventline_ingestion.service import running
     from eventline_ingestion.settings import Settings
     from tests.conftest import service_env
 
-    settings = Settings.from_env(service_env(db_url, stream_key))
+    settings = Settings.from_env(service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url))
     async with running(settings, relay=False) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             from eventline.ingestion.v1 import ingestion_pb2_grpc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import socket
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,10 +24,10 @@ from redis import exceptions as redis_errors
 
 from eventline_shared import embedded
 from eventline_shared.dependencies import health_name
+from eventline_shared.embedded_cluster import cluster_node_port, start_cluster_node
 from eventline_shared.grpc_server import LIVENESS_HEALTH_NAME
 from tests.conftest import REDIS_URL, CampaignsEnv, service_env
 from tests.faults import TcpProxy
-from tests.processes import free_port
 from tests.support import customer_event
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -201,39 +201,17 @@ async def test_redis_cut_takes_campaigns_out_and_leaves_ingestion_accepting_even
         await proxy.close()
 
 
-def _cluster_node_port() -> int:
-    """A free port whose cluster bus port (port + 10000, fixed before Redis 7) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-
-
 @pytest.fixture
 async def slotless_cluster_node(tmp_path: Path) -> AsyncIterator[str]:
     """The URL of a real Redis Cluster node that holds no hash slot, so it answers MOVED for every
     key (and PONG to PING): two cluster-enabled servers, the first holding every slot."""
     binary = embedded.find_redis_server()
-    ports = [_cluster_node_port(), _cluster_node_port()]
-    processes: list[asyncio.subprocess.Process] = []
+    ports = [cluster_node_port(), cluster_node_port()]
+    processes: list[subprocess.Popen[bytes]] = []
     owner, slotless = (redis.Redis(port=port) for port in ports)
     try:
         for port in ports:
-            processes.append(
-                await asyncio.create_subprocess_exec(
-                    *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)),
-                    *("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"),
-                    *("--save", "", "--appendonly", "no", "--protected-mode", "no"),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-            )
+            processes.append(start_cluster_node(binary, port, tmp_path))
         await eventually(owner.ping, "the first cluster node did not start")
         await eventually(slotless.ping, "the second cluster node did not start")
         await owner.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
@@ -252,9 +230,9 @@ async def slotless_cluster_node(tmp_path: Path) -> AsyncIterator[str]:
         await owner.aclose()
         await slotless.aclose()
         for process in processes:
-            if process.returncode is None:
+            if process.poll() is None:
                 process.terminate()
-            await process.wait()
+            await asyncio.to_thread(process.wait)
 
 
 async def eventually(condition: Any, what: str, timeout_s: float = 30.0) -> None:

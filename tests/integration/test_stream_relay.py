@@ -9,7 +9,7 @@ import grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared import stream
-from tests.conftest import REDIS_URL, service_env
+from tests.conftest import REDIS_URL, service_env, single_and_cluster
 from tests.faults import TcpProxy
 from tests.support import customer_event
 
@@ -47,11 +47,14 @@ async def test_ingestion_keeps_accepting_while_redis_is_down_and_drains_after(
     assert set(streamed) == committed
 
 
-async def test_relay_publishes_rows_left_by_a_stopped_replica(db_url, stream_key, redis_client, db):
+@single_and_cluster
+async def test_relay_publishes_rows_left_by_a_stopped_replica(
+    db_url, stream_key, redis_url, redis_client, db
+):
     from eventline_ingestion.service import running
     from eventline_ingestion.settings import Settings
 
-    env = service_env(db_url, stream_key)
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
     async with running(Settings.from_env(env), relay=False) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
@@ -71,6 +74,7 @@ async def test_relay_publishes_rows_left_by_a_stopped_replica(db_url, stream_key
     assert await db.fetchval("SELECT count(*) FROM event_outbox") == 0
 
 
+@single_and_cluster
 async def test_trim_never_drops_unacknowledged_or_unread_entries(redis_client, stream_key):
     ids = [await redis_client.xadd(stream_key, {"n": str(i)}) for i in range(10)]
     await redis_client.xgroup_create(stream_key, "slow", id="0")
@@ -113,6 +117,7 @@ async def test_trim_when_pending_entries_are_acknowledged_while_it_looks(redis_c
     assert [i for i, _ in await redis_client.xrange(stream_key)] == ids[2:]  # unread ones stay
 
 
+@single_and_cluster
 async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
     for i in range(5):
         await redis_client.xadd(stream_key, {"n": str(i)})
@@ -122,24 +127,31 @@ async def test_trim_keeps_entries_within_retention(redis_client, stream_key):
     assert await stream.trim(redis_client, stream_key, retention_s=0) == 5
 
 
-async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_key, redis_client):
+@single_and_cluster
+async def test_stopped_consumers_never_lose_entries_to_trimming(db_url, stream_key, redis_url, redis_client):
     """Issue 6, scenario 8: with a zero retention and trimming five times a second,
     a consumer group that stops consuming keeps every entry it has not acknowledged."""
     from eventline_ingestion.service import running
     from eventline_ingestion.settings import Settings
 
     env = service_env(
-        db_url, stream_key, EVENTLINE_STREAM_RETENTION_S="0", EVENTLINE_STREAM_TRIM_INTERVAL_S="0.2"
+        db_url,
+        stream_key,
+        EVENTLINE_STREAM_RETENTION_S="0",
+        EVENTLINE_STREAM_TRIM_INTERVAL_S="0.2",
+        EVENTLINE_REDIS_URL=redis_url,
     )
     async with running(Settings.from_env(env)) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
             stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+            # The group exists before the first entry: with no group, a zero retention may trim
+            # the entry before the group is created (seen on the cluster run).
+            await redis_client.xgroup_create(stream_key, "campaigns", id="0", mkstream=True)
             await stub.TrackCustomerEvent(customer_event("c0", "A", "first"))
             for _ in range(3000):
-                if await redis_client.exists(stream_key):
+                if await redis_client.xlen(stream_key):
                     break
                 await asyncio.sleep(0.02)
-            await redis_client.xgroup_create(stream_key, "campaigns", id="0")
             read = await redis_client.xreadgroup("campaigns", "worker", {stream_key: ">"})
             acked = [entry_id for entry_id, _ in read[0][1]]
             await redis_client.xack(stream_key, "campaigns", *acked)

@@ -23,7 +23,7 @@ from eventline_campaigns.channels import (
     SmtpChannel,
     WebhookChannel,
 )
-from eventline_campaigns.consumer import StreamConsumer
+from eventline_campaigns.consumer import CampaignHandler
 from eventline_campaigns.engine import CampaignCache, Engine
 from eventline_campaigns.erasure import SinkJanitor
 from eventline_campaigns.rendering import RenderPool
@@ -32,6 +32,7 @@ from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
 from eventline_shared import auth, database, stream
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared.consumer_group import ConsumerGroup
 from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server
 from eventline_shared.paging import PageTokens
@@ -45,7 +46,7 @@ SERVICE_NAME = campaigns_pb2.DESCRIPTOR.services_by_name["CampaignService"].full
 class RunningCampaigns:
     server: Server
     port: int
-    consumer: StreamConsumer
+    consumer: ConsumerGroup
     engine: Engine
     cache: CampaignCache
     channels: dict[int, Channel]
@@ -120,7 +121,7 @@ async def running(
     # PostgreSQL and Redis are required. Segmentation is not: its outage only delays deliveries,
     # and it reports its own health (a chain of NOT_SERVING would take every service out at once).
     dependencies = DependencyMonitor(
-        [PostgreSQL(common.database_url), Redis(client, common.stream, required=True)],
+        [PostgreSQL(common.database_url), Redis(client, common.stream_layout.keys, required=True)],
         interval_s=common.health_probe_interval_s,
     )
     rendering = RenderPool(
@@ -145,17 +146,19 @@ async def running(
             fanout_batch=settings.fanout_batch,
             unsubscribe_links=settings.unsubscribe,
         )
-        consumer = StreamConsumer(
+        consumer = ConsumerGroup(
             client,
-            engine,
-            stream=common.stream,
+            CampaignHandler(engine),
+            streams=common.stream_layout.keys,
             group=settings.consumer_group,
             consumer=settings.consumer_name,
-            dead_letter_stream=settings.dead_letter_stream,
             batch=settings.read_batch,
             claim_idle_ms=settings.claim_idle_ms,
             max_attempts=settings.max_attempts,
             concurrency=settings.batches_in_flight,
+            forget_idle_ms=settings.forget_consumer_ms,
+            lease_ms=settings.partition_lease_ms,
+            ordered=settings.ordered,
             dependencies=dependencies,
         )
         await cache.refresh()

@@ -51,7 +51,12 @@ class Settings:
     """Entries pending longer than this on another (crashed) replica are reclaimed."""
     max_attempts: int
     """An entry delivered this many times without success goes to the dead-letter stream."""
-    dead_letter_stream: str
+    forget_consumer_ms: int
+    partition_lease_ms: int
+    ordered: bool
+    """One replica per partition at a time (per-customer order); false: every replica reads every partition."""
+    """A partition stays one replica's this long without renewal (then a crashed owner's is taken over)."""
+    """A consumer of the group with nothing pending, idle this long, is a gone replica's: removed."""
     fanout_batch: int
     """Customers rendered, ledgered and sent per step of a system-event fan-out."""
     lease_s: float
@@ -106,6 +111,12 @@ class Settings:
                 "segmentation service with it (create one with: eventline keys create --name campaigns "
                 "--scope read)"
             )
+        if environ.get("EVENTLINE_CAMPAIGNS_DEAD_LETTER", "").strip():
+            # Erasure and the cluster's hash slots need the one name the stream library gives it.
+            raise ConfigError(
+                "EVENTLINE_CAMPAIGNS_DEAD_LETTER is no longer read: the dead-letter stream is named after "
+                "EVENTLINE_STREAM (see README, The event stream); unset it"
+            )
         unsubscribe_url = env_str(environ, "EVENTLINE_UNSUBSCRIBE_URL", "")
         unsubscribe_secret = environ.get("EVENTLINE_UNSUBSCRIBE_SECRET", "")
         if unsubscribe_url and not unsubscribe_url.startswith(("https://", "http://")):
@@ -133,7 +144,9 @@ class Settings:
             batches_in_flight=env_int(environ, "EVENTLINE_CAMPAIGNS_BATCHES_IN_FLIGHT", 4, minimum=1),
             claim_idle_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS", 30_000),
             max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
-            dead_letter_stream=env_str(environ, "EVENTLINE_CAMPAIGNS_DEAD_LETTER", common.stream + ":dead"),
+            forget_consumer_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_FORGET_CONSUMER_MS", 600_000, minimum=1),
+            partition_lease_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS", 10_000, minimum=300),
+            ordered=env_bool(environ, "EVENTLINE_CAMPAIGNS_ORDERED", True),
             fanout_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_FANOUT_BATCH", 1000, minimum=1),
             lease_s=env_float(environ, "EVENTLINE_CAMPAIGNS_LEASE_S", 60.0),
             send_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_SEND_ATTEMPTS", 3, minimum=1),

@@ -1,10 +1,19 @@
-"""The outbox relay: publishes committed events to the Redis stream, at least once.
+"""The outbox relay: publishes committed events to the Redis stream, at least once, in order.
 
 It runs inside every ingestion replica. Storing an event wakes it; it also
 polls, so rows left by another replica (or by a crash) are published too.
 A row is published and deleted in one PostgreSQL transaction: if anything
 fails before the commit, the row stays and is published again later, so an
 entry can be duplicated (consumers dedupe on the event id) but never lost.
+
+Each outbox row names its partition stream. One relay at a time publishes a
+partition (a transaction-scoped advisory lock on the stream's name; the other
+relays go on to other partitions), taking its rows in id order: one
+customer's events reach their stream in the order their transactions
+committed, however many replicas run (with ``FOR UPDATE SKIP LOCKED``, a
+relay used to publish a later row while another still held an earlier one).
+Rows of another deployment's stream (another EVENTLINE_STREAM on the same
+database) are not this relay's to publish.
 """
 
 from __future__ import annotations
@@ -14,17 +23,21 @@ import logging
 import time
 
 import asyncpg
-import redis.asyncio as redis
 
 from eventline_shared import faults, stream
 from eventline_shared.dependencies import POSTGRESQL, REDIS, DependencyMonitor
 
 log = logging.getLogger(__name__)
 
-# Rows locked by another relay are skipped; the deletion only commits after the publish.
+# Whether this relay may publish the partition $1 now: held until the transaction ends.
+_LOCK_PARTITION = "SELECT pg_try_advisory_xact_lock(hashtextextended('eventline.outbox ' || $1, 0))"
+
+# The partition's oldest rows; rows written before outbox rows named their stream ('') go to
+# the stream of a one-partition layout ($3). The deletion only commits after the publish.
 _CLAIM = """
 DELETE FROM event_outbox WHERE id IN (
-    SELECT id FROM event_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+    SELECT id FROM event_outbox WHERE stream = $2 OR (stream = '' AND $3)
+    ORDER BY id LIMIT $1 FOR UPDATE
 )
 RETURNING id, entries
 """
@@ -34,8 +47,8 @@ class OutboxRelay:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        client: redis.Redis,
-        stream_key: str,
+        client: stream.Client,
+        layout: stream.StreamLayout | str,
         *,
         batch: int = 200,
         poll_s: float = 1.0,
@@ -46,7 +59,7 @@ class OutboxRelay:
     ) -> None:
         self.pool = pool
         self.client = client
-        self.stream_key = stream_key
+        self.layout = stream.StreamLayout(layout) if isinstance(layout, str) else layout
         self.batch = batch
         self.poll_s = poll_s
         self.retention_s = retention_s
@@ -56,7 +69,7 @@ class OutboxRelay:
         # served at once.
         self.min_interval_s = min_interval_s
         self._wake = asyncio.Event()
-        self.appender = stream.Appender(client, stream_key)
+        self.appenders = {key: stream.Appender(client, key) for key in self.layout.keys}
         self._stopping = False
         self.published = 0
         self.dependencies = dependencies
@@ -67,12 +80,23 @@ class OutboxRelay:
         self._wake.set()
 
     async def _publish(self) -> tuple[int, int]:
-        """Publish and delete up to ``batch`` outbox rows; returns (rows, events)."""
+        """Publish and delete up to ``batch`` outbox rows of each partition no other relay holds;
+        returns (the most rows of one partition, events)."""
+        most, events = 0, 0
+        for key, appender in self.appenders.items():
+            rows, count = await self._publish_partition(key, appender)
+            most, events = max(most, rows), events + count
+        return most, events
+
+    async def _publish_partition(self, key: str, appender: stream.Appender) -> tuple[int, int]:
         async with self.pool.acquire() as connection, connection.transaction():
-            rows = sorted(await connection.fetch(_CLAIM, self.batch), key=lambda row: row["id"])
-            if not rows:
+            if not await connection.fetchval(_LOCK_PARTITION, key):
+                return 0, 0  # another relay is publishing this partition
+            claimed = await connection.fetch(_CLAIM, self.batch, key, self.layout.partitions == 1)
+            if not claimed:
                 return 0, 0
-            count = await self.appender.append([row["entries"] for row in rows])
+            rows = sorted(claimed, key=lambda row: row["id"])
+            count = await appender.append([row["entries"] for row in rows])
             await faults.point("relay.after_append")
         self.published += count
         return len(rows), count
@@ -107,7 +131,9 @@ class OutboxRelay:
                         self.dependencies.report_ok(REDIS)
                 if time.monotonic() >= next_trim:
                     next_trim = time.monotonic() + self.trim_interval_s
-                    removed = await stream.trim(self.client, self.stream_key, self.retention_s)
+                    removed = 0
+                    for key in self.layout.keys:
+                        removed += await stream.trim(self.client, key, self.retention_s)
                     if removed:
                         log.info("trimmed stream", extra={"entries": removed})
                 backoff = 0.05

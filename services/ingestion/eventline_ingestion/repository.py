@@ -12,16 +12,19 @@ from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
 from eventline_shared import stream
+from eventline_shared.config import DEFAULT_STREAM
 from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events
-# and their stats rows, system events and one outbox row for what was new.
+# and their stats rows, system events and one outbox row per partition stream
+# for what was new.
 # Rows are sorted by key in Python so that concurrent batches lock in the same
 # order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
 _STORE_EVENTS = """
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[])
-        AS t(customer_id, event_id, name, occurred_at, context, entry)
+    SELECT * FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[], $13::text[], $14::int[]
+    ) AS t(customer_id, event_id, name, occurred_at, context, entry, stream, seq)
 ),
 new_customers AS (
     INSERT INTO customers (customer_id, created_at, updated_at)
@@ -44,8 +47,8 @@ stats AS (
         count = s.count + excluded.count
 ),
 system_input AS (
-    SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::jsonb[], $12::bytea[])
-        AS t(event_id, name, occurred_at, context, entry)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::jsonb[], $12::bytea[], $16::int[])
+        AS t(event_id, name, occurred_at, context, entry, seq)
 ),
 system_stored AS (
     INSERT INTO system_events (event_id, name, occurred_at, received_at, context)
@@ -54,16 +57,17 @@ system_stored AS (
     RETURNING event_id
 ),
 outbox_items AS (
-    SELECT i.customer_id, i.entry
+    SELECT i.customer_id, i.entry, i.stream, i.seq
     FROM stored JOIN input i USING (customer_id, event_id)
     UNION ALL
-    SELECT '', i.entry
+    SELECT '', i.entry, $15::text, i.seq
     FROM system_stored JOIN system_input i USING (event_id)
 ),
+-- One row per partition stream, its entries in the order the events arrived.
 outbox AS (
-    INSERT INTO event_outbox (customer_ids, entries)
-    SELECT array_agg(customer_id), string_agg(entry, ''::bytea)
-    FROM outbox_items HAVING count(*) > 0
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
+    FROM outbox_items GROUP BY stream ORDER BY stream
 )
 SELECT customer_id, event_id FROM stored
 UNION ALL
@@ -164,16 +168,20 @@ def stored_event(event: NewEvent, received_at: timestamp_pb2.Timestamp) -> commo
 
 
 class IngestionRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, layout: stream.StreamLayout | None = None) -> None:
         self.pool = pool
+        self.layout = layout or stream.StreamLayout(DEFAULT_STREAM)
+        """Which partition stream each stored event's outbox row is for."""
 
     async def store_events(
         self, events: Sequence[NewEvent], received_at: dt.datetime, timeout: float | None = None
     ) -> dict[tuple[str, str], tuple[common_pb2.Event, bool]]:
         """Store new events; for each key, the stored event and whether it was there before.
 
-        ``events`` must have distinct keys.
+        ``events`` must have distinct keys, in the order they arrived: each
+        partition's outbox row holds its entries in that order.
         """
+        arrival = {e.key: i for i, e in enumerate(events)}
         ordered = sorted(events, key=lambda e: e.key)
         customer = [e for e in ordered if e.customer_id]
         system = [e for e in ordered if not e.customer_id]
@@ -198,6 +206,10 @@ class IngestionRepository:
             [e.occurred_at for e in system],
             [e.context_json for e in system],
             [entries[e.key] for e in system],
+            [self.layout.key_for(e.customer_id) for e in customer],
+            [arrival[e.key] for e in customer],
+            self.layout.key(0),
+            [arrival[e.key] for e in system],
         )
         for attempt in range(_RETRIES):
             try:

@@ -50,24 +50,24 @@ async def running(
     # Ingestion cannot store without PostgreSQL. Without Redis it keeps accepting events (the
     # outbox keeps them until the relay can publish), so Redis is reported on its own name only.
     dependencies = DependencyMonitor(
-        [PostgreSQL(common.database_url), Redis(client, common.stream, required=False)],
+        [PostgreSQL(common.database_url), Redis(client, common.stream_layout.keys, required=False)],
         interval_s=common.health_probe_interval_s,
     )
     async with database.open_pool(common.database_url, max_size=common.database_pool_size) as pool:
         outbox = OutboxRelay(
             pool,
             client,
-            common.stream,
+            common.stream_layout,
             batch=settings.relay_batch,
             retention_s=settings.stream_retention_s,
             trim_interval_s=settings.trim_interval_s,
             dependencies=dependencies,
         )
-        repository = IngestionRepository(pool)
+        repository = IngestionRepository(pool, common.stream_layout)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency, clock=clock)
         tokens = await PageTokens.load(pool)
         servicer = IngestionServicer(
-            repository, writer, client, common.stream, tokens, settings.max_batch, clock=clock
+            repository, writer, client, common.stream_layout, tokens, settings.max_batch, clock=clock
         )
         server = Server(
             [SERVICE_NAME],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
@@ -46,8 +45,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         self,
         repository: IngestionRepository,
         writer: EventWriter,
-        client: redis.Redis,
-        stream_key: str,
+        client: stream.Client,
+        layout: stream.StreamLayout,
         tokens: PageTokens,
         max_batch: int = 1000,
         clock: Clock = SYSTEM_CLOCK,
@@ -56,7 +55,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         self.repository = repository
         self.writer = writer
         self.client = client
-        self.stream_key = stream_key
+        self.layout = layout
         self.tokens = tokens
         self.max_batch = max_batch
 
@@ -213,9 +212,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         erased, events = await self.repository.erase_customer(
             request.customer_id, database_timeout(context, QUERY_CEILING_S)
         )
-        entries = 0
-        for key in (self.stream_key, stream.dead_letter_stream(self.stream_key)):
-            entries += await stream.erase_customer_entries(self.client, key, request.customer_id)
+        entries = await stream.erase_customer(self.client, self.layout, request.customer_id)
         return ingestion_pb2.EraseCustomerResponse(
             customer_erased=erased, events_erased=events, stream_entries_erased=entries
         )
