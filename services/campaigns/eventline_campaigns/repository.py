@@ -616,13 +616,13 @@ _RECORD_REPORTS = """
 INSERT INTO delivery_events (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::text[], $5::smallint[],
                      $6::timestamptz[], $7::text[], $8::text[])
-ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
-RETURNING delivery_id, customer_id, channel, address, kind, detail
+ON CONFLICT (customer_id, provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+RETURNING delivery_id, channel, address, kind, detail
 """
 
 _SUPPRESS = """
-INSERT INTO suppressions (channel, address, reason, detail, delivery_id, customer_id)
-SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[], $6::text[])
+INSERT INTO suppressions (channel, address, reason, detail, delivery_id)
+SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[])
 ON CONFLICT DO NOTHING
 """
 
@@ -684,7 +684,7 @@ WITH seen AS (
     SELECT delivery_id, customer_id, channel, address, kind, coalesce(occurred_at, now()), detail,
            nullif(provider_event_id, '')
     FROM matched ORDER BY n
-    ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+    ON CONFLICT (customer_id, provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
     RETURNING 1
 )
 SELECT (SELECT ok FROM allowed), (SELECT count(*) FROM matched), (SELECT count(*) FROM inserted)
@@ -812,16 +812,14 @@ class SuppressionRepository:
                 for column, value in zip(columns, values, strict=True):
                     column.append(value)
             inserted = await connection.fetch(_RECORD_REPORTS, *columns) if matched else []
-            suppress: dict[tuple[int, str], tuple[int, str, int, str]] = {}
+            suppress: dict[tuple[int, str], tuple[int, str, int]] = {}
             soft: set[tuple[int, str]] = set()
             for row in inserted:
                 key = (row["channel"], row["address"])
                 if not key[1] or row["channel"] not in (EMAIL, SMS):
                     continue
                 if row["kind"] in reasons:
-                    suppress.setdefault(
-                        key, (reasons[row["kind"]], row["detail"], row["delivery_id"], row["customer_id"])
-                    )
+                    suppress.setdefault(key, (reasons[row["kind"]], row["detail"], row["delivery_id"]))
                 elif row["kind"] == 3:
                     soft.add(key)
             if soft:
@@ -834,8 +832,7 @@ class SuppressionRepository:
                         )
                         suppress.setdefault(
                             (channel, address),
-                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"],
-                             last["customer_id"]),
+                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"]),
                         )
             suppressed = 0
             if suppress:
@@ -847,7 +844,6 @@ class SuppressionRepository:
                     [suppress[k][0] for k in keys],
                     [suppress[k][1] for k in keys],
                     [suppress[k][2] for k in keys],
-                    [suppress[k][3] for k in keys],
                 )
                 suppressed = int(status.split()[-1])
         return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
