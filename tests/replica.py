@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from eventline_shared.embedded import EmbeddedPostgres, find_postgres_bin, with_database
-from tests.support import eventually
+from tests.support import eventually, server_data_dir
 
 
 class StreamingReplica:
@@ -94,10 +94,12 @@ class StreamingReplica:
 
 
 @contextlib.asynccontextmanager
-async def streaming_replica(base: Path) -> AsyncIterator[StreamingReplica]:
-    pair = StreamingReplica(base)
-    try:
-        await pair.start()
-        yield pair
-    finally:
-        await pair.stop()
+async def streaming_replica() -> AsyncIterator[StreamingReplica]:
+    """The pair, in a folder of its own outside pytest's tmp_path (``server_data_dir``), removed after."""
+    with server_data_dir("eventline-replica-") as base:
+        pair = StreamingReplica(base)
+        try:
+            await pair.start()
+            yield pair
+        finally:
+            await pair.stop()
