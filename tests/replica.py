@@ -71,7 +71,10 @@ class StreamingReplica:
         """Wait until the standby has replayed everything the primary has written so far."""
         connection = await asyncpg.connect(self.primary.url)
         try:
-            written = await connection.fetchval("SELECT pg_current_wal_lsn()::text")
+            # The insert position, not pg_current_wal_lsn() (the write position): the primary runs
+            # with synchronous_commit off, so a commit just acknowledged may not be written yet, and
+            # a standby "caught up" to the write position could miss it (seen under load).
+            written = await connection.fetchval("SELECT pg_current_wal_insert_lsn()::text")
         finally:
             await connection.close()
 
