@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 
 from eventline_shared.embedded import EmbeddedPostgres, find_postgres_bin, with_database
-from tests.support import eventually
+from tests.support import eventually, server_data_dir
 
 
 class StreamingReplica:
@@ -71,7 +71,10 @@ class StreamingReplica:
         """Wait until the standby has replayed everything the primary has written so far."""
         connection = await asyncpg.connect(self.primary.url)
         try:
-            written = await connection.fetchval("SELECT pg_current_wal_lsn()::text")
+            # The insert position, not pg_current_wal_lsn() (the write position): the primary runs
+            # with synchronous_commit off, so a commit just acknowledged may not be written yet, and
+            # a standby "caught up" to the write position could miss it (seen under load).
+            written = await connection.fetchval("SELECT pg_current_wal_insert_lsn()::text")
         finally:
             await connection.close()
 
@@ -94,10 +97,12 @@ class StreamingReplica:
 
 
 @contextlib.asynccontextmanager
-async def streaming_replica(base: Path) -> AsyncIterator[StreamingReplica]:
-    pair = StreamingReplica(base)
-    try:
-        await pair.start()
-        yield pair
-    finally:
-        await pair.stop()
+async def streaming_replica() -> AsyncIterator[StreamingReplica]:
+    """The pair, in a folder of its own outside pytest's tmp_path (``server_data_dir``), removed after."""
+    with server_data_dir("eventline-replica-") as base:
+        pair = StreamingReplica(base)
+        try:
+            await pair.start()
+            yield pair
+        finally:
+            await pair.stop()

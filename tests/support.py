@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -19,6 +23,21 @@ from grpc_status import rpc_status
 
 if TYPE_CHECKING:
     from tests.conftest import SmtpInbox
+
+
+@contextlib.contextmanager
+def server_data_dir(prefix: str) -> Iterator[Path]:
+    """A fresh folder for a server's data, outside pytest's tmp_path, removed afterwards.
+
+    As root, PostgreSQL runs as another user that must traverse every parent of its data
+    folder, and every pytest session that starts resets /tmp/pytest-of-<user> to mode 0700:
+    a folder under tmp_path becomes unreachable to it whenever another session starts.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def value(v: Any) -> common_pb2.Value:

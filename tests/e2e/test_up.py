@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline_cli.up import installed_services
 from eventline_shared import harness
 from eventline_shared.harness import free_port, port_open
+from tests.support import server_data_dir
 
 pytestmark = pytest.mark.slow
 
@@ -112,11 +111,9 @@ class Up:
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    """Not under pytest's tmp_path: as root, PostgreSQL runs as another user that must traverse the
-    parents, and every pytest session resets /tmp/pytest-of-<user> to mode 0700."""
-    parent = Path(tempfile.mkdtemp(prefix="eventline-up-test-"))
-    yield parent / "data"
-    shutil.rmtree(parent, ignore_errors=True)
+    """Not under pytest's tmp_path (see ``server_data_dir``)."""
+    with server_data_dir("eventline-up-test-") as parent:
+        yield parent / "data"
 
 
 async def test_up_serves_stops_in_order_on_ctrl_c_and_keeps_the_data(data_dir: Path) -> None:

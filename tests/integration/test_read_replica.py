@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -27,8 +26,8 @@ from tests.support import customer_event, violations, wait_for_entries
 
 
 @pytest.fixture
-async def replication(tmp_path: Path) -> AsyncIterator[StreamingReplica]:
-    async with streaming_replica(tmp_path / "postgres") as pair:
+async def replication() -> AsyncIterator[StreamingReplica]:
+    async with streaming_replica() as pair:
         yield pair
 
 

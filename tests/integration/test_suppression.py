@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2
 
 from eventline_cli.main import cli
 from tests.support import Sender, upsert_contact, violations
@@ -228,6 +229,48 @@ async def test_concurrent_reports_share_a_commit_and_each_call_gets_its_own_outc
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(violations(error.value)) == {"events", "requests[1].events[0].delivery_id"}
+
+
+async def test_erasure_removes_the_suppressions_the_customers_reports_caused_and_keeps_the_others(  # type: ignore[no-untyped-def]
+    campaigns, sender: Sender, ingestion, db
+) -> None:
+    """suppressions is a shared table (no customer_id, no cascade): erasure deletes the ones its
+    reports caused, also for a recipient the provider named, and only those."""
+    await upsert_contact(ingestion, "gone", "gone@example.com")
+    await upsert_contact(ingestion, "kept", "kept@example.com")
+    gone, kept = await sender.trigger("gone"), await sender.trigger("kept")
+    bounced = Kind.DELIVERY_EVENT_KIND_BOUNCED_HARD
+    reply = await campaigns.RecordDeliveryEvents(
+        campaigns_pb2.RecordDeliveryEventsRequest(
+            events=[
+                report(gone.delivery_id, bounced, provider_event_id="e-1"),
+                report(gone.delivery_id, bounced, provider_event_id="e-2", recipient="Alias@Example.com"),
+                report(kept.delivery_id, bounced, provider_event_id="e-1"),  # another customer's "e-1"
+            ]
+        )
+    )
+    assert (reply.recorded, reply.duplicates, reply.suppressed) == (3, 0, 3)
+    await campaigns.CreateSuppression(
+        campaigns_pb2.CreateSuppressionRequest(
+            suppression=campaigns_pb2.Suppression(channel=EMAIL, address="gone-by-hand@example.com")
+        )
+    )
+
+    async def suppressed() -> list[str]:
+        listed = await campaigns.ListSuppressions(campaigns_pb2.ListSuppressionsRequest())
+        return sorted(s.address for s in listed.suppressions)
+
+    assert await suppressed() == [
+        "alias@example.com",
+        "gone-by-hand@example.com",
+        "gone@example.com",
+        "kept@example.com",
+    ]
+    erased = await ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id="gone"))
+    assert erased.customer_erased
+    assert await suppressed() == ["gone-by-hand@example.com", "kept@example.com"]
+    assert await db.fetchval("SELECT count(*) FROM delivery_events WHERE customer_id = 'gone'") == 0
+    assert await db.fetchval("SELECT count(*) FROM delivery_events WHERE customer_id = 'kept'") == 1
 
 
 async def test_the_suppression_api_validates_pages_and_the_cli_adds_lists_and_removes(  # type: ignore[no-untyped-def]

@@ -617,13 +617,13 @@ _RECORD_REPORTS = """
 INSERT INTO delivery_events (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
 SELECT * FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::text[], $5::smallint[],
                      $6::timestamptz[], $7::text[], $8::text[])
-ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
-RETURNING delivery_id, customer_id, channel, address, kind, detail
+ON CONFLICT (customer_id, provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+RETURNING delivery_id, channel, address, kind, detail
 """
 
 _SUPPRESS = """
-INSERT INTO suppressions (channel, address, reason, detail, delivery_id, customer_id)
-SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[], $6::text[])
+INSERT INTO suppressions (channel, address, reason, detail, delivery_id)
+SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5::bigint[])
 ON CONFLICT DO NOTHING
 """
 
@@ -690,12 +690,14 @@ WITH keys AS (
         (delivery_id, customer_id, channel, address, kind, occurred_at, detail, provider_event_id)
     SELECT delivery_id, customer_id, channel, address, kind, coalesce(occurred_at, now()), detail,
            nullif(provider_event_id, '')
-    FROM matched ORDER BY provider_event_id, n
-    ON CONFLICT (provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
-    RETURNING provider_event_id
+    FROM matched ORDER BY customer_id, provider_event_id, n
+    ON CONFLICT (customer_id, provider_event_id) WHERE provider_event_id IS NOT NULL DO NOTHING
+    RETURNING customer_id, provider_event_id
 )
 SELECT ARRAY(SELECT r FROM allowed), ARRAY(SELECT n FROM matched ORDER BY n),
-       ARRAY(SELECT provider_event_id FROM inserted WHERE provider_event_id IS NOT NULL)
+       ARRAY(SELECT customer_id FROM matched ORDER BY n),
+       ARRAY(SELECT customer_id FROM inserted WHERE provider_event_id IS NOT NULL ORDER BY 1),
+       ARRAY(SELECT provider_event_id FROM inserted WHERE provider_event_id IS NOT NULL ORDER BY customer_id)
 """
 
 PLAIN_REPORTS_PER_STATEMENT = 2000
@@ -826,16 +828,14 @@ class SuppressionRepository:
                 for column, value in zip(columns, values, strict=True):
                     column.append(value)
             inserted = await connection.fetch(_RECORD_REPORTS, *columns) if matched else []
-            suppress: dict[tuple[int, str], tuple[int, str, int, str]] = {}
+            suppress: dict[tuple[int, str], tuple[int, str, int]] = {}
             soft: set[tuple[int, str]] = set()
             for row in inserted:
                 key = (row["channel"], row["address"])
                 if not key[1] or row["channel"] not in (EMAIL, SMS):
                     continue
                 if row["kind"] in reasons:
-                    suppress.setdefault(
-                        key, (reasons[row["kind"]], row["detail"], row["delivery_id"], row["customer_id"])
-                    )
+                    suppress.setdefault(key, (reasons[row["kind"]], row["detail"], row["delivery_id"]))
                 elif row["kind"] == 3:
                     soft.add(key)
             if soft:
@@ -848,8 +848,7 @@ class SuppressionRepository:
                         )
                         suppress.setdefault(
                             (channel, address),
-                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"],
-                             last["customer_id"]),
+                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"]),
                         )
             suppressed = 0
             if suppress:
@@ -861,7 +860,6 @@ class SuppressionRepository:
                     [suppress[k][0] for k in keys],
                     [suppress[k][1] for k in keys],
                     [suppress[k][2] for k in keys],
-                    [suppress[k][3] for k in keys],
                 )
                 suppressed = int(status.split()[-1])
         return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
@@ -907,16 +905,18 @@ class SuppressionRepository:
                 owners.append(index)
         row = await self.pool.fetchrow(_RECORD_PLAIN_REPORTS, *columns, keys, REQUEST_KEY_TTL_S)
         assert row is not None
-        allowed, matched, inserted_ids = {r - 1 for r in row[0]}, row[1], set(row[2])
+        allowed, matched, customers = {r - 1 for r in row[0]}, row[1], row[2]
+        # Provider event ids are unique per customer (the ledger is distributed by customer).
+        inserted_ids = set(zip(row[3], row[4], strict=True))
         counts = [[0, 0] for _ in requests]  # matched, inserted
-        for n in matched:
+        for n, customer_id in zip(matched, customers, strict=True):
             owner = owners[n - 1]
             event_id = columns[4][n - 1]
             counts[owner][0] += 1
             if not event_id:
                 counts[owner][1] += 1
-            elif event_id in inserted_ids:
-                inserted_ids.discard(event_id)
+            elif (customer_id, event_id) in inserted_ids:
+                inserted_ids.discard((customer_id, event_id))
                 counts[owner][1] += 1
         if any(key for _, key in requests) and random.random() < 0.01:
             await self.pool.execute(_FORGET_EXPIRED_REQUESTS)

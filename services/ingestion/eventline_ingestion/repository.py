@@ -301,7 +301,8 @@ class IngestionRepository:
         return [event_from_row(r) for r in rows]
 
     async def erase_customer(self, customer_id: str, timeout: float | None = None) -> tuple[bool, int]:
-        """Delete the profile and, by cascade, every row derived from it; scrub the outbox.
+        """Delete the profile and, by cascade, every row derived from it, and the suppressions its
+        reports caused; scrub the outbox.
 
         Outbox rows are locked, so a relay publishing one of them finishes (and
         its stream entries exist) before this transaction goes on. The erasure
@@ -312,6 +313,18 @@ class IngestionRepository:
             events = await connection.fetchval(
                 "SELECT count(*) FROM customer_events WHERE customer_id = $1", customer_id, timeout=timeout
             )
+            # The suppressions the customer's reports caused (suppressions is a shared table, so
+            # no cascade reaches it); their reports go by cascade below. Two statements, not one
+            # with a subquery: under Citus a reference table's write cannot read a sharded table.
+            reported = await connection.fetchval(
+                "SELECT array_agg(DISTINCT delivery_id) FROM delivery_events WHERE customer_id = $1",
+                customer_id,
+                timeout=timeout,
+            )
+            if reported:
+                await connection.execute(
+                    "DELETE FROM suppressions WHERE delivery_id = ANY($1::bigint[])", reported, timeout=timeout
+                )
             erased = await connection.fetchval(
                 "DELETE FROM customers WHERE customer_id = $1 RETURNING true", customer_id, timeout=timeout
             )
