@@ -122,7 +122,10 @@ async def test_worker_killed_with_unacknowledged_entries(  # type: ignore[no-unt
     smtp_server.gate = None  # the killed worker's connections are gone: the next worker is not held
     unacknowledged = (await redis_client.xpending(stream_key, "campaigns"))["pending"]
     assert unacknowledged == customers, "the worker had read every entry and acknowledged none"
-    assert len(smtp_server.messages) == sent_before, "the server took no message beyond what it allowed"
+    # A message the worker had written out in full before it died can still be read from the
+    # socket after the gate opens (the worker never saw its reply): one per connection at most.
+    taken = len(smtp_server.messages)
+    assert sent_before <= taken <= sent_before + len(smtp_server.connections) < customers, taken
     async with running_worker(env, tmp_path):
         await wait_until(
             lambda: len(message_ids_by_recipient(smtp_server)) == customers,
@@ -162,7 +165,9 @@ async def test_fan_out_worker_killed_midway(  # type: ignore[no-untyped-def]
         await smtp_server.wait_for(sent_before)
         first.kill()  # kill -9 (and reaped), midway through the fan-out
     smtp_server.gate = None  # the killed worker's connections are gone: the next worker is not held
-    assert len(smtp_server.messages) == sent_before, "the server took no message beyond what it allowed"
+    # As above: at most one message per connection, written out before the kill, lands after it.
+    taken = len(smtp_server.messages)
+    assert sent_before <= taken <= sent_before + len(smtp_server.connections) < len(addresses) * 4 // 5, taken
     expected = {address for i, address in enumerate(addresses) if i % 5}
     async with running_worker(env, tmp_path):
         await wait_until(
