@@ -92,7 +92,7 @@ caps = st.builds(
 )
 campaign_ids = st.one_of(st.sampled_from(["camp-1", "camp_1", "", "x\x00"]), codes)
 usable_texts = st.one_of(
-    st.text(st.characters(blacklist_characters="{}%#\x00"), min_size=1, max_size=40),
+    st.text(st.characters(blacklist_characters="{}%#\x00", codec="utf-8"), min_size=1, max_size=40),
     st.sampled_from(["Hi {{ customer.email }}", "{{ client.eventContext['item-id'] }}", "{{ '{{' }}"]),
 )
 plausible_campaigns = st.builds(
