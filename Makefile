@@ -61,7 +61,7 @@ test: $(STAMP) node $(HELM)
 
 lint: $(STAMP) $(NODE_CLIENT)
 	$(BIN)/ruff check .
-	$(BIN)/mypy libs/eventline_shared libs/eventline_cli services
+	$(BIN)/mypy libs/eventline_shared libs/eventline_predicates libs/eventline_cli services
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/check_python_client.py
 	cd clients/typescript && npx tsc -p tsconfig.json --noEmit

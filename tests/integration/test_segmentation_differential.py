@@ -6,7 +6,7 @@ period shape and test, with references bound from generated bindings, a
 pinned ``now`` and a time zone. One database and one server serve all the
 examples of a test: each example replaces the data, then compares
 CountCustomers, ListCustomers (paged), StreamCustomers and MatchCustomer
-(per-node explanations) with tests/unit/test_segmentation_reference.py.
+(per-node explanations) with tests/unit/test_predicates_reference.py.
 
 The second variant runs the same checks with sequential scans and hash joins
 disabled in the service's sessions, so the index paths (GIN containment,
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from eventline_shared import values
 from tests.conftest import service_env
-from tests.unit.test_segmentation_reference import Customer, Evaluator, Event, NodeResult
+from tests.unit.test_predicates_reference import Customer, Evaluator, Event, NodeResult
 
 UTC = dt.UTC
 EXAMPLES = int(os.environ.get("EVENTLINE_SEGMENTATION_EXAMPLES", "250"))
@@ -303,7 +303,7 @@ def _ts_or_none(node: pb.NodeExplanation, name: str) -> dt.datetime | None:
 def _same_value(a: common_pb2.Value | None, b: common_pb2.Value | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    from tests.unit.test_segmentation_reference import typed
+    from tests.unit.test_predicates_reference import typed
 
     return typed(a) == typed(b)
 

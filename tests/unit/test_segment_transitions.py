@@ -1,6 +1,6 @@
 """When membership changes with time alone (eventline_segmentation.transitions).
 
-The oracle is the reference evaluator of tests/unit/test_segmentation_reference.py,
+The oracle is the reference evaluator of tests/unit/test_predicates_reference.py,
 asked at many instants. Membership depends on the clock only through ``now``
 and the local date of ``now``, so it can change only at
 
@@ -30,8 +30,9 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventline_segmentation import filters, periods, transitions
-from eventline_segmentation.filters import PeriodSpec
+from eventline_predicates import filters, periods
+from eventline_predicates.filters import PeriodSpec
+from eventline_segmentation import transitions
 from eventline_shared import values
 from tests.integration.test_segmentation_differential import (
     _group,
@@ -41,7 +42,7 @@ from tests.integration.test_segmentation_differential import (
     filters_strategy,
     predicates,
 )
-from tests.unit.test_segmentation_reference import (
+from tests.unit.test_predicates_reference import (
     Customer,
     Evaluator,
     Event,

@@ -28,16 +28,8 @@ from typing import Any
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
-from eventline_segmentation.filters import (
-    BoolNode,
-    CustomerNode,
-    EventNode,
-    Node,
-    Predicate,
-    stored_timestamp_text,
-    walk,
-)
-from eventline_segmentation.periods import Clock, Interval
+from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node, Predicate, walk
+from eventline_predicates.periods import Clock, Interval
 
 _ORDER_SQL: dict[int, str] = {
     pb.OPERATOR_GREATER: ">",
@@ -66,6 +58,11 @@ class Params:
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
+
+
+def _timestamp_text(stored: str) -> str:
+    """The fixed-width UTC text of a stored timestamp value."""
+    return str(json.loads(stored)["ts"])
 
 
 def predicate_sql(p: Predicate, column: str, params: Params) -> str:
@@ -105,7 +102,7 @@ def predicate_sql(p: Predicate, column: str, params: Params) -> str:
     if operand.kind == "number":
         number = params.add(operand.stored, "jsonb")
         return f"COALESCE(jsonb_typeof({value}) = 'number' AND {value} {sign} {number}, false)"
-    text = params.add(stored_timestamp_text(operand.stored), "text")
+    text = params.add(_timestamp_text(operand.stored), "text")
     return (
         f"COALESCE(jsonb_typeof({value}) = 'object' AND "
         f'({value} ->> \'ts\') COLLATE "C" {sign} {text} COLLATE "C", false)'

@@ -15,7 +15,8 @@ import grpc
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 
-from eventline_segmentation import compiler, evaluation, filters, periods
+from eventline_predicates import filters, periods
+from eventline_segmentation import compiler, evaluation
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import paging, values
 from eventline_shared.clock import SYSTEM_CLOCK, Clock

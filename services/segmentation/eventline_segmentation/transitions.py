@@ -16,7 +16,7 @@ For one tree, one customer, a time zone and ``now``:
   where the loaded data stops telling);
 * ``dependencies`` says which events and profile fields can change the answer.
 
-Semantics are MatchCustomer's (evaluation.py): periods resolve through
+Semantics are MatchCustomer's (eventline_predicates.evaluation): periods resolve through
 ``periods.Clock`` (start of day = ``Clock.day_start``), days since through
 ``Clock.days_since`` (local dates). Instants are exact to the microsecond, the
 precision of timestamps: an hour period holds an event for
@@ -35,8 +35,8 @@ from typing import TypeVar
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
-from eventline_segmentation.filters import BoolNode, CustomerNode, EventNode, Node, PeriodSpec, walk
-from eventline_segmentation.periods import Clock, Interval
+from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node, PeriodSpec, walk
+from eventline_predicates.periods import Clock, Interval
 
 UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)

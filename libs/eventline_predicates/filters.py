@@ -1,15 +1,16 @@
 """Checking a proto ``Filter`` and turning it into a validated tree.
 
 The tree keeps operands typed and already resolved from the request's
-bindings; periods stay symbolic until ``periods.resolve`` pins them to a
-``now`` and a time zone. Every problem is reported with its field path.
+bindings; periods stay symbolic until ``periods.Clock.resolve`` pins them to a
+``now`` and a time zone. Every problem is reported with its field path. A
+campaign trigger's context predicates are the same ``Predicate`` messages,
+checked here by the same rules (``check_trigger_predicates``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -141,18 +142,21 @@ def operand_of(value: common_pb2.Value, path: str) -> tuple[Operand | None, Fiel
     return Operand("timestamp", stored, values.timestamp_to_datetime(value.timestamp_value)), None
 
 
-def stored_timestamp_text(stored: str) -> str:
-    """The fixed-width UTC text of a stored timestamp value."""
-    return str(json.loads(stored)["ts"])
-
-
 class _LimitCrossed(Exception):
     """A size limit of the whole filter was crossed: checking stops there."""
 
 
 class _Checker:
-    def __init__(self, bindings: Mapping[str, common_pb2.Value] | None) -> None:
+    def __init__(
+        self,
+        bindings: Mapping[str, common_pb2.Value] | None,
+        *,
+        max_operands: int = MAX_OPERANDS,
+        literals_only: bool = False,
+    ) -> None:
         self.bindings = bindings
+        self.max_operands = max_operands
+        self.literals_only = literals_only
         self.result = Checked(None)
         self.nodes = 0
         self.operands = 0
@@ -205,10 +209,9 @@ class _Checker:
         bad = values.check_code(e.name, f"{path}.name", "event name")
         if bad:
             self.result.violations.append(bad)
-        if len(e.predicates) > MAX_PREDICATES:
-            self.bad(f"{path}.predicates", f"at most {MAX_PREDICATES} predicates are allowed")
+        predicates = self.predicates(e.predicates, f"{path}.predicates")
+        if predicates is None:
             return None
-        predicates = [self.predicate(p, f"{path}.predicates[{i}]") for i, p in enumerate(e.predicates)]
         test = e.WhichOneof("test")
         node = EventNode(path, e.name, tuple(p for p in predicates if p), "count")
         if test is None:
@@ -251,6 +254,13 @@ class _Checker:
         if len(self.result.violations) > start or len(predicates) != len(node.predicates):
             return None
         return node
+
+    def predicates(self, found: Sequence[pb.Predicate], path: str) -> list[Predicate | None] | None:
+        """Each predicate of a list checked (None where it is bad); None when the list is too long."""
+        if len(found) > MAX_PREDICATES:
+            self.bad(path, f"at most {MAX_PREDICATES} predicates are allowed")
+            return None
+        return [self.predicate(p, f"{path}[{i}]") for i, p in enumerate(found)]
 
     def period(self, p: pb.Period, path: str) -> PeriodSpec | None:
         kind = p.WhichOneof("kind")
@@ -355,10 +365,13 @@ class _Checker:
 
     def operand(self, o: pb.Operand, path: str, op: int) -> Operand | None:
         self.operands += 1
-        if self.operands > MAX_OPERANDS:
-            self.bad(path, f"a filter has at most {MAX_OPERANDS} operands in all")
+        if self.operands > self.max_operands:
+            self.bad(path, f"a filter has at most {self.max_operands} operands in all")
             raise _LimitCrossed
         kind = o.WhichOneof("kind")
+        if self.literals_only and kind != "literal":
+            self.bad(path, "trigger predicates take literal values, not references")
+            return None
         if kind == "literal":
             operand, bad = operand_of(o.literal, f"{path}.literal")
             if bad:
@@ -425,6 +438,30 @@ def check(
     if checker.result.violations:
         checker.result.root = None
     return checker.result
+
+
+@dataclass(frozen=True)
+class CheckedPredicates:
+    """The outcome of checking a list of predicates: all of them, or the violations."""
+
+    predicates: tuple[Predicate, ...]
+    violations: list[FieldViolation]
+
+
+def check_trigger_predicates(found: Sequence[pb.Predicate], path: str) -> CheckedPredicates:
+    """Check a campaign trigger's context predicates, listed at ``path``.
+
+    The rules of an event condition's predicates, with literal operands only (the
+    trigger event is what they are tested on: there is nothing to bind a reference to).
+    """
+    # A trigger is one condition, not a filter: its own limits (MAX_PREDICATES predicates of at
+    # most MAX_IN_VALUES operands) bound the work, and no filter-wide operand limit applies.
+    checker = _Checker({}, max_operands=MAX_PREDICATES * MAX_IN_VALUES, literals_only=True)
+    checked = checker.predicates(found, path)
+    violations = checker.result.violations
+    if checked is None or violations:
+        return CheckedPredicates((), violations)
+    return CheckedPredicates(tuple(p for p in checked if p), violations)
 
 
 def walk(node: Node) -> list[Node]:

@@ -1,9 +1,9 @@
-"""Unit tests of the segmentation checker, period arithmetic and SQL compiler (no sockets)."""
+"""Unit tests of the filter language (eventline_predicates): period arithmetic, the checker and
+its limits, and evaluation in Python (no sockets)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 import zoneinfo
 
 import pytest
@@ -12,9 +12,11 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventline_segmentation import compiler, filters, periods
-from eventline_segmentation.filters import PeriodSpec
+from eventline_predicates import evaluation, filters, periods
+from eventline_predicates.filters import PeriodSpec
 from eventline_shared.errors import InvalidArgument
+from tests.support import value
+from tests.unit.test_predicates_reference import Evaluator
 
 UTC = dt.UTC
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "America/Santiago"]
@@ -63,7 +65,7 @@ def test_time_zone_names_are_checked() -> None:
             periods.time_zone(bad)
 
 
-def _filter(name: str, code: str, text: str, ref: str) -> pb.Filter:
+def sample_filter(name: str, code: str, text: str, ref: str) -> pb.Filter:
     event = pb.EventCondition(
         name=name,
         predicates=[
@@ -99,36 +101,6 @@ def _filter(name: str, code: str, text: str, ref: str) -> pb.Filter:
             ]
         )
     )
-
-
-codes = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
-# No lone surrogates: protobuf cannot hold them (a client cannot send them), so they only made
-# the test fail when Hypothesis happened to draw one.
-texts = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=30)
-
-
-@given(name=codes, code=codes, text=texts, ref=codes, bound=texts)
-def test_sql_text_depends_only_on_the_shape_of_the_filter(
-    name: str, code: str, text: str, ref: str, bound: str
-) -> None:
-    """Names, codes and values are parameters: hostile ones change nothing in the SQL text."""
-    clock = periods.Clock(dt.datetime(2026, 11, 26, tzinfo=UTC), UTC)
-    plain = filters.check(_filter("A", "x", "v", "r"), "filter", {"r": common_pb2.Value(string_value="b")})
-    wild = filters.check(
-        _filter(name, code, text, ref), "filter", {ref: common_pb2.Value(string_value=bound)}
-    )
-    assert plain.root is not None and wild.root is not None, wild.violations
-    for build in (
-        lambda root: compiler.count_query(root, clock),
-        lambda root: compiler.ids_query(root, clock, "after", 10),
-        lambda root: compiler.match_query(root, clock, "someone"),
-    ):
-        a, b = build(plain.root), build(wild.root)
-        assert a.sql == b.sql
-        used = {int(n) for n in re.findall(r"\$(\d+)::", a.sql)}
-        assert used == set(range(1, len(a.params) + 1)) and len(b.params) == len(a.params)
-    hostile = compiler.count_query(wild.root, clock)
-    assert text in hostile.params or any(text in str(p) for p in hostile.params)
 
 
 def test_checker_reports_every_violation_with_its_path() -> None:
@@ -175,7 +147,7 @@ def test_checker_reports_every_violation_with_its_path() -> None:
 
 
 def test_validation_mode_lists_references_without_violations() -> None:
-    flt = _filter("A", "x", "v", "item_id")
+    flt = sample_filter("A", "x", "v", "item_id")
     checked = filters.check(flt, "filter", None)
     assert not checked.violations
     assert checked.references == {"item_id"} and checked.unresolved == {"item_id"}
@@ -229,3 +201,125 @@ def test_a_million_node_filter_is_refused_after_looking_at_201_nodes() -> None:
         filters._Checker.filter = original  # type: ignore[method-assign]
     assert [v.description for v in checked.violations] == ["a filter has at most 200 nodes"]
     assert len(seen) == 201
+
+
+# Trigger predicates: checked by the filter rules, evaluated in Python. -------------------
+
+
+def decimal(text: str) -> common_pb2.Value:
+    return common_pb2.Value(decimal_value=text)
+
+
+def literal_predicate(op: int, *operands: common_pb2.Value) -> pb.Predicate:
+    p = pb.Predicate(field="f", operator=op)  # type: ignore[arg-type]
+    if op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
+        p.values.extend(pb.Operand(literal=o) for o in operands)
+    elif operands:
+        p.value.CopyFrom(pb.Operand(literal=operands[0]))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("op", "operands", "field", "holds"),
+    [
+        (pb.OPERATOR_EQUALS, [value(5)], value(5), True),
+        (pb.OPERATOR_EQUALS, [value(5)], value("5"), False),
+        (pb.OPERATOR_EQUALS, [decimal("5.0")], value(5), True),
+        (pb.OPERATOR_NOT_EQUALS, [value(5)], value("5"), True),
+        (pb.OPERATOR_NOT_EQUALS, [value(5)], None, False),
+        (pb.OPERATOR_IN, [value(1), value(2)], value(2), True),
+        (pb.OPERATOR_NOT_IN, [value(1), value(2)], value(3), True),
+        (pb.OPERATOR_NOT_IN, [value(1)], None, False),
+        (pb.OPERATOR_CONTAINS, [value("ett")], value("kettle"), True),
+        (pb.OPERATOR_STARTS_WITH, [value("ket")], value("kettle"), True),
+        (pb.OPERATOR_STARTS_WITH, [value("ket")], value(5), False),
+        (pb.OPERATOR_GREATER, [value(100)], decimal("100.5"), True),
+        (pb.OPERATOR_GREATER_OR_EQUAL, [value(100)], value(100), True),
+        (pb.OPERATOR_LESS, [value(100)], value("50"), False),
+        (
+            pb.OPERATOR_LESS_OR_EQUAL,
+            [value(dt.datetime(2026, 1, 2, tzinfo=dt.UTC))],
+            value(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+            True,
+        ),
+        (pb.OPERATOR_EXISTS, [], value(False), True),
+        (pb.OPERATOR_EXISTS, [], None, False),
+        (pb.OPERATOR_NOT_EXISTS, [], None, True),
+    ],
+)
+def test_trigger_predicates(
+    op: int, operands: list[common_pb2.Value], field: common_pb2.Value | None, holds: bool
+) -> None:
+    """A campaign trigger's predicates on an event's context: the segmentation semantics."""
+    context = {"f": field} if field is not None else {}
+    checked = filters.check_trigger_predicates([literal_predicate(op, *operands)], "p")
+    assert checked.violations == []
+    [predicate] = checked.predicates
+    assert evaluation.predicate_holds(predicate, context) is holds
+
+
+def test_trigger_predicates_take_literals_within_the_limits_of_an_event_condition() -> None:
+    reference = pb.Predicate(field="item-id", operator=pb.OPERATOR_EQUALS, value=pb.Operand(reference="$x"))
+    found = filters.check_trigger_predicates([reference], "p")
+    assert found.predicates == ()
+    assert [(v.field, v.description) for v in found.violations] == [
+        ("p[0].field", "field code 'item-id' must match ^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
+        ("p[0].value", "trigger predicates take literal values, not references"),
+    ]
+    ok = literal_predicate(pb.OPERATOR_EXISTS)
+    assert [v.field for v in filters.check_trigger_predicates([ok] * 21, "p").violations] == ["p"]
+    assert len(filters.check_trigger_predicates([ok] * 20, "p").predicates) == 20
+    many = literal_predicate(pb.OPERATOR_IN, *[value(i) for i in range(1001)])
+    assert [v.field for v in filters.check_trigger_predicates([many], "p").violations] == ["p[0].values"]
+    # 20 predicates of 1,000 operands: more than a filter may hold in all, as a trigger always allowed.
+    most = literal_predicate(pb.OPERATOR_IN, *[value(i) for i in range(1000)])
+    assert len(filters.check_trigger_predicates([most] * 20, "p").predicates) == 20
+
+
+_values = st.one_of(
+    st.sampled_from(["", "a", "ab", "ba", "5"]).map(value),
+    st.integers(-2, 2).map(value),
+    st.sampled_from(["-0.5", "1.0", "2", "1e0"]).map(decimal),
+    st.booleans().map(value),
+    st.sampled_from([dt.datetime(2026, 1, 1, tzinfo=UTC), dt.datetime(2026, 1, 2, tzinfo=UTC)]).map(value),
+)
+_operands_for = {
+    **{
+        op: _values for op in (pb.OPERATOR_EQUALS, pb.OPERATOR_NOT_EQUALS, pb.OPERATOR_IN, pb.OPERATOR_NOT_IN)
+    },
+    pb.OPERATOR_CONTAINS: st.sampled_from(["", "a", "b", "ab"]).map(value),
+    pb.OPERATOR_STARTS_WITH: st.sampled_from(["", "a", "b", "ab"]).map(value),
+    **{
+        op: _values.filter(lambda v: v.WhichOneof("kind") not in ("string_value", "boolean_value"))
+        for op in (
+            pb.OPERATOR_GREATER,
+            pb.OPERATOR_GREATER_OR_EQUAL,
+            pb.OPERATOR_LESS,
+            pb.OPERATOR_LESS_OR_EQUAL,
+        )
+    },
+}
+
+
+@st.composite
+def _checked_predicates(draw: st.DrawFn) -> tuple[pb.Predicate, filters.Predicate]:
+    op = draw(st.integers(1, 12))
+    if op in (pb.OPERATOR_EXISTS, pb.OPERATOR_NOT_EXISTS):
+        sent = literal_predicate(op)
+    else:
+        count = 3 if op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN) else 1
+        sent = literal_predicate(op, *draw(st.lists(_operands_for[op], min_size=1, max_size=count)))
+    checked = filters.check_trigger_predicates([sent], "p")
+    assert checked.violations == []
+    return sent, checked.predicates[0]
+
+
+@given(predicate=_checked_predicates(), field=st.one_of(st.none(), _values))
+def test_predicates_evaluate_as_the_reference_does(
+    predicate: tuple[pb.Predicate, filters.Predicate], field: common_pb2.Value | None
+) -> None:
+    """The Python evaluator (campaign triggers) equals the reference evaluator of the language."""
+    sent, checked = predicate
+    context = {"f": field} if field is not None else {}
+    reference = Evaluator([], [], {}, dt.datetime(2026, 1, 1, tzinfo=UTC), "")
+    assert evaluation.predicate_holds(checked, context) is reference.predicate(sent, context)

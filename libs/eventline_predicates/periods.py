@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
-from eventline_segmentation.filters import PeriodSpec
+from eventline_predicates.filters import PeriodSpec
 from eventline_shared.errors import invalid, quote
 
 UTC = dt.UTC
