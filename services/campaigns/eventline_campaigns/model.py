@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
 
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_campaigns.channels import EMAIL, PUSH, SMS, WEBHOOK, Message
-from eventline_shared.values import python_value
+from eventline_predicates.evaluation import predicate_holds
+from eventline_predicates.filters import Predicate, check_trigger_predicates
 
 CUSTOMER_TRIGGER = common_pb2.EVENT_KIND_CUSTOMER
 SYSTEM_TRIGGER = common_pb2.EVENT_KIND_SYSTEM
@@ -83,7 +82,7 @@ class CompiledCampaign:
     revision: int
     kind: int
     event_name: str
-    predicates: tuple[segmentation_pb2.Predicate, ...]
+    predicates: tuple[Predicate, ...]
     audience: segmentation_pb2.Filter | None
     actions: tuple[CompiledAction, ...]
     cap_max: int
@@ -99,6 +98,15 @@ class CompiledCampaign:
         if received_at < self.active_since:
             return False
         return all(predicate_holds(p, event.context) for p in self.predicates)
+
+
+def trigger_predicates(predicates: Sequence[segmentation_pb2.Predicate]) -> tuple[Predicate, ...]:
+    """A trigger's context predicates, checked and typed once (they were checked when the campaign
+    was saved: a violation here is a stored campaign the checker no longer accepts)."""
+    checked = check_trigger_predicates(predicates, "trigger.context_predicates")
+    if checked.violations:
+        raise ValueError("; ".join(f"{v.field}: {v.description}" for v in checked.violations))
+    return checked.predicates
 
 
 def compile_campaign(
@@ -117,7 +125,7 @@ def compile_campaign(
         revision=revision,
         kind=kind,
         event_name=name,
-        predicates=predicates,
+        predicates=trigger_predicates(predicates),
         audience=spec.audience if spec.HasField("audience") else None,
         actions=tuple(compile_action(a) for a in spec.actions),
         cap_max=cap.max_sends if cap else 0,
@@ -125,66 +133,3 @@ def compile_campaign(
         active_since=active_since,
         transactional=spec.transactional,
     )
-
-
-# --- Trigger predicates: the segmentation semantics, on one event's context ---
-
-_NUMBERS = ("integer_value", "decimal_value")
-
-
-def _comparable(value: common_pb2.Value) -> tuple[str, Any]:
-    kind = value.WhichOneof("kind") or ""
-    plain = python_value(value)
-    if kind in _NUMBERS:
-        return "number", Decimal(plain)
-    return kind, plain
-
-
-def values_equal(a: common_pb2.Value, b: common_pb2.Value) -> bool:
-    kind_a, plain_a = _comparable(a)
-    kind_b, plain_b = _comparable(b)
-    return kind_a == kind_b and bool(plain_a == plain_b)
-
-
-def _order(a: common_pb2.Value, b: common_pb2.Value) -> int | None:
-    kind_a, plain_a = _comparable(a)
-    kind_b, plain_b = _comparable(b)
-    if kind_a != kind_b or kind_a not in ("number", "timestamp_value"):
-        return None
-    return int(plain_a > plain_b) - int(plain_a < plain_b)
-
-
-def predicate_holds(predicate: segmentation_pb2.Predicate, context: Mapping[str, common_pb2.Value]) -> bool:
-    """Whether a literal predicate holds on a context (see segmentation.proto for the semantics)."""
-    op = predicate.operator
-    present = predicate.field in context
-    if op == segmentation_pb2.OPERATOR_NOT_EXISTS:
-        return not present
-    if not present:
-        return False
-    field = context[predicate.field]
-    if op == segmentation_pb2.OPERATOR_EXISTS:
-        return True
-    if op in (segmentation_pb2.OPERATOR_IN, segmentation_pb2.OPERATOR_NOT_IN):
-        found = any(values_equal(field, operand.literal) for operand in predicate.values)
-        return found if op == segmentation_pb2.OPERATOR_IN else not found
-    operand = predicate.value.literal
-    if op == segmentation_pb2.OPERATOR_EQUALS:
-        return values_equal(field, operand)
-    if op == segmentation_pb2.OPERATOR_NOT_EQUALS:
-        return not values_equal(field, operand)
-    if op in (segmentation_pb2.OPERATOR_CONTAINS, segmentation_pb2.OPERATOR_STARTS_WITH):
-        if field.WhichOneof("kind") != "string_value" or operand.WhichOneof("kind") != "string_value":
-            return False
-        if op == segmentation_pb2.OPERATOR_CONTAINS:
-            return operand.string_value in field.string_value
-        return field.string_value.startswith(operand.string_value)
-    order = _order(field, operand)
-    if order is None:
-        return False
-    return {
-        segmentation_pb2.OPERATOR_GREATER: order > 0,
-        segmentation_pb2.OPERATOR_GREATER_OR_EQUAL: order >= 0,
-        segmentation_pb2.OPERATOR_LESS: order < 0,
-        segmentation_pb2.OPERATOR_LESS_OR_EQUAL: order <= 0,
-    }.get(op, False)

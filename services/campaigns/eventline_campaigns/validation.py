@@ -7,9 +7,9 @@ import re
 import urllib.parse
 
 from eventline.campaigns.v1 import campaigns_pb2
-from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits, TemplateProblem, compile_template
+from eventline_predicates.filters import check_trigger_predicates
 from eventline_shared.errors import FieldViolation
 from eventline_shared.values import (
     check_code,
@@ -23,23 +23,9 @@ from eventline_shared.values import (
 
 CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Checked with fullmatch: "$" would accept a trailing newline (then NOT_FOUND without it)."""
-MAX_PREDICATES = 20
-MAX_PREDICATE_VALUES = 1000
 MAX_DISPLAY_NAME = 200
 MIN_PERIOD = dt.timedelta(seconds=1)
 MAX_PERIOD = dt.timedelta(days=366)
-_SINGLE_OPERAND = {
-    segmentation_pb2.OPERATOR_EQUALS,
-    segmentation_pb2.OPERATOR_NOT_EQUALS,
-    segmentation_pb2.OPERATOR_CONTAINS,
-    segmentation_pb2.OPERATOR_STARTS_WITH,
-    segmentation_pb2.OPERATOR_GREATER,
-    segmentation_pb2.OPERATOR_GREATER_OR_EQUAL,
-    segmentation_pb2.OPERATOR_LESS,
-    segmentation_pb2.OPERATOR_LESS_OR_EQUAL,
-}
-_LIST_OPERAND = {segmentation_pb2.OPERATOR_IN, segmentation_pb2.OPERATOR_NOT_IN}
-_NO_OPERAND = {segmentation_pb2.OPERATOR_EXISTS, segmentation_pb2.OPERATOR_NOT_EXISTS}
 
 # (field, limit in characters, html?)
 _EMAIL_FIELDS = (("subject", 1000, False), ("html_body", 100_000, True), ("text_body", 100_000, False))
@@ -74,48 +60,6 @@ def _template(
     return []
 
 
-def _predicate(predicate: segmentation_pb2.Predicate, field: str) -> list[FieldViolation]:
-    found: list[FieldViolation] = []
-    code = check_code(predicate.field, f"{field}.field", "field code")
-    if code:
-        found.append(code)
-    op = predicate.operator
-    if op in _SINGLE_OPERAND:
-        if predicate.values:
-            found.append(FieldViolation(f"{field}.values", "must be empty for this operator"))
-        operands = [(predicate.value, f"{field}.value")] if predicate.HasField("value") else []
-        if not operands:
-            found.append(FieldViolation(f"{field}.value", "a value is required for this operator"))
-    elif op in _LIST_OPERAND:
-        if predicate.HasField("value"):
-            found.append(FieldViolation(f"{field}.value", "must be unset for IN and NOT_IN; use values"))
-        if not 1 <= len(predicate.values) <= MAX_PREDICATE_VALUES:
-            found.append(
-                FieldViolation(f"{field}.values", f"1 to {MAX_PREDICATE_VALUES} values are required")
-            )
-        operands = [(v, f"{field}.values[{i}]") for i, v in enumerate(predicate.values)]
-    elif op in _NO_OPERAND:
-        if predicate.HasField("value") or predicate.values:
-            found.append(FieldViolation(f"{field}.value", "EXISTS and NOT_EXISTS take no value"))
-        operands = []
-    else:
-        return [*found, FieldViolation(f"{field}.operator", "operator is required")]
-    for operand, path in operands:
-        if operand.WhichOneof("kind") != "literal":
-            found.append(FieldViolation(path, "trigger predicates take literal values, not references"))
-            continue
-        encoded = encode_values({"v": operand.literal}, path)
-        found += [FieldViolation(f"{path}.literal", v.description) for v in encoded.violations]
-        kind = operand.literal.WhichOneof("kind")
-        if op in (segmentation_pb2.OPERATOR_CONTAINS, segmentation_pb2.OPERATOR_STARTS_WITH):
-            if kind != "string_value":
-                found.append(FieldViolation(f"{path}.literal", "CONTAINS and STARTS_WITH need a string"))
-        elif op in _SINGLE_OPERAND - {segmentation_pb2.OPERATOR_EQUALS, segmentation_pb2.OPERATOR_NOT_EQUALS}:
-            if kind not in ("integer_value", "decimal_value", "timestamp_value"):
-                found.append(FieldViolation(f"{path}.literal", "ordering needs a number or a timestamp"))
-    return found
-
-
 def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]:
     kind = trigger.WhichOneof("kind")
     if kind is None:
@@ -125,12 +69,9 @@ def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]
     name = check_code(inner.event_name, f"{field}.{kind}.event_name", "event name")
     if name:
         found.append(name)
-    if len(inner.context_predicates) > MAX_PREDICATES:
-        found.append(
-            FieldViolation(f"{field}.{kind}.context_predicates", f"at most {MAX_PREDICATES} predicates")
-        )
-    for i, predicate in enumerate(inner.context_predicates):
-        found += _predicate(predicate, f"{field}.{kind}.context_predicates[{i}]")
+    found += check_trigger_predicates(
+        inner.context_predicates, f"{field}.{kind}.context_predicates"
+    ).violations
     return found
 
 
