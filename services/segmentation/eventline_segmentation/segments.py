@@ -23,17 +23,9 @@ from google.protobuf import timestamp_pb2
 
 from eventline_segmentation import compiler, evaluation, filters, periods
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
-from eventline_shared import values
+from eventline_shared import errors, values
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.errors import (
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    ResourceExhausted,
-    invalid,
-    quote,
-    raise_if_any,
-)
+from eventline_shared.errors import FieldViolation, InvalidArgument, invalid, quote, raise_if_any
 from eventline_shared.paging import MAX_REPLY_BYTES
 
 SEGMENT_FIELDS = ("display_name", "description", "filter")
@@ -191,7 +183,7 @@ def fits_a_reply(segment: pb.Segment, field: str = "segment.filter") -> None:
     """Refuse, before storing, a segment whose every later reply would be too large."""
     filter_bytes = segment.filter.ByteSize()
     if filter_bytes + _SEGMENT_FIELDS_BYTES > MAX_REPLY_BYTES:
-        raise ResourceExhausted(
+        raise errors.ResourceExhausted(
             [
                 FieldViolation(
                     field,
@@ -313,7 +305,7 @@ class Segments:
         query = compiler.match_query(prepared.root, prepared.clock, customer_id)
         row = await self.repository.match(query, customer_id, required_event_ids, timeout)
         if row is None:
-            raise NotFound(f"customer {quote(customer_id)} does not exist")
+            raise errors.NotFound(f"customer {quote(customer_id)} does not exist")
         matched, explanations = evaluation.explain(query, row, prepared.clock)
         return Matched(matched, prepared.clock.now, explanations)
 
