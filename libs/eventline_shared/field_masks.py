@@ -62,7 +62,8 @@ def merge(source: Message, target: Message, paths: Iterable[str]) -> None:
 
     A whole field is replaced: a repeated or map field by the source's
     entries, a message field by the source's message (cleared when the source
-    leaves it unset), a scalar by its value.
+    leaves it unset), a scalar by its value. ``paths`` are fields of ``target``: the
+    ``paths`` of ``read``, once its violations are refused.
     """
     fields = target.DESCRIPTOR.fields_by_name
     for path in paths:
