@@ -382,7 +382,7 @@ async def test_saved_segments_crud_and_size(segmentation: Any, db: asyncpg.Conne
     )
     assert updated.segment.display_name == "Renamed" and updated.segment.filter == flt
     assert updated.segment.update_time.ToDatetime() >= made.segment.update_time.ToDatetime()
-    assert "update_mask" in await bad(
+    assert "update_mask.paths[0]" in await bad(
         segmentation.UpdateSegment(
             pb.UpdateSegmentRequest(
                 segment=pb.Segment(segment_id="buyers"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
+from eventline_ingestion.erasure import Erasure
 from eventline_ingestion.relay import OutboxRelay
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.servicer import IngestionServicer
@@ -66,9 +67,8 @@ async def running(
         repository = IngestionRepository(pool, common.stream_layout)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency, clock=clock)
         tokens = await PageTokens.load(pool)
-        servicer = IngestionServicer(
-            repository, writer, client, common.stream_layout, tokens, settings.max_batch, clock=clock
-        )
+        erasure = Erasure(repository, client, common.stream_layout)
+        servicer = IngestionServicer(repository, writer, erasure, tokens, settings.max_batch, clock=clock)
         server = Server(
             [SERVICE_NAME],
             settings=common,

@@ -9,10 +9,11 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_ingestion import validation
+from eventline_ingestion.erasure import Erasure
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import paging, stream, tracing
+from eventline_shared import paging, tracing
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     FieldViolation,
@@ -45,8 +46,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         self,
         repository: IngestionRepository,
         writer: EventWriter,
-        client: stream.Client,
-        layout: stream.StreamLayout,
+        erasure: Erasure,
         tokens: PageTokens,
         max_batch: int = 1000,
         clock: Clock = SYSTEM_CLOCK,
@@ -54,8 +54,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         self.clock = clock
         self.repository = repository
         self.writer = writer
-        self.client = client
-        self.layout = layout
+        self.erasure = erasure
         self.tokens = tokens
         self.max_batch = max_batch
 
@@ -209,12 +208,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         self, request: ingestion_pb2.EraseCustomerRequest, context: Context
     ) -> ingestion_pb2.EraseCustomerResponse:
         raise_if_any(v for v in [check_customer_id(request.customer_id, "customer_id")] if v)
-        erased, events = await self.repository.erase_customer(
-            request.customer_id, database_timeout(context, QUERY_CEILING_S)
-        )
-        entries = await stream.erase_customer(self.client, self.layout, request.customer_id)
+        erased = await self.erasure.erase(request.customer_id, database_timeout(context, QUERY_CEILING_S))
         return ingestion_pb2.EraseCustomerResponse(
-            customer_erased=erased, events_erased=events, stream_entries_erased=entries
+            customer_erased=erased.customer,
+            events_erased=erased.events,
+            stream_entries_erased=erased.stream_entries,
         )
 
 

@@ -16,6 +16,7 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import timestamp_pb2
 
+from eventline_shared import field_masks
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import FieldViolation, quote
 from eventline_shared.paging import field_bytes
@@ -231,14 +232,9 @@ class CustomerChange:
 def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerChange | list[FieldViolation]:
     customer = request.customer
     violations = present([check_customer_id(customer.customer_id, "customer.customer_id")])
-    fields = set(request.update_mask.paths) if request.update_mask.paths else set(CUSTOMER_FIELDS)
-    for i, path in enumerate(request.update_mask.paths):
-        if path not in CUSTOMER_FIELDS:
-            violations.append(
-                FieldViolation(
-                    f"update_mask.paths[{i}]", f"{quote(path)} is not one of {', '.join(CUSTOMER_FIELDS)}"
-                )
-            )
+    # An empty mask replaces every field (UpsertCustomerRequest.update_mask).
+    mask = field_masks.read(request.update_mask, CUSTOMER_FIELDS, when_empty=CUSTOMER_FIELDS)
+    violations += mask.violations
     if customer.email:
         bad_email = check_email(customer.email, "customer.email")
         if bad_email:
@@ -273,7 +269,7 @@ def customer_change(request: ingestion_pb2.UpsertCustomerRequest) -> CustomerCha
         email_consent=customer.email_consent,
         sms_consent=customer.sms_consent,
         push_consent=customer.push_consent,
-        fields=frozenset(fields),
+        fields=mask.paths,
     )
 
 

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
 from eventline_segmentation.repository import SegmentationRepository
+from eventline_segmentation.segments import Segments
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared import database
@@ -123,7 +124,7 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
             read_pool=read_pool,
         )
         servicer = SegmentationServicer(
-            repository, settings.max_query_s, settings.max_streams, tokens, clock=clock
+            Segments(repository, clock), settings.max_query_s, settings.max_streams, tokens
         )
         databases = [PostgreSQL(common.database_url)]
         if settings.read_database_url:
