@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from eventline_gateway.callbacks import CallbackSettings, sendgrid_public_key
+from eventline_shared import workers
 from eventline_shared.auth import channel_target
 from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
 
@@ -38,6 +39,8 @@ class Settings:
     """The deadline of each call to a service (a shorter ``Grpc-Timeout`` header wins)."""
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     """Provider status callbacks: the providers' secrets."""
+    workers: int = 1
+    """EVENTLINE_GATEWAY_WORKERS: processes serving the port (SO_REUSEPORT when more than 1)."""
     unsubscribe_secret: str = ""
     """EVENTLINE_UNSUBSCRIBE_SECRET: the key of one-click unsubscribe tokens (shared with
     the campaign service, which writes the links)."""
@@ -99,4 +102,5 @@ class Settings:
                 environ, "EVENTLINE_GATEWAY_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024
             ),
             deadline_s=deadline_s,
+            workers=workers.worker_count(environ, "gateway"),
         )
