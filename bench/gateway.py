@@ -23,7 +23,13 @@ campaign service's RecordDeliveryEvents (the callbacks that arrive while a call 
 share the next call and one PostgreSQL statement, each answered with its own outcome); every
 reply must say recorded 1, and the ledger must hold one report per delivery at the end.
 
-Usage: python bench/gateway.py [--quick]. The last line printed is one JSON object.
+Both gateways run ``--gateway-workers`` processes on their port (``EVENTLINE_GATEWAY_WORKERS``,
+SO_REUSEPORT; default 1): one Python process serves HTTP on about one core, so on a host
+with idle cores more workers take more callbacks; on a 2-core machine already busy they
+gained nothing measurable (docs/performance.md), hence the default.
+
+Usage: python bench/gateway.py [--quick] [--gateway-workers N]. The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -166,7 +172,7 @@ async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list
     return time.perf_counter() - started
 
 
-async def measure_callbacks(url: str, common: dict[str, str], count: int) -> float:
+async def measure_callbacks(url: str, common: dict[str, str], count: int, gateway_workers: int) -> float:
     """Provider callbacks per second through a gateway before the campaign service."""
     delivery_ids = await seed_deliveries(url, count + 500)
     campaigns_port, gateway_port = free_port(), free_port()
@@ -188,6 +194,7 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int) -> flo
             "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
             "EVENTLINE_GATEWAY_REQUIRED_BACKENDS": "campaigns",
             "EVENTLINE_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
+            "EVENTLINE_GATEWAY_WORKERS": str(gateway_workers),
         },
     )
     try:
@@ -210,7 +217,7 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int) -> flo
     return count / seconds
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
     total = 20_000 if quick else 200_000
     rounds = 4 if quick else 10  # per side, alternating: the machine changes less within a pair
     url = await fresh_database(DATABASE)
@@ -232,6 +239,7 @@ async def main(quick: bool) -> dict[str, Any]:
             **common,
             "EVENTLINE_GATEWAY_PORT": str(gateway_port),
             "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
+            "EVENTLINE_GATEWAY_WORKERS": str(gateway_workers),
         },
     )
     grpc_s = json_s = 0.0
@@ -266,7 +274,7 @@ async def main(quick: bool) -> dict[str, Any]:
                     json_s += await json_round(session, track, *json_bodies)
                     grpc_s += await grpc_round(stub, grpc_batches)
             events = per_round * rounds
-        callbacks_per_s = await measure_callbacks(url, common, 5_000 if quick else 30_000)
+        callbacks_per_s = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
     finally:
         stop(gateway, ingestion)
         connection = redis.Redis.from_url(REDIS_URL)
@@ -281,6 +289,7 @@ async def main(quick: bool) -> dict[str, Any]:
         "grpc_batch_events_per_s": round(grpc_per_s),
         "json_to_grpc_ratio": round(json_per_s / grpc_per_s, 3),
         "callbacks_per_s": round(callbacks_per_s),
+        "gateway_workers": gateway_workers,
         "cpus": os.cpu_count() or 0,
     }
 
@@ -290,7 +299,11 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="20,000 events per side instead of 200,000")
-    result = asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--gateway-workers", type=int, default=1, help="EVENTLINE_GATEWAY_WORKERS of the gateways (default 1)"
+    )
+    arguments = parser.parse_args()
+    result = asyncio.run(main(arguments.quick, arguments.gateway_workers))
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "
         f"gRPC TrackEvents: {result['grpc_batch_events_per_s']} events/s, "

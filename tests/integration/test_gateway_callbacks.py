@@ -5,6 +5,7 @@ stale and replayed callbacks refused (also by another gateway replica)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -16,6 +17,8 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_gateway.callbacks import twilio_signature
@@ -28,10 +31,19 @@ from tests.support import Sender, upsert_contact
 SECRET = "generic-callback-secret"
 MAILGUN_KEY = "key-mailgun-signing"
 TWILIO_TOKEN = "twilio-auth-token"
+SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
+"""Stands for SendGrid's private key: the gateway gets its public half as SendGrid shows it."""
+POSTMARK_AUTH = "postmark:webhook-basic-auth-password"
 CALLBACK_ENV = {
     "EVENTLINE_CALLBACK_SECRET": SECRET,
     "EVENTLINE_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
     "EVENTLINE_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+    "EVENTLINE_SENDGRID_VERIFICATION_KEY": base64.b64encode(
+        SENDGRID_KEY.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode(),
+    "EVENTLINE_POSTMARK_WEBHOOK_AUTH": POSTMARK_AUTH,
 }
 
 
@@ -281,3 +293,142 @@ async def test_callbacks_that_arrive_together_are_each_answered_with_their_own_o
     assert all(reply["code"] == 6 for status, reply in answers if status == 409)
     stored = await db.fetchval("SELECT count(*) FROM delivery_events WHERE delivery_id = $1", int(delivery))
     assert stored == 40
+
+
+def sendgrid(
+    events: list[dict[str, Any]], key: ec.EllipticCurvePrivateKey = SENDGRID_KEY, timestamp: int | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of a SendGrid Event Webhook POST: a JSON array of events, signed as
+    SendGrid signs them (ECDSA P-256 over the timestamp header followed by the body)."""
+    body = json.dumps(events).encode() + b"\r\n"
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    signature = base64.b64encode(key.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))).decode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": signature,
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+    }
+    return {"data": body, "headers": headers}
+
+
+async def test_a_sendgrid_batch_records_a_bounce_and_an_open_and_forgeries_and_replays_are_refused(  # type: ignore[no-untyped-def]
+    base, session, sender: Sender, ingestion, smtp_server
+) -> None:
+    await sender.start()
+    await upsert_contact(ingestion, "s1", email="bounced@example.com")
+    await upsert_contact(ingestion, "s2", email="reader@example.com")
+    bounced, opened = await sender.trigger("s1"), await sender.trigger("s2")
+    await smtp_server.wait_for(2)
+    mails = {m["To"]: m for m in smtp_server.messages}
+    smtp_id = mails["bounced@example.com"]["Message-ID"]  # SendGrid reports it as smtp-id
+    # SendGrid turns the X-SMTPAPI header's unique_args into fields of each event.
+    unique_args = json.loads(mails["reader@example.com"]["X-SMTPAPI"])["unique_args"]
+    assert unique_args == {"deliveryId": opened.delivery_id}
+    now = int(time.time())
+    events = [
+        {"email": "bounced@example.com", "timestamp": now, "smtp-id": smtp_id, "event": "processed",
+         "sg_event_id": "sg-processed-1", "sg_message_id": "m1"},
+        {"email": "bounced@example.com", "timestamp": now, "smtp-id": smtp_id, "event": "bounce",
+         "type": "bounce", "status": "5.1.1", "reason": "550 5.1.1 unknown user",
+         "sg_event_id": "sg-bounce-1", "sg_message_id": "m1"},
+        {"email": "reader@example.com", "timestamp": now, "event": "open", "sg_machine_open": False,
+         "useragent": "Mozilla/5.0", "ip": "192.0.2.1", "sg_event_id": "sg-open-1", "sg_message_id": "m2",
+         **unique_args},
+        {"email": "other@example.com", "timestamp": now, "event": "delivered", "response": "250 OK",
+         "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>", "sg_event_id": "sg-other-1", "sg_message_id": "m3"},
+    ]
+    url = f"{base}/v1/callbacks/sendgrid"
+    forged = sendgrid(events, key=ec.generate_private_key(ec.SECP256R1()))
+    assert (await post(session, url, **forged))[0] == 401
+    signed = sendgrid(events)
+    tampered = dict(signed, data=signed["data"].replace(b"bounced@", b"bouncer@"))
+    assert (await post(session, url, **tampered))[0] == 401
+    status, reply = await post(session, url, **sendgrid(events, timestamp=now - 3600))
+    assert status == 401 and "timestamp" in reply["message"]
+    status, reply = await post(session, url, **signed)
+    assert (status, reply) == (200, {"recorded": 2, "unmatched": 1, "duplicates": 0})
+    assert (await post(session, url, **signed))[0] == 409
+    status, reply = await post(session, url, **sendgrid(events))  # SendGrid's retry, signed afresh
+    assert (status, reply) == (200, {"recorded": 0, "unmatched": 1, "duplicates": 2})
+
+    async with session.get(f"{base}/v1/customers/s1/deliveries") as response:
+        [delivery] = (await response.json())["deliveries"]
+    assert delivery["deliveryId"] == bounced.delivery_id
+    assert [(e["kind"], e["detail"], e["recipient"]) for e in delivery["events"]] == [
+        ("DELIVERY_EVENT_KIND_BOUNCED_HARD", "5.1.1 550 5.1.1 unknown user", "bounced@example.com")
+    ]
+    async with session.get(f"{base}/v1/customers/s2/deliveries") as response:
+        [delivery] = (await response.json())["deliveries"]
+    assert [e["kind"] for e in delivery["events"]] == ["DELIVERY_EVENT_KIND_OPENED"]
+    skipped = await sender.trigger("s1")
+    assert (skipped.status, skipped.reason) == (campaigns_pb2.DELIVERY_STATUS_SKIPPED, "suppressed: hard bounce")
+
+
+def postmark(record: dict[str, Any], auth: str = POSTMARK_AUTH) -> dict[str, Any]:
+    """Keyword arguments of a Postmark webhook POST: one record, the URL's basic auth."""
+    token = base64.b64encode(auth.encode()).decode()
+    return {
+        "data": json.dumps(record).encode(),
+        "headers": {"Content-Type": "application/json", "Authorization": f"Basic {token}"},
+    }
+
+
+async def test_postmark_delivery_click_and_spam_complaint_are_recorded_and_the_complaint_suppresses(  # type: ignore[no-untyped-def]
+    base, session, sender: Sender, ingestion, smtp_server
+) -> None:
+    campaign_id = await sender.start()
+    await upsert_contact(ingestion, "p1", email="complainer@example.com")
+    first = await sender.trigger("p1")
+    await smtp_server.wait_for(1)
+    # Postmark hands the X-PM-Metadata-* headers back as each record's Metadata.
+    metadata = {"deliveryId": smtp_server.messages[0]["X-PM-Metadata-deliveryId"]}
+    assert metadata == {"deliveryId": first.delivery_id}
+    message_id = "883953f4-6105-42a2-a16a-77a8eac79483"
+    delivered = {
+        "RecordType": "Delivery", "ServerID": 23, "MessageStream": "outbound", "MessageID": message_id,
+        "Recipient": "complainer@example.com", "Tag": "welcome", "DeliveredAt": "2026-01-02T03:04:05.2735393-04:00",
+        "Details": "Test delivery webhook details", "Metadata": metadata,
+    }
+    clicked = {
+        "RecordType": "Click", "MessageStream": "outbound", "ClickLocation": "HTML", "Platform": "Desktop",
+        "OriginalLink": "https://shop.test/offer", "MessageID": message_id, "Recipient": "complainer@example.com",
+        "ReceivedAt": "2026-01-02T08:00:00Z", "Tag": "welcome", "Metadata": metadata,
+    }
+    complaint = {
+        "RecordType": "SpamComplaint", "MessageStream": "outbound", "ID": 42, "Type": "SpamComplaint",
+        "TypeCode": 512, "Name": "Spam complaint", "MessageID": message_id, "ServerID": 1234,
+        "Description": "", "Details": "Test spam complaint details", "Email": "complainer@example.com",
+        "From": "sender@example.com", "BouncedAt": "2026-01-02T09:00:00.9070259Z", "DumpAvailable": True,
+        "Inactive": True, "CanActivate": False, "Subject": "Test subject", "Metadata": metadata,
+    }
+    url = f"{base}/v1/callbacks/postmark"
+    assert (await post(session, url, **postmark(delivered, auth="postmark:not-the-password!!")))[0] == 401
+    unsigned = {"data": json.dumps(delivered).encode(), "headers": {"Content-Type": "application/json"}}
+    assert (await post(session, url, **unsigned))[0] == 401
+    for record in (delivered, clicked, complaint):
+        status, reply = await post(session, url, **postmark(record))
+        assert (status, reply) == (200, {"recorded": 1, "unmatched": 0, "duplicates": 0}), record
+    assert (await post(session, url, **postmark(complaint)))[0] == 409  # the same request again
+    foreign = dict(delivered, Metadata={})  # a message another system sent through Postmark
+    status, reply = await post(session, url, **postmark(foreign))
+    assert (status, reply) == (200, {"recorded": 0, "unmatched": 1, "duplicates": 0})
+
+    async with session.get(f"{base}/v1/customers/p1/deliveries") as response:
+        [delivery] = (await response.json())["deliveries"]
+    assert [(e["kind"], e["detail"]) for e in delivery["events"]] == [
+        ("DELIVERY_EVENT_KIND_DELIVERED", "Test delivery webhook details"),
+        ("DELIVERY_EVENT_KIND_CLICKED", "https://shop.test/offer"),
+        ("DELIVERY_EVENT_KIND_COMPLAINED", "SpamComplaint Test spam complaint details"),
+    ]
+    assert delivery["events"][0]["occurTime"] == "2026-01-02T07:04:05.273539Z"
+    async with session.get(f"{base}/v1/suppressions?channel=CHANNEL_EMAIL") as response:
+        [suppression] = (await response.json())["suppressions"]
+    assert (suppression["address"], suppression["reason"]) == (
+        "complainer@example.com",
+        "SUPPRESSION_REASON_COMPLAINT",
+    )
+    async with session.get(f"{base}/v1/campaigns/{campaign_id}/stats") as response:
+        stats = await response.json()
+    assert (stats["delivered"], stats["clicked"], stats["complained"]) == ("1", "1", "1")
+    skipped = await sender.trigger("p1")
+    assert skipped.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED and skipped.reason.startswith("suppressed")

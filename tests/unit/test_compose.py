@@ -283,6 +283,29 @@ def test_the_gateway_calls_the_three_services_and_is_checked_over_http() -> None
     assert "EVENTLINE_DATABASE_URL" not in env and "volumes" not in gateway
 
 
+CALLBACK_SECRETS = (
+    "EVENTLINE_CALLBACK_SECRET",
+    "EVENTLINE_MAILGUN_SIGNING_KEY",
+    "EVENTLINE_TWILIO_AUTH_TOKEN",
+    "EVENTLINE_SENDGRID_VERIFICATION_KEY",
+    "EVENTLINE_POSTMARK_WEBHOOK_AUTH",
+)
+
+
+def test_secrets_come_from_the_environment_and_the_unsubscribe_key_is_shared() -> None:
+    """No secret is written in the file: each is the shell's (or a .env file's) variable of
+    the same name, empty when unset (its route then answers 404); campaigns writes the
+    unsubscribe links with the very key the gateway checks them with."""
+    services = compose()["services"]
+    gateway, campaigns = services["gateway"]["environment"], services["campaigns"]["environment"]
+    for name in (*CALLBACK_SECRETS, "EVENTLINE_UNSUBSCRIBE_SECRET"):
+        assert gateway[name] == f"${{{name}:-}}", name
+    assert campaigns["EVENTLINE_UNSUBSCRIBE_SECRET"] == gateway["EVENTLINE_UNSUBSCRIBE_SECRET"]
+    assert campaigns["EVENTLINE_UNSUBSCRIBE_URL"] == "${EVENTLINE_UNSUBSCRIBE_URL:-}"
+    for name in ("ingestion", "segmentation"):
+        assert not set(CALLBACK_SECRETS) & set(services[name]["environment"]), name
+
+
 def test_configuration_is_environment_with_known_variables() -> None:
     services = compose()["services"]
     known = known_variables()

@@ -17,8 +17,10 @@ from yarl import URL
 from eventline_gateway.backends import SERVICES
 from eventline_gateway.errors import HttpError
 from eventline_gateway.routes import service_bindings
-from eventline_gateway.service import openapi_document
+from eventline_gateway.service import build_app, openapi_document, transcode
+from eventline_gateway.settings import Settings
 from eventline_gateway.transcoder import Route, Transcoder
+from eventline_shared.dependencies import DependencyMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,12 +53,47 @@ def test_its_operations_are_the_gateways_routes(document: dict[str, Any], transc
         (method.upper(), path, operation["operationId"].split("_")[1].rstrip("23456789"))
         for path, operations in document["paths"].items()
         for method, operation in operations.items()
+        if operation["tags"] != ["Gateway"]
     }
     routed = {
         (r.binding.http_method, r.binding.template.openapi_path(), r.binding.method.name)
         for r in transcoder.routes
     }
     assert documented == routed
+
+
+def test_the_gateways_own_routes_are_documented_as_it_serves_them(document: dict[str, Any]) -> None:
+    """Callbacks and unsubscribe are no RPC: the document lists them beside the RPCs, each
+    route the app serves (health and the document itself aside), with every provider."""
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if operation["tags"] == ["Gateway"]
+    }
+    app = build_app(
+        Transcoder([]),
+        DependencyMonitor([], interval_s=1),
+        Settings.from_env({}),
+        campaigns=None,
+    )
+    served = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.handler is not transcode
+        and route.method != "HEAD"
+        and route.resource is not None
+        and route.resource.canonical not in ("/healthz", "/readyz", "/openapi.json")
+    }
+    assert documented == served == {
+        ("POST", "/v1/callbacks/{provider}"),
+        ("GET", "/v1/unsubscribe/{token}"),
+        ("POST", "/v1/unsubscribe/{token}"),
+    }
+    [provider] = [
+        p for p in document["paths"]["/v1/callbacks/{provider}"]["post"]["parameters"] if p["name"] == "provider"
+    ]
+    assert provider["schema"]["enum"] == ["eventline", "mailgun", "twilio", "sendgrid", "postmark"]
 
 
 def test_every_documented_parameter_is_one_the_gateway_takes(
@@ -66,6 +103,8 @@ def test_every_documented_parameter_is_one_the_gateway_takes(
     checked = 0
     for template, operations in document["paths"].items():
         for method, operation in operations.items():
+            if operation["tags"] == ["Gateway"]:
+                continue  # no RPC: the test above
             path = template
             query = []
             for parameter in operation.get("parameters", []):

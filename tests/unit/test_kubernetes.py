@@ -37,7 +37,24 @@ SECRET_VARIABLES = {
     "EVENTLINE_PROVIDER_SECRET",
     "EVENTLINE_SMTP_PASSWORD",
     "EVENTLINE_SEGMENTATION_READ_DATABASE_URL",
+    "EVENTLINE_UNSUBSCRIBE_SECRET",
+    "EVENTLINE_CALLBACK_SECRET",
+    "EVENTLINE_MAILGUN_SIGNING_KEY",
+    "EVENTLINE_TWILIO_AUTH_TOKEN",
+    "EVENTLINE_SENDGRID_VERIFICATION_KEY",
+    "EVENTLINE_POSTMARK_WEBHOOK_AUTH",
 }
+GATEWAY_SECRETS = {
+    "EVENTLINE_SERVICE_API_KEY",
+    "EVENTLINE_UNSUBSCRIBE_SECRET",
+    "EVENTLINE_CALLBACK_SECRET",
+    "EVENTLINE_MAILGUN_SIGNING_KEY",
+    "EVENTLINE_TWILIO_AUTH_TOKEN",
+    "EVENTLINE_SENDGRID_VERIFICATION_KEY",
+    "EVENTLINE_POSTMARK_WEBHOOK_AUTH",
+}
+"""What the gateway reads from Secrets: its key for its own calls, the providers' callback
+secrets and the unsubscribe key (which campaigns shares, to write the links)."""
 OLDEST = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"].removeprefix(">=").split("-")[0]
 KUBERNETES_VERSIONS = [OLDEST, kubernetes_validate.latest_version()]
 
@@ -300,6 +317,17 @@ def test_credentials_come_from_secrets_by_reference_only() -> None:
     assert "EVENTLINE_DATABASE_URL" not in env_of(deployments[component("gateway")])  # it opens no database
     assert "EVENTLINE_REDIS_URL" not in env_of(deployments[component("segmentation")])
     assert "EVENTLINE_SERVICE_API_KEY" in env_of(deployments[component("campaigns")])
+    assert SECRET_VARIABLES & set(env_of(deployments[component("gateway")])) == GATEWAY_SECRETS
+    assert "EVENTLINE_UNSUBSCRIBE_SECRET" in env_of(deployments[component("campaigns")])
+    assert not {"EVENTLINE_CALLBACK_SECRET", "EVENTLINE_UNSUBSCRIBE_SECRET"} & set(
+        env_of(deployments[component("ingestion")])
+    )
+
+
+def test_a_callback_secret_is_read_from_the_secret_and_key_given() -> None:
+    rendered = render("secrets.sendgridVerificationKey.name=providers", "secrets.sendgridVerificationKey.key=sg")
+    reference = env_of(named(rendered, "Deployment")[component("gateway")])["EVENTLINE_SENDGRID_VERIFICATION_KEY"]
+    assert reference["valueFrom"]["secretKeyRef"] == {"name": "providers", "key": "sg", "optional": True}
 
 
 def test_a_migration_hook_runs_before_every_install_and_upgrade_and_services_only_check(

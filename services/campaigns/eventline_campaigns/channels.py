@@ -195,6 +195,10 @@ class SmtpChannel:
         mail["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
         mail["Date"] = formatdate(localtime=False)
         mail["Message-ID"] = f"<delivery-{message.delivery_id}@{self.domain}>"
+        # The delivery id where SendGrid (custom arguments) and Postmark (metadata) echo it in
+        # every status callback, opens and clicks included (eventline_gateway.callbacks).
+        mail["X-SMTPAPI"] = f'{{"unique_args": {{"deliveryId": "{message.delivery_id}"}}}}'
+        mail["X-PM-Metadata-deliveryId"] = str(message.delivery_id)
         if message.unsubscribe:
             if any(c in url for url in message.unsubscribe for c in "\r\n<>,"):
                 raise PermanentError("an unsubscribe URL contains a line break or a delimiter")

@@ -20,17 +20,32 @@ Providers (each answers 404 until its secret is set):
   base64 HMAC-SHA1 of the URL Twilio called followed by the sorted parameters, keyed with
   the auth token, ``EVENTLINE_TWILIO_AUTH_TOKEN``). The StatusCallback URL names the
   delivery: ``…/v1/callbacks/twilio?deliveryId=123``; the signature covers it.
+* ``sendgrid`` - SendGrid's Event Webhook (a JSON array of events; signed with ECDSA P-256:
+  ``X-Twilio-Email-Event-Webhook-Signature`` is the base64 DER signature of the
+  ``X-Twilio-Email-Event-Webhook-Timestamp`` header followed by the body, checked with the
+  webhook's verification key, base64 DER as SendGrid shows it,
+  ``EVENTLINE_SENDGRID_VERIFICATION_KEY``). Events are matched by a ``deliveryId`` custom
+  argument (the ``X-SMTPAPI`` header's ``unique_args`` every e-mail carries) or by
+  ``smtp-id``, our Message-ID; an event with neither counts as unmatched.
+* ``postmark`` - Postmark's webhooks (one JSON record per request: ``Bounce``,
+  ``SpamComplaint``, ``Delivery``, ``Open``, ``Click``), authenticated with the HTTP basic
+  auth set in the webhook's URL (``EVENTLINE_POSTMARK_WEBHOOK_AUTH``, ``user:password``).
+  Records are matched by ``Metadata.deliveryId`` (the ``X-PM-Metadata-deliveryId`` header
+  every e-mail carries).
 
 Replays: a request whose timestamp is more than ``EVENTLINE_CALLBACK_TOLERANCE_S`` away
 from now is refused (401), and its signature (Mailgun: its token) is its key in
 ``RecordDeliveryEvents``, which refuses a key seen within 24 hours (409) - in PostgreSQL,
-so across every gateway replica. Twilio's scheme has no timestamp: there a replay is
-refused by the key, and the report's id (message sid and status) records it once for ever.
+so across every gateway replica. Twilio's and Postmark's schemes have no timestamp: there a
+replay is refused by the key (Postmark: a digest of the body), and the report's id (Twilio:
+message sid and status; Postmark: record type and id) records it once for ever.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -41,6 +56,9 @@ from typing import Any
 import grpc
 import orjson
 from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2
@@ -58,6 +76,8 @@ COMPLAINED = campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED
 OPENED = campaigns_pb2.DELIVERY_EVENT_KIND_OPENED
 CLICKED = campaigns_pb2.DELIVERY_EVENT_KIND_CLICKED
 
+PROVIDERS = ("eventline", "mailgun", "twilio", "sendgrid", "postmark")
+"""The ``{provider}`` of ``POST /v1/callbacks/{provider}`` (also in the OpenAPI document)."""
 MAX_EVENTS = 1000
 _DELIVERY_ID = re.compile(r"[0-9]{1,18}")
 _MESSAGE_ID = re.compile(r"<?delivery-([0-9]{1,18})@[^>]*>?")
@@ -83,6 +103,10 @@ class CallbackSettings:
     """EVENTLINE_CALLBACK_SECRET: our own shape."""
     mailgun_signing_key: str = ""
     twilio_auth_token: str = ""
+    sendgrid_verification_key: str = ""
+    """SendGrid's Event Webhook verification key: the base64 DER public key its settings show."""
+    postmark_webhook_auth: str = ""
+    """``user:password`` of the basic auth in the URL of Postmark's webhooks."""
     tolerance_s: float = 300.0
     public_url: str = ""
     """The gateway's URL as providers call it (EVENTLINE_GATEWAY_PUBLIC_URL), for Twilio's
@@ -324,6 +348,182 @@ def twilio_reports(
     ], key
 
 
+# --- SendGrid ---
+
+SENDGRID_SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
+SENDGRID_EVENTS = {"delivered": DELIVERED, "open": OPENED, "click": CLICKED, "spamreport": COMPLAINED}
+SENDGRID_DROPS = {"Bounced Address": HARD, "Invalid": HARD, "Spam Reporting Address": COMPLAINED}
+"""Reasons of a ``dropped`` event that say what a bounce or complaint would: SendGrid keeps
+the address on its own suppression list (other drops, such as an unsubscribed address or
+spam content, say nothing about the address)."""
+
+
+@functools.lru_cache(maxsize=4)
+def sendgrid_public_key(text: str) -> ec.EllipticCurvePublicKey:
+    """The verification key as SendGrid's settings show it: base64 DER (SubjectPublicKeyInfo)
+    of a P-256 key, with or without PEM armour; ValueError when it is not one."""
+    body = "".join(line for line in text.strip().splitlines() if not line.startswith("-----"))
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError(f"not a base64 DER public key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("not an ECDSA P-256 public key")
+    return key
+
+
+def sendgrid_signed(key: ec.EllipticCurvePublicKey, timestamp: str, body: bytes, signature: str) -> bool:
+    """Whether ``signature`` (base64 DER ECDSA-SHA256) is SendGrid's over ``timestamp`` + body."""
+    try:
+        key.verify(base64.b64decode(signature, validate=True), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _sendgrid_kind(item: Mapping[str, Any]) -> Kind | None:
+    event = item.get("event")
+    if event == "bounce":
+        # ``type`` is ``bounce`` (the server refused the address) or ``blocked`` (it refused
+        # the message for now: reputation, content, rate), which may pass another time.
+        return SOFT if item.get("type") == "blocked" else HARD
+    if event == "dropped":
+        return SENDGRID_DROPS.get(str(item.get("reason", "")))
+    return SENDGRID_EVENTS.get(str(event))
+
+
+def sendgrid_reports(
+    settings: CallbackSettings, headers: Mapping[str, str], body: bytes
+) -> tuple[list[campaigns_pb2.DeliveryEvent], str, int]:
+    """The reports of a SendGrid Event Webhook request, its request key, and how many of its
+    events name no delivery (none for events that say nothing of delivery, such as
+    ``processed`` or ``deferred``)."""
+    if not settings.sendgrid_verification_key:
+        raise not_configured("sendgrid")
+    timestamp = headers.get(SENDGRID_TIMESTAMP_HEADER, "")
+    signature = headers.get(SENDGRID_SIGNATURE_HEADER, "")
+    key = sendgrid_public_key(settings.sendgrid_verification_key)
+    if not signature or not sendgrid_signed(key, timestamp, body, signature):
+        raise unauthenticated(f"the {SENDGRID_SIGNATURE_HEADER} does not match the body and timestamp")
+    if not signatures.fresh(timestamp, settings.tolerance_s):
+        raise unauthenticated(f"the timestamp is more than {settings.tolerance_s:g} s away from now")
+    items = _json(body)
+    if not isinstance(items, list):
+        raise errors.invalid("", "must be a JSON array of SendGrid events")
+    if len(items) > MAX_EVENTS:
+        raise errors.invalid("", "at most 1,000 events per request")
+    reports, unmatched = [], 0
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise errors.invalid(f"[{i}]", "must be an object")
+        kind = _sendgrid_kind(item)
+        if kind is None:
+            continue
+        if item.get("deliveryId") is not None:
+            found = delivery_id(item["deliveryId"], f"[{i}].deliveryId")
+        elif item.get("smtp-id") is not None and _MESSAGE_ID.fullmatch(str(item["smtp-id"]).strip()):
+            found = delivery_id(item["smtp-id"], f"[{i}].smtp-id")
+        else:
+            unmatched += 1  # sent by another system, or without our arguments
+            continue
+        if kind == CLICKED:
+            detail = str(item.get("url", ""))
+        else:
+            detail = " ".join(str(item.get(k) or "") for k in ("status", "reason", "response")).strip()
+        report = campaigns_pb2.DeliveryEvent(
+            delivery_id=found,
+            kind=kind,
+            detail=detail[:1000],
+            provider_event_id=str(item.get("sg_event_id", ""))[:200],
+            recipient=str(item.get("email", ""))[:320],
+        )
+        if isinstance(item.get("timestamp"), int | float):
+            report.occur_time.CopyFrom(_timestamp(float(item["timestamp"])))
+        reports.append(report)
+    return reports, "sendgrid:" + signature, unmatched
+
+
+# --- Postmark ---
+
+POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress", "ManuallyDeactivated"})
+POSTMARK_COMPLAINTS = frozenset({"SpamComplaint", "SpamNotification"})
+POSTMARK_NOT_BOUNCES = frozenset(
+    {"AutoResponder", "Subscribe", "Unsubscribe", "AddressChange", "OpenRelayTest", "ChallengeVerification"}
+)
+"""Bounce types that say nothing of whether the address takes mail (an out-of-office reply, a
+list request); the other failures (Transient, SoftBounce, DnsError, Blocked, …) are soft."""
+POSTMARK_TIMES = {"Bounce": "BouncedAt", "SpamComplaint": "BouncedAt", "Delivery": "DeliveredAt"}
+
+
+def _postmark_kind(record: Mapping[str, Any]) -> Kind | None:
+    record_type = record.get("RecordType")
+    if record_type == "Delivery":
+        return DELIVERED
+    if record_type == "Open":
+        return OPENED
+    if record_type == "Click":
+        return CLICKED
+    if record_type == "SpamComplaint":
+        return COMPLAINED
+    if record_type == "Bounce":
+        bounce = str(record.get("Type", ""))
+        if bounce in POSTMARK_HARD:
+            return HARD
+        if bounce in POSTMARK_COMPLAINTS:
+            return COMPLAINED
+        return None if bounce in POSTMARK_NOT_BOUNCES else SOFT
+    return None  # SubscriptionChange and any record type to come
+
+
+def postmark_reports(
+    settings: CallbackSettings, authorization: str, body: bytes
+) -> tuple[list[campaigns_pb2.DeliveryEvent], str, int]:
+    """The report of a Postmark webhook, its request key (a digest of the body: Postmark signs
+    nothing), and 1 when it names no delivery."""
+    if not settings.postmark_webhook_auth:
+        raise not_configured("postmark")
+    expected = "Basic " + base64.b64encode(settings.postmark_webhook_auth.encode()).decode()
+    if not hmac.compare_digest(expected.encode(), authorization.encode()):
+        raise unauthenticated("the basic auth of the webhook's URL does not match")
+    record = _json(body)
+    if not isinstance(record, dict):
+        raise errors.invalid("", "must be a Postmark webhook record")
+    key = "postmark:" + hashlib.sha256(body).hexdigest()
+    kind = _postmark_kind(record)
+    if kind is None:
+        return [], key, 0
+    metadata = record.get("Metadata")
+    found = metadata.get("deliveryId") if isinstance(metadata, dict) else None
+    if found is None:
+        return [], key, 1
+    recipient = record.get("Email") if record.get("RecordType") in ("Bounce", "SpamComplaint") else None
+    if kind == CLICKED:
+        detail = str(record.get("OriginalLink", ""))
+    else:
+        detail = " ".join(str(record.get(k) or "") for k in ("Type", "Details")).strip()
+    # Bounces and complaints have an id of their own; deliveries and opens are one per message
+    # (Postmark posts every opening unless told the first only), clicks one per link.
+    if record.get("ID") is not None:
+        event_id = f"{record['RecordType']}:{record['ID']}"
+    else:
+        event_id = f"{record['RecordType']}:{record.get('MessageID', '')}" + (f":{detail}" if kind == CLICKED else "")
+    report = campaigns_pb2.DeliveryEvent(
+        delivery_id=delivery_id(found, "Metadata.deliveryId"),
+        kind=kind,
+        detail=detail[:1000],
+        provider_event_id=event_id[:200],
+        recipient=str(recipient or record.get("Recipient", ""))[:320],
+    )
+    when = record.get(POSTMARK_TIMES.get(str(record.get("RecordType")), "ReceivedAt"))
+    if isinstance(when, str) and when:
+        try:
+            report.occur_time.FromJsonString(when)  # ISO 8601 with an offset and up to 9 digits
+        except ValueError:
+            pass  # a time we cannot read: the ledger's own time stands
+    return [report], key, 0
+
+
 # --- the route ---
 
 
@@ -333,6 +533,7 @@ async def callback(request: web.Request) -> web.Response:
     settings = state.settings
     provider = request.match_info["provider"]
     body = await request.read()
+    unmatched = 0
     if provider == "eventline":
         reports, key = generic_reports(settings, request.headers, body)
     elif provider == "mailgun":
@@ -347,12 +548,15 @@ async def callback(request: web.Request) -> web.Response:
             request.headers.get("X-Twilio-Signature", ""),
             request.rel_url.query,
         )
+    elif provider == "sendgrid":
+        reports, key, unmatched = sendgrid_reports(settings, request.headers, body)
+    elif provider == "postmark":
+        reports, key, unmatched = postmark_reports(settings, request.headers.get("Authorization", ""), body)
     else:
         raise HttpError(errors.status(code_pb2.NOT_FOUND, f"no callbacks from {provider!r}"), 404)
     if not reports:
-        return web.Response(
-            body=b'{"recorded":0,"unmatched":0,"duplicates":0}', content_type="application/json"
-        )
+        answer = {"recorded": 0, "unmatched": unmatched, "duplicates": 0}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
     try:
         reply = await state.record(reports, key)
     except grpc.aio.AioRpcError as error:
@@ -362,5 +566,5 @@ async def callback(request: web.Request) -> web.Response:
             errors.status(code_pb2.ALREADY_EXISTS, "this request was handled before (a replay); nothing was recorded"),
             409,
         )
-    answer = {"recorded": reply.recorded, "unmatched": reply.unmatched, "duplicates": reply.duplicates}
+    answer = {"recorded": reply.recorded, "unmatched": reply.unmatched + unmatched, "duplicates": reply.duplicates}
     return web.Response(body=orjson.dumps(answer), content_type="application/json")

@@ -6,7 +6,9 @@
 and fails when it differs (``gen_protos.py --check``). Paths come from the same reading of
 the ``google.api.http`` annotations as the gateway's routes (``routes``), schemas from the
 messages, and every description from the proto comments, so the document says what the
-gateway does.
+gateway does. The gateway's own HTTP routes, which are no RPC (provider status callbacks
+and one-click unsubscribe), are described here (``gateway_paths``), from the same lists the
+gateway serves them from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 
+from eventline_gateway.callbacks import PROVIDERS
 from eventline_gateway.codec import SCALAR_JSON
 from eventline_gateway.errors import HTTP_STATUS
 from eventline_gateway.routes import Binding, service_bindings
@@ -358,6 +361,120 @@ def _operation(builder: _Builder, binding: Binding, index: int) -> dict[str, Any
     return operation
 
 
+_COUNTS = "eventline.gateway.CallbackCounts"
+_ERROR = {
+    "description": "An error: a google.rpc.Status, with the HTTP status of its code.",
+    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{_STATUS}"}}},
+}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_TOKEN = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The signed token of the message's `List-Unsubscribe` URL: it names one customer and one "
+    "channel and cannot be made or edited without the key.",
+}
+
+
+def gateway_paths() -> dict[str, Any]:
+    """The gateway's own routes, which are no RPC: provider status callbacks and one-click
+    unsubscribe (providers and mailbox providers call them, not API clients: no API key)."""
+    callback = {
+        "tags": ["Gateway"],
+        "operationId": "Gateway_Callback",
+        "summary": "Takes a provider's status callback and records its reports on the delivery ledger.",
+        "description": "A provider's report of what happened to messages (delivered, bounced hard or soft, "
+        "complained, opened, clicked), checked with that provider's own signature scheme and recorded with "
+        "`CampaignService.RecordDeliveryEvents`. Each provider answers 404 until its secret is set. A request "
+        "whose signature does not match, or whose timestamp is further than `EVENTLINE_CALLBACK_TOLERANCE_S` "
+        "from now, is 401; the same request again (within 24 hours, on any replica) is 409 and records "
+        "nothing. Bodies: `eventline` our JSON shape, `mailgun` Mailgun's webhook JSON, `twilio` Twilio's "
+        "form-encoded status callback (`?deliveryId=` names the delivery), `sendgrid` SendGrid's Event "
+        "Webhook JSON array (ECDSA-signed), `postmark` a Postmark webhook record (HTTP basic auth).",
+        "security": [],
+        "parameters": [
+            {
+                "name": "provider",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "enum": list(PROVIDERS)},
+                "description": "Whose callback this is: its payload shape and signature scheme.",
+            },
+            {
+                "name": "deliveryId",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "Twilio only: the delivery the status callback URL was given for.",
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {}},
+                "application/x-www-form-urlencoded": {"schema": {"type": "object", "additionalProperties": True}},
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The reports were recorded (or said nothing of a delivery).",
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{_COUNTS}"}}},
+            },
+            "default": _ERROR,
+        },
+    }
+    page = {
+        "tags": ["Gateway"],
+        "operationId": "Gateway_UnsubscribePage",
+        "summary": "Shows the unsubscribe page of a message's List-Unsubscribe link.",
+        "description": "A plain HTML page (no scripts) with a button that POSTs the one-click form; following "
+        "the link (or a link scanner) unsubscribes nobody. 404 for a token that is forged or edited.",
+        "security": [],
+        "parameters": [_TOKEN],
+        "responses": {"200": {"description": "The page.", "content": _HTML}, "default": _ERROR},
+    }
+    one_click = {
+        "tags": ["Gateway"],
+        "operationId": "Gateway_Unsubscribe",
+        "summary": "One-click unsubscribe (RFC 8058): withdraws the consent the token names.",
+        "description": "Withdraws the customer's consent for the token's channel at once and puts an "
+        "`unsubscribed` event on their timeline (once, however often the POST comes). 404 for a token that "
+        "is forged or edited.",
+        "security": [],
+        "parameters": [_TOKEN],
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
+                    }
+                }
+            },
+        },
+        "responses": {"200": {"description": "Unsubscribed.", "content": _HTML}, "default": _ERROR},
+    }
+    return {
+        "/v1/callbacks/{provider}": {"post": callback},
+        "/v1/unsubscribe/{token}": {"get": page, "post": one_click},
+    }
+
+
+def _counts_schema() -> dict[str, Any]:
+    count = {"type": "integer", "format": "int64"}
+    return {
+        "type": "object",
+        "description": "What recording a callback's reports did.",
+        "properties": {
+            "recorded": {**count, "description": "Reports put on the ledger."},
+            "unmatched": {**count, "description": "Reports that name no delivery Eventline knows."},
+            "duplicates": {**count, "description": "Reports recorded before (the provider's retries)."},
+        },
+    }
+
+
 def document(files: descriptor_pb2.FileDescriptorSet, package_prefix: str = "eventline.") -> dict[str, Any]:
     """The OpenAPI document of every annotated RPC of the services in ``files`` whose package
     starts with ``package_prefix``."""
@@ -383,6 +500,10 @@ def document(files: descriptor_pb2.FileDescriptorSet, package_prefix: str = "eve
                 path[binding.http_method.lower()] = _operation(builder, binding, index)
     builder.ref(pool.FindMessageTypeByName(_STATUS))
     builder.ref(pool.FindMessageTypeByName("google.rpc.BadRequest"))  # what Status details hold
+    builder.schemas[_COUNTS] = _counts_schema()
+    paths.update(gateway_paths())
+    tags.append({"name": "Gateway", "description": "The gateway's own routes: provider status callbacks and "
+                 "one-click unsubscribe. Providers call them with their own signatures, not an API key."})
     return {
         "openapi": "3.0.3",
         "info": {

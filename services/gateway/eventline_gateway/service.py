@@ -303,7 +303,13 @@ async def running(settings: Settings) -> AsyncIterator[RunningGateway]:
     try:
         await monitor.start()
         await runner.setup()
-        site = web.TCPSite(runner, common.host, common.port, ssl_context=server_ssl_context(security))
+        site = web.TCPSite(
+            runner,
+            common.host,
+            common.port,
+            ssl_context=server_ssl_context(security),
+            reuse_port=settings.workers > 1 or None,  # workers share the port; the kernel spreads connections
+        )
         await site.start()
         port = int(runner.addresses[0][1])
         metrics_port = 0

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from eventline_gateway.callbacks import CallbackSettings
+from eventline_gateway.callbacks import CallbackSettings, sendgrid_public_key
+from eventline_shared import workers
 from eventline_shared.auth import channel_target
 from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
 
@@ -38,6 +39,8 @@ class Settings:
     """The deadline of each call to a service (a shorter ``Grpc-Timeout`` header wins)."""
     callbacks: CallbackSettings = field(default_factory=CallbackSettings)
     """Provider status callbacks: the providers' secrets."""
+    workers: int = 1
+    """EVENTLINE_GATEWAY_WORKERS: processes serving the port (SO_REUSEPORT when more than 1)."""
     unsubscribe_secret: str = ""
     """EVENTLINE_UNSUBSCRIBE_SECRET: the key of one-click unsubscribe tokens (shared with
     the campaign service, which writes the links)."""
@@ -68,10 +71,23 @@ class Settings:
         tolerance_s = env_float(environ, "EVENTLINE_CALLBACK_TOLERANCE_S", 300.0)
         if not 0 < tolerance_s <= 86400:
             raise ConfigError("EVENTLINE_CALLBACK_TOLERANCE_S must be more than 0 and at most 86400")
+        sendgrid_key = environ.get("EVENTLINE_SENDGRID_VERIFICATION_KEY", "")
+        if sendgrid_key:
+            try:
+                sendgrid_public_key(sendgrid_key)
+            except ValueError as exc:
+                raise ConfigError(f"EVENTLINE_SENDGRID_VERIFICATION_KEY: {exc}") from None
+        postmark_auth = environ.get("EVENTLINE_POSTMARK_WEBHOOK_AUTH", "")
+        if postmark_auth and (":" not in postmark_auth or len(postmark_auth.partition(":")[2]) < 16):
+            raise ConfigError(
+                "EVENTLINE_POSTMARK_WEBHOOK_AUTH must be user:password with a password of 16 characters or more"
+            )
         callbacks = CallbackSettings(
             secret=environ.get("EVENTLINE_CALLBACK_SECRET", ""),
             mailgun_signing_key=environ.get("EVENTLINE_MAILGUN_SIGNING_KEY", ""),
             twilio_auth_token=environ.get("EVENTLINE_TWILIO_AUTH_TOKEN", ""),
+            sendgrid_verification_key=sendgrid_key,
+            postmark_webhook_auth=postmark_auth,
             tolerance_s=tolerance_s,
             public_url=public_url,
             service_api_key=common.security.service_api_key if common.security else "",
@@ -86,4 +102,5 @@ class Settings:
                 environ, "EVENTLINE_GATEWAY_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024
             ),
             deadline_s=deadline_s,
+            workers=workers.worker_count(environ, "gateway"),
         )

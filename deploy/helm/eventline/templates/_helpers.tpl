@@ -59,7 +59,12 @@ segmentation:
   secrets: [databaseUrl, segmentationReadDatabaseUrl]
 campaigns:
   module: eventline_campaigns
-  secrets: [databaseUrl, redisUrl, serviceApiKey, providerSecret, smtpPassword]
+  secrets: [databaseUrl, redisUrl, serviceApiKey, providerSecret, smtpPassword, unsubscribeSecret]
+{{- end }}
+
+{{/* The Secrets the HTTP gateway reads: its key for its own calls, and the callback and unsubscribe keys. */}}
+{{- define "eventline.gatewaySecrets" -}}
+[serviceApiKey, unsubscribeSecret, callbackSecret, mailgunSigningKey, twilioAuthToken, sendgridVerificationKey, postmarkWebhookAuth]
 {{- end }}
 
 {{/* Each secret's variable; the optional ones may be missing from their Secret. */}}
@@ -70,6 +75,12 @@ serviceApiKey: {variable: EVENTLINE_SERVICE_API_KEY, optional: true}
 providerSecret: {variable: EVENTLINE_PROVIDER_SECRET, optional: true}
 smtpPassword: {variable: EVENTLINE_SMTP_PASSWORD, optional: true}
 segmentationReadDatabaseUrl: {variable: EVENTLINE_SEGMENTATION_READ_DATABASE_URL, optional: true}
+unsubscribeSecret: {variable: EVENTLINE_UNSUBSCRIBE_SECRET, optional: true}
+callbackSecret: {variable: EVENTLINE_CALLBACK_SECRET, optional: true}
+mailgunSigningKey: {variable: EVENTLINE_MAILGUN_SIGNING_KEY, optional: true}
+twilioAuthToken: {variable: EVENTLINE_TWILIO_AUTH_TOKEN, optional: true}
+sendgridVerificationKey: {variable: EVENTLINE_SENDGRID_VERIFICATION_KEY, optional: true}
+postmarkWebhookAuth: {variable: EVENTLINE_POSTMARK_WEBHOOK_AUTH, optional: true}
 {{- end }}
 
 {{/* env entries of secrets: (dict "root" $ "secrets" (list "databaseUrl" ...)). */}}

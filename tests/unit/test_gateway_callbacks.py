@@ -1,0 +1,71 @@
+"""Provider signatures, without sockets: SendGrid's ECDSA scheme against the example its own
+library is tested with, and the gateway's settings refusing a key that is not one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eventline_gateway.callbacks import sendgrid_public_key, sendgrid_signed
+from eventline_gateway.settings import Settings
+from eventline_shared.config import ConfigError
+
+# SendGrid's published example (its Python library's Event Webhook test): key, signature,
+# timestamp and the payload they sign, which ends with CR LF as SendGrid's bodies do.
+PUBLIC_KEY = (
+    "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE83T4O/n84iotIvIW4mdBgQ/7dAfSmpqIM8kF9mN1flpVKS3GRqe62gw+2fNNRaINXvVpiglSI8eNEc6wEA3F+g=="
+)
+SIGNATURE = "MEUCIGHQVtGj+Y3LkG9fLcxf3qfI10QysgDWmMOVmxG0u6ZUAiEAyBiXDWzM+uOe5W0JuG+luQAbPIqHh89M15TluLtEZtM="
+TIMESTAMP = "1600112502"
+PAYLOAD = (
+    json.dumps(
+        [
+            {
+                "email": "hello@world.com",
+                "event": "dropped",
+                "reason": "Bounced Address",
+                "sg_event_id": "ZHJvcC0xMDk5NDkxOS1MUnpYbF9OSFN0T0doUTRrb2ZTbV9BLTA",
+                "sg_message_id": "LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0",
+                "smtp-id": "<LRzXl_NHStOGhQ4kofSm_A@ismtpd0039p1iad1.sendgrid.net>",
+                "timestamp": 1600112492,
+            }
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    + "\r\n"
+).encode()
+
+
+def test_sendgrids_documented_example_verifies_and_any_change_does_not() -> None:
+    key = sendgrid_public_key(PUBLIC_KEY)
+    assert sendgrid_signed(key, TIMESTAMP, PAYLOAD, SIGNATURE)
+    assert not sendgrid_signed(key, "1600112503", PAYLOAD, SIGNATURE)
+    assert not sendgrid_signed(key, TIMESTAMP, PAYLOAD.replace(b"hello", b"hallo"), SIGNATURE)
+    assert not sendgrid_signed(key, TIMESTAMP, PAYLOAD, SIGNATURE[:-8] + "AAAAAAA=")
+    assert not sendgrid_signed(key, TIMESTAMP, PAYLOAD, "not base64!")
+    armoured = f"-----BEGIN PUBLIC KEY-----\n{PUBLIC_KEY}\n-----END PUBLIC KEY-----\n"
+    assert sendgrid_signed(sendgrid_public_key(armoured), TIMESTAMP, PAYLOAD, SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EVENTLINE_SENDGRID_VERIFICATION_KEY", "not-a-key", "base64 DER"),
+        ("EVENTLINE_SENDGRID_VERIFICATION_KEY", "MFkwEwYHKoZIzj0CAQ==", "base64 DER"),
+        ("EVENTLINE_POSTMARK_WEBHOOK_AUTH", "no-colon-in-this-value", "user:password"),
+        ("EVENTLINE_POSTMARK_WEBHOOK_AUTH", "user:short", "16 characters"),
+    ],
+)
+def test_provider_secrets_that_cannot_work_stop_the_gateway_at_start(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({variable: value})
+
+
+def test_provider_secrets_are_read() -> None:
+    settings = Settings.from_env(
+        {"EVENTLINE_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY, "EVENTLINE_POSTMARK_WEBHOOK_AUTH": "pm:" + "p" * 16}
+    )
+    assert settings.callbacks.sendgrid_verification_key == PUBLIC_KEY
+    assert settings.callbacks.postmark_webhook_auth == "pm:" + "p" * 16
