@@ -18,6 +18,7 @@ from eventline_cli.client import (
     load_request,
     output_option,
     print_message,
+    table_output_option,
     to_dict,
 )
 
@@ -143,7 +144,7 @@ def deliveries() -> None:
 @click.option("--customer", "customer_id", help="Deliveries to this customer.")
 @click.option("--event", "event_id", help="Deliveries triggered by this event id.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@table_output_option
 @click.pass_context
 def list_deliveries(
     ctx: click.Context,

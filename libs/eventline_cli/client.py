@@ -254,3 +254,13 @@ output_option = click.option(
     show_default=True,
     help="Output format (proto3 JSON mapping).",
 )
+
+table_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format: a table, or the items in the proto3 JSON mapping.",
+)
+"""The ``--output`` of list commands: a table for people, JSON for scripts."""

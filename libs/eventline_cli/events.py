@@ -44,6 +44,7 @@ from eventline_cli.client import (
     options,
     output_option,
     print_message,
+    table_output_option,
     to_dict,
 )
 
@@ -404,14 +405,7 @@ def _code_name(code: int) -> str:
 @click.option("--after", help="Only events that occurred at or after this ISO 8601 time.")
 @click.option("--before", help="Only events that occurred before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Most events shown.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@table_output_option
 @click.pass_context
 def timeline(
     ctx: click.Context,

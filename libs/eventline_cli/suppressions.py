@@ -10,7 +10,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from eventline_cli.client import call, channel, collect, print_message, to_dict
+from eventline_cli.client import call, channel, collect, print_message, table_output_option, to_dict
 
 CHANNELS = {"email": campaigns_pb2.CHANNEL_EMAIL, "sms": campaigns_pb2.CHANNEL_SMS}
 _channel_option = click.option(
@@ -34,7 +34,7 @@ def suppressions() -> None:
 @suppressions.command("list")
 @click.option("--channel", "channel_name", type=click.Choice(sorted(CHANNELS)), help="Only this channel.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@table_output_option
 @click.pass_context
 def list_(ctx: click.Context, channel_name: str | None, limit: int, output: str) -> None:
     """The suppressed addresses, newest first."""
