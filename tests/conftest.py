@@ -73,6 +73,25 @@ async def db_url(template_database: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def empty_url() -> AsyncIterator[str]:
+    """A database of this test's own with no Eventline schema at all."""
+    name = f"eventline_test_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    yield database_url(name)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def behind_url(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database an older release migrated: every shipped migration but the latest."""
+    older = database.migrations()[:-1]
+    with monkeypatch.context() as patch:
+        patch.setattr(database, "migrations", lambda: older)
+        await database.migrate_url(empty_url)
+    return empty_url
+
+
+@pytest.fixture
 async def db(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(db_url)
     yield connection

@@ -8,8 +8,8 @@ import grpc
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from tests.e2e.test_campaigns_e2e import GRANTED, activate, settle, upsert
 from tests.faults import TcpProxy
+from tests.integration.test_campaigns_across_services import GRANTED, activate, settle, upsert
 from tests.support import customer_event
 
 

@@ -1,4 +1,5 @@
-"""End to end: ingestion, segmentation and campaigns as real servers, real PostgreSQL, Redis and SMTP.
+"""Across the services: ingestion, segmentation and campaigns as real servers in this process, real
+PostgreSQL, Redis and SMTP.
 
 The campaign service consumes the stream in the background, as in production.
 """
