@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from eventline.campaigns.v1 import campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2_grpc
 
 from eventline_shared import database, stream
@@ -365,6 +366,13 @@ async def campaigns_server(campaigns_env: CampaignsEnv, redis_client):  # type: 
     env = campaigns_env()
     async with running(Settings.from_env(env), consume=False) as served:
         yield served
+
+
+@pytest.fixture
+async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:  # type: ignore[no-untyped-def]
+    """A client of ``campaigns_server`` (its consumer stopped: tests drain it)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 # --- The HTTP/JSON gateway in front of the three services ---

@@ -12,10 +12,12 @@ from tests.conftest import CampaignsEnv
 
 
 @pytest.fixture
-async def campaigns(  # type: ignore[no-untyped-def]
+async def running_campaigns(  # type: ignore[no-untyped-def]
     campaigns_env: CampaignsEnv, redis_client, ingestion_server
 ) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:
-    """The campaign service with its consumer running, as deployed."""
+    """A client of the campaign service with its consumer running, as deployed (``campaigns``
+    is one whose consumer the test drains). Modules whose tests all want this one name it
+    ``campaigns`` for themselves."""
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.campaigns.v1 import campaigns_pb2
 
 from eventline_gateway.callbacks import twilio_signature
 from eventline_gateway.service import running as running_gateway
@@ -33,12 +32,6 @@ CALLBACK_ENV = {
     "EVENTLINE_MAILGUN_SIGNING_KEY": MAILGUN_KEY,
     "EVENTLINE_TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
 }
-
-
-@pytest.fixture
-async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture
