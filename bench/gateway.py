@@ -28,7 +28,6 @@ Usage: python bench/gateway.py [--quick]. The last line printed is one JSON obje
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
@@ -44,7 +43,16 @@ import asyncpg
 import grpc
 import orjson
 import redis.asyncio as redis
-from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
+from common import (
+    REDIS_URL,
+    command_line,
+    drop_database,
+    free_port,
+    fresh_database,
+    serving,
+    start_service,
+    stop,
+)
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
@@ -286,10 +294,7 @@ async def main(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="20,000 events per side instead of 200,000")
+    parser = command_line(__doc__, quick="20,000 events per side instead of 200,000")
     result = asyncio.run(main(parser.parse_args().quick))
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "

@@ -31,7 +31,6 @@ Usage: python bench/ingest.py [--quick]. The last line printed is one JSON objec
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
@@ -48,7 +47,17 @@ import asyncpg
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import POSTGRES_URL, REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
+from common import (
+    POSTGRES_URL,
+    REDIS_URL,
+    ROOT,
+    command_line,
+    free_port,
+    fresh_database,
+    serving,
+    start_service,
+    stop,
+)
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared.values import UTC
@@ -399,10 +408,7 @@ async def _elapsed(timed: Awaitable[tuple[float, list[float]]]) -> float:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    parser = command_line(__doc__, quick="a short run on less data")
     parser.add_argument(
         "--events",
         type=int,

@@ -28,7 +28,6 @@ Usage: python bench/soak.py [--minutes N] [--quick]. The last line is one JSON o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -43,7 +42,7 @@ import asyncpg
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import POSTGRES_URL, REDIS_URL, fresh_database, serving, start_service, stop
+from common import POSTGRES_URL, REDIS_URL, command_line, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
@@ -349,11 +348,8 @@ async def soak(server_url: str, minutes: float, probe_s: float) -> dict[str, obj
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_line(__doc__, quick="one minute, shorter probe")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--quick", action="store_true", help="one minute, shorter probe")
     options = parser.parse_args()
     minutes = 1.0 if options.quick else options.minutes
     print(json.dumps(asyncio.run(main(minutes, probe_s=10 if options.quick else 30))))
