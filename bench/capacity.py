@@ -35,8 +35,9 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import common
 import redis.asyncio as redis
-from common import POSTGRES_URL, REDIS_URL, command_line, drop_database
+from common import POSTGRES_URL, REDIS_URL, drop_database
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -184,7 +185,7 @@ async def main(quick: bool, rate: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument("--rate", type=int, default=300, help="triggered events per second (default 300)")
     arguments = parser.parse_args()
     result = asyncio.run(main(arguments.quick, arguments.rate))

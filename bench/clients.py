@@ -27,9 +27,10 @@ import random
 import time
 import uuid
 
+import common
 import grpc
 import redis.asyncio as redis
-from common import REDIS_URL, command_line, free_port, fresh_database, serving, start_service, stop
+from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_client import AsyncClient, CustomerEvent, Tracked, to_timestamp
@@ -147,7 +148,7 @@ async def main(quick: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="20,000 events per side instead of 200,000")
+    parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     result = asyncio.run(main(parser.parse_args().quick))
     print(
         f"track_many: {result['client_events_per_s']} events/s, raw TrackEvents: {result['raw_events_per_s']} events/s, "

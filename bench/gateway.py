@@ -40,19 +40,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import common
 import grpc
 import orjson
 import redis.asyncio as redis
-from common import (
-    REDIS_URL,
-    command_line,
-    drop_database,
-    free_port,
-    fresh_database,
-    serving,
-    start_service,
-    stop,
-)
+from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
@@ -294,7 +286,7 @@ async def main(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="20,000 events per side instead of 200,000")
+    parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     result = asyncio.run(main(parser.parse_args().quick))
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "

@@ -44,20 +44,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import common
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import (
-    POSTGRES_URL,
-    REDIS_URL,
-    ROOT,
-    command_line,
-    free_port,
-    fresh_database,
-    serving,
-    start_service,
-    stop,
-)
+from common import POSTGRES_URL, REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared.values import UTC
@@ -408,7 +399,7 @@ async def _elapsed(timed: Awaitable[tuple[float, list[float]]]) -> float:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument(
         "--events",
         type=int,

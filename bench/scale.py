@@ -33,8 +33,9 @@ import time
 import uuid
 from pathlib import Path
 
+import common
 import grpc
-from common import ROOT, command_line, drop_database, free_port, fresh_database, serving, start_service, stop
+from common import ROOT, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from ingest import customer_request, make_events
 
@@ -168,5 +169,5 @@ async def main(quick: bool) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     print(json.dumps(asyncio.run(main(parser.parse_args().quick))))

@@ -59,8 +59,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
+import common
 import grpc
-from common import POSTGRES_URL, command_line, db_url, free_port, fresh_database, serving, start_service, stop
+from common import POSTGRES_URL, db_url, free_port, fresh_database, serving, start_service, stop
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
@@ -466,7 +467,7 @@ async def main(quick: bool, regenerate: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="the same shapes on 10k customers / 500k events")
+    parser = common.command_line(__doc__, quick="the same shapes on 10k customers / 500k events")
     parser.add_argument("--regenerate", action="store_true", help="generate the data again even if it exists")
     options = parser.parse_args()
     print(json.dumps(asyncio.run(main(options.quick, options.regenerate))))

@@ -39,10 +39,11 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import common
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import POSTGRES_URL, REDIS_URL, command_line, fresh_database, serving, start_service, stop
+from common import POSTGRES_URL, REDIS_URL, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
@@ -348,7 +349,7 @@ async def soak(server_url: str, minutes: float, probe_s: float) -> dict[str, obj
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="one minute, shorter probe")
+    parser = common.command_line(__doc__, quick="one minute, shorter probe")
     parser.add_argument("--minutes", type=float, default=10.0)
     options = parser.parse_args()
     minutes = 1.0 if options.quick else options.minutes

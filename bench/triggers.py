@@ -64,19 +64,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import common
 import grpc
 import redis.asyncio as redis
 from aiosmtpd.controller import Controller
-from common import (
-    REDIS_URL,
-    command_line,
-    drop_database,
-    free_port,
-    fresh_database,
-    serving,
-    start_service,
-    stop,
-)
+from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -495,7 +487,7 @@ async def measure(url: str, customers: int, seconds: float, rate: int) -> dict[s
 
 
 if __name__ == "__main__":
-    parser = command_line(__doc__, quick="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument("--rate", type=int, default=1000, help="customer events per second (default 1000)")
     arguments = parser.parse_args()
     try:

@@ -246,21 +246,17 @@ def print_message(message: Message, output: str = "json") -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["json", "yaml"]),
-    default="json",
-    show_default=True,
-    help="Output format (proto3 JSON mapping).",
-)
+def _output_option(formats: list[str], help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output``: one of ``formats``, the first by default."""
+    return click.option(
+        "-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True, help=help
+    )
 
-table_output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format: a table, or the items in the proto3 JSON mapping.",
+
+output_option = _output_option(["json", "yaml"], "Output format (proto3 JSON mapping).")
+"""The ``--output`` of commands that print one message."""
+
+table_output_option = _output_option(
+    ["table", "json"], "Output format: a table, or the items in the proto3 JSON mapping."
 )
 """The ``--output`` of list commands: a table for people, JSON for scripts."""
