@@ -25,7 +25,6 @@ Usage: python bench/capacity.py [--quick] [--rate N]. The last line printed is o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -36,10 +35,10 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-import grpc
+import common
 import redis.asyncio as redis
 from common import POSTGRES_URL, REDIS_URL, drop_database
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.campaigns.v1 import campaigns_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 from triggers import PING_CAMPAIGN, Services, SmtpReceiver, activate, bench_triggers, database_with_customers
@@ -150,12 +149,7 @@ async def main(quick: bool, rate: int) -> dict[str, object]:
             meter = Meter(services, postmaster, client)
             try:
                 await services.ready()
-                async with (
-                    grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['ingestion']}") as ingestion_channel,
-                    grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['campaigns']}") as campaigns_channel,
-                ):
-                    ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
-                    campaigns = campaigns_pb2_grpc.CampaignServiceStub(campaigns_channel)
+                async with services.stubs() as (ingestion, campaigns):
                     await activate(campaigns, AUDIENCE_PING)
                     await asyncio.sleep(1.0)  # the campaign service has loaded the campaign
                     # Warm-up: connections, prepared statements, compiled templates.
@@ -191,8 +185,7 @@ async def main(quick: bool, rate: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument("--rate", type=int, default=300, help="triggered events per second (default 300)")
     arguments = parser.parse_args()
     result = asyncio.run(main(arguments.quick, arguments.rate))

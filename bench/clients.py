@@ -18,7 +18,6 @@ Usage: python bench/clients.py [--quick]. The last line printed is one JSON obje
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import decimal
@@ -28,6 +27,7 @@ import random
 import time
 import uuid
 
+import common
 import grpc
 import redis.asyncio as redis
 from common import REDIS_URL, free_port, fresh_database, serving, start_service, stop
@@ -148,10 +148,7 @@ async def main(quick: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="20,000 events per side instead of 200,000")
+    parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     result = asyncio.run(main(parser.parse_args().quick))
     print(
         f"track_many: {result['client_events_per_s']} events/s, raw TrackEvents: {result['raw_events_per_s']} events/s, "

@@ -3,6 +3,7 @@ on loopback, and waiting until they serve."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 from collections.abc import Mapping
@@ -16,6 +17,15 @@ from eventline_shared.harness import free_port as free_port  # re-exported: the 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def command_line(doc: str | None, quick: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as the help, and ``--quick`` when the
+    benchmark has a short run (``quick`` says what that run is)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
 
 
 def db_url(name: str, server_url: str = POSTGRES_URL) -> str:

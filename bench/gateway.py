@@ -34,7 +34,6 @@ JSON object.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import hmac
@@ -47,6 +46,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import common
 import grpc
 import orjson
 import redis.asyncio as redis
@@ -295,10 +295,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="20,000 events per side instead of 200,000")
+    parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     parser.add_argument(
         "--gateway-workers", type=int, default=1, help="EVENTLINE_GATEWAY_WORKERS of the gateways (default 1)"
     )

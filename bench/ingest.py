@@ -31,7 +31,6 @@ Usage: python bench/ingest.py [--quick]. The last line printed is one JSON objec
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
@@ -45,6 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import common
 import grpc
 import psutil
 import redis.asyncio as redis
@@ -399,10 +399,7 @@ async def _elapsed(timed: Awaitable[tuple[float, list[float]]]) -> float:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument(
         "--events",
         type=int,

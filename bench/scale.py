@@ -24,7 +24,6 @@ and their ``ratio``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -34,6 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
+import common
 import grpc
 from common import ROOT, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
@@ -169,8 +169,5 @@ async def main(quick: bool) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     print(json.dumps(asyncio.run(main(parser.parse_args().quick))))

@@ -47,7 +47,6 @@ printed is one JSON object with flat keys.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import itertools
@@ -60,6 +59,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
+import common
 import grpc
 from common import POSTGRES_URL, db_url, free_port, fresh_database, serving, start_service, stop
 from eventline.common.v1 import common_pb2
@@ -467,10 +467,7 @@ async def main(quick: bool, regenerate: bool) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="the same shapes on 10k customers / 500k events")
+    parser = common.command_line(__doc__, quick="the same shapes on 10k customers / 500k events")
     parser.add_argument("--regenerate", action="store_true", help="generate the data again even if it exists")
     options = parser.parse_args()
     print(json.dumps(asyncio.run(main(options.quick, options.regenerate))))

@@ -28,7 +28,6 @@ Usage: python bench/soak.py [--minutes N] [--quick]. The last line is one JSON o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -40,6 +39,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import common
 import grpc
 import psutil
 import redis.asyncio as redis
@@ -349,11 +349,8 @@ async def soak(server_url: str, minutes: float, probe_s: float) -> dict[str, obj
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.command_line(__doc__, quick="one minute, shorter probe")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--quick", action="store_true", help="one minute, shorter probe")
     options = parser.parse_args()
     minutes = 1.0 if options.quick else options.minutes
     print(json.dumps(asyncio.run(main(minutes, probe_s=10 if options.quick else 30))))

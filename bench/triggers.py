@@ -45,8 +45,8 @@ Usage: python bench/triggers.py [--quick] [--rate N]. The last line printed is o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -58,12 +58,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import common
 import grpc
 import redis.asyncio as redis
 from aiosmtpd.controller import Controller
@@ -191,6 +192,22 @@ class Services:
             except (OSError, IndexError, ValueError):
                 used[name] = 0.0
         return used
+
+    @contextlib.asynccontextmanager
+    async def stubs(
+        self,
+    ) -> AsyncIterator[
+        tuple[ingestion_pb2_grpc.IngestionServiceStub, campaigns_pb2_grpc.CampaignServiceStub]
+    ]:
+        """Clients of ingestion and campaigns, their channels closed afterwards."""
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['ingestion']}") as ingestion_channel,
+            grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['campaigns']}") as campaigns_channel,
+        ):
+            yield (
+                ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel),
+                campaigns_pb2_grpc.CampaignServiceStub(campaigns_channel),
+            )
 
     def stop(self) -> None:
         stop(*self.processes)
@@ -420,12 +437,7 @@ async def measure(url: str, customers: int, seconds: float, rate: int) -> dict[s
         services = Services(url, stream, receiver.port, sink)
         try:
             await services.ready()
-            async with (
-                grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['ingestion']}") as ingestion_channel,
-                grpc.aio.insecure_channel(f"127.0.0.1:{services.ports['campaigns']}") as campaigns_channel,
-            ):
-                ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
-                campaigns = campaigns_pb2_grpc.CampaignServiceStub(campaigns_channel)
+            async with services.stubs() as (ingestion, campaigns):
                 await activate(campaigns, PING_CAMPAIGN)
                 await activate(campaigns, SALE_CAMPAIGN)
                 await asyncio.sleep(1.0)  # every replica has loaded the campaigns
@@ -475,10 +487,7 @@ async def measure(url: str, customers: int, seconds: float, rate: int) -> dict[s
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="a short run on less data")
+    parser = common.command_line(__doc__, quick="a short run on less data")
     parser.add_argument("--rate", type=int, default=1000, help="customer events per second (default 1000)")
     arguments = parser.parse_args()
     try:

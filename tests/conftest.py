@@ -26,6 +26,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from eventline.campaigns.v1 import campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2_grpc
 
 from eventline_shared import database, stream
@@ -70,6 +71,25 @@ async def db_url(template_database: str) -> AsyncIterator[str]:
     await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield database_url(name)
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_url() -> AsyncIterator[str]:
+    """A database of this test's own with no Eventline schema at all."""
+    name = f"eventline_test_{uuid.uuid4().hex[:12]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    yield database_url(name)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def behind_url(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database an older release migrated: every shipped migration but the latest."""
+    older = database.migrations()[:-1]
+    with monkeypatch.context() as patch:
+        patch.setattr(database, "migrations", lambda: older)
+        await database.migrate_url(empty_url)
+    return empty_url
 
 
 @pytest.fixture
@@ -346,6 +366,13 @@ async def campaigns_server(campaigns_env: CampaignsEnv, redis_client):  # type: 
     env = campaigns_env()
     async with running(Settings.from_env(env), consume=False) as served:
         yield served
+
+
+@pytest.fixture
+async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:  # type: ignore[no-untyped-def]
+    """A client of ``campaigns_server`` (its consumer stopped: tests drain it)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 # --- The HTTP/JSON gateway in front of the three services ---

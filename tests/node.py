@@ -7,10 +7,14 @@ once per session with tsc, so a changed source is always what runs.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 TYPESCRIPT_CLIENT = ROOT / "clients" / "typescript"
@@ -50,3 +54,20 @@ async def run_node(script: Path, *args: str, timeout_s: float = 120, **env: str)
         raise
     assert process.returncode is not None
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def assert_the_example_stored(db: asyncpg.Connection, customer_id: str, email: str) -> None:
+    """What both examples (examples/node, examples/http) store for ``customer_id``: the profile,
+    the signed-up event's millisecond date and int64 past 2**53 exactly, and the order's context."""
+    row = await db.fetchrow("SELECT email, attributes FROM customers WHERE customer_id = $1", customer_id)
+    assert row is not None and row["email"] == email
+    assert json.loads(row["attributes"]) == {"plan": "pro", "seats": 5}
+    signed_up = await db.fetchrow(
+        "SELECT occurred_at, context FROM customer_events WHERE event_id = $1", f"{customer_id}-signed-up"
+    )
+    assert signed_up["occurred_at"] == dt.datetime(2024, 1, 15, 9, 30, 0, 250000, tzinfo=dt.UTC)
+    assert json.loads(signed_up["context"])["referrer_id"] == 2**53 + 1
+    order = await db.fetchval(
+        "SELECT context FROM customer_events WHERE customer_id = $1 AND name = 'order_placed'", customer_id
+    )
+    assert json.loads(order) == {"total": 59.90, "items": 3}

@@ -106,6 +106,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
         await asyncio.sleep(0.05)
 
 
+async def outbox_drained(db: asyncpg.Connection, timeout_s: float = 60) -> None:
+    """Wait until the relay has published (and deleted) every outbox row."""
+
+    async def empty() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM event_outbox") == 0)
+
+    await eventually(empty, timeout_s, "the outbox never drained")
+
+
 def numbered(prefix: str, i: int) -> str:
     """The id of the i-th seeded customer: ``<prefix>0000``…"""
     return f"{prefix}{i:04d}"

@@ -13,10 +13,12 @@ from rich.table import Table
 from eventline_cli.client import (
     call,
     channel,
+    collect,
     load_message,
     load_request,
     output_option,
     print_message,
+    table_output_option,
     to_dict,
 )
 
@@ -84,19 +86,15 @@ def get(ctx: click.Context, campaign_id: str, output: str) -> None:
 @click.pass_context
 def list_(ctx: click.Context, limit: int) -> None:
     """The campaigns, as a table."""
-    found: list[campaigns_pb2.Campaign] = []
-    request = campaigns_pb2.ListCampaignsRequest(page_size=min(limit, 100))
+    request = campaigns_pb2.ListCampaignsRequest()
     with channel(ctx, "campaigns") as opened:
-        while len(found) < limit:
-            reply = call(ctx, _stub(opened).ListCampaigns, request)
-            found.extend(reply.campaigns)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
+        found: list[campaigns_pb2.Campaign] = collect(
+            ctx, _stub(opened).ListCampaigns, request, "campaigns", limit
+        )
     table = Table()
     for column in ("campaign id", "name", "state"):
         table.add_column(column)
-    for campaign in found[:limit]:
+    for campaign in found:
         state = campaigns_pb2.CampaignState.Name(campaign.state).removeprefix("CAMPAIGN_STATE_").lower()
         table.add_row(campaign.campaign_id, campaign.display_name, state)
     Console(highlight=False).print(table)
@@ -146,7 +144,7 @@ def deliveries() -> None:
 @click.option("--customer", "customer_id", help="Deliveries to this customer.")
 @click.option("--event", "event_id", help="Deliveries triggered by this event id.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@table_output_option
 @click.pass_context
 def list_deliveries(
     ctx: click.Context,
@@ -167,22 +165,17 @@ def list_deliveries(
         request.customer_id = customer_id
     else:
         request.event_id = event_id or ""
-    found: list[campaigns_pb2.Delivery] = []
     with channel(ctx, "campaigns") as opened:
-        while len(found) < limit:
-            request.page_size = min(100, limit - len(found))
-            reply = call(ctx, _stub(opened).ListDeliveries, request)
-            found.extend(reply.deliveries)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
+        found: list[campaigns_pb2.Delivery] = collect(
+            ctx, _stub(opened).ListDeliveries, request, "deliveries", limit
+        )
     if output == "json":
-        click.echo(json.dumps([to_dict(delivery) for delivery in found[:limit]], indent=2))
+        click.echo(json.dumps([to_dict(delivery) for delivery in found], indent=2))
         return
     table = Table()
     for column in ("created (UTC)", "campaign", "customer", "channel", "status", "reason", "event id"):
         table.add_column(column)
-    for delivery in found[:limit]:
+    for delivery in found:
         table.add_row(
             delivery.create_time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             delivery.campaign_id,

@@ -127,6 +127,23 @@ def call(ctx: click.Context, method: Callable[..., R], request: Message) -> R:
         fail_rpc(error)
 
 
+def collect(
+    ctx: click.Context, method: Callable[..., Any], request: Any, field: str, limit: int, page_size: int = 100
+) -> list[Any]:
+    """Up to ``limit`` items of a list RPC: pages of at most ``page_size`` are requested (each
+    asks only for what is still missing) and ``field`` of each reply is gathered until the
+    server has no next page. ``request`` keeps its filters; its paging fields are set here."""
+    found: list[Any] = []
+    while len(found) < limit:
+        request.page_size = min(page_size, limit - len(found))
+        reply = call(ctx, method, request)
+        found.extend(getattr(reply, field))
+        if not reply.next_page_token:
+            break
+        request.page_token = reply.next_page_token
+    return found[:limit]
+
+
 def describe_status(code: str, message: str, details: list[Any]) -> list[str]:
     """Human lines for a status: the code and message, then one line per field violation."""
     lines = [f"{code}: {message}" if message else code]
@@ -229,11 +246,17 @@ def print_message(message: Message, output: str = "json") -> None:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-output_option = click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["json", "yaml"]),
-    default="json",
-    show_default=True,
-    help="Output format (proto3 JSON mapping).",
+def _output_option(formats: list[str], help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``-o/--output``: one of ``formats``, the first by default."""
+    return click.option(
+        "-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True, help=help
+    )
+
+
+output_option = _output_option(["json", "yaml"], "Output format (proto3 JSON mapping).")
+"""The ``--output`` of commands that print one message."""
+
+table_output_option = _output_option(
+    ["table", "json"], "Output format: a table, or the items in the proto3 JSON mapping."
 )
+"""The ``--output`` of list commands: a table for people, JSON for scripts."""

@@ -35,6 +35,7 @@ from rich.text import Text
 from eventline_cli.client import (
     call,
     channel,
+    collect,
     describe_status,
     fail,
     fail_rpc,
@@ -43,6 +44,7 @@ from eventline_cli.client import (
     options,
     output_option,
     print_message,
+    table_output_option,
     to_dict,
 )
 
@@ -403,14 +405,7 @@ def _code_name(code: int) -> str:
 @click.option("--after", help="Only events that occurred at or after this ISO 8601 time.")
 @click.option("--before", help="Only events that occurred before this ISO 8601 time.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Most events shown.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@table_output_option
 @click.pass_context
 def timeline(
     ctx: click.Context,
@@ -427,25 +422,18 @@ def timeline(
         request.occurred_after.FromDatetime(parse_timestamp(after))
     if before:
         request.occurred_before.FromDatetime(parse_timestamp(before))
-    found: list[common_pb2.Event] = []
     with channel(ctx, "ingestion") as opened:
         stub = ingestion_pb2_grpc.IngestionServiceStub(opened)
-        while len(found) < limit:
-            request.page_size = min(100, limit - len(found))
-            reply = call(ctx, stub.ListTimeline, request)
-            found.extend(reply.events)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
+        found: list[common_pb2.Event] = collect(ctx, stub.ListTimeline, request, "events", limit)
     if output == "json":
-        click.echo(json.dumps([to_dict(event) for event in found[:limit]], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([to_dict(event) for event in found], indent=2, ensure_ascii=False))
         return
     table = Table(title=f"Timeline of {customer_id}", title_justify="left")
     table.add_column("occurred at (UTC)", no_wrap=True)
     table.add_column("name", style="bold")
     table.add_column("event id", overflow="fold")
     table.add_column("context", overflow="fold")
-    for event in found[:limit]:
+    for event in found:
         occurred = event.occurred_at.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
         context = ", ".join(f"{key}={value_text(value)}" for key, value in sorted(event.context.items()))
         table.add_row(occurred, event.name, event.event_id, context)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -47,18 +48,9 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--timeout", "timeout_s", type=float, default=30.0, show_default=True, help="RPC deadline in seconds."
 )
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    target: str | None,
-    api_key: str | None,
-    tls_ca: Path | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_server_name: str | None,
-    timeout_s: float,
-) -> None:
+def cli(ctx: click.Context, /, **options: Any) -> None:
     """Eventline: customer events, segments and campaigns."""
-    ctx.obj = ClientOptions.build(target, api_key, tls_ca, tls_cert, tls_key, tls_server_name, timeout_s)
+    ctx.obj = ClientOptions.build(**options)  # the group's options are ClientOptions.build's parameters
 
 
 @cli.command()

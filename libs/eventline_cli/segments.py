@@ -12,6 +12,7 @@ from rich.table import Table
 from eventline_cli.client import (
     call,
     channel,
+    collect,
     load_message,
     load_request,
     output_option,
@@ -67,32 +68,21 @@ def list_(ctx: click.Context, filter_path: str | None, segment_id: str | None, l
     with channel(ctx, "segmentation") as opened:
         stub = segmentation_pb2_grpc.SegmentationServiceStub(opened)
         if not filter_path and not segment_id:
-            saved: list[segmentation_pb2.Segment] = []
-            listing = segmentation_pb2.ListSegmentsRequest(page_size=min(limit, 100))
-            while len(saved) < limit:
-                page = call(ctx, stub.ListSegments, listing)
-                saved.extend(page.segments)
-                if not page.next_page_token:
-                    break
-                listing.page_token = page.next_page_token
+            listing = segmentation_pb2.ListSegmentsRequest()
+            saved: list[segmentation_pb2.Segment] = collect(
+                ctx, stub.ListSegments, listing, "segments", limit
+            )
             table = Table()
             for column in ("segment id", "name", "description"):
                 table.add_column(column)
-            for segment in saved[:limit]:
+            for segment in saved:
                 table.add_row(segment.segment_id, segment.display_name, segment.description)
             Console(highlight=False).print(table)
             return
         request = segmentation_pb2.ListCustomersRequest()
         _target(request, filter_path, segment_id)
-        found: list[str] = []
-        while len(found) < limit:
-            request.page_size = min(1000, limit - len(found))
-            reply = call(ctx, stub.ListCustomers, request)
-            found.extend(reply.customer_ids)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
-    for customer_id in found[:limit]:
+        found: list[str] = collect(ctx, stub.ListCustomers, request, "customer_ids", limit, page_size=1000)
+    for customer_id in found:
         click.echo(customer_id)
 
 

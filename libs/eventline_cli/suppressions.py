@@ -10,7 +10,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
-from eventline_cli.client import call, channel, print_message, to_dict
+from eventline_cli.client import call, channel, collect, print_message, table_output_option, to_dict
 
 CHANNELS = {"email": campaigns_pb2.CHANNEL_EMAIL, "sms": campaigns_pb2.CHANNEL_SMS}
 _channel_option = click.option(
@@ -34,29 +34,24 @@ def suppressions() -> None:
 @suppressions.command("list")
 @click.option("--channel", "channel_name", type=click.Choice(sorted(CHANNELS)), help="Only this channel.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@table_output_option
 @click.pass_context
 def list_(ctx: click.Context, channel_name: str | None, limit: int, output: str) -> None:
     """The suppressed addresses, newest first."""
     request = campaigns_pb2.ListSuppressionsRequest(
         channel=CHANNELS[channel_name] if channel_name else campaigns_pb2.CHANNEL_UNSPECIFIED
     )
-    found: list[campaigns_pb2.Suppression] = []
     with channel(ctx, "campaigns") as opened:
-        while len(found) < limit:
-            request.page_size = min(1000, limit - len(found))
-            reply = call(ctx, _stub(opened).ListSuppressions, request)
-            found.extend(reply.suppressions)
-            if not reply.next_page_token:
-                break
-            request.page_token = reply.next_page_token
+        found: list[campaigns_pb2.Suppression] = collect(
+            ctx, _stub(opened).ListSuppressions, request, "suppressions", limit, page_size=1000
+        )
     if output == "json":
-        click.echo(json.dumps([to_dict(s) for s in found[:limit]], indent=2, ensure_ascii=False))
+        click.echo(json.dumps([to_dict(s) for s in found], indent=2, ensure_ascii=False))
         return
     table = Table()
     for column in ("since (UTC)", "channel", "address", "reason", "delivery", "detail"):
         table.add_column(column)
-    for item in found[:limit]:
+    for item in found:
         table.add_row(
             item.create_time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             _word(campaigns_pb2.Channel, item.channel, "CHANNEL_"),

@@ -11,27 +11,12 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
-from eventline.campaigns.v1 import campaigns_pb2_grpc
 
-from tests.conftest import CampaignsEnv, service_env
+from tests.conftest import service_env
 from tests.faults import TcpProxy
 from tests.processes import ServiceProcess
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def campaigns(  # type: ignore[no-untyped-def]
-    campaigns_env: CampaignsEnv, redis_client, ingestion_server
-) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:
-    """The campaign service with its consumer running, as deployed."""
-    from eventline_campaigns.service import running
-    from eventline_campaigns.settings import Settings
-
-    env = campaigns_env(EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS="30000")
-    async with running(Settings.from_env(env)) as served:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 # --- The whole suite as processes, for the clients' tests ---

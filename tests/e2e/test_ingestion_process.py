@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
-import asyncpg
 import grpc
 import psutil
 import pytest
@@ -14,8 +12,7 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from eventline_shared import database
-from tests.conftest import _admin, database_url, service_env
+from tests.conftest import service_env
 from tests.processes import ServiceProcess
 from tests.support import customer_event, wait_until
 
@@ -125,26 +122,6 @@ async def test_crashes_between_commit_and_publish_lose_nothing(
     assert len(committed) >= 50
     assert streamed == committed
     assert "crashing" in ingestion_process.logs()
-
-
-async def test_replicas_starting_together_migrate_once():
-    # A name of this run's own: a fixed one was dropped by other runs on the same server.
-    name = f"eventline_test_migrate_race_{uuid.uuid4().hex[:12]}"
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await _admin(f'CREATE DATABASE "{name}"')
-    try:
-        results = await asyncio.gather(*(database.migrate_url(database_url(name)) for _ in range(4)))
-        applied = [version for result in results for version in result]
-        expected = [version for version, _, _ in database.migrations()]
-        assert sorted(applied) == expected  # each migration applied exactly once, by someone
-        connection = await asyncpg.connect(database_url(name))
-        try:
-            rows = await connection.fetch("SELECT version FROM schema_migrations ORDER BY version")
-        finally:
-            await connection.close()
-        assert [r["version"] for r in rows] == expected
-    finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _listening_on(pid: int, port: int) -> bool:

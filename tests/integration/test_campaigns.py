@@ -42,12 +42,6 @@ GRANTED = common_pb2.CONSENT_GRANTED
 DENIED = common_pb2.CONSENT_DENIED
 
 
-@pytest.fixture
-async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
-
-
 def email_campaign(
     event_name: str = "PasswordRecoveryRequested",
     subject: str = "Reset your password",

@@ -7,12 +7,8 @@ templates with syntax errors and sandbox attacks, frequency caps, paging; a refu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
-import pytest
 from eventline.campaigns.v1 import campaigns_pb2 as pb
-from eventline.campaigns.v1 import campaigns_pb2_grpc
 from google.protobuf import duration_pb2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -133,12 +129,6 @@ hostile_campaigns = st.builds(
     frequency_cap=st.one_of(st.none(), caps),
 )
 campaigns_messages = st.one_of(hostile_campaigns, plausible_campaigns)
-
-
-@pytest.fixture
-async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 @fuzzing.fuzzed

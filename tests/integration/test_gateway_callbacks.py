@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.campaigns.v1 import campaigns_pb2
 
 from eventline_gateway.callbacks import twilio_signature
 from eventline_gateway.service import running as running_gateway
@@ -45,12 +44,6 @@ CALLBACK_ENV = {
     ).decode(),
     "EVENTLINE_POSTMARK_WEBHOOK_AUTH": POSTMARK_AUTH,
 }
-
-
-@pytest.fixture
-async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture

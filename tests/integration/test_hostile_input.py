@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -28,12 +28,6 @@ MiB = 1024 * 1024
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TRAILERS_LIMIT = 8 * 1024
 """What a gRPC client accepts of trailers by default."""
-
-
-@pytest.fixture
-async def campaigns(campaigns_server) -> AsyncIterator[campaigns_pb2_grpc.CampaignServiceStub]:  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import REDIS_URL, service_env
 from tests.faults import TcpProxy
-from tests.support import customer_event, eventually, wait_until
+from tests.support import customer_event, eventually, outbox_drained, wait_until
 
 
 def _proxied(url: str, proxy: TcpProxy) -> str:
@@ -105,10 +105,7 @@ async def test_redis_down_for_30_seconds_while_events_keep_arriving(db_url, stre
                     await asyncio.sleep(0.05)
                 assert await redis_client.exists(stream_key) == 0
                 proxy.restore()
-                for _ in range(1200):
-                    if await db.fetchval("SELECT count(*) FROM event_outbox") == 0:
-                        break
-                    await asyncio.sleep(0.05)
+                await outbox_drained(db)
     finally:
         await proxy.close()
     committed = [r["event_id"] for r in await db.fetch("SELECT event_id FROM customer_events")]

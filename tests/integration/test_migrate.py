@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -25,7 +23,7 @@ from eventline_cli.main import cli
 from eventline_shared import database
 from eventline_shared.config import CommonSettings, ConfigError
 from tests.conftest import _admin, database_url, service_env
-from tests.processes import ROOT, ServiceProcess
+from tests.processes import ROOT
 
 SHIPPED = [(version, name) for version, name, _ in database.migrations()]
 LABELS = [database.migration_label(version, name) for version, name in SHIPPED]
@@ -58,25 +56,6 @@ async def recorded(url: str) -> list[int]:
         return sorted(await database.applied_migrations(connection))
     finally:
         await connection.close()
-
-
-@pytest.fixture
-async def empty_url() -> AsyncIterator[str]:
-    """A database of this test's own with no Eventline schema at all."""
-    name = f"eventline_test_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    yield database_url(name)
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def behind_url(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A database an older release migrated: every shipped migration but the latest."""
-    older = database.migrations()[:-1]
-    with monkeypatch.context() as patch:
-        patch.setattr(database, "migrations", lambda: older)
-        await database.migrate_url(empty_url)
-    return empty_url
 
 
 async def test_migrate_applies_every_migration_once_and_a_second_run_has_nothing_to_do(
@@ -176,26 +155,6 @@ async def test_without_migrate_a_service_on_an_empty_database_names_every_missin
     assert await recorded(empty_url) == []
 
 
-async def test_the_process_exits_at_start_naming_the_missing_migration_and_serves_after_migrate(
-    behind_url: str, stream_key: str, tmp_path: Path
-) -> None:
-    env = service_env(behind_url, stream_key, EVENTLINE_MIGRATE="false")
-    process = ServiceProcess("segmentation", env, tmp_path).start()
-    try:
-        assert await process.exited() != 0
-        assert (
-            "eventline-segmentation: the database schema is behind this version: "
-            f"missing migration {LABELS[-1]}. Run `eventline migrate`"
-        ) in process.logs()
-        migrated = await eventline_migrate(behind_url)
-        assert migrated.returncode == 0, migrated.stderr
-        assert migrated.stdout.splitlines()[0] == f"applied {LABELS[-1]}"
-        process.start()
-        await process.serving()
-    finally:
-        process.kill()
-
-
 async def test_by_default_a_service_still_migrates_at_start(
     behind_url: str, stream_key: str, redis_client: redis.Redis
 ) -> None:
@@ -204,3 +163,23 @@ async def test_by_default_a_service_still_migrates_at_start(
 
     async with running(Settings.from_env(service_env(behind_url, stream_key)), relay=False):
         assert await recorded(behind_url) == [version for version, _ in SHIPPED]
+
+
+async def test_replicas_starting_together_migrate_once():
+    # A name of this run's own: a fixed one was dropped by other runs on the same server.
+    name = f"eventline_test_migrate_race_{uuid.uuid4().hex[:12]}"
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        results = await asyncio.gather(*(database.migrate_url(database_url(name)) for _ in range(4)))
+        applied = [version for result in results for version in result]
+        expected = [version for version, _, _ in database.migrations()]
+        assert sorted(applied) == expected  # each migration applied exactly once, by someone
+        connection = await asyncpg.connect(database_url(name))
+        try:
+            rows = await connection.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        finally:
+            await connection.close()
+        assert [r["version"] for r in rows] == expected
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -59,14 +59,6 @@ async def segmentation_server(db_url: str, stream_key: str, replication: Streami
         yield served
 
 
-@pytest.fixture
-async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
-    from eventline.campaigns.v1 import campaigns_pb2_grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
-
-
 def matches_on_primary() -> float:
     return REGISTRY.get_sample_value("eventline_segmentation_matches_on_primary_total") or 0.0
 

@@ -11,7 +11,7 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline_shared import stream
 from tests.conftest import REDIS_URL, service_env, single_and_cluster
 from tests.faults import TcpProxy
-from tests.support import customer_event
+from tests.support import customer_event, outbox_drained
 
 
 async def test_ingestion_keeps_accepting_while_redis_is_down_and_drains_after(
@@ -35,10 +35,7 @@ async def test_ingestion_keeps_accepting_while_redis_is_down_and_drains_after(
                 await asyncio.sleep(0.3)
                 assert await db.fetchval("SELECT count(*) FROM event_outbox") > 0
                 proxy.restore()
-                for _ in range(1200):
-                    if await db.fetchval("SELECT count(*) FROM event_outbox") == 0:
-                        break
-                    await asyncio.sleep(0.05)
+                await outbox_drained(db)
     finally:
         await proxy.close()
     committed = {r["event_id"] for r in await db.fetch("SELECT event_id FROM customer_events")}

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
@@ -22,12 +22,6 @@ GRANTED = common_pb2.CONSENT_GRANTED
 EMAIL = campaigns_pb2.CHANNEL_EMAIL
 SMS = campaigns_pb2.CHANNEL_SMS
 Kind = campaigns_pb2.DeliveryEventKind
-
-
-@pytest.fixture
-async def campaigns(campaigns_server):  # type: ignore[no-untyped-def]
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
-        yield campaigns_pb2_grpc.CampaignServiceStub(channel)
 
 
 @pytest.fixture

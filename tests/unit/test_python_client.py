@@ -146,3 +146,10 @@ def test_backoff_grows_to_its_cap_with_jitter() -> None:
     assert max(policy.backoff_s(10) for _ in range(200)) > 0.5
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+def test_a_naive_datetime_or_an_oversized_integer_is_refused_before_sending() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        CustomerEvent("c1", "viewed", occurred_at=dt.datetime(2024, 1, 1)).item("e1")
+    with pytest.raises(ValueError, match="64-bit"):
+        CustomerEvent("c1", "viewed", {"n": 2**63}).item("e1")

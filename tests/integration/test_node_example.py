@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
@@ -10,7 +9,7 @@ import asyncpg
 import pytest
 
 from eventline_shared import auth
-from tests.node import NODE_EXAMPLE, TYPESCRIPT_CLIENT, build, run_node
+from tests.node import NODE_EXAMPLE, TYPESCRIPT_CLIENT, assert_the_example_stored, build, run_node
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +45,7 @@ async def test_the_example_tracks_decodes_errors_and_item_results_and_sends_date
     assert set(summary["invalid"]["fields"]) == {"name", 'context["item-id"]'}
     assert summary["timeline"] == ["order_shipped", "order_placed", "signed_up"]
 
-    row = await db.fetchrow("SELECT email, attributes FROM customers WHERE customer_id = 'node-1'")
-    assert row is not None and row["email"] == "node-1@example.com"
-    assert json.loads(row["attributes"]) == {"plan": "pro", "seats": 5}
-    signed_up = await db.fetchrow(
-        "SELECT occurred_at, context FROM customer_events WHERE event_id = 'node-1-signed-up'"
-    )
-    assert signed_up["occurred_at"] == dt.datetime(2024, 1, 15, 9, 30, 0, 250000, tzinfo=dt.UTC)
-    assert json.loads(signed_up["context"])["referrer_id"] == 2**53 + 1
-    context = await db.fetchval(
-        "SELECT context FROM customer_events WHERE customer_id = 'node-1' AND name = 'order_placed'"
-    )
-    assert json.loads(context) == {"total": 59.90, "items": 3}
+    await assert_the_example_stored(db, "node-1", "node-1@example.com")
 
     # Running it again changes nothing: the event ids are the client's idempotency keys.
     code, again, stderr = await run_example(ingestion_server.port, EVENTLINE_CUSTOMER="node-1")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 
 from eventline_shared import auth
 from tests.conftest import secured_suite
-from tests.node import run_node
+from tests.node import assert_the_example_stored, run_node
 
 pytestmark = pytest.mark.slow
 
@@ -41,16 +40,7 @@ async def test_the_example_tracks_reads_and_decodes_errors_over_http(
     assert summary["invalid"] == {"httpStatus": 400, "code": 3, "fields": ["name", 'context["item-id"]']}
     assert summary["timeline"] == ["order_shipped", "order_placed", "signed_up"]
 
-    row = await db.fetchrow("SELECT email, attributes FROM customers WHERE customer_id = 'shop:http-1'")
-    assert row is not None and row["email"] == "jane@example.com"
-    assert json.loads(row["attributes"]) == {"plan": "pro", "seats": 5}
-    signed_up = await db.fetchrow(
-        "SELECT occurred_at, context FROM customer_events WHERE event_id = 'shop:http-1-signed-up'"
-    )
-    assert signed_up["occurred_at"] == dt.datetime(2024, 1, 15, 9, 30, 0, 250000, tzinfo=dt.UTC)
-    assert json.loads(signed_up["context"])["referrer_id"] == 2**53 + 1
-    order = await db.fetchval("SELECT context FROM customer_events WHERE event_id = 'shop:http-1-order-1'")
-    assert json.loads(order) == {"total": 59.90, "items": 3}
+    await assert_the_example_stored(db, "shop:http-1", "jane@example.com")
 
     # Again: the event ids are the client's idempotency keys, nothing new is stored.
     code, again, stderr = await run_example(base, EVENTLINE_CUSTOMER="shop:http-1")

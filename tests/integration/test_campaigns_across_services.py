@@ -1,4 +1,5 @@
-"""End to end: ingestion, segmentation and campaigns as real servers, real PostgreSQL, Redis and SMTP.
+"""Across the services: ingestion, segmentation and campaigns as real servers in this process, real
+PostgreSQL, Redis and SMTP.
 
 The campaign service consumes the stream in the background, as in production.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
@@ -16,6 +18,12 @@ from eventline_cli import demo_campaigns
 from tests.support import customer_event, value
 
 GRANTED = common_pb2.CONSENT_GRANTED
+
+
+@pytest.fixture
+def campaigns(running_campaigns):  # type: ignore[no-untyped-def]
+    """Here the campaign service consumes the stream in the background, as deployed."""
+    return running_campaigns
 
 
 async def upsert(ingestion, customer_id: str, **fields: object) -> None:  # type: ignore[no-untyped-def]

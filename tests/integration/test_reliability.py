@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from tests.e2e.test_campaigns_e2e import GRANTED, activate, settle, upsert
 from tests.faults import TcpProxy
+from tests.integration.test_campaigns_across_services import GRANTED, activate, settle, upsert
 from tests.support import customer_event
+
+
+@pytest.fixture
+def campaigns(running_campaigns):  # type: ignore[no-untyped-def]
+    """Here the campaign service consumes the stream in the background, as deployed."""
+    return running_campaigns
 
 
 async def test_same_event_id_100_times_with_connection_drops_is_one_event_one_entry_one_message(  # type: ignore[no-untyped-def]
