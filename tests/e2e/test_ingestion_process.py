@@ -14,7 +14,7 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from eventline_shared import database
+from eventline_shared.storage import database
 from tests.conftest import _admin, database_url, service_env
 from tests.processes import ServiceProcess
 from tests.support import customer_event, wait_until

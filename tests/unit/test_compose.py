@@ -364,8 +364,10 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
     for name in [*SERVICES, "gateway"]:
         assert f"eventline_{name}/__main__.py" in names
     assert "eventline_gateway/openapi.json" in names  # served at /openapi.json
-    migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
-    assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
+    shipped = ROOT / "libs/eventline_shared/storage/migrations"
+    migrations = {path.relative_to(shipped).as_posix() for path in shipped.glob("*/*.sql")}
+    assert migrations, "no migrations found"
+    assert {f"eventline_shared/storage/migrations/{migration}" for migration in migrations} <= names
     # The generated code ships once, in eventline-api, not again in the services' wheel.
     assert not any(name.startswith("eventline/") for name in names)
     [api_wheel] = (context / "dist").glob("eventline_api-*.whl")

@@ -24,8 +24,9 @@ import time
 
 import asyncpg
 
-from eventline_shared import faults, stream
-from eventline_shared.dependencies import POSTGRESQL, REDIS, DependencyMonitor
+from eventline_shared import faults
+from eventline_shared.observability.dependencies import POSTGRESQL, REDIS, DependencyMonitor
+from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
-from eventline_shared import database
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
-from eventline_shared.grpc_server import Server, method_path
+from eventline_shared.observability.dependencies import DependencyMonitor, PostgreSQL
 from eventline_shared.paging import PageTokens
+from eventline_shared.server.grpc_server import Server, method_path
+from eventline_shared.storage import database
 
 log = logging.getLogger(__name__)
 

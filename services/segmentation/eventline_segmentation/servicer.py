@@ -29,8 +29,8 @@ from eventline_shared.errors import (
     quote,
     raise_if_any,
 )
-from eventline_shared.grpc_server import Context, database_timeout
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
+from eventline_shared.server.grpc_server import Context, database_timeout
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000

@@ -26,9 +26,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from eventline_shared import database, logs, stream
-from eventline_shared.config import CommonSettings, ConfigError
-from eventline_shared.dependencies import DependencyMonitor, health_name
 from eventline_shared.errors import (
     Aborted,
     DeadlineExceeded,
@@ -39,10 +36,15 @@ from eventline_shared.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from eventline_shared.handlers import HandlerWrapper, writing_stream
-from eventline_shared.logs import current_call as _current_call
-from eventline_shared.metrics import Operations
+from eventline_shared.observability import logs
+from eventline_shared.observability.dependencies import DependencyMonitor, health_name
+from eventline_shared.observability.logs import current_call as _current_call
+from eventline_shared.observability.metrics import Operations
 from eventline_shared.paging import MAX_REPLY_BYTES
+from eventline_shared.server.config import CommonSettings, ConfigError
+from eventline_shared.server.handlers import HandlerWrapper, writing_stream
+from eventline_shared.storage import database
+from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +399,7 @@ class Server:
         max_request_bytes: Mapping[str, int] | None = None,
         stream_idle_s: float | None = None,
     ) -> None:
-        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics), and
+        # With settings: metrics, API keys and TLS as configured (see eventline_shared.observability.metrics), and
         # the maximum connection age (CommonSettings.server_options).
         self.operations = Operations(list(service_names), settings) if settings is not None else None
         # No interceptor runs per call: every handler is wrapped once, when it is registered.

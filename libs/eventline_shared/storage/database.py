@@ -60,12 +60,20 @@ async def open_pool(
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """The numbered migrations shipped with Eventline: (version, name, sql), in order."""
+    """The numbered migrations shipped with Eventline: (version, name, sql), in version order.
+
+    Each service keeps its own in a folder of ``eventline_shared.storage.migrations``
+    (``ingestion/``, ``segmentation/``, ``campaigns/``, ``security/``); they share one database
+    and one numbering, so they are applied together, in order, whichever service starts first.
+    """
     found = []
-    for entry in resources.files("eventline_shared.migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    for folder in resources.files("eventline_shared.storage.migrations").iterdir():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _MIGRATION_FILE.match(entry.name)
+            if match:
+                found.append((int(match.group(1)), match.group(2), entry.read_text()))
     return sorted(found)
 
 

@@ -37,7 +37,7 @@ import grpc
 
 from eventline_client.connection import service_config
 from eventline_shared.environment import ConfigError, env_bool, env_float, env_str
-from eventline_shared.handlers import HandlerWrapper, checked_first
+from eventline_shared.server.handlers import HandlerWrapper, checked_first
 
 SCOPES = ("ingest", "read", "admin")
 KEY_PATTERN = re.compile(r"^evl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")

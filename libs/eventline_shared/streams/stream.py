@@ -20,7 +20,7 @@ Each stored event becomes one stream entry with the fields:
 * ``payload``: the ``eventline.common.v1.Event`` exactly as stored, serialized
   as protobuf;
 * ``traceparent``: the W3C trace context of the call that stored the event
-  (see ``eventline_shared.tracing``), so consumers continue its trace.
+  (see ``eventline_shared.observability.tracing``), so consumers continue its trace.
 """
 
 from __future__ import annotations

