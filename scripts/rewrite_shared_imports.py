@@ -48,7 +48,19 @@ MODULES = {
 }
 """Old module (under eventline_shared) -> its new home, for every name not listed in NAMES."""
 
-NAMES: dict[str, dict[str, str]] = {}
+NAMES: dict[str, dict[str, str]] = {
+    "auth": {
+        "SecuritySettings": "security.tls",
+        "channel_target": "security.client_channels",
+        "client_channel": "security.client_channels",
+        "SERVICE_CONFIG": "security.client_channels",
+        "SEGMENTATION_READS": "security.client_channels",
+        "requiring_keys": "server.handlers",
+    },
+    "metrics": {"Operations": "server.operations", "counting_calls": "server.handlers"},
+    "config": {name: "environment" for name in ("ConfigError", "env_str", "env_int", "env_float", "env_bool")},
+    "dependencies": {"PostgreSQL": "storage.database", "Redis": "streams.stream"},
+}
 """Old module -> {name: new module} for the names that left their module's new home."""
 
 MIGRATION_FOLDERS = (("00", "ingestion"), ("01", "segmentation"), ("02", "campaigns"), ("03", "security"))

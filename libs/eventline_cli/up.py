@@ -34,7 +34,7 @@ from eventline_shared.dev.embedded import (
     EmbeddedServer,
     ensure_database,
 )
-from eventline_shared.server.config import ConfigError, env_bool, env_int
+from eventline_shared.environment import ConfigError, env_bool, env_int
 
 
 @dataclass(frozen=True)

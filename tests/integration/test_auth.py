@@ -18,8 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from eventline_cli.main import cli
-from eventline_shared.security import api_keys
-from eventline_shared.server.config import CommonSettings, ConfigError
+from eventline_shared.environment import ConfigError
+from eventline_shared.security import api_keys, client_channels, tls
+from eventline_shared.server.config import CommonSettings
 from tests.certificates import Certificates
 from tests.conftest import service_env
 
@@ -289,26 +290,26 @@ async def test_service_to_service_channel_carries_the_service_key_over_mutual_tl
     stream = segmentation_pb2.StreamCustomersRequest(filter=count.filter)
     async with running(Settings.from_env(env)) as served:
         target = f"127.0.0.1:{served.port}"
-        caller = api_keys.SecuritySettings(
+        caller = tls.SecuritySettings(
             tls_ca=str(certificates.ca),
             tls_cert=str(certificates.client_cert),
             tls_key=str(certificates.client_key),
             service_api_key=token,
         )
-        async with api_keys.client_channel(target, caller) as channel:
+        async with client_channels.client_channel(target, caller) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert (await stub.CountCustomers(count, timeout=10)).count == 0
             # A server-streaming call carries the key too (it would raise UNAUTHENTICATED otherwise).
             streamed = [list(reply.customer_ids) async for reply in stub.StreamCustomers(stream, timeout=10)]
             assert all(ids == [] for ids in streamed)
-        keyless = api_keys.SecuritySettings(
+        keyless = tls.SecuritySettings(
             tls_ca=str(certificates.ca),
             tls_cert=str(certificates.client_cert),
             tls_key=str(certificates.client_key),
         )
-        async with api_keys.client_channel(target, keyless) as channel:
+        async with client_channels.client_channel(target, keyless) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-        async with api_keys.client_channel(target, api_keys.SecuritySettings(service_api_key=token)) as channel:
+        async with client_channels.client_channel(target, tls.SecuritySettings(service_api_key=token)) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAVAILABLE

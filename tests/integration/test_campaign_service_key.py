@@ -17,8 +17,8 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 
+from eventline_shared.environment import ConfigError
 from eventline_shared.security import api_keys
-from eventline_shared.server.config import ConfigError
 from eventline_shared.streams import stream
 from tests.conftest import CampaignsEnv, service_env
 from tests.processes import ServiceProcess

@@ -18,8 +18,9 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import timestamp_pb2
 
 from eventline_campaigns.audience import Audience
-from eventline_shared.security import api_keys
-from eventline_shared.server.config import CommonSettings, ConfigError
+from eventline_shared.environment import ConfigError
+from eventline_shared.security import client_channels
+from eventline_shared.server.config import CommonSettings
 from eventline_shared.server.grpc_server import Server
 from tests.conftest import service_env
 from tests.integration.test_metrics import scrape, value
@@ -58,8 +59,8 @@ async def test_campaigns_channel_spreads_match_calls_over_both_segmentation_repl
     audience_filter = seg.Filter(event=seg.EventCondition(name="signed_up"))
     now = timestamp_pb2.Timestamp(seconds=1_700_000_000)
     # Exactly the channel the campaign service opens to EVENTLINE_SEGMENTATION_ADDR.
-    async with api_keys.client_channel(
-        api_keys.channel_target(target, "EVENTLINE_SEGMENTATION_ADDR"), None
+    async with client_channels.client_channel(
+        client_channels.channel_target(target, "EVENTLINE_SEGMENTATION_ADDR"), None
     ) as channel:
         audience = Audience(channel)
         for _ in range(1000):
@@ -74,16 +75,16 @@ async def test_campaigns_channel_spreads_match_calls_over_both_segmentation_repl
 
 
 def test_service_addresses_become_balanced_grpc_targets() -> None:
-    assert api_keys.channel_target("segmentation:50052") == "segmentation:50052"
-    assert api_keys.channel_target("dns:///segmentation-headless:50052") == "dns:///segmentation-headless:50052"
-    assert api_keys.channel_target("10.0.0.1:50052, 10.0.0.2:50052") == "ipv4:10.0.0.1:50052,10.0.0.2:50052"
-    assert api_keys.channel_target("[fd00::1]:50052,[fd00::2]:50052") == "ipv6:[fd00::1]:50052,[fd00::2]:50052"
+    assert client_channels.channel_target("segmentation:50052") == "segmentation:50052"
+    assert client_channels.channel_target("dns:///segmentation-headless:50052") == "dns:///segmentation-headless:50052"
+    assert client_channels.channel_target("10.0.0.1:50052, 10.0.0.2:50052") == "ipv4:10.0.0.1:50052,10.0.0.2:50052"
+    assert client_channels.channel_target("[fd00::1]:50052,[fd00::2]:50052") == "ipv6:[fd00::1]:50052,[fd00::2]:50052"
     with pytest.raises(ConfigError, match=r"EVENTLINE_SEGMENTATION_ADDR: 'seg-a:50052' in a list .*dns:///"):
-        api_keys.channel_target("seg-a:50052,seg-b:50052", "EVENTLINE_SEGMENTATION_ADDR")
+        client_channels.channel_target("seg-a:50052,seg-b:50052", "EVENTLINE_SEGMENTATION_ADDR")
     with pytest.raises(ConfigError, match="not both"):
-        api_keys.channel_target("10.0.0.1:1,[fd00::2]:1")
+        client_channels.channel_target("10.0.0.1:1,[fd00::2]:1")
     with pytest.raises(ConfigError, match="must be host:port"):
-        api_keys.channel_target("segmentation")
+        client_channels.channel_target("segmentation")
 
 
 def test_max_connection_age_is_a_setting_with_a_default() -> None:
@@ -153,7 +154,7 @@ async def test_the_server_sends_goaway_once_a_connection_reaches_its_maximum_age
 
 async def test_calls_keep_succeeding_over_new_connections_after_goaway(aging_server: Server) -> None:
     peers: list[str] = []
-    async with api_keys.client_channel(f"127.0.0.1:{aging_server.port}", None) as channel:
+    async with client_channels.client_channel(f"127.0.0.1:{aging_server.port}", None) as channel:
         who = channel.unary_unary("/test.Peer/Who")
 
         async def until_two_reconnections() -> None:
@@ -169,7 +170,7 @@ async def test_calls_keep_succeeding_over_new_connections_after_goaway(aging_ser
 
 
 def test_service_channels_retry_only_what_is_safe_to_repeat() -> None:
-    config = json.loads(api_keys.SERVICE_CONFIG)
+    config = json.loads(client_channels.SERVICE_CONFIG)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     retried = {
         (name["service"].rsplit(".", 1)[1], name.get("method", "*"))

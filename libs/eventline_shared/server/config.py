@@ -9,13 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# Re-exported: the services read their own variables with these, next to CommonSettings.
-from eventline_shared.environment import ConfigError as ConfigError
-from eventline_shared.environment import env_bool as env_bool
-from eventline_shared.environment import env_float as env_float
-from eventline_shared.environment import env_int as env_int
-from eventline_shared.environment import env_str as env_str
-from eventline_shared.security.api_keys import SecuritySettings
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.security.tls import SecuritySettings
 from eventline_shared.streams.stream import StreamLayout
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventline"
@@ -41,7 +36,7 @@ class CommonSettings:
     """The /metrics HTTP port (EVENTLINE_<SERVICE>_METRICS_PORT); None: no endpoint."""
     metrics_interval_s: float = 15.0
     security: SecuritySettings | None = None
-    """API keys and TLS (see eventline_shared.security.api_keys); None: neither."""
+    """API keys and TLS (see eventline_shared.security.tls); None: neither."""
     health_probe_interval_s: float = 2.0
     """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.observability.dependencies)."""
     stream_partitions: int = 1

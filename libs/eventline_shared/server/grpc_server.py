@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
+from eventline_shared.environment import ConfigError
 from eventline_shared.errors import (
     Aborted,
     DeadlineExceeded,
@@ -39,10 +40,10 @@ from eventline_shared.errors import (
 from eventline_shared.observability import logs
 from eventline_shared.observability.dependencies import DependencyMonitor, health_name
 from eventline_shared.observability.logs import current_call as _current_call
-from eventline_shared.observability.metrics import Operations
 from eventline_shared.paging import MAX_REPLY_BYTES
-from eventline_shared.server.config import CommonSettings, ConfigError
+from eventline_shared.server.config import CommonSettings
 from eventline_shared.server.handlers import HandlerWrapper, writing_stream
+from eventline_shared.server.operations import Operations
 from eventline_shared.storage import database
 from eventline_shared.streams import stream
 

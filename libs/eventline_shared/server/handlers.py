@@ -1,5 +1,9 @@
 """Wrapping method handlers: how metrics, API keys and error mapping reach every RPC.
 
+The wrappers themselves are here too: ``counting_calls`` (metrics of
+``eventline_shared.observability.metrics``) and ``requiring_keys`` (the API-key check
+of ``eventline_shared.security.api_keys``); ``mapping_errors`` is in ``grpc_server``.
+
 Each of them is a ``HandlerWrapper``: given a method's full name and its
 handler, it returns the handler to serve instead. ``grpc_server.Server`` applies
 them once, when a servicer is registered, not on every call the way a
@@ -10,11 +14,16 @@ awaited per call, before the handler is even looked up). What is switched off
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+
+from eventline_shared.observability.metrics import RPC_SECONDS, RPCS
+from eventline_shared.security.api_keys import KeyStore, allows, required_scope
 
 HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 """(method's full name, handler) -> the handler that serves the method."""
@@ -73,3 +82,128 @@ def _checking(inner: Callable[..., Any], check: Callable[[Any], Awaitable[None]]
         return await inner(request, context)
 
     return call
+
+
+def _names(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def _code_of(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return str(status.name)
+    return default
+
+
+def counting_calls(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Wraps a method's handler to count every call by status code and observe its latency.
+
+    Applied last (outermost), so that calls refused for their API key count too.
+    """
+    service, name = _names(method)
+    counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
+    latency = RPC_SECONDS.labels(service, name)
+
+    def record(context: grpc.aio.ServicerContext[Any, Any], started: float, failure: str | None) -> None:
+        latency.observe(time.perf_counter() - started)
+        code = _code_of(context, failure or "OK")
+        (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
+
+    writer = writing_stream(handler)
+    if handler.unary_unary or writer:
+        inner = writer or handler.unary_unary
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            failure: str | None = None
+            try:
+                return await inner(request, context)
+            except asyncio.CancelledError:
+                failure = "CANCELLED"
+                raise
+            except BaseException:
+                failure = "UNKNOWN"
+                raise
+            finally:
+                record(context, started, failure)
+
+        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
+        return register(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            failure: str | None = None
+            try:
+                async for reply in inner_stream(request, context):
+                    yield reply
+            except asyncio.CancelledError:
+                failure = "CANCELLED"
+                raise
+            except BaseException:
+                failure = "UNKNOWN"
+                raise
+            finally:
+                record(context, started, failure)
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+
+def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
+
+
+def requiring_keys(keys: Callable[[], KeyStore | None]) -> HandlerWrapper:
+    """Wraps each method's handler so that a call needs a key with the RPC's scope; health stays open.
+
+    The check runs before the request is decoded: a refused call costs no decoding.
+    """
+
+    def wrap(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        needed = required_scope(method)
+        if needed is None:
+            return handler
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            token = _bearer(context.invocation_metadata())
+            if not token:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
+                )
+            store = keys()
+            if store is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting, retry")
+            assert store is not None
+            scopes = await store.scopes(token)
+            if scopes is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")
+            assert scopes is not None
+            if not allows(scopes, needed):
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED, f"the API key lacks the {needed!r} scope for this RPC"
+                )
+
+        return checked_first(handler, check)
+
+    return wrap

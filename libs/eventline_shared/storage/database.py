@@ -12,6 +12,7 @@ from importlib import resources
 import asyncpg
 
 from eventline_shared.errors import AlreadyExists, DeadlineExceeded, EventlineError, Unavailable
+from eventline_shared.observability.dependencies import POSTGRESQL, Dependency
 
 log = logging.getLogger(__name__)
 
@@ -185,3 +186,31 @@ def translate(exc: BaseException) -> EventlineError | None:
     ):
         return Unavailable("the database is unavailable, retry later")
     return None
+
+
+class PostgreSQL(Dependency):
+    """PostgreSQL, probed with ``SELECT 1`` on a connection of its own (not one of the pool's)."""
+
+    def __init__(self, dsn: str, *, required: bool = True, name: str = POSTGRESQL) -> None:
+        super().__init__(name, required=required)
+        self.dsn = dsn
+        self._connection: asyncpg.Connection | None = None
+
+    async def probe(self) -> None:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await self._connection.fetchval("SELECT 1")
+        except BaseException:
+            # Timed out or broken: never reuse a connection in an unknown state.
+            self._connection.terminate()
+            self._connection = None
+            raise
+
+    def explains(self, exc: BaseException) -> bool:
+        return isinstance(translate(exc), Unavailable)
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None

@@ -18,7 +18,8 @@ from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eventline_shared.observability.dependencies import Dependency
-from eventline_shared.security.api_keys import SecuritySettings, client_channel
+from eventline_shared.security.client_channels import client_channel
+from eventline_shared.security.tls import SecuritySettings
 from eventline_shared.server.grpc_server import MAX_MESSAGE_BYTES
 
 SERVICES: dict[str, descriptor.ServiceDescriptor] = {

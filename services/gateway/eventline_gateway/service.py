@@ -38,7 +38,7 @@ from eventline_gateway.settings import Settings
 from eventline_gateway.transcoder import Transcoder
 from eventline_shared.observability import logs, tracing
 from eventline_shared.observability.dependencies import DependencyMonitor
-from eventline_shared.security.api_keys import SecuritySettings
+from eventline_shared.security.tls import SecuritySettings
 
 log = logging.getLogger(__name__)
 

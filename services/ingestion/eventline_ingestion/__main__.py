@@ -11,8 +11,8 @@ import sys
 
 from eventline_ingestion.service import running
 from eventline_ingestion.settings import Settings
+from eventline_shared.environment import ConfigError
 from eventline_shared.server import workers
-from eventline_shared.server.config import ConfigError
 from eventline_shared.server.grpc_server import serve_main
 
 

@@ -17,12 +17,14 @@ from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
 from eventline_ingestion.writer import EventWriter
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.observability.dependencies import DependencyMonitor, PostgreSQL, Redis
+from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
 from eventline_shared.server import workers
 from eventline_shared.server.grpc_server import Server
 from eventline_shared.storage import database
+from eventline_shared.storage.database import PostgreSQL
 from eventline_shared.streams import stream
+from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
 

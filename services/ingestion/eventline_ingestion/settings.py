@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from eventline_shared.environment import env_float, env_int
 from eventline_shared.server import workers
-from eventline_shared.server.config import CommonSettings, env_float, env_int
+from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50051
 

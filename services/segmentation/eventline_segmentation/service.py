@@ -15,10 +15,11 @@ from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.observability.dependencies import DependencyMonitor, PostgreSQL
+from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
 from eventline_shared.server.grpc_server import Server, method_path
 from eventline_shared.storage import database
+from eventline_shared.storage.database import PostgreSQL
 
 log = logging.getLogger(__name__)
 
