@@ -5,7 +5,8 @@ observe their latency (``eventline_shared.server.handlers.counting_calls``
 wraps every handler with them); the stream gauges (length, pending entries and
 lag per consumer group) are refreshed every EVENTLINE_METRICS_INTERVAL_S
 seconds while the ``/metrics`` endpoint serves (``eventline_shared.server.operations``),
-with outbox backlog (ingestion) and deliveries by channel and status (campaigns).
+with each service's own gauges (``eventline_ingestion.relay.OUTBOX_BACKLOG``,
+``eventline_campaigns.gauges.DELIVERIES``).
 """
 
 from __future__ import annotations
@@ -36,20 +37,11 @@ STREAM_LAG = Gauge(
     "Entries of the stream a consumer group has not read yet.",
     ["stream", "group"],
 )
-OUTBOX_BACKLOG = Gauge("eventline_outbox_backlog_rows", "Outbox rows not yet published to the stream.")
-DELIVERIES = Gauge(
-    "eventline_deliveries", "Deliveries in the ledger, by channel and status.", ["channel", "status"]
-)
-
 DEPENDENCY_UP = Gauge(
     "eventline_dependency_up",
     "1 while a dependency of the service answers its probes and real work, 0 while it does not.",
     ["dependency"],
 )
-
-CHANNELS = {1: "email", 2: "sms", 3: "push"}
-DELIVERY_STATUSES = {1: "pending", 2: "sent", 3: "failed", 4: "skipped"}
-
 
 async def refresh_stream_gauges(client: Any, stream_key: str) -> None:
     STREAM_LENGTH.labels(stream_key).set(await client.xlen(stream_key))
@@ -62,15 +54,3 @@ async def refresh_stream_gauges(client: Any, stream_key: str) -> None:
         if lag is not None:
             STREAM_LAG.labels(stream_key, name).set(lag)
 
-
-async def refresh_delivery_gauges(connection: Any) -> None:
-    if await connection.fetchval("SELECT to_regclass('deliveries') IS NULL"):
-        return
-    rows = await connection.fetch(
-        "SELECT channel, status, count(*) AS n FROM deliveries GROUP BY channel, status"
-    )
-    for row in rows:
-        DELIVERIES.labels(
-            CHANNELS.get(row["channel"], str(row["channel"])),
-            DELIVERY_STATUSES.get(row["status"], str(row["status"])),
-        ).set(row["n"])

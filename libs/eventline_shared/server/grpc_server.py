@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,7 +44,7 @@ from eventline_shared.observability.logs import current_call as _current_call
 from eventline_shared.paging import MAX_REPLY_BYTES
 from eventline_shared.server.config import CommonSettings
 from eventline_shared.server.handlers import HandlerWrapper, writing_stream
-from eventline_shared.server.operations import Operations
+from eventline_shared.server.operations import Gauges, Operations
 from eventline_shared.storage import database
 from eventline_shared.streams import stream
 
@@ -399,10 +400,15 @@ class Server:
         dependencies: DependencyMonitor | None = None,
         max_request_bytes: Mapping[str, int] | None = None,
         stream_idle_s: float | None = None,
+        pool: asyncpg.Pool | None = None,
+        gauges: Sequence[Gauges] = (),
     ) -> None:
-        # With settings: metrics, API keys and TLS as configured (see eventline_shared.observability.metrics), and
-        # the maximum connection age (CommonSettings.server_options).
-        self.operations = Operations(list(service_names), settings) if settings is not None else None
+        # With settings: metrics, API keys (checked on ``pool``, the service's) and TLS as configured
+        # (see eventline_shared.server.operations), the service's own ``gauges``, and the maximum
+        # connection age (CommonSettings.server_options).
+        self.operations = (
+            Operations(settings, pool=pool, gauges=gauges) if settings is not None else None
+        )
         # No interceptor runs per call: every handler is wrapped once, when it is registered.
         self.server = WrappingServer(
             grpc.aio.server(options=_with_defaults([*options, *(settings.server_options() if settings else ())])),

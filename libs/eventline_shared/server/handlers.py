@@ -174,7 +174,7 @@ def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
     return ""
 
 
-def requiring_keys(keys: Callable[[], KeyStore | None]) -> HandlerWrapper:
+def requiring_keys(store: KeyStore) -> HandlerWrapper:
     """Wraps each method's handler so that a call needs a key with the RPC's scope; health stays open.
 
     The check runs before the request is decoded: a refused call costs no decoding.
@@ -191,10 +191,6 @@ def requiring_keys(keys: Callable[[], KeyStore | None]) -> HandlerWrapper:
                 await context.abort(
                     grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
                 )
-            store = keys()
-            if store is None:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting, retry")
-            assert store is not None
             scopes = await store.scopes(token)
             if scopes is None:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")

@@ -3,6 +3,10 @@ API-key check (``eventline_shared.security.api_keys``), TLS credentials
 (``eventline_shared.security.tls``), and the ``/metrics`` HTTP endpoint (on
 EVENTLINE_<SERVICE>_METRICS_PORT; off when unset) with its gauges
 (``eventline_shared.observability.metrics``).
+
+The stream gauges are every service's; a service adds its own (the outbox backlog of
+ingestion, the delivery ledger of campaigns) as ``gauges``, refreshed on the same beat.
+API keys are checked against the service's own pool: the server opens none.
 """
 
 from __future__ import annotations
@@ -10,17 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import asyncpg
 import grpc
 from prometheus_client import start_http_server
 
-from eventline_shared.observability.metrics import (
-    OUTBOX_BACKLOG,
-    refresh_delivery_gauges,
-    refresh_stream_gauges,
-)
+from eventline_shared.observability.metrics import refresh_stream_gauges
 from eventline_shared.security.api_keys import KeyStore
 from eventline_shared.security.tls import SecuritySettings
 from eventline_shared.server.config import CommonSettings
@@ -29,17 +30,33 @@ from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 
+Gauges = Callable[[], Awaitable[None]]
+"""Refreshes some of a service's own gauges (reads its database, sets the values)."""
+
 
 class Operations:
-    """Metrics endpoint, API keys and TLS for one server, from its ``CommonSettings``."""
+    """Metrics endpoint, API keys and TLS for one server, from its ``CommonSettings``.
 
-    def __init__(self, service_names: Sequence[str], settings: CommonSettings) -> None:
+    ``pool`` is the service's PostgreSQL pool, which API keys are checked against
+    (required when EVENTLINE_AUTH is on); ``gauges`` refresh the service's own gauges.
+    """
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *,
+        pool: asyncpg.Pool | None = None,
+        gauges: Sequence[Gauges] = (),
+    ) -> None:
         self.settings = settings
-        self.service_names = list(service_names)
-        self.security: SecuritySettings = getattr(settings, "security", None) or SecuritySettings()
-        self.metrics_port: int | None = getattr(settings, "metrics_port", None)
+        self.security = settings.security or SecuritySettings()
+        self.metrics_port = settings.metrics_port
         self.keys: KeyStore | None = None
-        self._pool: Any = None
+        if self.security.auth:
+            if pool is None:
+                raise ValueError("EVENTLINE_AUTH=true: the server needs the service's pool to check API keys")
+            self.keys = KeyStore(pool, self.security.auth_cache_s)
+        self.gauges = list(gauges)
         self._http: Any = None
         self._probes: asyncio.Task[None] | None = None
         self.bound_metrics_port = 0
@@ -47,8 +64,8 @@ class Operations:
     def wrappers(self) -> list[HandlerWrapper]:
         """What wraps every method's handler, innermost first (see ``eventline_shared.server.handlers``)."""
         found: list[HandlerWrapper] = []
-        if self.security.auth:
-            found.append(requiring_keys(lambda: self.keys))
+        if self.keys is not None:
+            found.append(requiring_keys(self.keys))
         found.append(counting_calls)
         return found
 
@@ -56,11 +73,6 @@ class Operations:
         return self.security.server_credentials()
 
     async def start(self) -> None:
-        if self.security.auth:
-            import asyncpg
-
-            self._pool = await asyncpg.create_pool(self.settings.database_url, min_size=1, max_size=4)
-            self.keys = KeyStore(self._pool, self.security.auth_cache_s)
         if self.metrics_port is not None:
             self._http, _ = start_http_server(self.metrics_port, addr=self.settings.host)
             self.bound_metrics_port = int(self._http.server_port)
@@ -75,32 +87,19 @@ class Operations:
         if self._http is not None:
             await asyncio.to_thread(self._http.shutdown)
             self._http.server_close()
-        if self._pool is not None:
-            await self._pool.close()
 
     async def _refresh_gauges(self) -> None:
-        import asyncpg
-
-        interval = float(getattr(self.settings, "metrics_interval_s", 15.0))
-        names = " ".join(self.service_names).lower()
         client = stream.connect(self.settings.redis_url)
-        connection: asyncpg.Connection | None = None
         try:
             while True:
                 for key in self.settings.stream_layout.keys:
                     with contextlib.suppress(Exception):
                         await refresh_stream_gauges(client, key)
-                try:
-                    if connection is None or connection.is_closed():
-                        connection = await asyncpg.connect(self.settings.database_url, timeout=5)
-                    if "ingestion" in names:
-                        OUTBOX_BACKLOG.set(await connection.fetchval("SELECT count(*) FROM event_outbox"))
-                    if "campaigns" in names:
-                        await refresh_delivery_gauges(connection)
-                except Exception as exc:
-                    log.debug("metrics probe failed", extra={"error": repr(exc)})
-                await asyncio.sleep(interval)
+                for refresh in self.gauges:
+                    try:
+                        await refresh()
+                    except Exception as exc:
+                        log.debug("metrics probe failed", extra={"error": repr(exc)})
+                await asyncio.sleep(self.settings.metrics_interval_s)
         finally:
             await client.aclose()
-            if connection is not None:
-                await connection.close()

@@ -26,6 +26,7 @@ from eventline_campaigns.channels import (
 from eventline_campaigns.consumer import CampaignHandler
 from eventline_campaigns.engine import CampaignCache, Engine
 from eventline_campaigns.erasure import SinkJanitor
+from eventline_campaigns.gauges import refresh_delivery_gauges
 from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
@@ -176,7 +177,13 @@ async def running(
             settings.suppression,
             clock=clock,
         )
-        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
+        server = Server(
+            [SERVICE_NAME],
+            settings=common,
+            dependencies=dependencies,
+            pool=pool,
+            gauges=[lambda: refresh_delivery_gauges(pool)],
+        )
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

@@ -23,12 +23,15 @@ import logging
 import time
 
 import asyncpg
+from prometheus_client import Gauge
 
 from eventline_shared import faults
 from eventline_shared.observability.dependencies import POSTGRESQL, REDIS, DependencyMonitor
 from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
+
+OUTBOX_BACKLOG = Gauge("eventline_outbox_backlog_rows", "Outbox rows not yet published to the stream.")
 
 # Whether this relay may publish the partition $1 now: held until the transaction ends.
 _LOCK_PARTITION = "SELECT pg_try_advisory_xact_lock(hashtextextended('eventline.outbox ' || $1, 0))"
@@ -155,3 +158,7 @@ class OutboxRelay:
     def shutdown(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def refresh_gauges(self) -> None:
+        """Set ``OUTBOX_BACKLOG``: the rows left to publish (a metrics gauge of the service)."""
+        OUTBOX_BACKLOG.set(await self.pool.fetchval("SELECT count(*) FROM event_outbox"))

@@ -78,6 +78,8 @@ async def running(
             settings=common,
             dependencies=dependencies,
             options=[workers.REUSEPORT_OPTION] if settings.workers > 1 else (),
+            pool=pool,
+            gauges=[outbox.refresh_gauges],
         )
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

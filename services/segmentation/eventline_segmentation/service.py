@@ -137,6 +137,7 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
             options=[("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)],
             max_request_bytes=REQUEST_LIMITS,
             stream_idle_s=settings.stream_idle_s,
+            pool=pool,
         )
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
