@@ -16,6 +16,7 @@ from click.testing import CliRunner, Result
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from eventline_cli.main import cli
 from eventline_shared.environment import ConfigError
@@ -109,6 +110,25 @@ async def test_keys_are_required_and_scoped(secured: Any, db: asyncpg.Connection
         async for answer in reflection.ServerReflectionInfo(iter([request]), metadata=bearer(read)):
             names += [service.name for service in answer.list_services_response.service]
         assert "eventline.ingestion.v1.IngestionService" in names
+
+
+async def test_refused_calls_carry_a_google_rpc_status(secured: Any, db: asyncpg.Connection) -> None:
+    """A refused key is an error like any other: its google.rpc.Status is in the trailers."""
+    _, read = await api_keys.create_key(db, "dashboard", ["read"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
+        stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+        for metadata, code, words in (
+            ((), grpc.StatusCode.UNAUTHENTICATED, "an API key is required"),
+            (bearer("nonsense"), grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked"),
+            (bearer(read), grpc.StatusCode.PERMISSION_DENIED, "lacks the 'ingest' scope"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.TrackCustomerEvent(track(), metadata=metadata)
+            status = rpc_status.from_call(refused.value)
+            assert status is not None, "no google.rpc.Status in the trailers"
+            assert (status.code, refused.value.code()) == (code.value[0], code)
+            assert words in status.message
+            assert status.message == refused.value.details()
 
 
 async def test_a_revoked_key_is_refused(secured: Any, db: asyncpg.Connection) -> None:

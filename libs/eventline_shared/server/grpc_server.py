@@ -25,7 +25,6 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from eventline_shared.environment import ConfigError
 from eventline_shared.errors import (
@@ -127,7 +126,7 @@ def as_status(exc: BaseException, method: str, remaining_s: float | None = None)
         error = EventlineError("internal error")
     elif error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.warning("dependency error", extra={"method": method, "error": repr(exc)})
-    return rpc_status.to_status(error.to_status())
+    return error.grpc_status()
 
 
 def _decode(decode: Callable[[bytes], Any] | None, raw: bytes, limit: int | None) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from eventline_shared.errors import PermissionDenied, Unauthenticated
 from eventline_shared.observability.metrics import RPC_SECONDS, RPCS
 from eventline_shared.security.api_keys import KeyStore, allows, required_scope
 
@@ -188,16 +189,18 @@ def requiring_keys(store: KeyStore) -> HandlerWrapper:
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             token = _bearer(context.invocation_metadata())
             if not token:
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, "an API key is required (authorization: Bearer …)"
+                await context.abort_with_status(
+                    Unauthenticated("an API key is required (authorization: Bearer …)").grpc_status()
                 )
             scopes = await store.scopes(token)
             if scopes is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the API key is unknown or revoked")
+                await context.abort_with_status(
+                    Unauthenticated("the API key is unknown or revoked").grpc_status()
+                )
             assert scopes is not None
             if not allows(scopes, needed):
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, f"the API key lacks the {needed!r} scope for this RPC"
+                await context.abort_with_status(
+                    PermissionDenied(f"the API key lacks the {needed!r} scope for this RPC").grpc_status()
                 )
 
         return checked_first(handler, check)
