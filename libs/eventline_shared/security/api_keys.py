@@ -45,6 +45,10 @@ READ_PREFIXES = (
 )
 INGEST_PREFIXES = ("Track",)
 INGEST_METHODS = {"UpsertCustomer", "RecordDeliveryEvents"}
+REVOKED_ONE = "UPDATE 1"
+"""The command tag of a revocation that revoked a key (``UPDATE 0``: none was active)."""
+CACHE_LIMIT = 10_000
+"""The most tokens ``KeyStore`` remembers; past it the cache starts again empty."""
 
 
 def required_scope(method: str) -> str | None:
@@ -108,7 +112,7 @@ async def revoke_key(connection: asyncpg.Connection, key_id: str) -> bool:
     status = await connection.execute(
         "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL", key_id
     )
-    return bool(status.endswith(" 1"))
+    return status == REVOKED_ONE
 
 
 async def list_keys(connection: asyncpg.Connection) -> list[ApiKey]:
@@ -141,7 +145,7 @@ class KeyStore:
             )
             if row is not None and hmac.compare_digest(bytes(row["secret_hash"]), _hash(match.group(2))):
                 found = tuple(row["scopes"])
-        if len(self._cache) > 10_000:
+        if len(self._cache) > CACHE_LIMIT:
             self._cache.clear()
         if self.cache_s > 0:
             self._cache[token] = (now + self.cache_s, found)
