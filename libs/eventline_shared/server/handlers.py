@@ -2,7 +2,9 @@
 
 The wrappers themselves are here too: ``counting_calls`` (metrics of
 ``eventline_shared.observability.metrics``) and ``requiring_keys`` (the API-key check
-of ``eventline_shared.security.api_keys``); ``mapping_errors`` is in ``grpc_server``.
+of ``eventline_shared.security.api_keys``), each a context manager that every call runs
+inside (``running_inside``, the one way to surround calls); ``mapping_errors``, in
+``grpc_server``, decodes requests and encodes replies itself.
 
 Each of them is a ``HandlerWrapper``: given a method's full name and its
 handler, it returns the handler to serve instead. ``grpc_server.Server`` applies
@@ -18,6 +20,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -44,43 +47,50 @@ def writing_stream(handler: grpc.RpcMethodHandler) -> Callable[..., Awaitable[An
     return stream if stream is not None and inspect.iscoroutinefunction(stream) else None
 
 
-def checked_first(
-    handler: grpc.RpcMethodHandler, check: Callable[[Any], Awaitable[None]]
-) -> grpc.RpcMethodHandler:
-    """The handler, of the same kind and style, awaiting ``check(context)`` before each call.
+_KINDS = (
+    ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler),
+)
 
-    ``check`` refuses a call by aborting it (``context.abort``).
+Around = Callable[[Any], AbstractAsyncContextManager[None]]
+"""Given a call's context, what each call of a wrapped handler runs inside (``async with``)."""
+
+
+def running_inside(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """The handler, of the same kind, style and serializers, each call running inside
+    ``around(context)``: the one way a wrapper surrounds calls (``counting_calls``,
+    ``requiring_keys``).
+
+    ``around`` may refuse a call by aborting it before it yields (``context.abort_with_status``),
+    and sees how the call ended: an exception raised through it, else the context's code.
     """
-    for kind, register in (
-        ("unary_unary", grpc.unary_unary_rpc_method_handler),
-        ("unary_stream", grpc.unary_stream_rpc_method_handler),
-        ("stream_unary", grpc.stream_unary_rpc_method_handler),
-        ("stream_stream", grpc.stream_stream_rpc_method_handler),
-    ):
+    for kind, register in _KINDS:
         inner = getattr(handler, kind)
         if inner is not None:
             return register(
-                _checking(inner, check),
+                _inside(inner, around),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     return handler
 
 
-def _checking(inner: Callable[..., Any], check: Callable[[Any], Awaitable[None]]) -> Callable[..., Any]:
-    """``inner`` after ``check``, in its style: an async generator stays one (grpc tells them apart)."""
+def _inside(inner: Callable[..., Any], around: Around) -> Callable[..., Any]:
+    """``inner`` inside ``around``, in its style: an async generator stays one (grpc tells them apart)."""
     if inspect.isasyncgenfunction(inner):
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            await check(context)
-            async for reply in inner(request, context):
-                yield reply
+            async with around(context):
+                async for reply in inner(request, context):
+                    yield reply
 
         return stream
 
     async def call(request: Any, context: Any) -> Any:
-        await check(context)
-        return await inner(request, context)
+        async with around(context):
+            return await inner(request, context)
 
     return call
 
@@ -110,60 +120,24 @@ def counting_calls(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMetho
     counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
     latency = RPC_SECONDS.labels(service, name)
 
-    def record(context: grpc.aio.ServicerContext[Any, Any], started: float, failure: str | None) -> None:
-        latency.observe(time.perf_counter() - started)
-        code = _code_of(context, failure or "OK")
-        (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
+    @asynccontextmanager
+    async def counting(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        failure: str | None = None
+        try:
+            yield
+        except asyncio.CancelledError:
+            failure = "CANCELLED"
+            raise
+        except BaseException:
+            failure = "UNKNOWN"
+            raise
+        finally:
+            latency.observe(time.perf_counter() - started)
+            code = _code_of(context, failure or "OK")
+            (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
 
-    writer = writing_stream(handler)
-    if handler.unary_unary or writer:
-        inner = writer or handler.unary_unary
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            failure: str | None = None
-            try:
-                return await inner(request, context)
-            except asyncio.CancelledError:
-                failure = "CANCELLED"
-                raise
-            except BaseException:
-                failure = "UNKNOWN"
-                raise
-            finally:
-                record(context, started, failure)
-
-        register = grpc.unary_stream_rpc_method_handler if writer else grpc.unary_unary_rpc_method_handler
-        return register(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream:
-        inner_stream = handler.unary_stream
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            failure: str | None = None
-            try:
-                async for reply in inner_stream(request, context):
-                    yield reply
-            except asyncio.CancelledError:
-                failure = "CANCELLED"
-                raise
-            except BaseException:
-                failure = "UNKNOWN"
-                raise
-            finally:
-                record(context, started, failure)
-
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler
-
+    return running_inside(handler, counting)
 
 
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
@@ -186,7 +160,8 @@ def requiring_keys(store: KeyStore) -> HandlerWrapper:
         if needed is None:
             return handler
 
-        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        @asynccontextmanager
+        async def checking(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
             token = _bearer(context.invocation_metadata())
             if not token:
                 await context.abort_with_status(
@@ -202,7 +177,8 @@ def requiring_keys(store: KeyStore) -> HandlerWrapper:
                 await context.abort_with_status(
                     PermissionDenied(f"the API key lacks the {needed!r} scope for this RPC").grpc_status()
                 )
+            yield
 
-        return checked_first(handler, check)
+        return running_inside(handler, checking)
 
     return wrap
