@@ -35,7 +35,6 @@ from eventline_shared.errors import (
     InvalidArgument,
     ReplyTooLarge,
     ResourceExhausted,
-    Unavailable,
 )
 from eventline_shared.observability import logs
 from eventline_shared.observability.dependencies import DependencyMonitor, health_name
@@ -91,24 +90,6 @@ def database_timeout(context: Context, ceiling: float) -> float:
     return max(min(max(left - 0.05, left * 0.5), ceiling), 0.001)
 
 
-Translator = Callable[[BaseException], EventlineError | None]
-_translators: list[Translator] = [database.translate]
-
-
-def register_translator(translator: Translator) -> None:
-    """Let a dependency's driver errors reach clients as clean statuses."""
-    _translators.append(translator)
-
-
-def _redis_translate(exc: BaseException) -> EventlineError | None:
-    if stream.unavailable(exc):
-        return Unavailable("the event stream is unavailable, retry later")
-    return None
-
-
-register_translator(_redis_translate)
-
-
 def as_status(exc: BaseException, method: str, remaining_s: float | None = None) -> grpc.Status:
     """The status a client sees for ``exc``, raised while serving ``method``.
 
@@ -118,9 +99,9 @@ def as_status(exc: BaseException, method: str, remaining_s: float | None = None)
     error = exc if isinstance(exc, EventlineError) else None
     if error is None and isinstance(exc, TimeoutError) and remaining_s is not None and remaining_s <= 0.01:
         error = DeadlineExceeded("the deadline passed before the call completed")
-    for translate in _translators:
-        if error is None:
-            error = translate(exc)
+    if error is None:
+        # Driver errors that reach the edge: PostgreSQL's, then Redis's.
+        error = database.translate(exc) or stream.translate(exc)
     if error is None:
         log.exception("unexpected error", extra={"method": method}, exc_info=exc)
         error = EventlineError("internal error")

@@ -39,6 +39,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from eventline_shared.errors import Unavailable
 from eventline_shared.observability.dependencies import REDIS, Dependency
 
 Client: TypeAlias = redis.Redis | RedisCluster
@@ -244,6 +245,13 @@ def unavailable(exc: BaseException) -> bool:
         | redis_errors.TryAgainError
         | redis_errors.RedisClusterException,
     ) or (isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("MISCONF", "CLUSTERDOWN")))
+
+
+def translate(exc: BaseException) -> Unavailable | None:
+    """The client-facing error for a Redis driver error, or None when it is a bug."""
+    if unavailable(exc):
+        return Unavailable("the event stream is unavailable, retry later")
+    return None
 
 
 def is_cluster_url(url: str) -> bool:
