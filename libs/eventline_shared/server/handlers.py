@@ -120,24 +120,28 @@ def counting_calls(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMetho
     counted = RPCS.labels(service, name, "OK")  # created up front: the series exists from the start
     latency = RPC_SECONDS.labels(service, name)
 
-    @asynccontextmanager
-    async def counting(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        started = time.perf_counter()
-        failure: str | None = None
-        try:
-            yield
-        except asyncio.CancelledError:
-            failure = "CANCELLED"
-            raise
-        except BaseException:
-            failure = "UNKNOWN"
-            raise
-        finally:
-            latency.observe(time.perf_counter() - started)
-            code = _code_of(context, failure or "OK")
+    class Counting:
+        """One call, counted when it ends. A class rather than ``@asynccontextmanager``: it
+        runs on every call, and costs a third of a generator-based one."""
+
+        __slots__ = ("context", "started")
+
+        def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            self.context = context
+            self.started = 0.0
+
+        async def __aenter__(self) -> None:
+            self.started = time.perf_counter()
+
+        async def __aexit__(self, kind: type[BaseException] | None, *_: object) -> None:
+            latency.observe(time.perf_counter() - self.started)
+            failure = None
+            if kind is not None:
+                failure = "CANCELLED" if issubclass(kind, asyncio.CancelledError) else "UNKNOWN"
+            code = _code_of(self.context, failure or "OK")
             (counted if code == "OK" else RPCS.labels(service, name, code)).inc()
 
-    return running_inside(handler, counting)
+    return running_inside(handler, Counting)
 
 
 def _bearer(metadata: Sequence[tuple[str, Any]] | None) -> str:
