@@ -57,7 +57,7 @@ run: $(STAMP)
 # The whole suite, against PostgreSQL/Redis from the environment when reachable,
 # otherwise against embedded servers started for the run (EVENTLINE_EMBEDDED=1 forces them).
 test: $(STAMP) node $(HELM)
-	$(BIN)/python -m eventline_shared.embedded test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m eventline_shared.dev.embedded test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) $(NODE_CLIENT)
 	$(BIN)/ruff check .

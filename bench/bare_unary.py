@@ -3,7 +3,7 @@ the unary path in ``bench/ingest.py``.
 
 The handler answers each request with the event it would store (the request's fields, kind and
 receipt time) and stores nothing. ``--interceptors`` serves it through
-``eventline_shared.grpc_server.Server`` exactly as ingestion is served (metrics, error mapping,
+``eventline_shared.server.grpc_server.Server`` exactly as ingestion is served (metrics, error mapping,
 health, reflection, the same options); without it, a plain ``grpc.aio`` server with the same
 options: what grpc itself costs.
 
@@ -21,8 +21,8 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 
-from eventline_shared.config import CommonSettings
-from eventline_shared.grpc_server import SERVER_OPTIONS, Server, wait_for_signal
+from eventline_shared.server.config import CommonSettings
+from eventline_shared.server.grpc_server import SERVER_OPTIONS, Server, wait_for_signal
 
 SERVICE_NAME = ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"].full_name
 

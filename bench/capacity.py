@@ -14,7 +14,7 @@ does, with its SMTP receiver) and measures the CPU time (user + system, from Lin
 Components: each service process; PostgreSQL (the postmaster and every process it
 started: backends, WAL writer, checkpointer...); Redis (its INFO used_cpu_*). Those
 two are whole servers, so run this against servers of its own, for example embedded
-ones: ``EVENTLINE_EMBEDDED=1 python -m eventline_shared.embedded test -- sh -c
+ones: ``EVENTLINE_EMBEDDED=1 python -m eventline_shared.dev.embedded test -- sh -c
 'EVENTLINE_BENCH_POSTGRES_URL=$EVENTLINE_TEST_POSTGRES_URL
 EVENTLINE_BENCH_REDIS_URL=$EVENTLINE_TEST_REDIS_URL python bench/capacity.py --quick'``
 The SMTP receiver and the load generator run in this

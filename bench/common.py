@@ -11,8 +11,9 @@ from pathlib import Path
 
 import asyncpg
 
-from eventline_shared import database, harness
-from eventline_shared.harness import free_port as free_port  # re-exported: the one free-port helper
+from eventline_shared.dev import harness
+from eventline_shared.dev.harness import free_port as free_port
+from eventline_shared.storage import database
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

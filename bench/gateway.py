@@ -54,7 +54,7 @@ from common import REDIS_URL, drop_database, free_port, fresh_database, serving,
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
-from eventline_shared import harness
+from eventline_shared.dev import harness
 
 NAMES = [f"Event{i:02d}" for i in range(20)]
 BATCH = 500

@@ -12,7 +12,7 @@ on a database of its own, and measures from this process over loopback gRPC:
   every reply is in (each reply means committed);
 * bare: the same unary calls, same client, answered by a handler that stores
   nothing (bench/bare_unary.py), served once by the services' own bootstrap
-  (``eventline_shared.grpc_server.Server``, its interceptors included) and
+  (``eventline_shared.server.grpc_server.Server``, its interceptors included) and
   once by a plain grpc.aio server (interceptors excluded): the floor.
 
 Each phase runs in rounds (``ROUNDS``), each round of the service next to a

@@ -41,8 +41,8 @@ from ingest import customer_request, make_events
 
 sys.path.insert(0, str(ROOT / "libs"))
 
-from eventline_shared import stream
-from eventline_shared.embedded_cluster import RedisClusterNodes
+from eventline_shared.dev.embedded_cluster import RedisClusterNodes
+from eventline_shared.streams import stream
 
 REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -67,7 +67,8 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 
 from eventline_segmentation.service import session_dsn
-from eventline_shared import database, values
+from eventline_shared import values
+from eventline_shared.storage import database
 
 NAMES = [f"E{i:02d}" for i in range(20)]
 A, B, C, D = "E05", "E08", "E02", "E11"

@@ -49,7 +49,7 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
-from eventline_shared.embedded import EmbeddedPostgres
+from eventline_shared.dev.embedded import EmbeddedPostgres
 
 PORTS = {"ingestion": 50961, "segmentation": 50962, "campaigns": 50963}
 CUSTOMERS = 2000

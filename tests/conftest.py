@@ -6,7 +6,7 @@ isolation: each test gets its own stream keys, deleted afterwards.
 
 Redis: the single server of EVENTLINE_TEST_REDIS_URL, or, for a test that asks
 ``@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)``,
-also a real 6-node Redis Cluster (``eventline_shared/embedded_cluster.py``, started once per
+also a real 6-node Redis Cluster (``eventline_shared/dev/embedded_cluster.py``, started once per
 session when a test first needs it).
 
 ``make test`` points EVENTLINE_TEST_POSTGRES_URL and EVENTLINE_TEST_REDIS_URL at
@@ -29,8 +29,9 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2_grpc
 
-from eventline_shared import database, stream
-from eventline_shared.embedded_cluster import RedisClusterNodes
+from eventline_shared.dev.embedded_cluster import RedisClusterNodes
+from eventline_shared.storage import database
+from eventline_shared.streams import stream
 from tests.processes import free_port
 
 POSTGRES_URL = os.environ.get("EVENTLINE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 
-from eventline_shared import harness
-from eventline_shared.harness import free_port as free_port  # re-exported: the one free-port helper
+from eventline_shared.dev import harness
+from eventline_shared.dev.harness import free_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

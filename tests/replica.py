@@ -17,7 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
-from eventline_shared.embedded import EmbeddedPostgres, find_postgres_bin, with_database
+from eventline_shared.dev.embedded import EmbeddedPostgres, find_postgres_bin, with_database
 from tests.support import eventually, server_data_dir
 
 

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from eventline_cli.client import ClientOptions, call, fail, options
 from eventline_cli.demo_campaigns import back_in_stock, password_recovery
-from eventline_shared import harness
+from eventline_shared.dev import harness
 
 SUBSCRIBERS = {
     # customer: (item subscribed to, e-mail consent)

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.table import Table
 
 from eventline_cli.client import fail
-from eventline_shared import auth, database
-from eventline_shared.config import DEFAULT_DATABASE_URL
+from eventline_shared.security import api_keys
+from eventline_shared.server.config import DEFAULT_DATABASE_URL
+from eventline_shared.storage import database
 
 T = TypeVar("T")
 
@@ -72,14 +73,14 @@ def keys() -> None:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(auth.SCOPES),
+    type=click.Choice(api_keys.SCOPES),
     help="ingest: Track* and UpsertCustomer; read: Get*/List*; admin: everything. Repeatable.",
 )
 @url_option
 def create(name: str, scopes: tuple[str, ...], **kwargs: str | None) -> None:
     """Create a key and print its token (shown only this once)."""
     url = database_url(kwargs.get("database_url"))
-    key, token = _run(url, lambda connection: auth.create_key(connection, name, scopes))
+    key, token = _run(url, lambda connection: api_keys.create_key(connection, name, scopes))
     click.echo(f"created key {key.key_id} ({', '.join(key.scopes)}); its token, shown only now:", err=True)
     click.echo(token)
 
@@ -90,7 +91,7 @@ def create(name: str, scopes: tuple[str, ...], **kwargs: str | None) -> None:
 def revoke(key_id: str, **kwargs: str | None) -> None:
     """Revoke a key (by id or token); calls with it fail within EVENTLINE_AUTH_CACHE_S seconds."""
     url = database_url(kwargs.get("database_url"))
-    if not _run(url, lambda connection: auth.revoke_key(connection, key_id)):
+    if not _run(url, lambda connection: api_keys.revoke_key(connection, key_id)):
         fail(f"no active key {key_id}")
     click.echo(f"revoked {key_id}")
 
@@ -100,7 +101,7 @@ def revoke(key_id: str, **kwargs: str | None) -> None:
 def list_(**kwargs: str | None) -> None:
     """List keys (never their secrets)."""
     url = database_url(kwargs.get("database_url"))
-    found = _run(url, auth.list_keys)
+    found = _run(url, api_keys.list_keys)
     table = Table()
     for column in ("key id", "name", "scopes", "created", "revoked"):
         table.add_column(column)

@@ -21,7 +21,7 @@ import click
 
 from eventline_cli.client import fail
 from eventline_cli.keys import database_url, url_option
-from eventline_shared import database
+from eventline_shared.storage import database
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -26,15 +26,15 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from eventline_shared import harness
-from eventline_shared.config import ConfigError, env_bool, env_int
-from eventline_shared.embedded import (
+from eventline_shared.dev import harness
+from eventline_shared.dev.embedded import (
     EmbeddedError,
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServer,
     ensure_database,
 )
+from eventline_shared.environment import ConfigError, env_bool, env_int
 
 
 @dataclass(frozen=True)
@@ -230,13 +230,14 @@ class Suite:
             return
         import asyncpg
 
-        from eventline_shared import auth, database
+        from eventline_shared.security import api_keys
+        from eventline_shared.storage import database
 
         url = self.environ["EVENTLINE_DATABASE_URL"]
         await database.migrate_url(url)
         connection = await asyncpg.connect(url)
         try:
-            key, token = await auth.create_key(connection, "eventline up: calls between services", ["read"])
+            key, token = await api_keys.create_key(connection, "eventline up: calls between services", ["read"])
         finally:
             await connection.close()
         self.service_key_id = key.key_id
@@ -248,12 +249,12 @@ class Suite:
             return
         import asyncpg
 
-        from eventline_shared import auth
+        from eventline_shared.security import api_keys
 
         with contextlib.suppress(Exception):
             connection = await asyncpg.connect(self.environ["EVENTLINE_DATABASE_URL"], timeout=5)
             try:
-                await auth.revoke_key(connection, self.service_key_id)
+                await api_keys.revoke_key(connection, self.service_key_id)
             finally:
                 await connection.close()
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 QUOTED_CHARS = 40
 """The most characters of a bad value an error message quotes."""
@@ -76,6 +77,11 @@ class EventlineError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=self.details())
+
+    def grpc_status(self) -> grpc.Status:
+        """What a handler aborts with (``context.abort_with_status``): the ``google.rpc.Status``
+        in the trailers, its code and message in gRPC's own."""
+        return rpc_status.to_status(self.to_status())
 
 
 class BadRequestError(EventlineError):
@@ -141,6 +147,18 @@ class AlreadyExists(EventlineError):
 
 class FailedPrecondition(EventlineError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(EventlineError):
+    """The call carries no valid credentials (no API key, or one unknown or revoked)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(EventlineError):
+    """The call's credentials are valid but do not allow this RPC (an API key without its scope)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unavailable(EventlineError):

@@ -26,7 +26,7 @@ import os
 import random
 import sys
 
-from eventline_shared.config import ConfigError
+from eventline_shared.environment import ConfigError
 
 
 def _parse(spec: str) -> dict[str, tuple[str, float]]:

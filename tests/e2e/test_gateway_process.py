@@ -6,7 +6,7 @@ import aiohttp
 import psutil
 import pytest
 
-from eventline_shared import harness
+from eventline_shared.dev import harness
 from tests.conftest import gateway_env
 from tests.processes import ServiceProcess, free_port
 from tests.support import wait_until

@@ -28,7 +28,7 @@ from eventline_client import (
     from_context,
     from_timestamp,
 )
-from eventline_shared import auth
+from eventline_shared.security import api_keys
 from tests.certificates import Certificates
 from tests.e2e.conftest import StartSuite, assert_each_event_once, through_a_cut_connection
 
@@ -111,9 +111,9 @@ async def test_invalid_events_raise_typed_errors_with_field_paths(start_suite: S
 async def test_api_keys_and_tls(
     start_suite: StartSuite, db: asyncpg.Connection, certificates: Certificates
 ) -> None:
-    _, ingest = await auth.create_key(db, "shop", ["ingest"])
-    _, read = await auth.create_key(db, "dashboard", ["read"])
-    _, service = await auth.create_key(db, "campaigns", ["read"])
+    _, ingest = await api_keys.create_key(db, "shop", ["ingest"])
+    _, read = await api_keys.create_key(db, "dashboard", ["read"])
+    _, service = await api_keys.create_key(db, "campaigns", ["read"])
     tls = Tls.from_files(ca=certificates.ca)
     settings = {
         "EVENTLINE_AUTH": "true",

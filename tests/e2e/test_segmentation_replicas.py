@@ -14,7 +14,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import timestamp_pb2
 
 from eventline_campaigns.audience import Audience
-from eventline_shared import auth
+from eventline_shared.security import client_channels
 from tests.conftest import service_env
 from tests.integration.test_load_balancing import SEGMENTATION
 from tests.integration.test_metrics import scrape, value
@@ -51,8 +51,8 @@ async def test_campaigns_channel_spreads_match_calls_over_both_segmentation_repl
     audience_filter = seg.Filter(event=seg.EventCondition(name="signed_up"))
     now = timestamp_pb2.Timestamp(seconds=1_700_000_000)
     # Exactly the channel the campaign service opens to EVENTLINE_SEGMENTATION_ADDR.
-    async with auth.client_channel(
-        auth.channel_target(target, "EVENTLINE_SEGMENTATION_ADDR"), None
+    async with client_channels.client_channel(
+        client_channels.channel_target(target, "EVENTLINE_SEGMENTATION_ADDR"), None
     ) as channel:
         audience = Audience(channel)
         for _ in range(1000):

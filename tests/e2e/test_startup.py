@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eventline_shared.config import ConfigError
+from eventline_shared.environment import ConfigError
 from tests.conftest import CampaignsEnv, service_env
 from tests.integration.test_migrate import LABELS, eventline_migrate
 from tests.processes import ServiceProcess

@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 import pytest
 
-from eventline_shared import auth
+from eventline_shared.security import api_keys
 from tests.certificates import Certificates
 from tests.e2e.conftest import StartSuite, assert_each_event_once, through_a_cut_connection
 from tests.node import TYPESCRIPT_CLIENT, build, run_node
@@ -99,9 +99,9 @@ async def test_invalid_events_give_typed_errors_with_field_paths(
 async def test_api_keys_and_tls(
     typescript_client: None, start_suite: StartSuite, db: asyncpg.Connection, certificates: Certificates
 ) -> None:
-    _, ingest = await auth.create_key(db, "shop", ["ingest"])
-    _, read = await auth.create_key(db, "dashboard", ["read"])
-    _, service = await auth.create_key(db, "campaigns", ["read"])
+    _, ingest = await api_keys.create_key(db, "shop", ["ingest"])
+    _, read = await api_keys.create_key(db, "dashboard", ["read"])
+    _, service = await api_keys.create_key(db, "campaigns", ["read"])
     settings = {
         "EVENTLINE_AUTH": "true",
         "EVENTLINE_TLS_CERT": str(certificates.server_cert),

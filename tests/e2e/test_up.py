@@ -18,8 +18,8 @@ import pytest
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_cli.up import installed_services
-from eventline_shared import harness
-from eventline_shared.harness import free_port, port_open
+from eventline_shared.dev import harness
+from eventline_shared.dev.harness import free_port, port_open
 from tests.support import server_data_dir
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,12 @@ from click.testing import CliRunner, Result
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from eventline_cli.main import cli
-from eventline_shared import auth
-from eventline_shared.config import CommonSettings, ConfigError
+from eventline_shared.environment import ConfigError
+from eventline_shared.security import api_keys, client_channels, tls
+from eventline_shared.server.config import CommonSettings
 from tests.certificates import Certificates
 from tests.conftest import service_env
 
@@ -56,9 +58,9 @@ async def code_of(call: Any) -> grpc.StatusCode:
 
 
 async def test_keys_are_required_and_scoped(secured: Any, db: asyncpg.Connection) -> None:
-    _, ingest = await auth.create_key(db, "shop", ["ingest"])
-    _, read = await auth.create_key(db, "dashboard", ["read"])
-    _, admin = await auth.create_key(db, "ops", ["admin"])
+    _, ingest = await api_keys.create_key(db, "shop", ["ingest"])
+    _, read = await api_keys.create_key(db, "dashboard", ["read"])
+    _, admin = await api_keys.create_key(db, "ops", ["admin"])
     stored = await db.fetch("SELECT secret_hash FROM api_keys")
     assert all(
         token.split("_")[-1].encode() not in bytes(row["secret_hash"])
@@ -110,13 +112,32 @@ async def test_keys_are_required_and_scoped(secured: Any, db: asyncpg.Connection
         assert "eventline.ingestion.v1.IngestionService" in names
 
 
+async def test_refused_calls_carry_a_google_rpc_status(secured: Any, db: asyncpg.Connection) -> None:
+    """A refused key is an error like any other: its google.rpc.Status is in the trailers."""
+    _, read = await api_keys.create_key(db, "dashboard", ["read"])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
+        stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
+        for metadata, code, words in (
+            ((), grpc.StatusCode.UNAUTHENTICATED, "an API key is required"),
+            (bearer("nonsense"), grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked"),
+            (bearer(read), grpc.StatusCode.PERMISSION_DENIED, "lacks the 'ingest' scope"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.TrackCustomerEvent(track(), metadata=metadata)
+            status = rpc_status.from_call(refused.value)
+            assert status is not None, "no google.rpc.Status in the trailers"
+            assert (status.code, refused.value.code()) == (code.value[0], code)
+            assert words in status.message
+            assert status.message == refused.value.details()
+
+
 async def test_a_revoked_key_is_refused(secured: Any, db: asyncpg.Connection) -> None:
-    key, token = await auth.create_key(db, "shop", ["ingest", "read"])
+    key, token = await api_keys.create_key(db, "shop", ["ingest", "read"])
     async with grpc.aio.insecure_channel(f"127.0.0.1:{secured.port}") as channel:
         stub = ingestion_pb2_grpc.IngestionServiceStub(channel)
         assert await code_of(stub.TrackCustomerEvent(track(), metadata=bearer(token))) == grpc.StatusCode.OK
-        assert await auth.revoke_key(db, key.key_id) is True
-        assert await auth.revoke_key(db, key.key_id) is False
+        assert await api_keys.revoke_key(db, key.key_id) is True
+        assert await api_keys.revoke_key(db, key.key_id) is False
         assert await code_of(stub.TrackCustomerEvent(track("e2"), metadata=bearer(token))) == (
             grpc.StatusCode.UNAUTHENTICATED
         )
@@ -124,22 +145,22 @@ async def test_a_revoked_key_is_refused(secured: Any, db: asyncpg.Connection) ->
 
 async def test_scopes_are_validated_when_created(db: asyncpg.Connection) -> None:
     with pytest.raises(ValueError):
-        await auth.create_key(db, "x", ["superuser"])
+        await api_keys.create_key(db, "x", ["superuser"])
     with pytest.raises(ValueError):
-        await auth.create_key(db, "x", [])
+        await api_keys.create_key(db, "x", [])
 
 
 def test_which_scope_each_rpc_needs() -> None:
     service = "/eventline.ingestion.v1.IngestionService/"
-    assert auth.required_scope(service + "TrackEvents") == "ingest"
-    assert auth.required_scope(service + "UpsertCustomer") == "ingest"
-    assert auth.required_scope(service + "GetCustomer") == "read"
-    assert auth.required_scope(service + "EraseCustomer") == "admin"
-    assert auth.required_scope("/eventline.campaigns.v1.CampaignService/ActivateCampaign") == "admin"
-    assert auth.required_scope("/eventline.segmentation.v1.SegmentationService/MatchCustomer") == "read"
-    assert auth.required_scope("/eventline.segmentation.v1.SegmentationService/CreateSegment") == "admin"
-    assert auth.required_scope("/grpc.health.v1.Health/Check") is None
-    assert auth.required_scope("/grpc.health.v1.Health/Watch") is None
+    assert api_keys.required_scope(service + "TrackEvents") == "ingest"
+    assert api_keys.required_scope(service + "UpsertCustomer") == "ingest"
+    assert api_keys.required_scope(service + "GetCustomer") == "read"
+    assert api_keys.required_scope(service + "EraseCustomer") == "admin"
+    assert api_keys.required_scope("/eventline.campaigns.v1.CampaignService/ActivateCampaign") == "admin"
+    assert api_keys.required_scope("/eventline.segmentation.v1.SegmentationService/MatchCustomer") == "read"
+    assert api_keys.required_scope("/eventline.segmentation.v1.SegmentationService/CreateSegment") == "admin"
+    assert api_keys.required_scope("/grpc.health.v1.Health/Check") is None
+    assert api_keys.required_scope("/grpc.health.v1.Health/Watch") is None
 
 
 async def cli_run(*args: str) -> Result:
@@ -150,7 +171,7 @@ async def test_cli_creates_uses_lists_and_revokes_keys(secured: Any, db_url: str
     created = await cli_run("keys", "create", "--name", "shop", "--scope", "ingest", "--database-url", db_url)
     assert created.exit_code == 0, created.output
     token = created.stdout.strip()
-    assert auth.KEY_PATTERN.match(token)
+    assert api_keys.KEY_PATTERN.match(token)
     target = f"127.0.0.1:{secured.port}"
 
     refused = await cli_run("--target", target, "events", "send", "--customer", "c1", "--name", "viewed")
@@ -274,7 +295,7 @@ async def test_service_to_service_channel_carries_the_service_key_over_mutual_tl
     from eventline_segmentation.service import running
     from eventline_segmentation.settings import Settings
 
-    _, token = await auth.create_key(db, "campaigns", ["read"])
+    _, token = await api_keys.create_key(db, "campaigns", ["read"])
     env = service_env(
         db_url,
         stream_key,
@@ -289,26 +310,26 @@ async def test_service_to_service_channel_carries_the_service_key_over_mutual_tl
     stream = segmentation_pb2.StreamCustomersRequest(filter=count.filter)
     async with running(Settings.from_env(env)) as served:
         target = f"127.0.0.1:{served.port}"
-        caller = auth.SecuritySettings(
+        caller = tls.SecuritySettings(
             tls_ca=str(certificates.ca),
             tls_cert=str(certificates.client_cert),
             tls_key=str(certificates.client_key),
             service_api_key=token,
         )
-        async with auth.client_channel(target, caller) as channel:
+        async with client_channels.client_channel(target, caller) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert (await stub.CountCustomers(count, timeout=10)).count == 0
             # A server-streaming call carries the key too (it would raise UNAUTHENTICATED otherwise).
             streamed = [list(reply.customer_ids) async for reply in stub.StreamCustomers(stream, timeout=10)]
             assert all(ids == [] for ids in streamed)
-        keyless = auth.SecuritySettings(
+        keyless = tls.SecuritySettings(
             tls_ca=str(certificates.ca),
             tls_cert=str(certificates.client_cert),
             tls_key=str(certificates.client_key),
         )
-        async with auth.client_channel(target, keyless) as channel:
+        async with client_channels.client_channel(target, keyless) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-        async with auth.client_channel(target, auth.SecuritySettings(service_api_key=token)) as channel:
+        async with client_channels.client_channel(target, tls.SecuritySettings(service_api_key=token)) as channel:
             stub = segmentation_grpc.SegmentationServiceStub(channel)
             assert await code_of(stub.CountCustomers(count, timeout=10)) == grpc.StatusCode.UNAVAILABLE

@@ -16,7 +16,8 @@ import pytest
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 
-from eventline_shared import auth, stream
+from eventline_shared.security import api_keys
+from eventline_shared.streams import stream
 from tests.conftest import CampaignsEnv, service_env
 from tests.support import customer_event, wait_until
 
@@ -51,14 +52,14 @@ async def test_a_refused_service_key_is_a_clear_failed_precondition(  # type: ig
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    _, admin = await auth.create_key(db, "ops", ["admin"])
+    _, admin = await api_keys.create_key(db, "ops", ["admin"])
     extra = {"EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{secured_segmentation.port}"}
     if key == "revoked":
-        revoked_id, token = await auth.create_key(db, "campaigns", ["read"])
-        await auth.revoke_key(db, revoked_id.key_id)
+        revoked_id, token = await api_keys.create_key(db, "campaigns", ["read"])
+        await api_keys.revoke_key(db, revoked_id.key_id)
         extra |= {"EVENTLINE_AUTH": "true", "EVENTLINE_AUTH_CACHE_S": "0", "EVENTLINE_SERVICE_API_KEY": token}
     elif key == "ingest only":
-        _, token = await auth.create_key(db, "campaigns", ["ingest"])
+        _, token = await api_keys.create_key(db, "campaigns", ["ingest"])
         extra |= {"EVENTLINE_AUTH": "true", "EVENTLINE_AUTH_CACHE_S": "0", "EVENTLINE_SERVICE_API_KEY": token}
     async with running(Settings.from_env(campaigns_env(**extra)), consume=False) as served:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
@@ -80,8 +81,8 @@ async def test_a_valid_service_key_reaches_a_secured_segmentation(  # type: igno
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    _, admin = await auth.create_key(db, "ops", ["admin"])
-    _, token = await auth.create_key(db, "campaigns", ["read"])
+    _, admin = await api_keys.create_key(db, "ops", ["admin"])
+    _, token = await api_keys.create_key(db, "campaigns", ["read"])
     env = campaigns_env(
         EVENTLINE_SEGMENTATION_ADDR=f"127.0.0.1:{secured_segmentation.port}",
         EVENTLINE_AUTH="true",
@@ -110,7 +111,7 @@ async def test_deliveries_wait_while_segmentation_refuses_the_key(  # type: igno
     from eventline_campaigns.service import running
     from eventline_campaigns.settings import Settings
 
-    _, token = await auth.create_key(db, "campaigns", ["read"])
+    _, token = await api_keys.create_key(db, "campaigns", ["read"])
     segmentation = f"127.0.0.1:{secured_segmentation.port}"
     keyed = campaigns_env(EVENTLINE_SEGMENTATION_ADDR=segmentation, EVENTLINE_SERVICE_API_KEY=token)
     async with running(Settings.from_env(keyed), consume=False) as served:

@@ -22,9 +22,9 @@ from eventline_campaigns.model import CUSTOMER_TRIGGER, SYSTEM_TRIGGER
 from eventline_campaigns.service import running
 from eventline_campaigns.settings import Settings
 from eventline_cli import demo_campaigns
-from eventline_shared import stream
 from eventline_shared.clock import ManualClock
-from eventline_shared.stream import StreamEntry
+from eventline_shared.streams import stream
+from eventline_shared.streams.stream import StreamEntry
 from tests.conftest import single_and_cluster
 from tests.support import (
     add_email_customers,

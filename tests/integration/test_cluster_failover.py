@@ -16,8 +16,8 @@ import grpc
 import pytest
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from eventline_shared import stream
-from eventline_shared.consumer_group import ConsumerGroup
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import ConsumerGroup
 from tests.conftest import service_env
 from tests.integration.test_stream_order import Recorder
 from tests.support import customer_event, wait_until

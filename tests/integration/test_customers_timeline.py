@@ -11,7 +11,7 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from google.protobuf import field_mask_pb2
 
-from eventline_shared import stream
+from eventline_shared.streams import stream
 from tests.conftest import single_and_cluster
 from tests.support import customer_event, value, violations
 

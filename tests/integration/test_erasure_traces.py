@@ -20,7 +20,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from eventline_shared.stream import StreamEntry
+from eventline_shared.streams.stream import StreamEntry
 from tests.conftest import CampaignsEnv
 from tests.support import (
     add_email_customers,

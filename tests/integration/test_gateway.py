@@ -24,8 +24,8 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_gateway.service import running as running_gateway
 from eventline_gateway.settings import Settings as GatewaySettings
-from eventline_shared import auth
-from eventline_shared.logs import JsonFormatter
+from eventline_shared.observability.logs import JsonFormatter
+from eventline_shared.security import api_keys
 from tests.certificates import Certificates
 from tests.conftest import gateway_env, secured_suite, service_env
 from tests.processes import free_port
@@ -402,11 +402,11 @@ async def test_a_body_over_the_limit_is_413_a_backend_down_503_and_a_silent_one_
 async def test_api_keys_and_scopes_are_the_services_own(
     db_url: str, stream_key: str, redis_client: Any, db: asyncpg.Connection
 ) -> None:
-    _, ingest = await auth.create_key(db, "shop", ["ingest"])
-    _, read = await auth.create_key(db, "reports", ["read"])
-    _, admin = await auth.create_key(db, "ops", ["admin"])
-    revoked_key, revoked = await auth.create_key(db, "old", ["admin"])
-    await auth.revoke_key(db, revoked_key.key_id)
+    _, ingest = await api_keys.create_key(db, "shop", ["ingest"])
+    _, read = await api_keys.create_key(db, "reports", ["read"])
+    _, admin = await api_keys.create_key(db, "ops", ["admin"])
+    revoked_key, revoked = await api_keys.create_key(db, "old", ["admin"])
+    await api_keys.revoke_key(db, revoked_key.key_id)
     # The gateway has the suite's service key in its environment: it must never lend it.
     async with (
         secured_suite(db_url, stream_key, EVENTLINE_SERVICE_API_KEY=admin) as base,

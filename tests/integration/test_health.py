@@ -22,10 +22,10 @@ import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis import exceptions as redis_errors
 
-from eventline_shared import embedded
-from eventline_shared.dependencies import health_name
-from eventline_shared.embedded_cluster import cluster_node_port, start_cluster_node
-from eventline_shared.grpc_server import LIVENESS_HEALTH_NAME
+from eventline_shared.dev import embedded
+from eventline_shared.dev.embedded_cluster import cluster_node_port, start_cluster_node
+from eventline_shared.observability.dependencies import health_name
+from eventline_shared.server.grpc_server import LIVENESS_HEALTH_NAME
 from tests.conftest import REDIS_URL, CampaignsEnv, service_env
 from tests.faults import TcpProxy
 from tests.support import customer_event

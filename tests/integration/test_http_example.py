@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from eventline_shared import auth
+from eventline_shared.security import api_keys
 from tests.conftest import secured_suite
 from tests.node import assert_the_example_stored, run_node
 
@@ -52,7 +52,7 @@ async def test_the_example_tracks_reads_and_decodes_errors_over_http(
 async def test_the_example_sends_its_api_key(
     db_url: str, stream_key: str, redis_client: Any, db: asyncpg.Connection
 ) -> None:
-    _, token = await auth.create_key(db, "node-http", ["ingest", "read"])
+    _, token = await api_keys.create_key(db, "node-http", ["ingest", "read"])
     async with secured_suite(db_url, stream_key) as base:
         code, _, stderr = await run_example(base)
         assert code == 1 and "HTTP 401" in stderr and "(code 16)" in stderr

@@ -10,8 +10,8 @@ import pytest
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
-from eventline_shared.stream import StreamEntry
-from eventline_shared.tracing import TraceContext
+from eventline_shared.observability.tracing import TraceContext
+from eventline_shared.streams.stream import StreamEntry
 from tests.support import customer_event, value, violations
 
 

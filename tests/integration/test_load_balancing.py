@@ -13,24 +13,25 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from eventline_shared import auth
-from eventline_shared.config import CommonSettings, ConfigError
-from eventline_shared.grpc_server import Server
+from eventline_shared.environment import ConfigError
+from eventline_shared.security import client_channels
+from eventline_shared.server.config import CommonSettings
+from eventline_shared.server.grpc_server import Server
 
 SEGMENTATION = "eventline.segmentation.v1.SegmentationService"
 
 
 def test_service_addresses_become_balanced_grpc_targets() -> None:
-    assert auth.channel_target("segmentation:50052") == "segmentation:50052"
-    assert auth.channel_target("dns:///segmentation-headless:50052") == "dns:///segmentation-headless:50052"
-    assert auth.channel_target("10.0.0.1:50052, 10.0.0.2:50052") == "ipv4:10.0.0.1:50052,10.0.0.2:50052"
-    assert auth.channel_target("[fd00::1]:50052,[fd00::2]:50052") == "ipv6:[fd00::1]:50052,[fd00::2]:50052"
+    assert client_channels.channel_target("segmentation:50052") == "segmentation:50052"
+    assert client_channels.channel_target("dns:///segmentation-headless:50052") == "dns:///segmentation-headless:50052"
+    assert client_channels.channel_target("10.0.0.1:50052, 10.0.0.2:50052") == "ipv4:10.0.0.1:50052,10.0.0.2:50052"
+    assert client_channels.channel_target("[fd00::1]:50052,[fd00::2]:50052") == "ipv6:[fd00::1]:50052,[fd00::2]:50052"
     with pytest.raises(ConfigError, match=r"EVENTLINE_SEGMENTATION_ADDR: 'seg-a:50052' in a list .*dns:///"):
-        auth.channel_target("seg-a:50052,seg-b:50052", "EVENTLINE_SEGMENTATION_ADDR")
+        client_channels.channel_target("seg-a:50052,seg-b:50052", "EVENTLINE_SEGMENTATION_ADDR")
     with pytest.raises(ConfigError, match="not both"):
-        auth.channel_target("10.0.0.1:1,[fd00::2]:1")
+        client_channels.channel_target("10.0.0.1:1,[fd00::2]:1")
     with pytest.raises(ConfigError, match="must be host:port"):
-        auth.channel_target("segmentation")
+        client_channels.channel_target("segmentation")
 
 
 def test_max_connection_age_is_a_setting_with_a_default() -> None:
@@ -100,7 +101,7 @@ async def test_the_server_sends_goaway_once_a_connection_reaches_its_maximum_age
 
 async def test_calls_keep_succeeding_over_new_connections_after_goaway(aging_server: Server) -> None:
     peers: list[str] = []
-    async with auth.client_channel(f"127.0.0.1:{aging_server.port}", None) as channel:
+    async with client_channels.client_channel(f"127.0.0.1:{aging_server.port}", None) as channel:
         who = channel.unary_unary("/test.Peer/Who")
 
         async def until_two_reconnections() -> None:
@@ -116,7 +117,7 @@ async def test_calls_keep_succeeding_over_new_connections_after_goaway(aging_ser
 
 
 def test_service_channels_retry_only_what_is_safe_to_repeat() -> None:
-    config = json.loads(auth.SERVICE_CONFIG)
+    config = json.loads(client_channels.SERVICE_CONFIG)
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     retried = {
         (name["service"].rsplit(".", 1)[1], name.get("method", "*"))

@@ -20,8 +20,9 @@ import redis.asyncio as redis
 from click.testing import CliRunner
 
 from eventline_cli.main import cli
-from eventline_shared import database
-from eventline_shared.config import CommonSettings, ConfigError
+from eventline_shared.environment import ConfigError
+from eventline_shared.server.config import CommonSettings
+from eventline_shared.storage import database
 from tests.conftest import _admin, database_url, service_env
 from tests.processes import ROOT
 

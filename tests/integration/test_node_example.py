@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from eventline_shared import auth
+from eventline_shared.security import api_keys
 from tests.node import NODE_EXAMPLE, TYPESCRIPT_CLIENT, assert_the_example_stored, build, run_node
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ async def test_the_example_sends_its_api_key(
     from eventline_ingestion.settings import Settings
     from tests.conftest import service_env
 
-    _, token = await auth.create_key(db, "node", ["ingest", "read"])
+    _, token = await api_keys.create_key(db, "node", ["ingest", "read"])
     settings = Settings.from_env(service_env(db_url, stream_key, EVENTLINE_AUTH="true"))
     async with running(settings) as served:
         code, _, stderr = await run_example(served.port)

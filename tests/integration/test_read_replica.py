@@ -18,7 +18,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 from prometheus_client import REGISTRY
 
-from eventline_shared import database
+from eventline_shared.storage import database
 from tests.conftest import service_env
 from tests.integration.test_campaigns import GRANTED, deliveries, email_campaign, start, upsert
 from tests.replica import StreamingReplica, streaming_replica

@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from eventline_shared import stream
-from eventline_shared.consumer_group import ConsumerGroup, Received, StreamHandler
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import ConsumerGroup, Received, StreamHandler
 from tests.conftest import service_env, single_and_cluster
 from tests.support import customer_event, wait_until
 

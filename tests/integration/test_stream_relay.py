@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
-from eventline_shared import stream
+from eventline_shared.streams import stream
 from tests.conftest import REDIS_URL, service_env, single_and_cluster
 from tests.faults import TcpProxy
 from tests.support import customer_event, outbox_drained

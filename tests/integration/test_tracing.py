@@ -12,7 +12,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
-from eventline_shared.logs import JsonFormatter
+from eventline_shared.observability.logs import JsonFormatter
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 

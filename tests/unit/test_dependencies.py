@@ -11,8 +11,8 @@ import asyncio
 
 import redis.exceptions
 
-from eventline_shared import stream
-from eventline_shared.dependencies import FALL, RISE, Dependency, DependencyMonitor
+from eventline_shared.observability.dependencies import FALL, RISE, Dependency, DependencyMonitor
+from eventline_shared.streams import stream
 
 
 class Scripted(Dependency):

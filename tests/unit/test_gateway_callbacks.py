@@ -9,7 +9,7 @@ import pytest
 
 from eventline_gateway.callbacks import sendgrid_public_key, sendgrid_signed
 from eventline_gateway.settings import Settings
-from eventline_shared.config import ConfigError
+from eventline_shared.environment import ConfigError
 
 # SendGrid's published example (its Python library's Event Webhook test): key, signature,
 # timestamp and the payload they sign, which ends with CR LF as SendGrid's bodies do.

@@ -20,7 +20,7 @@ from eventline_gateway.routes import service_bindings
 from eventline_gateway.service import build_app, openapi_document, transcode
 from eventline_gateway.settings import Settings
 from eventline_gateway.transcoder import Route, Transcoder
-from eventline_shared.dependencies import DependencyMonitor
+from eventline_shared.observability.dependencies import DependencyMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 

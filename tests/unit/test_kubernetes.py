@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from eventline_shared.grpc_server import LIVENESS_HEALTH_NAME
+from eventline_shared.server.grpc_server import LIVENESS_HEALTH_NAME
 from tests.unit.test_compose import known_variables
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from eventline_shared import logs
+from eventline_shared.observability import logs
 
 
 def test_a_reply_after_the_call_ended_is_a_one_line_warning_naming_the_method() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from eventline_shared import database
+from eventline_shared.storage import database
 
 
 def test_every_migration_has_a_version_of_its_own() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from eventline_segmentation.service import session_dsn
 from eventline_segmentation.settings import DEFAULT_PORT, Settings
-from eventline_shared.config import ConfigError
+from eventline_shared.environment import ConfigError
 
 
 def test_defaults_and_overrides() -> None:

@@ -6,8 +6,9 @@ import pytest
 from redis import exceptions as redis_errors
 from redis.crc import key_slot
 
-from eventline_shared import stream
-from eventline_shared.config import CommonSettings, ConfigError
+from eventline_shared.environment import ConfigError
+from eventline_shared.server.config import CommonSettings
+from eventline_shared.streams import stream
 
 
 @pytest.mark.parametrize("base", ["eventline:events", "eventline:prod:events", "app:{events}", "a{b}{}"])
@@ -89,7 +90,7 @@ def test_the_old_dead_letter_setting_is_refused() -> None:
 )
 def test_cluster_errors_that_outlast_the_clients_retries_count_against_redis(error: Exception) -> None:
     """Health turns NOT_SERVING when they persist (the dependency monitor asks ``explains``)."""
-    from eventline_shared.dependencies import Redis
+    from eventline_shared.streams.stream import Redis
 
     assert stream.unavailable(error)
     assert Redis(stream.connect("redis+cluster://127.0.0.1:1"), "k", required=True).explains(error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from eventline_campaigns.service import running
 from eventline_campaigns.settings import Settings
-from eventline_shared.grpc_server import serve_main
+from eventline_shared.server.grpc_server import serve_main
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """What the campaign service does with the event stream: triggers, fan-outs and resends.
 
 The consumer group itself (reading, reclaiming, dead letters, backoff) is
-``eventline_shared.consumer_group.ConsumerGroup``; this module is its handler.
+``eventline_shared.streams.consumer_group.ConsumerGroup``; this module is its handler.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from redis import exceptions as redis_errors
 
 from eventline_campaigns.audience import SegmentationRefused
 from eventline_campaigns.engine import Engine
-from eventline_shared import database, stream, tracing
-from eventline_shared.consumer_group import Received, StreamHandler
 from eventline_shared.errors import Unavailable
+from eventline_shared.observability import tracing
+from eventline_shared.storage import database
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import Received, StreamHandler
 
 log = logging.getLogger(__name__)
 

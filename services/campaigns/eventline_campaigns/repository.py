@@ -12,7 +12,7 @@ import asyncpg
 from eventline_campaigns.channels import EMAIL, SMS
 from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.group_commit import GroupCommit
+from eventline_shared.streams.group_commit import GroupCommit
 
 # --- campaigns ---------------------------------------------------------------
 

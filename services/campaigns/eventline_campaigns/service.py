@@ -26,16 +26,21 @@ from eventline_campaigns.channels import (
 from eventline_campaigns.consumer import CampaignHandler
 from eventline_campaigns.engine import CampaignCache, Engine
 from eventline_campaigns.erasure import SinkJanitor
+from eventline_campaigns.gauges import refresh_delivery_gauges
 from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
-from eventline_shared import auth, database, stream
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.consumer_group import ConsumerGroup
-from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
-from eventline_shared.grpc_server import Server
+from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
+from eventline_shared.security import client_channels
+from eventline_shared.server.grpc_server import Server
+from eventline_shared.storage import database
+from eventline_shared.storage.database import PostgreSQL
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import ConsumerGroup
+from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +121,7 @@ async def running(
     await database.prepare_schema(common.database_url, apply=common.migrate)
     client = stream.connect(common.redis_url)
     channels = build_channels(settings, observer)
-    segmentation = auth.client_channel(settings.segmentation_addr, common.security)
+    segmentation = client_channels.client_channel(settings.segmentation_addr, common.security)
     # Campaigns react to the event stream: without Redis they cannot do their job, so both
     # PostgreSQL and Redis are required. Segmentation is not: its outage only delays deliveries,
     # and it reports its own health (a chain of NOT_SERVING would take every service out at once).
@@ -172,7 +177,13 @@ async def running(
             settings.suppression,
             clock=clock,
         )
-        server = Server([SERVICE_NAME], settings=common, dependencies=dependencies)
+        server = Server(
+            [SERVICE_NAME],
+            settings=common,
+            dependencies=dependencies,
+            pool=pool,
+            gauges=[lambda: refresh_delivery_gauges(pool)],
+        )
         campaigns_pb2_grpc.add_CampaignServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)
         await server.start()

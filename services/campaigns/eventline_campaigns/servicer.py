@@ -41,8 +41,8 @@ from eventline_shared.errors import (
     quote,
     raise_if_any,
 )
-from eventline_shared.grpc_server import Context
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
+from eventline_shared.server.grpc_server import Context
 from eventline_shared.values import datetime_to_timestamp, timestamp_to_datetime
 
 DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT

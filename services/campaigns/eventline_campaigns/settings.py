@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits
-from eventline_shared.auth import channel_target
-from eventline_shared.config import CommonSettings, ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.security.client_channels import channel_target
+from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50053
 DEFAULT_SEGMENTATION_ADDR = "127.0.0.1:50052"

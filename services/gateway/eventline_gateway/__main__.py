@@ -1,7 +1,7 @@
 """``python -m eventline_gateway``: serve HTTP until SIGTERM or SIGINT.
 
 With ``EVENTLINE_GATEWAY_WORKERS`` above 1, start that many worker processes on the same
-port instead (``eventline_shared.workers``): the gateway keeps no state, so its workers
+port instead (``eventline_shared.server.workers``): the gateway keeps no state, so its workers
 share nothing but the port.
 """
 
@@ -12,9 +12,9 @@ import sys
 
 from eventline_gateway.service import running
 from eventline_gateway.settings import Settings
-from eventline_shared import workers
-from eventline_shared.config import ConfigError
-from eventline_shared.grpc_server import serve_main
+from eventline_shared.environment import ConfigError
+from eventline_shared.server import workers
+from eventline_shared.server.grpc_server import serve_main
 
 
 def main() -> None:

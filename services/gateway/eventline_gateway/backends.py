@@ -17,9 +17,10 @@ from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from eventline_shared.auth import SecuritySettings, client_channel
-from eventline_shared.dependencies import Dependency
-from eventline_shared.grpc_server import MAX_MESSAGE_BYTES
+from eventline_shared.observability.dependencies import Dependency
+from eventline_shared.security.client_channels import client_channel
+from eventline_shared.security.tls import SecuritySettings
+from eventline_shared.server.grpc_server import MAX_MESSAGE_BYTES
 
 SERVICES: dict[str, descriptor.ServiceDescriptor] = {
     "ingestion": ingestion_pb2.DESCRIPTOR.services_by_name["IngestionService"],

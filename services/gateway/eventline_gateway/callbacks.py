@@ -65,8 +65,9 @@ from google.rpc import code_pb2
 
 from eventline_gateway import errors
 from eventline_gateway.errors import HttpError
-from eventline_shared import logs, signatures
-from eventline_shared.group_commit import GroupCommit
+from eventline_shared import signatures
+from eventline_shared.observability import logs
+from eventline_shared.streams.group_commit import GroupCommit
 
 Kind = campaigns_pb2.DeliveryEventKind
 DELIVERED = campaigns_pb2.DELIVERY_EVENT_KIND_DELIVERED
@@ -122,7 +123,7 @@ RECORDING_CALLS = 4
 @dataclass
 class Callbacks:
     """Records the reports of callbacks: those that arrive while a call is in flight share the
-    next one (``eventline_shared.group_commit``), each answered with its own outcome, so a
+    next one (``eventline_shared.streams.group_commit``), each answered with its own outcome, so a
     burst of callbacks costs a few calls and PostgreSQL commits instead of one each."""
 
     settings: CallbackSettings

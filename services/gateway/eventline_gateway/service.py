@@ -36,9 +36,9 @@ from eventline_gateway.backends import SERVICES, Backend, open_channels
 from eventline_gateway.errors import HttpError
 from eventline_gateway.settings import Settings
 from eventline_gateway.transcoder import Transcoder
-from eventline_shared import logs, tracing
-from eventline_shared.auth import SecuritySettings
-from eventline_shared.dependencies import DependencyMonitor
+from eventline_shared.observability import logs, tracing
+from eventline_shared.observability.dependencies import DependencyMonitor
+from eventline_shared.security.tls import SecuritySettings
 
 log = logging.getLogger(__name__)
 

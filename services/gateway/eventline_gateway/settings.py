@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from eventline_gateway.callbacks import CallbackSettings, sendgrid_public_key
-from eventline_shared import workers
-from eventline_shared.auth import channel_target
-from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_float, env_int, env_str
+from eventline_shared.security.client_channels import channel_target
+from eventline_shared.server import workers
+from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 8080
 BACKENDS = ("ingestion", "segmentation", "campaigns")

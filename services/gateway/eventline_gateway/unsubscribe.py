@@ -25,7 +25,7 @@ from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_gateway import errors
-from eventline_shared import logs
+from eventline_shared.observability import logs
 from eventline_shared.unsubscribe import Unsubscribe, read_token
 
 CHANNEL_WORDS = {"email": "e-mail", "sms": "text messages"}

@@ -1,7 +1,7 @@
 """``python -m eventline_ingestion``: serve until SIGTERM or SIGINT.
 
 With ``EVENTLINE_INGESTION_WORKERS`` above 1, start that many worker processes
-on the same port instead (``eventline_shared.workers``).
+on the same port instead (``eventline_shared.server.workers``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 
 from eventline_ingestion.service import running
 from eventline_ingestion.settings import Settings
-from eventline_shared import workers
-from eventline_shared.config import ConfigError
-from eventline_shared.grpc_server import serve_main
+from eventline_shared.environment import ConfigError
+from eventline_shared.server import workers
+from eventline_shared.server.grpc_server import serve_main
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eventline_ingestion.repository import IngestionRepository
-from eventline_shared import stream
+from eventline_shared.streams import stream
 
 
 @dataclass(frozen=True)

@@ -23,20 +23,34 @@ import logging
 import time
 
 import asyncpg
+from prometheus_client import Gauge
 
-from eventline_shared import faults, stream
-from eventline_shared.dependencies import POSTGRESQL, REDIS, DependencyMonitor
+from eventline_shared import faults
+from eventline_shared.observability.dependencies import POSTGRESQL, REDIS, DependencyMonitor
+from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 
-# Whether this relay may publish the partition $1 now: held until the transaction ends.
-_LOCK_PARTITION = "SELECT pg_try_advisory_xact_lock(hashtextextended('eventline.outbox ' || $1, 0))"
+OUTBOX_BACKLOG = Gauge("eventline_outbox_backlog_rows", "Outbox rows not yet published to the stream.")
 
-# The partition's oldest rows; rows written before outbox rows named their stream ('') go to
-# the stream of a one-partition layout ($3). The deletion only commits after the publish.
+LOCK_NAMESPACE = "eventline.outbox "
+"""Prefixed to a partition's stream key to name its advisory lock (apart from other locks)."""
+LOCK_HASH_SEED = 0
+"""The seed of ``hashtextextended``, which turns the lock's name into its 64-bit key: every
+replica must use the same one."""
+UNNAMED_STREAM = ""
+"""The stream of outbox rows written before rows named their partition (migration 0003)."""
+
+# Whether this relay may publish the partition $1 (the lock's name: LOCK_NAMESPACE and the
+# stream key) now: held until the transaction ends.
+_LOCK_PARTITION = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, $2))"
+
+# The partition's oldest rows; rows written before outbox rows named their stream ($4,
+# UNNAMED_STREAM) go to the stream of a one-partition layout ($3). The deletion only commits
+# after the publish.
 _CLAIM = """
 DELETE FROM event_outbox WHERE id IN (
-    SELECT id FROM event_outbox WHERE stream = $2 OR (stream = '' AND $3)
+    SELECT id FROM event_outbox WHERE stream = $2 OR (stream = $4 AND $3)
     ORDER BY id LIMIT $1 FOR UPDATE
 )
 RETURNING id, entries
@@ -90,9 +104,11 @@ class OutboxRelay:
 
     async def _publish_partition(self, key: str, appender: stream.Appender) -> tuple[int, int]:
         async with self.pool.acquire() as connection, connection.transaction():
-            if not await connection.fetchval(_LOCK_PARTITION, key):
+            if not await connection.fetchval(_LOCK_PARTITION, LOCK_NAMESPACE + key, LOCK_HASH_SEED):
                 return 0, 0  # another relay is publishing this partition
-            claimed = await connection.fetch(_CLAIM, self.batch, key, self.layout.partitions == 1)
+            claimed = await connection.fetch(
+                _CLAIM, self.batch, key, self.layout.partitions == 1, UNNAMED_STREAM
+            )
             if not claimed:
                 return 0, 0
             rows = sorted(claimed, key=lambda row: row["id"])
@@ -154,3 +170,7 @@ class OutboxRelay:
     def shutdown(self) -> None:
         self._stopping = True
         self._wake.set()
+
+    async def refresh_gauges(self) -> None:
+        """Set ``OUTBOX_BACKLOG``: the rows left to publish (a metrics gauge of the service)."""
+        OUTBOX_BACKLOG.set(await self.pool.fetchval("SELECT count(*) FROM event_outbox"))

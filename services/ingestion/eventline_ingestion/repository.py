@@ -11,8 +11,8 @@ from eventline.common.v1 import common_pb2
 from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
-from eventline_shared import stream
-from eventline_shared.config import DEFAULT_STREAM
+from eventline_shared.server.config import DEFAULT_STREAM
+from eventline_shared.streams import stream
 from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events

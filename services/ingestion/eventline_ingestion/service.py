@@ -17,11 +17,15 @@ from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.servicer import IngestionServicer
 from eventline_ingestion.settings import Settings
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import database, stream, workers
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
-from eventline_shared.grpc_server import Server
+from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
+from eventline_shared.server import workers
+from eventline_shared.server.grpc_server import Server
+from eventline_shared.storage import database
+from eventline_shared.storage.database import PostgreSQL
+from eventline_shared.streams import stream
+from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ async def running(
             settings=common,
             dependencies=dependencies,
             options=[workers.REUSEPORT_OPTION] if settings.workers > 1 else (),
+            pool=pool,
+            gauges=[outbox.refresh_gauges],
         )
         ingestion_pb2_grpc.add_IngestionServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

@@ -13,7 +13,7 @@ from eventline_ingestion.erasure import Erasure
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter
-from eventline_shared import paging, tracing
+from eventline_shared import paging
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     FieldViolation,
@@ -24,8 +24,9 @@ from eventline_shared.errors import (
     quote,
     raise_if_any,
 )
-from eventline_shared.grpc_server import Context, database_timeout
+from eventline_shared.observability import tracing
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
+from eventline_shared.server.grpc_server import Context, database_timeout
 from eventline_shared.values import check_customer_id, check_timestamp, timestamp_to_datetime
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared import workers
-from eventline_shared.config import CommonSettings, env_float, env_int
+from eventline_shared.environment import env_float, env_int
+from eventline_shared.server import workers
+from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50051
 
@@ -24,7 +25,7 @@ class Settings:
     write_concurrency: int
     """How many storing statements run at once; requests arriving meanwhile share the next one."""
     workers: int = 1
-    """Worker processes serving the one port (``eventline_shared.workers``); above 1, each binds
+    """Worker processes serving the one port (``eventline_shared.server.workers``); above 1, each binds
     with SO_REUSEPORT."""
 
     @classmethod

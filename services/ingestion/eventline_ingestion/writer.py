@@ -1,5 +1,5 @@
 """The events of concurrent store requests share one statement and one commit
-(``eventline_shared.group_commit``, up to ``max_events`` per statement); a
+(``eventline_shared.streams.group_commit``, up to ``max_events`` per statement); a
 request's events are always in one statement, so a request is stored entirely
 or not at all.
 """
@@ -14,7 +14,7 @@ from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import NewEvent
 from eventline_shared import faults
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.group_commit import GroupCommit
+from eventline_shared.streams.group_commit import GroupCommit
 
 Stored = dict[tuple[str, str], tuple[common_pb2.Event, bool]]
 """For each (customer_id, event_id): the stored event and whether it had been stored before."""

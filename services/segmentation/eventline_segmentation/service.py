@@ -15,11 +15,12 @@ from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.segments import Segments
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
-from eventline_shared import database
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
-from eventline_shared.grpc_server import Server, method_path
+from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
+from eventline_shared.server.grpc_server import Server, method_path
+from eventline_shared.storage import database
+from eventline_shared.storage.database import PostgreSQL
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
             options=[("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION)],
             max_request_bytes=REQUEST_LIMITS,
             stream_idle_s=settings.stream_idle_s,
+            pool=pool,
         )
         segmentation_pb2_grpc.add_SegmentationServiceServicer_to_server(servicer, server.server)
         port = server.bind(common.host, common.port)

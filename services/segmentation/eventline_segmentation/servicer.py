@@ -16,8 +16,8 @@ from eventline_segmentation.repository import StoredSegment
 from eventline_segmentation.segments import Segments, Target, check_segment_id
 from eventline_shared import field_masks, paging, values
 from eventline_shared.errors import EventlineError, FieldViolation, InvalidArgument, invalid, raise_if_any
-from eventline_shared.grpc_server import Context, database_timeout
 from eventline_shared.paging import PageTokens
+from eventline_shared.server.grpc_server import Context, database_timeout
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000

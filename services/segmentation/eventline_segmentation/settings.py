@@ -6,7 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.config import CommonSettings, ConfigError, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_float, env_int, env_str
+from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50052
 

@@ -1,7 +1,7 @@
 """A consumer group on the event stream, shared by every replica: the one place that consumes it.
 
 ``ConsumerGroup(handler)`` reads the entries of every partition of the stream
-(``eventline_shared.stream.StreamLayout``) and hands them to ``handler`` in
+(``eventline_shared.streams.stream.StreamLayout``) and hands them to ``handler`` in
 batches; the campaign service is one user, a future consumer is another.
 
 * Each replica reads new entries with ``XREADGROUP >`` under its own consumer
@@ -46,9 +46,10 @@ from eventline.common.v1 import common_pb2
 from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
-from eventline_shared import faults, stream
-from eventline_shared.dependencies import REDIS, DependencyMonitor
-from eventline_shared.stream import Client, StreamEntry
+from eventline_shared import faults
+from eventline_shared.observability.dependencies import REDIS, DependencyMonitor
+from eventline_shared.streams import stream
+from eventline_shared.streams.stream import Client, StreamEntry
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from importlib import resources
 import asyncpg
 
 from eventline_shared.errors import AlreadyExists, DeadlineExceeded, EventlineError, Unavailable
+from eventline_shared.observability.dependencies import POSTGRESQL, Dependency
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,20 @@ async def open_pool(
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """The numbered migrations shipped with Eventline: (version, name, sql), in order."""
+    """The numbered migrations shipped with Eventline: (version, name, sql), in version order.
+
+    Each service keeps its own in a folder of ``eventline_shared.storage.migrations``
+    (``ingestion/``, ``segmentation/``, ``campaigns/``, ``security/``); they share one database
+    and one numbering, so they are applied together, in order, whichever service starts first.
+    """
     found = []
-    for entry in resources.files("eventline_shared.migrations").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    for folder in resources.files("eventline_shared.storage.migrations").iterdir():
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            match = _MIGRATION_FILE.match(entry.name)
+            if match:
+                found.append((int(match.group(1)), match.group(2), entry.read_text()))
     return sorted(found)
 
 
@@ -177,3 +186,31 @@ def translate(exc: BaseException) -> EventlineError | None:
     ):
         return Unavailable("the database is unavailable, retry later")
     return None
+
+
+class PostgreSQL(Dependency):
+    """PostgreSQL, probed with ``SELECT 1`` on a connection of its own (not one of the pool's)."""
+
+    def __init__(self, dsn: str, *, required: bool = True, name: str = POSTGRESQL) -> None:
+        super().__init__(name, required=required)
+        self.dsn = dsn
+        self._connection: asyncpg.Connection | None = None
+
+    async def probe(self) -> None:
+        if self._connection is None or self._connection.is_closed():
+            self._connection = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await self._connection.fetchval("SELECT 1")
+        except BaseException:
+            # Timed out or broken: never reuse a connection in an unknown state.
+            self._connection.terminate()
+            self._connection = None
+            raise
+
+    def explains(self, exc: BaseException) -> bool:
+        return isinstance(translate(exc), Unavailable)
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None

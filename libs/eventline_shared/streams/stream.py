@@ -20,7 +20,7 @@ Each stored event becomes one stream entry with the fields:
 * ``payload``: the ``eventline.common.v1.Event`` exactly as stored, serialized
   as protobuf;
 * ``traceparent``: the W3C trace context of the call that stored the event
-  (see ``eventline_shared.tracing``), so consumers continue its trace.
+  (see ``eventline_shared.observability.tracing``), so consumers continue its trace.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, cast
 
@@ -37,6 +38,9 @@ from redis import exceptions as redis_errors
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from eventline_shared.errors import Unavailable
+from eventline_shared.observability.dependencies import REDIS, Dependency
 
 Client: TypeAlias = redis.Redis | RedisCluster
 """A client of a single Redis server or of a Redis Cluster (see ``connect``)."""
@@ -243,6 +247,13 @@ def unavailable(exc: BaseException) -> bool:
     ) or (isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("MISCONF", "CLUSTERDOWN")))
 
 
+def translate(exc: BaseException) -> Unavailable | None:
+    """The client-facing error for a Redis driver error, or None when it is a bug."""
+    if unavailable(exc):
+        return Unavailable("the event stream is unavailable, retry later")
+    return None
+
+
 def is_cluster_url(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
@@ -340,3 +351,19 @@ async def erase_customer_entries(client: Client, stream: str, customer_id: str, 
         start = "(" + entries[-1][0].decode()
         if len(entries) < chunk:
             return erased
+
+
+class Redis(Dependency):
+    """Redis, probed with ``EXISTS`` of the stream keys (see the module's description)."""
+
+    def __init__(self, client: Client, keys: str | Sequence[str], *, required: bool) -> None:
+        super().__init__(REDIS, required=required)
+        self.client = client
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+
+    async def probe(self) -> None:
+        for key in self.keys:  # one by one: on a cluster, keys of several slots cannot share a command
+            await self.client.exists(key)
+
+    def explains(self, exc: BaseException) -> bool:
+        return unavailable(exc)

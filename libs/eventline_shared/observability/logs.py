@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from eventline_shared import tracing
+from eventline_shared.observability import tracing
 
 # Attributes every LogRecord has; anything else was passed with extra= and is logged.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

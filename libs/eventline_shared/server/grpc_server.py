@@ -20,15 +20,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeAlias, TypeVar
 
+import asyncpg
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
-from eventline_shared import database, logs, stream
-from eventline_shared.config import CommonSettings, ConfigError
-from eventline_shared.dependencies import DependencyMonitor, health_name
+from eventline_shared.environment import ConfigError
 from eventline_shared.errors import (
     Aborted,
     DeadlineExceeded,
@@ -37,12 +35,16 @@ from eventline_shared.errors import (
     InvalidArgument,
     ReplyTooLarge,
     ResourceExhausted,
-    Unavailable,
 )
-from eventline_shared.handlers import HandlerWrapper, writing_stream
-from eventline_shared.logs import current_call as _current_call
-from eventline_shared.metrics import Operations
+from eventline_shared.observability import logs
+from eventline_shared.observability.dependencies import DependencyMonitor, health_name
+from eventline_shared.observability.logs import current_call as _current_call
 from eventline_shared.paging import MAX_REPLY_BYTES
+from eventline_shared.server.config import CommonSettings
+from eventline_shared.server.handlers import HandlerWrapper, writing_stream
+from eventline_shared.server.operations import Gauges, Operations
+from eventline_shared.storage import database
+from eventline_shared.streams import stream
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +90,6 @@ def database_timeout(context: Context, ceiling: float) -> float:
     return max(min(max(left - 0.05, left * 0.5), ceiling), 0.001)
 
 
-Translator = Callable[[BaseException], EventlineError | None]
-_translators: list[Translator] = [database.translate]
-
-
-def register_translator(translator: Translator) -> None:
-    """Let a dependency's driver errors reach clients as clean statuses."""
-    _translators.append(translator)
-
-
-def _redis_translate(exc: BaseException) -> EventlineError | None:
-    if stream.unavailable(exc):
-        return Unavailable("the event stream is unavailable, retry later")
-    return None
-
-
-register_translator(_redis_translate)
-
-
 def as_status(exc: BaseException, method: str, remaining_s: float | None = None) -> grpc.Status:
     """The status a client sees for ``exc``, raised while serving ``method``.
 
@@ -115,15 +99,15 @@ def as_status(exc: BaseException, method: str, remaining_s: float | None = None)
     error = exc if isinstance(exc, EventlineError) else None
     if error is None and isinstance(exc, TimeoutError) and remaining_s is not None and remaining_s <= 0.01:
         error = DeadlineExceeded("the deadline passed before the call completed")
-    for translate in _translators:
-        if error is None:
-            error = translate(exc)
+    if error is None:
+        # Driver errors that reach the edge: PostgreSQL's, then Redis's.
+        error = database.translate(exc) or stream.translate(exc)
     if error is None:
         log.exception("unexpected error", extra={"method": method}, exc_info=exc)
         error = EventlineError("internal error")
     elif error.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         log.warning("dependency error", extra={"method": method, "error": repr(exc)})
-    return rpc_status.to_status(error.to_status())
+    return error.grpc_status()
 
 
 def _decode(decode: Callable[[bytes], Any] | None, raw: bytes, limit: int | None) -> Any:
@@ -396,10 +380,15 @@ class Server:
         dependencies: DependencyMonitor | None = None,
         max_request_bytes: Mapping[str, int] | None = None,
         stream_idle_s: float | None = None,
+        pool: asyncpg.Pool | None = None,
+        gauges: Sequence[Gauges] = (),
     ) -> None:
-        # With settings: metrics, API keys and TLS as configured (see eventline_shared.metrics), and
-        # the maximum connection age (CommonSettings.server_options).
-        self.operations = Operations(list(service_names), settings) if settings is not None else None
+        # With settings: metrics, API keys (checked on ``pool``, the service's) and TLS as configured
+        # (see eventline_shared.server.operations), the service's own ``gauges``, and the maximum
+        # connection age (CommonSettings.server_options).
+        self.operations = (
+            Operations(settings, pool=pool, gauges=gauges) if settings is not None else None
+        )
         # No interceptor runs per call: every handler is wrapped once, when it is registered.
         self.server = WrappingServer(
             grpc.aio.server(options=_with_defaults([*options, *(settings.server_options() if settings else ())])),

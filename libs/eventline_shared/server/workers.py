@@ -22,7 +22,7 @@ import time
 from collections.abc import Mapping
 from types import FrameType
 
-from eventline_shared.config import ConfigError, env_int
+from eventline_shared.environment import ConfigError, env_int
 
 WORKER_INDEX = "EVENTLINE_WORKER_INDEX"
 """Set by the supervisor in each worker's environment: which worker it is (0 to N-1)."""

@@ -9,15 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.auth import SecuritySettings
-
-# Re-exported: the services read their own variables with these, next to CommonSettings.
-from eventline_shared.environment import ConfigError as ConfigError
-from eventline_shared.environment import env_bool as env_bool
-from eventline_shared.environment import env_float as env_float
-from eventline_shared.environment import env_int as env_int
-from eventline_shared.environment import env_str as env_str
-from eventline_shared.stream import StreamLayout
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.security.tls import SecuritySettings
+from eventline_shared.streams.stream import StreamLayout
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eventline"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -42,12 +36,12 @@ class CommonSettings:
     """The /metrics HTTP port (EVENTLINE_<SERVICE>_METRICS_PORT); None: no endpoint."""
     metrics_interval_s: float = 15.0
     security: SecuritySettings | None = None
-    """API keys and TLS (see eventline_shared.auth); None: neither."""
+    """API keys and TLS (see eventline_shared.security.tls); None: neither."""
     health_probe_interval_s: float = 2.0
-    """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.dependencies)."""
+    """How often PostgreSQL and Redis are probed for the health status (see eventline_shared.observability.dependencies)."""
     stream_partitions: int = 1
     """EVENTLINE_STREAM_PARTITIONS: the event stream is this many Redis streams (see
-    ``eventline_shared.stream.StreamLayout``); every replica of every service must agree."""
+    ``eventline_shared.streams.stream.StreamLayout``); every replica of every service must agree."""
     migrate: bool = True
     """EVENTLINE_MIGRATE: apply missing migrations at start; false: only check that none is missing
     (then ``eventline migrate``, run once per release, is the only writer of DDL)."""

@@ -3,7 +3,7 @@ waiting until its gRPC health service reports SERVING.
 
 The one harness that ``eventline up``, ``eventline demo``, the tests and the benchmarks use.
 It lives in the shared libraries rather than in eventline_cli because the dev/test servers of
-``eventline_shared.embedded`` need free ports too, and the shared libraries never import the
+``eventline_shared.dev.embedded`` need free ports too, and the shared libraries never import the
 CLI (the CLI sits above them). No service imports it, and it needs nothing the services do
 not already depend on (grpcio-health-checking; aiohttp for the gateway's /readyz).
 """

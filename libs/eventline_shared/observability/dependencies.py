@@ -5,9 +5,9 @@ A ``DependencyMonitor`` probes every dependency each ``interval_s`` seconds
 the service's own work (the outbox relay, the stream consumer), which see
 failures between probes and failures a probe cannot see:
 
-* PostgreSQL: ``SELECT 1`` on a connection of the monitor's own, so that a
+* PostgreSQL (``eventline_shared.storage.database.PostgreSQL``): ``SELECT 1`` on a connection of the monitor's own, so that a
   pool busy with long queries is not mistaken for an outage;
-* Redis: ``EXISTS`` of each partition's stream key (on a Redis Cluster each
+* Redis (``eventline_shared.streams.stream.Redis``): ``EXISTS`` of each partition's stream key (on a Redis Cluster each
   goes to the master holding it), which fails the way the real commands do:
   unreachable, timing out, out of memory, read-only, a cluster down or a
   slot without a master, or a Redis Cluster node answering MOVED because it
@@ -35,11 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
-
-from eventline_shared import database, stream
-from eventline_shared.errors import Unavailable
-from eventline_shared.metrics import DEPENDENCY_UP
+from eventline_shared.observability.metrics import DEPENDENCY_UP
 
 log = logging.getLogger(__name__)
 
@@ -76,50 +72,6 @@ class Dependency:
 
     async def aclose(self) -> None:
         """Release what the probe holds."""
-
-
-class PostgreSQL(Dependency):
-    """PostgreSQL, probed with ``SELECT 1`` on a connection of its own (not one of the pool's)."""
-
-    def __init__(self, dsn: str, *, required: bool = True, name: str = POSTGRESQL) -> None:
-        super().__init__(name, required=required)
-        self.dsn = dsn
-        self._connection: asyncpg.Connection | None = None
-
-    async def probe(self) -> None:
-        if self._connection is None or self._connection.is_closed():
-            self._connection = await asyncpg.connect(self.dsn, timeout=database.CONNECT_TIMEOUT_S)
-        try:
-            await self._connection.fetchval("SELECT 1")
-        except BaseException:
-            # Timed out or broken: never reuse a connection in an unknown state.
-            self._connection.terminate()
-            self._connection = None
-            raise
-
-    def explains(self, exc: BaseException) -> bool:
-        return isinstance(database.translate(exc), Unavailable)
-
-    async def aclose(self) -> None:
-        if self._connection is not None:
-            self._connection.terminate()
-            self._connection = None
-
-
-class Redis(Dependency):
-    """Redis, probed with ``EXISTS`` of the stream keys (see the module's description)."""
-
-    def __init__(self, client: stream.Client, keys: str | Sequence[str], *, required: bool) -> None:
-        super().__init__(REDIS, required=required)
-        self.client = client
-        self.keys = [keys] if isinstance(keys, str) else list(keys)
-
-    async def probe(self) -> None:
-        for key in self.keys:  # one by one: on a cluster, keys of several slots cannot share a command
-            await self.client.exists(key)
-
-    def explains(self, exc: BaseException) -> bool:
-        return stream.unavailable(exc)
 
 
 @dataclass
