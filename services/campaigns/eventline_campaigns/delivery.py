@@ -70,6 +70,8 @@ class Delivery:
         self.repository = repository
         self.suppressions = SuppressionRepository(repository.pool)
         self.channels = channels
+        self._bulk = {number: c for number, c in channels.items() if isinstance(c, BulkChannel)}
+        """The channels that take many messages in one call."""
         self.rendering = rendering
         self.unsubscribe_links = unsubscribe_links
         self.lease_s = lease_s
@@ -115,8 +117,8 @@ class Delivery:
         bulk: dict[BulkChannel, list[Owned]] = defaultdict(list)
         single: list[Owned] = []
         for item in owned:
-            channel = self.channels[item.channel]
-            if isinstance(channel, BulkChannel):
+            channel = self._bulk.get(item.channel)
+            if channel is not None:
                 bulk[channel].append(item)
             else:
                 single.append(item)
