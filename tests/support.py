@@ -86,6 +86,14 @@ async def wait_for_entries(redis_client, stream_key: str, count: int, timeout_s:
         await asyncio.sleep(0.01)
 
 
+async def wait_for_event_entry(redis_client, stream_key: str, event_id: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the relay has published the entry of the event ``event_id``."""
+    deadline = time.monotonic() + timeout_s
+    while not any(f.get(b"event_id") == event_id.encode() for _, f in await redis_client.xrange(stream_key)):
+        assert time.monotonic() < deadline, "the relay did not publish in time"
+        await asyncio.sleep(0.01)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout_s``.
 
@@ -186,7 +194,8 @@ class Sender:
         self.triggered += 1
         event_id = f"watch-{self.triggered}"
         await self.ingestion.TrackCustomerEvent(customer_event(customer_id, "item_watched", event_id))
-        await wait_for_entries(self.redis_client, self.stream_key, self.triggered)
+        # This event's own entry: counting entries would also count others (an unsubscription's event).
+        await wait_for_event_entry(self.redis_client, self.stream_key, event_id)
         await self.server.consumer.drain()
         reply = await self.campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(event_id=event_id))
         [delivery] = reply.deliveries

@@ -465,8 +465,7 @@ async def test_entries_of_a_crashed_consumer_are_reclaimed_and_delivered_once(  
 async def test_pending_delivery_of_a_crashed_sender_is_sent_once(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, smtp_server
 ) -> None:
-    from eventline_campaigns.channels import EMAIL, Message
-    from eventline_campaigns.repository import Planned
+    from eventline_campaigns.model import EMAIL, PENDING, Message, Planned
 
     await upsert(ingestion, "lease", email="lease@example.com", email_consent=GRANTED)
     campaign_id = await start(campaigns, email_campaign())
@@ -474,11 +473,11 @@ async def test_pending_delivery_of_a_crashed_sender_is_sent_once(  # type: ignor
     message = Message(0, EMAIL, ["lease@example.com"], "Subject", "", "Body")
     # Recorded, then the sender died before calling the provider; its lease is already over.
     owned = await repository.record(
-        campaign_id, "ev", [Planned("lease", EMAIL, 1, "", message.to_json())], lease_s=-1
+        campaign_id, "ev", [Planned("lease", EMAIL, PENDING, "", message)], lease_s=-1
     )
     assert len(owned) == 1
-    assert await campaigns_server.engine.recover() == 1
-    assert await campaigns_server.engine.recover() == 0
+    assert await campaigns_server.engine.delivery.recover() == 1
+    assert await campaigns_server.engine.delivery.recover() == 0
     await smtp_server.wait_for(1)
     [delivery] = await deliveries(campaigns, campaign_id=campaign_id)
     assert delivery.status == campaigns_pb2.DELIVERY_STATUS_SENT
@@ -551,7 +550,7 @@ async def test_system_event_fan_out_resumes_after_a_crash(  # type: ignore[no-un
     )
     await wait_for_entries(redis_client, stream_key, 41)
     engine = campaigns_server.engine
-    engine.fanout_batch = 4
+    engine.fan_out.batch = 4
     await campaigns_server.cache.refresh()
     entries = await redis_client.xreadgroup("campaigns", "crashed", {stream_key: ">"}, count=100)
     [system_entry] = [StreamEntry.from_fields(i, f) for i, f in entries[0][1] if f[b"customer_id"] == b""]
@@ -658,14 +657,14 @@ async def test_erasing_a_customer_erases_their_deliveries(  # type: ignore[no-un
 
 
 async def test_list_deliveries_pages_and_bad_requests(campaigns, campaigns_server, ingestion) -> None:  # type: ignore[no-untyped-def]
-    from eventline_campaigns.repository import Planned
+    from eventline_campaigns.model import EMAIL, SKIPPED, Planned
 
     await upsert(ingestion, "pager", email="p@example.com")
     campaign_id = await start(campaigns, email_campaign())
     repository = campaigns_server.engine.repository
     for i in range(5):
         await repository.record(
-            campaign_id, f"ev{i}", [Planned("pager", 1, 4, "no e-mail consent", None)], lease_s=60
+            campaign_id, f"ev{i}", [Planned("pager", EMAIL, SKIPPED, "no e-mail consent", None)], lease_s=60
         )
     seen: list[str] = []
     token = ""
@@ -770,14 +769,14 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
     async with running(Settings.from_env(env)) as one, running(Settings.from_env(env)) as two:
         sent_by: dict[str, int] = {"one": 0, "two": 0}
         for name, replica in (("one", one), ("two", two)):
-            original = replica.engine.send
+            original = replica.engine.delivery.send
 
             async def counting(owned, original=original, name=name):  # type: ignore[no-untyped-def]
                 sent = await original(owned)
                 sent_by[name] += sent
                 return sent
 
-            replica.engine.send = counting
+            replica.engine.delivery.send = counting
         async with grpc.aio.insecure_channel(f"127.0.0.1:{one.port}") as channel:
             stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
             await start(stub, email_campaign(event_name="Pinged", text="x"))

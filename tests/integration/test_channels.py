@@ -7,15 +7,8 @@ import json
 
 import pytest
 
-from eventline_campaigns.channels import (
-    EMAIL,
-    SMS,
-    HttpChannel,
-    Message,
-    PermanentError,
-    SmtpChannel,
-    TransientError,
-)
+from eventline_campaigns.channels import HttpChannel, PermanentError, SmtpChannel, TransientError
+from eventline_campaigns.model import EMAIL, SMS, Message
 from tests.processes import free_port
 
 

@@ -173,7 +173,7 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
             await wait_for_entries(redis_client, stream_key, 3)
             entries = await redis_client.xreadgroup("campaigns", "crashed", {stream_key: ">"}, count=10)
             [restock] = [StreamEntry.from_fields(i, f) for i, f in entries[0][1] if f[b"name"] == b"Restock"]
-            engine.fanout_batch = 10
+            engine.fan_out.batch = 10
             batches = 0
 
             async def killed_after_the_last_batch() -> None:

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
-from eventline_campaigns.channels import WEBHOOK, Message, PermanentError, WebhookChannel
+from eventline_campaigns.channels import PermanentError, WebhookChannel
+from eventline_campaigns.model import WEBHOOK, Message
 from eventline_campaigns.service import running
 from eventline_campaigns.settings import Settings
 from eventline_shared import signatures

@@ -12,11 +12,19 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventline_campaigns.channels import EMAIL, FileSink, HttpChannel, Message, signature
-from eventline_campaigns.engine import Trigger, plan
-from eventline_campaigns.model import FAILED, PENDING, SKIPPED, compile_campaign
+from eventline_campaigns.channels import FileSink, HttpChannel, signature
+from eventline_campaigns.model import (
+    EMAIL,
+    FAILED,
+    PENDING,
+    SKIPPED,
+    Message,
+    Profile,
+    Trigger,
+    compile_campaign,
+)
+from eventline_campaigns.planning import plan
 from eventline_campaigns.rendering import InlineRendering
-from eventline_campaigns.repository import Profile
 from tests.support import value
 
 
@@ -61,7 +69,7 @@ async def test_plan_skips_renders_or_fails_without_half_messages() -> None:
             (campaign, _trigger(a=value("x")), _profile(email=""), ""),
         ],
     )
-    assert ok.status == PENDING and Message.from_json(1, EMAIL, ok.message or "").subject == "S x"
+    assert ok.status == PENDING and ok.message is not None and ok.message.subject == "S x"
     assert failed.status == FAILED and failed.message is None and "'a'" in failed.reason
     assert (no_consent.status, no_consent.reason) == (SKIPPED, "no e-mail consent")
     assert (no_address.status, no_address.reason) == (SKIPPED, "no e-mail address")

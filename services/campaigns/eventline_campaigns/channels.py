@@ -33,18 +33,18 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from email.charset import QP, Charset
 from email.header import Header
 from email.mime.multipart import MIMEMultipart
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import aiohttp.abc
 import aiosmtplib
 
+from eventline_campaigns.model import CHANNEL_NAMES, SMS, Message
 from eventline_shared import signatures
 
 _UTF8 = Charset("utf-8")
@@ -58,13 +58,6 @@ def _text_part(body: str, subtype: str) -> email.message.Message:
     return part
 
 
-EMAIL = 1
-SMS = 2
-PUSH = 3
-WEBHOOK = 4
-CHANNEL_NAMES = {EMAIL: "email", SMS: "sms", PUSH: "push", WEBHOOK: "webhook"}
-
-
 class PermanentError(Exception):
     """The provider refused the message for good."""
 
@@ -73,52 +66,21 @@ class TransientError(Exception):
     """The provider could not be reached or asked to retry."""
 
 
-@dataclass
-class Message:
-    """A rendered message ready for a provider; stored in the ledger while pending."""
-
-    delivery_id: int
-    channel: int
-    to: list[str]
-    subject: str = ""
-    html: str = ""
-    text: str = ""
-    data: dict[str, str] = field(default_factory=dict)
-    unsubscribe: list[str] = field(default_factory=list)
-    """The List-Unsubscribe URLs of a marketing e-mail (one-click HTTPS first, then mailto);
-    empty for transactional messages."""
-
-    def to_json(self) -> str:
-        fields: dict[str, Any] = {
-            "to": self.to,
-            "subject": self.subject,
-            "html": self.html,
-            "text": self.text,
-            "data": self.data,
-        }
-        if self.unsubscribe:
-            fields["unsubscribe"] = self.unsubscribe
-        return json.dumps(fields, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, delivery_id: int, channel: int, text: str) -> Message:
-        raw: dict[str, Any] = json.loads(text)
-        return cls(
-            delivery_id,
-            channel,
-            raw["to"],
-            raw["subject"],
-            raw["html"],
-            raw["text"],
-            raw["data"],
-            raw.get("unsubscribe", []),
-        )
-
-
 class Channel(Protocol):
+    """A provider of one or more channels: sends one message at a time."""
+
     async def send(self, message: Message) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BulkChannel(Channel, Protocol):
+    """A channel that takes many messages in one call (the file sink: writes off the event loop)."""
+
+    async def send_many(self, messages: list[Message]) -> list[str | None]:
+        """Send each message; for each, None or why it failed (to be retried)."""
+        ...
 
 
 async def with_retries(call: Callable[[], Any], attempts: int, base_delay_s: float = 0.05) -> int:

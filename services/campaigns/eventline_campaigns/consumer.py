@@ -42,7 +42,7 @@ class CampaignHandler(StreamHandler):
 
     async def housekeeping(self) -> None:
         """Resend deliveries recorded but not sent (a sender that died)."""
-        await self.engine.recover()
+        await self.engine.delivery.recover()
 
     async def handle(self, batch: Sequence[Received]) -> None:
         customer = [p.event for p in batch if p.event.kind == common_pb2.EVENT_KIND_CUSTOMER]

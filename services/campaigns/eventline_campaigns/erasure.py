@@ -11,7 +11,7 @@ holds is removed.
   it was down) and whenever the erasure count in PostgreSQL changes (ingestion
   counts each erasure in its transaction; replicas poll it every ``poll_s``).
 * A message written while its customer was being erased is caught when its
-  outcome is recorded (``Engine.send`` asks the ledger and removes the file).
+  outcome is recorded (``Delivery.send`` asks the ledger and removes the file).
 """
 
 from __future__ import annotations

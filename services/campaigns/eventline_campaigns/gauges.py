@@ -15,7 +15,9 @@ DELIVERIES = Gauge(
 )
 
 
-def _label(enum: type[campaigns_pb2.Channel] | type[campaigns_pb2.DeliveryStatus], prefix: str, value: int) -> str:
+def _label(
+    enum: type[campaigns_pb2.Channel] | type[campaigns_pb2.DeliveryStatus], prefix: str, value: int
+) -> str:
     """The label of an enum value: ``CHANNEL_EMAIL`` -> ``email``; an unknown number as itself."""
     try:
         return str(enum.Name(value)).removeprefix(prefix).lower()

@@ -1,18 +1,39 @@
-"""Campaigns as the worker runs them: their templates by action, trigger tests."""
+"""The campaign service's domain: channels, deliveries and campaigns as the worker runs them.
+
+Numbers are the protos' enums (``campaigns_pb2.Channel``, ``DeliveryStatus``,
+``CampaignState``, ``common_pb2.Consent``), named here once; every module of the
+service speaks in these names and types.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
 
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 
-from eventline_campaigns.channels import EMAIL, PUSH, SMS, WEBHOOK, Message
 from eventline_predicates.evaluation import predicate_holds
 from eventline_predicates.filters import Predicate, check_trigger_predicates
+from eventline_shared.values import python_values, timestamp_to_datetime
+
+ChannelNumber: TypeAlias = campaigns_pb2.Channel
+DeliveryStatus: TypeAlias = campaigns_pb2.DeliveryStatus
+CampaignState: TypeAlias = campaigns_pb2.CampaignState
+Consent: TypeAlias = common_pb2.Consent
+
+EMAIL = campaigns_pb2.CHANNEL_EMAIL
+SMS = campaigns_pb2.CHANNEL_SMS
+PUSH = campaigns_pb2.CHANNEL_PUSH
+WEBHOOK = campaigns_pb2.CHANNEL_WEBHOOK
+CHANNEL_NAMES: dict[ChannelNumber, str] = {EMAIL: "email", SMS: "sms", PUSH: "push", WEBHOOK: "webhook"}
+"""A channel's name in message files, provider calls and unsubscribe links."""
+SUPPRESSIBLE = (EMAIL, SMS)
+"""The channels whose addresses can be suppressed (a bounce or complaint stops later messages)."""
 
 CUSTOMER_TRIGGER = common_pb2.EVENT_KIND_CUSTOMER
 SYSTEM_TRIGGER = common_pb2.EVENT_KIND_SYSTEM
@@ -22,11 +43,151 @@ SENT = campaigns_pb2.DELIVERY_STATUS_SENT
 FAILED = campaigns_pb2.DELIVERY_STATUS_FAILED
 SKIPPED = campaigns_pb2.DELIVERY_STATUS_SKIPPED
 
+DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
 ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
+PAUSED = campaigns_pb2.CAMPAIGN_STATE_PAUSED
+ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
+
+GRANTED = common_pb2.CONSENT_GRANTED
+
+MAX_REASON = 1000
+"""The longest reason a delivery keeps (why it was skipped, failed or is retried)."""
 
 
 TemplateSource = tuple[str, bool]
 """A template's source and whether it is HTML (autoescaped)."""
+
+
+@dataclass
+class Message:
+    """A rendered message ready for a provider; stored in the ledger while pending."""
+
+    delivery_id: int
+    channel: ChannelNumber
+    to: list[str]
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    data: dict[str, str] = field(default_factory=dict)
+    unsubscribe: list[str] = field(default_factory=list)
+    """The List-Unsubscribe URLs of a marketing e-mail (one-click HTTPS first, then mailto);
+    empty for transactional messages."""
+
+    def to_json(self) -> str:
+        """The ledger's copy of a pending message (what a sender that takes its lease over sends)."""
+        fields: dict[str, Any] = {
+            "to": self.to,
+            "subject": self.subject,
+            "html": self.html,
+            "text": self.text,
+            "data": self.data,
+        }
+        if self.unsubscribe:
+            fields["unsubscribe"] = self.unsubscribe
+        return json.dumps(fields, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, delivery_id: int, channel: ChannelNumber, text: str) -> Message:
+        raw: dict[str, Any] = json.loads(text)
+        return cls(
+            delivery_id,
+            channel,
+            raw["to"],
+            raw["subject"],
+            raw["html"],
+            raw["text"],
+            raw["data"],
+            raw.get("unsubscribe", []),
+        )
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a campaign reads of a customer: addresses, consents, attributes (JSON)."""
+
+    customer_id: str
+    email: str
+    phone: str
+    push_tokens: list[str]
+    attributes: str
+    email_consent: Consent
+    sms_consent: Consent
+    push_consent: Consent
+
+    def address(self, channel: ChannelNumber) -> tuple[list[str], Consent]:
+        """The customer's recipients on a channel and their consent to it."""
+        if channel == WEBHOOK:
+            return [], GRANTED  # a webhook goes to its action's URL, whatever the customer's addresses
+        if channel == EMAIL:
+            return ([self.email] if self.email else []), self.email_consent
+        if channel == SMS:
+            return ([self.phone] if self.phone else []), self.sms_consent
+        return list(self.push_tokens), self.push_consent
+
+
+def normal_address(channel: ChannelNumber, address: str) -> str:
+    """How an address is kept and compared: e-mail addresses without regard to case."""
+    address = address.strip()
+    return address.lower() if channel == EMAIL else address
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One trigger event as templates and the audience see it."""
+
+    event: common_pb2.Event
+    context: dict[str, Any]
+    occurred_at: dt.datetime
+
+    @classmethod
+    def of(cls, event: common_pb2.Event) -> Trigger:
+        return cls(event, python_values(event.context), timestamp_to_datetime(event.occurred_at))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A delivery about to be recorded; ``message`` is the rendered message of pending ones."""
+
+    customer_id: str
+    channel: ChannelNumber
+    status: DeliveryStatus
+    reason: str
+    message: Message | None
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A pending delivery this worker must now send (it holds the lease)."""
+
+    delivery_id: int
+    customer_id: str
+    channel: ChannelNumber
+    message: Message
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What sending a delivery came to: sent, failed, or pending again (retried in ``retry_in_s``)."""
+
+    customer_id: str
+    """With ``delivery_id``, the delivery's key: a sharded ledger finds the row by its customer."""
+    delivery_id: int
+    status: DeliveryStatus
+    reason: str
+    calls: int
+    retry_in_s: float = 0.0
+
+
+class CampaignChanged(Exception):
+    """A batch was not recorded: its campaign is no longer active at the revision it was rendered with."""
+
+    def __init__(self, state: int, revision: int) -> None:
+        super().__init__(f"the campaign is now in state {state} at revision {revision}")
+        self.state = state
+        self.revision = revision
+        self.sent = 0
+        """Deliveries the interrupted fan-out pass sent (it fills this in)."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +198,7 @@ class CompiledAction:
     workers (``eventline_campaigns.rendering``), never in the service's process.
     """
 
-    channel: int
+    channel: ChannelNumber
     parts: tuple[tuple[str, TemplateSource], ...]
     url: str = ""
     """A webhook's URL (its one recipient)."""

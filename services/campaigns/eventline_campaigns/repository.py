@@ -4,15 +4,44 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import asyncpg
+from eventline.campaigns.v1 import campaigns_pb2
 
-from eventline_campaigns.channels import EMAIL, SMS
-from eventline_campaigns.model import ACTIVE, FAILED, PENDING, SENT, SKIPPED
+from eventline_campaigns.model import (
+    ACTIVE,
+    ARCHIVED,
+    DRAFT,
+    EMAIL,
+    MAX_REASON,
+    PENDING,
+    SKIPPED,
+    SMS,
+    SUPPRESSIBLE,
+    CampaignChanged,
+    CampaignState,
+    ChannelNumber,
+    DeliveryStatus,
+    Message,
+    Outcome,
+    Owned,
+    Planned,
+    Profile,
+    normal_address,
+)
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.streams.group_commit import GroupCommit
+
+# Enum values the statements compare with are written into their text, from the protos'
+# names, when this module loads (never from a request): a parameter instead would keep
+# PostgreSQL from using the partial indexes that name them (``deliveries_pending`` is
+# ``WHERE status = 1``, ``delivery_events_soft_bounces`` ``WHERE kind = 3``).
+_PENDING = int(PENDING)
+_SOFT_BOUNCE = int(campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_SOFT)
+_SOFT_BOUNCES_REASON = campaigns_pb2.SUPPRESSION_REASON_SOFT_BOUNCES
 
 # --- campaigns ---------------------------------------------------------------
 
@@ -23,7 +52,7 @@ _CAMPAIGN_COLUMNS = "campaign_id, display_name, state, spec, revision, created_a
 class CampaignRow:
     campaign_id: str
     display_name: str
-    state: int
+    state: CampaignState
     spec: bytes
     revision: int
     created_at: dt.datetime
@@ -36,73 +65,17 @@ def _campaign(row: asyncpg.Record) -> CampaignRow:
 
 
 @dataclass(frozen=True)
-class Profile:
-    customer_id: str
-    email: str
-    phone: str
-    push_tokens: list[str]
-    attributes: str
-    email_consent: int
-    sms_consent: int
-    push_consent: int
-
-
-@dataclass(frozen=True)
-class Planned:
-    """A delivery about to be recorded; ``message`` is the rendered JSON for pending ones."""
-
-    customer_id: str
-    channel: int
-    status: int
-    reason: str
-    message: str | None
-
-
-@dataclass(frozen=True)
-class Owned:
-    """A pending delivery this worker must now send (it holds the lease)."""
-
-    delivery_id: int
-    customer_id: str
-    channel: int
-    message: str
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Outcome:
-    customer_id: str
-    """With ``delivery_id``, the delivery's key: a sharded ledger finds the row by its customer."""
-    delivery_id: int
-    status: int
-    reason: str
-    calls: int
-    retry_in_s: float = 0.0
-
-
-@dataclass(frozen=True)
 class DeliveryRow:
     delivery_id: int
     campaign_id: str
     event_id: str
     customer_id: str
-    channel: int
-    status: int
+    channel: ChannelNumber
+    status: DeliveryStatus
     reason: str
     attempts: int
     created_at: dt.datetime
     updated_at: dt.datetime
-
-
-class CampaignChanged(Exception):
-    """A batch was not recorded: its campaign is no longer active at the revision it was rendered with."""
-
-    def __init__(self, state: int, revision: int) -> None:
-        super().__init__(f"the campaign is now in state {state} at revision {revision}")
-        self.state = state
-        self.revision = revision
-        self.sent = 0
-        """Deliveries the interrupted fan-out pass sent (it fills this in)."""
 
 
 @dataclass(frozen=True)
@@ -112,48 +85,48 @@ class Fanout:
     done: bool
 
 
-_RECORD = """
+_RECORD = f"""
 INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
 SELECT t.customer_id, $1, $2, t.channel, t.status, t.reason, t.message,
-       CASE WHEN t.status = 1 THEN now() + $8 * interval '1 second' END
+       CASE WHEN t.status = {PENDING:d} THEN now() + $8 * interval '1 second' END
 FROM unnest($3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
     AS t(customer_id, channel, status, reason, message)
 ORDER BY t.customer_id, t.channel
 ON CONFLICT DO NOTHING
-RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+RETURNING delivery_id, customer_id, channel, status, attempts
 """
 
-_TAKE_OVER = """
+_TAKE_OVER = f"""
 UPDATE deliveries SET lease_until = now() + $4 * interval '1 second', updated_at = now()
 WHERE customer_id = ANY($3::text[]) AND campaign_id = $1 AND event_id = $2
-  AND status = 1 AND lease_until < now()
+  AND status = {PENDING:d} AND lease_until < now()
 RETURNING delivery_id, customer_id, channel, status, message::text, attempts
 """
 
-_RECORD_MANY = """
+_RECORD_MANY = f"""
 INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
 SELECT t.customer_id, t.campaign_id, t.event_id, t.channel, t.status, t.reason, t.message,
-       CASE WHEN t.status = 1 THEN now() + $8 * interval '1 second' END
+       CASE WHEN t.status = {PENDING:d} THEN now() + $8 * interval '1 second' END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
     AS t(campaign_id, event_id, customer_id, channel, status, reason, message)
 ORDER BY t.customer_id, t.campaign_id, t.event_id, t.channel
 ON CONFLICT DO NOTHING
-RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+RETURNING delivery_id, customer_id, campaign_id, event_id, channel, status, attempts
 """
 
-_TAKE_OVER_MANY = """
+_TAKE_OVER_MANY = f"""
 UPDATE deliveries d SET lease_until = now() + $4 * interval '1 second', updated_at = now()
 FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[]) AS t(campaign_id, event_id, customer_id)) t
 WHERE d.customer_id = t.customer_id AND d.campaign_id = t.campaign_id AND d.event_id = t.event_id
-  AND d.status = 1 AND d.lease_until < now()
+  AND d.status = {PENDING:d} AND d.lease_until < now()
 RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts
 """
 
-_TAKE_OVER_STALE = """
+_TAKE_OVER_STALE = f"""
 UPDATE deliveries d SET lease_until = now() + $2 * interval '1 second', updated_at = now()
 FROM (
     SELECT customer_id, campaign_id, event_id, channel FROM deliveries
-    WHERE status = 1 AND lease_until < now()
+    WHERE status = {PENDING:d} AND lease_until < now()
     ORDER BY lease_until LIMIT $1
     FOR UPDATE SKIP LOCKED
 ) stale
@@ -182,26 +155,62 @@ SELECT c, $1, $2, $4::timestamptz FROM unnest($3::text[]) AS c ORDER BY c
 ON CONFLICT DO NOTHING
 """
 
-_MARK = """
+_MARK = f"""
 UPDATE deliveries AS d SET
     status = u.status,
     reason = u.reason,
     attempts = d.attempts + u.calls,
-    message = CASE WHEN u.status = 1 THEN d.message END,
-    lease_until = CASE WHEN u.status = 1 THEN now() + u.retry_s * interval '1 second' END,
+    message = CASE WHEN u.status = {PENDING:d} THEN d.message END,
+    lease_until = CASE WHEN u.status = {PENDING:d} THEN now() + u.retry_s * interval '1 second' END,
     updated_at = now()
 FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::int[], $6::float8[])
     AS u(customer_id, delivery_id, status, reason, calls, retry_s)
-WHERE d.customer_id = u.customer_id AND d.delivery_id = u.delivery_id AND d.status = 1
+WHERE d.customer_id = u.customer_id AND d.delivery_id = u.delivery_id AND d.status = {PENDING:d}
 """
 
 
-def _owned(rows: Sequence[asyncpg.Record]) -> list[Owned]:
+Key = tuple[object, ...]
+"""A delivery's key in the ledger, or the part of it a statement varies."""
+T = TypeVar("T")
+
+
+def _taken_over(rows: Sequence[asyncpg.Record]) -> list[Owned]:
+    """Pending deliveries whose lease this worker took over: their message is the ledger's copy."""
     return [
-        Owned(r["delivery_id"], r["customer_id"], r["channel"], r["message"], r["attempts"])
+        Owned(
+            r["delivery_id"],
+            r["customer_id"],
+            r["channel"],
+            Message.from_json(r["delivery_id"], r["channel"], r["message"]),
+            r["attempts"],
+        )
         for r in rows
         if r["status"] == PENDING
     ]
+
+
+def _inserted(rows: Sequence[asyncpg.Record], messages: Mapping[Key, Message], *key: str) -> list[Owned]:
+    """The pending deliveries among rows this worker inserted, with the messages it rendered
+    (``messages`` by the row's ``key`` columns): what was just built is not read back."""
+    owned = []
+    for r in rows:
+        if r["status"] == PENDING:
+            message = replace(messages[tuple(r[k] for k in key)], delivery_id=r["delivery_id"])
+            owned.append(Owned(r["delivery_id"], r["customer_id"], r["channel"], message, r["attempts"]))
+    return owned
+
+
+def _firsts(items: Iterable[tuple[Key, T]]) -> dict[Key, T]:
+    """The first item of each ledger key: the ledger keeps one row per key (a later one of
+    the same batch would be dropped by ``ON CONFLICT DO NOTHING`` anyway)."""
+    found: dict[Key, T] = {}
+    for key, item in items:
+        found.setdefault(key, item)
+    return found
+
+
+def _json(planned: Planned) -> str | None:
+    return planned.message.to_json() if planned.message is not None else None
 
 
 class CampaignRepository:
@@ -220,7 +229,7 @@ class CampaignRepository:
             row = await connection.fetchrow(
                 f"""
                 INSERT INTO campaigns (campaign_id, display_name, state, spec)
-                VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING
+                VALUES ($1, $2, {DRAFT:d}, $3) ON CONFLICT DO NOTHING
                 RETURNING {_CAMPAIGN_COLUMNS}
                 """,
                 campaign_id,
@@ -280,7 +289,7 @@ class CampaignRepository:
             f"""
             UPDATE campaigns SET display_name = $2, spec = $3, updated_at = now(),
                 revision = nextval('campaign_revisions')
-            WHERE campaign_id = $1 AND state <> 4
+            WHERE campaign_id = $1 AND state <> {ARCHIVED:d}
             RETURNING {_CAMPAIGN_COLUMNS}
             """,
             campaign_id,
@@ -295,7 +304,7 @@ class CampaignRepository:
             f"""
             UPDATE campaigns SET state = $3::smallint, updated_at = now(),
                 revision = nextval('campaign_revisions'),
-                active_since = CASE WHEN $3::smallint = 2 THEN now() ELSE active_since END
+                active_since = CASE WHEN $3::smallint = {ACTIVE:d} THEN now() ELSE active_since END
             WHERE campaign_id = $1 AND state = ANY($2::smallint[])
             RETURNING {_CAMPAIGN_COLUMNS}
             """,
@@ -312,7 +321,7 @@ class CampaignRepository:
         return row[0], row[1]
 
     async def active_campaigns(self) -> list[CampaignRow]:
-        rows = await self.pool.fetch(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state = 2")
+        rows = await self.pool.fetch(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state = {ACTIVE:d}")
         return [_campaign(r) for r in rows]
 
     # --- customers ---
@@ -401,21 +410,24 @@ class CampaignRepository:
                 sending = sorted({p.customer_id for p in planned if p.status == PENDING})
                 if sending:
                     await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending, now)
+            firsts = _firsts(((p.customer_id, p.channel), p) for p in planned)
+            unique = list(firsts.values())
             rows = await connection.fetch(
                 _RECORD,
                 campaign_id,
                 event_id,
-                [p.customer_id for p in planned],
-                [p.channel for p in planned],
-                [p.status for p in planned],
-                [p.reason for p in planned],
-                [p.message for p in planned],
+                [p.customer_id for p in unique],
+                [p.channel for p in unique],
+                [p.status for p in unique],
+                [p.reason for p in unique],
+                [_json(p) for p in unique],
                 lease_s,
             )
-            owned = _owned(rows)
-            if len(rows) < len(planned):
+            messages = {key: p.message for key, p in firsts.items() if p.message is not None}
+            owned = _inserted(rows, messages, "customer_id", "channel")
+            if len(rows) < len(unique):
                 taken = await connection.fetch(_TAKE_OVER, campaign_id, event_id, customers, lease_s)
-                owned += _owned(taken)
+                owned += _taken_over(taken)
             if fanout:
                 await connection.execute(
                     """
@@ -436,33 +448,36 @@ class CampaignRepository:
         """
         if not items:
             return []
+        firsts = _firsts(((c, e, p.customer_id, p.channel), (c, e, p)) for c, e, p in items)
+        unique = list(firsts.values())
         rows = await self.pool.fetch(
             _RECORD_MANY,
-            [c for c, _, _ in items],
-            [e for _, e, _ in items],
-            [p.customer_id for _, _, p in items],
-            [p.channel for _, _, p in items],
-            [p.status for _, _, p in items],
-            [p.reason for _, _, p in items],
-            [p.message for _, _, p in items],
+            [c for c, _, _ in unique],
+            [e for _, e, _ in unique],
+            [p.customer_id for _, _, p in unique],
+            [p.channel for _, _, p in unique],
+            [p.status for _, _, p in unique],
+            [p.reason for _, _, p in unique],
+            [_json(p) for _, _, p in unique],
             lease_s,
         )
-        owned = _owned(rows)
-        if len(rows) < len(items):
+        messages = {key: p.message for key, (_, _, p) in firsts.items() if p.message is not None}
+        owned = _inserted(rows, messages, "campaign_id", "event_id", "customer_id", "channel")
+        if len(rows) < len(unique):
             taken = await self.pool.fetch(
                 _TAKE_OVER_MANY,
-                [c for c, _, _ in items],
-                [e for _, e, _ in items],
-                [p.customer_id for _, _, p in items],
+                [c for c, _, _ in unique],
+                [e for _, e, _ in unique],
+                [p.customer_id for _, _, p in unique],
                 lease_s,
             )
-            owned += _owned(taken)
+            owned += _taken_over(taken)
         return owned
 
     async def take_over_stale(self, limit: int, lease_s: float) -> list[Owned]:
         """Pending deliveries whose sender's lease expired (it crashed or the provider was down)."""
         rows = await self.pool.fetch(_TAKE_OVER_STALE, limit, lease_s)
-        return _owned(rows)
+        return _taken_over(rows)
 
     async def mark(self, outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -546,7 +561,7 @@ class CampaignRepository:
         )
         return [DeliveryRow(*r) for r in rows]
 
-    async def stats(self, campaign_id: str) -> list[tuple[int, str, int]]:
+    async def stats(self, campaign_id: str) -> list[tuple[DeliveryStatus, str, int]]:
         rows = await self.pool.fetch(
             "SELECT status, reason, count(*) FROM deliveries WHERE campaign_id = $1 GROUP BY status, reason",
             campaign_id,
@@ -559,9 +574,9 @@ class CampaignRepository:
 
 @dataclass(frozen=True)
 class SuppressionRow:
-    channel: int
+    channel: ChannelNumber
     address: str
-    reason: int
+    reason: campaigns_pb2.SuppressionReason
     detail: str
     delivery_id: int | None
     created_at: dt.datetime
@@ -575,7 +590,7 @@ class Report:
     """A provider's report about a delivery, as ``RecordDeliveryEvents`` received it."""
 
     delivery_id: int
-    kind: int
+    kind: campaigns_pb2.DeliveryEventKind
     occurred_at: dt.datetime | None
     detail: str
     provider_event_id: str | None
@@ -593,22 +608,16 @@ class Recorded:
 @dataclass(frozen=True)
 class ReportRow:
     delivery_id: int
-    kind: int
+    kind: campaigns_pb2.DeliveryEventKind
     occurred_at: dt.datetime
     detail: str
     provider_event_id: str | None
     address: str
 
 
-def normal_address(channel: int, address: str) -> str:
-    """How an address is kept and compared: e-mail addresses without regard to case."""
-    address = address.strip()
-    return address.lower() if channel == EMAIL else address
-
-
-_REPORTED_DELIVERIES = """
+_REPORTED_DELIVERIES = f"""
 SELECT d.delivery_id, d.customer_id, d.channel,
-       CASE d.channel WHEN 1 THEN c.email WHEN 2 THEN c.phone ELSE '' END AS address
+       CASE d.channel WHEN {EMAIL:d} THEN c.email WHEN {SMS:d} THEN c.phone ELSE '' END AS address
 FROM deliveries d JOIN customers c USING (customer_id)
 WHERE d.delivery_id = ANY($1::bigint[])
 """
@@ -627,9 +636,9 @@ SELECT * FROM unnest($1::smallint[], $2::text[], $3::smallint[], $4::text[], $5:
 ON CONFLICT DO NOTHING
 """
 
-_SOFT_BOUNCES = """
+_SOFT_BOUNCES = f"""
 SELECT channel, address, count(*) FROM delivery_events
-WHERE kind = 3 AND occurred_at > now() - $3 * interval '1 second'
+WHERE kind = {_SOFT_BOUNCE:d} AND occurred_at > now() - $3 * interval '1 second'
   AND (channel, address) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))
 GROUP BY channel, address
 """
@@ -663,7 +672,7 @@ RETURNING true
 # the reports of the requests whose key is new matched to their deliveries and recorded.
 # Keys go in sorted, and reports in provider event id order, so that concurrent statements
 # (of this process or of other replicas) take their row locks in one order.
-_RECORD_PLAIN_REPORTS = """
+_RECORD_PLAIN_REPORTS = f"""
 WITH keys AS (
     SELECT k.request_key, k.r FROM unnest($8::text[]) WITH ORDINALITY AS k(request_key, r)
 ), seen AS (
@@ -677,8 +686,8 @@ WITH keys AS (
     SELECT r FROM keys WHERE request_key = '' OR request_key IN (SELECT request_key FROM seen)
 ), matched AS (
     SELECT t.n, t.delivery_id, d.customer_id, d.channel, t.kind, t.occurred_at, t.detail, t.provider_event_id,
-           CASE d.channel WHEN 1 THEN lower(btrim(coalesce(nullif(t.recipient, ''), c.email)))
-                          WHEN 2 THEN btrim(coalesce(nullif(t.recipient, ''), c.phone))
+           CASE d.channel WHEN {EMAIL:d} THEN lower(btrim(coalesce(nullif(t.recipient, ''), c.email)))
+                          WHEN {SMS:d} THEN btrim(coalesce(nullif(t.recipient, ''), c.phone))
                           ELSE t.recipient END AS address
     FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int[])
          WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, r, n)
@@ -714,10 +723,14 @@ class SuppressionRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._plain: GroupCommit[tuple[Sequence[Report], str], Recorded | None] = GroupCommit(
-            self._record_plain_requests, size=lambda request: len(request[0]), max_size=PLAIN_REPORTS_PER_STATEMENT
+            self._record_plain_requests,
+            size=lambda request: len(request[0]),
+            max_size=PLAIN_REPORTS_PER_STATEMENT,
         )
 
-    async def suppressed(self, addresses: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    async def suppressed(
+        self, addresses: Sequence[tuple[ChannelNumber, str]]
+    ) -> dict[tuple[ChannelNumber, str], int]:
         """The suppressed ones among (channel, normal address) pairs, with their reason."""
         if not addresses:
             return {}
@@ -775,10 +788,12 @@ class SuppressionRepository:
         suppress it again at once."""
         async with self.pool.acquire() as connection, connection.transaction():
             removed = await connection.fetchval(
-                "DELETE FROM suppressions WHERE channel = $1 AND address = $2 RETURNING true", channel, address
+                "DELETE FROM suppressions WHERE channel = $1 AND address = $2 RETURNING true",
+                channel,
+                address,
             )
             await connection.execute(
-                "UPDATE delivery_events SET kind = -kind WHERE kind = 3 AND channel = $1 AND address = $2",
+                f"UPDATE delivery_events SET kind = -kind WHERE kind = {_SOFT_BOUNCE:d} AND channel = $1 AND address = $2",
                 channel,
                 address,
             )
@@ -797,17 +812,19 @@ class SuppressionRepository:
 
         ``reasons`` maps a report kind that suppresses at once (hard bounce, complaint)
         to its suppression reason; soft bounces suppress after ``soft_limit`` within
-        ``soft_window_s`` (reason ``SOFT_BOUNCES``, 3). A ``request_key`` seen within
+        ``soft_window_s`` (reason ``SUPPRESSION_REASON_SOFT_BOUNCES``). A ``request_key`` seen within
         ``REQUEST_KEY_TTL_S`` raises ``Replayed`` and records nothing.
         """
-        if not any(r.kind in reasons or r.kind == 3 for r in reports):
+        if not any(r.kind in reasons or r.kind == _SOFT_BOUNCE for r in reports):
             return await self._record_plain_reports(reports, request_key)
         async with self.pool.acquire() as connection, connection.transaction():
             if request_key and not await connection.fetchval(_SEE_REQUEST, request_key, REQUEST_KEY_TTL_S):
                 raise Replayed()
             found = {
                 r["delivery_id"]: r
-                for r in await connection.fetch(_REPORTED_DELIVERIES, sorted({r.delivery_id for r in reports}))
+                for r in await connection.fetch(
+                    _REPORTED_DELIVERIES, sorted({r.delivery_id for r in reports})
+                )
             }
             matched = [r for r in reports if r.delivery_id in found]
             now = await connection.fetchval("SELECT now()")
@@ -832,11 +849,11 @@ class SuppressionRepository:
             soft: set[tuple[int, str]] = set()
             for row in inserted:
                 key = (row["channel"], row["address"])
-                if not key[1] or row["channel"] not in (EMAIL, SMS):
+                if not key[1] or row["channel"] not in SUPPRESSIBLE:
                     continue
                 if row["kind"] in reasons:
                     suppress.setdefault(key, (reasons[row["kind"]], row["detail"], row["delivery_id"]))
-                elif row["kind"] == 3:
+                elif row["kind"] == _SOFT_BOUNCE:
                     soft.add(key)
             if soft:
                 for channel, address, count in await connection.fetch(
@@ -844,11 +861,17 @@ class SuppressionRepository:
                 ):
                     if count >= soft_limit:
                         last = next(
-                            r for r in reversed(inserted) if (r["channel"], r["address"]) == (channel, address)
+                            r
+                            for r in reversed(inserted)
+                            if (r["channel"], r["address"]) == (channel, address)
                         )
                         suppress.setdefault(
                             (channel, address),
-                            (3, f"{count} soft bounces: {last['detail']}"[:1000], last["delivery_id"]),
+                            (
+                                _SOFT_BOUNCES_REASON,
+                                f"{count} soft bounces: {last['detail']}"[:MAX_REASON],
+                                last["delivery_id"],
+                            ),
                         )
             suppressed = 0
             if suppress:
@@ -871,7 +894,9 @@ class SuppressionRepository:
             raise Replayed()
         return recorded
 
-    async def _record_plain_requests(self, requests: list[tuple[Sequence[Report], str]]) -> list[Recorded | None]:
+    async def _record_plain_requests(
+        self, requests: list[tuple[Sequence[Report], str]]
+    ) -> list[Recorded | None]:
         """Record the plain reports of several requests in one statement; for each request
         what it recorded, or None for a replay (its key seen before, nothing recorded).
 
@@ -959,6 +984,3 @@ class SuppressionRepository:
             campaign_id,
         )
         return {r[0]: r[1] for r in rows}
-
-
-__all__ = ["FAILED", "PENDING", "SENT", "SKIPPED", "CampaignChanged", "CampaignRepository"]

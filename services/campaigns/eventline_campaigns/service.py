@@ -11,22 +11,15 @@ from dataclasses import dataclass
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_campaigns.audience import Audience
-from eventline_campaigns.channels import (
-    EMAIL,
-    PUSH,
-    SMS,
-    WEBHOOK,
-    Channel,
-    FileSink,
-    HttpChannel,
-    Message,
-    SmtpChannel,
-    WebhookChannel,
-)
+from eventline_campaigns.campaign_admin import CampaignAdmin
+from eventline_campaigns.campaign_cache import CampaignCache
+from eventline_campaigns.channels import Channel, FileSink, HttpChannel, SmtpChannel, WebhookChannel
 from eventline_campaigns.consumer import CampaignHandler
-from eventline_campaigns.engine import CampaignCache, Engine
+from eventline_campaigns.delivery import Delivery
+from eventline_campaigns.engine import Engine
 from eventline_campaigns.erasure import SinkJanitor
 from eventline_campaigns.gauges import refresh_delivery_gauges
+from eventline_campaigns.model import EMAIL, PUSH, SMS, WEBHOOK, ChannelNumber, Message
 from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
@@ -54,13 +47,13 @@ class RunningCampaigns:
     consumer: ConsumerGroup
     engine: Engine
     cache: CampaignCache
-    channels: dict[int, Channel]
+    channels: dict[ChannelNumber, Channel]
     rendering: RenderPool
 
 
 def build_channels(
     settings: Settings, observer: Callable[[Message], None] | None = None
-) -> dict[int, Channel]:
+) -> dict[ChannelNumber, Channel]:
     """A provider per channel where one is configured, the file sink everywhere else."""
     sink: FileSink | None = None
 
@@ -70,7 +63,7 @@ def build_channels(
             sink = FileSink(settings.sink_dir, observer)
         return sink
 
-    channels: dict[int, Channel] = {}
+    channels: dict[ChannelNumber, Channel] = {}
     if settings.smtp_host:
         channels[EMAIL] = SmtpChannel(
             settings.smtp_host,
@@ -139,18 +132,16 @@ async def running(
         repository = CampaignRepository(pool, clock)
         cache = CampaignCache(repository, settings.campaign_poll_s)
         audience = Audience(segmentation)
-        engine = Engine(
+        delivery = Delivery(
             repository,
-            cache,
-            audience,
             channels,
             rendering,
             lease_s=settings.lease_s,
             send_attempts=settings.send_attempts,
             send_concurrency=settings.send_concurrency,
-            fanout_batch=settings.fanout_batch,
             unsubscribe_links=settings.unsubscribe,
         )
+        engine = Engine(repository, cache, audience, delivery, fanout_batch=settings.fanout_batch)
         consumer = ConsumerGroup(
             client,
             CampaignHandler(engine),
@@ -168,14 +159,9 @@ async def running(
         )
         await cache.refresh()
         servicer = CampaignServicer(
-            repository,
-            audience,
-            cache,
+            CampaignAdmin(repository, audience, cache, rendering, settings.render_limits, clock=clock),
             await PageTokens.load(pool),
-            rendering,
-            settings.render_limits,
             settings.suppression,
-            clock=clock,
         )
         server = Server(
             [SERVICE_NAME],

@@ -1,4 +1,4 @@
-"""CampaignService: validate, call the repository or engine, map to replies."""
+"""CampaignService: validate the request, call the domain, map the result to the reply."""
 
 from __future__ import annotations
 
@@ -7,18 +7,35 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from eventline_campaigns import validation
-from eventline_campaigns.audience import Audience
-from eventline_campaigns.engine import CampaignCache, Trigger, _address, render_actions, template_arguments
-from eventline_campaigns.model import compile_action
-from eventline_campaigns.rendering import Rendering
+from eventline_campaigns.campaign_admin import (
+    ACTIVATE,
+    ARCHIVE,
+    PAUSE,
+    UPDATABLE,
+    CampaignAdmin,
+    Transition,
+    to_proto,
+)
+from eventline_campaigns.model import (
+    ACTIVE,
+    ARCHIVED,
+    DRAFT,
+    EMAIL,
+    FAILED,
+    PAUSED,
+    PENDING,
+    SENT,
+    SKIPPED,
+    SMS,
+    SUPPRESSIBLE,
+    normal_address,
+)
+from eventline_campaigns.planning import TEMPLATE_FAILED
 from eventline_campaigns.repository import (
-    CampaignRepository,
-    CampaignRow,
     DeliveryRow,
     Recorded,
     Replayed,
@@ -26,75 +43,23 @@ from eventline_campaigns.repository import (
     ReportRow,
     SuppressionRepository,
     SuppressionRow,
-    normal_address,
 )
 from eventline_campaigns.settings import DEFAULT_SUPPRESSION, SuppressionPolicy
-from eventline_campaigns.templates import Limits
-from eventline_shared import paging
-from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared import field_masks, paging
 from eventline_shared.errors import (
     AlreadyExists,
-    FailedPrecondition,
     FieldViolation,
     NotFound,
     ResourceExhausted,
     quote,
     raise_if_any,
 )
-from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
+from eventline_shared.paging import PageTokens
 from eventline_shared.server.grpc_server import Context
 from eventline_shared.values import datetime_to_timestamp, timestamp_to_datetime
 
-DRAFT = campaigns_pb2.CAMPAIGN_STATE_DRAFT
-ACTIVE = campaigns_pb2.CAMPAIGN_STATE_ACTIVE
-PAUSED = campaigns_pb2.CAMPAIGN_STATE_PAUSED
-ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
-_UPDATABLE = {"display_name", "trigger", "audience", "actions", "frequency_cap", "transactional"}
-_OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
-
-
-_CAMPAIGN_OUTPUT_BYTES = 256
-"""The most a campaign's output-only fields and id add to it in a reply."""
-
-
-def _fits_a_reply(campaign: campaigns_pb2.Campaign) -> None:
-    """Refuse, before storing, a campaign whose every later reply would be too large."""
-    size = campaign.ByteSize() + _CAMPAIGN_OUTPUT_BYTES
-    if size > MAX_REPLY_BYTES:
-        raise ResourceExhausted(
-            [
-                FieldViolation(
-                    "campaign",
-                    f"the campaign takes {size:,} bytes; it must fit in a reply of {MAX_REPLY_BYTES:,} bytes",
-                )
-            ]
-        )
-
-
-def _with_article(word: str) -> str:
-    """ "an archived", "a draft": the indefinite article a generated message needs."""
-    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
-
-
-def to_proto(row: CampaignRow) -> campaigns_pb2.Campaign:
-    campaign = campaigns_pb2.Campaign.FromString(row.spec)
-    campaign.campaign_id = row.campaign_id
-    campaign.display_name = row.display_name
-    campaign.state = row.state  # type: ignore[assignment]
-    campaign.create_time.CopyFrom(datetime_to_timestamp(row.created_at))
-    campaign.update_time.CopyFrom(datetime_to_timestamp(row.updated_at))
-    if row.active_since is not None:
-        campaign.active_since.CopyFrom(datetime_to_timestamp(row.active_since))
-    return campaign
-
-
-def _spec(campaign: campaigns_pb2.Campaign) -> bytes:
-    """What is stored: the campaign without its output-only fields and columns."""
-    spec = campaigns_pb2.Campaign()
-    spec.CopyFrom(campaign)
-    for name in ("campaign_id", "display_name", *_OUTPUT_ONLY):
-        spec.ClearField(name)
-    return spec.SerializeToString(deterministic=True)
+STATUS_FIELDS = {PENDING: "pending", SENT: "sent", FAILED: "failed", SKIPPED: "skipped"}
+"""GetCampaignStats' count of each delivery status."""
 
 
 REPORTS_PER_DELIVERY = 20
@@ -103,14 +68,13 @@ REPORTS_PER_DELIVERY = 20
 MAX_REPORTS = 1000
 """The most reports one RecordDeliveryEvents call may carry."""
 
-_SUPPRESSIBLE = (campaigns_pb2.CHANNEL_EMAIL, campaigns_pb2.CHANNEL_SMS)
 _PHONE = re.compile(r"\+?[0-9]{3,20}")
 
 
 def _report(row: ReportRow) -> campaigns_pb2.DeliveryEvent:
     return campaigns_pb2.DeliveryEvent(
         delivery_id=str(row.delivery_id),
-        kind=row.kind,  # type: ignore[arg-type]
+        kind=row.kind,
         occur_time=datetime_to_timestamp(row.occurred_at),
         detail=row.detail,
         provider_event_id=row.provider_event_id or "",
@@ -120,9 +84,9 @@ def _report(row: ReportRow) -> campaigns_pb2.DeliveryEvent:
 
 def _suppression(row: SuppressionRow) -> campaigns_pb2.Suppression:
     return campaigns_pb2.Suppression(
-        channel=row.channel,  # type: ignore[arg-type]
+        channel=row.channel,
         address=row.address,
-        reason=row.reason,  # type: ignore[arg-type]
+        reason=row.reason,
         detail=row.detail,
         delivery_id=str(row.delivery_id) if row.delivery_id is not None else "",
         create_time=datetime_to_timestamp(row.created_at),
@@ -132,15 +96,15 @@ def _suppression(row: SuppressionRow) -> campaigns_pb2.Suppression:
 def _check_address(channel: int, address: str, prefix: str = "") -> list[FieldViolation]:
     """An address of a channel that can be suppressed: e-mail (one ``@``) or SMS (digits)."""
     field = f"{prefix}address"
-    if channel not in _SUPPRESSIBLE:
+    if channel not in SUPPRESSIBLE:
         return [FieldViolation(f"{prefix}channel", "must be CHANNEL_EMAIL or CHANNEL_SMS")]
     if not address.strip():
         return [FieldViolation(field, "an address is required")]
     if len(address) > 320 or any(c.isspace() or not c.isprintable() for c in address):
         return [FieldViolation(field, f"{quote(address)} is not an address")]
-    if channel == campaigns_pb2.CHANNEL_EMAIL and address.count("@") != 1:
+    if channel == EMAIL and address.count("@") != 1:
         return [FieldViolation(field, f"{quote(address)} is not an e-mail address")]
-    if channel == campaigns_pb2.CHANNEL_SMS and not _PHONE.fullmatch(address):
+    if channel == SMS and not _PHONE.fullmatch(address):
         return [FieldViolation(field, f"{quote(address)} is not a phone number")]
     return []
 
@@ -152,8 +116,8 @@ def _delivery(row: DeliveryRow, reports: list[ReportRow] | None = None) -> campa
         campaign_id=row.campaign_id,
         event_id=row.event_id,
         customer_id=row.customer_id,
-        channel=row.channel,  # type: ignore[arg-type]
-        status=row.status,  # type: ignore[arg-type]
+        channel=row.channel,
+        status=row.status,
         reason=row.reason,
         attempts=row.attempts,
         create_time=datetime_to_timestamp(row.created_at),
@@ -164,59 +128,34 @@ def _delivery(row: DeliveryRow, reports: list[ReportRow] | None = None) -> campa
 class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
-        repository: CampaignRepository,
-        audience: Audience,
-        cache: CampaignCache,
+        campaigns: CampaignAdmin,
         tokens: PageTokens,
-        rendering: Rendering,
-        limits: Limits,
         suppression: SuppressionPolicy = DEFAULT_SUPPRESSION,
-        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        self.clock = clock
-        self.repository = repository
-        self.suppressions = SuppressionRepository(repository.pool)
+        self.campaigns = campaigns
+        self.repository = campaigns.repository
+        self.suppressions = SuppressionRepository(campaigns.repository.pool)
         self.suppression = suppression
-        self.audience = audience
-        self.cache = cache
         self.tokens = tokens
-        self.rendering = rendering
-        self.limits = limits
-
-    async def _changed(self) -> None:
-        # This replica sees its own change at once; the others within a poll.
-        await self.cache.refresh()
-
-    async def _require(self, campaign_id: str, field: str = "campaign_id") -> CampaignRow:
-        raise_if_any(v for v in [validation.check_campaign_id(campaign_id, field)] if v)
-        row = await self.repository.get_campaign(campaign_id)
-        if row is None:
-            raise NotFound(f"campaign {quote(campaign_id)} does not exist")
-        return row
 
     async def CreateCampaign(
         self, request: campaigns_pb2.CreateCampaignRequest, context: Context
     ) -> campaigns_pb2.CreateCampaignResponse:
-        violations = validation.check_campaign(request.campaign, "campaign", limits=self.limits)
+        violations = validation.check_campaign(request.campaign, "campaign", limits=self.campaigns.limits)
         campaign_id = request.campaign_id or request.campaign.campaign_id or uuid.uuid4().hex
         bad_id = validation.check_campaign_id(campaign_id, "campaign_id")
         if bad_id:
             violations.append(bad_id)
         raise_if_any(violations)
-        _fits_a_reply(request.campaign)
-        if request.campaign.HasField("audience"):
-            await self.audience.validate(request.campaign.audience, "campaign.audience")
-        spec = _spec(request.campaign)
-        row, created = await self.repository.create_campaign(campaign_id, request.campaign.display_name, spec)
-        # AIP-155: the same request again returns the campaign; another one with the id is refused.
-        if not created and (row.display_name, row.spec) != (request.campaign.display_name, spec):
-            raise AlreadyExists(f"campaign {quote(campaign_id)} already exists with other content")
+        row = await self.campaigns.create(campaign_id, request.campaign)
         return campaigns_pb2.CreateCampaignResponse(campaign=to_proto(row))
 
     async def GetCampaign(
         self, request: campaigns_pb2.GetCampaignRequest, context: Context
     ) -> campaigns_pb2.GetCampaignResponse:
-        return campaigns_pb2.GetCampaignResponse(campaign=to_proto(await self._require(request.campaign_id)))
+        return campaigns_pb2.GetCampaignResponse(
+            campaign=to_proto(await self.campaigns.require(request.campaign_id))
+        )
 
     async def ListCampaigns(
         self, request: campaigns_pb2.ListCampaignsRequest, context: Context
@@ -247,72 +186,30 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
     async def UpdateCampaign(
         self, request: campaigns_pb2.UpdateCampaignRequest, context: Context
     ) -> campaigns_pb2.UpdateCampaignResponse:
-        paths = set(request.update_mask.paths)
-        violations = []
-        if not paths:
-            violations.append(FieldViolation("update_mask", "name the fields to change"))
-        for path in sorted(paths - _UPDATABLE):
-            violations.append(FieldViolation("update_mask", f"{quote(path)} cannot be changed"))
-        raise_if_any(violations)
-        current = await self._require(request.campaign.campaign_id, "campaign.campaign_id")
-        merged = to_proto(current)
-        for path in paths:
-            if path == "actions":
-                del merged.actions[:]
-                merged.actions.extend(request.campaign.actions)
-            elif path == "display_name":
-                merged.display_name = request.campaign.display_name
-            elif path == "transactional":
-                merged.transactional = request.campaign.transactional
-            elif request.campaign.HasField(path):
-                getattr(merged, path).CopyFrom(getattr(request.campaign, path))
-            else:
-                merged.ClearField(path)
-        raise_if_any(validation.check_campaign(merged, "campaign", paths, limits=self.limits))
-        _fits_a_reply(merged)
-        if "audience" in paths and merged.HasField("audience"):
-            await self.audience.validate(merged.audience, "campaign.audience")
-        if current.state == ARCHIVED:
-            raise FailedPrecondition("an archived campaign cannot change")
-        row = await self.repository.update_campaign(current.campaign_id, merged.display_name, _spec(merged))
-        if row is None:
-            raise FailedPrecondition("an archived campaign cannot change")
-        await self._changed()
+        mask = field_masks.read(request.update_mask, UPDATABLE, when_empty=None)
+        raise_if_any(mask.violations)
+        row = await self.campaigns.update(request.campaign, mask.paths)
         return campaigns_pb2.UpdateCampaignResponse(campaign=to_proto(row))
 
-    async def _transition(
-        self, campaign_id: str, allowed_from: list[int], state: int, verb: str
-    ) -> CampaignRow:
-        current = await self._require(campaign_id)
-        if current.state == state:
-            return current  # repeating a transition changes nothing
-        row = await self.repository.set_state(campaign_id, allowed_from, state)
-        if row is None:
-            latest = await self._require(campaign_id)
-            if latest.state == state:
-                return latest
-            name = campaigns_pb2.CampaignState.Name(latest.state).removeprefix("CAMPAIGN_STATE_").lower()
-            raise FailedPrecondition(f"{_with_article(name)} campaign cannot be {verb}")
-        await self._changed()
-        return row
+    async def _move(self, campaign_id: str, transition: Transition) -> campaigns_pb2.Campaign:
+        return to_proto(await self.campaigns.move(campaign_id, transition))
 
     async def ActivateCampaign(
         self, request: campaigns_pb2.ActivateCampaignRequest, context: Context
     ) -> campaigns_pb2.ActivateCampaignResponse:
-        row = await self._transition(request.campaign_id, [DRAFT, PAUSED], ACTIVE, "activated")
-        return campaigns_pb2.ActivateCampaignResponse(campaign=to_proto(row))
+        return campaigns_pb2.ActivateCampaignResponse(
+            campaign=await self._move(request.campaign_id, ACTIVATE)
+        )
 
     async def PauseCampaign(
         self, request: campaigns_pb2.PauseCampaignRequest, context: Context
     ) -> campaigns_pb2.PauseCampaignResponse:
-        row = await self._transition(request.campaign_id, [ACTIVE], PAUSED, "paused")
-        return campaigns_pb2.PauseCampaignResponse(campaign=to_proto(row))
+        return campaigns_pb2.PauseCampaignResponse(campaign=await self._move(request.campaign_id, PAUSE))
 
     async def ArchiveCampaign(
         self, request: campaigns_pb2.ArchiveCampaignRequest, context: Context
     ) -> campaigns_pb2.ArchiveCampaignResponse:
-        row = await self._transition(request.campaign_id, [DRAFT, ACTIVE, PAUSED], ARCHIVED, "archived")
-        return campaigns_pb2.ArchiveCampaignResponse(campaign=to_proto(row))
+        return campaigns_pb2.ArchiveCampaignResponse(campaign=await self._move(request.campaign_id, ARCHIVE))
 
     async def PreviewMessage(
         self, request: campaigns_pb2.PreviewMessageRequest, context: Context
@@ -320,34 +217,20 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         violations = validation.check_preview(request)
         bad_id = validation.check_campaign_id(request.campaign_id, "campaign_id")
         raise_if_any([*([bad_id] if bad_id else []), *violations])
-        row = await self._require(request.campaign_id)
-        spec = campaigns_pb2.Campaign.FromString(row.spec)
-        profiles = await self.repository.profiles([request.customer_id])
-        profile = profiles.get(request.customer_id)
-        if profile is None:
-            raise NotFound(f"customer {quote(request.customer_id)} does not exist")
-        trigger_kind = spec.trigger.WhichOneof("kind")
-        event_name = getattr(spec.trigger, trigger_kind).event_name if trigger_kind else ""
-        trigger = Trigger.of(
-            _sample_event(event_name, request.context, self.clock.now())  # now, the given context
-        )
-        arguments = template_arguments(profile, trigger)
-        actions = [compile_action(action) for action in spec.actions]
-        rendered = await render_actions(self.rendering, [(action, arguments) for action in actions])
+        planned = await self.campaigns.preview(request.campaign_id, request.customer_id, request.context)
         messages = []
-        for action, texts in zip(actions, rendered, strict=True):
-            channel: Any = action.channel
-            if isinstance(texts, str):
-                messages.append(campaigns_pb2.RenderedMessage(channel=channel, error=texts))
+        for p in planned:
+            if p.message is None:
+                error = p.reason.removeprefix(TEMPLATE_FAILED)
+                messages.append(campaigns_pb2.RenderedMessage(channel=p.channel, error=error))
                 continue
-            message = action.message(0, _address(profile, action.channel)[0], texts)
             messages.append(
                 campaigns_pb2.RenderedMessage(
-                    channel=channel,
-                    subject=message.subject,
-                    html_body=message.html,
-                    text_body=message.text,
-                    data=message.data,
+                    channel=p.channel,
+                    subject=p.message.subject,
+                    html_body=p.message.html,
+                    text_body=p.message.text,
+                    data=p.message.data,
                 )
             )
         return campaigns_pb2.PreviewMessageResponse(messages=messages)
@@ -376,14 +259,13 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
     async def GetCampaignStats(
         self, request: campaigns_pb2.GetCampaignStatsRequest, context: Context
     ) -> campaigns_pb2.GetCampaignStatsResponse:
-        await self._require(request.campaign_id)
+        await self.campaigns.require(request.campaign_id)
         reply = campaigns_pb2.GetCampaignStatsResponse()
-        fields = {1: "pending", 2: "sent", 3: "failed", 4: "skipped"}
         for status, reason, count in await self.repository.stats(request.campaign_id):
-            name = fields.get(status)
+            name = STATUS_FIELDS.get(status)
             if name:
                 setattr(reply, name, getattr(reply, name) + count)
-            if reason and status in (3, 4):
+            if reason and status in (FAILED, SKIPPED):
                 reply.reasons[reason] = reply.reasons.get(reason, 0) + count
         reported = await self.suppressions.report_stats(request.campaign_id)
         reply.delivered = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_DELIVERED, 0)
@@ -401,7 +283,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         self, request: campaigns_pb2.ListSuppressionsRequest, context: Context
     ) -> campaigns_pb2.ListSuppressionsResponse:
         channel = int(request.channel)
-        if channel not in (0, *_SUPPRESSIBLE):
+        if channel not in (campaigns_pb2.CHANNEL_UNSPECIFIED, *SUPPRESSIBLE):
             raise_if_any([FieldViolation("channel", "must be CHANNEL_EMAIL, CHANNEL_SMS or unspecified")])
         size = paging.page_size(request.page_size, 50, 1000)
         bound_to = paging.scope(request)
@@ -455,8 +337,13 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         if request.requests:
             if request.events or request.request_key:
                 violations.append(FieldViolation("events", "must be empty when requests are given"))
-            if sum(len(r.events) for r in request.requests) > MAX_REPORTS or len(request.requests) > MAX_REPORTS:
-                raise ResourceExhausted([FieldViolation("requests", f"at most {MAX_REPORTS:,} reports per call")])
+            if (
+                sum(len(r.events) for r in request.requests) > MAX_REPORTS
+                or len(request.requests) > MAX_REPORTS
+            ):
+                raise ResourceExhausted(
+                    [FieldViolation("requests", f"at most {MAX_REPORTS:,} reports per call")]
+                )
             gathered = [
                 (_checked_reports(r.events, r.request_key, f"requests[{i}].", violations), r.request_key)
                 for i, r in enumerate(request.requests)
@@ -512,7 +399,10 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
 
 
 def _checked_reports(
-    events: Sequence[campaigns_pb2.DeliveryEvent], request_key: str, prefix: str, violations: list[FieldViolation]
+    events: Sequence[campaigns_pb2.DeliveryEvent],
+    request_key: str,
+    prefix: str,
+    violations: list[FieldViolation],
 ) -> list[Report]:
     """The reports of one provider request; what is wrong with them goes to ``violations``
     (field paths under ``prefix``)."""
@@ -525,7 +415,10 @@ def _checked_reports(
         field = f"{prefix}events[{i}]"
         if not event.delivery_id.isascii() or not event.delivery_id.isdigit() or len(event.delivery_id) > 18:
             violations.append(FieldViolation(f"{field}.delivery_id", "must be a delivery id (digits)"))
-        if event.kind not in campaigns_pb2.DeliveryEventKind.values() or event.kind == 0:
+        if (
+            event.kind not in campaigns_pb2.DeliveryEventKind.values()
+            or event.kind == campaigns_pb2.DELIVERY_EVENT_KIND_UNSPECIFIED
+        ):
             violations.append(FieldViolation(f"{field}.kind", "must be a delivery event kind"))
         for name, limit in (("detail", 1000), ("provider_event_id", 200), ("recipient", 320)):
             if len(getattr(event, name)) > limit:
@@ -543,12 +436,3 @@ def _checked_reports(
             )
         )
     return reports
-
-
-def _sample_event(name: str, context: Any, now: dt.datetime) -> Any:
-    from eventline.common.v1 import common_pb2
-
-    event = common_pb2.Event(event_id="preview", name=name, context=context)
-    event.occurred_at.CopyFrom(datetime_to_timestamp(now))
-    event.received_at.CopyFrom(datetime_to_timestamp(now))
-    return event

@@ -123,7 +123,9 @@ class Settings:
         if unsubscribe_url and not unsubscribe_url.startswith(("https://", "http://")):
             raise ConfigError("EVENTLINE_UNSUBSCRIBE_URL must be an https:// URL (http:// for local tests)")
         if unsubscribe_url and len(unsubscribe_secret) < 16:
-            raise ConfigError("EVENTLINE_UNSUBSCRIBE_URL needs EVENTLINE_UNSUBSCRIBE_SECRET (16 characters or more)")
+            raise ConfigError(
+                "EVENTLINE_UNSUBSCRIBE_URL needs EVENTLINE_UNSUBSCRIBE_SECRET (16 characters or more)"
+            )
         unsubscribe = (
             UnsubscribeLinks(
                 unsubscribe_url, unsubscribe_secret, env_str(environ, "EVENTLINE_UNSUBSCRIBE_MAILTO", "")
@@ -146,7 +148,9 @@ class Settings:
             claim_idle_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_CLAIM_IDLE_MS", 30_000),
             max_attempts=env_int(environ, "EVENTLINE_CAMPAIGNS_MAX_ATTEMPTS", 5, minimum=1),
             forget_consumer_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_FORGET_CONSUMER_MS", 600_000, minimum=1),
-            partition_lease_ms=env_int(environ, "EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS", 10_000, minimum=300),
+            partition_lease_ms=env_int(
+                environ, "EVENTLINE_CAMPAIGNS_PARTITION_LEASE_MS", 10_000, minimum=300
+            ),
             ordered=env_bool(environ, "EVENTLINE_CAMPAIGNS_ORDERED", True),
             fanout_batch=env_int(environ, "EVENTLINE_CAMPAIGNS_FANOUT_BATCH", 1000, minimum=1),
             lease_s=env_float(environ, "EVENTLINE_CAMPAIGNS_LEASE_S", 60.0),
@@ -183,6 +187,8 @@ class Settings:
             webhook_allow_private=env_bool(environ, "EVENTLINE_WEBHOOK_ALLOW_PRIVATE", False),
             suppression=SuppressionPolicy(
                 soft_bounces=env_int(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCES", 3, minimum=1),
-                soft_bounce_window_s=env_float(environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S", 7 * 86400.0),
+                soft_bounce_window_s=env_float(
+                    environ, "EVENTLINE_SUPPRESS_SOFT_BOUNCE_WINDOW_S", 7 * 86400.0
+                ),
             ),
         )
