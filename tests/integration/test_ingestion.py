@@ -149,8 +149,8 @@ async def test_batch_stores_good_items_and_reports_bad_ones(ingestion, db, redis
 async def test_batch_mixing_kinds_answers_repeats_of_either_kind_with_the_first_event(
     ingestion, db, redis_client, stream_key
 ):
-    """Customer events alone take a statement without the system events' parts; a batch with
-    both kinds takes the full one, and a repeat of either kind is answered from storage."""
+    """A repeat of either kind in one batch is answered with the event stored first, and only
+    the new events are stored, counted and published."""
     first = await ingestion.TrackCustomerEvent(customer_event("c1", "A", "m1"))
     system = ingestion_pb2.TrackSystemEventRequest(event_id="s1", name="S")
     first_system = await ingestion.TrackSystemEvent(system)

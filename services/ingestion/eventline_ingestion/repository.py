@@ -20,12 +20,10 @@ from eventline_shared.values import datetime_to_timestamp, decode_values
 # for what was new.
 # Rows are sorted by key in Python so that concurrent batches lock in the same
 # order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
-# Parameters: $1-$9 the customer events (and the arrival time, $7), $10-$16 the
-# system events.
-_CUSTOMER_EVENTS_PART = """
+_STORE_EVENTS = """
 WITH input AS (
     SELECT * FROM unnest(
-        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[], $8::text[], $9::int[]
+        $1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::bytea[], $13::text[], $14::int[]
     ) AS t(customer_id, event_id, name, occurred_at, context, entry, stream, seq)
 ),
 new_customers AS (
@@ -48,11 +46,8 @@ stats AS (
         last_at = greatest(s.last_at, excluded.last_at),
         count = s.count + excluded.count
 ),
-"""
-
-_SYSTEM_EVENTS_PART = """
 system_input AS (
-    SELECT * FROM unnest($10::text[], $11::text[], $12::timestamptz[], $13::jsonb[], $14::bytea[], $15::int[])
+    SELECT * FROM unnest($8::text[], $9::text[], $10::timestamptz[], $11::jsonb[], $12::bytea[], $16::int[])
         AS t(event_id, name, occurred_at, context, entry, seq)
 ),
 system_stored AS (
@@ -61,60 +56,23 @@ system_stored AS (
     ON CONFLICT DO NOTHING
     RETURNING event_id
 ),
-"""
-
-_CUSTOMER_OUTBOX_ITEMS = """
+outbox_items AS (
     SELECT i.customer_id, i.entry, i.stream, i.seq
     FROM stored JOIN input i USING (customer_id, event_id)
-"""
-
-# One row per partition stream, its entries in the order the events arrived.
-_OUTBOX_PART = """
+    UNION ALL
+    SELECT '', i.entry, $15::text, i.seq
+    FROM system_stored JOIN system_input i USING (event_id)
+),
+-- One row per partition stream, its entries in the order the events arrived.
 outbox AS (
     INSERT INTO event_outbox (stream, customer_ids, entries)
     SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
     FROM outbox_items GROUP BY stream ORDER BY stream
 )
-"""
-
-# The keys NOT stored (usually none: returning the keys stored cost more to send and read).
-_CUSTOMER_KEYS_NOT_STORED = """
-SELECT i.customer_id, i.event_id
-FROM input i WHERE NOT EXISTS (
-    SELECT FROM stored s WHERE s.customer_id = i.customer_id AND s.event_id = i.event_id
-)
-"""
-
-_STORE_EVENTS = (
-    _CUSTOMER_EVENTS_PART
-    + _SYSTEM_EVENTS_PART
-    + "outbox_items AS ("
-    + _CUSTOMER_OUTBOX_ITEMS
-    + """
-    UNION ALL
-    SELECT '', i.entry, $16::text, i.seq
-    FROM system_stored JOIN system_input i USING (event_id)
-),"""
-    + _OUTBOX_PART
-    + _CUSTOMER_KEYS_NOT_STORED
-    + """
+SELECT customer_id, event_id FROM stored
 UNION ALL
-SELECT '', i.event_id
-FROM system_input i WHERE NOT EXISTS (SELECT FROM system_stored s WHERE s.event_id = i.event_id)
+SELECT '', event_id FROM system_stored
 """
-)
-
-# The same without the system events' parts, for the usual request that has none: a statement
-# of one or two events costs PostgreSQL mostly its fixed part (opening each table written and
-# its indexes), and system_events is three of the relations it opens.
-_STORE_CUSTOMER_EVENTS = (
-    _CUSTOMER_EVENTS_PART
-    + "outbox_items AS ("
-    + _CUSTOMER_OUTBOX_ITEMS
-    + "),"
-    + _OUTBOX_PART
-    + _CUSTOMER_KEYS_NOT_STORED
-)
 
 _STORED_CUSTOMER_EVENTS = """
 SELECT e.customer_id, e.event_id, e.name, e.occurred_at, e.received_at, e.context::text AS context
@@ -235,7 +193,7 @@ class IngestionRepository:
             )
             for e in ordered
         }
-        args: tuple[object, ...] = (
+        args = (
             [e.customer_id for e in customer],
             [e.event_id for e in customer],
             [e.name for e in customer],
@@ -243,33 +201,28 @@ class IngestionRepository:
             [e.context_json for e in customer],
             [entries[e.key] for e in customer],
             received_at,
+            [e.event_id for e in system],
+            [e.name for e in system],
+            [e.occurred_at for e in system],
+            [e.context_json for e in system],
+            [entries[e.key] for e in system],
             [self.layout.key_for(e.customer_id) for e in customer],
             [arrival[e.key] for e in customer],
+            self.layout.key(0),
+            [arrival[e.key] for e in system],
         )
-        statement = _STORE_CUSTOMER_EVENTS
-        if system:
-            statement = _STORE_EVENTS
-            args += (
-                [e.event_id for e in system],
-                [e.name for e in system],
-                [e.occurred_at for e in system],
-                [e.context_json for e in system],
-                [entries[e.key] for e in system],
-                [arrival[e.key] for e in system],
-                self.layout.key(0),
-            )
         for attempt in range(_RETRIES):
             try:
-                rows = await self.pool.fetch(statement, *args, timeout=timeout)
+                rows = await self.pool.fetch(_STORE_EVENTS, *args, timeout=timeout)
                 break
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == _RETRIES - 1:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
-        before = {(r["customer_id"], r["event_id"]) for r in rows}
-        results = {key: (event, False) for key, event in built.items() if key not in before}
-        if before:
-            seen = [e for e in ordered if e.key in before]
+        new = {(r["customer_id"], r["event_id"]) for r in rows}
+        results = {key: (built[key], False) for key in new}
+        seen = [e for e in ordered if e.key not in new]
+        if seen:
             for event in await self.stored_events(seen, timeout):
                 results[(event.customer_id, event.event_id)] = (event, True)
         return results
