@@ -48,7 +48,17 @@ import common
 import grpc
 import psutil
 import redis.asyncio as redis
-from common import POSTGRES_URL, REDIS_URL, ROOT, free_port, fresh_database, serving, start_service, stop
+from common import (
+    POSTGRES_URL,
+    REDIS_URL,
+    ROOT,
+    drop_database,
+    free_port,
+    fresh_database,
+    serving,
+    start_service,
+    stop,
+)
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_shared.values import UTC
@@ -154,8 +164,8 @@ class CopyFloor:
         self.connection = connection
 
     @classmethod
-    async def open(cls, events: list[Event]) -> CopyFloor:
-        connection = await asyncpg.connect(await fresh_database("eventline_bench_copy"))
+    async def open(cls, events: list[Event], name: str) -> CopyFloor:
+        connection = await asyncpg.connect(await fresh_database(name))
         customers = sorted({e[0] for e in events})
         await connection.executemany(
             "INSERT INTO customers (customer_id) VALUES ($1)", [(c,) for c in customers]
@@ -306,8 +316,10 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
     batch_count, unary_count = sizes or ((20_000, 3_000) if quick else (200_000, 30_000))
     batch_events = make_events(batch_count, seed=1)
     unary_events = make_events(unary_count, seed=2)
-    floor = await CopyFloor.open(batch_events)
-    url = await fresh_database("eventline_bench_ingest")
+    # Databases of this run's own: other sessions may benchmark on the same PostgreSQL server.
+    run = uuid.uuid4().hex[:8]
+    floor = await CopyFloor.open(batch_events, f"eventline_bench_copy_{run}")
+    url = await fresh_database(f"eventline_bench_ingest_{run}")
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     client = redis.Redis.from_url(REDIS_URL)
     service = Service(url, stream)
@@ -367,6 +379,8 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
         served.stop()
         await floor.connection.close()
         await admin.close()
+        await drop_database(f"eventline_bench_copy_{run}")
+        await drop_database(f"eventline_bench_ingest_{run}")
         await client.delete(stream)
         await client.aclose()
     latencies.sort()

@@ -146,6 +146,34 @@ async def test_batch_stores_good_items_and_reports_bad_ones(ingestion, db, redis
     assert len(await wait_for_entries(redis_client, stream_key, 3)) == 3
 
 
+async def test_batch_mixing_kinds_answers_repeats_of_either_kind_with_the_first_event(
+    ingestion, db, redis_client, stream_key
+):
+    """A repeat of either kind in one batch is answered with the event stored first, and only
+    the new events are stored, counted and published."""
+    first = await ingestion.TrackCustomerEvent(customer_event("c1", "A", "m1"))
+    system = ingestion_pb2.TrackSystemEventRequest(event_id="s1", name="S")
+    first_system = await ingestion.TrackSystemEvent(system)
+    items = [
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", "m1")),
+        ingestion_pb2.TrackEventsItem(system_event=system),
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", "m2")),
+        ingestion_pb2.TrackEventsItem(
+            system_event=ingestion_pb2.TrackSystemEventRequest(event_id="s2", name="S")
+        ),
+    ]
+    reply = await ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(events=items))
+    assert [r.deduplicated for r in reply.results] == [True, True, False, False]
+    assert reply.results[0].event == first.event
+    assert reply.results[1].event == first_system.event
+    assert [r.event.event_id for r in reply.results] == ["m1", "s1", "m2", "s2"]
+    assert await db.fetchval("SELECT count(*) FROM customer_events") == 2
+    assert await db.fetchval("SELECT count(*) FROM system_events") == 2
+    assert await db.fetchval("SELECT count FROM customer_event_stats") == 2
+    entries = await wait_for_entries(redis_client, stream_key, 4)
+    assert sorted(e.event_id for e in entries) == ["m1", "m2", "s1", "s2"]
+
+
 async def test_batch_over_the_limit_is_resource_exhausted_and_stores_nothing(ingestion, db):
     items = [
         ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", f"e{i}")) for i in range(1001)
