@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,12 +12,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
+from eventline_segmentation.membership import MembershipRepository
+from eventline_segmentation.realtime import RealtimeSegments, SegmentEvents
 from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.servicer import SegmentationServicer
 from eventline_segmentation.settings import Settings
-from eventline_shared import database
+from eventline_shared import database, stream
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
-from eventline_shared.dependencies import DependencyMonitor, PostgreSQL
+from eventline_shared.consumer_group import ConsumerGroup
+from eventline_shared.dependencies import DependencyMonitor, PostgreSQL, Redis
 from eventline_shared.grpc_server import Server, method_path
 from eventline_shared.paging import PageTokens
 
@@ -47,7 +51,7 @@ REQUEST_LIMITS = {
     },
     **{
         method_path(SERVICE_NAME, method): SMALL_REQUEST_BYTES
-        for method in ("GetSegment", "ListSegments", "DeleteSegment")
+        for method in ("GetSegment", "ListSegments", "DeleteSegment", "ListSegmentMembers", "WatchSegment")
     },
 }
 MAX_STREAMS_PER_CONNECTION = 256
@@ -67,6 +71,10 @@ retry."""
 class RunningSegmentation:
     server: Server
     port: int
+    realtime: RealtimeSegments
+    """Real-time segments: ``backfill_all`` and ``fire_due`` in burst mode for tests."""
+    consumer: ConsumerGroup
+    """The event stream's consumer for real-time segments (``drain`` in burst mode)."""
 
 
 def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str:
@@ -92,10 +100,14 @@ def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str
 
 
 @asynccontextmanager
-async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningSegmentation]:
+async def running(
+    settings: Settings, *, clock: Clock = SYSTEM_CLOCK, background: bool = True
+) -> AsyncIterator[RunningSegmentation]:
     """The segmentation service, serving until the context exits; then a graceful stop.
 
-    A query without its own ``now`` is evaluated at ``clock``'s now."""
+    A query without its own ``now`` is evaluated at ``clock``'s now. With ``background``
+    False (tests), real-time segments are kept only by calling the burst methods of
+    ``realtime`` and ``consumer``."""
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
     # Filters are evaluated on the read replica when there is one; saved segments, the page
@@ -122,13 +134,29 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
             stream_connections=max(1, common.database_pool_size // 2),
             read_pool=read_pool,
         )
+        members = MembershipRepository(pool, common.stream_layout)
         servicer = SegmentationServicer(
-            repository, settings.max_query_s, settings.max_streams, tokens, clock=clock
+            repository, settings.max_query_s, settings.max_streams, tokens, clock=clock, members=members
         )
+        client = stream.connect(common.redis_url)
+        pools.push_async_callback(client.aclose)
         databases = [PostgreSQL(common.database_url)]
         if settings.read_database_url:
             databases.append(PostgreSQL(settings.read_database_url, name=READ_REPLICA))
-        dependencies = DependencyMonitor(databases, interval_s=common.health_probe_interval_s)
+        # Real-time segments need the stream, the rest of the service does not: not required.
+        dependencies = DependencyMonitor(
+            [*databases, Redis(client, common.stream_layout.keys, required=False)],
+            interval_s=common.health_probe_interval_s,
+        )
+        realtime = RealtimeSegments(pool, members, clock)
+        consumer = ConsumerGroup(
+            client,
+            SegmentEvents(realtime),
+            streams=common.stream_layout.keys,
+            group=settings.consumer_group,
+            consumer=settings.consumer_name,
+            dependencies=dependencies,
+        )
         server = Server(
             [SERVICE_NAME],
             settings=common,
@@ -141,7 +169,13 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
         port = server.bind(common.host, common.port)
         await server.start()
         log.info("segmentation serving", extra={"port": port})
+        tasks = []
+        if background and settings.realtime:
+            tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(realtime.run())]
         try:
-            yield RunningSegmentation(server, port)
+            yield RunningSegmentation(server, port, realtime, consumer)
         finally:
             await server.stop(common.shutdown_grace_s)
+            consumer.shutdown()
+            realtime.shutdown()
+            await asyncio.gather(*tasks, return_exceptions=True)

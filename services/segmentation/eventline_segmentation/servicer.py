@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import datetime as dt
@@ -16,11 +17,13 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 
 from eventline_segmentation import compiler, evaluation, filters, periods
+from eventline_segmentation.membership import MembershipRepository
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import paging, values
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
     EventlineError,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
@@ -37,6 +40,10 @@ MAX_PAGE = 10_000
 DEFAULT_CHUNK = 5000
 STREAM_PAGE = MAX_PAGE
 """Ids a stream reads per query (its chunks are cut from these pages)."""
+WATCH_PAGE = 1000
+"""Transitions WatchSegment reads per query."""
+WATCH_POLL_S = 0.1
+"""How often a WatchSegment stream that has sent everything looks for new transitions."""
 DEFAULT_SEGMENT_PAGE = 50
 MAX_SEGMENT_PAGE = 1000
 MAX_DISPLAY_NAME = 200
@@ -107,6 +114,8 @@ def segment_message(stored: StoredSegment) -> pb.Segment:
         filter=pb.Filter.FromString(stored.filter),
         create_time=values.datetime_to_timestamp(stored.created_at),
         update_time=values.datetime_to_timestamp(stored.updated_at),
+        realtime=stored.realtime,
+        time_zone=stored.time_zone,
     )
 
 
@@ -142,7 +151,10 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         max_streams: int,
         tokens: PageTokens,
         clock: Clock = SYSTEM_CLOCK,
+        members: MembershipRepository | None = None,
     ) -> None:
+        self.members = members
+        """Real-time segments' stored membership; None: segments cannot be made real-time."""
         self.clock = clock
         """The "now" a request without one is evaluated at."""
         self.repository = repository
@@ -353,12 +365,19 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 segment.filter, f"{prefix}.filter", None, present=segment.HasField("filter")
             )
             found += checked.violations
+        if "time_zone" in paths:
+            try:
+                periods.time_zone(segment.time_zone, f"{prefix}.time_zone")
+            except InvalidArgument as exc:
+                found += exc.violations
         return found
 
     async def CreateSegment(
         self, request: pb.CreateSegmentRequest, context: Context
     ) -> pb.CreateSegmentResponse:
-        violations = self._check_segment(request.segment, {"display_name", "description", "filter"})
+        violations = self._check_segment(
+            request.segment, {"display_name", "description", "filter", "time_zone"}
+        )
         segment_id = request.segment_id
         if segment_id:
             violations += values.present([check_segment_id(segment_id, "segment_id")])
@@ -371,6 +390,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
             request.segment.display_name,
             request.segment.description,
             request.segment.filter.SerializeToString(deterministic=True),
+            request.segment.realtime,
+            request.segment.time_zone,
+            self._segment_changed,
         )
         return pb.CreateSegmentResponse(segment=segment_message(stored))
 
@@ -399,12 +421,13 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def UpdateSegment(
         self, request: pb.UpdateSegmentRequest, context: Context
     ) -> pb.UpdateSegmentResponse:
-        allowed = {"display_name", "description", "filter"}
-        paths = set(request.update_mask.paths) or allowed
+        allowed = {"display_name", "description", "filter", "realtime", "time_zone"}
+        paths = set(request.update_mask.paths) or {"display_name", "description", "filter"}
         unknown = sorted(paths - allowed)
         violations = [
             FieldViolation(
-                "update_mask", f"unknown field {quote(p)}; use display_name, description or filter"
+                "update_mask",
+                f"unknown field {quote(p)}; use display_name, description, filter, realtime or time_zone",
             )
             for p in unknown
         ]
@@ -419,7 +442,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
                 changes[p] = request.segment.filter.SerializeToString(deterministic=True)
             else:
                 changes[p] = getattr(request.segment, p)
-        stored = await self.repository.update_segment(request.segment.segment_id, changes)
+        stored = await self.repository.update_segment(
+            request.segment.segment_id, changes, self._segment_changed
+        )
         return pb.UpdateSegmentResponse(segment=segment_message(stored))
 
     async def DeleteSegment(
@@ -432,6 +457,11 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def GetSegmentSize(
         self, request: pb.GetSegmentSizeRequest, context: Context
     ) -> pb.GetSegmentSizeResponse:
+        stored_size = await self._stored_size(request)
+        if stored_size is not None:
+            return pb.GetSegmentSizeResponse(
+                size=stored_size, now=values.datetime_to_timestamp(self.clock.now()), stored=True
+            )
         count_request = pb.CountCustomersRequest(
             segment_id=request.segment_id, bindings=request.bindings, time_zone=request.time_zone
         )
@@ -439,3 +469,87 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
             count_request.now.CopyFrom(request.now)
         counted = await self.CountCustomers(count_request, context)
         return pb.GetSegmentSizeResponse(size=counted.count, now=counted.now)
+
+    # Real-time segments (issue 13) ---------------------------------------------------
+
+    async def _segment_changed(
+        self, connection: Any, before: StoredSegment | None, after: StoredSegment
+    ) -> None:
+        """In the transaction that saved a segment: start, restart or stop keeping its membership."""
+        was = before is not None and before.realtime
+        if not (was or after.realtime):
+            return
+        if self.members is None:
+            raise FailedPrecondition("this server does not keep real-time segments")
+        if after.realtime:
+            checked = filters.check(pb.Filter.FromString(after.filter), "segment.filter", {})
+            raise_if_any(
+                [
+                    FieldViolation(v.field, f"{v.description} (a real-time segment's filter has no bindings)")
+                    for v in checked.violations
+                ]
+            )
+        restart = after.realtime and (
+            not was or before is None or (before.filter, before.time_zone) != (after.filter, after.time_zone)
+        )
+        await self.members.configure(connection, after.segment_id, after.realtime, restart)
+
+    async def _stored_size(self, request: pb.GetSegmentSizeRequest) -> int | None:
+        if self.members is None or request.HasField("now") or request.bindings or request.time_zone:
+            return None
+        raise_if_any(values.present([check_segment_id(request.segment_id, "segment_id")]))
+        return await self.members.size(request.segment_id)
+
+    async def _realtime_segment(self, segment_id: str) -> MembershipRepository:
+        raise_if_any(values.present([check_segment_id(segment_id, "segment_id")]))
+        stored = await self.repository.get_segment(segment_id)  # NOT_FOUND first
+        if self.members is None or not stored.realtime:
+            raise FailedPrecondition(f"segment {quote(segment_id)} is not a real-time segment")
+        return self.members
+
+    async def ListSegmentMembers(
+        self, request: pb.ListSegmentMembersRequest, context: Context
+    ) -> pb.ListSegmentMembersResponse:
+        members = await self._realtime_segment(request.segment_id)
+        size = paging.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        bound_to = paging.scope(request)
+        after = ""
+        if request.page_token:
+            after = self.tokens.read(request.page_token, "ListSegmentMembers", bound_to, (str,)).text(0)
+        definition = await members.definition(members.pool, request.segment_id)
+        rows = await members.members(request.segment_id, after, size + 1)
+        found = [
+            pb.SegmentMember(customer_id=customer_id, entered_at=values.datetime_to_timestamp(entered_at))
+            for customer_id, entered_at in rows
+        ]
+        page = paging.fill(found, size, paging.message_bytes)
+        next_token = ""
+        if len(page) < len(found):
+            next_token = self.tokens.issue("ListSegmentMembers", bound_to, (page[-1].customer_id,))
+        return pb.ListSegmentMembersResponse(
+            members=page, next_page_token=next_token, backfilling=definition.backfill_after is not None
+        )
+
+    async def WatchSegment(
+        self, request: pb.WatchSegmentRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSegmentResponse]:
+        if request.after_cursor < 0:
+            raise invalid("after_cursor", "a cursor is 0 or more")
+        with self.streams.slot():
+            members = await self._realtime_segment(request.segment_id)
+            after = request.after_cursor
+            while True:
+                found = await members.transitions(request.segment_id, after, WATCH_PAGE)
+                for t in found:
+                    yield pb.WatchSegmentResponse(
+                        cursor=t.cursor,
+                        customer_id=t.customer_id,
+                        kind=pb.TRANSITION_KIND_ENTERED if t.entered else pb.TRANSITION_KIND_EXITED,
+                        occur_time=values.datetime_to_timestamp(t.occurred_at),
+                    )
+                    after = t.cursor
+                if len(found) < WATCH_PAGE:
+                    # Transitions commit in cursor order (membership.py), so polling from the
+                    # last cursor sent misses none. A segment no longer real-time ends the stream.
+                    await asyncio.sleep(WATCH_POLL_S)
+                    await members.definition(members.pool, request.segment_id)
