@@ -354,3 +354,33 @@ async def test_bad_real_time_segments_are_refused(suite: Suite) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await suite.members("missing")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cli_saves_a_real_time_segment_lists_its_members_and_watches_it(
+    suite: Suite, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from eventline_cli.main import cli
+
+    async def run(*args: str) -> Any:
+        return await asyncio.to_thread(CliRunner().invoke, cli, list(args), catch_exceptions=False)
+
+    monkeypatch.setenv("EVENTLINE_SEGMENTATION_TARGET", f"127.0.0.1:{suite.segmentation_server.port}")
+    await suite.track("k1", "purchase", START)
+    segment = tmp_path / "segment.yaml"
+    segment.write_text("display_name: Buyers\nfilter:\n  event:\n    name: purchase\n")
+    saved = await run(
+        "segments", "save", "-f", str(segment), "--id", "cli", "--realtime", "--time-zone", "Europe/Paris"
+    )
+    assert saved.exit_code == 0, saved.output
+    assert '"realtime": true' in saved.stdout and "Europe/Paris" in saved.stdout
+    await suite.segmentation_server.realtime.backfill_all()
+    await suite.track("k2", "purchase", START + dt.timedelta(seconds=1))
+    await suite.settle()
+    listed = await run("segments", "members", "cli")
+    assert listed.exit_code == 0, listed.output
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["k1", "k2"]
+    watched = await run("segments", "watch", "cli", "--count", "1")
+    assert watched.exit_code == 0, watched.output
+    assert '"customer_id": "k2"' in watched.stdout and "TRANSITION_KIND_ENTERED" in watched.stdout
