@@ -384,3 +384,71 @@ async def test_cli_saves_a_real_time_segment_lists_its_members_and_watches_it(
     watched = await run("segments", "watch", "cli", "--count", "1")
     assert watched.exit_code == 0, watched.output
     assert '"customer_id": "k2"' in watched.stdout and "TRANSITION_KIND_ENTERED" in watched.stdout
+
+
+async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: ignore[no-untyped-def]
+    campaigns_server, segmentation_server, segmentation, ingestion, ingestion_server, smtp_server
+) -> None:
+    """Transitions reach campaigns as ordinary customer events: a campaign on ``segment_entered``
+    with a predicate on the segment's id (no SegmentTrigger needed for this)."""
+    from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+    from eventline.common.v1 import common_pb2
+
+    from eventline_cli import demo_campaigns
+    from tests.support import eventually
+
+    await segmentation.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="vip", segment=pb.Segment(display_name="VIP", filter=purchases(1, 30), realtime=True)
+        )
+    )
+
+    async def backfilled() -> bool:
+        reply = await segmentation.ListSegmentMembers(pb.ListSegmentMembersRequest(segment_id="vip"))
+        return not reply.backfilling
+
+    await eventually(backfilled, 60, "the backfill of an empty segment did not end")
+    trigger = demo_campaigns.on_customer_event("segment_entered")
+    trigger.customer_event.context_predicates.append(
+        pb.Predicate(
+            field="segment_id",
+            operator=pb.OPERATOR_EQUALS,
+            value=pb.Operand(literal=common_pb2.Value(string_value="vip")),
+        )
+    )
+    campaign = demo_campaigns.email_campaign(
+        trigger,
+        None,
+        display_name="Welcome to VIP",
+        subject="Welcome to {{ client.eventContext.segment_name }}",
+        text_body="You are in.",
+        html_body="",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+        created = await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
+        await campaigns.ActivateCampaign(
+            campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
+        )
+        await campaigns_server.cache.refresh()
+        await ingestion.UpsertCustomer(
+            ingestion_pb2.UpsertCustomerRequest(
+                customer=common_pb2.Customer(
+                    customer_id="v1", email="v1@example.com", email_consent=common_pb2.CONSENT_GRANTED
+                )
+            )
+        )
+        await ingestion.TrackCustomerEvent(customer_event("v1", "purchase"))
+        await ingestion.TrackCustomerEvent(
+            customer_event("v1", "purchase")
+        )  # still a member: no second entry
+
+        async def delivered() -> bool:
+            await campaigns_server.consumer.drain()
+            return len(smtp_server.messages) >= 1
+
+        await eventually(delivered, 60, "no message for segment_entered")
+        assert smtp_server.messages[0]["Subject"] == "Welcome to VIP"
+        assert smtp_server.messages[0]["To"] == "v1@example.com"
+        await campaigns_server.consumer.drain()
+        assert len(smtp_server.messages) == 1
