@@ -452,3 +452,33 @@ async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: igno
         assert smtp_server.messages[0]["To"] == "v1@example.com"
         await campaigns_server.consumer.drain()
         assert len(smtp_server.messages) == 1
+
+
+async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Suite) -> None:
+    """Ingestion does not publish profile changes yet: a profile condition is re-evaluated at
+    the customer's next event, whatever its name."""
+    from eventline.common.v1 import common_pb2
+
+    gold = pb.Filter(
+        customer=pb.CustomerCondition(
+            attribute=pb.Predicate(
+                field="plan",
+                operator=pb.OPERATOR_EQUALS,
+                value=pb.Operand(literal=common_pb2.Value(string_value="gold")),
+            )
+        )
+    )
+    await suite.save("gold", gold)
+    await suite.ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(
+            customer=common_pb2.Customer(
+                customer_id="p1", attributes={"plan": common_pb2.Value(string_value="gold")}
+            )
+        )
+    )
+    await suite.settle()
+    assert await suite.members("gold") == []
+    await suite.track("p1", "login", START)
+    await suite.settle()
+    assert await suite.members("gold") == ["p1"]
+    assert await suite.transitions("gold") == [("p1", True, START)]

@@ -6,8 +6,9 @@ MatchCustomer's answer at every instant, on any number of replicas:
 * **Events.** ``SegmentEvents`` consumes the event stream (its own consumer
   group, through the shared ``ConsumerGroup``). For each customer of a batch it
   re-evaluates the real-time segments the events can affect: those whose
-  filter names one of the events (``transitions.dependencies``), and those an
-  empty customer matches (a new customer may enter them on any first event).
+  filter names one of the events (``transitions.dependencies``), those an
+  empty customer matches (a new customer may enter them on any first event),
+  and those with profile conditions (see ``_affected``).
 * **Time.** After every evaluation of a segment that moves with time, the next
   instant its membership may change (``transitions.forecast``) is stored as a
   timer (``eventline_shared.timers``); ``fire_due`` claims the due timers and
@@ -215,15 +216,16 @@ class RealtimeSegments:
 
     async def customer_events(self, customer_id: str, names: set[str]) -> int:
         """Re-evaluate the real-time segments events named ``names`` can affect; returns transitions."""
-        now = self.clock.now()
         changed = 0
         async with self.pool.acquire() as connection, connection.transaction():
             await self.repository.lock_customer(connection, customer_id)
+            # Read after the lock: an evaluation of this customer that held it (a timer at its
+            # due instant) is never later than this one.
+            now = self.clock.now()
             affected = [
                 s
                 for s in map(self.compiled, await self.repository.definitions(connection))
-                if s.definition.covers(customer_id)
-                and (s.empty_matches or names & s.dependencies.event_names)
+                if s.definition.covers(customer_id) and self._affected(s, names)
             ]
             if not affected:
                 return 0
@@ -235,6 +237,18 @@ class RealtimeSegments:
                 member = await self._apply(connection, segment, customer_id, was, now)
                 changed += member is not None and member != was
         return changed
+
+    @staticmethod
+    def _affected(segment: Compiled, names: set[str]) -> bool:
+        """Whether events named ``names`` may change the customer's membership of ``segment``.
+
+        Those the filter names, and any event: for filters an empty customer matches (the
+        event may have created the customer), and for filters with profile conditions
+        (ingestion does not publish profile changes, so they are caught up with at the
+        customer's next event).
+        """
+        deps = segment.dependencies
+        return bool(names & deps.event_names) or segment.empty_matches or bool(deps.profile_fields)
 
     # Time ----------------------------------------------------------------------------
 

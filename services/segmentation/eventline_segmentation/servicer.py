@@ -155,6 +155,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     ) -> None:
         self.members = members
         """Real-time segments' stored membership; None: segments cannot be made real-time."""
+        self.watches = StreamSlots(max_streams)
+        """WatchSegment streams (long-lived) have their own places: they never take StreamCustomers'."""
         self.clock = clock
         """The "now" a request without one is evaluated at."""
         self.repository = repository
@@ -535,7 +537,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     ) -> AsyncIterator[pb.WatchSegmentResponse]:
         if request.after_cursor < 0:
             raise invalid("after_cursor", "a cursor is 0 or more")
-        with self.streams.slot():
+        with self.watches.slot():
             members = await self._realtime_segment(request.segment_id)
             after = request.after_cursor
             while True:

@@ -287,7 +287,9 @@ class SegmentationServiceServicer:
 
         The membership a backfill computes (when the segment is marked real-time,
         or its filter or time zone changes) is not streamed as transitions: list
-        the members after such a change.
+        the members after such a change. A replica serves as many WatchSegment
+        streams at once as StreamCustomers streams (32 by default), in places of
+        their own; one more is RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -2239,7 +2239,9 @@ export const SegmentationService: GenService<{
    *
    * The membership a backfill computes (when the segment is marked real-time,
    * or its filter or time zone changes) is not streamed as transitions: list
-   * the members after such a change.
+   * the members after such a change. A replica serves as many WatchSegment
+   * streams at once as StreamCustomers streams (32 by default), in places of
+   * their own; one more is RESOURCE_EXHAUSTED.
    *
    * @generated from rpc eventline.segmentation.v1.SegmentationService.WatchSegment
    */
