@@ -482,3 +482,63 @@ async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Su
     await suite.settle()
     assert await suite.members("gold") == ["p1"]
     assert await suite.transitions("gold") == [("p1", True, START)]
+
+
+async def test_two_replicas_running_in_the_background_record_each_transition_once(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Two segmentation replicas as they run in production (consumer, timers and backfill loops
+    in the background), one clock: 20 customers enter on events and exit by time, once each."""
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from eventline_segmentation.service import running as running_segmentation
+    from eventline_segmentation.settings import Settings as SegmentationSettings
+    from tests.support import eventually
+
+    clock = ManualClock(START)
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with (
+        running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
+        running_segmentation(
+            SegmentationSettings.from_env({**env, "EVENTLINE_SEGMENTATION_CONSUMER": "one"}), clock=clock
+        ),
+        running_segmentation(
+            SegmentationSettings.from_env({**env, "EVENTLINE_SEGMENTATION_CONSUMER": "two"}), clock=clock
+        ) as second,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as segmentation_channel,
+    ):
+        ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
+        segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
+        await segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id="twice",
+                segment=pb.Segment(display_name="T", filter=purchases(2, 30), realtime=True),
+            )
+        )
+
+        async def size_is(n: int) -> bool:
+            reply = await segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="twice"))
+            return reply.stored and reply.size == n
+
+        await eventually(lambda: size_is(0), 60, "the backfill did not end")
+        for i in range(20):
+            for when in (START - 10 * DAY, START):
+                request = customer_event(f"t{i:02}", "purchase")
+                request.occurred_at.CopyFrom(values.datetime_to_timestamp(when))
+                await ingestion.TrackCustomerEvent(request)
+        await eventually(lambda: size_is(20), 120, "not every customer entered")
+        clock.advance(21 * DAY)
+        await eventually(lambda: size_is(0), 120, "not every customer exited")
+        rows = await db.fetch(
+            "SELECT customer_id, array_agg(entered ORDER BY cursor) AS kinds FROM segment_transitions "
+            "GROUP BY customer_id ORDER BY customer_id"
+        )
+        assert [(r[0], list(r[1])) for r in rows] == [(f"t{i:02}", [True, False]) for i in range(20)]
+        assert [
+            r[0] for r in await db.fetch("SELECT cursor FROM segment_transitions ORDER BY cursor")
+        ] == list(range(1, 41))
+        counted = await db.fetchval(
+            "SELECT count(*) FROM customer_events WHERE name IN ('segment_entered', 'segment_exited')"
+        )
+        assert counted == 40
