@@ -41,6 +41,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline_segmentation import compiler, evaluation, filters, periods, transitions
 from eventline_segmentation.filters import BoolNode, CustomerNode, EventNode, Node
 from eventline_segmentation.membership import Definition, MembershipRepository
+from eventline_shared import faults
 from eventline_shared.clock import Clock
 from eventline_shared.consumer_group import Received, StreamHandler
 from eventline_shared.database import Connection
@@ -236,6 +237,7 @@ class RealtimeSegments:
                 was = segment.definition.segment_id in stored
                 member = await self._apply(connection, segment, customer_id, was, now)
                 changed += member is not None and member != was
+            await faults.point("segmentation.before_commit")
         return changed
 
     @staticmethod
