@@ -69,6 +69,12 @@ class TimerTable:
             f"INSERT INTO {self.table} ({columns}, due_at, claimed_until) VALUES ({placeholders}, ${n + 1}, NULL) "
             f"ON CONFLICT ({columns}) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL"
         )
+        arrays = ", ".join(f"${i}::text[]" for i in range(1, n + 1))
+        self._set_many = (
+            f"INSERT INTO {self.table} ({columns}, due_at, claimed_until) "
+            f"SELECT *, ${n + 1}::timestamptz, NULL::timestamptz FROM unnest({arrays}) "
+            f"ON CONFLICT ({columns}) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL"
+        )
         self._cancel = f"DELETE FROM {self.table} WHERE {matches}"
         self._take = f"DELETE FROM {self.table} WHERE {matches} AND due_at = ${n + 1} RETURNING true"
         self._claim = (
@@ -84,6 +90,16 @@ class TimerTable:
     async def set(self, connection: Connection, key: Sequence[str], due_at: dt.datetime) -> None:
         """Make ``key``'s timer due at ``due_at`` (replacing any earlier one, releasing its claim)."""
         await connection.execute(self._set, *key, due_at)
+
+    async def set_many(
+        self, connection: Connection, keys: Sequence[Sequence[str]], due_at: dt.datetime
+    ) -> None:
+        """``set`` for many keys at one instant, in one statement (keys in ascending order, so
+        that concurrent writers lock rows in one order)."""
+        if not keys:
+            return
+        columns = list(zip(*sorted(tuple(k) for k in keys), strict=True))
+        await connection.execute(self._set_many, *(list(c) for c in columns), due_at)
 
     async def cancel(self, connection: Connection, key: Sequence[str]) -> None:
         """Remove ``key``'s timer, if any."""

@@ -264,6 +264,11 @@ async def test_backfill_is_silent_pages_list_and_events_meanwhile_are_not_missed
     await engine.backfill("filled")
     assert await suite.members("filled", page_size=2) == ["b0", "b1", "b2", "b4", "b5", "b6"]
     assert await suite.transitions("filled") == [("b1", True, START)]
+    # The backfill leaves the forecasts to the scheduler: a timer due at its instant for each
+    # customer with purchases (b1's was set by its event), which sets their real next instant.
+    assert await engine.fire_due() == 5
+    assert await suite.transitions("filled") == [("b1", True, START)]
+    assert await suite.db.fetchval("SELECT min(due_at) FROM segment_timers") > START
     count = await suite.segmentation.CountCustomers(pb.CountCustomersRequest(segment_id="filled"))
     size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="filled"))
     assert (size.size, size.stored) == (count.count, True) == (6, True)

@@ -29,9 +29,10 @@ async def pool(db_url: str, db: asyncpg.Connection) -> AsyncIterator[asyncpg.Poo
 async def test_claims_of_two_replicas_never_overlap_and_each_timer_fires_once(pool: asyncpg.Pool) -> None:
     timers = TimerTable("job_timers", ["job_id", "step"])
     async with pool.acquire() as connection:
-        for i in range(20):
+        for i in range(10):
             await timers.set(connection, (f"job{i:02}", "remind"), NOW - i * MINUTE)
-        await timers.set(connection, ("later", "remind"), NOW + MINUTE)
+        await timers.set_many(connection, [(f"job{i:02}", "remind") for i in range(10, 20)], NOW - MINUTE)
+        await timers.set_many(connection, [("later", "remind")], NOW + MINUTE)
     first, second = await asyncio.gather(timers.claim(pool, NOW, 15), timers.claim(pool, NOW, 15))
     claimed = [d.key for d in first + second]
     assert len(claimed) == len(set(claimed)) == 20
