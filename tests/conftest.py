@@ -170,11 +170,13 @@ async def ingestion(ingestion_server) -> AsyncIterator[ingestion_pb2_grpc.Ingest
 
 @pytest.fixture
 async def segmentation_server(db_url: str, stream_key: str):  # type: ignore[no-untyped-def]
+    """Segmentation without its background work on real-time segments (its consumer group would
+    read the test's stream too): tests call ``realtime`` and ``consumer`` themselves."""
     from eventline_segmentation.service import running
     from eventline_segmentation.settings import Settings
 
     settings = Settings.from_env(service_env(db_url, stream_key))
-    async with running(settings) as served:
+    async with running(settings, background=False) as served:
         yield served
 
 

@@ -15,7 +15,9 @@ provider calls of a batch, before their outcome is in the ledger: they are
 sent again with the same idempotency key when their lease expires) and
 ``campaigns.before_ack`` (after the outcome is in the ledger, before the
 stream entries are acknowledged: they are reprocessed, with no second
-provider call). With the
+provider call; the shared consumer group reaches it in segmentation too);
+``segmentation.before_commit`` (real-time segments: a customer's transitions
+are written, their transaction not yet committed). With the
 variable unset (production), reaching a point is one dict lookup.
 """
 

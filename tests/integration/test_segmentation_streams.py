@@ -47,11 +47,12 @@ async def seed(db: asyncpg.Connection, count: int) -> None:
 
 @contextlib.asynccontextmanager
 async def segmentation_with(db_url: str, stream_key: str, **env: str) -> AsyncIterator[Any]:
-    """A segmentation server of this test, with settings of its own."""
+    """A segmentation server of this test, with settings of its own (and without the background
+    work of real-time segments, whose polling queries would show among the sessions counted)."""
     from eventline_segmentation.service import running
     from eventline_segmentation.settings import Settings
 
-    async with running(Settings.from_env(service_env(db_url, stream_key, **env))) as served:
+    async with running(Settings.from_env(service_env(db_url, stream_key, **env)), background=False) as served:
         yield served
 
 

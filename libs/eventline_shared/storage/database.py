@@ -8,11 +8,17 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import TypeAlias
 
 import asyncpg
 
 from eventline_shared.errors import AlreadyExists, DeadlineExceeded, EventlineError, Unavailable
 from eventline_shared.observability.dependencies import POSTGRESQL, Dependency
+
+Connection: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
+"""A connection of its own or one acquired from a pool: what transactions run on."""
 
 log = logging.getLogger(__name__)
 

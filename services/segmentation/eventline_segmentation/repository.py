@@ -18,6 +18,7 @@ from prometheus_client import Counter
 
 from eventline_segmentation.compiler import Compiled, MatchQuery
 from eventline_shared.errors import AlreadyExists, DeadlineExceeded, NotFound, quote
+from eventline_shared.storage.database import Connection
 
 T = TypeVar("T")
 
@@ -39,9 +40,16 @@ class StoredSegment:
     filter: bytes
     created_at: dt.datetime
     updated_at: dt.datetime
+    realtime: bool = False
+    time_zone: str = ""
 
 
-_SEGMENT_COLUMNS = "segment_id, display_name, description, filter, created_at, updated_at"
+_SEGMENT_COLUMNS = (
+    "segment_id, display_name, description, filter, created_at, updated_at, realtime, time_zone"
+)
+
+SegmentChanged = Callable[[Connection, "StoredSegment | None", "StoredSegment"], Awaitable[None]]
+"""Called in the transaction that created (old None) or changed a segment."""
 
 
 def _segment(row: asyncpg.Record) -> StoredSegment:
@@ -52,6 +60,8 @@ def _segment(row: asyncpg.Record) -> StoredSegment:
         bytes(row["filter"]),
         row["created_at"],
         row["updated_at"],
+        row["realtime"],
+        row["time_zone"],
     )
 
 
@@ -135,27 +145,48 @@ class SegmentationRepository:
     # Saved segments ------------------------------------------------------------------
 
     async def create_segment(
-        self, segment_id: str, display_name: str, description: str, filter_bytes: bytes
+        self,
+        segment_id: str,
+        display_name: str,
+        description: str,
+        filter_bytes: bytes,
+        realtime: bool = False,
+        time_zone: str = "",
+        changed: SegmentChanged | None = None,
     ) -> StoredSegment:
-        row = await self.pool.fetchrow(
-            f"""
-            INSERT INTO segments (segment_id, display_name, description, filter)
-            VALUES ($1, $2, $3, $4)
-            ON CONFLICT (segment_id) DO NOTHING
-            RETURNING {_SEGMENT_COLUMNS}
-            """,
-            segment_id,
-            display_name,
-            description,
-            filter_bytes,
-        )
-        if row is not None:
-            return _segment(row)
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                f"""
+                INSERT INTO segments (segment_id, display_name, description, filter, realtime, time_zone)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (segment_id) DO NOTHING
+                RETURNING {_SEGMENT_COLUMNS}
+                """,
+                segment_id,
+                display_name,
+                description,
+                filter_bytes,
+                realtime,
+                time_zone,
+            )
+            if row is not None:
+                created = _segment(row)
+                if changed is not None:
+                    await changed(connection, None, created)
+                return created
         existing = await self.get_segment(segment_id)
-        if (existing.display_name, existing.description, existing.filter) != (
+        if (
+            existing.display_name,
+            existing.description,
+            existing.filter,
+            existing.realtime,
+            existing.time_zone,
+        ) != (
             display_name,
             description,
             filter_bytes,
+            realtime,
+            time_zone,
         ):
             raise AlreadyExists(f"segment {quote(segment_id)} already exists with other content")
         return existing
@@ -197,24 +228,33 @@ class SegmentationRepository:
         )
         return [_segment(r) for r in rows]
 
-    async def update_segment(self, segment_id: str, changes: dict[str, Any]) -> StoredSegment:
+    async def update_segment(
+        self, segment_id: str, changes: dict[str, Any], changed: SegmentChanged | None = None
+    ) -> StoredSegment:
         if "\x00" in segment_id:
             raise NotFound(f"segment {quote(segment_id)} does not exist")
         # Column names come from a fixed whitelist, never from the request.
-        allowed = {"display_name", "description", "filter"}
+        allowed = {"display_name", "description", "filter", "realtime", "time_zone"}
         assert set(changes) <= allowed
         sets = [f"{column} = ${i}" for i, column in enumerate(sorted(changes), start=2)]
-        row = await self.pool.fetchrow(
-            f"""
-            UPDATE segments SET {", ".join([*sets, "updated_at = now()"])}
-            WHERE segment_id = $1 RETURNING {_SEGMENT_COLUMNS}
-            """,
-            segment_id,
-            *[changes[c] for c in sorted(changes)],
-        )
-        if row is None:
-            raise NotFound(f"segment {quote(segment_id)} does not exist")
-        return _segment(row)
+        async with self.pool.acquire() as connection, connection.transaction():
+            before = await connection.fetchrow(
+                f"SELECT {_SEGMENT_COLUMNS} FROM segments WHERE segment_id = $1 FOR UPDATE", segment_id
+            )
+            row = await connection.fetchrow(
+                f"""
+                UPDATE segments SET {", ".join([*sets, "updated_at = now()"])}
+                WHERE segment_id = $1 RETURNING {_SEGMENT_COLUMNS}
+                """,
+                segment_id,
+                *[changes[c] for c in sorted(changes)],
+            )
+            if row is None or before is None:
+                raise NotFound(f"segment {quote(segment_id)} does not exist")
+            after = _segment(row)
+            if changed is not None:
+                await changed(connection, _segment(before), after)
+            return after
 
     async def delete_segment(self, segment_id: str) -> None:
         if "\x00" in segment_id:

@@ -24,14 +24,17 @@ from google.protobuf import timestamp_pb2
 from eventline_predicates import filters, periods
 from eventline_predicates.evaluation import Explanation
 from eventline_segmentation import compiler, evaluation
+from eventline_segmentation.membership import MembershipRepository
 from eventline_segmentation.repository import SegmentationRepository, StoredSegment
 from eventline_shared import errors, values
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import FieldViolation, InvalidArgument, invalid, quote, raise_if_any
 from eventline_shared.paging import MAX_REPLY_BYTES
 
-SEGMENT_FIELDS = ("display_name", "description", "filter")
+SEGMENT_FIELDS = ("display_name", "description", "filter", "realtime", "time_zone")
 """The fields of a segment a client writes (UpdateSegment's mask names them)."""
+DEFAULT_UPDATE_FIELDS = ("display_name", "description", "filter")
+"""What UpdateSegment changes when its mask is empty (as before segments could be real-time)."""
 MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2000
 STREAM_PAGE = 10_000
@@ -178,6 +181,11 @@ def check_segment(
     if "filter" in paths:
         checked = filters.check(segment.filter, f"{prefix}.filter", None, present=segment.HasField("filter"))
         found += checked.violations
+    if "time_zone" in paths:
+        try:
+            periods.time_zone(segment.time_zone, f"{prefix}.time_zone")
+        except InvalidArgument as exc:
+            found += exc.violations
     return found
 
 
@@ -216,10 +224,17 @@ def check_filter(flt: pb.Filter, present: bool, bindings: Mapping[str, common_pb
 class Segments:
     """Evaluates targets over the customers and keeps the saved segments."""
 
-    def __init__(self, repository: SegmentationRepository, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        repository: SegmentationRepository,
+        clock: Clock = SYSTEM_CLOCK,
+        members: MembershipRepository | None = None,
+    ) -> None:
         self.repository = repository
         self.clock = clock
         """The "now" a target without one is evaluated at."""
+        self.members = members
+        """Real-time segments' stored membership; None: segments cannot be made real-time."""
 
     # Evaluation ----------------------------------------------------------------------
 
@@ -320,6 +335,9 @@ class Segments:
             segment.display_name,
             segment.description,
             segment.filter.SerializeToString(deterministic=True),
+            segment.realtime,
+            segment.time_zone,
+            self._changed,
         )
 
     async def get(self, segment_id: str) -> StoredSegment:
@@ -337,7 +355,49 @@ class Segments:
                 changes[path] = segment.filter.SerializeToString(deterministic=True)
             else:
                 changes[path] = getattr(segment, path)
-        return await self.repository.update_segment(segment.segment_id, changes)
+        return await self.repository.update_segment(segment.segment_id, changes, self._changed)
 
     async def delete(self, segment_id: str) -> None:
         await self.repository.delete_segment(segment_id)
+
+    # Real-time segments (issue 13) ---------------------------------------------------
+
+    async def _changed(self, connection: Any, before: StoredSegment | None, after: StoredSegment) -> None:
+        """In the transaction that saved a segment: start, restart or stop keeping its membership."""
+        was = before is not None and before.realtime
+        if not (was or after.realtime):
+            return
+        if self.members is None:
+            raise errors.FailedPrecondition("this server does not keep real-time segments")
+        if after.realtime:
+            checked = filters.check(pb.Filter.FromString(after.filter), "segment.filter", {})
+            raise_if_any(
+                [
+                    FieldViolation(v.field, f"{v.description} (a real-time segment's filter has no bindings)")
+                    for v in checked.violations
+                ]
+            )
+        restart = after.realtime and (
+            not was or before is None or (before.filter, before.time_zone) != (after.filter, after.time_zone)
+        )
+        await self.members.configure(connection, after.segment_id, after.realtime, restart)
+
+    async def stored_size(self, target: Target) -> Counted | None:
+        """A real-time segment's stored size, when the target asks for it as it is now (no
+        ``now``, bindings or time zone of its own); None: count it."""
+        if self.members is None or target.segment_id is None or target.now is not None:
+            return None
+        if target.bindings or target.time_zone:
+            return None
+        raise_if_any(values.present([check_segment_id(target.segment_id, "segment_id")]))
+        size = await self.members.size(target.segment_id)
+        return None if size is None else Counted(size, self.clock.now())
+
+    async def realtime(self, segment_id: str) -> MembershipRepository:
+        """The membership of ``segment_id``: NOT_FOUND without the segment, FAILED_PRECONDITION
+        when it is not real-time."""
+        raise_if_any(values.present([check_segment_id(segment_id, "segment_id")]))
+        stored = await self.repository.get_segment(segment_id)  # NOT_FOUND first
+        if self.members is None or not stored.realtime:
+            raise errors.FailedPrecondition(f"segment {quote(segment_id)} is not a real-time segment")
+        return self.members

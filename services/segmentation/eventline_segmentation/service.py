@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
+from eventline_segmentation.membership import MembershipRepository
+from eventline_segmentation.realtime import RealtimeSegments, SegmentEvents
 from eventline_segmentation.repository import SegmentationRepository
 from eventline_segmentation.segments import Segments
 from eventline_segmentation.servicer import SegmentationServicer
@@ -21,6 +24,9 @@ from eventline_shared.paging import PageTokens
 from eventline_shared.server.grpc_server import Server, method_path
 from eventline_shared.storage import database
 from eventline_shared.storage.database import PostgreSQL
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import ConsumerGroup
+from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,7 @@ REQUEST_LIMITS = {
     },
     **{
         method_path(SERVICE_NAME, method): SMALL_REQUEST_BYTES
-        for method in ("GetSegment", "ListSegments", "DeleteSegment")
+        for method in ("GetSegment", "ListSegments", "DeleteSegment", "ListSegmentMembers", "WatchSegment")
     },
 }
 MAX_STREAMS_PER_CONNECTION = 256
@@ -69,6 +75,10 @@ retry."""
 class RunningSegmentation:
     server: Server
     port: int
+    realtime: RealtimeSegments
+    """Real-time segments: ``backfill_all`` and ``fire_due`` in burst mode for tests."""
+    consumer: ConsumerGroup
+    """The event stream's consumer for real-time segments (``drain`` in burst mode)."""
 
 
 def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str:
@@ -94,10 +104,14 @@ def session_dsn(dsn: str, work_mem_mb: int, *, custom_plans: bool = True) -> str
 
 
 @asynccontextmanager
-async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[RunningSegmentation]:
+async def running(
+    settings: Settings, *, clock: Clock = SYSTEM_CLOCK, background: bool = True
+) -> AsyncIterator[RunningSegmentation]:
     """The segmentation service, serving until the context exits; then a graceful stop.
 
-    A query without its own ``now`` is evaluated at ``clock``'s now."""
+    A query without its own ``now`` is evaluated at ``clock``'s now. With ``background``
+    False (tests), real-time segments are kept only by calling the burst methods of
+    ``realtime`` and ``consumer``."""
     common = settings.common
     await database.prepare_schema(common.database_url, apply=common.migrate)
     # Filters are evaluated on the read replica when there is one; saved segments, the page
@@ -124,13 +138,29 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
             stream_connections=max(1, common.database_pool_size // 2),
             read_pool=read_pool,
         )
+        members = MembershipRepository(pool, common.stream_layout)
         servicer = SegmentationServicer(
-            Segments(repository, clock), settings.max_query_s, settings.max_streams, tokens
+            Segments(repository, clock, members), settings.max_query_s, settings.max_streams, tokens
         )
+        client = stream.connect(common.redis_url)
+        pools.push_async_callback(client.aclose)
         databases = [PostgreSQL(common.database_url)]
         if settings.read_database_url:
             databases.append(PostgreSQL(settings.read_database_url, name=READ_REPLICA))
-        dependencies = DependencyMonitor(databases, interval_s=common.health_probe_interval_s)
+        # Real-time segments need the stream, the rest of the service does not: not required.
+        dependencies = DependencyMonitor(
+            [*databases, Redis(client, common.stream_layout.keys, required=False)],
+            interval_s=common.health_probe_interval_s,
+        )
+        realtime = RealtimeSegments(pool, members, clock)
+        consumer = ConsumerGroup(
+            client,
+            SegmentEvents(realtime),
+            streams=common.stream_layout.keys,
+            group=settings.consumer_group,
+            consumer=settings.consumer_name,
+            dependencies=dependencies,
+        )
         server = Server(
             [SERVICE_NAME],
             settings=common,
@@ -144,7 +174,13 @@ async def running(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> AsyncIt
         port = server.bind(common.host, common.port)
         await server.start()
         log.info("segmentation serving", extra={"port": port})
+        tasks = []
+        if background and settings.realtime:
+            tasks = [asyncio.create_task(consumer.run()), asyncio.create_task(realtime.run())]
         try:
-            yield RunningSegmentation(server, port)
+            yield RunningSegmentation(server, port, realtime, consumer)
         finally:
             await server.stop(common.shutdown_grace_s)
+            consumer.shutdown()
+            realtime.shutdown()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import datetime as dt
@@ -22,6 +23,10 @@ from eventline_shared.server.grpc_server import Context, database_timeout
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 DEFAULT_CHUNK = 5000
+WATCH_PAGE = 1000
+"""Transitions WatchSegment reads per query."""
+WATCH_POLL_S = 0.1
+"""How often a WatchSegment stream that has sent everything looks for new transitions."""
 DEFAULT_SEGMENT_PAGE = 50
 MAX_SEGMENT_PAGE = 1000
 MAX_LISTED_VIOLATIONS = 100
@@ -38,6 +43,8 @@ def segment_message(stored: StoredSegment) -> pb.Segment:
         filter=pb.Filter.FromString(stored.filter),
         create_time=values.datetime_to_timestamp(stored.created_at),
         update_time=values.datetime_to_timestamp(stored.updated_at),
+        realtime=stored.realtime,
+        time_zone=stored.time_zone,
     )
 
 
@@ -74,6 +81,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         tokens: PageTokens,
     ) -> None:
         self.segments = segments
+        self.watches = StreamSlots(max_streams)
+        """WatchSegment streams (long-lived) have their own places: they never take StreamCustomers'."""
         self.max_query_s = max_query_s
         self.streams = StreamSlots(max_streams)
         self.tokens = tokens
@@ -225,9 +234,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def UpdateSegment(
         self, request: pb.UpdateSegmentRequest, context: Context
     ) -> pb.UpdateSegmentResponse:
-        # An empty mask replaces every field (UpdateSegmentRequest.update_mask).
+        # An empty mask replaces the display name, description and filter (UpdateSegmentRequest.update_mask).
         mask = field_masks.read(
-            request.update_mask, segments.SEGMENT_FIELDS, when_empty=segments.SEGMENT_FIELDS
+            request.update_mask, segments.SEGMENT_FIELDS, when_empty=segments.DEFAULT_UPDATE_FIELDS
         )
         violations = mask.violations
         violations += values.present([check_segment_id(request.segment.segment_id, "segment.segment_id")])
@@ -248,7 +257,61 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
     async def GetSegmentSize(
         self, request: pb.GetSegmentSizeRequest, context: Context
     ) -> pb.GetSegmentSizeResponse:
+        stored = await self.segments.stored_size(Target.segment(request))
+        if stored is not None:
+            return pb.GetSegmentSizeResponse(
+                size=stored.count, now=values.datetime_to_timestamp(stored.now), stored=True
+            )
         counted = await self.segments.count(
             Target.segment(request), database_timeout(context, self.max_query_s)
         )
         return pb.GetSegmentSizeResponse(size=counted.count, now=values.datetime_to_timestamp(counted.now))
+
+    # Real-time segments (issue 13) ---------------------------------------------------
+
+    async def ListSegmentMembers(
+        self, request: pb.ListSegmentMembersRequest, context: Context
+    ) -> pb.ListSegmentMembersResponse:
+        members = await self.segments.realtime(request.segment_id)
+        size = paging.page_size(request.page_size, DEFAULT_PAGE, MAX_PAGE)
+        bound_to = paging.scope(request)
+        after = ""
+        if request.page_token:
+            after = self.tokens.read(request.page_token, "ListSegmentMembers", bound_to, (str,)).text(0)
+        definition = await members.definition(members.pool, request.segment_id)
+        rows = await members.members(request.segment_id, after, size + 1)
+        found = [
+            pb.SegmentMember(customer_id=customer_id, entered_at=values.datetime_to_timestamp(entered_at))
+            for customer_id, entered_at in rows
+        ]
+        page = paging.fill(found, size, paging.message_bytes)
+        next_token = ""
+        if len(page) < len(found):
+            next_token = self.tokens.issue("ListSegmentMembers", bound_to, (page[-1].customer_id,))
+        return pb.ListSegmentMembersResponse(
+            members=page, next_page_token=next_token, backfilling=definition.backfill_after is not None
+        )
+
+    async def WatchSegment(
+        self, request: pb.WatchSegmentRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSegmentResponse]:
+        if request.after_cursor < 0:
+            raise invalid("after_cursor", "a cursor is 0 or more")
+        with self.watches.slot():
+            members = await self.segments.realtime(request.segment_id)
+            after = request.after_cursor
+            while True:
+                found = await members.transitions(request.segment_id, after, WATCH_PAGE)
+                for t in found:
+                    yield pb.WatchSegmentResponse(
+                        cursor=t.cursor,
+                        customer_id=t.customer_id,
+                        kind=pb.TRANSITION_KIND_ENTERED if t.entered else pb.TRANSITION_KIND_EXITED,
+                        occur_time=values.datetime_to_timestamp(t.occurred_at),
+                    )
+                    after = t.cursor
+                if len(found) < WATCH_PAGE:
+                    # Transitions commit in cursor order (membership.py), so polling from the
+                    # last cursor sent misses none. A segment no longer real-time ends the stream.
+                    await asyncio.sleep(WATCH_POLL_S)
+                    await members.definition(members.pool, request.segment_id)

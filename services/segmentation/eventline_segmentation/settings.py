@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.environment import ConfigError, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
 from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50052
@@ -26,6 +29,13 @@ class Settings:
     read_database_url: str = ""
     """EVENTLINE_SEGMENTATION_READ_DATABASE_URL: a streaming replica that evaluates filters
     (count, list, stream, match, segment size); empty: the primary does."""
+    realtime: bool = True
+    """EVENTLINE_SEGMENTATION_REALTIME: whether this replica keeps real-time segments (consumes the
+    event stream in group EVENTLINE_SEGMENTATION_GROUP, fires timers, runs backfills)."""
+    consumer_group: str = "segmentation"
+    consumer_name: str = ""
+    """EVENTLINE_SEGMENTATION_CONSUMER: this replica's name in the group (host, pid and a random
+    part by default)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -42,4 +52,11 @@ class Settings:
             max_streams=env_int(environ, "EVENTLINE_SEGMENTATION_MAX_STREAMS", 32, minimum=1),
             stream_idle_s=idle,
             read_database_url=read_database_url,
+            realtime=env_bool(environ, "EVENTLINE_SEGMENTATION_REALTIME", True),
+            consumer_group=env_str(environ, "EVENTLINE_SEGMENTATION_GROUP", "segmentation"),
+            consumer_name=env_str(
+                environ,
+                "EVENTLINE_SEGMENTATION_CONSUMER",
+                f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            ),
         )

@@ -51,6 +51,12 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_EMAIL: _ClassVar[Channel]
     CHANNEL_SMS: _ClassVar[Channel]
     CHANNEL_PUSH: _ClassVar[Channel]
+
+class TransitionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSITION_KIND_UNSPECIFIED: _ClassVar[TransitionKind]
+    TRANSITION_KIND_ENTERED: _ClassVar[TransitionKind]
+    TRANSITION_KIND_EXITED: _ClassVar[TransitionKind]
 COMPARISON_UNSPECIFIED: Comparison
 COMPARISON_EQUAL: Comparison
 COMPARISON_NOT_EQUAL: Comparison
@@ -78,6 +84,9 @@ CHANNEL_UNSPECIFIED: Channel
 CHANNEL_EMAIL: Channel
 CHANNEL_SMS: Channel
 CHANNEL_PUSH: Channel
+TRANSITION_KIND_UNSPECIFIED: TransitionKind
+TRANSITION_KIND_ENTERED: TransitionKind
+TRANSITION_KIND_EXITED: TransitionKind
 
 class Filter(_message.Message):
     __slots__ = ("all_of", "any_of", "negation", "event", "customer")
@@ -393,20 +402,24 @@ class FilterViolation(_message.Message):
     def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Segment(_message.Message):
-    __slots__ = ("segment_id", "display_name", "description", "filter", "create_time", "update_time")
+    __slots__ = ("segment_id", "display_name", "description", "filter", "create_time", "update_time", "realtime", "time_zone")
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     segment_id: str
     display_name: str
     description: str
     filter: Filter
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, segment_id: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    realtime: bool
+    time_zone: str
+    def __init__(self, segment_id: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., realtime: _Optional[bool] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class CreateSegmentRequest(_message.Message):
     __slots__ = ("segment", "segment_id")
@@ -494,9 +507,59 @@ class GetSegmentSizeRequest(_message.Message):
     def __init__(self, segment_id: _Optional[str] = ..., bindings: _Optional[_Mapping[str, _common_pb2.Value]] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class GetSegmentSizeResponse(_message.Message):
-    __slots__ = ("size", "now")
+    __slots__ = ("size", "now", "stored")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     size: int
     now: _timestamp_pb2.Timestamp
-    def __init__(self, size: _Optional[int] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    stored: bool
+    def __init__(self, size: _Optional[int] = ..., now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stored: _Optional[bool] = ...) -> None: ...
+
+class ListSegmentMembersRequest(_message.Message):
+    __slots__ = ("segment_id", "page_size", "page_token")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    segment_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, segment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SegmentMember(_message.Message):
+    __slots__ = ("customer_id", "entered_at")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    entered_at: _timestamp_pb2.Timestamp
+    def __init__(self, customer_id: _Optional[str] = ..., entered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListSegmentMembersResponse(_message.Message):
+    __slots__ = ("members", "next_page_token", "backfilling")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BACKFILLING_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[SegmentMember]
+    next_page_token: str
+    backfilling: bool
+    def __init__(self, members: _Optional[_Iterable[_Union[SegmentMember, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., backfilling: _Optional[bool] = ...) -> None: ...
+
+class WatchSegmentRequest(_message.Message):
+    __slots__ = ("segment_id", "after_cursor")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    segment_id: str
+    after_cursor: int
+    def __init__(self, segment_id: _Optional[str] = ..., after_cursor: _Optional[int] = ...) -> None: ...
+
+class WatchSegmentResponse(_message.Message):
+    __slots__ = ("cursor", "customer_id", "kind", "occur_time")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    OCCUR_TIME_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    customer_id: str
+    kind: TransitionKind
+    occur_time: _timestamp_pb2.Timestamp
+    def __init__(self, cursor: _Optional[int] = ..., customer_id: _Optional[str] = ..., kind: _Optional[_Union[TransitionKind, str]] = ..., occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

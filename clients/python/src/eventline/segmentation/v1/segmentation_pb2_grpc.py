@@ -123,6 +123,16 @@ class SegmentationServiceStub:
                 request_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeRequest.SerializeToString,
                 response_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeResponse.FromString,
                 _registered_method=True)
+        self.ListSegmentMembers = channel.unary_unary(
+                '/eventline.segmentation.v1.SegmentationService/ListSegmentMembers',
+                request_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.SerializeToString,
+                response_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.WatchSegment = channel.unary_stream(
+                '/eventline.segmentation.v1.SegmentationService/WatchSegment',
+                request_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentRequest.SerializeToString,
+                response_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentResponse.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -255,6 +265,36 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSegmentMembers(self, request, context):
+        """Lists the stored members of a real-time segment, one page at a time, in
+        ascending byte order of the customer id, each with when it entered.
+        FAILED_PRECONDITION for a segment that is not real-time; NOT_FOUND for an
+        unknown one. While the segment's membership is being computed (just
+        marked real-time, or its filter or time zone just changed) the list is
+        the membership so far: `backfilling` says so.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSegment(self, request, context):
+        """Streams the transitions of a real-time segment (a customer entering or
+        exiting it) in the order they happened, starting after `after_cursor`,
+        and keeps the stream open for new ones. Every transition carries its
+        cursor: a client that reconnects with the last cursor it received
+        continues with the next transition, none missed and none repeated.
+        FAILED_PRECONDITION for a segment that is not real-time.
+
+        The membership a backfill computes (when the segment is marked real-time,
+        or its filter or time zone changes) is not streamed as transitions: list
+        the members after such a change. A replica serves as many WatchSegment
+        streams at once as StreamCustomers streams (32 by default), in places of
+        their own; one more is RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +352,16 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.GetSegmentSize,
                     request_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeRequest.FromString,
                     response_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeResponse.SerializeToString,
+            ),
+            'ListSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentMembers,
+                    request_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.FromString,
+                    response_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'WatchSegment': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSegment,
+                    request_deserializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentRequest.FromString,
+                    response_serializer=eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +695,60 @@ class SegmentationService:
             '/eventline.segmentation.v1.SegmentationService/GetSegmentSize',
             eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeRequest.SerializeToString,
             eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentSizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.segmentation.v1.SegmentationService/ListSegmentMembers',
+            eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.SerializeToString,
+            eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eventline.segmentation.v1.SegmentationService/WatchSegment',
+            eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentRequest.SerializeToString,
+            eventline_dot_segmentation_dot_v1_dot_segmentation__pb2.WatchSegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file eventline/segmentation/v1/segmentation.proto.
  */
 export const file_eventline_segmentation_v1_segmentation: GenFile = /*@__PURE__*/
-  fileDesc("CixldmVudGxpbmUvc2VnbWVudGF0aW9uL3YxL3NlZ21lbnRhdGlvbi5wcm90bxIZZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MSK3AgoGRmlsdGVyEjcKBmFsbF9vZhgBIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyTGlzdEgAEjcKBmFueV9vZhgCIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyTGlzdEgAEjUKCG5lZ2F0aW9uGAMgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXJIABI6CgVldmVudBgEIAEoCzIpLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRXZlbnRDb25kaXRpb25IABJACghjdXN0b21lchgFIAEoCzIsLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ3VzdG9tZXJDb25kaXRpb25IAEIGCgRub2RlIkAKCkZpbHRlckxpc3QSMgoHZmlsdGVycxgBIAMoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyItUCCg5FdmVudENvbmRpdGlvbhIMCgRuYW1lGAEgASgJEjgKCnByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZRI1CgVjb3VudBgDIAEoCzIkLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRUZXN0SAASOgoNbGFzdF9vY2N1cnJlZBgEIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuUGVyaW9kSAASQwoPZGF5c19zaW5jZV9sYXN0GAUgASgLMiguZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5EYXlzU2luY2VUZXN0SAASOwoOZmlyc3Rfb2NjdXJyZWQYBiABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlBlcmlvZEgAQgYKBHRlc3QiuwEKCUNvdW50VGVzdBIxCgZwZXJpb2QYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlBlcmlvZBISCghhdF9sZWFzdBgCIAEoA0gAEhEKB2F0X21vc3QYAyABKANIABIRCgdleGFjdGx5GAQgASgDSAASOAoHYmV0d2VlbhgFIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRSYW5nZUgAQgcKBWJvdW5kIiYKCkNvdW50UmFuZ2USCwoDbWluGAEgASgDEgsKA21heBgCIAEoAyJYCg1EYXlzU2luY2VUZXN0EjkKCmNvbXBhcmlzb24YASABKA4yJS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNvbXBhcmlzb24SDAoEZGF5cxgCIAEoAyLBAQoGUGVyaW9kEjgKCGFic29sdXRlGAEgASgLMiQuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5UaW1lUmFuZ2VIABI3CgRsYXN0GAIgASgLMicuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5SZWNlbnRQZXJpb2RIABI8CghkYXlzX2FnbxgDIAEoCzIoLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRGF5c0Fnb1BlcmlvZEgAQgYKBGtpbmQiXwoJVGltZVJhbmdlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKDFJlY2VudFBlcmlvZBIOCgZhbW91bnQYASABKAMSMQoEdW5pdBgCIAEoDjIjLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuVGltZVVuaXQiOwoNRGF5c0Fnb1BlcmlvZBIUCgxtaW5fZGF5c19hZ28YASABKAMSFAoMbWF4X2RheXNfYWdvGAIgASgDIrgBCglQcmVkaWNhdGUSDQoFZmllbGQYASABKAkSNQoIb3BlcmF0b3IYAiABKA4yIy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk9wZXJhdG9yEjEKBXZhbHVlGAMgASgLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5PcGVyYW5kEjIKBnZhbHVlcxgEIAMoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuT3BlcmFuZCJVCgdPcGVyYW5kEi0KB2xpdGVyYWwYASABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlSAASEwoJcmVmZXJlbmNlGAIgASgJSABCBgoEa2luZCLQAQoRQ3VzdG9tZXJDb25kaXRpb24SOQoLaGFzX2FkZHJlc3MYASABKA4yIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNoYW5uZWxIABI9Cg9jb25zZW50X2dyYW50ZWQYAiABKA4yIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNoYW5uZWxIABI5CglhdHRyaWJ1dGUYAyABKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZUgAQgYKBHRlc3QixwIKFUNvdW50Q3VzdG9tZXJzUmVxdWVzdBIzCgZmaWx0ZXIYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlckgAEhQKCnNlZ21lbnRfaWQYAiABKAlIABJQCghiaW5kaW5ncxgDIAMoCzI+LmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRDdXN0b21lcnNSZXF1ZXN0LkJpbmRpbmdzRW50cnkSJwoDbm93GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0aW1lX3pvbmUYBSABKAkaSwoNQmluZGluZ3NFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4AUIICgZ0YXJnZXQiUAoWQ291bnRDdXN0b21lcnNSZXNwb25zZRINCgVjb3VudBgBIAEoAxInCgNub3cYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIuwCChRMaXN0Q3VzdG9tZXJzUmVxdWVzdBIzCgZmaWx0ZXIYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlckgAEhQKCnNlZ21lbnRfaWQYAiABKAlIABJPCghiaW5kaW5ncxgDIAMoCzI9LmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTGlzdEN1c3RvbWVyc1JlcXVlc3QuQmluZGluZ3NFbnRyeRInCgNub3cYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRpbWVfem9uZRgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCJvChVMaXN0Q3VzdG9tZXJzUmVzcG9uc2USFAoMY3VzdG9tZXJfaWRzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRInCgNub3cYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvgCChZTdHJlYW1DdXN0b21lcnNSZXF1ZXN0EjMKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVySAASFAoKc2VnbWVudF9pZBgCIAEoCUgAElEKCGJpbmRpbmdzGAMgAygLMj8uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TdHJlYW1DdXN0b21lcnNSZXF1ZXN0LkJpbmRpbmdzRW50cnkSJwoDbm93GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0aW1lX3pvbmUYBSABKAkSEgoKY2h1bmtfc2l6ZRgGIAEoBRIZChFhZnRlcl9jdXN0b21lcl9pZBgHIAEoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCIvChdTdHJlYW1DdXN0b21lcnNSZXNwb25zZRIUCgxjdXN0b21lcl9pZHMYASADKAki9gIKFE1hdGNoQ3VzdG9tZXJSZXF1ZXN0EjMKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVySAASFAoKc2VnbWVudF9pZBgCIAEoCUgAEk8KCGJpbmRpbmdzGAMgAygLMj0uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5NYXRjaEN1c3RvbWVyUmVxdWVzdC5CaW5kaW5nc0VudHJ5EicKA25vdxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGltZV96b25lGAUgASgJEhMKC2N1c3RvbWVyX2lkGAYgASgJEhoKEnJlcXVpcmVkX2V2ZW50X2lkcxgHIAMoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCKMAQoVTWF0Y2hDdXN0b21lclJlc3BvbnNlEg8KB21hdGNoZWQYASABKAgSOQoFbm9kZXMYAiADKAsyKi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk5vZGVFeHBsYW5hdGlvbhInCgNub3cYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoYCCg9Ob2RlRXhwbGFuYXRpb24SDAoEcGF0aBgBIAEoCRIMCgRoZWxkGAIgASgIEg0KBWNvdW50GAMgASgDEjQKEGxhc3Rfb2NjdXJyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWZpcnN0X29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcCg9kYXlzX3NpbmNlX2xhc3QYBiABKANIAIgBARIpCgV2YWx1ZRgHIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWVCEgoQX2RheXNfc2luY2VfbGFzdCLpAQoVVmFsaWRhdGVGaWx0ZXJSZXF1ZXN0EjEKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyElAKCGJpbmRpbmdzGAIgAygLMj4uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5WYWxpZGF0ZUZpbHRlclJlcXVlc3QuQmluZGluZ3NFbnRyeRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIpoBChZWYWxpZGF0ZUZpbHRlclJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEj4KCnZpb2xhdGlvbnMYAiADKAsyKi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlclZpb2xhdGlvbhISCgpyZWZlcmVuY2VzGAMgAygJEh0KFXVucmVzb2x2ZWRfcmVmZXJlbmNlcxgEIAMoCSI1Cg9GaWx0ZXJWaW9sYXRpb24SDQoFZmllbGQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAki3QEKB1NlZ21lbnQSEgoKc2VnbWVudF9pZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSMQoGZmlsdGVyGAQgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJfChRDcmVhdGVTZWdtZW50UmVxdWVzdBIzCgdzZWdtZW50GAEgASgLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TZWdtZW50EhIKCnNlZ21lbnRfaWQYAiABKAkiTAoVQ3JlYXRlU2VnbWVudFJlc3BvbnNlEjMKB3NlZ21lbnQYASABKAsyIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlNlZ21lbnQiJwoRR2V0U2VnbWVudFJlcXVlc3QSEgoKc2VnbWVudF9pZBgBIAEoCSJJChJHZXRTZWdtZW50UmVzcG9uc2USMwoHc2VnbWVudBgBIAEoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudCI8ChNMaXN0U2VnbWVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImUKFExpc3RTZWdtZW50c1Jlc3BvbnNlEjQKCHNlZ21lbnRzGAEgAygLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TZWdtZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChRVcGRhdGVTZWdtZW50UmVxdWVzdBIzCgdzZWdtZW50GAEgASgLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TZWdtZW50Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJMChVVcGRhdGVTZWdtZW50UmVzcG9uc2USMwoHc2VnbWVudBgBIAEoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudCIqChREZWxldGVTZWdtZW50UmVxdWVzdBISCgpzZWdtZW50X2lkGAEgASgJIhcKFURlbGV0ZVNlZ21lbnRSZXNwb25zZSKGAgoVR2V0U2VnbWVudFNpemVSZXF1ZXN0EhIKCnNlZ21lbnRfaWQYASABKAkSUAoIYmluZGluZ3MYAiADKAsyPi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkdldFNlZ21lbnRTaXplUmVxdWVzdC5CaW5kaW5nc0VudHJ5EicKA25vdxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGltZV96b25lGAQgASgJGksKDUJpbmRpbmdzRW50cnkSCwoDa2V5GAEgASgJEikKBXZhbHVlGAIgASgLMhouZXZlbnRsaW5lLmNvbW1vbi52MS5WYWx1ZToCOAEiTwoWR2V0U2VnbWVudFNpemVSZXNwb25zZRIMCgRzaXplGAEgASgDEicKA25vdxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqxAEKCkNvbXBhcmlzb24SGgoWQ09NUEFSSVNPTl9VTlNQRUNJRklFRBAAEhQKEENPTVBBUklTT05fRVFVQUwQARIYChRDT01QQVJJU09OX05PVF9FUVVBTBACEhMKD0NPTVBBUklTT05fTEVTUxADEhwKGENPTVBBUklTT05fTEVTU19PUl9FUVVBTBAEEhYKEkNPTVBBUklTT05fR1JFQVRFUhAFEh8KG0NPTVBBUklTT05fR1JFQVRFUl9PUl9FUVVBTBAGKkwKCFRpbWVVbml0EhkKFVRJTUVfVU5JVF9VTlNQRUNJRklFRBAAEhIKDlRJTUVfVU5JVF9IT1VSEAESEQoNVElNRV9VTklUX0RBWRACKrsCCghPcGVyYXRvchIYChRPUEVSQVRPUl9VTlNQRUNJRklFRBAAEhMKD09QRVJBVE9SX0VRVUFMUxABEhcKE09QRVJBVE9SX05PVF9FUVVBTFMQAhIPCgtPUEVSQVRPUl9JThADEhMKD09QRVJBVE9SX05PVF9JThAEEhUKEU9QRVJBVE9SX0NPTlRBSU5TEAUSGAoUT1BFUkFUT1JfU1RBUlRTX1dJVEgQBhIUChBPUEVSQVRPUl9HUkVBVEVSEAcSHQoZT1BFUkFUT1JfR1JFQVRFUl9PUl9FUVVBTBAIEhEKDU9QRVJBVE9SX0xFU1MQCRIaChZPUEVSQVRPUl9MRVNTX09SX0VRVUFMEAoSEwoPT1BFUkFUT1JfRVhJU1RTEAsSFwoTT1BFUkFUT1JfTk9UX0VYSVNUUxAMKlgKB0NoYW5uZWwSFwoTQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhEKDUNIQU5ORUxfRU1BSUwQARIPCgtDSEFOTkVMX1NNUxACEhAKDENIQU5ORUxfUFVTSBADMqoNChNTZWdtZW50YXRpb25TZXJ2aWNlEpUBCg5Db3VudEN1c3RvbWVycxIwLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRDdXN0b21lcnNSZXF1ZXN0GjEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5Db3VudEN1c3RvbWVyc1Jlc3BvbnNlIh6C0+STAhg6ASoiEy92MS9jdXN0b21lcnM6Y291bnQSkQEKDUxpc3RDdXN0b21lcnMSLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkxpc3RDdXN0b21lcnNSZXF1ZXN0GjAuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5MaXN0Q3VzdG9tZXJzUmVzcG9uc2UiHYLT5JMCFzoBKiISL3YxL2N1c3RvbWVyczpsaXN0EnoKD1N0cmVhbUN1c3RvbWVycxIxLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU3RyZWFtQ3VzdG9tZXJzUmVxdWVzdBoyLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU3RyZWFtQ3VzdG9tZXJzUmVzcG9uc2UwARKgAQoNTWF0Y2hDdXN0b21lchIvLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTWF0Y2hDdXN0b21lclJlcXVlc3QaMC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk1hdGNoQ3VzdG9tZXJSZXNwb25zZSIsgtPkkwImOgEqIiEvdjEvY3VzdG9tZXJzL3tjdXN0b21lcl9pZH06bWF0Y2gSlgEKDlZhbGlkYXRlRmlsdGVyEjAuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5WYWxpZGF0ZUZpbHRlclJlcXVlc3QaMS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlZhbGlkYXRlRmlsdGVyUmVzcG9uc2UiH4LT5JMCGToBKiIUL3YxL2ZpbHRlcnM6dmFsaWRhdGUSkQEKDUNyZWF0ZVNlZ21lbnQSLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNyZWF0ZVNlZ21lbnRSZXF1ZXN0GjAuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5DcmVhdGVTZWdtZW50UmVzcG9uc2UiHYLT5JMCFzoHc2VnbWVudCIML3YxL3NlZ21lbnRzEowBCgpHZXRTZWdtZW50EiwuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5HZXRTZWdtZW50UmVxdWVzdBotLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuR2V0U2VnbWVudFJlc3BvbnNlIiGC0+STAhsSGS92MS9zZWdtZW50cy97c2VnbWVudF9pZH0ShQEKDExpc3RTZWdtZW50cxIuLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTGlzdFNlZ21lbnRzUmVxdWVzdBovLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTGlzdFNlZ21lbnRzUmVzcG9uc2UiFILT5JMCDhIML3YxL3NlZ21lbnRzEqYBCg1VcGRhdGVTZWdtZW50Ei8uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5VcGRhdGVTZWdtZW50UmVxdWVzdBowLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuVXBkYXRlU2VnbWVudFJlc3BvbnNlIjKC0+STAiw6B3NlZ21lbnQyIS92MS9zZWdtZW50cy97c2VnbWVudC5zZWdtZW50X2lkfRKVAQoNRGVsZXRlU2VnbWVudBIvLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRGVsZXRlU2VnbWVudFJlcXVlc3QaMC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkRlbGV0ZVNlZ21lbnRSZXNwb25zZSIhgtPkkwIbKhkvdjEvc2VnbWVudHMve3NlZ21lbnRfaWR9EsIBCg5HZXRTZWdtZW50U2l6ZRIwLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuR2V0U2VnbWVudFNpemVSZXF1ZXN0GjEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5HZXRTZWdtZW50U2l6ZVJlc3BvbnNlIkuC0+STAkVaIzoBKiIeL3YxL3NlZ21lbnRzL3tzZWdtZW50X2lkfS9zaXplEh4vdjEvc2VnbWVudHMve3NlZ21lbnRfaWR9L3NpemViBnByb3RvMw", [file_eventline_common_v1_common, file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CixldmVudGxpbmUvc2VnbWVudGF0aW9uL3YxL3NlZ21lbnRhdGlvbi5wcm90bxIZZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MSK3AgoGRmlsdGVyEjcKBmFsbF9vZhgBIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyTGlzdEgAEjcKBmFueV9vZhgCIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyTGlzdEgAEjUKCG5lZ2F0aW9uGAMgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXJIABI6CgVldmVudBgEIAEoCzIpLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRXZlbnRDb25kaXRpb25IABJACghjdXN0b21lchgFIAEoCzIsLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ3VzdG9tZXJDb25kaXRpb25IAEIGCgRub2RlIkAKCkZpbHRlckxpc3QSMgoHZmlsdGVycxgBIAMoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyItUCCg5FdmVudENvbmRpdGlvbhIMCgRuYW1lGAEgASgJEjgKCnByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZRI1CgVjb3VudBgDIAEoCzIkLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRUZXN0SAASOgoNbGFzdF9vY2N1cnJlZBgEIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuUGVyaW9kSAASQwoPZGF5c19zaW5jZV9sYXN0GAUgASgLMiguZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5EYXlzU2luY2VUZXN0SAASOwoOZmlyc3Rfb2NjdXJyZWQYBiABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlBlcmlvZEgAQgYKBHRlc3QiuwEKCUNvdW50VGVzdBIxCgZwZXJpb2QYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlBlcmlvZBISCghhdF9sZWFzdBgCIAEoA0gAEhEKB2F0X21vc3QYAyABKANIABIRCgdleGFjdGx5GAQgASgDSAASOAoHYmV0d2VlbhgFIAEoCzIlLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRSYW5nZUgAQgcKBWJvdW5kIiYKCkNvdW50UmFuZ2USCwoDbWluGAEgASgDEgsKA21heBgCIAEoAyJYCg1EYXlzU2luY2VUZXN0EjkKCmNvbXBhcmlzb24YASABKA4yJS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNvbXBhcmlzb24SDAoEZGF5cxgCIAEoAyLBAQoGUGVyaW9kEjgKCGFic29sdXRlGAEgASgLMiQuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5UaW1lUmFuZ2VIABI3CgRsYXN0GAIgASgLMicuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5SZWNlbnRQZXJpb2RIABI8CghkYXlzX2FnbxgDIAEoCzIoLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRGF5c0Fnb1BlcmlvZEgAQgYKBGtpbmQiXwoJVGltZVJhbmdlEikKBXN0YXJ0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCgNlbmQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlEKDFJlY2VudFBlcmlvZBIOCgZhbW91bnQYASABKAMSMQoEdW5pdBgCIAEoDjIjLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuVGltZVVuaXQiOwoNRGF5c0Fnb1BlcmlvZBIUCgxtaW5fZGF5c19hZ28YASABKAMSFAoMbWF4X2RheXNfYWdvGAIgASgDIrgBCglQcmVkaWNhdGUSDQoFZmllbGQYASABKAkSNQoIb3BlcmF0b3IYAiABKA4yIy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk9wZXJhdG9yEjEKBXZhbHVlGAMgASgLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5PcGVyYW5kEjIKBnZhbHVlcxgEIAMoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuT3BlcmFuZCJVCgdPcGVyYW5kEi0KB2xpdGVyYWwYASABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlSAASEwoJcmVmZXJlbmNlGAIgASgJSABCBgoEa2luZCLQAQoRQ3VzdG9tZXJDb25kaXRpb24SOQoLaGFzX2FkZHJlc3MYASABKA4yIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNoYW5uZWxIABI9Cg9jb25zZW50X2dyYW50ZWQYAiABKA4yIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNoYW5uZWxIABI5CglhdHRyaWJ1dGUYAyABKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZUgAQgYKBHRlc3QixwIKFUNvdW50Q3VzdG9tZXJzUmVxdWVzdBIzCgZmaWx0ZXIYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlckgAEhQKCnNlZ21lbnRfaWQYAiABKAlIABJQCghiaW5kaW5ncxgDIAMoCzI+LmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRDdXN0b21lcnNSZXF1ZXN0LkJpbmRpbmdzRW50cnkSJwoDbm93GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0aW1lX3pvbmUYBSABKAkaSwoNQmluZGluZ3NFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4AUIICgZ0YXJnZXQiUAoWQ291bnRDdXN0b21lcnNSZXNwb25zZRINCgVjb3VudBgBIAEoAxInCgNub3cYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIuwCChRMaXN0Q3VzdG9tZXJzUmVxdWVzdBIzCgZmaWx0ZXIYASABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlckgAEhQKCnNlZ21lbnRfaWQYAiABKAlIABJPCghiaW5kaW5ncxgDIAMoCzI9LmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTGlzdEN1c3RvbWVyc1JlcXVlc3QuQmluZGluZ3NFbnRyeRInCgNub3cYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRpbWVfem9uZRgFIAEoCRIRCglwYWdlX3NpemUYBiABKAUSEgoKcGFnZV90b2tlbhgHIAEoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCJvChVMaXN0Q3VzdG9tZXJzUmVzcG9uc2USFAoMY3VzdG9tZXJfaWRzGAEgAygJEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRInCgNub3cYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvgCChZTdHJlYW1DdXN0b21lcnNSZXF1ZXN0EjMKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVySAASFAoKc2VnbWVudF9pZBgCIAEoCUgAElEKCGJpbmRpbmdzGAMgAygLMj8uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TdHJlYW1DdXN0b21lcnNSZXF1ZXN0LkJpbmRpbmdzRW50cnkSJwoDbm93GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0aW1lX3pvbmUYBSABKAkSEgoKY2h1bmtfc2l6ZRgGIAEoBRIZChFhZnRlcl9jdXN0b21lcl9pZBgHIAEoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCIvChdTdHJlYW1DdXN0b21lcnNSZXNwb25zZRIUCgxjdXN0b21lcl9pZHMYASADKAki9gIKFE1hdGNoQ3VzdG9tZXJSZXF1ZXN0EjMKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVySAASFAoKc2VnbWVudF9pZBgCIAEoCUgAEk8KCGJpbmRpbmdzGAMgAygLMj0uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5NYXRjaEN1c3RvbWVyUmVxdWVzdC5CaW5kaW5nc0VudHJ5EicKA25vdxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdGltZV96b25lGAUgASgJEhMKC2N1c3RvbWVyX2lkGAYgASgJEhoKEnJlcXVpcmVkX2V2ZW50X2lkcxgHIAMoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBQggKBnRhcmdldCKMAQoVTWF0Y2hDdXN0b21lclJlc3BvbnNlEg8KB21hdGNoZWQYASABKAgSOQoFbm9kZXMYAiADKAsyKi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk5vZGVFeHBsYW5hdGlvbhInCgNub3cYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIoYCCg9Ob2RlRXhwbGFuYXRpb24SDAoEcGF0aBgBIAEoCRIMCgRoZWxkGAIgASgIEg0KBWNvdW50GAMgASgDEjQKEGxhc3Rfb2NjdXJyZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWZpcnN0X29jY3VycmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcCg9kYXlzX3NpbmNlX2xhc3QYBiABKANIAIgBARIpCgV2YWx1ZRgHIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWVCEgoQX2RheXNfc2luY2VfbGFzdCLpAQoVVmFsaWRhdGVGaWx0ZXJSZXF1ZXN0EjEKBmZpbHRlchgBIAEoCzIhLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuRmlsdGVyElAKCGJpbmRpbmdzGAIgAygLMj4uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5WYWxpZGF0ZUZpbHRlclJlcXVlc3QuQmluZGluZ3NFbnRyeRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIpoBChZWYWxpZGF0ZUZpbHRlclJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEj4KCnZpb2xhdGlvbnMYAiADKAsyKi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlclZpb2xhdGlvbhISCgpyZWZlcmVuY2VzGAMgAygJEh0KFXVucmVzb2x2ZWRfcmVmZXJlbmNlcxgEIAMoCSI1Cg9GaWx0ZXJWaW9sYXRpb24SDQoFZmllbGQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiggIKB1NlZ21lbnQSEgoKc2VnbWVudF9pZBgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSMQoGZmlsdGVyGAQgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghyZWFsdGltZRgHIAEoCBIRCgl0aW1lX3pvbmUYCCABKAkiXwoUQ3JlYXRlU2VnbWVudFJlcXVlc3QSMwoHc2VnbWVudBgBIAEoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudBISCgpzZWdtZW50X2lkGAIgASgJIkwKFUNyZWF0ZVNlZ21lbnRSZXNwb25zZRIzCgdzZWdtZW50GAEgASgLMiIuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5TZWdtZW50IicKEUdldFNlZ21lbnRSZXF1ZXN0EhIKCnNlZ21lbnRfaWQYASABKAkiSQoSR2V0U2VnbWVudFJlc3BvbnNlEjMKB3NlZ21lbnQYASABKAsyIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlNlZ21lbnQiPAoTTGlzdFNlZ21lbnRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJlChRMaXN0U2VnbWVudHNSZXNwb25zZRI0CghzZWdtZW50cxgBIAMoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkifAoUVXBkYXRlU2VnbWVudFJlcXVlc3QSMwoHc2VnbWVudBgBIAEoCzIiLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudBIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siTAoVVXBkYXRlU2VnbWVudFJlc3BvbnNlEjMKB3NlZ21lbnQYASABKAsyIi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlNlZ21lbnQiKgoURGVsZXRlU2VnbWVudFJlcXVlc3QSEgoKc2VnbWVudF9pZBgBIAEoCSIXChVEZWxldGVTZWdtZW50UmVzcG9uc2UihgIKFUdldFNlZ21lbnRTaXplUmVxdWVzdBISCgpzZWdtZW50X2lkGAEgASgJElAKCGJpbmRpbmdzGAIgAygLMj4uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5HZXRTZWdtZW50U2l6ZVJlcXVlc3QuQmluZGluZ3NFbnRyeRInCgNub3cYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRpbWVfem9uZRgEIAEoCRpLCg1CaW5kaW5nc0VudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIl8KFkdldFNlZ21lbnRTaXplUmVzcG9uc2USDAoEc2l6ZRgBIAEoAxInCgNub3cYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnN0b3JlZBgDIAEoCCJWChlMaXN0U2VnbWVudE1lbWJlcnNSZXF1ZXN0EhIKCnNlZ21lbnRfaWQYASABKAkSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkiVAoNU2VnbWVudE1lbWJlchITCgtjdXN0b21lcl9pZBgBIAEoCRIuCgplbnRlcmVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKFAQoaTGlzdFNlZ21lbnRNZW1iZXJzUmVzcG9uc2USOQoHbWVtYmVycxgBIAMoCzIoLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuU2VnbWVudE1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEwoLYmFja2ZpbGxpbmcYAyABKAgiPwoTV2F0Y2hTZWdtZW50UmVxdWVzdBISCgpzZWdtZW50X2lkGAEgASgJEhQKDGFmdGVyX2N1cnNvchgCIAEoAyKkAQoUV2F0Y2hTZWdtZW50UmVzcG9uc2USDgoGY3Vyc29yGAEgASgDEhMKC2N1c3RvbWVyX2lkGAIgASgJEjcKBGtpbmQYAyABKA4yKS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlRyYW5zaXRpb25LaW5kEi4KCm9jY3VyX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKsQBCgpDb21wYXJpc29uEhoKFkNPTVBBUklTT05fVU5TUEVDSUZJRUQQABIUChBDT01QQVJJU09OX0VRVUFMEAESGAoUQ09NUEFSSVNPTl9OT1RfRVFVQUwQAhITCg9DT01QQVJJU09OX0xFU1MQAxIcChhDT01QQVJJU09OX0xFU1NfT1JfRVFVQUwQBBIWChJDT01QQVJJU09OX0dSRUFURVIQBRIfChtDT01QQVJJU09OX0dSRUFURVJfT1JfRVFVQUwQBipMCghUaW1lVW5pdBIZChVUSU1FX1VOSVRfVU5TUEVDSUZJRUQQABISCg5USU1FX1VOSVRfSE9VUhABEhEKDVRJTUVfVU5JVF9EQVkQAiq7AgoIT3BlcmF0b3ISGAoUT1BFUkFUT1JfVU5TUEVDSUZJRUQQABITCg9PUEVSQVRPUl9FUVVBTFMQARIXChNPUEVSQVRPUl9OT1RfRVFVQUxTEAISDwoLT1BFUkFUT1JfSU4QAxITCg9PUEVSQVRPUl9OT1RfSU4QBBIVChFPUEVSQVRPUl9DT05UQUlOUxAFEhgKFE9QRVJBVE9SX1NUQVJUU19XSVRIEAYSFAoQT1BFUkFUT1JfR1JFQVRFUhAHEh0KGU9QRVJBVE9SX0dSRUFURVJfT1JfRVFVQUwQCBIRCg1PUEVSQVRPUl9MRVNTEAkSGgoWT1BFUkFUT1JfTEVTU19PUl9FUVVBTBAKEhMKD09QRVJBVE9SX0VYSVNUUxALEhcKE09QRVJBVE9SX05PVF9FWElTVFMQDCpYCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABIRCg1DSEFOTkVMX0VNQUlMEAESDwoLQ0hBTk5FTF9TTVMQAhIQCgxDSEFOTkVMX1BVU0gQAypqCg5UcmFuc2l0aW9uS2luZBIfChtUUkFOU0lUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIbChdUUkFOU0lUSU9OX0tJTkRfRU5URVJFRBABEhoKFlRSQU5TSVRJT05fS0lORF9FWElURUQQAjLMDwoTU2VnbWVudGF0aW9uU2VydmljZRKVAQoOQ291bnRDdXN0b21lcnMSMC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkNvdW50Q3VzdG9tZXJzUmVxdWVzdBoxLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ291bnRDdXN0b21lcnNSZXNwb25zZSIegtPkkwIYOgEqIhMvdjEvY3VzdG9tZXJzOmNvdW50EpEBCg1MaXN0Q3VzdG9tZXJzEi8uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5MaXN0Q3VzdG9tZXJzUmVxdWVzdBowLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuTGlzdEN1c3RvbWVyc1Jlc3BvbnNlIh2C0+STAhc6ASoiEi92MS9jdXN0b21lcnM6bGlzdBJ6Cg9TdHJlYW1DdXN0b21lcnMSMS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlN0cmVhbUN1c3RvbWVyc1JlcXVlc3QaMi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlN0cmVhbUN1c3RvbWVyc1Jlc3BvbnNlMAESoAEKDU1hdGNoQ3VzdG9tZXISLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLk1hdGNoQ3VzdG9tZXJSZXF1ZXN0GjAuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5NYXRjaEN1c3RvbWVyUmVzcG9uc2UiLILT5JMCJjoBKiIhL3YxL2N1c3RvbWVycy97Y3VzdG9tZXJfaWR9Om1hdGNoEpYBCg5WYWxpZGF0ZUZpbHRlchIwLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuVmFsaWRhdGVGaWx0ZXJSZXF1ZXN0GjEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5WYWxpZGF0ZUZpbHRlclJlc3BvbnNlIh+C0+STAhk6ASoiFC92MS9maWx0ZXJzOnZhbGlkYXRlEpEBCg1DcmVhdGVTZWdtZW50Ei8uZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5DcmVhdGVTZWdtZW50UmVxdWVzdBowLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuQ3JlYXRlU2VnbWVudFJlc3BvbnNlIh2C0+STAhc6B3NlZ21lbnQiDC92MS9zZWdtZW50cxKMAQoKR2V0U2VnbWVudBIsLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuR2V0U2VnbWVudFJlcXVlc3QaLS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkdldFNlZ21lbnRSZXNwb25zZSIhgtPkkwIbEhkvdjEvc2VnbWVudHMve3NlZ21lbnRfaWR9EoUBCgxMaXN0U2VnbWVudHMSLi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkxpc3RTZWdtZW50c1JlcXVlc3QaLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkxpc3RTZWdtZW50c1Jlc3BvbnNlIhSC0+STAg4SDC92MS9zZWdtZW50cxKmAQoNVXBkYXRlU2VnbWVudBIvLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuVXBkYXRlU2VnbWVudFJlcXVlc3QaMC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlVwZGF0ZVNlZ21lbnRSZXNwb25zZSIygtPkkwIsOgdzZWdtZW50MiEvdjEvc2VnbWVudHMve3NlZ21lbnQuc2VnbWVudF9pZH0SlQEKDURlbGV0ZVNlZ21lbnQSLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkRlbGV0ZVNlZ21lbnRSZXF1ZXN0GjAuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5EZWxldGVTZWdtZW50UmVzcG9uc2UiIYLT5JMCGyoZL3YxL3NlZ21lbnRzL3tzZWdtZW50X2lkfRLCAQoOR2V0U2VnbWVudFNpemUSMC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkdldFNlZ21lbnRTaXplUmVxdWVzdBoxLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuR2V0U2VnbWVudFNpemVSZXNwb25zZSJLgtPkkwJFWiM6ASoiHi92MS9zZWdtZW50cy97c2VnbWVudF9pZH0vc2l6ZRIeL3YxL3NlZ21lbnRzL3tzZWdtZW50X2lkfS9zaXplEqwBChJMaXN0U2VnbWVudE1lbWJlcnMSNC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkxpc3RTZWdtZW50TWVtYmVyc1JlcXVlc3QaNS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkxpc3RTZWdtZW50TWVtYmVyc1Jlc3BvbnNlIimC0+STAiMSIS92MS9zZWdtZW50cy97c2VnbWVudF9pZH0vbWVtYmVycxJxCgxXYXRjaFNlZ21lbnQSLi5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLldhdGNoU2VnbWVudFJlcXVlc3QaLy5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLldhdGNoU2VnbWVudFJlc3BvbnNlMAFiBnByb3RvMw", [file_eventline_common_v1_common, file_google_api_annotations, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * One node of a filter tree. Exactly one kind must be set, or the node is
@@ -1239,6 +1239,26 @@ export type Segment = Message<"eventline.segmentation.v1.Segment"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 6;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Optional. Whether the segment's membership is kept up to date as events
+   * arrive and as time passes: its size is then read in constant time, its
+   * members are listed by ListSegmentMembers and its transitions streamed by
+   * WatchSegment and published as the customer events `segment_entered` and
+   * `segment_exited` (context: `segment_id`, `segment_name`). The filter of a
+   * real-time segment must not use `$field_code` references.
+   *
+   * @generated from field: bool realtime = 7;
+   */
+  realtime: boolean;
+
+  /**
+   * Optional. The IANA time zone of the day boundaries a real-time segment is
+   * kept in; "UTC" when empty. An unknown name is INVALID_ARGUMENT.
+   *
+   * @generated from field: string time_zone = 8;
+   */
+  timeZone: string;
 };
 
 /**
@@ -1416,7 +1436,11 @@ export type UpdateSegmentRequest = Message<"eventline.segmentation.v1.UpdateSegm
 
   /**
    * Optional. The fields to change: "display_name", "description",
-   * "filter". When empty, all three are replaced.
+   * "filter", "realtime", "time_zone". When empty, the first three are
+   * replaced (and "realtime" and "time_zone" are kept). Marking a segment
+   * real-time, or changing the filter or time zone of a real-time segment,
+   * recomputes its membership in the background (no transitions are emitted
+   * for it); unmarking it drops its membership without emitting any.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -1533,6 +1557,10 @@ export const GetSegmentSizeRequestSchema: GenMessage<GetSegmentSizeRequest> = /*
 /**
  * The size of a saved segment.
  *
+ * For a real-time segment whose membership is computed, a request without
+ * `now`, `bindings` and `time_zone` reads the stored size (constant time);
+ * otherwise the filter is evaluated.
+ *
  * @generated from message eventline.segmentation.v1.GetSegmentSizeResponse
  */
 export type GetSegmentSizeResponse = Message<"eventline.segmentation.v1.GetSegmentSizeResponse"> & {
@@ -1544,11 +1572,20 @@ export type GetSegmentSizeResponse = Message<"eventline.segmentation.v1.GetSegme
   size: bigint;
 
   /**
-   * The `now` the filter was evaluated against.
+   * The `now` the filter was evaluated against (for a stored size: the
+   * server's clock when it was read).
    *
    * @generated from field: google.protobuf.Timestamp now = 2;
    */
   now?: Timestamp | undefined;
+
+  /**
+   * Whether the size was read from the stored membership of a real-time
+   * segment rather than evaluated.
+   *
+   * @generated from field: bool stored = 3;
+   */
+  stored: boolean;
 };
 
 /**
@@ -1557,6 +1594,181 @@ export type GetSegmentSizeResponse = Message<"eventline.segmentation.v1.GetSegme
  */
 export const GetSegmentSizeResponseSchema: GenMessage<GetSegmentSizeResponse> = /*@__PURE__*/
   messageDesc(file_eventline_segmentation_v1_segmentation, 37);
+
+/**
+ * Lists the members of a real-time segment.
+ *
+ * @generated from message eventline.segmentation.v1.ListSegmentMembersRequest
+ */
+export type ListSegmentMembersRequest = Message<"eventline.segmentation.v1.ListSegmentMembersRequest"> & {
+  /**
+   * Required. The segment's id; unknown is NOT_FOUND.
+   *
+   * @generated from field: string segment_id = 1;
+   */
+  segmentId: string;
+
+  /**
+   * Optional. At most this many members per page; 0 means 1,000, and values
+   * above 10,000 are treated as 10,000.
+   *
+   * @generated from field: int32 page_size = 2;
+   */
+  pageSize: number;
+
+  /**
+   * Optional. The next_page_token of a previous call for the same segment.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message eventline.segmentation.v1.ListSegmentMembersRequest.
+ * Use `create(ListSegmentMembersRequestSchema)` to create a new message.
+ */
+export const ListSegmentMembersRequestSchema: GenMessage<ListSegmentMembersRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_segmentation_v1_segmentation, 38);
+
+/**
+ * One member of a real-time segment.
+ *
+ * @generated from message eventline.segmentation.v1.SegmentMember
+ */
+export type SegmentMember = Message<"eventline.segmentation.v1.SegmentMember"> & {
+  /**
+   * The customer's id.
+   *
+   * @generated from field: string customer_id = 1;
+   */
+  customerId: string;
+
+  /**
+   * When the customer entered the segment (for members found by a backfill:
+   * when the backfill found them).
+   *
+   * @generated from field: google.protobuf.Timestamp entered_at = 2;
+   */
+  enteredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message eventline.segmentation.v1.SegmentMember.
+ * Use `create(SegmentMemberSchema)` to create a new message.
+ */
+export const SegmentMemberSchema: GenMessage<SegmentMember> = /*@__PURE__*/
+  messageDesc(file_eventline_segmentation_v1_segmentation, 39);
+
+/**
+ * A page of members.
+ *
+ * @generated from message eventline.segmentation.v1.ListSegmentMembersResponse
+ */
+export type ListSegmentMembersResponse = Message<"eventline.segmentation.v1.ListSegmentMembersResponse"> & {
+  /**
+   * The members, in ascending byte order of their customer ids.
+   *
+   * @generated from field: repeated eventline.segmentation.v1.SegmentMember members = 1;
+   */
+  members: SegmentMember[];
+
+  /**
+   * A token for the next page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+
+  /**
+   * Whether the membership is still being computed (see ListSegmentMembers).
+   *
+   * @generated from field: bool backfilling = 3;
+   */
+  backfilling: boolean;
+};
+
+/**
+ * Describes the message eventline.segmentation.v1.ListSegmentMembersResponse.
+ * Use `create(ListSegmentMembersResponseSchema)` to create a new message.
+ */
+export const ListSegmentMembersResponseSchema: GenMessage<ListSegmentMembersResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_segmentation_v1_segmentation, 40);
+
+/**
+ * Watches the transitions of a real-time segment.
+ *
+ * @generated from message eventline.segmentation.v1.WatchSegmentRequest
+ */
+export type WatchSegmentRequest = Message<"eventline.segmentation.v1.WatchSegmentRequest"> & {
+  /**
+   * Required. The segment's id; unknown is NOT_FOUND.
+   *
+   * @generated from field: string segment_id = 1;
+   */
+  segmentId: string;
+
+  /**
+   * Optional. Only transitions with a cursor greater than this one: 0 for
+   * every transition recorded, the last cursor received to resume.
+   * Negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int64 after_cursor = 2;
+   */
+  afterCursor: bigint;
+};
+
+/**
+ * Describes the message eventline.segmentation.v1.WatchSegmentRequest.
+ * Use `create(WatchSegmentRequestSchema)` to create a new message.
+ */
+export const WatchSegmentRequestSchema: GenMessage<WatchSegmentRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_segmentation_v1_segmentation, 41);
+
+/**
+ * One transition of a real-time segment.
+ *
+ * @generated from message eventline.segmentation.v1.WatchSegmentResponse
+ */
+export type WatchSegmentResponse = Message<"eventline.segmentation.v1.WatchSegmentResponse"> & {
+  /**
+   * The transition's position in the segment's history: increasing, one
+   * greater than the previous transition of the segment except where an
+   * erased customer's transitions were removed.
+   *
+   * @generated from field: int64 cursor = 1;
+   */
+  cursor: bigint;
+
+  /**
+   * The customer who entered or exited.
+   *
+   * @generated from field: string customer_id = 2;
+   */
+  customerId: string;
+
+  /**
+   * Entered or exited.
+   *
+   * @generated from field: eventline.segmentation.v1.TransitionKind kind = 3;
+   */
+  kind: TransitionKind;
+
+  /**
+   * The instant membership changed: the `now` of the evaluation an event
+   * caused, or the exact instant time alone changed it.
+   *
+   * @generated from field: google.protobuf.Timestamp occur_time = 4;
+   */
+  occurTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message eventline.segmentation.v1.WatchSegmentResponse.
+ * Use `create(WatchSegmentResponseSchema)` to create a new message.
+ */
+export const WatchSegmentResponseSchema: GenMessage<WatchSegmentResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_segmentation_v1_segmentation, 42);
 
 /**
  * A numeric comparison.
@@ -1804,6 +2016,40 @@ export const ChannelSchema: GenEnum<Channel> = /*@__PURE__*/
   enumDesc(file_eventline_segmentation_v1_segmentation, 3);
 
 /**
+ * What a transition did.
+ *
+ * @generated from enum eventline.segmentation.v1.TransitionKind
+ */
+export enum TransitionKind {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: TRANSITION_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The customer started matching the segment.
+   *
+   * @generated from enum value: TRANSITION_KIND_ENTERED = 1;
+   */
+  ENTERED = 1,
+
+  /**
+   * The customer stopped matching the segment.
+   *
+   * @generated from enum value: TRANSITION_KIND_EXITED = 2;
+   */
+  EXITED = 2,
+}
+
+/**
+ * Describes the enum eventline.segmentation.v1.TransitionKind.
+ */
+export const TransitionKindSchema: GenEnum<TransitionKind> = /*@__PURE__*/
+  enumDesc(file_eventline_segmentation_v1_segmentation, 4);
+
+/**
  * Evaluates filters over customers and stores saved segments.
  *
  * Every customer in the customers table is a candidate: a customer who never
@@ -1967,6 +2213,42 @@ export const SegmentationService: GenService<{
     methodKind: "unary";
     input: typeof GetSegmentSizeRequestSchema;
     output: typeof GetSegmentSizeResponseSchema;
+  },
+  /**
+   * Lists the stored members of a real-time segment, one page at a time, in
+   * ascending byte order of the customer id, each with when it entered.
+   * FAILED_PRECONDITION for a segment that is not real-time; NOT_FOUND for an
+   * unknown one. While the segment's membership is being computed (just
+   * marked real-time, or its filter or time zone just changed) the list is
+   * the membership so far: `backfilling` says so.
+   *
+   * @generated from rpc eventline.segmentation.v1.SegmentationService.ListSegmentMembers
+   */
+  listSegmentMembers: {
+    methodKind: "unary";
+    input: typeof ListSegmentMembersRequestSchema;
+    output: typeof ListSegmentMembersResponseSchema;
+  },
+  /**
+   * Streams the transitions of a real-time segment (a customer entering or
+   * exiting it) in the order they happened, starting after `after_cursor`,
+   * and keeps the stream open for new ones. Every transition carries its
+   * cursor: a client that reconnects with the last cursor it received
+   * continues with the next transition, none missed and none repeated.
+   * FAILED_PRECONDITION for a segment that is not real-time.
+   *
+   * The membership a backfill computes (when the segment is marked real-time,
+   * or its filter or time zone changes) is not streamed as transitions: list
+   * the members after such a change. A replica serves as many WatchSegment
+   * streams at once as StreamCustomers streams (32 by default), in places of
+   * their own; one more is RESOURCE_EXHAUSTED.
+   *
+   * @generated from rpc eventline.segmentation.v1.SegmentationService.WatchSegment
+   */
+  watchSegment: {
+    methodKind: "server_streaming";
+    input: typeof WatchSegmentRequestSchema;
+    output: typeof WatchSegmentResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_eventline_segmentation_v1_segmentation, 0);

@@ -1,0 +1,201 @@
+"""Real-time membership against MatchCustomer, step by step (Hypothesis).
+
+Random real-time segments (counts in hour and day periods, days ago, days since, first and
+last occurred, under all_of / any_of / negation) in zones with and without DST, then random
+interleavings of new events (also dated in the past) and clock advances (across the
+European DST change of 2026-03-29). After every step, once due timers have fired, each
+customer's stored membership equals MatchCustomer's answer at the clock's now, and the
+transitions recorded for a customer alternate (never "entered" twice in a row) and end in
+the stored membership.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+from eventline.segmentation.v1 import segmentation_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventline_shared import values
+from eventline_shared.clock import ManualClock
+from eventline_shared.streams import stream
+from tests.conftest import service_env
+
+UTC = dt.UTC
+START = dt.datetime(2026, 3, 27, 9, 30, tzinfo=UTC)
+CUSTOMERS = ["c0", "c1", "c2"]
+EXAMPLES = int(os.environ.get("EVENTLINE_REALTIME_EXAMPLES", "25"))
+
+_STORE = """
+WITH stored AS (
+    INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at)
+    VALUES ($1, $2, $3, $4, $5) RETURNING customer_id, name, occurred_at
+)
+INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
+SELECT customer_id, name, occurred_at, occurred_at, 1 FROM stored
+ON CONFLICT (customer_id, name) DO UPDATE SET
+    first_at = least(s.first_at, excluded.first_at),
+    last_at = greatest(s.last_at, excluded.last_at),
+    count = s.count + 1
+"""
+
+names = st.sampled_from(["a", "b"])
+day_periods = st.one_of(
+    st.builds(lambda n: pb.Period(last=pb.RecentPeriod(amount=n, unit=pb.TIME_UNIT_DAY)), st.integers(1, 4)),
+    st.builds(
+        lambda n: pb.Period(last=pb.RecentPeriod(amount=n, unit=pb.TIME_UNIT_HOUR)), st.integers(1, 60)
+    ),
+    st.builds(
+        lambda low, extra: pb.Period(days_ago=pb.DaysAgoPeriod(min_days_ago=low, max_days_ago=low + extra)),
+        st.integers(0, 2),
+        st.integers(0, 2),
+    ),
+)
+
+
+def _count(name: str, period: pb.Period, bound: str, n: int) -> pb.Filter:
+    return pb.Filter(event=pb.EventCondition(name=name, count=pb.CountTest(period=period, **{bound: n})))
+
+
+leaves = st.one_of(
+    st.builds(
+        _count, names, day_periods, st.sampled_from(["at_least", "at_most", "exactly"]), st.integers(0, 2)
+    ),
+    st.builds(
+        lambda name, comparison, days: pb.Filter(
+            event=pb.EventCondition(
+                name=name, days_since_last=pb.DaysSinceTest(comparison=comparison, days=days)
+            )
+        ),
+        names,
+        st.integers(1, 6),
+        st.integers(0, 3),
+    ),
+    st.builds(
+        lambda name, period: pb.Filter(event=pb.EventCondition(name=name, last_occurred=period)),
+        names,
+        day_periods,
+    ),
+    st.builds(
+        lambda name, period: pb.Filter(event=pb.EventCondition(name=name, first_occurred=period)),
+        names,
+        day_periods,
+    ),
+)
+trees = st.recursive(
+    leaves,
+    lambda children: st.one_of(
+        st.builds(
+            lambda fs: pb.Filter(all_of=pb.FilterList(filters=fs)), st.lists(children, min_size=1, max_size=2)
+        ),
+        st.builds(
+            lambda fs: pb.Filter(any_of=pb.FilterList(filters=fs)), st.lists(children, min_size=1, max_size=2)
+        ),
+        st.builds(lambda f: pb.Filter(negation=f), children),
+    ),
+    max_leaves=3,
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("event"), st.sampled_from(CUSTOMERS), names, st.integers(0, 80)),
+        st.tuples(st.just("advance"), st.integers(1, 60 * 60)),  # minutes: up to 2.5 days
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@pytest.fixture
+async def served(db_url: str, stream_key: str, redis_client: stream.Client) -> AsyncIterator[Any]:
+    from eventline_segmentation.service import running
+    from eventline_segmentation.settings import Settings
+
+    clock = ManualClock(START)
+    connection = await asyncpg.connect(db_url)
+    async with running(
+        Settings.from_env(service_env(db_url, stream_key)), clock=clock, background=False
+    ) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield clock, connection, server, segmentation_pb2_grpc.SegmentationServiceStub(channel)
+    await connection.close()
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(
+    flt=trees,
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "America/St_Johns"]),
+    history=st.lists(st.tuples(st.sampled_from(CUSTOMERS), names, st.integers(0, 120)), max_size=6),
+    plan=steps,
+)
+async def test_stored_membership_equals_match_customer_at_every_step(
+    served: Any, flt: pb.Filter, zone: str, history: list[tuple[str, str, int]], plan: list[tuple[Any, ...]]
+) -> None:
+    clock, db, server, stub = served
+    clock.set(START)
+    await db.execute("DELETE FROM segments")
+    await db.execute("DELETE FROM customers")
+    await db.execute("DELETE FROM event_outbox")
+    for customer in CUSTOMERS:
+        await db.execute("INSERT INTO customers (customer_id) VALUES ($1)", customer)
+    sequence = 0
+
+    async def store(customer: str, name: str, hours_ago: int) -> None:
+        nonlocal sequence
+        sequence += 1
+        now = clock.now()
+        await db.execute(_STORE, customer, f"e{sequence}", name, now - dt.timedelta(hours=hours_ago), now)
+
+    for customer, name, hours_ago in history:
+        await store(customer, name, hours_ago)
+    await stub.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="s", segment=pb.Segment(display_name="S", filter=flt, realtime=True, time_zone=zone)
+        )
+    )
+    engine = server.realtime
+    await engine.backfill_all()
+    for step in [("advance", 0), *plan]:
+        if step[0] == "event":
+            _, customer, name, hours_ago = step
+            await store(customer, name, hours_ago)
+            await engine.customer_events(customer, {name})
+        else:
+            clock.advance(dt.timedelta(minutes=step[1]))
+            while await engine.fire_due():
+                pass
+        now = values.datetime_to_timestamp(clock.now())
+        stored = {
+            r[0] for r in await db.fetch("SELECT customer_id FROM segment_members WHERE segment_id = 's'")
+        }
+        for customer in CUSTOMERS:
+            answer = await stub.MatchCustomer(
+                pb.MatchCustomerRequest(segment_id="s", customer_id=customer, now=now, time_zone=zone)
+            )
+            assert (customer in stored) == answer.matched, (step, customer, clock.now(), flt)
+            kinds = [
+                r[0]
+                for r in await db.fetch(
+                    "SELECT entered FROM segment_transitions WHERE segment_id = 's' AND customer_id = $1 ORDER BY cursor",
+                    customer,
+                )
+            ]
+            assert all(a != b for a, b in itertools.pairwise(kinds)), (customer, kinds)
+            if kinds:
+                assert kinds[-1] == (customer in stored), (customer, kinds)

@@ -1,0 +1,548 @@
+"""Real-time segments end to end: ingestion stores events, its relay publishes them, segmentation's
+consumer group and timers keep membership; the clock is a ManualClock moved by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from eventline.segmentation.v1 import segmentation_pb2 as pb
+from eventline.segmentation.v1 import segmentation_pb2_grpc
+from google.protobuf import field_mask_pb2
+
+from eventline_segmentation import realtime
+from eventline_shared import values
+from eventline_shared.clock import ManualClock
+from eventline_shared.streams import stream
+from eventline_shared.streams.consumer_group import ConsumerGroup
+from tests.conftest import service_env
+from tests.support import customer_event
+
+UTC = dt.UTC
+START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+DAY = dt.timedelta(days=1)
+
+
+def purchases(at_least: int, days: int) -> pb.Filter:
+    return pb.Filter(
+        event=pb.EventCondition(
+            name="purchase",
+            count=pb.CountTest(
+                period=pb.Period(last=pb.RecentPeriod(amount=days, unit=pb.TIME_UNIT_DAY)), at_least=at_least
+            ),
+        )
+    )
+
+
+@dataclass
+class Suite:
+    clock: ManualClock
+    ingestion_server: Any
+    segmentation_server: Any
+    ingestion: ingestion_pb2_grpc.IngestionServiceStub
+    segmentation: segmentation_pb2_grpc.SegmentationServiceStub
+    db: asyncpg.Connection
+
+    async def track(self, customer_id: str, name: str, occurred_at: dt.datetime | None = None) -> None:
+        request = customer_event(customer_id, name)
+        if occurred_at is not None:
+            request.occurred_at.CopyFrom(values.datetime_to_timestamp(occurred_at))
+        await self.ingestion.TrackCustomerEvent(request)
+
+    async def settle(self) -> None:
+        """Publish what ingestion stored and consume it, twice: transitions are events too."""
+        for _ in range(2):
+            await self.ingestion_server.relay.drain()
+            await self.segmentation_server.consumer.drain()
+
+    async def save(self, segment_id: str, flt: pb.Filter, *, time_zone: str = "") -> None:
+        await self.segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id=segment_id,
+                segment=pb.Segment(
+                    display_name=f"name of {segment_id}", filter=flt, realtime=True, time_zone=time_zone
+                ),
+            )
+        )
+        await self.segmentation_server.realtime.backfill_all()
+
+    async def members(self, segment_id: str, page_size: int = 0) -> list[str]:
+        found: list[str] = []
+        token = ""
+        while True:
+            page = await self.segmentation.ListSegmentMembers(
+                pb.ListSegmentMembersRequest(segment_id=segment_id, page_size=page_size, page_token=token)
+            )
+            found += [m.customer_id for m in page.members]
+            token = page.next_page_token
+            if not token:
+                return found
+
+    async def watch(self, segment_id: str, after: int, count: int) -> list[pb.WatchSegmentResponse]:
+        call = self.segmentation.WatchSegment(
+            pb.WatchSegmentRequest(segment_id=segment_id, after_cursor=after)
+        )
+        got: list[pb.WatchSegmentResponse] = []
+        async for reply in call:
+            got.append(reply)
+            if len(got) == count:
+                break
+        call.cancel()
+        return got
+
+    async def transitions(self, segment_id: str) -> list[tuple[str, bool, dt.datetime]]:
+        rows = await self.db.fetch(
+            "SELECT customer_id, entered, occurred_at FROM segment_transitions WHERE segment_id = $1 ORDER BY cursor",
+            segment_id,
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+
+@pytest.fixture
+async def suite(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> AsyncIterator[Suite]:
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from eventline_segmentation.service import running as running_segmentation
+    from eventline_segmentation.settings import Settings as SegmentationSettings
+
+    clock = ManualClock(START)
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with (
+        running_ingestion(IngestionSettings.from_env(env), relay=False, clock=clock) as ingestion_server,
+        running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg_server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{seg_server.port}") as segmentation_channel,
+    ):
+        yield Suite(
+            clock,
+            ingestion_server,
+            seg_server,
+            ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel),
+            segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel),
+            db,
+        )
+
+
+async def test_enters_on_events_and_exits_when_the_older_purchase_turns_30_days_old(suite: Suite) -> None:
+    await suite.save("buyers", purchases(2, 30))
+    first = START - 10 * DAY
+    await suite.track("c1", "purchase", first)
+    await suite.track("c2", "purchase", START - DAY)  # one purchase: not in
+    await suite.settle()
+    assert await suite.members("buyers") == []
+
+    await suite.track("c1", "purchase", START)
+    await suite.settle()
+    assert await suite.members("buyers") == ["c1"]
+    size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="buyers"))
+    assert (size.size, size.stored) == (1, True)
+    # The transition is a customer event on the timeline, with the segment's id and name.
+    timeline = await suite.ingestion.ListTimeline(ingestion_pb2.ListTimelineRequest(customer_id="c1"))
+    entered = [e for e in timeline.events if e.name == "segment_entered"]
+    assert len(entered) == 1
+    assert entered[0].context["segment_id"].string_value == "buyers"
+    assert entered[0].context["segment_name"].string_value == "name of buyers"
+
+    # "Last 30 days" holds the older purchase until today reaches its day + 30: 2026-12-16.
+    leaves = dt.datetime(2026, 12, 16, tzinfo=UTC)
+    suite.clock.set(leaves - dt.timedelta(microseconds=1))
+    assert await suite.segmentation_server.realtime.fire_due() == 0
+    assert await suite.members("buyers") == ["c1"]
+    suite.clock.set(leaves + dt.timedelta(minutes=5))
+    assert await suite.segmentation_server.realtime.fire_due() == 1
+    assert await suite.members("buyers") == []
+    assert await suite.transitions("buyers") == [("c1", True, START), ("c1", False, leaves)]
+    watched = await suite.watch("buyers", 0, 2)
+    assert [(w.cursor, w.customer_id, w.kind) for w in watched] == [
+        (1, "c1", pb.TRANSITION_KIND_ENTERED),
+        (2, "c1", pb.TRANSITION_KIND_EXITED),
+    ]
+    assert values.timestamp_to_datetime(watched[1].occur_time) == leaves
+    exited = await suite.db.fetchval(
+        "SELECT count(*) FROM customer_events WHERE customer_id = 'c1' AND name = 'segment_exited'"
+    )
+    assert exited == 1
+    # Nothing else is due: the customer has no purchase that could enter the window again.
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_timers") == 0
+
+
+async def test_days_since_enters_at_the_local_midnight(suite: Suite) -> None:
+    flt = pb.Filter(
+        event=pb.EventCondition(
+            name="visit", days_since_last=pb.DaysSinceTest(comparison=pb.COMPARISON_GREATER, days=14)
+        )
+    )
+    await suite.save("lapsed", flt, time_zone="Europe/Berlin")
+    await suite.track("v1", "visit", START)
+    await suite.settle()
+    assert await suite.members("lapsed") == []
+    # Days since reaches 15 when today is 2026-12-11: its midnight in Berlin is 23:00 UTC the day before.
+    enters = dt.datetime(2026, 12, 10, 23, 0, tzinfo=UTC)
+    suite.clock.set(enters - dt.timedelta(microseconds=1))
+    assert await suite.segmentation_server.realtime.fire_due() == 0
+    suite.clock.set(enters + dt.timedelta(seconds=1))
+    assert await suite.segmentation_server.realtime.fire_due() == 1
+    assert await suite.members("lapsed") == ["v1"]
+    assert await suite.transitions("lapsed") == [("v1", True, enters)]
+
+
+async def test_redelivery_and_two_replicas_record_each_transition_once(suite: Suite) -> None:
+    await suite.save("any-purchase", purchases(1, 7))
+    await suite.track("r1", "purchase", START)
+    await suite.ingestion_server.relay.drain()
+    # The same entries consumed by two groups (as a redelivery would hand them again), and the
+    # customer evaluated by two engines at once (two replicas).
+    other = ConsumerGroup(
+        suite.segmentation_server.consumer.client,
+        realtime.SegmentEvents(suite.segmentation_server.realtime),
+        streams=suite.segmentation_server.consumer.streams,
+        group="segmentation-again",
+        consumer="again",
+    )
+    await asyncio.gather(suite.segmentation_server.consumer.drain(), other.drain())
+    twin = realtime.RealtimeSegments(
+        suite.segmentation_server.realtime.pool, suite.segmentation_server.realtime.repository, suite.clock
+    )
+    results = await asyncio.gather(
+        suite.segmentation_server.realtime.customer_events("r1", {"purchase"}),
+        twin.customer_events("r1", {"purchase"}),
+    )
+    assert sum(results) == 0
+    await suite.settle()
+    assert await suite.transitions("any-purchase") == [("r1", True, START)]
+    assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE name = 'segment_entered'") == 1
+
+
+async def test_watch_resumes_from_its_cursor_without_gaps_or_repeats(suite: Suite) -> None:
+    await suite.save("watched", purchases(1, 1000))
+    for i in range(5):
+        await suite.track(f"w{i}", "purchase", START)
+    await suite.settle()
+    first = await suite.watch("watched", 0, 2)
+    rest = await suite.watch("watched", first[-1].cursor, 3)
+    cursors = [w.cursor for w in first + rest]
+    assert cursors == [1, 2, 3, 4, 5]
+    assert sorted(w.customer_id for w in first + rest) == [f"w{i}" for i in range(5)]
+    # A transition recorded while nobody watches is there on resume.
+    await suite.track("w9", "purchase", START)
+    await suite.settle()
+    later = await suite.watch("watched", 5, 1)
+    assert [(w.cursor, w.customer_id) for w in later] == [(6, "w9")]
+
+
+async def test_backfill_is_silent_pages_list_and_events_meanwhile_are_not_missed(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(7):
+        await suite.track(f"b{i}", "purchase" if i % 2 == 0 else "browse", START - DAY)
+    await suite.settle()
+    monkeypatch.setattr(realtime, "BACKFILL_PAGE", 2)
+    await suite.segmentation.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="filled", segment=pb.Segment(display_name="F", filter=purchases(1, 30), realtime=True)
+        )
+    )
+    engine = suite.segmentation_server.realtime
+    assert not await engine.backfill_page("filled")  # b0, b1 done
+    listed = await suite.segmentation.ListSegmentMembers(pb.ListSegmentMembersRequest(segment_id="filled"))
+    assert listed.backfilling
+    size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="filled"))
+    assert not size.stored  # evaluated while backfilling
+    # Meanwhile: b1 (reached) buys and enters with a transition; b5 (not reached) buys and is
+    # left to the backfill, which then finds it.
+    await suite.track("b1", "purchase", START)
+    await suite.track("b5", "purchase", START)
+    await suite.settle()
+    await engine.backfill("filled")
+    assert await suite.members("filled", page_size=2) == ["b0", "b1", "b2", "b4", "b5", "b6"]
+    assert await suite.transitions("filled") == [("b1", True, START)]
+    # The backfill leaves the forecasts to the scheduler: a timer due at its instant for each
+    # customer with purchases (b1's was set by its event), which sets their real next instant.
+    assert await engine.fire_due() == 5
+    assert await suite.transitions("filled") == [("b1", True, START)]
+    assert await suite.db.fetchval("SELECT min(due_at) FROM segment_timers") > START
+    count = await suite.segmentation.CountCustomers(pb.CountCustomersRequest(segment_id="filled"))
+    size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="filled"))
+    assert (size.size, size.stored) == (count.count, True) == (6, True)
+
+
+async def test_filter_change_recomputes_and_unmarking_drops_membership(suite: Suite) -> None:
+    await suite.track("f1", "purchase", START)
+    await suite.track("f2", "browse", START)
+    await suite.save("changing", purchases(1, 30))
+    assert await suite.members("changing") == ["f1"]
+    browse = pb.Filter(event=pb.EventCondition(name="browse"))
+    await suite.segmentation.UpdateSegment(
+        pb.UpdateSegmentRequest(
+            segment=pb.Segment(segment_id="changing", filter=browse),
+            update_mask=field_mask_pb2.FieldMask(paths=["filter"]),
+        )
+    )
+    await suite.segmentation_server.realtime.backfill_all()
+    assert await suite.members("changing") == ["f2"]
+    assert await suite.transitions("changing") == []
+    await suite.segmentation.UpdateSegment(
+        pb.UpdateSegmentRequest(
+            segment=pb.Segment(segment_id="changing", realtime=False),
+            update_mask=field_mask_pb2.FieldMask(paths=["realtime"]),
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.members("changing")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_members") == 0
+
+
+async def test_erasure_and_deletion_leave_no_membership_timers_or_exit(suite: Suite) -> None:
+    await suite.save("erased", purchases(1, 30))
+    await suite.save("deleted", purchases(1, 30))
+    await suite.track("e1", "purchase", START)
+    await suite.track("e2", "purchase", START)
+    await suite.settle()
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_timers") == 4
+    await suite.ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id="e1"))
+    assert await suite.members("erased") == ["e2"]
+    size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="erased"))
+    assert (size.size, size.stored) == (1, True)
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_transitions WHERE customer_id = 'e1'") == 0
+    await suite.segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id="deleted"))
+    assert await suite.db.fetch("SELECT segment_id, customer_id FROM segment_timers") == [("erased", "e2")]
+    suite.clock.advance(60 * DAY)
+    assert await suite.segmentation_server.realtime.fire_due() == 1
+    assert await suite.transitions("erased") == [
+        ("e2", True, START),
+        ("e2", False, dt.datetime(2026, 12, 26, tzinfo=UTC)),
+    ]
+    assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE name = 'segment_exited'") == 1
+
+
+async def test_bad_real_time_segments_are_refused(suite: Suite) -> None:
+    with_reference = pb.Filter(
+        event=pb.EventCondition(
+            name="purchase",
+            predicates=[
+                pb.Predicate(field="item", operator=pb.OPERATOR_EQUALS, value=pb.Operand(reference="$item"))
+            ],
+        )
+    )
+    for segment, field in (
+        (pb.Segment(display_name="R", filter=with_reference, realtime=True), "segment.filter"),
+        (
+            pb.Segment(display_name="Z", filter=purchases(1, 1), realtime=True, time_zone="Mars/Base"),
+            "segment.time_zone",
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await suite.segmentation.CreateSegment(pb.CreateSegmentRequest(segment=segment))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (caught.value.details() or "")
+    await suite.segmentation.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="plain", segment=pb.Segment(display_name="P", filter=purchases(1, 1))
+        )
+    )
+    for call in (
+        suite.segmentation.ListSegmentMembers(pb.ListSegmentMembersRequest(segment_id="plain")),
+        suite.watch("plain", 0, 1),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await suite.members("missing")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_cli_saves_a_real_time_segment_lists_its_members_and_watches_it(
+    suite: Suite, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from eventline_cli.main import cli
+
+    async def run(*args: str) -> Any:
+        return await asyncio.to_thread(CliRunner().invoke, cli, list(args), catch_exceptions=False)
+
+    monkeypatch.setenv("EVENTLINE_SEGMENTATION_TARGET", f"127.0.0.1:{suite.segmentation_server.port}")
+    await suite.track("k1", "purchase", START)
+    segment = tmp_path / "segment.yaml"
+    segment.write_text("display_name: Buyers\nfilter:\n  event:\n    name: purchase\n")
+    saved = await run(
+        "segments", "save", "-f", str(segment), "--id", "cli", "--realtime", "--time-zone", "Europe/Paris"
+    )
+    assert saved.exit_code == 0, saved.output
+    assert '"realtime": true' in saved.stdout and "Europe/Paris" in saved.stdout
+    await suite.segmentation_server.realtime.backfill_all()
+    await suite.track("k2", "purchase", START + dt.timedelta(seconds=1))
+    await suite.settle()
+    listed = await run("segments", "members", "cli")
+    assert listed.exit_code == 0, listed.output
+    assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["k1", "k2"]
+    watched = await run("segments", "watch", "cli", "--count", "1")
+    assert watched.exit_code == 0, watched.output
+    assert '"customer_id": "k2"' in watched.stdout and "TRANSITION_KIND_ENTERED" in watched.stdout
+
+
+async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: ignore[no-untyped-def]
+    campaigns_server, segmentation_server, segmentation, ingestion, ingestion_server, smtp_server
+) -> None:
+    """Transitions reach campaigns as ordinary customer events: a campaign on ``segment_entered``
+    with a predicate on the segment's id (no SegmentTrigger needed for this)."""
+    from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+    from eventline.common.v1 import common_pb2
+
+    from eventline_cli import demo_campaigns
+    from tests.support import eventually
+
+    await segmentation.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="vip", segment=pb.Segment(display_name="VIP", filter=purchases(1, 30), realtime=True)
+        )
+    )
+
+    await segmentation_server.realtime.backfill_all()
+    trigger = demo_campaigns.on_customer_event("segment_entered")
+    trigger.customer_event.context_predicates.append(
+        pb.Predicate(
+            field="segment_id",
+            operator=pb.OPERATOR_EQUALS,
+            value=pb.Operand(literal=common_pb2.Value(string_value="vip")),
+        )
+    )
+    campaign = demo_campaigns.email_campaign(
+        trigger,
+        None,
+        display_name="Welcome to VIP",
+        subject="Welcome to {{ client.eventContext.segment_name }}",
+        text_body="You are in.",
+        html_body="",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as channel:
+        campaigns = campaigns_pb2_grpc.CampaignServiceStub(channel)
+        created = await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=campaign))
+        await campaigns.ActivateCampaign(
+            campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
+        )
+        await campaigns_server.cache.refresh()
+        await ingestion.UpsertCustomer(
+            ingestion_pb2.UpsertCustomerRequest(
+                customer=common_pb2.Customer(
+                    customer_id="v1", email="v1@example.com", email_consent=common_pb2.CONSENT_GRANTED
+                )
+            )
+        )
+        await ingestion.TrackCustomerEvent(customer_event("v1", "purchase"))
+        await ingestion.TrackCustomerEvent(
+            customer_event("v1", "purchase")
+        )  # still a member: no second entry
+
+        async def delivered() -> bool:
+            # Segmentation's outbox row reaches the stream at the relay's next poll.
+            await segmentation_server.consumer.drain()
+            await campaigns_server.consumer.drain()
+            return len(smtp_server.messages) >= 1
+
+        await eventually(delivered, 60, "no message for segment_entered")
+        assert smtp_server.messages[0]["Subject"] == "Welcome to VIP"
+        assert smtp_server.messages[0]["To"] == "v1@example.com"
+        await campaigns_server.consumer.drain()
+        assert len(smtp_server.messages) == 1
+
+
+async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Suite) -> None:
+    """Ingestion does not publish profile changes yet: a profile condition is re-evaluated at
+    the customer's next event, whatever its name."""
+    from eventline.common.v1 import common_pb2
+
+    gold = pb.Filter(
+        customer=pb.CustomerCondition(
+            attribute=pb.Predicate(
+                field="plan",
+                operator=pb.OPERATOR_EQUALS,
+                value=pb.Operand(literal=common_pb2.Value(string_value="gold")),
+            )
+        )
+    )
+    await suite.save("gold", gold)
+    await suite.ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(
+            customer=common_pb2.Customer(
+                customer_id="p1", attributes={"plan": common_pb2.Value(string_value="gold")}
+            )
+        )
+    )
+    await suite.settle()
+    assert await suite.members("gold") == []
+    await suite.track("p1", "login", START)
+    await suite.settle()
+    assert await suite.members("gold") == ["p1"]
+    assert await suite.transitions("gold") == [("p1", True, START)]
+
+
+async def test_two_replicas_running_in_the_background_record_each_transition_once(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Two segmentation replicas as they run in production (consumer, timers and backfill loops
+    in the background), one clock: 20 customers enter on events and exit by time, once each."""
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from eventline_segmentation.service import running as running_segmentation
+    from eventline_segmentation.settings import Settings as SegmentationSettings
+    from tests.support import eventually
+
+    clock = ManualClock(START)
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with (
+        running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
+        running_segmentation(
+            SegmentationSettings.from_env({**env, "EVENTLINE_SEGMENTATION_CONSUMER": "one"}), clock=clock
+        ),
+        running_segmentation(
+            SegmentationSettings.from_env({**env, "EVENTLINE_SEGMENTATION_CONSUMER": "two"}), clock=clock
+        ) as second,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as segmentation_channel,
+    ):
+        ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
+        segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
+        await segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id="twice",
+                segment=pb.Segment(display_name="T", filter=purchases(2, 30), realtime=True),
+            )
+        )
+
+        async def size_is(n: int) -> bool:
+            reply = await segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="twice"))
+            return reply.stored and reply.size == n
+
+        await eventually(lambda: size_is(0), 60, "the backfill did not end")
+        for i in range(20):
+            for when in (START - 10 * DAY, START):
+                request = customer_event(f"t{i:02}", "purchase")
+                request.occurred_at.CopyFrom(values.datetime_to_timestamp(when))
+                await ingestion.TrackCustomerEvent(request)
+        await eventually(lambda: size_is(20), 120, "not every customer entered")
+        clock.advance(21 * DAY)
+        await eventually(lambda: size_is(0), 120, "not every customer exited")
+        rows = await db.fetch(
+            "SELECT customer_id, array_agg(entered ORDER BY cursor) AS kinds FROM segment_transitions "
+            "GROUP BY customer_id ORDER BY customer_id"
+        )
+        assert [(r[0], list(r[1])) for r in rows] == [(f"t{i:02}", [True, False]) for i in range(20)]
+        assert [
+            r[0] for r in await db.fetch("SELECT cursor FROM segment_transitions ORDER BY cursor")
+        ] == list(range(1, 41))
+        counted = await db.fetchval(
+            "SELECT count(*) FROM customer_events WHERE name IN ('segment_entered', 'segment_exited')"
+        )
+        assert counted == 40
