@@ -11,6 +11,7 @@ not already depend on (grpcio-health-checking; aiohttp for the gateway's /readyz
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import random
@@ -59,7 +60,10 @@ def _bindable(port: int, host: str) -> bool:
 def _reserve(port: int) -> bool:
     """Take the machine-wide reservation of ``port``: an exclusive flock on a file of its own,
     held until this process exits, so that concurrent test suites never hand out the same port."""
-    _RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
+    if not _RESERVATIONS.is_dir():
+        _RESERVATIONS.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by every user, as /tmp is (umask aside)
+            _RESERVATIONS.chmod(0o1777)
     lock = open(_RESERVATIONS / str(port), "ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
