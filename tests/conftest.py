@@ -127,13 +127,15 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def redis_client(stream_key: str, redis_url: str) -> AsyncIterator[stream.Client]:
     client = stream.connect(redis_url)
-    yield client
-    # The stream's partitions and dead-letter streams: "{test:…:events}:dead" has the prefix inside.
-    prefix = stream_key.rsplit(":", 1)[0]
-    keys = [key async for key in client.scan_iter(match=f"*{prefix}*")]
-    for key in keys:  # one by one: on a cluster they live in different slots
-        await client.delete(key)
-    await client.aclose()
+    try:
+        yield client
+        # The stream's partitions and dead-letter streams: "{test:…:events}:dead" has the prefix inside.
+        prefix = stream_key.rsplit(":", 1)[0]
+        keys = [key async for key in client.scan_iter(match=f"*{prefix}*")]
+        for key in keys:  # one by one: on a cluster they live in different slots
+            await client.delete(key)
+    finally:  # closed even when the clean-up fails: an unclosed connection's ResourceWarning is an error
+        await client.aclose()
 
 
 def service_env(db_url: str, stream_key: str, **extra: str) -> dict[str, str]:

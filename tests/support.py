@@ -21,6 +21,8 @@ from eventline.ingestion.v1 import ingestion_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from eventline_shared.streams.stream import StreamEntry
+
 if TYPE_CHECKING:
     from tests.conftest import SmtpInbox
 
@@ -86,11 +88,18 @@ async def wait_for_entries(redis_client, stream_key: str, count: int, timeout_s:
         await asyncio.sleep(0.01)
 
 
-async def wait_for_event_entry(redis_client, stream_key: str, event_id: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
-    """Wait until the relay has published the entry of the event ``event_id``."""
+async def wait_for_events(redis_client, stream_key: str, *event_ids: str, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the relay has published these events to the stream.
+
+    By event id, not by a count of entries: other events (an unsubscribe's ``unsubscribed``,
+    a system event) may be in the stream too and reach a count before these are published.
+    """
+    wanted = set(event_ids)
     deadline = time.monotonic() + timeout_s
-    while not any(f.get(b"event_id") == event_id.encode() for _, f in await redis_client.xrange(stream_key)):
-        assert time.monotonic() < deadline, "the relay did not publish in time"
+    while not wanted <= {
+        StreamEntry.from_fields(i, f).event_id for i, f in await redis_client.xrange(stream_key)
+    }:
+        assert time.monotonic() < deadline, f"the relay did not publish {sorted(wanted)} in time"
         await asyncio.sleep(0.01)
 
 
@@ -194,8 +203,7 @@ class Sender:
         self.triggered += 1
         event_id = f"watch-{self.triggered}"
         await self.ingestion.TrackCustomerEvent(customer_event(customer_id, "item_watched", event_id))
-        # This event's own entry: counting entries would also count others (an unsubscription's event).
-        await wait_for_event_entry(self.redis_client, self.stream_key, event_id)
+        await wait_for_events(self.redis_client, self.stream_key, event_id)
         await self.server.consumer.drain()
         reply = await self.campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(event_id=event_id))
         [delivery] = reply.deliveries

@@ -34,11 +34,12 @@ class Up:
     """One ``eventline up`` subprocess with its own ports and data folder."""
 
     def __init__(self, data_dir: Path, same_ports_as: Up | None = None, **extra: str) -> None:
-        self.ports = {spec.name: free_port() for spec in installed_services()}
-        self.postgres_port = free_port()
-        self.redis_port = free_port()
-        if same_ports_as is not None:
-            self.ports = same_ports_as.ports
+        if same_ports_as is None:
+            self.ports = {spec.name: free_port() for spec in installed_services()}
+            self.postgres_port, self.redis_port = free_port(), free_port()
+            self.metrics_ports = {name: free_port() for name in self.ports}
+        else:  # still reserved for this process by free_port: nothing else took them meanwhile
+            self.ports, self.metrics_ports = same_ports_as.ports, same_ports_as.metrics_ports
             self.postgres_port, self.redis_port = same_ports_as.postgres_port, same_ports_as.redis_port
         env = {
             key: value
@@ -46,9 +47,6 @@ class Up:
             if key not in {"EVENTLINE_DATABASE_URL", "EVENTLINE_REDIS_URL"}
         }
         env.update({f"EVENTLINE_{name.upper()}_PORT": str(port) for name, port in self.ports.items()})
-        self.metrics_ports = {name: free_port() for name in self.ports}
-        if same_ports_as is not None:
-            self.metrics_ports = same_ports_as.metrics_ports
         env.update(
             {f"EVENTLINE_{name.upper()}_METRICS_PORT": str(port) for name, port in self.metrics_ports.items()}
         )

@@ -120,6 +120,23 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise EmbeddedError("running as root and neither a 'postgres' nor a 'nobody' user exists")
 
 
+def _as_user(user: pwd.struct_passwd | None) -> list[str]:
+    """The command prefix that runs a command as ``user`` (nothing when None).
+
+    ``setpriv`` drops the privileges after exec, instead of ``subprocess``'s ``user=``/``group=``:
+    with those CPython must fork() rather than vfork(), and the forked child of a process with
+    gRPC running runs gRPC's fork handlers before its exec and dies of them (SIGSEGV or SIGABRT
+    for about a third of the spawns with gRPC busy in another thread: the standby PostgreSQL of
+    the read-replica tests "exited with code -11 at start" without writing a line).
+    """
+    if user is None:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise EmbeddedError("running as root needs setpriv (util-linux) to start PostgreSQL as another user")
+    return [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+
+
 def _make_traversable(path: Path) -> None:
     """Let other users traverse (not list) every parent of ``path``: the postgres user needs it."""
     for parent in path.resolve().parents:
@@ -232,7 +249,7 @@ class EmbeddedServer:
     def url(self) -> str:
         raise NotImplementedError
 
-    async def _spawn(self, argv: list[str], **kwargs: object) -> None:
+    async def _spawn(self, argv: list[str]) -> None:
         output: int | IO[bytes] = self.log_file if self.log_file is not None else subprocess.PIPE
         self.process = await asyncio.create_subprocess_exec(
             *argv,
@@ -240,7 +257,6 @@ class EmbeddedServer:
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal Ctrl-C must not reach it: the parent stops it in order
-            **kwargs,  # type: ignore[arg-type]
         )
 
     async def _wait_until(self, ready: object, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -250,13 +266,26 @@ class EmbeddedServer:
             if self.process.returncode is not None:
                 raise EmbeddedError(
                     f"embedded {self.name} exited with code {self.process.returncode} at start"
-                    f" (see its output / log under {self.data_dir.parent})"
+                    f" (data under {self.data_dir}); the end of its output:\n{await self._output_tail()}"
                 )
             if await ready():  # type: ignore[operator]
                 return
             if time.monotonic() > deadline:
                 raise EmbeddedError(f"embedded {self.name} did not become ready in {timeout_s:.0f}s")
             await asyncio.sleep(0.1)
+
+    async def _output_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines the exited server wrote (its log file or its pipe), so that a
+        failed start explains itself even after its folder is gone."""
+        output = b""
+        with contextlib.suppress(OSError, ValueError):
+            if self.log_file is not None:
+                self.log_file.flush()
+                output = Path(self.log_file.name).read_bytes()[-65536:]
+            elif self.process is not None and self.process.stdout is not None:
+                output = await asyncio.wait_for(self.process.stdout.read(), 5)
+        text = output.decode(errors="replace").splitlines()[-lines:]
+        return "\n".join(text) if text else "(no output)"
 
     async def stop(
         self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
@@ -296,9 +325,10 @@ class EmbeddedPostgres(EmbeddedServer):
             _make_traversable(self.data_dir)
             _chown_tree(self.data_dir, user)
             self.data_dir.chmod(0o700)
-        run_as: dict[str, object] = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
+        run_as = _as_user(user)
         if not (self.data_dir / "PG_VERSION").exists():
             initdb = await asyncio.create_subprocess_exec(
+                *run_as,
                 str(bin_dir / "initdb"),
                 "-D",
                 str(self.data_dir),
@@ -312,7 +342,6 @@ class EmbeddedPostgres(EmbeddedServer):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **run_as,  # type: ignore[arg-type]
             )
             output, _ = await initdb.communicate()
             if initdb.returncode != 0:
@@ -323,6 +352,7 @@ class EmbeddedPostgres(EmbeddedServer):
         if self.port == 0:
             self.port = free_port()
         argv = [
+            *run_as,
             str(bin_dir / "postgres"),
             "-D",
             str(self.data_dir),
@@ -337,7 +367,7 @@ class EmbeddedPostgres(EmbeddedServer):
         ]
         if not self.durable:
             argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        await self._spawn(argv, **run_as)
+        await self._spawn(argv)
 
         async def ready() -> bool:
             return port_open(self.port) and await postgres_reachable(self.url, timeout_s=2.0)

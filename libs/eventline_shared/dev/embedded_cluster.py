@@ -10,7 +10,6 @@ needed. Every wait is for a condition (a node answering, the cluster state
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,16 +27,7 @@ SLOT_RANGES = [(0, 5460), (5461, 10922), (10923, 16383)]
 
 def cluster_node_port() -> int:
     """A free port whose cluster bus port (port + 10000, the default) is free too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
+    return free_port(companions=(10000,))
 
 
 def start_cluster_node(binary: str, port: int, directory: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -11,10 +11,14 @@ not already depend on (grpcio-health-checking; aiohttp for the gateway's /readyz
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import random
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -25,11 +29,77 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 LOOPBACK = "127.0.0.1"
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000  # below: well-known and registered servers' ports
+_RESERVATIONS = Path(tempfile.gettempdir()) / "eventline-ports"
+_reserved: dict[int, IO[bytes]] = {}  # port -> its lock file, held while this process lives
+_pick = random.Random()  # seeded from the OS, not the global generator a test may seed
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for outgoing connections' local ports (and ``bind(port=0)``)."""
+    try:
+        low, high = (int(bound) for bound in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return range(low, high + 1)
+
+
+def _bindable(port: int, host: str) -> bool:
+    """Whether ``port`` can be bound on ``host`` and on every address right now (no listener,
+    no connection using it as its local port)."""
+    for address in {host, ""}:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Take the machine-wide reservation of ``port``: an exclusive flock on a file of its own,
+    held until this process exits, so that concurrent test suites never hand out the same port."""
+    if not _RESERVATIONS.is_dir():
+        _RESERVATIONS.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # shared by every user, as /tmp is (umask aside)
+            _RESERVATIONS.chmod(0o1777)
+    lock = open(_RESERVATIONS / str(port), "ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return False
+    _reserved[port] = lock
+    return True
+
+
+def _release(port: int) -> None:
+    _reserved.pop(port).close()
+
+
+def free_port(host: str = LOOPBACK, *, companions: Sequence[int] = ()) -> int:
+    """A TCP port for a server to listen on, free now and reserved for this process.
+
+    Picked at random outside the kernel's ephemeral range, so no outgoing connection on the
+    machine takes it between the pick and the server's bind (as it can a ``bind(port=0)`` port),
+    and reserved machine-wide (``_reserve``), so no other process using this helper picks it,
+    even after the server that used it stopped (a restart on the same port finds it free).
+    ``companions`` are offsets of further ports reserved with it (a Redis cluster bus at +10000).
+    """
+    ephemeral = ephemeral_ports()
+    offsets = (0, *companions)
+    for _ in range(10000):
+        port = _pick.randrange(_LOWEST_PORT, 65536 - max(offsets))
+        group = [port + offset for offset in offsets]
+        if any(each in ephemeral or each in _reserved for each in group):
+            continue
+        taken = [each for each in group if _reserve(each)]
+        if len(taken) == len(group) and all(_bindable(each, host) for each in group):
+            return port
+        for each in taken:
+            _release(each)
+    raise OSError(f"no free port outside the ephemeral range {ephemeral.start}-{ephemeral.stop - 1}")
 
 
 def service_command(service: str) -> list[str]:
