@@ -8,9 +8,11 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import psutil
 
 from eventline_shared.dev import harness
 from eventline_shared.dev.harness import free_port as free_port
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,5 +81,29 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait()
 
+    async def listening_workers(self, count: int) -> list[psutil.Process]:
+        """Wait until the supervisor started has ``count`` workers all listening on the port and
+        itself does not; returns the workers."""
+        assert self.process is not None
+        supervisor = psutil.Process(self.process.pid)
+        await wait_until(
+            lambda: (
+                len(supervisor.children()) == count
+                and all(_listening_on(w.pid, self.port) for w in supervisor.children())
+            ),
+            60,
+            f"{count} workers never listened on the {self.service} port",
+        )
+        assert not _listening_on(supervisor.pid, self.port)  # the supervisor serves nothing
+        return supervisor.children()
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _listening_on(pid: int, port: int) -> bool:
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.NoSuchProcess:
+        return False
+    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)

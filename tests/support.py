@@ -10,6 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,8 @@ def value(v: Any) -> common_pb2.Value:
         return common_pb2.Value(boolean_value=v)
     if isinstance(v, int):
         return common_pb2.Value(integer_value=v)
+    if isinstance(v, Decimal):
+        return common_pb2.Value(decimal_value=str(v))
     if isinstance(v, str):
         return common_pb2.Value(string_value=v)
     if isinstance(v, dt.datetime):

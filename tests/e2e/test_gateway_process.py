@@ -9,7 +9,6 @@ import pytest
 from eventline_shared.dev import harness
 from tests.conftest import gateway_env
 from tests.processes import ServiceProcess, free_port
-from tests.support import wait_until
 
 
 @pytest.fixture
@@ -20,25 +19,9 @@ def gateway_process(tmp_path):  # type: ignore[no-untyped-def]
     process.kill()
 
 
-def _listening_on(pid: int, port: int) -> bool:
-    sockets = psutil.Process(pid).net_connections(kind="tcp")
-    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
-
-
 async def test_workers_serve_one_port_and_stop_together(gateway_process) -> None:  # type: ignore[no-untyped-def]
     gateway_process.start(EVENTLINE_GATEWAY_WORKERS="2")
-    assert gateway_process.process is not None
-    supervisor = psutil.Process(gateway_process.process.pid)
-    await wait_until(
-        lambda: (
-            len(supervisor.children()) == 2
-            and all(_listening_on(w.pid, gateway_process.port) for w in supervisor.children())
-        ),
-        60,
-        "two workers never listened on the gateway's port",
-    )
-    assert not _listening_on(supervisor.pid, gateway_process.port)  # the supervisor serves nothing
-    workers = supervisor.children()
+    workers = await gateway_process.listening_workers(2)
     url = f"http://127.0.0.1:{gateway_process.port}/healthz"
     await harness.wait_http_ready(url, interval_s=0.1)
     # A connection each (no keep-alive across requests): the kernel hands them to either worker.

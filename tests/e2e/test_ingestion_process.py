@@ -124,28 +124,9 @@ async def test_crashes_between_commit_and_publish_lose_nothing(
     assert "crashing" in ingestion_process.logs()
 
 
-def _listening_on(pid: int, port: int) -> bool:
-    try:
-        sockets = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.NoSuchProcess:
-        return False
-    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
-
-
 async def test_workers_serve_one_port_and_stop_together(ingestion_process, db):
     await ingestion_process.start(EVENTLINE_INGESTION_WORKERS="2").serving()
-    assert ingestion_process.process is not None
-    supervisor = psutil.Process(ingestion_process.process.pid)
-    await wait_until(
-        lambda: (
-            len(supervisor.children()) == 2
-            and all(_listening_on(w.pid, ingestion_process.port) for w in supervisor.children())
-        ),
-        60,
-        "two workers never listened on the service's port",
-    )
-    assert not _listening_on(supervisor.pid, ingestion_process.port)  # the supervisor serves nothing
-    workers = supervisor.children()
+    workers = await ingestion_process.listening_workers(2)
     # Each channel is one connection, which the kernel gives to one worker or the other.
     for i in range(8):
         async with grpc.aio.insecure_channel(ingestion_process.address) as channel:

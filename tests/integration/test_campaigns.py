@@ -824,6 +824,16 @@ async def test_a_system_event_fan_out_by_email_uses_the_configured_smtp_connecti
     assert len(smtp_server.connections) <= 2
 
 
+async def _start_sale(served, ingestion, sale: campaigns_pb2.Campaign) -> None:  # type: ignore[no-untyped-def]
+    """Start the "Sale" system campaign, wait until the consumer knows it, then send the event."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
+        await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale)
+    await wait_until(
+        lambda: bool(served.cache.for_trigger(SYSTEM_TRIGGER, "Sale")), 60, "the consumer has no campaign"
+    )
+    await ingestion.TrackSystemEvent(ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale"))
+
+
 async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_nothing(  # type: ignore[no-untyped-def]
     campaigns_env, stream_key, redis_client, ingestion, smtp_server, db
 ) -> None:
@@ -835,14 +845,7 @@ async def test_smtp_connections_cut_midway_through_a_fan_out_lose_and_double_not
     addresses = await add_email_customers(db, "cut", 1500)
     env = campaigns_env(EVENTLINE_CAMPAIGNS_FANOUT_BATCH="100")
     async with running(Settings.from_env(env)) as served:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), system_campaign("Sale", SALE_EMAIL))
-        await wait_until(
-            lambda: bool(served.cache.for_trigger(SYSTEM_TRIGGER, "Sale")), 60, "the consumer has no campaign"
-        )
-        await ingestion.TrackSystemEvent(
-            ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale")
-        )
+        await _start_sale(served, ingestion, system_campaign("Sale", SALE_EMAIL))
         opened = []
         for threshold in (200, 600, 1000):
             await smtp_server.wait_for(threshold, timeout=60)
@@ -885,14 +888,7 @@ async def test_http_provider_connections_cut_midway_through_a_fan_out_lose_and_d
         return set(to)
 
     async with running(Settings.from_env(campaigns_env(EVENTLINE_CAMPAIGNS_FANOUT_BATCH="100"))) as served:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as channel:
-            await start(campaigns_pb2_grpc.CampaignServiceStub(channel), sale)
-        await wait_until(
-            lambda: bool(served.cache.for_trigger(SYSTEM_TRIGGER, "Sale")), 60, "the consumer has no campaign"
-        )
-        await ingestion.TrackSystemEvent(
-            ingestion_pb2.TrackSystemEventRequest(event_id="sale-cut", name="Sale")
-        )
+        await _start_sale(served, ingestion, sale)
         opened = []
         for threshold in (200, 600, 1000):
             await wait_until(lambda n=threshold: len(http_provider.requests) >= n, 60, "the fan-out stalled")

@@ -28,16 +28,10 @@ async def run(port: int, *args: str, input: str | None = None) -> Result:
 async def test_send_prints_the_stored_event_with_typed_context(
     ingestion_server: Any, db: asyncpg.Connection
 ) -> None:
+    send = ("events", "send", "--customer", "c42", "--name", "order_placed", "--event-id", "order-1")
     result = await run(
         ingestion_server.port,
-        "events",
-        "send",
-        "--customer",
-        "c42",
-        "--name",
-        "order_placed",
-        "--event-id",
-        "order-1",
+        *send,
         "-c",
         "total=59.90",
         "-c",
@@ -60,17 +54,7 @@ async def test_send_prints_the_stored_event_with_typed_context(
     assert context["shipped"] == {"timestamp_value": "2026-01-02T03:04:05Z"}
     assert await db.fetchval("SELECT count(*) FROM customer_events WHERE customer_id = 'c42'") == 1
 
-    again = await run(
-        ingestion_server.port,
-        "events",
-        "send",
-        "--customer",
-        "c42",
-        "--name",
-        "order_placed",
-        "--event-id",
-        "order-1",
-    )
+    again = await run(ingestion_server.port, *send)  # the same event id, without the context
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["deduplicated"] is True
 

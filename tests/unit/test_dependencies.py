@@ -80,13 +80,18 @@ async def test_an_optional_dependency_down_leaves_the_service_serving() -> None:
     assert health.serving and health.up("db") and not health.up("stream")
 
 
-async def test_failing_work_keeps_a_dependency_down_while_its_probe_succeeds() -> None:
-    """Probes can miss what the work meets (e.g. a write refused while reads answer)."""
-    database = Scripted("db", required=True)
-    health, clock = monitor(database)
+async def down_by_failing_work() -> tuple[DependencyMonitor, Clock]:
+    """A required database whose probe succeeds, taken down by FALL connection errors of the work."""
+    health, clock = monitor(Scripted("db", required=True))
     await health.probe()
     for _ in range(FALL):
         health.report_error(ConnectionResetError())
+    return health, clock
+
+
+async def test_failing_work_keeps_a_dependency_down_while_its_probe_succeeds() -> None:
+    """Probes can miss what the work meets (e.g. a write refused while reads answer)."""
+    health, clock = await down_by_failing_work()
     assert not health.serving
     for _ in range(RISE + 3):
         clock.now += 1
@@ -97,11 +102,7 @@ async def test_failing_work_keeps_a_dependency_down_while_its_probe_succeeds() -
 
 
 async def test_work_that_stops_reporting_is_forgotten_and_the_probes_decide() -> None:
-    database = Scripted("db", required=True)
-    health, clock = monitor(database)
-    await health.probe()
-    for _ in range(FALL):
-        health.report_error(ConnectionResetError())
+    health, clock = await down_by_failing_work()
     clock.now += health.work_memory_s / 2
     await health.probe()
     assert not health.serving

@@ -24,6 +24,8 @@ from typing import Any
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
+from tests.support import value
+
 UTC = dt.UTC
 
 
@@ -302,26 +304,16 @@ class Evaluator:
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 
-def _v(x: Any) -> common_pb2.Value:
-    if isinstance(x, bool):
-        return common_pb2.Value(boolean_value=x)
-    if isinstance(x, int):
-        return common_pb2.Value(integer_value=x)
-    if isinstance(x, Decimal):
-        return common_pb2.Value(decimal_value=str(x))
-    return common_pb2.Value(string_value=x)
-
-
 def _eq(code: str, x: Any) -> pb.Predicate:
-    return pb.Predicate(field=code, operator=pb.OPERATOR_EQUALS, value=pb.Operand(literal=_v(x)))
+    return pb.Predicate(field=code, operator=pb.OPERATOR_EQUALS, value=pb.Operand(literal=value(x)))
 
 
 def test_a_string_never_equals_a_number_but_integers_equal_decimals() -> None:
     ev = Evaluator([Customer("c")], [], {}, NOW, "")
-    assert not ev.predicate(_eq("x", 5), {"x": _v("5")})
-    assert ev.predicate(_eq("x", 5), {"x": _v(Decimal("5.00"))})
-    ne = pb.Predicate(field="x", operator=pb.OPERATOR_NOT_EQUALS, value=pb.Operand(literal=_v(5)))
-    assert ev.predicate(ne, {"x": _v("5")})
+    assert not ev.predicate(_eq("x", 5), {"x": value("5")})
+    assert ev.predicate(_eq("x", 5), {"x": value(Decimal("5.00"))})
+    ne = pb.Predicate(field="x", operator=pb.OPERATOR_NOT_EQUALS, value=pb.Operand(literal=value(5)))
+    assert ev.predicate(ne, {"x": value("5")})
     assert not ev.predicate(ne, {})  # NOT_EQUALS needs the field
 
 

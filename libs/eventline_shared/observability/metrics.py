@@ -15,6 +15,9 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+"""Histogram buckets (seconds) of every request-latency metric, gRPC and HTTP alike."""
+
 RPCS = Counter(
     "eventline_rpcs",  # exported as eventline_rpcs_total
     "RPCs handled, by gRPC service, method and status code.",
@@ -24,7 +27,7 @@ RPC_SECONDS = Histogram(
     "eventline_rpc_duration_seconds",
     "Time from receiving an RPC to its status, by gRPC service and method.",
     ["grpc_service", "grpc_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=LATENCY_BUCKETS,
 )
 STREAM_LENGTH = Gauge("eventline_stream_length", "Entries in the event stream.", ["stream"])
 STREAM_PENDING = Gauge(

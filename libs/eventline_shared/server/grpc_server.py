@@ -40,6 +40,7 @@ from eventline_shared.observability import logs
 from eventline_shared.observability.dependencies import DependencyMonitor, health_name
 from eventline_shared.observability.logs import current_call as _current_call
 from eventline_shared.paging import MAX_REPLY_BYTES
+from eventline_shared.server import workers
 from eventline_shared.server.config import CommonSettings
 from eventline_shared.server.handlers import HandlerWrapper, writing_stream
 from eventline_shared.server.operations import Gauges, Operations
@@ -484,8 +485,20 @@ def serve_main(
     service: str,
     read_settings: Callable[[Mapping[str, str]], SettingsT],
     running: Callable[[SettingsT], AbstractAsyncContextManager[Any]],
+    *,
+    supervise_workers: bool = False,
 ) -> None:
-    """``python -m eventline_<service>``: configure from the environment, serve until SIGTERM or SIGINT."""
+    """``python -m eventline_<service>``: configure from the environment, serve until SIGTERM or SIGINT.
+
+    With ``supervise_workers`` and ``EVENTLINE_<SERVICE>_WORKERS`` above 1, this process starts
+    that many workers on the same port instead (``eventline_shared.server.workers``).
+    """
+    if supervise_workers and workers.supervising(os.environ, service):
+        try:
+            read_settings(os.environ)  # a bad variable stops the supervisor, not N workers
+            sys.exit(workers.supervise(service, os.environ))
+        except ConfigError as exc:
+            sys.exit(f"eventline-{service}: {exc}")
     try:
         settings = read_settings(os.environ)
     except ConfigError as exc:

@@ -137,9 +137,12 @@ class _Parser:
         self.position += 1
 
     def literal(self) -> str:
-        match = _LITERAL.match(self.text, self.position)
+        return self._take(_LITERAL, "a literal")
+
+    def _take(self, pattern: re.Pattern[str], what: str) -> str:
+        match = pattern.match(self.text, self.position)
         if not match:
-            raise TemplateError(f"{self.text!r}: expected a literal at {self.position}")
+            raise TemplateError(f"{self.text!r}: expected {what} at {self.position}")
         self.position = match.end()
         return match.group()
 
@@ -174,11 +177,7 @@ class _Parser:
         return self.literal()
 
     def ident(self) -> str:
-        match = _IDENT.match(self.text, self.position)
-        if not match:
-            raise TemplateError(f"{self.text!r}: expected a field name at {self.position}")
-        self.position = match.end()
-        return match.group()
+        return self._take(_IDENT, "a field name")
 
 
 @dataclass(frozen=True)

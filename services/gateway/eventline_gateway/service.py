@@ -38,6 +38,7 @@ from eventline_gateway.settings import Settings
 from eventline_gateway.transcoder import Transcoder
 from eventline_shared.observability import logs, tracing
 from eventline_shared.observability.dependencies import DependencyMonitor
+from eventline_shared.observability.metrics import LATENCY_BUCKETS
 from eventline_shared.security.tls import SecuritySettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ REQUEST_SECONDS = Histogram(
     "eventline_http_request_duration_seconds",
     "Time from receiving an HTTP request to its response, by route template and method.",
     ["route", "http_method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=LATENCY_BUCKETS,
 )
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
