@@ -24,6 +24,21 @@ fuzzed = settings(
 )
 """Hypothesis settings of the fuzz tests: no deadline (real servers), fixtures shared by examples."""
 
+
+def differential_examples(examples: int) -> settings:
+    """Hypothesis settings of the differential tests against real services: no deadline, one
+    database and server shared by the examples, and large or slow examples allowed."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+    )
+
+
 Rows = Callable[[], Awaitable[Any]]
 
 # --------------------------------------------------------------------------- strategies

@@ -22,13 +22,14 @@ import grpc
 import pytest
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from eventline_shared import values
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 from tests.conftest import service_env
+from tests.fuzzing import differential_examples
 
 UTC = dt.UTC
 START = dt.datetime(2026, 3, 27, 9, 30, tzinfo=UTC)
@@ -129,15 +130,7 @@ async def served(db_url: str, stream_key: str, redis_client: stream.Client) -> A
     await connection.close()
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@differential_examples(EXAMPLES)
 @given(
     flt=trees,
     zone=st.sampled_from(["UTC", "Europe/Berlin", "America/St_Johns"]),

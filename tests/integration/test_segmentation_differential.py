@@ -27,11 +27,12 @@ import pytest
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from eventline_shared import values
 from tests.conftest import service_env
+from tests.fuzzing import differential_examples
 from tests.unit.test_predicates_reference import Customer, Evaluator, Event, NodeResult
 
 UTC = dt.UTC
@@ -336,15 +337,7 @@ async def differential(request: pytest.FixtureRequest, db_url: str, stream_key: 
     await connection.close()
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],
-)
+@differential_examples(EXAMPLES)
 @given(
     history=histories(),
     flts=st.lists(filters_strategy, min_size=1, max_size=3),
