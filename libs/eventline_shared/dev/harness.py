@@ -32,7 +32,9 @@ LOOPBACK = "127.0.0.1"
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10000  # below: well-known and registered servers' ports
 _RESERVATIONS = Path(tempfile.gettempdir()) / "eventline-ports"
-_reserved: dict[int, IO[bytes]] = {}  # port -> its lock file, held while this process lives
+_reserved: dict[int, int] = {}
+"""port -> the descriptor of its lock file, held while this process lives (a bare descriptor, not a
+file object: one still open at exit is what the reservation means, not a leak to warn about)."""
 _pick = random.Random()  # seeded from the OS, not the global generator a test may seed
 
 
@@ -64,18 +66,18 @@ def _reserve(port: int) -> bool:
         _RESERVATIONS.mkdir(exist_ok=True)
         with contextlib.suppress(OSError):  # shared by every user, as /tmp is (umask aside)
             _RESERVATIONS.chmod(0o1777)
-    lock = open(_RESERVATIONS / str(port), "ab")
+    lock = os.open(_RESERVATIONS / str(port), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        lock.close()
+        os.close(lock)
         return False
     _reserved[port] = lock
     return True
 
 
 def _release(port: int) -> None:
-    _reserved.pop(port).close()
+    os.close(_reserved.pop(port))
 
 
 def free_port(host: str = LOOPBACK, *, companions: Sequence[int] = ()) -> int:
