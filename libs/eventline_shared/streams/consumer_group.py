@@ -21,7 +21,10 @@ batches; the campaign service is one user, a future consumer is another.
   third of ``lease_ms``; the replicas share the partitions evenly, counted in
   a members set). A new owner first takes over every entry the previous one
   left pending, before reading new ones; an owner giving a partition up
-  (rebalancing) stops reading it and releases it once its batches are done.
+  (rebalancing) stops reading it and releases it once its batches are done. An
+  owner that stalled past its lease reads nothing more of the partition, even
+  before its renewal finds the lease gone (``reads``); the effects of a batch it
+  had in flight are the handler's to make idempotent (the campaign ledger is).
   Within a replica, a batch that holds a customer of a batch still in flight
   waits for that batch.
 * Consumers of replicas that are gone are removed from the group
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -157,6 +161,7 @@ class ConsumerGroup:
         ordered: bool = True,
         max_outage_backoff_s: float = 5.0,
         dependencies: DependencyMonitor | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not streams:
             raise ValueError("a consumer group reads at least one stream")
@@ -180,6 +185,10 @@ class ConsumerGroup:
         self.owned: set[str] = set() if ordered else set(self.streams)
         """The partitions ``run()`` reads now."""
         self._fresh: set[str] = set()  # owned since the last read: take the previous owner's entries first
+        self._monotonic = monotonic
+        # When each lease held runs out at the latest (counted from before it was taken or renewed): a
+        # replica that stalled past it reads nothing more of the partition, even before it renews.
+        self._held_until: dict[str, float] = {}
         self._batches_of: Counter[str] = Counter()  # batches in flight per partition
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
@@ -486,7 +495,7 @@ class ConsumerGroup:
         next_reclaim = 0.0
         delay = 0.1
         while not self._stop.is_set():
-            if key not in self.owned:
+            if not self.reads(key):
                 try:
                     await asyncio.wait_for(self._stop.wait(), 0.05)
                 except TimeoutError:
@@ -578,8 +587,15 @@ class ConsumerGroup:
             except TimeoutError:
                 pass
 
+    def reads(self, key: str) -> bool:
+        """Whether ``run()`` may read partition ``key`` now: owned, and its lease not run out meanwhile."""
+        return key in self.owned and (
+            not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
+        )
+
     async def balance(self) -> None:
         """One round of partition ownership: renew, then take free partitions or give extra ones up."""
+        started = self._monotonic()
         members = int(await self._members(keys=[self._members_key], args=[self.consumer, self.lease_ms]))
         for key in list(self.owned):
             if not await self._renew(
@@ -587,6 +603,8 @@ class ConsumerGroup:
             ):
                 self.owned.discard(key)  # expired (this replica stalled): someone else's now
                 log.warning("partition lease lost", extra={"stream": key})
+            else:
+                self._held_until[key] = started + self.lease_ms / 1000
         share = math.ceil(len(self.streams) / max(members, 1))
         # Start at a place of this consumer's own, so that replicas starting together take different ones.
         start = sum(self.consumer.encode()) % len(self.streams)
@@ -598,6 +616,7 @@ class ConsumerGroup:
             ):
                 self.owned.add(key)
                 self._fresh.add(key)
+                self._held_until[key] = started + self.lease_ms / 1000
                 log.info("partition taken", extra={"stream": key, "consumer": self.consumer})
         for key in sorted(self.owned)[share:]:
             await self._give_up(key)

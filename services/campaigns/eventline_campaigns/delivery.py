@@ -9,6 +9,15 @@
    after a transient provider error);
 4. only then is the stream entry acknowledged (by the consumer group).
 
+A sender keeps what it holds: while it sends, the leases of its pending deliveries are
+extended every third of the lease (``keep_alive``), and a batch is sent only
+once its leases are confirmed its own (``CampaignRepository.extend_leases``: the row's
+``lease_token`` unchanged, which also renews the lease); a delivery whose keepalive
+found it taken over is not sent. Every take-over
+increments the token, and an outcome is written only under the token it was sent with,
+so a sender that stalled past its lease (a paused process) neither sends nor marks a
+delivery another replica's ``recover`` took over.
+
 A worker killed anywhere leaves either an unacknowledged entry (reprocessed by another
 replica: the ledger makes it a no-op apart from taking over expired leases) or a
 pending row with a lease (sent again, with the same idempotency key, once the lease
@@ -18,9 +27,11 @@ expires: ``Delivery.recover``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 
 from eventline_campaigns.channels import (
     BulkChannel,
@@ -79,6 +90,8 @@ class Delivery:
         self.max_calls = send_attempts * 5
         self.retry_base_s = retry_base_s
         self._send_limit = asyncio.Semaphore(send_concurrency)
+        self._in_flight: dict[int, Owned] = {}
+        """The pending deliveries being sent, by delivery id: their leases are kept alive."""
 
     async def plan(self, items: Sequence[PlanItem]) -> list[list[Planned]]:
         """``planning.plan`` with the suppressions of the items' addresses (one query)."""
@@ -112,6 +125,9 @@ class Delivery:
 
     async def send(self, owned: Sequence[Owned]) -> int:
         """Send the deliveries this worker holds and record the outcomes; returns how many were sent."""
+        # Only what is still this sender's: a batch that waited past its lease may have been taken over.
+        held = await self.repository.extend_leases(owned, self.lease_s)
+        owned = [o for o in owned if o.delivery_id in held]
         if not owned:
             return 0
         bulk: dict[BulkChannel, list[Owned]] = defaultdict(list)
@@ -122,17 +138,47 @@ class Delivery:
                 bulk[channel].append(item)
             else:
                 single.append(item)
-        singles, batches = await asyncio.gather(
-            asyncio.gather(*(self._send_one(o) for o in single)),
-            asyncio.gather(*(self._send_many(c, items) for c, items in bulk.items())),
-        )
-        outcomes: list[Outcome] = list(singles)
+        async with self._keeping(owned):
+            singles, batches = await asyncio.gather(
+                asyncio.gather(*(self._send_one(o) for o in single)),
+                asyncio.gather(*(self._send_many(c, items) for c, items in bulk.items())),
+            )
+        tokens = {o.delivery_id: o.lease_token for o in owned}
+        outcomes: list[Outcome] = [replace(o, lease_token=tokens[o.delivery_id]) for o in singles if o]
         for batch in batches:
-            outcomes += batch
+            outcomes += [replace(o, lease_token=tokens[o.delivery_id]) for o in batch]
         await faults.point("campaigns.after_send")
         await self.repository.mark(outcomes)
         await self._forget_erased(owned)
         return sum(1 for o in outcomes if o.status == SENT)
+
+    async def keep_alive(self) -> None:
+        """Extend the leases of the deliveries being sent (what ``send`` does every third of the lease)."""
+        held = await self.repository.extend_leases(list(self._in_flight.values()), self.lease_s)
+        for delivery_id in set(self._in_flight) - held:
+            # Taken over by another sender: its outcome will not be written by this one.
+            self._in_flight.pop(delivery_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _keeping(self, owned: Sequence[Owned]) -> AsyncIterator[None]:
+        """Keep the leases of ``owned`` alive while the block runs."""
+        self._in_flight.update((o.delivery_id, o) for o in owned)
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                try:
+                    await self.keep_alive()
+                except Exception as exc:  # the next round tries again; the fence still holds
+                    log.warning("cannot extend delivery leases", extra={"error": repr(exc)[:300]})
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            for o in owned:
+                self._in_flight.pop(o.delivery_id, None)
 
     async def recover(self, limit: int = 500) -> int:
         """Send pending deliveries whose sender crashed or whose provider was down; returns how many."""
@@ -174,6 +220,9 @@ class Delivery:
 
     async def _send_many(self, channel: BulkChannel, owned: Sequence[Owned]) -> list[Outcome]:
         """One call for many messages, for channels that take them so."""
+        owned = [o for o in owned if o.delivery_id in self._in_flight]
+        if not owned:
+            return []
         errors = await channel.send_many([o.message for o in owned])
         return [
             Outcome(item.customer_id, item.delivery_id, SENT, "", 1)
@@ -182,7 +231,8 @@ class Delivery:
             for item, error in zip(owned, errors, strict=True)
         ]
 
-    async def _send_one(self, owned: Owned) -> Outcome:
+    async def _send_one(self, owned: Owned) -> Outcome | None:
+        """Send one message; None when its lease was taken over before the call."""
         channel = self.channels[owned.channel]
         calls = 0
 
@@ -192,6 +242,8 @@ class Delivery:
             await channel.send(owned.message)
 
         async with self._send_limit:
+            if owned.delivery_id not in self._in_flight:
+                return None  # taken over while it waited for its turn
             try:
                 await with_retries(call, self.send_attempts, self.retry_base_s)
             except PermanentError as exc:

@@ -164,6 +164,8 @@ class Owned:
     channel: ChannelNumber
     message: Message
     attempts: int
+    lease_token: int = 0
+    """The lease's fencing token: a take-over by another sender changes it."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,8 @@ class Outcome:
     reason: str
     calls: int
     retry_in_s: float = 0.0
+    lease_token: int = 0
+    """The token of the lease it was sent under: the outcome is written only while it holds."""
 
 
 class CampaignChanged(Exception):

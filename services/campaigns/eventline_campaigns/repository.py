@@ -97,10 +97,11 @@ RETURNING delivery_id, customer_id, channel, status, attempts
 """
 
 _TAKE_OVER = f"""
-UPDATE deliveries SET lease_until = now() + $4 * interval '1 second', updated_at = now()
+UPDATE deliveries SET lease_until = now() + $4 * interval '1 second', lease_token = lease_token + 1,
+    updated_at = now()
 WHERE customer_id = ANY($3::text[]) AND campaign_id = $1 AND event_id = $2
   AND status = {PENDING:d} AND lease_until < now()
-RETURNING delivery_id, customer_id, channel, status, message::text, attempts
+RETURNING delivery_id, customer_id, channel, status, message::text, attempts, lease_token
 """
 
 _RECORD_MANY = f"""
@@ -115,15 +116,17 @@ RETURNING delivery_id, customer_id, campaign_id, event_id, channel, status, atte
 """
 
 _TAKE_OVER_MANY = f"""
-UPDATE deliveries d SET lease_until = now() + $4 * interval '1 second', updated_at = now()
+UPDATE deliveries d SET lease_until = now() + $4 * interval '1 second', lease_token = d.lease_token + 1,
+    updated_at = now()
 FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::text[]) AS t(campaign_id, event_id, customer_id)) t
 WHERE d.customer_id = t.customer_id AND d.campaign_id = t.campaign_id AND d.event_id = t.event_id
   AND d.status = {PENDING:d} AND d.lease_until < now()
-RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts
+RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts, d.lease_token
 """
 
 _TAKE_OVER_STALE = f"""
-UPDATE deliveries d SET lease_until = now() + $2 * interval '1 second', updated_at = now()
+UPDATE deliveries d SET lease_until = now() + $2 * interval '1 second', lease_token = d.lease_token + 1,
+    updated_at = now()
 FROM (
     SELECT customer_id, campaign_id, event_id, channel FROM deliveries
     WHERE status = {PENDING:d} AND lease_until < now()
@@ -132,7 +135,7 @@ FROM (
 ) stale
 WHERE (d.customer_id, d.campaign_id, d.event_id, d.channel)
     = (stale.customer_id, stale.campaign_id, stale.event_id, stale.channel)
-RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts
+RETURNING d.delivery_id, d.customer_id, d.channel, d.status, d.message::text, d.attempts, d.lease_token
 """
 
 _LOCK_CUSTOMERS = """
@@ -163,9 +166,18 @@ UPDATE deliveries AS d SET
     message = CASE WHEN u.status = {PENDING:d} THEN d.message END,
     lease_until = CASE WHEN u.status = {PENDING:d} THEN now() + u.retry_s * interval '1 second' END,
     updated_at = now()
-FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::int[], $6::float8[])
-    AS u(customer_id, delivery_id, status, reason, calls, retry_s)
+FROM unnest($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::int[], $6::float8[], $7::bigint[])
+    AS u(customer_id, delivery_id, status, reason, calls, retry_s, lease_token)
 WHERE d.customer_id = u.customer_id AND d.delivery_id = u.delivery_id AND d.status = {PENDING:d}
+  AND d.lease_token = u.lease_token
+"""
+
+_EXTEND = f"""
+UPDATE deliveries AS d SET lease_until = now() + $4 * interval '1 second', updated_at = now()
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(customer_id, delivery_id, lease_token)
+WHERE d.customer_id = u.customer_id AND d.delivery_id = u.delivery_id AND d.status = {PENDING:d}
+  AND d.lease_token = u.lease_token
+RETURNING d.delivery_id
 """
 
 
@@ -183,6 +195,7 @@ def _taken_over(rows: Sequence[asyncpg.Record]) -> list[Owned]:
             r["channel"],
             Message.from_json(r["delivery_id"], r["channel"], r["message"]),
             r["attempts"],
+            r["lease_token"],
         )
         for r in rows
         if r["status"] == PENDING
@@ -490,7 +503,21 @@ class CampaignRepository:
             [o.reason for o in outcomes],
             [o.calls for o in outcomes],
             [o.retry_in_s for o in outcomes],
+            [o.lease_token for o in outcomes],
         )
+
+    async def extend_leases(self, owned: Sequence[Owned], lease_s: float) -> set[int]:
+        """Extend the leases this worker still holds (its token unchanged); returns their delivery ids."""
+        if not owned:
+            return set()
+        rows = await self.pool.fetch(
+            _EXTEND,
+            [o.customer_id for o in owned],
+            [o.delivery_id for o in owned],
+            [o.lease_token for o in owned],
+            lease_s,
+        )
+        return {r[0] for r in rows}
 
     # --- fan-out progress ---
 
