@@ -55,15 +55,17 @@ class TooManyStreams(EventlineError):
 class StreamSlots:
     """At most ``size`` streams at once in this replica; one more is refused at once, not queued."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, rpc: str) -> None:
         self.size = size
+        self.rpc = rpc
+        """The RPC the streams serve, named when one more is refused."""
         self.open = 0
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         if self.open >= self.size:
             raise TooManyStreams(
-                f"{self.size} StreamCustomers calls are already being served by this replica; retry later"
+                f"{self.size} {self.rpc} calls are already being served by this replica; retry later"
             )
         self.open += 1
         try:
@@ -81,10 +83,10 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):  
         tokens: PageTokens,
     ) -> None:
         self.segments = segments
-        self.watches = StreamSlots(max_streams)
+        self.watches = StreamSlots(max_streams, "WatchSegment")
         """WatchSegment streams (long-lived) have their own places: they never take StreamCustomers'."""
         self.max_query_s = max_query_s
-        self.streams = StreamSlots(max_streams)
+        self.streams = StreamSlots(max_streams, "StreamCustomers")
         self.tokens = tokens
 
     # Evaluation ----------------------------------------------------------------------
