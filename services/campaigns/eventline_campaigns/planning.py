@@ -14,14 +14,13 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.model import (
     CHANNEL_NAMES,
+    CHANNEL_WORDS,
     EMAIL,
     FAILED,
     GRANTED,
     MAX_REASON,
     PENDING,
-    PUSH,
     SKIPPED,
-    SMS,
     SUPPRESSIBLE,
     WEBHOOK,
     ChannelNumber,
@@ -35,9 +34,6 @@ from eventline_campaigns.model import (
 )
 from eventline_campaigns.rendering import Rendering
 from eventline_shared.values import decode_values, python_values
-
-CHANNEL_WORDS: dict[ChannelNumber, str] = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push", WEBHOOK: "webhook"}
-"""A channel as a skip reason names it ("no e-mail consent")."""
 
 SUPPRESSION_WORDS: dict[int, str] = {
     campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE: "hard bounce",

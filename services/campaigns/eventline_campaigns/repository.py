@@ -23,6 +23,7 @@ from eventline_campaigns.model import (
     SUPPRESSIBLE,
     CampaignChanged,
     CampaignState,
+    ChannelCap,
     ChannelNumber,
     DeliveryStatus,
     Message,
@@ -30,9 +31,11 @@ from eventline_campaigns.model import (
     Owned,
     Planned,
     Profile,
+    channel_cap_reason,
     normal_address,
 )
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared.storage.database import Connection
 from eventline_shared.streams.group_commit import GroupCommit
 
 # Enum values the statements compare with are written into their text, from the protos'
@@ -155,6 +158,40 @@ GROUP BY customer_id
 _COUNT_SENDS = """
 INSERT INTO campaign_sends (customer_id, campaign_id, event_id, sent_at)
 SELECT c, $1, $2, $4::timestamptz FROM unnest($3::text[]) AS c ORDER BY c
+ON CONFLICT DO NOTHING
+"""
+
+# Caps across campaigns: one lock per customer whatever the campaign (a bigint key, apart
+# from the (campaign, customer) pairs of the per-campaign caps), taken in id order.
+_LOCK_CHANNEL_CUSTOMERS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended('channel-cap:' || c, 0)))
+FROM (SELECT c FROM unnest($1::text[]) AS c ORDER BY c) AS sorted
+"""
+
+_CHANNEL_CAPS = "SELECT channel, max_sends, window_s FROM channel_caps ORDER BY channel"
+
+# Per (customer, capped channel): the messages counted within the channel's window, this
+# trigger's own excepted, and whether this trigger was counted already (a redelivery).
+_RECENT_CHANNEL_SENDS = """
+SELECT s.customer_id, s.channel,
+       count(*) FILTER (WHERE (s.campaign_id, s.event_id) <> ($2, $3)
+                          AND s.sent_at > $4::timestamptz - w.window_s * interval '1 second') AS recent,
+       bool_or((s.campaign_id, s.event_id) = ($2, $3)) AS counted
+FROM channel_sends s
+JOIN unnest($5::smallint[], $6::float8[]) AS w(channel, window_s) ON w.channel = s.channel
+WHERE s.customer_id = ANY($1::text[])
+GROUP BY s.customer_id, s.channel
+"""
+
+_COUNT_CHANNEL_SENDS = """
+WITH expired AS (
+    DELETE FROM channel_sends
+    WHERE customer_id = ANY($1::text[]) AND sent_at <= $5::timestamptz - $6 * interval '1 second'
+)
+INSERT INTO channel_sends (customer_id, channel, campaign_id, event_id, sent_at)
+SELECT t.customer_id, t.channel, $3, $4, $5::timestamptz
+FROM unnest($1::text[], $2::smallint[]) AS t(customer_id, channel)
+ORDER BY t.customer_id, t.channel
 ON CONFLICT DO NOTHING
 """
 
@@ -372,6 +409,7 @@ class CampaignRepository:
         cap_period_s: float = 0.0,
         fanout: bool = False,
         revision: int | None = None,
+        marketing: bool = False,
     ) -> list[Owned]:
         """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
 
@@ -384,7 +422,8 @@ class CampaignRepository:
         nothing is recorded (``CampaignChanged``) unless the campaign is active
         at that revision; its row is locked (FOR SHARE) until commit, so a
         pause, archive or update on any replica either waits for this batch or
-        is seen by it.
+        is seen by it. A ``marketing`` campaign's messages pass the caps across
+        campaigns (``_within_channel_caps``) in the same transaction.
         """
         planned = list(planned)
         customers = sorted({p.customer_id for p in planned})
@@ -397,8 +436,8 @@ class CampaignRepository:
                     raise CampaignChanged(
                         current["state"] if current else 0, current["revision"] if current else 0
                     )
+            now = self.clock.now()
             if cap_max and customers:
-                now = self.clock.now()
                 await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
                 sends = {
                     r["customer_id"]: (r["recent"], r["counted"])
@@ -420,6 +459,12 @@ class CampaignRepository:
                         else p
                         for p in planned
                     ]
+            caps: dict[ChannelNumber, ChannelCap] = {}
+            if marketing:
+                planned, caps = await self._within_channel_caps(
+                    connection, campaign_id, event_id, planned, now
+                )
+            if cap_max and customers:
                 sending = sorted({p.customer_id for p in planned if p.status == PENDING})
                 if sending:
                     await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending, now)
@@ -436,6 +481,26 @@ class CampaignRepository:
                 [_json(p) for p in unique],
                 lease_s,
             )
+            if caps:
+                # What this transaction recorded as pending counts; a delivery recorded before
+                # (a redelivered trigger) was counted then, or skipped.
+                counting = sorted(
+                    {
+                        (r["customer_id"], r["channel"])
+                        for r in rows
+                        if r["status"] == PENDING and r["channel"] in caps
+                    }
+                )
+                if counting:
+                    await connection.execute(
+                        _COUNT_CHANNEL_SENDS,
+                        [c for c, _ in counting],
+                        [ch for _, ch in counting],
+                        campaign_id,
+                        event_id,
+                        now,
+                        max(c.window_s for c in caps.values()),
+                    )
             messages = {key: p.message for key, p in firsts.items() if p.message is not None}
             owned = _inserted(rows, messages, "customer_id", "channel")
             if len(rows) < len(unique):
@@ -452,6 +517,80 @@ class CampaignRepository:
                     len(rows),
                 )
         return owned
+
+    async def _within_channel_caps(
+        self,
+        connection: Connection,
+        campaign_id: str,
+        event_id: str,
+        planned: list[Planned],
+        now: dt.datetime,
+    ) -> tuple[list[Planned], dict[ChannelNumber, ChannelCap]]:
+        """``planned`` with the messages over a cap across campaigns skipped, and the caps
+        whose messages ``record`` counts once recorded (none when nothing is capped).
+
+        The customers are locked (one transaction advisory lock each, the same for every
+        campaign, in id order) until the transaction ends, while their messages within each
+        capped channel's window are counted and this trigger's are added: two replicas
+        sending one customer two campaigns at once take turns, so the cap holds exactly. A
+        trigger counted before (a redelivered stream entry, a resumed fan-out) is not counted
+        twice and keeps its delivery.
+        """
+        caps = {r[0]: ChannelCap(r[0], r[1], r[2]) for r in await connection.fetch(_CHANNEL_CAPS)}
+        capped = [p for p in planned if p.status == PENDING and p.channel in caps]
+        if not capped:
+            return planned, {}
+        customers = sorted({p.customer_id for p in capped})
+        await connection.fetchval(_LOCK_CHANNEL_CUSTOMERS, customers)
+        counts = {
+            (r["customer_id"], r["channel"]): (r["recent"], r["counted"])
+            for r in await connection.fetch(
+                _RECENT_CHANNEL_SENDS,
+                customers,
+                campaign_id,
+                event_id,
+                now,
+                list(caps),
+                [c.window_s for c in caps.values()],
+            )
+        }
+        over = set()
+        for p in capped:
+            recent, counted = counts.get((p.customer_id, p.channel), (0, False))
+            if not counted and recent >= caps[p.channel].max_sends:
+                over.add((p.customer_id, p.channel))
+        return [
+            Planned(p.customer_id, p.channel, SKIPPED, channel_cap_reason(caps[p.channel]), None)
+            if p.status == PENDING and (p.customer_id, p.channel) in over
+            else p
+            for p in planned
+        ], caps
+
+    async def channel_caps(self) -> list[ChannelCap]:
+        """The caps across campaigns, in channel order."""
+        return [ChannelCap(r[0], r[1], r[2]) for r in await self.pool.fetch(_CHANNEL_CAPS)]
+
+    async def set_channel_caps(self, caps: Sequence[ChannelCap]) -> list[ChannelCap]:
+        """Set the caps given (``max_sends`` 0 removes the channel's); returns every cap."""
+        keep = [c for c in caps if c.max_sends > 0]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "DELETE FROM channel_caps WHERE channel = ANY($1::smallint[])",
+                [c.channel for c in caps if c.max_sends == 0],
+            )
+            await connection.execute(
+                """
+                INSERT INTO channel_caps (channel, max_sends, window_s)
+                SELECT * FROM unnest($1::smallint[], $2::int[], $3::float8[])
+                ON CONFLICT (channel) DO UPDATE SET max_sends = excluded.max_sends,
+                    window_s = excluded.window_s, updated_at = now()
+                """,
+                [c.channel for c in keep],
+                [c.max_sends for c in keep],
+                [c.window_s for c in keep],
+            )
+            rows = await connection.fetch(_CHANNEL_CAPS)
+        return [ChannelCap(r[0], r[1], r[2]) for r in rows]
 
     async def record_many(self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float) -> list[Owned]:
         """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a cap.
@@ -558,11 +697,17 @@ class CampaignRepository:
         return int(await self.pool.fetchval("SELECT erasures FROM customer_erasures"))
 
     async def missing_deliveries(self, delivery_ids: Sequence[int]) -> set[int]:
-        """The ids among ``delivery_ids`` that the ledger does not hold (their customer was erased)."""
+        """The ids among ``delivery_ids`` that neither the ledger nor the test deliveries hold
+        (their customer was erased)."""
         if not delivery_ids:
             return set()
         rows = await self.pool.fetch(
-            "SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])", list(delivery_ids)
+            """
+            SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])
+            UNION ALL
+            SELECT test_delivery_id FROM test_deliveries WHERE test_delivery_id = ANY($1::bigint[])
+            """,
+            list(delivery_ids),
         )
         return set(delivery_ids) - {r[0] for r in rows}
 
@@ -594,6 +739,46 @@ class CampaignRepository:
             campaign_id,
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+
+# --- test sends ------------------------------------------------------------------
+
+
+class TestDeliveryRepository:
+    """The record of test sends (``test_deliveries``): apart from the ledger, its stats and caps."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def start(
+        self, campaign_id: str, step_id: str, channel: ChannelNumber, address: str, sample_customer_id: str
+    ) -> tuple[int, dt.datetime]:
+        """Record a test send about to be made (pending): its id (the provider's idempotency
+        key) and creation time."""
+        row = await self.pool.fetchrow(
+            f"""
+            INSERT INTO test_deliveries (campaign_id, step_id, channel, address, sample_customer_id, status)
+            VALUES ($1, $2, $3, $4, $5, {PENDING:d}) RETURNING test_delivery_id, created_at
+            """,
+            campaign_id,
+            step_id,
+            channel,
+            address,
+            sample_customer_id,
+        )
+        assert row is not None
+        return row[0], row[1]
+
+    async def finish(self, test_delivery_id: int, status: DeliveryStatus, reason: str) -> None:
+        """Record how a test send ended."""
+        await self.pool.execute(
+            "UPDATE test_deliveries SET status = $2, reason = $3 WHERE test_delivery_id = $1",
+            test_delivery_id,
+            status,
+            reason,
+        )
 
 
 # --- suppressions and provider reports ----------------------------------------
