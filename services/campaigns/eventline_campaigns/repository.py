@@ -405,11 +405,11 @@ class CampaignRepository:
         planned: Sequence[Planned],
         *,
         lease_s: float,
+        marketing: bool,
         cap_max: int = 0,
         cap_period_s: float = 0.0,
         fanout: bool = False,
         revision: int | None = None,
-        marketing: bool = False,
     ) -> list[Owned]:
         """Record ``planned`` deliveries in one transaction; returns the pending ones to send now.
 
@@ -593,7 +593,9 @@ class CampaignRepository:
         return [ChannelCap(r[0], r[1], r[2]) for r in rows]
 
     async def record_many(self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float) -> list[Owned]:
-        """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a cap.
+        """``record`` for many (campaign id, event id, delivery) at once, for deliveries no cap
+        applies to: campaigns without a frequency cap whose messages are on no channel capped
+        across campaigns, or transactional (``Delivery.deliver`` chooses).
 
         One statement (no explicit transaction): the hot path of customer-event
         triggers, where a stream batch holds many events.

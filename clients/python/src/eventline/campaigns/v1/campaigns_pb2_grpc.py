@@ -314,12 +314,13 @@ class CampaignServiceServicer:
 
     def SetChannelCaps(self, request, context):
         """Sets or removes the caps of the channels named (the others keep theirs);
-        returns every cap. A cap applies to every delivery recorded after this
-        call returns, on every replica: a marketing message that would exceed it
-        is recorded as skipped with the reason "channel cap: <n> <channel> per
-        <window>". Messages count from the moment their channel has a cap.
-        Transactional campaigns are neither capped nor counted. Each campaign's
-        own frequency cap applies as well.
+        returns every cap. Each replica applies a change from the next batch of
+        triggers (or fan-out batch) it records after this call returns: a
+        marketing message that would exceed a cap is recorded as skipped with the
+        reason "channel cap: <n> <channel> messages per <window>". Messages count
+        from the moment their channel has a cap. Transactional campaigns are
+        neither capped nor counted. Each campaign's own frequency cap applies as
+        well.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
