@@ -42,7 +42,7 @@ the development sink).
 
 With ``--channel-cap`` an e-mail cap across campaigns is set first (1,000 per customer in
 7 days: never reached here), so every delivery passes the cap's check where it is recorded
-(one transaction per trigger, a per-customer lock, a count and an insert): its cost.
+(one transaction per batch of triggers, a lock per customer, a count and an insert): its cost.
 
 Usage: python bench/triggers.py [--quick] [--rate N] [--channel-cap]. The last line printed is one JSON object.
 """

@@ -194,11 +194,14 @@ async def test_two_replicas_sending_two_campaigns_to_one_customer_at_once_keep_t
             for name in ("Visited", "Browsed"):
                 reply = await ingestion.TrackCustomerEvent(customer_event("cid", name, f"{name}-{i}"))
                 events.append(reply.event)
-        # Every trigger at once, each on its own, half on each replica.
+        # Every trigger at once, half on each replica: alone, or in batches of four (one
+        # transaction for the batch, whose own earlier messages count against its later ones).
+        alone = [[event] for event in events[:8]]
+        batched = [events[n : n + 4] for n in range(8, 20, 4)]
         await asyncio.gather(
             *(
-                (served_a if n % 2 else served_b).engine.handle_customer_events([event])
-                for n, event in enumerate(events)
+                (served_a if n % 2 else served_b).engine.handle_customer_events(batch)
+                for n, batch in enumerate(alone + batched)
             )
         )
         found = await stub.ListDeliveries(
@@ -211,6 +214,43 @@ async def test_two_replicas_sending_two_campaigns_to_one_customer_at_once_keep_t
         await smtp_server.wait_for(2)
         await asyncio.sleep(0.2)
         assert len(smtp_server.messages) == 2
+
+
+async def test_a_batch_of_triggers_counts_its_own_messages(
+    campaigns_env: CampaignsEnv, ingestion: Any, smtp_server: SmtpInbox, db: asyncpg.Connection
+) -> None:
+    clock = ManualClock()
+    async with replica(campaigns_env, clock) as (served, stub):
+        for customer in ("dan", "eve"):
+            await add_customer(ingestion, customer)
+        await cap_email(stub, 2)
+        await start(stub, marketing("Visited"))
+        await start(stub, marketing("Browsed"))
+        await served.cache.refresh()
+        batch = [
+            (await ingestion.TrackCustomerEvent(customer_event(customer, name, f"{customer}-{n}"))).event
+            for n, (customer, name) in enumerate(
+                [
+                    ("dan", "Visited"),
+                    ("eve", "Visited"),
+                    ("dan", "Browsed"),
+                    ("dan", "Visited"),
+                    ("eve", "Browsed"),
+                ]
+            )
+        ]
+        await served.engine.handle_customer_events(batch)
+        assert [await outcome(stub, e.event_id) for e in batch] == [
+            "DELIVERY_STATUS_SENT",
+            "DELIVERY_STATUS_SENT",
+            "DELIVERY_STATUS_SENT",
+            f"DELIVERY_STATUS_SKIPPED {CAPPED}",
+            "DELIVERY_STATUS_SENT",
+        ]
+        # The same batch again (a redelivered stream entry) changes nothing and counts nothing.
+        await served.engine.handle_customer_events(batch)
+        assert await db.fetchval("SELECT count(*) FROM channel_sends") == 4
+        await smtp_server.wait_for(4)
 
 
 async def test_a_fan_out_passes_the_cap_too(

@@ -104,34 +104,44 @@ class Delivery:
     async def deliver(self, items: Sequence[PlanItem]) -> None:
         """Plan, record and send the deliveries of triggered campaigns to their customers.
 
-        Campaigns without a frequency cap, and without a message on a channel capped across
-        campaigns, share one statement; each other one has its own transaction (its customers
-        are locked while their recent sends are counted). The caps across campaigns are read
-        once per call to choose; the transaction reads them again and applies them.
+        Campaigns with a frequency cap of their own have a transaction each (their customers
+        are locked while their recent sends are counted). Of the others, the messages of
+        marketing campaigns on channels capped across campaigns share one transaction (their
+        customers locked while counted), and the rest one statement. The caps across
+        campaigns are read once per call to choose; the transaction reads them again and
+        applies them.
         """
         marketing = any(not campaign.transactional for campaign, _, _, _ in items)
         capped_channels = {c.channel for c in await self.repository.channel_caps()} if marketing else set()
         uncapped: list[tuple[str, str, Planned]] = []
+        across: list[tuple[str, str, Planned]] = []
         capped = []
         for (campaign, trigger, _, _), planned in zip(items, await self.plan(items), strict=True):
-            across = not campaign.transactional and any(
-                p.status == PENDING and p.channel in capped_channels for p in planned
-            )
-            if campaign.cap_max or across:
+            if campaign.cap_max:
                 capped.append(
                     self.repository.record(
                         campaign.campaign_id,
                         trigger.event.event_id,
                         planned,
                         lease_s=self.lease_s,
+                        marketing=not campaign.transactional,
                         cap_max=campaign.cap_max,
                         cap_period_s=campaign.cap_period_s,
-                        marketing=not campaign.transactional,
                     )
                 )
+                continue
+            keyed = [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
+            if not campaign.transactional and any(
+                p.status == PENDING and p.channel in capped_channels for p in planned
+            ):
+                across += keyed
             else:
-                uncapped += [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
-        recorded = await asyncio.gather(self.repository.record_many(uncapped, lease_s=self.lease_s), *capped)
+                uncapped += keyed
+        recorded = await asyncio.gather(
+            self.repository.record_many(uncapped, lease_s=self.lease_s),
+            self.repository.record_many(across, lease_s=self.lease_s, marketing=True),
+            *capped,
+        )
         await self.send([owned for batch in recorded for owned in batch])
 
     async def send(self, owned: Sequence[Owned]) -> int:

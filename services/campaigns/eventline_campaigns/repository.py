@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -170,17 +171,11 @@ FROM (SELECT c FROM unnest($1::text[]) AS c ORDER BY c) AS sorted
 
 _CHANNEL_CAPS = "SELECT channel, max_sends, window_s FROM channel_caps ORDER BY channel"
 
-# Per (customer, capped channel): the messages counted within the channel's window, this
-# trigger's own excepted, and whether this trigger was counted already (a redelivery).
-_RECENT_CHANNEL_SENDS = """
-SELECT s.customer_id, s.channel,
-       count(*) FILTER (WHERE (s.campaign_id, s.event_id) <> ($2, $3)
-                          AND s.sent_at > $4::timestamptz - w.window_s * interval '1 second') AS recent,
-       bool_or((s.campaign_id, s.event_id) = ($2, $3)) AS counted
-FROM channel_sends s
-JOIN unnest($5::smallint[], $6::float8[]) AS w(channel, window_s) ON w.channel = s.channel
-WHERE s.customer_id = ANY($1::text[])
-GROUP BY s.customer_id, s.channel
+# A customer's counted messages on the capped channels within the longest window.
+_CHANNEL_SENDS_WITHIN = """
+SELECT customer_id, channel, campaign_id, event_id, sent_at FROM channel_sends
+WHERE customer_id = ANY($1::text[]) AND channel = ANY($2::smallint[])
+  AND sent_at > $3::timestamptz - $4 * interval '1 second'
 """
 
 _COUNT_CHANNEL_SENDS = """
@@ -189,9 +184,9 @@ WITH expired AS (
     WHERE customer_id = ANY($1::text[]) AND sent_at <= $5::timestamptz - $6 * interval '1 second'
 )
 INSERT INTO channel_sends (customer_id, channel, campaign_id, event_id, sent_at)
-SELECT t.customer_id, t.channel, $3, $4, $5::timestamptz
-FROM unnest($1::text[], $2::smallint[]) AS t(customer_id, channel)
-ORDER BY t.customer_id, t.channel
+SELECT t.customer_id, t.channel, t.campaign_id, t.event_id, $5::timestamptz
+FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[]) AS t(customer_id, channel, campaign_id, event_id)
+ORDER BY t.customer_id, t.channel, t.campaign_id, t.event_id
 ON CONFLICT DO NOTHING
 """
 
@@ -461,9 +456,10 @@ class CampaignRepository:
                     ]
             caps: dict[ChannelNumber, ChannelCap] = {}
             if marketing:
-                planned, caps = await self._within_channel_caps(
-                    connection, campaign_id, event_id, planned, now
+                checked, caps = await self._within_channel_caps(
+                    connection, [(campaign_id, event_id, p) for p in planned], now
                 )
+                planned = [p for _, _, p in checked]
             if cap_max and customers:
                 sending = sorted({p.customer_id for p in planned if p.status == PENDING})
                 if sending:
@@ -481,26 +477,7 @@ class CampaignRepository:
                 [_json(p) for p in unique],
                 lease_s,
             )
-            if caps:
-                # What this transaction recorded as pending counts; a delivery recorded before
-                # (a redelivered trigger) was counted then, or skipped.
-                counting = sorted(
-                    {
-                        (r["customer_id"], r["channel"])
-                        for r in rows
-                        if r["status"] == PENDING and r["channel"] in caps
-                    }
-                )
-                if counting:
-                    await connection.execute(
-                        _COUNT_CHANNEL_SENDS,
-                        [c for c, _ in counting],
-                        [ch for _, ch in counting],
-                        campaign_id,
-                        event_id,
-                        now,
-                        max(c.window_s for c in caps.values()),
-                    )
+            await self._count_channel_sends(connection, rows, caps, now, campaign_id, event_id)
             messages = {key: p.message for key, p in firsts.items() if p.message is not None}
             owned = _inserted(rows, messages, "customer_id", "channel")
             if len(rows) < len(unique):
@@ -519,52 +496,79 @@ class CampaignRepository:
         return owned
 
     async def _within_channel_caps(
-        self,
-        connection: Connection,
-        campaign_id: str,
-        event_id: str,
-        planned: list[Planned],
-        now: dt.datetime,
-    ) -> tuple[list[Planned], dict[ChannelNumber, ChannelCap]]:
-        """``planned`` with the messages over a cap across campaigns skipped, and the caps
-        whose messages ``record`` counts once recorded (none when nothing is capped).
+        self, connection: Connection, items: list[tuple[str, str, Planned]], now: dt.datetime
+    ) -> tuple[list[tuple[str, str, Planned]], dict[ChannelNumber, ChannelCap]]:
+        """(campaign id, event id, delivery) ``items`` of marketing campaigns, with the messages
+        over a cap across campaigns skipped; and the caps whose messages ``_count_channel_sends``
+        counts once recorded (none when nothing is capped).
 
         The customers are locked (one transaction advisory lock each, the same for every
         campaign, in id order) until the transaction ends, while their messages within each
-        capped channel's window are counted and this trigger's are added: two replicas
-        sending one customer two campaigns at once take turns, so the cap holds exactly. A
-        trigger counted before (a redelivered stream entry, a resumed fan-out) is not counted
-        twice and keeps its delivery.
+        capped channel's window are counted, the items' in order (an earlier item of the
+        batch counts against a later one): replicas sending one customer several campaigns at
+        once take turns, so the cap holds exactly. A trigger counted before (a redelivered
+        stream entry, a resumed fan-out) is not counted twice and keeps its delivery.
         """
         caps = {r[0]: ChannelCap(r[0], r[1], r[2]) for r in await connection.fetch(_CHANNEL_CAPS)}
-        capped = [p for p in planned if p.status == PENDING and p.channel in caps]
+        capped = [p for _, _, p in items if p.status == PENDING and p.channel in caps]
         if not capped:
-            return planned, {}
+            return items, {}
         customers = sorted({p.customer_id for p in capped})
         await connection.fetchval(_LOCK_CHANNEL_CUSTOMERS, customers)
-        counts = {
-            (r["customer_id"], r["channel"]): (r["recent"], r["counted"])
-            for r in await connection.fetch(
-                _RECENT_CHANNEL_SENDS,
-                customers,
-                campaign_id,
-                event_id,
-                now,
-                list(caps),
-                [c.window_s for c in caps.values()],
+        rows = await connection.fetch(
+            _CHANNEL_SENDS_WITHIN, customers, list(caps), now, max(c.window_s for c in caps.values())
+        )
+        counted = {(r["customer_id"], r["channel"], r["campaign_id"], r["event_id"]) for r in rows}
+        sent: dict[tuple[str, ChannelNumber], list[tuple[dt.datetime, Key]]] = defaultdict(list)
+        for r in rows:
+            sent[r["customer_id"], r["channel"]].append(
+                (r["sent_at"], (r["customer_id"], r["channel"], r["campaign_id"], r["event_id"]))
             )
-        }
-        over = set()
-        for p in capped:
-            recent, counted = counts.get((p.customer_id, p.channel), (0, False))
-            if not counted and recent >= caps[p.channel].max_sends:
-                over.add((p.customer_id, p.channel))
-        return [
-            Planned(p.customer_id, p.channel, SKIPPED, channel_cap_reason(caps[p.channel]), None)
-            if p.status == PENDING and (p.customer_id, p.channel) in over
-            else p
-            for p in planned
-        ], caps
+        checked = []
+        for campaign_id, event_id, p in items:
+            key = (p.customer_id, p.channel, campaign_id, event_id)
+            if p.status == PENDING and p.channel in caps and key not in counted:
+                cap = caps[p.channel]
+                since = now - dt.timedelta(seconds=cap.window_s)
+                if sum(1 for at, _ in sent[p.customer_id, p.channel] if at > since) >= cap.max_sends:
+                    p = Planned(p.customer_id, p.channel, SKIPPED, channel_cap_reason(cap), None)
+                else:
+                    counted.add(key)
+                    sent[p.customer_id, p.channel].append((now, key))
+            checked.append((campaign_id, event_id, p))
+        return checked, caps
+
+    async def _count_channel_sends(
+        self,
+        connection: Connection,
+        recorded: Sequence[asyncpg.Record],
+        caps: Mapping[ChannelNumber, ChannelCap],
+        now: dt.datetime,
+        campaign_id: str = "",
+        event_id: str = "",
+    ) -> None:
+        """Count against the caps the messages this transaction recorded as pending (rows
+        returned by the ledger's insert; ``campaign_id`` and ``event_id`` when they are not
+        columns). A delivery recorded before (a redelivered trigger) was counted then, or skipped."""
+        if not caps:
+            return
+        counting = sorted(
+            {
+                (r["customer_id"], r["channel"], campaign_id or r["campaign_id"], event_id or r["event_id"])
+                for r in recorded
+                if r["status"] == PENDING and r["channel"] in caps
+            }
+        )
+        if counting:
+            await connection.execute(
+                _COUNT_CHANNEL_SENDS,
+                [k[0] for k in counting],
+                [k[1] for k in counting],
+                [k[2] for k in counting],
+                [k[3] for k in counting],
+                now,
+                max(c.window_s for c in caps.values()),
+            )
 
     async def channel_caps(self) -> list[ChannelCap]:
         """The caps across campaigns, in channel order."""
@@ -592,19 +596,37 @@ class CampaignRepository:
             rows = await connection.fetch(_CHANNEL_CAPS)
         return [ChannelCap(r[0], r[1], r[2]) for r in rows]
 
-    async def record_many(self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float) -> list[Owned]:
-        """``record`` for many (campaign id, event id, delivery) at once, for deliveries no cap
-        applies to: campaigns without a frequency cap whose messages are on no channel capped
-        across campaigns, or transactional (``Delivery.deliver`` chooses).
+    async def record_many(
+        self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float, marketing: bool = False
+    ) -> list[Owned]:
+        """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a
+        frequency cap of their own (``Delivery.deliver`` chooses).
 
-        One statement (no explicit transaction): the hot path of customer-event
-        triggers, where a stream batch holds many events.
+        Without ``marketing``, one statement (no explicit transaction): the hot path of
+        customer-event triggers, where a stream batch holds many events; no cap across
+        campaigns applies (transactional campaigns, or no capped channel). With it, one
+        transaction that applies the caps across campaigns (``_within_channel_caps``) first.
         """
         if not items:
             return []
+        if not marketing:
+            return await self._record_many(self.pool, items, lease_s)
+        async with self.pool.acquire() as connection, connection.transaction():
+            now = self.clock.now()
+            checked, caps = await self._within_channel_caps(connection, list(items), now)
+            return await self._record_many(connection, checked, lease_s, caps, now)
+
+    async def _record_many(
+        self,
+        connection: Connection | asyncpg.Pool,
+        items: Sequence[tuple[str, str, Planned]],
+        lease_s: float,
+        caps: Mapping[ChannelNumber, ChannelCap] | None = None,
+        now: dt.datetime | None = None,
+    ) -> list[Owned]:
         firsts = _firsts(((c, e, p.customer_id, p.channel), (c, e, p)) for c, e, p in items)
         unique = list(firsts.values())
-        rows = await self.pool.fetch(
+        rows = await connection.fetch(
             _RECORD_MANY,
             [c for c, _, _ in unique],
             [e for _, e, _ in unique],
@@ -615,10 +637,12 @@ class CampaignRepository:
             [_json(p) for _, _, p in unique],
             lease_s,
         )
+        if caps and now is not None and not isinstance(connection, asyncpg.Pool):
+            await self._count_channel_sends(connection, rows, caps, now)
         messages = {key: p.message for key, (_, _, p) in firsts.items() if p.message is not None}
         owned = _inserted(rows, messages, "campaign_id", "event_id", "customer_id", "channel")
         if len(rows) < len(unique):
-            taken = await self.pool.fetch(
+            taken = await connection.fetch(
                 _TAKE_OVER_MANY,
                 [c for c, _, _ in unique],
                 [e for _, e, _ in unique],
