@@ -164,24 +164,32 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
                         ]
                     )
                 )
+                ids = []
                 for campaign in (PING, RESTOCK):
                     created = await stub.CreateCampaign(
                         campaigns_pb2.CreateCampaignRequest(campaign=campaign)
                     )
+                    ids.append(created.campaign.campaign_id)
                     await stub.ActivateCampaign(
                         campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
                     )
-                # Test sends: one to the victim's address (rendered for someone else), one
-                # rendered for the victim (to someone else's address). Replica B writes their files.
-                for address, sample in ((EMAIL.upper(), "c0001"), ("marketer@example.com", VICTIM)):
-                    await stub.SendTestMessage(
+                # Test sends: to the victim's e-mail address and push token (rendered for
+                # someone else), and one rendered for the victim (to someone else's address).
+                # Replica B writes their files.
+                for campaign_id, channel, address, sample in (
+                    (ids[1], campaigns_pb2.CHANNEL_EMAIL, EMAIL.upper(), "c0001"),
+                    (ids[0], campaigns_pb2.CHANNEL_PUSH, TOKEN, "c0001"),
+                    (ids[1], campaigns_pb2.CHANNEL_EMAIL, "marketer@example.com", VICTIM),
+                ):
+                    sent = await stub.SendTestMessage(
                         campaigns_pb2.SendTestMessageRequest(
-                            campaign_id=created.campaign.campaign_id,
-                            channel=campaigns_pb2.CHANNEL_EMAIL,
+                            campaign_id=campaign_id,
+                            channel=channel,
                             address=address,
                             sample_customer_id=sample,
                         )
                     )
+                    assert sent.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_SENT
             for replica in (replica_a, replica_b):
                 await replica.cache.refresh()
 
@@ -224,8 +232,9 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
             "test_deliveries.sample_customer_id",
         } <= set(before), before
         assert await traces_in_redis(redis_client, stream_key)
-        # Replica B: the victim's fan-out e-mail and the two test sends.
-        assert len(traces_in_files(sinks[:1])) == 3 and len(traces_in_files(sinks[1:])) == 3
+        # Replica B: the victim's fan-out e-mail and the three test sends.
+        assert len(traces_in_files(sinks[:1])) == 3 and len(traces_in_files(sinks[1:])) == 4
+        assert await db.fetchval("SELECT count(*) FROM test_deliveries") == 3
 
         # Replica B is down; replica A runs while the customer is erased.
         erased = await ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id=VICTIM))
@@ -243,6 +252,7 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
         assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'restock-1'")
 
     assert await traces_in_database(db) == {}
+    assert await db.fetchval("SELECT count(*) FROM test_deliveries") == 0
     assert await traces_in_redis(redis_client, stream_key) == []
     assert traces_in_files(sinks) == []
     # The others' messages stay, once each.

@@ -147,6 +147,36 @@ async def test_a_test_sms_goes_to_the_sms_provider(
     assert json.loads(body)["text"] == "Code Z9"
 
 
+async def test_a_provider_refusing_a_test_send_is_a_failed_test_delivery_not_an_error(
+    campaigns: campaigns_pb2_grpc.CampaignServiceStub,
+    ingestion: Any,
+    http_provider: HttpProvider,
+    db: asyncpg.Connection,
+) -> None:
+    await sample_customer(ingestion)
+    campaign_id = await create(campaigns, welcome())
+    request = campaigns_pb2.SendTestMessageRequest(
+        campaign_id=campaign_id, channel=SMS, address="+15559990000", sample_customer_id="sample"
+    )
+    # Without the context its template needs, nothing is sent.
+    reply = await campaigns.SendTestMessage(request)
+    assert reply.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_FAILED
+    assert (
+        reply.test_delivery.reason == "template: undefined variable: client.eventContext has no field 'code'"
+    )
+    assert http_provider.requests == []
+    # The provider refuses the number.
+    http_provider.status = "400 Bad Request"
+    http_provider.reply_body = b"no such number"
+    request.context["code"].CopyFrom(value("1"))
+    reply = await campaigns.SendTestMessage(request)
+    assert reply.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_FAILED
+    assert reply.test_delivery.reason == "provider: provider replied 400: no such number"
+    assert len(http_provider.requests) == 1
+    reasons = await db.fetch("SELECT reason FROM test_deliveries ORDER BY test_delivery_id")
+    assert [r[0] for r in reasons][1] == reply.test_delivery.reason
+
+
 async def test_bad_test_sends_are_refused_with_the_field_at_fault(
     campaigns: campaigns_pb2_grpc.CampaignServiceStub, ingestion: Any, smtp_server: SmtpInbox
 ) -> None:
