@@ -125,7 +125,7 @@ async def test_a_test_email_arrives_rendered_for_the_sample_customer_and_counts_
     assert stats.sent == 1
 
 
-async def test_a_test_sms_goes_to_the_sms_provider(
+async def test_a_test_sms_goes_to_the_sms_provider_unless_the_number_is_suppressed(
     campaigns: campaigns_pb2_grpc.CampaignServiceStub, ingestion: Any, http_provider: HttpProvider
 ) -> None:
     await sample_customer(ingestion)
@@ -145,6 +145,24 @@ async def test_a_test_sms_goes_to_the_sms_provider(
     assert headers["idempotency-key"] == reply.test_delivery.test_delivery_id
     assert json.loads(body)["to"] == "+15559990000"
     assert json.loads(body)["text"] == "Code Z9"
+    # A suppressed address is skipped, as a delivery to it would be.
+    await campaigns.CreateSuppression(
+        campaigns_pb2.CreateSuppressionRequest(
+            suppression=campaigns_pb2.Suppression(channel=SMS, address="+15559990000")
+        )
+    )
+    skipped = await campaigns.SendTestMessage(
+        campaigns_pb2.SendTestMessageRequest(
+            campaign_id=campaign_id,
+            channel=SMS,
+            address="+15559990000",
+            sample_customer_id="sample",
+            context={"code": value("Z9")},
+        )
+    )
+    assert skipped.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED
+    assert skipped.test_delivery.reason == "suppressed: added by hand"
+    assert len(http_provider.requests) == 1
 
 
 async def test_a_provider_refusing_a_test_send_is_a_failed_test_delivery_not_an_error(

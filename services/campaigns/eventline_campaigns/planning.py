@@ -42,6 +42,12 @@ SUPPRESSION_WORDS: dict[int, str] = {
     campaigns_pb2.SUPPRESSION_REASON_MANUAL: "added by hand",
 }
 
+
+def suppressed_reason(reason: int) -> str:
+    """Why a message to a suppressed address is skipped: "suppressed: hard bounce"."""
+    return f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}"
+
+
 TEMPLATE_FAILED = "template: "
 """How the reason of a delivery whose template failed starts (the render error follows)."""
 
@@ -109,7 +115,7 @@ def _skip_reason(
         return f"no {word} address"
     reason = suppressed.get((action.channel, normal_address(action.channel, to[0])))
     if reason is not None and action.channel in SUPPRESSIBLE:
-        return f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}"
+        return suppressed_reason(reason)
     return ""
 
 

@@ -29,7 +29,7 @@ from eventline_campaigns.model import (
     TestDelivery,
     normal_address,
 )
-from eventline_campaigns.planning import SUPPRESSION_WORDS
+from eventline_campaigns.planning import suppressed_reason
 from eventline_campaigns.repository import TestDeliveryRepository
 from eventline_shared.errors import FieldViolation, raise_if_any
 
@@ -84,7 +84,7 @@ class TestSends:
             suppressed := await self.delivery.suppressions.suppressed([(channel, address)])
         ):
             status = SKIPPED
-            reason = f"suppressed: {SUPPRESSION_WORDS.get(suppressed[(channel, address)], 'suppressed')}"
+            reason = suppressed_reason(suppressed[(channel, address)])
         else:
             message = replace(planned.message, delivery_id=test_delivery_id, to=[address], unsubscribe=[])
             provider = self.delivery.channels[channel]
