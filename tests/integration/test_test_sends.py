@@ -130,15 +130,14 @@ async def test_a_test_sms_goes_to_the_sms_provider_unless_the_number_is_suppress
 ) -> None:
     await sample_customer(ingestion)
     campaign_id = await create(campaigns, welcome())
-    reply = await campaigns.SendTestMessage(
-        campaigns_pb2.SendTestMessageRequest(
-            campaign_id=campaign_id,
-            channel=SMS,
-            address="+15559990000",
-            sample_customer_id="sample",
-            context={"code": value("Z9")},
-        )
+    request = campaigns_pb2.SendTestMessageRequest(
+        campaign_id=campaign_id,
+        channel=SMS,
+        address="+15559990000",
+        sample_customer_id="sample",
+        context={"code": value("Z9")},
     )
+    reply = await campaigns.SendTestMessage(request)
     assert reply.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_SENT
     [(path, headers, body)] = http_provider.requests
     assert path == "/sms"
@@ -151,15 +150,7 @@ async def test_a_test_sms_goes_to_the_sms_provider_unless_the_number_is_suppress
             suppression=campaigns_pb2.Suppression(channel=SMS, address="+15559990000")
         )
     )
-    skipped = await campaigns.SendTestMessage(
-        campaigns_pb2.SendTestMessageRequest(
-            campaign_id=campaign_id,
-            channel=SMS,
-            address="+15559990000",
-            sample_customer_id="sample",
-            context={"code": value("Z9")},
-        )
-    )
+    skipped = await campaigns.SendTestMessage(request)
     assert skipped.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_SKIPPED
     assert skipped.test_delivery.reason == "suppressed: added by hand"
     assert len(http_provider.requests) == 1
