@@ -1,9 +1,10 @@
-"""``eventline campaigns create|update|get|list|activate|pause|preview`` and ``deliveries list``."""
+"""``eventline campaigns create|update|get|list|activate|pause|preview|test-send|caps|set-cap`` and ``deliveries list``."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import click
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
@@ -21,6 +22,7 @@ from eventline_cli.client import (
     table_output_option,
     to_dict,
 )
+from eventline_cli.events import parse_context
 
 
 def _stub(opened: object) -> campaigns_pb2_grpc.CampaignServiceStub:
@@ -29,7 +31,7 @@ def _stub(opened: object) -> campaigns_pb2_grpc.CampaignServiceStub:
 
 @click.group()
 def campaigns() -> None:
-    """Create, change, activate, pause and preview campaigns."""
+    """Create, change, activate, pause, preview and test-send campaigns; caps across campaigns."""
 
 
 @campaigns.command()
@@ -134,6 +136,102 @@ def preview(ctx: click.Context, path: str) -> None:
     click.echo(json.dumps(to_dict(reply), indent=2, ensure_ascii=False))
 
 
+CHANNELS = {
+    "email": campaigns_pb2.CHANNEL_EMAIL,
+    "sms": campaigns_pb2.CHANNEL_SMS,
+    "push": campaigns_pb2.CHANNEL_PUSH,
+}
+_WINDOW = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _channel_name(channel: int) -> str:
+    return campaigns_pb2.Channel.Name(channel).removeprefix("CHANNEL_").lower()
+
+
+def _window(text: str) -> dt.timedelta:
+    """``7d``, ``12h``, ``30m`` or ``45s``."""
+    found = _WINDOW.match(text.strip())
+    if not found:
+        raise click.BadParameter(f"{text!r} is not a window such as 7d, 12h, 30m or 45s")
+    return dt.timedelta(seconds=int(found[1]) * _UNIT_S[found[2]])
+
+
+def _print_caps(caps: list[campaigns_pb2.ChannelCap], output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps([to_dict(cap) for cap in caps], indent=2))
+        return
+    table = Table()
+    for column in ("channel", "max sends", "window"):
+        table.add_column(column)
+    for cap in caps:
+        table.add_row(_channel_name(cap.channel), str(cap.max_sends), str(cap.window.ToTimedelta()))
+    Console(highlight=False).print(table)
+
+
+@campaigns.command()
+@table_output_option
+@click.pass_context
+def caps(ctx: click.Context, output: str) -> None:
+    """The caps across campaigns: per customer and channel, over every marketing campaign."""
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).GetChannelCaps, campaigns_pb2.GetChannelCapsRequest())
+    _print_caps(list(reply.caps), output)
+
+
+@campaigns.command("set-cap")
+@click.argument("channel_name", metavar="CHANNEL", type=click.Choice(sorted(CHANNELS)))
+@click.argument("max_sends", type=click.IntRange(0))
+@click.argument("window", required=False)
+@table_output_option
+@click.pass_context
+def set_cap(ctx: click.Context, channel_name: str, max_sends: int, window: str | None, output: str) -> None:
+    """Cap a channel: at most MAX_SENDS marketing messages per customer within WINDOW (7d, 12h...).
+
+    MAX_SENDS 0 removes the channel's cap. Prints every cap.
+    """
+    cap = campaigns_pb2.ChannelCap(channel=CHANNELS[channel_name], max_sends=max_sends)
+    if max_sends:
+        if window is None:
+            raise click.UsageError("a WINDOW is required unless MAX_SENDS is 0")
+        cap.window.FromTimedelta(_window(window))
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).SetChannelCaps, campaigns_pb2.SetChannelCapsRequest(caps=[cap]))
+    _print_caps(list(reply.caps), output)
+
+
+@campaigns.command("test-send")
+@click.argument("campaign_id")
+@click.option("--to", "address", required=True, help="The e-mail address, phone number or push token.")
+@click.option("--customer", "customer_id", required=True, help="The sample customer rendered for.")
+@click.option(
+    "--channel", "channel_name", type=click.Choice(sorted(CHANNELS)), help="Which message (when several)."
+)
+@click.option("--context", "pairs", multiple=True, metavar="KEY=VALUE", help="Trigger context (repeatable).")
+@output_option
+@click.pass_context
+def test_send(
+    ctx: click.Context,
+    campaign_id: str,
+    address: str,
+    customer_id: str,
+    channel_name: str | None,
+    pairs: tuple[str, ...],
+    output: str,
+) -> None:
+    """Send one of the campaign's messages to an address, as a test (never in the stats)."""
+    request = campaigns_pb2.SendTestMessageRequest(
+        campaign_id=campaign_id,
+        address=address,
+        sample_customer_id=customer_id,
+        channel=CHANNELS[channel_name] if channel_name else campaigns_pb2.CHANNEL_UNSPECIFIED,
+        context=parse_context(pairs),
+    )
+    with channel(ctx, "campaigns") as opened:
+        reply = call(ctx, _stub(opened).SendTestMessage, request)
+    print_message(reply.test_delivery, output)
+
+
 @click.group()
 def deliveries() -> None:
     """The delivery ledger: what was sent, to whom, and how it went."""
@@ -180,7 +278,7 @@ def list_deliveries(
             delivery.create_time.ToDatetime(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             delivery.campaign_id,
             delivery.customer_id,
-            campaigns_pb2.Channel.Name(delivery.channel).removeprefix("CHANNEL_").lower(),
+            _channel_name(delivery.channel),
             campaigns_pb2.DeliveryStatus.Name(delivery.status).removeprefix("DELIVERY_STATUS_").lower(),
             delivery.reason,
             delivery.event_id,

@@ -148,11 +148,11 @@ def check_duration(
         return FieldViolation(field, "not a valid duration: seconds and nanos must not have opposite signs")
     total = Decimal(seconds) + Decimal(nanos) / _NANOS
     if not Decimal(minimum.total_seconds()) <= total <= Decimal(maximum.total_seconds()):
-        return FieldViolation(field, f"must be from {_say(minimum)} to {_say(maximum)}")
+        return FieldViolation(field, f"must be from {say_duration(minimum)} to {say_duration(maximum)}")
     return None
 
 
-def _say(span: dt.timedelta) -> str:
+def say_duration(span: dt.timedelta) -> str:
     """A duration in words, as the API documents its bounds ("1 second", "366 days")."""
     if span.days and not span.seconds and not span.microseconds:
         return f"{span.days:,} day{'s' if span.days != 1 else ''}"

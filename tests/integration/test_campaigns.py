@@ -473,7 +473,7 @@ async def test_pending_delivery_of_a_crashed_sender_is_sent_once(  # type: ignor
     message = Message(0, EMAIL, ["lease@example.com"], "Subject", "", "Body")
     # Recorded, then the sender died before calling the provider; its lease is already over.
     owned = await repository.record(
-        campaign_id, "ev", [Planned("lease", EMAIL, PENDING, "", message)], lease_s=-1
+        campaign_id, "ev", [Planned("lease", EMAIL, PENDING, "", message)], lease_s=-1, marketing=False
     )
     assert len(owned) == 1
     assert await campaigns_server.engine.delivery.recover() == 1
@@ -664,7 +664,11 @@ async def test_list_deliveries_pages_and_bad_requests(campaigns, campaigns_serve
     repository = campaigns_server.engine.repository
     for i in range(5):
         await repository.record(
-            campaign_id, f"ev{i}", [Planned("pager", EMAIL, SKIPPED, "no e-mail consent", None)], lease_s=60
+            campaign_id,
+            f"ev{i}",
+            [Planned("pager", EMAIL, SKIPPED, "no e-mail consent", None)],
+            lease_s=60,
+            marketing=False,
         )
     seen: list[str] = []
     token = ""

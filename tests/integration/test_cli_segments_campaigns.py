@@ -116,3 +116,54 @@ async def test_campaigns_create_activate_preview_pause_and_deliveries(
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.stderr
     usage = await run("deliveries", "list")
     assert usage.exit_code == 2
+
+
+async def test_campaigns_caps_set_cap_and_test_send(
+    ingestion_server: Any, campaigns_server: Any, smtp_server: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("EVENTLINE_CAMPAIGNS_TARGET", f"127.0.0.1:{campaigns_server.port}")
+    capped = await run("campaigns", "set-cap", "email", "3", "7d", "-o", "json")
+    assert capped.exit_code == 0, capped.output
+    assert json.loads(capped.stdout) == [{"channel": "CHANNEL_EMAIL", "max_sends": 3, "window": "604800s"}]
+    await run("campaigns", "set-cap", "sms", "1", "12h")
+    table = await run("campaigns", "caps")
+    assert "email" in table.stdout and "7 days" in table.stdout and "12:00:00" in table.stdout
+    removed = await run("campaigns", "set-cap", "sms", "0", "-o", "json")
+    assert [c["channel"] for c in json.loads(removed.stdout)] == ["CHANNEL_EMAIL"]
+    assert (await run("campaigns", "set-cap", "email", "3")).exit_code == 2  # no window
+    assert (await run("campaigns", "set-cap", "email", "3", "7 weeks")).exit_code == 2
+
+    campaign = tmp_path / "welcome.yaml"
+    campaign.write_text(
+        yaml.safe_dump(
+            {
+                "display_name": "Welcome",
+                "trigger": {"customer_event": {"event_name": "signed_up"}},
+                "actions": [{"email": {"subject": "Hi", "text_body": "Code {{ client.eventContext.code }}"}}],
+            }
+        )
+    )
+    assert (await run("campaigns", "create", "-f", str(campaign), "--id", "welcome")).exit_code == 0
+    upsert = await run(
+        "--target", f"127.0.0.1:{ingestion_server.port}", "customers", "upsert", "-f", "-",
+        input=json.dumps({"customer_id": "c1", "email": "ada@example.com"}),
+    )  # fmt: skip
+    assert upsert.exit_code == 0, upsert.output
+    sent = await run(
+        "campaigns",
+        "test-send",
+        "welcome",
+        "--to",
+        "me@example.com",
+        "--customer",
+        "c1",
+        "--context",
+        "code=7",
+    )
+    assert sent.exit_code == 0, sent.output
+    assert json.loads(sent.stdout)["status"] == "DELIVERY_STATUS_SENT"
+    await smtp_server.wait_for(1)
+    assert smtp_server.messages[0]["To"] == "me@example.com"
+    assert "Code 7" in smtp_server.messages[0].get_content()
+    bad = await run("campaigns", "test-send", "welcome", "--to", "nobody", "--customer", "c1")
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.stderr and "address" in bad.stderr

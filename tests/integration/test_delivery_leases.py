@@ -56,7 +56,7 @@ async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over
     message = Message(0, EMAIL, ["stall@example.com"], "Subject", "", "Body")
     # A records, then stalls (the test holds it) until its lease is over.
     owned = await a.repository.record(
-        campaign_id, "ev-stall", [Planned("stall", EMAIL, PENDING, "", message)], lease_s=-1
+        campaign_id, "ev-stall", [Planned("stall", EMAIL, PENDING, "", message)], lease_s=-1, marketing=False
     )
     assert len(owned) == 1
     assert await b.recover() == 1, "B takes the expired lease over and sends"
@@ -80,7 +80,11 @@ async def test_a_slow_provider_call_keeps_its_lease_and_is_not_taken_over(  # ty
     a, b = replica(delivery, email=gate), replica(delivery)
     message = Message(0, EMAIL, ["slow@example.com"], "Subject", "", "Body")
     owned = await a.repository.record(
-        campaign_id, "ev-slow", [Planned("slow", EMAIL, PENDING, "", message)], lease_s=a.lease_s
+        campaign_id,
+        "ev-slow",
+        [Planned("slow", EMAIL, PENDING, "", message)],
+        lease_s=a.lease_s,
+        marketing=False,
     )
     sending = asyncio.create_task(a.send(owned))
     await gate.entered.wait()

@@ -4,7 +4,9 @@ After EraseCustomer, the customer's id, e-mail address, phone number and push
 token are searched for in every text, varchar, json, bytea and array column of
 every table of the database, in every entry of every stream of the test, and in
 the names and contents of the message files of two campaign replicas - one that
-was running during the erasure, one that was down and started afterwards.
+was running during the erasure, one that was down and started afterwards. The
+customer's sends counted against the caps across campaigns go too, and so do test sends
+rendered for the customer or sent to one of the customer's addresses.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import redis.asyncio as redis
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from google.protobuf import duration_pb2
 
 from eventline_shared.streams.stream import StreamEntry
 from tests.conftest import CampaignsEnv
@@ -149,13 +152,44 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
             engine = replica_b.engine
             async with grpc.aio.insecure_channel(f"127.0.0.1:{replica_b.port}") as channel:
                 stub = campaigns_pb2_grpc.CampaignServiceStub(channel)
+                # E-mails are capped across campaigns: the victim's sends are counted (channel_sends).
+                await stub.SetChannelCaps(
+                    campaigns_pb2.SetChannelCapsRequest(
+                        caps=[
+                            campaigns_pb2.ChannelCap(
+                                channel=campaigns_pb2.CHANNEL_EMAIL,
+                                max_sends=10,
+                                window=duration_pb2.Duration(seconds=86400),
+                            )
+                        ]
+                    )
+                )
+                ids = []
                 for campaign in (PING, RESTOCK):
                     created = await stub.CreateCampaign(
                         campaigns_pb2.CreateCampaignRequest(campaign=campaign)
                     )
+                    ids.append(created.campaign.campaign_id)
                     await stub.ActivateCampaign(
                         campaigns_pb2.ActivateCampaignRequest(campaign_id=created.campaign.campaign_id)
                     )
+                # Test sends: to the victim's e-mail address and push token (rendered for
+                # someone else), and one rendered for the victim (to someone else's address).
+                # Replica B writes their files.
+                for campaign_id, channel, address, sample in (
+                    (ids[1], campaigns_pb2.CHANNEL_EMAIL, EMAIL.upper(), "c0001"),
+                    (ids[0], campaigns_pb2.CHANNEL_PUSH, TOKEN, "c0001"),
+                    (ids[1], campaigns_pb2.CHANNEL_EMAIL, "marketer@example.com", VICTIM),
+                ):
+                    sent = await stub.SendTestMessage(
+                        campaigns_pb2.SendTestMessageRequest(
+                            campaign_id=campaign_id,
+                            channel=channel,
+                            address=address,
+                            sample_customer_id=sample,
+                        )
+                    )
+                    assert sent.test_delivery.status == campaigns_pb2.DELIVERY_STATUS_SENT
             for replica in (replica_a, replica_b):
                 await replica.cache.refresh()
 
@@ -193,9 +227,14 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
             "customers.phone",
             "deliveries.customer_id",
             "customer_events.context",
+            "channel_sends.customer_id",
+            "test_deliveries.address",
+            "test_deliveries.sample_customer_id",
         } <= set(before), before
         assert await traces_in_redis(redis_client, stream_key)
-        assert len(traces_in_files(sinks[:1])) == 3 and len(traces_in_files(sinks[1:])) == 1
+        # Replica B: the victim's fan-out e-mail and the three test sends.
+        assert len(traces_in_files(sinks[:1])) == 3 and len(traces_in_files(sinks[1:])) == 4
+        assert await db.fetchval("SELECT count(*) FROM test_deliveries") == 3
 
         # Replica B is down; replica A runs while the customer is erased.
         erased = await ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id=VICTIM))
@@ -213,6 +252,7 @@ async def test_erasure_leaves_no_row_entry_or_file_of_the_customer(  # type: ign
         assert await db.fetchval("SELECT done FROM campaign_fanouts WHERE event_id = 'restock-1'")
 
     assert await traces_in_database(db) == {}
+    assert await db.fetchval("SELECT count(*) FROM test_deliveries") == 0
     assert await traces_in_redis(redis_client, stream_key) == []
     assert traces_in_files(sinks) == []
     # The others' messages stay, once each.

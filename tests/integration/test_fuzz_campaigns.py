@@ -196,3 +196,51 @@ async def test_fuzzed_campaign_requests_are_clean_and_all_or_nothing(  # type: i
             pb.ListDeliveriesRequest(page_size=page_size, page_token=page_token, **parent),
         )
     await fuzzing.answer_or_refuse(campaigns.GetCampaignStats, pb.GetCampaignStatsRequest(campaign_id=target))
+
+
+channel_caps = st.builds(
+    pb.ChannelCap,
+    channel=enum_numbers,
+    max_sends=st.integers(-(2**31), 2**31 - 1),
+    window=st.one_of(st.none(), durations),
+)
+addresses = st.one_of(
+    st.sampled_from(["a@example.com", "+15550001111", "token", "a@@b", "", " ", "x\x00", "a" * 5000]), codes
+)
+
+
+@fuzzing.fuzzed
+@given(
+    caps=st.lists(channel_caps, max_size=4),
+    campaign=campaigns_messages,
+    channel=enum_numbers,
+    address=addresses,
+    customer_id=codes,
+    step_id=st.one_of(st.just(""), codes),
+    context=bindings,
+)
+async def test_fuzzed_channel_caps_and_test_sends_are_clean(  # type: ignore[no-untyped-def]
+    campaigns, db, caps, campaign, channel, address, customer_id, step_id, context
+):
+    """SetChannelCaps and SendTestMessage answer or refuse cleanly; a refused SetChannelCaps changes no cap."""
+
+    async def rows():  # type: ignore[no-untyped-def]
+        return await db.fetch("SELECT channel, max_sends, window_s FROM channel_caps ORDER BY channel")
+
+    await fuzzing.all_or_nothing(campaigns.SetChannelCaps, pb.SetChannelCapsRequest(caps=caps), rows, CLEAN)
+    await fuzzing.answer_or_refuse(campaigns.GetChannelCaps, pb.GetChannelCapsRequest())
+    created = await fuzzing.answer_or_refuse(
+        campaigns.CreateCampaign, pb.CreateCampaignRequest(campaign=campaign)
+    )
+    await fuzzing.answer_or_refuse(
+        campaigns.SendTestMessage,
+        pb.SendTestMessageRequest(
+            campaign_id=created.campaign.campaign_id if created else customer_id,
+            step_id=step_id,
+            channel=channel,
+            address=address,
+            sample_customer_id=customer_id,
+            context=context,
+        ),
+        WRITE_CLEAN,
+    )

@@ -2,7 +2,10 @@
 
 1. the deliveries of a trigger are planned (``planning.plan``: rendered or skipped) and
    written to the ledger in one transaction (``INSERT ... ON CONFLICT DO NOTHING`` on
-   (customer, campaign, event, channel)), pending ones with a lease;
+   (customer, campaign, event, channel)), pending ones with a lease; the frequency caps
+   (the campaign's own, and the caps across campaigns for a marketing campaign's messages:
+   ``CampaignRepository.record`` with ``marketing``) are applied in that transaction, so
+   every path that records deliveries (triggers, fan-outs, journey steps) passes them;
 2. only rows this worker inserted (or whose lease expired: their sender crashed) are
    sent, each with its delivery id as the idempotency key;
 3. the outcome is written back (sent / failed, or pending again with a later lease
@@ -101,10 +104,17 @@ class Delivery:
     async def deliver(self, items: Sequence[PlanItem]) -> None:
         """Plan, record and send the deliveries of triggered campaigns to their customers.
 
-        Campaigns without a frequency cap share one statement; each capped one has its
-        own transaction (its customers are locked while their recent sends are counted).
+        Campaigns with a frequency cap of their own have a transaction each (their customers
+        are locked while their recent sends are counted). Of the others, the messages of
+        marketing campaigns on channels capped across campaigns share one transaction (their
+        customers locked while counted), and the rest one statement. The caps across
+        campaigns are read once per call to choose; the transaction reads them again and
+        applies them.
         """
+        marketing = any(not campaign.transactional for campaign, _, _, _ in items)
+        capped_channels = {c.channel for c in await self.repository.channel_caps()} if marketing else set()
         uncapped: list[tuple[str, str, Planned]] = []
+        across: list[tuple[str, str, Planned]] = []
         capped = []
         for (campaign, trigger, _, _), planned in zip(items, await self.plan(items), strict=True):
             if campaign.cap_max:
@@ -114,13 +124,24 @@ class Delivery:
                         trigger.event.event_id,
                         planned,
                         lease_s=self.lease_s,
+                        marketing=not campaign.transactional,
                         cap_max=campaign.cap_max,
                         cap_period_s=campaign.cap_period_s,
                     )
                 )
+                continue
+            keyed = [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
+            if not campaign.transactional and any(
+                p.status == PENDING and p.channel in capped_channels for p in planned
+            ):
+                across += keyed
             else:
-                uncapped += [(campaign.campaign_id, trigger.event.event_id, p) for p in planned]
-        recorded = await asyncio.gather(self.repository.record_many(uncapped, lease_s=self.lease_s), *capped)
+                uncapped += keyed
+        recorded = await asyncio.gather(
+            self.repository.record_many(uncapped, lease_s=self.lease_s),
+            self.repository.record_many(across, lease_s=self.lease_s, marketing=True),
+            *capped,
+        )
         await self.send([owned for batch in recorded for owned in batch])
 
     async def send(self, owned: Sequence[Owned]) -> int:

@@ -181,6 +181,7 @@ class FanOutPass:
                             cap_period_s=campaign.cap_period_s,
                             fanout=True,
                             revision=campaign.revision,
+                            marketing=not campaign.transactional,
                         )
                     )
                     await self.keepalive()

@@ -19,7 +19,7 @@ from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_predicates.evaluation import predicate_holds
 from eventline_predicates.filters import Predicate, check_trigger_predicates
-from eventline_shared.values import python_values, timestamp_to_datetime
+from eventline_shared.values import python_values, say_duration, timestamp_to_datetime
 
 ChannelNumber: TypeAlias = campaigns_pb2.Channel
 DeliveryStatus: TypeAlias = campaigns_pb2.DeliveryStatus
@@ -32,6 +32,8 @@ PUSH = campaigns_pb2.CHANNEL_PUSH
 WEBHOOK = campaigns_pb2.CHANNEL_WEBHOOK
 CHANNEL_NAMES: dict[ChannelNumber, str] = {EMAIL: "email", SMS: "sms", PUSH: "push", WEBHOOK: "webhook"}
 """A channel's name in message files, provider calls and unsubscribe links."""
+CHANNEL_WORDS: dict[ChannelNumber, str] = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push", WEBHOOK: "webhook"}
+"""A channel as reasons name it ("no e-mail consent")."""
 SUPPRESSIBLE = (EMAIL, SMS)
 """The channels whose addresses can be suppressed (a bounce or complaint stops later messages)."""
 
@@ -181,6 +183,42 @@ class Outcome:
     retry_in_s: float = 0.0
     lease_token: int = 0
     """The token of the lease it was sent under: the outcome is written only while it holds."""
+
+
+CAPPABLE = (EMAIL, SMS, PUSH)
+"""The channels a cap across campaigns can limit (messages to customers, not webhooks)."""
+
+
+@dataclass(frozen=True)
+class ChannelCap:
+    """A per-customer cap on a channel over every marketing campaign: ``max_sends`` within ``window_s``."""
+
+    channel: ChannelNumber
+    max_sends: int
+    window_s: float
+
+
+def channel_cap_reason(cap: ChannelCap) -> str:
+    """Why a message over a cap across campaigns is skipped: "channel cap: 3 e-mail messages per 7 days"."""
+    window = say_duration(dt.timedelta(seconds=cap.window_s))
+    return f"channel cap: {cap.max_sends} {CHANNEL_WORDS[cap.channel]} messages per {window}"
+
+
+@dataclass(frozen=True)
+class TestDelivery:
+    """A test send (``SendTestMessage``): never in the ledger, the stats or the caps."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    test_delivery_id: int
+    campaign_id: str
+    step_id: str
+    channel: ChannelNumber
+    address: str
+    sample_customer_id: str
+    status: DeliveryStatus
+    reason: str
+    created_at: dt.datetime
 
 
 class CampaignChanged(Exception):

@@ -14,14 +14,13 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline_campaigns.links import UnsubscribeLinks
 from eventline_campaigns.model import (
     CHANNEL_NAMES,
+    CHANNEL_WORDS,
     EMAIL,
     FAILED,
     GRANTED,
     MAX_REASON,
     PENDING,
-    PUSH,
     SKIPPED,
-    SMS,
     SUPPRESSIBLE,
     WEBHOOK,
     ChannelNumber,
@@ -36,15 +35,18 @@ from eventline_campaigns.model import (
 from eventline_campaigns.rendering import Rendering
 from eventline_shared.values import decode_values, python_values
 
-CHANNEL_WORDS: dict[ChannelNumber, str] = {EMAIL: "e-mail", SMS: "SMS", PUSH: "push", WEBHOOK: "webhook"}
-"""A channel as a skip reason names it ("no e-mail consent")."""
-
 SUPPRESSION_WORDS: dict[int, str] = {
     campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE: "hard bounce",
     campaigns_pb2.SUPPRESSION_REASON_COMPLAINT: "complaint",
     campaigns_pb2.SUPPRESSION_REASON_SOFT_BOUNCES: "soft bounces",
     campaigns_pb2.SUPPRESSION_REASON_MANUAL: "added by hand",
 }
+
+
+def suppressed_reason(reason: int) -> str:
+    """Why a message to a suppressed address is skipped: "suppressed: hard bounce"."""
+    return f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}"
+
 
 TEMPLATE_FAILED = "template: "
 """How the reason of a delivery whose template failed starts (the render error follows)."""
@@ -113,7 +115,7 @@ def _skip_reason(
         return f"no {word} address"
     reason = suppressed.get((action.channel, normal_address(action.channel, to[0])))
     if reason is not None and action.channel in SUPPRESSIBLE:
-        return f"suppressed: {SUPPRESSION_WORDS.get(reason, 'suppressed')}"
+        return suppressed_reason(reason)
     return ""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -23,6 +24,7 @@ from eventline_campaigns.model import (
     SUPPRESSIBLE,
     CampaignChanged,
     CampaignState,
+    ChannelCap,
     ChannelNumber,
     DeliveryStatus,
     Message,
@@ -30,9 +32,11 @@ from eventline_campaigns.model import (
     Owned,
     Planned,
     Profile,
+    channel_cap_reason,
     normal_address,
 )
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared.storage.database import Connection
 from eventline_shared.streams.group_commit import GroupCommit
 
 # Enum values the statements compare with are written into their text, from the protos'
@@ -155,6 +159,34 @@ GROUP BY customer_id
 _COUNT_SENDS = """
 INSERT INTO campaign_sends (customer_id, campaign_id, event_id, sent_at)
 SELECT c, $1, $2, $4::timestamptz FROM unnest($3::text[]) AS c ORDER BY c
+ON CONFLICT DO NOTHING
+"""
+
+# Caps across campaigns: one lock per customer whatever the campaign (a bigint key, apart
+# from the (campaign, customer) pairs of the per-campaign caps), taken in id order.
+_LOCK_CHANNEL_CUSTOMERS = """
+SELECT count(pg_advisory_xact_lock(hashtextextended('channel-cap:' || c, 0)))
+FROM (SELECT c FROM unnest($1::text[]) AS c ORDER BY c) AS sorted
+"""
+
+_CHANNEL_CAPS = "SELECT channel, max_sends, window_s FROM channel_caps ORDER BY channel"
+
+# A customer's counted messages on the capped channels within the longest window.
+_CHANNEL_SENDS_WITHIN = """
+SELECT customer_id, channel, campaign_id, event_id, sent_at FROM channel_sends
+WHERE customer_id = ANY($1::text[]) AND channel = ANY($2::smallint[])
+  AND sent_at > $3::timestamptz - $4 * interval '1 second'
+"""
+
+_COUNT_CHANNEL_SENDS = """
+WITH expired AS (
+    DELETE FROM channel_sends
+    WHERE customer_id = ANY($1::text[]) AND sent_at <= $5::timestamptz - $6 * interval '1 second'
+)
+INSERT INTO channel_sends (customer_id, channel, campaign_id, event_id, sent_at)
+SELECT t.customer_id, t.channel, t.campaign_id, t.event_id, $5::timestamptz
+FROM unnest($1::text[], $2::smallint[], $3::text[], $4::text[]) AS t(customer_id, channel, campaign_id, event_id)
+ORDER BY t.customer_id, t.channel, t.campaign_id, t.event_id
 ON CONFLICT DO NOTHING
 """
 
@@ -368,6 +400,7 @@ class CampaignRepository:
         planned: Sequence[Planned],
         *,
         lease_s: float,
+        marketing: bool,
         cap_max: int = 0,
         cap_period_s: float = 0.0,
         fanout: bool = False,
@@ -384,7 +417,8 @@ class CampaignRepository:
         nothing is recorded (``CampaignChanged``) unless the campaign is active
         at that revision; its row is locked (FOR SHARE) until commit, so a
         pause, archive or update on any replica either waits for this batch or
-        is seen by it.
+        is seen by it. A ``marketing`` campaign's messages pass the caps across
+        campaigns (``_within_channel_caps``) in the same transaction.
         """
         planned = list(planned)
         customers = sorted({p.customer_id for p in planned})
@@ -397,8 +431,8 @@ class CampaignRepository:
                     raise CampaignChanged(
                         current["state"] if current else 0, current["revision"] if current else 0
                     )
+            now = self.clock.now()
             if cap_max and customers:
-                now = self.clock.now()
                 await connection.fetchval(_LOCK_CUSTOMERS, campaign_id, customers)
                 sends = {
                     r["customer_id"]: (r["recent"], r["counted"])
@@ -420,6 +454,13 @@ class CampaignRepository:
                         else p
                         for p in planned
                     ]
+            caps: dict[ChannelNumber, ChannelCap] = {}
+            if marketing:
+                checked, caps = await self._within_channel_caps(
+                    connection, [(campaign_id, event_id, p) for p in planned], now
+                )
+                planned = [p for _, _, p in checked]
+            if cap_max and customers:
                 sending = sorted({p.customer_id for p in planned if p.status == PENDING})
                 if sending:
                     await connection.execute(_COUNT_SENDS, campaign_id, event_id, sending, now)
@@ -436,6 +477,7 @@ class CampaignRepository:
                 [_json(p) for p in unique],
                 lease_s,
             )
+            await self._count_channel_sends(connection, rows, caps, now, campaign_id, event_id)
             messages = {key: p.message for key, p in firsts.items() if p.message is not None}
             owned = _inserted(rows, messages, "customer_id", "channel")
             if len(rows) < len(unique):
@@ -453,17 +495,138 @@ class CampaignRepository:
                 )
         return owned
 
-    async def record_many(self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float) -> list[Owned]:
-        """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a cap.
+    async def _within_channel_caps(
+        self, connection: Connection, items: list[tuple[str, str, Planned]], now: dt.datetime
+    ) -> tuple[list[tuple[str, str, Planned]], dict[ChannelNumber, ChannelCap]]:
+        """(campaign id, event id, delivery) ``items`` of marketing campaigns, with the messages
+        over a cap across campaigns skipped; and the caps whose messages ``_count_channel_sends``
+        counts once recorded (none when nothing is capped).
 
-        One statement (no explicit transaction): the hot path of customer-event
-        triggers, where a stream batch holds many events.
+        The customers are locked (one transaction advisory lock each, the same for every
+        campaign, in id order) until the transaction ends, while their messages within each
+        capped channel's window are counted, the items' in order (an earlier item of the
+        batch counts against a later one): replicas sending one customer several campaigns at
+        once take turns, so the cap holds exactly. A trigger counted before (a redelivered
+        stream entry, a resumed fan-out) is not counted twice and keeps its delivery.
+        """
+        caps = {r[0]: ChannelCap(r[0], r[1], r[2]) for r in await connection.fetch(_CHANNEL_CAPS)}
+        capped = [p for _, _, p in items if p.status == PENDING and p.channel in caps]
+        if not capped:
+            return items, {}
+        customers = sorted({p.customer_id for p in capped})
+        await connection.fetchval(_LOCK_CHANNEL_CUSTOMERS, customers)
+        rows = await connection.fetch(
+            _CHANNEL_SENDS_WITHIN, customers, list(caps), now, max(c.window_s for c in caps.values())
+        )
+        counted = {(r["customer_id"], r["channel"], r["campaign_id"], r["event_id"]) for r in rows}
+        sent: dict[tuple[str, ChannelNumber], list[tuple[dt.datetime, Key]]] = defaultdict(list)
+        for r in rows:
+            sent[r["customer_id"], r["channel"]].append(
+                (r["sent_at"], (r["customer_id"], r["channel"], r["campaign_id"], r["event_id"]))
+            )
+        checked = []
+        for campaign_id, event_id, p in items:
+            key = (p.customer_id, p.channel, campaign_id, event_id)
+            if p.status == PENDING and p.channel in caps and key not in counted:
+                cap = caps[p.channel]
+                since = now - dt.timedelta(seconds=cap.window_s)
+                if sum(1 for at, _ in sent[p.customer_id, p.channel] if at > since) >= cap.max_sends:
+                    p = Planned(p.customer_id, p.channel, SKIPPED, channel_cap_reason(cap), None)
+                else:
+                    counted.add(key)
+                    sent[p.customer_id, p.channel].append((now, key))
+            checked.append((campaign_id, event_id, p))
+        return checked, caps
+
+    async def _count_channel_sends(
+        self,
+        connection: Connection,
+        recorded: Sequence[asyncpg.Record],
+        caps: Mapping[ChannelNumber, ChannelCap],
+        now: dt.datetime,
+        campaign_id: str = "",
+        event_id: str = "",
+    ) -> None:
+        """Count against the caps the messages this transaction recorded as pending (rows
+        returned by the ledger's insert; ``campaign_id`` and ``event_id`` when they are not
+        columns). A delivery recorded before (a redelivered trigger) was counted then, or skipped."""
+        if not caps:
+            return
+        counting = sorted(
+            {
+                (r["customer_id"], r["channel"], campaign_id or r["campaign_id"], event_id or r["event_id"])
+                for r in recorded
+                if r["status"] == PENDING and r["channel"] in caps
+            }
+        )
+        if counting:
+            await connection.execute(
+                _COUNT_CHANNEL_SENDS,
+                [k[0] for k in counting],
+                [k[1] for k in counting],
+                [k[2] for k in counting],
+                [k[3] for k in counting],
+                now,
+                max(c.window_s for c in caps.values()),
+            )
+
+    async def channel_caps(self) -> list[ChannelCap]:
+        """The caps across campaigns, in channel order."""
+        return [ChannelCap(r[0], r[1], r[2]) for r in await self.pool.fetch(_CHANNEL_CAPS)]
+
+    async def set_channel_caps(self, caps: Sequence[ChannelCap]) -> list[ChannelCap]:
+        """Set the caps given (``max_sends`` 0 removes the channel's); returns every cap."""
+        keep = [c for c in caps if c.max_sends > 0]
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "DELETE FROM channel_caps WHERE channel = ANY($1::smallint[])",
+                [c.channel for c in caps if c.max_sends == 0],
+            )
+            await connection.execute(
+                """
+                INSERT INTO channel_caps (channel, max_sends, window_s)
+                SELECT * FROM unnest($1::smallint[], $2::int[], $3::float8[])
+                ON CONFLICT (channel) DO UPDATE SET max_sends = excluded.max_sends,
+                    window_s = excluded.window_s, updated_at = now()
+                """,
+                [c.channel for c in keep],
+                [c.max_sends for c in keep],
+                [c.window_s for c in keep],
+            )
+            rows = await connection.fetch(_CHANNEL_CAPS)
+        return [ChannelCap(r[0], r[1], r[2]) for r in rows]
+
+    async def record_many(
+        self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float, marketing: bool = False
+    ) -> list[Owned]:
+        """``record`` for many (campaign id, event id, delivery) at once, for campaigns without a
+        frequency cap of their own (``Delivery.deliver`` chooses).
+
+        Without ``marketing``, one statement (no explicit transaction): the hot path of
+        customer-event triggers, where a stream batch holds many events; no cap across
+        campaigns applies (transactional campaigns, or no capped channel). With it, one
+        transaction that applies the caps across campaigns (``_within_channel_caps``) first.
         """
         if not items:
             return []
+        if not marketing:
+            return await self._record_many(self.pool, items, lease_s)
+        async with self.pool.acquire() as connection, connection.transaction():
+            now = self.clock.now()
+            checked, caps = await self._within_channel_caps(connection, list(items), now)
+            return await self._record_many(connection, checked, lease_s, caps, now)
+
+    async def _record_many(
+        self,
+        connection: Connection | asyncpg.Pool,
+        items: Sequence[tuple[str, str, Planned]],
+        lease_s: float,
+        caps: Mapping[ChannelNumber, ChannelCap] | None = None,
+        now: dt.datetime | None = None,
+    ) -> list[Owned]:
         firsts = _firsts(((c, e, p.customer_id, p.channel), (c, e, p)) for c, e, p in items)
         unique = list(firsts.values())
-        rows = await self.pool.fetch(
+        rows = await connection.fetch(
             _RECORD_MANY,
             [c for c, _, _ in unique],
             [e for _, e, _ in unique],
@@ -474,10 +637,12 @@ class CampaignRepository:
             [_json(p) for _, _, p in unique],
             lease_s,
         )
+        if caps and now is not None and not isinstance(connection, asyncpg.Pool):
+            await self._count_channel_sends(connection, rows, caps, now)
         messages = {key: p.message for key, (_, _, p) in firsts.items() if p.message is not None}
         owned = _inserted(rows, messages, "campaign_id", "event_id", "customer_id", "channel")
         if len(rows) < len(unique):
-            taken = await self.pool.fetch(
+            taken = await connection.fetch(
                 _TAKE_OVER_MANY,
                 [c for c, _, _ in unique],
                 [e for _, e, _ in unique],
@@ -558,11 +723,17 @@ class CampaignRepository:
         return int(await self.pool.fetchval("SELECT erasures FROM customer_erasures"))
 
     async def missing_deliveries(self, delivery_ids: Sequence[int]) -> set[int]:
-        """The ids among ``delivery_ids`` that the ledger does not hold (their customer was erased)."""
+        """The ids among ``delivery_ids`` that neither the ledger nor the test deliveries hold
+        (their customer was erased)."""
         if not delivery_ids:
             return set()
         rows = await self.pool.fetch(
-            "SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])", list(delivery_ids)
+            """
+            SELECT delivery_id FROM deliveries WHERE delivery_id = ANY($1::bigint[])
+            UNION ALL
+            SELECT test_delivery_id FROM test_deliveries WHERE test_delivery_id = ANY($1::bigint[])
+            """,
+            list(delivery_ids),
         )
         return set(delivery_ids) - {r[0] for r in rows}
 
@@ -594,6 +765,46 @@ class CampaignRepository:
             campaign_id,
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+
+# --- test sends ------------------------------------------------------------------
+
+
+class TestDeliveryRepository:
+    """The record of test sends (``test_deliveries``): apart from the ledger, its stats and caps."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def start(
+        self, campaign_id: str, step_id: str, channel: ChannelNumber, address: str, sample_customer_id: str
+    ) -> tuple[int, dt.datetime]:
+        """Record a test send about to be made (pending): its id (the provider's idempotency
+        key) and creation time."""
+        row = await self.pool.fetchrow(
+            f"""
+            INSERT INTO test_deliveries (campaign_id, step_id, channel, address, sample_customer_id, status)
+            VALUES ($1, $2, $3, $4, $5, {PENDING:d}) RETURNING test_delivery_id, created_at
+            """,
+            campaign_id,
+            step_id,
+            channel,
+            address,
+            sample_customer_id,
+        )
+        assert row is not None
+        return row[0], row[1]
+
+    async def finish(self, test_delivery_id: int, status: DeliveryStatus, reason: str) -> None:
+        """Record how a test send ended."""
+        await self.pool.execute(
+            "UPDATE test_deliveries SET status = $2, reason = $3 WHERE test_delivery_id = $1",
+            test_delivery_id,
+            status,
+            reason,
+        )
 
 
 # --- suppressions and provider reports ----------------------------------------

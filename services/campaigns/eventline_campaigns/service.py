@@ -24,6 +24,7 @@ from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
 from eventline_campaigns.servicer import CampaignServicer
 from eventline_campaigns.settings import Settings
+from eventline_campaigns.test_sends import TestSends
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
@@ -158,10 +159,9 @@ async def running(
             dependencies=dependencies,
         )
         await cache.refresh()
+        admin = CampaignAdmin(repository, audience, cache, rendering, settings.render_limits, clock=clock)
         servicer = CampaignServicer(
-            CampaignAdmin(repository, audience, cache, rendering, settings.render_limits, clock=clock),
-            await PageTokens.load(pool),
-            settings.suppression,
+            admin, await PageTokens.load(pool), TestSends(admin, delivery), settings.suppression
         )
         server = Server(
             [SERVICE_NAME],

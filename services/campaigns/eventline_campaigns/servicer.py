@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import re
 import uuid
 from collections.abc import Sequence
 
@@ -24,14 +23,13 @@ from eventline_campaigns.model import (
     ACTIVE,
     ARCHIVED,
     DRAFT,
-    EMAIL,
     FAILED,
     PAUSED,
     PENDING,
     SENT,
     SKIPPED,
-    SMS,
     SUPPRESSIBLE,
+    ChannelCap,
     normal_address,
 )
 from eventline_campaigns.planning import TEMPLATE_FAILED
@@ -45,6 +43,7 @@ from eventline_campaigns.repository import (
     SuppressionRow,
 )
 from eventline_campaigns.settings import DEFAULT_SUPPRESSION, SuppressionPolicy
+from eventline_campaigns.test_sends import TestSends
 from eventline_shared import field_masks, paging
 from eventline_shared.errors import (
     AlreadyExists,
@@ -67,8 +66,6 @@ REPORTS_PER_DELIVERY = 20
 
 MAX_REPORTS = 1000
 """The most reports one RecordDeliveryEvents call may carry."""
-
-_PHONE = re.compile(r"\+?[0-9]{3,20}")
 
 
 def _report(row: ReportRow) -> campaigns_pb2.DeliveryEvent:
@@ -93,20 +90,10 @@ def _suppression(row: SuppressionRow) -> campaigns_pb2.Suppression:
     )
 
 
-def _check_address(channel: int, address: str, prefix: str = "") -> list[FieldViolation]:
-    """An address of a channel that can be suppressed: e-mail (one ``@``) or SMS (digits)."""
-    field = f"{prefix}address"
-    if channel not in SUPPRESSIBLE:
-        return [FieldViolation(f"{prefix}channel", "must be CHANNEL_EMAIL or CHANNEL_SMS")]
-    if not address.strip():
-        return [FieldViolation(field, "an address is required")]
-    if len(address) > 320 or any(c.isspace() or not c.isprintable() for c in address):
-        return [FieldViolation(field, f"{quote(address)} is not an address")]
-    if channel == EMAIL and address.count("@") != 1:
-        return [FieldViolation(field, f"{quote(address)} is not an e-mail address")]
-    if channel == SMS and not _PHONE.fullmatch(address):
-        return [FieldViolation(field, f"{quote(address)} is not a phone number")]
-    return []
+def _channel_cap(cap: ChannelCap) -> campaigns_pb2.ChannelCap:
+    reply = campaigns_pb2.ChannelCap(channel=cap.channel, max_sends=cap.max_sends)
+    reply.window.FromTimedelta(dt.timedelta(seconds=cap.window_s))
+    return reply
 
 
 def _delivery(row: DeliveryRow, reports: list[ReportRow] | None = None) -> campaigns_pb2.Delivery:
@@ -130,9 +117,11 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         self,
         campaigns: CampaignAdmin,
         tokens: PageTokens,
+        test_sends: TestSends,
         suppression: SuppressionPolicy = DEFAULT_SUPPRESSION,
     ) -> None:
         self.campaigns = campaigns
+        self.test_sends = test_sends
         self.repository = campaigns.repository
         self.suppressions = SuppressionRepository(campaigns.repository.pool)
         self.suppression = suppression
@@ -277,6 +266,48 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         reply.clicked = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_CLICKED, 0)
         return reply
 
+    # --- caps across campaigns and test sends ---
+
+    async def GetChannelCaps(
+        self, request: campaigns_pb2.GetChannelCapsRequest, context: Context
+    ) -> campaigns_pb2.GetChannelCapsResponse:
+        caps = await self.repository.channel_caps()
+        return campaigns_pb2.GetChannelCapsResponse(caps=[_channel_cap(c) for c in caps])
+
+    async def SetChannelCaps(
+        self, request: campaigns_pb2.SetChannelCapsRequest, context: Context
+    ) -> campaigns_pb2.SetChannelCapsResponse:
+        caps, violations = validation.check_channel_caps(list(request.caps), "caps")
+        raise_if_any(violations)
+        stored = await self.repository.set_channel_caps(caps)
+        return campaigns_pb2.SetChannelCapsResponse(caps=[_channel_cap(c) for c in stored])
+
+    async def SendTestMessage(
+        self, request: campaigns_pb2.SendTestMessageRequest, context: Context
+    ) -> campaigns_pb2.SendTestMessageResponse:
+        raise_if_any(validation.check_test_send(request))
+        sent = await self.test_sends.send(
+            request.campaign_id,
+            request.channel,
+            request.address,
+            request.sample_customer_id,
+            request.context,
+            request.step_id,
+        )
+        return campaigns_pb2.SendTestMessageResponse(
+            test_delivery=campaigns_pb2.TestDelivery(
+                test_delivery_id=str(sent.test_delivery_id),
+                campaign_id=sent.campaign_id,
+                step_id=sent.step_id,
+                channel=sent.channel,
+                address=sent.address,
+                sample_customer_id=sent.sample_customer_id,
+                status=sent.status,
+                reason=sent.reason,
+                create_time=datetime_to_timestamp(sent.created_at),
+            )
+        )
+
     # --- suppression and provider reports ---
 
     async def ListSuppressions(
@@ -309,7 +340,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         self, request: campaigns_pb2.CreateSuppressionRequest, context: Context
     ) -> campaigns_pb2.CreateSuppressionResponse:
         given = request.suppression
-        violations = _check_address(given.channel, given.address, "suppression.")
+        violations = validation.check_address(given.channel, given.address, "suppression.address")
         if len(given.detail) > 1000:
             violations.append(FieldViolation("suppression.detail", "at most 1,000 characters"))
         raise_if_any(violations)
@@ -324,7 +355,7 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
     async def DeleteSuppression(
         self, request: campaigns_pb2.DeleteSuppressionRequest, context: Context
     ) -> campaigns_pb2.DeleteSuppressionResponse:
-        raise_if_any(_check_address(request.channel, request.address))
+        raise_if_any(validation.check_address(request.channel, request.address, "address"))
         address = normal_address(request.channel, request.address)
         if not await self.suppressions.remove(request.channel, address):
             raise NotFound(f"{quote(address)} is not suppressed on that channel")

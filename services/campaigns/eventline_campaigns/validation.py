@@ -7,10 +7,12 @@ import re
 import urllib.parse
 
 from eventline.campaigns.v1 import campaigns_pb2
+from google.protobuf import duration_pb2
 
+from eventline_campaigns.model import CAPPABLE, EMAIL, PUSH, SMS, SUPPRESSIBLE, ChannelCap, ChannelNumber
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits, TemplateProblem, compile_template
 from eventline_predicates.filters import check_trigger_predicates
-from eventline_shared.errors import FieldViolation
+from eventline_shared.errors import FieldViolation, quote
 from eventline_shared.values import (
     check_code,
     check_customer_id,
@@ -26,6 +28,10 @@ CAMPAIGN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_DISPLAY_NAME = 200
 MIN_PERIOD = dt.timedelta(seconds=1)
 MAX_PERIOD = dt.timedelta(days=366)
+MAX_CHANNEL_CAP = 1000
+"""The most messages a cap across campaigns allows per window."""
+MAX_PUSH_TOKEN = 4096
+_PHONE = re.compile(r"\+?[0-9]{3,20}")
 
 # (field, limit in characters, html?)
 _EMAIL_FIELDS = (("subject", 1000, False), ("html_body", 100_000, True), ("text_body", 100_000, False))
@@ -139,13 +145,7 @@ def _webhook_url(url: str, field: str) -> list[FieldViolation]:
 
 
 def _frequency_cap(cap: campaigns_pb2.FrequencyCap, field: str) -> list[FieldViolation]:
-    found: list[FieldViolation] = []
-    if cap.max_sends < 1:
-        found.append(FieldViolation(f"{field}.max_sends", "must be at least 1"))
-    bad = check_duration(cap.period, f"{field}.period", minimum=MIN_PERIOD, maximum=MAX_PERIOD)
-    if bad:
-        found.append(bad)
-    return found
+    return _frequency_limit(cap.max_sends, cap.period, field, "period")
 
 
 def check_campaign(
@@ -179,5 +179,93 @@ def check_campaign(
 
 def check_preview(request: campaigns_pb2.PreviewMessageRequest) -> list[FieldViolation]:
     found = [v for v in (check_customer_id(request.customer_id, "customer_id"),) if v]
+    found += encode_values(request.context, "context").violations
+    return found
+
+
+def _frequency_limit(
+    max_sends: int, period: duration_pb2.Duration, field: str, period_field: str
+) -> list[FieldViolation]:
+    """``max_sends`` of a cap (at least 1) and its period (1 second to 366 days)."""
+    found: list[FieldViolation] = []
+    if max_sends < 1:
+        found.append(FieldViolation(f"{field}.max_sends", "must be at least 1"))
+    bad = check_duration(period, f"{field}.{period_field}", minimum=MIN_PERIOD, maximum=MAX_PERIOD)
+    if bad:
+        found.append(bad)
+    return found
+
+
+def check_address(
+    channel: ChannelNumber, address: str, field: str, channels: tuple[ChannelNumber, ...] = SUPPRESSIBLE
+) -> list[FieldViolation]:
+    """An address on one of ``channels``: e-mail (one ``@``), SMS (digits) or a push token."""
+    if channel not in channels:
+        words = {EMAIL: "CHANNEL_EMAIL", SMS: "CHANNEL_SMS", PUSH: "CHANNEL_PUSH"}
+        named = [words[c] for c in channels]
+        either = ", ".join(named[:-1]) + f" or {named[-1]}"
+        return [FieldViolation(field.removesuffix("address") + "channel", f"must be {either}")]
+    if not address.strip():
+        return [FieldViolation(field, "an address is required")]
+    limit = MAX_PUSH_TOKEN if channel == PUSH else 320
+    if len(address) > limit or any(c.isspace() or not c.isprintable() for c in address):
+        return [FieldViolation(field, f"{quote(address)} is not an address")]
+    if channel == EMAIL and address.count("@") != 1:
+        return [FieldViolation(field, f"{quote(address)} is not an e-mail address")]
+    if channel == SMS and not _PHONE.fullmatch(address):
+        return [FieldViolation(field, f"{quote(address)} is not a phone number")]
+    return []
+
+
+def check_channel_caps(
+    caps: list[campaigns_pb2.ChannelCap], field: str
+) -> tuple[list[ChannelCap], list[FieldViolation]]:
+    """The caps of a SetChannelCaps request (``max_sends`` 0 removes one), and what is wrong with them."""
+    found: list[FieldViolation] = []
+    if not caps:
+        found.append(FieldViolation(field, "at least one cap is required"))
+    checked: list[ChannelCap] = []
+    seen: set[int] = set()
+    for i, cap in enumerate(caps):
+        at = f"{field}[{i}]"
+        if cap.channel not in CAPPABLE:
+            found.append(
+                FieldViolation(f"{at}.channel", "must be CHANNEL_EMAIL, CHANNEL_SMS or CHANNEL_PUSH")
+            )
+            continue
+        if cap.channel in seen:
+            found.append(FieldViolation(f"{at}.channel", "at most one cap per channel"))
+            continue
+        seen.add(cap.channel)
+        if cap.max_sends == 0:
+            checked.append(ChannelCap(cap.channel, 0, 0.0))
+            continue
+        problems = _frequency_limit(cap.max_sends, cap.window, at, "window")
+        if cap.max_sends > MAX_CHANNEL_CAP:
+            problems.append(FieldViolation(f"{at}.max_sends", f"must be at most {MAX_CHANNEL_CAP:,}"))
+        found += problems
+        if not problems:
+            checked.append(ChannelCap(cap.channel, cap.max_sends, cap.window.ToTimedelta().total_seconds()))
+    return checked, found
+
+
+def check_test_send(request: campaigns_pb2.SendTestMessageRequest) -> list[FieldViolation]:
+    """What can be checked of a SendTestMessage request before its campaign is read."""
+    found = [
+        v
+        for v in (
+            check_campaign_id(request.campaign_id, "campaign_id"),
+            check_customer_id(request.sample_customer_id, "sample_customer_id"),
+        )
+        if v
+    ]
+    if request.step_id:
+        found.append(FieldViolation("step_id", "must be empty: campaigns have no steps yet"))
+    if request.channel not in (campaigns_pb2.CHANNEL_UNSPECIFIED, *CAPPABLE):
+        found.append(
+            FieldViolation("channel", "must be CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH or unspecified")
+        )
+    if not request.address.strip():
+        found.append(FieldViolation("address", "an address is required"))
     found += encode_values(request.context, "context").violations
     return found

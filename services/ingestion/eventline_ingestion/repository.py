@@ -301,8 +301,8 @@ class IngestionRepository:
         return [event_from_row(r) for r in rows]
 
     async def erase_customer(self, customer_id: str, timeout: float | None = None) -> tuple[bool, int]:
-        """Delete the profile and, by cascade, every row derived from it, and the suppressions its
-        reports caused; scrub the outbox.
+        """Delete the profile and, by cascade, every row derived from it, the suppressions its
+        reports caused and the test sends rendered for it or sent to its addresses; scrub the outbox.
 
         Outbox rows are locked, so a relay publishing one of them finishes (and
         its stream entries exist) before this transaction goes on. The erasure
@@ -323,8 +323,28 @@ class IngestionRepository:
             )
             if reported:
                 await connection.execute(
-                    "DELETE FROM suppressions WHERE delivery_id = ANY($1::bigint[])", reported, timeout=timeout
+                    "DELETE FROM suppressions WHERE delivery_id = ANY($1::bigint[])",
+                    reported,
+                    timeout=timeout,
                 )
+            # Test sends are no customer's deliveries (no cascade reaches them): those rendered for
+            # the customer and those sent to one of the customer's addresses go (e-mail addresses
+            # are kept lower-cased, as the campaign service compares them). Two statements, as above.
+            addresses = await connection.fetchval(
+                """
+                SELECT array_agg(a) FROM customers c,
+                    unnest(array[lower(btrim(c.email)), btrim(c.phone)] || c.push_tokens) AS a
+                WHERE c.customer_id = $1 AND a <> ''
+                """,
+                customer_id,
+                timeout=timeout,
+            )
+            await connection.execute(
+                "DELETE FROM test_deliveries WHERE sample_customer_id = $1 OR address = ANY($2::text[])",
+                customer_id,
+                addresses or [],
+                timeout=timeout,
+            )
             erased = await connection.fetchval(
                 "DELETE FROM customers WHERE customer_id = $1 RETURNING true", customer_id, timeout=timeout
             )

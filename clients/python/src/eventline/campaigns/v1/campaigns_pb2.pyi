@@ -539,3 +539,86 @@ class DeleteSuppressionRequest(_message.Message):
 class DeleteSuppressionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ChannelCap(_message.Message):
+    __slots__ = ("channel", "max_sends", "window")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENDS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    max_sends: int
+    window: _duration_pb2.Duration
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., max_sends: _Optional[int] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class GetChannelCapsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetChannelCapsResponse(_message.Message):
+    __slots__ = ("caps",)
+    CAPS_FIELD_NUMBER: _ClassVar[int]
+    caps: _containers.RepeatedCompositeFieldContainer[ChannelCap]
+    def __init__(self, caps: _Optional[_Iterable[_Union[ChannelCap, _Mapping]]] = ...) -> None: ...
+
+class SetChannelCapsRequest(_message.Message):
+    __slots__ = ("caps",)
+    CAPS_FIELD_NUMBER: _ClassVar[int]
+    caps: _containers.RepeatedCompositeFieldContainer[ChannelCap]
+    def __init__(self, caps: _Optional[_Iterable[_Union[ChannelCap, _Mapping]]] = ...) -> None: ...
+
+class SetChannelCapsResponse(_message.Message):
+    __slots__ = ("caps",)
+    CAPS_FIELD_NUMBER: _ClassVar[int]
+    caps: _containers.RepeatedCompositeFieldContainer[ChannelCap]
+    def __init__(self, caps: _Optional[_Iterable[_Union[ChannelCap, _Mapping]]] = ...) -> None: ...
+
+class SendTestMessageRequest(_message.Message):
+    __slots__ = ("campaign_id", "step_id", "channel", "address", "sample_customer_id", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Value, _Mapping]] = ...) -> None: ...
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    step_id: str
+    channel: Channel
+    address: str
+    sample_customer_id: str
+    context: _containers.MessageMap[str, _common_pb2.Value]
+    def __init__(self, campaign_id: _Optional[str] = ..., step_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., address: _Optional[str] = ..., sample_customer_id: _Optional[str] = ..., context: _Optional[_Mapping[str, _common_pb2.Value]] = ...) -> None: ...
+
+class TestDelivery(_message.Message):
+    __slots__ = ("test_delivery_id", "campaign_id", "step_id", "channel", "address", "sample_customer_id", "status", "reason", "create_time")
+    TEST_DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    test_delivery_id: str
+    campaign_id: str
+    step_id: str
+    channel: Channel
+    address: str
+    sample_customer_id: str
+    status: DeliveryStatus
+    reason: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, test_delivery_id: _Optional[str] = ..., campaign_id: _Optional[str] = ..., step_id: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., address: _Optional[str] = ..., sample_customer_id: _Optional[str] = ..., status: _Optional[_Union[DeliveryStatus, str]] = ..., reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SendTestMessageResponse(_message.Message):
+    __slots__ = ("test_delivery",)
+    TEST_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    test_delivery: TestDelivery
+    def __init__(self, test_delivery: _Optional[_Union[TestDelivery, _Mapping]] = ...) -> None: ...

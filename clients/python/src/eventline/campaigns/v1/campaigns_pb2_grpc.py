@@ -129,6 +129,21 @@ class CampaignServiceStub:
                 request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.SerializeToString,
                 response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.FromString,
                 _registered_method=True)
+        self.GetChannelCaps = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/GetChannelCaps',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsResponse.FromString,
+                _registered_method=True)
+        self.SetChannelCaps = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/SetChannelCaps',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsResponse.FromString,
+                _registered_method=True)
+        self.SendTestMessage = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/SendTestMessage',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -288,6 +303,42 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChannelCaps(self, request, context):
+        """Returns the caps across campaigns: per customer and channel, how many
+        messages of marketing campaigns (Campaign.transactional false) a customer
+        may receive within a sliding window. Channels without a cap are absent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChannelCaps(self, request, context):
+        """Sets or removes the caps of the channels named (the others keep theirs);
+        returns every cap. Each replica applies a change from the next batch of
+        triggers (or fan-out batch) it records after this call returns: a
+        marketing message that would exceed a cap is recorded as skipped with the
+        reason "channel cap: <n> <channel> messages per <window>". Messages count
+        from the moment their channel has a cap. Transactional campaigns are
+        neither capped nor counted. Each campaign's own frequency cap applies as
+        well.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTestMessage(self, request, context):
+        """Sends one message of a campaign to an address the caller gives, rendered
+        for a sample customer and a sample trigger context, through the channel's
+        provider. It is recorded as a test delivery, never in the ledger, the
+        campaign's stats or the caps; its e-mail carries no unsubscribe link. A
+        missing campaign or sample customer is NOT_FOUND; a malformed address is
+        INVALID_ARGUMENT naming `address`. A provider's refusal is not an error:
+        the reply's test delivery says FAILED and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -360,6 +411,21 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.RecordDeliveryEvents,
                     request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.FromString,
                     response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.SerializeToString,
+            ),
+            'GetChannelCaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelCaps,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsResponse.SerializeToString,
+            ),
+            'SetChannelCaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannelCaps,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsResponse.SerializeToString,
+            ),
+            'SendTestMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestMessage,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -765,6 +831,87 @@ class CampaignService:
             '/eventline.campaigns.v1.CampaignService/RecordDeliveryEvents',
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsRequest.SerializeToString,
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.RecordDeliveryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelCaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/GetChannelCaps',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetChannelCapsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChannelCaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/SetChannelCaps',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SetChannelCapsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/SendTestMessage',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,
