@@ -9,7 +9,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Value } from "../../common/v1/common_pb.js";
 import { file_eventline_common_v1_common } from "../../common/v1/common_pb.js";
-import type { Filter, Predicate } from "../../segmentation/v1/segmentation_pb.js";
+import type { Filter, Predicate, TransitionKind } from "../../segmentation/v1/segmentation_pb.js";
 import { file_eventline_segmentation_v1_segmentation } from "../../segmentation/v1/segmentation_pb.js";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import type { Duration, FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file eventline/campaigns/v1/campaigns.proto.
  */
 export const file_eventline_campaigns_v1_campaigns: GenFile = /*@__PURE__*/
-  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCg1XZWJob29rQWN0aW9uEgsKA3VybBgBIAEoCRIMCgRib2R5GAIgASgJIukBCgZBY3Rpb24SNAoFZW1haWwYASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkVtYWlsQWN0aW9uSAASMAoDc21zGAIgASgLMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TbXNBY3Rpb25IABIyCgRwdXNoGAMgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uSAASOAoHd2ViaG9vaxgEIAEoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2ViaG9va0FjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6wMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNdHJhbnNhY3Rpb25hbBgLIAEoCCJgChVDcmVhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhMKC2NhbXBhaWduX2lkGAIgASgJIkwKFkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIikKEkdldENhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJJChNHZXRDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiJ0ChRMaXN0Q2FtcGFpZ25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRI1CgZzdGF0ZXMYAyADKA4yJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduU3RhdGUiZQoVTGlzdENhbXBhaWduc1Jlc3BvbnNlEjMKCWNhbXBhaWducxgBIAMoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFVVwZGF0ZUNhbXBhaWduUmVxdWVzdBIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkwKFlVwZGF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIi4KF0FjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk4KGEFjdGl2YXRlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iKwoUUGF1c2VDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSwoVUGF1c2VDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiItChZBcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk0KF0FyY2hpdmVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiLaAQoVUHJldmlld01lc3NhZ2VSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEksKB2NvbnRleHQYAyADKAsyOi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdC5Db250ZXh0RW50cnkaSgoMQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIvcBCg9SZW5kZXJlZE1lc3NhZ2USMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdzdWJqZWN0GAIgASgJEhEKCWh0bWxfYm9keRgDIAEoCRIRCgl0ZXh0X2JvZHkYBCABKAkSPwoEZGF0YRgFIAMoCzIxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlLkRhdGFFbnRyeRINCgVlcnJvchgGIAEoCRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTChZQcmV2aWV3TWVzc2FnZVJlc3BvbnNlEjkKCG1lc3NhZ2VzGAEgAygLMicuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZW5kZXJlZE1lc3NhZ2UigAMKCERlbGl2ZXJ5EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEhMKC2NhbXBhaWduX2lkGAIgASgJEhAKCGV2ZW50X2lkGAMgASgJEhMKC2N1c3RvbWVyX2lkGAQgASgJEjAKB2NoYW5uZWwYBSABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSNgoGc3RhdHVzGAYgASgOMiYuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeVN0YXR1cxIOCgZyZWFzb24YByABKAkSEAoIYXR0ZW1wdHMYCCABKAUSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1CgZldmVudHMYCyADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQiigEKFUxpc3REZWxpdmVyaWVzUmVxdWVzdBIVCgtjYW1wYWlnbl9pZBgBIAEoCUgAEhUKC2N1c3RvbWVyX2lkGAIgASgJSAASEgoIZXZlbnRfaWQYAyABKAlIABIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCUIICgZwYXJlbnQiZwoWTGlzdERlbGl2ZXJpZXNSZXNwb25zZRI0CgpkZWxpdmVyaWVzGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLgoXR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiswIKGEdldENhbXBhaWduU3RhdHNSZXNwb25zZRIPCgdwZW5kaW5nGAEgASgDEgwKBHNlbnQYAiABKAMSDgoGZmFpbGVkGAMgASgDEg8KB3NraXBwZWQYBCABKAMSTgoHcmVhc29ucxgFIAMoCzI9LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlLlJlYXNvbnNFbnRyeRIRCglkZWxpdmVyZWQYBiABKAMSDwoHYm91bmNlZBgHIAEoAxISCgpjb21wbGFpbmVkGAggASgDEg4KBm9wZW5lZBgJIAEoAxIPCgdjbGlja2VkGAogASgDGi4KDFJlYXNvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIssBCg1EZWxpdmVyeUV2ZW50EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEjcKBGtpbmQYAiABKA4yKS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnRLaW5kEi4KCm9jY3VyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldGFpbBgEIAEoCRIZChFwcm92aWRlcl9ldmVudF9pZBgFIAEoCRIRCglyZWNpcGllbnQYBiABKAkipAEKG1JlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBI1CgZldmVudHMYASADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQSEwoLcmVxdWVzdF9rZXkYAiABKAkSOQoIcmVxdWVzdHMYAyADKAsyJy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByb3ZpZGVyUmVxdWVzdCJdCg9Qcm92aWRlclJlcXVlc3QSNQoGZXZlbnRzGAEgAygLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50EhMKC3JlcXVlc3Rfa2V5GAIgASgJIq0BChxSZWNvcmREZWxpdmVyeUV2ZW50c1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhEKCXVubWF0Y2hlZBgCIAEoBRISCgpkdXBsaWNhdGVzGAMgASgFEhIKCnN1cHByZXNzZWQYBCABKAUSQAoIb3V0Y29tZXMYBSADKAsyLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByb3ZpZGVyUmVxdWVzdE91dGNvbWUidwoWUHJvdmlkZXJSZXF1ZXN0T3V0Y29tZRIQCghyZWNvcmRlZBgBIAEoBRIRCgl1bm1hdGNoZWQYAiABKAUSEgoKZHVwbGljYXRlcxgDIAEoBRISCgpzdXBwcmVzc2VkGAQgASgFEhAKCHJlcGxheWVkGAUgASgIIuEBCgtTdXBwcmVzc2lvbhIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEg8KB2FkZHJlc3MYAiABKAkSOQoGcmVhc29uGAMgASgOMikuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvblJlYXNvbhIOCgZkZXRhaWwYBCABKAkSEwoLZGVsaXZlcnlfaWQYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKF0xpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibgoYTGlzdFN1cHByZXNzaW9uc1Jlc3BvbnNlEjkKDHN1cHByZXNzaW9ucxgBIAMoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlQKGENyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iVQoZQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZRI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iXQoYRGVsZXRlU3VwcHJlc3Npb25SZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHYWRkcmVzcxgCIAEoCSIbChlEZWxldGVTdXBwcmVzc2lvblJlc3BvbnNlKpwBCg1DYW1wYWlnblN0YXRlEh4KGkNBTVBBSUdOX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0FNUEFJR05fU1RBVEVfRFJBRlQQARIZChVDQU1QQUlHTl9TVEFURV9BQ1RJVkUQAhIZChVDQU1QQUlHTl9TVEFURV9QQVVTRUQQAxIbChdDQU1QQUlHTl9TVEFURV9BUkNISVZFRBAEKm0KB0NoYW5uZWwSFwoTQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhEKDUNIQU5ORUxfRU1BSUwQARIPCgtDSEFOTkVMX1NNUxACEhAKDENIQU5ORUxfUFVTSBADEhMKD0NIQU5ORUxfV0VCSE9PSxAEKqEBCg5EZWxpdmVyeVN0YXR1cxIfChtERUxJVkVSWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9TVEFUVVNfUEVORElORxABEhgKFERFTElWRVJZX1NUQVRVU19TRU5UEAISGgoWREVMSVZFUllfU1RBVFVTX0ZBSUxFRBADEhsKF0RFTElWRVJZX1NUQVRVU19TS0lQUEVEEAQqjAIKEURlbGl2ZXJ5RXZlbnRLaW5kEiMKH0RFTElWRVJZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9FVkVOVF9LSU5EX0RFTElWRVJFRBABEiQKIERFTElWRVJZX0VWRU5UX0tJTkRfQk9VTkNFRF9IQVJEEAISJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX1NPRlQQAxIiCh5ERUxJVkVSWV9FVkVOVF9LSU5EX0NPTVBMQUlORUQQBBIeChpERUxJVkVSWV9FVkVOVF9LSU5EX09QRU5FRBAFEh8KG0RFTElWRVJZX0VWRU5UX0tJTkRfQ0xJQ0tFRBAGKsEBChFTdXBwcmVzc2lvblJlYXNvbhIiCh5TVVBQUkVTU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5TVVBQUkVTU0lPTl9SRUFTT05fSEFSRF9CT1VOQ0UQARIgChxTVVBQUkVTU0lPTl9SRUFTT05fQ09NUExBSU5UEAISIwofU1VQUFJFU1NJT05fUkVBU09OX1NPRlRfQk9VTkNFUxADEh0KGVNVUFBSRVNTSU9OX1JFQVNPTl9NQU5VQUwQBDLsDwoPQ2FtcGFpZ25TZXJ2aWNlEm8KDkNyZWF0ZUNhbXBhaWduEi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVDYW1wYWlnblJlcXVlc3QaLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USiwEKC0dldENhbXBhaWduEiouZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblJlcXVlc3QaKy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVzcG9uc2UiI4LT5JMCHRIbL3YxL2NhbXBhaWducy97Y2FtcGFpZ25faWR9EoMBCg1MaXN0Q2FtcGFpZ25zEiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVxdWVzdBotLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdENhbXBhaWduc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYW1wYWlnbnMSbwoOVXBkYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlVwZGF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXNwb25zZRJ1ChBBY3RpdmF0ZUNhbXBhaWduEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aXZhdGVDYW1wYWlnblJlc3BvbnNlEmwKDVBhdXNlQ2FtcGFpZ24SLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QYXVzZUNhbXBhaWduUmVzcG9uc2UScgoPQXJjaGl2ZUNhbXBhaWduEi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0Gi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRKfAQoOUHJldmlld01lc3NhZ2USLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXNwb25zZSIugtPkkwIoOgEqIiMvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH06cHJldmlldxLtAQoOTGlzdERlbGl2ZXJpZXMSLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSJ8gtPkkwJ2WigSJi92MS9jdXN0b21lcnMve2N1c3RvbWVyX2lkfS9kZWxpdmVyaWVzWiISIC92MS9ldmVudHMve2V2ZW50X2lkfS9kZWxpdmVyaWVzEiYvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vZGVsaXZlcmllcxKgAQoQR2V0Q2FtcGFpZ25TdGF0cxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZSIpgtPkkwIjEiEvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vc3RhdHMSjwEKEExpc3RTdXBwcmVzc2lvbnMSLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0U3VwcHJlc3Npb25zUmVzcG9uc2UiGILT5JMCEhIQL3YxL3N1cHByZXNzaW9ucxKfAQoRQ3JlYXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZSIlgtPkkwIfOgtzdXBwcmVzc2lvbiIQL3YxL3N1cHByZXNzaW9ucxKcAQoRRGVsZXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGV0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXNwb25zZSIigtPkkwIcKhovdjEvc3VwcHJlc3Npb25zL3thZGRyZXNzfRKBAQoUUmVjb3JkRGVsaXZlcnlFdmVudHMSMy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBo0LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSLYAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAEjkKB3NlZ21lbnQYAyABKAsyJi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlNlZ21lbnRUcmlnZ2VySABCBgoEa2luZCJsChRDdXN0b21lckV2ZW50VHJpZ2dlchISCgpldmVudF9uYW1lGAEgASgJEkAKEmNvbnRleHRfcHJlZGljYXRlcxgCIAMoCzIkLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuUHJlZGljYXRlImoKElN5c3RlbUV2ZW50VHJpZ2dlchISCgpldmVudF9uYW1lGAEgASgJEkAKEmNvbnRleHRfcHJlZGljYXRlcxgCIAMoCzIkLmV2ZW50bGluZS5zZWdtZW50YXRpb24udjEuUHJlZGljYXRlIlsKDlNlZ21lbnRUcmlnZ2VyEhIKCnNlZ21lbnRfaWQYASABKAkSNQoCb24YAiABKA4yKS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlRyYW5zaXRpb25LaW5kIkQKC0VtYWlsQWN0aW9uEg8KB3N1YmplY3QYASABKAkSEQoJaHRtbF9ib2R5GAIgASgJEhEKCXRleHRfYm9keRgDIAEoCSIZCglTbXNBY3Rpb24SDAoEdGV4dBgBIAEoCSKSAQoKUHVzaEFjdGlvbhINCgV0aXRsZRgBIAEoCRIMCgRib2R5GAIgASgJEjoKBGRhdGEYAyADKAsyLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlB1c2hBY3Rpb24uRGF0YUVudHJ5GisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIioKDVdlYmhvb2tBY3Rpb24SCwoDdXJsGAEgASgJEgwKBGJvZHkYAiABKAki6QEKBkFjdGlvbhI0CgVlbWFpbBgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRW1haWxBY3Rpb25IABIwCgNzbXMYAiABKAsyIS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlNtc0FjdGlvbkgAEjIKBHB1c2gYAyABKAsyIi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlB1c2hBY3Rpb25IABI4Cgd3ZWJob29rGAQgASgLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5XZWJob29rQWN0aW9uSABCCQoHY2hhbm5lbCJMCgxGcmVxdWVuY3lDYXASEQoJbWF4X3NlbmRzGAEgASgFEikKBnBlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLrAwoIQ2FtcGFpZ24SEwoLY2FtcGFpZ25faWQYASABKAkSFAoMZGlzcGxheV9uYW1lGAIgASgJEjQKBXN0YXRlGAMgASgOMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnblN0YXRlEjAKB3RyaWdnZXIYBCABKAsyHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlRyaWdnZXISMwoIYXVkaWVuY2UYBSABKAsyIS5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLkZpbHRlchIvCgdhY3Rpb25zGAYgAygLMh4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3Rpb24SOwoNZnJlcXVlbmN5X2NhcBgHIAEoCzIkLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRnJlcXVlbmN5Q2FwEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMYWN0aXZlX3NpbmNlGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg10cmFuc2FjdGlvbmFsGAsgASgIImAKFUNyZWF0ZUNhbXBhaWduUmVxdWVzdBIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SEwoLY2FtcGFpZ25faWQYAiABKAkiTAoWQ3JlYXRlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iKQoSR2V0Q2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIkkKE0dldENhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduInQKFExpc3RDYW1wYWlnbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEjUKBnN0YXRlcxgDIAMoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZSJlChVMaXN0Q2FtcGFpZ25zUmVzcG9uc2USMwoJY2FtcGFpZ25zGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkifAoVVXBkYXRlQ2FtcGFpZ25SZXF1ZXN0EjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siTAoWVXBkYXRlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iLgoXQWN0aXZhdGVDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiTgoYQWN0aXZhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIrChRQYXVzZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJLChVQYXVzZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIi0KFkFyY2hpdmVDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiTQoXQXJjaGl2ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduItoBChVQcmV2aWV3TWVzc2FnZVJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkSEwoLY3VzdG9tZXJfaWQYAiABKAkSSwoHY29udGV4dBgDIAMoCzI6LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXF1ZXN0LkNvbnRleHRFbnRyeRpKCgxDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEikKBXZhbHVlGAIgASgLMhouZXZlbnRsaW5lLmNvbW1vbi52MS5WYWx1ZToCOAEi9wEKD1JlbmRlcmVkTWVzc2FnZRIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEg8KB3N1YmplY3QYAiABKAkSEQoJaHRtbF9ib2R5GAMgASgJEhEKCXRleHRfYm9keRgEIAEoCRI/CgRkYXRhGAUgAygLMjEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZW5kZXJlZE1lc3NhZ2UuRGF0YUVudHJ5Eg0KBWVycm9yGAYgASgJGisKCURhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlMKFlByZXZpZXdNZXNzYWdlUmVzcG9uc2USOQoIbWVzc2FnZXMYASADKAsyJy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlbmRlcmVkTWVzc2FnZSKAAwoIRGVsaXZlcnkSEwoLZGVsaXZlcnlfaWQYASABKAkSEwoLY2FtcGFpZ25faWQYAiABKAkSEAoIZXZlbnRfaWQYAyABKAkSEwoLY3VzdG9tZXJfaWQYBCABKAkSMAoHY2hhbm5lbBgFIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBI2CgZzdGF0dXMYBiABKA4yJi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5U3RhdHVzEg4KBnJlYXNvbhgHIAEoCRIQCghhdHRlbXB0cxgIIAEoBRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKBmV2ZW50cxgLIAMoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlFdmVudCKKAQoVTGlzdERlbGl2ZXJpZXNSZXF1ZXN0EhUKC2NhbXBhaWduX2lkGAEgASgJSAASFQoLY3VzdG9tZXJfaWQYAiABKAlIABISCghldmVudF9pZBgDIAEoCUgAEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJQggKBnBhcmVudCJnChZMaXN0RGVsaXZlcmllc1Jlc3BvbnNlEjQKCmRlbGl2ZXJpZXMYASADKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIuChdHZXRDYW1wYWlnblN0YXRzUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSKzAgoYR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlEg8KB3BlbmRpbmcYASABKAMSDAoEc2VudBgCIAEoAxIOCgZmYWlsZWQYAyABKAMSDwoHc2tpcHBlZBgEIAEoAxJOCgdyZWFzb25zGAUgAygLMj0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblN0YXRzUmVzcG9uc2UuUmVhc29uc0VudHJ5EhEKCWRlbGl2ZXJlZBgGIAEoAxIPCgdib3VuY2VkGAcgASgDEhIKCmNvbXBsYWluZWQYCCABKAMSDgoGb3BlbmVkGAkgASgDEg8KB2NsaWNrZWQYCiABKAMaLgoMUmVhc29uc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoAzoCOAEiywEKDURlbGl2ZXJ5RXZlbnQSEwoLZGVsaXZlcnlfaWQYASABKAkSNwoEa2luZBgCIAEoDjIpLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlFdmVudEtpbmQSLgoKb2NjdXJfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGZGV0YWlsGAQgASgJEhkKEXByb3ZpZGVyX2V2ZW50X2lkGAUgASgJEhEKCXJlY2lwaWVudBgGIAEoCSKkAQobUmVjb3JkRGVsaXZlcnlFdmVudHNSZXF1ZXN0EjUKBmV2ZW50cxgBIAMoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlFdmVudBITCgtyZXF1ZXN0X2tleRgCIAEoCRI5CghyZXF1ZXN0cxgDIAMoCzInLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJvdmlkZXJSZXF1ZXN0Il0KD1Byb3ZpZGVyUmVxdWVzdBI1CgZldmVudHMYASADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQSEwoLcmVxdWVzdF9rZXkYAiABKAkirQEKHFJlY29yZERlbGl2ZXJ5RXZlbnRzUmVzcG9uc2USEAoIcmVjb3JkZWQYASABKAUSEQoJdW5tYXRjaGVkGAIgASgFEhIKCmR1cGxpY2F0ZXMYAyABKAUSEgoKc3VwcHJlc3NlZBgEIAEoBRJACghvdXRjb21lcxgFIAMoCzIuLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJvdmlkZXJSZXF1ZXN0T3V0Y29tZSJ3ChZQcm92aWRlclJlcXVlc3RPdXRjb21lEhAKCHJlY29yZGVkGAEgASgFEhEKCXVubWF0Y2hlZBgCIAEoBRISCgpkdXBsaWNhdGVzGAMgASgFEhIKCnN1cHByZXNzZWQYBCABKAUSEAoIcmVwbGF5ZWQYBSABKAgi4QEKC1N1cHByZXNzaW9uEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHYWRkcmVzcxgCIAEoCRI5CgZyZWFzb24YAyABKA4yKS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN1cHByZXNzaW9uUmVhc29uEg4KBmRldGFpbBgEIAEoCRITCgtkZWxpdmVyeV9pZBgFIAEoCRIvCgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAicgoXTGlzdFN1cHByZXNzaW9uc1JlcXVlc3QSMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJuChhMaXN0U3VwcHJlc3Npb25zUmVzcG9uc2USOQoMc3VwcHJlc3Npb25zGAEgAygLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiVAoYQ3JlYXRlU3VwcHJlc3Npb25SZXF1ZXN0EjgKC3N1cHByZXNzaW9uGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbiJVChlDcmVhdGVTdXBwcmVzc2lvblJlc3BvbnNlEjgKC3N1cHByZXNzaW9uGAEgASgLMiMuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvbiJdChhEZWxldGVTdXBwcmVzc2lvblJlcXVlc3QSMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdhZGRyZXNzGAIgASgJIhsKGURlbGV0ZVN1cHByZXNzaW9uUmVzcG9uc2UqnAEKDUNhbXBhaWduU3RhdGUSHgoaQ0FNUEFJR05fU1RBVEVfVU5TUEVDSUZJRUQQABIYChRDQU1QQUlHTl9TVEFURV9EUkFGVBABEhkKFUNBTVBBSUdOX1NUQVRFX0FDVElWRRACEhkKFUNBTVBBSUdOX1NUQVRFX1BBVVNFRBADEhsKF0NBTVBBSUdOX1NUQVRFX0FSQ0hJVkVEEAQqbQoHQ2hhbm5lbBIXChNDSEFOTkVMX1VOU1BFQ0lGSUVEEAASEQoNQ0hBTk5FTF9FTUFJTBABEg8KC0NIQU5ORUxfU01TEAISEAoMQ0hBTk5FTF9QVVNIEAMSEwoPQ0hBTk5FTF9XRUJIT09LEAQqoQEKDkRlbGl2ZXJ5U3RhdHVzEh8KG0RFTElWRVJZX1NUQVRVU19VTlNQRUNJRklFRBAAEhsKF0RFTElWRVJZX1NUQVRVU19QRU5ESU5HEAESGAoUREVMSVZFUllfU1RBVFVTX1NFTlQQAhIaChZERUxJVkVSWV9TVEFUVVNfRkFJTEVEEAMSGwoXREVMSVZFUllfU1RBVFVTX1NLSVBQRUQQBCqMAgoRRGVsaXZlcnlFdmVudEtpbmQSIwofREVMSVZFUllfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHURFTElWRVJZX0VWRU5UX0tJTkRfREVMSVZFUkVEEAESJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX0hBUkQQAhIkCiBERUxJVkVSWV9FVkVOVF9LSU5EX0JPVU5DRURfU09GVBADEiIKHkRFTElWRVJZX0VWRU5UX0tJTkRfQ09NUExBSU5FRBAEEh4KGkRFTElWRVJZX0VWRU5UX0tJTkRfT1BFTkVEEAUSHwobREVMSVZFUllfRVZFTlRfS0lORF9DTElDS0VEEAYqwQEKEVN1cHByZXNzaW9uUmVhc29uEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEiIKHlNVUFBSRVNTSU9OX1JFQVNPTl9IQVJEX0JPVU5DRRABEiAKHFNVUFBSRVNTSU9OX1JFQVNPTl9DT01QTEFJTlQQAhIjCh9TVVBQUkVTU0lPTl9SRUFTT05fU09GVF9CT1VOQ0VTEAMSHQoZU1VQUFJFU1NJT05fUkVBU09OX01BTlVBTBAEMuwPCg9DYW1wYWlnblNlcnZpY2USbwoOQ3JlYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlQ2FtcGFpZ25SZXNwb25zZRKLAQoLR2V0Q2FtcGFpZ24SKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVxdWVzdBorLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25SZXNwb25zZSIjgtPkkwIdEhsvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0SgwEKDUxpc3RDYW1wYWlnbnMSLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RDYW1wYWlnbnNSZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVzcG9uc2UiFYLT5JMCDxINL3YxL2NhbXBhaWducxJvCg5VcGRhdGVDYW1wYWlnbhItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5VcGRhdGVDYW1wYWlnblJlc3BvbnNlEnUKEEFjdGl2YXRlQ2FtcGFpZ24SLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USbAoNUGF1c2VDYW1wYWlnbhIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUGF1c2VDYW1wYWlnblJlcXVlc3QaLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXNwb25zZRJyCg9BcmNoaXZlQ2FtcGFpZ24SLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlcXVlc3QaLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkFyY2hpdmVDYW1wYWlnblJlc3BvbnNlEp8BCg5QcmV2aWV3TWVzc2FnZRItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlc3BvbnNlIi6C0+STAig6ASoiIy92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfTpwcmV2aWV3Eu0BCg5MaXN0RGVsaXZlcmllcxItLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXF1ZXN0Gi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0RGVsaXZlcmllc1Jlc3BvbnNlInyC0+STAnZaKBImL3YxL2N1c3RvbWVycy97Y3VzdG9tZXJfaWR9L2RlbGl2ZXJpZXNaIhIgL3YxL2V2ZW50cy97ZXZlbnRfaWR9L2RlbGl2ZXJpZXMSJi92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9kZWxpdmVyaWVzEqABChBHZXRDYW1wYWlnblN0YXRzEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblN0YXRzUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlIimC0+STAiMSIS92MS9jYW1wYWlnbnMve2NhbXBhaWduX2lkfS9zdGF0cxKPAQoQTGlzdFN1cHByZXNzaW9ucxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdFN1cHByZXNzaW9uc1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXNwb25zZSIYgtPkkwISEhAvdjEvc3VwcHJlc3Npb25zEp8BChFDcmVhdGVTdXBwcmVzc2lvbhIwLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXF1ZXN0GjEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVTdXBwcmVzc2lvblJlc3BvbnNlIiWC0+STAh86C3N1cHByZXNzaW9uIhAvdjEvc3VwcHJlc3Npb25zEpwBChFEZWxldGVTdXBwcmVzc2lvbhIwLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXF1ZXN0GjEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxldGVTdXBwcmVzc2lvblJlc3BvbnNlIiKC0+STAhwqGi92MS9zdXBwcmVzc2lvbnMve2FkZHJlc3N9EoEBChRSZWNvcmREZWxpdmVyeUV2ZW50cxIzLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXF1ZXN0GjQuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZWNvcmREZWxpdmVyeUV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * What makes a campaign act.
@@ -51,6 +51,16 @@ export type Trigger = Message<"eventline.campaigns.v1.Trigger"> & {
      */
     value: SystemEventTrigger;
     case: "systemEvent";
+  } | {
+    /**
+     * A customer entered or exited a real-time segment: the campaign considers
+     * that customer, with the transition's `segment_entered` or
+     * `segment_exited` event as the trigger event.
+     *
+     * @generated from field: eventline.campaigns.v1.SegmentTrigger segment = 3;
+     */
+    value: SegmentTrigger;
+    case: "segment";
   } | { case: undefined; value?: undefined };
 };
 
@@ -122,6 +132,39 @@ export const SystemEventTriggerSchema: GenMessage<SystemEventTrigger> = /*@__PUR
   messageDesc(file_eventline_campaigns_v1_campaigns, 2);
 
 /**
+ * Triggered when a customer enters or exits a real-time segment. The trigger
+ * event is the customer event `segment_entered` or `segment_exited` that
+ * segmentation records for the transition (context `segment_id` and
+ * `segment_name`), so the audience, its `$references` and the templates see
+ * it like any customer event.
+ *
+ * @generated from message eventline.campaigns.v1.SegmentTrigger
+ */
+export type SegmentTrigger = Message<"eventline.campaigns.v1.SegmentTrigger"> & {
+  /**
+   * Required. The id of a saved real-time segment; a segment that does not
+   * exist or is not real-time is INVALID_ARGUMENT when the campaign is saved.
+   *
+   * @generated from field: string segment_id = 1;
+   */
+  segmentId: string;
+
+  /**
+   * Required. Whether the campaign acts when the customer enters or exits.
+   *
+   * @generated from field: eventline.segmentation.v1.TransitionKind on = 2;
+   */
+  on: TransitionKind;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.SegmentTrigger.
+ * Use `create(SegmentTriggerSchema)` to create a new message.
+ */
+export const SegmentTriggerSchema: GenMessage<SegmentTrigger> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 3);
+
+/**
  * An e-mail message. Templates are Jinja2 (sandboxed) with the variables
  * `client` (the customer: customer_id, email, phone, attributes by code, and
  * eventContext, the trigger event's context by field code) and `event` (name,
@@ -166,7 +209,7 @@ export type EmailAction = Message<"eventline.campaigns.v1.EmailAction"> & {
  * Use `create(EmailActionSchema)` to create a new message.
  */
 export const EmailActionSchema: GenMessage<EmailAction> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 3);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 4);
 
 /**
  * An SMS message.
@@ -187,7 +230,7 @@ export type SmsAction = Message<"eventline.campaigns.v1.SmsAction"> & {
  * Use `create(SmsActionSchema)` to create a new message.
  */
 export const SmsActionSchema: GenMessage<SmsAction> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 4);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 5);
 
 /**
  * A push notification, sent to every push token of the customer.
@@ -223,7 +266,7 @@ export type PushAction = Message<"eventline.campaigns.v1.PushAction"> & {
  * Use `create(PushActionSchema)` to create a new message.
  */
 export const PushActionSchema: GenMessage<PushAction> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 5);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 6);
 
 /**
  * A JSON document POSTed to a URL of the campaign's (another system of
@@ -263,7 +306,7 @@ export type WebhookAction = Message<"eventline.campaigns.v1.WebhookAction"> & {
  * Use `create(WebhookActionSchema)` to create a new message.
  */
 export const WebhookActionSchema: GenMessage<WebhookAction> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 6);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 7);
 
 /**
  * One message a campaign sends.
@@ -316,7 +359,7 @@ export type Action = Message<"eventline.campaigns.v1.Action"> & {
  * Use `create(ActionSchema)` to create a new message.
  */
 export const ActionSchema: GenMessage<Action> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 7);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 8);
 
 /**
  * At most max_sends triggered sends per customer within any period.
@@ -347,7 +390,7 @@ export type FrequencyCap = Message<"eventline.campaigns.v1.FrequencyCap"> & {
  * Use `create(FrequencyCapSchema)` to create a new message.
  */
 export const FrequencyCapSchema: GenMessage<FrequencyCap> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 8);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 9);
 
 /**
  * A campaign.
@@ -448,7 +491,7 @@ export type Campaign = Message<"eventline.campaigns.v1.Campaign"> & {
  * Use `create(CampaignSchema)` to create a new message.
  */
 export const CampaignSchema: GenMessage<Campaign> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 9);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
 
 /**
  * Creates a campaign.
@@ -479,7 +522,7 @@ export type CreateCampaignRequest = Message<"eventline.campaigns.v1.CreateCampai
  * Use `create(CreateCampaignRequestSchema)` to create a new message.
  */
 export const CreateCampaignRequestSchema: GenMessage<CreateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
 
 /**
  * The created campaign.
@@ -500,7 +543,7 @@ export type CreateCampaignResponse = Message<"eventline.campaigns.v1.CreateCampa
  * Use `create(CreateCampaignResponseSchema)` to create a new message.
  */
 export const CreateCampaignResponseSchema: GenMessage<CreateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
 
 /**
  * Reads a campaign.
@@ -521,7 +564,7 @@ export type GetCampaignRequest = Message<"eventline.campaigns.v1.GetCampaignRequ
  * Use `create(GetCampaignRequestSchema)` to create a new message.
  */
 export const GetCampaignRequestSchema: GenMessage<GetCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
 
 /**
  * A campaign.
@@ -542,7 +585,7 @@ export type GetCampaignResponse = Message<"eventline.campaigns.v1.GetCampaignRes
  * Use `create(GetCampaignResponseSchema)` to create a new message.
  */
 export const GetCampaignResponseSchema: GenMessage<GetCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
 
 /**
  * Lists campaigns.
@@ -577,7 +620,7 @@ export type ListCampaignsRequest = Message<"eventline.campaigns.v1.ListCampaigns
  * Use `create(ListCampaignsRequestSchema)` to create a new message.
  */
 export const ListCampaignsRequestSchema: GenMessage<ListCampaignsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
 
 /**
  * A page of campaigns.
@@ -605,7 +648,7 @@ export type ListCampaignsResponse = Message<"eventline.campaigns.v1.ListCampaign
  * Use `create(ListCampaignsResponseSchema)` to create a new message.
  */
 export const ListCampaignsResponseSchema: GenMessage<ListCampaignsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
 
 /**
  * Changes a campaign.
@@ -634,7 +677,7 @@ export type UpdateCampaignRequest = Message<"eventline.campaigns.v1.UpdateCampai
  * Use `create(UpdateCampaignRequestSchema)` to create a new message.
  */
 export const UpdateCampaignRequestSchema: GenMessage<UpdateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
 
 /**
  * The changed campaign.
@@ -655,7 +698,7 @@ export type UpdateCampaignResponse = Message<"eventline.campaigns.v1.UpdateCampa
  * Use `create(UpdateCampaignResponseSchema)` to create a new message.
  */
 export const UpdateCampaignResponseSchema: GenMessage<UpdateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
 
 /**
  * Activates a campaign.
@@ -676,7 +719,7 @@ export type ActivateCampaignRequest = Message<"eventline.campaigns.v1.ActivateCa
  * Use `create(ActivateCampaignRequestSchema)` to create a new message.
  */
 export const ActivateCampaignRequestSchema: GenMessage<ActivateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
 
 /**
  * The activated campaign.
@@ -697,7 +740,7 @@ export type ActivateCampaignResponse = Message<"eventline.campaigns.v1.ActivateC
  * Use `create(ActivateCampaignResponseSchema)` to create a new message.
  */
 export const ActivateCampaignResponseSchema: GenMessage<ActivateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
 
 /**
  * Pauses a campaign.
@@ -718,7 +761,7 @@ export type PauseCampaignRequest = Message<"eventline.campaigns.v1.PauseCampaign
  * Use `create(PauseCampaignRequestSchema)` to create a new message.
  */
 export const PauseCampaignRequestSchema: GenMessage<PauseCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
 
 /**
  * The paused campaign.
@@ -739,7 +782,7 @@ export type PauseCampaignResponse = Message<"eventline.campaigns.v1.PauseCampaig
  * Use `create(PauseCampaignResponseSchema)` to create a new message.
  */
 export const PauseCampaignResponseSchema: GenMessage<PauseCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
 
 /**
  * Archives a campaign.
@@ -760,7 +803,7 @@ export type ArchiveCampaignRequest = Message<"eventline.campaigns.v1.ArchiveCamp
  * Use `create(ArchiveCampaignRequestSchema)` to create a new message.
  */
 export const ArchiveCampaignRequestSchema: GenMessage<ArchiveCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
 
 /**
  * The archived campaign.
@@ -781,7 +824,7 @@ export type ArchiveCampaignResponse = Message<"eventline.campaigns.v1.ArchiveCam
  * Use `create(ArchiveCampaignResponseSchema)` to create a new message.
  */
 export const ArchiveCampaignResponseSchema: GenMessage<ArchiveCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
 
 /**
  * Renders a campaign's messages without sending.
@@ -816,7 +859,7 @@ export type PreviewMessageRequest = Message<"eventline.campaigns.v1.PreviewMessa
  * Use `create(PreviewMessageRequestSchema)` to create a new message.
  */
 export const PreviewMessageRequestSchema: GenMessage<PreviewMessageRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
 
 /**
  * A rendered message, or why it could not be rendered.
@@ -873,7 +916,7 @@ export type RenderedMessage = Message<"eventline.campaigns.v1.RenderedMessage"> 
  * Use `create(RenderedMessageSchema)` to create a new message.
  */
 export const RenderedMessageSchema: GenMessage<RenderedMessage> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
 
 /**
  * The rendered messages of a campaign.
@@ -894,7 +937,7 @@ export type PreviewMessageResponse = Message<"eventline.campaigns.v1.PreviewMess
  * Use `create(PreviewMessageResponseSchema)` to create a new message.
  */
 export const PreviewMessageResponseSchema: GenMessage<PreviewMessageResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
 
 /**
  * One message of a campaign to a customer on a channel for a trigger event.
@@ -986,7 +1029,7 @@ export type Delivery = Message<"eventline.campaigns.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
 
 /**
  * Lists deliveries.
@@ -1046,7 +1089,7 @@ export type ListDeliveriesRequest = Message<"eventline.campaigns.v1.ListDeliveri
  * Use `create(ListDeliveriesRequestSchema)` to create a new message.
  */
 export const ListDeliveriesRequestSchema: GenMessage<ListDeliveriesRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
 
 /**
  * A page of deliveries.
@@ -1074,7 +1117,7 @@ export type ListDeliveriesResponse = Message<"eventline.campaigns.v1.ListDeliver
  * Use `create(ListDeliveriesResponseSchema)` to create a new message.
  */
 export const ListDeliveriesResponseSchema: GenMessage<ListDeliveriesResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
 
 /**
  * Counts a campaign's deliveries.
@@ -1095,7 +1138,7 @@ export type GetCampaignStatsRequest = Message<"eventline.campaigns.v1.GetCampaig
  * Use `create(GetCampaignStatsRequestSchema)` to create a new message.
  */
 export const GetCampaignStatsRequestSchema: GenMessage<GetCampaignStatsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
 
 /**
  * A campaign's delivery counts.
@@ -1179,7 +1222,7 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
  * Use `create(GetCampaignStatsResponseSchema)` to create a new message.
  */
 export const GetCampaignStatsResponseSchema: GenMessage<GetCampaignStatsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
 
 /**
  * One report of a provider about one message.
@@ -1241,7 +1284,7 @@ export type DeliveryEvent = Message<"eventline.campaigns.v1.DeliveryEvent"> & {
  * Use `create(DeliveryEventSchema)` to create a new message.
  */
 export const DeliveryEventSchema: GenMessage<DeliveryEvent> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
 
 /**
  * Reports of providers to record.
@@ -1285,7 +1328,7 @@ export type RecordDeliveryEventsRequest = Message<"eventline.campaigns.v1.Record
  * Use `create(RecordDeliveryEventsRequestSchema)` to create a new message.
  */
 export const RecordDeliveryEventsRequestSchema: GenMessage<RecordDeliveryEventsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
 
 /**
  * The reports of one signed HTTP request of a provider.
@@ -1313,7 +1356,7 @@ export type ProviderRequest = Message<"eventline.campaigns.v1.ProviderRequest"> 
  * Use `create(ProviderRequestSchema)` to create a new message.
  */
 export const ProviderRequestSchema: GenMessage<ProviderRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
 
 /**
  * What was recorded.
@@ -1363,7 +1406,7 @@ export type RecordDeliveryEventsResponse = Message<"eventline.campaigns.v1.Recor
  * Use `create(RecordDeliveryEventsResponseSchema)` to create a new message.
  */
 export const RecordDeliveryEventsResponseSchema: GenMessage<RecordDeliveryEventsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
 
 /**
  * What one provider request of a RecordDeliveryEvents call recorded.
@@ -1413,7 +1456,7 @@ export type ProviderRequestOutcome = Message<"eventline.campaigns.v1.ProviderReq
  * Use `create(ProviderRequestOutcomeSchema)` to create a new message.
  */
 export const ProviderRequestOutcomeSchema: GenMessage<ProviderRequestOutcome> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
 
 /**
  * An address that is sent nothing on a channel.
@@ -1471,7 +1514,7 @@ export type Suppression = Message<"eventline.campaigns.v1.Suppression"> & {
  * Use `create(SuppressionSchema)` to create a new message.
  */
 export const SuppressionSchema: GenMessage<Suppression> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
 
 /**
  * Lists suppressions.
@@ -1506,7 +1549,7 @@ export type ListSuppressionsRequest = Message<"eventline.campaigns.v1.ListSuppre
  * Use `create(ListSuppressionsRequestSchema)` to create a new message.
  */
 export const ListSuppressionsRequestSchema: GenMessage<ListSuppressionsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
 
 /**
  * A page of suppressions.
@@ -1534,7 +1577,7 @@ export type ListSuppressionsResponse = Message<"eventline.campaigns.v1.ListSuppr
  * Use `create(ListSuppressionsResponseSchema)` to create a new message.
  */
 export const ListSuppressionsResponseSchema: GenMessage<ListSuppressionsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
 
 /**
  * Suppresses an address.
@@ -1555,7 +1598,7 @@ export type CreateSuppressionRequest = Message<"eventline.campaigns.v1.CreateSup
  * Use `create(CreateSuppressionRequestSchema)` to create a new message.
  */
 export const CreateSuppressionRequestSchema: GenMessage<CreateSuppressionRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 41);
 
 /**
  * The suppression.
@@ -1576,7 +1619,7 @@ export type CreateSuppressionResponse = Message<"eventline.campaigns.v1.CreateSu
  * Use `create(CreateSuppressionResponseSchema)` to create a new message.
  */
 export const CreateSuppressionResponseSchema: GenMessage<CreateSuppressionResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 41);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 42);
 
 /**
  * Lifts a suppression.
@@ -1604,7 +1647,7 @@ export type DeleteSuppressionRequest = Message<"eventline.campaigns.v1.DeleteSup
  * Use `create(DeleteSuppressionRequestSchema)` to create a new message.
  */
 export const DeleteSuppressionRequestSchema: GenMessage<DeleteSuppressionRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 42);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 43);
 
 /**
  * The suppression was lifted.
@@ -1619,7 +1662,7 @@ export type DeleteSuppressionResponse = Message<"eventline.campaigns.v1.DeleteSu
  * Use `create(DeleteSuppressionResponseSchema)` to create a new message.
  */
 export const DeleteSuppressionResponseSchema: GenMessage<DeleteSuppressionResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 43);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 44);
 
 /**
  * The life cycle of a campaign.
