@@ -12,7 +12,8 @@ from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
 from eventline_shared.server.config import DEFAULT_STREAM
-from eventline_shared.streams import stream
+from eventline_shared.storage import notifications
+from eventline_shared.streams import reserved, stream
 from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events
@@ -100,6 +101,18 @@ ON CONFLICT (customer_id) DO UPDATE SET
     updated_at = now()
 RETURNING customer_id, email, phone, push_tokens, attributes::text AS attributes,
           email_consent, sms_consent, push_consent, created_at, updated_at, (xmax = 0) AS created
+"""
+
+# Only while real-time segments exist (one index probe of a small table): the notice for
+# segmentation ($3, ``reserved.profile_notice``) on the customer's partition stream, and a wake-up
+# of the relays ($4) when this commits.
+_PROFILE_NOTICE = """
+WITH notice AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT $1, ARRAY[$2], $3 WHERE EXISTS (SELECT FROM segment_realtime)
+    RETURNING id
+)
+SELECT pg_notify($4, '') FROM notice
 """
 
 _GET_CUSTOMER = """
@@ -247,20 +260,30 @@ class IngestionRepository:
     async def upsert_customer(
         self, change: CustomerChange, timeout: float | None = None
     ) -> tuple[common_pb2.Customer, bool]:
-        row = await self.pool.fetchrow(
-            _UPSERT_CUSTOMER,
-            change.customer_id,
-            change.email,
-            change.phone,
-            change.push_tokens,
-            change.attributes_json,
-            change.email_consent,
-            change.sms_consent,
-            change.push_consent,
-            sorted(change.fields),
-            timeout=timeout,
-        )
-        assert row is not None
+        async with self.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                _UPSERT_CUSTOMER,
+                change.customer_id,
+                change.email,
+                change.phone,
+                change.push_tokens,
+                change.attributes_json,
+                change.email_consent,
+                change.sms_consent,
+                change.push_consent,
+                sorted(change.fields),
+                timeout=timeout,
+            )
+            assert row is not None
+            # Profile conditions of real-time segments move at once, not at the customer's next event.
+            await connection.execute(
+                _PROFILE_NOTICE,
+                self.layout.key_for(change.customer_id),
+                change.customer_id,
+                reserved.profile_notice(change.customer_id),
+                notifications.OUTBOX,
+                timeout=timeout,
+            )
         return customer_from_row(row), bool(row["created"])
 
     async def get_customer(

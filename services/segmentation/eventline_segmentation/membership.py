@@ -20,12 +20,11 @@ from eventline.common.v1 import common_pb2
 
 from eventline_shared import values
 from eventline_shared.errors import FailedPrecondition, quote
+from eventline_shared.storage import notifications
 from eventline_shared.storage.database import Connection
 from eventline_shared.streams import stream
-
-ENTERED = "segment_entered"
-EXITED = "segment_exited"
-"""The names of the customer events that record a transition."""
+from eventline_shared.streams.reserved import SEGMENT_ENTERED as ENTERED
+from eventline_shared.streams.reserved import SEGMENT_EXITED as EXITED
 
 
 @dataclass(frozen=True)
@@ -230,6 +229,8 @@ class MembershipRepository:
             self.layout.key_for(customer_id),
             entry,
         )
+        # The relays publish the row as soon as this commits, not at their next poll.
+        await notifications.notify(connection, notifications.OUTBOX)
         return cursor
 
     # Backfill ------------------------------------------------------------------------

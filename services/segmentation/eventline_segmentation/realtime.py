@@ -252,10 +252,12 @@ class RealtimeSegments:
     def _affected(segment: Compiled, names: set[str]) -> bool:
         """Whether events named ``names`` may change the customer's membership of ``segment``.
 
-        Those the filter names, and any event: for filters an empty customer matches (the
-        event may have created the customer), and for filters with profile conditions
-        (ingestion does not publish profile changes, so they are caught up with at the
-        customer's next event).
+        Those the filter names, and any entry: for filters an empty customer matches (the
+        event or profile change may have created the customer), and for filters with profile
+        conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after every
+        profile change while real-time segments exist, so a profile change moves membership
+        at once; any other event of the customer re-evaluates them too, which also covers a
+        change committed while the first real-time segment was being created.
         """
         deps = segment.dependencies
         return bool(names & deps.event_names) or segment.empty_matches or bool(deps.profile_fields)
