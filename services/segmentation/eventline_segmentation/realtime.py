@@ -179,12 +179,17 @@ class RealtimeSegments:
         *,
         poll_s: float = 0.2,
         fire_concurrency: int = 4,
+        transition_retention_s: float = 7 * 24 * 3600.0,
+        prune_every_s: float = 60.0,
     ) -> None:
         self.pool = pool
         self.repository = repository
         self.clock = clock
         self.poll_s = poll_s
         self.fire_concurrency = fire_concurrency
+        self.transition_retention = dt.timedelta(seconds=transition_retention_s)
+        self.prune_every = dt.timedelta(seconds=prune_every_s)
+        self._next_prune: dt.datetime | None = None
         self._compiled: dict[tuple[str, bytes, str, int], Compiled] = {}
         self._stop = asyncio.Event()
         self.errors: list[str] = []
@@ -351,6 +356,31 @@ class RealtimeSegments:
         for segment_id in await self.repository.backfilling():
             await self.backfill(segment_id)
 
+    # Pruning -----------------------------------------------------------------------
+
+    async def prune(self, batch: int = 10_000) -> int:
+        """Delete the transitions that happened more than the retention before the clock's now, in
+        batches of ``batch`` per segment and transaction; returns how many."""
+        before = self.clock.now() - self.transition_retention
+        pruned = 0
+        for segment_id in await self.repository.realtime_segment_ids():
+            while True:
+                async with self.pool.acquire() as connection, connection.transaction():
+                    count = await self.repository.prune(connection, segment_id, before, batch)
+                pruned += count
+                if count < batch:
+                    break
+        return pruned
+
+    async def prune_when_due(self) -> int:
+        """``prune`` once every ``prune_every`` of the clock (each replica keeps its own schedule;
+        the per-segment lock keeps two from pruning one segment at once)."""
+        now = self.clock.now()
+        if self._next_prune is not None and now < self._next_prune:
+            return 0
+        self._next_prune = now + self.prune_every
+        return await self.prune()
+
     # Serving -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -360,6 +390,7 @@ class RealtimeSegments:
                 await self.backfill_all()
                 while await self.fire_due():
                     pass
+                await self.prune_when_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
