@@ -458,11 +458,22 @@ async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: igno
         assert len(smtp_server.messages) == 1
 
 
-async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Suite) -> None:
-    """Ingestion does not publish profile changes yet: a profile condition is re-evaluated at
-    the customer's next event, whatever its name."""
+async def test_a_profile_change_alone_moves_membership(suite: Suite) -> None:
+    """UpsertCustomer publishes a profile notice while real-time segments exist: the customer
+    enters and exits with no event of theirs; with no real-time segment, no notice is written."""
     from eventline.common.v1 import common_pb2
 
+    async def set_plan(plan: str) -> None:
+        await suite.ingestion.UpsertCustomer(
+            ingestion_pb2.UpsertCustomerRequest(
+                customer=common_pb2.Customer(
+                    customer_id="p1", attributes={"plan": common_pb2.Value(string_value=plan)}
+                )
+            )
+        )
+
+    await set_plan("silver")
+    assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 0
     gold = pb.Filter(
         customer=pb.CustomerCondition(
             attribute=pb.Predicate(
@@ -473,19 +484,90 @@ async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Su
         )
     )
     await suite.save("gold", gold)
-    await suite.ingestion.UpsertCustomer(
-        ingestion_pb2.UpsertCustomerRequest(
-            customer=common_pb2.Customer(
-                customer_id="p1", attributes={"plan": common_pb2.Value(string_value="gold")}
-            )
-        )
-    )
-    await suite.settle()
     assert await suite.members("gold") == []
-    await suite.track("p1", "login", START)
+    await set_plan("gold")
+    assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 1
     await suite.settle()
     assert await suite.members("gold") == ["p1"]
-    assert await suite.transitions("gold") == [("p1", True, START)]
+    suite.clock.advance(dt.timedelta(hours=1))
+    await set_plan("bronze")
+    await suite.settle()
+    assert await suite.members("gold") == []
+    assert await suite.transitions("gold") == [
+        ("p1", True, START),
+        ("p1", False, START + dt.timedelta(hours=1)),
+    ]
+    assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE customer_id = 'p1'") == 2
+
+
+async def test_transitions_older_than_the_retention_are_pruned_and_watching_from_them_fails(
+    suite: Suite,
+) -> None:
+    engine = suite.segmentation_server.realtime
+    await suite.save("buyers", purchases(1, 30))
+    await suite.track("c1", "purchase", START - DAY)
+    await suite.settle()
+    suite.clock.advance(3 * DAY)
+    await suite.track("c2", "purchase", START)
+    await suite.settle()
+    assert [c for c, _, _ in await suite.transitions("buyers")] == ["c1", "c2"]
+    # Within the retention (7 days by default) nothing goes.
+    assert await engine.prune() == 0
+    suite.clock.advance(5 * DAY)  # c1's transition is 8 days old, c2's 5
+    assert await engine.prune_when_due() == 1
+    assert await engine.prune_when_due() == 0  # not due again before a minute of the clock
+    assert [c for c, _, _ in await suite.transitions("buyers")] == ["c2"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await suite.watch("buyers", 0, 1)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pruned" in (refused.value.details() or "")
+    # From the last pruned cursor on, nothing is missing.
+    [watched] = await suite.watch("buyers", 1, 1)
+    assert (watched.cursor, watched.customer_id) == (2, "c2")
+
+
+async def test_the_relay_publishes_transitions_without_waiting_for_its_poll(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client
+) -> None:
+    """Segmentation's outbox rows wake every ingestion relay through NOTIFY: with a poll of an
+    hour, a transition still reaches the stream (the generous wait is for a busy machine)."""
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from eventline_segmentation.service import running as running_segmentation
+    from eventline_segmentation.settings import Settings as SegmentationSettings
+    from tests.support import eventually, wait_for_events
+
+    clock = ManualClock(START)
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    slow = {**env, "EVENTLINE_INGESTION_RELAY_POLL_S": "3600"}
+    async with (
+        running_ingestion(IngestionSettings.from_env(slow), clock=clock) as ingestion_server,
+        running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg,
+        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
+        grpc.aio.insecure_channel(f"127.0.0.1:{seg.port}") as segmentation_channel,
+    ):
+        ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
+        segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
+        await segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id="buyers",
+                segment=pb.Segment(display_name="B", filter=purchases(1, 30), realtime=True),
+            )
+        )
+        await seg.realtime.backfill_all()
+        await asyncio.wait_for(ingestion_server.listener.listening.wait(), 60)
+        request = customer_event("c1", "purchase")
+        await ingestion.TrackCustomerEvent(request)  # ingestion's own write wakes its relay
+        await wait_for_events(redis_client, stream_key, request.event_id)
+        await seg.consumer.drain()
+        assert await seg.realtime.repository.size("buyers") == 1
+
+        async def published() -> bool:
+            entries = await redis_client.xrange(stream_key)
+            return any(fields[b"name"] == b"segment_entered" for _, fields in entries)
+
+        await eventually(published, 30, "the relay did not publish the transition before its poll")
 
 
 async def test_two_replicas_running_in_the_background_record_each_transition_once(
@@ -500,7 +582,10 @@ async def test_two_replicas_running_in_the_background_record_each_transition_onc
     from tests.support import eventually
 
     clock = ManualClock(START)
-    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    # The clock moves three weeks: keep the whole transition log (the retention prunes it otherwise).
+    env = service_env(
+        db_url, stream_key, EVENTLINE_REDIS_URL=redis_url, EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S="3e6"
+    )
     async with (
         running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
         running_segmentation(
