@@ -328,10 +328,10 @@ class RealtimeSegments:
             segment = self.compiled(definition)
             now = self.clock.now()
             clock = periods.Clock(now, segment.zone)
-            query = compiler.ids_query(segment.root, clock, after, len(page))
-            rows = await connection.fetch(query.sql, *query.params)
+            # One query bounded by the page: its id sets read only the page's customers' rows.
+            query = compiler.page_query(segment.root, clock, page)
+            members = [r[0] for r in await connection.fetch(query.sql, *query.params)]
             last = page[-1]
-            members = [r[0] for r in rows if r[0] <= last]
             await self.repository.replace_members(connection, segment_id, page[0], last, members, now)
             await self.repository.clear_timers(connection, segment_id, page[0], last)
             if segment.dependencies.changes_with_time and segment.dependencies.event_names:
