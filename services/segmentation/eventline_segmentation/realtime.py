@@ -329,6 +329,7 @@ class RealtimeSegments:
             now = self.clock.now()
             clock = periods.Clock(now, segment.zone)
             # One query bounded by the page: its id sets read only the page's customers' rows.
+            await self.repository.plan_each_page(connection)
             query = compiler.page_query(segment.root, clock, page)
             members = [r[0] for r in await connection.fetch(query.sql, *query.params)]
             last = page[-1]
