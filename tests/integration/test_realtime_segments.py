@@ -458,6 +458,36 @@ async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: igno
         assert len(smtp_server.messages) == 1
 
 
+async def test_a_backfill_gives_timers_only_to_customers_time_can_move(suite: Suite) -> None:
+    """Purchases older than the window (and its margin) never count again: their customer gets no
+    timer; a customer with a purchase inside does, and still exits on time."""
+    await suite.track("old", "purchase", START - 60 * DAY)
+    await suite.track("old", "purchase", START - 40 * DAY)
+    await suite.track("recent", "purchase", START - 10 * DAY)
+    await suite.track("recent", "purchase", START - 5 * DAY)
+    await suite.settle()
+    await suite.save("buyers", purchases(2, 30))
+    timers = await suite.db.fetch("SELECT customer_id FROM segment_timers WHERE segment_id = 'buyers'")
+    assert [r[0] for r in timers] == ["recent"]
+    assert await suite.members("buyers") == ["recent"]
+    engine = suite.segmentation_server.realtime
+    while await engine.fire_due():
+        pass
+    suite.clock.set(START + 25 * DAY)
+    while await engine.fire_due():
+        pass
+    assert await suite.members("buyers") == []
+    for customer in ("old", "recent"):
+        answer = await suite.segmentation.MatchCustomer(
+            pb.MatchCustomerRequest(
+                segment_id="buyers",
+                customer_id=customer,
+                now=values.datetime_to_timestamp(suite.clock.now()),
+            )
+        )
+        assert not answer.matched
+
+
 async def test_a_profile_change_alone_moves_membership(suite: Suite) -> None:
     """UpsertCustomer publishes a profile notice while real-time segments exist: the customer
     enters and exits with no event of theirs; with no real-time segment, no notice is written."""

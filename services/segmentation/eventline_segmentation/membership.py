@@ -299,14 +299,15 @@ class MembershipRepository:
         )
 
     async def with_events(
-        self, connection: Connection, customer_ids: Sequence[str], names: Sequence[str]
+        self, connection: Connection, customer_ids: Sequence[str], names: Sequence[str], since: dt.datetime
     ) -> list[str]:
-        """The customers among ``customer_ids`` with at least one event of one of ``names``."""
+        """The customers among ``customer_ids`` with an event of one of ``names`` at or after ``since``."""
         rows = await connection.fetch(
             "SELECT DISTINCT customer_id FROM customer_event_stats "
-            "WHERE customer_id = ANY($1::text[]) AND name = ANY($2::text[])",
+            "WHERE customer_id = ANY($1::text[]) AND name = ANY($2::text[]) AND last_at >= $3",
             list(customer_ids),
             list(names),
+            since,
         )
         return [r[0] for r in rows]
 

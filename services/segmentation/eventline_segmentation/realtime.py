@@ -335,13 +335,15 @@ class RealtimeSegments:
             last = page[-1]
             await self.repository.replace_members(connection, segment_id, page[0], last, members, now)
             await self.repository.clear_timers(connection, segment_id, page[0], last)
-            if segment.dependencies.changes_with_time and segment.dependencies.event_names:
-                # Only customers with events of the filter's names can change with time alone.
-                # Their forecasts are left to the scheduler (one query per customer, the bulk of a
-                # backfill's cost otherwise): a timer due at this instant re-evaluates each at it,
-                # then at every change since, so nothing is lost while the scheduler catches up.
+            settled = transitions.settled_before(segment.root, now, segment.zone)
+            if settled is not None and segment.dependencies.event_names:
+                # Only customers with recent enough events of the filter's names can change with
+                # time alone. Their forecasts are left to the scheduler (one query per customer,
+                # the bulk of a backfill's cost otherwise): a timer due at this instant
+                # re-evaluates each at it, then at every change since, so nothing is lost while
+                # the scheduler catches up.
                 moving = await self.repository.with_events(
-                    connection, page, sorted(segment.dependencies.event_names)
+                    connection, page, sorted(segment.dependencies.event_names), settled
                 )
                 await TIMERS.set_many(connection, [(segment_id, c) for c in moving], now)
             done = len(page) < BACKFILL_PAGE
