@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
 from tests.conftest import service_env
-from tests.support import customer_event
+from tests.support import attribute_equals, customer_event
 
 UTC = dt.UTC
 START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -105,19 +106,18 @@ class Suite:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-@pytest.fixture
-async def suite(
-    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
-) -> AsyncIterator[Suite]:
+@asynccontextmanager
+async def serving(env: dict[str, str], db: asyncpg.Connection, *, relay: bool) -> AsyncIterator[Suite]:
+    """Ingestion (its relay running or not) and segmentation (no background work) on one
+    ManualClock at START."""
     from eventline_ingestion.service import running as running_ingestion
     from eventline_ingestion.settings import Settings as IngestionSettings
     from eventline_segmentation.service import running as running_segmentation
     from eventline_segmentation.settings import Settings as SegmentationSettings
 
     clock = ManualClock(START)
-    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
     async with (
-        running_ingestion(IngestionSettings.from_env(env), relay=False, clock=clock) as ingestion_server,
+        running_ingestion(IngestionSettings.from_env(env), relay=relay, clock=clock) as ingestion_server,
         running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg_server,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{seg_server.port}") as segmentation_channel,
@@ -130,6 +130,16 @@ async def suite(
             segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel),
             db,
         )
+
+
+@pytest.fixture
+async def suite(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> AsyncIterator[Suite]:
+    async with serving(
+        service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url), db, relay=False
+    ) as served:
+        yield served
 
 
 async def test_enters_on_events_and_exits_when_the_older_purchase_turns_30_days_old(suite: Suite) -> None:
@@ -504,16 +514,7 @@ async def test_a_profile_change_alone_moves_membership(suite: Suite) -> None:
 
     await set_plan("silver")
     assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 0
-    gold = pb.Filter(
-        customer=pb.CustomerCondition(
-            attribute=pb.Predicate(
-                field="plan",
-                operator=pb.OPERATOR_EQUALS,
-                value=pb.Operand(literal=common_pb2.Value(string_value="gold")),
-            )
-        )
-    )
-    await suite.save("gold", gold)
+    await suite.save("gold", attribute_equals("plan", "gold"))
     assert await suite.members("gold") == []
     await set_plan("gold")
     assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 1
@@ -558,40 +559,23 @@ async def test_transitions_older_than_the_retention_are_pruned_and_watching_from
 
 
 async def test_the_relay_publishes_transitions_without_waiting_for_its_poll(
-    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
 ) -> None:
     """Segmentation's outbox rows wake every ingestion relay through NOTIFY: with a poll of an
     hour, a transition still reaches the stream (the generous wait is for a busy machine)."""
-    from eventline_ingestion.service import running as running_ingestion
-    from eventline_ingestion.settings import Settings as IngestionSettings
-    from eventline_segmentation.service import running as running_segmentation
-    from eventline_segmentation.settings import Settings as SegmentationSettings
     from tests.support import eventually, wait_for_events
 
-    clock = ManualClock(START)
-    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
-    slow = {**env, "EVENTLINE_INGESTION_RELAY_POLL_S": "3600"}
-    async with (
-        running_ingestion(IngestionSettings.from_env(slow), clock=clock) as ingestion_server,
-        running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg,
-        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
-        grpc.aio.insecure_channel(f"127.0.0.1:{seg.port}") as segmentation_channel,
-    ):
-        ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
-        segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
-        await segmentation.CreateSegment(
-            pb.CreateSegmentRequest(
-                segment_id="buyers",
-                segment=pb.Segment(display_name="B", filter=purchases(1, 30), realtime=True),
-            )
-        )
-        await seg.realtime.backfill_all()
-        await asyncio.wait_for(ingestion_server.listener.listening.wait(), 60)
+    env = service_env(
+        db_url, stream_key, EVENTLINE_REDIS_URL=redis_url, EVENTLINE_INGESTION_RELAY_POLL_S="3600"
+    )
+    async with serving(env, db, relay=True) as suite:
+        await suite.save("buyers", purchases(1, 30))
+        await asyncio.wait_for(suite.ingestion_server.listener.listening.wait(), 60)
         request = customer_event("c1", "purchase")
-        await ingestion.TrackCustomerEvent(request)  # ingestion's own write wakes its relay
+        await suite.ingestion.TrackCustomerEvent(request)  # ingestion's own write wakes its relay
         await wait_for_events(redis_client, stream_key, request.event_id)
-        await seg.consumer.drain()
-        assert await seg.realtime.repository.size("buyers") == 1
+        await suite.segmentation_server.consumer.drain()
+        assert await suite.members("buyers") == ["c1"]
 
         async def published() -> bool:
             entries = await redis_client.xrange(stream_key)

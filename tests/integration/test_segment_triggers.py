@@ -15,17 +15,9 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from google.rpc import error_details_pb2
 
 from eventline_cli import demo_campaigns
-from tests.support import customer_event, eventually, violations
+from tests.support import attribute_equals, customer_event, eventually, violations
 
-GOLD = pb.Filter(
-    customer=pb.CustomerCondition(
-        attribute=pb.Predicate(
-            field="plan",
-            operator=pb.OPERATOR_EQUALS,
-            value=pb.Operand(literal=common_pb2.Value(string_value="gold")),
-        )
-    )
-)
+GOLD = attribute_equals("plan", "gold")
 
 
 def on_segment(segment_id: str, on: int) -> campaigns_pb2.Trigger:
