@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_seconds, env_str
 from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50052
@@ -42,15 +41,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        idle = env_float(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
-        if not (idle > 0 and math.isfinite(idle)):
-            raise ConfigError(f"EVENTLINE_SEGMENTATION_STREAM_IDLE_S must be a positive number, got {idle}")
+        idle = env_seconds(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
         read_database_url = env_str(environ, "EVENTLINE_SEGMENTATION_READ_DATABASE_URL", "")
-        retention = env_float(environ, "EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S", 7 * 24 * 3600.0)
-        if not (retention > 0 and math.isfinite(retention)):
-            raise ConfigError(
-                f"EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S must be a positive number, got {retention}"
-            )
+        retention = env_seconds(environ, "EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S", 7 * 24 * 3600.0)
         if read_database_url and not read_database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("EVENTLINE_SEGMENTATION_READ_DATABASE_URL must be a postgresql:// URL")
         return cls(
