@@ -147,6 +147,9 @@ async def main(quick: bool) -> dict[str, Any]:
             seg.consumer.shutdown()
             await consuming
             await client.aclose()
+        # The data is reused by every run: leave no real-time segment (nor its timers) behind.
+        for segment_id in (shape, probe):
+            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
         result["transition_p50_ms"] = round(pct(latencies, 50), 1)
         result["transition_p99_ms"] = round(pct(latencies, 99), 1)
         print(

@@ -19,6 +19,7 @@ import grpc
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
+from eventline.segmentation.v1 import segmentation_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -57,6 +58,19 @@ def value(v: Any) -> common_pb2.Value:
         out.timestamp_value.FromDatetime(v)
         return out
     raise TypeError(v)
+
+
+def attribute_equals(code: str, text: str) -> segmentation_pb2.Filter:
+    """A filter: the customer's attribute ``code`` equals the string ``text``."""
+    return segmentation_pb2.Filter(
+        customer=segmentation_pb2.CustomerCondition(
+            attribute=segmentation_pb2.Predicate(
+                field=code,
+                operator=segmentation_pb2.OPERATOR_EQUALS,
+                value=segmentation_pb2.Operand(literal=common_pb2.Value(string_value=text)),
+            )
+        )
+    )
 
 
 def customer_event(

@@ -6,6 +6,7 @@ The lowest layer of the configuration: ``config`` (every service's common settin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 
@@ -38,6 +39,14 @@ def env_float(environ: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A duration in seconds: a positive, finite number."""
+    value = env_float(environ, name, default)
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+    return value
 
 
 def env_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:

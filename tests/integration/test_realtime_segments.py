@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
 from tests.conftest import service_env
-from tests.support import customer_event
+from tests.support import attribute_equals, customer_event
 
 UTC = dt.UTC
 START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -105,19 +106,18 @@ class Suite:
         return [(r[0], r[1], r[2]) for r in rows]
 
 
-@pytest.fixture
-async def suite(
-    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
-) -> AsyncIterator[Suite]:
+@asynccontextmanager
+async def serving(env: dict[str, str], db: asyncpg.Connection, *, relay: bool) -> AsyncIterator[Suite]:
+    """Ingestion (its relay running or not) and segmentation (no background work) on one
+    ManualClock at START."""
     from eventline_ingestion.service import running as running_ingestion
     from eventline_ingestion.settings import Settings as IngestionSettings
     from eventline_segmentation.service import running as running_segmentation
     from eventline_segmentation.settings import Settings as SegmentationSettings
 
     clock = ManualClock(START)
-    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
     async with (
-        running_ingestion(IngestionSettings.from_env(env), relay=False, clock=clock) as ingestion_server,
+        running_ingestion(IngestionSettings.from_env(env), relay=relay, clock=clock) as ingestion_server,
         running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg_server,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{seg_server.port}") as segmentation_channel,
@@ -130,6 +130,16 @@ async def suite(
             segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel),
             db,
         )
+
+
+@pytest.fixture
+async def suite(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> AsyncIterator[Suite]:
+    async with serving(
+        service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url), db, relay=False
+    ) as served:
+        yield served
 
 
 async def test_enters_on_events_and_exits_when_the_older_purchase_turns_30_days_old(suite: Suite) -> None:
@@ -458,34 +468,132 @@ async def test_a_campaign_triggered_by_segment_entered_sends_once(  # type: igno
         assert len(smtp_server.messages) == 1
 
 
-async def test_profile_conditions_are_caught_up_with_at_the_next_event(suite: Suite) -> None:
-    """Ingestion does not publish profile changes yet: a profile condition is re-evaluated at
-    the customer's next event, whatever its name."""
+async def test_a_backfill_gives_timers_only_to_customers_time_can_move(suite: Suite) -> None:
+    """Purchases older than the window (and its margin) never count again: their customer gets no
+    timer; a customer with a purchase inside does, and still exits on time."""
+    await suite.track("old", "purchase", START - 60 * DAY)
+    await suite.track("old", "purchase", START - 40 * DAY)
+    await suite.track("recent", "purchase", START - 10 * DAY)
+    await suite.track("recent", "purchase", START - 5 * DAY)
+    await suite.settle()
+    await suite.save("buyers", purchases(2, 30))
+    timers = await suite.db.fetch("SELECT customer_id FROM segment_timers WHERE segment_id = 'buyers'")
+    assert [r[0] for r in timers] == ["recent"]
+    assert await suite.members("buyers") == ["recent"]
+    engine = suite.segmentation_server.realtime
+    while await engine.fire_due():
+        pass
+    suite.clock.set(START + 25 * DAY)
+    while await engine.fire_due():
+        pass
+    assert await suite.members("buyers") == []
+    for customer in ("old", "recent"):
+        answer = await suite.segmentation.MatchCustomer(
+            pb.MatchCustomerRequest(
+                segment_id="buyers",
+                customer_id=customer,
+                now=values.datetime_to_timestamp(suite.clock.now()),
+            )
+        )
+        assert not answer.matched
+
+
+async def test_a_profile_change_alone_moves_membership(suite: Suite) -> None:
+    """UpsertCustomer publishes a profile notice while real-time segments exist: the customer
+    enters and exits with no event of theirs; with no real-time segment, no notice is written."""
     from eventline.common.v1 import common_pb2
 
-    gold = pb.Filter(
-        customer=pb.CustomerCondition(
-            attribute=pb.Predicate(
-                field="plan",
-                operator=pb.OPERATOR_EQUALS,
-                value=pb.Operand(literal=common_pb2.Value(string_value="gold")),
+    async def set_plan(plan: str) -> None:
+        await suite.ingestion.UpsertCustomer(
+            ingestion_pb2.UpsertCustomerRequest(
+                customer=common_pb2.Customer(
+                    customer_id="p1", attributes={"plan": common_pb2.Value(string_value=plan)}
+                )
             )
         )
-    )
-    await suite.save("gold", gold)
-    await suite.ingestion.UpsertCustomer(
-        ingestion_pb2.UpsertCustomerRequest(
-            customer=common_pb2.Customer(
-                customer_id="p1", attributes={"plan": common_pb2.Value(string_value="gold")}
-            )
-        )
-    )
-    await suite.settle()
+
+    await set_plan("silver")
+    assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 0
+    await suite.save("gold", attribute_equals("plan", "gold"))
     assert await suite.members("gold") == []
-    await suite.track("p1", "login", START)
+    await set_plan("gold")
+    assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 1
     await suite.settle()
     assert await suite.members("gold") == ["p1"]
-    assert await suite.transitions("gold") == [("p1", True, START)]
+    suite.clock.advance(dt.timedelta(hours=1))
+    await set_plan("bronze")
+    await suite.settle()
+    assert await suite.members("gold") == []
+    assert await suite.transitions("gold") == [
+        ("p1", True, START),
+        ("p1", False, START + dt.timedelta(hours=1)),
+    ]
+    assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE customer_id = 'p1'") == 2
+
+
+async def test_transitions_older_than_the_retention_are_pruned_and_watching_from_them_fails(
+    suite: Suite,
+) -> None:
+    engine = suite.segmentation_server.realtime
+    await suite.save("buyers", purchases(1, 30))
+    await suite.track("c1", "purchase", START - DAY)
+    await suite.settle()
+    suite.clock.advance(3 * DAY)
+    await suite.track("c2", "purchase", START)
+    await suite.settle()
+    assert [c for c, _, _ in await suite.transitions("buyers")] == ["c1", "c2"]
+    # Within the retention (7 days by default) nothing goes.
+    assert await engine.prune() == 0
+    suite.clock.advance(5 * DAY)  # c1's transition is 8 days old, c2's 5
+    assert await engine.prune_when_due() == 1
+    assert await engine.prune_when_due() == 0  # not due again before a minute of the clock
+    assert [c for c, _, _ in await suite.transitions("buyers")] == ["c2"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await suite.watch("buyers", 0, 1)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "pruned" in (refused.value.details() or "")
+    # From the last pruned cursor on, nothing is missing.
+    [watched] = await suite.watch("buyers", 1, 1)
+    assert (watched.cursor, watched.customer_id) == (2, "c2")
+
+
+async def test_the_relay_publishes_transitions_without_waiting_for_its_poll(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Segmentation's outbox rows wake every ingestion relay through NOTIFY: with a poll of an
+    hour, a transition still reaches the stream (the generous wait is for a busy machine), once,
+    though two replicas' relays wake for it."""
+    from eventline_ingestion.service import running as running_ingestion
+    from eventline_ingestion.settings import Settings as IngestionSettings
+    from tests.support import eventually, wait_for_events
+
+    env = service_env(
+        db_url, stream_key, EVENTLINE_REDIS_URL=redis_url, EVENTLINE_INGESTION_RELAY_POLL_S="3600"
+    )
+    async with (
+        serving(env, db, relay=True) as suite,
+        running_ingestion(IngestionSettings.from_env(env), clock=suite.clock) as second,
+    ):
+        await suite.save("buyers", purchases(1, 30))
+        for replica in (suite.ingestion_server, second):
+            await asyncio.wait_for(replica.listener.listening.wait(), 60)
+        request = customer_event("c1", "purchase")
+        await suite.ingestion.TrackCustomerEvent(request)  # ingestion's own write wakes its relay
+        await wait_for_events(redis_client, stream_key, request.event_id)
+        await suite.segmentation_server.consumer.drain()
+        assert await suite.members("buyers") == ["c1"]
+
+        async def transitions_published() -> int:
+            entries = await redis_client.xrange(stream_key)
+            return sum(fields[b"name"] == b"segment_entered" for _, fields in entries)
+
+        async def published() -> bool:
+            return await transitions_published() >= 1
+
+        await eventually(published, 30, "the relay did not publish the transition before its poll")
+        assert await db.fetchval("SELECT count(*) FROM event_outbox") == 0
+        assert await transitions_published() == 1
 
 
 async def test_two_replicas_running_in_the_background_record_each_transition_once(
@@ -500,7 +608,10 @@ async def test_two_replicas_running_in_the_background_record_each_transition_onc
     from tests.support import eventually
 
     clock = ManualClock(START)
-    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    # The clock moves three weeks: keep the whole transition log (the retention prunes it otherwise).
+    env = service_env(
+        db_url, stream_key, EVENTLINE_REDIS_URL=redis_url, EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S="3e6"
+    )
     async with (
         running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
         running_segmentation(

@@ -30,6 +30,9 @@ from eventline.segmentation.v1 import segmentation_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventline_predicates import filters
+from eventline_predicates.periods import Clock, time_zone
+from eventline_segmentation import compiler
 from eventline_shared import values
 from tests.conftest import service_env
 from tests.fuzzing import differential_examples
@@ -376,6 +379,14 @@ async def test_service_equals_reference(
             for i in chunk.customer_ids
         ]
         assert streamed == want, flt
+
+        # A real-time backfill page: the ids query restricted to some customers.
+        checked = filters.check(flt, "filter", bindings)
+        assert checked.root is not None
+        page_ids = sorted(c.customer_id for c in customers)[::2]
+        query = compiler.page_query(checked.root, Clock(now, time_zone(zone)), page_ids)
+        paged = sorted(r[0] for r in await connection.fetch(query.sql, *query.params))
+        assert paged == sorted(set(want) & set(page_ids)), flt
 
         for customer in customers:
             got = await stub.MatchCustomer(

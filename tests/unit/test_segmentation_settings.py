@@ -34,9 +34,16 @@ def test_bad_values_fail_fast_naming_the_variable() -> None:
         Settings.from_env({"EVENTLINE_SEGMENTATION_PORT": "many"})
     with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_MAX_STREAMS"):
         Settings.from_env({"EVENTLINE_SEGMENTATION_MAX_STREAMS": "0"})
-    for idle in ("0", "-1", "nan", "inf"):
-        with pytest.raises(ConfigError, match="EVENTLINE_SEGMENTATION_STREAM_IDLE_S"):
-            Settings.from_env({"EVENTLINE_SEGMENTATION_STREAM_IDLE_S": idle})
+    for name in ("EVENTLINE_SEGMENTATION_STREAM_IDLE_S", "EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S"):
+        for bad in ("0", "-1", "nan", "inf"):
+            with pytest.raises(ConfigError, match=name):
+                Settings.from_env({name: bad})
+
+
+def test_the_transition_retention_is_a_week_unless_set() -> None:
+    assert Settings.from_env({}).transition_retention_s == 7 * 24 * 3600.0
+    set_ = Settings.from_env({"EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S": "3600"})
+    assert set_.transition_retention_s == 3600.0
 
 
 def test_session_settings_keep_the_callers_parameters() -> None:
@@ -49,3 +56,4 @@ def test_session_settings_keep_the_callers_parameters() -> None:
         "work_mem": "32MB",
         "plan_cache_mode": "force_custom_plan",
     }
+

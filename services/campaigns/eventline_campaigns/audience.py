@@ -10,7 +10,7 @@ from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from google.protobuf import timestamp_pb2
 
-from eventline_shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable
+from eventline_shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, Unavailable, quote
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
     ):
         return AudienceUnresolvable(exc.details() or exc.code().name)
     return Unavailable(f"segmentation: {exc.code().name} {exc.details() or ''}".strip())
+
+
+def _saving_error(exc: grpc.aio.AioRpcError, field: str, invalid: str) -> Exception:
+    """What saving a campaign answers when segmentation refuses a check of its field ``field``."""
+    if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+        return InvalidArgument([FieldViolation(field, exc.details() or invalid)])
+    if exc.code() in _REFUSED:
+        return _refused(exc)
+    return Unavailable(f"segmentation: {exc.code().name}")
 
 
 class Audience:
@@ -130,15 +139,25 @@ class Audience:
                 segmentation_pb2.ValidateFilterRequest(filter=audience), timeout=VALIDATE_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidArgument([FieldViolation(field, exc.details() or "invalid filter")]) from None
-            if exc.code() in _REFUSED:
-                raise _refused(exc) from None
-            raise Unavailable(f"segmentation: {exc.code().name}") from None
+            raise _saving_error(exc, field, "invalid filter") from None
         if not reply.valid:
             raise InvalidArgument(
                 [
                     FieldViolation(field + v.field.removeprefix("filter"), v.description)
                     for v in reply.violations
                 ]
+            )
+
+    async def require_realtime_segment(self, segment_id: str, field: str) -> None:
+        """Raise ``InvalidArgument`` at ``field`` unless the saved segment exists and is real-time
+        (only a real-time segment's transitions are recorded, so only they can trigger)."""
+        try:
+            reply = await self.stub.GetSegment(
+                segmentation_pb2.GetSegmentRequest(segment_id=segment_id), timeout=VALIDATE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _saving_error(exc, field, "no such segment") from None
+        if not reply.segment.realtime:
+            raise InvalidArgument(
+                [FieldViolation(field, f"segment {quote(segment_id)} is not a real-time segment")]
             )

@@ -132,6 +132,18 @@ class CampaignAdmin:
         # This replica sees its own change at once; the others within a poll.
         await self.cache.refresh()
 
+    async def _check_with_segmentation(
+        self, campaign: campaigns_pb2.Campaign, paths: Collection[str] | None
+    ) -> None:
+        """What only segmentation can check, of the fields ``paths`` names (all when None): the
+        audience filter, and that a segment trigger's segment exists and is real-time."""
+        if (paths is None or "audience" in paths) and campaign.HasField("audience"):
+            await self.audience.validate(campaign.audience, "campaign.audience")
+        if (paths is None or "trigger" in paths) and campaign.trigger.WhichOneof("kind") == "segment":
+            await self.audience.require_realtime_segment(
+                campaign.trigger.segment.segment_id, "campaign.trigger.segment.segment_id"
+            )
+
     async def require(self, campaign_id: str, field: str = "campaign_id") -> CampaignRow:
         """The stored campaign; INVALID_ARGUMENT for a malformed id, NOT_FOUND for a missing one."""
         raise_if_any(v for v in [validation.check_campaign_id(campaign_id, field)] if v)
@@ -143,8 +155,7 @@ class CampaignAdmin:
     async def create(self, campaign_id: str, campaign: campaigns_pb2.Campaign) -> CampaignRow:
         """Store a new (checked) campaign as a draft; the same one again returns it (AIP-155)."""
         fits_a_reply(campaign)
-        if campaign.HasField("audience"):
-            await self.audience.validate(campaign.audience, "campaign.audience")
+        await self._check_with_segmentation(campaign, None)
         spec = stored_spec(campaign)
         row, created = await self.repository.create_campaign(campaign_id, campaign.display_name, spec)
         # AIP-155: the same request again returns the campaign; another one with the id is refused.
@@ -159,8 +170,7 @@ class CampaignAdmin:
         field_masks.merge(given, merged, paths)
         raise_if_any(validation.check_campaign(merged, "campaign", set(paths), limits=self.limits))
         fits_a_reply(merged)
-        if "audience" in paths and merged.HasField("audience"):
-            await self.audience.validate(merged.audience, "campaign.audience")
+        await self._check_with_segmentation(merged, paths)
         if current.state == ARCHIVED:
             raise FailedPrecondition("an archived campaign cannot change")
         row = await self.repository.update_campaign(

@@ -19,6 +19,7 @@ from eventline.segmentation.v1 import segmentation_pb2
 
 from eventline_predicates.evaluation import predicate_holds
 from eventline_predicates.filters import Predicate, check_trigger_predicates
+from eventline_shared.streams.reserved import SEGMENT_ENTERED, SEGMENT_EXITED
 from eventline_shared.values import python_values, say_duration, timestamp_to_datetime
 
 ChannelNumber: TypeAlias = campaigns_pb2.Channel
@@ -312,6 +313,20 @@ def trigger_predicates(predicates: Sequence[segmentation_pb2.Predicate]) -> tupl
     return checked.predicates
 
 
+def segment_trigger_event(
+    trigger: campaigns_pb2.SegmentTrigger,
+) -> tuple[str, tuple[segmentation_pb2.Predicate, ...]]:
+    """A segment trigger as the customer event that records its transition: the event's name
+    and the predicate on its segment (segmentation writes these events, see ``streams.reserved``)."""
+    entered = trigger.on == segmentation_pb2.TRANSITION_KIND_ENTERED
+    segment = segmentation_pb2.Predicate(
+        field="segment_id",
+        operator=segmentation_pb2.OPERATOR_EQUALS,
+        value=segmentation_pb2.Operand(literal=common_pb2.Value(string_value=trigger.segment_id)),
+    )
+    return (SEGMENT_ENTERED if entered else SEGMENT_EXITED), (segment,)
+
+
 def compile_campaign(
     campaign_id: str, revision: int, spec: campaigns_pb2.Campaign, active_since: dt.datetime
 ) -> CompiledCampaign:
@@ -319,6 +334,9 @@ def compile_campaign(
     if trigger_kind == "customer_event":
         kind, trigger = CUSTOMER_TRIGGER, spec.trigger.customer_event
         name, predicates = trigger.event_name, tuple(trigger.context_predicates)
+    elif trigger_kind == "segment":
+        kind = CUSTOMER_TRIGGER
+        name, predicates = segment_trigger_event(spec.trigger.segment)
     else:
         system = spec.trigger.system_event
         kind, name, predicates = SYSTEM_TRIGGER, system.event_name, tuple(system.context_predicates)

@@ -7,6 +7,7 @@ import re
 import urllib.parse
 
 from eventline.campaigns.v1 import campaigns_pb2
+from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import duration_pb2
 
 from eventline_campaigns.model import CAPPABLE, EMAIL, PUSH, SMS, SUPPRESSIBLE, ChannelCap, ChannelNumber
@@ -69,7 +70,9 @@ def _template(
 def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]:
     kind = trigger.WhichOneof("kind")
     if kind is None:
-        return [FieldViolation(field, "a trigger (customer_event or system_event) is required")]
+        return [FieldViolation(field, "a trigger (customer_event, system_event or segment) is required")]
+    if kind == "segment":
+        return _segment_trigger(trigger.segment, f"{field}.segment")
     inner = trigger.customer_event if kind == "customer_event" else trigger.system_event
     found: list[FieldViolation] = []
     name = check_code(inner.event_name, f"{field}.{kind}.event_name", "event name")
@@ -78,6 +81,17 @@ def _trigger(trigger: campaigns_pb2.Trigger, field: str) -> list[FieldViolation]
     found += check_trigger_predicates(
         inner.context_predicates, f"{field}.{kind}.context_predicates"
     ).violations
+    return found
+
+
+def _segment_trigger(trigger: campaigns_pb2.SegmentTrigger, field: str) -> list[FieldViolation]:
+    """The request's own checks; whether the segment exists and is real-time is segmentation's
+    answer (``CampaignAdmin``)."""
+    found = [v for v in [check_event_id(trigger.segment_id, f"{field}.segment_id", "segment id")] if v]
+    if trigger.on not in (segmentation_pb2.TRANSITION_KIND_ENTERED, segmentation_pb2.TRANSITION_KIND_EXITED):
+        found.append(
+            FieldViolation(f"{field}.on", "TRANSITION_KIND_ENTERED or TRANSITION_KIND_EXITED is required")
+        )
     return found
 
 

@@ -12,7 +12,8 @@ from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import CustomerChange, NewEvent
 from eventline_shared.server.config import DEFAULT_STREAM
-from eventline_shared.streams import stream
+from eventline_shared.storage import notifications
+from eventline_shared.streams import reserved, stream
 from eventline_shared.values import datetime_to_timestamp, decode_values
 
 # One statement stores a whole batch atomically: new customers, customer events
@@ -85,21 +86,32 @@ SELECT '' AS customer_id, event_id, name, occurred_at, received_at, context::tex
 FROM system_events WHERE event_id = ANY($1::text[])
 """
 
+# The upsert and, only while real-time segments exist (one probe of a small table), a profile
+# notice for segmentation ($10, ``reserved.profile_notice``) on the customer's partition stream
+# ($11) and a wake-up of the relays ($12) when this commits: one statement, one round trip.
 _UPSERT_CUSTOMER = """
-INSERT INTO customers AS c (customer_id, email, phone, push_tokens, attributes,
-                            email_consent, sms_consent, push_consent, created_at, updated_at)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, now(), now())
-ON CONFLICT (customer_id) DO UPDATE SET
-    email = CASE WHEN 'email' = ANY($9::text[]) THEN excluded.email ELSE c.email END,
-    phone = CASE WHEN 'phone' = ANY($9::text[]) THEN excluded.phone ELSE c.phone END,
-    push_tokens = CASE WHEN 'push_tokens' = ANY($9::text[]) THEN excluded.push_tokens ELSE c.push_tokens END,
-    attributes = CASE WHEN 'attributes' = ANY($9::text[]) THEN excluded.attributes ELSE c.attributes END,
-    email_consent = CASE WHEN 'email_consent' = ANY($9::text[]) THEN excluded.email_consent ELSE c.email_consent END,
-    sms_consent = CASE WHEN 'sms_consent' = ANY($9::text[]) THEN excluded.sms_consent ELSE c.sms_consent END,
-    push_consent = CASE WHEN 'push_consent' = ANY($9::text[]) THEN excluded.push_consent ELSE c.push_consent END,
-    updated_at = now()
-RETURNING customer_id, email, phone, push_tokens, attributes::text AS attributes,
-          email_consent, sms_consent, push_consent, created_at, updated_at, (xmax = 0) AS created
+WITH upserted AS (
+    INSERT INTO customers AS c (customer_id, email, phone, push_tokens, attributes,
+                                email_consent, sms_consent, push_consent, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, now(), now())
+    ON CONFLICT (customer_id) DO UPDATE SET
+        email = CASE WHEN 'email' = ANY($9::text[]) THEN excluded.email ELSE c.email END,
+        phone = CASE WHEN 'phone' = ANY($9::text[]) THEN excluded.phone ELSE c.phone END,
+        push_tokens = CASE WHEN 'push_tokens' = ANY($9::text[]) THEN excluded.push_tokens ELSE c.push_tokens END,
+        attributes = CASE WHEN 'attributes' = ANY($9::text[]) THEN excluded.attributes ELSE c.attributes END,
+        email_consent = CASE WHEN 'email_consent' = ANY($9::text[]) THEN excluded.email_consent ELSE c.email_consent END,
+        sms_consent = CASE WHEN 'sms_consent' = ANY($9::text[]) THEN excluded.sms_consent ELSE c.sms_consent END,
+        push_consent = CASE WHEN 'push_consent' = ANY($9::text[]) THEN excluded.push_consent ELSE c.push_consent END,
+        updated_at = now()
+    RETURNING customer_id, email, phone, push_tokens, attributes::text AS attributes,
+              email_consent, sms_consent, push_consent, created_at, updated_at, (xmax = 0) AS created
+),
+notice AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT $11, ARRAY[$1], $10 WHERE EXISTS (SELECT FROM segment_realtime)
+    RETURNING id
+)
+SELECT upserted.*, (SELECT count(pg_notify($12, '')) FROM notice) AS notified FROM upserted
 """
 
 _GET_CUSTOMER = """
@@ -258,6 +270,10 @@ class IngestionRepository:
             change.sms_consent,
             change.push_consent,
             sorted(change.fields),
+            # Profile conditions of real-time segments move at once, not at the customer's next event.
+            reserved.profile_notice(change.customer_id),
+            self.layout.key_for(change.customer_id),
+            notifications.OUTBOX,
             timeout=timeout,
         )
         assert row is not None

@@ -22,7 +22,7 @@ from eventline_shared.observability.dependencies import DependencyMonitor
 from eventline_shared.paging import PageTokens
 from eventline_shared.server import workers
 from eventline_shared.server.grpc_server import Server
-from eventline_shared.storage import database
+from eventline_shared.storage import database, notifications
 from eventline_shared.storage.database import PostgreSQL
 from eventline_shared.streams import stream
 from eventline_shared.streams.stream import Redis
@@ -38,6 +38,7 @@ class RunningIngestion:
     relay: OutboxRelay
     port: int
     pool: asyncpg.Pool
+    listener: notifications.Listener
 
 
 @asynccontextmanager
@@ -66,8 +67,11 @@ async def running(
             batch=settings.relay_batch,
             retention_s=settings.stream_retention_s,
             trim_interval_s=settings.trim_interval_s,
+            poll_s=settings.relay_poll_s,
             dependencies=dependencies,
         )
+        # Rows other writers commit (segmentation's transitions, on any replica) wake the relay.
+        listener = notifications.Listener(common.database_url, notifications.OUTBOX, outbox.wake)
         repository = IngestionRepository(pool, common.stream_layout)
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency, clock=clock)
         tokens = await PageTokens.load(pool)
@@ -85,11 +89,15 @@ async def running(
         port = server.bind(common.host, common.port)
         await server.start()
         relay_task = asyncio.create_task(outbox.run()) if relay else None
+        listener_task = asyncio.create_task(listener.run()) if relay else None
         log.info("ingestion serving", extra={"port": port})
         try:
-            yield RunningIngestion(server, outbox, port, pool)
+            yield RunningIngestion(server, outbox, port, pool, listener)
         finally:
             await server.stop(common.shutdown_grace_s)
+            if listener_task:
+                listener.shutdown()
+                await listener_task
             if relay_task:
                 outbox.shutdown()
                 await relay_task

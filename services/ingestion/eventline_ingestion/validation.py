@@ -20,6 +20,7 @@ from eventline_shared import field_masks
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import FieldViolation, quote
 from eventline_shared.paging import field_bytes
+from eventline_shared.streams.reserved import RESERVED_EVENT_NAMES
 from eventline_shared.values import (
     CUSTOMER_ID,
     EPOCH,
@@ -109,6 +110,14 @@ def _event(
     name = request.name
     if not valid_code(name):
         violations += present([check_code(name, _path(prefix, "name"), "event name")])
+    elif name in RESERVED_EVENT_NAMES:
+        violations.append(
+            FieldViolation(
+                _path(prefix, "name"),
+                f"event name {quote(name)} is reserved: Eventline records it when a customer "
+                "enters or exits a real-time segment",
+            )
+        )
     occurred_at, occurred_at_proto = arrival.now, arrival.now_proto
     if request.HasField("occurred_at"):
         occurred_at_proto = request.occurred_at

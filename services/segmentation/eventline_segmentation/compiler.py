@@ -23,6 +23,7 @@ a missing field gives false, never NULL, and NOT stays exact.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,10 +55,17 @@ class Params:
     """Bind parameters, numbered in the order they are added."""
 
     values: list[Any] = field(default_factory=list)
+    customers: str = ""
+    """When set, the placeholder of a ``text[]`` of customer ids: every id set and the scan of
+    ``customers`` are restricted to them (``page_query``), so each reads only their index entries."""
 
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
+
+    def only(self, column: str) -> str:
+        """`` AND column = ANY(the customers)`` when restricted, else nothing."""
+        return f" AND {column} = ANY({self.customers})" if self.customers else ""
 
 
 def _timestamp_text(stored: str) -> str:
@@ -180,7 +188,9 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
         low, high = node.low, node.high
         if not predicates and node.period is None:
             # Stats hold one row per (customer, name) with the exact count.
-            source = f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}"
+            source = f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}" + params.only(
+                "s.customer_id"
+            )
             if low >= 1:
                 source += f" AND s.count >= {params.add(low, 'bigint')}"
                 if high is not None:
@@ -188,7 +198,7 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
                 return IdSet(source, True, True)
             assert high is not None
             return IdSet(f"{source} AND s.count > {params.add(high, 'bigint')}", False, True)
-        where = [f"e.name = {name}"]
+        where = [f"e.name = {name}" + params.only("e.customer_id")]
         if node.period is not None:
             where += interval_sql("e.occurred_at", clock.resolve(node.period), params)
         where += predicates
@@ -211,13 +221,14 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
         column = "s.first_at" if node.test == "first" else "s.last_at"
         condition = intervals_sql(column, intervals, params)
         return IdSet(
-            f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name} AND {condition}",
+            f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}"
+            f"{params.only('s.customer_id')} AND {condition}",
             True,
             True,
         )
     aggregate = "min(e.occurred_at)" if node.test == "first" else "max(e.occurred_at)"
     condition = intervals_sql(aggregate, intervals, params)
-    matching = " AND ".join([f"e.name = {name}", *predicates])
+    matching = " AND ".join([f"e.name = {name}" + params.only("e.customer_id"), *predicates])
     return IdSet(
         f"SELECT e.customer_id FROM customer_events e WHERE {matching} GROUP BY e.customer_id HAVING {condition}",
         True,
@@ -292,7 +303,10 @@ def source_sql(root: Node, clock: Clock, params: Params) -> tuple[str, str]:
             )
         where = " AND ".join(where_sql(n, clock, params, "p.customer_id") for n in rest) or "TRUE"
         return f"FROM ({driver}) p WHERE {where}", "p.customer_id"
-    return f"FROM customers c WHERE {where_sql(root, clock, params)}", "c.customer_id"
+    return (
+        f"FROM customers c WHERE {where_sql(root, clock, params)}{params.only('c.customer_id')}",
+        "c.customer_id",
+    )
 
 
 @dataclass
@@ -318,6 +332,15 @@ def ids_query(root: Node, clock: Clock, after: str, limit: int | None) -> Compil
     if limit is not None:
         sql += f" LIMIT {params.add(limit, 'bigint')}"
     return Compiled(sql, params.values)
+
+
+def page_query(root: Node, clock: Clock, customer_ids: Sequence[str]) -> Compiled:
+    """The matching ids among ``customer_ids`` (a backfill page): the ids query with every id set
+    restricted to them, so its cost follows the page, not the whole population."""
+    params = Params()
+    params.customers = params.add(list(customer_ids), "text[]")
+    source, id_column = source_sql(root, clock, params)
+    return Compiled(f"SELECT {id_column} {source}", params.values)
 
 
 @dataclass

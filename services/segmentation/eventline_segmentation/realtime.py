@@ -179,12 +179,17 @@ class RealtimeSegments:
         *,
         poll_s: float = 0.2,
         fire_concurrency: int = 4,
+        transition_retention_s: float = 7 * 24 * 3600.0,
+        prune_every_s: float = 60.0,
     ) -> None:
         self.pool = pool
         self.repository = repository
         self.clock = clock
         self.poll_s = poll_s
         self.fire_concurrency = fire_concurrency
+        self.transition_retention = dt.timedelta(seconds=transition_retention_s)
+        self.prune_every = dt.timedelta(seconds=prune_every_s)
+        self._next_prune: dt.datetime | None = None
         self._compiled: dict[tuple[str, bytes, str, int], Compiled] = {}
         self._stop = asyncio.Event()
         self.errors: list[str] = []
@@ -252,10 +257,12 @@ class RealtimeSegments:
     def _affected(segment: Compiled, names: set[str]) -> bool:
         """Whether events named ``names`` may change the customer's membership of ``segment``.
 
-        Those the filter names, and any event: for filters an empty customer matches (the
-        event may have created the customer), and for filters with profile conditions
-        (ingestion does not publish profile changes, so they are caught up with at the
-        customer's next event).
+        Those the filter names, and any entry: for filters an empty customer matches (the
+        event or profile change may have created the customer), and for filters with profile
+        conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after every
+        profile change while real-time segments exist, so a profile change moves membership
+        at once; any other event of the customer re-evaluates them too, which also covers a
+        change committed while the first real-time segment was being created.
         """
         deps = segment.dependencies
         return bool(names & deps.event_names) or segment.empty_matches or bool(deps.profile_fields)
@@ -321,19 +328,22 @@ class RealtimeSegments:
             segment = self.compiled(definition)
             now = self.clock.now()
             clock = periods.Clock(now, segment.zone)
-            query = compiler.ids_query(segment.root, clock, after, len(page))
-            rows = await connection.fetch(query.sql, *query.params)
+            # One query bounded by the page: its id sets read only the page's customers' rows.
+            await self.repository.plan_each_page(connection)
+            query = compiler.page_query(segment.root, clock, page)
+            members = [r[0] for r in await connection.fetch(query.sql, *query.params)]
             last = page[-1]
-            members = [r[0] for r in rows if r[0] <= last]
             await self.repository.replace_members(connection, segment_id, page[0], last, members, now)
             await self.repository.clear_timers(connection, segment_id, page[0], last)
-            if segment.dependencies.changes_with_time and segment.dependencies.event_names:
-                # Only customers with events of the filter's names can change with time alone.
-                # Their forecasts are left to the scheduler (one query per customer, the bulk of a
-                # backfill's cost otherwise): a timer due at this instant re-evaluates each at it,
-                # then at every change since, so nothing is lost while the scheduler catches up.
+            settled = transitions.settled_before(segment.root, now, segment.zone)
+            if settled is not None and segment.dependencies.event_names:
+                # Only customers with recent enough events of the filter's names can change with
+                # time alone. Their forecasts are left to the scheduler (one query per customer,
+                # the bulk of a backfill's cost otherwise): a timer due at this instant
+                # re-evaluates each at it, then at every change since, so nothing is lost while
+                # the scheduler catches up.
                 moving = await self.repository.with_events(
-                    connection, page, sorted(segment.dependencies.event_names)
+                    connection, page, sorted(segment.dependencies.event_names), settled
                 )
                 await TIMERS.set_many(connection, [(segment_id, c) for c in moving], now)
             done = len(page) < BACKFILL_PAGE
@@ -349,6 +359,31 @@ class RealtimeSegments:
         for segment_id in await self.repository.backfilling():
             await self.backfill(segment_id)
 
+    # Pruning -----------------------------------------------------------------------
+
+    async def prune(self, batch: int = 10_000) -> int:
+        """Delete the transitions that happened more than the retention before the clock's now, in
+        batches of ``batch`` per segment and transaction; returns how many."""
+        before = self.clock.now() - self.transition_retention
+        pruned = 0
+        for segment_id in await self.repository.realtime_segment_ids():
+            while True:
+                async with self.pool.acquire() as connection, connection.transaction():
+                    count = await self.repository.prune(connection, segment_id, before, batch)
+                pruned += count
+                if count < batch:
+                    break
+        return pruned
+
+    async def prune_when_due(self) -> int:
+        """``prune`` once every ``prune_every`` of the clock (each replica keeps its own schedule;
+        the per-segment lock keeps two from pruning one segment at once)."""
+        now = self.clock.now()
+        if self._next_prune is not None and now < self._next_prune:
+            return 0
+        self._next_prune = now + self.prune_every
+        return await self.prune()
+
     # Serving -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -358,6 +393,7 @@ class RealtimeSegments:
                 await self.backfill_all()
                 while await self.fire_due():
                     pass
+                await self.prune_when_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

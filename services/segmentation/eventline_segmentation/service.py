@@ -152,7 +152,9 @@ async def running(
             [*databases, Redis(client, common.stream_layout.keys, required=False)],
             interval_s=common.health_probe_interval_s,
         )
-        realtime = RealtimeSegments(pool, members, clock)
+        realtime = RealtimeSegments(
+            pool, members, clock, transition_retention_s=settings.transition_retention_s
+        )
         consumer = ConsumerGroup(
             client,
             SegmentEvents(realtime),

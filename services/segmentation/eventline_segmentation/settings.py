@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_str
+from eventline_shared.environment import ConfigError, env_bool, env_float, env_int, env_seconds, env_str
 from eventline_shared.server.config import CommonSettings
 
 DEFAULT_PORT = 50052
@@ -32,6 +31,9 @@ class Settings:
     realtime: bool = True
     """EVENTLINE_SEGMENTATION_REALTIME: whether this replica keeps real-time segments (consumes the
     event stream in group EVENTLINE_SEGMENTATION_GROUP, fires timers, runs backfills)."""
+    transition_retention_s: float = 7 * 24 * 3600.0
+    """EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S: transitions older than this are pruned from
+    the log WatchSegment reads (their customer events stay)."""
     consumer_group: str = "segmentation"
     consumer_name: str = ""
     """EVENTLINE_SEGMENTATION_CONSUMER: this replica's name in the group (host, pid and a random
@@ -39,10 +41,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        idle = env_float(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
-        if not (idle > 0 and math.isfinite(idle)):
-            raise ConfigError(f"EVENTLINE_SEGMENTATION_STREAM_IDLE_S must be a positive number, got {idle}")
+        idle = env_seconds(environ, "EVENTLINE_SEGMENTATION_STREAM_IDLE_S", 120.0)
         read_database_url = env_str(environ, "EVENTLINE_SEGMENTATION_READ_DATABASE_URL", "")
+        retention = env_seconds(environ, "EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S", 7 * 24 * 3600.0)
         if read_database_url and not read_database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("EVENTLINE_SEGMENTATION_READ_DATABASE_URL must be a postgresql:// URL")
         return cls(
@@ -53,6 +54,7 @@ class Settings:
             stream_idle_s=idle,
             read_database_url=read_database_url,
             realtime=env_bool(environ, "EVENTLINE_SEGMENTATION_REALTIME", True),
+            transition_retention_s=retention,
             consumer_group=env_str(environ, "EVENTLINE_SEGMENTATION_GROUP", "segmentation"),
             consumer_name=env_str(
                 environ,

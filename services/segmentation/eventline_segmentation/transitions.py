@@ -108,6 +108,32 @@ def dependencies(root: Node) -> Dependencies:
     return Dependencies(frozenset(names), frozenset(fields), timed)
 
 
+_SETTLED_MARGIN = dt.timedelta(days=2)
+"""Kept below the earliest sliding bound: local dates, DST changes and a date that goes back
+move a day's bounds by less than this."""
+
+
+def settled_before(root: Node, now: dt.datetime, zone: dt.tzinfo) -> dt.datetime | None:
+    """An instant such that time alone never changes the answer of a customer whose events of the
+    tree's names all happened before it (until a new event): every sliding period only moves
+    forward, so an event before its start at ``now`` never counts again, and a last event older
+    than a days-since threshold keeps the comparison's answer. None when time changes nothing.
+    (A backfill gives timers only to customers with an event at or after it.)"""
+    clock = Clock(now, zone)
+    bounds: list[dt.datetime] = []
+    for node in walk(root):
+        if not isinstance(node, EventNode) or not _varies_with_time(node):
+            continue
+        if node.test == "days":
+            bounds.append(clock.day_start(node.days + 1))
+        else:
+            assert node.period is not None
+            start = clock.resolve(node.period).start
+            assert start is not None  # sliding periods always have a start
+            bounds.append(start)
+    return min(bounds) - _SETTLED_MARGIN if bounds else None
+
+
 def _sliding(period: PeriodSpec | None) -> bool:
     return period is not None and period.kind != "absolute"
 

@@ -85,12 +85,14 @@ SUPPRESSION_REASON_SOFT_BOUNCES: SuppressionReason
 SUPPRESSION_REASON_MANUAL: SuppressionReason
 
 class Trigger(_message.Message):
-    __slots__ = ("customer_event", "system_event")
+    __slots__ = ("customer_event", "system_event", "segment")
     CUSTOMER_EVENT_FIELD_NUMBER: _ClassVar[int]
     SYSTEM_EVENT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     customer_event: CustomerEventTrigger
     system_event: SystemEventTrigger
-    def __init__(self, customer_event: _Optional[_Union[CustomerEventTrigger, _Mapping]] = ..., system_event: _Optional[_Union[SystemEventTrigger, _Mapping]] = ...) -> None: ...
+    segment: SegmentTrigger
+    def __init__(self, customer_event: _Optional[_Union[CustomerEventTrigger, _Mapping]] = ..., system_event: _Optional[_Union[SystemEventTrigger, _Mapping]] = ..., segment: _Optional[_Union[SegmentTrigger, _Mapping]] = ...) -> None: ...
 
 class CustomerEventTrigger(_message.Message):
     __slots__ = ("event_name", "context_predicates")
@@ -107,6 +109,14 @@ class SystemEventTrigger(_message.Message):
     event_name: str
     context_predicates: _containers.RepeatedCompositeFieldContainer[_segmentation_pb2.Predicate]
     def __init__(self, event_name: _Optional[str] = ..., context_predicates: _Optional[_Iterable[_Union[_segmentation_pb2.Predicate, _Mapping]]] = ...) -> None: ...
+
+class SegmentTrigger(_message.Message):
+    __slots__ = ("segment_id", "on")
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_FIELD_NUMBER: _ClassVar[int]
+    segment_id: str
+    on: _segmentation_pb2.TransitionKind
+    def __init__(self, segment_id: _Optional[str] = ..., on: _Optional[_Union[_segmentation_pb2.TransitionKind, str]] = ...) -> None: ...
 
 class EmailAction(_message.Message):
     __slots__ = ("subject", "html_body", "text_body")

@@ -1711,7 +1711,10 @@ export type WatchSegmentRequest = Message<"eventline.segmentation.v1.WatchSegmen
   /**
    * Optional. Only transitions with a cursor greater than this one: 0 for
    * every transition recorded, the last cursor received to resume.
-   * Negative is INVALID_ARGUMENT.
+   * Negative is INVALID_ARGUMENT. Transitions older than the service's
+   * retention (7 days by default) are pruned: a cursor some of whose
+   * following transitions were pruned is FAILED_PRECONDITION (read the
+   * members with ListSegmentMembers, then watch from a recent cursor).
    *
    * @generated from field: int64 after_cursor = 2;
    */
