@@ -20,7 +20,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file eventline/campaigns/v1/campaigns.proto.
  */
 export const file_eventline_campaigns_v1_campaigns: GenFile = /*@__PURE__*/
-  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCg1XZWJob29rQWN0aW9uEgsKA3VybBgBIAEoCRIMCgRib2R5GAIgASgJIukBCgZBY3Rpb24SNAoFZW1haWwYASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkVtYWlsQWN0aW9uSAASMAoDc21zGAIgASgLMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TbXNBY3Rpb25IABIyCgRwdXNoGAMgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uSAASOAoHd2ViaG9vaxgEIAEoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2ViaG9va0FjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i6wMKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNdHJhbnNhY3Rpb25hbBgLIAEoCCJgChVDcmVhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhMKC2NhbXBhaWduX2lkGAIgASgJIkwKFkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIikKEkdldENhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJJChNHZXRDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiJ0ChRMaXN0Q2FtcGFpZ25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRI1CgZzdGF0ZXMYAyADKA4yJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduU3RhdGUiZQoVTGlzdENhbXBhaWduc1Jlc3BvbnNlEjMKCWNhbXBhaWducxgBIAMoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJInwKFVVwZGF0ZUNhbXBhaWduUmVxdWVzdBIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24SLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkwKFlVwZGF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIi4KF0FjdGl2YXRlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk4KGEFjdGl2YXRlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iKwoUUGF1c2VDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSwoVUGF1c2VDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiItChZBcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIk0KF0FyY2hpdmVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiLaAQoVUHJldmlld01lc3NhZ2VSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJEhMKC2N1c3RvbWVyX2lkGAIgASgJEksKB2NvbnRleHQYAyADKAsyOi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdC5Db250ZXh0RW50cnkaSgoMQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRIpCgV2YWx1ZRgCIAEoCzIaLmV2ZW50bGluZS5jb21tb24udjEuVmFsdWU6AjgBIvcBCg9SZW5kZXJlZE1lc3NhZ2USMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdzdWJqZWN0GAIgASgJEhEKCWh0bWxfYm9keRgDIAEoCRIRCgl0ZXh0X2JvZHkYBCABKAkSPwoEZGF0YRgFIAMoCzIxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlLkRhdGFFbnRyeRINCgVlcnJvchgGIAEoCRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJTChZQcmV2aWV3TWVzc2FnZVJlc3BvbnNlEjkKCG1lc3NhZ2VzGAEgAygLMicuZXZlbnRsaW5lLmNhbXBhaWducy52MS5SZW5kZXJlZE1lc3NhZ2UigAMKCERlbGl2ZXJ5EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEhMKC2NhbXBhaWduX2lkGAIgASgJEhAKCGV2ZW50X2lkGAMgASgJEhMKC2N1c3RvbWVyX2lkGAQgASgJEjAKB2NoYW5uZWwYBSABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSNgoGc3RhdHVzGAYgASgOMiYuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeVN0YXR1cxIOCgZyZWFzb24YByABKAkSEAoIYXR0ZW1wdHMYCCABKAUSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1CgZldmVudHMYCyADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQiigEKFUxpc3REZWxpdmVyaWVzUmVxdWVzdBIVCgtjYW1wYWlnbl9pZBgBIAEoCUgAEhUKC2N1c3RvbWVyX2lkGAIgASgJSAASEgoIZXZlbnRfaWQYAyABKAlIABIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCUIICgZwYXJlbnQiZwoWTGlzdERlbGl2ZXJpZXNSZXNwb25zZRI0CgpkZWxpdmVyaWVzGAEgAygLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLgoXR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiswIKGEdldENhbXBhaWduU3RhdHNSZXNwb25zZRIPCgdwZW5kaW5nGAEgASgDEgwKBHNlbnQYAiABKAMSDgoGZmFpbGVkGAMgASgDEg8KB3NraXBwZWQYBCABKAMSTgoHcmVhc29ucxgFIAMoCzI9LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1Jlc3BvbnNlLlJlYXNvbnNFbnRyeRIRCglkZWxpdmVyZWQYBiABKAMSDwoHYm91bmNlZBgHIAEoAxISCgpjb21wbGFpbmVkGAggASgDEg4KBm9wZW5lZBgJIAEoAxIPCgdjbGlja2VkGAogASgDGi4KDFJlYXNvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBIssBCg1EZWxpdmVyeUV2ZW50EhMKC2RlbGl2ZXJ5X2lkGAEgASgJEjcKBGtpbmQYAiABKA4yKS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnRLaW5kEi4KCm9jY3VyX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldGFpbBgEIAEoCRIZChFwcm92aWRlcl9ldmVudF9pZBgFIAEoCRIRCglyZWNpcGllbnQYBiABKAkipAEKG1JlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBI1CgZldmVudHMYASADKAsyJS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGl2ZXJ5RXZlbnQSEwoLcmVxdWVzdF9rZXkYAiABKAkSOQoIcmVxdWVzdHMYAyADKAsyJy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByb3ZpZGVyUmVxdWVzdCJdCg9Qcm92aWRlclJlcXVlc3QSNQoGZXZlbnRzGAEgAygLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50EhMKC3JlcXVlc3Rfa2V5GAIgASgJIq0BChxSZWNvcmREZWxpdmVyeUV2ZW50c1Jlc3BvbnNlEhAKCHJlY29yZGVkGAEgASgFEhEKCXVubWF0Y2hlZBgCIAEoBRISCgpkdXBsaWNhdGVzGAMgASgFEhIKCnN1cHByZXNzZWQYBCABKAUSQAoIb3V0Y29tZXMYBSADKAsyLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByb3ZpZGVyUmVxdWVzdE91dGNvbWUidwoWUHJvdmlkZXJSZXF1ZXN0T3V0Y29tZRIQCghyZWNvcmRlZBgBIAEoBRIRCgl1bm1hdGNoZWQYAiABKAUSEgoKZHVwbGljYXRlcxgDIAEoBRISCgpzdXBwcmVzc2VkGAQgASgFEhAKCHJlcGxheWVkGAUgASgIIuEBCgtTdXBwcmVzc2lvbhIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEg8KB2FkZHJlc3MYAiABKAkSOQoGcmVhc29uGAMgASgOMikuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TdXBwcmVzc2lvblJlYXNvbhIOCgZkZXRhaWwYBCABKAkSEwoLZGVsaXZlcnlfaWQYBSABKAkSLwoLY3JlYXRlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInIKF0xpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSEQoJcGFnZV9zaXplGAIgASgFEhIKCnBhZ2VfdG9rZW4YAyABKAkibgoYTGlzdFN1cHByZXNzaW9uc1Jlc3BvbnNlEjkKDHN1cHByZXNzaW9ucxgBIAMoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlQKGENyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iVQoZQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZRI4CgtzdXBwcmVzc2lvbhgBIAEoCzIjLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb24iXQoYRGVsZXRlU3VwcHJlc3Npb25SZXF1ZXN0EjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHYWRkcmVzcxgCIAEoCSIbChlEZWxldGVTdXBwcmVzc2lvblJlc3BvbnNlKpwBCg1DYW1wYWlnblN0YXRlEh4KGkNBTVBBSUdOX1NUQVRFX1VOU1BFQ0lGSUVEEAASGAoUQ0FNUEFJR05fU1RBVEVfRFJBRlQQARIZChVDQU1QQUlHTl9TVEFURV9BQ1RJVkUQAhIZChVDQU1QQUlHTl9TVEFURV9QQVVTRUQQAxIbChdDQU1QQUlHTl9TVEFURV9BUkNISVZFRBAEKm0KB0NoYW5uZWwSFwoTQ0hBTk5FTF9VTlNQRUNJRklFRBAAEhEKDUNIQU5ORUxfRU1BSUwQARIPCgtDSEFOTkVMX1NNUxACEhAKDENIQU5ORUxfUFVTSBADEhMKD0NIQU5ORUxfV0VCSE9PSxAEKqEBCg5EZWxpdmVyeVN0YXR1cxIfChtERUxJVkVSWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9TVEFUVVNfUEVORElORxABEhgKFERFTElWRVJZX1NUQVRVU19TRU5UEAISGgoWREVMSVZFUllfU1RBVFVTX0ZBSUxFRBADEhsKF0RFTElWRVJZX1NUQVRVU19TS0lQUEVEEAQqjAIKEURlbGl2ZXJ5RXZlbnRLaW5kEiMKH0RFTElWRVJZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9FVkVOVF9LSU5EX0RFTElWRVJFRBABEiQKIERFTElWRVJZX0VWRU5UX0tJTkRfQk9VTkNFRF9IQVJEEAISJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX1NPRlQQAxIiCh5ERUxJVkVSWV9FVkVOVF9LSU5EX0NPTVBMQUlORUQQBBIeChpERUxJVkVSWV9FVkVOVF9LSU5EX09QRU5FRBAFEh8KG0RFTElWRVJZX0VWRU5UX0tJTkRfQ0xJQ0tFRBAGKsEBChFTdXBwcmVzc2lvblJlYXNvbhIiCh5TVVBQUkVTU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5TVVBQUkVTU0lPTl9SRUFTT05fSEFSRF9CT1VOQ0UQARIgChxTVVBQUkVTU0lPTl9SRUFTT05fQ09NUExBSU5UEAISIwofU1VQUFJFU1NJT05fUkVBU09OX1NPRlRfQk9VTkNFUxADEh0KGVNVUFBSRVNTSU9OX1JFQVNPTl9NQU5VQUwQBDLsDwoPQ2FtcGFpZ25TZXJ2aWNlEm8KDkNyZWF0ZUNhbXBhaWduEi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVDYW1wYWlnblJlcXVlc3QaLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USiwEKC0dldENhbXBhaWduEiouZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblJlcXVlc3QaKy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVzcG9uc2UiI4LT5JMCHRIbL3YxL2NhbXBhaWducy97Y2FtcGFpZ25faWR9EoMBCg1MaXN0Q2FtcGFpZ25zEiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVxdWVzdBotLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdENhbXBhaWduc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYW1wYWlnbnMSbwoOVXBkYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlVwZGF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXNwb25zZRJ1ChBBY3RpdmF0ZUNhbXBhaWduEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aXZhdGVDYW1wYWlnblJlc3BvbnNlEmwKDVBhdXNlQ2FtcGFpZ24SLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QYXVzZUNhbXBhaWduUmVzcG9uc2UScgoPQXJjaGl2ZUNhbXBhaWduEi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0Gi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRKfAQoOUHJldmlld01lc3NhZ2USLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXNwb25zZSIugtPkkwIoOgEqIiMvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH06cHJldmlldxLtAQoOTGlzdERlbGl2ZXJpZXMSLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSJ8gtPkkwJ2WigSJi92MS9jdXN0b21lcnMve2N1c3RvbWVyX2lkfS9kZWxpdmVyaWVzWiISIC92MS9ldmVudHMve2V2ZW50X2lkfS9kZWxpdmVyaWVzEiYvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vZGVsaXZlcmllcxKgAQoQR2V0Q2FtcGFpZ25TdGF0cxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZSIpgtPkkwIjEiEvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vc3RhdHMSjwEKEExpc3RTdXBwcmVzc2lvbnMSLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0U3VwcHJlc3Npb25zUmVzcG9uc2UiGILT5JMCEhIQL3YxL3N1cHByZXNzaW9ucxKfAQoRQ3JlYXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZSIlgtPkkwIfOgtzdXBwcmVzc2lvbiIQL3YxL3N1cHByZXNzaW9ucxKcAQoRRGVsZXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGV0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXNwb25zZSIigtPkkwIcKhovdjEvc3VwcHJlc3Npb25zL3thZGRyZXNzfRKBAQoUUmVjb3JkRGVsaXZlcnlFdmVudHMSMy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBo0LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZWIGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("CiZldmVudGxpbmUvY2FtcGFpZ25zL3YxL2NhbXBhaWducy5wcm90bxIWZXZlbnRsaW5lLmNhbXBhaWducy52MSKdAQoHVHJpZ2dlchJGCg5jdXN0b21lcl9ldmVudBgBIAEoCzIsLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3VzdG9tZXJFdmVudFRyaWdnZXJIABJCCgxzeXN0ZW1fZXZlbnQYAiABKAsyKi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN5c3RlbUV2ZW50VHJpZ2dlckgAQgYKBGtpbmQibAoUQ3VzdG9tZXJFdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJqChJTeXN0ZW1FdmVudFRyaWdnZXISEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJECgtFbWFpbEFjdGlvbhIPCgdzdWJqZWN0GAEgASgJEhEKCWh0bWxfYm9keRgCIAEoCRIRCgl0ZXh0X2JvZHkYAyABKAkiGQoJU21zQWN0aW9uEgwKBHRleHQYASABKAkikgEKClB1c2hBY3Rpb24SDQoFdGl0bGUYASABKAkSDAoEYm9keRgCIAEoCRI6CgRkYXRhGAMgAygLMiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uLkRhdGFFbnRyeRorCglEYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCg1XZWJob29rQWN0aW9uEgsKA3VybBgBIAEoCRIMCgRib2R5GAIgASgJIukBCgZBY3Rpb24SNAoFZW1haWwYASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkVtYWlsQWN0aW9uSAASMAoDc21zGAIgASgLMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TbXNBY3Rpb25IABIyCgRwdXNoGAMgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5QdXNoQWN0aW9uSAASOAoHd2ViaG9vaxgEIAEoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2ViaG9va0FjdGlvbkgAQgkKB2NoYW5uZWwiTAoMRnJlcXVlbmN5Q2FwEhEKCW1heF9zZW5kcxgBIAEoBRIpCgZwZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ihwYKCENhbXBhaWduEhMKC2NhbXBhaWduX2lkGAEgASgJEhQKDGRpc3BsYXlfbmFtZRgCIAEoCRI0CgVzdGF0ZRgDIAEoDjIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ25TdGF0ZRIwCgd0cmlnZ2VyGAQgASgLMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5UcmlnZ2VyEjMKCGF1ZGllbmNlGAUgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISLwoHYWN0aW9ucxgGIAMoCzIeLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aW9uEjsKDWZyZXF1ZW5jeV9jYXAYByABKAsyJC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkZyZXF1ZW5jeUNhcBIvCgtjcmVhdGVfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGFjdGl2ZV9zaW5jZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNdHJhbnNhY3Rpb25hbBgLIAEoCBIrCgVzdGVwcxgMIAMoCzIcLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3RlcBI1CgplbnRyeV9ydWxlGA0gASgOMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FbnRyeVJ1bGUSNgoKZXhpdF9ldmVudBgOIAEoCzIiLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRXZlbnRNYXRjaBIqCgRnb2FsGA8gASgLMhwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5Hb2FsEhkKEWRlZmF1bHRfdGltZV96b25lGBAgASgJEjcKC3F1aWV0X2hvdXJzGBEgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5RdWlldEhvdXJzImIKCkV2ZW50TWF0Y2gSEgoKZXZlbnRfbmFtZRgBIAEoCRJAChJjb250ZXh0X3ByZWRpY2F0ZXMYAiADKAsyJC5ldmVudGxpbmUuc2VnbWVudGF0aW9uLnYxLlByZWRpY2F0ZSJkCgRHb2FsEjEKBWV2ZW50GAEgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FdmVudE1hdGNoEikKBndpbmRvdxgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJbCgpRdWlldEhvdXJzEg0KBXN0YXJ0GAEgASgJEgsKA2VuZBgCIAEoCRIxCghjaGFubmVscxgDIAMoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbCLjAgoEU3RlcBIPCgdzdGVwX2lkGAEgASgJEjAKBHNlbmQYAiABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlNlbmRTdGVwSAASMAoEd2FpdBgDIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2FpdFN0ZXBIABJCCg53YWl0X2Zvcl9ldmVudBgEIAEoCzIoLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuV2FpdEZvckV2ZW50U3RlcEgAEjQKBmJyYW5jaBgFIAEoCzIiLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQnJhbmNoU3RlcEgAEjIKBXNwbGl0GAYgASgLMiEuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TcGxpdFN0ZXBIABIwCgRleGl0GAcgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FeGl0U3RlcEgAQgYKBGtpbmQiUAoIU2VuZFN0ZXASLgoGYWN0aW9uGAEgASgLMh4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3Rpb24SFAoMbmV4dF9zdGVwX2lkGAIgASgJImcKCFdhaXRTdGVwEisKCGR1cmF0aW9uGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhgKEHVudGlsX2xvY2FsX3RpbWUYAiABKAkSFAoMbmV4dF9zdGVwX2lkGAMgASgJIqUBChBXYWl0Rm9yRXZlbnRTdGVwEjEKBWV2ZW50GAEgASgLMiIuZXZlbnRsaW5lLmNhbXBhaWducy52MS5FdmVudE1hdGNoEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoPYXJyaXZlZF9zdGVwX2lkGAMgASgJEhkKEXRpbWVkX291dF9zdGVwX2lkGAQgASgJImgKCkJyYW5jaFN0ZXASMQoGZmlsdGVyGAEgASgLMiEuZXZlbnRsaW5lLnNlZ21lbnRhdGlvbi52MS5GaWx0ZXISEwoLeWVzX3N0ZXBfaWQYAiABKAkSEgoKbm9fc3RlcF9pZBgDIAEoCSJTCgxTcGxpdFZhcmlhbnQSDAoEbmFtZRgBIAEoCRIOCgZ3ZWlnaHQYAiABKAUSFAoMbmV4dF9zdGVwX2lkGAMgASgJEg8KB2NvbnRyb2wYBCABKAgiQwoJU3BsaXRTdGVwEjYKCHZhcmlhbnRzGAEgAygLMiQuZXZlbnRsaW5lLmNhbXBhaWducy52MS5TcGxpdFZhcmlhbnQiCgoIRXhpdFN0ZXAiYAoVQ3JlYXRlQ2FtcGFpZ25SZXF1ZXN0EjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbhITCgtjYW1wYWlnbl9pZBgCIAEoCSJMChZDcmVhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIpChJHZXRDYW1wYWlnblJlcXVlc3QSEwoLY2FtcGFpZ25faWQYASABKAkiSQoTR2V0Q2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24idAoUTGlzdENhbXBhaWduc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSNQoGc3RhdGVzGAMgAygOMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnblN0YXRlImUKFUxpc3RDYW1wYWlnbnNSZXNwb25zZRIzCgljYW1wYWlnbnMYASADKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJ8ChVVcGRhdGVDYW1wYWlnblJlcXVlc3QSMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduEi8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJMChZVcGRhdGVDYW1wYWlnblJlc3BvbnNlEjIKCGNhbXBhaWduGAEgASgLMiAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5DYW1wYWlnbiIuChdBY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJOChhBY3RpdmF0ZUNhbXBhaWduUmVzcG9uc2USMgoIY2FtcGFpZ24YASABKAsyIC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNhbXBhaWduIisKFFBhdXNlQ2FtcGFpZ25SZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIksKFVBhdXNlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24iLQoWQXJjaGl2ZUNhbXBhaWduUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCSJNChdBcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRIyCghjYW1wYWlnbhgBIAEoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2FtcGFpZ24i2gEKFVByZXZpZXdNZXNzYWdlUmVxdWVzdBITCgtjYW1wYWlnbl9pZBgBIAEoCRITCgtjdXN0b21lcl9pZBgCIAEoCRJLCgdjb250ZXh0GAMgAygLMjouZXZlbnRsaW5lLmNhbXBhaWducy52MS5QcmV2aWV3TWVzc2FnZVJlcXVlc3QuQ29udGV4dEVudHJ5GkoKDENvbnRleHRFbnRyeRILCgNrZXkYASABKAkSKQoFdmFsdWUYAiABKAsyGi5ldmVudGxpbmUuY29tbW9uLnYxLlZhbHVlOgI4ASL3AQoPUmVuZGVyZWRNZXNzYWdlEjAKB2NoYW5uZWwYASABKA4yHy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNoYW5uZWwSDwoHc3ViamVjdBgCIAEoCRIRCglodG1sX2JvZHkYAyABKAkSEQoJdGV4dF9ib2R5GAQgASgJEj8KBGRhdGEYBSADKAsyMS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlbmRlcmVkTWVzc2FnZS5EYXRhRW50cnkSDQoFZXJyb3IYBiABKAkaKwoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiUwoWUHJldmlld01lc3NhZ2VSZXNwb25zZRI5CghtZXNzYWdlcxgBIAMoCzInLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVuZGVyZWRNZXNzYWdlIoADCghEZWxpdmVyeRITCgtkZWxpdmVyeV9pZBgBIAEoCRITCgtjYW1wYWlnbl9pZBgCIAEoCRIQCghldmVudF9pZBgDIAEoCRITCgtjdXN0b21lcl9pZBgEIAEoCRIwCgdjaGFubmVsGAUgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEjYKBnN0YXR1cxgGIAEoDjImLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlTdGF0dXMSDgoGcmVhc29uGAcgASgJEhAKCGF0dGVtcHRzGAggASgFEi8KC2NyZWF0ZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoGZXZlbnRzGAsgAygLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50IooBChVMaXN0RGVsaXZlcmllc1JlcXVlc3QSFQoLY2FtcGFpZ25faWQYASABKAlIABIVCgtjdXN0b21lcl9pZBgCIAEoCUgAEhIKCGV2ZW50X2lkGAMgASgJSAASEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAlCCAoGcGFyZW50ImcKFkxpc3REZWxpdmVyaWVzUmVzcG9uc2USNAoKZGVsaXZlcmllcxgBIAMoCzIgLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIi4KF0dldENhbXBhaWduU3RhdHNSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIrMCChhHZXRDYW1wYWlnblN0YXRzUmVzcG9uc2USDwoHcGVuZGluZxgBIAEoAxIMCgRzZW50GAIgASgDEg4KBmZhaWxlZBgDIAEoAxIPCgdza2lwcGVkGAQgASgDEk4KB3JlYXNvbnMYBSADKAsyPS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZS5SZWFzb25zRW50cnkSEQoJZGVsaXZlcmVkGAYgASgDEg8KB2JvdW5jZWQYByABKAMSEgoKY29tcGxhaW5lZBgIIAEoAxIOCgZvcGVuZWQYCSABKAMSDwoHY2xpY2tlZBgKIAEoAxouCgxSZWFzb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASLLAQoNRGVsaXZlcnlFdmVudBITCgtkZWxpdmVyeV9pZBgBIAEoCRI3CgRraW5kGAIgASgOMikuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50S2luZBIuCgpvY2N1cl90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZkZXRhaWwYBCABKAkSGQoRcHJvdmlkZXJfZXZlbnRfaWQYBSABKAkSEQoJcmVjaXBpZW50GAYgASgJIqQBChtSZWNvcmREZWxpdmVyeUV2ZW50c1JlcXVlc3QSNQoGZXZlbnRzGAEgAygLMiUuZXZlbnRsaW5lLmNhbXBhaWducy52MS5EZWxpdmVyeUV2ZW50EhMKC3JlcXVlc3Rfa2V5GAIgASgJEjkKCHJlcXVlc3RzGAMgAygLMicuZXZlbnRsaW5lLmNhbXBhaWducy52MS5Qcm92aWRlclJlcXVlc3QiXQoPUHJvdmlkZXJSZXF1ZXN0EjUKBmV2ZW50cxgBIAMoCzIlLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsaXZlcnlFdmVudBITCgtyZXF1ZXN0X2tleRgCIAEoCSKtAQocUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZRIQCghyZWNvcmRlZBgBIAEoBRIRCgl1bm1hdGNoZWQYAiABKAUSEgoKZHVwbGljYXRlcxgDIAEoBRISCgpzdXBwcmVzc2VkGAQgASgFEkAKCG91dGNvbWVzGAUgAygLMi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5Qcm92aWRlclJlcXVlc3RPdXRjb21lIncKFlByb3ZpZGVyUmVxdWVzdE91dGNvbWUSEAoIcmVjb3JkZWQYASABKAUSEQoJdW5tYXRjaGVkGAIgASgFEhIKCmR1cGxpY2F0ZXMYAyABKAUSEgoKc3VwcHJlc3NlZBgEIAEoBRIQCghyZXBsYXllZBgFIAEoCCLhAQoLU3VwcHJlc3Npb24SMAoHY2hhbm5lbBgBIAEoDjIfLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ2hhbm5lbBIPCgdhZGRyZXNzGAIgASgJEjkKBnJlYXNvbhgDIAEoDjIpLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3VwcHJlc3Npb25SZWFzb24SDgoGZGV0YWlsGAQgASgJEhMKC2RlbGl2ZXJ5X2lkGAUgASgJEi8KC2NyZWF0ZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJyChdMaXN0U3VwcHJlc3Npb25zUmVxdWVzdBIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIm4KGExpc3RTdXBwcmVzc2lvbnNSZXNwb25zZRI5CgxzdXBwcmVzc2lvbnMYASADKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN1cHByZXNzaW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJUChhDcmVhdGVTdXBwcmVzc2lvblJlcXVlc3QSOAoLc3VwcHJlc3Npb24YASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN1cHByZXNzaW9uIlUKGUNyZWF0ZVN1cHByZXNzaW9uUmVzcG9uc2USOAoLc3VwcHJlc3Npb24YASABKAsyIy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN1cHByZXNzaW9uIl0KGERlbGV0ZVN1cHByZXNzaW9uUmVxdWVzdBIwCgdjaGFubmVsGAEgASgOMh8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DaGFubmVsEg8KB2FkZHJlc3MYAiABKAkiGwoZRGVsZXRlU3VwcHJlc3Npb25SZXNwb25zZSItChZHZXRKb3VybmV5U3RhdHNSZXF1ZXN0EhMKC2NhbXBhaWduX2lkGAEgASgJIoMCCglTdGVwU3RhdHMSDwoHc3RlcF9pZBgBIAEoCRIPCgdlbnRlcmVkGAIgASgDEg8KB3dhaXRpbmcYAyABKAMSDAoEc2VudBgEIAEoAxIPCgdza2lwcGVkGAUgASgDEj8KB3JlYXNvbnMYBiADKAsyLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlN0ZXBTdGF0cy5SZWFzb25zRW50cnkSDgoGZXhpdGVkGAcgASgDEhEKCWNvbnZlcnRlZBgIIAEoAxIQCghkZWZlcnJlZBgJIAEoAxouCgxSZWFzb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASJUCgxWYXJpYW50U3RhdHMSDwoHc3RlcF9pZBgBIAEoCRIPCgd2YXJpYW50GAIgASgJEg8KB2VudGVyZWQYAyABKAMSEQoJY29udmVydGVkGAQgASgDItwBChdHZXRKb3VybmV5U3RhdHNSZXNwb25zZRIwCgVzdGVwcxgBIAMoCzIhLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuU3RlcFN0YXRzEjYKCHZhcmlhbnRzGAIgAygLMiQuZXZlbnRsaW5lLmNhbXBhaWducy52MS5WYXJpYW50U3RhdHMSDgoGYWN0aXZlGAMgASgDEhEKCWNvbXBsZXRlZBgEIAEoAxIOCgZleGl0ZWQYBSABKAMSEQoJY2FuY2VsbGVkGAYgASgDEhEKCWNvbnZlcnRlZBgHIAEoAyqcAQoNQ2FtcGFpZ25TdGF0ZRIeChpDQU1QQUlHTl9TVEFURV9VTlNQRUNJRklFRBAAEhgKFENBTVBBSUdOX1NUQVRFX0RSQUZUEAESGQoVQ0FNUEFJR05fU1RBVEVfQUNUSVZFEAISGQoVQ0FNUEFJR05fU1RBVEVfUEFVU0VEEAMSGwoXQ0FNUEFJR05fU1RBVEVfQVJDSElWRUQQBCptCgdDaGFubmVsEhcKE0NIQU5ORUxfVU5TUEVDSUZJRUQQABIRCg1DSEFOTkVMX0VNQUlMEAESDwoLQ0hBTk5FTF9TTVMQAhIQCgxDSEFOTkVMX1BVU0gQAxITCg9DSEFOTkVMX1dFQkhPT0sQBCp7CglFbnRyeVJ1bGUSGgoWRU5UUllfUlVMRV9VTlNQRUNJRklFRBAAEhkKFUVOVFJZX1JVTEVfRVZFUllfVElNRRABEhgKFEVOVFJZX1JVTEVfT05DRV9FVkVSEAISHQoZRU5UUllfUlVMRV9PTkNFX0FUX0FfVElNRRADKqEBCg5EZWxpdmVyeVN0YXR1cxIfChtERUxJVkVSWV9TVEFUVVNfVU5TUEVDSUZJRUQQABIbChdERUxJVkVSWV9TVEFUVVNfUEVORElORxABEhgKFERFTElWRVJZX1NUQVRVU19TRU5UEAISGgoWREVMSVZFUllfU1RBVFVTX0ZBSUxFRBADEhsKF0RFTElWRVJZX1NUQVRVU19TS0lQUEVEEAQqjAIKEURlbGl2ZXJ5RXZlbnRLaW5kEiMKH0RFTElWRVJZX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIhCh1ERUxJVkVSWV9FVkVOVF9LSU5EX0RFTElWRVJFRBABEiQKIERFTElWRVJZX0VWRU5UX0tJTkRfQk9VTkNFRF9IQVJEEAISJAogREVMSVZFUllfRVZFTlRfS0lORF9CT1VOQ0VEX1NPRlQQAxIiCh5ERUxJVkVSWV9FVkVOVF9LSU5EX0NPTVBMQUlORUQQBBIeChpERUxJVkVSWV9FVkVOVF9LSU5EX09QRU5FRBAFEh8KG0RFTElWRVJZX0VWRU5UX0tJTkRfQ0xJQ0tFRBAGKsEBChFTdXBwcmVzc2lvblJlYXNvbhIiCh5TVVBQUkVTU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIiCh5TVVBQUkVTU0lPTl9SRUFTT05fSEFSRF9CT1VOQ0UQARIgChxTVVBQUkVTU0lPTl9SRUFTT05fQ09NUExBSU5UEAISIwofU1VQUFJFU1NJT05fUkVBU09OX1NPRlRfQk9VTkNFUxADEh0KGVNVUFBSRVNTSU9OX1JFQVNPTl9NQU5VQUwQBDKOEQoPQ2FtcGFpZ25TZXJ2aWNlEm8KDkNyZWF0ZUNhbXBhaWduEi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5DcmVhdGVDYW1wYWlnblJlcXVlc3QaLi5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZUNhbXBhaWduUmVzcG9uc2USiwEKC0dldENhbXBhaWduEiouZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRDYW1wYWlnblJlcXVlc3QaKy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduUmVzcG9uc2UiI4LT5JMCHRIbL3YxL2NhbXBhaWducy97Y2FtcGFpZ25faWR9EoMBCg1MaXN0Q2FtcGFpZ25zEiwuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0Q2FtcGFpZ25zUmVxdWVzdBotLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdENhbXBhaWduc1Jlc3BvbnNlIhWC0+STAg8SDS92MS9jYW1wYWlnbnMSbwoOVXBkYXRlQ2FtcGFpZ24SLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlVwZGF0ZUNhbXBhaWduUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuVXBkYXRlQ2FtcGFpZ25SZXNwb25zZRJ1ChBBY3RpdmF0ZUNhbXBhaWduEi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BY3RpdmF0ZUNhbXBhaWduUmVxdWVzdBowLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQWN0aXZhdGVDYW1wYWlnblJlc3BvbnNlEmwKDVBhdXNlQ2FtcGFpZ24SLC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlBhdXNlQ2FtcGFpZ25SZXF1ZXN0Gi0uZXZlbnRsaW5lLmNhbXBhaWducy52MS5QYXVzZUNhbXBhaWduUmVzcG9uc2UScgoPQXJjaGl2ZUNhbXBhaWduEi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXF1ZXN0Gi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5BcmNoaXZlQ2FtcGFpZ25SZXNwb25zZRKfAQoOUHJldmlld01lc3NhZ2USLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlByZXZpZXdNZXNzYWdlUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUHJldmlld01lc3NhZ2VSZXNwb25zZSIugtPkkwIoOgEqIiMvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH06cHJldmlldxLtAQoOTGlzdERlbGl2ZXJpZXMSLS5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3REZWxpdmVyaWVzUmVxdWVzdBouLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuTGlzdERlbGl2ZXJpZXNSZXNwb25zZSJ8gtPkkwJ2WigSJi92MS9jdXN0b21lcnMve2N1c3RvbWVyX2lkfS9kZWxpdmVyaWVzWiISIC92MS9ldmVudHMve2V2ZW50X2lkfS9kZWxpdmVyaWVzEiYvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vZGVsaXZlcmllcxKgAQoQR2V0Q2FtcGFpZ25TdGF0cxIvLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuR2V0Q2FtcGFpZ25TdGF0c1JlcXVlc3QaMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkdldENhbXBhaWduU3RhdHNSZXNwb25zZSIpgtPkkwIjEiEvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vc3RhdHMSjwEKEExpc3RTdXBwcmVzc2lvbnMSLy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkxpc3RTdXBwcmVzc2lvbnNSZXF1ZXN0GjAuZXZlbnRsaW5lLmNhbXBhaWducy52MS5MaXN0U3VwcHJlc3Npb25zUmVzcG9uc2UiGILT5JMCEhIQL3YxL3N1cHByZXNzaW9ucxKfAQoRQ3JlYXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkNyZWF0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuQ3JlYXRlU3VwcHJlc3Npb25SZXNwb25zZSIlgtPkkwIfOgtzdXBwcmVzc2lvbiIQL3YxL3N1cHByZXNzaW9ucxKcAQoRRGVsZXRlU3VwcHJlc3Npb24SMC5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLkRlbGV0ZVN1cHByZXNzaW9uUmVxdWVzdBoxLmV2ZW50bGluZS5jYW1wYWlnbnMudjEuRGVsZXRlU3VwcHJlc3Npb25SZXNwb25zZSIigtPkkwIcKhovdjEvc3VwcHJlc3Npb25zL3thZGRyZXNzfRKBAQoUUmVjb3JkRGVsaXZlcnlFdmVudHMSMy5ldmVudGxpbmUuY2FtcGFpZ25zLnYxLlJlY29yZERlbGl2ZXJ5RXZlbnRzUmVxdWVzdBo0LmV2ZW50bGluZS5jYW1wYWlnbnMudjEuUmVjb3JkRGVsaXZlcnlFdmVudHNSZXNwb25zZRKfAQoPR2V0Sm91cm5leVN0YXRzEi4uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRKb3VybmV5U3RhdHNSZXF1ZXN0Gi8uZXZlbnRsaW5lLmNhbXBhaWducy52MS5HZXRKb3VybmV5U3RhdHNSZXNwb25zZSIrgtPkkwIlEiMvdjEvY2FtcGFpZ25zL3tjYW1wYWlnbl9pZH0vam91cm5leWIGcHJvdG8z", [file_eventline_common_v1_common, file_eventline_segmentation_v1_segmentation, file_google_api_annotations, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * What makes a campaign act.
@@ -441,6 +441,61 @@ export type Campaign = Message<"eventline.campaigns.v1.Campaign"> & {
    * @generated from field: bool transactional = 11;
    */
   transactional: boolean;
+
+  /**
+   * Optional. The campaign as a journey: a graph of at most 50 steps, the
+   * first one being where a customer enters (see docs/journeys.md). When set,
+   * `actions` must be empty and the trigger a customer event. When empty, the
+   * campaign is a one-step journey that sends its `actions` at once, exactly
+   * as campaigns always did.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.Step steps = 12;
+   */
+  steps: Step[];
+
+  /**
+   * Optional. When a customer may enter the journey; UNSPECIFIED means
+   * EVERY_TIME (what campaigns without steps always did).
+   *
+   * @generated from field: eventline.campaigns.v1.EntryRule entry_rule = 13;
+   */
+  entryRule: EntryRule;
+
+  /**
+   * Optional. An event that ends a customer's journey wherever they are in it
+   * (for example `order_placed` for an abandoned cart). Its predicates may
+   * reference the trigger's context with `$field_code`.
+   *
+   * @generated from field: eventline.campaigns.v1.EventMatch exit_event = 14;
+   */
+  exitEvent?: EventMatch | undefined;
+
+  /**
+   * Optional. The event that counts as a conversion of an instance (per step
+   * and per split variant) when it occurs within the goal's window after
+   * the customer entered.
+   *
+   * @generated from field: eventline.campaigns.v1.Goal goal = 15;
+   */
+  goal?: Goal | undefined;
+
+  /**
+   * Optional. The IANA time zone (for example "Europe/Paris") of customers
+   * whose profile has no `time_zone` attribute; UTC when empty. Used by
+   * quiet hours and by waits until a local time of day.
+   *
+   * @generated from field: string default_time_zone = 16;
+   */
+  defaultTimeZone: string;
+
+  /**
+   * Optional. Hours, in the customer's local time, during which the
+   * journey's send steps send nothing: a message due inside them is sent when
+   * they end (never dropped), and its delivery's reason says so.
+   *
+   * @generated from field: eventline.campaigns.v1.QuietHours quiet_hours = 17;
+   */
+  quietHours?: QuietHours | undefined;
 };
 
 /**
@@ -449,6 +504,404 @@ export type Campaign = Message<"eventline.campaigns.v1.Campaign"> & {
  */
 export const CampaignSchema: GenMessage<Campaign> = /*@__PURE__*/
   messageDesc(file_eventline_campaigns_v1_campaigns, 9);
+
+/**
+ * An event of the customer's, with conditions on its context.
+ *
+ * @generated from message eventline.campaigns.v1.EventMatch
+ */
+export type EventMatch = Message<"eventline.campaigns.v1.EventMatch"> & {
+  /**
+   * Required. The event name, matching ^[A-Za-z_][A-Za-z0-9_]{0,63}$.
+   *
+   * @generated from field: string event_name = 1;
+   */
+  eventName: string;
+
+  /**
+   * Optional. Conditions that must all hold on the event's context, at most
+   * 20, with the semantics of segmentation predicates. An operand may be a
+   * reference "$field_code" to the trigger event's context (for example
+   * `cart_id EQUALS $cart_id`); a reference the trigger lacks never holds.
+   *
+   * @generated from field: repeated eventline.segmentation.v1.Predicate context_predicates = 2;
+   */
+  contextPredicates: Predicate[];
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.EventMatch.
+ * Use `create(EventMatchSchema)` to create a new message.
+ */
+export const EventMatchSchema: GenMessage<EventMatch> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
+
+/**
+ * A journey's conversion goal.
+ *
+ * @generated from message eventline.campaigns.v1.Goal
+ */
+export type Goal = Message<"eventline.campaigns.v1.Goal"> & {
+  /**
+   * Required. The event that converts.
+   *
+   * @generated from field: eventline.campaigns.v1.EventMatch event = 1;
+   */
+  event?: EventMatch | undefined;
+
+  /**
+   * Required. How long after entering a conversion counts, from 1 second to
+   * 366 days.
+   *
+   * @generated from field: google.protobuf.Duration window = 2;
+   */
+  window?: Duration | undefined;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.Goal.
+ * Use `create(GoalSchema)` to create a new message.
+ */
+export const GoalSchema: GenMessage<Goal> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
+
+/**
+ * Hours of the day (local to the customer) when nothing is sent.
+ *
+ * @generated from message eventline.campaigns.v1.QuietHours
+ */
+export type QuietHours = Message<"eventline.campaigns.v1.QuietHours"> & {
+  /**
+   * Required. Local start, "HH:MM" (24-hour clock).
+   *
+   * @generated from field: string start = 1;
+   */
+  start: string;
+
+  /**
+   * Required. Local end, "HH:MM"; before start means the hours cross
+   * midnight (21:00 to 09:00). Equal to start is INVALID_ARGUMENT.
+   *
+   * @generated from field: string end = 2;
+   */
+  end: string;
+
+  /**
+   * Optional. The channels they apply to; empty means every channel.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.Channel channels = 3;
+   */
+  channels: Channel[];
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.QuietHours.
+ * Use `create(QuietHoursSchema)` to create a new message.
+ */
+export const QuietHoursSchema: GenMessage<QuietHours> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
+
+/**
+ * One step of a journey. Steps name the steps that follow them by step_id;
+ * an empty next step id ends the journey there. Steps form no cycle.
+ *
+ * @generated from message eventline.campaigns.v1.Step
+ */
+export type Step = Message<"eventline.campaigns.v1.Step"> & {
+  /**
+   * Required. The step's id, unique in the journey: 1 to 64 letters, digits,
+   * "_" or "-".
+   *
+   * @generated from field: string step_id = 1;
+   */
+  stepId: string;
+
+  /**
+   * Required. What the step does.
+   *
+   * @generated from oneof eventline.campaigns.v1.Step.kind
+   */
+  kind: {
+    /**
+     * Sends a message (through the delivery ledger, as actions do).
+     *
+     * @generated from field: eventline.campaigns.v1.SendStep send = 2;
+     */
+    value: SendStep;
+    case: "send";
+  } | {
+    /**
+     * Waits for a duration or until a local time of day.
+     *
+     * @generated from field: eventline.campaigns.v1.WaitStep wait = 3;
+     */
+    value: WaitStep;
+    case: "wait";
+  } | {
+    /**
+     * Waits for an event of the customer's, with a timeout.
+     *
+     * @generated from field: eventline.campaigns.v1.WaitForEventStep wait_for_event = 4;
+     */
+    value: WaitForEventStep;
+    case: "waitForEvent";
+  } | {
+    /**
+     * Takes one of two paths by a segmentation filter evaluated then.
+     *
+     * @generated from field: eventline.campaigns.v1.BranchStep branch = 5;
+     */
+    value: BranchStep;
+    case: "branch";
+  } | {
+    /**
+     * Assigns the customer to one of weighted variants.
+     *
+     * @generated from field: eventline.campaigns.v1.SplitStep split = 6;
+     */
+    value: SplitStep;
+    case: "split";
+  } | {
+    /**
+     * Ends the journey.
+     *
+     * @generated from field: eventline.campaigns.v1.ExitStep exit = 7;
+     */
+    value: ExitStep;
+    case: "exit";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.Step.
+ * Use `create(StepSchema)` to create a new message.
+ */
+export const StepSchema: GenMessage<Step> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
+
+/**
+ * Sends one message.
+ *
+ * @generated from message eventline.campaigns.v1.SendStep
+ */
+export type SendStep = Message<"eventline.campaigns.v1.SendStep"> & {
+  /**
+   * Required. The message, with the rules of Campaign.actions.
+   *
+   * @generated from field: eventline.campaigns.v1.Action action = 1;
+   */
+  action?: Action | undefined;
+
+  /**
+   * Optional. The next step.
+   *
+   * @generated from field: string next_step_id = 2;
+   */
+  nextStepId: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.SendStep.
+ * Use `create(SendStepSchema)` to create a new message.
+ */
+export const SendStepSchema: GenMessage<SendStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
+
+/**
+ * Waits.
+ *
+ * @generated from message eventline.campaigns.v1.WaitStep
+ */
+export type WaitStep = Message<"eventline.campaigns.v1.WaitStep"> & {
+  /**
+   * The wait: one of duration and until_local_time is required.
+   *
+   * @generated from field: google.protobuf.Duration duration = 1;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * A local time of day "HH:MM" in the customer's time zone: the wait ends
+   * at its next occurrence (the same day if still ahead, else the next day).
+   *
+   * @generated from field: string until_local_time = 2;
+   */
+  untilLocalTime: string;
+
+  /**
+   * Optional. The next step.
+   *
+   * @generated from field: string next_step_id = 3;
+   */
+  nextStepId: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.WaitStep.
+ * Use `create(WaitStepSchema)` to create a new message.
+ */
+export const WaitStepSchema: GenMessage<WaitStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
+
+/**
+ * Waits for an event.
+ *
+ * @generated from message eventline.campaigns.v1.WaitForEventStep
+ */
+export type WaitForEventStep = Message<"eventline.campaigns.v1.WaitForEventStep"> & {
+  /**
+   * Required. The awaited event; predicates may reference the trigger.
+   *
+   * @generated from field: eventline.campaigns.v1.EventMatch event = 1;
+   */
+  event?: EventMatch | undefined;
+
+  /**
+   * Required. How long to wait, from 1 second to 366 days.
+   *
+   * @generated from field: google.protobuf.Duration timeout = 2;
+   */
+  timeout?: Duration | undefined;
+
+  /**
+   * Optional. The next step when the event arrived in time.
+   *
+   * @generated from field: string arrived_step_id = 3;
+   */
+  arrivedStepId: string;
+
+  /**
+   * Optional. The next step when the timeout passed first.
+   *
+   * @generated from field: string timed_out_step_id = 4;
+   */
+  timedOutStepId: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.WaitForEventStep.
+ * Use `create(WaitForEventStepSchema)` to create a new message.
+ */
+export const WaitForEventStepSchema: GenMessage<WaitForEventStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
+
+/**
+ * Branches on a filter.
+ *
+ * @generated from message eventline.campaigns.v1.BranchStep
+ */
+export type BranchStep = Message<"eventline.campaigns.v1.BranchStep"> & {
+  /**
+   * Required. A segmentation filter evaluated for the customer when the step
+   * runs; `$field_code` references are bound to the trigger's context.
+   *
+   * @generated from field: eventline.segmentation.v1.Filter filter = 1;
+   */
+  filter?: Filter | undefined;
+
+  /**
+   * Optional. The next step when the filter holds.
+   *
+   * @generated from field: string yes_step_id = 2;
+   */
+  yesStepId: string;
+
+  /**
+   * Optional. The next step when it does not.
+   *
+   * @generated from field: string no_step_id = 3;
+   */
+  noStepId: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.BranchStep.
+ * Use `create(BranchStepSchema)` to create a new message.
+ */
+export const BranchStepSchema: GenMessage<BranchStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
+
+/**
+ * One variant of a split.
+ *
+ * @generated from message eventline.campaigns.v1.SplitVariant
+ */
+export type SplitVariant = Message<"eventline.campaigns.v1.SplitVariant"> & {
+  /**
+   * Required. The variant's name, unique in the split: 1 to 64 letters,
+   * digits, "_" or "-".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * Required. Its weight, 1 to 10,000; customers land in a variant in
+   * proportion to its weight among the split's.
+   *
+   * @generated from field: int32 weight = 2;
+   */
+  weight: number;
+
+  /**
+   * Optional. The next step of its customers.
+   *
+   * @generated from field: string next_step_id = 3;
+   */
+  nextStepId: string;
+
+  /**
+   * Optional. A holdout control group: its customers receive nothing more
+   * and end the journey here (they still count for conversions).
+   *
+   * @generated from field: bool control = 4;
+   */
+  control: boolean;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.SplitVariant.
+ * Use `create(SplitVariantSchema)` to create a new message.
+ */
+export const SplitVariantSchema: GenMessage<SplitVariant> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
+
+/**
+ * Splits customers between variants. The assignment is deterministic per
+ * (campaign, customer) and recorded.
+ *
+ * @generated from message eventline.campaigns.v1.SplitStep
+ */
+export type SplitStep = Message<"eventline.campaigns.v1.SplitStep"> & {
+  /**
+   * Required. 2 to 10 variants.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.SplitVariant variants = 1;
+   */
+  variants: SplitVariant[];
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.SplitStep.
+ * Use `create(SplitStepSchema)` to create a new message.
+ */
+export const SplitStepSchema: GenMessage<SplitStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
+
+/**
+ * Ends the journey.
+ *
+ * @generated from message eventline.campaigns.v1.ExitStep
+ */
+export type ExitStep = Message<"eventline.campaigns.v1.ExitStep"> & {
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.ExitStep.
+ * Use `create(ExitStepSchema)` to create a new message.
+ */
+export const ExitStepSchema: GenMessage<ExitStep> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
 
 /**
  * Creates a campaign.
@@ -479,7 +932,7 @@ export type CreateCampaignRequest = Message<"eventline.campaigns.v1.CreateCampai
  * Use `create(CreateCampaignRequestSchema)` to create a new message.
  */
 export const CreateCampaignRequestSchema: GenMessage<CreateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 10);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
 
 /**
  * The created campaign.
@@ -500,7 +953,7 @@ export type CreateCampaignResponse = Message<"eventline.campaigns.v1.CreateCampa
  * Use `create(CreateCampaignResponseSchema)` to create a new message.
  */
 export const CreateCampaignResponseSchema: GenMessage<CreateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 11);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
 
 /**
  * Reads a campaign.
@@ -521,7 +974,7 @@ export type GetCampaignRequest = Message<"eventline.campaigns.v1.GetCampaignRequ
  * Use `create(GetCampaignRequestSchema)` to create a new message.
  */
 export const GetCampaignRequestSchema: GenMessage<GetCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 12);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
 
 /**
  * A campaign.
@@ -542,7 +995,7 @@ export type GetCampaignResponse = Message<"eventline.campaigns.v1.GetCampaignRes
  * Use `create(GetCampaignResponseSchema)` to create a new message.
  */
 export const GetCampaignResponseSchema: GenMessage<GetCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 13);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
 
 /**
  * Lists campaigns.
@@ -577,7 +1030,7 @@ export type ListCampaignsRequest = Message<"eventline.campaigns.v1.ListCampaigns
  * Use `create(ListCampaignsRequestSchema)` to create a new message.
  */
 export const ListCampaignsRequestSchema: GenMessage<ListCampaignsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 14);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
 
 /**
  * A page of campaigns.
@@ -605,7 +1058,7 @@ export type ListCampaignsResponse = Message<"eventline.campaigns.v1.ListCampaign
  * Use `create(ListCampaignsResponseSchema)` to create a new message.
  */
 export const ListCampaignsResponseSchema: GenMessage<ListCampaignsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 15);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
 
 /**
  * Changes a campaign.
@@ -622,7 +1075,9 @@ export type UpdateCampaignRequest = Message<"eventline.campaigns.v1.UpdateCampai
 
   /**
    * Required. The fields to change: any of "display_name", "trigger",
-   * "audience", "actions", "frequency_cap", "transactional".
+   * "audience", "actions", "frequency_cap", "transactional", "steps",
+   * "entry_rule", "exit_event", "goal", "default_time_zone", "quiet_hours".
+   * Instances already in a journey finish on the steps they started with.
    *
    * @generated from field: google.protobuf.FieldMask update_mask = 2;
    */
@@ -634,7 +1089,7 @@ export type UpdateCampaignRequest = Message<"eventline.campaigns.v1.UpdateCampai
  * Use `create(UpdateCampaignRequestSchema)` to create a new message.
  */
 export const UpdateCampaignRequestSchema: GenMessage<UpdateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 16);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
 
 /**
  * The changed campaign.
@@ -655,7 +1110,7 @@ export type UpdateCampaignResponse = Message<"eventline.campaigns.v1.UpdateCampa
  * Use `create(UpdateCampaignResponseSchema)` to create a new message.
  */
 export const UpdateCampaignResponseSchema: GenMessage<UpdateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 17);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
 
 /**
  * Activates a campaign.
@@ -676,7 +1131,7 @@ export type ActivateCampaignRequest = Message<"eventline.campaigns.v1.ActivateCa
  * Use `create(ActivateCampaignRequestSchema)` to create a new message.
  */
 export const ActivateCampaignRequestSchema: GenMessage<ActivateCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 18);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
 
 /**
  * The activated campaign.
@@ -697,7 +1152,7 @@ export type ActivateCampaignResponse = Message<"eventline.campaigns.v1.ActivateC
  * Use `create(ActivateCampaignResponseSchema)` to create a new message.
  */
 export const ActivateCampaignResponseSchema: GenMessage<ActivateCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 19);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
 
 /**
  * Pauses a campaign.
@@ -718,7 +1173,7 @@ export type PauseCampaignRequest = Message<"eventline.campaigns.v1.PauseCampaign
  * Use `create(PauseCampaignRequestSchema)` to create a new message.
  */
 export const PauseCampaignRequestSchema: GenMessage<PauseCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 20);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
 
 /**
  * The paused campaign.
@@ -739,7 +1194,7 @@ export type PauseCampaignResponse = Message<"eventline.campaigns.v1.PauseCampaig
  * Use `create(PauseCampaignResponseSchema)` to create a new message.
  */
 export const PauseCampaignResponseSchema: GenMessage<PauseCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 21);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
 
 /**
  * Archives a campaign.
@@ -760,7 +1215,7 @@ export type ArchiveCampaignRequest = Message<"eventline.campaigns.v1.ArchiveCamp
  * Use `create(ArchiveCampaignRequestSchema)` to create a new message.
  */
 export const ArchiveCampaignRequestSchema: GenMessage<ArchiveCampaignRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 22);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
 
 /**
  * The archived campaign.
@@ -781,7 +1236,7 @@ export type ArchiveCampaignResponse = Message<"eventline.campaigns.v1.ArchiveCam
  * Use `create(ArchiveCampaignResponseSchema)` to create a new message.
  */
 export const ArchiveCampaignResponseSchema: GenMessage<ArchiveCampaignResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 23);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
 
 /**
  * Renders a campaign's messages without sending.
@@ -816,7 +1271,7 @@ export type PreviewMessageRequest = Message<"eventline.campaigns.v1.PreviewMessa
  * Use `create(PreviewMessageRequestSchema)` to create a new message.
  */
 export const PreviewMessageRequestSchema: GenMessage<PreviewMessageRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 24);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
 
 /**
  * A rendered message, or why it could not be rendered.
@@ -873,7 +1328,7 @@ export type RenderedMessage = Message<"eventline.campaigns.v1.RenderedMessage"> 
  * Use `create(RenderedMessageSchema)` to create a new message.
  */
 export const RenderedMessageSchema: GenMessage<RenderedMessage> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 25);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
 
 /**
  * The rendered messages of a campaign.
@@ -894,7 +1349,7 @@ export type PreviewMessageResponse = Message<"eventline.campaigns.v1.PreviewMess
  * Use `create(PreviewMessageResponseSchema)` to create a new message.
  */
 export const PreviewMessageResponseSchema: GenMessage<PreviewMessageResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 26);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
 
 /**
  * One message of a campaign to a customer on a channel for a trigger event.
@@ -986,7 +1441,7 @@ export type Delivery = Message<"eventline.campaigns.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 27);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
 
 /**
  * Lists deliveries.
@@ -1046,7 +1501,7 @@ export type ListDeliveriesRequest = Message<"eventline.campaigns.v1.ListDeliveri
  * Use `create(ListDeliveriesRequestSchema)` to create a new message.
  */
 export const ListDeliveriesRequestSchema: GenMessage<ListDeliveriesRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 28);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
 
 /**
  * A page of deliveries.
@@ -1074,7 +1529,7 @@ export type ListDeliveriesResponse = Message<"eventline.campaigns.v1.ListDeliver
  * Use `create(ListDeliveriesResponseSchema)` to create a new message.
  */
 export const ListDeliveriesResponseSchema: GenMessage<ListDeliveriesResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 29);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
 
 /**
  * Counts a campaign's deliveries.
@@ -1095,7 +1550,7 @@ export type GetCampaignStatsRequest = Message<"eventline.campaigns.v1.GetCampaig
  * Use `create(GetCampaignStatsRequestSchema)` to create a new message.
  */
 export const GetCampaignStatsRequestSchema: GenMessage<GetCampaignStatsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 30);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 41);
 
 /**
  * A campaign's delivery counts.
@@ -1179,7 +1634,7 @@ export type GetCampaignStatsResponse = Message<"eventline.campaigns.v1.GetCampai
  * Use `create(GetCampaignStatsResponseSchema)` to create a new message.
  */
 export const GetCampaignStatsResponseSchema: GenMessage<GetCampaignStatsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 31);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 42);
 
 /**
  * One report of a provider about one message.
@@ -1241,7 +1696,7 @@ export type DeliveryEvent = Message<"eventline.campaigns.v1.DeliveryEvent"> & {
  * Use `create(DeliveryEventSchema)` to create a new message.
  */
 export const DeliveryEventSchema: GenMessage<DeliveryEvent> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 32);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 43);
 
 /**
  * Reports of providers to record.
@@ -1285,7 +1740,7 @@ export type RecordDeliveryEventsRequest = Message<"eventline.campaigns.v1.Record
  * Use `create(RecordDeliveryEventsRequestSchema)` to create a new message.
  */
 export const RecordDeliveryEventsRequestSchema: GenMessage<RecordDeliveryEventsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 33);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 44);
 
 /**
  * The reports of one signed HTTP request of a provider.
@@ -1313,7 +1768,7 @@ export type ProviderRequest = Message<"eventline.campaigns.v1.ProviderRequest"> 
  * Use `create(ProviderRequestSchema)` to create a new message.
  */
 export const ProviderRequestSchema: GenMessage<ProviderRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 34);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 45);
 
 /**
  * What was recorded.
@@ -1363,7 +1818,7 @@ export type RecordDeliveryEventsResponse = Message<"eventline.campaigns.v1.Recor
  * Use `create(RecordDeliveryEventsResponseSchema)` to create a new message.
  */
 export const RecordDeliveryEventsResponseSchema: GenMessage<RecordDeliveryEventsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 35);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 46);
 
 /**
  * What one provider request of a RecordDeliveryEvents call recorded.
@@ -1413,7 +1868,7 @@ export type ProviderRequestOutcome = Message<"eventline.campaigns.v1.ProviderReq
  * Use `create(ProviderRequestOutcomeSchema)` to create a new message.
  */
 export const ProviderRequestOutcomeSchema: GenMessage<ProviderRequestOutcome> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 36);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 47);
 
 /**
  * An address that is sent nothing on a channel.
@@ -1471,7 +1926,7 @@ export type Suppression = Message<"eventline.campaigns.v1.Suppression"> & {
  * Use `create(SuppressionSchema)` to create a new message.
  */
 export const SuppressionSchema: GenMessage<Suppression> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 37);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 48);
 
 /**
  * Lists suppressions.
@@ -1506,7 +1961,7 @@ export type ListSuppressionsRequest = Message<"eventline.campaigns.v1.ListSuppre
  * Use `create(ListSuppressionsRequestSchema)` to create a new message.
  */
 export const ListSuppressionsRequestSchema: GenMessage<ListSuppressionsRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 38);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 49);
 
 /**
  * A page of suppressions.
@@ -1534,7 +1989,7 @@ export type ListSuppressionsResponse = Message<"eventline.campaigns.v1.ListSuppr
  * Use `create(ListSuppressionsResponseSchema)` to create a new message.
  */
 export const ListSuppressionsResponseSchema: GenMessage<ListSuppressionsResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 39);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 50);
 
 /**
  * Suppresses an address.
@@ -1555,7 +2010,7 @@ export type CreateSuppressionRequest = Message<"eventline.campaigns.v1.CreateSup
  * Use `create(CreateSuppressionRequestSchema)` to create a new message.
  */
 export const CreateSuppressionRequestSchema: GenMessage<CreateSuppressionRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 40);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 51);
 
 /**
  * The suppression.
@@ -1576,7 +2031,7 @@ export type CreateSuppressionResponse = Message<"eventline.campaigns.v1.CreateSu
  * Use `create(CreateSuppressionResponseSchema)` to create a new message.
  */
 export const CreateSuppressionResponseSchema: GenMessage<CreateSuppressionResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 41);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 52);
 
 /**
  * Lifts a suppression.
@@ -1604,7 +2059,7 @@ export type DeleteSuppressionRequest = Message<"eventline.campaigns.v1.DeleteSup
  * Use `create(DeleteSuppressionRequestSchema)` to create a new message.
  */
 export const DeleteSuppressionRequestSchema: GenMessage<DeleteSuppressionRequest> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 42);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 53);
 
 /**
  * The suppression was lifted.
@@ -1619,7 +2074,211 @@ export type DeleteSuppressionResponse = Message<"eventline.campaigns.v1.DeleteSu
  * Use `create(DeleteSuppressionResponseSchema)` to create a new message.
  */
 export const DeleteSuppressionResponseSchema: GenMessage<DeleteSuppressionResponse> = /*@__PURE__*/
-  messageDesc(file_eventline_campaigns_v1_campaigns, 43);
+  messageDesc(file_eventline_campaigns_v1_campaigns, 54);
+
+/**
+ * Reads a journey's counts.
+ *
+ * @generated from message eventline.campaigns.v1.GetJourneyStatsRequest
+ */
+export type GetJourneyStatsRequest = Message<"eventline.campaigns.v1.GetJourneyStatsRequest"> & {
+  /**
+   * Required. The campaign's id.
+   *
+   * @generated from field: string campaign_id = 1;
+   */
+  campaignId: string;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.GetJourneyStatsRequest.
+ * Use `create(GetJourneyStatsRequestSchema)` to create a new message.
+ */
+export const GetJourneyStatsRequestSchema: GenMessage<GetJourneyStatsRequest> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 55);
+
+/**
+ * The counts of one step.
+ *
+ * @generated from message eventline.campaigns.v1.StepStats
+ */
+export type StepStats = Message<"eventline.campaigns.v1.StepStats"> & {
+  /**
+   * The step's id.
+   *
+   * @generated from field: string step_id = 1;
+   */
+  stepId: string;
+
+  /**
+   * Instances that reached the step.
+   *
+   * @generated from field: int64 entered = 2;
+   */
+  entered: bigint;
+
+  /**
+   * Instances at the step now (waiting, held by a pause or deferred by quiet hours).
+   *
+   * @generated from field: int64 waiting = 3;
+   */
+  waiting: bigint;
+
+  /**
+   * Send steps: messages recorded for sending (pending or sent).
+   *
+   * @generated from field: int64 sent = 4;
+   */
+  sent: bigint;
+
+  /**
+   * Send steps: messages skipped or failed.
+   *
+   * @generated from field: int64 skipped = 5;
+   */
+  skipped: bigint;
+
+  /**
+   * Skipped and failed messages by reason.
+   *
+   * @generated from field: map<string, int64> reasons = 6;
+   */
+  reasons: { [key: string]: bigint };
+
+  /**
+   * Instances whose journey ended at this step because of the exit event.
+   *
+   * @generated from field: int64 exited = 7;
+   */
+  exited: bigint;
+
+  /**
+   * Instances that reached the step and converted.
+   *
+   * @generated from field: int64 converted = 8;
+   */
+  converted: bigint;
+
+  /**
+   * Send steps: messages deferred by quiet hours.
+   *
+   * @generated from field: int64 deferred = 9;
+   */
+  deferred: bigint;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.StepStats.
+ * Use `create(StepStatsSchema)` to create a new message.
+ */
+export const StepStatsSchema: GenMessage<StepStats> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 56);
+
+/**
+ * The counts of one split variant.
+ *
+ * @generated from message eventline.campaigns.v1.VariantStats
+ */
+export type VariantStats = Message<"eventline.campaigns.v1.VariantStats"> & {
+  /**
+   * The split step's id.
+   *
+   * @generated from field: string step_id = 1;
+   */
+  stepId: string;
+
+  /**
+   * The variant's name.
+   *
+   * @generated from field: string variant = 2;
+   */
+  variant: string;
+
+  /**
+   * Customers assigned to it.
+   *
+   * @generated from field: int64 entered = 3;
+   */
+  entered: bigint;
+
+  /**
+   * Of those, customers that converted.
+   *
+   * @generated from field: int64 converted = 4;
+   */
+  converted: bigint;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.VariantStats.
+ * Use `create(VariantStatsSchema)` to create a new message.
+ */
+export const VariantStatsSchema: GenMessage<VariantStats> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 57);
+
+/**
+ * A journey's counts.
+ *
+ * @generated from message eventline.campaigns.v1.GetJourneyStatsResponse
+ */
+export type GetJourneyStatsResponse = Message<"eventline.campaigns.v1.GetJourneyStatsResponse"> & {
+  /**
+   * One entry per step of the current version, in the campaign's order
+   * (steps of earlier versions that still have instances follow).
+   *
+   * @generated from field: repeated eventline.campaigns.v1.StepStats steps = 1;
+   */
+  steps: StepStats[];
+
+  /**
+   * One entry per variant of each split step.
+   *
+   * @generated from field: repeated eventline.campaigns.v1.VariantStats variants = 2;
+   */
+  variants: VariantStats[];
+
+  /**
+   * Instances active now.
+   *
+   * @generated from field: int64 active = 3;
+   */
+  active: bigint;
+
+  /**
+   * Instances that finished (end of a path or an exit step).
+   *
+   * @generated from field: int64 completed = 4;
+   */
+  completed: bigint;
+
+  /**
+   * Instances ended by the exit event.
+   *
+   * @generated from field: int64 exited = 5;
+   */
+  exited: bigint;
+
+  /**
+   * Instances cancelled by archiving the campaign.
+   *
+   * @generated from field: int64 cancelled = 6;
+   */
+  cancelled: bigint;
+
+  /**
+   * Instances that converted.
+   *
+   * @generated from field: int64 converted = 7;
+   */
+  converted: bigint;
+};
+
+/**
+ * Describes the message eventline.campaigns.v1.GetJourneyStatsResponse.
+ * Use `create(GetJourneyStatsResponseSchema)` to create a new message.
+ */
+export const GetJourneyStatsResponseSchema: GenMessage<GetJourneyStatsResponse> = /*@__PURE__*/
+  messageDesc(file_eventline_campaigns_v1_campaigns, 58);
 
 /**
  * The life cycle of a campaign.
@@ -1719,6 +2378,48 @@ export const ChannelSchema: GenEnum<Channel> = /*@__PURE__*/
   enumDesc(file_eventline_campaigns_v1_campaigns, 1);
 
 /**
+ * When a customer may enter a journey.
+ *
+ * @generated from enum eventline.campaigns.v1.EntryRule
+ */
+export enum EntryRule {
+  /**
+   * Treated as ENTRY_RULE_EVERY_TIME.
+   *
+   * @generated from enum value: ENTRY_RULE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Every trigger event starts an instance (one per event).
+   *
+   * @generated from enum value: ENTRY_RULE_EVERY_TIME = 1;
+   */
+  EVERY_TIME = 1,
+
+  /**
+   * A customer enters at most once, ever; later triggers are ignored.
+   *
+   * @generated from enum value: ENTRY_RULE_ONCE_EVER = 2;
+   */
+  ONCE_EVER = 2,
+
+  /**
+   * A customer enters again only once their previous instance has finished;
+   * triggers while one is active are ignored, even when they arrive together.
+   *
+   * @generated from enum value: ENTRY_RULE_ONCE_AT_A_TIME = 3;
+   */
+  ONCE_AT_A_TIME = 3,
+}
+
+/**
+ * Describes the enum eventline.campaigns.v1.EntryRule.
+ */
+export const EntryRuleSchema: GenEnum<EntryRule> = /*@__PURE__*/
+  enumDesc(file_eventline_campaigns_v1_campaigns, 2);
+
+/**
  * The status of a delivery.
  *
  * @generated from enum eventline.campaigns.v1.DeliveryStatus
@@ -1765,7 +2466,7 @@ export enum DeliveryStatus {
  * Describes the enum eventline.campaigns.v1.DeliveryStatus.
  */
 export const DeliveryStatusSchema: GenEnum<DeliveryStatus> = /*@__PURE__*/
-  enumDesc(file_eventline_campaigns_v1_campaigns, 2);
+  enumDesc(file_eventline_campaigns_v1_campaigns, 3);
 
 /**
  * What a provider reported about a sent message.
@@ -1828,7 +2529,7 @@ export enum DeliveryEventKind {
  * Describes the enum eventline.campaigns.v1.DeliveryEventKind.
  */
 export const DeliveryEventKindSchema: GenEnum<DeliveryEventKind> = /*@__PURE__*/
-  enumDesc(file_eventline_campaigns_v1_campaigns, 3);
+  enumDesc(file_eventline_campaigns_v1_campaigns, 4);
 
 /**
  * Why an address is suppressed.
@@ -1876,7 +2577,7 @@ export enum SuppressionReason {
  * Describes the enum eventline.campaigns.v1.SuppressionReason.
  */
 export const SuppressionReasonSchema: GenEnum<SuppressionReason> = /*@__PURE__*/
-  enumDesc(file_eventline_campaigns_v1_campaigns, 4);
+  enumDesc(file_eventline_campaigns_v1_campaigns, 5);
 
 /**
  * Manages campaigns and reports their deliveries.
@@ -2078,6 +2779,19 @@ export const CampaignService: GenService<{
     methodKind: "unary";
     input: typeof RecordDeliveryEventsRequestSchema;
     output: typeof RecordDeliveryEventsResponseSchema;
+  },
+  /**
+   * Counts a journey's instances per step and per split variant: entered,
+   * waiting, sent, skipped (with reasons), deferred by quiet hours, exited
+   * and converted. A campaign without steps has no journey counts (its
+   * deliveries are counted by GetCampaignStats).
+   *
+   * @generated from rpc eventline.campaigns.v1.CampaignService.GetJourneyStats
+   */
+  getJourneyStats: {
+    methodKind: "unary";
+    input: typeof GetJourneyStatsRequestSchema;
+    output: typeof GetJourneyStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_eventline_campaigns_v1_campaigns, 0);
