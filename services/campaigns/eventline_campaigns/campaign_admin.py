@@ -16,6 +16,7 @@ from eventline.common.v1 import common_pb2
 from eventline_campaigns import validation
 from eventline_campaigns.audience import Audience
 from eventline_campaigns.campaign_cache import CampaignCache
+from eventline_campaigns.journey_store import JourneyStore
 from eventline_campaigns.model import (
     ACTIVE,
     ARCHIVED,
@@ -44,7 +45,22 @@ from eventline_shared.errors import (
 from eventline_shared.paging import MAX_REPLY_BYTES
 from eventline_shared.values import datetime_to_timestamp
 
-UPDATABLE = frozenset({"display_name", "trigger", "audience", "actions", "frequency_cap", "transactional"})
+UPDATABLE = frozenset(
+    {
+        "display_name",
+        "trigger",
+        "audience",
+        "actions",
+        "frequency_cap",
+        "transactional",
+        "steps",
+        "entry_rule",
+        "exit_event",
+        "goal",
+        "default_time_zone",
+        "quiet_hours",
+    }
+)
 """The fields UpdateCampaign's mask may name."""
 OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
 
@@ -127,6 +143,8 @@ class CampaignAdmin:
     limits: Limits
     clock: Clock = SYSTEM_CLOCK
     """Previews render at this clock's now."""
+    journeys: JourneyStore | None = None
+    """The journeys' instances: resuming releases those a pause held, archiving cancels them."""
 
     async def _changed(self) -> None:
         # This replica sees its own change at once; the others within a poll.
@@ -145,6 +163,7 @@ class CampaignAdmin:
         fits_a_reply(campaign)
         if campaign.HasField("audience"):
             await self.audience.validate(campaign.audience, "campaign.audience")
+        await self._validate_branches(campaign)
         spec = stored_spec(campaign)
         row, created = await self.repository.create_campaign(campaign_id, campaign.display_name, spec)
         # AIP-155: the same request again returns the campaign; another one with the id is refused.
@@ -161,6 +180,8 @@ class CampaignAdmin:
         fits_a_reply(merged)
         if "audience" in paths and merged.HasField("audience"):
             await self.audience.validate(merged.audience, "campaign.audience")
+        if "steps" in paths:
+            await self._validate_branches(merged)
         if current.state == ARCHIVED:
             raise FailedPrecondition("an archived campaign cannot change")
         row = await self.repository.update_campaign(
@@ -183,8 +204,19 @@ class CampaignAdmin:
                 return latest
             name = campaigns_pb2.CampaignState.Name(latest.state).removeprefix("CAMPAIGN_STATE_").lower()
             raise FailedPrecondition(f"{_with_article(name)} campaign cannot be {transition.verb}")
+        if self.journeys is not None:
+            if transition.state == ACTIVE:
+                await self.journeys.release_held(campaign_id)
+            elif transition.state == ARCHIVED:
+                await self.journeys.cancel_all(campaign_id, self.clock.now())
         await self._changed()
         return row
+
+    async def _validate_branches(self, campaign: campaigns_pb2.Campaign) -> None:
+        """A branch's filter is checked by segmentation, as an audience is."""
+        for i, step in enumerate(campaign.steps):
+            if step.WhichOneof("kind") == "branch" and step.branch.HasField("filter"):
+                await self.audience.validate(step.branch.filter, f"campaign.steps[{i}].branch.filter")
 
     async def preview(
         self, campaign_id: str, customer_id: str, context: Mapping[str, common_pb2.Value]

@@ -98,15 +98,23 @@ class Delivery:
         suppressed = await self.suppressions.suppressed(suppressible(items))
         return await plan(self.rendering, items, suppressed, self.unsubscribe_links)
 
-    async def deliver(self, items: Sequence[PlanItem]) -> None:
+    async def deliver(self, items: Sequence[PlanItem], notes: Sequence[str] = ()) -> None:
         """Plan, record and send the deliveries of triggered campaigns to their customers.
 
         Campaigns without a frequency cap share one statement; each capped one has its
         own transaction (its customers are locked while their recent sends are counted).
+        ``notes`` (one per item, when given) become the reason of the item's pending
+        deliveries, kept once sent (a journey's quiet-hour deferral).
         """
         uncapped: list[tuple[str, str, Planned]] = []
         capped = []
-        for (campaign, trigger, _, _), planned in zip(items, await self.plan(items), strict=True):
+        plans = await self.plan(items)
+        if notes:
+            plans = [
+                [replace(p, reason=note) if note and p.status == PENDING else p for p in planned]
+                for planned, note in zip(plans, notes, strict=True)
+            ]
+        for (campaign, trigger, _, _), planned in zip(items, plans, strict=True):
             if campaign.cap_max:
                 capped.append(
                     self.repository.record(

@@ -20,6 +20,7 @@ from eventline_campaigns.campaign_admin import (
     Transition,
     to_proto,
 )
+from eventline_campaigns.journeys import journey_stats
 from eventline_campaigns.model import (
     ACTIVE,
     ARCHIVED,
@@ -276,6 +277,13 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         reply.opened = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_OPENED, 0)
         reply.clicked = reported.get(campaigns_pb2.DELIVERY_EVENT_KIND_CLICKED, 0)
         return reply
+
+    async def GetJourneyStats(
+        self, request: campaigns_pb2.GetJourneyStatsRequest, context: Context
+    ) -> campaigns_pb2.GetJourneyStatsResponse:
+        row = await self.campaigns.require(request.campaign_id)
+        assert self.campaigns.journeys is not None
+        return await journey_stats(self.campaigns.journeys, row)
 
     # --- suppression and provider reports ---
 

@@ -1,0 +1,457 @@
+"""The journey runner: enters customers, fires due steps, resumes instances on their events.
+
+Every replica runs it. A step runs in two parts:
+
+1. its work, which is safe to repeat: a send goes through ``Delivery.deliver`` (the
+   ledger's key makes a repeat a no-op, and a crash after recording is sent again by
+   ``Delivery.recover``), a branch asks segmentation, a split hashes;
+2. one transaction that locks the instance, takes its timer (``TimerTable.take``: only
+   one worker does), records the step's outcome once and moves the instance on.
+
+A worker killed between the two leaves the timer claimed; when its lease ends another
+replica runs the step again: the send is not repeated, the outcome is recorded once.
+
+Pausing a campaign holds its instances (a due step is set aside, not run); resuming sets
+their timers again; archiving cancels them. Instances finish on the graph version they
+entered with (``journey_versions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.common.v1 import common_pb2
+
+from eventline_campaigns.audience import Audience, AudienceUnresolvable
+from eventline_campaigns.campaign_cache import CampaignCache
+from eventline_campaigns.delivery import Delivery
+from eventline_campaigns.journey_model import (
+    CANCELLED,
+    COMPLETED,
+    EXITED,
+    ONCE_AT_A_TIME,
+    ONCE_EVER,
+    Journey,
+    JourneyStep,
+    assign_variant,
+    compile_journey,
+    customer_zone,
+    graph_spec,
+    graph_version,
+    next_local_time,
+    quiet_until,
+)
+from eventline_campaigns.journey_store import START, Entry, Instance, InstanceKey, JourneyStore, Move
+from eventline_campaigns.model import (
+    ARCHIVED,
+    CUSTOMER_TRIGGER,
+    MAX_REASON,
+    PAUSED,
+    PENDING,
+    QUIET_HOURS,
+    SENT,
+    CompiledCampaign,
+    Trigger,
+)
+from eventline_campaigns.repository import CampaignRepository, CampaignRow
+from eventline_shared import faults
+from eventline_shared.clock import SYSTEM_CLOCK, Clock
+from eventline_shared.storage.timers import Due
+from eventline_shared.values import datetime_to_timestamp, decode_values, python_values, timestamp_to_datetime
+
+log = logging.getLogger(__name__)
+
+ENTRY_SLOTS: dict[int, str] = {ONCE_EVER: "ever", ONCE_AT_A_TIME: "active"}
+"""journey_instances.entry_slot by entry rule: unique per (customer, campaign), so at most one
+instance ever (``ever``) or at a time (``active``, cleared when it ends); none for every time."""
+
+GOAL_LOOKBACK = dt.timedelta(days=366)
+"""The longest goal window: instances entered before it cannot convert any more."""
+
+
+@dataclass
+class JourneyRunner:
+    """Runs journeys' steps; ``run_due`` is the burst mode tests call after moving the clock."""
+
+    store: JourneyStore
+    repository: CampaignRepository
+    cache: CampaignCache
+    delivery: Delivery
+    audience: Audience
+    clock: Clock = SYSTEM_CLOCK
+    batch: int = 500
+    concurrency: int = 16
+    poll_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        self._journeys: dict[tuple[str, str], Journey] = {}
+        self._stop = asyncio.Event()
+        self._limit = asyncio.Semaphore(self.concurrency)
+
+    # --- versions ---
+
+    async def _journey(self, campaign_id: str, version: str) -> Journey:
+        journey = self._journeys.get((campaign_id, version))
+        if journey is None:
+            spec = await self.store.version(campaign_id, version)
+            if spec is None:
+                raise LookupError(f"journey {campaign_id} has no version {version}")
+            journey = compile_journey(campaign_id, campaigns_pb2.Campaign.FromString(spec))
+            self._journeys[(campaign_id, version)] = journey
+        return journey
+
+    async def _current_version(self, campaign: CompiledCampaign) -> str:
+        row = await self.repository.get_campaign(campaign.campaign_id)
+        assert row is not None
+        version, data = graph_version(graph_spec(campaigns_pb2.Campaign.FromString(row.spec)))
+        if (campaign.campaign_id, version) not in self._journeys:
+            await self.store.save_version(campaign.campaign_id, version, data)
+            await self._journey(campaign.campaign_id, version)
+        return version
+
+    # --- entry ---
+
+    async def enter(self, items: Sequence[tuple[CompiledCampaign, Trigger]]) -> list[InstanceKey]:
+        """Start instances for triggered journeys, under each one's entry rule."""
+        versions: dict[tuple[str, int], str] = {}
+        entries: list[Entry] = []
+        for campaign, trigger in items:
+            key = (campaign.campaign_id, campaign.revision)
+            if key not in versions:
+                versions[key] = await self._current_version(campaign)
+            slot = ENTRY_SLOTS.get(campaign.entry_rule)
+            event = trigger.event
+            entries.append(
+                Entry(
+                    event.customer_id,
+                    campaign.campaign_id,
+                    event.event_id,
+                    versions[key],
+                    slot,
+                    event.SerializeToString(deterministic=True),
+                )
+            )
+        started = await self.store.enter(entries, self.clock.now())
+        await self.fire([Due(k, self.clock.now()) for k in started])
+        return started
+
+    # --- due steps ---
+
+    async def run_due(self) -> int:
+        """Run every step due now (burst mode); returns how many timers fired."""
+        total = 0
+        while True:
+            due = await self.store.timers.claim(self.store.pool, self.clock.now(), self.batch)
+            if not due:
+                return total
+            total += len(due)
+            await self.fire(due)
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fired = await self.run_due()
+            except Exception as exc:
+                log.warning("journey steps failed; trying again", extra={"error": repr(exc)[:300]})
+                fired = 0
+            if not fired:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.poll_s)
+                except TimeoutError:
+                    pass
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+    async def fire(self, due: Sequence[Due]) -> None:
+        await asyncio.gather(*(self._fire_chain(d) for d in due))
+
+    async def _fire_chain(self, due: Due | None) -> None:
+        """Run a due step, then the steps after it that are due at once."""
+        async with self._limit:
+            while due is not None:
+                due = await self._fire(due)
+
+    async def _fire(self, due: Due) -> Due | None:
+        key = (due.key[0], due.key[1], due.key[2])
+        instance = await self.store.instance(self.store.pool, key)
+        if instance is None or instance.status != 1:
+            async with self.store.pool.acquire() as connection:
+                await self.store.timers.take(connection, due)
+            return None
+        state = await self.store.campaign_state(self.store.pool, instance.campaign_id)
+        journey = await self._journey(instance.campaign_id, instance.version)
+        now = self.clock.now()
+        move: Move | None = None
+        deferral: tuple[dt.datetime, str] | None = None
+        if state not in (PAUSED, ARCHIVED):
+            if instance.step_id == START:
+                move = await self._enter_step(journey, instance, journey.first, Move("started"), now)
+            else:
+                step = journey.steps[instance.step_id]
+                result = await self._work(journey, step, instance, now)
+                if isinstance(result, tuple):
+                    deferral = result
+                else:
+                    move = result
+        await faults.point("journeys.before_advance")
+        async with self.store.pool.acquire() as connection, connection.transaction():
+            locked = await self.store.instance(connection, key, lock=True)
+            if locked is None or locked.status != 1 or locked.step_id != instance.step_id:
+                return None
+            if not await self.store.timers.take(connection, due):
+                return None  # another worker ran it
+            state = await self.store.campaign_state(connection, instance.campaign_id, lock=True)
+            if state == ARCHIVED:
+                await self.store.record_move(
+                    connection, locked, Move("cancelled", final_status=CANCELLED), now, held=False
+                )
+                return None
+            if state == PAUSED and move is None:
+                await self.store.hold(connection, key, due.due_at)
+                return None
+            if deferral is not None:
+                await self.store.defer(connection, locked, deferral[0], deferral[1])
+                return None
+            assert move is not None
+            await self.store.record_move(connection, locked, move, now, held=state == PAUSED)
+        await faults.point("journeys.after_advance")
+        if move.next_step is not None and state != PAUSED and (move.due_at or now) <= now:
+            return Due(key, move.due_at or now)
+        return None
+
+    async def _enter_step(
+        self, journey: Journey, instance: Instance, step_id: str, move: Move, now: dt.datetime
+    ) -> Move:
+        """``move`` going on to ``step_id`` (empty: the journey ends), due as that step says."""
+        if not step_id:
+            return move
+        step = journey.steps[step_id]
+        due, waiting = now, None
+        if step.kind == "wait":
+            if step.duration is not None:
+                due = now + step.duration
+            else:
+                assert step.until_local is not None
+                zone = customer_zone(await self._attributes(instance.customer_id), journey.default_zone)
+                due = next_local_time(now, zone, step.until_local)
+        elif step.kind == "wait_for_event":
+            assert step.timeout is not None and step.event is not None
+            due, waiting = now + step.timeout, step.event.event_name
+        return Move(move.outcome, move.reason, step_id, due, waiting, move.variant, move.final_status)
+
+    async def _attributes(self, customer_id: str) -> dict[str, object]:
+        profile = (await self.repository.profiles([customer_id])).get(customer_id)
+        return python_values(decode_values(profile.attributes)) if profile else {}
+
+    async def _work(
+        self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
+    ) -> Move | tuple[dt.datetime, str]:
+        """What the step due now comes to (safe to repeat), or (until, reason) to defer it."""
+        if step.kind == "wait":
+            return await self._enter_step(journey, instance, step.next_step, Move("done"), now)
+        if step.kind == "wait_for_event":
+            return await self._enter_step(journey, instance, step.timed_out_step, Move("timed_out"), now)
+        if step.kind == "exit":
+            return Move("exit")
+        if step.kind == "split":
+            variant = assign_variant(instance.campaign_id, step.step_id, instance.customer_id, step.variants)
+            nxt = "" if variant.control else variant.next_step
+            return await self._enter_step(
+                journey, instance, nxt, Move(f"variant:{variant.name}", variant=variant.name), now
+            )
+        trigger_event = common_pb2.Event.FromString(instance.trigger)
+        if step.kind == "branch":
+            assert step.filter is not None
+            try:
+                held = await self.audience.match(
+                    step.filter,
+                    instance.customer_id,
+                    trigger_event.context,
+                    datetime_to_timestamp(now),
+                    trigger_event_id=trigger_event.event_id,
+                )
+            except AudienceUnresolvable as exc:
+                return await self._enter_step(
+                    journey,
+                    instance,
+                    step.no_step,
+                    Move("no", f"filter cannot be evaluated: {exc}"[:MAX_REASON]),
+                    now,
+                )
+            return await self._enter_step(
+                journey, instance, step.yes_step if held else step.no_step, Move("yes" if held else "no"), now
+            )
+        return await self._send(journey, step, instance, trigger_event, now)
+
+    async def _send(
+        self,
+        journey: Journey,
+        step: JourneyStep,
+        instance: Instance,
+        event: common_pb2.Event,
+        now: dt.datetime,
+    ) -> Move | tuple[dt.datetime, str]:
+        assert step.action is not None
+        profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
+        if profile is None:
+            return Move("skipped", "customer erased")
+        note = ""
+        if journey.quiet is not None and journey.quiet.applies(step.action.channel):
+            zone = customer_zone(python_values(decode_values(profile.attributes)), journey.default_zone)
+            until = quiet_until(now, zone, journey.quiet)
+            if until is not None:
+                local = now.astimezone(zone)
+                return until, (
+                    f"{QUIET_HOURS}: due {local:%Y-%m-%d %H:%M} {zone}, "
+                    f"sent at {until.astimezone(zone):%Y-%m-%d %H:%M}"
+                )
+            async with self.store.pool.acquire() as connection:
+                note = await self.store.step_reason(connection, instance)
+        campaign = await self._send_campaign(journey, instance.campaign_id, step)
+        step_event = common_pb2.Event()
+        step_event.CopyFrom(event)
+        step_event.event_id = step_event_id(instance.entry_event_id, step.step_id)
+        await self.delivery.deliver([(campaign, Trigger.of(step_event), profile, "")], [note])
+        recorded = await self.store.deliveries(instance.key, step_event.event_id)
+        nxt = await self._enter_step(journey, instance, step.next_step, Move("sent"), now)
+        if any(status in (PENDING, SENT) for status, _ in recorded):
+            return nxt
+        reason = next((r for _, r in recorded if r), "not recorded")
+        return Move("skipped", reason[:MAX_REASON], nxt.next_step, nxt.due_at, nxt.waiting_event)
+
+    async def _send_campaign(self, journey: Journey, campaign_id: str, step: JourneyStep) -> CompiledCampaign:
+        """The campaign as the delivery path sees one send step: its one action, the campaign's
+        frequency cap (as it is now), the version's transactional flag."""
+        current = await self.cache.current(campaign_id)
+        assert step.action is not None
+        return CompiledCampaign(
+            campaign_id=campaign_id,
+            revision=current.revision if current else 0,
+            kind=CUSTOMER_TRIGGER,
+            event_name="",
+            predicates=(),
+            audience=None,
+            actions=(step.action,),
+            cap_max=current.cap_max if current else 0,
+            cap_period_s=current.cap_period_s if current else 0.0,
+            active_since=current.active_since if current else self.clock.now(),
+            transactional=journey.transactional,
+        )
+
+    # --- events ---
+
+    async def handle_events(self, events: Sequence[common_pb2.Event]) -> int:
+        """Resume instances waiting for these customer events, exit instances on their exit event,
+        count goals; returns how many instances moved on."""
+        names = sorted({e.name for e in events})
+        listening = sorted({c.campaign_id for c in self.cache.journeys() if c.listens.intersection(names)})
+        now = self.clock.now()
+        found = await self.store.listening(
+            sorted({e.customer_id for e in events}), names, listening, now - GOAL_LOOKBACK
+        )
+        if not found:
+            return 0
+        by_customer: dict[str, list[tuple[Instance, str | None]]] = {}
+        for item in found:
+            by_customer.setdefault(item[0].customer_id, []).append(item)
+        resumed: list[Due] = []
+        for event in events:
+            occurred = timestamp_to_datetime(event.occurred_at)
+            for instance, waiting in by_customer.get(event.customer_id, []):
+                if event.event_id == instance.entry_event_id:
+                    continue
+                journey = await self._journey(instance.campaign_id, instance.version)
+                context = common_pb2.Event.FromString(instance.trigger).context
+                if (
+                    journey.goal is not None
+                    and instance.entered_at <= occurred <= instance.entered_at + journey.goal_window
+                    and journey.goal.matches(event, context)
+                ):
+                    await self.store.convert(instance.key, occurred)
+                if instance.status != 1:
+                    continue
+                if journey.exit_event is not None and journey.exit_event.matches(event, context):
+                    await self._exit(instance, now)
+                    continue
+                step = journey.steps.get(instance.step_id)
+                if (
+                    waiting
+                    and step is not None
+                    and step.event is not None
+                    and step.event.matches(event, context)
+                ):
+                    due = await self._arrive(journey, step, instance, now)
+                    if due is not None:
+                        resumed.append(due)
+        await self.fire(resumed)
+        return len(resumed)
+
+    async def _exit(self, instance: Instance, now: dt.datetime) -> None:
+        async with self.store.pool.acquire() as connection, connection.transaction():
+            locked = await self.store.instance(connection, instance.key, lock=True)
+            if locked is None or locked.status != 1:
+                return
+            await self.store.record_move(
+                connection, locked, Move("exited", final_status=EXITED), now, held=False
+            )
+
+    async def _arrive(
+        self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
+    ) -> Due | None:
+        """The awaited event arrived: record it and move on to the arrived path."""
+        move = await self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now)
+        async with self.store.pool.acquire() as connection, connection.transaction():
+            locked = await self.store.instance(connection, instance.key, lock=True)
+            if locked is None or locked.status != 1 or locked.step_id != step.step_id:
+                return None
+            state = await self.store.campaign_state(connection, instance.campaign_id, lock=True)
+            await self.store.record_move(connection, locked, move, now, held=state == PAUSED)
+        if move.next_step is not None and state != PAUSED and (move.due_at or now) <= now:
+            return Due(instance.key, move.due_at or now)
+        return None
+
+
+def step_event_id(entry_event_id: str, step_id: str) -> str:
+    """The ledger's event id of a journey's send step: the entry event's, with the step's id."""
+    return f"{entry_event_id}/{step_id}"
+
+
+async def journey_stats(store: JourneyStore, row: CampaignRow) -> campaigns_pb2.GetJourneyStatsResponse:
+    """A journey's counts per step (the current version's order first) and per split variant."""
+    reply = campaigns_pb2.GetJourneyStatsResponse()
+    spec = campaigns_pb2.Campaign.FromString(row.spec)
+    counts = {r["step_id"]: r for r in await store.step_counts(row.campaign_id)}
+    order = [s.step_id for s in spec.steps] + sorted(set(counts) - {s.step_id for s in spec.steps})
+    reasons: dict[str, dict[str, int]] = {}
+    for step_id, reason, count in await store.skip_reasons(row.campaign_id):
+        reasons.setdefault(step_id, {})[reason or "unknown"] = count
+    for step_id in order:
+        stats = campaigns_pb2.StepStats(step_id=step_id)
+        found = counts.get(step_id)
+        if found is not None:
+            for name in ("entered", "waiting", "sent", "skipped", "deferred", "exited", "converted"):
+                setattr(stats, name, found[name])
+        stats.reasons.update(reasons.get(step_id, {}))
+        reply.steps.append(stats)
+    for r in await store.variant_counts(row.campaign_id):
+        reply.variants.append(
+            campaigns_pb2.VariantStats(
+                step_id=r["step_id"],
+                variant=r["variant"].removeprefix("variant:"),
+                entered=r["entered"],
+                converted=r["converted"],
+            )
+        )
+    totals = await store.totals(row.campaign_id)
+    reply.active = totals.get(1, 0)
+    reply.completed = totals.get(COMPLETED, 0)
+    reply.exited = totals.get(EXITED, 0)
+    reply.cancelled = totals.get(CANCELLED, 0)
+    reply.converted = await store.converted(row.campaign_id)
+    return reply
