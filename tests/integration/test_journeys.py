@@ -318,3 +318,132 @@ async def test_instances_finish_on_the_version_they_started_on(  # type: ignore[
         await smtp_server.wait_for(2)
         by_recipient = {str(m["To"]): str(m["Subject"]) for m in smtp_server.messages}
         assert by_recipient == {"early@example.com": "Version one", "late@example.com": "Version two"}
+
+
+async def test_a_welcome_series_over_three_days_defers_quiet_hours_across_a_dst_change(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """Quiet hours 21:00-09:00 in Europe/Paris (the customer's time zone); Paris leaves summer
+    time on 2026-10-25 (03:00 CEST becomes 02:00 CET). The welcome e-mail due at 22:30 CEST
+    goes at 09:00 CEST; the tips due a day later at 08:00 CET (07:00 UTC, one hour earlier
+    in local time than the day before) wait for 09:00 CET = 08:00 UTC; the offer a day
+    later is outside quiet hours. Nothing is dropped; the ledger says why it waited."""
+    clock = ManualClock(dt.datetime(2026, 10, 23, 20, 30, tzinfo=dt.UTC))  # 22:30 CEST
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await customer(ingestion, "paris", time_zone="Europe/Paris")
+        series = campaigns_pb2.Campaign(
+            display_name="Welcome series",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="signed_up")
+            ),
+            entry_rule=campaigns_pb2.ENTRY_RULE_ONCE_EVER,
+            default_time_zone="America/New_York",
+            quiet_hours=campaigns_pb2.QuietHours(start="21:00", end="09:00"),
+            steps=[
+                email("welcome", "Welcome", "day1"),
+                wait("day1", DAY, "tips"),
+                email("tips", "Tips", "day2"),
+                wait("day2", DAY, "offer"),
+                email("offer", "Offer"),
+            ],
+        )
+        await start(campaigns, series, "welcome")
+        await track(served, ingestion, "paris", "signed_up", "signup")
+        assert await ledger(campaigns, "welcome") == [], "22:30 local is quiet: deferred, not sent"
+        assert by_step(await stats(campaigns, "welcome"))["welcome"].deferred == 1
+
+        async def sent_at(instant: dt.datetime) -> list[str]:
+            clock.set(instant - dt.timedelta(seconds=1))
+            assert await served.journeys.run_due() == 0, f"nothing due before {instant}"
+            clock.set(instant)
+            await served.journeys.run_due()
+            reply = await campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(campaign_id="welcome"))
+            return [d.event_id for d in reply.deliveries]
+
+        assert await sent_at(dt.datetime(2026, 10, 24, 7, 0, tzinfo=dt.UTC)) == [
+            "signup/welcome"
+        ]  # 09:00 CEST
+        # A day later is 07:00 UTC = 08:00 CET (after the change): quiet until 09:00 CET = 08:00 UTC.
+        clock.set(dt.datetime(2026, 10, 25, 7, 0, tzinfo=dt.UTC))
+        await served.journeys.run_due()
+        assert len(await ledger(campaigns, "welcome")) == 1
+        assert await sent_at(dt.datetime(2026, 10, 25, 8, 0, tzinfo=dt.UTC)) == [
+            "signup/tips",
+            "signup/welcome",
+        ]
+        assert await sent_at(dt.datetime(2026, 10, 26, 8, 0, tzinfo=dt.UTC)) == [
+            "signup/offer",
+            "signup/tips",
+            "signup/welcome",
+        ]
+        await smtp_server.wait_for(3)
+        reply = await campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(campaign_id="welcome"))
+        reasons = {d.event_id: d.reason for d in reply.deliveries}
+        assert all(d.status == campaigns_pb2.DELIVERY_STATUS_SENT for d in reply.deliveries)
+        assert reasons["signup/welcome"] == (
+            "deferred by quiet hours: due 2026-10-23 22:30 Europe/Paris, sent at 2026-10-24 09:00"
+        )
+        assert reasons["signup/tips"].startswith("deferred by quiet hours: due 2026-10-25 08:00 Europe/Paris")
+        assert reasons["signup/offer"] == ""
+        # Entered once ever: signing up again starts nothing.
+        await track(served, ingestion, "paris", "signed_up", "signup-again")
+        assert by_step(await stats(campaigns, "welcome"))["welcome"].entered == 1
+
+
+async def test_split_assignments_are_recorded_and_counted_per_variant(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, db
+) -> None:
+    """200 customers through a 50/40/10 split (10 a holdout control group): each assignment is
+    recorded once, matches the deterministic assignment function, and the control group gets
+    nothing."""
+    from eventline_campaigns.journey_model import Variant, assign_variant
+
+    clock = ManualClock()
+    async with service(campaigns_env, clock) as (served, campaigns):
+        split = campaigns_pb2.Campaign(
+            display_name="Split",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="joined")
+            ),
+            steps=[
+                campaigns_pb2.Step(
+                    step_id="ab",
+                    split=campaigns_pb2.SplitStep(
+                        variants=[
+                            campaigns_pb2.SplitVariant(name="a", weight=50, next_step_id="wait_a"),
+                            campaigns_pb2.SplitVariant(name="b", weight=40, next_step_id="wait_b"),
+                            campaigns_pb2.SplitVariant(name="holdout", weight=10, control=True),
+                        ]
+                    ),
+                ),
+                wait("wait_a", DAY),
+                wait("wait_b", DAY),
+            ],
+        )
+        await start(campaigns, split, "split")
+        ids = [f"s{i:03d}" for i in range(200)]
+        await db.copy_records_to_table("customers", records=[(c,) for c in ids], columns=["customer_id"])
+        events = [
+            (await ingestion.TrackCustomerEvent(customer_event(c, "joined", f"j-{c}"))).event for c in ids
+        ]
+        await served.engine.handle_customer_events(events)
+        variants = [
+            Variant("a", 50, "wait_a", False),
+            Variant("b", 40, "wait_b", False),
+            Variant("holdout", 10, "", True),
+        ]
+        expected: dict[str, int] = {}
+        for c in ids:
+            name = assign_variant("split", "ab", c, variants).name
+            expected[name] = expected.get(name, 0) + 1
+        reply = await stats(campaigns, "split")
+        assert {v.variant: v.entered for v in reply.variants} == expected
+        steps = by_step(reply)
+        assert steps["wait_a"].waiting == expected["a"] and steps["wait_b"].waiting == expected["b"]
+        assert reply.completed == expected["holdout"], "the control group ends at the split"
+        recorded = await db.fetch("SELECT customer_id, outcome FROM journey_steps WHERE step_id = 'ab'")
+        assert len(recorded) == 200
+        assert all(
+            r["outcome"] == f"variant:{assign_variant('split', 'ab', r['customer_id'], variants).name}"
+            for r in recorded
+        )
