@@ -447,3 +447,46 @@ async def test_split_assignments_are_recorded_and_counted_per_variant(  # type: 
             r["outcome"] == f"variant:{assign_variant('split', 'ab', r['customer_id'], variants).name}"
             for r in recorded
         )
+
+
+def doc_examples() -> list[dict[str, Any]]:
+    """The YAML examples of docs/journeys.md."""
+    import pathlib
+    import re
+
+    import yaml
+
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "journeys.md").read_text()
+    return [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+
+
+async def test_the_documented_journeys_are_accepted_and_the_cli_shows_the_tree(  # type: ignore[no-untyped-def]
+    campaigns_server, campaigns, ingestion, tmp_path, monkeypatch
+) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from eventline_cli.main import cli
+
+    monkeypatch.setenv("EVENTLINE_CAMPAIGNS_TARGET", f"127.0.0.1:{campaigns_server.port}")
+
+    async def run(*args: str) -> Any:
+        return await asyncio.to_thread(CliRunner().invoke, cli, list(args), catch_exceptions=False)
+
+    examples = doc_examples()
+    assert [e["display_name"] for e in examples] == ["Abandoned cart", "Welcome series"]
+    for example, campaign_id in zip(examples, ("abandoned_cart", "welcome"), strict=True):
+        path = tmp_path / f"{campaign_id}.yaml"
+        path.write_text(yaml.safe_dump(example))
+        created = await run("campaigns", "create", "-f", str(path), "--id", campaign_id)
+        assert created.exit_code == 0, created.output
+    assert (await run("campaigns", "activate", "abandoned_cart")).exit_code == 0
+    await customer(ingestion, "shopper")
+    await track(campaigns_server, ingestion, "shopper", "cart_updated", "cart-1", cart_id="c1")
+    shown = await run("campaigns", "journey", "abandoned_cart")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "wait_order: wait for order_placed (1 h) — entered 1 · waiting 1"
+    assert "  [timed out] reminder: send email — entered 0" in lines
+    assert "    [yes] nudge: send sms — entered 0" in lines
+    assert lines[-1] == "active 1 · completed 0 · exited 0 · cancelled 0 · converted 0"

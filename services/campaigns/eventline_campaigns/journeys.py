@@ -136,8 +136,9 @@ class JourneyRunner:
                     event.SerializeToString(deterministic=True),
                 )
             )
-        started = await self.store.enter(entries, self.clock.now())
-        await self.fire([Due(k, self.clock.now()) for k in started])
+        now = self.clock.now()
+        started = await self.store.enter(entries, now)
+        await self.fire([Due(k, now) for k in started])
         return started
 
     # --- due steps ---
