@@ -297,14 +297,7 @@ def _check_step(
         names: set[str] = set()
         for j, variant in enumerate(variants):
             vpath = f"{path}.split.variants[{j}]"
-            bad_name = check_id(
-                variant.name, f"{vpath}.name", "variant name", STEP_ID, "1 to 64 letters, digits, '_' or '-'"
-            )
-            if bad_name:
-                found.append(bad_name)
-            elif variant.name in names:
-                found.append(FieldViolation(f"{vpath}.name", f"variant name {variant.name!r} is used twice"))
-            names.add(variant.name)
+            found += _unique_name(variant.name, f"{vpath}.name", "variant name", names)
             if not 1 <= variant.weight <= MAX_WEIGHT:
                 found.append(FieldViolation(f"{vpath}.weight", f"must be from 1 to {MAX_WEIGHT:,}"))
             if variant.control and variant.next_step_id:
@@ -313,6 +306,16 @@ def _check_step(
                 )
             target(variant.next_step_id, f"split.variants[{j}].next_step_id")
     return found
+
+
+def _unique_name(name: str, path: str, what: str, seen: set[str]) -> list[FieldViolation]:
+    """A step id or variant name: of its grammar, and not used before (``seen`` gains it)."""
+    bad = check_id(name, path, what, STEP_ID, "1 to 64 letters, digits, '_' or '-'")
+    repeated = name in seen
+    seen.add(name)
+    if bad:
+        return [bad]
+    return [FieldViolation(path, f"{what} {name!r} is used twice")] if repeated else []
 
 
 def check_steps(
@@ -325,14 +328,7 @@ def check_steps(
     found: list[FieldViolation] = []
     ids: set[str] = set()
     for i, step in enumerate(steps):
-        bad = check_id(
-            step.step_id, f"{field}[{i}].step_id", "step id", STEP_ID, "1 to 64 letters, digits, '_' or '-'"
-        )
-        if bad:
-            found.append(bad)
-        elif step.step_id in ids:
-            found.append(FieldViolation(f"{field}[{i}].step_id", f"step id {step.step_id!r} is used twice"))
-        ids.add(step.step_id)
+        found += _unique_name(step.step_id, f"{field}[{i}].step_id", "step id", ids)
     for i, step in enumerate(steps):
         found += _check_step(step, f"{field}[{i}]", ids, check_action)
     if not found:

@@ -58,6 +58,7 @@ from eventline_campaigns.model import (
     CompiledCampaign,
     Trigger,
 )
+from eventline_campaigns.polling import poll
 from eventline_campaigns.repository import CampaignRepository, CampaignRow
 from eventline_shared import faults
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
@@ -154,17 +155,8 @@ class JourneyRunner:
             await self.fire(due)
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                fired = await self.run_due()
-            except Exception as exc:
-                log.warning("journey steps failed; trying again", extra={"error": repr(exc)[:300]})
-                fired = 0
-            if not fired:
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.poll_s)
-                except TimeoutError:
-                    pass
+        """Fire due steps every ``poll_s`` until ``shutdown`` (each round drains what is due)."""
+        await poll(self.run_due, self.poll_s, self._stop, "journey steps failed; trying again")
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -144,7 +144,9 @@ async def running(
             send_concurrency=settings.send_concurrency,
             unsubscribe_links=settings.unsubscribe,
         )
-        journeys = JourneyRunner(JourneyStore(pool, settings.lease_s), repository, cache, delivery, audience, clock)
+        journeys = JourneyRunner(
+            JourneyStore(pool, settings.lease_s), repository, cache, delivery, audience, clock
+        )
         engine = Engine(
             repository, cache, audience, delivery, fanout_batch=settings.fanout_batch, journeys=journeys
         )
