@@ -86,28 +86,45 @@ ON CONFLICT DO NOTHING
 RETURNING customer_id, campaign_id, entry_event_id
 """
 
-_STEP_ENTERED = """
+_KEYS = "$1::text[], $2::text[], $3::text[]"
+_MATCH = (
+    "t.customer_id = u.customer_id AND t.campaign_id = u.campaign_id AND t.entry_event_id = u.entry_event_id"
+)
+
+_STEP_ENTERED = f"""
 INSERT INTO journey_steps (customer_id, campaign_id, entry_event_id, step_id, entered_at)
-VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING
+SELECT u.*, $5 FROM unnest({_KEYS}, $4::text[]) AS u(customer_id, campaign_id, entry_event_id, step_id)
+ORDER BY 1, 2, 3, 4
+ON CONFLICT DO NOTHING
 """
 
-_STEP_DONE = """
-UPDATE journey_steps SET outcome = $5, reason = $6, finished_at = $7
-WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3 AND step_id = $4
+_STEP_DONE = f"""
+UPDATE journey_steps t SET outcome = u.outcome, reason = u.reason, finished_at = $7
+FROM unnest({_KEYS}, $4::text[], $5::text[], $6::text[])
+    AS u(customer_id, campaign_id, entry_event_id, step_id, outcome, reason)
+WHERE {_MATCH} AND t.step_id = u.step_id
 """
 
-_MOVE = """
-UPDATE journey_instances SET step_id = $4, waiting_event = $5, variant = coalesce($6, variant),
-    held_due_at = $7
-WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3
+_MOVE = f"""
+UPDATE journey_instances t SET step_id = u.step_id, waiting_event = u.waiting_event,
+    variant = coalesce(u.variant, t.variant), held_due_at = u.held_due_at
+FROM unnest({_KEYS}, $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+    AS u(customer_id, campaign_id, entry_event_id, step_id, waiting_event, variant, held_due_at)
+WHERE {_MATCH}
 """
 
 _FINISH = f"""
-UPDATE journey_instances SET status = $4, waiting_event = NULL, held_due_at = NULL, finished_at = $5,
-    variant = coalesce($6, variant),
-    entry_slot = CASE WHEN entry_slot = 'active' THEN NULL ELSE entry_slot END
-WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3 AND status = {ACTIVE:d}
+UPDATE journey_instances t SET status = u.status, waiting_event = NULL, held_due_at = NULL, finished_at = $6,
+    variant = coalesce(u.variant, t.variant),
+    entry_slot = CASE WHEN t.entry_slot = 'active' THEN NULL ELSE t.entry_slot END
+FROM unnest({_KEYS}, $4::smallint[], $5::text[]) AS u(customer_id, campaign_id, entry_event_id, status, variant)
+WHERE {_MATCH} AND t.status = {ACTIVE:d}
 """
+
+
+def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
+    """Rows as the column arrays an ``unnest`` statement takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 class JourneyStore:
@@ -160,86 +177,137 @@ class JourneyStore:
     async def instance(
         self, connection: Connection | asyncpg.Pool, key: InstanceKey, lock: bool = False
     ) -> Instance | None:
-        row = await connection.fetchrow(
-            f"SELECT {_INSTANCE_COLUMNS} FROM journey_instances "
-            f"WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3{' FOR UPDATE' if lock else ''}",
-            *key,
-        )
-        return Instance(*row) if row else None
+        return (await self.instances(connection, [key], lock)).get(key)
 
-    async def campaign_state(
-        self, connection: Connection | asyncpg.Pool, campaign_id: str, lock: bool = False
-    ) -> int:
-        """The campaign's state; with ``lock``, held (FOR SHARE) until the transaction ends, so that
-        a pause or archive waits for the step being recorded and then sees its outcome."""
-        state: int | None = await connection.fetchval(
-            f"SELECT state FROM campaigns WHERE campaign_id = $1{' FOR SHARE' if lock else ''}", campaign_id
+    async def instances(
+        self, connection: Connection | asyncpg.Pool, keys: Sequence[InstanceKey], lock: bool = False
+    ) -> dict[InstanceKey, Instance]:
+        """The instances of ``keys`` (those that exist); with ``lock``, locked in key order."""
+        if not keys:
+            return {}
+        ordered = sorted(set(keys))
+        rows = await connection.fetch(
+            f"SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))} "
+            "FROM journey_instances i "
+            "JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(customer_id, campaign_id, entry_event_id) "
+            "USING (customer_id, campaign_id, entry_event_id) "
+            f"ORDER BY i.customer_id, i.campaign_id, i.entry_event_id{' FOR UPDATE OF i' if lock else ''}",
+            [k[0] for k in ordered],
+            [k[1] for k in ordered],
+            [k[2] for k in ordered],
         )
-        return state or 0
+        found = [Instance(*r) for r in rows]
+        return {i.key: i for i in found}
+
+    async def campaign_states(
+        self, connection: Connection | asyncpg.Pool, campaign_ids: Sequence[str], lock: bool = False
+    ) -> dict[str, int]:
+        """The campaigns' states; with ``lock``, held (FOR SHARE) until the transaction ends, so
+        that a pause or archive waits for the steps being recorded and then sees them."""
+        rows = await connection.fetch(
+            "SELECT campaign_id, state FROM campaigns WHERE campaign_id = ANY($1::text[]) "
+            f"ORDER BY campaign_id{' FOR SHARE' if lock else ''}",
+            sorted(set(campaign_ids)),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def record_moves(
+        self, connection: Connection, moves: Sequence[tuple[Instance, Move, bool]], now: dt.datetime
+    ) -> None:
+        """Record the outcome of each instance's current step and move it on (in the caller's
+        transaction), a few statements for the whole batch. A ``held`` instance (its campaign
+        is paused) keeps its due time aside instead of a timer: resuming sets it again."""
+        done = [(*i.key, i.step_id, m.outcome, m.reason) for i, m, _ in moves if i.step_id != START]
+        if done:
+            await connection.execute(_STEP_DONE, *_columns(done), now)
+        finishing = [(i, m) for i, m, _ in moves if m.next_step is None]
+        going = [(i, m, held) for i, m, held in moves if m.next_step is not None]
+        if finishing:
+            await connection.execute(
+                _FINISH, *_columns([(*i.key, m.final_status, m.variant) for i, m in finishing]), now
+            )
+        if going:
+            await connection.execute(
+                _STEP_ENTERED, *_columns([(*i.key, m.next_step) for i, m, _ in going]), now
+            )
+            await connection.execute(
+                _MOVE,
+                *_columns(
+                    [
+                        (*i.key, m.next_step, m.waiting_event, m.variant, (m.due_at or now) if held else None)
+                        for i, m, held in going
+                    ]
+                ),
+            )
+        await self.timers.cancel_many(
+            connection, [i.key for i, _ in finishing] + [i.key for i, _, held in going if held]
+        )
+        await self.timers.set_each(connection, [(i.key, m.due_at or now) for i, m, held in going if not held])
 
     async def record_move(
         self, connection: Connection, instance: Instance, move: Move, now: dt.datetime, *, held: bool
     ) -> None:
-        """Record the outcome of the instance's current step and move it on (in the caller's
-        transaction). A ``held`` instance (its campaign is paused) keeps its due time aside
-        instead of a timer: resuming the campaign sets it again."""
-        key = instance.key
-        if instance.step_id != START:
-            await connection.execute(_STEP_DONE, *key, instance.step_id, move.outcome, move.reason, now)
-        if move.next_step is None:
-            await connection.execute(_FINISH, *key, move.final_status, now, move.variant)
-            await self.timers.cancel(connection, key)
-            return
-        await connection.execute(_STEP_ENTERED, *key, move.next_step, now)
-        due = move.due_at or now
-        await connection.execute(
-            _MOVE, *key, move.next_step, move.waiting_event, move.variant, due if held else None
-        )
-        if held:
-            await self.timers.cancel(connection, key)
-        else:
-            await self.timers.set(connection, key, due)
+        """``record_moves`` for one instance."""
+        await self.record_moves(connection, [(instance, move, held)], now)
 
-    async def hold(self, connection: Connection, key: InstanceKey, due_at: dt.datetime) -> None:
-        """Keep a due instance of a paused campaign where it is."""
-        await connection.execute(
-            "UPDATE journey_instances SET held_due_at = $4 "
-            "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3",
-            *key,
-            due_at,
-        )
+    async def hold(self, connection: Connection, held: Sequence[tuple[InstanceKey, dt.datetime]]) -> None:
+        """Keep due instances of a paused campaign where they are (their timers were taken)."""
+        if held:
+            await connection.executemany(
+                "UPDATE journey_instances SET held_due_at = $4 "
+                "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3",
+                [(*key, due_at) for key, due_at in held],
+            )
 
     async def defer(
-        self, connection: Connection, instance: Instance, until: dt.datetime, reason: str
+        self, connection: Connection, deferred: Sequence[tuple[Instance, dt.datetime, str]]
     ) -> None:
-        """A send step deferred by quiet hours: its timer moves to their end, the step says why."""
-        await connection.execute(
+        """Send steps deferred by quiet hours: their timers move to the hours' end, the steps say why."""
+        if not deferred:
+            return
+        await connection.executemany(
             "UPDATE journey_steps SET deferred = true, reason = $5 "
             "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3 AND step_id = $4",
-            *instance.key,
-            instance.step_id,
-            reason,
+            [(*i.key, i.step_id, reason) for i, _, reason in deferred],
         )
-        await self.timers.set(connection, instance.key, until)
+        await self.timers.set_each(connection, [(i.key, until) for i, until, _ in deferred])
 
-    async def step_reason(self, connection: Connection, instance: Instance) -> str:
-        value: str | None = await connection.fetchval(
-            "SELECT reason FROM journey_steps "
-            "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3 AND step_id = $4",
-            *instance.key,
-            instance.step_id,
-        )
-        return value or ""
-
-    async def deliveries(self, key: InstanceKey, event_id: str) -> list[tuple[int, str]]:
-        """(status, reason) of the ledger's deliveries of one send step."""
+    async def step_reasons(self, instances: Sequence[Instance]) -> dict[InstanceKey, str]:
+        """The reason recorded on each instance's current step (a quiet-hour deferral)."""
+        if not instances:
+            return {}
         rows = await self.pool.fetch(
-            "SELECT status, reason FROM deliveries WHERE customer_id = $1 AND campaign_id = $2 AND event_id = $3",
-            key[0],
-            key[1],
-            event_id,
+            "SELECT s.customer_id, s.campaign_id, s.entry_event_id, s.reason FROM journey_steps s "
+            "JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+            "AS k(customer_id, campaign_id, entry_event_id, step_id) "
+            "USING (customer_id, campaign_id, entry_event_id, step_id) WHERE s.reason <> ''",
+            [i.customer_id for i in instances],
+            [i.campaign_id for i in instances],
+            [i.entry_event_id for i in instances],
+            [i.step_id for i in instances],
         )
-        return [(r[0], r[1]) for r in rows]
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
+    async def deliveries(
+        self, sends: Sequence[tuple[InstanceKey, str]]
+    ) -> dict[InstanceKey, list[tuple[int, str]]]:
+        """(status, reason) of the ledger's deliveries of send steps, by instance: (instance, its
+        step's event id) pairs."""
+        if not sends:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT d.customer_id, d.campaign_id, k.entry_event_id, d.status, d.reason FROM deliveries d "
+            "JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[]) "
+            "AS k(customer_id, campaign_id, event_id, entry_event_id) USING (customer_id, campaign_id, event_id)",
+            [key[0] for key, _ in sends],
+            [key[1] for key, _ in sends],
+            [event_id for _, event_id in sends],
+            [key[2] for key, _ in sends],
+        )
+        found: dict[InstanceKey, list[tuple[int, str]]] = {}
+        for r in rows:
+            found.setdefault((r[0], r[1], r[2]), []).append((r[3], r[4]))
+        return found
 
     # --- events: waits, exits, goals ---
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from eventline.campaigns.v1 import campaigns_pb2
@@ -30,6 +30,9 @@ from eventline.common.v1 import common_pb2
 from eventline_campaigns.audience import Audience, AudienceUnresolvable
 from eventline_campaigns.campaign_cache import CampaignCache
 from eventline_campaigns.delivery import Delivery
+from eventline_campaigns.journey_model import (
+    ACTIVE as ACTIVE_INSTANCE,
+)
 from eventline_campaigns.journey_model import (
     CANCELLED,
     COMPLETED,
@@ -56,6 +59,7 @@ from eventline_campaigns.model import (
     QUIET_HOURS,
     SENT,
     CompiledCampaign,
+    Profile,
     Trigger,
 )
 from eventline_campaigns.polling import poll
@@ -86,13 +90,11 @@ class JourneyRunner:
     audience: Audience
     clock: Clock = SYSTEM_CLOCK
     batch: int = 500
-    concurrency: int = 16
     poll_s: float = 0.2
 
     def __post_init__(self) -> None:
         self._journeys: dict[tuple[str, str], Journey] = {}
         self._stop = asyncio.Event()
-        self._limit = asyncio.Semaphore(self.concurrency)
 
     # --- versions ---
 
@@ -162,64 +164,71 @@ class JourneyRunner:
         self._stop.set()
 
     async def fire(self, due: Sequence[Due]) -> None:
-        await asyncio.gather(*(self._fire_chain(d) for d in due))
+        """Run the steps of claimed timers, a batch at a time, then the steps after them that
+        are due at once."""
+        pending = list(due)
+        while pending:
+            batch, pending = pending[: self.batch], pending[self.batch :]
+            pending += await self._fire_batch(batch)
 
-    async def _fire_chain(self, due: Due | None) -> None:
-        """Run a due step, then the steps after it that are due at once."""
-        async with self._limit:
-            while due is not None:
-                due = await self._fire(due)
-
-    async def _fire(self, due: Due) -> Due | None:
-        key = (due.key[0], due.key[1], due.key[2])
-        instance = await self.store.instance(self.store.pool, key)
-        if instance is None or instance.status != 1:
-            async with self.store.pool.acquire() as connection:
-                await self.store.timers.take(connection, due)
-            return None
-        state = await self.store.campaign_state(self.store.pool, instance.campaign_id)
-        journey = await self._journey(instance.campaign_id, instance.version)
+    async def _fire_batch(self, due: Sequence[Due]) -> list[Due]:
         now = self.clock.now()
-        move: Move | None = None
-        deferral: tuple[dt.datetime, str] | None = None
-        if state not in (PAUSED, ARCHIVED):
-            if instance.step_id == START:
-                move = await self._enter_step(journey, instance, journey.first, Move("started"), now)
-            else:
-                step = journey.steps[instance.step_id]
-                result = await self._work(journey, step, instance, now)
-                if isinstance(result, tuple):
-                    deferral = result
-                else:
-                    move = result
+        by_key = {(d.key[0], d.key[1], d.key[2]): d for d in due}
+        instances = await self.store.instances(self.store.pool, list(by_key))
+        states = await self.store.campaign_states(
+            self.store.pool, [i.campaign_id for i in instances.values()]
+        )
+        live = [
+            i
+            for i in instances.values()
+            if i.status == ACTIVE_INSTANCE and states.get(i.campaign_id) not in (PAUSED, ARCHIVED)
+        ]
+        profiles = await self.repository.profiles(sorted({i.customer_id for i in live}))
+        results = await self._work(live, profiles, now)
         await faults.point("journeys.before_advance")
+        moves: list[tuple[Instance, Move, bool]] = []
+        deferred: list[tuple[Instance, dt.datetime, str]] = []
+        held: list[tuple[InstanceKey, dt.datetime]] = []
         async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instance(connection, key, lock=True)
-            if locked is None or locked.status != 1 or locked.step_id != instance.step_id:
-                return None
-            if not await self.store.timers.take(connection, due):
-                return None  # another worker ran it
-            state = await self.store.campaign_state(connection, instance.campaign_id, lock=True)
-            if state == ARCHIVED:
-                await self.store.record_move(
-                    connection, locked, Move("cancelled", final_status=CANCELLED), now, held=False
-                )
-                return None
-            if state == PAUSED and move is None:
-                await self.store.hold(connection, key, due.due_at)
-                return None
-            if deferral is not None:
-                await self.store.defer(connection, locked, deferral[0], deferral[1])
-                return None
-            assert move is not None
-            await self.store.record_move(connection, locked, move, now, held=state == PAUSED)
+            locked = await self.store.instances(connection, list(by_key), lock=True)
+            taken = await self.store.timers.take_many(connection, list(by_key.values()))
+            states = await self.store.campaign_states(
+                connection, [i.campaign_id for i in locked.values()], lock=True
+            )
+            for key, instance in locked.items():
+                seen = instances.get(key)
+                if key not in taken or instance.status != ACTIVE_INSTANCE or seen is None:
+                    continue  # another worker ran it, or the instance ended meanwhile
+                if seen.step_id != instance.step_id:
+                    continue
+                state = states.get(instance.campaign_id)
+                result = results.get(key)
+                if state == ARCHIVED:
+                    moves.append((instance, Move("cancelled", final_status=CANCELLED), False))
+                elif isinstance(result, tuple):
+                    deferred.append((instance, result[0], result[1]))
+                elif result is None:
+                    held.append((key, by_key[key].due_at))  # paused when the batch began
+                else:
+                    moves.append((instance, result, state == PAUSED))
+            await self.store.record_moves(connection, moves, now)
+            await self.store.defer(connection, deferred)
+            await self.store.hold(connection, held)
         await faults.point("journeys.after_advance")
-        if move.next_step is not None and state != PAUSED and (move.due_at or now) <= now:
-            return Due(key, move.due_at or now)
-        return None
+        return [
+            Due(instance.key, move.due_at or now)
+            for instance, move, paused in moves
+            if move.next_step is not None and not paused and (move.due_at or now) <= now
+        ]
 
-    async def _enter_step(
-        self, journey: Journey, instance: Instance, step_id: str, move: Move, now: dt.datetime
+    def _enter_step(
+        self,
+        journey: Journey,
+        instance: Instance,
+        step_id: str,
+        move: Move,
+        now: dt.datetime,
+        profile: Profile | None,
     ) -> Move:
         """``move`` going on to ``step_id`` (empty: the journey ends), due as that step says."""
         if not step_id:
@@ -231,97 +240,131 @@ class JourneyRunner:
                 due = now + step.duration
             else:
                 assert step.until_local is not None
-                zone = customer_zone(await self._attributes(instance.customer_id), journey.default_zone)
-                due = next_local_time(now, zone, step.until_local)
+                due = next_local_time(now, self._zone(journey, profile), step.until_local)
         elif step.kind == "wait_for_event":
             assert step.timeout is not None and step.event is not None
             due, waiting = now + step.timeout, step.event.event_name
         return Move(move.outcome, move.reason, step_id, due, waiting, move.variant, move.final_status)
 
-    async def _attributes(self, customer_id: str) -> dict[str, object]:
-        profile = (await self.repository.profiles([customer_id])).get(customer_id)
-        return python_values(decode_values(profile.attributes)) if profile else {}
+    @staticmethod
+    def _zone(journey: Journey, profile: Profile | None) -> dt.tzinfo:
+        attributes = python_values(decode_values(profile.attributes)) if profile else {}
+        return customer_zone(attributes, journey.default_zone)
 
     async def _work(
-        self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
-    ) -> Move | tuple[dt.datetime, str]:
-        """What the step due now comes to (safe to repeat), or (until, reason) to defer it."""
-        if step.kind == "wait":
-            return await self._enter_step(journey, instance, step.next_step, Move("done"), now)
-        if step.kind == "wait_for_event":
-            return await self._enter_step(journey, instance, step.timed_out_step, Move("timed_out"), now)
-        if step.kind == "exit":
-            return Move("exit")
-        if step.kind == "split":
-            variant = assign_variant(instance.campaign_id, step.step_id, instance.customer_id, step.variants)
-            nxt = "" if variant.control else variant.next_step
-            return await self._enter_step(
-                journey, instance, nxt, Move(f"variant:{variant.name}", variant=variant.name), now
+        self, live: Sequence[Instance], profiles: Mapping[str, Profile], now: dt.datetime
+    ) -> dict[InstanceKey, Move | tuple[dt.datetime, str]]:
+        """What each instance's step due now comes to (safe to repeat), or (until, reason) to
+        defer a send to the end of quiet hours."""
+        results: dict[InstanceKey, Move | tuple[dt.datetime, str]] = {}
+        branches: list[tuple[Journey, JourneyStep, Instance]] = []
+        sends: list[tuple[Journey, JourneyStep, Instance]] = []
+        for instance in live:
+            journey = await self._journey(instance.campaign_id, instance.version)
+            profile = profiles.get(instance.customer_id)
+
+            def enter(step_id: str, move: Move) -> Move:
+                return self._enter_step(journey, instance, step_id, move, now, profile)  # noqa: B023
+
+            if instance.step_id == START:
+                results[instance.key] = enter(journey.first, Move("started"))
+                continue
+            step = journey.steps[instance.step_id]
+            if step.kind == "wait":
+                results[instance.key] = enter(step.next_step, Move("done"))
+            elif step.kind == "wait_for_event":
+                results[instance.key] = enter(step.timed_out_step, Move("timed_out"))
+            elif step.kind == "exit":
+                results[instance.key] = Move("exit")
+            elif step.kind == "split":
+                variant = assign_variant(
+                    instance.campaign_id, step.step_id, instance.customer_id, step.variants
+                )
+                outcome = Move(f"variant:{variant.name}", variant=variant.name)
+                results[instance.key] = enter("" if variant.control else variant.next_step, outcome)
+            elif step.kind == "branch":
+                branches.append((journey, step, instance))
+            else:
+                sends.append((journey, step, instance))
+        verdicts = await asyncio.gather(*(self._branch(s, i, now) for _, s, i in branches))
+        for (journey, step, instance), (said, why) in zip(branches, verdicts, strict=True):
+            target = step.yes_step if said == "yes" else step.no_step
+            results[instance.key] = self._enter_step(
+                journey, instance, target, Move(said, why), now, profiles.get(instance.customer_id)
             )
+        results.update(await self._send(sends, profiles, now))
+        return results
+
+    async def _branch(self, step: JourneyStep, instance: Instance, now: dt.datetime) -> tuple[str, str]:
+        """("yes" or "no", reason) of a branch's filter for the customer now."""
+        assert step.filter is not None
         trigger_event = common_pb2.Event.FromString(instance.trigger)
-        if step.kind == "branch":
-            assert step.filter is not None
-            try:
-                held = await self.audience.match(
-                    step.filter,
-                    instance.customer_id,
-                    trigger_event.context,
-                    datetime_to_timestamp(now),
-                    trigger_event_id=trigger_event.event_id,
-                )
-            except AudienceUnresolvable as exc:
-                return await self._enter_step(
-                    journey,
-                    instance,
-                    step.no_step,
-                    Move("no", f"filter cannot be evaluated: {exc}"[:MAX_REASON]),
-                    now,
-                )
-            return await self._enter_step(
-                journey, instance, step.yes_step if held else step.no_step, Move("yes" if held else "no"), now
+        try:
+            held = await self.audience.match(
+                step.filter,
+                instance.customer_id,
+                trigger_event.context,
+                datetime_to_timestamp(now),
+                trigger_event_id=trigger_event.event_id,
             )
-        return await self._send(journey, step, instance, trigger_event, now)
+        except AudienceUnresolvable as exc:
+            return "no", f"filter cannot be evaluated: {exc}"[:MAX_REASON]
+        return ("yes" if held else "no"), ""
 
     async def _send(
         self,
-        journey: Journey,
-        step: JourneyStep,
-        instance: Instance,
-        event: common_pb2.Event,
+        sends: Sequence[tuple[Journey, JourneyStep, Instance]],
+        profiles: Mapping[str, Profile],
         now: dt.datetime,
-    ) -> Move | tuple[dt.datetime, str]:
-        assert step.action is not None
-        profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
-        if profile is None:
-            return Move("skipped", "customer erased")
-        note = ""
-        if journey.quiet is not None and journey.quiet.applies(step.action.channel):
-            zone = customer_zone(python_values(decode_values(profile.attributes)), journey.default_zone)
-            until = quiet_until(now, zone, journey.quiet)
-            if until is not None:
-                local = now.astimezone(zone)
-                return until, (
-                    f"{QUIET_HOURS}: due {local:%Y-%m-%d %H:%M} {zone}, "
-                    f"sent at {until.astimezone(zone):%Y-%m-%d %H:%M}"
-                )
-            async with self.store.pool.acquire() as connection:
-                note = await self.store.step_reason(connection, instance)
-        campaign = await self._send_campaign(journey, instance.campaign_id, step)
-        step_event = common_pb2.Event()
-        step_event.CopyFrom(event)
-        step_event.event_id = step_event_id(instance.entry_event_id, step.step_id)
-        await self.delivery.deliver([(campaign, Trigger.of(step_event), profile, "")], [note])
-        recorded = await self.store.deliveries(instance.key, step_event.event_id)
-        nxt = await self._enter_step(journey, instance, step.next_step, Move("sent"), now)
-        if any(status in (PENDING, SENT) for status, _ in recorded):
-            return nxt
-        reason = next((r for _, r in recorded if r), "not recorded")
-        return Move("skipped", reason[:MAX_REASON], nxt.next_step, nxt.due_at, nxt.waiting_event)
+    ) -> dict[InstanceKey, Move | tuple[dt.datetime, str]]:
+        """Send steps, all through one ``Delivery.deliver``; those inside quiet hours are deferred."""
+        results: dict[InstanceKey, Move | tuple[dt.datetime, str]] = {}
+        ready: list[tuple[Journey, JourneyStep, Instance, Profile]] = []
+        for journey, step, instance in sends:
+            assert step.action is not None
+            profile = profiles.get(instance.customer_id)
+            if profile is None:
+                results[instance.key] = Move("skipped", "customer erased")
+                continue
+            if journey.quiet is not None and journey.quiet.applies(step.action.channel):
+                zone = self._zone(journey, profile)
+                until = quiet_until(now, zone, journey.quiet)
+                if until is not None:
+                    results[instance.key] = (
+                        until,
+                        f"{QUIET_HOURS}: due {now.astimezone(zone):%Y-%m-%d %H:%M} {zone}, "
+                        f"sent at {until.astimezone(zone):%Y-%m-%d %H:%M}",
+                    )
+                    continue
+            ready.append((journey, step, instance, profile))
+        if not ready:
+            return results
+        # Only a journey with quiet hours can have deferred a send (its step then says why).
+        notes = await self.store.step_reasons([i for j, _, i, _ in ready if j.quiet is not None])
+        items = []
+        for journey, step, instance, profile in ready:
+            event = common_pb2.Event.FromString(instance.trigger)
+            event.event_id = step_event_id(instance.entry_event_id, step.step_id)
+            items.append(
+                (self._send_campaign(journey, instance.campaign_id, step), Trigger.of(event), profile, "")
+            )
+        await self.delivery.deliver(items, [notes.get(i.key, "") for _, _, i, _ in ready])
+        recorded = await self.store.deliveries(
+            [(i.key, step_event_id(i.entry_event_id, s.step_id)) for _, s, i, _ in ready]
+        )
+        for journey, step, instance, profile in ready:
+            found = recorded.get(instance.key, [])
+            if any(status in (PENDING, SENT) for status, _ in found):
+                outcome = Move("sent")
+            else:
+                outcome = Move("skipped", next((r for _, r in found if r), "not recorded")[:MAX_REASON])
+            results[instance.key] = self._enter_step(journey, instance, step.next_step, outcome, now, profile)
+        return results
 
-    async def _send_campaign(self, journey: Journey, campaign_id: str, step: JourneyStep) -> CompiledCampaign:
+    def _send_campaign(self, journey: Journey, campaign_id: str, step: JourneyStep) -> CompiledCampaign:
         """The campaign as the delivery path sees one send step: its one action, the campaign's
         frequency cap (as it is now), the version's transactional flag."""
-        current = await self.cache.current(campaign_id)
+        current = self.cache.active(campaign_id)
         assert step.action is not None
         return CompiledCampaign(
             campaign_id=campaign_id,
@@ -398,14 +441,16 @@ class JourneyRunner:
         self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
     ) -> Due | None:
         """The awaited event arrived: record it and move on to the arrived path."""
-        move = await self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now)
+        profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
+        move = self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now, profile)
         async with self.store.pool.acquire() as connection, connection.transaction():
             locked = await self.store.instance(connection, instance.key, lock=True)
-            if locked is None or locked.status != 1 or locked.step_id != step.step_id:
+            if locked is None or locked.status != ACTIVE_INSTANCE or locked.step_id != step.step_id:
                 return None
-            state = await self.store.campaign_state(connection, instance.campaign_id, lock=True)
-            await self.store.record_move(connection, locked, move, now, held=state == PAUSED)
-        if move.next_step is not None and state != PAUSED and (move.due_at or now) <= now:
+            states = await self.store.campaign_states(connection, [instance.campaign_id], lock=True)
+            paused = states.get(instance.campaign_id) == PAUSED
+            await self.store.record_move(connection, locked, move, now, held=paused)
+        if move.next_step is not None and not paused and (move.due_at or now) <= now:
             return Due(instance.key, move.due_at or now)
         return None
 
