@@ -490,3 +490,52 @@ async def test_the_documented_journeys_are_accepted_and_the_cli_shows_the_tree( 
     assert "  [timed out] reminder: send email — entered 0" in lines
     assert "    [yes] nudge: send sms — entered 0" in lines
     assert lines[-1] == "active 1 · completed 0 · exited 0 · cancelled 0 · converted 0"
+
+
+async def test_an_awaited_event_takes_the_arrived_path_and_a_wait_ends_at_a_local_time(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """Waiting for `paid` with `order_id = $order_id`: another order's event does not resume
+    it, the matching one does at once (arrived path); then a wait until 10:00 in the
+    customer's time zone (Asia/Tokyo, UTC+9) ends at 01:00 UTC."""
+    clock = ManualClock(dt.datetime(2026, 6, 1, 3, 0, tzinfo=dt.UTC))  # 12:00 in Tokyo
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await customer(ingestion, "tokyo", time_zone="Asia/Tokyo")
+        same_order = seg.Predicate(
+            field="order_id", operator=seg.OPERATOR_EQUALS, value=seg.Operand(reference="$order_id")
+        )
+        journey = campaigns_pb2.Campaign(
+            display_name="Thanks",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="ordered")
+            ),
+            steps=[
+                campaigns_pb2.Step(
+                    step_id="wait_paid",
+                    wait_for_event=campaigns_pb2.WaitForEventStep(
+                        event=campaigns_pb2.EventMatch(event_name="paid", context_predicates=[same_order]),
+                        timeout=duration(DAY),
+                        arrived_step_id="morning",
+                    ),
+                ),
+                campaigns_pb2.Step(
+                    step_id="morning",
+                    wait=campaigns_pb2.WaitStep(until_local_time="10:00", next_step_id="thanks"),
+                ),
+                email("thanks", "Thank you"),
+            ],
+        )
+        await start(campaigns, journey, "thanks")
+        await track(served, ingestion, "tokyo", "ordered", "o1", order_id="A")
+        await track(served, ingestion, "tokyo", "paid", "p-other", order_id="B")
+        assert by_step(await stats(campaigns, "thanks"))["wait_paid"].waiting == 1, "another order's payment"
+        await track(served, ingestion, "tokyo", "paid", "p-a", order_id="A")
+        steps = by_step(await stats(campaigns, "thanks"))
+        assert steps["wait_paid"].waiting == 0 and steps["morning"].waiting == 1
+        clock.set(dt.datetime(2026, 6, 2, 0, 59, 59, tzinfo=dt.UTC))
+        assert await served.journeys.run_due() == 0
+        clock.set(dt.datetime(2026, 6, 2, 1, 0, tzinfo=dt.UTC))  # 10:00 in Tokyo
+        assert await served.journeys.run_due() == 1
+        await smtp_server.wait_for(1)
+        assert [d[:2] for d in await ledger(campaigns, "thanks")] == [("tokyo", "o1/thanks")]
+        assert (await stats(campaigns, "thanks")).completed == 1
