@@ -446,7 +446,10 @@ class JourneyRunner:
         self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
     ) -> Due | None:
         """The awaited event arrived: record it and move on to the arrived path."""
-        profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
+        following = journey.steps.get(step.arrived_step)
+        profile = None
+        if following is not None and following.until_local is not None:  # only a local time needs the zone
+            profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
         move = self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now, profile)
         async with self.store.pool.acquire() as connection, connection.transaction():
             locked = await self.store.instance(connection, instance.key, lock=True)
