@@ -539,3 +539,27 @@ async def test_an_awaited_event_takes_the_arrived_path_and_a_wait_ends_at_a_loca
         await smtp_server.wait_for(1)
         assert [d[:2] for d in await ledger(campaigns, "thanks")] == [("tokyo", "o1/thanks")]
         assert (await stats(campaigns, "thanks")).completed == 1
+
+
+async def test_a_skipped_send_is_counted_with_its_reason_and_the_journey_goes_on(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, db
+) -> None:
+    clock = ManualClock()
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await db.execute("INSERT INTO customers (customer_id) VALUES ('silent')")  # no address, no consent
+        journey = campaigns_pb2.Campaign(
+            display_name="Nudge",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="idle")
+            ),
+            steps=[sms("text", "Hello", "later"), wait("later", HOUR)],
+        )
+        await start(campaigns, journey, "nudge")
+        await track(served, ingestion, "silent", "idle", "i1")
+        steps = by_step(await stats(campaigns, "nudge"))
+        assert (steps["text"].entered, steps["text"].sent, steps["text"].skipped) == (1, 0, 1)
+        assert dict(steps["text"].reasons) == {"no SMS consent": 1}
+        assert steps["later"].waiting == 1, "a skipped message does not stop the journey"
+        assert await ledger(campaigns, "nudge") == [
+            ("silent", "i1/text", "CHANNEL_SMS", "DELIVERY_STATUS_SKIPPED")
+        ]
