@@ -563,3 +563,50 @@ async def test_a_skipped_send_is_counted_with_its_reason_and_the_journey_goes_on
         assert await ledger(campaigns, "nudge") == [
             ("silent", "i1/text", "CHANNEL_SMS", "DELIVERY_STATUS_SKIPPED")
         ]
+
+
+async def test_a_step_whose_work_fails_keeps_its_timer_and_the_others_go_on(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server, db
+) -> None:
+    """Segmentation unreachable when a branch falls due: that step is not recorded and keeps its
+    claimed timer (it runs again once the claim's lease ends); a wait and a send of another
+    journey in the same batch go on."""
+    clock = ManualClock()
+    branchy = campaigns_pb2.Campaign(
+        display_name="Branchy",
+        trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="went")),
+        steps=[
+            wait("first", HOUR, "ask"),
+            campaigns_pb2.Step(
+                step_id="ask",
+                branch=campaigns_pb2.BranchStep(
+                    filter=seg.Filter(customer=seg.CustomerCondition(has_address=seg.CHANNEL_EMAIL)),
+                    yes_step_id="mail",
+                ),
+            ),
+            email("mail", "Branched"),
+        ],
+    )
+    plain = campaigns_pb2.Campaign(
+        display_name="Plain",
+        trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="went")),
+        steps=[wait("first", HOUR, "mail"), email("mail", "Plain")],
+    )
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await customer(ingestion, "walker")
+        await start(campaigns, branchy, "branchy")
+        await start(campaigns, plain, "plain")
+        await track(served, ingestion, "walker", "went", "w1")
+    clock.advance(2 * HOUR)
+    cut_off = campaigns_env(EVENTLINE_SEGMENTATION_ADDR="127.0.0.1:9")
+    async with running(Settings.from_env(cut_off), consume=False, clock=clock) as served:
+        assert await served.journeys.run_due() == 2
+    await smtp_server.wait_for(1)
+    assert [str(m["Subject"]) for m in smtp_server.messages] == ["Plain"]
+    at = {
+        r["campaign_id"]: r["step_id"]
+        for r in await db.fetch("SELECT campaign_id, step_id FROM journey_instances")
+    }
+    assert at == {"branchy": "ask", "plain": "mail"}
+    assert await db.fetchval("SELECT count(*) FROM journey_timers WHERE campaign_id = 'branchy'") == 1
+    assert await db.fetchval("SELECT outcome FROM journey_steps WHERE step_id = 'ask'") is None

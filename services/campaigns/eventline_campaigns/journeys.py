@@ -160,6 +160,8 @@ class JourneyRunner:
             await asyncio.gather(
                 *(self.fire(due[start : start + self.batch]) for start in range(0, len(due), self.batch))
             )
+            if len(due) < self.batch * self.parallel:
+                return total  # nothing else was due (a step that failed is not claimed again at once)
 
     async def run(self) -> None:
         """Fire due steps every ``poll_s`` until ``shutdown`` (each round drains what is due)."""
@@ -190,13 +192,18 @@ class JourneyRunner:
         ]
         profiles = await self.repository.profiles(sorted({i.customer_id for i in live}))
         results = await self._work(live, profiles, now)
+        # A step whose work failed (segmentation or a provider down) keeps its claimed timer: it
+        # runs again once the claim's lease ends; the batch's other steps go on.
+        failed = {i.key for i in live} - results.keys()
         await faults.point("journeys.before_advance")
         moves: list[tuple[Instance, Move, bool]] = []
         deferred: list[tuple[Instance, dt.datetime, str]] = []
         held: list[tuple[InstanceKey, dt.datetime]] = []
         async with self.store.pool.acquire() as connection, connection.transaction():
             locked = await self.store.instances(connection, list(by_key), lock=True)
-            taken = await self.store.timers.take_many(connection, list(by_key.values()))
+            taken = await self.store.timers.take_many(
+                connection, [d for k, d in by_key.items() if k not in failed]
+            )
             states = await self.store.campaign_states(
                 connection, [i.campaign_id for i in locked.values()], lock=True
             )
@@ -265,7 +272,11 @@ class JourneyRunner:
         branches: list[tuple[Journey, JourneyStep, Instance]] = []
         sends: list[tuple[Journey, JourneyStep, Instance]] = []
         for instance in live:
-            journey = await self._journey(instance.campaign_id, instance.version)
+            try:
+                journey = await self._journey(instance.campaign_id, instance.version)
+            except LookupError as exc:
+                _failed("load", [instance], exc)
+                continue
             profile = profiles.get(instance.customer_id)
 
             def enter(step_id: str, move: Move) -> Move:
@@ -291,13 +302,22 @@ class JourneyRunner:
                 branches.append((journey, step, instance))
             else:
                 sends.append((journey, step, instance))
-        verdicts = await asyncio.gather(*(self._branch(s, i, now) for _, s, i in branches))
-        for (journey, step, instance), (said, why) in zip(branches, verdicts, strict=True):
+        verdicts = await asyncio.gather(
+            *(self._branch(s, i, now) for _, s, i in branches), return_exceptions=True
+        )
+        for (journey, step, instance), verdict in zip(branches, verdicts, strict=True):
+            if isinstance(verdict, BaseException):
+                _failed("branch", [instance], verdict)
+                continue
+            said, why = verdict
             target = step.yes_step if said == "yes" else step.no_step
             results[instance.key] = self._enter_step(
                 journey, instance, target, Move(said, why), now, profiles.get(instance.customer_id)
             )
-        results.update(await self._send(sends, profiles, now))
+        try:
+            results.update(await self._send(sends, profiles, now))
+        except Exception as exc:
+            _failed("send", [i for _, _, i in sends], exc)
         return results
 
     async def _branch(self, step: JourneyStep, instance: Instance, now: dt.datetime) -> tuple[str, str]:
@@ -461,6 +481,13 @@ class JourneyRunner:
         if move.next_step is not None and not paused and (move.due_at or now) <= now:
             return Due(instance.key, move.due_at or now)
         return None
+
+
+def _failed(what: str, instances: Sequence[Instance], exc: BaseException) -> None:
+    log.warning(
+        "journey steps failed; they run again after their claim's lease",
+        extra={"work": what, "instances": len(instances), "error": repr(exc)[:300]},
+    )
 
 
 def step_event_id(entry_event_id: str, step_id: str) -> str:
