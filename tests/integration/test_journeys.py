@@ -610,3 +610,21 @@ async def test_a_step_whose_work_fails_keeps_its_timer_and_the_others_go_on(  # 
     assert at == {"branchy": "ask", "plain": "mail"}
     assert await db.fetchval("SELECT count(*) FROM journey_timers WHERE campaign_id = 'branchy'") == 1
     assert await db.fetchval("SELECT outcome FROM journey_steps WHERE step_id = 'ask'") is None
+
+
+async def test_an_exit_event_in_the_same_batch_as_the_trigger_ends_the_new_instance(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion
+) -> None:
+    clock = ManualClock()
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await customer(ingestion, "quick")
+        await start(campaigns, abandoned_cart(), "cart")
+        cart = (
+            await ingestion.TrackCustomerEvent(customer_event("quick", "cart_updated", "c", cart_id="q"))
+        ).event
+        paid = (
+            await ingestion.TrackCustomerEvent(customer_event("quick", "order_placed", "o", cart_id="q"))
+        ).event
+        await served.engine.handle_customer_events([cart, paid])  # one stream batch, in order
+        reply = await stats(campaigns, "cart")
+        assert (reply.active, reply.exited, reply.converted) == (0, 1, 1)

@@ -49,9 +49,13 @@ class Engine:
 
     async def handle_customer_events(self, events: Sequence[common_pb2.Event]) -> None:
         """Record and send the deliveries of a batch of customer events; enter customers into
-        triggered journeys and move on the journey instances these events concern."""
+        triggered journeys, then move on the journey instances these events concern (an
+        instance entered by an event of the batch sees the later ones)."""
+        await self._trigger(events)
         if self.journeys is not None and self.cache.journeys():
             await self.journeys.handle_events(events)
+
+    async def _trigger(self, events: Sequence[common_pb2.Event]) -> None:
         pairs: list[tuple[CompiledCampaign, Trigger]] = []
         for event in events:
             received = timestamp_to_datetime(event.received_at)

@@ -425,10 +425,13 @@ class JourneyRunner:
         for event in events:
             occurred = timestamp_to_datetime(event.occurred_at)
             for instance, waiting in by_customer.get(event.customer_id, []):
-                if event.event_id == instance.entry_event_id:
-                    continue
+                trigger = common_pb2.Event.FromString(instance.trigger)
+                if event.event_id == instance.entry_event_id or occurred < timestamp_to_datetime(
+                    trigger.occurred_at
+                ):
+                    continue  # the trigger itself, or an event before it
                 journey = await self._journey(instance.campaign_id, instance.version)
-                context = common_pb2.Event.FromString(instance.trigger).context
+                context = trigger.context
                 if (
                     journey.goal is not None
                     and instance.entered_at <= occurred <= instance.entered_at + journey.goal_window
