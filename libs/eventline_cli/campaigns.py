@@ -1,4 +1,4 @@
-"""``eventline campaigns create|update|get|list|activate|pause|preview|test-send|caps|set-cap`` and ``deliveries list``."""
+"""``eventline campaigns create|update|get|list|activate|pause|preview|journey|test-send|caps|set-cap`` and ``deliveries list``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import re
 
 import click
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
+from google.protobuf import duration_pb2
 from rich.console import Console
 from rich.table import Table
 
@@ -284,3 +285,110 @@ def list_deliveries(
             delivery.event_id,
         )
     Console(highlight=False).print(table)
+
+
+def _duration(d: duration_pb2.Duration) -> str:
+    seconds = d.seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _describe(step: campaigns_pb2.Step) -> str:
+    kind = step.WhichOneof("kind")
+    if kind == "send":
+        channel_name = step.send.action.WhichOneof("channel") or "?"
+        return f"send {channel_name}"
+    if kind == "wait":
+        if step.wait.until_local_time:
+            return f"wait until {step.wait.until_local_time} local"
+        return f"wait {_duration(step.wait.duration)}"
+    if kind == "wait_for_event":
+        return f"wait for {step.wait_for_event.event.event_name} ({_duration(step.wait_for_event.timeout)})"
+    if kind == "branch":
+        return "branch"
+    if kind == "split":
+        return "split"
+    return "exit"
+
+
+def _counts(stats: campaigns_pb2.StepStats | None) -> str:
+    if stats is None:
+        return "entered 0"
+    parts = [f"entered {stats.entered}"]
+    for name in ("waiting", "sent", "skipped", "deferred", "exited", "converted"):
+        if getattr(stats, name):
+            parts.append(f"{name} {getattr(stats, name)}")
+    return " · ".join(parts)
+
+
+def journey_tree(campaign: campaigns_pb2.Campaign, stats: campaigns_pb2.GetJourneyStatsResponse) -> list[str]:
+    """A journey as an indented tree, each step with its live counts; a step reached by several
+    paths is shown once, then referred to ("→ step_id")."""
+    steps = {s.step_id: s for s in campaign.steps}
+    counts = {s.step_id: s for s in stats.steps}
+    variants = {(v.step_id, v.variant): v for v in stats.variants}
+    lines: list[str] = []
+    shown: set[str] = set()
+
+    def paths(step: campaigns_pb2.Step) -> list[tuple[str, str]]:
+        kind = step.WhichOneof("kind")
+        if kind == "send":
+            return [("", step.send.next_step_id)]
+        if kind == "wait":
+            return [("", step.wait.next_step_id)]
+        if kind == "wait_for_event":
+            w = step.wait_for_event
+            return [("arrived", w.arrived_step_id), ("timed out", w.timed_out_step_id)]
+        if kind == "branch":
+            return [("yes", step.branch.yes_step_id), ("no", step.branch.no_step_id)]
+        if kind == "split":
+            out = []
+            for v in step.split.variants:
+                found = variants.get((step.step_id, v.name))
+                label = f"variant {v.name} (weight {v.weight}{', control' if v.control else ''}"
+                label += f", {found.entered} in, {found.converted} converted)" if found else ")"
+                out.append((label, v.next_step_id))
+            return out
+        return []
+
+    def show(step_id: str, depth: int, label: str) -> None:
+        pad = "  " * depth + (f"[{label}] " if label else "")
+        if not step_id:
+            if label:
+                lines.append(f"{pad}end")
+            return
+        if step_id in shown:
+            lines.append(f"{pad}→ {step_id}")
+            return
+        shown.add(step_id)
+        step = steps[step_id]
+        lines.append(f"{pad}{step_id}: {_describe(step)} — {_counts(counts.get(step_id))}")
+        branches = paths(step)
+        for sub_label, nxt in branches:
+            show(nxt, depth + (1 if len(branches) > 1 else 0), sub_label)
+
+    if campaign.steps:
+        show(campaign.steps[0].step_id, 0, "")
+    lines.append(
+        f"active {stats.active} · completed {stats.completed} · exited {stats.exited} · "
+        f"cancelled {stats.cancelled} · converted {stats.converted}"
+    )
+    return lines
+
+
+@campaigns.command()
+@click.argument("campaign_id")
+@click.pass_context
+def journey(ctx: click.Context, campaign_id: str) -> None:
+    """Show a journey as an indented tree of its steps with live counts."""
+    with channel(ctx, "campaigns") as opened:
+        stub = _stub(opened)
+        found = call(ctx, stub.GetCampaign, campaigns_pb2.GetCampaignRequest(campaign_id=campaign_id))
+        stats = call(ctx, stub.GetJourneyStats, campaigns_pb2.GetJourneyStatsRequest(campaign_id=campaign_id))
+    if not found.campaign.steps:
+        click.echo(f"{campaign_id} has no steps: a one-step campaign (see `eventline campaigns get`).")
+        return
+    for line in journey_tree(found.campaign, stats):
+        click.echo(line)

@@ -464,6 +464,23 @@ def check_trigger_predicates(found: Sequence[pb.Predicate], path: str) -> Checke
     return CheckedPredicates(tuple(p for p in checked if p), violations)
 
 
+def check_event_predicates(
+    found: Sequence[pb.Predicate], path: str, bindings: Mapping[str, common_pb2.Value] | None
+) -> CheckedPredicates:
+    """Check an event match's context predicates, whose operands may reference ``bindings``
+    (a journey's trigger context: ``cart_id EQUALS $cart_id``).
+
+    With ``bindings`` None (when a campaign is saved) references are accepted and left
+    out; otherwise an unbound reference is a violation (the predicates never hold).
+    """
+    checker = _Checker(bindings, max_operands=MAX_PREDICATES * MAX_IN_VALUES)
+    checked = checker.predicates(found, path)
+    violations = checker.result.violations
+    if checked is None or violations:
+        return CheckedPredicates((), violations)
+    return CheckedPredicates(tuple(p for p in checked if p), violations)
+
+
 def walk(node: Node) -> list[Node]:
     """The nodes of a tree in depth-first pre-order."""
     out: list[Node] = [node]

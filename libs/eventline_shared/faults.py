@@ -17,7 +17,9 @@ sent again with the same idempotency key when their lease expires) and
 stream entries are acknowledged: they are reprocessed, with no second
 provider call; the shared consumer group reaches it in segmentation too);
 ``segmentation.before_commit`` (real-time segments: a customer's transitions
-are written, their transaction not yet committed). With the
+are written, their transaction not yet committed); ``journeys.before_advance``
+(a journey step's work is done - a send recorded and sent, a branch evaluated -
+its outcome not yet recorded) and ``journeys.after_advance`` (recorded). With the
 variable unset (production), reaching a point is one dict lookup.
 """
 

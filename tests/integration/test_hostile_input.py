@@ -511,6 +511,7 @@ async def test_every_id_field_refuses_a_trailing_newline(ingestion, segmentation
         (campaigns.PauseCampaign, campaigns_pb2.PauseCampaignRequest(campaign_id="camp\n"), "campaign_id"),
         (campaigns.ArchiveCampaign, campaigns_pb2.ArchiveCampaignRequest(campaign_id="camp\n"), "campaign_id"),
         (campaigns.GetCampaignStats, campaigns_pb2.GetCampaignStatsRequest(campaign_id="camp\n"), "campaign_id"),
+        (campaigns.GetJourneyStats, campaigns_pb2.GetJourneyStatsRequest(campaign_id="camp\n"), "campaign_id"),
         (campaigns.UpdateCampaign, campaigns_pb2.UpdateCampaignRequest(campaign=renamed, update_mask=field_mask_pb2.FieldMask(paths=["display_name"])), "campaign.campaign_id"),
         (campaigns.PreviewMessage, campaigns_pb2.PreviewMessageRequest(campaign_id="camp\n", customer_id="c1"), "campaign_id"),
         (campaigns.PreviewMessage, campaigns_pb2.PreviewMessageRequest(campaign_id="camp", customer_id="c1\n"), "customer_id"),

@@ -72,3 +72,21 @@ def test_table_and_columns_must_be_plain_identifiers() -> None:
         TimerTable("timers; DROP TABLE customers", ["id"])
     with pytest.raises(ValueError):
         TimerTable("timers", [])
+
+
+async def test_timers_set_taken_and_cancelled_many_at_once(pool: asyncpg.Pool) -> None:
+    """``set_each`` (each key its own instant), ``take_many`` (only the claims that still stand)
+    and ``cancel_many``: what a runner firing a batch of timers in one transaction uses."""
+    timers = TimerTable("job_timers", ["job_id", "step"])
+    async with pool.acquire() as connection:
+        await timers.set_each(connection, [((f"j{i}", "s"), NOW - i * MINUTE) for i in range(6)])
+    claimed = await timers.claim(pool, NOW, 10)
+    assert sorted(d.key for d in claimed) == [(f"j{i}", "s") for i in range(6)]
+    async with pool.acquire() as connection, connection.transaction():
+        await timers.set(connection, ("j0", "s"), NOW + MINUTE)  # moved meanwhile: not taken
+        await timers.cancel_many(connection, [("j5", "s")])
+        taken = await timers.take_many(connection, claimed)
+        assert taken == {(f"j{i}", "s") for i in range(1, 5)}
+        assert await timers.take_many(connection, claimed) == frozenset(), "a timer is taken once"
+    assert await timers.next_due(pool) == NOW + MINUTE
+    assert await timers.claim(pool, NOW, 10) == []

@@ -75,6 +75,18 @@ class TimerTable:
             f"SELECT *, ${n + 1}::timestamptz, NULL::timestamptz FROM unnest({arrays}) "
             f"ON CONFLICT ({columns}) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL"
         )
+        self._set_each = (
+            f"INSERT INTO {self.table} ({columns}, due_at, claimed_until) "
+            f"SELECT *, NULL::timestamptz FROM unnest({arrays}, ${n + 1}::timestamptz[]) "
+            f"ON CONFLICT ({columns}) DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL"
+        )
+        pairs = " AND ".join(f"t.{c} = d.{c}" for c in self.keys)
+        self._cancel_many = f"DELETE FROM {self.table} t USING unnest({arrays}) AS d({columns}) WHERE {pairs}"
+        self._take_many = (
+            f"DELETE FROM {self.table} t USING unnest({arrays}, ${n + 1}::timestamptz[]) AS d({columns}, due_at) "
+            f"WHERE {pairs} AND t.due_at = d.due_at "
+            f"RETURNING {', '.join(f't.{c}' for c in self.keys)}"
+        )
         self._cancel = f"DELETE FROM {self.table} WHERE {matches}"
         self._take = f"DELETE FROM {self.table} WHERE {matches} AND due_at = ${n + 1} RETURNING true"
         self._claim = (
@@ -100,6 +112,35 @@ class TimerTable:
             return
         columns = list(zip(*sorted(tuple(k) for k in keys), strict=True))
         await connection.execute(self._set_many, *(list(c) for c in columns), due_at)
+
+    async def set_each(
+        self, connection: Connection, timers: Sequence[tuple[Sequence[str], dt.datetime]]
+    ) -> None:
+        """``set`` for many keys, each at its own instant, in one statement (keys in ascending
+        order; a key at most once)."""
+        if not timers:
+            return
+        ordered = sorted((tuple(key), due_at) for key, due_at in timers)
+        columns = list(zip(*(key for key, _ in ordered), strict=True))
+        await connection.execute(self._set_each, *(list(c) for c in columns), [due for _, due in ordered])
+
+    async def cancel_many(self, connection: Connection, keys: Sequence[Sequence[str]]) -> None:
+        """``cancel`` for many keys in one statement."""
+        if not keys:
+            return
+        columns = list(zip(*sorted(tuple(k) for k in keys), strict=True))
+        await connection.execute(self._cancel_many, *(list(c) for c in columns))
+
+    async def take_many(self, connection: Connection, due: Sequence[Due]) -> frozenset[tuple[str, ...]]:
+        """``take`` for many claimed timers in one statement: the keys of those taken."""
+        if not due:
+            return frozenset()
+        ordered = sorted(due, key=lambda d: d.key)
+        columns = list(zip(*(d.key for d in ordered), strict=True))
+        rows = await connection.fetch(
+            self._take_many, *(list(c) for c in columns), [d.due_at for d in ordered]
+        )
+        return frozenset(tuple(r[i] for i in range(len(self.keys))) for r in rows)
 
     async def cancel(self, connection: Connection, key: Sequence[str]) -> None:
         """Remove ``key``'s timer, if any."""

@@ -16,6 +16,7 @@ from eventline.common.v1 import common_pb2
 from eventline_campaigns import validation
 from eventline_campaigns.audience import Audience
 from eventline_campaigns.campaign_cache import CampaignCache
+from eventline_campaigns.journey_store import JourneyStore
 from eventline_campaigns.model import (
     ACTIVE,
     ARCHIVED,
@@ -44,7 +45,22 @@ from eventline_shared.errors import (
 from eventline_shared.paging import MAX_REPLY_BYTES
 from eventline_shared.values import datetime_to_timestamp
 
-UPDATABLE = frozenset({"display_name", "trigger", "audience", "actions", "frequency_cap", "transactional"})
+UPDATABLE = frozenset(
+    {
+        "display_name",
+        "trigger",
+        "audience",
+        "actions",
+        "frequency_cap",
+        "transactional",
+        "steps",
+        "entry_rule",
+        "exit_event",
+        "goal",
+        "default_time_zone",
+        "quiet_hours",
+    }
+)
 """The fields UpdateCampaign's mask may name."""
 OUTPUT_ONLY = ("state", "create_time", "update_time", "active_since")
 
@@ -127,6 +143,8 @@ class CampaignAdmin:
     limits: Limits
     clock: Clock = SYSTEM_CLOCK
     """Previews render at this clock's now."""
+    journeys: JourneyStore | None = None
+    """The journeys' instances: resuming releases those a pause held, archiving cancels them."""
 
     async def _changed(self) -> None:
         # This replica sees its own change at once; the others within a poll.
@@ -136,13 +154,16 @@ class CampaignAdmin:
         self, campaign: campaigns_pb2.Campaign, paths: Collection[str] | None
     ) -> None:
         """What only segmentation can check, of the fields ``paths`` names (all when None): the
-        audience filter, and that a segment trigger's segment exists and is real-time."""
+        audience filter, a segment trigger's segment (it exists and is real-time) and the
+        filters of a journey's branch steps."""
         if (paths is None or "audience" in paths) and campaign.HasField("audience"):
             await self.audience.validate(campaign.audience, "campaign.audience")
         if (paths is None or "trigger" in paths) and campaign.trigger.WhichOneof("kind") == "segment":
             await self.audience.require_realtime_segment(
                 campaign.trigger.segment.segment_id, "campaign.trigger.segment.segment_id"
             )
+        if paths is None or "steps" in paths:
+            await self._validate_branches(campaign)
 
     async def require(self, campaign_id: str, field: str = "campaign_id") -> CampaignRow:
         """The stored campaign; INVALID_ARGUMENT for a malformed id, NOT_FOUND for a missing one."""
@@ -193,8 +214,19 @@ class CampaignAdmin:
                 return latest
             name = campaigns_pb2.CampaignState.Name(latest.state).removeprefix("CAMPAIGN_STATE_").lower()
             raise FailedPrecondition(f"{_with_article(name)} campaign cannot be {transition.verb}")
+        if self.journeys is not None:
+            if transition.state == ACTIVE:
+                await self.journeys.release_held(campaign_id)
+            elif transition.state == ARCHIVED:
+                await self.journeys.cancel_all(campaign_id, self.clock.now())
         await self._changed()
         return row
+
+    async def _validate_branches(self, campaign: campaigns_pb2.Campaign) -> None:
+        """A branch's filter is checked by segmentation, as an audience is."""
+        for i, step in enumerate(campaign.steps):
+            if step.WhichOneof("kind") == "branch" and step.branch.HasField("filter"):
+                await self.audience.validate(step.branch.filter, f"campaign.steps[{i}].branch.filter")
 
     async def preview(
         self, campaign_id: str, customer_id: str, context: Mapping[str, common_pb2.Value]

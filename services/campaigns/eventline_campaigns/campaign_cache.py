@@ -44,6 +44,14 @@ class CampaignCache:
     def for_trigger(self, kind: int, name: str) -> list[CompiledCampaign]:
         return self._by_trigger.get((kind, name), [])
 
+    def active(self, campaign_id: str) -> CompiledCampaign | None:
+        """The campaign as cached, if it is active."""
+        return next((c for c in self._compiled.values() if c.campaign_id == campaign_id), None)
+
+    def journeys(self) -> list[CompiledCampaign]:
+        """The active campaigns that are journeys (they have steps)."""
+        return [c for c in self._compiled.values() if c.journey]
+
     async def current(self, campaign_id: str) -> CompiledCampaign | None:
         """The campaign as stored now (not as cached), if it is active."""
         row = await self.repository.get_campaign(campaign_id)

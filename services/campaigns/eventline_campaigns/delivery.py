@@ -101,7 +101,7 @@ class Delivery:
         suppressed = await self.suppressions.suppressed(suppressible(items))
         return await plan(self.rendering, items, suppressed, self.unsubscribe_links)
 
-    async def deliver(self, items: Sequence[PlanItem]) -> None:
+    async def deliver(self, items: Sequence[PlanItem], notes: Sequence[str] = ()) -> None:
         """Plan, record and send the deliveries of triggered campaigns to their customers.
 
         Campaigns with a frequency cap of their own have a transaction each (their customers
@@ -110,13 +110,21 @@ class Delivery:
         customers locked while counted), and the rest one statement. The caps across
         campaigns are read once per call to choose; the transaction reads them again and
         applies them.
+        ``notes`` (one per item, when given) become the reason of the item's pending
+        deliveries, kept once sent (a journey's quiet-hour deferral).
         """
         marketing = any(not campaign.transactional for campaign, _, _, _ in items)
         capped_channels = {c.channel for c in await self.repository.channel_caps()} if marketing else set()
         uncapped: list[tuple[str, str, Planned]] = []
         across: list[tuple[str, str, Planned]] = []
         capped = []
-        for (campaign, trigger, _, _), planned in zip(items, await self.plan(items), strict=True):
+        plans = await self.plan(items)
+        if notes:
+            plans = [
+                [replace(p, reason=note) if note and p.status == PENDING else p for p in planned]
+                for planned, note in zip(plans, notes, strict=True)
+            ]
+        for (campaign, trigger, _, _), planned in zip(items, plans, strict=True):
             if campaign.cap_max:
                 capped.append(
                     self.repository.record(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from eventline.common.v1 import common_pb2
 
@@ -20,6 +21,9 @@ from eventline_campaigns.fanout import FanOut, Keepalive, nothing
 from eventline_campaigns.model import CUSTOMER_TRIGGER, MAX_REASON, SYSTEM_TRIGGER, CompiledCampaign, Trigger
 from eventline_campaigns.repository import CampaignRepository
 from eventline_shared.values import timestamp_to_datetime
+
+if TYPE_CHECKING:
+    from eventline_campaigns.journeys import JourneyRunner
 
 
 class Engine:
@@ -33,15 +37,25 @@ class Engine:
         delivery: Delivery,
         *,
         fanout_batch: int = 1000,
+        journeys: JourneyRunner | None = None,
     ) -> None:
         self.repository = repository
         self.cache = cache
         self.audience = audience
         self.delivery = delivery
         self.fan_out = FanOut(delivery, cache, audience, batch=fanout_batch)
+        self.journeys = journeys
+        """Runs the campaigns that have steps; None where journeys do not run (tools)."""
 
     async def handle_customer_events(self, events: Sequence[common_pb2.Event]) -> None:
-        """Record and send the deliveries of a batch of customer events."""
+        """Record and send the deliveries of a batch of customer events; enter customers into
+        triggered journeys, then move on the journey instances these events concern (an
+        instance entered by an event of the batch sees the later ones)."""
+        await self._trigger(events)
+        if self.journeys is not None and self.cache.journeys():
+            await self.journeys.handle_events(events)
+
+    async def _trigger(self, events: Sequence[common_pb2.Event]) -> None:
         pairs: list[tuple[CompiledCampaign, Trigger]] = []
         for event in events:
             received = timestamp_to_datetime(event.received_at)
@@ -57,6 +71,12 @@ class Engine:
             return
         verdicts = await asyncio.gather(*(self._in_audience(c, t) for c, t in pairs))
         wanted = [(c, t, reason) for (c, t), (inside, reason) in zip(pairs, verdicts, strict=True) if inside]
+        if self.journeys is not None:
+            # A journey is entered by the customers of its audience (a skip reason: not entered).
+            entering = [(c, t) for c, t, reason in wanted if c.journey and not reason]
+            wanted = [(c, t, reason) for c, t, reason in wanted if not c.journey]
+            if entering:
+                await self.journeys.enter(entering)
         if not wanted:
             return
         profiles = await self.repository.profiles(sorted({t.event.customer_id for _, t, _ in wanted}))

@@ -53,6 +53,9 @@ ARCHIVED = campaigns_pb2.CAMPAIGN_STATE_ARCHIVED
 
 GRANTED = common_pb2.CONSENT_GRANTED
 
+QUIET_HOURS = "deferred by quiet hours"
+"""How the reason of a journey's message deferred by quiet hours starts (kept once it is sent)."""
+
 MAX_REASON = 1000
 """The longest reason a delivery keeps (why it was skipped, failed or is retried)."""
 
@@ -294,6 +297,12 @@ class CompiledCampaign:
     active_since: dt.datetime
     transactional: bool = False
     """No unsubscribe link in its e-mails (see Campaign.transactional)."""
+    journey: bool = False
+    """It has steps: a trigger enters the customer into a journey (``journeys.JourneyRunner``)."""
+    entry_rule: int = 0
+    """The journey's Campaign.entry_rule."""
+    listens: frozenset[str] = frozenset()
+    """The journey's exit and goal event names (of its current version)."""
 
     def triggered_by(self, event: common_pb2.Event, received_at: dt.datetime) -> bool:
         """Whether ``event`` triggers this campaign (name, kind, predicates, activation time)."""
@@ -353,4 +362,7 @@ def compile_campaign(
         cap_period_s=cap.period.ToTimedelta().total_seconds() if cap else 0.0,
         active_since=active_since,
         transactional=spec.transactional,
+        journey=len(spec.steps) > 0,
+        entry_rule=spec.entry_rule,
+        listens=frozenset(m.event_name for m in (spec.exit_event, spec.goal.event) if m.event_name),
     )

@@ -19,6 +19,8 @@ from eventline_campaigns.model import (
     EMAIL,
     MAX_REASON,
     PENDING,
+    QUIET_HOURS,
+    SENT,
     SKIPPED,
     SMS,
     SUPPRESSIBLE,
@@ -193,7 +195,8 @@ ON CONFLICT DO NOTHING
 _MARK = f"""
 UPDATE deliveries AS d SET
     status = u.status,
-    reason = u.reason,
+    -- A journey's quiet-hour deferral stays the reason of the message it deferred.
+    reason = CASE WHEN u.status = {SENT:d} AND d.reason LIKE '{QUIET_HOURS}%' THEN d.reason ELSE u.reason END,
     attempts = d.attempts + u.calls,
     message = CASE WHEN u.status = {PENDING:d} THEN d.message END,
     lease_until = CASE WHEN u.status = {PENDING:d} THEN now() + u.retry_s * interval '1 second' END,

@@ -19,6 +19,8 @@ from eventline_campaigns.delivery import Delivery
 from eventline_campaigns.engine import Engine
 from eventline_campaigns.erasure import SinkJanitor
 from eventline_campaigns.gauges import refresh_delivery_gauges
+from eventline_campaigns.journey_store import JourneyStore
+from eventline_campaigns.journeys import JourneyRunner
 from eventline_campaigns.model import EMAIL, PUSH, SMS, WEBHOOK, ChannelNumber, Message
 from eventline_campaigns.rendering import RenderPool
 from eventline_campaigns.repository import CampaignRepository
@@ -50,6 +52,7 @@ class RunningCampaigns:
     cache: CampaignCache
     channels: dict[ChannelNumber, Channel]
     rendering: RenderPool
+    journeys: JourneyRunner
 
 
 def build_channels(
@@ -142,7 +145,12 @@ async def running(
             send_concurrency=settings.send_concurrency,
             unsubscribe_links=settings.unsubscribe,
         )
-        engine = Engine(repository, cache, audience, delivery, fanout_batch=settings.fanout_batch)
+        journeys = JourneyRunner(
+            JourneyStore(pool, settings.lease_s), repository, cache, delivery, audience, clock
+        )
+        engine = Engine(
+            repository, cache, audience, delivery, fanout_batch=settings.fanout_batch, journeys=journeys
+        )
         consumer = ConsumerGroup(
             client,
             CampaignHandler(engine),
@@ -159,7 +167,15 @@ async def running(
             dependencies=dependencies,
         )
         await cache.refresh()
-        admin = CampaignAdmin(repository, audience, cache, rendering, settings.render_limits, clock=clock)
+        admin = CampaignAdmin(
+            repository,
+            audience,
+            cache,
+            rendering,
+            settings.render_limits,
+            clock=clock,
+            journeys=journeys.store,
+        )
         servicer = CampaignServicer(
             admin, await PageTokens.load(pool), TestSends(admin, delivery), settings.suppression
         )
@@ -181,6 +197,7 @@ async def running(
         tasks += [asyncio.create_task(janitor.run()) for janitor in janitors]
         if consume:
             tasks.append(asyncio.create_task(consumer.run()))
+            tasks.append(asyncio.create_task(journeys.run()))
         if settings.smtp_host and settings.unsubscribe is None:
             log.warning(
                 "marketing e-mails carry no List-Unsubscribe link: set EVENTLINE_UNSUBSCRIBE_URL and "
@@ -188,10 +205,11 @@ async def running(
             )
         log.info("campaigns serving", extra={"port": port, "consumer": settings.consumer_name})
         try:
-            yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering)
+            yield RunningCampaigns(server, port, consumer, engine, cache, channels, rendering, journeys)
         finally:
             await server.stop(common.shutdown_grace_s)
             consumer.shutdown()
+            journeys.shutdown()
             cache.shutdown()
             for janitor in janitors:
                 janitor.shutdown()

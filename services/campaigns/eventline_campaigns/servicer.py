@@ -19,6 +19,7 @@ from eventline_campaigns.campaign_admin import (
     Transition,
     to_proto,
 )
+from eventline_campaigns.journeys import journey_stats
 from eventline_campaigns.model import (
     ACTIVE,
     ARCHIVED,
@@ -307,6 +308,13 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 create_time=datetime_to_timestamp(sent.created_at),
             )
         )
+
+    async def GetJourneyStats(
+        self, request: campaigns_pb2.GetJourneyStatsRequest, context: Context
+    ) -> campaigns_pb2.GetJourneyStatsResponse:
+        row = await self.campaigns.require(request.campaign_id)
+        assert self.campaigns.journeys is not None
+        return await journey_stats(self.campaigns.journeys, row)
 
     # --- suppression and provider reports ---
 

@@ -10,6 +10,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import duration_pb2
 
+from eventline_campaigns.journey_model import check_journey_fields, check_steps
 from eventline_campaigns.model import CAPPABLE, EMAIL, PUSH, SMS, SUPPRESSIBLE, ChannelCap, ChannelNumber
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits, TemplateProblem, compile_template
 from eventline_predicates.filters import check_trigger_predicates
@@ -111,31 +112,39 @@ def _actions(
         if kind in seen:
             found.append(FieldViolation(f"{path}.{kind}", "at most one action per channel"))
         seen.add(kind)
-        if kind == "email":
-            email = action.email
-            for name, limit, html in _EMAIL_FIELDS:
-                found += _template(
-                    getattr(email, name), f"{path}.email.{name}", limit, html, name == "subject", limits
-                )
-            if not email.html_body and not email.text_body:
-                found.append(FieldViolation(f"{path}.email", "html_body or text_body is required"))
-        elif kind == "sms":
-            found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True, limits)
-        elif kind == "webhook":
-            found += _webhook_url(action.webhook.url, f"{path}.webhook.url")
-            found += _template(action.webhook.body, f"{path}.webhook.body", 100_000, False, True, limits)
-        else:
-            push = action.push
-            found += _template(push.title, f"{path}.push.title", 1000, False, True, limits)
-            found += _template(push.body, f"{path}.push.body", 4000, False, True, limits)
-            if len(push.data) > 20:
-                found.append(FieldViolation(f"{path}.push.data", "at most 20 data entries"))
-            for key, source in sorted(push.data.items()):
-                key_path = quote_path(f"{path}.push.data", key)
-                bad_key = check_code(key, key_path, "data key")
-                if bad_key:
-                    found.append(bad_key)
-                found += _template(source, key_path, 4000, False, True, limits)
+        found += _action(action, path, limits)
+    return found
+
+
+def _action(action: campaigns_pb2.Action, path: str, limits: Limits = DEFAULT_LIMITS) -> list[FieldViolation]:
+    """Violations of one action (its channel is set), under ``path``."""
+    found: list[FieldViolation] = []
+    kind = action.WhichOneof("channel")
+    if kind == "email":
+        email = action.email
+        for name, limit, html in _EMAIL_FIELDS:
+            found += _template(
+                getattr(email, name), f"{path}.email.{name}", limit, html, name == "subject", limits
+            )
+        if not email.html_body and not email.text_body:
+            found.append(FieldViolation(f"{path}.email", "html_body or text_body is required"))
+    elif kind == "sms":
+        found += _template(action.sms.text, f"{path}.sms.text", 2000, False, True, limits)
+    elif kind == "webhook":
+        found += _webhook_url(action.webhook.url, f"{path}.webhook.url")
+        found += _template(action.webhook.body, f"{path}.webhook.body", 100_000, False, True, limits)
+    else:
+        push = action.push
+        found += _template(push.title, f"{path}.push.title", 1000, False, True, limits)
+        found += _template(push.body, f"{path}.push.body", 4000, False, True, limits)
+        if len(push.data) > 20:
+            found.append(FieldViolation(f"{path}.push.data", "at most 20 data entries"))
+        for key, source in sorted(push.data.items()):
+            key_path = quote_path(f"{path}.push.data", key)
+            bad_key = check_code(key, key_path, "data key")
+            if bad_key:
+                found.append(bad_key)
+            found += _template(source, key_path, 4000, False, True, limits)
     return found
 
 
@@ -184,8 +193,23 @@ def check_campaign(
             found.append(FieldViolation(f"{field}.display_name", "must not contain NUL characters"))
     if wanted("trigger"):
         found += _trigger(campaign.trigger, f"{field}.trigger")
-    if wanted("actions"):
-        found += _actions(list(campaign.actions), f"{field}.actions", limits)
+    journey = len(campaign.steps) > 0
+    if wanted("actions") or wanted("steps"):
+        if not journey:
+            found += _actions(list(campaign.actions), f"{field}.actions", limits)
+        else:
+            if campaign.actions:
+                found.append(FieldViolation(f"{field}.actions", "must be empty when steps are set"))
+            found += check_steps(
+                list(campaign.steps), f"{field}.steps", lambda action, path: _action(action, path, limits)
+            )
+    if (
+        journey
+        and (wanted("trigger") or wanted("steps"))
+        and campaign.trigger.WhichOneof("kind") == "system_event"
+    ):
+        found.append(FieldViolation(f"{field}.trigger", "a journey (steps) is entered by a customer event"))
+    found += check_journey_fields(campaign, field, wanted)
     if wanted("frequency_cap") and campaign.HasField("frequency_cap"):
         found += _frequency_cap(campaign.frequency_cap, f"{field}.frequency_cap")
     return found

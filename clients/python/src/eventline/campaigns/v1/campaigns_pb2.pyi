@@ -31,6 +31,13 @@ class Channel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANNEL_PUSH: _ClassVar[Channel]
     CHANNEL_WEBHOOK: _ClassVar[Channel]
 
+class EntryRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENTRY_RULE_UNSPECIFIED: _ClassVar[EntryRule]
+    ENTRY_RULE_EVERY_TIME: _ClassVar[EntryRule]
+    ENTRY_RULE_ONCE_EVER: _ClassVar[EntryRule]
+    ENTRY_RULE_ONCE_AT_A_TIME: _ClassVar[EntryRule]
+
 class DeliveryStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DELIVERY_STATUS_UNSPECIFIED: _ClassVar[DeliveryStatus]
@@ -66,6 +73,10 @@ CHANNEL_EMAIL: Channel
 CHANNEL_SMS: Channel
 CHANNEL_PUSH: Channel
 CHANNEL_WEBHOOK: Channel
+ENTRY_RULE_UNSPECIFIED: EntryRule
+ENTRY_RULE_EVERY_TIME: EntryRule
+ENTRY_RULE_ONCE_EVER: EntryRule
+ENTRY_RULE_ONCE_AT_A_TIME: EntryRule
 DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus
 DELIVERY_STATUS_PENDING: DeliveryStatus
 DELIVERY_STATUS_SENT: DeliveryStatus
@@ -180,7 +191,7 @@ class FrequencyCap(_message.Message):
     def __init__(self, max_sends: _Optional[int] = ..., period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since", "transactional")
+    __slots__ = ("campaign_id", "display_name", "state", "trigger", "audience", "actions", "frequency_cap", "create_time", "update_time", "active_since", "transactional", "steps", "entry_rule", "exit_event", "goal", "default_time_zone", "quiet_hours")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +203,12 @@ class Campaign(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SINCE_FIELD_NUMBER: _ClassVar[int]
     TRANSACTIONAL_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_RULE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_EVENT_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    QUIET_HOURS_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     display_name: str
     state: CampaignState
@@ -203,7 +220,119 @@ class Campaign(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     active_since: _timestamp_pb2.Timestamp
     transactional: bool
-    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transactional: _Optional[bool] = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[Step]
+    entry_rule: EntryRule
+    exit_event: EventMatch
+    goal: Goal
+    default_time_zone: str
+    quiet_hours: QuietHours
+    def __init__(self, campaign_id: _Optional[str] = ..., display_name: _Optional[str] = ..., state: _Optional[_Union[CampaignState, str]] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., audience: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ..., frequency_cap: _Optional[_Union[FrequencyCap, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transactional: _Optional[bool] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., entry_rule: _Optional[_Union[EntryRule, str]] = ..., exit_event: _Optional[_Union[EventMatch, _Mapping]] = ..., goal: _Optional[_Union[Goal, _Mapping]] = ..., default_time_zone: _Optional[str] = ..., quiet_hours: _Optional[_Union[QuietHours, _Mapping]] = ...) -> None: ...
+
+class EventMatch(_message.Message):
+    __slots__ = ("event_name", "context_predicates")
+    EVENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PREDICATES_FIELD_NUMBER: _ClassVar[int]
+    event_name: str
+    context_predicates: _containers.RepeatedCompositeFieldContainer[_segmentation_pb2.Predicate]
+    def __init__(self, event_name: _Optional[str] = ..., context_predicates: _Optional[_Iterable[_Union[_segmentation_pb2.Predicate, _Mapping]]] = ...) -> None: ...
+
+class Goal(_message.Message):
+    __slots__ = ("event", "window")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    event: EventMatch
+    window: _duration_pb2.Duration
+    def __init__(self, event: _Optional[_Union[EventMatch, _Mapping]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class QuietHours(_message.Message):
+    __slots__ = ("start", "end", "channels")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    start: str
+    end: str
+    channels: _containers.RepeatedScalarFieldContainer[Channel]
+    def __init__(self, start: _Optional[str] = ..., end: _Optional[str] = ..., channels: _Optional[_Iterable[_Union[Channel, str]]] = ...) -> None: ...
+
+class Step(_message.Message):
+    __slots__ = ("step_id", "send", "wait", "wait_for_event", "branch", "split", "exit")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_EVENT_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_FIELD_NUMBER: _ClassVar[int]
+    step_id: str
+    send: SendStep
+    wait: WaitStep
+    wait_for_event: WaitForEventStep
+    branch: BranchStep
+    split: SplitStep
+    exit: ExitStep
+    def __init__(self, step_id: _Optional[str] = ..., send: _Optional[_Union[SendStep, _Mapping]] = ..., wait: _Optional[_Union[WaitStep, _Mapping]] = ..., wait_for_event: _Optional[_Union[WaitForEventStep, _Mapping]] = ..., branch: _Optional[_Union[BranchStep, _Mapping]] = ..., split: _Optional[_Union[SplitStep, _Mapping]] = ..., exit: _Optional[_Union[ExitStep, _Mapping]] = ...) -> None: ...
+
+class SendStep(_message.Message):
+    __slots__ = ("action", "next_step_id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    action: Action
+    next_step_id: str
+    def __init__(self, action: _Optional[_Union[Action, _Mapping]] = ..., next_step_id: _Optional[str] = ...) -> None: ...
+
+class WaitStep(_message.Message):
+    __slots__ = ("duration", "until_local_time", "next_step_id")
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_LOCAL_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    duration: _duration_pb2.Duration
+    until_local_time: str
+    next_step_id: str
+    def __init__(self, duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., until_local_time: _Optional[str] = ..., next_step_id: _Optional[str] = ...) -> None: ...
+
+class WaitForEventStep(_message.Message):
+    __slots__ = ("event", "timeout", "arrived_step_id", "timed_out_step_id")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    event: EventMatch
+    timeout: _duration_pb2.Duration
+    arrived_step_id: str
+    timed_out_step_id: str
+    def __init__(self, event: _Optional[_Union[EventMatch, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., arrived_step_id: _Optional[str] = ..., timed_out_step_id: _Optional[str] = ...) -> None: ...
+
+class BranchStep(_message.Message):
+    __slots__ = ("filter", "yes_step_id", "no_step_id")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    YES_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    filter: _segmentation_pb2.Filter
+    yes_step_id: str
+    no_step_id: str
+    def __init__(self, filter: _Optional[_Union[_segmentation_pb2.Filter, _Mapping]] = ..., yes_step_id: _Optional[str] = ..., no_step_id: _Optional[str] = ...) -> None: ...
+
+class SplitVariant(_message.Message):
+    __slots__ = ("name", "weight", "next_step_id", "control")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    weight: int
+    next_step_id: str
+    control: bool
+    def __init__(self, name: _Optional[str] = ..., weight: _Optional[int] = ..., next_step_id: _Optional[str] = ..., control: _Optional[bool] = ...) -> None: ...
+
+class SplitStep(_message.Message):
+    __slots__ = ("variants",)
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    variants: _containers.RepeatedCompositeFieldContainer[SplitVariant]
+    def __init__(self, variants: _Optional[_Iterable[_Union[SplitVariant, _Mapping]]] = ...) -> None: ...
+
+class ExitStep(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("campaign", "campaign_id")
@@ -632,3 +761,68 @@ class SendTestMessageResponse(_message.Message):
     TEST_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     test_delivery: TestDelivery
     def __init__(self, test_delivery: _Optional[_Union[TestDelivery, _Mapping]] = ...) -> None: ...
+
+class GetJourneyStatsRequest(_message.Message):
+    __slots__ = ("campaign_id",)
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+
+class StepStats(_message.Message):
+    __slots__ = ("step_id", "entered", "waiting", "sent", "skipped", "reasons", "exited", "converted", "deferred")
+    class ReasonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
+    step_id: str
+    entered: int
+    waiting: int
+    sent: int
+    skipped: int
+    reasons: _containers.ScalarMap[str, int]
+    exited: int
+    converted: int
+    deferred: int
+    def __init__(self, step_id: _Optional[str] = ..., entered: _Optional[int] = ..., waiting: _Optional[int] = ..., sent: _Optional[int] = ..., skipped: _Optional[int] = ..., reasons: _Optional[_Mapping[str, int]] = ..., exited: _Optional[int] = ..., converted: _Optional[int] = ..., deferred: _Optional[int] = ...) -> None: ...
+
+class VariantStats(_message.Message):
+    __slots__ = ("step_id", "variant", "entered", "converted")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ENTERED_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_FIELD_NUMBER: _ClassVar[int]
+    step_id: str
+    variant: str
+    entered: int
+    converted: int
+    def __init__(self, step_id: _Optional[str] = ..., variant: _Optional[str] = ..., entered: _Optional[int] = ..., converted: _Optional[int] = ...) -> None: ...
+
+class GetJourneyStatsResponse(_message.Message):
+    __slots__ = ("steps", "variants", "active", "completed", "exited", "cancelled", "converted")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_FIELD_NUMBER: _ClassVar[int]
+    steps: _containers.RepeatedCompositeFieldContainer[StepStats]
+    variants: _containers.RepeatedCompositeFieldContainer[VariantStats]
+    active: int
+    completed: int
+    exited: int
+    cancelled: int
+    converted: int
+    def __init__(self, steps: _Optional[_Iterable[_Union[StepStats, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantStats, _Mapping]]] = ..., active: _Optional[int] = ..., completed: _Optional[int] = ..., exited: _Optional[int] = ..., cancelled: _Optional[int] = ..., converted: _Optional[int] = ...) -> None: ...

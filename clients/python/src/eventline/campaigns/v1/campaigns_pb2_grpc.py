@@ -144,6 +144,11 @@ class CampaignServiceStub:
                 request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
                 response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
                 _registered_method=True)
+        self.GetJourneyStats = channel.unary_unary(
+                '/eventline.campaigns.v1.CampaignService/GetJourneyStats',
+                request_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsRequest.SerializeToString,
+                response_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -339,6 +344,16 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJourneyStats(self, request, context):
+        """Counts a journey's instances per step and per split variant: entered,
+        waiting, sent, skipped (with reasons), deferred by quiet hours, exited
+        and converted. A campaign without steps has no journey counts (its
+        deliveries are counted by GetCampaignStats).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -426,6 +441,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.SendTestMessage,
                     request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.FromString,
                     response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.SerializeToString,
+            ),
+            'GetJourneyStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJourneyStats,
+                    request_deserializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsRequest.FromString,
+                    response_serializer=eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -912,6 +932,33 @@ class CampaignService:
             '/eventline.campaigns.v1.CampaignService/SendTestMessage',
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
             eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJourneyStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventline.campaigns.v1.CampaignService/GetJourneyStats',
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsRequest.SerializeToString,
+            eventline_dot_campaigns_dot_v1_dot_campaigns__pb2.GetJourneyStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
