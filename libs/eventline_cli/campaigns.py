@@ -208,6 +208,7 @@ def set_cap(ctx: click.Context, channel_name: str, max_sends: int, window: str |
 @click.option(
     "--channel", "channel_name", type=click.Choice(sorted(CHANNELS)), help="Which message (when several)."
 )
+@click.option("--step", "step_id", default="", help="A journey's send step (its message is sent).")
 @click.option("--context", "pairs", multiple=True, metavar="KEY=VALUE", help="Trigger context (repeatable).")
 @output_option
 @click.pass_context
@@ -217,12 +218,14 @@ def test_send(
     address: str,
     customer_id: str,
     channel_name: str | None,
+    step_id: str,
     pairs: tuple[str, ...],
     output: str,
 ) -> None:
     """Send one of the campaign's messages to an address, as a test (never in the stats)."""
     request = campaigns_pb2.SendTestMessageRequest(
         campaign_id=campaign_id,
+        step_id=step_id,
         address=address,
         sample_customer_id=customer_id,
         channel=CHANNELS[channel_name] if channel_name else campaigns_pb2.CHANNEL_UNSPECIFIED,

@@ -628,3 +628,53 @@ async def test_an_exit_event_in_the_same_batch_as_the_trigger_ends_the_new_insta
         await served.engine.handle_customer_events([cart, paid])  # one stream batch, in order
         reply = await stats(campaigns, "cart")
         assert (reply.active, reply.exited, reply.converted) == (0, 1, 1)
+
+
+async def test_journey_sends_keep_the_caps_across_campaigns(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """A journey's send step is a marketing message like any other: with one e-mail a week
+    allowed, a journey's e-mail after a one-step campaign's is skipped with the cap's reason."""
+    clock = ManualClock()
+    async with service(campaigns_env, clock) as (served, campaigns):
+        await customer(ingestion, "capped")
+        window = duration(7 * DAY)
+        await campaigns.SetChannelCaps(
+            campaigns_pb2.SetChannelCapsRequest(
+                caps=[
+                    campaigns_pb2.ChannelCap(channel=campaigns_pb2.CHANNEL_EMAIL, max_sends=1, window=window)
+                ]
+            )
+        )
+        news = campaigns_pb2.Campaign(
+            display_name="News",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="visited")
+            ),
+            actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="News", text_body="n"))],
+        )
+        await start(campaigns, news, "news")
+        series = campaigns_pb2.Campaign(
+            display_name="Series",
+            trigger=campaigns_pb2.Trigger(
+                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="signed_up")
+            ),
+            steps=[wait("pause", HOUR, "hello"), email("hello", "Hello")],
+        )
+        await start(campaigns, series, "series")
+        await served.cache.refresh()
+
+        await track(served, ingestion, "capped", "visited", "v1")
+        await smtp_server.wait_for(1)
+        await track(served, ingestion, "capped", "signed_up", "s1")
+        clock.advance(HOUR)
+        assert await served.journeys.run_due() == 1
+        reply = await campaigns.ListDeliveries(campaigns_pb2.ListDeliveriesRequest(campaign_id="series"))
+        [delivery] = reply.deliveries
+        assert (delivery.event_id, delivery.status, delivery.reason) == (
+            "s1/hello",
+            campaigns_pb2.DELIVERY_STATUS_SKIPPED,
+            "channel cap: 1 e-mail messages per 7 days",
+        )
+        assert by_step(await stats(campaigns, "series"))["hello"].skipped == 1
+        assert [m["Subject"] for m in smtp_server.messages] == ["News"]

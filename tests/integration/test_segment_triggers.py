@@ -12,6 +12,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
+from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 
 from eventline_cli import demo_campaigns
@@ -157,3 +158,42 @@ async def test_clients_cannot_send_the_transition_event_names(ingestion, name: s
     bad = error_details_pb2.BadRequest()
     assert reply.results[1].error.details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == ["events[1].customer_event.name"]
+
+
+async def test_entering_a_segment_starts_a_journey(  # type: ignore[no-untyped-def]
+    campaigns_server, campaigns, segmentation_server, segmentation, ingestion, smtp_server
+) -> None:
+    await save_segment(segmentation, "gold", realtime=True)
+    await segmentation_server.realtime.backfill_all()
+    journey = mail(on_segment("gold", pb.TRANSITION_KIND_ENTERED), "unused")
+    welcome = journey.actions.pop()
+    welcome.email.subject = "Welcome to {{ client.eventContext.segment_name }}"
+    journey.steps.extend(
+        [
+            campaigns_pb2.Step(
+                step_id="welcome", send=campaigns_pb2.SendStep(action=welcome, next_step_id="later")
+            ),
+            campaigns_pb2.Step(
+                step_id="later",
+                wait=campaigns_pb2.WaitStep(duration=Duration(seconds=86400), next_step_id="tips"),
+            ),
+            campaigns_pb2.Step(step_id="tips", send=campaigns_pb2.SendStep(action=welcome)),
+        ]
+    )
+    created = await campaigns.CreateCampaign(campaigns_pb2.CreateCampaignRequest(campaign=journey))
+    campaign_id = created.campaign.campaign_id
+    await campaigns.ActivateCampaign(campaigns_pb2.ActivateCampaignRequest(campaign_id=campaign_id))
+    await campaigns_server.cache.refresh()
+
+    async def welcomed() -> bool:
+        await segmentation_server.consumer.drain()
+        await campaigns_server.consumer.drain()
+        await campaigns_server.journeys.run_due()
+        return len(smtp_server.messages) >= 1
+
+    await set_plan(ingestion, "j1", "gold")
+    await eventually(welcomed, 60, "the journey's first step sent nothing")
+    assert [m["Subject"] for m in smtp_server.messages] == ["Welcome to Gold"]
+    stats = await campaigns.GetJourneyStats(campaigns_pb2.GetJourneyStatsRequest(campaign_id=campaign_id))
+    steps = {s.step_id: s for s in stats.steps}
+    assert (stats.active, steps["welcome"].sent, steps["later"].waiting) == (1, 1, 1)

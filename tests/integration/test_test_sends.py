@@ -216,6 +216,77 @@ async def test_bad_test_sends_are_refused_with_the_field_at_fault(
     assert set(fields) == {"channel"}
     code, fields = await refused(channel=campaigns_pb2.CHANNEL_PUSH, address="token")
     assert set(fields) == {"channel"}  # the campaign has no push message
-    code, fields = await refused(channel=EMAIL, address="", step_id="s1", campaign_id="bad id")
+    code, fields = await refused(channel=EMAIL, step_id="no such step")
+    assert set(fields) == {"step_id"}  # the campaign has no steps
+    code, fields = await refused(channel=EMAIL, address="", step_id="bad step!", campaign_id="bad id")
     assert set(fields) == {"address", "step_id", "campaign_id"}
     assert smtp_server.messages == []
+
+
+async def test_a_journey_step_is_previewed_and_test_sent_by_its_step_id(
+    campaigns: campaigns_pb2_grpc.CampaignServiceStub, ingestion: Any, smtp_server: SmtpInbox
+) -> None:
+    await sample_customer(ingestion)
+    wait = duration_pb2.Duration(seconds=86400)
+    journey = campaigns_pb2.Campaign(
+        display_name="Series",
+        trigger=campaigns_pb2.Trigger(
+            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="SignedUp")
+        ),
+        steps=[
+            campaigns_pb2.Step(
+                step_id="day_1",
+                send=campaigns_pb2.SendStep(
+                    action=campaigns_pb2.Action(
+                        email=campaigns_pb2.EmailAction(
+                            subject="Day one, {{ client.attributes.first_name }}",
+                            text_body="code {{ client.eventContext.code }}",
+                        )
+                    ),
+                    next_step_id="later",
+                ),
+            ),
+            campaigns_pb2.Step(
+                step_id="later", wait=campaigns_pb2.WaitStep(duration=wait, next_step_id="day_2")
+            ),
+            campaigns_pb2.Step(
+                step_id="day_2",
+                send=campaigns_pb2.SendStep(
+                    action=campaigns_pb2.Action(
+                        email=campaigns_pb2.EmailAction(subject="Day two", text_body="two")
+                    )
+                ),
+            ),
+        ],
+    )
+    campaign_id = await create(campaigns, journey)
+    preview = await campaigns.PreviewMessage(
+        campaigns_pb2.PreviewMessageRequest(
+            campaign_id=campaign_id, customer_id="sample", context={"code": value("Q1")}, step_id="day_1"
+        )
+    )
+    [rendered] = preview.messages
+    assert (rendered.subject, rendered.text_body) == ("Day one, Sam", "code Q1")
+    reply = await campaigns.SendTestMessage(
+        campaigns_pb2.SendTestMessageRequest(
+            campaign_id=campaign_id, step_id="day_2", address="qa@example.com", sample_customer_id="sample"
+        )
+    )
+    assert (reply.test_delivery.status, reply.test_delivery.step_id) == (
+        campaigns_pb2.DELIVERY_STATUS_SENT,
+        "day_2",
+    )
+    await smtp_server.wait_for(1)
+    assert [m["Subject"] for m in smtp_server.messages] == ["Day two"]
+    for step_id in ("later", "nowhere"):  # a wait step has no message; an unknown step none either
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await campaigns.SendTestMessage(
+                campaigns_pb2.SendTestMessageRequest(
+                    campaign_id=campaign_id,
+                    step_id=step_id,
+                    address="qa@example.com",
+                    sample_customer_id="sample",
+                )
+            )
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(violations(error.value)) == {"step_id"}

@@ -16,6 +16,7 @@ from eventline.common.v1 import common_pb2
 from eventline_campaigns import validation
 from eventline_campaigns.audience import Audience
 from eventline_campaigns.campaign_cache import CampaignCache
+from eventline_campaigns.journey_model import send_step_action
 from eventline_campaigns.journey_store import JourneyStore
 from eventline_campaigns.model import (
     ACTIVE,
@@ -229,11 +230,21 @@ class CampaignAdmin:
                 await self.audience.validate(step.branch.filter, f"campaign.steps[{i}].branch.filter")
 
     async def preview(
-        self, campaign_id: str, customer_id: str, context: Mapping[str, common_pb2.Value]
+        self,
+        campaign_id: str,
+        customer_id: str,
+        context: Mapping[str, common_pb2.Value],
+        step_id: str = "",
     ) -> list[Planned]:
         """The campaign's messages to the customer, rendered now with ``context`` and sent nowhere:
-        ``planning.plan`` of every action, whatever the customer's consent and addresses."""
+        ``planning.plan`` of every action (or of the journey's send step ``step_id``), whatever
+        the customer's consent and addresses."""
         row = await self.require(campaign_id)
+        spec = campaigns_pb2.Campaign.FromString(row.spec)
+        if step_id:
+            action = send_step_action(spec, step_id)
+            del spec.actions[:]
+            spec.actions.append(action)
         profile = (await self.repository.profiles([customer_id])).get(customer_id)
         if profile is None:
             raise NotFound(f"customer {quote(customer_id)} does not exist")
@@ -242,7 +253,7 @@ class CampaignAdmin:
         campaign = compile_campaign(
             row.campaign_id,
             row.revision,
-            campaigns_pb2.Campaign.FromString(row.spec),
+            spec,
             row.active_since or now,
         )
         trigger = Trigger.of(sample_event(campaign.event_name, context, now))

@@ -26,7 +26,7 @@ from eventline_campaigns.model import ChannelNumber, CompiledAction, compile_act
 from eventline_predicates.evaluation import predicate_holds
 from eventline_predicates.filters import check_event_predicates
 from eventline_predicates.periods import time_zone
-from eventline_shared.errors import FieldViolation, InvalidArgument
+from eventline_shared.errors import FieldViolation, InvalidArgument, quote
 from eventline_shared.values import check_code, check_duration, check_id
 
 EntryRule: TypeAlias = campaigns_pb2.EntryRule
@@ -306,6 +306,20 @@ def _check_step(
                 )
             target(variant.next_step_id, f"split.variants[{j}].next_step_id")
     return found
+
+
+def check_step_id(step_id: str, path: str) -> FieldViolation | None:
+    """A step id as requests name one (PreviewMessage, SendTestMessage)."""
+    return check_id(step_id, path, "a step id", STEP_ID, "1 to 64 letters, digits, '_' or '-'")
+
+
+def send_step_action(spec: campaigns_pb2.Campaign, step_id: str) -> campaigns_pb2.Action:
+    """The action of the campaign's send step ``step_id``; INVALID_ARGUMENT naming ``step_id``
+    when the campaign has no such send step."""
+    for step in spec.steps:
+        if step.step_id == step_id and step.WhichOneof("kind") == "send":
+            return step.send.action
+    raise InvalidArgument([FieldViolation("step_id", f"the campaign has no send step {quote(step_id)}")])
 
 
 def _unique_name(name: str, path: str, what: str, seen: set[str]) -> list[FieldViolation]:

@@ -207,7 +207,9 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
         violations = validation.check_preview(request)
         bad_id = validation.check_campaign_id(request.campaign_id, "campaign_id")
         raise_if_any([*([bad_id] if bad_id else []), *violations])
-        planned = await self.campaigns.preview(request.campaign_id, request.customer_id, request.context)
+        planned = await self.campaigns.preview(
+            request.campaign_id, request.customer_id, request.context, request.step_id
+        )
         messages = []
         for p in planned:
             if p.message is None:

@@ -59,7 +59,7 @@ class TestSends:
         campaign has no message on the channel, or several and none is chosen, or when the
         address is not one of the channel's.
         """
-        rendered = await self.admin.preview(campaign_id, sample_customer_id, context)
+        rendered = await self.admin.preview(campaign_id, sample_customer_id, context, step_id)
         offered = [p.channel for p in rendered if p.channel in CAPPABLE]
         if not channel:
             if len(offered) != 1:

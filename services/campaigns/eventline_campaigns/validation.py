@@ -10,7 +10,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import duration_pb2
 
-from eventline_campaigns.journey_model import check_journey_fields, check_steps
+from eventline_campaigns.journey_model import check_journey_fields, check_step_id, check_steps
 from eventline_campaigns.model import CAPPABLE, EMAIL, PUSH, SMS, SUPPRESSIBLE, ChannelCap, ChannelNumber
 from eventline_campaigns.templates import DEFAULT_LIMITS, Limits, TemplateProblem, compile_template
 from eventline_predicates.filters import check_trigger_predicates
@@ -217,6 +217,8 @@ def check_campaign(
 
 def check_preview(request: campaigns_pb2.PreviewMessageRequest) -> list[FieldViolation]:
     found = [v for v in (check_customer_id(request.customer_id, "customer_id"),) if v]
+    if request.step_id and (bad := check_step_id(request.step_id, "step_id")):
+        found.append(bad)
     found += encode_values(request.context, "context").violations
     return found
 
@@ -297,8 +299,8 @@ def check_test_send(request: campaigns_pb2.SendTestMessageRequest) -> list[Field
         )
         if v
     ]
-    if request.step_id:
-        found.append(FieldViolation("step_id", "must be empty: campaigns have no steps yet"))
+    if request.step_id and (bad := check_step_id(request.step_id, "step_id")):
+        found.append(bad)
     if request.channel not in (campaigns_pb2.CHANNEL_UNSPECIFIED, *CAPPABLE):
         found.append(
             FieldViolation("channel", "must be CHANNEL_EMAIL, CHANNEL_SMS, CHANNEL_PUSH or unspecified")

@@ -429,7 +429,7 @@ class ArchiveCampaignResponse(_message.Message):
     def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ...) -> None: ...
 
 class PreviewMessageRequest(_message.Message):
-    __slots__ = ("campaign_id", "customer_id", "context")
+    __slots__ = ("campaign_id", "customer_id", "context", "step_id")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -440,10 +440,12 @@ class PreviewMessageRequest(_message.Message):
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     customer_id: str
     context: _containers.MessageMap[str, _common_pb2.Value]
-    def __init__(self, campaign_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., context: _Optional[_Mapping[str, _common_pb2.Value]] = ...) -> None: ...
+    step_id: str
+    def __init__(self, campaign_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., context: _Optional[_Mapping[str, _common_pb2.Value]] = ..., step_id: _Optional[str] = ...) -> None: ...
 
 class RenderedMessage(_message.Message):
     __slots__ = ("channel", "subject", "html_body", "text_body", "data", "error")
