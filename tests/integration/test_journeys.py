@@ -678,3 +678,28 @@ async def test_journey_sends_keep_the_caps_across_campaigns(  # type: ignore[no-
         )
         assert by_step(await stats(campaigns, "series"))["hello"].skipped == 1
         assert [m["Subject"] for m in smtp_server.messages] == ["News"]
+
+
+async def test_a_paused_journey_still_exits_and_converts_its_instances(  # type: ignore[no-untyped-def]
+    campaigns_env, ingestion, smtp_server
+) -> None:
+    """Pausing holds instances where they are, but a customer who orders meanwhile has left the
+    journey (exit event) and converted (goal): resuming sends them nothing. Even with no other
+    journey active, the paused one hears its events."""
+    clock = ManualClock()
+    async with service(campaigns_env, clock) as (served, campaigns):
+        for name in ("waits", "orders"):
+            await customer(ingestion, name)
+        await start(campaigns, abandoned_cart(), "cart")
+        for name in ("waits", "orders"):
+            await track(served, ingestion, name, "cart_updated", f"cart-{name}", cart_id=f"c-{name}")
+        await campaigns.PauseCampaign(campaigns_pb2.PauseCampaignRequest(campaign_id="cart"))
+        await track(served, ingestion, "orders", "order_placed", "order-1", cart_id="c-orders")
+        reply = await stats(campaigns, "cart")
+        assert (reply.active, reply.exited, reply.converted) == (1, 1, 1)
+
+        await campaigns.ActivateCampaign(campaigns_pb2.ActivateCampaignRequest(campaign_id="cart"))
+        clock.advance(2 * HOUR)
+        assert await served.journeys.run_due() == 1
+        await smtp_server.wait_for(1)
+        assert [d[:2] for d in await ledger(campaigns, "cart")] == [("waits", "cart-waits/reminder")]

@@ -1,4 +1,5 @@
-"""The active campaigns of every replica, by trigger, reloaded whenever any campaign changes."""
+"""The active campaigns of every replica, by trigger, and the journeys whose instances live
+(active or paused), reloaded whenever any campaign changes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline_campaigns.model import ACTIVE, CompiledCampaign, compile_campaign
 from eventline_campaigns.polling import poll
 from eventline_campaigns.repository import CampaignRepository, CampaignRow
+from eventline_shared.values import EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class CampaignCache:
         self._seen: tuple[int, int] | None = None
         self._compiled: dict[tuple[str, int], CompiledCampaign] = {}
         self._by_trigger: dict[tuple[int, str], list[CompiledCampaign]] = {}
+        self._paused_journeys: list[CompiledCampaign] = []
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -49,8 +52,9 @@ class CampaignCache:
         return next((c for c in self._compiled.values() if c.campaign_id == campaign_id), None)
 
     def journeys(self) -> list[CompiledCampaign]:
-        """The active campaigns that are journeys (they have steps)."""
-        return [c for c in self._compiled.values() if c.journey]
+        """The journeys (campaigns with steps) whose instances live: the active ones, and the
+        paused ones, whose instances are held but still exit, convert and hear awaited events."""
+        return [c for c in self._compiled.values() if c.journey] + self._paused_journeys
 
     async def current(self, campaign_id: str) -> CompiledCampaign | None:
         """The campaign as stored now (not as cached), if it is active."""
@@ -63,10 +67,23 @@ class CampaignCache:
             seen = await self.repository.campaigns_revision()
             if seen == self._seen:
                 return False
-            rows = await self.repository.active_campaigns()
+            rows = await self.repository.live_campaigns()
             loaded: dict[tuple[str, int], CompiledCampaign] = {}
             by_trigger: dict[tuple[int, str], list[CompiledCampaign]] = defaultdict(list)
+            paused: list[CompiledCampaign] = []
             for row in rows:
+                if row.state != ACTIVE:
+                    spec = campaigns_pb2.Campaign.FromString(row.spec)
+                    if spec.steps:
+                        try:
+                            paused.append(
+                                compile_campaign(
+                                    row.campaign_id, row.revision, spec, row.active_since or EPOCH
+                                )
+                            )
+                        except Exception:
+                            log.exception("cannot compile campaign", extra={"campaign_id": row.campaign_id})
+                    continue
                 key = (row.campaign_id, row.revision)
                 campaign = self._compiled.get(key)
                 if campaign is None:
@@ -80,6 +97,7 @@ class CampaignCache:
                 by_trigger[(campaign.kind, campaign.event_name)].append(campaign)
             self._compiled = loaded
             self._by_trigger = dict(by_trigger)
+            self._paused_journeys = paused
             self._seen = seen
             log.info("campaigns loaded", extra={"active": len(loaded), "revision": seen[0]})
             return True

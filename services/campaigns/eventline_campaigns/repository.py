@@ -18,6 +18,7 @@ from eventline_campaigns.model import (
     DRAFT,
     EMAIL,
     MAX_REASON,
+    PAUSED,
     PENDING,
     QUIET_HOURS,
     SENT,
@@ -368,8 +369,12 @@ class CampaignRepository:
         assert row is not None
         return row[0], row[1]
 
-    async def active_campaigns(self) -> list[CampaignRow]:
-        rows = await self.pool.fetch(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state = {ACTIVE:d}")
+    async def live_campaigns(self) -> list[CampaignRow]:
+        """The active and the paused campaigns (a paused journey's instances still hear its exit
+        and goal events, and the events they wait for)."""
+        rows = await self.pool.fetch(
+            f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE state IN ({ACTIVE:d}, {PAUSED:d})"
+        )
         return [_campaign(r) for r in rows]
 
     # --- customers ---
