@@ -50,7 +50,18 @@ import common
 import grpc
 import orjson
 import redis.asyncio as redis
-from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
+from common import (
+    POSTGRES_URL,
+    REDIS_URL,
+    backend_cpu,
+    cpu_seconds,
+    drop_database,
+    free_port,
+    fresh_database,
+    serving,
+    start_service,
+    stop,
+)
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
@@ -172,8 +183,22 @@ async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list
     return time.perf_counter() - started
 
 
-async def measure_callbacks(url: str, common: dict[str, str], count: int, gateway_workers: int) -> float:
-    """Provider callbacks per second through a gateway before the campaign service."""
+async def database_backends(url: str) -> list[int]:
+    """The pids of the PostgreSQL backends connected to the database of ``url``."""
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", url.rsplit("/", 1)[1])
+    finally:
+        await admin.close()
+    return [row["pid"] for row in rows]
+
+
+async def measure_callbacks(
+    url: str, common: dict[str, str], count: int, gateway_workers: int
+) -> dict[str, float]:
+    """Provider callbacks per second through a gateway before the campaign service, and the
+    CPU each callback cost the gateway, the campaign service and PostgreSQL (read from the
+    kernel around the measured round: less moved by a shared machine's load than the rate)."""
     delivery_ids = await seed_deliveries(url, count + 500)
     campaigns_port, gateway_port = free_port(), free_port()
     campaigns = start_service(
@@ -200,12 +225,22 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int, gatewa
     try:
         await serving(campaigns_port)
         endpoint = f"http://127.0.0.1:{gateway_port}"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
+        ) as session:
             await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
             target = endpoint + "/v1/callbacks/mailgun"
             bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
             await callbacks_round(session, target, bodies[:500])  # warm-up
+            backends = await database_backends(url)
+            before = (cpu_seconds(gateway.pid), cpu_seconds(campaigns.pid), backend_cpu(backends))
             seconds = await callbacks_round(session, target, bodies[500:])
+            # Backends opened during the round count whole (they had no CPU before it).
+            after = (
+                cpu_seconds(gateway.pid),
+                cpu_seconds(campaigns.pid),
+                backend_cpu(await database_backends(url)),
+            )
         connection = await asyncpg.connect(url)
         try:
             stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
@@ -214,7 +249,34 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int, gatewa
         assert stored == len(delivery_ids), f"{stored} deliveries have a report, expected {len(delivery_ids)}"
     finally:
         stop(gateway, campaigns)
-    return count / seconds
+    database_s = sum(t - before[2].get(pid, 0.0) for pid, t in after[2].items())
+    return {
+        "callbacks_per_s": count / seconds,
+        "gateway_cpu_us_per_callback": (after[0] - before[0]) * 1e6 / count,
+        "campaigns_cpu_us_per_callback": (after[1] - before[1]) * 1e6 / count,
+        "database_cpu_us_per_callback": database_s * 1e6 / count,
+    }
+
+
+def rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {
+        name: round(value) if name.endswith("_per_s") else round(value, 1) for name, value in figures.items()
+    }
+
+
+async def callbacks_only(quick: bool, gateway_workers: int) -> dict[str, Any]:
+    """Only the callbacks phase, on a fresh database (what a change to that path is measured by)."""
+    url = await fresh_database(DATABASE)
+    common = {
+        "EVENTLINE_DATABASE_URL": url,
+        "EVENTLINE_REDIS_URL": REDIS_URL,
+        "EVENTLINE_LOG_LEVEL": "WARNING",
+    }
+    try:
+        figures = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
+    finally:
+        await drop_database(DATABASE)
+    return {**rounded(figures), "gateway_workers": gateway_workers, "cpus": os.cpu_count() or 0}
 
 
 async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
@@ -274,7 +336,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
                     json_s += await json_round(session, track, *json_bodies)
                     grpc_s += await grpc_round(stub, grpc_batches)
             events = per_round * rounds
-        callbacks_per_s = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
+        callbacks = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
     finally:
         stop(gateway, ingestion)
         connection = redis.Redis.from_url(REDIS_URL)
@@ -288,7 +350,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
         "json_batch_events_per_s": round(json_per_s),
         "grpc_batch_events_per_s": round(grpc_per_s),
         "json_to_grpc_ratio": round(json_per_s / grpc_per_s, 3),
-        "callbacks_per_s": round(callbacks_per_s),
+        **rounded(callbacks),
         "gateway_workers": gateway_workers,
         "cpus": os.cpu_count() or 0,
     }
@@ -299,7 +361,19 @@ if __name__ == "__main__":
     parser.add_argument(
         "--gateway-workers", type=int, default=1, help="EVENTLINE_GATEWAY_WORKERS of the gateways (default 1)"
     )
+    parser.add_argument(
+        "--callbacks-only", action="store_true", help="only the callbacks phase (no JSON/gRPC ingest rounds)"
+    )
     arguments = parser.parse_args()
+    if arguments.callbacks_only:
+        result = asyncio.run(callbacks_only(arguments.quick, arguments.gateway_workers))
+        print(
+            f"provider callbacks: {result['callbacks_per_s']}/s (target >= 2,000); CPU per callback: "
+            f"gateway {result['gateway_cpu_us_per_callback']} µs, campaigns {result['campaigns_cpu_us_per_callback']} µs, "
+            f"PostgreSQL {result['database_cpu_us_per_callback']} µs"
+        )
+        print(json.dumps(result))
+        raise SystemExit(0)
     result = asyncio.run(main(arguments.quick, arguments.gateway_workers))
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "
