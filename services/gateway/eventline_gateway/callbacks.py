@@ -116,8 +116,12 @@ class CallbackSettings:
     """Sent on the gateway's own calls (these have no client key); needs the ``ingest`` scope."""
 
 
-RECORDING_CALLS = 4
-"""RecordDeliveryEvents calls in flight at once; the callbacks that arrive meanwhile go in the next."""
+RECORDING_CALLS = 1
+"""RecordDeliveryEvents calls in flight at once; the callbacks that arrive meanwhile go in the next.
+One: a burst then shares as few calls as it can. Per callback, each call costs both processes
+a gRPC round trip and the campaign service a statement and commit; with 4 in flight a burst of
+32 went out in groups of ~8, with 1 in groups of ~30, for about half the CPU per callback in
+the campaign service and PostgreSQL (docs/performance.md, "Provider callbacks")."""
 
 
 @dataclass
