@@ -40,6 +40,8 @@ import hmac
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -49,7 +51,9 @@ import asyncpg
 import common
 import grpc
 import orjson
+import psutil
 import redis.asyncio as redis
+from aiohttp import web
 from common import (
     POSTGRES_URL,
     REDIS_URL,
@@ -168,6 +172,46 @@ def mailgun_webhook(delivery_id: int, token: str) -> bytes:
     )
 
 
+def bare_http_server(port: int) -> None:
+    """The floor of the callback path: aiohttp serving the callback route as the gateway does
+    (access log off), with a handler that reads the body and answers as a recorded callback
+    does, verifying and recording nothing."""
+    reply = orjson.dumps({"recorded": 1, "unmatched": 0, "duplicates": 0})
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=reply, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/callbacks/{provider}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def bare_http_round(bodies: list[bytes]) -> tuple[float, float]:
+    """Callbacks per second and server CPU µs per callback of ``bare_http_server`` on the same
+    bodies, same concurrency and same client: what HTTP alone costs on this machine now."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--bare-http-server", str(port)])
+    try:
+        target = f"http://127.0.0.1:{port}/v1/callbacks/mailgun"
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
+        ) as session:
+            for _ in range(100):
+                try:
+                    await callbacks_round(session, target, bodies[:500])  # warm-up
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            cpu = cpu_seconds(server.pid)
+            seconds = await callbacks_round(session, target, bodies[500:])
+            cpu = cpu_seconds(server.pid) - cpu
+    finally:
+        stop(server)
+    count = len(bodies) - 500
+    return count / seconds, cpu * 1e6 / count
+
+
 async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
     """Seconds to POST every webhook, ``CALLBACKS_IN_FLIGHT`` at a time; each must be recorded."""
     queue = list(bodies)
@@ -233,6 +277,8 @@ async def measure_callbacks(
             bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
             await callbacks_round(session, target, bodies[:500])  # warm-up
             backends = await database_backends(url)
+            client = psutil.Process()
+            client_cpu = sum(client.cpu_times()[:2])
             before = (cpu_seconds(gateway.pid), cpu_seconds(campaigns.pid), backend_cpu(backends))
             seconds = await callbacks_round(session, target, bodies[500:])
             # Backends opened during the round count whole (they had no CPU before it).
@@ -241,6 +287,7 @@ async def measure_callbacks(
                 cpu_seconds(campaigns.pid),
                 backend_cpu(await database_backends(url)),
             )
+            client_cpu = sum(client.cpu_times()[:2]) - client_cpu
         connection = await asyncpg.connect(url)
         try:
             stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
@@ -249,12 +296,16 @@ async def measure_callbacks(
         assert stored == len(delivery_ids), f"{stored} deliveries have a report, expected {len(delivery_ids)}"
     finally:
         stop(gateway, campaigns)
+    bare_per_s, bare_cpu_us = await bare_http_round(bodies)
     database_s = sum(t - before[2].get(pid, 0.0) for pid, t in after[2].items())
     return {
         "callbacks_per_s": count / seconds,
         "gateway_cpu_us_per_callback": (after[0] - before[0]) * 1e6 / count,
         "campaigns_cpu_us_per_callback": (after[1] - before[1]) * 1e6 / count,
         "database_cpu_us_per_callback": database_s * 1e6 / count,
+        "client_cpu_us_per_callback": client_cpu * 1e6 / count,
+        "bare_http_callbacks_per_s": bare_per_s,
+        "bare_http_cpu_us_per_callback": bare_cpu_us,
     }
 
 
@@ -357,6 +408,9 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--bare-http-server"]:
+        bare_http_server(int(sys.argv[2]))
+        raise SystemExit(0)
     parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     parser.add_argument(
         "--gateway-workers", type=int, default=1, help="EVENTLINE_GATEWAY_WORKERS of the gateways (default 1)"
