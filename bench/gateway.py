@@ -23,13 +23,22 @@ campaign service's RecordDeliveryEvents (the callbacks that arrive while a call 
 share the next call and one PostgreSQL statement, each answered with its own outcome); every
 reply must say recorded 1, and the ledger must hold one report per delivery at the end.
 
+Beside the rate, the CPU each callback cost (read from the kernel around the measured round,
+less moved by a shared machine's load than the rate): ``gateway_cpu_us_per_callback``,
+``campaigns_cpu_us_per_callback``, ``database_cpu_us_per_callback`` (the PostgreSQL backends
+of the run's database) and ``client_cpu_us_per_callback`` (this process, the load generator,
+which shares the machine). Then the floor: the same bodies, client and concurrency against a
+bare aiohttp server that reads each body and answers without verifying or recording anything
+(``bare_http_callbacks_per_s``, ``bare_http_cpu_us_per_callback``): what HTTP alone costs on
+the machine at that moment. ``--callbacks-only`` runs only this phase.
+
 Both gateways run ``--gateway-workers`` processes on their port (``EVENTLINE_GATEWAY_WORKERS``,
 SO_REUSEPORT; default 1): one Python process serves HTTP on about one core, so on a host
 with idle cores more workers take more callbacks; on a 2-core machine already busy they
 gained nothing measurable (docs/performance.md), hence the default.
 
-Usage: python bench/gateway.py [--quick] [--gateway-workers N]. The last line printed is one
-JSON object.
+Usage: python bench/gateway.py [--quick] [--gateway-workers N] [--callbacks-only]. The last
+line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -54,18 +63,7 @@ import orjson
 import psutil
 import redis.asyncio as redis
 from aiohttp import web
-from common import (
-    POSTGRES_URL,
-    REDIS_URL,
-    backend_cpu,
-    cpu_seconds,
-    drop_database,
-    free_port,
-    fresh_database,
-    serving,
-    start_service,
-    stop,
-)
+from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
 
@@ -203,9 +201,9 @@ async def bare_http_round(bodies: list[bytes]) -> tuple[float, float]:
                     break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.1)
-            cpu = cpu_seconds(server.pid)
+            cpu = common.cpu_seconds(server.pid)
             seconds = await callbacks_round(session, target, bodies[500:])
-            cpu = cpu_seconds(server.pid) - cpu
+            cpu = common.cpu_seconds(server.pid) - cpu
     finally:
         stop(server)
     count = len(bodies) - 500
@@ -229,7 +227,7 @@ async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list
 
 async def database_backends(url: str) -> list[int]:
     """The pids of the PostgreSQL backends connected to the database of ``url``."""
-    admin = await asyncpg.connect(POSTGRES_URL)
+    admin = await asyncpg.connect(common.POSTGRES_URL)
     try:
         rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", url.rsplit("/", 1)[1])
     finally:
@@ -238,7 +236,7 @@ async def database_backends(url: str) -> list[int]:
 
 
 async def measure_callbacks(
-    url: str, common: dict[str, str], count: int, gateway_workers: int
+    url: str, env: dict[str, str], count: int, gateway_workers: int
 ) -> dict[str, float]:
     """Provider callbacks per second through a gateway before the campaign service, and the
     CPU each callback cost the gateway, the campaign service and PostgreSQL (read from the
@@ -248,7 +246,7 @@ async def measure_callbacks(
     campaigns = start_service(
         "campaigns",
         {
-            **common,
+            **env,
             "EVENTLINE_CAMPAIGNS_PORT": str(campaigns_port),
             "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{free_port()}",
             "EVENTLINE_CAMPAIGNS_DB_POOL_SIZE": "16",
@@ -258,7 +256,7 @@ async def measure_callbacks(
     gateway = start_service(
         "gateway",
         {
-            **common,
+            **env,
             "EVENTLINE_GATEWAY_PORT": str(gateway_port),
             "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
             "EVENTLINE_GATEWAY_REQUIRED_BACKENDS": "campaigns",
@@ -279,13 +277,17 @@ async def measure_callbacks(
             backends = await database_backends(url)
             client = psutil.Process()
             client_cpu = sum(client.cpu_times()[:2])
-            before = (cpu_seconds(gateway.pid), cpu_seconds(campaigns.pid), backend_cpu(backends))
+            before = (
+                common.cpu_seconds(gateway.pid),
+                common.cpu_seconds(campaigns.pid),
+                common.backend_cpu(backends),
+            )
             seconds = await callbacks_round(session, target, bodies[500:])
             # Backends opened during the round count whole (they had no CPU before it).
             after = (
-                cpu_seconds(gateway.pid),
-                cpu_seconds(campaigns.pid),
-                backend_cpu(await database_backends(url)),
+                common.cpu_seconds(gateway.pid),
+                common.cpu_seconds(campaigns.pid),
+                common.backend_cpu(await database_backends(url)),
             )
             client_cpu = sum(client.cpu_times()[:2]) - client_cpu
         connection = await asyncpg.connect(url)
@@ -318,13 +320,13 @@ def rounded(figures: dict[str, float]) -> dict[str, float]:
 async def callbacks_only(quick: bool, gateway_workers: int) -> dict[str, Any]:
     """Only the callbacks phase, on a fresh database (what a change to that path is measured by)."""
     url = await fresh_database(DATABASE)
-    common = {
+    env = {
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_LOG_LEVEL": "WARNING",
     }
     try:
-        figures = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
+        figures = await measure_callbacks(url, env, 5_000 if quick else 30_000, gateway_workers)
     finally:
         await drop_database(DATABASE)
     return {**rounded(figures), "gateway_workers": gateway_workers, "cpus": os.cpu_count() or 0}
@@ -336,7 +338,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
     url = await fresh_database(DATABASE)
     ingestion_port, gateway_port = free_port(), free_port()
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
-    common = {
+    env = {
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_STREAM": stream,
@@ -344,12 +346,12 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
     }
     ingestion = start_service(
         "ingestion",
-        {**common, "EVENTLINE_INGESTION_PORT": str(ingestion_port), "EVENTLINE_INGESTION_DB_POOL_SIZE": "16"},
+        {**env, "EVENTLINE_INGESTION_PORT": str(ingestion_port), "EVENTLINE_INGESTION_DB_POOL_SIZE": "16"},
     )
     gateway = start_service(
         "gateway",
         {
-            **common,
+            **env,
             "EVENTLINE_GATEWAY_PORT": str(gateway_port),
             "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
             "EVENTLINE_GATEWAY_WORKERS": str(gateway_workers),
@@ -387,7 +389,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
                     json_s += await json_round(session, track, *json_bodies)
                     grpc_s += await grpc_round(stub, grpc_batches)
             events = per_round * rounds
-        callbacks = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
+        callbacks = await measure_callbacks(url, env, 5_000 if quick else 30_000, gateway_workers)
     finally:
         stop(gateway, ingestion)
         connection = redis.Redis.from_url(REDIS_URL)
