@@ -185,6 +185,13 @@ def delivery_id(value: Any, field: str) -> str:
     return found.group(1)
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed_sha256(key: str) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with ``key`` and fed nothing: copied per request, it skips deriving
+    the inner and outer pads from the key each time (half the cost of ``hmac.new``)."""
+    return hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
@@ -274,9 +281,9 @@ def mailgun_reports(settings: CallbackSettings, body: bytes) -> tuple[list[campa
     if not isinstance(signed, dict):
         raise unauthenticated("the webhook carries no signature")
     timestamp, token = str(signed.get("timestamp", "")), str(signed.get("token", ""))
-    expected = hmac.new(
-        settings.mailgun_signing_key.encode(), (timestamp + token).encode(), hashlib.sha256
-    ).hexdigest()
+    mac = _keyed_sha256(settings.mailgun_signing_key).copy()
+    mac.update((timestamp + token).encode())
+    expected = mac.hexdigest()
     if not token or not hmac.compare_digest(expected.encode(), str(signed.get("signature", "")).encode()):
         raise unauthenticated("the signature does not match the timestamp and token")
     if not signatures.fresh(timestamp, settings.tolerance_s):
