@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from eventline_shared.dev import harness
 from eventline_shared.dev.harness import free_port as free_port
@@ -71,3 +72,28 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.terminate()
     for process in processes:
         process.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its children (worker processes), in seconds."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def backend_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend (same host) by pid."""
+    found = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        found[pid] = times.user + times.system
+    return found

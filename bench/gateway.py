@@ -23,13 +23,22 @@ campaign service's RecordDeliveryEvents (the callbacks that arrive while a call 
 share the next call and one PostgreSQL statement, each answered with its own outcome); every
 reply must say recorded 1, and the ledger must hold one report per delivery at the end.
 
+Beside the rate, the CPU each callback cost (read from the kernel around the measured round,
+less moved by a shared machine's load than the rate): ``gateway_cpu_us_per_callback``,
+``campaigns_cpu_us_per_callback``, ``database_cpu_us_per_callback`` (the PostgreSQL backends
+of the run's database) and ``client_cpu_us_per_callback`` (this process, the load generator,
+which shares the machine). Then the floor: the same bodies, client and concurrency against a
+bare aiohttp server that reads each body and answers without verifying or recording anything
+(``bare_http_callbacks_per_s``, ``bare_http_cpu_us_per_callback``): what HTTP alone costs on
+the machine at that moment. ``--callbacks-only`` runs only this phase.
+
 Both gateways run ``--gateway-workers`` processes on their port (``EVENTLINE_GATEWAY_WORKERS``,
 SO_REUSEPORT; default 1): one Python process serves HTTP on about one core, so on a host
 with idle cores more workers take more callbacks; on a 2-core machine already busy they
 gained nothing measurable (docs/performance.md), hence the default.
 
-Usage: python bench/gateway.py [--quick] [--gateway-workers N]. The last line printed is one
-JSON object.
+Usage: python bench/gateway.py [--quick] [--gateway-workers N] [--callbacks-only]. The last
+line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ import hmac
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -49,7 +60,9 @@ import asyncpg
 import common
 import grpc
 import orjson
+import psutil
 import redis.asyncio as redis
+from aiohttp import web
 from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from google.protobuf import json_format
@@ -157,6 +170,46 @@ def mailgun_webhook(delivery_id: int, token: str) -> bytes:
     )
 
 
+def bare_http_server(port: int) -> None:
+    """The floor of the callback path: aiohttp serving the callback route as the gateway does
+    (access log off), with a handler that reads the body and answers as a recorded callback
+    does, verifying and recording nothing."""
+    reply = orjson.dumps({"recorded": 1, "unmatched": 0, "duplicates": 0})
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=reply, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/callbacks/{provider}", handle)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def bare_http_round(bodies: list[bytes]) -> tuple[float, float]:
+    """Callbacks per second and server CPU µs per callback of ``bare_http_server`` on the same
+    bodies, same concurrency and same client: what HTTP alone costs on this machine now."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--bare-http-server", str(port)])
+    try:
+        target = f"http://127.0.0.1:{port}/v1/callbacks/mailgun"
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
+        ) as session:
+            for _ in range(100):
+                try:
+                    await callbacks_round(session, target, bodies[:500])  # warm-up
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            cpu = common.cpu_seconds(server.pid)
+            seconds = await callbacks_round(session, target, bodies[500:])
+            cpu = common.cpu_seconds(server.pid) - cpu
+    finally:
+        stop(server)
+    count = len(bodies) - 500
+    return count / seconds, cpu * 1e6 / count
+
+
 async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
     """Seconds to POST every webhook, ``CALLBACKS_IN_FLIGHT`` at a time; each must be recorded."""
     queue = list(bodies)
@@ -172,14 +225,28 @@ async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list
     return time.perf_counter() - started
 
 
-async def measure_callbacks(url: str, common: dict[str, str], count: int, gateway_workers: int) -> float:
-    """Provider callbacks per second through a gateway before the campaign service."""
+async def database_backends(url: str) -> list[int]:
+    """The pids of the PostgreSQL backends connected to the database of ``url``."""
+    admin = await asyncpg.connect(common.POSTGRES_URL)
+    try:
+        rows = await admin.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", url.rsplit("/", 1)[1])
+    finally:
+        await admin.close()
+    return [row["pid"] for row in rows]
+
+
+async def measure_callbacks(
+    url: str, env: dict[str, str], count: int, gateway_workers: int
+) -> dict[str, float]:
+    """Provider callbacks per second through a gateway before the campaign service, and the
+    CPU each callback cost the gateway, the campaign service and PostgreSQL (read from the
+    kernel around the measured round: less moved by a shared machine's load than the rate)."""
     delivery_ids = await seed_deliveries(url, count + 500)
     campaigns_port, gateway_port = free_port(), free_port()
     campaigns = start_service(
         "campaigns",
         {
-            **common,
+            **env,
             "EVENTLINE_CAMPAIGNS_PORT": str(campaigns_port),
             "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{free_port()}",
             "EVENTLINE_CAMPAIGNS_DB_POOL_SIZE": "16",
@@ -189,7 +256,7 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int, gatewa
     gateway = start_service(
         "gateway",
         {
-            **common,
+            **env,
             "EVENTLINE_GATEWAY_PORT": str(gateway_port),
             "EVENTLINE_CAMPAIGNS_ADDR": f"127.0.0.1:{campaigns_port}",
             "EVENTLINE_GATEWAY_REQUIRED_BACKENDS": "campaigns",
@@ -200,12 +267,29 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int, gatewa
     try:
         await serving(campaigns_port)
         endpoint = f"http://127.0.0.1:{gateway_port}"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)) as session:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
+        ) as session:
             await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
             target = endpoint + "/v1/callbacks/mailgun"
             bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
             await callbacks_round(session, target, bodies[:500])  # warm-up
+            backends = await database_backends(url)
+            client = psutil.Process()
+            client_cpu = sum(client.cpu_times()[:2])
+            before = (
+                common.cpu_seconds(gateway.pid),
+                common.cpu_seconds(campaigns.pid),
+                common.backend_cpu(backends),
+            )
             seconds = await callbacks_round(session, target, bodies[500:])
+            # Backends opened during the round count whole (they had no CPU before it).
+            after = (
+                common.cpu_seconds(gateway.pid),
+                common.cpu_seconds(campaigns.pid),
+                common.backend_cpu(await database_backends(url)),
+            )
+            client_cpu = sum(client.cpu_times()[:2]) - client_cpu
         connection = await asyncpg.connect(url)
         try:
             stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
@@ -214,7 +298,38 @@ async def measure_callbacks(url: str, common: dict[str, str], count: int, gatewa
         assert stored == len(delivery_ids), f"{stored} deliveries have a report, expected {len(delivery_ids)}"
     finally:
         stop(gateway, campaigns)
-    return count / seconds
+    bare_per_s, bare_cpu_us = await bare_http_round(bodies)
+    database_s = sum(t - before[2].get(pid, 0.0) for pid, t in after[2].items())
+    return {
+        "callbacks_per_s": count / seconds,
+        "gateway_cpu_us_per_callback": (after[0] - before[0]) * 1e6 / count,
+        "campaigns_cpu_us_per_callback": (after[1] - before[1]) * 1e6 / count,
+        "database_cpu_us_per_callback": database_s * 1e6 / count,
+        "client_cpu_us_per_callback": client_cpu * 1e6 / count,
+        "bare_http_callbacks_per_s": bare_per_s,
+        "bare_http_cpu_us_per_callback": bare_cpu_us,
+    }
+
+
+def rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {
+        name: round(value) if name.endswith("_per_s") else round(value, 1) for name, value in figures.items()
+    }
+
+
+async def callbacks_only(quick: bool, gateway_workers: int) -> dict[str, Any]:
+    """Only the callbacks phase, on a fresh database (what a change to that path is measured by)."""
+    url = await fresh_database(DATABASE)
+    env = {
+        "EVENTLINE_DATABASE_URL": url,
+        "EVENTLINE_REDIS_URL": REDIS_URL,
+        "EVENTLINE_LOG_LEVEL": "WARNING",
+    }
+    try:
+        figures = await measure_callbacks(url, env, 5_000 if quick else 30_000, gateway_workers)
+    finally:
+        await drop_database(DATABASE)
+    return {**rounded(figures), "gateway_workers": gateway_workers, "cpus": os.cpu_count() or 0}
 
 
 async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
@@ -223,7 +338,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
     url = await fresh_database(DATABASE)
     ingestion_port, gateway_port = free_port(), free_port()
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
-    common = {
+    env = {
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_STREAM": stream,
@@ -231,12 +346,12 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
     }
     ingestion = start_service(
         "ingestion",
-        {**common, "EVENTLINE_INGESTION_PORT": str(ingestion_port), "EVENTLINE_INGESTION_DB_POOL_SIZE": "16"},
+        {**env, "EVENTLINE_INGESTION_PORT": str(ingestion_port), "EVENTLINE_INGESTION_DB_POOL_SIZE": "16"},
     )
     gateway = start_service(
         "gateway",
         {
-            **common,
+            **env,
             "EVENTLINE_GATEWAY_PORT": str(gateway_port),
             "EVENTLINE_INGESTION_ADDR": f"127.0.0.1:{ingestion_port}",
             "EVENTLINE_GATEWAY_WORKERS": str(gateway_workers),
@@ -274,7 +389,7 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
                     json_s += await json_round(session, track, *json_bodies)
                     grpc_s += await grpc_round(stub, grpc_batches)
             events = per_round * rounds
-        callbacks_per_s = await measure_callbacks(url, common, 5_000 if quick else 30_000, gateway_workers)
+        callbacks = await measure_callbacks(url, env, 5_000 if quick else 30_000, gateway_workers)
     finally:
         stop(gateway, ingestion)
         connection = redis.Redis.from_url(REDIS_URL)
@@ -288,18 +403,33 @@ async def main(quick: bool, gateway_workers: int) -> dict[str, Any]:
         "json_batch_events_per_s": round(json_per_s),
         "grpc_batch_events_per_s": round(grpc_per_s),
         "json_to_grpc_ratio": round(json_per_s / grpc_per_s, 3),
-        "callbacks_per_s": round(callbacks_per_s),
+        **rounded(callbacks),
         "gateway_workers": gateway_workers,
         "cpus": os.cpu_count() or 0,
     }
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--bare-http-server"]:
+        bare_http_server(int(sys.argv[2]))
+        raise SystemExit(0)
     parser = common.command_line(__doc__, quick="20,000 events per side instead of 200,000")
     parser.add_argument(
         "--gateway-workers", type=int, default=1, help="EVENTLINE_GATEWAY_WORKERS of the gateways (default 1)"
     )
+    parser.add_argument(
+        "--callbacks-only", action="store_true", help="only the callbacks phase (no JSON/gRPC ingest rounds)"
+    )
     arguments = parser.parse_args()
+    if arguments.callbacks_only:
+        result = asyncio.run(callbacks_only(arguments.quick, arguments.gateway_workers))
+        print(
+            f"provider callbacks: {result['callbacks_per_s']}/s (target >= 2,000); CPU per callback: "
+            f"gateway {result['gateway_cpu_us_per_callback']} µs, campaigns {result['campaigns_cpu_us_per_callback']} µs, "
+            f"PostgreSQL {result['database_cpu_us_per_callback']} µs"
+        )
+        print(json.dumps(result))
+        raise SystemExit(0)
     result = asyncio.run(main(arguments.quick, arguments.gateway_workers))
     print(
         f"JSON through the gateway: {result['json_batch_events_per_s']} events/s, "

@@ -46,12 +46,13 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import common
 import grpc
-import psutil
 import redis.asyncio as redis
 from common import (
     POSTGRES_URL,
     REDIS_URL,
     ROOT,
+    backend_cpu,
+    cpu_seconds,
     drop_database,
     free_port,
     fresh_database,
@@ -130,19 +131,6 @@ class BareServer:
 
     def stop(self) -> None:
         stop(self.process)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process and its children (worker processes), in seconds."""
-    process = psutil.Process(pid)
-    total = 0.0
-    for each in [process, *process.children(recursive=True)]:
-        try:
-            times = each.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 async def wait_for_stream(client: redis.Redis, stream: str, count: int) -> None:
@@ -252,18 +240,6 @@ async def unary_published(
     latencies.extend(seen)
     await wait_for_stream(client, stream, stored)
     return elapsed
-
-
-def backend_cpu(pids: list[int]) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL backend (same host) by pid."""
-    found = {}
-    for pid in pids:
-        try:
-            times = psutil.Process(pid).cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        found[pid] = times.user + times.system
-    return found
 
 
 class Phase:

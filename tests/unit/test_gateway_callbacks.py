@@ -1,13 +1,23 @@
 """Provider signatures, without sockets: SendGrid's ECDSA scheme against the example its own
-library is tested with, and the gateway's settings refusing a key that is not one."""
+library is tested with, Mailgun's HMAC against each signing key, and the gateway's settings
+refusing a key that is not one."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import time
 
 import pytest
 
-from eventline_gateway.callbacks import sendgrid_public_key, sendgrid_signed
+from eventline_gateway.callbacks import (
+    CallbackSettings,
+    mailgun_reports,
+    sendgrid_public_key,
+    sendgrid_signed,
+)
+from eventline_gateway.errors import HttpError
 from eventline_gateway.settings import Settings
 from eventline_shared.environment import ConfigError
 
@@ -69,3 +79,29 @@ def test_provider_secrets_are_read() -> None:
     )
     assert settings.callbacks.sendgrid_verification_key == PUBLIC_KEY
     assert settings.callbacks.postmark_webhook_auth == "pm:" + "p" * 16
+
+
+def _mailgun_body(key: str, timestamp: str, token: str) -> bytes:
+    """A Mailgun "delivered" webhook signed with ``key`` the way Mailgun's docs show."""
+    signature = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+    return json.dumps(
+        {
+            "signature": {"timestamp": timestamp, "token": token, "signature": signature},
+            "event-data": {"event": "delivered", "message": {"headers": {"message-id": "<delivery-42@x>"}}},
+        }
+    ).encode()
+
+
+def test_mailgun_signatures_check_against_their_own_key_however_often_keys_are_used() -> None:
+    """The keyed HMAC is made once per signing key and copied per request: each request is
+    checked against its own key alone, and no request's token carries over to the next."""
+    now = str(int(time.time()))
+    first, second = CallbackSettings(mailgun_signing_key="key-one"), CallbackSettings(mailgun_signing_key="key-two")
+    for n in range(3):  # again and again: a copy per request, nothing fed into the shared one
+        reports, key = mailgun_reports(first, _mailgun_body("key-one", now, f"token-{n}"))
+        assert (key, [r.delivery_id for r in reports]) == (f"mailgun:token-{n}", ["42"])
+        assert mailgun_reports(second, _mailgun_body("key-two", now, f"token-{n}"))[1] == f"mailgun:token-{n}"
+        for settings, wrong in ((first, "key-two"), (second, "key-one")):
+            with pytest.raises(HttpError) as refused:
+                mailgun_reports(settings, _mailgun_body(wrong, now, f"token-{n}"))
+            assert refused.value.http_status == 401

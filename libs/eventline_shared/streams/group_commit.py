@@ -55,6 +55,31 @@ class GroupCommit(Generic[RequestT, ResultT]):
         self._start_statements()
         return await pending.done
 
+    async def submit_many(self, requests: Sequence[RequestT]) -> list[ResultT]:
+        """The result of each of ``requests``, in order, once all have committed.
+
+        All are queued before any statement starts, so requests that arrive together share
+        statements (as many as ``max_size`` needs) instead of the first going out alone;
+        each is still whole in one statement. If a statement fails, its exception is raised
+        once every statement of ``requests`` has ended; if the caller is cancelled, the
+        requests not yet in a statement are dropped, as ``submit``'s are."""
+        pendings: list[_Pending[RequestT, ResultT]] = [_Pending(r, self.size(r)) for r in requests]
+        if not pendings:
+            return []
+        self._queue.extend(pendings)
+        self._start_statements()
+        try:
+            await asyncio.wait([p.done for p in pendings])
+        except asyncio.CancelledError:
+            for pending in pendings:
+                pending.done.cancel()
+            raise
+        failures = [p.done.exception() for p in pendings]  # each one read: none is "never retrieved"
+        failed = next((exc for exc in failures if exc is not None), None)
+        if failed is not None:
+            raise failed
+        return [p.done.result() for p in pendings]
+
     def _start_statements(self) -> None:
         while self._queue and self._running < self.concurrency:
             taken: list[_Pending[RequestT, ResultT]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from collections import defaultdict
@@ -959,6 +960,11 @@ PLAIN_REPORTS_PER_STATEMENT = 2000
 """The most reports one group-commit statement carries (whole requests only)."""
 
 
+def _plain(reports: Sequence[Report], reasons: dict[int, int]) -> bool:
+    """Whether reports suppress nothing (delivered, opened, clicked): the group commit's kind."""
+    return not any(r.kind in reasons or r.kind == _SOFT_BOUNCE for r in reports)
+
+
 class Replayed(Exception):
     """The request key was seen before: the request is a replay."""
 
@@ -1061,7 +1067,7 @@ class SuppressionRepository:
         ``soft_window_s`` (reason ``SUPPRESSION_REASON_SOFT_BOUNCES``). A ``request_key`` seen within
         ``REQUEST_KEY_TTL_S`` raises ``Replayed`` and records nothing.
         """
-        if not any(r.kind in reasons or r.kind == _SOFT_BOUNCE for r in reports):
+        if _plain(reports, reasons):
             return await self._record_plain_reports(reports, request_key)
         async with self.pool.acquire() as connection, connection.transaction():
             if request_key and not await connection.fetchval(_SEE_REQUEST, request_key, REQUEST_KEY_TTL_S):
@@ -1132,6 +1138,48 @@ class SuppressionRepository:
                 )
                 suppressed = int(status.split()[-1])
         return Recorded(len(inserted), len(reports) - len(matched), len(matched) - len(inserted), suppressed)
+
+    async def record_requests(
+        self,
+        requests: Sequence[tuple[Sequence[Report], str]],
+        *,
+        soft_limit: int,
+        soft_window_s: float,
+        reasons: dict[int, int],
+    ) -> list[Recorded | None]:
+        """``record_reports`` for each of several provider requests (reports, request key),
+        None for a replay. The requests whose reports suppress nothing go into the group
+        commit together (one statement for all of them and whatever else is queued, not a
+        statement for the first and another for the rest); the others are recorded as
+        ``record_reports`` does, each in its own transaction, meanwhile."""
+        outcomes: list[Recorded | None] = [None] * len(requests)
+        plain = [i for i, (reports, _) in enumerate(requests) if _plain(reports, reasons)]
+        others = [i for i, (reports, _) in enumerate(requests) if not _plain(reports, reasons)]
+
+        async def record_plain() -> None:
+            for i, outcome in zip(
+                plain, await self._plain.submit_many([requests[i] for i in plain]), strict=True
+            ):
+                outcomes[i] = outcome
+
+        async def record_other(i: int) -> None:
+            reports, key = requests[i]
+            try:
+                outcomes[i] = await self.record_reports(
+                    reports,
+                    soft_limit=soft_limit,
+                    soft_window_s=soft_window_s,
+                    reasons=reasons,
+                    request_key=key,
+                )
+            except Replayed:
+                outcomes[i] = None
+
+        if others:
+            await asyncio.gather(record_plain(), *(record_other(i) for i in others))
+        else:
+            await record_plain()
+        return outcomes
 
     async def _record_plain_reports(self, reports: Sequence[Report], request_key: str) -> Recorded:
         """Reports that suppress nothing: one statement shared with the concurrent requests."""

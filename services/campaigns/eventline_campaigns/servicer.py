@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
@@ -390,7 +390,17 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
                 for i, r in enumerate(request.requests)
             ]
             raise_if_any(violations)
-            outcomes = await asyncio.gather(*(self._outcome(reports, key) for reports, key in gathered))
+            outcomes = [
+                campaigns_pb2.ProviderRequestOutcome(replayed=True)
+                if recorded is None
+                else campaigns_pb2.ProviderRequestOutcome(
+                    recorded=recorded.recorded,
+                    unmatched=recorded.unmatched,
+                    duplicates=recorded.duplicates,
+                    suppressed=recorded.suppressed,
+                )
+                for recorded in await self.suppressions.record_requests(gathered, **self._suppression_rules())
+            ]
             return campaigns_pb2.RecordDeliveryEventsResponse(
                 recorded=sum(o.recorded for o in outcomes),
                 unmatched=sum(o.unmatched for o in outcomes),
@@ -413,30 +423,21 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):  # type: ign
             suppressed=recorded.suppressed,
         )
 
-    async def _outcome(self, reports: list[Report], request_key: str) -> campaigns_pb2.ProviderRequestOutcome:
-        """One provider request of a call, recorded alongside the others (a replay is its own outcome)."""
-        try:
-            recorded = await self._record_reports(reports, request_key)
-        except Replayed:
-            return campaigns_pb2.ProviderRequestOutcome(replayed=True)
-        return campaigns_pb2.ProviderRequestOutcome(
-            recorded=recorded.recorded,
-            unmatched=recorded.unmatched,
-            duplicates=recorded.duplicates,
-            suppressed=recorded.suppressed,
-        )
-
     async def _record_reports(self, reports: list[Report], request_key: str) -> Recorded:
         return await self.suppressions.record_reports(
-            reports,
-            request_key=request_key,
-            soft_limit=self.suppression.soft_bounces,
-            soft_window_s=self.suppression.soft_bounce_window_s,
-            reasons={
+            reports, request_key=request_key, **self._suppression_rules()
+        )
+
+    def _suppression_rules(self) -> dict[str, Any]:
+        """What suppresses an address: ``record_reports``' keyword arguments."""
+        return {
+            "soft_limit": self.suppression.soft_bounces,
+            "soft_window_s": self.suppression.soft_bounce_window_s,
+            "reasons": {
                 campaigns_pb2.DELIVERY_EVENT_KIND_BOUNCED_HARD: campaigns_pb2.SUPPRESSION_REASON_HARD_BOUNCE,
                 campaigns_pb2.DELIVERY_EVENT_KIND_COMPLAINED: campaigns_pb2.SUPPRESSION_REASON_COMPLAINT,
             },
-        )
+        }
 
 
 def _checked_reports(

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
-import os
+import random
 import re
 import ssl
 import time
@@ -112,7 +113,7 @@ async def edge(
 ) -> web.StreamResponse:
     """Request id, errors as google.rpc.Status JSON, metrics: around every route."""
     given = request.headers.get("X-Request-Id", "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
+    request_id = given if _REQUEST_ID.fullmatch(given) else f"{random.getrandbits(64):016x}"  # not a secret
     token = logs.request_id.set(request_id)
     exchange = Exchange(request_id, _own_route(request))
     _exchange.set(exchange)
@@ -136,14 +137,23 @@ async def edge(
             log.exception("unexpected error", extra={"path": request.path[:200]})
             response = error_response(HttpError(errors.status(code_pb2.INTERNAL, "internal error")))
         response.headers["X-Request-Id"] = request_id
-        route = exchange.route or "unmatched"
-        REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
-        REQUESTS.labels(route, request.method, str(response.status)).inc()
+        seconds, count = _request_metrics(exchange.route or "unmatched", request.method, response.status)
+        seconds.observe(time.perf_counter() - started)
+        count.inc()
         if response.status >= 500:
             log.warning("request failed", extra={"path": request.path[:200], "http_status": response.status})
         return response
     finally:
         logs.request_id.reset(token)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_metrics(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The histogram and counter children of a route, method and status: ``labels()`` looks
+    them up under a lock and checks the values on every call; these are remembered (routes
+    are templates, so the combinations are few; a client inventing methods only cycles the
+    cache)."""
+    return REQUEST_SECONDS.labels(route, method), REQUESTS.labels(route, method, str(status))
 
 
 def _own_route(request: web.Request) -> str:
