@@ -82,14 +82,19 @@ from eventline_shared import values
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 
+PROBE = pb.Filter(event=pb.EventCondition(name="bench_probe"))
+"""The probes' segment: "bench_probe at least once" (a new customer's first probe enters it)."""
 
-async def main(quick: bool) -> dict[str, Any]:
-    customers, events = (10_000, 500_000) if quick else (100_000, 10_000_000)
-    name = "eventline_bench_segments_quick" if quick else "eventline_bench_segments"
-    url, generated_at = await prepare(name, customers, events, False)
-    clock = ManualClock(generated_at)
-    stream_key = f"eventline:bench:realtime:{uuid.uuid4().hex[:8]}"
-    env = {
+
+def realtime_segment(segment_id: str, display_name: str, filter_: pb.Filter) -> pb.CreateSegmentRequest:
+    return pb.CreateSegmentRequest(
+        segment_id=segment_id, segment=pb.Segment(display_name=display_name, filter=filter_, realtime=True)
+    )
+
+
+def services_env(url: str, stream_key: str) -> dict[str, str]:
+    """The in-process services' settings: the database, Redis and stream, any free port."""
+    return {
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_STREAM": stream_key,
@@ -97,6 +102,15 @@ async def main(quick: bool) -> dict[str, Any]:
         "EVENTLINE_SEGMENTATION_PORT": "0",
         "EVENTLINE_LOG_LEVEL": "WARNING",
     }
+
+
+async def main(quick: bool) -> dict[str, Any]:
+    customers, events = (10_000, 500_000) if quick else (100_000, 10_000_000)
+    name = "eventline_bench_segments_quick" if quick else "eventline_bench_segments"
+    url, generated_at = await prepare(name, customers, events, False)
+    clock = ManualClock(generated_at)
+    stream_key = f"eventline:bench:realtime:{uuid.uuid4().hex[:8]}"
+    env = services_env(url, stream_key)
     result: dict[str, Any] = {"customers": customers, "events": events}
     client = stream.connect(REDIS_URL)
     async with (
@@ -146,16 +160,7 @@ async def main(quick: bool) -> dict[str, Any]:
         )
 
         probe = f"probe-{run_id}"
-        await segmentation.CreateSegment(
-            pb.CreateSegmentRequest(
-                segment_id=probe,
-                segment=pb.Segment(
-                    display_name="Probe",
-                    filter=pb.Filter(event=pb.EventCondition(name="bench_probe")),
-                    realtime=True,
-                ),
-            )
-        )
+        await segmentation.CreateSegment(realtime_segment(probe, "Probe", PROBE))
         await seg.realtime.backfill(probe)
         consuming = asyncio.create_task(seg.consumer.run())
         latencies = []
@@ -313,14 +318,8 @@ async def live(quick: bool) -> dict[str, Any]:
     client = stream.connect(REDIS_URL)
     try:
         with triggers.SmtpReceiver() as receiver:
-            env = {
-                "EVENTLINE_DATABASE_URL": url,
-                "EVENTLINE_REDIS_URL": REDIS_URL,
-                "EVENTLINE_STREAM": stream_key,
-                "EVENTLINE_INGESTION_PORT": "0",
-                "EVENTLINE_SEGMENTATION_PORT": "0",
+            env = services_env(url, stream_key) | {
                 "EVENTLINE_CAMPAIGNS_PORT": "0",
-                "EVENTLINE_LOG_LEVEL": "WARNING",
                 "EVENTLINE_SMTP_HOST": "127.0.0.1",
                 "EVENTLINE_SMTP_PORT": str(receiver.port),
                 "EVENTLINE_SMTP_USERNAME": "",
@@ -350,12 +349,7 @@ async def live(quick: bool) -> dict[str, Any]:
                     shapes = []
                     for shape_id, filter_ in variants():
                         shapes.append(f"{shape_id}-{run}")
-                        await segmentation.CreateSegment(
-                            pb.CreateSegmentRequest(
-                                segment_id=shapes[-1],
-                                segment=pb.Segment(display_name=shape_id, filter=filter_, realtime=True),
-                            )
-                        )
+                        await segmentation.CreateSegment(realtime_segment(shapes[-1], shape_id, filter_))
                     await wait_backfilled(segmentation, shapes)
                     result |= await segment_trigger(
                         ingestion,
@@ -487,16 +481,7 @@ async def segment_trigger(
     """Event accepted -> e-mail received, through a campaign with a SegmentTrigger (entered), while
     events of the 50 segments' names arrive at ``rate`` per second."""
     probe = f"probe-{run}"
-    await segmentation.CreateSegment(
-        pb.CreateSegmentRequest(
-            segment_id=probe,
-            segment=pb.Segment(
-                display_name="Probe",
-                filter=pb.Filter(event=pb.EventCondition(name="bench_probe")),
-                realtime=True,
-            ),
-        )
-    )
+    await segmentation.CreateSegment(realtime_segment(probe, "Probe", PROBE))
     await wait_backfilled(segmentation, [probe])
     await triggers.activate(
         campaigns,
