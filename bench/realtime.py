@@ -36,8 +36,9 @@ real time), e-mail to bench/triggers.py's SMTP receiver in this process:
   e-mail received by the SMTP receiver, through a campaign with a SegmentTrigger (entered
   "bench_probe at least once"), 100 customers one every 50 ms, while events of the 50
   segments' names arrive at 1,000/s (20/s with --quick: on the shared 2-core machine the
-  segmentation consumer, re-evaluating up to 30 segments per event, falls behind at 200/s and
-  the figure then measures its backlog); ``paced_events_per_s`` is the rate achieved. A message
+  segmentation consumer, re-evaluating up to 30 segments per event, fell behind at 200/s in a
+  first run, where 50 backfills' forecasts ran too, and even at 20/s the figure is mostly its
+  backlog); ``paced_events_per_s`` is the rate achieved. A message
   missing, repeated or arriving before its call stops the run.
 * ``batch_events_per_s_with_50`` / ``batch_events_per_s_without`` / ``batch_cost_pct``: TrackEvents
   in calls of 500, 4 in flight, until the last reply, with the 50 segments' consumer and timers
