@@ -149,6 +149,12 @@ async def wait_for(pool: asyncpg.Pool, sql: str, expected: int, timeout_s: float
         await asyncio.sleep(0.02)
 
 
+async def backend_cpu_s(pool: asyncpg.Pool) -> dict[int, float]:
+    """CPU seconds of this benchmark database's PostgreSQL backends (same host), by pid."""
+    pids = [r[0] for r in await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", DATABASE)]
+    return common.backend_cpu(pids)
+
+
 async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
     url = await fresh_database(DATABASE)
     sink = tempfile.mkdtemp(prefix="eventline-bench-journeys-")
@@ -228,6 +234,8 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
             ]
 
             # Every wait of "burst" ends at the same instant: the runner's throughput.
+            backends_before = await backend_cpu_s(pool)
+            cpu_before = time.process_time()
             clock.set(start + dt.timedelta(seconds=61) + 2 * HOUR)
             jumped = time.perf_counter()
             await wait_for(
@@ -237,6 +245,9 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
                 600,
             )
             burst_s = time.perf_counter() - jumped
+            cpu_s = time.process_time() - cpu_before
+            backends_after = await backend_cpu_s(pool)
+            postgres_cpu_s = sum(t - backends_before.get(pid, 0.0) for pid, t in backends_after.items())
             served.journeys.shutdown()
             await runner
 
@@ -265,6 +276,8 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
         timer_lateness_p99_ms=round(p99(lateness), 1),
         timer_lateness_max_ms=round(max(lateness), 1),
         steps_per_s=round(2 * instances / burst_s),
+        campaigns_cpu_us_per_step=round(cpu_s / (2 * instances) * 1e6),
+        postgres_cpu_us_per_step=round(postgres_cpu_s / (2 * instances) * 1e6),
         wait_for_event_match_p50_ms=round(statistics.median(matches), 2),
         wait_for_event_match_p99_ms=round(p99(matches), 2),
         load_average=[round(x, 2) for x in os.getloadavg()],
