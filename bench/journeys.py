@@ -12,7 +12,9 @@ e-mail channel, and a clock that follows the wall clock at an offset the benchma
   (``journey_steps``);
 * ``steps_per_s``: instances of a second journey whose waits all end at the same instant;
   the clock jumps past it and the runner drains them: (wait steps + send steps) / wall
-  time from the jump until the last send is recorded (render, ledger, file sink);
+  time from the jump until the last send is recorded (render, ledger, file sink); with
+  ``campaigns_cpu_us_per_step`` (this process's CPU over the burst, the service runs in it)
+  and ``postgres_cpu_us_per_step`` (the CPU of this database's backends);
 * ``wait_for_event_match_p99_ms``: instances waiting for ``order_placed`` with
   ``cart_id = $cart_id``; one matching event at a time is handed to the service's event
   handler (``Engine.handle_customer_events``, what the stream consumer calls): wall time
