@@ -12,7 +12,9 @@ e-mail channel, and a clock that follows the wall clock at an offset the benchma
   (``journey_steps``);
 * ``steps_per_s``: instances of a second journey whose waits all end at the same instant;
   the clock jumps past it and the runner drains them: (wait steps + send steps) / wall
-  time from the jump until the last send is recorded (render, ledger, file sink);
+  time from the jump until the last send is recorded (render, ledger, file sink); with
+  ``campaigns_cpu_us_per_step`` (this process's CPU over the burst, the service runs in it)
+  and ``postgres_cpu_us_per_step`` (the CPU of this database's backends);
 * ``wait_for_event_match_p99_ms``: instances waiting for ``order_placed`` with
   ``cart_id = $cart_id``; one matching event at a time is handed to the service's event
   handler (``Engine.handle_customer_events``, what the stream consumer calls): wall time
@@ -143,10 +145,19 @@ async def enter(
 
 async def wait_for(pool: asyncpg.Pool, sql: str, expected: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while (await pool.fetchval(sql)) < expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not done within {timeout_s} s: {sql}")
-        await asyncio.sleep(0.02)
+    # One connection for all the polls: a pool's reset after each would cost the database
+    # (measured with the service's backends) a statement per poll.
+    async with pool.acquire() as connection:
+        while (await connection.fetchval(sql)) < expected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not done within {timeout_s} s: {sql}")
+            await asyncio.sleep(0.02)
+
+
+async def backend_cpu_s(pool: asyncpg.Pool) -> dict[int, float]:
+    """CPU seconds of this benchmark database's PostgreSQL backends (same host), by pid."""
+    pids = [r[0] for r in await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", DATABASE)]
+    return common.backend_cpu(pids)
 
 
 async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
@@ -228,6 +239,8 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
             ]
 
             # Every wait of "burst" ends at the same instant: the runner's throughput.
+            backends_before = await backend_cpu_s(pool)
+            cpu_before = time.process_time()
             clock.set(start + dt.timedelta(seconds=61) + 2 * HOUR)
             jumped = time.perf_counter()
             await wait_for(
@@ -237,6 +250,9 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
                 600,
             )
             burst_s = time.perf_counter() - jumped
+            cpu_s = time.process_time() - cpu_before
+            backends_after = await backend_cpu_s(pool)
+            postgres_cpu_s = sum(t - backends_before.get(pid, 0.0) for pid, t in backends_after.items())
             served.journeys.shutdown()
             await runner
 
@@ -265,6 +281,8 @@ async def main(instances: int, waiting: int, matched: int) -> dict[str, Any]:
         timer_lateness_p99_ms=round(p99(lateness), 1),
         timer_lateness_max_ms=round(max(lateness), 1),
         steps_per_s=round(2 * instances / burst_s),
+        campaigns_cpu_us_per_step=round(cpu_s / (2 * instances) * 1e6),
+        postgres_cpu_us_per_step=round(postgres_cpu_s / (2 * instances) * 1e6),
         wait_for_event_match_p50_ms=round(statistics.median(matches), 2),
         wait_for_event_match_p99_ms=round(p99(matches), 2),
         load_average=[round(x, 2) for x in os.getloadavg()],

@@ -87,8 +87,16 @@ RETURNING customer_id, campaign_id, entry_event_id
 """
 
 _KEYS = "$1::text[], $2::text[], $3::text[]"
+# A batch's rows are found through the primary key. campaign_id is compared with IS NOT
+# DISTINCT FROM (the same as = on this NOT NULL column), which no index serves: otherwise,
+# on statistics that predate a campaign's rows (a new campaign, a young table), the planner
+# probes the campaign-led indexes and filters the campaign's every row for each instance of
+# the batch (batch x campaign rows: 0.5-1 s per statement of 500 at 5,000 instances). The
+# customer and entry event stay equalities, so that a probe of the key is estimated at a row
+# (not a scan of the table) even for a batch of one.
 _MATCH = (
-    "t.customer_id = u.customer_id AND t.campaign_id = u.campaign_id AND t.entry_event_id = u.entry_event_id"
+    "t.customer_id = u.customer_id AND t.entry_event_id = u.entry_event_id"
+    " AND t.campaign_id IS NOT DISTINCT FROM u.campaign_id"
 )
 
 _STEP_ENTERED = f"""
