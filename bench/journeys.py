@@ -54,6 +54,7 @@ from google.protobuf import duration_pb2
 from eventline_campaigns.model import CUSTOMER_TRIGGER, Trigger
 from eventline_campaigns.service import RunningCampaigns, running
 from eventline_campaigns.settings import Settings
+from eventline_cli.demo_campaigns import on_customer_event
 from eventline_shared.values import datetime_to_timestamp
 
 DATABASE = "eventline_bench_journeys"
@@ -87,9 +88,7 @@ def journey(name: str, event_name: str, wait: dt.timedelta) -> campaigns_pb2.Cam
     waited.FromTimedelta(wait)
     return campaigns_pb2.Campaign(
         display_name=name,
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name=event_name)
-        ),
+        trigger=on_customer_event(event_name),
         steps=[
             campaigns_pb2.Step(
                 step_id="pause", wait=campaigns_pb2.WaitStep(duration=waited, next_step_id="hello")
@@ -105,9 +104,7 @@ def cart_journey() -> campaigns_pb2.Campaign:
     )
     return campaigns_pb2.Campaign(
         display_name="Carts",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="cart_updated")
-        ),
+        trigger=on_customer_event("cart_updated"),
         steps=[
             campaigns_pb2.Step(
                 step_id="wait_order",

@@ -18,6 +18,7 @@ from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
 from google.protobuf import duration_pb2
 
+from eventline_cli.demo_campaigns import on_customer_event
 from tests.processes import ServiceProcess
 from tests.support import add_email_customers, customer_event, message_ids_by_recipient, numbered
 
@@ -35,7 +36,7 @@ def email(step_id: str, subject: str, next_step: str) -> campaigns_pb2.Step:
 
 EVERY_KIND = campaigns_pb2.Campaign(
     display_name="Every step kind",
-    trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="Joined")),
+    trigger=on_customer_event("Joined"),
     steps=[
         email("hello", "Hello", "pause"),
         campaigns_pb2.Step(

@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from eventline_campaigns.service import RunningCampaigns, running
 from eventline_campaigns.settings import Settings
+from eventline_cli.demo_campaigns import on_customer_event
 from eventline_shared.clock import ManualClock
 from tests.support import customer_event, value, violations
 
@@ -72,9 +73,7 @@ def abandoned_cart() -> campaigns_pb2.Campaign:
     )
     return campaigns_pb2.Campaign(
         display_name="Abandoned cart",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="cart_updated")
-        ),
+        trigger=on_customer_event("cart_updated"),
         entry_rule=campaigns_pb2.ENTRY_RULE_ONCE_AT_A_TIME,
         steps=[
             campaigns_pb2.Step(
@@ -297,9 +296,7 @@ async def test_instances_finish_on_the_version_they_started_on(  # type: ignore[
             await customer(ingestion, name)
         journey = campaigns_pb2.Campaign(
             display_name="Welcome",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="signed_up")
-            ),
+            trigger=on_customer_event("signed_up"),
             steps=[wait("pause", HOUR, "hello"), email("hello", "Version one")],
         )
         await start(campaigns, journey, "welcome")
@@ -333,9 +330,7 @@ async def test_a_welcome_series_over_three_days_defers_quiet_hours_across_a_dst_
         await customer(ingestion, "paris", time_zone="Europe/Paris")
         series = campaigns_pb2.Campaign(
             display_name="Welcome series",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="signed_up")
-            ),
+            trigger=on_customer_event("signed_up"),
             entry_rule=campaigns_pb2.ENTRY_RULE_ONCE_EVER,
             default_time_zone="America/New_York",
             quiet_hours=campaigns_pb2.QuietHours(start="21:00", end="09:00"),
@@ -402,9 +397,7 @@ async def test_split_assignments_are_recorded_and_counted_per_variant(  # type: 
     async with service(campaigns_env, clock) as (served, campaigns):
         split = campaigns_pb2.Campaign(
             display_name="Split",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="joined")
-            ),
+            trigger=on_customer_event("joined"),
             steps=[
                 campaigns_pb2.Step(
                     step_id="ab",
@@ -506,9 +499,7 @@ async def test_an_awaited_event_takes_the_arrived_path_and_a_wait_ends_at_a_loca
         )
         journey = campaigns_pb2.Campaign(
             display_name="Thanks",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="ordered")
-            ),
+            trigger=on_customer_event("ordered"),
             steps=[
                 campaigns_pb2.Step(
                     step_id="wait_paid",
@@ -549,9 +540,7 @@ async def test_a_skipped_send_is_counted_with_its_reason_and_the_journey_goes_on
         await db.execute("INSERT INTO customers (customer_id) VALUES ('silent')")  # no address, no consent
         journey = campaigns_pb2.Campaign(
             display_name="Nudge",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="idle")
-            ),
+            trigger=on_customer_event("idle"),
             steps=[sms("text", "Hello", "later"), wait("later", HOUR)],
         )
         await start(campaigns, journey, "nudge")
@@ -574,7 +563,7 @@ async def test_a_step_whose_work_fails_keeps_its_timer_and_the_others_go_on(  # 
     clock = ManualClock()
     branchy = campaigns_pb2.Campaign(
         display_name="Branchy",
-        trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="went")),
+        trigger=on_customer_event("went"),
         steps=[
             wait("first", HOUR, "ask"),
             campaigns_pb2.Step(
@@ -589,7 +578,7 @@ async def test_a_step_whose_work_fails_keeps_its_timer_and_the_others_go_on(  # 
     )
     plain = campaigns_pb2.Campaign(
         display_name="Plain",
-        trigger=campaigns_pb2.Trigger(customer_event=campaigns_pb2.CustomerEventTrigger(event_name="went")),
+        trigger=on_customer_event("went"),
         steps=[wait("first", HOUR, "mail"), email("mail", "Plain")],
     )
     async with service(campaigns_env, clock) as (served, campaigns):
@@ -648,17 +637,13 @@ async def test_journey_sends_keep_the_caps_across_campaigns(  # type: ignore[no-
         )
         news = campaigns_pb2.Campaign(
             display_name="News",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="visited")
-            ),
+            trigger=on_customer_event("visited"),
             actions=[campaigns_pb2.Action(email=campaigns_pb2.EmailAction(subject="News", text_body="n"))],
         )
         await start(campaigns, news, "news")
         series = campaigns_pb2.Campaign(
             display_name="Series",
-            trigger=campaigns_pb2.Trigger(
-                customer_event=campaigns_pb2.CustomerEventTrigger(event_name="signed_up")
-            ),
+            trigger=on_customer_event("signed_up"),
             steps=[wait("pause", HOUR, "hello"), email("hello", "Hello")],
         )
         await start(campaigns, series, "series")

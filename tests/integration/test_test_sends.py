@@ -230,9 +230,7 @@ async def test_a_journey_step_is_previewed_and_test_sent_by_its_step_id(
     wait = duration_pb2.Duration(seconds=86400)
     journey = campaigns_pb2.Campaign(
         display_name="Series",
-        trigger=campaigns_pb2.Trigger(
-            customer_event=campaigns_pb2.CustomerEventTrigger(event_name="SignedUp")
-        ),
+        trigger=demo_campaigns.on_customer_event("SignedUp"),
         steps=[
             campaigns_pb2.Step(
                 step_id="day_1",

@@ -308,9 +308,10 @@ def _check_step(
     return found
 
 
-def check_step_id(step_id: str, path: str) -> FieldViolation | None:
-    """A step id as requests name one (PreviewMessage, SendTestMessage)."""
-    return check_id(step_id, path, "a step id", STEP_ID, "1 to 64 letters, digits, '_' or '-'")
+def check_step_id(step_id: str, path: str, what: str = "step id") -> FieldViolation | None:
+    """A step id (in a journey, or as PreviewMessage and SendTestMessage name one); variant names
+    follow the same grammar."""
+    return check_id(step_id, path, what, STEP_ID, "1 to 64 letters, digits, '_' or '-'")
 
 
 def send_step_action(spec: campaigns_pb2.Campaign, step_id: str) -> campaigns_pb2.Action:
@@ -324,7 +325,7 @@ def send_step_action(spec: campaigns_pb2.Campaign, step_id: str) -> campaigns_pb
 
 def _unique_name(name: str, path: str, what: str, seen: set[str]) -> list[FieldViolation]:
     """A step id or variant name: of its grammar, and not used before (``seen`` gains it)."""
-    bad = check_id(name, path, what, STEP_ID, "1 to 64 letters, digits, '_' or '-'")
+    bad = check_step_id(name, path, what)
     repeated = name in seen
     seen.add(name)
     if bad:
