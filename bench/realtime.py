@@ -386,6 +386,9 @@ async def live(quick: bool, parts: set[str]) -> dict[str, Any]:
                             f"{'within noise' if cost < 0 else f'{cost:.1f} %'})",
                             flush=True,
                         )
+                    if "batch" not in parts:
+                        for segment_id in shapes:  # the timers' figure without them, as in a full run
+                            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
                     if "lateness" in parts:
                         result |= await lateness(ingestion, segmentation, seg.realtime.pool, clock, run, *due)
     finally:
