@@ -233,7 +233,8 @@ class MembershipRepository:
             counts[change.segment.segment_id] = counts.get(change.segment.segment_id, 0) + 1
         # The segments' rows in ascending order (the order every locker uses), before the members'
         # counting trigger updates them in whatever order its rows come.
-        await connection.execute(_LOCK_SEGMENTS, list(counts))
+        if len(counts) > 1:  # (one row: the update below locks it)
+            await connection.execute(_LOCK_SEGMENTS, list(counts))
         rows = await connection.fetch(_TAKE_CURSORS, list(counts), list(counts.values()))
         last = {r[0]: r[1] for r in rows}
         # A segment deleted meanwhile has no row left: its changes go with it.
