@@ -85,8 +85,29 @@ WHERE r.segment_id = d.segment_id
 RETURNING r.segment_id, r.last_cursor
 """
 
+# Members entered and exited, and the transitions' log, in one statement (a (segment, customer) at
+# most once; the members' counting trigger fires at its end).
+_RECORD_TRANSITIONS = """
+WITH changes AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bool[], $5::timestamptz[])
+        AS c(segment_id, cursor, customer_id, entered, occurred_at)
+),
+entered AS (
+    INSERT INTO segment_members (segment_id, customer_id, entered_at)
+    SELECT segment_id, customer_id, occurred_at FROM changes WHERE entered
+),
+exited AS (
+    DELETE FROM segment_members m USING changes c
+    WHERE NOT c.entered AND m.segment_id = c.segment_id AND m.customer_id = c.customer_id
+)
+INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at)
+SELECT segment_id, cursor, customer_id, entered, occurred_at FROM changes
+"""
+
 # Transitions' customer events ($1-$7 one array each, in order; $8 received_at), stored as
-# ingestion stores events: with their stats, and one outbox row per partition stream.
+# ingestion stores events: with their stats, and one outbox row per partition stream; then a
+# notification on $9 (the outbox channel), so that the relays publish the rows as soon as this
+# commits, not at their next poll.
 _STORE_EVENTS = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bytea[])
@@ -106,10 +127,13 @@ stats AS (
         first_at = least(s.first_at, excluded.first_at),
         last_at = greatest(s.last_at, excluded.last_at),
         count = s.count + excluded.count
+),
+outbox AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT i.stream, array_agg(i.customer_id ORDER BY i.seq), string_agg(i.entry, ''::bytea ORDER BY i.seq)
+    FROM stored JOIN input i USING (customer_id, event_id) GROUP BY i.stream ORDER BY i.stream
 )
-INSERT INTO event_outbox (stream, customer_ids, entries)
-SELECT i.stream, array_agg(i.customer_id ORDER BY i.seq), string_agg(i.entry, ''::bytea ORDER BY i.seq)
-FROM stored JOIN input i USING (customer_id, event_id) GROUP BY i.stream ORDER BY i.stream
+SELECT pg_notify($9, '')
 """
 
 
@@ -244,26 +268,8 @@ class MembershipRepository:
             segment_id = change.segment.segment_id
             cursors.append(last[segment_id] - counts[segment_id] + 1)
             counts[segment_id] -= 1
-        entered = [c for c in ordered if c.entered]
-        exited = [c for c in ordered if not c.entered]
-        if entered:
-            await connection.execute(
-                "INSERT INTO segment_members (segment_id, customer_id, entered_at) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])",
-                [c.segment.segment_id for c in entered],
-                [c.customer_id for c in entered],
-                [c.at for c in entered],
-            )
-        if exited:
-            await connection.execute(
-                "DELETE FROM segment_members m USING unnest($1::text[], $2::text[]) AS d(segment_id, customer_id) "
-                "WHERE m.segment_id = d.segment_id AND m.customer_id = d.customer_id",
-                [c.segment.segment_id for c in exited],
-                [c.customer_id for c in exited],
-            )
         await connection.execute(
-            "INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at) "
-            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bool[], $5::timestamptz[])",
+            _RECORD_TRANSITIONS,
             [c.segment.segment_id for c in ordered],
             cursors,
             [c.customer_id for c in ordered],
@@ -304,9 +310,7 @@ class MembershipRepository:
                 strict=True,
             ):
                 column.append(value)
-        await connection.execute(_STORE_EVENTS, *columns, received_at)
-        # The relays publish the rows as soon as this commits, not at their next poll.
-        await notifications.notify(connection, notifications.OUTBOX)
+        await connection.execute(_STORE_EVENTS, *columns, received_at, notifications.OUTBOX)
 
     # Backfill ------------------------------------------------------------------------
 
