@@ -52,6 +52,8 @@ from eventline_shared.streams.consumer_group import Received, StreamHandler
 log = logging.getLogger(__name__)
 
 TIMERS = TimerTable("segment_timers", ["segment_id", "customer_id"])
+_MIN_WAIT_S = 0.01
+"""The scheduler's shortest wait between looks for due timers."""
 _FIRE_CHUNK_MIN = 50
 """Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
 BACKFILL_PAGE = 500
@@ -502,20 +504,31 @@ class RealtimeSegments:
     async def run(self) -> None:
         """Fire timers and run backfills until ``shutdown``."""
         while not self._stop.is_set():
+            wait = self.poll_s
             try:
                 await self.backfill_all()
                 while await self.fire_due():
                     pass
                 await self.prune_when_due()
+                wait = await self._until_next_timer()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.errors = [*self.errors[-9:], repr(exc)[:500]]
                 log.exception("real-time segment work failed; retrying")
             try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+                await asyncio.wait_for(self._stop.wait(), wait)
             except TimeoutError:
                 pass
+
+    async def _until_next_timer(self) -> float:
+        """Seconds to wait before looking for due timers again: until the earliest one no live claim
+        holds falls due (by the clock's rate now), at most ``poll_s`` (a timer set meanwhile, here or
+        by another replica, may be due sooner)."""
+        due = await TIMERS.next_claimable(self.pool)
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(_MIN_WAIT_S, (due - self.clock.now()).total_seconds()))
 
     def shutdown(self) -> None:
         self._stop.set()
