@@ -52,6 +52,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -191,37 +192,119 @@ async def bare_http_round(bodies: list[bytes]) -> tuple[float, float]:
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--bare-http-server", str(port)])
     try:
-        target = f"http://127.0.0.1:{port}/v1/callbacks/mailgun"
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
-        ) as session:
-            for _ in range(100):
-                try:
-                    await callbacks_round(session, target, bodies[:500])  # warm-up
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            cpu = common.cpu_seconds(server.pid)
-            seconds = await callbacks_round(session, target, bodies[500:])
-            cpu = common.cpu_seconds(server.pid) - cpu
+        requests = callback_requests(f"http://127.0.0.1:{port}/v1/callbacks/mailgun", bodies)
+        connections = await posters(f"http://127.0.0.1:{port}", wait_s=10)
+        await callbacks_round(connections, requests[:500])  # warm-up
+        cpu = common.cpu_seconds(server.pid)
+        seconds = await callbacks_round(connections, requests[500:])
+        cpu = common.cpu_seconds(server.pid) - cpu
+        close(connections)
     finally:
         stop(server)
     count = len(bodies) - 500
     return count / seconds, cpu * 1e6 / count
 
 
-async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
-    """Seconds to POST every webhook, ``CALLBACKS_IN_FLIGHT`` at a time; each must be recorded."""
-    queue = list(bodies)
+class Poster(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that POSTs one request at a time and reads each reply
+    (status line, headers, a ``Content-Length`` body). The callbacks' load generator: the
+    requests are the bytes a provider sends, over TCP on loopback, and every reply is read and
+    checked; it only skips what a general client does per request (a request object, header
+    multidicts, cookie handling, a response object), which cost about as much CPU per callback
+    as the gateway itself and share the machine's cores with the processes being measured."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.reply: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.reply is None or self.reply.done():
+            return
+        end = self.received.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.received[:end]).lower()
+        start = head.find(b"\r\ncontent-length:")
+        if start < 0:
+            self.reply.set_exception(ConnectionError(f"a reply without Content-Length: {head!r}"))
+            return
+        line_end = head.find(b"\r\n", start + 2)
+        length = int(head[start + 17 : line_end if line_end > 0 else len(head)])
+        if len(self.received) < end + 4 + length:
+            return
+        body = bytes(self.received[end + 4 : end + 4 + length])
+        del self.received[: end + 4 + length]
+        self.reply.set_result((int(head[9:12]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(ConnectionError(f"the connection closed: {exc}"))
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        """The status and body of the reply to ``request`` (a whole HTTP/1.1 request)."""
+        assert self.transport is not None
+        self.reply = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.reply
+
+
+async def posters(url: str, wait_s: float = 0.0) -> list[Poster]:
+    """``CALLBACKS_IN_FLIGHT`` connections to the host of ``url`` (retrying for up to ``wait_s``
+    while nothing listens there yet)."""
+    address = urllib.parse.urlsplit(url)
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            connected = [
+                await loop.create_connection(Poster, address.hostname, address.port)
+                for _ in range(CALLBACKS_IN_FLIGHT)
+            ]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        return [protocol for _, protocol in connected]
+
+
+def close(connections: list[Poster]) -> None:
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.close()
+
+
+def callback_requests(url: str, bodies: list[bytes]) -> list[bytes]:
+    """Each webhook as the HTTP/1.1 request a provider sends to ``url``."""
+    address = urllib.parse.urlsplit(url)
+    return [
+        (
+            f"POST {address.path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+            f"User-Agent: eventline-bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for body in bodies
+    ]
+
+
+async def callbacks_round(connections: list[Poster], requests: list[bytes]) -> float:
+    """Seconds to POST every webhook, one at a time on each connection; each must be recorded."""
+    queue = list(requests)
     started = time.perf_counter()
 
-    async def worker() -> None:
+    async def worker(connection: Poster) -> None:
         while queue:
-            async with session.post(url, data=queue.pop()) as response:
-                reply = orjson.loads(await response.read())
-                assert response.status == 200 and reply["recorded"] == 1, reply
+            status, body = await connection.post(queue.pop())
+            reply = orjson.loads(body)
+            assert status == 200 and reply["recorded"] == 1, (status, reply)
 
-    await asyncio.gather(*(worker() for _ in range(CALLBACKS_IN_FLIGHT)))
+    await asyncio.gather(*(worker(connection) for connection in connections))
     return time.perf_counter() - started
 
 
@@ -267,29 +350,28 @@ async def measure_callbacks(
     try:
         await serving(campaigns_port)
         endpoint = f"http://127.0.0.1:{gateway_port}"
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
-        ) as session:
-            await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
-            target = endpoint + "/v1/callbacks/mailgun"
-            bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
-            await callbacks_round(session, target, bodies[:500])  # warm-up
-            backends = await database_backends(url)
-            client = psutil.Process()
-            client_cpu = sum(client.cpu_times()[:2])
-            before = (
-                common.cpu_seconds(gateway.pid),
-                common.cpu_seconds(campaigns.pid),
-                common.backend_cpu(backends),
-            )
-            seconds = await callbacks_round(session, target, bodies[500:])
-            # Backends opened during the round count whole (they had no CPU before it).
-            after = (
-                common.cpu_seconds(gateway.pid),
-                common.cpu_seconds(campaigns.pid),
-                common.backend_cpu(await database_backends(url)),
-            )
-            client_cpu = sum(client.cpu_times()[:2]) - client_cpu
+        await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
+        bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
+        requests = callback_requests(endpoint + "/v1/callbacks/mailgun", bodies)
+        connections = await posters(endpoint)
+        await callbacks_round(connections, requests[:500])  # warm-up
+        backends = await database_backends(url)
+        client = psutil.Process()
+        client_cpu = sum(client.cpu_times()[:2])
+        before = (
+            common.cpu_seconds(gateway.pid),
+            common.cpu_seconds(campaigns.pid),
+            common.backend_cpu(backends),
+        )
+        seconds = await callbacks_round(connections, requests[500:])
+        # Backends opened during the round count whole (they had no CPU before it).
+        after = (
+            common.cpu_seconds(gateway.pid),
+            common.cpu_seconds(campaigns.pid),
+            common.backend_cpu(await database_backends(url)),
+        )
+        client_cpu = sum(client.cpu_times()[:2]) - client_cpu
+        close(connections)
         connection = await asyncpg.connect(url)
         try:
             stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
