@@ -938,7 +938,13 @@ WITH keys AS (
                           ELSE t.recipient END AS address
     FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int[])
          WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, r, n)
-    JOIN deliveries d ON d.delivery_id = t.delivery_id
+    -- One index probe per report (deliveries_by_id), whatever the planner guesses of the
+    -- arrays' length or the ledger's size: as a join, a ledger without statistics yet (just
+    -- loaded) or a generic plan's guess of the arrays' length gave a scan of every delivery.
+    -- A delivery id is unique (one sequence), so LIMIT 1 changes no result.
+    CROSS JOIN LATERAL (
+        SELECT customer_id, channel FROM deliveries WHERE deliveries.delivery_id = t.delivery_id LIMIT 1
+    ) AS d
     JOIN customers c ON c.customer_id = d.customer_id
     WHERE t.r IN (SELECT r FROM allowed)
 ), inserted AS (
