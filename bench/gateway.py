@@ -308,6 +308,20 @@ async def callbacks_round(connections: list[Poster], requests: list[bytes]) -> f
     return time.perf_counter() - started
 
 
+async def recording_calls(metrics_port: int) -> float:
+    """RecordDeliveryEvents calls the campaign service has answered, from its /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{metrics_port}/metrics") as reply,
+    ):
+        text = await reply.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("eventline_rpcs_total{") and 'grpc_method="RecordDeliveryEvents"' in line
+    )
+
+
 async def database_backends(url: str) -> list[int]:
     """The pids of the PostgreSQL backends connected to the database of ``url``."""
     admin = await asyncpg.connect(common.POSTGRES_URL)
@@ -325,7 +339,7 @@ async def measure_callbacks(
     CPU each callback cost the gateway, the campaign service and PostgreSQL (read from the
     kernel around the measured round: less moved by a shared machine's load than the rate)."""
     delivery_ids = await seed_deliveries(url, count + 500)
-    campaigns_port, gateway_port = free_port(), free_port()
+    campaigns_port, gateway_port, metrics_port = free_port(), free_port(), free_port()
     campaigns = start_service(
         "campaigns",
         {
@@ -334,6 +348,7 @@ async def measure_callbacks(
             "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{free_port()}",
             "EVENTLINE_CAMPAIGNS_DB_POOL_SIZE": "16",
             "EVENTLINE_CAMPAIGNS_RENDER_WORKERS": "1",
+            "EVENTLINE_CAMPAIGNS_METRICS_PORT": str(metrics_port),
         },
     )
     gateway = start_service(
@@ -356,6 +371,7 @@ async def measure_callbacks(
         connections = await posters(endpoint)
         await callbacks_round(connections, requests[:500])  # warm-up
         backends = await database_backends(url)
+        calls = await recording_calls(metrics_port)
         client = psutil.Process()
         client_cpu = sum(client.cpu_times()[:2])
         before = (
@@ -371,6 +387,7 @@ async def measure_callbacks(
             common.backend_cpu(await database_backends(url)),
         )
         client_cpu = sum(client.cpu_times()[:2]) - client_cpu
+        calls = await recording_calls(metrics_port) - calls
         close(connections)
         connection = await asyncpg.connect(url)
         try:
@@ -388,6 +405,7 @@ async def measure_callbacks(
         "campaigns_cpu_us_per_callback": (after[1] - before[1]) * 1e6 / count,
         "database_cpu_us_per_callback": database_s * 1e6 / count,
         "client_cpu_us_per_callback": client_cpu * 1e6 / count,
+        "callbacks_per_recording_call": count / calls,
         "bare_http_callbacks_per_s": bare_per_s,
         "bare_http_cpu_us_per_callback": bare_cpu_us,
     }
