@@ -18,17 +18,22 @@ means committed). The ratio JSON/gRPC is what the HTTP edge costs (target >= 0.7
 service is started too, the ledger is given one sent e-mail delivery per callback, and
 Mailgun webhooks (one "delivered" event each, as Mailgun sends them, each with its own
 token, signed with the signing key) are POSTed to /v1/callbacks/mailgun, ``CALLBACKS_IN_FLIGHT``
-at a time. Each is verified, checked against replays and recorded on the ledger through the
-campaign service's RecordDeliveryEvents (the callbacks that arrive while a call is in flight
-share the next call and one PostgreSQL statement, each answered with its own outcome); every
-reply must say recorded 1, and the ledger must hold one report per delivery at the end.
+at a time, each on a keep-alive HTTP/1.1 connection of its own (``Poster``: the request
+bytes a provider sends, each reply read and checked, without a general client's per-request
+objects, which cost as much CPU as the gateway on the cores they share). Each is verified,
+checked against replays and recorded on the ledger through the campaign service's
+RecordDeliveryEvents (the callbacks that arrive while a call is in flight share the next call
+and one PostgreSQL statement, each answered with its own outcome); every reply must say
+recorded 1, and the ledger must hold one report per delivery at the end.
 
 Beside the rate, the CPU each callback cost (read from the kernel around the measured round,
 less moved by a shared machine's load than the rate): ``gateway_cpu_us_per_callback``,
 ``campaigns_cpu_us_per_callback``, ``database_cpu_us_per_callback`` (the PostgreSQL backends
 of the run's database) and ``client_cpu_us_per_callback`` (this process, the load generator,
-which shares the machine). Then the floor: the same bodies, client and concurrency against a
-bare aiohttp server that reads each body and answers without verifying or recording anything
+which shares the machine), and ``callbacks_per_recording_call`` (callbacks per
+RecordDeliveryEvents call, from the campaign service's /metrics: each call's fixed cost is
+spread over them). Then the floor: the same bodies, client and concurrency against a bare
+aiohttp server that reads each body and answers without verifying or recording anything
 (``bare_http_callbacks_per_s``, ``bare_http_cpu_us_per_callback``): what HTTP alone costs on
 the machine at that moment. ``--callbacks-only`` runs only this phase.
 
