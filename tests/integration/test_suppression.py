@@ -400,3 +400,26 @@ def _scans(plan: Any) -> dict[str, set[str]]:
 
     walk(plan[0]["Plan"])
     return found
+
+
+async def test_expired_request_keys_go_oldest_first_along_the_expiry_index(db: asyncpg.Connection) -> None:
+    """Replays are refused for a day: older keys are forgotten 100 at a time, oldest first, found
+    through the expiry index (never by reading every key remembered), and a key whose row has
+    expired counts as new again."""
+    await db.execute(
+        "INSERT INTO seen_requests (request_key, expires_at)"
+        " SELECT 'old-' || i, now() - (200 - i) * interval '1 minute' FROM generate_series(1, 150) AS i;"
+        " INSERT INTO seen_requests (request_key, expires_at)"
+        " SELECT 'live-' || i, now() + interval '1 day' FROM generate_series(1, 20000) AS i"
+    )
+    forget = await db.prepare(repository._FORGET_EXPIRED_REQUESTS)
+    assert "Seq Scan" not in {node for nodes in _scans(await forget.explain()).values() for node in nodes}
+    await forget.fetch()
+    left = await db.fetch(
+        "SELECT request_key FROM seen_requests WHERE request_key LIKE 'old-%' ORDER BY expires_at"
+    )
+    assert [r[0] for r in left] == [f"old-{i}" for i in range(101, 151)]
+    assert await db.fetchval(repository._SEE_REQUEST, "old-150", repository.REQUEST_KEY_TTL_S) is True
+    assert await db.fetchval(repository._SEE_REQUEST, "live-1", repository.REQUEST_KEY_TTL_S) is None
+    # Each check also forgets up to 10 expired keys (not its own): 50 - 2 * 10 of the old are left.
+    assert await db.fetchval("SELECT count(*) FROM seen_requests WHERE request_key LIKE 'old-%'") == 30
