@@ -15,20 +15,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from eventline.common.v1 import common_pb2
 from redis.cluster import key_slot
 
 from eventline_shared.dev.embedded_cluster import RedisClusterNodes
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
 from tests.integration.test_stream_order import Recorder
-
-
-def _entry(customer_id: str, event_id: str) -> bytes:
-    payload = common_pb2.Event(
-        event_id=event_id, kind=common_pb2.EVENT_KIND_CUSTOMER, customer_id=customer_id, name="A"
-    ).SerializeToString()
-    return stream.pack_entry(customer_id, event_id, "A", payload, "")
+from tests.support import packed_entry
 
 
 async def _masters(cluster: RedisClusterNodes) -> dict[int, tuple[str, list[tuple[int, int]]]]:
@@ -63,7 +56,7 @@ async def test_appends_and_reads_follow_a_partition_whose_slot_moves_to_another_
     group = ConsumerGroup(redis_client, recorder, streams=[key], group="STREAMS", consumer="STREAMS", batch=3)
 
     async def publish(first: int, count: int) -> None:
-        await appender.append([_entry(f"c{i % 2}", f"e{i}") for i in range(first, first + count)])
+        await appender.append([packed_entry(f"c{i % 2}", f"e{i}") for i in range(first, first + count)])
 
     await publish(0, 5)
     assert await group.drain() == 5

@@ -23,8 +23,11 @@ batches; the campaign service is one user, a future consumer is another.
   left pending, before reading new ones; an owner giving a partition up
   (rebalancing) stops reading it and releases it once its batches are done. An
   owner that stalled past its lease reads nothing more of the partition, even
-  before its renewal finds the lease gone (``reads``); the effects of a batch it
-  had in flight are the handler's to make idempotent (the campaign ledger is).
+  before its renewal finds the lease gone (``reads``), and hands no batch it had
+  read to the handler any more: a batch waiting for an earlier one of its
+  customers, or retried after an outage, is left pending for the new owner. The
+  effects of a batch the handler was already processing when its owner stalled
+  are the handler's to make idempotent (the campaign ledger is).
   Within a replica, a batch that holds a customer of a batch still in flight
   waits for that batch.
 * Consumers of replicas that are gone are removed from the group
@@ -140,6 +143,10 @@ return redis.call('ZCARD', KEYS[1])
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+class _LeaseRunOut(Exception):
+    """The partition lease of a batch may have run out before the handler got it: leave it pending."""
 
 
 class ConsumerGroup:
@@ -310,8 +317,12 @@ class ConsumerGroup:
 
     # --- processing ---
 
-    async def process(self, entries: Sequence[StreamEntry]) -> int:
-        """Process entries and acknowledge the ones the handler took; returns how many were seen."""
+    async def process(self, entries: Sequence[StreamEntry], *, fenced: bool = False) -> int:
+        """Process entries and acknowledge the ones the handler took; returns how many were seen.
+
+        ``fenced`` (``run()``'s batches of owned partitions): the batch goes to the handler only while
+        the leases of its partitions may not have run out; otherwise it stays pending, untouched.
+        """
         parsed: list[Received] = []
         for entry in entries:
             if not entry.stream:
@@ -340,7 +351,13 @@ class ConsumerGroup:
         try:
             if before:
                 await asyncio.wait(before)
-            return await self._process_parsed(entries, parsed)
+            return await self._process_parsed(entries, parsed, fenced)
+        except _LeaseRunOut:
+            log.warning(
+                "partition lease may have run out; batch left pending for the new owner",
+                extra={"entries": len(parsed), "stream": parsed[0].entry.stream},
+            )
+            return len(entries)
         finally:
             heartbeat.cancel()
             self._inflight.difference_update(ids)
@@ -374,11 +391,17 @@ class ConsumerGroup:
 
         return touch
 
-    async def _process_parsed(self, entries: Sequence[StreamEntry], parsed: Sequence[Received]) -> int:
+    def _check_lease(self, items: Sequence[Received], fenced: bool) -> None:
+        if fenced and not all(self._lease_current(item.entry.stream) for item in items):
+            raise _LeaseRunOut()
+
+    async def _process_parsed(
+        self, entries: Sequence[StreamEntry], parsed: Sequence[Received], fenced: bool = False
+    ) -> int:
         try:
-            await self._process_with_retries(parsed)
+            await self._process_with_retries(parsed, fenced)
             done = [p.entry for p in parsed]
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _LeaseRunOut):
             raise
         except Exception as exc:
             # Find the entries that fail on their own; the others go through.
@@ -409,7 +432,7 @@ class ConsumerGroup:
     def _note_error(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-9:], repr(exc)[:500]]
 
-    async def _process_with_retries(self, items: Sequence[Received]) -> None:
+    async def _process_with_retries(self, items: Sequence[Received], fenced: bool = False) -> None:
         """Process a batch; while a dependency is down, retry it here with backoff.
 
         An outage is not the entries' fault: retrying them in place keeps their
@@ -419,6 +442,7 @@ class ConsumerGroup:
         """
         delay = 0.1
         while True:
+            self._check_lease(items, fenced)
             try:
                 await self.handler.handle(items)
                 return
@@ -561,7 +585,7 @@ class ConsumerGroup:
     ) -> asyncio.Task[int]:
         """Process a batch of partition ``key`` in a task of its own, which gives its slot back."""
         self._batches_of[key] += 1
-        task = asyncio.create_task(self.process(entries))
+        task = asyncio.create_task(self.process(entries, fenced=self.ordered))
         inflight.add(task)
         task.add_done_callback(self._finished(inflight, slots))
         task.add_done_callback(lambda _: self._batches_of.subtract([key]))
@@ -589,9 +613,14 @@ class ConsumerGroup:
 
     def reads(self, key: str) -> bool:
         """Whether ``run()`` may read partition ``key`` now: owned, and its lease not run out meanwhile."""
-        return key in self.owned and (
-            not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
-        )
+        return key in self.owned and self._lease_current(key)
+
+    def _lease_current(self, key: str) -> bool:
+        """Whether this replica's lease of partition ``key`` cannot have run out yet (on its own clock).
+
+        A partition being given up (no longer ``owned``) still counts until it is released: its
+        batches in flight finish first."""
+        return not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
 
     async def balance(self) -> None:
         """One round of partition ownership: renew, then take free partitions or give extra ones up."""
