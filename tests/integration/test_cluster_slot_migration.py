@@ -6,7 +6,8 @@ told the new owner. In the middle (keys already moved, the slot not yet handed
 over) the source answers ASK; afterwards a client with the old slot map hears
 MOVED. The stream client routes XREADGROUP itself (``stream.connect``): appends,
 reads and acknowledgements must follow both, and every entry is handed over
-once, in order.
+once, in order. A second test checks that no read asks a node ``COMMAND GETKEYS``
+(what redis-py does before every read otherwise).
 """
 
 from __future__ import annotations
@@ -87,3 +88,25 @@ async def test_appends_and_reads_follow_a_partition_whose_slot_moves_to_another_
     assert (await redis_client.xpending(key, "STREAMS"))["pending"] == 0
     async with redis.Redis(port=target) as new:
         assert await new.xlen(key) == 15
+
+
+async def _getkeys_calls(cluster: RedisClusterNodes) -> int:
+    """How many COMMAND GETKEYS the cluster's nodes have served (INFO commandstats)."""
+    total = 0
+    for port in cluster.ports:
+        async with redis.Redis(port=port) as node:
+            stats: Any = await node.info("commandstats")
+        total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+    return total
+
+
+@pytest.mark.parametrize("redis_url", ["cluster"], indirect=True)
+async def test_reads_ask_no_node_for_their_keys(stream_key, redis_url, redis_client, redis_cluster):
+    """redis-py would send COMMAND GETKEYS before every XREADGROUP (its keys are "movable")."""
+    await stream.Appender(redis_client, stream_key).append([packed_entry("c1", "e0")])
+    group = ConsumerGroup(redis_client, Recorder(), streams=[stream_key], group="g", consumer="c")
+    await group.ensure_group()
+    before = await _getkeys_calls(redis_cluster)
+    assert await group.drain() == 1
+    await redis_client.xreadgroup("g", "c", {stream_key: ">"}, count=1)
+    assert await _getkeys_calls(redis_cluster) == before
