@@ -23,16 +23,19 @@ batches; the campaign service is one user, a future consumer is another.
   left pending, before reading new ones; an owner giving a partition up
   (rebalancing) stops reading it and releases it once its batches are done. An
   owner that stalled past its lease reads nothing more of the partition, even
-  before its renewal finds the lease gone (``reads``), and hands no batch it had
-  read to the handler any more: a batch waiting for an earlier one of its
-  customers, or retried after an outage, is left pending for the new owner. The
-  effects of a batch the handler was already processing when its owner stalled
-  are the handler's to make idempotent (the campaign ledger is).
+  before its renewal finds the lease gone (``reads``); the effects of a batch it
+  had in flight are the handler's to make idempotent (the campaign ledger is).
   Within a replica, a batch that holds a customer of a batch still in flight
   waits for that batch.
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
+* From the moment its lease may have run out, an owner also hands no batch it
+  had read to the handler any more: a batch still waiting (behind an earlier
+  batch of one of its customers, or to be retried after an outage) is left
+  pending, untouched, for the new owner, which takes it over before anything
+  newer. Only a batch the handler had already begun finishes beside the new
+  owner's.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -46,6 +49,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +65,15 @@ from eventline_shared.streams.stream import Client, StreamEntry
 log = logging.getLogger(__name__)
 
 Keepalive = Callable[[], Awaitable[None]]
+
+_LEASED: ContextVar[bool] = ContextVar("_LEASED", default=False)
+"""True in ``run()``'s readers and the batch tasks they start: their batches are processed only
+while this replica's partition leases cannot have run out (``drain()`` reads every partition,
+owned or not, and is not fenced)."""
+
+
+class _LeaseRunOut(Exception):
+    """The lease of a batch's partition may have run out before the handler got it."""
 
 
 @dataclass
@@ -143,10 +156,6 @@ return redis.call('ZCARD', KEYS[1])
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class _LeaseRunOut(Exception):
-    """The partition lease of a batch may have run out before the handler got it: leave it pending."""
 
 
 class ConsumerGroup:
@@ -317,12 +326,8 @@ class ConsumerGroup:
 
     # --- processing ---
 
-    async def process(self, entries: Sequence[StreamEntry], *, fenced: bool = False) -> int:
-        """Process entries and acknowledge the ones the handler took; returns how many were seen.
-
-        ``fenced`` (``run()``'s batches of owned partitions): the batch goes to the handler only while
-        the leases of its partitions may not have run out; otherwise it stays pending, untouched.
-        """
+    async def process(self, entries: Sequence[StreamEntry]) -> int:
+        """Process entries and acknowledge the ones the handler took; returns how many were seen."""
         parsed: list[Received] = []
         for entry in entries:
             if not entry.stream:
@@ -351,13 +356,7 @@ class ConsumerGroup:
         try:
             if before:
                 await asyncio.wait(before)
-            return await self._process_parsed(entries, parsed, fenced)
-        except _LeaseRunOut:
-            log.warning(
-                "partition lease may have run out; batch left pending for the new owner",
-                extra={"entries": len(parsed), "stream": parsed[0].entry.stream},
-            )
-            return len(entries)
+            return await self._process_parsed(entries, parsed)
         finally:
             heartbeat.cancel()
             self._inflight.difference_update(ids)
@@ -391,18 +390,16 @@ class ConsumerGroup:
 
         return touch
 
-    def _check_lease(self, items: Sequence[Received], fenced: bool) -> None:
-        if fenced and not all(self._lease_current(item.entry.stream) for item in items):
-            raise _LeaseRunOut()
-
-    async def _process_parsed(
-        self, entries: Sequence[StreamEntry], parsed: Sequence[Received], fenced: bool = False
-    ) -> int:
+    async def _process_parsed(self, entries: Sequence[StreamEntry], parsed: Sequence[Received]) -> int:
         try:
-            await self._process_with_retries(parsed, fenced)
+            await self._process_with_retries(parsed)
             done = [p.entry for p in parsed]
-        except (asyncio.CancelledError, _LeaseRunOut):
+        except asyncio.CancelledError:
             raise
+        except _LeaseRunOut:
+            # Left pending, untouched: the partition's new owner takes it over before anything newer.
+            log.warning("partition lease may have run out; batch left to the new owner")
+            done = []
         except Exception as exc:
             # Find the entries that fail on their own; the others go through.
             self._note_error(exc)
@@ -432,7 +429,7 @@ class ConsumerGroup:
     def _note_error(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-9:], repr(exc)[:500]]
 
-    async def _process_with_retries(self, items: Sequence[Received], fenced: bool = False) -> None:
+    async def _process_with_retries(self, items: Sequence[Received]) -> None:
         """Process a batch; while a dependency is down, retry it here with backoff.
 
         An outage is not the entries' fault: retrying them in place keeps their
@@ -442,7 +439,8 @@ class ConsumerGroup:
         """
         delay = 0.1
         while True:
-            self._check_lease(items, fenced)
+            if _LEASED.get() and not all(self._lease_current(item.entry.stream) for item in items):
+                raise _LeaseRunOut()
             try:
                 await self.handler.handle(items)
                 return
@@ -515,6 +513,7 @@ class ConsumerGroup:
 
     async def _serve(self, key: str, slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]) -> None:
         """Read one partition until ``shutdown()``, handing each batch to a task of its own."""
+        _LEASED.set(self.ordered)  # this reader's task, and the batch tasks it starts (they copy it)
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         delay = 0.1
@@ -585,7 +584,7 @@ class ConsumerGroup:
     ) -> asyncio.Task[int]:
         """Process a batch of partition ``key`` in a task of its own, which gives its slot back."""
         self._batches_of[key] += 1
-        task = asyncio.create_task(self.process(entries, fenced=self.ordered))
+        task = asyncio.create_task(self.process(entries))
         inflight.add(task)
         task.add_done_callback(self._finished(inflight, slots))
         task.add_done_callback(lambda _: self._batches_of.subtract([key]))
@@ -616,10 +615,8 @@ class ConsumerGroup:
         return key in self.owned and self._lease_current(key)
 
     def _lease_current(self, key: str) -> bool:
-        """Whether this replica's lease of partition ``key`` cannot have run out yet (on its own clock).
-
-        A partition being given up (no longer ``owned``) still counts until it is released: its
-        batches in flight finish first."""
+        """Whether this replica's lease of ``key`` cannot have run out yet (on its own clock); a
+        partition being given up still counts until it is released (its batches finish first)."""
         return not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
 
     async def balance(self) -> None:
