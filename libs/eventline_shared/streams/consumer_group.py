@@ -30,6 +30,12 @@ batches; the campaign service is one user, a future consumer is another.
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
+* From the moment its lease may have run out, an owner also hands no batch it
+  had read to the handler any more: a batch still waiting (behind an earlier
+  batch of one of its customers, or to be retried after an outage) is left
+  pending, untouched, for the new owner, which takes it over before anything
+  newer. Only a batch the handler had already begun finishes beside the new
+  owner's.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -43,6 +49,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +65,15 @@ from eventline_shared.streams.stream import Client, StreamEntry
 log = logging.getLogger(__name__)
 
 Keepalive = Callable[[], Awaitable[None]]
+
+_LEASED: ContextVar[bool] = ContextVar("_LEASED", default=False)
+"""True in ``run()``'s readers and the batch tasks they start: their batches are processed only
+while this replica's partition leases cannot have run out (``drain()`` reads every partition,
+owned or not, and is not fenced)."""
+
+
+class _LeaseRunOut(Exception):
+    """The lease of a batch's partition may have run out before the handler got it."""
 
 
 @dataclass
@@ -380,6 +396,10 @@ class ConsumerGroup:
             done = [p.entry for p in parsed]
         except asyncio.CancelledError:
             raise
+        except _LeaseRunOut:
+            # Left pending, untouched: the partition's new owner takes it over before anything newer.
+            log.warning("partition lease may have run out; batch left to the new owner")
+            done = []
         except Exception as exc:
             # Find the entries that fail on their own; the others go through.
             self._note_error(exc)
@@ -419,6 +439,8 @@ class ConsumerGroup:
         """
         delay = 0.1
         while True:
+            if _LEASED.get() and not all(self._lease_current(item.entry.stream) for item in items):
+                raise _LeaseRunOut()
             try:
                 await self.handler.handle(items)
                 return
@@ -491,6 +513,7 @@ class ConsumerGroup:
 
     async def _serve(self, key: str, slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]) -> None:
         """Read one partition until ``shutdown()``, handing each batch to a task of its own."""
+        _LEASED.set(self.ordered)  # this reader's task, and the batch tasks it starts (they copy it)
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         delay = 0.1
@@ -589,9 +612,12 @@ class ConsumerGroup:
 
     def reads(self, key: str) -> bool:
         """Whether ``run()`` may read partition ``key`` now: owned, and its lease not run out meanwhile."""
-        return key in self.owned and (
-            not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
-        )
+        return key in self.owned and self._lease_current(key)
+
+    def _lease_current(self, key: str) -> bool:
+        """Whether this replica's lease of ``key`` cannot have run out yet (on its own clock); a
+        partition being given up still counts until it is released (its batches finish first)."""
+        return not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
 
     async def balance(self) -> None:
         """One round of partition ownership: renew, then take free partitions or give extra ones up."""
