@@ -2,7 +2,8 @@
 
 A relay publishes one partition at a time, in outbox id order (issue 11: relay B
 published event 1 while relay A still held event 0's row); a consumer hands one
-customer's entries over in stream order even with batches in flight; outbox rows
+customer's entries over in stream order even with batches in flight, and holds back only
+the customers of a batch in flight; outbox rows
 belong to their deployment's stream; consumers of gone replicas leave the group.
 """
 
@@ -152,6 +153,30 @@ async def test_batches_in_flight_hand_one_customers_entries_over_in_order(stream
         group.shutdown()
         await running
     assert recorder.handled == [("c1", f"e{i}") for i in range(4)]
+
+
+@single_and_cluster
+async def test_only_the_customers_of_a_batch_in_flight_wait_for_it(stream_key, redis_client):
+    for customer_id, event_id in (("c1", "e0"), ("c1", "e1"), ("c1", "e2"), ("c2", "f0")):
+        event = customer_event(customer_id, "A", event_id)
+        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
+        await stream.Appender(redis_client, stream_key).append([entry])
+    recorder = Recorder()
+    recorder.gate = asyncio.Event()
+    group = ConsumerGroup(
+        redis_client, recorder, streams=[stream_key], group="g", consumer="w1", batch=2, concurrency=2
+    )
+    running = asyncio.create_task(group.run())
+    try:
+        # The first batch (c1's e0, e1) is held: the second one's c1 entry waits for it, its c2
+        # entry does not.
+        await wait_until(lambda: recorder.handled == [("c2", "f0")], 30, "c2 waited for c1's batch")
+        recorder.gate.set()
+        await wait_until(lambda: len(recorder.handled) == 4, 30, "the batches were not handled")
+    finally:
+        group.shutdown()
+        await running
+    assert recorder.handled == [("c2", "f0"), ("c1", "e0"), ("c1", "e1"), ("c1", "e2")]
 
 
 @single_and_cluster
