@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from eventline.campaigns.v1 import campaigns_pb2
 
@@ -68,6 +69,29 @@ async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over
     assert row.status == campaigns_pb2.DELIVERY_STATUS_SENT
     assert row.attempts == 1
     assert await b.recover() == 0
+
+
+async def test_a_batch_recorded_a_third_of_the_lease_ago_is_confirmed_before_it_is_sent(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, smtp_server
+) -> None:
+    await upsert(ingestion, "late", email="late@example.com", email_consent=GRANTED)
+    campaign_id = await start(campaigns, email_campaign())
+    delivery = campaigns_server.engine.delivery
+    now = [100.0]
+    a = Delivery(delivery.repository, delivery.channels, delivery.rendering, monotonic=lambda: now[0])
+    b = replica(delivery)
+    message = Message(0, EMAIL, ["late@example.com"], "Subject", "", "Body")
+    owned = await a.repository.record(
+        campaign_id, "ev-late", [Planned("late", EMAIL, PENDING, "", message)], lease_s=-1, marketing=False
+    )
+    assert await b.recover() == 1, "B takes the expired lease over and sends"
+    await smtp_server.wait_for(1)
+    # A recorded it itself, but a third of its lease ago by its clock: it asks the ledger first.
+    now[0] += a.lease_s / 3
+    assert await a.send([replace(o, leased_at=100.0) for o in owned]) == 0
+    assert len(smtp_server.messages) == 1
+    [row] = await deliveries(campaigns, campaign_id=campaign_id)
+    assert (row.status, row.attempts) == (campaigns_pb2.DELIVERY_STATUS_SENT, 1)
 
 
 async def test_a_slow_provider_call_keeps_its_lease_and_is_not_taken_over(  # type: ignore[no-untyped-def]
