@@ -15,7 +15,7 @@ from dataclasses import replace
 from eventline.campaigns.v1 import campaigns_pb2
 
 from eventline_campaigns.channels import Channel
-from eventline_campaigns.delivery import Delivery
+from eventline_campaigns.delivery import FRESH_LEASE, Delivery
 from eventline_campaigns.model import EMAIL, PENDING, Message, Owned, Planned
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup, Received, StreamHandler
@@ -84,15 +84,15 @@ async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over
     assert await b.recover() == 0
 
 
-async def test_a_batch_recorded_a_third_of_the_lease_ago_is_confirmed_before_it_is_sent(  # type: ignore[no-untyped-def]
+async def test_a_batch_recorded_a_tenth_of_the_lease_ago_is_confirmed_before_it_is_sent(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, smtp_server
 ) -> None:
     delivery = campaigns_server.engine.delivery
     now = [100.0]
     a = Delivery(delivery.repository, delivery.channels, delivery.rendering, monotonic=lambda: now[0])
     campaign_id, owned = await taken_over(campaigns, ingestion, smtp_server, a, replica(delivery), "late")
-    # A recorded it itself, but a third of its lease ago by its clock: it asks the ledger first.
-    now[0] += a.lease_s / 3
+    # A recorded it itself, but a tenth of its lease ago by its clock: it asks the ledger first.
+    now[0] += a.lease_s * FRESH_LEASE
     assert await a.send([replace(o, leased_at=100.0) for o in owned]) == 0
     assert len(smtp_server.messages) == 1
     [row] = await deliveries(campaigns, campaign_id=campaign_id)
