@@ -40,6 +40,12 @@ between runs on a quiet machine of the same size; they are not comparable with
 runs before this benchmark measured at a receiver (it timed files written by
 the development sink).
 
+Where the time goes: segmentation's, PostgreSQL's (the backends of the run's database) and
+Redis's CPU per trigger event next to the campaign and ingestion services'; and the campaign
+service's share split at the delivery ledger's own stamps (entry -> recorded: read, trigger,
+plan; recorded -> received: send; received -> marked). ``--triggers-only`` skips the fan-out:
+rounds short enough to alternate two trees back to back.
+
 With ``--channel-cap`` an e-mail cap across campaigns is set first (1,000 per customer in
 7 days: never reached here), so every delivery passes the cap's check where it is recorded
 (one transaction per batch of triggers, a lock per customer, a count and an insert): its cost.
