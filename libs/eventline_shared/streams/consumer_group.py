@@ -334,7 +334,11 @@ class ConsumerGroup:
         # Both parts take their customers' places before anything awaits: a later batch of one of
         # them waits for its part.
         parts = [self._take_turn(part) for part in (waiting, going) if part]
-        await asyncio.gather(*(self._in_turn(*part) for part in parts))
+        try:
+            await asyncio.gather(*(self._in_turn(*part) for part in parts))
+        finally:
+            for part, _, done in parts:
+                self._end_turn(part, done)  # a part cancelled before it started gives its place back
         return len(entries)
 
     def _take_turn(
@@ -362,11 +366,17 @@ class ConsumerGroup:
             await self._process_parsed(parsed)
         finally:
             heartbeat.cancel()
-            self._inflight.difference_update(p.entry.entry_id for p in parsed)
-            done.set_result(None)
-            for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
-                if self._customers.get(customer) is done:
-                    del self._customers[customer]
+            self._end_turn(parsed, done)
+
+    def _end_turn(self, parsed: Sequence[Received], done: asyncio.Future[None]) -> None:
+        """Give the customers of ``parsed`` (``_take_turn``'s) to their next batch; once only."""
+        if done.done():
+            return
+        self._inflight.difference_update(p.entry.entry_id for p in parsed)
+        done.set_result(None)
+        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
+            if self._customers.get(customer) is done:
+                del self._customers[customer]
 
     async def _claim_again(self, items: Sequence[Received]) -> None:
         """Reset the entries' idle time (XCLAIM JUSTID does not count as a delivery)."""
