@@ -285,6 +285,25 @@ async def test_backfill_is_silent_pages_list_and_events_meanwhile_are_not_missed
     assert (size.size, size.stored) == (count.count, True) == (6, True)
 
 
+async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(suite: Suite) -> None:
+    engine = suite.segmentation_server.realtime
+    events = {"c1": {"browse"}, "c2": {"purchase", "browse"}}
+    assert await engine.concerned(events) == []  # no real-time segment: no transaction at all
+    await suite.save("buyers", purchases(1, 30))
+    assert await engine.concerned(events) == ["c2"]
+    # A filter an empty customer matches may change on any first event of anyone.
+    no_purchase = pb.Filter(
+        event=pb.EventCondition(
+            name="purchase",
+            count=pb.CountTest(
+                period=pb.Period(last=pb.RecentPeriod(amount=30, unit=pb.TIME_UNIT_DAY)), at_most=0
+            ),
+        )
+    )
+    await suite.save("idle", no_purchase)
+    assert await engine.concerned(events) == ["c1", "c2"]
+
+
 async def test_filter_change_recomputes_and_unmarking_drops_membership(suite: Suite) -> None:
     await suite.track("f1", "purchase", START)
     await suite.track("f2", "browse", START)

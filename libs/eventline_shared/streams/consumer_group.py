@@ -25,8 +25,9 @@ batches; the campaign service is one user, a future consumer is another.
   owner that stalled past its lease reads nothing more of the partition, even
   before its renewal finds the lease gone (``reads``); the effects of a batch it
   had in flight are the handler's to make idempotent (the campaign ledger is).
-  Within a replica, a batch that holds a customer of a batch still in flight
-  waits for that batch.
+  Within a replica, the entries of a batch whose customers have a batch still
+  in flight wait for it; the batch's other entries do not (a customer's
+  entries all wait or all go).
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
@@ -342,28 +343,56 @@ class ConsumerGroup:
             parsed.append(Received(entry, event, self._keepalive(entry)))
         if not parsed:
             return len(entries)
-        ids = [p.entry.entry_id for p in parsed]
-        self._inflight.update(ids)
-        heartbeat = asyncio.create_task(self._hold(parsed))
-        # One customer's entries in stream order: wait for their batches in flight before this one.
+        # One customer's entries in stream order: the customers of a batch still in flight wait for
+        # it; the others of this batch go on at once (all of a customer's entries go one way).
+        waiting = [p for p in parsed if p.entry.customer_id in self._customers]
+        going = [p for p in parsed if p.entry.customer_id not in self._customers]
+        # Both parts take their customers' places before anything awaits: a later batch of one of
+        # them waits for its part.
+        parts = [self._take_turn(part) for part in (waiting, going) if part]
+        try:
+            await asyncio.gather(*(self._in_turn(*part) for part in parts))
+        finally:
+            for part, _, done in parts:
+                self._end_turn(part, done)  # a part cancelled before it started gives its place back
+        return len(entries)
+
+    def _take_turn(
+        self, parsed: Sequence[Received]
+    ) -> tuple[Sequence[Received], set[asyncio.Future[None]], asyncio.Future[None]]:
+        """Make ``parsed`` the latest entries of their customers: (them, the batches they wait for,
+        the future they set when done). Synchronous, so that no other batch comes in between."""
         before = {
             self._customers[p.entry.customer_id] for p in parsed if p.entry.customer_id in self._customers
         }
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        mine = {p.entry.customer_id for p in parsed if p.entry.customer_id}
-        for customer in mine:
+        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
             self._customers[customer] = done
+        self._inflight.update(p.entry.entry_id for p in parsed)
+        return parsed, before, done
+
+    async def _in_turn(
+        self, parsed: Sequence[Received], before: set[asyncio.Future[None]], done: asyncio.Future[None]
+    ) -> None:
+        """Process entries (``_take_turn``'s) once the batches they wait for are done."""
+        heartbeat = asyncio.create_task(self._hold(parsed))
         try:
             if before:
                 await asyncio.wait(before)
-            return await self._process_parsed(entries, parsed)
+            await self._process_parsed(parsed)
         finally:
             heartbeat.cancel()
-            self._inflight.difference_update(ids)
-            done.set_result(None)
-            for customer in mine:
-                if self._customers.get(customer) is done:
-                    del self._customers[customer]
+            self._end_turn(parsed, done)
+
+    def _end_turn(self, parsed: Sequence[Received], done: asyncio.Future[None]) -> None:
+        """Give the customers of ``parsed`` (``_take_turn``'s) to their next batch; once only."""
+        if done.done():
+            return
+        self._inflight.difference_update(p.entry.entry_id for p in parsed)
+        done.set_result(None)
+        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
+            if self._customers.get(customer) is done:
+                del self._customers[customer]
 
     async def _claim_again(self, items: Sequence[Received]) -> None:
         """Reset the entries' idle time (XCLAIM JUSTID does not count as a delivery)."""
@@ -390,7 +419,7 @@ class ConsumerGroup:
 
         return touch
 
-    async def _process_parsed(self, entries: Sequence[StreamEntry], parsed: Sequence[Received]) -> int:
+    async def _process_parsed(self, parsed: Sequence[Received]) -> None:
         try:
             await self._process_with_retries(parsed)
             done = [p.entry for p in parsed]
@@ -423,8 +452,7 @@ class ConsumerGroup:
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
             for key, entry_ids in by_stream.items():
                 await self.client.xack(key, self.group, *entry_ids)
-        log.debug("stream entries processed", extra={"entries": len(entries), "acknowledged": len(done)})
-        return len(entries)
+        log.debug("stream entries processed", extra={"entries": len(parsed), "acknowledged": len(done)})
 
     def _note_error(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-9:], repr(exc)[:500]]
