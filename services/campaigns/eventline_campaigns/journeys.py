@@ -49,7 +49,18 @@ from eventline_campaigns.journey_model import (
     next_local_time,
     quiet_until,
 )
-from eventline_campaigns.journey_store import START, Entry, Instance, InstanceKey, JourneyStore, Move
+from eventline_campaigns.journey_store import (
+    DEFER,
+    DISCARD,
+    HOLD,
+    START,
+    Advance,
+    Entry,
+    Instance,
+    InstanceKey,
+    JourneyStore,
+    Move,
+)
 from eventline_campaigns.model import (
     ARCHIVED,
     CUSTOMER_TRIGGER,
@@ -181,56 +192,45 @@ class JourneyRunner:
     async def _fire_batch(self, due: Sequence[Due]) -> list[Due]:
         now = self.clock.now()
         by_key = {(d.key[0], d.key[1], d.key[2]): d for d in due}
-        instances = await self.store.instances(self.store.pool, list(by_key))
-        states = await self.store.campaign_states(
-            self.store.pool, [i.campaign_id for i in instances.values()]
-        )
+        found = await self.store.instances(list(by_key))
+        instances = {key: instance for key, (instance, _) in found.items()}
         live = [
             i
-            for i in instances.values()
-            if i.status == ACTIVE_INSTANCE and states.get(i.campaign_id) not in (PAUSED, ARCHIVED)
+            for i, state in found.values()
+            if i.status == ACTIVE_INSTANCE and state not in (PAUSED, ARCHIVED)
         ]
         profiles = await self.repository.profiles(sorted({i.customer_id for i in live}))
         results = await self._work(live, profiles, now)
-        # A step whose work failed (segmentation or a provider down) keeps its claimed timer: it
-        # runs again once the claim's lease ends; the batch's other steps go on.
-        failed = {i.key for i in live} - results.keys()
+        working = {i.key for i in live}
         await faults.point("journeys.before_advance")
-        moves: list[tuple[Instance, Move, bool]] = []
-        deferred: list[tuple[Instance, dt.datetime, str]] = []
-        held: list[tuple[InstanceKey, dt.datetime]] = []
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instances(connection, list(by_key), lock=True)
-            taken = await self.store.timers.take_many(
-                connection, [d for k, d in by_key.items() if k not in failed]
-            )
-            states = await self.store.campaign_states(
-                connection, [i.campaign_id for i in locked.values()], lock=True
-            )
-            for key, instance in locked.items():
-                seen = instances.get(key)
-                if key not in taken or instance.status != ACTIVE_INSTANCE or seen is None:
-                    continue  # another worker ran it, or the instance ended meanwhile
-                if seen.step_id != instance.step_id:
-                    continue
-                state = states.get(instance.campaign_id)
-                result = results.get(key)
-                if state == ARCHIVED:
-                    moves.append((instance, Move("cancelled", final_status=CANCELLED), False))
-                elif isinstance(result, tuple):
-                    deferred.append((instance, result[0], result[1]))
-                elif result is None:
-                    held.append((key, by_key[key].due_at))  # paused when the batch began
-                else:
-                    moves.append((instance, result, state == PAUSED))
-            await self.store.record_moves(connection, moves, now)
-            await self.store.defer(connection, deferred)
-            await self.store.hold(connection, held)
+        steps: list[Advance] = []
+        for key, claim in by_key.items():
+            claimed = claim.due_at
+            instance = instances.get(key)
+            result = results.get(key)
+            if instance is None:
+                steps.append(Advance(key, Move("gone"), claimed, None, DISCARD))
+            elif instance.status != ACTIVE_INSTANCE:
+                steps.append(Advance(key, Move("ended"), claimed, instance.step_id, DISCARD))
+            elif isinstance(result, Move):
+                steps.append(Advance(key, result, claimed, instance.step_id))
+            elif isinstance(result, tuple):
+                until, reason = result
+                deferral = Move("deferred", reason, due_at=until)
+                steps.append(Advance(key, deferral, claimed, instance.step_id, DEFER))
+            elif key in working:
+                # A step whose work failed (segmentation or a provider down) keeps its claimed timer: it
+                # runs again once the claim's lease ends; the batch's other steps go on.
+                continue
+            else:
+                # Its campaign was paused or archived when the batch began: held, or cancelled.
+                steps.append(Advance(key, Move("held"), claimed, instance.step_id, HOLD))
+        done = await self.store.advance(self.store.pool, steps, now)
         await faults.point("journeys.after_advance")
         return [
-            Due(instance.key, move.due_at or now)
-            for instance, move, paused in moves
-            if move.next_step is not None and not paused and (move.due_at or now) <= now
+            Due(a.key, a.move.due_at or now)
+            for a in steps
+            if done.get(a.key) == "go" and (a.move.due_at or now) <= now
         ]
 
     def _enter_step(
@@ -457,31 +457,24 @@ class JourneyRunner:
         return len(resumed)
 
     async def _exit(self, instance: Instance, now: dt.datetime) -> None:
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instance(connection, instance.key, lock=True)
-            if locked is None or locked.status != 1:
-                return
-            await self.store.record_move(
-                connection, locked, Move("exited", final_status=EXITED), now, held=False
-            )
+        await self.store.advance(
+            self.store.pool, [Advance(instance.key, Move("exited", final_status=EXITED))], now
+        )
 
     async def _arrive(
         self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
     ) -> Due | None:
-        """The awaited event arrived: record it and move on to the arrived path."""
+        """The awaited event arrived: record it and move on to the arrived path (unless the
+        instance left the step meanwhile)."""
         following = journey.steps.get(step.arrived_step)
         profile = None
         if following is not None and following.until_local is not None:  # only a local time needs the zone
             profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
         move = self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now, profile)
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instance(connection, instance.key, lock=True)
-            if locked is None or locked.status != ACTIVE_INSTANCE or locked.step_id != step.step_id:
-                return None
-            states = await self.store.campaign_states(connection, [instance.campaign_id], lock=True)
-            paused = states.get(instance.campaign_id) == PAUSED
-            await self.store.record_move(connection, locked, move, now, held=paused)
-        if move.next_step is not None and not paused and (move.due_at or now) <= now:
+        done = await self.store.advance(
+            self.store.pool, [Advance(instance.key, move, at_step=step.step_id)], now
+        )
+        if done.get(instance.key) == "go" and (move.due_at or now) <= now:
             return Due(instance.key, move.due_at or now)
         return None
 
