@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
@@ -62,6 +62,7 @@ from eventline_campaigns.journey_store import (
     Move,
 )
 from eventline_campaigns.model import (
+    ACTIVE,
     ARCHIVED,
     CUSTOMER_TRIGGER,
     MAX_REASON,
@@ -185,22 +186,39 @@ class JourneyRunner:
         """Run the steps of claimed timers, a batch at a time, then the steps after them that
         are due at once."""
         pending = list(due)
+        known: dict[InstanceKey, tuple[Instance, int | None]] = {}
+        profiles: dict[str, Profile | None] = {}
         while pending:
             batch, pending = pending[: self.batch], pending[self.batch :]
-            pending += await self._fire_batch(batch)
+            pending += await self._fire_batch(batch, known, profiles)
 
-    async def _fire_batch(self, due: Sequence[Due]) -> list[Due]:
+    async def _fire_batch(
+        self,
+        due: Sequence[Due],
+        known: dict[InstanceKey, tuple[Instance, int | None]],
+        profiles: dict[str, Profile | None],
+    ) -> list[Due]:
+        """Run one batch of due steps. ``known`` holds the instances this call of ``fire`` moved
+        on to a step due at once, as they were left (with their campaigns' states), and
+        ``profiles`` the customers it read: a step following another in the same call is run
+        without reading them again (the statement that records it checks, under its locks,
+        that the instance is still where it was left); both are updated for the next batch."""
         now = self.clock.now()
         by_key = {(d.key[0], d.key[1], d.key[2]): d for d in due}
-        found = await self.store.instances(list(by_key))
+        found = {key: known.pop(key) for key in by_key if key in known}
+        found.update(await self.store.instances([key for key in by_key if key not in found]))
         instances = {key: instance for key, (instance, _) in found.items()}
         live = [
             i
             for i, state in found.values()
             if i.status == ACTIVE_INSTANCE and state not in (PAUSED, ARCHIVED)
         ]
-        profiles = await self.repository.profiles(sorted({i.customer_id for i in live}))
-        results = await self._work(live, profiles, now)
+        unread = sorted({i.customer_id for i in live} - profiles.keys())
+        if unread:
+            read = await self.repository.profiles(unread)
+            profiles.update((customer_id, read.get(customer_id)) for customer_id in unread)
+        present = {i.customer_id: p for i in live if (p := profiles.get(i.customer_id)) is not None}
+        results = await self._work(live, present, now)
         working = {i.key for i in live}
         await faults.point("journeys.before_advance")
         steps: list[Advance] = []
@@ -227,11 +245,18 @@ class JourneyRunner:
                 steps.append(Advance(key, Move("held"), claimed, instance.step_id, HOLD))
         done = await self.store.advance(self.store.pool, steps, now)
         await faults.point("journeys.after_advance")
-        return [
-            Due(a.key, a.move.due_at or now)
-            for a in steps
-            if done.get(a.key) == "go" and (a.move.due_at or now) <= now
-        ]
+        following: list[Due] = []
+        for a in steps:
+            if done.get(a.key) == "go" and (a.move.due_at or now) <= now:
+                assert a.move.next_step is not None
+                moved = replace(
+                    instances[a.key],
+                    step_id=a.move.next_step,
+                    variant=a.move.variant or instances[a.key].variant,
+                )
+                known[a.key] = (moved, ACTIVE)
+                following.append(Due(a.key, a.move.due_at or now))
+        return following
 
     def _enter_step(
         self,
