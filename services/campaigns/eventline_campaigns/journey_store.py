@@ -2,8 +2,8 @@
 
 An instance is keyed by (customer, campaign, entry event). Its timer (one per instance,
 ``eventline_shared.storage.timers``) says when its current step is due; the runner claims
-due timers and, in one transaction holding the instance's row lock, takes the timer,
-records the step's outcome and moves the instance on. A step's row in ``journey_steps``
+due timers and, in one statement for a batch that locks the instances' rows (``advance``),
+takes the timers, records the steps' outcomes and moves the instances on. A step's row in ``journey_steps``
 is written once (its primary key), so a step a crashed worker left half done is finished
 by the next one, never run twice (sends are exactly once through the delivery ledger).
 """

@@ -5,8 +5,9 @@ Every replica runs it. A step runs in two parts:
 1. its work, which is safe to repeat: a send goes through ``Delivery.deliver`` (the
    ledger's key makes a repeat a no-op, and a crash after recording is sent again by
    ``Delivery.recover``), a branch asks segmentation, a split hashes;
-2. one transaction that locks the instance, takes its timer (``TimerTable.take``: only
-   one worker does), records the step's outcome once and moves the instance on.
+2. one statement that locks the instance, takes its timer (as ``TimerTable.take`` would:
+   only one worker does), records the step's outcome once and moves the instance on
+   (``JourneyStore.advance``, for a batch of instances).
 
 A worker killed between the two leaves the timer claimed; when its lease ends another
 replica runs the step again: the send is not repeated, the outcome is recorded once.
