@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+import redis.asyncio as redis
 
 from eventline_shared.dev import harness
 from eventline_shared.dev.harness import free_port as free_port
@@ -97,3 +98,35 @@ def backend_cpu(pids: list[int]) -> dict[int, float]:
             continue
         found[pid] = times.user + times.system
     return found
+
+
+async def database_backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of every PostgreSQL backend (same host) connected to the database of ``url``, by pid."""
+    connection = await asyncpg.connect(url)
+    try:
+        pids = [
+            row[0]
+            for row in await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ]
+    finally:
+        await connection.close()
+    return backend_cpu(pids)
+
+
+def backend_cpu_used(before: Mapping[int, float], after: Mapping[int, float]) -> float:
+    """CPU seconds the backends used between two ``backend_cpu`` readings (one started meanwhile
+    counts from zero; one that ended meanwhile is lost)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+async def redis_cpu_seconds(url: str = REDIS_URL) -> float:
+    """CPU seconds used so far by the Redis server of ``url`` (same host; shared with every other
+    user of that server, so only a quiet server gives a figure of one benchmark's own)."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = await client.info("server")
+    finally:
+        await client.aclose()
+    return cpu_seconds(int(info["process_id"]))

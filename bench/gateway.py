@@ -18,17 +18,22 @@ means committed). The ratio JSON/gRPC is what the HTTP edge costs (target >= 0.7
 service is started too, the ledger is given one sent e-mail delivery per callback, and
 Mailgun webhooks (one "delivered" event each, as Mailgun sends them, each with its own
 token, signed with the signing key) are POSTed to /v1/callbacks/mailgun, ``CALLBACKS_IN_FLIGHT``
-at a time. Each is verified, checked against replays and recorded on the ledger through the
-campaign service's RecordDeliveryEvents (the callbacks that arrive while a call is in flight
-share the next call and one PostgreSQL statement, each answered with its own outcome); every
-reply must say recorded 1, and the ledger must hold one report per delivery at the end.
+at a time, each on a keep-alive HTTP/1.1 connection of its own (``Poster``: the request
+bytes a provider sends, each reply read and checked, without a general client's per-request
+objects, which cost as much CPU as the gateway on the cores they share). Each is verified,
+checked against replays and recorded on the ledger through the campaign service's
+RecordDeliveryEvents (the callbacks that arrive while a call is in flight share the next call
+and one PostgreSQL statement, each answered with its own outcome); every reply must say
+recorded 1, and the ledger must hold one report per delivery at the end.
 
 Beside the rate, the CPU each callback cost (read from the kernel around the measured round,
 less moved by a shared machine's load than the rate): ``gateway_cpu_us_per_callback``,
 ``campaigns_cpu_us_per_callback``, ``database_cpu_us_per_callback`` (the PostgreSQL backends
 of the run's database) and ``client_cpu_us_per_callback`` (this process, the load generator,
-which shares the machine). Then the floor: the same bodies, client and concurrency against a
-bare aiohttp server that reads each body and answers without verifying or recording anything
+which shares the machine), and ``callbacks_per_recording_call`` (callbacks per
+RecordDeliveryEvents call, from the campaign service's /metrics: each call's fixed cost is
+spread over them). Then the floor: the same bodies, client and concurrency against a bare
+aiohttp server that reads each body and answers without verifying or recording anything
 (``bare_http_callbacks_per_s``, ``bare_http_cpu_us_per_callback``): what HTTP alone costs on
 the machine at that moment. ``--callbacks-only`` runs only this phase.
 
@@ -52,6 +57,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -191,38 +197,134 @@ async def bare_http_round(bodies: list[bytes]) -> tuple[float, float]:
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--bare-http-server", str(port)])
     try:
-        target = f"http://127.0.0.1:{port}/v1/callbacks/mailgun"
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
-        ) as session:
-            for _ in range(100):
-                try:
-                    await callbacks_round(session, target, bodies[:500])  # warm-up
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            cpu = common.cpu_seconds(server.pid)
-            seconds = await callbacks_round(session, target, bodies[500:])
-            cpu = common.cpu_seconds(server.pid) - cpu
+        requests = callback_requests(f"http://127.0.0.1:{port}/v1/callbacks/mailgun", bodies)
+        connections = await posters(f"http://127.0.0.1:{port}", wait_s=10)
+        await callbacks_round(connections, requests[:500])  # warm-up
+        cpu = common.cpu_seconds(server.pid)
+        seconds = await callbacks_round(connections, requests[500:])
+        cpu = common.cpu_seconds(server.pid) - cpu
+        close(connections)
     finally:
         stop(server)
     count = len(bodies) - 500
     return count / seconds, cpu * 1e6 / count
 
 
-async def callbacks_round(session: aiohttp.ClientSession, url: str, bodies: list[bytes]) -> float:
-    """Seconds to POST every webhook, ``CALLBACKS_IN_FLIGHT`` at a time; each must be recorded."""
-    queue = list(bodies)
+class Poster(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection that POSTs one request at a time and reads each reply
+    (status line, headers, a ``Content-Length`` body). The callbacks' load generator: the
+    requests are the bytes a provider sends, over TCP on loopback, and every reply is read and
+    checked; it only skips what a general client does per request (a request object, header
+    multidicts, cookie handling, a response object), which cost about as much CPU per callback
+    as the gateway itself and share the machine's cores with the processes being measured."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.reply: asyncio.Future[tuple[int, bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if self.reply is None or self.reply.done():
+            return
+        end = self.received.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.received[:end]).lower()
+        start = head.find(b"\r\ncontent-length:")
+        if start < 0:
+            self.reply.set_exception(ConnectionError(f"a reply without Content-Length: {head!r}"))
+            return
+        line_end = head.find(b"\r\n", start + 2)
+        length = int(head[start + 17 : line_end if line_end > 0 else len(head)])
+        if len(self.received) < end + 4 + length:
+            return
+        body = bytes(self.received[end + 4 : end + 4 + length])
+        del self.received[: end + 4 + length]
+        self.reply.set_result((int(head[9:12]), body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reply is not None and not self.reply.done():
+            self.reply.set_exception(ConnectionError(f"the connection closed: {exc}"))
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        """The status and body of the reply to ``request`` (a whole HTTP/1.1 request)."""
+        assert self.transport is not None
+        self.reply = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return await self.reply
+
+
+async def posters(url: str, wait_s: float = 0.0) -> list[Poster]:
+    """``CALLBACKS_IN_FLIGHT`` connections to the host of ``url`` (retrying for up to ``wait_s``
+    while nothing listens there yet)."""
+    address = urllib.parse.urlsplit(url)
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            connected = [
+                await loop.create_connection(Poster, address.hostname, address.port)
+                for _ in range(CALLBACKS_IN_FLIGHT)
+            ]
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        return [protocol for _, protocol in connected]
+
+
+def close(connections: list[Poster]) -> None:
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.close()
+
+
+def callback_requests(url: str, bodies: list[bytes]) -> list[bytes]:
+    """Each webhook as the HTTP/1.1 request a provider sends to ``url``."""
+    address = urllib.parse.urlsplit(url)
+    return [
+        (
+            f"POST {address.path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: application/json\r\n"
+            f"User-Agent: eventline-bench\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for body in bodies
+    ]
+
+
+async def callbacks_round(connections: list[Poster], requests: list[bytes]) -> float:
+    """Seconds to POST every webhook, one at a time on each connection; each must be recorded."""
+    queue = list(requests)
     started = time.perf_counter()
 
-    async def worker() -> None:
+    async def worker(connection: Poster) -> None:
         while queue:
-            async with session.post(url, data=queue.pop()) as response:
-                reply = orjson.loads(await response.read())
-                assert response.status == 200 and reply["recorded"] == 1, reply
+            status, body = await connection.post(queue.pop())
+            reply = orjson.loads(body)
+            assert status == 200 and reply["recorded"] == 1, (status, reply)
 
-    await asyncio.gather(*(worker() for _ in range(CALLBACKS_IN_FLIGHT)))
+    await asyncio.gather(*(worker(connection) for connection in connections))
     return time.perf_counter() - started
+
+
+async def recording_calls(metrics_port: int) -> float:
+    """RecordDeliveryEvents calls the campaign service has answered, from its /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{metrics_port}/metrics") as reply,
+    ):
+        text = await reply.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("eventline_rpcs_total{") and 'grpc_method="RecordDeliveryEvents"' in line
+    )
 
 
 async def database_backends(url: str) -> list[int]:
@@ -242,7 +344,7 @@ async def measure_callbacks(
     CPU each callback cost the gateway, the campaign service and PostgreSQL (read from the
     kernel around the measured round: less moved by a shared machine's load than the rate)."""
     delivery_ids = await seed_deliveries(url, count + 500)
-    campaigns_port, gateway_port = free_port(), free_port()
+    campaigns_port, gateway_port, metrics_port = free_port(), free_port(), free_port()
     campaigns = start_service(
         "campaigns",
         {
@@ -251,6 +353,7 @@ async def measure_callbacks(
             "EVENTLINE_SEGMENTATION_ADDR": f"127.0.0.1:{free_port()}",
             "EVENTLINE_CAMPAIGNS_DB_POOL_SIZE": "16",
             "EVENTLINE_CAMPAIGNS_RENDER_WORKERS": "1",
+            "EVENTLINE_CAMPAIGNS_METRICS_PORT": str(metrics_port),
         },
     )
     gateway = start_service(
@@ -267,29 +370,30 @@ async def measure_callbacks(
     try:
         await serving(campaigns_port)
         endpoint = f"http://127.0.0.1:{gateway_port}"
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CALLBACKS_IN_FLIGHT)
-        ) as session:
-            await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
-            target = endpoint + "/v1/callbacks/mailgun"
-            bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
-            await callbacks_round(session, target, bodies[:500])  # warm-up
-            backends = await database_backends(url)
-            client = psutil.Process()
-            client_cpu = sum(client.cpu_times()[:2])
-            before = (
-                common.cpu_seconds(gateway.pid),
-                common.cpu_seconds(campaigns.pid),
-                common.backend_cpu(backends),
-            )
-            seconds = await callbacks_round(session, target, bodies[500:])
-            # Backends opened during the round count whole (they had no CPU before it).
-            after = (
-                common.cpu_seconds(gateway.pid),
-                common.cpu_seconds(campaigns.pid),
-                common.backend_cpu(await database_backends(url)),
-            )
-            client_cpu = sum(client.cpu_times()[:2]) - client_cpu
+        await harness.wait_http_ready(endpoint + "/readyz", interval_s=0.1)
+        bodies = [mailgun_webhook(d, uuid.uuid4().hex) for d in delivery_ids]
+        requests = callback_requests(endpoint + "/v1/callbacks/mailgun", bodies)
+        connections = await posters(endpoint)
+        await callbacks_round(connections, requests[:500])  # warm-up
+        backends = await database_backends(url)
+        calls = await recording_calls(metrics_port)
+        client = psutil.Process()
+        client_cpu = sum(client.cpu_times()[:2])
+        before = (
+            common.cpu_seconds(gateway.pid),
+            common.cpu_seconds(campaigns.pid),
+            common.backend_cpu(backends),
+        )
+        seconds = await callbacks_round(connections, requests[500:])
+        # Backends opened during the round count whole (they had no CPU before it).
+        after = (
+            common.cpu_seconds(gateway.pid),
+            common.cpu_seconds(campaigns.pid),
+            common.backend_cpu(await database_backends(url)),
+        )
+        client_cpu = sum(client.cpu_times()[:2]) - client_cpu
+        calls = await recording_calls(metrics_port) - calls
+        close(connections)
         connection = await asyncpg.connect(url)
         try:
             stored = await connection.fetchval("SELECT count(DISTINCT delivery_id) FROM delivery_events")
@@ -306,6 +410,7 @@ async def measure_callbacks(
         "campaigns_cpu_us_per_callback": (after[1] - before[1]) * 1e6 / count,
         "database_cpu_us_per_callback": database_s * 1e6 / count,
         "client_cpu_us_per_callback": client_cpu * 1e6 / count,
+        "callbacks_per_recording_call": count / calls,
         "bare_http_callbacks_per_s": bare_per_s,
         "bare_http_cpu_us_per_callback": bare_cpu_us,
     }

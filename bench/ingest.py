@@ -3,9 +3,10 @@
 Starts the ingestion service as its own process (python -m eventline_ingestion)
 on a database of its own, and measures from this process over loopback gRPC:
 
-* batch: 500 events per TrackEvents call, 4 calls in flight; the clock stops
-  when every event is durable: committed in PostgreSQL and published on the
-  Redis stream;
+* batch: 500 events per TrackEvents call, 4 calls in flight, asking for replies
+  without the stored events (``omit_stored_events``, as a bulk import does;
+  ``--full-replies`` asks for the events); the clock stops when every event is
+  durable: committed in PostgreSQL and published on the Redis stream;
 * copy: the same rows COPYed into the same table (same indexes and foreign
   key, customers created beforehand) over one connection: the floor;
 * unary: one TrackCustomerEvent per call, 64 in flight; the clock stops when
@@ -26,7 +27,10 @@ spent per event is read from the kernel (psutil) around each round.
 Data: customers drawn with a skew (a few customers have many events) from a
 pool of 10,000, 20 event names, contexts like {"item_id": 123, "amount": 12.34}.
 
-Usage: python bench/ingest.py [--quick]. The last line printed is one JSON object.
+Usage: python bench/ingest.py [--quick] [--full-replies] [--service-path DIRS]. ``--service-path``
+runs the service from another checkout (its libs/, services/ingestion and clients/python/src,
+joined with ":", put first on the service's PYTHONPATH): rounds of the code before and after a
+change, alternating, with the same benchmark. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def customer_request(
 
 
 class Service:
-    def __init__(self, url: str, stream: str) -> None:
+    def __init__(self, url: str, stream: str, python_path: str | None = None) -> None:
         self.port = free_port()
         env = {
             "EVENTLINE_DATABASE_URL": url,
@@ -111,6 +115,8 @@ class Service:
             "EVENTLINE_INGESTION_DB_POOL_SIZE": "16",
             "EVENTLINE_LOG_LEVEL": "WARNING",
         }
+        if python_path:
+            env["PYTHONPATH"] = python_path
         self.process = start_service("ingestion", env)
 
     def stop(self) -> None:
@@ -177,14 +183,19 @@ class CopyFloor:
 
 
 async def bench_batch(
-    stub: ingestion_pb2_grpc.IngestionServiceStub, client: redis.Redis, stream: str, events: list[Event]
+    stub: ingestion_pb2_grpc.IngestionServiceStub,
+    client: redis.Redis,
+    stream: str,
+    events: list[Event],
+    full_replies: bool,
 ) -> float:
     """Seconds until ``events``, sent in TrackEvents calls of 500, 4 in flight, are all on the stream."""
     batches = [
         ingestion_pb2.TrackEventsRequest(
             events=[
                 ingestion_pb2.TrackEventsItem(customer_event=customer_request(e)) for e in events[i : i + 500]
-            ]
+            ],
+            omit_stored_events=not full_replies,
         )
         for i in range(0, len(events), 500)
     ]
@@ -196,7 +207,7 @@ async def bench_batch(
     async def worker() -> None:
         while not queue.empty():
             reply = await stub.TrackEvents(queue.get_nowait(), timeout=60)
-            assert all(r.WhichOneof("result") == "event" for r in reply.results)
+            assert not any(r.HasField("error") for r in reply.results)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(4)))
@@ -288,7 +299,13 @@ def rounds(events: list[Event]) -> list[list[Event]]:
     return [events[i : i + size] for i in range(0, len(events), size)]
 
 
-async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, float]:
+async def main(
+    quick: bool,
+    sizes: tuple[int, int] | None = None,
+    *,
+    full_replies: bool = False,
+    service_path: str | None = None,
+) -> dict[str, float]:
     batch_count, unary_count = sizes or ((20_000, 3_000) if quick else (200_000, 30_000))
     batch_events = make_events(batch_count, seed=1)
     unary_events = make_events(unary_count, seed=2)
@@ -298,7 +315,7 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
     url = await fresh_database(f"eventline_bench_ingest_{run}")
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     client = redis.Redis.from_url(REDIS_URL)
-    service = Service(url, stream)
+    service = Service(url, stream, service_path)
     bare, served = BareServer(interceptors=False), BareServer(interceptors=True)
     admin = await asyncpg.connect(POSTGRES_URL)
 
@@ -340,7 +357,7 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
                 await each.TrackCustomerEvent(customer_request(make_events(1, 4)[0]))
             for part in rounds(batch_events):
                 await copy.run(len(part), floor.copy(part))
-                await batch.run(len(part), bench_batch(stub, client, stream, part))
+                await batch.run(len(part), bench_batch(stub, client, stream, part, full_replies))
             stored = 500 + len(batch_events)
             for part in rounds(unary_events):
                 # The bare handlers store nothing: half as many calls measure them well enough.
@@ -380,6 +397,7 @@ async def main(quick: bool, sizes: tuple[int, int] | None = None) -> dict[str, f
         "unary_database_cpu_us_per_event": round(unary.database_cpu_us, 1),
         "bare_cpu_us_per_call": round(bare_unary.cpu_us, 1),
         "bare_served_cpu_us_per_call": round(served_unary.cpu_us, 1),
+        "batch_full_replies": int(full_replies),
         "cpus": os.cpu_count() or 0,
     }
 
@@ -397,8 +415,21 @@ if __name__ == "__main__":
         metavar=("BATCH", "UNARY"),
         help="how many events the batch and unary phases send (default 200000 30000; quick 20000 3000)",
     )
+    parser.add_argument(
+        "--full-replies", action="store_true", help="batch replies echo the stored events (the default reply)"
+    )
+    parser.add_argument(
+        "--service-path", help="PYTHONPATH entries put first for the service: run another checkout's code"
+    )
     arguments = parser.parse_args()
-    result = asyncio.run(main(arguments.quick, tuple(arguments.events) if arguments.events else None))
+    result = asyncio.run(
+        main(
+            arguments.quick,
+            tuple(arguments.events) if arguments.events else None,
+            full_replies=arguments.full_replies,
+            service_path=arguments.service_path,
+        )
+    )
     print(
         f"batch: {result['batch_events_per_s']} events/s, copy floor: {result['copy_rows_per_s']} rows/s, "
         f"ratio {result['batch_to_copy_ratio']} (target >= 0.75); "

@@ -40,11 +40,17 @@ between runs on a quiet machine of the same size; they are not comparable with
 runs before this benchmark measured at a receiver (it timed files written by
 the development sink).
 
+Where the time goes: segmentation's, PostgreSQL's (the backends of the run's database) and
+Redis's CPU per trigger event next to the campaign and ingestion services'; and the campaign
+service's share split at the delivery ledger's own stamps (entry -> recorded: read, trigger,
+plan; recorded -> received: send; received -> marked). ``--triggers-only`` skips the fan-out:
+rounds short enough to alternate two trees back to back.
+
 With ``--channel-cap`` an e-mail cap across campaigns is set first (1,000 per customer in
 7 days: never reached here), so every delivery passes the cap's check where it is recorded
 (one transaction per batch of triggers, a lock per customer, a count and an insert): its cost.
 
-Usage: python bench/triggers.py [--quick] [--rate N] [--channel-cap]. The last line printed is one JSON object.
+Usage: python bench/triggers.py [--quick] [--rate N] [--channel-cap] [--triggers-only]. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -328,10 +334,61 @@ def trigger_figures(
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One stage of the campaign service's share, in ms: p50 and p99 over the run's events."""
+
+    name: str
+    p50: float
+    p99: float
+
+
+async def ledger_stages(
+    url: str, receiver: SmtpReceiver, appended: Mapping[str, int], event_ids: Sequence[str]
+) -> list[Stage]:
+    """Where the campaign service's share goes, per event, from the delivery ledger: a delivery's
+    ``created_at`` is the start of the transaction that recorded it (the event was read, its
+    trigger evaluated and its message planned), its ``updated_at`` the outcome's write after the
+    send. PostgreSQL stamps both with the wall clock of this host, Redis the entry, the receiver
+    the arrival: CLOCK_REALTIME, compared in ms (+-0.5 ms for the entry)."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT event_id, extract(epoch FROM created_at)::float8 AS recorded,"
+            " extract(epoch FROM updated_at)::float8 AS marked"
+            " FROM deliveries WHERE event_id = ANY($1::text[])",
+            list(event_ids),
+        )
+    finally:
+        await connection.close()
+    spans: dict[str, list[float]] = {
+        "entry -> recorded": [],
+        "recorded -> received": [],
+        "received -> marked": [],
+    }
+    for row in rows:
+        event_id = row["event_id"]
+        if event_id not in appended or event_id not in receiver.arrived:
+            continue
+        entry_ms = (appended[event_id] + 500_000) / 1e6
+        recorded_ms, marked_ms = row["recorded"] * 1e3, row["marked"] * 1e3
+        received_ms = receiver.arrived[event_id].wall_ns / 1e6
+        spans["entry -> recorded"].append(recorded_ms - entry_ms)
+        spans["recorded -> received"].append(received_ms - recorded_ms)
+        spans["received -> marked"].append(marked_ms - received_ms)
+    stages = []
+    for name, values in spans.items():
+        if values:
+            values.sort()
+            stages.append(Stage(name, statistics.median(values), percentile(values, 0.99)))
+    return stages
+
+
+@dataclass(frozen=True)
 class TriggerRun:
     figures: TriggerFigures
     events: int
     offered_per_s: float
+    stages: list[Stage]
 
 
 async def bench_triggers(
@@ -340,6 +397,7 @@ async def bench_triggers(
     rate: int,
     seconds: float,
     stream: str,
+    url: str,
 ) -> TriggerRun:
     rng = random.Random(1)
     run = uuid.uuid4().hex[:6]
@@ -393,13 +451,16 @@ async def bench_triggers(
         f"campaigns only (stream append -> received, +-0.5 ms): p50 {figures.in_campaigns:.2f} ms, "
         f"p99 {figures.in_campaigns_p99:.2f} ms"
     )
+    stages = await ledger_stages(url, receiver, appended, list(accepted))
+    for stage in stages:
+        print(f"  {stage.name}: p50 {stage.p50:.2f} ms, p99 {stage.p99:.2f} ms")
     if offered_per_s < 0.95 * rate:
         print(f"the load generator offered only {offered_per_s:.0f} of {rate} events/s")
     if retries:
         print(
             f"ingestion answered {len(retries)} calls with {sorted(set(retries))}; retried with the same event id"
         )
-    return TriggerRun(figures, total, offered_per_s)
+    return TriggerRun(figures, total, offered_per_s, stages)
 
 
 async def bench_fanout(
@@ -421,7 +482,7 @@ async def bench_fanout(
     return customers / ((max(arrivals) - sent_ns) / 1e9)
 
 
-async def main(quick: bool, rate: int, channel_cap: bool = False) -> dict[str, float]:
+async def main(quick: bool, rate: int, channel_cap: bool = False, fanout: bool = True) -> dict[str, float]:
     customers = 20_000 if quick else 100_000
     seconds = 3.0 if quick else 10.0
     # A database of this run's own: runs on one server at once (other checkouts) must not drop
@@ -429,13 +490,13 @@ async def main(quick: bool, rate: int, channel_cap: bool = False) -> dict[str, f
     database_name = f"eventline_bench_triggers_{uuid.uuid4().hex[:8]}"
     url = await database_with_customers(database_name, customers)
     try:
-        return await measure(url, customers, seconds, rate, channel_cap)
+        return await measure(url, customers, seconds, rate, channel_cap, fanout)
     finally:
         await drop_database(database_name)
 
 
 async def measure(
-    url: str, customers: int, seconds: float, rate: int, channel_cap: bool = False
+    url: str, customers: int, seconds: float, rate: int, channel_cap: bool = False, fanout: bool = True
 ) -> dict[str, float]:
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     sink = tempfile.mkdtemp(prefix="eventline-bench-sink-")
@@ -452,15 +513,20 @@ async def measure(
                 await activate(campaigns, SALE_CAMPAIGN)
                 await asyncio.sleep(1.0)  # every replica has loaded the campaigns
                 # Warm-up: connections, prepared statements, compiled templates.
-                await bench_triggers(ingestion, receiver, 200, 1.0, stream)
+                await bench_triggers(ingestion, receiver, 200, 1.0, stream, url)
                 cpu_before = services.cpu_seconds()
-                triggers = await bench_triggers(ingestion, receiver, rate, seconds, stream)
+                backends_before = await common.database_backend_cpu(url)
+                redis_before = await common.redis_cpu_seconds()
+                triggers = await bench_triggers(ingestion, receiver, rate, seconds, stream, url)
                 cpu_after = services.cpu_seconds()
-                receiver_cpu_before = time.process_time()
-                fanout_per_s = await bench_fanout(ingestion, receiver, customers)
-                cpu_fanout = services.cpu_seconds()
-                # This process only waits meanwhile: its CPU is the SMTP server's, taken from the services.
-                receiver_cpu_s = time.process_time() - receiver_cpu_before
+                backends_after = await common.database_backend_cpu(url)
+                redis_after = await common.redis_cpu_seconds()
+                if fanout:
+                    receiver_cpu_before = time.process_time()
+                    fanout_per_s = await bench_fanout(ingestion, receiver, customers)
+                    cpu_fanout = services.cpu_seconds()
+                    # This process only waits meanwhile: its CPU is the SMTP server's, taken from the services.
+                    receiver_cpu_s = time.process_time() - receiver_cpu_before
         finally:
             services.stop()
             shutil.rmtree(sink, ignore_errors=True)
@@ -470,7 +536,7 @@ async def measure(
             finally:
                 await client.aclose()
     events = triggers.events
-    return {
+    result: dict[str, float] = {
         "trigger_events": events,
         "trigger_rate_per_s": rate,
         "trigger_offered_per_s": round(triggers.offered_per_s),
@@ -486,15 +552,31 @@ async def measure(
         "trigger_ingestion_cpu_ms_per_event": round(
             (cpu_after["ingestion"] - cpu_before["ingestion"]) * 1000 / events, 3
         ),
-        "fanout_customers": customers,
-        "fanout_campaigns_cpu_ms_per_message": round(
-            (cpu_fanout["campaigns"] - cpu_after["campaigns"]) * 1000 / customers, 3
+        "trigger_segmentation_cpu_ms_per_event": round(
+            (cpu_after["segmentation"] - cpu_before["segmentation"]) * 1000 / events, 3
         ),
-        "fanout_messages_per_s": round(fanout_per_s),
-        "fanout_receiver_cpu_ms_per_message": round(receiver_cpu_s * 1000 / customers, 3),
+        "trigger_postgres_cpu_ms_per_event": round(
+            common.backend_cpu_used(backends_before, backends_after) * 1000 / events, 3
+        ),
+        "trigger_redis_cpu_ms_per_event": round((redis_after - redis_before) * 1000 / events, 3),
+        **{
+            f"trigger_stage_{stage.name.replace(' -> ', '_to_')}_{p}_ms": round(value, 2)
+            for stage in triggers.stages
+            for p, value in (("p50", stage.p50), ("p99", stage.p99))
+        },
         "channel_cap": int(channel_cap),
         "cpus": os.cpu_count() or 0,
     }
+    if fanout:
+        result |= {
+            "fanout_customers": customers,
+            "fanout_campaigns_cpu_ms_per_message": round(
+                (cpu_fanout["campaigns"] - cpu_after["campaigns"]) * 1000 / customers, 3
+            ),
+            "fanout_messages_per_s": round(fanout_per_s),
+            "fanout_receiver_cpu_ms_per_message": round(receiver_cpu_s * 1000 / customers, 3),
+        }
+    return result
 
 
 if __name__ == "__main__":
@@ -503,9 +585,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--channel-cap", action="store_true", help="set an e-mail cap across campaigns (never reached) first"
     )
+    parser.add_argument(
+        "--triggers-only",
+        action="store_true",
+        help="measure trigger latency only, no fan-out (short rounds that alternate two trees)",
+    )
     arguments = parser.parse_args()
     try:
-        result = asyncio.run(main(arguments.quick, arguments.rate, arguments.channel_cap))
+        result = asyncio.run(
+            main(arguments.quick, arguments.rate, arguments.channel_cap, fanout=not arguments.triggers_only)
+        )
     except ImpossibleFigure as impossible:
         print(f"bench/triggers.py: impossible measurement, no figures printed: {impossible}", file=sys.stderr)
         sys.exit(2)
@@ -513,8 +602,9 @@ if __name__ == "__main__":
         f"trigger: p50 {result['trigger_p50_ms']} ms (target <= 10), p99 {result['trigger_p99_ms']} ms "
         f"(target <= 50) at {result['trigger_rate_per_s']} events/s, from the call to the message's arrival"
     )
-    print(
-        f"fan-out: {result['fanout_messages_per_s']} messages/s to {result['fanout_customers']} customers"
-        " received by SMTP (target >= 5000)"
-    )
+    if "fanout_customers" in result:
+        print(
+            f"fan-out: {result['fanout_messages_per_s']} messages/s to {result['fanout_customers']} customers"
+            " received by SMTP (target >= 5000)"
+        )
     print(json.dumps(result))

@@ -23,6 +23,7 @@ from eventline.segmentation.v1 import segmentation_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from eventline_shared.streams import stream
 from eventline_shared.streams.stream import StreamEntry
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ def customer_event(
         name=name,
         context={k: value(v) for k, v in context.items()},
     )
+
+
+def packed_entry(customer_id: str, event_id: str, name: str = "A") -> bytes:
+    """A stream entry of a customer event, packed for ``stream.Appender`` (no service needed)."""
+    payload = common_pb2.Event(
+        event_id=event_id, kind=common_pb2.EVENT_KIND_CUSTOMER, customer_id=customer_id, name=name
+    ).SerializeToString()
+    return stream.pack_entry(customer_id, event_id, name, payload, "")
 
 
 def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:

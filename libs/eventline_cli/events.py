@@ -371,8 +371,9 @@ def import_events(
             task = progress.add_task(path.name, total=len(good))
             for start in range(0, len(good), batch_size):
                 chunk = good[start : start + batch_size]
+                # The outcome of each line is all the import reports: no stored event echoed back.
                 request = ingestion_pb2.TrackEventsRequest(
-                    events=[entry.item for entry in chunk if entry.item]
+                    events=[entry.item for entry in chunk if entry.item], omit_stored_events=True
                 )
                 future = stub.TrackEvents.future(request, timeout=opts.timeout_s, metadata=opts.metadata())
                 in_flight.append((chunk, future))

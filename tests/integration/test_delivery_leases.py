@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from eventline.campaigns.v1 import campaigns_pb2
 
 from eventline_campaigns.channels import Channel
-from eventline_campaigns.delivery import Delivery
-from eventline_campaigns.model import EMAIL, PENDING, Message, Planned
+from eventline_campaigns.delivery import FRESH_LEASE, Delivery
+from eventline_campaigns.model import EMAIL, PENDING, Message, Owned, Planned
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup, Received, StreamHandler
 from tests.integration.test_campaigns import GRANTED, deliveries, email_campaign, start, upsert
@@ -46,21 +47,34 @@ class Gated:
         await self.inner.send(message)
 
 
-async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over(  # type: ignore[no-untyped-def]
-    campaigns, campaigns_server, ingestion, smtp_server
-) -> None:
-    await upsert(ingestion, "stall", email="stall@example.com", email_consent=GRANTED)
+async def taken_over(  # type: ignore[no-untyped-def]
+    campaigns, ingestion, smtp_server, a: Delivery, b: Delivery, customer_id: str
+) -> tuple[str, list[Owned]]:
+    """Sender A records a delivery to ``customer_id``, then stalls (the test holds it) until its
+    lease is over (recorded with a lease already over); B takes it over and sends it. Returns the
+    campaign's id and what A recorded."""
+    await upsert(ingestion, customer_id, email=f"{customer_id}@example.com", email_consent=GRANTED)
     campaign_id = await start(campaigns, email_campaign())
-    delivery = campaigns_server.engine.delivery
-    a, b = replica(delivery), replica(delivery)
-    message = Message(0, EMAIL, ["stall@example.com"], "Subject", "", "Body")
-    # A records, then stalls (the test holds it) until its lease is over.
+    message = Message(0, EMAIL, [f"{customer_id}@example.com"], "Subject", "", "Body")
     owned = await a.repository.record(
-        campaign_id, "ev-stall", [Planned("stall", EMAIL, PENDING, "", message)], lease_s=-1, marketing=False
+        campaign_id,
+        f"ev-{customer_id}",
+        [Planned(customer_id, EMAIL, PENDING, "", message)],
+        lease_s=-1,
+        marketing=False,
     )
     assert len(owned) == 1
     assert await b.recover() == 1, "B takes the expired lease over and sends"
     await smtp_server.wait_for(1)
+    return campaign_id, owned
+
+
+async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, smtp_server
+) -> None:
+    delivery = campaigns_server.engine.delivery
+    a, b = replica(delivery), replica(delivery)
+    campaign_id, owned = await taken_over(campaigns, ingestion, smtp_server, a, b, "stall")
     # A resumes with the delivery it recorded: its token is stale, it neither sends nor marks.
     assert await a.send(owned) == 0
     assert len(smtp_server.messages) == 1
@@ -68,6 +82,21 @@ async def test_a_sender_stalled_past_its_lease_does_not_send_what_was_taken_over
     assert row.status == campaigns_pb2.DELIVERY_STATUS_SENT
     assert row.attempts == 1
     assert await b.recover() == 0
+
+
+async def test_a_batch_recorded_a_tenth_of_the_lease_ago_is_confirmed_before_it_is_sent(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, smtp_server
+) -> None:
+    delivery = campaigns_server.engine.delivery
+    now = [100.0]
+    a = Delivery(delivery.repository, delivery.channels, delivery.rendering, monotonic=lambda: now[0])
+    campaign_id, owned = await taken_over(campaigns, ingestion, smtp_server, a, replica(delivery), "late")
+    # A recorded it itself, but a tenth of its lease ago by its clock: it asks the ledger first.
+    now[0] += a.lease_s * FRESH_LEASE
+    assert await a.send([replace(o, leased_at=100.0) for o in owned]) == 0
+    assert len(smtp_server.messages) == 1
+    [row] = await deliveries(campaigns, campaign_id=campaign_id)
+    assert (row.status, row.attempts) == (campaigns_pb2.DELIVERY_STATUS_SENT, 1)
 
 
 async def test_a_slow_provider_call_keeps_its_lease_and_is_not_taken_over(  # type: ignore[no-untyped-def]

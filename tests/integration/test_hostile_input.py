@@ -91,6 +91,19 @@ async def test_a_batch_whose_reply_cannot_fit_is_refused_and_stores_nothing(big_
     assert await stored_events(db) == 0
 
 
+async def test_a_batch_whose_events_could_not_be_echoed_is_stored_when_they_are_omitted(big_sender, db):
+    """The reply bound counts what the reply holds: without the events, a batch whose echo could
+    not fit is stored and answered in a few bytes per item."""
+    batch = ingestion_pb2.TrackEventsRequest(
+        events=[big_event(i, 32_000) for i in range(140)], omit_stored_events=True
+    )
+    assert batch.ByteSize() > 4_000_000
+    reply = await big_sender.TrackEvents(batch)
+    assert len(reply.results) == 140 and not any(r.WhichOneof("result") for r in reply.results)
+    assert reply.ByteSize() < 1000
+    assert await stored_events(db) == 140
+
+
 async def test_a_batch_just_under_the_bound_is_stored_and_its_reply_read_with_default_limits(big_sender, db):
     batch = ingestion_pb2.TrackEventsRequest(events=[big_event(i, 32_000) for i in range(110)])
     assert batch.ByteSize() > 3.3 * MiB

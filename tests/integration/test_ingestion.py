@@ -146,6 +146,34 @@ async def test_batch_stores_good_items_and_reports_bad_ones(ingestion, db, redis
     assert len(await wait_for_entries(redis_client, stream_key, 3)) == 3
 
 
+async def test_batch_omitting_stored_events_answers_each_item_without_its_event(
+    ingestion, db, redis_client, stream_key
+):
+    """With omit_stored_events a stored item's result is empty but for ``deduplicated``; refused
+    items carry their errors; what is stored and published does not change."""
+    await ingestion.TrackCustomerEvent(customer_event("c1", "A", "old"))
+    items = [
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", "b1")),
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "bad-name", "b2")),
+        ingestion_pb2.TrackEventsItem(
+            system_event=ingestion_pb2.TrackSystemEventRequest(event_id="b3", name="S")
+        ),
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", "old")),
+        ingestion_pb2.TrackEventsItem(customer_event=customer_event("c1", "A", "b1")),
+    ]
+    reply = await ingestion.TrackEvents(
+        ingestion_pb2.TrackEventsRequest(events=items, omit_stored_events=True)
+    )
+    assert [r.WhichOneof("result") for r in reply.results] == [None, "error", None, None, None]
+    assert "events[1].customer_event.name" in reply.results[1].error.message
+    assert [r.deduplicated for r in reply.results] == [False, False, False, True, True]
+    assert await db.fetchval("SELECT count(*) FROM customer_events") == 2
+    assert await db.fetchval("SELECT count FROM customer_event_stats") == 2
+    assert await db.fetchval("SELECT count(*) FROM system_events") == 1
+    entries = await wait_for_entries(redis_client, stream_key, 3)
+    assert sorted(e.event_id for e in entries) == ["b1", "b3", "old"]
+
+
 async def test_batch_mixing_kinds_answers_repeats_of_either_kind_with_the_first_event(
     ingestion, db, redis_client, stream_key
 ):

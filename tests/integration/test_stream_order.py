@@ -2,7 +2,8 @@
 
 A relay publishes one partition at a time, in outbox id order (issue 11: relay B
 published event 1 while relay A still held event 0's row); a consumer hands one
-customer's entries over in stream order even with batches in flight; outbox rows
+customer's entries over in stream order even with batches in flight, and holds back only
+the customers of a batch in flight; outbox rows
 belong to their deployment's stream; consumers of gone replicas leave the group.
 """
 
@@ -130,17 +131,26 @@ async def test_partitions_keep_each_customers_events_together_and_in_order(
         assert (await redis_client.xpending(key, "g"))["pending"] == 0
 
 
-@single_and_cluster
-async def test_batches_in_flight_hand_one_customers_entries_over_in_order(stream_key, redis_client):
-    for i in range(4):
-        event = customer_event("c1", "A", f"e{i}")
-        entry = stream.pack_entry("c1", event.event_id, "A", _event_bytes(event), "")
+async def gated_pairs(
+    redis_client: stream.Client, stream_key: str, events: Sequence[tuple[str, str]]
+) -> tuple[Recorder, ConsumerGroup]:
+    """Append events A (customer id, event id) to the stream; a consumer of batches of 2, two in
+    flight, whose recorder holds its first batch until the test sets its gate."""
+    for customer_id, event_id in events:
+        event = customer_event(customer_id, "A", event_id)
+        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
         await stream.Appender(redis_client, stream_key).append([entry])
     recorder = Recorder()
     recorder.gate = asyncio.Event()
     group = ConsumerGroup(
         redis_client, recorder, streams=[stream_key], group="g", consumer="w1", batch=2, concurrency=2
     )
+    return recorder, group
+
+
+@single_and_cluster
+async def test_batches_in_flight_hand_one_customers_entries_over_in_order(stream_key, redis_client):
+    recorder, group = await gated_pairs(redis_client, stream_key, [("c1", f"e{i}") for i in range(4)])
     running = asyncio.create_task(group.run())
     try:
         # Both batches are in flight, the first one held: the second must wait for it.
@@ -152,6 +162,23 @@ async def test_batches_in_flight_hand_one_customers_entries_over_in_order(stream
         group.shutdown()
         await running
     assert recorder.handled == [("c1", f"e{i}") for i in range(4)]
+
+
+@single_and_cluster
+async def test_only_the_customers_of_a_batch_in_flight_wait_for_it(stream_key, redis_client):
+    events = [("c1", "e0"), ("c1", "e1"), ("c1", "e2"), ("c2", "f0")]
+    recorder, group = await gated_pairs(redis_client, stream_key, events)
+    running = asyncio.create_task(group.run())
+    try:
+        # The first batch (c1's e0, e1) is held: the second one's c1 entry waits for it, its c2
+        # entry does not.
+        await wait_until(lambda: recorder.handled == [("c2", "f0")], 30, "c2 waited for c1's batch")
+        recorder.gate.set()
+        await wait_until(lambda: len(recorder.handled) == 4, 30, "the batches were not handled")
+    finally:
+        group.shutdown()
+        await running
+    assert recorder.handled == [("c2", "f0"), ("c1", "e0"), ("c1", "e1"), ("c1", "e2")]
 
 
 @single_and_cluster

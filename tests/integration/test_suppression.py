@@ -8,6 +8,7 @@ import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from click.testing import CliRunner
@@ -15,6 +16,7 @@ from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
+from eventline_campaigns import repository
 from eventline_cli.main import cli
 from tests.support import Sender, upsert_contact, violations
 
@@ -350,3 +352,74 @@ async def test_the_suppression_api_validates_pages_and_the_cli_adds_lists_and_re
     assert (await sender.trigger("manual")).status == campaigns_pb2.DELIVERY_STATUS_SENT
     missing = await asyncio.to_thread(run, "suppressions", "remove", "manual@example.com")
     assert missing.exit_code != 0 and "NOT_FOUND" in missing.output
+
+
+async def test_reports_find_their_deliveries_by_index_on_a_ledger_without_statistics(
+    db: asyncpg.Connection,
+) -> None:
+    """A ledger just loaded (no statistics yet) and a plan made for any arrays: the statement
+    that records provider reports still probes deliveries by id, never scans the ledger."""
+    await db.execute(
+        "INSERT INTO customers (customer_id, email) SELECT 'c' || i, 'c' || i || '@example.com'"
+        " FROM generate_series(1, 20000) AS i;"
+        " INSERT INTO campaigns (campaign_id, display_name, state, spec) VALUES ('k', 'k', 4, '');"
+        " INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status)"
+        " SELECT 'c' || i, 'k', 'e' || i, 1, 2 FROM generate_series(1, 20000) AS i"
+    )
+    count = 16
+    arguments = (
+        list(range(1, count + 1)),
+        [int(Kind.DELIVERY_EVENT_KIND_DELIVERED)] * count,
+        [None] * count,
+        [""] * count,
+        [f"p-{i}" for i in range(count)],
+        [""] * count,
+        list(range(1, count + 1)),
+        [f"key-{i}" for i in range(count)],
+        repository.REQUEST_KEY_TTL_S,
+    )
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        await db.execute(f"SET plan_cache_mode = {mode}")
+        statement = await db.prepare(repository._RECORD_PLAIN_REPORTS)
+        scans = _scans(await statement.explain(*arguments))
+        assert scans.get("deliveries") == {"Index Scan"} or scans.get("deliveries") == {"Index Only Scan"}, (
+            mode,
+            scans,
+        )
+
+
+def _scans(plan: Any) -> dict[str, set[str]]:
+    """The node types that read each table in an EXPLAIN (FORMAT JSON) plan."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Relation Name" in node:
+            found.setdefault(node["Relation Name"], set()).add(node["Node Type"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return found
+
+
+async def test_expired_request_keys_go_oldest_first_along_the_expiry_index(db: asyncpg.Connection) -> None:
+    """Replays are refused for a day: older keys are forgotten 100 at a time, oldest first, found
+    through the expiry index (never by reading every key remembered), and a key whose row has
+    expired counts as new again."""
+    await db.execute(
+        "INSERT INTO seen_requests (request_key, expires_at)"
+        " SELECT 'old-' || i, now() - (200 - i) * interval '1 minute' FROM generate_series(1, 150) AS i;"
+        " INSERT INTO seen_requests (request_key, expires_at)"
+        " SELECT 'live-' || i, now() + interval '1 day' FROM generate_series(1, 20000) AS i"
+    )
+    forget = await db.prepare(repository._FORGET_EXPIRED_REQUESTS)
+    assert "Seq Scan" not in {node for nodes in _scans(await forget.explain()).values() for node in nodes}
+    await forget.fetch()
+    left = await db.fetch(
+        "SELECT request_key FROM seen_requests WHERE request_key LIKE 'old-%' ORDER BY expires_at"
+    )
+    assert [r[0] for r in left] == [f"old-{i}" for i in range(101, 151)]
+    assert await db.fetchval(repository._SEE_REQUEST, "old-150", repository.REQUEST_KEY_TTL_S) is True
+    assert await db.fetchval(repository._SEE_REQUEST, "live-1", repository.REQUEST_KEY_TTL_S) is None
+    # Each check also forgets up to 10 expired keys (not its own): 50 - 2 * 10 of the old are left.
+    assert await db.fetchval("SELECT count(*) FROM seen_requests WHERE request_key LIKE 'old-%'") == 30

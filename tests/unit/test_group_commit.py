@@ -98,3 +98,33 @@ async def test_submit_many_of_nothing_runs_no_statement() -> None:
     group = GroupCommit(run)
     assert await group.submit_many([]) == []
     assert run.batches == []
+
+
+async def test_a_second_statement_starts_only_for_at_least_overlap_size_of_queued_work() -> None:
+    """Small requests queued while a statement runs wait for it and share the next statement;
+    enough queued work starts a statement beside the running one."""
+    run = Recorder()
+    group = GroupCommit(run, size=lambda r: r, concurrency=2, overlap_size=10)
+    first = asyncio.create_task(group.submit(1))
+    await settle()
+    small = [asyncio.create_task(group.submit(r)) for r in (2, 3)]
+    await settle()
+    assert run.batches == [[1]]  # 5 queued: no second statement yet
+    large = asyncio.create_task(group.submit(6))
+    await settle()
+    assert run.batches == [[1], [2, 3, 6]]  # 11 queued: it starts beside the first
+    run.gate.set()
+    assert (await first, [await t for t in small], await large) == (2, [4, 6], 12)
+
+
+async def test_what_waited_for_overlap_goes_out_when_the_running_statement_ends() -> None:
+    run = Recorder()
+    group = GroupCommit(run, concurrency=2, overlap_size=10)
+    first = asyncio.create_task(group.submit(1))
+    await settle()
+    rest = [asyncio.create_task(group.submit(r)) for r in (2, 3)]
+    await settle()
+    assert run.batches == [[1]]
+    run.gate.set()
+    assert (await first, [await t for t in rest]) == (2, [4, 6])
+    assert run.batches == [[1], [2, 3]]

@@ -25,11 +25,18 @@ batches; the campaign service is one user, a future consumer is another.
   owner that stalled past its lease reads nothing more of the partition, even
   before its renewal finds the lease gone (``reads``); the effects of a batch it
   had in flight are the handler's to make idempotent (the campaign ledger is).
-  Within a replica, a batch that holds a customer of a batch still in flight
-  waits for that batch.
+  Within a replica, the entries of a batch whose customers have a batch still
+  in flight wait for it; the batch's other entries do not (a customer's
+  entries all wait or all go).
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
+* From the moment its lease may have run out, an owner also hands no batch it
+  had read to the handler any more: a batch still waiting (behind an earlier
+  batch of one of its customers, or to be retried after an outage) is left
+  pending, untouched, for the new owner, which takes it over before anything
+  newer. Only a batch the handler had already begun finishes beside the new
+  owner's.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -43,6 +50,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +66,15 @@ from eventline_shared.streams.stream import Client, StreamEntry
 log = logging.getLogger(__name__)
 
 Keepalive = Callable[[], Awaitable[None]]
+
+_LEASED: ContextVar[bool] = ContextVar("_LEASED", default=False)
+"""True in ``run()``'s readers and the batch tasks they start: their batches are processed only
+while this replica's partition leases cannot have run out (``drain()`` reads every partition,
+owned or not, and is not fenced)."""
+
+
+class _LeaseRunOut(Exception):
+    """The lease of a batch's partition may have run out before the handler got it."""
 
 
 @dataclass
@@ -326,28 +343,56 @@ class ConsumerGroup:
             parsed.append(Received(entry, event, self._keepalive(entry)))
         if not parsed:
             return len(entries)
-        ids = [p.entry.entry_id for p in parsed]
-        self._inflight.update(ids)
-        heartbeat = asyncio.create_task(self._hold(parsed))
-        # One customer's entries in stream order: wait for their batches in flight before this one.
+        # One customer's entries in stream order: the customers of a batch still in flight wait for
+        # it; the others of this batch go on at once (all of a customer's entries go one way).
+        waiting = [p for p in parsed if p.entry.customer_id in self._customers]
+        going = [p for p in parsed if p.entry.customer_id not in self._customers]
+        # Both parts take their customers' places before anything awaits: a later batch of one of
+        # them waits for its part.
+        parts = [self._take_turn(part) for part in (waiting, going) if part]
+        try:
+            await asyncio.gather(*(self._in_turn(*part) for part in parts))
+        finally:
+            for part, _, done in parts:
+                self._end_turn(part, done)  # a part cancelled before it started gives its place back
+        return len(entries)
+
+    def _take_turn(
+        self, parsed: Sequence[Received]
+    ) -> tuple[Sequence[Received], set[asyncio.Future[None]], asyncio.Future[None]]:
+        """Make ``parsed`` the latest entries of their customers: (them, the batches they wait for,
+        the future they set when done). Synchronous, so that no other batch comes in between."""
         before = {
             self._customers[p.entry.customer_id] for p in parsed if p.entry.customer_id in self._customers
         }
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        mine = {p.entry.customer_id for p in parsed if p.entry.customer_id}
-        for customer in mine:
+        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
             self._customers[customer] = done
+        self._inflight.update(p.entry.entry_id for p in parsed)
+        return parsed, before, done
+
+    async def _in_turn(
+        self, parsed: Sequence[Received], before: set[asyncio.Future[None]], done: asyncio.Future[None]
+    ) -> None:
+        """Process entries (``_take_turn``'s) once the batches they wait for are done."""
+        heartbeat = asyncio.create_task(self._hold(parsed))
         try:
             if before:
                 await asyncio.wait(before)
-            return await self._process_parsed(entries, parsed)
+            await self._process_parsed(parsed)
         finally:
             heartbeat.cancel()
-            self._inflight.difference_update(ids)
-            done.set_result(None)
-            for customer in mine:
-                if self._customers.get(customer) is done:
-                    del self._customers[customer]
+            self._end_turn(parsed, done)
+
+    def _end_turn(self, parsed: Sequence[Received], done: asyncio.Future[None]) -> None:
+        """Give the customers of ``parsed`` (``_take_turn``'s) to their next batch; once only."""
+        if done.done():
+            return
+        self._inflight.difference_update(p.entry.entry_id for p in parsed)
+        done.set_result(None)
+        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
+            if self._customers.get(customer) is done:
+                del self._customers[customer]
 
     async def _claim_again(self, items: Sequence[Received]) -> None:
         """Reset the entries' idle time (XCLAIM JUSTID does not count as a delivery)."""
@@ -374,12 +419,16 @@ class ConsumerGroup:
 
         return touch
 
-    async def _process_parsed(self, entries: Sequence[StreamEntry], parsed: Sequence[Received]) -> int:
+    async def _process_parsed(self, parsed: Sequence[Received]) -> None:
         try:
             await self._process_with_retries(parsed)
             done = [p.entry for p in parsed]
         except asyncio.CancelledError:
             raise
+        except _LeaseRunOut:
+            # Left pending, untouched: the partition's new owner takes it over before anything newer.
+            log.warning("partition lease may have run out; batch left to the new owner")
+            done = []
         except Exception as exc:
             # Find the entries that fail on their own; the others go through.
             self._note_error(exc)
@@ -403,8 +452,7 @@ class ConsumerGroup:
                 by_stream.setdefault(entry.stream, []).append(entry.entry_id)
             for key, entry_ids in by_stream.items():
                 await self.client.xack(key, self.group, *entry_ids)
-        log.debug("stream entries processed", extra={"entries": len(entries), "acknowledged": len(done)})
-        return len(entries)
+        log.debug("stream entries processed", extra={"entries": len(parsed), "acknowledged": len(done)})
 
     def _note_error(self, exc: BaseException) -> None:
         self.errors = [*self.errors[-9:], repr(exc)[:500]]
@@ -419,6 +467,8 @@ class ConsumerGroup:
         """
         delay = 0.1
         while True:
+            if _LEASED.get() and not all(self._lease_current(item.entry.stream) for item in items):
+                raise _LeaseRunOut()
             try:
                 await self.handler.handle(items)
                 return
@@ -491,6 +541,7 @@ class ConsumerGroup:
 
     async def _serve(self, key: str, slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]) -> None:
         """Read one partition until ``shutdown()``, handing each batch to a task of its own."""
+        _LEASED.set(self.ordered)  # this reader's task, and the batch tasks it starts (they copy it)
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         delay = 0.1
@@ -589,9 +640,12 @@ class ConsumerGroup:
 
     def reads(self, key: str) -> bool:
         """Whether ``run()`` may read partition ``key`` now: owned, and its lease not run out meanwhile."""
-        return key in self.owned and (
-            not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
-        )
+        return key in self.owned and self._lease_current(key)
+
+    def _lease_current(self, key: str) -> bool:
+        """Whether this replica's lease of ``key`` cannot have run out yet (on its own clock); a
+        partition being given up still counts until it is released (its batches finish first)."""
+        return not self.ordered or self._monotonic() < self._held_until.get(key, -math.inf)
 
     async def balance(self) -> None:
         """One round of partition ownership: renew, then take free partitions or give extra ones up."""

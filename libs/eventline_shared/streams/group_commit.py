@@ -7,6 +7,13 @@ load each commit carries many requests and under no load a request goes out at
 once: the window is the time the statement before took, never a timer. A
 request is always in one statement, so it is stored entirely or not at all.
 
+A statement beside one already running (up to ``concurrency``) only starts for
+at least ``overlap_size`` of queued work; less waits for the running statement
+to end and goes in the next. A statement costs the database (and the driver) a
+fixed part whatever it carries, so small requests arriving at a steady pace
+(unary calls) are better grouped than spread over two statements, while large
+ones (batches) still overlap the database's work with the next statement's.
+
 ``run`` gets the requests of one statement and returns one result per request,
 in order; if it raises, every request of that statement gets the exception.
 """
@@ -30,7 +37,8 @@ class _Pending(Generic[RequestT, ResultT]):
 
 
 class GroupCommit(Generic[RequestT, ResultT]):
-    """Runs ``run`` over the requests queued meanwhile, ``concurrency`` statements at a time."""
+    """Runs ``run`` over the requests queued meanwhile, ``concurrency`` statements at a time
+    (a statement beside a running one only for at least ``overlap_size`` of queued work)."""
 
     def __init__(
         self,
@@ -39,11 +47,13 @@ class GroupCommit(Generic[RequestT, ResultT]):
         size: Callable[[RequestT], int] = lambda _: 1,
         max_size: int = 2000,
         concurrency: int = 2,
+        overlap_size: int = 1,
     ) -> None:
         self.run = run
         self.size = size
         self.max_size = max_size
         self.concurrency = concurrency
+        self.overlap_size = overlap_size
         self._queue: list[_Pending[RequestT, ResultT]] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +92,8 @@ class GroupCommit(Generic[RequestT, ResultT]):
 
     def _start_statements(self) -> None:
         while self._queue and self._running < self.concurrency:
+            if self._running and self._queued_size() < self.overlap_size:
+                return  # the running statement's end starts the next one
             taken: list[_Pending[RequestT, ResultT]] = []
             count = 0
             while self._queue and (not taken or count + self._queue[0].size <= self.max_size):
@@ -96,6 +108,15 @@ class GroupCommit(Generic[RequestT, ResultT]):
             task = asyncio.create_task(self._statement(taken))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _queued_size(self) -> int:
+        total = 0
+        for pending in self._queue:
+            if not pending.done.cancelled():
+                total += pending.size
+                if total >= self.overlap_size:
+                    break
+        return total
 
     async def _statement(self, taken: list[_Pending[RequestT, ResultT]]) -> None:
         try:

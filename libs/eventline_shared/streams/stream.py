@@ -30,7 +30,7 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import redis.asyncio as redis
 from eventline.common.v1 import common_pb2
@@ -258,6 +258,36 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith(CLUSTER_SCHEMES)
 
 
+_STREAMS = ("STREAMS", b"STREAMS")
+
+
+class _ClusterClient(RedisCluster):
+    """A ``RedisCluster`` that finds the keys of XREAD and XREADGROUP itself.
+
+    redis-py routes a command whose keys can move (Redis flags both
+    ``movablekeys``) by asking a node ``COMMAND GETKEYS`` first, before every
+    read: a round trip or two more per read, and three times the client's CPU
+    of a read (measured, docs/performance.md). Their keys are the first half of
+    what follows ``STREAMS``, so they are read here; everything else (the slot
+    to node map, MOVED/ASK, retries after a failover) is the client's as before.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        name = command.upper()
+        if name in ("XREADGROUP", "XREAD"):
+            # XREADGROUP GROUP <group> <consumer> [options] STREAMS ...: the group and consumer
+            # names come first and may be anything; the options' values are numbers.
+            start = 3 if name == "XREADGROUP" else 0
+            for position in range(start, len(args)):
+                if args[position] in _STREAMS:
+                    rest = args[position + 1 :]
+                    slots = {self.keyslot(key) for key in rest[: len(rest) // 2]}
+                    if len(slots) == 1:
+                        return slots.pop()
+                    break
+        return await super()._determine_slot(command, *args)
+
+
 def connect(url: str) -> Client:
     """The one way a process connects to Redis: a client that fails fast when Redis is down.
 
@@ -269,7 +299,7 @@ def connect(url: str) -> Client:
     URL (``redis://``, ``rediss://``, ``unix://``) is one server.
     """
     if is_cluster_url(url):
-        return RedisCluster.from_url(
+        return _ClusterClient.from_url(
             url.replace("+cluster", "", 1),
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
             socket_connect_timeout=2,

@@ -15,7 +15,10 @@
 A sender keeps what it holds: while it sends, the leases of its pending deliveries are
 extended every third of the lease (``keep_alive``), and a batch is sent only
 once its leases are confirmed its own (``CampaignRepository.extend_leases``: the row's
-``lease_token`` unchanged, which also renews the lease); a delivery whose keepalive
+``lease_token`` unchanged, which also renews the lease), or right after the sender
+recorded or took them over itself (less than ``FRESH_LEASE`` of the lease ago by its
+monotonic clock: nobody can have taken them over since, and nine tenths of the lease at
+least are left, where a confirmation would leave all of it); a delivery whose keepalive
 found it taken over is not sent. Every take-over
 increments the token, and an outcome is written only under the token it was sent with,
 so a sender that stalled past its lease (a paused process) neither sends nor marks a
@@ -32,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from eventline_campaigns.channels import (
@@ -50,6 +54,7 @@ from eventline_campaigns.model import (
     MAX_REASON,
     PENDING,
     SENT,
+    ChannelCap,
     ChannelNumber,
     Outcome,
     Owned,
@@ -64,6 +69,14 @@ log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 60.0
 """The longest a delivery waits for its next try after a transient provider error."""
+
+FRESH_LEASE = 0.1
+"""The share of the lease within which a batch this sender has just recorded (or taken over) is
+sent without confirming its leases again (one round trip less per batch of triggers)."""
+
+
+async def _nothing_capped() -> list[ChannelCap]:
+    return []
 
 
 class Delivery:
@@ -80,6 +93,7 @@ class Delivery:
         send_concurrency: int = 32,
         retry_base_s: float = 0.05,
         unsubscribe_links: UnsubscribeLinks | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
         self.suppressions = SuppressionRepository(repository.pool)
@@ -92,6 +106,7 @@ class Delivery:
         self.send_attempts = send_attempts
         self.max_calls = send_attempts * 5
         self.retry_base_s = retry_base_s
+        self._monotonic = monotonic
         self._send_limit = asyncio.Semaphore(send_concurrency)
         self._in_flight: dict[int, Owned] = {}
         """The pending deliveries being sent, by delivery id: their leases are kept alive."""
@@ -114,11 +129,14 @@ class Delivery:
         deliveries, kept once sent (a journey's quiet-hour deferral).
         """
         marketing = any(not campaign.transactional for campaign, _, _, _ in items)
-        capped_channels = {c.channel for c in await self.repository.channel_caps()} if marketing else set()
+        # The caps are read while the messages are planned (one round trip less to wait for).
+        caps, plans = await asyncio.gather(
+            self.repository.channel_caps() if marketing else _nothing_capped(), self.plan(items)
+        )
+        capped_channels = {c.channel for c in caps}
         uncapped: list[tuple[str, str, Planned]] = []
         across: list[tuple[str, str, Planned]] = []
         capped = []
-        plans = await self.plan(items)
         if notes:
             plans = [
                 [replace(p, reason=note) if note and p.status == PENDING else p for p in planned]
@@ -145,18 +163,22 @@ class Delivery:
                 across += keyed
             else:
                 uncapped += keyed
+        leased_at = self._monotonic()
         recorded = await asyncio.gather(
             self.repository.record_many(uncapped, lease_s=self.lease_s),
             self.repository.record_many(across, lease_s=self.lease_s, marketing=True),
             *capped,
         )
-        await self.send([owned for batch in recorded for owned in batch])
+        await self.send([replace(o, leased_at=leased_at) for batch in recorded for o in batch])
 
     async def send(self, owned: Sequence[Owned]) -> int:
         """Send the deliveries this worker holds and record the outcomes; returns how many were sent."""
-        # Only what is still this sender's: a batch that waited past its lease may have been taken over.
-        held = await self.repository.extend_leases(owned, self.lease_s)
-        owned = [o for o in owned if o.delivery_id in held]
+        fresh = self._monotonic() - self.lease_s * FRESH_LEASE
+        if not all(o.leased_at is not None and o.leased_at > fresh for o in owned):
+            # Only what is still this sender's: a batch that waited past its lease may have been
+            # taken over.
+            held = await self.repository.extend_leases(owned, self.lease_s)
+            owned = [o for o in owned if o.delivery_id in held]
         if not owned:
             return 0
         bulk: dict[BulkChannel, list[Owned]] = defaultdict(list)

@@ -2,8 +2,8 @@
 
 An instance is keyed by (customer, campaign, entry event). Its timer (one per instance,
 ``eventline_shared.storage.timers``) says when its current step is due; the runner claims
-due timers and, in one transaction holding the instance's row lock, takes the timer,
-records the step's outcome and moves the instance on. A step's row in ``journey_steps``
+due timers and, in one statement for a batch that locks the instances' rows (``advance``),
+takes the timers, records the steps' outcomes and moves the instances on. A step's row in ``journey_steps``
 is written once (its primary key), so a step a crashed worker left half done is finished
 by the next one, never run twice (sends are exactly once through the delivery ledger).
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from eventline_campaigns.journey_model import ACTIVE, CANCELLED, COMPLETED, EXITED
+from eventline_campaigns.model import ARCHIVED, PAUSED
 from eventline_shared.storage.database import Connection
 from eventline_shared.storage.timers import TimerTable
 
@@ -86,7 +87,7 @@ ON CONFLICT DO NOTHING
 RETURNING customer_id, campaign_id, entry_event_id
 """
 
-_KEYS = "$1::text[], $2::text[], $3::text[]"
+
 # A batch's rows are found through the primary key. campaign_id is compared with IS NOT
 # DISTINCT FROM (the same as = on this NOT NULL column), which no index serves: otherwise,
 # on statistics that predate a campaign's rows (a new campaign, a young table), the planner
@@ -94,45 +95,167 @@ _KEYS = "$1::text[], $2::text[], $3::text[]"
 # the batch (batch x campaign rows: 0.5-1 s per statement of 500 at 5,000 instances). The
 # customer and entry event stay equalities, so that a probe of the key is estimated at a row
 # (not a scan of the table) even for a batch of one.
-_MATCH = (
-    "t.customer_id = u.customer_id AND t.entry_event_id = u.entry_event_id"
-    " AND t.campaign_id IS NOT DISTINCT FROM u.campaign_id"
+def _match(t: str, u: str) -> str:
+    return (
+        f"{t}.customer_id = {u}.customer_id AND {t}.entry_event_id = {u}.entry_event_id"
+        f" AND {t}.campaign_id IS NOT DISTINCT FROM {u}.campaign_id"
+    )
+
+
+MOVE = 1
+"""``Advance.action``: record the step's outcome and move on (``Advance.move``)."""
+DEFER = 2
+"""``Advance.action``: a send inside quiet hours: its timer moves to ``move.due_at``, its step
+says why (``move.reason``)."""
+HOLD = 3
+"""``Advance.action``: the step's work was not done (its campaign was paused or archived when the
+batch began): a paused campaign holds the instance, an archived one cancels it."""
+DISCARD = 4
+"""``Advance.action``: the instance had ended (or was gone) when the batch began: only its timer goes."""
+
+# Advancing instances, one statement for a batch (ADVANCE below). Each instance's fate, `what`:
+#   go    its step recorded, on to the next step, due at its timer
+#   held  the same, but the campaign is paused: the next step's due time is kept aside
+#   end   its step recorded, the instance ends (or is cancelled: its campaign is archived)
+#   defer its timer moves to the quiet hours' end, its step says why
+#   hold  the campaign is paused: the due time is kept aside (resuming sets the timer again)
+#   drop  the instance is gone, ended, or no longer where the claim found it: only the claimed timer goes
+#   NULL  nothing (a hold whose campaign was resumed meanwhile: it runs after the claim's lease)
+_PLAN = f"""
+CASE
+    WHEN u.action = {DISCARD} OR l.customer_id IS NULL OR l.status <> {ACTIVE:d}
+            OR l.step_id <> coalesce(u.at_step, l.step_id)
+        THEN CASE WHEN u.claimed IS NOT NULL THEN 'drop' END
+    WHEN s.state = {ARCHIVED:d} THEN 'end'
+    WHEN u.action = {DEFER} THEN 'defer'
+    WHEN u.action = {HOLD} THEN CASE WHEN s.state = {PAUSED:d} THEN 'hold' END
+    WHEN u.next_step IS NULL THEN 'end'
+    WHEN s.state = {PAUSED:d} THEN 'held'
+    ELSE 'go'
+END"""
+
+# One statement takes the claimed timers, records the steps' outcomes and moves the
+# instances (a statement is its own transaction: one round trip for the batch). Locks in
+# the order the journey's other writers take them: the instances (key order: the arrays
+# come sorted and each instance is locked by a probe of the primary key, whatever the
+# statistics say of the table's size, as the lateral subquery with its row lock is
+# never flattened into a join that could scan the table), then their
+# timers, then the campaigns (FOR SHARE: a pause or archive waits for the steps being
+# recorded, then sees them). A claimed timer is taken (TimerTable's contract) only if it
+# still stands at the instant claimed (`claimed`); only the instances whose timer was
+# taken move, so a step is recorded once however many workers ran it. Without a claim
+# (an event moved the instance) the timer is set or removed whatever it was.
+_ADVANCE = f"""
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::smallint[],
+                         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
+                         $13::smallint[])
+        AS u(customer_id, campaign_id, entry_event_id, claimed, at_step, action,
+             outcome, reason, next_step, due_at, waiting_event, variant, final_status)
+),
+locked AS (
+    SELECT l.* FROM u CROSS JOIN LATERAL (
+        SELECT i.customer_id, i.campaign_id, i.entry_event_id, i.status, i.step_id
+        FROM journey_instances i WHERE {_match("i", "u")}
+        FOR UPDATE OF i) l
+),
+states AS (
+    SELECT campaign_id, state FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM locked)
+    ORDER BY campaign_id FOR SHARE
+),
+plan AS (
+    SELECT u.customer_id, u.campaign_id, u.entry_event_id, u.claimed, l.step_id, {_PLAN} AS what,
+           CASE WHEN s.state = {ARCHIVED:d} THEN 'cancelled' ELSE u.outcome END AS outcome,
+           CASE WHEN s.state = {ARCHIVED:d} THEN '' ELSE u.reason END AS reason,
+           CASE WHEN s.state = {ARCHIVED:d} THEN {CANCELLED:d}::smallint ELSE u.final_status END AS final_status,
+           CASE WHEN s.state = {ARCHIVED:d} THEN NULL ELSE u.variant END AS variant,
+           u.next_step, u.waiting_event, coalesce(u.due_at, $14) AS due_at
+    FROM u LEFT JOIN locked l ON {_match("l", "u")} LEFT JOIN states s ON s.campaign_id = u.campaign_id
+),
+retimed AS (
+    UPDATE journey_timers t SET due_at = p.due_at, claimed_until = NULL
+    FROM plan p
+    WHERE p.what IN ('go', 'defer') AND p.claimed IS NOT NULL AND {_match("t", "p")} AND t.due_at = p.claimed
+    RETURNING t.customer_id, t.campaign_id, t.entry_event_id
+),
+dropped AS (
+    DELETE FROM journey_timers t USING plan p
+    WHERE p.what IN ('end', 'held', 'hold', 'drop') AND {_match("t", "p")}
+      AND (p.claimed IS NULL OR t.due_at = p.claimed)
+    RETURNING t.customer_id, t.campaign_id, t.entry_event_id
+),
+set_anyway AS (
+    INSERT INTO journey_timers (customer_id, campaign_id, entry_event_id, due_at, claimed_until)
+    SELECT customer_id, campaign_id, entry_event_id, due_at, NULL FROM plan
+    WHERE what IN ('go', 'defer') AND claimed IS NULL
+    ORDER BY customer_id, campaign_id, entry_event_id
+    ON CONFLICT (customer_id, campaign_id, entry_event_id)
+    DO UPDATE SET due_at = excluded.due_at, claimed_until = NULL
+),
+taken AS (
+    SELECT p.* FROM plan p
+    WHERE p.what IS NOT NULL AND (
+        p.claimed IS NULL
+        OR (p.customer_id, p.campaign_id, p.entry_event_id) IN (SELECT * FROM retimed UNION ALL SELECT * FROM dropped))
+),
+moved AS (
+    UPDATE journey_instances i SET
+        status = CASE WHEN p.what = 'end' THEN p.final_status ELSE i.status END,
+        step_id = CASE WHEN p.what IN ('go', 'held') THEN p.next_step ELSE i.step_id END,
+        waiting_event = CASE WHEN p.what IN ('go', 'held') THEN p.waiting_event
+                             WHEN p.what = 'end' THEN NULL ELSE i.waiting_event END,
+        variant = coalesce(p.variant, i.variant),
+        held_due_at = CASE p.what WHEN 'held' THEN p.due_at WHEN 'hold' THEN p.claimed ELSE NULL END,
+        finished_at = CASE WHEN p.what = 'end' THEN $14 ELSE i.finished_at END,
+        entry_slot = CASE WHEN p.what = 'end' AND i.entry_slot = 'active' THEN NULL ELSE i.entry_slot END
+    FROM taken p
+    WHERE p.what IN ('go', 'held', 'end', 'hold') AND {_match("i", "p")}
+),
+recorded AS (
+    UPDATE journey_steps s SET
+        outcome = CASE WHEN p.what = 'defer' THEN s.outcome ELSE p.outcome END,
+        reason = p.reason,
+        deferred = s.deferred OR p.what = 'defer',
+        finished_at = CASE WHEN p.what = 'defer' THEN s.finished_at ELSE $14 END
+    FROM taken p
+    WHERE p.what IN ('go', 'held', 'end', 'defer') AND p.step_id <> '{START}'
+      AND {_match("s", "p")} AND s.step_id = p.step_id
+),
+entered AS (
+    INSERT INTO journey_steps (customer_id, campaign_id, entry_event_id, step_id, entered_at)
+    SELECT customer_id, campaign_id, entry_event_id, next_step, $14 FROM taken
+    WHERE what IN ('go', 'held')
+    ORDER BY customer_id, campaign_id, entry_event_id
+    ON CONFLICT DO NOTHING
 )
-
-_STEP_ENTERED = f"""
-INSERT INTO journey_steps (customer_id, campaign_id, entry_event_id, step_id, entered_at)
-SELECT u.*, $5 FROM unnest({_KEYS}, $4::text[]) AS u(customer_id, campaign_id, entry_event_id, step_id)
-ORDER BY 1, 2, 3, 4
-ON CONFLICT DO NOTHING
-"""
-
-_STEP_DONE = f"""
-UPDATE journey_steps t SET outcome = u.outcome, reason = u.reason, finished_at = $7
-FROM unnest({_KEYS}, $4::text[], $5::text[], $6::text[])
-    AS u(customer_id, campaign_id, entry_event_id, step_id, outcome, reason)
-WHERE {_MATCH} AND t.step_id = u.step_id
-"""
-
-_MOVE = f"""
-UPDATE journey_instances t SET step_id = u.step_id, waiting_event = u.waiting_event,
-    variant = coalesce(u.variant, t.variant), held_due_at = u.held_due_at
-FROM unnest({_KEYS}, $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-    AS u(customer_id, campaign_id, entry_event_id, step_id, waiting_event, variant, held_due_at)
-WHERE {_MATCH}
-"""
-
-_FINISH = f"""
-UPDATE journey_instances t SET status = u.status, waiting_event = NULL, held_due_at = NULL, finished_at = $6,
-    variant = coalesce(u.variant, t.variant),
-    entry_slot = CASE WHEN t.entry_slot = 'active' THEN NULL ELSE t.entry_slot END
-FROM unnest({_KEYS}, $4::smallint[], $5::text[]) AS u(customer_id, campaign_id, entry_event_id, status, variant)
-WHERE {_MATCH} AND t.status = {ACTIVE:d}
+SELECT customer_id, campaign_id, entry_event_id, what FROM taken
 """
 
 
-def _columns(rows: Sequence[tuple[object, ...]]) -> list[list[object]]:
-    """Rows as the column arrays an ``unnest`` statement takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
+# The instances of a batch with their campaigns' states, each found by a probe of the primary
+# key (OFFSET 0 keeps the lateral subquery from being flattened into a join, which the
+# planner would make a hash of the whole table: 10 ms a batch at 17,000 instances).
+_INSTANCES = f"""
+SELECT i.*, c.state
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(customer_id, campaign_id, entry_event_id)
+CROSS JOIN LATERAL (
+    SELECT {_INSTANCE_COLUMNS} FROM journey_instances i WHERE {_match("i", "u")} OFFSET 0) i
+LEFT JOIN campaigns c ON c.campaign_id = i.campaign_id
+"""
+
+
+@dataclass(frozen=True)
+class Advance:
+    """One instance's step to record (``JourneyStore.advance``): ``action`` (MOVE, DEFER, HOLD,
+    DISCARD) with its ``move``; ``claimed``, the instant of the claimed timer that ran it (None:
+    an event moved the instance, no timer is taken); ``at_step``, the step it must still be at
+    (None: wherever it is, e.g. an exit event)."""
+
+    key: InstanceKey
+    move: Move
+    claimed: dt.datetime | None = None
+    at_step: str | None = None
+    action: int = MOVE
 
 
 class JourneyStore:
@@ -180,105 +303,55 @@ class JourneyStore:
             await self.timers.set_many(connection, keys, now)
         return keys
 
-    # --- the runner's transaction ---
+    # --- the runner's statement ---
 
-    async def instance(
-        self, connection: Connection | asyncpg.Pool, key: InstanceKey, lock: bool = False
-    ) -> Instance | None:
-        return (await self.instances(connection, [key], lock)).get(key)
-
-    async def instances(
-        self, connection: Connection | asyncpg.Pool, keys: Sequence[InstanceKey], lock: bool = False
-    ) -> dict[InstanceKey, Instance]:
-        """The instances of ``keys`` (those that exist); with ``lock``, locked in key order."""
+    async def instances(self, keys: Sequence[InstanceKey]) -> dict[InstanceKey, tuple[Instance, int | None]]:
+        """The instances of ``keys`` (those that exist), each with its campaign's state."""
         if not keys:
             return {}
         ordered = sorted(set(keys))
-        rows = await connection.fetch(
-            f"SELECT {', '.join('i.' + c.strip() for c in _INSTANCE_COLUMNS.split(','))} "
-            "FROM journey_instances i "
-            "JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(customer_id, campaign_id, entry_event_id) "
-            "USING (customer_id, campaign_id, entry_event_id) "
-            f"ORDER BY i.customer_id, i.campaign_id, i.entry_event_id{' FOR UPDATE OF i' if lock else ''}",
+        rows = await self.pool.fetch(
+            _INSTANCES,
             [k[0] for k in ordered],
             [k[1] for k in ordered],
             [k[2] for k in ordered],
         )
-        found = [Instance(*r) for r in rows]
-        return {i.key: i for i in found}
+        found = [(Instance(*r[:-1]), r[-1]) for r in rows]
+        return {i.key: (i, state) for i, state in found}
 
-    async def campaign_states(
-        self, connection: Connection | asyncpg.Pool, campaign_ids: Sequence[str], lock: bool = False
-    ) -> dict[str, int]:
-        """The campaigns' states; with ``lock``, held (FOR SHARE) until the transaction ends, so
-        that a pause or archive waits for the steps being recorded and then sees them."""
-        rows = await connection.fetch(
-            "SELECT campaign_id, state FROM campaigns WHERE campaign_id = ANY($1::text[]) "
-            f"ORDER BY campaign_id{' FOR SHARE' if lock else ''}",
-            sorted(set(campaign_ids)),
-        )
-        return {r[0]: r[1] for r in rows}
-
-    async def record_moves(
-        self, connection: Connection, moves: Sequence[tuple[Instance, Move, bool]], now: dt.datetime
-    ) -> None:
-        """Record the outcome of each instance's current step and move it on (in the caller's
-        transaction), a few statements for the whole batch. A ``held`` instance (its campaign
-        is paused) keeps its due time aside instead of a timer: resuming sets it again."""
-        done = [(*i.key, i.step_id, m.outcome, m.reason) for i, m, _ in moves if i.step_id != START]
-        if done:
-            await connection.execute(_STEP_DONE, *_columns(done), now)
-        finishing = [(i, m) for i, m, _ in moves if m.next_step is None]
-        going = [(i, m, held) for i, m, held in moves if m.next_step is not None]
-        if finishing:
-            await connection.execute(
-                _FINISH, *_columns([(*i.key, m.final_status, m.variant) for i, m in finishing]), now
-            )
-        if going:
-            await connection.execute(
-                _STEP_ENTERED, *_columns([(*i.key, m.next_step) for i, m, _ in going]), now
-            )
-            await connection.execute(
-                _MOVE,
-                *_columns(
-                    [
-                        (*i.key, m.next_step, m.waiting_event, m.variant, (m.due_at or now) if held else None)
-                        for i, m, held in going
-                    ]
-                ),
-            )
-        await self.timers.cancel_many(
-            connection, [i.key for i, _ in finishing] + [i.key for i, _, held in going if held]
-        )
-        await self.timers.set_each(connection, [(i.key, m.due_at or now) for i, m, held in going if not held])
-
-    async def record_move(
-        self, connection: Connection, instance: Instance, move: Move, now: dt.datetime, *, held: bool
-    ) -> None:
-        """``record_moves`` for one instance."""
-        await self.record_moves(connection, [(instance, move, held)], now)
-
-    async def hold(self, connection: Connection, held: Sequence[tuple[InstanceKey, dt.datetime]]) -> None:
-        """Keep due instances of a paused campaign where they are (their timers were taken)."""
-        if held:
-            await connection.executemany(
-                "UPDATE journey_instances SET held_due_at = $4 "
-                "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3",
-                [(*key, due_at) for key, due_at in held],
-            )
-
-    async def defer(
-        self, connection: Connection, deferred: Sequence[tuple[Instance, dt.datetime, str]]
-    ) -> None:
-        """Send steps deferred by quiet hours: their timers move to the hours' end, the steps say why."""
-        if not deferred:
-            return
-        await connection.executemany(
-            "UPDATE journey_steps SET deferred = true, reason = $5 "
-            "WHERE customer_id = $1 AND campaign_id = $2 AND entry_event_id = $3 AND step_id = $4",
-            [(*i.key, i.step_id, reason) for i, _, reason in deferred],
-        )
-        await self.timers.set_each(connection, [(i.key, until) for i, until, _ in deferred])
+    async def advance(
+        self, connection: Connection | asyncpg.Pool, steps: Sequence[Advance], now: dt.datetime
+    ) -> dict[InstanceKey, str]:
+        """Record the steps of a batch of instances in one statement (``_ADVANCE``): take their
+        claimed timers, record their outcomes, move them on. Returns what came of each instance
+        whose step was recorded (its timer taken), by key: ``go`` (on to ``move.next_step``, due
+        at ``move.due_at``), ``held`` (the same, its campaign paused), ``end``, ``defer``,
+        ``hold`` or ``drop`` (see ``_PLAN``); the others were left as they were. A key at most once."""
+        if not steps:
+            return {}
+        ordered = sorted(steps, key=lambda a: a.key)
+        columns: list[list[object]] = [[] for _ in range(13)]
+        (
+            customers, campaigns, entries, claimed, at_step, action,
+            outcome, reason, next_step, due_at, waiting_event, variant, final_status,
+        ) = columns  # fmt: skip
+        for a in ordered:
+            m = a.move
+            customers.append(a.key[0])
+            campaigns.append(a.key[1])
+            entries.append(a.key[2])
+            claimed.append(a.claimed)
+            at_step.append(a.at_step)
+            action.append(a.action)
+            outcome.append(m.outcome)
+            reason.append(m.reason)
+            next_step.append(m.next_step)
+            due_at.append(m.due_at)
+            waiting_event.append(m.waiting_event)
+            variant.append(m.variant)
+            final_status.append(m.final_status)
+        rows = await connection.fetch(_ADVANCE, *columns, now)
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
 
     async def step_reasons(self, instances: Sequence[Instance]) -> dict[InstanceKey, str]:
         """The reason recorded on each instance's current step (a quiet-hour deferral)."""

@@ -5,8 +5,9 @@ Every replica runs it. A step runs in two parts:
 1. its work, which is safe to repeat: a send goes through ``Delivery.deliver`` (the
    ledger's key makes a repeat a no-op, and a crash after recording is sent again by
    ``Delivery.recover``), a branch asks segmentation, a split hashes;
-2. one transaction that locks the instance, takes its timer (``TimerTable.take``: only
-   one worker does), records the step's outcome once and moves the instance on.
+2. one statement that locks the instance, takes its timer (as ``TimerTable.take`` would:
+   only one worker does), records the step's outcome once and moves the instance on
+   (``JourneyStore.advance``, for a batch of instances).
 
 A worker killed between the two leaves the timer claimed; when its lease ends another
 replica runs the step again: the send is not repeated, the outcome is recorded once.
@@ -22,7 +23,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eventline.campaigns.v1 import campaigns_pb2
 from eventline.common.v1 import common_pb2
@@ -49,8 +50,20 @@ from eventline_campaigns.journey_model import (
     next_local_time,
     quiet_until,
 )
-from eventline_campaigns.journey_store import START, Entry, Instance, InstanceKey, JourneyStore, Move
+from eventline_campaigns.journey_store import (
+    DEFER,
+    DISCARD,
+    HOLD,
+    START,
+    Advance,
+    Entry,
+    Instance,
+    InstanceKey,
+    JourneyStore,
+    Move,
+)
 from eventline_campaigns.model import (
+    ACTIVE,
     ARCHIVED,
     CUSTOMER_TRIGGER,
     MAX_REASON,
@@ -174,64 +187,77 @@ class JourneyRunner:
         """Run the steps of claimed timers, a batch at a time, then the steps after them that
         are due at once."""
         pending = list(due)
+        known: dict[InstanceKey, tuple[Instance, int | None]] = {}
+        profiles: dict[str, Profile | None] = {}
         while pending:
             batch, pending = pending[: self.batch], pending[self.batch :]
-            pending += await self._fire_batch(batch)
+            pending += await self._fire_batch(batch, known, profiles)
 
-    async def _fire_batch(self, due: Sequence[Due]) -> list[Due]:
+    async def _fire_batch(
+        self,
+        due: Sequence[Due],
+        known: dict[InstanceKey, tuple[Instance, int | None]],
+        profiles: dict[str, Profile | None],
+    ) -> list[Due]:
+        """Run one batch of due steps. ``known`` holds the instances this call of ``fire`` moved
+        on to a step due at once, as they were left (with their campaigns' states), and
+        ``profiles`` the customers it read: a step following another in the same call is run
+        without reading them again (the statement that records it checks, under its locks,
+        that the instance is still where it was left); both are updated for the next batch."""
         now = self.clock.now()
         by_key = {(d.key[0], d.key[1], d.key[2]): d for d in due}
-        instances = await self.store.instances(self.store.pool, list(by_key))
-        states = await self.store.campaign_states(
-            self.store.pool, [i.campaign_id for i in instances.values()]
-        )
+        found = {key: known.pop(key) for key in by_key if key in known}
+        found.update(await self.store.instances([key for key in by_key if key not in found]))
+        instances = {key: instance for key, (instance, _) in found.items()}
         live = [
             i
-            for i in instances.values()
-            if i.status == ACTIVE_INSTANCE and states.get(i.campaign_id) not in (PAUSED, ARCHIVED)
+            for i, state in found.values()
+            if i.status == ACTIVE_INSTANCE and state not in (PAUSED, ARCHIVED)
         ]
-        profiles = await self.repository.profiles(sorted({i.customer_id for i in live}))
-        results = await self._work(live, profiles, now)
-        # A step whose work failed (segmentation or a provider down) keeps its claimed timer: it
-        # runs again once the claim's lease ends; the batch's other steps go on.
-        failed = {i.key for i in live} - results.keys()
+        unread = sorted({i.customer_id for i in live} - profiles.keys())
+        if unread:
+            read = await self.repository.profiles(unread)
+            profiles.update((customer_id, read.get(customer_id)) for customer_id in unread)
+        present = {i.customer_id: p for i in live if (p := profiles.get(i.customer_id)) is not None}
+        results = await self._work(live, present, now)
+        working = {i.key for i in live}
         await faults.point("journeys.before_advance")
-        moves: list[tuple[Instance, Move, bool]] = []
-        deferred: list[tuple[Instance, dt.datetime, str]] = []
-        held: list[tuple[InstanceKey, dt.datetime]] = []
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instances(connection, list(by_key), lock=True)
-            taken = await self.store.timers.take_many(
-                connection, [d for k, d in by_key.items() if k not in failed]
-            )
-            states = await self.store.campaign_states(
-                connection, [i.campaign_id for i in locked.values()], lock=True
-            )
-            for key, instance in locked.items():
-                seen = instances.get(key)
-                if key not in taken or instance.status != ACTIVE_INSTANCE or seen is None:
-                    continue  # another worker ran it, or the instance ended meanwhile
-                if seen.step_id != instance.step_id:
-                    continue
-                state = states.get(instance.campaign_id)
-                result = results.get(key)
-                if state == ARCHIVED:
-                    moves.append((instance, Move("cancelled", final_status=CANCELLED), False))
-                elif isinstance(result, tuple):
-                    deferred.append((instance, result[0], result[1]))
-                elif result is None:
-                    held.append((key, by_key[key].due_at))  # paused when the batch began
-                else:
-                    moves.append((instance, result, state == PAUSED))
-            await self.store.record_moves(connection, moves, now)
-            await self.store.defer(connection, deferred)
-            await self.store.hold(connection, held)
+        steps: list[Advance] = []
+        for key, claim in by_key.items():
+            claimed = claim.due_at
+            instance = instances.get(key)
+            result = results.get(key)
+            if instance is None:
+                steps.append(Advance(key, Move("gone"), claimed, None, DISCARD))
+            elif instance.status != ACTIVE_INSTANCE:
+                steps.append(Advance(key, Move("ended"), claimed, instance.step_id, DISCARD))
+            elif isinstance(result, Move):
+                steps.append(Advance(key, result, claimed, instance.step_id))
+            elif isinstance(result, tuple):
+                until, reason = result
+                deferral = Move("deferred", reason, due_at=until)
+                steps.append(Advance(key, deferral, claimed, instance.step_id, DEFER))
+            elif key in working:
+                # A step whose work failed (segmentation or a provider down) keeps its claimed timer: it
+                # runs again once the claim's lease ends; the batch's other steps go on.
+                continue
+            else:
+                # Its campaign was paused or archived when the batch began: held, or cancelled.
+                steps.append(Advance(key, Move("held"), claimed, instance.step_id, HOLD))
+        done = await self.store.advance(self.store.pool, steps, now)
         await faults.point("journeys.after_advance")
-        return [
-            Due(instance.key, move.due_at or now)
-            for instance, move, paused in moves
-            if move.next_step is not None and not paused and (move.due_at or now) <= now
-        ]
+        following: list[Due] = []
+        for a in steps:
+            if done.get(a.key) == "go" and (a.move.due_at or now) <= now:
+                assert a.move.next_step is not None
+                moved = replace(
+                    instances[a.key],
+                    step_id=a.move.next_step,
+                    variant=a.move.variant or instances[a.key].variant,
+                )
+                known[a.key] = (moved, ACTIVE)
+                following.append(Due(a.key, a.move.due_at or now))
+        return following
 
     def _enter_step(
         self,
@@ -457,31 +483,24 @@ class JourneyRunner:
         return len(resumed)
 
     async def _exit(self, instance: Instance, now: dt.datetime) -> None:
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instance(connection, instance.key, lock=True)
-            if locked is None or locked.status != 1:
-                return
-            await self.store.record_move(
-                connection, locked, Move("exited", final_status=EXITED), now, held=False
-            )
+        await self.store.advance(
+            self.store.pool, [Advance(instance.key, Move("exited", final_status=EXITED))], now
+        )
 
     async def _arrive(
         self, journey: Journey, step: JourneyStep, instance: Instance, now: dt.datetime
     ) -> Due | None:
-        """The awaited event arrived: record it and move on to the arrived path."""
+        """The awaited event arrived: record it and move on to the arrived path (unless the
+        instance left the step meanwhile)."""
         following = journey.steps.get(step.arrived_step)
         profile = None
         if following is not None and following.until_local is not None:  # only a local time needs the zone
             profile = (await self.repository.profiles([instance.customer_id])).get(instance.customer_id)
         move = self._enter_step(journey, instance, step.arrived_step, Move("arrived"), now, profile)
-        async with self.store.pool.acquire() as connection, connection.transaction():
-            locked = await self.store.instance(connection, instance.key, lock=True)
-            if locked is None or locked.status != ACTIVE_INSTANCE or locked.step_id != step.step_id:
-                return None
-            states = await self.store.campaign_states(connection, [instance.campaign_id], lock=True)
-            paused = states.get(instance.campaign_id) == PAUSED
-            await self.store.record_move(connection, locked, move, now, held=paused)
-        if move.next_step is not None and not paused and (move.due_at or now) <= now:
+        done = await self.store.advance(
+            self.store.pool, [Advance(instance.key, move, at_step=step.step_id)], now
+        )
+        if done.get(instance.key) == "go" and (move.due_at or now) <= now:
             return Due(instance.key, move.due_at or now)
         return None
 

@@ -172,6 +172,9 @@ class Owned:
     attempts: int
     lease_token: int = 0
     """The lease's fencing token: a take-over by another sender changes it."""
+    leased_at: float | None = None
+    """When (``Delivery``'s monotonic clock, read before the call) this sender recorded the
+    delivery or took it over itself; None when it must confirm its lease before sending."""
 
 
 @dataclass(frozen=True)

@@ -894,17 +894,23 @@ GROUP BY channel, address
 REQUEST_KEY_TTL_S = 86400.0
 """How long the key of a signed request is remembered (replays within it are refused)."""
 
+# Oldest first along seen_requests_expiry, which stops at the first key still remembered, then
+# each key by the primary key: as a plain IN (…LIMIT 100), a table without statistics (or with
+# none since its keys started expiring) was read whole, twice, to find no expired key (seq scans
+# growing with the day's callbacks).
 _FORGET_EXPIRED_REQUESTS = """
-DELETE FROM seen_requests WHERE request_key IN (
-    SELECT request_key FROM seen_requests WHERE expires_at < now() LIMIT 100 FOR UPDATE SKIP LOCKED
-)
+DELETE FROM seen_requests WHERE request_key = ANY(ARRAY(
+    SELECT request_key FROM seen_requests WHERE expires_at < now()
+    ORDER BY expires_at LIMIT 100 FOR UPDATE SKIP LOCKED
+))
 """
 
 # A key is new when it was never seen or its row has expired; a few expired rows go each time.
 _SEE_REQUEST = """
 WITH expired AS (
     DELETE FROM seen_requests WHERE request_key IN (
-        SELECT request_key FROM seen_requests WHERE expires_at < now() LIMIT 10 FOR UPDATE SKIP LOCKED
+        SELECT request_key FROM seen_requests WHERE expires_at < now()
+        ORDER BY expires_at LIMIT 10 FOR UPDATE SKIP LOCKED
     ) AND request_key <> $1
 )
 INSERT INTO seen_requests (request_key, expires_at) VALUES ($1, now() + $2 * interval '1 second')
@@ -938,7 +944,13 @@ WITH keys AS (
                           ELSE t.recipient END AS address
     FROM unnest($1::bigint[], $2::smallint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::int[])
          WITH ORDINALITY AS t(delivery_id, kind, occurred_at, detail, provider_event_id, recipient, r, n)
-    JOIN deliveries d ON d.delivery_id = t.delivery_id
+    -- One index probe per report (deliveries_by_id), whatever the planner guesses of the
+    -- arrays' length or the ledger's size: as a join, a ledger without statistics yet (just
+    -- loaded) or a generic plan's guess of the arrays' length gave a scan of every delivery.
+    -- A delivery id is unique (one sequence), so LIMIT 1 changes no result.
+    CROSS JOIN LATERAL (
+        SELECT customer_id, channel FROM deliveries WHERE deliveries.delivery_id = t.delivery_id LIMIT 1
+    ) AS d
     JOIN customers c ON c.customer_id = d.customer_id
     WHERE t.r IN (SELECT r FROM allowed)
 ), inserted AS (

@@ -12,7 +12,7 @@ from eventline_ingestion import validation
 from eventline_ingestion.erasure import Erasure
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import Arrival, NewEvent
-from eventline_ingestion.writer import EventWriter
+from eventline_ingestion.writer import EventWriter, Stored
 from eventline_shared import paging
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.errors import (
@@ -106,8 +106,12 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
             if not isinstance(item, NewEvent)
         }
         # Never store what cannot be answered: the reply is bounded before anything is stored.
-        bound = validation.reply_bytes(
-            request, checked, {i: paging.message_bytes(e) for i, e in errors.items()}
+        error_bytes = {i: paging.message_bytes(e) for i, e in errors.items()}
+        omit = request.omit_stored_events
+        bound = (
+            validation.compact_reply_bytes(checked, error_bytes)
+            if omit
+            else validation.reply_bytes(request, checked, error_bytes)
         )
         if bound > MAX_REPLY_BYTES:
             raise ResourceExhausted(
@@ -123,6 +127,8 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         good = [e for e in checked if isinstance(e, NewEvent)]
         stored = await self.writer.store(good) if good else {}
         log.debug("batch tracked", extra={"items": len(checked), "valid": len(good)})
+        if omit:
+            return _compact_reply(checked, stored, errors)
         first_index: dict[tuple[str, str], int] = {}
         results = []
         stored_before = False
@@ -215,6 +221,28 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
             events_erased=erased.events,
             stream_entries_erased=erased.stream_entries,
         )
+
+
+def _compact_reply(
+    checked: list[NewEvent | list[FieldViolation]],
+    stored: Stored,
+    errors: dict[int, ingestion_pb2.TrackEventsResult],
+) -> ingestion_pb2.TrackEventsResponse:
+    """The reply without the stored events: an empty result for each stored item (``deduplicated``
+    set when its id was stored before, by an earlier call or an earlier item), an error for each
+    refused one."""
+    reply = ingestion_pb2.TrackEventsResponse()
+    add = reply.results.add
+    first: set[tuple[str, str]] = set()
+    for i, item in enumerate(checked):
+        if isinstance(item, NewEvent):
+            result = add()
+            if stored[item.key][1] or item.key in first:
+                result.deduplicated = True
+            first.add(item.key)
+        else:
+            add().CopyFrom(errors[i])
+    return reply
 
 
 def _shrink(reply: ingestion_pb2.TrackEventsResponse) -> None:

@@ -212,6 +212,13 @@ def reply_bytes(
     return total
 
 
+def compact_reply_bytes(checked: Sequence[NewEvent | list[FieldViolation]], errors: Mapping[int, int]) -> int:
+    """An upper bound of the TrackEventsResponse to a request with ``omit_stored_events``: a
+    stored item's result is empty (or only ``deduplicated``), a bad item's is its error, whose
+    encoded size ``errors`` gives by index."""
+    return REPLY_OVERHEAD_BYTES * len(checked) + sum(errors.values())
+
+
 def batch_item(
     item: ingestion_pb2.TrackEventsItem, index: int, arrival: Arrival
 ) -> NewEvent | list[FieldViolation]:

@@ -355,6 +355,25 @@ class RealtimeSegments:
             await faults.point("segmentation.before_commit")
         return changed
 
+    async def concerned(self, names: dict[str, set[str]]) -> list[str]:
+        """The customers of ``names`` (their events' names by customer) whose events some real-time
+        segment's filter may depend on (``_affected``): one read of the definitions for a batch,
+        without locks, so that a customer no segment can be affected by costs no transaction.
+
+        Leaving the others out misses nothing: their events were committed before they reached
+        the stream, hence before this read; a segment marked real-time or changed after it is
+        backfilled from the start, and each backfill page reads its customers' data (these events
+        included) after this read. Whether a segment covers the customer yet is not asked here (a
+        page in progress may reach them before ``customers_events`` takes their lock): the chosen
+        customers are evaluated as before, the definitions read again under their lock.
+        """
+        segments = [self.compiled(d) for d in await self.repository.definitions(self.pool)]
+        return [
+            customer_id
+            for customer_id, seen in names.items()
+            if any(self._affected(segment, seen) for segment in segments)
+        ]
+
     @staticmethod
     def _affected(segment: Compiled, names: set[str]) -> bool:
         """Whether events named ``names`` may change the customer's membership of ``segment``.
@@ -545,5 +564,8 @@ class SegmentEvents(StreamHandler):
         for item in batch:
             if item.entry.customer_id:  # system events change no customer's membership
                 names.setdefault(item.entry.customer_id, set()).add(item.entry.name)
-        if names:
-            await self.engine.customers_events(names)
+        if not names:
+            return
+        concerned = await self.engine.concerned(names)
+        if concerned:
+            await self.engine.customers_events({customer_id: names[customer_id] for customer_id in concerned})

@@ -1,0 +1,11 @@
+-- Provider reports find their deliveries by delivery_id (issue 15, callbacks).
+--
+-- A report names its delivery by delivery_id alone (the Message-ID and the
+-- provider's idempotency key carry it; the customer is not known until the
+-- delivery is found). Since 0220 made the ledger's unique key
+-- (customer_id, delivery_id), no index started with delivery_id, so every
+-- RecordDeliveryEvents statement scanned the whole ledger: at 60,000
+-- deliveries, ~180 µs of PostgreSQL CPU per report against ~30 with this index
+-- (docs/performance.md, "Provider callbacks"). Not unique, so a sharded schema
+-- keeps it (each shard probes its own part; ids come from one sequence).
+CREATE INDEX deliveries_by_id ON deliveries (delivery_id);
