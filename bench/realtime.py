@@ -46,7 +46,8 @@ real time), e-mail to bench/triggers.py's SMTP receiver in this process:
   deleting them. A negative cost (more work, faster) is noise: printed as null.
 * timer lateness (above) last, with its own segment.
 
-Usage: python bench/realtime.py [--quick]. The last line printed is one JSON object.
+Usage: python bench/realtime.py [--quick] [--parts backfill,trigger,batch,lateness]. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ from eventline_shared.streams import stream
 
 PROBE = pb.Filter(event=pb.EventCondition(name="bench_probe"))
 """The probes' segment: "bench_probe at least once" (a new customer's first probe enters it)."""
+
+
+PARTS = ("backfill", "trigger", "batch", "lateness")
 
 
 def realtime_segment(segment_id: str, display_name: str, filter_: pb.Filter) -> pb.CreateSegmentRequest:
@@ -307,7 +311,7 @@ async def wait_backfilled(segmentation: Any, segment_ids: list[str], timeout_s: 
             await asyncio.sleep(0.1)
 
 
-async def live(quick: bool) -> dict[str, Any]:
+async def live(quick: bool, parts: set[str]) -> dict[str, Any]:
     customers = 2_000 if quick else 100_000
     due = (2_000, 10.0, 30.0) if quick else (100_000, 60.0, 600.0)  # timers, spread (s), lead (s)
     run = uuid.uuid4().hex[:8]
@@ -348,39 +352,45 @@ async def live(quick: bool) -> dict[str, Any]:
                     # over existing events leaves each moving customer's forecast to the
                     # scheduler: minutes of work for 50 segments here, which would be measured too).
                     shapes = []
-                    for shape_id, filter_ in variants():
+                    for shape_id, filter_ in variants() if parts & {"trigger", "batch"} else []:
                         shapes.append(f"{shape_id}-{run}")
                         await segmentation.CreateSegment(realtime_segment(shapes[-1], shape_id, filter_))
                     await wait_backfilled(segmentation, shapes)
-                    result |= await segment_trigger(
-                        ingestion,
-                        segmentation,
-                        campaigns,
-                        receiver,
-                        clock,
-                        run,
-                        customers,
-                        20 if quick else 1_000,
-                    )
-                    batch = paced_events(f"{run}-b", customers, 11_000 if quick else 51_000, clock.now())
-                    await batch_rate(ingestion, batch[:1_000])  # warm-up: connections, plans, caches
-                    half = 1_000 + (len(batch) - 1_000) // 2
-                    with_50 = await batch_rate(ingestion, batch[1_000:half])
-                    for segment_id in shapes:
-                        await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
-                    without = await batch_rate(ingestion, batch[half:])
-                    result["batch_events_per_s_without"] = round(without)
-                    result["batch_events_per_s_with_50"] = round(with_50)
-                    cost = 100 * (1 - with_50 / without)
-                    # Work added cannot make ingestion faster: a negative cost is the machine's noise.
-                    result["batch_cost_pct"] = round(cost, 1) if cost >= 0 else None
-                    print(
-                        f"ingestion batch {result['batch_events_per_s_without']} events/s without real-time "
-                        f"segments, {result['batch_events_per_s_with_50']} with 50 (cost "
-                        f"{'within noise' if cost < 0 else f'{cost:.1f} %'})",
-                        flush=True,
-                    )
-                    result |= await lateness(ingestion, segmentation, seg.realtime.pool, clock, run, *due)
+                    if "trigger" in parts:
+                        result |= await segment_trigger(
+                            ingestion,
+                            segmentation,
+                            campaigns,
+                            receiver,
+                            clock,
+                            run,
+                            customers,
+                            20 if quick else 1_000,
+                        )
+                    if "batch" in parts:
+                        batch = paced_events(f"{run}-b", customers, 11_000 if quick else 51_000, clock.now())
+                        await batch_rate(ingestion, batch[:1_000])  # warm-up: connections, plans, caches
+                        half = 1_000 + (len(batch) - 1_000) // 2
+                        with_50 = await batch_rate(ingestion, batch[1_000:half])
+                        for segment_id in shapes:
+                            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
+                        without = await batch_rate(ingestion, batch[half:])
+                        result["batch_events_per_s_without"] = round(without)
+                        result["batch_events_per_s_with_50"] = round(with_50)
+                        cost = 100 * (1 - with_50 / without)
+                        # Work added cannot make ingestion faster: a negative cost is the machine's noise.
+                        result["batch_cost_pct"] = round(cost, 1) if cost >= 0 else None
+                        print(
+                            f"ingestion batch {result['batch_events_per_s_without']} events/s without real-time "
+                            f"segments, {result['batch_events_per_s_with_50']} with 50 (cost "
+                            f"{'within noise' if cost < 0 else f'{cost:.1f} %'})",
+                            flush=True,
+                        )
+                    if "batch" not in parts:
+                        for segment_id in shapes:  # the timers' figure without them, as in a full run
+                            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
+                    if "lateness" in parts:
+                        result |= await lateness(ingestion, segmentation, seg.realtime.pool, clock, run, *due)
     finally:
         await client.aclose()
         await drop_database(name)
@@ -570,7 +580,17 @@ async def segment_trigger(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="10,000 customers / 500,000 events")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated, of {', '.join(PARTS)} (default: all): backfill is backfill_s to "
+        "transition_p99_ms, on bench/segments.py's data; the others are the live figures",
+    )
     options = parser.parse_args()
-    figures = asyncio.run(main(options.quick))
-    figures |= asyncio.run(live(options.quick))
+    chosen = set(options.parts.split(","))
+    if chosen - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(chosen - set(PARTS)))}")
+    figures = asyncio.run(main(options.quick)) if "backfill" in chosen else {}
+    if chosen - {"backfill"}:
+        figures |= asyncio.run(live(options.quick, chosen))
     print(json.dumps(figures))

@@ -678,3 +678,29 @@ async def test_two_replicas_running_in_the_background_record_each_transition_onc
             "SELECT count(*) FROM customer_events WHERE name IN ('segment_entered', 'segment_exited')"
         )
         assert counted == 40
+
+
+async def test_one_batch_evaluates_its_customers_and_segments_together(suite: Suite) -> None:
+    await suite.save("recent", purchases(1, 2))
+    await suite.save("often", purchases(2, 30))
+    customers = ["m1", "m2", "m3"]
+    for i, customer in enumerate(customers):
+        for k in range(i + 1):  # m1 buys once, m2 twice, m3 three times
+            await suite.track(customer, "purchase", START - k * dt.timedelta(hours=30))
+    await suite.ingestion_server.relay.drain()
+    # A consumer batch with the three customers: one transaction, one evaluation statement.
+    engine = suite.segmentation_server.realtime
+    assert await engine.customers_events({c: {"purchase"} for c in customers}) == 5
+    assert await suite.transitions("recent") == [(c, True, START) for c in customers]
+    assert await suite.transitions("often") == [("m2", True, START), ("m3", True, START)]
+    assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE name = 'segment_entered'") == 5
+    await suite.settle()  # the same entries again through the consumer: nothing changes
+    assert len(await suite.transitions("recent")) == 3
+    # "Last 2 days": the three purchases of 2026-11-26 leave when today reaches 2026-11-28; the
+    # three timers fire in one evaluation, each customer exiting at that instant.
+    leaves = dt.datetime(2026, 11, 28, tzinfo=UTC)
+    suite.clock.set(leaves + dt.timedelta(minutes=1))
+    assert await engine.fire_due() == 3
+    assert (await suite.transitions("recent"))[3:] == [(c, False, leaves) for c in customers]
+    assert await suite.members("recent") == []
+    assert await suite.members("often") == ["m2", "m3"]

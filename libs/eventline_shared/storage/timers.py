@@ -98,6 +98,10 @@ class TimerTable:
             f"RETURNING {', '.join(f't.{c}' for c in self.keys)}, t.due_at"
         )
         self._next = f"SELECT min(due_at) FROM {self.table}"
+        self._next_claimable = (
+            f"SELECT min(due_at) FROM {self.table} "
+            f"WHERE claimed_until IS NULL OR claimed_until < clock_timestamp()"
+        )
 
     async def set(self, connection: Connection, key: Sequence[str], due_at: dt.datetime) -> None:
         """Make ``key``'s timer due at ``due_at`` (replacing any earlier one, releasing its claim)."""
@@ -161,4 +165,9 @@ class TimerTable:
     async def next_due(self, pool: asyncpg.Pool | Connection) -> dt.datetime | None:
         """The earliest instant any timer is due, claimed or not."""
         value: dt.datetime | None = await pool.fetchval(self._next)
+        return value
+
+    async def next_claimable(self, pool: asyncpg.Pool | Connection) -> dt.datetime | None:
+        """The earliest instant a timer that no live claim holds is due (``claim`` would take it then)."""
+        value: dt.datetime | None = await pool.fetchval(self._next_claimable)
         return value

@@ -22,14 +22,15 @@ a missing field gives false, never NULL, and NOT stays exact.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
-from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node, Predicate, walk
+from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node, PeriodSpec, Predicate, walk
 from eventline_predicates.periods import Clock, Interval
 
 _ORDER_SQL: dict[int, str] = {
@@ -350,6 +351,8 @@ class MatchQuery:
     sql: str
     params: list[Any]
     nodes: list[Node]
+    names: list[str]
+    """The output columns' names, in order."""
 
 
 def _hull(intervals: list[Interval]) -> Interval:
@@ -361,6 +364,57 @@ def _hull(intervals: list[Interval]) -> Interval:
         None if any(t is None for t in ends) else max(t for t in ends if t is not None),
         end_inclusive=True,
     )
+
+
+class RowBounds:
+    """The intervals of a query over many customers, each row at an instant of its own.
+
+    The customers and every interval asked for become parallel arrays unnested as
+    ``q(customer_id, b1, b2, …)``: interval ``k`` of row ``r`` is ``[q.b<2k>, q.b<2k+1>]``,
+    both ends inclusive. Timestamps are whole microseconds, so an exclusive end ``< end`` is the
+    inclusive ``<= end - 1 µs``; a missing bound is the first or last instant there is.
+    """
+
+    def __init__(self, params: Params, customer_ids: Sequence[str]) -> None:
+        self.params = params
+        self.customer_ids = list(customer_ids)
+        self._columns: list[str] = []
+        self._arrays: list[str] = []
+
+    def _column(self, values: list[dt.datetime]) -> str:
+        name = f"b{len(self._columns)}"
+        self._columns.append(name)
+        self._arrays.append(self.params.add(values, "timestamptz[]"))
+        return f"q.{name}"
+
+    def bounds(self, intervals: Sequence[Interval]) -> tuple[str, str]:
+        """The columns of the first and last instant of each row's interval (one per row, in order)."""
+        if len(intervals) != len(self.customer_ids):
+            raise ValueError("one interval per row")
+        starts = [_FIRST if i.start is None else i.start for i in intervals]
+        ends = [
+            _LAST if i.end is None else i.end if i.end_inclusive else i.end - _MICROSECOND for i in intervals
+        ]
+        return self._column(starts), self._column(ends)
+
+    def interval(self, column: str, intervals: Sequence[Interval]) -> list[str]:
+        """``column`` in each row's interval."""
+        start, end = self.bounds(intervals)
+        return [f"{column} >= {start}", f"{column} <= {end}"]
+
+    def source(self) -> str:
+        """The ``FROM`` item of the rows (add it after every interval); ``q.position`` numbers them from 1."""
+        ids = self.params.add(self.customer_ids, "text[]")
+        names = ", ".join(["customer_id", *self._columns, "position"])
+        return f"unnest({', '.join([ids, *self._arrays])}) WITH ORDINALITY AS q({names})"
+
+
+_MICROSECOND = dt.timedelta(microseconds=1)
+_FIRST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LAST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+IntervalSql = Callable[[str, Callable[[Clock], Interval]], list[str]]
+"""Conditions that a column lies in an interval resolved from the query's clock (or each row's)."""
 
 
 def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
@@ -377,10 +431,47 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
     """
     params = Params()
     customer = params.add(customer_id, "text")
+    select = _match_select(root, params, lambda column, resolve: interval_sql(column, resolve(clock), params))
+    return MatchQuery(
+        f"{select.columns} FROM customers c{select.joins} WHERE c.customer_id = {customer}",
+        params.values,
+        select.nodes,
+        select.names,
+    )
+
+
+def match_many_query(
+    root: Node, clocks: Sequence[Clock], params: Params, rows: RowBounds, extra: Sequence[str] = ()
+) -> MatchQuery:
+    """``match_query`` for the customers of ``rows``, row ``r`` at ``clocks[r]``, in one query: the same
+    columns (each row's own intervals), then ``extra`` (built with ``rows`` before this call). Customers
+    that do not exist give no row. ``params`` is shared with the caller's other queries."""
+
+    def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
+        return rows.interval(column, [resolve(clock) for clock in clocks])
+
+    select = _match_select(root, params, bounded, extra)
+    return MatchQuery(
+        f"{select.columns} FROM {rows.source()} JOIN customers c ON c.customer_id = q.customer_id{select.joins}",
+        params.values,
+        select.nodes,
+        select.names,
+    )
+
+
+@dataclass(frozen=True)
+class _Select:
+    columns: str
+    joins: str
+    nodes: list[Node]
+    names: list[str]
+
+
+def _match_select(root: Node, params: Params, interval: IntervalSql, extra: Sequence[str] = ()) -> _Select:
     nodes = walk(root)
     events = [n for n in nodes if isinstance(n, EventNode)]
     full_scan = any(n.predicates and (n.test != "count" or n.period is None) for n in events)
-    periods = [clock.resolve(n.period) for n in events if n.test == "count" and n.period is not None]
+    in_periods = [n.period for n in events if n.test == "count" and n.period is not None]
     outer: list[str] = []
     aggregates: list[str] = []
     scanned: list[str] = []
@@ -390,7 +481,7 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
             stats = f"FROM customer_event_stats s WHERE s.customer_id = c.customer_id AND s.name = {name}"
             matching = [f"e.name = {name}", *(predicate_sql(p, "e.context", params) for p in node.predicates)]
             if node.test == "count" and node.period is not None:
-                in_period = matching + interval_sql("e.occurred_at", clock.resolve(node.period), params)
+                in_period = matching + interval("e.occurred_at", _resolver(node.period))
                 aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(in_period)}) AS n{i}")
                 outer.append(f"a.n{i}")
                 scanned.append(node.name)
@@ -415,17 +506,29 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
             outer.append(f"{customer_sql(node, params)} AS h{i}")
             if node.predicate is not None:
                 outer.append(f"(c.attributes -> {params.add(node.predicate.field, 'text')})::text AS v{i}")
-    sql = "SELECT c.customer_id"
-    if outer:
-        sql += ", " + ", ".join(outer)
-    sql += " FROM customers c"
+    outer += extra
+    names = ["customer_id", *(_alias(column) for column in outer)]
+    columns = "SELECT " + ", ".join(["c.customer_id", *outer])
+    joins = ""
     if aggregates:
         scan = [
             "e.customer_id = c.customer_id",
             f"e.name = ANY({params.add(sorted(set(scanned)), 'text[]')})",
         ]
         if not full_scan:
-            scan += interval_sql("e.occurred_at", _hull(periods), params)
-        sql += f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e WHERE {' AND '.join(scan)}) a"
-    sql += f" WHERE c.customer_id = {customer}"
-    return MatchQuery(sql, params.values, nodes)
+            scan += interval("e.occurred_at", lambda clock: _hull([clock.resolve(p) for p in in_periods]))
+        joins = (
+            f" CROSS JOIN LATERAL (SELECT {', '.join(aggregates)} FROM customer_events e "
+            f"WHERE {' AND '.join(scan)}) a"
+        )
+    return _Select(columns, joins, nodes, names)
+
+
+def _resolver(period: PeriodSpec) -> Callable[[Clock], Interval]:
+    return lambda clock: clock.resolve(period)
+
+
+def _alias(column: str) -> str:
+    """The name of an output column: its ``AS`` alias, or the column of ``a.<name>``."""
+    head, _, alias = column.rpartition(" AS ")
+    return alias if head else column.removeprefix("a.")

@@ -3,17 +3,20 @@
 Every write of a customer's membership runs in a transaction that first takes
 the customer's lock (``lock_customer``): evaluations of one customer, from the
 event consumer, the timer scheduler or a backfill page, on any replica, never
-interleave. Locks are always taken in one order: customers (ascending), then a
-segment's ``segment_realtime`` row (which recording a transition, or any
-change of membership through its counting trigger, updates).
+interleave. Locks are always taken in one order: customers (ascending), then
+segments' ``segments`` rows (``keep_segments``: the key share lock that a
+foreign key check takes, which a DeleteSegment waits for), then their
+``segment_realtime`` rows (which recording a transition, or any change of
+membership through its counting trigger, updates), then timers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from eventline.common.v1 import common_pb2
@@ -48,6 +51,16 @@ class Definition:
 
 
 @dataclass(frozen=True)
+class Change:
+    """A membership that changes: the customer enters (or exits) the segment at ``at``."""
+
+    segment: Definition
+    customer_id: str
+    entered: bool
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
 class Transition:
     cursor: int
     customer_id: str
@@ -60,23 +73,67 @@ SELECT s.segment_id, s.display_name, s.filter, s.time_zone, r.backfill_after, r.
 FROM segments s JOIN segment_realtime r USING (segment_id)
 """
 
-_STORE_EVENT = """
-WITH stored AS (
+_LOCK_SEGMENTS = """
+SELECT segment_id FROM segment_realtime WHERE segment_id = ANY($1::text[])
+ORDER BY segment_id COLLATE "C" FOR NO KEY UPDATE
+"""
+
+_TAKE_CURSORS = """
+UPDATE segment_realtime r SET last_cursor = r.last_cursor + d.n
+FROM unnest($1::text[], $2::bigint[]) AS d(segment_id, n)
+WHERE r.segment_id = d.segment_id
+RETURNING r.segment_id, r.last_cursor
+"""
+
+# Members entered and exited, and the transitions' log, in one statement (a (segment, customer) at
+# most once; the members' counting trigger fires at its end).
+_RECORD_TRANSITIONS = """
+WITH changes AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bool[], $5::timestamptz[])
+        AS c(segment_id, cursor, customer_id, entered, occurred_at)
+),
+entered AS (
+    INSERT INTO segment_members (segment_id, customer_id, entered_at)
+    SELECT segment_id, customer_id, occurred_at FROM changes WHERE entered
+),
+exited AS (
+    DELETE FROM segment_members m USING changes c
+    WHERE NOT c.entered AND m.segment_id = c.segment_id AND m.customer_id = c.customer_id
+)
+INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at)
+SELECT segment_id, cursor, customer_id, entered, occurred_at FROM changes
+"""
+
+# Transitions' customer events ($1-$7 one array each, in order; $8 received_at), stored as
+# ingestion stores events: with their stats, and one outbox row per partition stream; then a
+# notification on $9 (the outbox channel), so that the relays publish the rows as soon as this
+# commits, not at their next poll.
+_STORE_EVENTS = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bytea[])
+        WITH ORDINALITY AS i(customer_id, event_id, name, occurred_at, context, stream, entry, seq)
+),
+stored AS (
     INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+    SELECT customer_id, event_id, name, occurred_at, $8, context::jsonb FROM input ORDER BY seq
     ON CONFLICT DO NOTHING
-    RETURNING customer_id, name, occurred_at
+    RETURNING customer_id, event_id, name, occurred_at
 ),
 stats AS (
     INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
-    SELECT customer_id, name, occurred_at, occurred_at, 1 FROM stored
+    SELECT customer_id, name, min(occurred_at), max(occurred_at), count(*) FROM stored
+    GROUP BY customer_id, name ORDER BY customer_id, name
     ON CONFLICT (customer_id, name) DO UPDATE SET
         first_at = least(s.first_at, excluded.first_at),
         last_at = greatest(s.last_at, excluded.last_at),
-        count = s.count + 1
+        count = s.count + excluded.count
+),
+outbox AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT i.stream, array_agg(i.customer_id ORDER BY i.seq), string_agg(i.entry, ''::bytea ORDER BY i.seq)
+    FROM stored JOIN input i USING (customer_id, event_id) GROUP BY i.stream ORDER BY i.stream
 )
-INSERT INTO event_outbox (stream, customer_ids, entries)
-SELECT $7, ARRAY[customer_id], $8 FROM stored
+SELECT pg_notify($9, '')
 """
 
 
@@ -152,12 +209,32 @@ class MembershipRepository:
         )
 
     async def memberships(
-        self, connection: Connection, customer_id: str, segment_ids: Sequence[str]
-    ) -> set[str]:
+        self, connection: Connection, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """The (segment_id, customer_id) among ``keys`` that are stored as members."""
+        if not keys:
+            return set()
         rows = await connection.fetch(
-            "SELECT segment_id FROM segment_members WHERE customer_id = $1 AND segment_id = ANY($2::text[])",
-            customer_id,
-            list(segment_ids),
+            "SELECT m.segment_id, m.customer_id FROM segment_members m "
+            "JOIN unnest($1::text[], $2::text[]) AS k(segment_id, customer_id) USING (segment_id, customer_id)",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return {(r[0], r[1]) for r in rows}
+
+    async def keep_segments(self, connection: Connection, segment_ids: Collection[str]) -> set[str]:
+        """Keep the ``segments`` rows of ``segment_ids`` from being deleted until the transaction
+        ends; returns those that still exist.
+
+        Writing members, transitions or timers checks their foreign key on ``segments`` with this
+        same lock: taken first, before the rows of ``segment_realtime`` and ``segment_timers``, it
+        keeps the order of DeleteSegment, which locks ``segments`` before its cascade reaches
+        those (taken after them, the two wait for each other).
+        """
+        rows = await connection.fetch(
+            'SELECT segment_id FROM segments WHERE segment_id = ANY($1::text[]) ORDER BY segment_id COLLATE "C" '
+            "FOR KEY SHARE",
+            sorted(segment_ids),
         )
         return {r[0] for r in rows}
 
@@ -166,72 +243,74 @@ class MembershipRepository:
             await connection.fetchval("SELECT true FROM customers WHERE customer_id = $1", customer_id)
         )
 
-    async def transition(
-        self,
-        connection: Connection,
-        segment: Definition,
-        customer_id: str,
-        entered: bool,
-        at: dt.datetime,
-        received_at: dt.datetime,
-    ) -> int:
-        """Change one membership, log the transition and store its customer event; returns its cursor."""
-        if entered:
-            await connection.execute(
-                "INSERT INTO segment_members (segment_id, customer_id, entered_at) VALUES ($1, $2, $3)",
-                segment.segment_id,
-                customer_id,
-                at,
-            )
-        else:
-            await connection.execute(
-                "DELETE FROM segment_members WHERE segment_id = $1 AND customer_id = $2",
-                segment.segment_id,
-                customer_id,
-            )
-        cursor: int = await connection.fetchval(
-            "UPDATE segment_realtime SET last_cursor = last_cursor + 1 WHERE segment_id = $1 RETURNING last_cursor",
-            segment.segment_id,
-        )
+    async def record(
+        self, connection: Connection, changes: Sequence[Change], received_at: dt.datetime
+    ) -> None:
+        """Change memberships, log the transitions and store their customer events, in a handful of
+        statements whatever their number. Each segment's transitions take consecutive cursors in
+        the order of their instants; one customer's events go to the outbox in that order too."""
+        if not changes:
+            return
+        ordered = sorted(changes, key=lambda c: (c.segment.segment_id.encode(), c.at, c.customer_id.encode()))
+        counts: dict[str, int] = {}
+        for change in ordered:
+            counts[change.segment.segment_id] = counts.get(change.segment.segment_id, 0) + 1
+        # The segments' rows in ascending order (the order every locker uses), before the members'
+        # counting trigger updates them in whatever order its rows come.
+        if len(counts) > 1:  # (one row: the update below locks it)
+            await connection.execute(_LOCK_SEGMENTS, list(counts))
+        rows = await connection.fetch(_TAKE_CURSORS, list(counts), list(counts.values()))
+        last = {r[0]: r[1] for r in rows}
+        # A segment deleted meanwhile has no row left: its changes go with it.
+        ordered = [c for c in ordered if c.segment.segment_id in last]
+        cursors: list[int] = []
+        for change in ordered:
+            segment_id = change.segment.segment_id
+            cursors.append(last[segment_id] - counts[segment_id] + 1)
+            counts[segment_id] -= 1
         await connection.execute(
-            "INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            segment.segment_id,
-            cursor,
-            customer_id,
-            entered,
-            at,
+            _RECORD_TRANSITIONS,
+            [c.segment.segment_id for c in ordered],
+            cursors,
+            [c.customer_id for c in ordered],
+            [c.entered for c in ordered],
+            [c.at for c in ordered],
         )
-        name = ENTERED if entered else EXITED
-        context = {
-            "segment_id": common_pb2.Value(string_value=segment.segment_id),
-            "segment_name": common_pb2.Value(string_value=segment.display_name),
-        }
-        event_id = _event_id(segment.segment_id, cursor)
-        event = common_pb2.Event(
-            event_id=event_id,
-            kind=common_pb2.EVENT_KIND_CUSTOMER,
-            customer_id=customer_id,
-            name=name,
-            occurred_at=values.datetime_to_timestamp(at),
-            received_at=values.datetime_to_timestamp(received_at),
-            context=context,
-        )
-        entry = stream.pack_entry(customer_id, event_id, name, event.SerializeToString(), "")
-        await connection.execute(
-            _STORE_EVENT,
-            customer_id,
-            event_id,
-            name,
-            at,
-            received_at,
-            values.encode_values(context, "context").json,
-            self.layout.key_for(customer_id),
-            entry,
-        )
-        # The relays publish the row as soon as this commits, not at their next poll.
-        await notifications.notify(connection, notifications.OUTBOX)
-        return cursor
+        # The customer events in time order (the outbox keeps each stream's entries in this order).
+        events = sorted(zip(ordered, cursors, strict=True), key=lambda e: (e[0].at, e[0].segment.segment_id))
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        for change, cursor in events:
+            name = ENTERED if change.entered else EXITED
+            context = {
+                "segment_id": common_pb2.Value(string_value=change.segment.segment_id),
+                "segment_name": common_pb2.Value(string_value=change.segment.display_name),
+            }
+            event_id = _event_id(change.segment.segment_id, cursor)
+            event = common_pb2.Event(
+                event_id=event_id,
+                kind=common_pb2.EVENT_KIND_CUSTOMER,
+                customer_id=change.customer_id,
+                name=name,
+                occurred_at=values.datetime_to_timestamp(change.at),
+                received_at=values.datetime_to_timestamp(received_at),
+                context=context,
+            )
+            entry = stream.pack_entry(change.customer_id, event_id, name, event.SerializeToString(), "")
+            for column, value in zip(
+                columns,
+                (
+                    change.customer_id,
+                    event_id,
+                    name,
+                    change.at,
+                    values.encode_values(context, "context").json,
+                    self.layout.key_for(change.customer_id),
+                    entry,
+                ),
+                strict=True,
+            ):
+                column.append(value)
+        await connection.execute(_STORE_EVENTS, *columns, received_at, notifications.OUTBOX)
 
     # Backfill ------------------------------------------------------------------------
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import asyncpg
 from eventline.segmentation.v1 import segmentation_pb2 as pb
@@ -41,7 +42,7 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline_predicates import filters, periods
 from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node
 from eventline_segmentation import compiler, evaluation, transitions
-from eventline_segmentation.membership import Definition, MembershipRepository
+from eventline_segmentation.membership import Change, Definition, MembershipRepository
 from eventline_shared import faults
 from eventline_shared.clock import Clock
 from eventline_shared.storage.database import Connection
@@ -51,6 +52,10 @@ from eventline_shared.streams.consumer_group import Received, StreamHandler
 log = logging.getLogger(__name__)
 
 TIMERS = TimerTable("segment_timers", ["segment_id", "customer_id"])
+_MIN_WAIT_S = 0.01
+"""The scheduler's shortest wait between looks for due timers."""
+_FIRE_CHUNK_MIN = 50
+"""Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
 BACKFILL_PAGE = 500
 """Customers per backfill transaction (each holds their locks until it commits)."""
 
@@ -106,23 +111,133 @@ class Observation:
     next_change: dt.datetime | None
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One evaluation to make: a customer's membership of a segment at an instant."""
+
+    segment: Compiled
+    customer_id: str
+    at: dt.datetime
+
+
 async def observe(
     connection: Connection, segment: Compiled, customer_id: str, now: dt.datetime
 ) -> Observation | None:
     """Membership at ``now`` by MatchCustomer's query and evaluation, and when time alone may change
     it next (None: never); None when the customer does not exist."""
-    clock = periods.Clock(now, segment.zone)
-    query = compiler.match_query(segment.root, clock, customer_id)
-    row = await connection.fetchrow(query.sql, *query.params)
-    if row is None:
-        return None
+    return (await observe_many(connection, [Probe(segment, customer_id, now)]))[0]
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[Observation | None]:
+    """``observe`` for many probes in one statement, answers in the order of ``probes``.
+
+    The probes of one segment make one query over their customers, each at the instant of its
+    own probe (``compiler.match_many_query``), that also loads the events the forecast needs
+    (``transitions.plan``'s windows, as arrays of microseconds since 1970: the rows of the
+    segments' queries differ in shape, so each travels as an anonymous record, which asyncpg
+    decodes only with scalar fields); the segments' queries are joined by UNION ALL, in the
+    order of their ids, so that the statement's text depends only on which segments it holds.
+    """
+    grouped: dict[str, list[int]] = {}
+    segments: dict[str, Compiled] = {}
+    for index, probe in enumerate(probes):
+        grouped.setdefault(probe.segment.definition.segment_id, []).append(index)
+        segments[probe.segment.definition.segment_id] = probe.segment
+    groups = {segment_id: grouped[segment_id] for segment_id in sorted(grouped)}
+    params = compiler.Params()
+    parts: list[str] = []
+    queries: list[
+        tuple[compiler.MatchQuery, list[int], list[periods.Clock], list[transitions.LoadPlan] | None]
+    ] = []
+    for number, (segment_id, indexes) in enumerate(groups.items()):
+        segment = segments[segment_id]
+        rows = compiler.RowBounds(params, [probes[i].customer_id for i in indexes])
+        # Probes of one instant (all of an event batch's) share their clock and plan.
+        instants = {probes[i].at for i in indexes}
+        clock_at = {at: periods.Clock(at, segment.zone) for at in instants}
+        clocks = [clock_at[probes[i].at] for i in indexes]
+        plans = None
+        extra: list[str] = []
+        if segment.dependencies.changes_with_time:
+            plan_at = {at: transitions.plan(segment.root, at, segment.zone) for at in instants}
+            plans = [plan_at[probes[i].at] for i in indexes]
+            for j, load in enumerate(plans[0].loads):
+                if isinstance(load, transitions.WindowOccurrences):
+                    windows = [cast(transitions.WindowOccurrences, plan.loads[j]).window for plan in plans]
+                    extra += _window_columns(load, j, rows.bounds(windows), params)
+        query = compiler.match_many_query(
+            segment.root, clocks, params, rows, [*extra, "q.position AS position"]
+        )
+        queries.append((query, indexes, clocks, plans))
+        parts.append(f"SELECT {number} AS g, ROW(x.*) AS r FROM ({query.sql}) x")
+    found: list[Observation | None] = [None] * len(probes)
+    if not probes:
+        return found
+    for n, record in enumerate(await connection.fetch(" UNION ALL ".join(parts), *params.values)):
+        if n % 100 == 99:
+            await asyncio.sleep(0)  # let the event loop serve others between slices of a large batch
+        query, indexes, clocks, plans = queries[record["g"]]
+        row = dict(zip(query.names, record["r"], strict=True))
+        position = row["position"] - 1
+        found[indexes[position]] = _observation(
+            probes[indexes[position]],
+            query,
+            row,
+            clocks[position],
+            None if plans is None else plans[position],
+        )
+    return found
+
+
+def _window_columns(
+    load: transitions.WindowOccurrences, j: int, bounds: tuple[str, str], params: compiler.Params
+) -> list[str]:
+    """The events a window load asks for: the newest ``limit`` inside the window (``w<j>``) and the
+    earliest ``limit`` after it (``a<j>``), as text lists of microseconds since 1970."""
+    node = load.node
+    start, end = bounds
+    matching = " AND ".join(
+        [
+            "e.customer_id = c.customer_id",
+            f"e.name = {params.add(node.name, 'text')}",
+            *(compiler.predicate_sql(p, "e.context", params) for p in node.predicates),
+        ]
+    )
+    limit = params.add(load.limit, "int")
+    micros = "(extract(epoch FROM e.occurred_at) * 1000000)::bigint"
+    columns = []
+    for alias, where, order in (
+        (f"w{j}", f"e.occurred_at >= {start} AND e.occurred_at <= {end}", "DESC"),
+        (f"a{j}", f"e.occurred_at > {end}", "ASC"),
+    ):
+        columns.append(
+            f"array_to_string(ARRAY(SELECT {micros} FROM customer_events e WHERE {matching} AND {where} "
+            f"ORDER BY e.occurred_at {order} LIMIT {limit}), ',') AS {alias}"
+        )
+    return columns
+
+
+def _instants(text: str) -> tuple[dt.datetime, ...]:
+    return tuple(_EPOCH + dt.timedelta(microseconds=int(v)) for v in text.split(",")) if text else ()
+
+
+def _observation(
+    probe: Probe,
+    query: compiler.MatchQuery,
+    row: dict[str, Any],
+    clock: periods.Clock,
+    plan: transitions.LoadPlan | None,
+) -> Observation:
+    segment = probe.segment
     matched, explanations = evaluation.explain(query, row, clock)
-    if not segment.dependencies.changes_with_time:
+    if plan is None:
         return Observation(matched, None)
     seen = {e.path: e for e in explanations}
-    plan = transitions.plan(segment.root, now, segment.zone)
     loaded: dict[str, transitions.Loaded] = {}
-    for load in plan.loads:
+    for j, load in enumerate(plan.loads):
         path = load.node.path
         if isinstance(load, transitions.AnswerNow):
             loaded[path] = transitions.Answer(seen[path].held)
@@ -131,41 +246,13 @@ async def observe(
         elif isinstance(load, transitions.EarliestOccurrence):
             loaded[path] = transitions.Occurrence(seen[path].first)
         else:
-            loaded[path] = await _window(connection, load, customer_id)
+            loaded[path] = transitions.WindowEvents(_instants(row[f"w{j}"]), _instants(row[f"a{j}"]))
     forecast = transitions.forecast(plan, loaded)
     if forecast.member != matched:
         # Two implementations of one semantics disagree: trust MatchCustomer's, look again soon.
         log.error("forecast and match disagree", extra={"segment_id": segment.definition.segment_id})
-        return Observation(matched, now + dt.timedelta(seconds=1))
+        return Observation(matched, probe.at + dt.timedelta(seconds=1))
     return Observation(matched, forecast.next_change)
-
-
-async def _window(
-    connection: Connection, load: transitions.WindowOccurrences, customer_id: str
-) -> transitions.WindowEvents:
-    node = load.node
-    found: list[list[dt.datetime]] = []
-    for inside in (True, False):
-        params = compiler.Params()
-        where = [
-            f"e.customer_id = {params.add(customer_id, 'text')}",
-            f"e.name = {params.add(node.name, 'text')}",
-            *(compiler.predicate_sql(p, "e.context", params) for p in node.predicates),
-        ]
-        if inside:
-            where += compiler.interval_sql("e.occurred_at", load.window, params)
-            order = "DESC"
-        else:
-            assert load.window.end is not None
-            sign = ">" if load.window.end_inclusive else ">="
-            where.append(f"e.occurred_at {sign} {params.add(load.window.end, 'timestamptz')}")
-            order = "ASC"
-        sql = (
-            f"SELECT e.occurred_at FROM customer_events e WHERE {' AND '.join(where)} "
-            f"ORDER BY e.occurred_at {order} LIMIT {params.add(load.limit, 'int')}"
-        )
-        found.append([r[0] for r in await connection.fetch(sql, *params.values)])
-    return transitions.WindowEvents(tuple(found[0]), tuple(found[1]))
 
 
 class RealtimeSegments:
@@ -203,53 +290,68 @@ class RealtimeSegments:
             found = self._compiled[key] = compile_definition(definition)
         return found
 
-    async def _apply(
-        self,
-        connection: Connection,
-        segment: Compiled,
-        customer_id: str,
-        stored: bool,
-        now: dt.datetime,
-    ) -> bool | None:
-        """Evaluate at ``now`` and record the difference with ``stored``; returns the new membership."""
-        observed = await observe(connection, segment, customer_id, now)
-        if observed is None:
-            return None
-        key = (segment.definition.segment_id, customer_id)
-        if observed.member != stored:
-            await self.repository.transition(
-                connection, segment.definition, customer_id, observed.member, now, self.clock.now()
-            )
-        if observed.next_change is None:
-            await TIMERS.cancel(connection, key)
-        else:
-            await TIMERS.set(connection, key, observed.next_change)
-        return observed.member
+    async def _evaluate(self, connection: Connection, probes: Sequence[Probe]) -> int:
+        """Evaluate ``probes`` (each (segment, customer) once, the customers locked), record every
+        difference with the stored membership, and set or cancel each one's timer, in a handful of
+        statements whatever their number; returns how many transitions."""
+        if not probes:
+            return 0
+        kept = await self.repository.keep_segments(
+            connection, {p.segment.definition.segment_id for p in probes}
+        )
+        probes = [p for p in probes if p.segment.definition.segment_id in kept]  # not deleted meanwhile
+        if not probes:
+            return 0
+        keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
+        stored = await self.repository.memberships(connection, keys)
+        changes: list[Change] = []
+        timers: list[tuple[tuple[str, str], dt.datetime]] = []
+        cancelled: list[tuple[str, str]] = []
+        # The evaluation statement's text depends only on which segments it evaluates (an event's
+        # name picks the same ones every time): plan it once per connection, not per call (planning
+        # one of 10 segments takes longer than running it for a customer).
+        await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        observed_all = await observe_many(connection, probes)
+        for probe, key, observed in zip(probes, keys, observed_all, strict=True):
+            if observed is None:
+                continue  # no such customer (erased)
+            if observed.member != (key in stored):
+                changes.append(Change(probe.segment.definition, probe.customer_id, observed.member, probe.at))
+            if observed.next_change is None:
+                cancelled.append(key)
+            else:
+                timers.append((key, observed.next_change))
+        await self.repository.record(connection, changes, self.clock.now())
+        await TIMERS.set_each(connection, timers)
+        await TIMERS.cancel_many(connection, cancelled)
+        return len(changes)
 
     # Events --------------------------------------------------------------------------
 
     async def customer_events(self, customer_id: str, names: set[str]) -> int:
         """Re-evaluate the real-time segments events named ``names`` can affect; returns transitions."""
-        changed = 0
+        return await self.customers_events({customer_id: names})
+
+    async def customers_events(self, names: Mapping[str, set[str]]) -> int:
+        """``customer_events`` for many customers (their event names), in one transaction and one
+        evaluation query; returns transitions."""
         async with self.pool.acquire() as connection, connection.transaction():
-            await self.repository.lock_customer(connection, customer_id)
-            # Read after the lock: an evaluation of this customer that held it (a timer at its
+            customers = sorted(names)
+            await self.repository.lock_customers(connection, customers)
+            # Read after the locks: an evaluation of these customers that held them (a timer at its
             # due instant) is never later than this one.
             now = self.clock.now()
-            affected = [
-                s
-                for s in map(self.compiled, await self.repository.definitions(connection))
-                if s.definition.covers(customer_id) and self._affected(s, names)
-            ]
-            if not affected:
-                return 0
-            stored = await self.repository.memberships(
-                connection, customer_id, [s.definition.segment_id for s in affected]
+            segments = sorted(
+                map(self.compiled, await self.repository.definitions(connection)),
+                key=lambda s: s.definition.segment_id,
             )
-            for segment in sorted(affected, key=lambda s: s.definition.segment_id):
-                was = segment.definition.segment_id in stored
-                member = await self._apply(connection, segment, customer_id, was, now)
-                changed += member is not None and member != was
+            probes = [
+                Probe(segment, customer_id, now)
+                for customer_id in customers
+                for segment in segments
+                if segment.definition.covers(customer_id) and self._affected(segment, names[customer_id])
+            ]
+            changed = await self._evaluate(connection, probes)
             await faults.point("segmentation.before_commit")
         return changed
 
@@ -262,7 +364,7 @@ class RealtimeSegments:
         the stream, hence before this read; a segment marked real-time or changed after it is
         backfilled from the start, and each backfill page reads its customers' data (these events
         included) after this read. Whether a segment covers the customer yet is not asked here (a
-        page in progress may reach them before ``customer_events`` takes their lock): the chosen
+        page in progress may reach them before ``customers_events`` takes their lock): the chosen
         customers are evaluated as before, the definitions read again under their lock.
         """
         segments = [self.compiled(d) for d in await self.repository.definitions(self.pool)]
@@ -290,32 +392,44 @@ class RealtimeSegments:
 
     async def fire_due(self, limit: int = 500) -> int:
         """Claim the timers due at the clock's now and re-evaluate each at its instant; returns how
-        many fired."""
-        due = await TIMERS.claim(self.pool, self.clock.now(), limit)
-        # Timers of different customers fire side by side (one customer's wait for its lock).
-        slots = asyncio.Semaphore(self.fire_concurrency)
+        many fired.
 
-        async def fire(timer: Due) -> int:
-            async with slots:
-                return await self._fire(timer)
+        The claimed timers fire in up to ``fire_concurrency`` transactions side by side, each over
+        a range of customers (a customer's timers in one), set-based: take the timers still
+        standing, then one evaluation query for all of them (``_evaluate``).
+        """
+        due = sorted(
+            await TIMERS.claim(self.pool, self.clock.now(), limit), key=lambda d: (d.key[1], d.key[0])
+        )
+        if not due:
+            return 0
+        size = max(_FIRE_CHUNK_MIN, -(-len(due) // self.fire_concurrency))
+        chunks: list[list[Due]] = [[]]
+        for timer in due:
+            if len(chunks[-1]) >= size and timer.key[1] != chunks[-1][-1].key[1]:
+                chunks.append([])
+            chunks[-1].append(timer)
+        return sum(await asyncio.gather(*(self._fire(chunk) for chunk in chunks)))
 
-        return sum(await asyncio.gather(*(fire(timer) for timer in due)))
-
-    async def _fire(self, timer: Due) -> int:
-        segment_id, customer_id = timer.key
+    async def _fire(self, due: Sequence[Due]) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
-            await self.repository.lock_customer(connection, customer_id)
-            if not await TIMERS.take(connection, timer):
-                return 0  # moved or removed by another evaluation meanwhile
-            found = [d for d in await self.repository.definitions(connection) if d.segment_id == segment_id]
-            if not found or not found[0].covers(customer_id):
-                return 1  # the backfill will set this customer's timer
-            segment = self.compiled(found[0])
-            stored = bool(await self.repository.memberships(connection, customer_id, [segment_id]))
-            # At the timer's own instant: a transition is recorded when it happened, and a
-            # scheduler that fell behind replays every change in order.
-            await self._apply(connection, segment, customer_id, stored, timer.due_at)
-        return 1
+            await self.repository.lock_customers(connection, sorted({timer.key[1] for timer in due}))
+            # Before the timers' rows (see MembershipRepository.keep_segments).
+            await self.repository.keep_segments(connection, {timer.key[0] for timer in due})
+            # Timers moved or removed by another evaluation meanwhile are not taken: theirs stand.
+            taken = await TIMERS.take_many(connection, due)
+            definitions = {d.segment_id: d for d in await self.repository.definitions(connection)}
+            probes = []
+            for timer in due:
+                segment_id, customer_id = timer.key
+                definition = definitions.get(segment_id)
+                # A customer the backfill has not reached gets their timer from it.
+                if timer.key in taken and definition is not None and definition.covers(customer_id):
+                    # At the timer's own instant: a transition is recorded when it happened, and a
+                    # scheduler that fell behind replays every change in order.
+                    probes.append(Probe(self.compiled(definition), customer_id, timer.due_at))
+            await self._evaluate(connection, probes)
+        return len(taken)
 
     # Backfill ------------------------------------------------------------------------
 
@@ -337,7 +451,8 @@ class RealtimeSegments:
         async with self.pool.acquire() as connection, connection.transaction():
             page = await self.repository.next_customers(connection, after, BACKFILL_PAGE)
             await self.repository.lock_customers(connection, page)
-            # Customer locks first, then the progress row: the order every locker uses.
+            # Customer locks first, then the segment's rows: the order every locker uses.
+            await self.repository.keep_segments(connection, [segment_id])
             if await self.repository.lock_progress(connection, segment_id) != seen:
                 return False  # another replica moved on, or the filter changed: look again
             definition = await self.repository.definition(connection, segment_id)
@@ -408,20 +523,31 @@ class RealtimeSegments:
     async def run(self) -> None:
         """Fire timers and run backfills until ``shutdown``."""
         while not self._stop.is_set():
+            wait = self.poll_s
             try:
                 await self.backfill_all()
                 while await self.fire_due():
                     pass
                 await self.prune_when_due()
+                wait = await self._until_next_timer()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.errors = [*self.errors[-9:], repr(exc)[:500]]
                 log.exception("real-time segment work failed; retrying")
             try:
-                await asyncio.wait_for(self._stop.wait(), self.poll_s)
+                await asyncio.wait_for(self._stop.wait(), wait)
             except TimeoutError:
                 pass
+
+    async def _until_next_timer(self) -> float:
+        """Seconds to wait before looking for due timers again: until the earliest one no live claim
+        holds falls due (by the clock's rate now), at most ``poll_s`` (a timer set meanwhile, here or
+        by another replica, may be due sooner)."""
+        due = await TIMERS.next_claimable(self.pool)
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(_MIN_WAIT_S, (due - self.clock.now()).total_seconds()))
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -440,5 +566,6 @@ class SegmentEvents(StreamHandler):
                 names.setdefault(item.entry.customer_id, set()).add(item.entry.name)
         if not names:
             return
-        for customer_id in await self.engine.concerned(names):
-            await self.engine.customer_events(customer_id, names[customer_id])
+        concerned = await self.engine.concerned(names)
+        if concerned:
+            await self.engine.customers_events({customer_id: names[customer_id] for customer_id in concerned})
