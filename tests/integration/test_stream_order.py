@@ -200,7 +200,7 @@ async def test_consumers_of_gone_replicas_leave_the_group_once_their_entries_are
         group="g",
         consumer="w1",
         claim_idle_ms=0,
-        forget_idle_ms=1,
+        forget_idle_ms=0,  # Redis's own ms clock decides idleness: 0 keeps the test off the wall clock
     )
     assert await group.drain() == 3
     assert sorted(e for _, e in recorder.handled) == ["e0", "e1", "e2"]
@@ -218,12 +218,24 @@ async def test_a_consumer_with_pending_entries_is_never_removed(stream_key, redi
     await redis_client.xreadgroup("g", "busy", {stream_key: ">"})
     # Its entry is not claimable yet (idle less than claim_idle_ms): it stays its owner's.
     group = ConsumerGroup(
-        redis_client, Recorder(), streams=[stream_key], group="g", consumer="w1", forget_idle_ms=1
+        redis_client, Recorder(), streams=[stream_key], group="g", consumer="w1", forget_idle_ms=0
     )
     await group.ensure_group()
     assert await group.forget_gone_consumers() == 0
     consumers = {c["name"]: c["pending"] for c in await redis_client.xinfo_consumers(stream_key, "g")}
     assert consumers[b"busy"] == 1
+
+
+async def test_a_consumer_seen_within_the_idle_window_is_kept(stream_key, redis_client):
+    await redis_client.xgroup_create(stream_key, "g", id="0", mkstream=True)
+    await redis_client.xgroup_createconsumer(stream_key, "g", "recent")
+    group = ConsumerGroup(
+        redis_client, Recorder(), streams=[stream_key], group="g", consumer="w1", forget_idle_ms=600_000
+    )
+    await group.ensure_group()
+    assert await group.forget_gone_consumers() == 0
+    consumers = {c["name"] for c in await redis_client.xinfo_consumers(stream_key, "g")}
+    assert b"recent" in consumers
 
 
 def _event_bytes(request: ingestion_pb2.TrackCustomerEventRequest) -> bytes:
