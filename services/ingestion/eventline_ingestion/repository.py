@@ -27,7 +27,8 @@ WITH input_us AS (
         $1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[], $6::bytea[], $13::text[], $14::int[]
     ) AS t(customer_id, event_id, name, occurred_us, context, entry, stream, seq)
 ),
--- Times arrive in microseconds since the epoch (cheaper to send than timestamps).
+-- Times arrive in microseconds since the epoch (cheaper to send than timestamps); the
+-- product is exact below 2^53 µs (year 2255), and validation admits nothing after tomorrow.
 input AS (
     SELECT customer_id, event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
            context, entry, stream, seq
