@@ -59,6 +59,29 @@ async def test_customer_event_is_stored_streamed_and_on_the_timeline(ingestion, 
     assert timeline.next_page_token == ""
 
 
+async def test_occurred_at_is_stored_to_the_microsecond_as_answered(ingestion, db):
+    """The statement receives times as microseconds since the epoch: nanoseconds are cut, and
+    what is stored is the time the reply gives, for customer and system events alike."""
+    customer = customer_event("c1", "Timed", "t1")
+    customer.occurred_at.seconds, customer.occurred_at.nanos = 1_767_322_245, 123_456_789
+    system = ingestion_pb2.TrackSystemEventRequest(event_id="t2", name="Timed")
+    system.occurred_at.seconds, system.occurred_at.nanos = 86_400, 999_999_999
+    reply = await ingestion.TrackEvents(
+        ingestion_pb2.TrackEventsRequest(
+            events=[
+                ingestion_pb2.TrackEventsItem(customer_event=customer),
+                ingestion_pb2.TrackEventsItem(system_event=system),
+            ]
+        )
+    )
+    answered = [(r.event.occurred_at.seconds, r.event.occurred_at.nanos) for r in reply.results]
+    assert answered == [(1_767_322_245, 123_456_000), (86_400, 999_999_000)]
+    stored = await db.fetchval("SELECT occurred_at FROM customer_events WHERE event_id = 't1'")
+    assert stored == dt.datetime(2026, 1, 2, 2, 50, 45, 123456, tzinfo=dt.UTC)
+    stored = await db.fetchval("SELECT occurred_at FROM system_events WHERE event_id = 't2'")
+    assert stored == dt.datetime(1970, 1, 2, 0, 0, 0, 999999, tzinfo=dt.UTC)
+
+
 async def test_context_types_round_trip_exactly(ingestion):
     when = dt.datetime(2025, 5, 6, 7, 8, 9, 123456)
     request = customer_event("c1", "Typed", s="5", i=5, b=False, t=when)
