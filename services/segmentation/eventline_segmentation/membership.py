@@ -501,6 +501,16 @@ class MembershipRepository:
             [s[2] for s in ordered],
         )
 
+    async def release_sweep(self, pool: asyncpg.Pool, sweep: Sweep) -> None:
+        """End the lease of a sweep claimed at ``sweep`` (a page that failed), if it is still there."""
+        await pool.execute(
+            "UPDATE segment_forecast_sweeps SET claimed_until = NULL "
+            "WHERE segment_id = $1 AND generation = $2 AND position = $3",
+            sweep.segment_id,
+            sweep.generation,
+            sweep.position,
+        )
+
     async def advance_sweep(self, connection: Connection, sweep: Sweep, count: int, done: bool) -> bool:
         """Move the sweep past ``count`` customers and release it (remove it when ``done``), if it is
         still where it was claimed; False when another replica or a new backfill moved it."""

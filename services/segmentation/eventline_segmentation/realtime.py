@@ -31,6 +31,7 @@ change, and each transition is recorded once, with its customer event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -534,6 +535,11 @@ class RealtimeSegments:
                     raise _Superseded
         except _Superseded:
             return 0
+        except Exception:
+            # Let any replica take the page again now rather than when the lease ends.
+            with contextlib.suppress(Exception):
+                await self.repository.release_sweep(self.pool, sweep)
+            raise
         return len(probes)
 
     async def backfill_all(self) -> None:
