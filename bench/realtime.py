@@ -8,10 +8,10 @@ in this process, on one ManualClock standing at the moment the data was generate
 background work on (relay, consumer group, timers, backfills).
 
 * ``backfill_s``: marking shape 1 of bench/segments.py ("E05 at least 3 times in the last 30
-  days") real-time until its backfill ends (membership stored; every customer with an E05
-  event has a timer due at once), next to ``count_ms``, CountCustomers of the same filter in
-  the same run; ``backfill_forecasts_s``: the scheduler firing those timers (each customer's
-  forecast, one evaluation each, 4 at a time).
+  days") real-time until its backfill ends (membership stored; the forecasts of the customers
+  with a recent E05 event left to a forecast sweep), next to ``count_ms``, CountCustomers of
+  the same filter in the same run; ``backfill_forecasts_s``: the scheduler walking that sweep
+  (each customer's forecast, 500 a page, each getting its timer).
 * ``size_p50_ms`` / ``size_p99_ms``: GetSegmentSize of that segment through gRPC (stored size).
 * ``transition_p50_ms`` / ``transition_p99_ms``: TrackCustomerEvent accepted → its
   ``segment_entered`` read from the stream, one new customer at a time, for a segment
@@ -141,7 +141,7 @@ async def main(quick: bool) -> dict[str, Any]:
         await seg.realtime.backfill(shape)
         result["backfill_s"] = round(time.perf_counter() - started, 2)
         result["count_ms"] = round(count_ms, 1)
-        # The backfill leaves each moving customer's forecast to the scheduler (a timer due now).
+        # The backfill leaves each moving customer's forecast to the scheduler (a forecast sweep).
         started = time.perf_counter()
         while await seg.realtime.fire_due():
             pass

@@ -249,40 +249,72 @@ async def test_watch_resumes_from_its_cursor_without_gaps_or_repeats(suite: Suit
     assert [(w.cursor, w.customer_id) for w in later] == [(6, "w9")]
 
 
-async def test_backfill_is_silent_pages_list_and_events_meanwhile_are_not_missed(
-    suite: Suite, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_backfill_is_silent_and_misses_no_event(suite: Suite) -> None:
     for i in range(7):
         await suite.track(f"b{i}", "purchase" if i % 2 == 0 else "browse", START - DAY)
     await suite.settle()
-    monkeypatch.setattr(realtime, "BACKFILL_PAGE", 2)
     await suite.segmentation.CreateSegment(
         pb.CreateSegmentRequest(
             segment_id="filled", segment=pb.Segment(display_name="F", filter=purchases(1, 30), realtime=True)
         )
     )
-    engine = suite.segmentation_server.realtime
-    assert not await engine.backfill_page("filled")  # b0, b1 done
     listed = await suite.segmentation.ListSegmentMembers(pb.ListSegmentMembersRequest(segment_id="filled"))
     assert listed.backfilling
     size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="filled"))
     assert not size.stored  # evaluated while backfilling
-    # Meanwhile: b1 (reached) buys and enters with a transition; b5 (not reached) buys and is
-    # left to the backfill, which then finds it.
-    await suite.track("b1", "purchase", START)
+    # Before the backfill: the consumer leaves b5's purchase to it, which then finds it.
     await suite.track("b5", "purchase", START)
     await suite.settle()
-    await engine.backfill("filled")
-    assert await suite.members("filled", page_size=2) == ["b0", "b1", "b2", "b4", "b5", "b6"]
+    await suite.segmentation_server.realtime.backfill("filled")
+    assert await suite.members("filled", page_size=2) == ["b0", "b2", "b4", "b5", "b6"]
+    assert await suite.transitions("filled") == []
+    # After it, an event moves membership at once, with a transition.
+    await suite.track("b1", "purchase", START)
+    await suite.settle()
     assert await suite.transitions("filled") == [("b1", True, START)]
-    # The backfill leaves the forecasts to the scheduler: a timer due at its instant for each
-    # customer with purchases (b1's was set by its event), which sets their real next instant.
-    assert await engine.fire_due() == 5
-    assert await suite.transitions("filled") == [("b1", True, START)]
-    assert await suite.db.fetchval("SELECT min(due_at) FROM segment_timers") > START
     count = await suite.segmentation.CountCustomers(pb.CountCustomersRequest(segment_id="filled"))
     size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="filled"))
     assert (size.size, size.stored) == (count.count, True) == (6, True)
+
+
+async def test_the_forecast_sweep_replays_changes_due_before_it_and_leaves_evaluated_customers_alone(
+    suite: Suite,
+) -> None:
+    """The backfill writes no timer: its sweep gives the customers time can move theirs, the one
+    whose latest purchase is oldest first, at the backfill's instant, so an exit that fell due
+    before the sweep reached its customer is recorded at its own instant; a customer an event
+    evaluated after the backfill keeps the timer that evaluation set."""
+    await suite.track("late", "purchase", START - 30 * DAY + 12 * dt.timedelta(hours=1))
+    for customer in ("b0", "b1"):
+        await suite.track(customer, "purchase", START - DAY)
+    await suite.track("b2", "browse", START - DAY)
+    await suite.settle()
+    await suite.save("buyers", purchases(1, 30))
+    assert await suite.members("buyers") == ["b0", "b1", "late"]
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_timers") == 0
+    engine = suite.segmentation_server.realtime
+    # The clock passes late's exit (START + 12 h) and b2 buys before the sweep runs.
+    suite.clock.set(START + DAY)
+    await suite.track("b2", "purchase", START + DAY)
+    await suite.settle()
+    assert await engine.sweep_forecasts(limit=1) == 1  # late
+    assert await suite.db.fetch("SELECT customer_id, due_at FROM segment_timers ORDER BY customer_id") == [
+        ("b2", dt.datetime(2026, 12, 27, tzinfo=UTC)),  # "last 30 days" ends at a midnight
+        ("late", START + 12 * dt.timedelta(hours=1)),
+    ]
+    while await engine.fire_due():
+        pass
+    assert await suite.transitions("buyers") == [
+        ("b2", True, START + DAY),
+        ("late", False, START + 12 * dt.timedelta(hours=1)),
+    ]
+    assert await suite.db.fetch("SELECT customer_id, due_at FROM segment_timers ORDER BY customer_id") == [
+        ("b0", dt.datetime(2026, 12, 25, tzinfo=UTC)),
+        ("b1", dt.datetime(2026, 12, 25, tzinfo=UTC)),
+        ("b2", dt.datetime(2026, 12, 27, tzinfo=UTC)),
+    ]
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_forecast_sweeps") == 0
+    assert await suite.db.fetchval("SELECT count(*) FROM segment_sweep_seen") == 0
 
 
 async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(suite: Suite) -> None:
@@ -496,12 +528,12 @@ async def test_a_backfill_gives_timers_only_to_customers_time_can_move(suite: Su
     await suite.track("recent", "purchase", START - 5 * DAY)
     await suite.settle()
     await suite.save("buyers", purchases(2, 30))
-    timers = await suite.db.fetch("SELECT customer_id FROM segment_timers WHERE segment_id = 'buyers'")
-    assert [r[0] for r in timers] == ["recent"]
     assert await suite.members("buyers") == ["recent"]
     engine = suite.segmentation_server.realtime
     while await engine.fire_due():
         pass
+    timers = await suite.db.fetch("SELECT customer_id FROM segment_timers WHERE segment_id = 'buyers'")
+    assert [r[0] for r in timers] == ["recent"]
     suite.clock.set(START + 25 * DAY)
     while await engine.fire_due():
         pass

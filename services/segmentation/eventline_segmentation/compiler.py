@@ -335,6 +335,14 @@ def ids_query(root: Node, clock: Clock, after: str, limit: int | None) -> Compil
     return Compiled(sql, params.values)
 
 
+def members_query(root: Node, clock: Clock) -> Compiled:
+    """Every matching id, as column ``customer_id`` (a backfill): CountCustomers's query, ids
+    instead of a count."""
+    params = Params()
+    source, id_column = source_sql(root, clock, params)
+    return Compiled(f"SELECT {id_column} AS customer_id {source}", params.values)
+
+
 def page_query(root: Node, clock: Clock, customer_ids: Sequence[str]) -> Compiled:
     """The matching ids among ``customer_ids`` (a backfill page): the ids query with every id set
     restricted to them, so its cost follows the page, not the whole population."""

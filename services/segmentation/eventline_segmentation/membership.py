@@ -3,11 +3,13 @@
 Every write of a customer's membership runs in a transaction that first takes
 the customer's lock (``lock_customer``): evaluations of one customer, from the
 event consumer, the timer scheduler or a backfill page, on any replica, never
-interleave. Locks are always taken in one order: customers (ascending), then
+interleave. Locks are always taken in one order: the backfills' lock (``lock_backfills``:
+shared by evaluations, exclusive for a backfill), customers (ascending), then
 segments' ``segments`` rows (``keep_segments``: the key share lock that a
 foreign key check takes, which a DeleteSegment waits for), then their
 ``segment_realtime`` rows (which recording a transition, or any change of
-membership through its counting trigger, updates), then timers.
+membership through its counting trigger, updates), then timers, then forecast
+sweeps.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from eventline.common.v1 import common_pb2
 
+from eventline_segmentation.compiler import Compiled
 from eventline_shared import values
 from eventline_shared.errors import FailedPrecondition, quote
 from eventline_shared.storage import notifications
@@ -41,6 +44,8 @@ class Definition:
     backfill_after: str | None
     """Customers whose id sorts after this are not computed yet; None: all are."""
     generation: int
+    sweeping: bool = field(default=False, compare=False)
+    """Whether a forecast sweep of its backfill is running (``start_sweep``)."""
 
     def covers(self, customer_id: str) -> bool:
         """Whether the customer's membership is kept incrementally (the backfill reached them).
@@ -61,6 +66,19 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A claimed forecast sweep: the backfill it follows and how far it is."""
+
+    segment_id: str
+    generation: int
+    swept_at: dt.datetime
+    """The backfill's instant: every customer's forecast is computed at it."""
+    position: int
+    filled: bool
+    """Whether its customers are chosen yet (``fill_sweep``)."""
+
+
+@dataclass(frozen=True)
 class Transition:
     cursor: int
     customer_id: str
@@ -69,8 +87,28 @@ class Transition:
 
 
 _DEFINITIONS = """
-SELECT s.segment_id, s.display_name, s.filter, s.time_zone, r.backfill_after, r.generation
+SELECT s.segment_id, s.display_name, s.filter, s.time_zone, r.backfill_after, r.generation,
+    EXISTS (SELECT FROM segment_forecast_sweeps w WHERE w.segment_id = s.segment_id) AS sweeping
 FROM segments s JOIN segment_realtime r USING (segment_id)
+"""
+
+# A backfill ({members}: the compiler's ids query; {segment}, {at}: its last two parameters).
+_BACKFILL = """
+WITH found AS MATERIALIZED ({members}),
+gone AS (
+    DELETE FROM segment_members m WHERE m.segment_id = {segment}
+      AND NOT EXISTS (SELECT FROM found f WHERE f.customer_id = m.customer_id)
+),
+added AS (
+    INSERT INTO segment_members (segment_id, customer_id, entered_at)
+    SELECT {segment}, customer_id, {at} FROM found
+    ON CONFLICT DO NOTHING
+),
+timers AS (
+    DELETE FROM segment_timers WHERE segment_id = {segment}
+)
+UPDATE segment_realtime SET members = (SELECT count(*) FROM found), backfill_after = NULL
+WHERE segment_id = {segment}
 """
 
 _LOCK_SEGMENTS = """
@@ -145,6 +183,7 @@ def _definition(r: asyncpg.Record) -> Definition:
         r["time_zone"],
         r["backfill_after"],
         r["generation"],
+        r["sweeping"],
     )
 
 
@@ -175,6 +214,8 @@ class MembershipRepository:
         if not realtime:
             # Timers and members go silently; the state row last (the counting trigger updates it).
             await connection.execute("DELETE FROM segment_timers WHERE segment_id = $1", segment_id)
+            await connection.execute("DELETE FROM segment_forecast_sweeps WHERE segment_id = $1", segment_id)
+            await connection.execute("DELETE FROM segment_sweep_seen WHERE segment_id = $1", segment_id)
             await connection.execute("DELETE FROM segment_members WHERE segment_id = $1", segment_id)
             await connection.execute("DELETE FROM segment_transitions WHERE segment_id = $1", segment_id)
             await connection.execute("DELETE FROM segment_realtime WHERE segment_id = $1", segment_id)
@@ -199,14 +240,30 @@ class MembershipRepository:
         )
 
     async def lock_customers(self, connection: Connection, customer_ids: Sequence[str]) -> None:
-        """``lock_customer`` for many, in ascending order (the order every locker uses)."""
+        """``lock_customer`` for many, in ascending order (the order every locker uses), after the
+        backfills' lock in shared mode (``lock_backfills``): an evaluation runs while no backfill
+        does."""
         await connection.execute(
             """
+            WITH backfills AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(hashtextextended('segment-backfill', 0)))
             SELECT pg_advisory_xact_lock(hashtextextended('segment-member:' || id, 0))
-            FROM unnest($1::text[]) AS id ORDER BY id COLLATE "C"
+            FROM backfills, unnest($1::text[]) AS id ORDER BY id COLLATE "C"
             """,
             list(customer_ids),
         )
+
+    async def lock_backfills(self, connection: Connection) -> None:
+        """Wait for the evaluations in progress, and keep new ones waiting, until the transaction
+        ends (``lock_customers`` takes this lock in shared mode).
+
+        A backfill computes every customer in one statement. Until it commits the consumer leaves
+        the segment alone for every customer (``Definition.covers``); an evaluation that read the
+        definitions before the backfill began (the old filter after a change, or the segment not
+        covering anyone yet) must commit before the backfill's statement reads its data (its
+        events included), and one that comes later must read the definitions after the backfill
+        committed. One lock for all segments: an evaluation does not know its segments before it
+        reads their definitions."""
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('segment-backfill', 0))")
 
     async def memberships(
         self, connection: Connection, keys: Sequence[tuple[str, str]]
@@ -314,22 +371,6 @@ class MembershipRepository:
 
     # Backfill ------------------------------------------------------------------------
 
-    async def plan_each_page(self, connection: Connection) -> None:
-        """Plan the page query for its own parameters until the transaction ends: a statement
-        prepared once is otherwise given a generic plan after five runs, which cannot see that the
-        page's ``= ANY(ids)`` is selective and scans the whole period (140 ms instead of 7 ms a page
-        on bench/segments.py's --quick data)."""
-        await connection.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-
-    async def next_customers(self, connection: Connection, after: str, limit: int) -> list[str]:
-        rows = await connection.fetch(
-            'SELECT customer_id FROM customers WHERE customer_id COLLATE "C" > $1 '
-            'ORDER BY customer_id COLLATE "C" LIMIT $2',
-            after,
-            limit,
-        )
-        return [r[0] for r in rows]
-
     async def lock_progress(self, connection: Connection, segment_id: str) -> tuple[str | None, int] | None:
         row = await connection.fetchrow(
             "SELECT backfill_after, generation FROM segment_realtime WHERE segment_id = $1 FOR UPDATE",
@@ -337,63 +378,166 @@ class MembershipRepository:
         )
         return None if row is None else (row[0], row[1])
 
-    async def replace_members(
-        self,
-        connection: Connection,
-        segment_id: str,
-        first: str,
-        last: str,
-        members: Sequence[str],
-        at: dt.datetime,
+    async def backfill(
+        self, connection: Connection, segment_id: str, members: Compiled, at: dt.datetime
     ) -> None:
-        """Make the members with ids in [first, last] exactly ``members``, silently."""
+        """Make the segment's members exactly those of ``members`` (the compiler's ids query),
+        silently (no transitions; a member already stored keeps its ``entered_at``), set its size
+        once, drop its timers and mark the backfill done, in one statement (under
+        ``eventline.backfilling``, which keeps the members' counting trigger from updating the
+        segment's row once per member: set for the rest of the transaction, which writes no other
+        member).
+
+        Planned for its own parameters (``force_custom_plan``): a generic plan cannot see how
+        selective the filter's periods and names are. The transaction commits without waiting for
+        its WAL to reach the disk (``synchronous_commit = off``; the flush of its hundreds of kB
+        took 1-30 ms here): it sends nothing outside the database, and a crash can lose it only
+        with every transaction after it (the WAL is flushed in order), which leaves the segment
+        backfilling, to be backfilled again."""
         await connection.execute(
-            """
-            DELETE FROM segment_members
-            WHERE segment_id = $1 AND customer_id COLLATE "C" BETWEEN $2 AND $3
-              AND customer_id <> ALL($4::text[])
-            """,
-            segment_id,
-            first,
-            last,
-            list(members),
+            "SELECT set_config('eventline.backfilling', 'on', true), "
+            "set_config('plan_cache_mode', 'force_custom_plan', true), "
+            "set_config('synchronous_commit', 'off', true)"
         )
+        n = len(members.params)
         await connection.execute(
-            """
-            INSERT INTO segment_members (segment_id, customer_id, entered_at)
-            SELECT $1, id, $3 FROM unnest($2::text[]) AS id ORDER BY id
-            ON CONFLICT DO NOTHING
-            """,
+            _BACKFILL.format(members=members.sql, segment=f"${n + 1}::text", at=f"${n + 2}::timestamptz"),
+            *members.params,
             segment_id,
-            list(members),
             at,
         )
 
-    async def clear_timers(self, connection: Connection, segment_id: str, first: str, last: str) -> None:
+    # Forecast sweeps -----------------------------------------------------------------
+
+    async def start_sweep(
+        self, connection: Connection, segment_id: str, generation: int, at: dt.datetime | None
+    ) -> None:
+        """Leave the forecasts of the backfill of ``generation`` at ``at`` to a sweep (None: the
+        segment never changes with time, no sweep), replacing any earlier sweep of the segment."""
         await connection.execute(
-            'DELETE FROM segment_timers WHERE segment_id = $1 AND customer_id COLLATE "C" BETWEEN $2 AND $3',
+            """
+            WITH seen AS (DELETE FROM segment_sweep_seen WHERE segment_id = $1),
+            ended AS (DELETE FROM segment_forecast_sweeps WHERE segment_id = $1 AND $3::timestamptz IS NULL)
+            INSERT INTO segment_forecast_sweeps (segment_id, generation, swept_at)
+            SELECT $1, $2, $3 WHERE $3::timestamptz IS NOT NULL
+            ON CONFLICT (segment_id) DO UPDATE SET generation = excluded.generation,
+                swept_at = excluded.swept_at, customers = NULL, position = 0, claimed_until = NULL
+            """,
             segment_id,
-            first,
-            last,
+            generation,
+            at,
         )
 
-    async def with_events(
-        self, connection: Connection, customer_ids: Sequence[str], names: Sequence[str], since: dt.datetime
-    ) -> list[str]:
-        """The customers among ``customer_ids`` with an event of one of ``names`` at or after ``since``."""
-        rows = await connection.fetch(
-            "SELECT DISTINCT customer_id FROM customer_event_stats "
-            "WHERE customer_id = ANY($1::text[]) AND name = ANY($2::text[]) AND last_at >= $3",
-            list(customer_ids),
+    async def claim_sweep(self, pool: asyncpg.Pool, lease: dt.timedelta) -> Sweep | None:
+        """Lease the oldest sweep no live claim holds (SKIP LOCKED: replicas claiming at once get
+        different ones), or None."""
+        row = await pool.fetchrow(
+            """
+            UPDATE segment_forecast_sweeps w SET claimed_until = clock_timestamp() + $1::interval
+            FROM (SELECT segment_id FROM segment_forecast_sweeps
+                  WHERE claimed_until IS NULL OR claimed_until < clock_timestamp()
+                  ORDER BY swept_at, segment_id LIMIT 1 FOR UPDATE SKIP LOCKED) d
+            WHERE w.segment_id = d.segment_id
+            RETURNING w.segment_id, w.generation, w.swept_at, w.position, w.customers IS NOT NULL
+            """,
+            lease,
+        )
+        return None if row is None else Sweep(row[0], row[1], row[2], row[3], row[4])
+
+    async def fill_sweep(
+        self, connection: Connection | asyncpg.Pool, sweep: Sweep, names: Sequence[str], since: dt.datetime
+    ) -> None:
+        """Give a sweep its customers: those with an event of ``names`` at or after ``since`` (the
+        others' membership time cannot move), whose latest such event is oldest first (a threshold
+        on days since it, or a window sliding past it, comes due first for them)."""
+        await connection.execute(
+            """
+            UPDATE segment_forecast_sweeps SET customers = (
+                SELECT coalesce(array_agg(customer_id ORDER BY last_at, customer_id COLLATE "C"), '{}')
+                FROM (SELECT customer_id, max(last_at) AS last_at FROM customer_event_stats
+                      WHERE name = ANY($3::text[]) AND last_at >= $4 GROUP BY customer_id) m)
+            WHERE segment_id = $1 AND generation = $2 AND customers IS NULL
+            """,
+            sweep.segment_id,
+            sweep.generation,
             list(names),
             since,
         )
-        return [r[0] for r in rows]
 
-    async def set_progress(self, connection: Connection, segment_id: str, after: str | None) -> None:
-        await connection.execute(
-            "UPDATE segment_realtime SET backfill_after = $2 WHERE segment_id = $1", segment_id, after
+    async def sweep_customers(self, connection: Connection, sweep: Sweep, limit: int) -> list[str]:
+        """The next ``limit`` customers of the sweep (fewer at its end)."""
+        found: list[str] | None = await connection.fetchval(
+            "SELECT customers[$3 + 1 : $3 + $4] FROM segment_forecast_sweeps WHERE segment_id = $1 AND generation = $2",
+            sweep.segment_id,
+            sweep.generation,
+            sweep.position,
+            limit,
         )
+        return list(found or [])
+
+    async def seen_by_sweep(
+        self, connection: Connection, sweep: Sweep, customer_ids: Sequence[str]
+    ) -> set[str]:
+        """Those of ``customer_ids`` evaluated since the sweep began (``mark_seen``)."""
+        rows = await connection.fetch(
+            "SELECT customer_id FROM segment_sweep_seen "
+            "WHERE segment_id = $1 AND generation = $2 AND customer_id = ANY($3::text[])",
+            sweep.segment_id,
+            sweep.generation,
+            list(customer_ids),
+        )
+        return {r[0] for r in rows}
+
+    async def mark_seen(self, connection: Connection, seen: Sequence[tuple[str, int, str]]) -> None:
+        """Record (segment, generation, customer) evaluations made while the segment's sweep runs."""
+        if not seen:
+            return
+        ordered = sorted(set(seen))
+        await connection.execute(
+            "INSERT INTO segment_sweep_seen (segment_id, generation, customer_id) "
+            "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) ON CONFLICT DO NOTHING",
+            [s[0] for s in ordered],
+            [s[1] for s in ordered],
+            [s[2] for s in ordered],
+        )
+
+    async def release_sweep(self, pool: asyncpg.Pool, sweep: Sweep) -> None:
+        """End the lease of a sweep claimed at ``sweep`` (a page that failed), if it is still there."""
+        await pool.execute(
+            "UPDATE segment_forecast_sweeps SET claimed_until = NULL "
+            "WHERE segment_id = $1 AND generation = $2 AND position = $3",
+            sweep.segment_id,
+            sweep.generation,
+            sweep.position,
+        )
+
+    async def advance_sweep(self, connection: Connection, sweep: Sweep, count: int, done: bool) -> bool:
+        """Move the sweep past ``count`` customers and release it (remove it when ``done``), if it is
+        still where it was claimed; False when another replica or a new backfill moved it."""
+        if done:
+            status = await connection.execute(
+                "DELETE FROM segment_forecast_sweeps WHERE segment_id = $1 AND generation = $2 AND position = $3",
+                sweep.segment_id,
+                sweep.generation,
+                sweep.position,
+            )
+            if status.endswith(" 0"):
+                return False
+            await connection.execute(
+                "DELETE FROM segment_sweep_seen WHERE segment_id = $1 AND generation = $2",
+                sweep.segment_id,
+                sweep.generation,
+            )
+            return True
+        status = await connection.execute(
+            "UPDATE segment_forecast_sweeps SET position = position + $4, claimed_until = NULL "
+            "WHERE segment_id = $1 AND generation = $2 AND position = $3",
+            sweep.segment_id,
+            sweep.generation,
+            sweep.position,
+            count,
+        )
+        return not status.endswith(" 0")
 
     async def backfilling(self) -> list[str]:
         rows = await self.pool.fetch(

@@ -14,9 +14,10 @@ MatchCustomer's answer at every instant, on any number of replicas:
   timer (``eventline_shared.storage.timers``); ``fire_due`` claims the due timers and
   re-evaluates at exactly their instant.
 * **Backfill.** Marking a segment real-time, or changing its filter or time
-  zone, computes its membership with the SQL compiler in pages of customers
-  (in byte order of their ids), silently. See ``backfill_page`` for why no
-  event arriving meanwhile is missed.
+  zone, computes its membership with the SQL compiler in one statement,
+  silently (see ``backfill`` for why no event arriving meanwhile is missed),
+  and leaves the forecasts of the customers time can move to a forecast sweep
+  that the scheduler walks in pages (``sweep_forecasts``).
 
 Every evaluation of a customer runs in one transaction holding that
 customer's lock (``MembershipRepository.lock_customer``) and compares the
@@ -30,6 +31,7 @@ change, and each transition is recorded once, with its customer event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
@@ -56,8 +58,10 @@ _MIN_WAIT_S = 0.01
 """The scheduler's shortest wait between looks for due timers."""
 _FIRE_CHUNK_MIN = 50
 """Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
-BACKFILL_PAGE = 500
-"""Customers per backfill transaction (each holds their locks until it commits)."""
+SWEEP_PAGE = 500
+"""Customers per forecast sweep transaction (each holds their locks until it commits)."""
+SWEEP_LEASE = dt.timedelta(seconds=30)
+"""How long a replica holds a sweep it claimed before another may take it over."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ def _holds_when_empty(root: Node) -> bool:
         and root.predicate is not None
         and root.predicate.operator == pb.OPERATOR_NOT_EXISTS
     )
+
+
+class _Superseded(Exception):
+    """A sweep's page was walked by another replica, or a new backfill replaced the sweep."""
 
 
 @dataclass(frozen=True)
@@ -290,10 +298,16 @@ class RealtimeSegments:
             found = self._compiled[key] = compile_definition(definition)
         return found
 
-    async def _evaluate(self, connection: Connection, probes: Sequence[Probe]) -> int:
+    async def _evaluate(
+        self, connection: Connection, probes: Sequence[Probe], sweeping: Sequence[Definition] = ()
+    ) -> int:
         """Evaluate ``probes`` (each (segment, customer) once, the customers locked), record every
         difference with the stored membership, and set or cancel each one's timer, in a handful of
-        statements whatever their number; returns how many transitions."""
+        statements whatever their number; returns how many transitions.
+
+        ``sweeping``: the probes' segments whose forecast sweep runs (``Definition.sweeping``, read
+        under the customers' locks): their customers evaluated here are marked seen, so that the
+        sweep leaves the timer set here (or its absence) alone."""
         if not probes:
             return 0
         kept = await self.repository.keep_segments(
@@ -324,6 +338,10 @@ class RealtimeSegments:
         await self.repository.record(connection, changes, self.clock.now())
         await TIMERS.set_each(connection, timers)
         await TIMERS.cancel_many(connection, cancelled)
+        generations = {d.segment_id: d.generation for d in sweeping if d.sweeping}
+        await self.repository.mark_seen(
+            connection, [(s, generations[s], c) for s, c in keys if s in generations]
+        )
         return len(changes)
 
     # Events --------------------------------------------------------------------------
@@ -341,17 +359,15 @@ class RealtimeSegments:
             # Read after the locks: an evaluation of these customers that held them (a timer at its
             # due instant) is never later than this one.
             now = self.clock.now()
-            segments = sorted(
-                map(self.compiled, await self.repository.definitions(connection)),
-                key=lambda s: s.definition.segment_id,
-            )
+            definitions = await self.repository.definitions(connection)
+            segments = sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
             probes = [
                 Probe(segment, customer_id, now)
                 for customer_id in customers
                 for segment in segments
                 if segment.definition.covers(customer_id) and self._affected(segment, names[customer_id])
             ]
-            changed = await self._evaluate(connection, probes)
+            changed = await self._evaluate(connection, probes, definitions)
             await faults.point("segmentation.before_commit")
         return changed
 
@@ -362,9 +378,9 @@ class RealtimeSegments:
 
         Leaving the others out misses nothing: their events were committed before they reached
         the stream, hence before this read; a segment marked real-time or changed after it is
-        backfilled from the start, and each backfill page reads its customers' data (these events
+        backfilled from the start, and its backfill reads every customer's data (these events
         included) after this read. Whether a segment covers the customer yet is not asked here (a
-        page in progress may reach them before ``customers_events`` takes their lock): the chosen
+        backfill in progress may end before ``customers_events`` takes their lock): the chosen
         customers are evaluated as before, the definitions read again under their lock.
         """
         segments = [self.compiled(d) for d in await self.repository.definitions(self.pool)]
@@ -391,25 +407,32 @@ class RealtimeSegments:
     # Time ----------------------------------------------------------------------------
 
     async def fire_due(self, limit: int = 500) -> int:
-        """Claim the timers due at the clock's now and re-evaluate each at its instant; returns how
-        many fired.
+        """Walk a page of a forecast sweep (``sweep_forecasts``), then claim the timers due at the
+        clock's now and re-evaluate each at its instant; returns how many were evaluated.
 
         The claimed timers fire in up to ``fire_concurrency`` transactions side by side, each over
         a range of customers (a customer's timers in one), set-based: take the timers still
         standing, then one evaluation query for all of them (``_evaluate``).
         """
+        swept = 0
+        # Sweep pages until one evaluates a customer (a page of customers already evaluated since
+        # the backfill evaluates none) or none is left to walk.
+        while (evaluated := await self.sweep_forecasts()) is not None:
+            swept += evaluated
+            if evaluated:
+                break
         due = sorted(
             await TIMERS.claim(self.pool, self.clock.now(), limit), key=lambda d: (d.key[1], d.key[0])
         )
         if not due:
-            return 0
+            return swept
         size = max(_FIRE_CHUNK_MIN, -(-len(due) // self.fire_concurrency))
         chunks: list[list[Due]] = [[]]
         for timer in due:
             if len(chunks[-1]) >= size and timer.key[1] != chunks[-1][-1].key[1]:
                 chunks.append([])
             chunks[-1].append(timer)
-        return sum(await asyncio.gather(*(self._fire(chunk) for chunk in chunks)))
+        return swept + sum(await asyncio.gather(*(self._fire(chunk) for chunk in chunks)))
 
     async def _fire(self, due: Sequence[Due]) -> int:
         async with self.pool.acquire() as connection, connection.transaction():
@@ -418,7 +441,8 @@ class RealtimeSegments:
             await self.repository.keep_segments(connection, {timer.key[0] for timer in due})
             # Timers moved or removed by another evaluation meanwhile are not taken: theirs stand.
             taken = await TIMERS.take_many(connection, due)
-            definitions = {d.segment_id: d for d in await self.repository.definitions(connection)}
+            listed = await self.repository.definitions(connection)
+            definitions = {d.segment_id: d for d in listed}
             probes = []
             for timer in due:
                 segment_id, customer_id = timer.key
@@ -428,66 +452,95 @@ class RealtimeSegments:
                     # At the timer's own instant: a transition is recorded when it happened, and a
                     # scheduler that fell behind replays every change in order.
                     probes.append(Probe(self.compiled(definition), customer_id, timer.due_at))
-            await self._evaluate(connection, probes)
+            await self._evaluate(connection, probes, listed)
         return len(taken)
 
     # Backfill ------------------------------------------------------------------------
 
-    async def backfill_page(self, segment_id: str) -> bool:
-        """Compute the next page of a segment's membership; returns whether the backfill is done.
+    async def backfill(self, segment_id: str) -> None:
+        """Compute a segment's membership at the clock's now, silently (no "entered" transition for
+        what it finds), in one transaction and one statement of the SQL compiler; leave the
+        forecasts of the customers time can move to a sweep (``sweep_forecasts``).
 
-        No event is missed: the consumer leaves alone every customer the backfill has not
-        reached yet (``Definition.covers``), and a page takes the locks of its customers
-        before it reads their data, then moves the progress mark in the same transaction.
-        An event of a customer the page covers is either handled before the page (whose
-        reads then see it: read committed) or after it (by the consumer, now covering the
-        customer). No "entered" transition is recorded for what the backfill finds.
+        No event is missed: until the transaction commits, the consumer leaves the segment alone
+        for every customer (``Definition.covers``), and no evaluation runs while the backfill does
+        (``MembershipRepository.lock_backfills``): one that read the definitions first commits
+        before the backfill's statement reads any data (so it reads that evaluation's events), and
+        one that comes later reads them after the backfill committed, finds the segment covering
+        every customer and evaluates at its own instant. The price: evaluations of every segment
+        wait for the backfill (about one CountCustomers of its filter).
         """
         async with self.pool.acquire() as connection, connection.transaction():
-            seen = await self.repository.lock_progress(connection, segment_id)
-            if seen is None or seen[0] is None:
-                return True
-        after = seen[0]
-        async with self.pool.acquire() as connection, connection.transaction():
-            page = await self.repository.next_customers(connection, after, BACKFILL_PAGE)
-            await self.repository.lock_customers(connection, page)
-            # Customer locks first, then the segment's rows: the order every locker uses.
-            await self.repository.keep_segments(connection, [segment_id])
-            if await self.repository.lock_progress(connection, segment_id) != seen:
-                return False  # another replica moved on, or the filter changed: look again
+            await self.repository.lock_backfills(connection)
+            # The segment's rows in the order every locker uses (segments, then segment_realtime).
+            if not await self.repository.keep_segments(connection, [segment_id]):
+                return
+            progress = await self.repository.lock_progress(connection, segment_id)
+            if progress is None or progress[0] is None:
+                return  # done (by another replica), or no longer real-time
             definition = await self.repository.definition(connection, segment_id)
-            if not page:
-                await self.repository.set_progress(connection, segment_id, None)
-                return True
             segment = self.compiled(definition)
             now = self.clock.now()
-            clock = periods.Clock(now, segment.zone)
-            # One query bounded by the page: its id sets read only the page's customers' rows.
-            await self.repository.plan_each_page(connection)
-            query = compiler.page_query(segment.root, clock, page)
-            members = [r[0] for r in await connection.fetch(query.sql, *query.params)]
-            last = page[-1]
-            await self.repository.replace_members(connection, segment_id, page[0], last, members, now)
-            await self.repository.clear_timers(connection, segment_id, page[0], last)
-            settled = transitions.settled_before(segment.root, now, segment.zone)
-            if settled is not None and segment.dependencies.event_names:
-                # Only customers with recent enough events of the filter's names can change with
-                # time alone. Their forecasts are left to the scheduler (one query per customer,
-                # the bulk of a backfill's cost otherwise): a timer due at this instant
-                # re-evaluates each at it, then at every change since, so nothing is lost while
-                # the scheduler catches up.
-                moving = await self.repository.with_events(
-                    connection, page, sorted(segment.dependencies.event_names), settled
-                )
-                await TIMERS.set_many(connection, [(segment_id, c) for c in moving], now)
-            done = len(page) < BACKFILL_PAGE
-            await self.repository.set_progress(connection, segment_id, None if done else last)
-            return done
+            members = compiler.members_query(segment.root, periods.Clock(now, segment.zone))
+            await self.repository.backfill(connection, segment_id, members, now)
+            moves = (
+                bool(segment.dependencies.event_names)
+                and transitions.settled_before(segment.root, now, segment.zone) is not None
+            )
+            await self.repository.start_sweep(
+                connection, segment_id, definition.generation, now if moves else None
+            )
 
-    async def backfill(self, segment_id: str) -> None:
-        """Run a segment's backfill to its end."""
-        while not await self.backfill_page(segment_id):
-            pass
+    # Forecast sweeps -----------------------------------------------------------------
+
+    async def sweep_forecasts(self, limit: int = SWEEP_PAGE) -> int | None:
+        """Walk one page of a backfill's forecast sweep; returns how many customers it evaluated
+        (None: no sweep to walk).
+
+        A backfill writes no timer per customer (34-47 µs a row, most of its cost otherwise): it
+        leaves one sweep per segment, with its instant. The scheduler (any replica, one at a time
+        per sweep: a lease, and a conditional move at the end of each page) evaluates the sweep's
+        customers — those with an event of the filter's names recent enough that time can still
+        move them (``transitions.settled_before``), whose latest such event is oldest first — at
+        the backfill's instant, page by page, in the transaction of timers fired at their due
+        instant (``_evaluate``): each gets the timer of its next change, and a change already due
+        is fired at once, at its own instant. A customer evaluated since the backfill (by an event
+        or a timer of theirs: marked seen) already has their timer, and is left alone.
+        """
+        sweep = await self.repository.claim_sweep(self.pool, SWEEP_LEASE)
+        if sweep is None:
+            return None
+        definition = next(
+            (d for d in await self.repository.definitions(self.pool) if d.segment_id == sweep.segment_id),
+            None,
+        )
+        if definition is None or definition.generation != sweep.generation:
+            return 0  # a new backfill replaces the sweep
+        segment = self.compiled(definition)
+        if not sweep.filled:
+            settled = transitions.settled_before(segment.root, sweep.swept_at, segment.zone)
+            assert settled is not None  # a sweep exists only for segments that move with time
+            await self.repository.fill_sweep(
+                self.pool, sweep, sorted(segment.dependencies.event_names), settled
+            )
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                page = await self.repository.sweep_customers(connection, sweep, limit)
+                customers = sorted(set(page))
+                await self.repository.lock_customers(connection, customers)
+                seen = await self.repository.seen_by_sweep(connection, sweep, customers)
+                probes = [Probe(segment, c, sweep.swept_at) for c in customers if c not in seen]
+                await self._evaluate(connection, probes)
+                if not await self.repository.advance_sweep(connection, sweep, len(page), len(page) < limit):
+                    raise _Superseded
+        except _Superseded:
+            return 0
+        except Exception:
+            # Let any replica take the page again now rather than when the lease ends.
+            with contextlib.suppress(Exception):
+                await self.repository.release_sweep(self.pool, sweep)
+            raise
+        return len(probes)
 
     async def backfill_all(self) -> None:
         for segment_id in await self.repository.backfilling():
