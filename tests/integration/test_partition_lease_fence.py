@@ -216,7 +216,8 @@ async def test_a_take_over_waits_for_the_recording_in_progress_and_refuses_the_l
 ) -> None:
     """The fence itself: a recording transaction holds the partition's row FOR SHARE, so the new
     owner's raise waits for it (it commits); every later recording of the old owner fails and
-    writes nothing, the new owner's go through."""
+    writes nothing, the new owner's go through. A replica taking a partition again with the
+    token that is still current keeps it (nobody fenced it meanwhile)."""
     repository: CampaignRepository = campaigns_server.engine.repository
     partition = "test:fence:events"
     await upsert(ingestion, "own", email="own@example.com", email_consent=GRANTED)
@@ -235,6 +236,7 @@ async def test_a_take_over_waits_for_the_recording_in_progress_and_refuses_the_l
         assert not raising.done()
     new_token = await raising
     assert new_token > old_token
+    assert await repository.raise_fence(partition, new_token) == new_token, "kept: still current"
     with pytest.raises(PartitionTakenOver):
         await repository.record_many([delivery("late")], lease_s=60)
     with pytest.raises(PartitionTakenOver):
@@ -247,6 +249,7 @@ async def test_a_take_over_waits_for_the_recording_in_progress_and_refuses_the_l
         "SELECT event_id FROM deliveries WHERE campaign_id = $1 ORDER BY delivery_id", campaign_id
     )
     assert [r["event_id"] for r in events] == ["in-progress", "new", "unleased"]
+    assert await repository.raise_fence(partition, old_token) > new_token, "raised: another fenced since"
 
 
 async def wait_until_waiting(db: asyncpg.Connection, what: str) -> None:
@@ -260,3 +263,46 @@ async def wait_until_waiting(db: asyncpg.Connection, what: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(what)
+
+
+async def test_an_owner_taking_its_partition_again_keeps_its_token_and_its_batch(  # type: ignore[no-untyped-def]
+    campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
+) -> None:
+    """A replica whose lease ran out with no other replica to take the partition takes it again:
+    its token is still the current one, so it keeps it, and the batch it had begun is recorded
+    and sent (not abandoned to wait for a reclaim)."""
+    await upsert(ingestion, "own", email="own@example.com", email_consent=GRANTED)
+    campaign_id = await start(campaigns, email_campaign(event_name="Pinged", text="first"))
+    served = campaigns_server.consumer
+    gated = GatedDelivery(campaigns_server.engine.delivery)
+    engine = campaigns_server.engine
+    owner = ConsumerGroup(
+        redis_client,
+        CampaignHandler(Engine(engine.repository, engine.cache, engine.audience, gated)),
+        streams=served.streams,
+        group=served.group,
+        consumer="owner",
+        batch=1,
+        lease_ms=LEASE_MS,
+    )
+    await ingestion.TrackCustomerEvent(customer_event("own", "Pinged", "p1"))
+    await wait_for_entries(redis_client, stream_key, 1)
+    running = asyncio.create_task(owner.run())
+    try:
+        await gated.entered.wait()
+        tokens = dict(owner._tokens)
+        for key in served.streams:  # the lease runs out (made explicit); nobody else takes it
+            await redis_client.delete(stream.owner_key(key, served.group))
+        await owner.balance()  # renewal finds it gone, then takes it again
+        await wait_until(lambda: owner._fenced == set(served.streams), 30, "not fenced again")
+        assert owner._tokens == tokens, "the token was still current: kept"
+        gated.release.set()
+        await smtp_server.wait_for(1)
+        await wait_until(lambda: not owner._inflight, 30, "the batch did not end")
+    finally:
+        owner.shutdown()
+        await running
+    assert not gated.refused
+    [delivery] = await deliveries(campaigns, campaign_id=campaign_id)
+    assert delivery.status == campaigns_pb2.DELIVERY_STATUS_SENT
+    assert (await redis_client.xpending(stream_key, served.group))["pending"] == 0

@@ -123,11 +123,14 @@ class StreamHandler:
     async def catch_up(self) -> None:
         """Before a ``drain()``: load what processing must see now (caches that poll)."""
 
-    async def fence(self, partition: str) -> int | None:
+    async def fence(self, partition: str, held: int | None) -> int | None:
         """This replica took ``partition`` over (``run()``, before it processes anything of it):
         make the writes of every earlier owner's batches fail from now on, waiting for those in
         progress, and return the token this owner's batches carry (``Received.fence``); None when
-        the handler's writes are not fenced (the default: the partition lease alone orders)."""
+        the handler's writes are not fenced (the default: the partition lease alone orders).
+        ``held`` is the token this replica had for the partition before (None: none): when it is
+        still the current one, no other replica fenced the partition since (a new owner fences
+        before it processes anything), so it is kept and this replica's batches in flight go on."""
         return None
 
     async def housekeeping(self) -> None:
@@ -236,8 +239,9 @@ class ConsumerGroup:
         # replica that stalled past it reads nothing more of the partition, even before it renews.
         self._held_until: dict[str, float] = {}
         # The fencing token of each partition taken over (``StreamHandler.fence``), set before its
-        # first read: its batches carry it.
+        # first read: its batches carry it. Kept when the partition is lost: passed to the next fence.
         self._tokens: dict[str, int | None] = {}
+        self._fenced: set[str] = set()  # the partitions fenced since this replica last took them
         self._batches_of: Counter[str] = Counter()  # batches in flight per partition
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
@@ -589,8 +593,9 @@ class ConsumerGroup:
             acquired = False
             self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
-                if key in self._fresh and key not in self._tokens:
-                    self._tokens[key] = await self.handler.fence(key)  # before anything of it is processed
+                if key in self._fresh and key not in self._fenced:  # before anything of it is processed
+                    self._tokens[key] = await self.handler.fence(key, self._tokens.get(key))
+                    self._fenced.add(key)
                 await slots.acquire()
                 acquired = True
                 await self.ensure_group()
@@ -692,7 +697,7 @@ class ConsumerGroup:
                 keys=[stream.owner_key(key, self.group)], args=[self.consumer, self.lease_ms]
             ):
                 self.owned.discard(key)  # expired (this replica stalled): someone else's now
-                self._tokens.pop(key, None)
+                self._fenced.discard(key)
                 log.warning("partition lease lost", extra={"stream": key})
             else:
                 self._held_until[key] = started + self.lease_ms / 1000
@@ -707,7 +712,7 @@ class ConsumerGroup:
             ):
                 self.owned.add(key)
                 self._fresh.add(key)
-                self._tokens.pop(key, None)  # fenced again before it is read
+                self._fenced.discard(key)  # fenced again before it is read
                 self._held_until[key] = started + self.lease_ms / 1000
                 log.info("partition taken", extra={"stream": key, "consumer": self.consumer})
         for key in sorted(self.owned)[share:]:
@@ -720,7 +725,7 @@ class ConsumerGroup:
         while self._batches_of[key] > 0 or self._reading[key] > 0:
             await asyncio.sleep(0.05)
         await self._release(keys=[stream.owner_key(key, self.group)], args=[self.consumer])
-        self._tokens.pop(key, None)
+        self._fenced.discard(key)
         log.info("partition given up", extra={"stream": key, "consumer": self.consumer})
 
     async def _leave(self) -> None:

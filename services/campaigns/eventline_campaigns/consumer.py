@@ -44,9 +44,9 @@ class CampaignHandler(StreamHandler):
     async def catch_up(self) -> None:
         await self.engine.cache.refresh()
 
-    async def fence(self, partition: str) -> int:
+    async def fence(self, partition: str, held: int | None) -> int:
         """Raise the partition's fence in the ledger: the previous owner records nothing more."""
-        return await self.engine.repository.raise_fence(partition)
+        return await self.engine.repository.raise_fence(partition, held)
 
     async def housekeeping(self) -> None:
         """Resend deliveries recorded but not sent (a sender that died)."""

@@ -118,9 +118,11 @@ def fence_check(first: int) -> str:
 holds AS (SELECT eventline_partition_fence({partition}::text, {token}::bigint, (SELECT token FROM fence)) AS ok)"""
 
 
+# No row returned: the token was $2 already (kept). The row is locked either way.
 _RAISE_FENCE = """
 INSERT INTO partition_fences AS f (partition_key, token) VALUES ($1, 1)
 ON CONFLICT (partition_key) DO UPDATE SET token = f.token + 1, updated_at = now()
+    WHERE f.token IS DISTINCT FROM $2::bigint
 RETURNING token
 """
 
@@ -729,12 +731,17 @@ class CampaignRepository:
             owned += _taken_over(taken)
         return owned
 
-    async def raise_fence(self, partition: str) -> int:
+    async def raise_fence(self, partition: str, held: int | None = None) -> int:
         """A take-over of stream ``partition``: its fencing token, one more than the previous
         owner's, which every recording statement of that owner's batches finds from now on (and
         fails). Waits for the previous owner's recording transactions in progress (they hold the
-        row FOR SHARE)."""
-        token: int = await self.pool.fetchval(_RAISE_FENCE, partition)
+        row FOR SHARE). When ``held`` (the token this replica had before) is still the current
+        one, nobody fenced the partition since: it is kept, and this replica's batches in flight
+        (a lease lost to a stall and taken again, no other owner between) go on."""
+        token: int | None = await self.pool.fetchval(_RAISE_FENCE, partition, held)
+        if token is None:
+            assert held is not None
+            return held
         return token
 
     async def take_over_stale(self, limit: int, lease_s: float) -> list[Owned]:
