@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -144,6 +145,26 @@ class GatedDelivery(Delivery):
             raise
 
 
+def gated_owner(  # type: ignore[no-untyped-def]
+    campaigns_server, redis_client, consumer: str, **options: Any
+) -> tuple[ConsumerGroup, GatedDelivery]:
+    """A replica of the campaign service's consumer (batches of one entry) whose engine records
+    through a ``GatedDelivery``; ``options`` for its ``ConsumerGroup``."""
+    served, engine = campaigns_server.consumer, campaigns_server.engine
+    gated = GatedDelivery(engine.delivery)
+    owner = ConsumerGroup(
+        redis_client,
+        CampaignHandler(Engine(engine.repository, engine.cache, engine.audience, gated)),
+        streams=served.streams,
+        group=served.group,
+        consumer=consumer,
+        batch=1,
+        lease_ms=LEASE_MS,
+        **options,
+    )
+    return owner, gated
+
+
 @single_and_cluster
 async def test_a_batch_begun_when_its_owner_stalled_is_refused_after_the_take_over(  # type: ignore[no-untyped-def]
     campaigns, campaigns_server, ingestion, redis_client, stream_key, smtp_server
@@ -156,19 +177,8 @@ async def test_a_batch_begun_when_its_owner_stalled_is_refused_after_the_take_ov
     first = await start(campaigns, email_campaign(event_name="Pinged", text="first"))
     second = await start(campaigns, email_campaign(event_name="Ponged", text="second"))
     served = campaigns_server.consumer
-    gated = GatedDelivery(campaigns_server.engine.delivery)
-    engine = campaigns_server.engine
     now = [100.0]  # the old owner's monotonic clock, moved by the test
-    old = ConsumerGroup(
-        redis_client,
-        CampaignHandler(Engine(engine.repository, engine.cache, engine.audience, gated)),
-        streams=served.streams,
-        group=served.group,
-        consumer="old-owner",
-        batch=1,
-        lease_ms=LEASE_MS,
-        monotonic=lambda: now[0],
-    )
+    old, gated = gated_owner(campaigns_server, redis_client, "old-owner", monotonic=lambda: now[0])
     new = ConsumerGroup(
         redis_client,
         served.handler,
@@ -274,17 +284,7 @@ async def test_an_owner_taking_its_partition_again_keeps_its_token_and_its_batch
     await upsert(ingestion, "own", email="own@example.com", email_consent=GRANTED)
     campaign_id = await start(campaigns, email_campaign(event_name="Pinged", text="first"))
     served = campaigns_server.consumer
-    gated = GatedDelivery(campaigns_server.engine.delivery)
-    engine = campaigns_server.engine
-    owner = ConsumerGroup(
-        redis_client,
-        CampaignHandler(Engine(engine.repository, engine.cache, engine.audience, gated)),
-        streams=served.streams,
-        group=served.group,
-        consumer="owner",
-        batch=1,
-        lease_ms=LEASE_MS,
-    )
+    owner, gated = gated_owner(campaigns_server, redis_client, "owner")
     await ingestion.TrackCustomerEvent(customer_event("own", "Pinged", "p1"))
     await wait_for_entries(redis_client, stream_key, 1)
     running = asyncio.create_task(owner.run())
