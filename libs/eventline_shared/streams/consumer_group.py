@@ -23,8 +23,13 @@ batches; the campaign service is one user, a future consumer is another.
   left pending, before reading new ones; an owner giving a partition up
   (rebalancing) stops reading it and releases it once its batches are done. An
   owner that stalled past its lease reads nothing more of the partition, even
-  before its renewal finds the lease gone (``reads``); the effects of a batch it
-  had in flight are the handler's to make idempotent (the campaign ledger is).
+  before its renewal finds the lease gone (``reads``).
+* Fencing: before a new owner processes anything of a partition it took over,
+  the handler raises the partition's fence where it writes
+  (``StreamHandler.fence``, which waits for the previous owner's writes in
+  progress) and returns a token; every batch carries it (``Received.fence``),
+  and the handler's writes check it, so that a batch the previous owner had
+  already begun fails there (``PartitionTakenOver``) and is left pending.
   Within a replica, the entries of a batch whose customers have a batch still
   in flight wait for it; the batch's other entries do not (a customer's
   entries all wait or all go).
@@ -35,8 +40,7 @@ batches; the campaign service is one user, a future consumer is another.
   had read to the handler any more: a batch still waiting (behind an earlier
   batch of one of its customers, or to be retried after an outage) is left
   pending, untouched, for the new owner, which takes it over before anything
-  newer. Only a batch the handler had already begun finishes beside the new
-  owner's.
+  newer. A batch the handler had already begun is the fence's (above).
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -73,8 +77,22 @@ while this replica's partition leases cannot have run out (``drain()`` reads eve
 owned or not, and is not fenced)."""
 
 
-class _LeaseRunOut(Exception):
+class PartitionTakenOver(Exception):
+    """A batch's partition is another replica's now: the batch is left pending, untouched, for
+    the new owner (which takes it over before anything newer). A handler raises it when a write
+    of the batch was refused by the fence the new owner raised (``StreamHandler.fence``)."""
+
+
+class _LeaseRunOut(PartitionTakenOver):
     """The lease of a batch's partition may have run out before the handler got it."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The fencing token of the partition a batch was read from, as its owner took it over."""
+
+    partition: str
+    token: int
 
 
 @dataclass
@@ -85,6 +103,10 @@ class Received:
     event: common_pb2.Event
     keepalive: Keepalive
     """Call it now and then during long work: no other replica reclaims the entry meanwhile."""
+    fence: Fence | None = None
+    """The token ``StreamHandler.fence`` gave this replica when it took the entry's partition
+    over (None: read outside a lease, by ``drain()`` or with ``ordered=False``): the handler's
+    writes check it, so that they fail once another replica has taken the partition over."""
 
 
 class StreamHandler:
@@ -100,6 +122,16 @@ class StreamHandler:
 
     async def catch_up(self) -> None:
         """Before a ``drain()``: load what processing must see now (caches that poll)."""
+
+    async def fence(self, partition: str, held: int | None) -> int | None:
+        """This replica took ``partition`` over (``run()``, before it processes anything of it):
+        make the writes of every earlier owner's batches fail from now on, waiting for those in
+        progress, and return the token this owner's batches carry (``Received.fence``); None when
+        the handler's writes are not fenced (the default: the partition lease alone orders).
+        ``held`` is the token this replica had for the partition before (None: none): when it is
+        still the current one, no other replica fenced the partition since (a new owner fences
+        before it processes anything), so it is kept and this replica's batches in flight go on."""
+        return None
 
     async def housekeeping(self) -> None:
         """Every ``housekeeping_interval_s`` while running, and at the end of a ``drain()``."""
@@ -206,6 +238,10 @@ class ConsumerGroup:
         # When each lease held runs out at the latest (counted from before it was taken or renewed): a
         # replica that stalled past it reads nothing more of the partition, even before it renews.
         self._held_until: dict[str, float] = {}
+        # The fencing token of each partition taken over (``StreamHandler.fence``), set before its
+        # first read: its batches carry it. Kept when the partition is lost: passed to the next fence.
+        self._tokens: dict[str, int | None] = {}
+        self._fenced: set[str] = set()  # the partitions fenced since this replica last took them
         self._batches_of: Counter[str] = Counter()  # batches in flight per partition
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
@@ -329,6 +365,8 @@ class ConsumerGroup:
 
     async def process(self, entries: Sequence[StreamEntry]) -> int:
         """Process entries and acknowledge the ones the handler took; returns how many were seen."""
+        tokens = self._tokens if _LEASED.get() else {}  # as they are when the batch was read
+        fences = {key: Fence(key, token) for key, token in tokens.items() if token is not None}
         parsed: list[Received] = []
         for entry in entries:
             if not entry.stream:
@@ -340,7 +378,7 @@ class ConsumerGroup:
             except (DecodeError, ValueError) as exc:
                 await self._move_to_dead_letters(entry, f"unreadable entry: {exc}", 1)
                 continue
-            parsed.append(Received(entry, event, self._keepalive(entry)))
+            parsed.append(Received(entry, event, self._keepalive(entry), fences.get(entry.stream)))
         if not parsed:
             return len(entries)
         # One customer's entries in stream order: the customers of a batch still in flight wait for
@@ -425,9 +463,9 @@ class ConsumerGroup:
             done = [p.entry for p in parsed]
         except asyncio.CancelledError:
             raise
-        except _LeaseRunOut:
+        except PartitionTakenOver:
             # Left pending, untouched: the partition's new owner takes it over before anything newer.
-            log.warning("partition lease may have run out; batch left to the new owner")
+            log.warning("partition lease may have run out or been taken over; batch left to the new owner")
             done = []
         except Exception as exc:
             # Find the entries that fail on their own; the others go through.
@@ -555,6 +593,9 @@ class ConsumerGroup:
             acquired = False
             self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
+                if key in self._fresh and key not in self._fenced:  # before anything of it is processed
+                    self._tokens[key] = await self.handler.fence(key, self._tokens.get(key))
+                    self._fenced.add(key)
                 await slots.acquire()
                 acquired = True
                 await self.ensure_group()
@@ -656,6 +697,7 @@ class ConsumerGroup:
                 keys=[stream.owner_key(key, self.group)], args=[self.consumer, self.lease_ms]
             ):
                 self.owned.discard(key)  # expired (this replica stalled): someone else's now
+                self._fenced.discard(key)
                 log.warning("partition lease lost", extra={"stream": key})
             else:
                 self._held_until[key] = started + self.lease_ms / 1000
@@ -670,6 +712,7 @@ class ConsumerGroup:
             ):
                 self.owned.add(key)
                 self._fresh.add(key)
+                self._fenced.discard(key)  # fenced again before it is read
                 self._held_until[key] = started + self.lease_ms / 1000
                 log.info("partition taken", extra={"stream": key, "consumer": self.consumer})
         for key in sorted(self.owned)[share:]:
@@ -682,6 +725,7 @@ class ConsumerGroup:
         while self._batches_of[key] > 0 or self._reading[key] > 0:
             await asyncio.sleep(0.05)
         await self._release(keys=[stream.owner_key(key, self.group)], args=[self.consumer])
+        self._fenced.discard(key)
         log.info("partition given up", extra={"stream": key, "consumer": self.consumer})
 
     async def _leave(self) -> None:

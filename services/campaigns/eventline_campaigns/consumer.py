@@ -2,6 +2,9 @@
 
 The consumer group itself (reading, reclaiming, dead letters, backoff) is
 ``eventline_shared.streams.consumer_group.ConsumerGroup``; this module is its handler.
+A batch's deliveries and journey entries are recorded under its partition's fence
+(``CampaignRepository.raise_fence``): once another replica has taken the partition
+over, this one's recording fails and the batch is left to the new owner.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from redis import exceptions as redis_errors
 
 from eventline_campaigns.audience import SegmentationRefused
 from eventline_campaigns.engine import Engine
+from eventline_campaigns.repository import BATCH_FENCE
 from eventline_shared.errors import Unavailable
 from eventline_shared.observability import tracing
 from eventline_shared.storage import database
@@ -40,11 +44,24 @@ class CampaignHandler(StreamHandler):
     async def catch_up(self) -> None:
         await self.engine.cache.refresh()
 
+    async def fence(self, partition: str, held: int | None) -> int:
+        """Raise the partition's fence in the ledger: the previous owner records nothing more."""
+        return await self.engine.repository.raise_fence(partition, held)
+
     async def housekeeping(self) -> None:
         """Resend deliveries recorded but not sent (a sender that died)."""
         await self.engine.delivery.recover()
 
     async def handle(self, batch: Sequence[Received]) -> None:
+        """Handle a batch (of one partition) under its fence: what it records, in every task it
+        starts, is refused once the partition has another owner (``PartitionTakenOver``)."""
+        fenced = BATCH_FENCE.set(batch[0].fence if batch else None)
+        try:
+            await self._handle(batch)
+        finally:
+            BATCH_FENCE.reset(fenced)
+
+    async def _handle(self, batch: Sequence[Received]) -> None:
         customer = [p.event for p in batch if p.event.kind == common_pb2.EVENT_KIND_CUSTOMER]
         if customer:
             await self.engine.handle_customer_events(customer)

@@ -18,6 +18,7 @@ import asyncpg
 
 from eventline_campaigns.journey_model import ACTIVE, CANCELLED, COMPLETED, EXITED
 from eventline_campaigns.model import ARCHIVED, PAUSED
+from eventline_campaigns.repository import fence_args, fence_check, fenced_off
 from eventline_shared.storage.database import Connection
 from eventline_shared.storage.timers import TimerTable
 
@@ -76,12 +77,16 @@ class Move:
 
 _INSTANCE_COLUMNS = "customer_id, campaign_id, entry_event_id, version, status, step_id, variant, trigger, entered_at, converted_at"
 
-_ENTER = """
+# Entries and moves are recorded under the stream batch's partition fence (``fence_check``): a
+# replica that lost the partition enters and moves nothing more for its events.
+_ENTER = f"""
+WITH {fence_check(8)}
 INSERT INTO journey_instances
     (customer_id, campaign_id, entry_event_id, version, entry_slot, trigger, step_id, entered_at)
 SELECT t.customer_id, t.campaign_id, t.entry_event_id, t.version, t.slot, t.trigger, '', $7
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])
     AS t(customer_id, campaign_id, entry_event_id, version, slot, trigger)
+WHERE (SELECT ok FROM holds)
 ORDER BY t.customer_id, t.campaign_id, t.entry_event_id
 ON CONFLICT DO NOTHING
 RETURNING customer_id, campaign_id, entry_event_id
@@ -146,12 +151,14 @@ END"""
 # taken move, so a step is recorded once however many workers ran it. Without a claim
 # (an event moved the instance) the timer is set or removed whatever it was.
 _ADVANCE = f"""
-WITH u AS (
+WITH {fence_check(15)},
+u AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::smallint[],
                          $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[],
                          $13::smallint[])
         AS u(customer_id, campaign_id, entry_event_id, claimed, at_step, action,
              outcome, reason, next_step, due_at, waiting_event, variant, final_status)
+    WHERE (SELECT ok FROM holds)
 ),
 locked AS (
     SELECT l.* FROM u CROSS JOIN LATERAL (
@@ -283,6 +290,7 @@ class JourneyStore:
 
     # --- entry ---
 
+    @fenced_off
     async def enter(self, entries: Sequence[Entry], now: dt.datetime) -> list[InstanceKey]:
         """Start the instances the entry rules let in (the others conflict and are skipped), each
         due at once at its start; returns the keys of those started."""
@@ -298,6 +306,7 @@ class JourneyStore:
                 [e.slot for e in entries],
                 [e.trigger for e in entries],
                 now,
+                *fence_args(),
             )
             keys = [(r[0], r[1], r[2]) for r in rows]
             await self.timers.set_many(connection, keys, now)
@@ -319,6 +328,7 @@ class JourneyStore:
         found = [(Instance(*r[:-1]), r[-1]) for r in rows]
         return {i.key: (i, state) for i, state in found}
 
+    @fenced_off
     async def advance(
         self, connection: Connection | asyncpg.Pool, steps: Sequence[Advance], now: dt.datetime
     ) -> dict[InstanceKey, str]:
@@ -350,7 +360,7 @@ class JourneyStore:
             waiting_event.append(m.waiting_event)
             variant.append(m.variant)
             final_status.append(m.final_status)
-        rows = await connection.fetch(_ADVANCE, *columns, now)
+        rows = await connection.fetch(_ADVANCE, *columns, now, *fence_args())
         return {(r[0], r[1], r[2]): r[3] for r in rows}
 
     async def step_reasons(self, instances: Sequence[Instance]) -> dict[InstanceKey, str]:

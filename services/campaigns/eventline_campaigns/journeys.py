@@ -80,6 +80,7 @@ from eventline_campaigns.repository import CampaignRepository, CampaignRow
 from eventline_shared import faults
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.storage.timers import Due
+from eventline_shared.streams.consumer_group import PartitionTakenOver
 from eventline_shared.values import datetime_to_timestamp, decode_values, python_values, timestamp_to_datetime
 
 log = logging.getLogger(__name__)
@@ -342,6 +343,8 @@ class JourneyRunner:
             )
         try:
             results.update(await self._send(sends, profiles, now))
+        except PartitionTakenOver:
+            raise  # a stream batch whose partition another replica took over: the batch stops here
         except Exception as exc:
             _failed("send", [i for _, _, i in sends], exc)
         return results

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import asyncpg
 from eventline.campaigns.v1 import campaigns_pb2
@@ -41,6 +43,7 @@ from eventline_campaigns.model import (
 )
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.storage.database import Connection
+from eventline_shared.streams.consumer_group import Fence, PartitionTakenOver
 from eventline_shared.streams.group_commit import GroupCommit
 
 # Enum values the statements compare with are written into their text, from the protos'
@@ -93,12 +96,73 @@ class Fanout:
     done: bool
 
 
+# --- the partition fence ---
+
+BATCH_FENCE: ContextVar[Fence | None] = ContextVar("BATCH_FENCE", default=None)
+"""The fence of the stream batch being handled (``CampaignHandler.handle`` sets it for the
+batch's tasks): the ledger's recording statements check it, so that a replica that lost the
+batch's partition records nothing more of it. None outside a leased batch (nothing checked)."""
+
+_FENCE_REFUSED = "EL409"
+"""The SQLSTATE ``eventline_partition_fence`` raises (migration 0292)."""
+
+
+def fence_check(first: int) -> str:
+    """Common table expressions that fence a recording statement, which gates its rows with
+    ``WHERE (SELECT ok FROM holds)``: the partition's fence row locked FOR SHARE until the
+    statement's transaction ends (a take-over's raise waits for it) and the batch's token checked
+    against it, once (an InitPlan that raises when it is stale). ``$first`` the partition (NULL:
+    nothing to check), the next parameter the token (``fence_args``)."""
+    partition, token = f"${first}", f"${first + 1}"
+    return f"""fence AS (SELECT token FROM partition_fences WHERE partition_key = {partition} FOR SHARE),
+holds AS (SELECT eventline_partition_fence({partition}::text, {token}::bigint, (SELECT token FROM fence)) AS ok)"""
+
+
+# No row returned: the token was $2 already (kept). The row is locked either way.
+_RAISE_FENCE = """
+INSERT INTO partition_fences AS f (partition_key, token) VALUES ($1, 1)
+ON CONFLICT (partition_key) DO UPDATE SET token = f.token + 1, updated_at = now()
+    WHERE f.token IS DISTINCT FROM $2::bigint
+RETURNING token
+"""
+
+
+def fence_args() -> tuple[str | None, int | None]:
+    """The batch's fence as a fenced statement's parameters (``fence_check``)."""
+    fence = BATCH_FENCE.get()
+    return (fence.partition, fence.token) if fence is not None else (None, None)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fenced_off(
+    record: Callable[P, Coroutine[object, object, R]],
+) -> Callable[P, Coroutine[object, object, R]]:
+    """``record`` with the fence's refusal translated: the partition was taken over
+    (``PartitionTakenOver``), the transaction rolled back."""
+
+    @functools.wraps(record)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await record(*args, **kwargs)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == _FENCE_REFUSED:
+                raise PartitionTakenOver(str(exc)) from exc
+            raise
+
+    return checked
+
+
 _RECORD = f"""
+WITH {fence_check(9)}
 INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
 SELECT t.customer_id, $1, $2, t.channel, t.status, t.reason, t.message,
        CASE WHEN t.status = {PENDING:d} THEN now() + $8 * interval '1 second' END
 FROM unnest($3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
     AS t(customer_id, channel, status, reason, message)
+WHERE (SELECT ok FROM holds)
 ORDER BY t.customer_id, t.channel
 ON CONFLICT DO NOTHING
 RETURNING delivery_id, customer_id, channel, status, attempts
@@ -113,11 +177,13 @@ RETURNING delivery_id, customer_id, channel, status, message::text, attempts, le
 """
 
 _RECORD_MANY = f"""
+WITH {fence_check(9)}
 INSERT INTO deliveries (customer_id, campaign_id, event_id, channel, status, reason, message, lease_until)
 SELECT t.customer_id, t.campaign_id, t.event_id, t.channel, t.status, t.reason, t.message,
        CASE WHEN t.status = {PENDING:d} THEN now() + $8 * interval '1 second' END
 FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[], $7::jsonb[])
     AS t(campaign_id, event_id, customer_id, channel, status, reason, message)
+WHERE (SELECT ok FROM holds)
 ORDER BY t.customer_id, t.campaign_id, t.event_id, t.channel
 ON CONFLICT DO NOTHING
 RETURNING delivery_id, customer_id, campaign_id, event_id, channel, status, attempts
@@ -402,6 +468,7 @@ class CampaignRepository:
 
     # --- the ledger ---
 
+    @fenced_off
     async def record(
         self,
         campaign_id: str,
@@ -485,6 +552,7 @@ class CampaignRepository:
                 [p.reason for p in unique],
                 [_json(p) for p in unique],
                 lease_s,
+                *fence_args(),
             )
             await self._count_channel_sends(connection, rows, caps, now, campaign_id, event_id)
             messages = {key: p.message for key, p in firsts.items() if p.message is not None}
@@ -605,6 +673,7 @@ class CampaignRepository:
             rows = await connection.fetch(_CHANNEL_CAPS)
         return [ChannelCap(r[0], r[1], r[2]) for r in rows]
 
+    @fenced_off
     async def record_many(
         self, items: Sequence[tuple[str, str, Planned]], *, lease_s: float, marketing: bool = False
     ) -> list[Owned]:
@@ -645,6 +714,7 @@ class CampaignRepository:
             [p.reason for _, _, p in unique],
             [_json(p) for _, _, p in unique],
             lease_s,
+            *fence_args(),
         )
         if caps and now is not None and not isinstance(connection, asyncpg.Pool):
             await self._count_channel_sends(connection, rows, caps, now)
@@ -660,6 +730,19 @@ class CampaignRepository:
             )
             owned += _taken_over(taken)
         return owned
+
+    async def raise_fence(self, partition: str, held: int | None = None) -> int:
+        """A take-over of stream ``partition``: its fencing token, one more than the previous
+        owner's, which every recording statement of that owner's batches finds from now on (and
+        fails). Waits for the previous owner's recording transactions in progress (they hold the
+        row FOR SHARE). When ``held`` (the token this replica had before) is still the current
+        one, nobody fenced the partition since: it is kept, and this replica's batches in flight
+        (a lease lost to a stall and taken again, no other owner between) go on."""
+        token: int | None = await self.pool.fetchval(_RAISE_FENCE, partition, held)
+        if token is None:
+            assert held is not None
+            return held
+        return token
 
     async def take_over_stale(self, limit: int, lease_s: float) -> list[Owned]:
         """Pending deliveries whose sender's lease expired (it crashed or the provider was down)."""
