@@ -30,6 +30,7 @@ from tests.support import (
     add_email_customers,
     customer_event,
     delivery_statuses,
+    eventually,
     message_ids_by_recipient,
     system_campaign,
     value,
@@ -792,13 +793,22 @@ async def test_two_replicas_share_the_stream_and_deliver_each_message_once(  # t
         for i in range(customers):
             await ingestion.TrackCustomerEvent(customer_event(f"rp{i:03d}", "Pinged", f"rp-{i}"))
         await smtp_server.wait_for(customers, timeout=60)
-        await asyncio.sleep(0.3)
+        # A send is counted once its outcome is recorded, after the SMTP server took the message.
+        await wait_until(lambda: sum(sent_by.values()) >= customers, 60, "a sent message was not counted")
+        await eventually(
+            lambda: _nothing_pending(redis_client, stream_key), 60, "stream entries still pending"
+        )
+        await asyncio.sleep(0.3)  # room for a message sent twice to show up
     assert sorted(m["To"] for m in smtp_server.messages) == [
         f"rp{i:03d}@example.com" for i in range(customers)
     ]
     assert sent_by["one"] + sent_by["two"] == customers
     assert sent_by["one"] > 0 and sent_by["two"] > 0, f"one replica did all the work: {sent_by}"
     assert (await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0
+
+
+async def _nothing_pending(redis_client: Any, stream_key: str) -> bool:
+    return bool((await redis_client.xpending(stream_key, "campaigns"))["pending"] == 0)
 
 
 SALE_EMAIL = campaigns_pb2.Action(
