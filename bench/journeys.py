@@ -84,7 +84,8 @@ from eventline_campaigns.settings import Settings
 from eventline_cli.demo_campaigns import on_customer_event
 from eventline_shared.values import datetime_to_timestamp, timestamp_to_datetime
 
-DATABASE = "eventline_bench_journeys"
+DATABASE = f"eventline_bench_journeys_{uuid.uuid4().hex[:8]}"
+"""A database of this run's own: runs from other checkouts on the same server must not drop each other's."""
 BENCH = "bench-journeys"
 """The application name of the benchmark's own connections (not counted as the service's)."""
 HOUR = dt.timedelta(hours=1)
