@@ -20,7 +20,7 @@ that one clock object. Measured:
   ``cart_id = $cart_id``; matching events go the real way: TrackCustomerEvent to the
   ingestion service (its own process, started by the dev/test harness), its outbox relay,
   the Redis stream, the campaign service's consumer group (running in this process, the
-  journey runner beside it). Sent open loop at a steady ``--match-rate`` (100/s by default),
+  journey runner beside it, polling every 20 ms as in the timer phases). Sent open loop at a steady ``--match-rate`` (100/s by default),
   one call per event, after a warm-up of 20 events that are not counted.
 
   Method: one event's figure = the instant its instance moved on minus the instant ingestion
@@ -61,7 +61,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -71,7 +70,7 @@ import asyncpg
 import common
 import grpc
 import redis.asyncio as redis
-from common import REDIS_URL, drop_database, fresh_database
+from common import REDIS_URL, drop_database, figures_or_exit, fresh_database, impossible_unless
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
@@ -197,15 +196,6 @@ async def backend_cpu_s(pool: asyncpg.Pool) -> dict[int, float]:
         )
     ]
     return common.backend_cpu(pids)
-
-
-class ImpossibleFigure(Exception):
-    """A measured figure that cannot be true: the method, not the system, is wrong."""
-
-
-def impossible_unless(holds: bool, what: str) -> None:
-    if not holds:
-        raise ImpossibleFigure(what)
 
 
 WARM_UP = 20
@@ -501,13 +491,10 @@ if __name__ == "__main__":
     options = parser.parse_args()
     count = options.instances or 100_000
     waiting = min(count, 2000 if options.quick else 10_000)
-    try:
-        figures = asyncio.run(
-            main(count, waiting, min(1000 if options.quick else 3000, waiting - WARM_UP), options.match_rate)
-        )
-    except ImpossibleFigure as impossible:
-        print(f"bench/journeys.py: impossible measurement, no figures printed: {impossible}", file=sys.stderr)
-        sys.exit(2)
+    figures = figures_or_exit(
+        main(count, waiting, min(1000 if options.quick else 3000, waiting - WARM_UP), options.match_rate),
+        "bench/journeys.py",
+    )
     print(
         f"timer lateness p99 {figures['timer_lateness_p99_ms']} ms (target <= 1000), "
         f"{figures['steps_per_s']} steps/s (target >= 5000), wait-for-event match p99 "
