@@ -60,10 +60,13 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -216,6 +219,53 @@ def percentiles(name: str, values: list[float]) -> dict[str, float]:
     return {f"{name}_p50_ms": round(statistics.median(values), 2), f"{name}_p99_ms": round(p99(values), 2)}
 
 
+@dataclass(frozen=True)
+class MatchStamps:
+    """One matching event's stamps, all on this host's wall clock (UTC)."""
+
+    customer_id: str
+    accepted: dt.datetime
+    """Ingestion's ``received_at``: the call arrived (before the event was stored)."""
+    replied: dt.datetime
+    """This process, on the call's reply."""
+    appended: dt.datetime
+    """The stream entry's id (Redis, in ms) + 0.5 ms: the append was within +-0.5 ms of it."""
+    handled: dt.datetime
+    """The wait step's ``finished_at``: the consumer's handler began on the event."""
+    resumed: dt.datetime
+    """The next step's ``finished_at``: the arrival was committed, the instance moved on."""
+
+
+def match_figures(stamps: Sequence[MatchStamps]) -> dict[str, float]:
+    """p50 and p99 of accepted -> resumed and of its stages; ``ImpossibleFigure`` when the
+    stamps contradict each other (one clock, so anything out of order is the method's fault)."""
+    impossible_unless(bool(stamps), "no event was measured")
+    total, to_reply, to_stream, in_consumer, in_handler = [], [], [], [], []
+    for each in stamps:
+        # The event was stamped on arrival, before anything read it; the handler began before the
+        # instance moved on; the entry (+-0.5 ms) lies between the two stamps.
+        impossible_unless(
+            each.accepted <= each.handled <= each.resumed
+            and ms(each.appended, each.accepted) > -0.5
+            and ms(each.handled, each.appended) > -0.5
+            and each.replied >= each.accepted,
+            f"{each.customer_id}: stamps out of order (did the wall clock step during the run?)",
+        )
+        total.append(ms(each.resumed, each.accepted))
+        to_reply.append(ms(each.replied, each.accepted))
+        to_stream.append(ms(each.appended, each.accepted))
+        in_consumer.append(ms(each.handled, each.appended))
+        in_handler.append(ms(each.resumed, each.handled))
+    return {
+        **percentiles("wait_for_event_match", total),
+        "wait_for_event_match_max_ms": round(max(total), 2),
+        **percentiles("wait_for_event_stage_accepted_to_reply", to_reply),
+        **percentiles("wait_for_event_stage_accepted_to_stream", to_stream),
+        **percentiles("wait_for_event_stage_stream_to_handler", in_consumer),
+        **percentiles("wait_for_event_stage_handler_to_resumed", in_handler),
+    }
+
+
 async def until_ended(pool: asyncpg.Pool, campaign_id: str, count: int, timeout_s: float) -> None:
     """Until ``count`` instances of the campaign have ended (only paces the run: the figures
     are read from the services' stamps afterwards)."""
@@ -319,7 +369,7 @@ async def match_events(
     handled = {r["customer_id"]: r for r in rows if r["step_id"] == "wait_order"}
     resumed = {r["customer_id"]: r for r in rows if r["step_id"] == "bought"}
     appended = await stream_appends(stream_keys)
-    total, to_reply, to_stream, in_consumer, in_handler = [], [], [], [], []
+    stamps = []
     for customer_id in measured:
         wait_step, next_step = handled.get(customer_id), resumed.get(customer_id)
         impossible_unless(
@@ -327,35 +377,22 @@ async def match_events(
             f"{customer_id}: its instance did not resume on the arrived path",
         )
         assert wait_step is not None and next_step is not None
-        start = accepted[customer_id]
-        handler = wall(wait_step["finished_at"], clock)
-        moved = wall(next_step["finished_at"], clock)
-        entry = appended[f"order-{customer_id}"]
-        # The event was stamped on arrival, before anything read it; the handler began before the
-        # instance moved on; the entry (+-0.5 ms) lies between the two stamps.
-        impossible_unless(
-            start <= handler <= moved
-            and ms(entry, start) > -0.5
-            and ms(handler, entry) > -0.5
-            and replied[customer_id] >= start,
-            f"{customer_id}: stamps out of order (did the wall clock step during the run?)",
+        stamps.append(
+            MatchStamps(
+                customer_id,
+                accepted=accepted[customer_id],
+                replied=replied[customer_id],
+                appended=appended[f"order-{customer_id}"],
+                handled=wall(wait_step["finished_at"], clock),
+                resumed=wall(next_step["finished_at"], clock),
+            )
         )
-        total.append(ms(moved, start))
-        to_reply.append(ms(replied[customer_id], start))
-        to_stream.append(ms(entry, start))
-        in_consumer.append(ms(handler, entry))
-        in_handler.append(ms(moved, handler))
     events = len(measured)
     return {
         "wait_for_event_matched": events,
         "wait_for_event_rate_per_s": rate,
         "wait_for_event_offered_per_s": round(offered_per_s, 1),
-        **percentiles("wait_for_event_match", total),
-        "wait_for_event_match_max_ms": round(max(total), 2),
-        **percentiles("wait_for_event_stage_accepted_to_reply", to_reply),
-        **percentiles("wait_for_event_stage_accepted_to_stream", to_stream),
-        **percentiles("wait_for_event_stage_stream_to_handler", in_consumer),
-        **percentiles("wait_for_event_stage_handler_to_resumed", in_handler),
+        **match_figures(stamps),
         "wait_for_event_ingestion_cpu_ms_per_event": round(ingestion_cpu_s * 1000 / events, 3),
         "wait_for_event_campaigns_cpu_ms_per_event": round(cpu_s * 1000 / events, 3),
     }
@@ -461,6 +498,7 @@ async def main(instances: int, waiting: int, matched: int, match_rate: float) ->
     finally:
         await pool.close()
         await drop_database(DATABASE)
+        shutil.rmtree(sink, ignore_errors=True)
         client = redis.Redis.from_url(REDIS_URL)
         try:
             await client.delete(*stream_keys, *(key + ":dead" for key in stream_keys))
