@@ -20,8 +20,9 @@ that one clock object. Measured:
   ``cart_id = $cart_id``; matching events go the real way: TrackCustomerEvent to the
   ingestion service (its own process, started by the dev/test harness), its outbox relay,
   the Redis stream, the campaign service's consumer group (running in this process, the
-  journey runner beside it, polling every 20 ms as in the timer phases). Sent open loop at a steady ``--match-rate`` (100/s by default),
-  one call per event, after a warm-up of 20 events that are not counted.
+  journey runner beside it, polling every 20 ms as in the timer phases). Sent open loop at a
+  steady ``--match-rate`` (100/s by default), one call per event, after a warm-up of 20
+  events that are not counted; every matched instance, and no other, must have moved on.
 
   Method: one event's figure = the instant its instance moved on minus the instant ingestion
   accepted the event, both read from what the services recorded, not from a poll of this
@@ -365,6 +366,12 @@ async def match_events(
         "SELECT customer_id, step_id, outcome, finished_at FROM journey_steps"
         " WHERE campaign_id = 'carts' AND step_id IN ('wait_order', 'bought') AND customer_id = ANY($1::text[])",
         measured,
+    )
+    ended = await pool.fetchval(
+        "SELECT count(*) FROM journey_instances WHERE campaign_id = 'carts' AND status <> 1"
+    )
+    impossible_unless(
+        ended == WARM_UP + matched, f"{ended} instances moved on for {WARM_UP + matched} events"
     )
     handled = {r["customer_id"]: r for r in rows if r["step_id"] == "wait_order"}
     resumed = {r["customer_id"]: r for r in rows if r["step_id"] == "bought"}
