@@ -4,10 +4,13 @@ on loopback, and waiting until they serve."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
-from collections.abc import Mapping
+import sys
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import psutil
@@ -20,6 +23,27 @@ from eventline_shared.storage import database
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("EVENTLINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+T = TypeVar("T")
+
+
+class ImpossibleFigure(Exception):
+    """A measured figure that cannot be true: the method, not the system, is wrong."""
+
+
+def impossible_unless(holds: bool, what: str) -> None:
+    if not holds:
+        raise ImpossibleFigure(what)
+
+
+def figures_or_exit(measure: Coroutine[Any, Any, T], script: str) -> T:
+    """Run the benchmark's ``measure``; when it finds an impossible figure, say so on stderr
+    and exit with status 2 instead of printing figures."""
+    try:
+        return asyncio.run(measure)
+    except ImpossibleFigure as impossible:
+        print(f"{script}: impossible measurement, no figures printed: {impossible}", file=sys.stderr)
+        sys.exit(2)
 
 
 def command_line(doc: str | None, quick: str | None = None) -> argparse.ArgumentParser:

@@ -78,7 +78,17 @@ import common
 import grpc
 import redis.asyncio as redis
 from aiosmtpd.controller import Controller
-from common import REDIS_URL, drop_database, free_port, fresh_database, serving, start_service, stop
+from common import (
+    REDIS_URL,
+    ImpossibleFigure,
+    drop_database,
+    free_port,
+    fresh_database,
+    impossible_unless,
+    serving,
+    start_service,
+    stop,
+)
 from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as seg
@@ -86,15 +96,6 @@ from eventline.segmentation.v1 import segmentation_pb2 as seg
 from eventline_cli import demo_campaigns
 
 TRIGGER_CUSTOMERS = 1000
-
-
-class ImpossibleFigure(Exception):
-    """A measured figure that cannot be true: the method, not the system, is wrong."""
-
-
-def impossible_unless(holds: bool, what: str) -> None:
-    if not holds:
-        raise ImpossibleFigure(what)
 
 
 async def database_with_customers(name: str, customers: int) -> str:
