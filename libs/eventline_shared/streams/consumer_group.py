@@ -586,6 +586,7 @@ class ConsumerGroup:
         _LEASED.set(self.ordered)  # this reader's task, and the batch tasks it starts (they copy it)
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
+        next_idle_check = 0.0
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -622,9 +623,11 @@ class ConsumerGroup:
                     # A full batch means more may be waiting: claim again at once.
                     pause = 0.0 if len(entries) >= self.batch else max(self.claim_idle_ms / 2000, 0.5)
                     next_reclaim = loop.time() + pause
-                if self.handler.may_idle and await self._skipped(key):
-                    idle = True
-                else:
+                if self.handler.may_idle and loop.time() >= next_idle_check:
+                    # Asked again only every idle_poll_s once it is busy: reading is always safe.
+                    next_idle_check = loop.time() + self.idle_poll_s
+                    idle = await self._skipped(key)
+                if not idle:
                     entries += await self._read_new(key, 20 if inflight else 500)
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
