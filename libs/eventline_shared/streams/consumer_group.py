@@ -149,7 +149,8 @@ return 0
 
 
 # Moves group ARGV[1] of stream KEYS[1] past entry ARGV[2] unread, unless it is there already
-# (another replica may have read further meanwhile): never back.
+# (another replica may have read further meanwhile): never back. ENTRIESREAD (the entries added up
+# to it) keeps the group's lag known (eventline_stream_lag_entries).
 _SKIP = """
 local function later(a, b)
     local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
@@ -164,7 +165,9 @@ local function field(reply, name)
 end
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     if field(group, 'name') == ARGV[1] and later(ARGV[2], field(group, 'last-delivered-id')) then
-        redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2])
+        local added = field(redis.call('XINFO', 'STREAM', KEYS[1]), 'entries-added')
+        local after = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')
+        redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2], 'ENTRIESREAD', math.max(added - after, 0))
         return 1
     end
 end
