@@ -107,9 +107,11 @@ class Suite:
 
 
 @asynccontextmanager
-async def serving(env: dict[str, str], db: asyncpg.Connection, *, relay: bool) -> AsyncIterator[Suite]:
-    """Ingestion (its relay running or not) and segmentation (no background work) on one
-    ManualClock at START."""
+async def serving(
+    env: dict[str, str], db: asyncpg.Connection, *, relay: bool, background: bool = False
+) -> AsyncIterator[Suite]:
+    """Ingestion (its relay running or not) and segmentation (its consumer, timers and backfills in
+    the background or not) on one ManualClock at START."""
     from eventline_ingestion.service import running as running_ingestion
     from eventline_ingestion.settings import Settings as IngestionSettings
     from eventline_segmentation.service import running as running_segmentation
@@ -118,7 +120,9 @@ async def serving(env: dict[str, str], db: asyncpg.Connection, *, relay: bool) -
     clock = ManualClock(START)
     async with (
         running_ingestion(IngestionSettings.from_env(env), relay=relay, clock=clock) as ingestion_server,
-        running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg_server,
+        running_segmentation(
+            SegmentationSettings.from_env(env), clock=clock, background=background
+        ) as seg_server,
         grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{seg_server.port}") as segmentation_channel,
     ):
@@ -736,3 +740,43 @@ async def test_one_batch_evaluates_its_customers_and_segments_together(suite: Su
     assert (await suite.transitions("recent"))[3:] == [(c, False, leaves) for c in customers]
     assert await suite.members("recent") == []
     assert await suite.members("often") == ["m2", "m3"]
+
+
+async def test_without_a_real_time_segment_nothing_is_read_and_a_later_segment_misses_nothing(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Segmentation running in the background with no real-time segment moves its group past the
+    entries unread (no consumer ever reads one); a segment created afterwards finds the customers
+    of those events by its backfill, and the events after it by the consumer."""
+    from tests.support import eventually
+
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with serving(env, db, relay=True, background=True) as suite:
+        group = suite.segmentation_server.consumer.group
+        [key] = suite.segmentation_server.consumer.streams
+        await suite.track("early1", "purchase")
+        await suite.track("early2", "purchase")
+
+        async def skipped_to_the_end() -> bool:
+            newest = await redis_client.xrevrange(key, "+", "-", count=1)
+            groups = {g["name"].decode(): g for g in await redis_client.xinfo_groups(key)} if newest else {}
+            return group in groups and groups[group]["last-delivered-id"] == newest[0][0]
+
+        await eventually(skipped_to_the_end, 60, "the idle group did not move past the entries")
+        assert await redis_client.xinfo_consumers(key, group) == []  # nothing was ever read
+        await suite.segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id="buyers",
+                segment=pb.Segment(display_name="B", filter=purchases(1, 30), realtime=True),
+            )
+        )
+
+        async def size_is(n: int) -> bool:
+            reply = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="buyers"))
+            return reply.stored and reply.size == n
+
+        await eventually(lambda: size_is(2), 60, "the backfill did not find the earlier buyers")
+        await suite.track("late", "purchase")
+        await eventually(lambda: size_is(3), 60, "the consumer did not read the later event")
+        # The backfill is silent: the one transition is the later event's.
+        assert [(c, entered) for c, entered, _ in await suite.transitions("buyers")] == [("late", True)]

@@ -41,6 +41,11 @@ batches; the campaign service is one user, a future consumer is another.
   batch of one of its customers, or to be retried after an outage) is left
   pending, untouched, for the new owner, which takes it over before anything
   newer. A batch the handler had already begun is the fence's (above).
+* A handler with nothing to keep up to date (``StreamHandler.idle``: real-time
+  segmentation while no real-time segment exists) is not handed the entries:
+  ``run()`` moves the group past those appended before the handler said so
+  (``XGROUP SETID``, never back), every ``idle_poll_s``, and reads again once it
+  is not idle. The group stays current, so the stream is trimmed as usual.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -120,6 +125,15 @@ class StreamHandler:
         """Whether ``exc`` means a dependency is down (retry the batch in place), not a bad entry."""
         return stream.unavailable(exc)
 
+    may_idle = False
+    """Whether ``idle`` may answer True: ``run()`` asks it before each read only then."""
+
+    async def idle(self) -> bool:
+        """Whether no entry appended before this call can matter to the handler (it has nothing to
+        keep up to date): ``run()`` then moves the group past them unread, and reads again once
+        this answers False."""
+        return False
+
     async def catch_up(self) -> None:
         """Before a ``drain()``: load what processing must see now (caches that poll)."""
 
@@ -160,6 +174,33 @@ for _, consumer in ipairs(consumers) do
             return 1
         end
         return 0
+    end
+end
+return 0
+"""
+
+
+# Moves group ARGV[1] of stream KEYS[1] past entry ARGV[2] unread, unless it is there already
+# (another replica may have read further meanwhile): never back. ENTRIESREAD (the entries added up
+# to it) keeps the group's lag known (eventline_stream_lag_entries).
+_SKIP = """
+local function later(a, b)
+    local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+    local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+    a_ms, a_seq, b_ms, b_seq = tonumber(a_ms), tonumber(a_seq), tonumber(b_ms), tonumber(b_seq)
+    return a_ms > b_ms or (a_ms == b_ms and a_seq > b_seq)
+end
+local function field(reply, name)
+    for i = 1, #reply, 2 do
+        if reply[i] == name then return reply[i + 1] end
+    end
+end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    if field(group, 'name') == ARGV[1] and later(ARGV[2], field(group, 'last-delivered-id')) then
+        local added = field(redis.call('XINFO', 'STREAM', KEYS[1]), 'entries-added')
+        local after = #redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+')
+        redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2], 'ENTRIESREAD', math.max(added - after, 0))
+        return 1
     end
 end
 return 0
@@ -209,6 +250,7 @@ class ConsumerGroup:
         lease_ms: int = 10_000,
         ordered: bool = True,
         max_outage_backoff_s: float = 5.0,
+        idle_poll_s: float = 0.25,
         dependencies: DependencyMonitor | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -245,6 +287,8 @@ class ConsumerGroup:
         self._batches_of: Counter[str] = Counter()  # batches in flight per partition
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
+        self.idle_poll_s = idle_poll_s
+        """While the handler is idle (``StreamHandler.idle``), how often ``run()`` asks it again."""
         self.dependencies = dependencies
         """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
         self.errors: list[str] = []
@@ -262,6 +306,7 @@ class ConsumerGroup:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self._members = client.register_script(_MEMBERS)
+        self._skip = client.register_script(_SKIP)
 
     async def ensure_group(self) -> None:
         """Create the group at the start of every partition (it ignores nothing already stored)."""
@@ -582,6 +627,7 @@ class ConsumerGroup:
         _LEASED.set(self.ordered)  # this reader's task, and the batch tasks it starts (they copy it)
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
+        next_idle_check = 0.0
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -591,6 +637,7 @@ class ConsumerGroup:
                     pass
                 continue
             acquired = False
+            idle = False
             self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
                 if key in self._fresh and key not in self._fenced:  # before anything of it is processed
@@ -620,7 +667,12 @@ class ConsumerGroup:
                     # A full batch means more may be waiting: claim again at once.
                     pause = 0.0 if len(entries) >= self.batch else max(self.claim_idle_ms / 2000, 0.5)
                     next_reclaim = loop.time() + pause
-                entries += await self._read_new(key, 20 if inflight else 500)
+                if self.handler.may_idle and loop.time() >= next_idle_check:
+                    # Asked again only every idle_poll_s once it is busy: reading is always safe.
+                    next_idle_check = loop.time() + self.idle_poll_s
+                    idle = await self._skipped(key)
+                if not idle:
+                    entries += await self._read_new(key, 20 if inflight else 500)
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
                 if entries:
@@ -647,6 +699,22 @@ class ConsumerGroup:
                 self._reading[key] -= 1
                 if acquired:
                     slots.release()
+            if idle:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.idle_poll_s)
+                except TimeoutError:
+                    pass
+
+    async def _skipped(self, key: str) -> bool:
+        """While the handler is idle: move the group past every entry of partition ``key`` appended
+        so far, unread; returns whether it did. The newest entry is looked up before the handler is
+        asked, so that every entry skipped was appended before the handler said it was idle."""
+        newest: Any = await self.client.xrevrange(key, "+", "-", count=1)
+        if not await self.handler.idle():
+            return False
+        if newest:
+            await self._skip(keys=[key], args=[self.group, _text(newest[0][0])])
+        return True
 
     def _dispatch(
         self, key: str, entries: list[StreamEntry], slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]

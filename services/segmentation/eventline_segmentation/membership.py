@@ -636,6 +636,10 @@ class MembershipRepository:
         )
         return int(status.split()[-1])
 
+    async def any_realtime(self) -> bool:
+        """Whether a real-time segment exists (one probe of a small table)."""
+        return bool(await self.pool.fetchval("SELECT EXISTS (SELECT 1 FROM segment_realtime)"))
+
     async def realtime_segment_ids(self) -> list[str]:
         rows = await self.pool.fetch("SELECT segment_id FROM segment_realtime ORDER BY segment_id")
         return [r[0] for r in rows]

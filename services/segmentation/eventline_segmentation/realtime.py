@@ -8,7 +8,9 @@ MatchCustomer's answer at every instant, on any number of replicas:
   re-evaluates the real-time segments the events can affect: those whose
   filter names one of the events (``transitions.dependencies``), those an
   empty customer matches (a new customer may enter them on any first event),
-  and those with profile conditions (see ``_affected``).
+  and those with profile conditions (see ``_affected``). While no real-time
+  segment exists it reads nothing: the group moves past the entries unread
+  (``SegmentEvents.idle``).
 * **Time.** After every evaluation of a segment that moves with time, the next
   instant its membership may change (``transitions.forecast``) is stored as a
   timer (``eventline_shared.storage.timers``); ``fire_due`` claims the due timers and
@@ -609,8 +611,20 @@ class RealtimeSegments:
 class SegmentEvents(StreamHandler):
     """The event stream's consumer for real-time segments."""
 
+    may_idle = True
+
     def __init__(self, engine: RealtimeSegments) -> None:
         self.engine = engine
+
+    async def idle(self) -> bool:
+        """No real-time segment exists: the entries appended so far change no membership, and the
+        group moves past them unread (``ConsumerGroup``; no CPU per event meanwhile).
+
+        Nothing is missed: those entries' events were committed before they were appended, hence
+        before this read found no segment; a segment marked real-time later is backfilled from
+        the start, and each backfill page reads its customers' data (these events included) after
+        the segment's commit (the argument of ``RealtimeSegments.concerned``)."""
+        return not await self.engine.repository.any_realtime()
 
     async def handle(self, batch: Sequence[Received]) -> None:
         names: dict[str, set[str]] = {}
