@@ -19,6 +19,7 @@ import redis.asyncio as redis
 from eventline_shared.dev import harness
 from eventline_shared.dev.harness import free_port as free_port
 from eventline_shared.storage import database
+from eventline_shared.streams import stream
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("EVENTLINE_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -97,6 +98,15 @@ def stop(*processes: subprocess.Popen[bytes]) -> None:
         process.terminate()
     for process in processes:
         process.wait(30)
+
+
+async def consumed(client: stream.Client, keys: list[str], group: str) -> bool:
+    """Whether the group has read and acknowledged everything on every partition."""
+    for key in keys:
+        for info in await client.xinfo_groups(key):
+            if info["name"] in (group, group.encode()) and (info["pending"] or info.get("lag")):
+                return False
+    return True
 
 
 def cpu_seconds(pid: int) -> float:

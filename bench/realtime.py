@@ -2,10 +2,10 @@
 takes to become a ``segment_entered`` on the stream and a SegmentTrigger's e-mail, timer
 lateness, and what 50 real-time segments cost ingestion.
 
-Reuses bench/segments.py's data (its database, generated when missing: 10,000 customers /
-500,000 events with --quick, 100,000 / 10,000,000 otherwise). Ingestion and segmentation run
-in this process, on one ManualClock standing at the moment the data was generated, with their
-background work on (relay, consumer group, timers, backfills).
+Part backfill reuses bench/segments.py's data (its database, generated when missing: 10,000
+customers / 500,000 events with --quick, 100,000 / 10,000,000 otherwise), with segmentation in
+this process on a ManualClock standing at the moment the data was generated (its filters' periods
+are relative to that instant), driving its backfill and scheduler in burst mode:
 
 * ``backfill_s``: marking shape 1 of bench/segments.py ("E05 at least 3 times in the last 30
   days") real-time until its backfill ends (membership stored; the forecasts of the customers
@@ -13,71 +13,80 @@ background work on (relay, consumer group, timers, backfills).
   the same filter in the same run; ``backfill_forecasts_s``: the scheduler walking that sweep
   (each customer's forecast, 500 a page, each getting its timer).
 * ``size_p50_ms`` / ``size_p99_ms``: GetSegmentSize of that segment through gRPC (stored size).
-* ``transition_p50_ms`` / ``transition_p99_ms``: TrackCustomerEvent accepted → its
-  ``segment_entered`` read from the stream, one new customer at a time, for a segment
-  "bench_probe at least once".
 
-Then, on a database of its own (2,000 customers with an e-mail address with --quick,
-100,000 otherwise; bench/triggers.py's), ingestion, segmentation (in the background, as in
-production) and campaigns in this process on one ``RunningClock`` (business time running with
-real time), e-mail to bench/triggers.py's SMTP receiver in this process:
+The other parts run on a database of their own (2,000 customers with an e-mail address with
+--quick, 100,000 otherwise; bench/triggers.py's) with ingestion, segmentation and campaigns as
+their own processes (``python -m eventline_<service>``, bench/triggers.py's ``Services``), on the
+system clock, e-mail to bench/triggers.py's SMTP receiver in this process:
 
-* ``timer_lateness_p50_ms`` / ``timer_lateness_p99_ms``: ``timer_transitions`` customers (2,000
-  with --quick, 100,000 otherwise) each leave "bench_timer in the last hour" at an instant of
-  their own, all within ``timer_spread_s`` (10 s with --quick, 60 s otherwise); lateness is each
-  ``segment_exited``'s received_at (the clock's now when the transition was recorded) minus its
-  occurred_at (its exact instant), on that one clock. The run refuses (exits) unless every
-  customer entered and exited once, and no exit is recorded before its instant.
-* first 50 real-time segments (``variants``: the five shapes of bench/segments.py, ten variants
+* ``transition_p50_ms`` / ``transition_p99_ms`` (part transition, first, before the 50 segments
+  exist): TrackCustomerEvent called → its ``segment_entered`` read from the stream, one new
+  customer at a time, for a segment "bench_probe at least once" alone; split at the event's own
+  entry on the stream: ``transition_to_stream_*`` (call → event appended: ingestion's commit and
+  relay) and ``transition_in_segmentation_*`` (event appended → ``segment_entered`` appended: the
+  consumer, the evaluation transaction, the notification and the relay's second hop), from the
+  entries' ids (Redis's wall clock, whole milliseconds).
+* then 50 real-time segments (``variants``: the five shapes of bench/segments.py, ten variants
   each) are created on customers without events (a backfill over existing events leaves each
   moving customer's forecast to the scheduler: minutes of work for 50 segments on this machine,
   which every later figure would carry).
 * ``segment_trigger_p50_ms`` / ``segment_trigger_p99_ms``: TrackCustomerEvent called → the
   e-mail received by the SMTP receiver, through a campaign with a SegmentTrigger (entered
   "bench_probe at least once"), 100 customers one every 50 ms, while events of the 50
-  segments' names arrive at 1,000/s (20/s with --quick: on the shared 2-core machine the
-  segmentation consumer, re-evaluating up to 30 segments per event, fell behind at 200/s in a
-  first run, where 50 backfills' forecasts ran too, and even at 20/s the figure is mostly its
-  backlog); ``paced_events_per_s`` is the rate achieved. A message
-  missing, repeated or arriving before its call stops the run.
+  segments' names arrive at 1,000/s (20/s with --quick); ``paced_events_per_s`` is the rate
+  achieved, ``paced_transition_p50_ms`` / ``p99`` the call → ``segment_entered`` on the stream of
+  the same probes. A message missing, repeated or arriving before its call stops the run.
 * ``batch_events_per_s_with_50`` / ``batch_events_per_s_without`` / ``batch_cost_pct``: TrackEvents
-  in calls of 500, 4 in flight, until the last reply, with the 50 segments' consumer and timers
-  working meanwhile (in this same process: their CPU is taken from ingestion too), then after
-  deleting them. A negative cost (more work, faster) is noise: printed as null.
-* timer lateness (above) last, with its own segment.
+  in calls of 500, 4 in flight, until the last reply, on this deployment (the 50 segments, and the
+  trigger part's segment and campaign when it ran) and on a second one of its own without
+  real-time segments (same customers, same processes), in alternating rounds (a warm-up each,
+  then W N N W …: the machine's load and the databases' growth fall on both alike); medians of
+  the rounds (``batch_rounds``). A round ends when the deployment's consumers have handled its
+  events (``batch_consumed_s``, from the first call): ``batch_cpu_us_per_event`` is each service
+  process's and the database's PostgreSQL backends' CPU (user + system, from the kernel) per
+  event over those rounds. A negative cost (more work, faster) is noise: printed as null.
+* ``timer_lateness_p50_ms`` / ``timer_lateness_p99_ms`` (the 50 segments deleted): ``timer_transitions``
+  customers (2,000 with --quick, 100,000 otherwise) each leave "bench_timer in the last hour" at
+  an instant of their own, all within ``timer_spread_s`` (10 s with --quick, 60 s otherwise);
+  lateness is each ``segment_exited``'s received_at (the system clock's now when the transition
+  was recorded) minus its occurred_at (its exact instant). The run refuses (exits) unless every
+  customer entered and exited once, and no exit is recorded before its instant.
 
-Usage: python bench/realtime.py [--quick] [--parts backfill,trigger,batch,lateness]. The last line
-printed is one JSON object.
+Usage: python bench/realtime.py [--quick] [--parts backfill,transition,trigger,batch,lateness]. The
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
 import random
+import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import ingest
 import triggers
-from common import REDIS_URL, drop_database
-from eventline.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
-from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
+from common import REDIS_URL, backend_cpu_used, consumed, database_backend_cpu, drop_database
+from eventline.campaigns.v1 import campaigns_pb2
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 from ingest import Event
 from segments import NAMES, SHAPE1, SHAPE2, SHAPE5, A, B, ev, last_days, pct, prepare, timed
 
-from eventline_campaigns.service import running as running_campaigns
-from eventline_campaigns.settings import Settings as CampaignsSettings
 from eventline_cli import demo_campaigns
-from eventline_ingestion.service import running as running_ingestion
-from eventline_ingestion.settings import Settings as IngestionSettings
 from eventline_segmentation.service import running as running_segmentation
 from eventline_segmentation.settings import Settings as SegmentationSettings
 from eventline_shared import values
@@ -88,7 +97,7 @@ PROBE = pb.Filter(event=pb.EventCondition(name="bench_probe"))
 """The probes' segment: "bench_probe at least once" (a new customer's first probe enters it)."""
 
 
-PARTS = ("backfill", "trigger", "batch", "lateness")
+PARTS = ("backfill", "transition", "trigger", "batch", "lateness")
 
 
 def realtime_segment(segment_id: str, display_name: str, filter_: pb.Filter) -> pb.CreateSegmentRequest:
@@ -98,12 +107,11 @@ def realtime_segment(segment_id: str, display_name: str, filter_: pb.Filter) -> 
 
 
 def services_env(url: str, stream_key: str) -> dict[str, str]:
-    """The in-process services' settings: the database, Redis and stream, any free port."""
+    """The in-process segmentation's settings: the database, Redis and stream, any free port."""
     return {
         "EVENTLINE_DATABASE_URL": url,
         "EVENTLINE_REDIS_URL": REDIS_URL,
         "EVENTLINE_STREAM": stream_key,
-        "EVENTLINE_INGESTION_PORT": "0",
         "EVENTLINE_SEGMENTATION_PORT": "0",
         "EVENTLINE_LOG_LEVEL": "WARNING",
     }
@@ -117,14 +125,10 @@ async def main(quick: bool) -> dict[str, Any]:
     stream_key = f"eventline:bench:realtime:{uuid.uuid4().hex[:8]}"
     env = services_env(url, stream_key)
     result: dict[str, Any] = {"customers": customers, "events": events}
-    client = stream.connect(REDIS_URL)
     async with (
-        running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
         running_segmentation(SegmentationSettings.from_env(env), clock=clock, background=False) as seg,
-        grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
         grpc.aio.insecure_channel(f"127.0.0.1:{seg.port}") as segmentation_channel,
     ):
-        ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
         segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
         run_id = uuid.uuid4().hex[:8]
         now = values.datetime_to_timestamp(generated_at)
@@ -164,62 +168,12 @@ async def main(quick: bool) -> dict[str, Any]:
             flush=True,
         )
 
-        probe = f"probe-{run_id}"
-        await segmentation.CreateSegment(realtime_segment(probe, "Probe", PROBE))
-        await seg.realtime.backfill(probe)
-        consuming = asyncio.create_task(seg.consumer.run())
-        latencies = []
-        last_id = "$"
-        try:
-            for i in range(30 if quick else 200):
-                customer = f"probe-{run_id}-{i}"
-                started = time.perf_counter()
-                await ingestion.TrackCustomerEvent(
-                    ingestion_pb2.TrackCustomerEventRequest(
-                        event_id=f"p{i}", customer_id=customer, name="bench_probe"
-                    )
-                )
-                found = False
-                while not found:
-                    reply_any: Any = await client.xread({stream_key: last_id}, block=5000)
-                    for _, entries in reply_any or []:
-                        for entry_id, fields in entries:
-                            last_id = entry_id
-                            if (
-                                fields.get(b"name") == b"segment_entered"
-                                and fields.get(b"customer_id") == customer.encode()
-                            ):
-                                found = True
-                latencies.append((time.perf_counter() - started) * 1000)
-        finally:
-            seg.consumer.shutdown()
-            await consuming
-            await client.aclose()
         # The data is reused by every run: leave no real-time segment (nor its timers) behind.
-        for segment_id in (shape, probe):
-            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
-        result["transition_p50_ms"] = round(pct(latencies, 50), 1)
-        result["transition_p99_ms"] = round(pct(latencies, 99), 1)
-        print(
-            f"transition p50 {result['transition_p50_ms']} ms, p99 {result['transition_p99_ms']} ms",
-            flush=True,
-        )
+        await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=shape))
     return result
 
 
 # --- With 50 real-time segments running (a database of its own) -------------------------
-
-
-class RunningClock:
-    """Business time that runs with real time from ``start``: the services and the lateness
-    figure read this one clock (time.monotonic underneath: no NTP step moves it)."""
-
-    def __init__(self, start: dt.datetime) -> None:
-        self.start = start
-        self.started = time.monotonic()
-
-    def now(self) -> dt.datetime:
-        return self.start + dt.timedelta(seconds=time.monotonic() - self.started)
 
 
 def variants() -> list[tuple[str, pb.Filter]]:
@@ -311,107 +265,258 @@ async def wait_backfilled(segmentation: Any, segment_ids: list[str], timeout_s: 
             await asyncio.sleep(0.1)
 
 
+@dataclass
+class Deployment:
+    """The three services as processes (bench/triggers.py's ``Services``) on a database and stream
+    of their own, with clients of each."""
+
+    url: str
+    stream_key: str
+    services: triggers.Services
+    ingestion: Any
+    segmentation: Any
+    campaigns: Any
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    database: str, customers: int, receiver: triggers.SmtpReceiver
+) -> AsyncIterator[Deployment]:
+    """bench/triggers.py's customers in database ``database`` and its services started on it; all
+    stopped and dropped (the stream too) afterwards."""
+    url = await triggers.database_with_customers(database, customers)
+    stream_key = f"eventline:bench:{database}"
+    services = triggers.Services(
+        url, stream_key, receiver.port, tempfile.mkdtemp(prefix="eventline-bench-realtime-")
+    )
+    try:
+        await services.ready()
+        address = f"127.0.0.1:{services.ports['segmentation']}"
+        async with services.stubs() as (ingestion, campaigns), grpc.aio.insecure_channel(address) as channel:
+            yield Deployment(
+                url,
+                stream_key,
+                services,
+                ingestion,
+                segmentation_pb2_grpc.SegmentationServiceStub(channel),
+                campaigns,
+            )
+    finally:
+        services.stop()
+        client = stream.connect(REDIS_URL)
+        try:
+            await client.delete(stream_key, stream.dead_letter_key(stream_key))
+        finally:
+            await client.aclose()
+        await drop_database(database)
+
+
 async def live(quick: bool, parts: set[str]) -> dict[str, Any]:
     customers = 2_000 if quick else 100_000
     due = (2_000, 10.0, 30.0) if quick else (100_000, 60.0, 600.0)  # timers, spread (s), lead (s)
     run = uuid.uuid4().hex[:8]
-    name = f"eventline_bench_realtime_{run}"
-    url = await triggers.database_with_customers(name, customers)
-    clock = RunningClock(dt.datetime.now(dt.UTC))
-    stream_key = f"eventline:bench:realtime:{run}"
     result: dict[str, Any] = {}
-    client = stream.connect(REDIS_URL)
-    try:
-        with triggers.SmtpReceiver() as receiver:
-            env = services_env(url, stream_key) | {
-                "EVENTLINE_CAMPAIGNS_PORT": "0",
-                "EVENTLINE_SMTP_HOST": "127.0.0.1",
-                "EVENTLINE_SMTP_PORT": str(receiver.port),
-                "EVENTLINE_SMTP_USERNAME": "",
-                "EVENTLINE_SMTP_PASSWORD": "",
-                "EVENTLINE_SMTP_STARTTLS": "false",
-                "EVENTLINE_SMS_URL": "",
-                "EVENTLINE_PUSH_URL": "",
-                "EVENTLINE_CAMPAIGNS_SINK_DIR": tempfile.mkdtemp(prefix="eventline-bench-realtime-"),
-            }
-            async with (
-                running_ingestion(IngestionSettings.from_env(env), clock=clock) as ingestion_server,
-                running_segmentation(SegmentationSettings.from_env(env), clock=clock) as seg,
-            ):
-                env["EVENTLINE_SEGMENTATION_ADDR"] = f"127.0.0.1:{seg.port}"
-                async with (
-                    running_campaigns(CampaignsSettings.from_env(env), clock=clock) as campaigns_server,
-                    grpc.aio.insecure_channel(f"127.0.0.1:{ingestion_server.port}") as ingestion_channel,
-                    grpc.aio.insecure_channel(f"127.0.0.1:{seg.port}") as segmentation_channel,
-                    grpc.aio.insecure_channel(f"127.0.0.1:{campaigns_server.port}") as campaigns_channel,
-                ):
-                    ingestion = ingestion_pb2_grpc.IngestionServiceStub(ingestion_channel)
-                    segmentation = segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel)
-                    campaigns = campaigns_pb2_grpc.CampaignServiceStub(campaigns_channel)
-                    # The 50 segments first, on customers without events (a backfill of segments
-                    # over existing events leaves each moving customer's forecast to the
-                    # scheduler: minutes of work for 50 segments here, which would be measured too).
-                    shapes = []
-                    for shape_id, filter_ in variants() if parts & {"trigger", "batch"} else []:
-                        shapes.append(f"{shape_id}-{run}")
-                        await segmentation.CreateSegment(realtime_segment(shapes[-1], shape_id, filter_))
-                    await wait_backfilled(segmentation, shapes)
-                    if "trigger" in parts:
-                        result |= await segment_trigger(
-                            ingestion,
-                            segmentation,
-                            campaigns,
-                            receiver,
-                            clock,
-                            run,
-                            customers,
-                            20 if quick else 1_000,
-                        )
-                    if "batch" in parts:
-                        batch = paced_events(f"{run}-b", customers, 11_000 if quick else 51_000, clock.now())
-                        await batch_rate(ingestion, batch[:1_000])  # warm-up: connections, plans, caches
-                        half = 1_000 + (len(batch) - 1_000) // 2
-                        with_50 = await batch_rate(ingestion, batch[1_000:half])
-                        for segment_id in shapes:
-                            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
-                        without = await batch_rate(ingestion, batch[half:])
-                        result["batch_events_per_s_without"] = round(without)
-                        result["batch_events_per_s_with_50"] = round(with_50)
-                        cost = 100 * (1 - with_50 / without)
-                        # Work added cannot make ingestion faster: a negative cost is the machine's noise.
-                        result["batch_cost_pct"] = round(cost, 1) if cost >= 0 else None
-                        print(
-                            f"ingestion batch {result['batch_events_per_s_without']} events/s without real-time "
-                            f"segments, {result['batch_events_per_s_with_50']} with 50 (cost "
-                            f"{'within noise' if cost < 0 else f'{cost:.1f} %'})",
-                            flush=True,
-                        )
-                    if "batch" not in parts:
-                        for segment_id in shapes:  # the timers' figure without them, as in a full run
-                            await segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
-                    if "lateness" in parts:
-                        result |= await lateness(ingestion, segmentation, seg.realtime.pool, clock, run, *due)
-    finally:
-        await client.aclose()
-        await drop_database(name)
+    with triggers.SmtpReceiver() as receiver:
+        async with deployment(f"eventline_bench_realtime_{run}", customers, receiver) as with_50:
+            if "transition" in parts:
+                result |= await transitions_alone(with_50, run, 200)
+            # The 50 segments first, on customers without events (a backfill of segments over
+            # existing events leaves each moving customer's forecast to the scheduler: minutes of
+            # work for 50 segments here, which would be measured too).
+            shapes = []
+            for shape_id, filter_ in variants() if parts & {"trigger", "batch"} else []:
+                shapes.append(f"{shape_id}-{run}")
+                await with_50.segmentation.CreateSegment(realtime_segment(shapes[-1], shape_id, filter_))
+            await wait_backfilled(with_50.segmentation, shapes)
+            if "trigger" in parts:
+                result |= await segment_trigger(with_50, receiver, run, customers, 20 if quick else 1_000)
+            if "batch" in parts:
+                async with deployment(
+                    f"eventline_bench_realtime_{run}_without", customers, receiver
+                ) as without:
+                    result |= await batch_rounds(
+                        with_50, without, run, customers, 5_000 if quick else 25_000, 2 if quick else 4
+                    )
+            for segment_id in shapes:  # the timers' figure without them, as in a full run
+                await with_50.segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
+            if "lateness" in parts:
+                result |= await lateness(with_50, run, *due)
     return result
 
 
-async def lateness(
-    ingestion: Any,
-    segmentation: Any,
-    pool: Any,
-    clock: RunningClock,
-    run: str,
-    count: int,
-    spread_s: float,
-    lead_s: float,
+def entry_ms(entry_id: bytes) -> int:
+    """When Redis appended a stream entry: the milliseconds of its id (Redis's wall clock)."""
+    return int(entry_id.split(b"-")[0])
+
+
+async def transitions_alone(live: Deployment, run: str, count: int) -> dict[str, Any]:
+    """TrackCustomerEvent called -> its ``segment_entered`` on the stream, one new customer at a
+    time, for a segment "bench_probe at least once" alone; split at the event's own entry on the
+    stream (the calls and the entries are compared on the wall clock, in whole milliseconds)."""
+    segment_id = f"transition-{run}"
+    await live.segmentation.CreateSegment(realtime_segment(segment_id, "Transition", PROBE))
+    await wait_backfilled(live.segmentation, [segment_id])
+    client = stream.connect(REDIS_URL)
+    latencies, to_stream, in_segmentation = [], [], []
+    before = live.services.cpu_seconds()
+    try:
+        newest: Any = await client.xrevrange(live.stream_key, count=1)
+        last_id = newest[0][0] if newest else "0-0"
+        for i in range(count):
+            customer = f"probe-{run}-{i}"
+            started, called_ms = time.perf_counter(), time.time_ns() / 1e6
+            await live.ingestion.TrackCustomerEvent(
+                ingestion_pb2.TrackCustomerEventRequest(
+                    event_id=f"p{i}", customer_id=customer, name="bench_probe"
+                )
+            )
+            event_ms, entered_ms = 0, 0
+            while not entered_ms:
+                reply: Any = await client.xread({live.stream_key: last_id}, block=5000)
+                if not reply:
+                    raise SystemExit(f"no segment_entered for {customer} within 5 s")
+                for _, entries in reply:
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        if fields.get(b"customer_id") != customer.encode():
+                            continue
+                        if fields.get(b"name") == b"bench_probe":
+                            event_ms = entry_ms(entry_id)
+                        elif fields.get(b"name") == b"segment_entered":
+                            entered_ms = entry_ms(entry_id)
+            latencies.append((time.perf_counter() - started) * 1000)
+            to_stream.append(event_ms - called_ms)
+            in_segmentation.append(entered_ms - event_ms)
+    finally:
+        await client.aclose()
+    used = {name: seconds - before[name] for name, seconds in live.services.cpu_seconds().items()}
+    await live.segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id=segment_id))
+    figures: dict[str, Any] = {
+        "transition_p50_ms": round(pct(latencies, 50), 1),
+        "transition_p99_ms": round(pct(latencies, 99), 1),
+        "transition_to_stream_p50_ms": round(pct(to_stream, 50), 1),
+        "transition_to_stream_p99_ms": round(pct(to_stream, 99), 1),
+        "transition_in_segmentation_p50_ms": round(pct(in_segmentation, 50), 1),
+        "transition_in_segmentation_p99_ms": round(pct(in_segmentation, 99), 1),
+        "transition_cpu_ms_per_event": {
+            name: round(seconds / count * 1000, 2) for name, seconds in used.items()
+        },
+    }
+    print(
+        f"transition p50 {figures['transition_p50_ms']} ms, p99 {figures['transition_p99_ms']} ms (call -> "
+        f"event on the stream p50 {figures['transition_to_stream_p50_ms']}, p99 "
+        f"{figures['transition_to_stream_p99_ms']}; event -> segment_entered on the stream p50 "
+        f"{figures['transition_in_segmentation_p50_ms']}, p99 {figures['transition_in_segmentation_p99_ms']}); "
+        f"CPU ms per probe {figures['transition_cpu_ms_per_event']} (load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    return figures
+
+
+async def caught_up(client: stream.Client, key: str, groups: Sequence[str], timeout_s: float = 600.0) -> None:
+    """Return once every group of ``groups`` has read and acknowledged everything on ``key``."""
+    deadline = time.monotonic() + timeout_s
+    for group in groups:
+        while not await consumed(client, [key], group):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {group} still behind on {key} after {timeout_s} s")
+            await asyncio.sleep(0.02)
+
+
+async def batch_rounds(
+    with_50: Deployment, without: Deployment, run: str, customers: int, events: int, pairs: int
 ) -> dict[str, Any]:
+    """Ingestion's batch rate with the 50 segments (and the probe's, and its campaign, when the
+    trigger part ran) and without any, alternating rounds W N N W W N N W … after a warm-up round
+    each; CPU per event of each service process and of the database's PostgreSQL backends, each
+    round counted until the deployment's consumers have handled its events."""
+    set_ups = {"with_50": with_50, "without": without}
+    # Without real-time segments segmentation may read no stream at all: wait for campaigns only.
+    groups = {"with_50": ("segmentation", "campaigns"), "without": ("campaigns",)}
+    order = [("with_50", "without")[(i + i // 2) % 2] for i in range(2 * pairs)]
+    rates: dict[str, list[float]] = {label: [] for label in set_ups}
+    caught: dict[str, list[float]] = {label: [] for label in set_ups}
+    cpu: dict[str, dict[str, float]] = {label: {} for label in set_ups}
+    client = stream.connect(REDIS_URL)
+    try:
+        for number, label in enumerate(["with_50", "without", *order]):
+            set_up = set_ups[label]
+            batch = paced_events(f"{run}-b{number}", customers, events, dt.datetime.now(dt.UTC))
+            before = set_up.services.cpu_seconds()
+            backends = await database_backend_cpu(set_up.url)
+            started = time.perf_counter()
+            rate = await batch_rate(set_up.ingestion, batch)
+            await caught_up(client, set_up.stream_key, groups[label])
+            elapsed = time.perf_counter() - started
+            used = {name: seconds - before[name] for name, seconds in set_up.services.cpu_seconds().items()}
+            used["postgres"] = backend_cpu_used(backends, await database_backend_cpu(set_up.url))
+            print(
+                f"{'warm-up ' if number < 2 else ''}round {label}: {rate:.0f} events/s, consumed after "
+                f"{elapsed:.1f} s, CPU µs per event "
+                + ", ".join(f"{name} {seconds / events * 1e6:.0f}" for name, seconds in used.items())
+                + f" (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+            if number < 2:
+                continue
+            rates[label].append(rate)
+            caught[label].append(elapsed)
+            for name, seconds in used.items():
+                cpu[label][name] = cpu[label].get(name, 0.0) + seconds
+    finally:
+        await client.aclose()
+    medians = {label: statistics.median(found) for label, found in rates.items()}
+    cost = 100 * (1 - medians["with_50"] / medians["without"])
+    figures: dict[str, Any] = {
+        "batch_events_per_s_without": round(medians["without"]),
+        "batch_events_per_s_with_50": round(medians["with_50"]),
+        # Work added cannot make ingestion faster: a negative cost is the machine's noise.
+        "batch_cost_pct": round(cost, 1) if cost >= 0 else None,
+        "batch_rounds": {label: [round(r) for r in found] for label, found in rates.items()},
+        "batch_consumed_s": {label: [round(s, 2) for s in found] for label, found in caught.items()},
+        "batch_cpu_us_per_event": {
+            label: {name: round(seconds / (events * pairs) * 1e6, 1) for name, seconds in used_by.items()}
+            for label, used_by in cpu.items()
+        },
+    }
+    print(
+        f"ingestion batch {figures['batch_events_per_s_without']} events/s without real-time segments, "
+        f"{figures['batch_events_per_s_with_50']} with 50 (medians of {pairs} rounds each; cost "
+        f"{'within noise' if cost < 0 else f'{cost:.1f} %'}); CPU µs per event "
+        f"{figures['batch_cpu_us_per_event']}",
+        flush=True,
+    )
+    return figures
+
+
+async def exits(
+    database: asyncpg.Connection, segment_id: str, count: int, deadline: float
+) -> tuple[list[asyncpg.Record], int]:
+    """The segment's exits (their events' occurred_at and received_at) once ``count`` are recorded
+    or at ``deadline``, and how many customers entered it."""
+    while True:
+        rows = await database.fetch(
+            "SELECT e.occurred_at, e.received_at FROM customer_events e JOIN segment_transitions t "
+            "ON t.customer_id = e.customer_id AND t.occurred_at = e.occurred_at AND NOT t.entered "
+            "WHERE e.name = 'segment_exited' AND t.segment_id = $1",
+            segment_id,
+        )
+        if len(rows) >= count or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    entered = await database.fetchval(
+        "SELECT count(*) FROM segment_transitions WHERE segment_id = $1 AND entered", segment_id
+    )
+    return rows, int(entered)
+
+
+async def lateness(live: Deployment, run: str, count: int, spread_s: float, lead_s: float) -> dict[str, Any]:
     """``count`` customers each leave "bench_timer in the last hour" at an instant of their own, all
     within ``spread_s`` seconds starting ``lead_s`` from now; lateness: each ``segment_exited``'s
     received_at (the clock's now when the transition was recorded) minus its occurred_at (its due
     instant), both on the services' one clock."""
     segment_id = f"timer-{run}"
+    segmentation, ingestion = live.segmentation, live.ingestion
     await segmentation.CreateSegment(
         pb.CreateSegmentRequest(
             segment_id=segment_id,
@@ -430,7 +535,7 @@ async def lateness(
         )
     )
     await wait_backfilled(segmentation, [segment_id])
-    first_due = clock.now() + dt.timedelta(seconds=lead_s)
+    first_due = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead_s)
     step = dt.timedelta(seconds=spread_s / count)
     for start in range(0, count, 500):
         request = ingestion_pb2.TrackEventsRequest()
@@ -443,19 +548,11 @@ async def lateness(
         await ingestion.TrackEvents(request, timeout=60)
     last_due = first_due + (count - 1) * step
     deadline = time.monotonic() + lead_s + spread_s + 120
-    while True:
-        rows = await pool.fetch(
-            "SELECT e.occurred_at, e.received_at FROM customer_events e JOIN segment_transitions t "
-            "ON t.customer_id = e.customer_id AND t.occurred_at = e.occurred_at AND NOT t.entered "
-            "WHERE e.name = 'segment_exited' AND t.segment_id = $1",
-            segment_id,
-        )
-        if len(rows) >= count or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    entered = await pool.fetchval(
-        "SELECT count(*) FROM segment_transitions WHERE segment_id = $1 AND entered", segment_id
-    )
+    database = await asyncpg.connect(live.url)
+    try:
+        rows, entered = await exits(database, segment_id, count, deadline)
+    finally:
+        await database.close()
     if entered != count or len(rows) != count:
         raise SystemExit(
             f"timer lateness: {entered} of {count} customers entered and {len(rows)} exited: the events "
@@ -479,18 +576,34 @@ async def lateness(
     return figures
 
 
+async def entered_on_stream(
+    key: str, after: str, segment_id: str, found: dict[str, int], stop: asyncio.Event
+) -> None:
+    """Until ``stop``: each customer's ``segment_entered`` of ``segment_id`` appended to ``key``
+    after entry ``after``, by the milliseconds of its entry id (Redis's wall clock)."""
+    client = stream.connect(REDIS_URL)
+    try:
+        while not stop.is_set():
+            reply: Any = await client.xread({key: after}, block=100)
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    after = entry_id
+                    if fields.get(b"name") != b"segment_entered":
+                        continue
+                    event = common_pb2.Event.FromString(fields[b"payload"])
+                    if event.context["segment_id"].string_value == segment_id:
+                        found.setdefault(event.customer_id, int(entry_id.split(b"-")[0]))
+    finally:
+        await client.aclose()
+
+
 async def segment_trigger(
-    ingestion: Any,
-    segmentation: Any,
-    campaigns: Any,
-    receiver: triggers.SmtpReceiver,
-    clock: RunningClock,
-    run: str,
-    customers: int,
-    rate: int,
+    live: Deployment, receiver: triggers.SmtpReceiver, run: str, customers: int, rate: int
 ) -> dict[str, Any]:
     """Event accepted -> e-mail received, through a campaign with a SegmentTrigger (entered), while
-    events of the 50 segments' names arrive at ``rate`` per second."""
+    events of the 50 segments' names arrive at ``rate`` per second; and event accepted -> its
+    ``segment_entered`` on the stream meanwhile."""
+    ingestion, segmentation, campaigns = live.ingestion, live.segmentation, live.campaigns
     probe = f"probe-{run}"
     await segmentation.CreateSegment(realtime_segment(probe, "Probe", PROBE))
     await wait_backfilled(segmentation, [probe])
@@ -522,7 +635,7 @@ async def segment_trigger(
             due = int((time.monotonic() - started) * rate)
             if due > paced:
                 due = min(due, paced + 500)
-                batch = paced_events(f"{run}-p{paced}", customers, due - paced, clock.now())
+                batch = paced_events(f"{run}-p{paced}", customers, due - paced, dt.datetime.now(dt.UTC))
                 await ingestion.TrackEvents(
                     ingestion_pb2.TrackEventsRequest(
                         events=[
@@ -535,13 +648,24 @@ async def segment_trigger(
                 paced = due
             await asyncio.sleep(0.02)
 
+    client = stream.connect(REDIS_URL)
+    try:
+        newest: Any = await client.xrevrange(live.stream_key, count=1)
+    finally:
+        await client.aclose()
+    entered: dict[str, int] = {}
+    reading = asyncio.create_task(
+        entered_on_stream(live.stream_key, newest[0][0] if newest else "0-0", probe, entered, stop)
+    )
     pacing = asyncio.create_task(pace())
     sent: dict[str, int] = {}
+    sent_wall: dict[str, int] = {}
     paced_started = time.monotonic()
     try:
         for i in range(customers - 100, customers):
             customer = f"cust{i:06d}"
             sent[customer] = time.perf_counter_ns()
+            sent_wall[customer] = time.time_ns()
             await ingestion.TrackCustomerEvent(
                 ingestion_pb2.TrackCustomerEventRequest(
                     event_id=f"{run}-probe{i}", customer_id=customer, name="bench_probe"
@@ -552,6 +676,7 @@ async def segment_trigger(
     finally:
         stop.set()
         await pacing
+        await reading
     achieved = paced / (time.monotonic() - paced_started)
     latencies = []
     for customer, at in sent.items():
@@ -563,7 +688,15 @@ async def segment_trigger(
         )
         latencies.append((arrival.perf_ns - at) / 1e6)
     triggers.impossible_unless(not receiver.repeated, f"messages received twice: {receiver.repeated[:3]}")
+    # Entry ids count whole milliseconds: an entry stamped in the call's millisecond reads up to 1 ms early.
+    on_stream = []
+    for customer, wall_ns in sent_wall.items():
+        triggers.impossible_unless(customer in entered, f"no segment_entered for {customer} on the stream")
+        on_stream.append(entered[customer] - wall_ns / 1e6)
+        triggers.impossible_unless(on_stream[-1] > -1, f"{customer} entered before its event was sent")
     figures = {
+        "paced_transition_p50_ms": round(pct(on_stream, 50), 1),
+        "paced_transition_p99_ms": round(pct(on_stream, 99), 1),
         "segment_trigger_p50_ms": round(pct(latencies, 50), 1),
         "segment_trigger_p99_ms": round(pct(latencies, 99), 1),
         "paced_events_per_s": round(achieved),
@@ -571,7 +704,8 @@ async def segment_trigger(
     print(
         f"segment trigger (event -> e-mail received) p50 {figures['segment_trigger_p50_ms']} ms, "
         f"p99 {figures['segment_trigger_p99_ms']} ms, with 50 real-time segments and "
-        f"{figures['paced_events_per_s']} events/s",
+        f"{figures['paced_events_per_s']} events/s; event -> segment_entered on the stream meanwhile "
+        f"p50 {figures['paced_transition_p50_ms']} ms, p99 {figures['paced_transition_p99_ms']} ms",
         flush=True,
     )
     return figures
@@ -584,7 +718,7 @@ if __name__ == "__main__":
         "--parts",
         default=",".join(PARTS),
         help=f"comma-separated, of {', '.join(PARTS)} (default: all): backfill is backfill_s to "
-        "transition_p99_ms, on bench/segments.py's data; the others are the live figures",
+        "size_p99_ms, on bench/segments.py's data; the others run the services as processes",
     )
     options = parser.parse_args()
     chosen = set(options.parts.split(","))

@@ -78,15 +78,6 @@ POLL_S = 0.02
 """How often this process asks Redis whether a round is done (the same for every set-up)."""
 
 
-async def consumed(client: stream.Client, keys: list[str], group: str) -> bool:
-    """Whether the group has read and acknowledged everything on every partition."""
-    for key in keys:
-        for info in await client.xinfo_groups(key):
-            if info["name"] in (group, group.encode()) and (info["pending"] or info.get("lag")):
-                return False
-    return True
-
-
 async def client_cpu_per_command(url: str, calls: int) -> dict[str, float]:
     """This process's CPU per call (µs) of the commands the relay and the consumer send, one at a time:
     what the client costs on top of Redis (a cluster client finds each command's node itself)."""
@@ -223,7 +214,7 @@ class SetUp:
         while sum([await self.client.xlen(key) for key in self.layout.keys]) < target:
             await asyncio.sleep(POLL_S)
         batch_s = time.perf_counter() - started
-        while not await consumed(self.client, self.layout.keys, "bench"):
+        while not await common.consumed(self.client, self.layout.keys, "bench"):
             await asyncio.sleep(POLL_S)
         through_s = time.perf_counter() - started
         cpu = {name: seconds - cpu_before[name] for name, seconds in self._cpu().items()}

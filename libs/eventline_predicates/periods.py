@@ -55,27 +55,41 @@ def time_zone(name: str, path: str = "time_zone") -> dt.tzinfo:
 
 
 class Clock:
-    """Day arithmetic in one time zone around one ``now``."""
+    """Day arithmetic in one time zone around one ``now`` (fixed: a clock is built per instant).
+
+    Day starts and periods are computed once per clock: a real-time segment's batch evaluates
+    thousands of customers at one clock, each resolving the same few periods (a million
+    ``day_start`` calls in a benchmark's 30,000 events; docs/performance.md)."""
 
     def __init__(self, now: dt.datetime, zone: dt.tzinfo) -> None:
         self.now = now
         self.zone = zone
         self.today = now.astimezone(zone).date()
+        self._day_starts: dict[int, dt.datetime] = {}
+        self._resolved: dict[PeriodSpec, Interval] = {}
 
     def local_date(self, t: dt.datetime) -> dt.date:
         return t.astimezone(self.zone).date()
 
     def day_start(self, days_before_today: int) -> dt.datetime:
         """The first instant whose local date is today minus ``days_before_today`` days."""
-        day = self.today - dt.timedelta(days=days_before_today)
-        # Midnight may not exist (a DST jump at 00:00) or exist twice: fold=0
-        # maps it to the transition instant or to its first occurrence, which
-        # is in both cases the first instant of the local day (PEP 495).
-        local = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone)
-        instant = local.astimezone(UTC)
+        instant = self._day_starts.get(days_before_today)
+        if instant is None:
+            day = self.today - dt.timedelta(days=days_before_today)
+            # Midnight may not exist (a DST jump at 00:00) or exist twice: fold=0
+            # maps it to the transition instant or to its first occurrence, which
+            # is in both cases the first instant of the local day (PEP 495).
+            local = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone)
+            instant = self._day_starts[days_before_today] = local.astimezone(UTC)
         return instant
 
     def resolve(self, period: PeriodSpec) -> Interval:
+        interval = self._resolved.get(period)
+        if interval is None:
+            interval = self._resolved[period] = self._resolve(period)
+        return interval
+
+    def _resolve(self, period: PeriodSpec) -> Interval:
         if period.kind == "absolute":
             return Interval(period.start, period.end)
         if period.kind == "hours":

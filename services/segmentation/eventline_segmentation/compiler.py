@@ -456,7 +456,9 @@ def match_many_query(
     that do not exist give no row. ``params`` is shared with the caller's other queries."""
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
-        return rows.interval(column, [resolve(clock) for clock in clocks])
+        # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
+        once = {id(clock): resolve(clock) for clock in {id(clock): clock for clock in clocks}.values()}
+        return rows.interval(column, [once[id(clock)] for clock in clocks])
 
     select = _match_select(root, params, bounded, extra)
     return MatchQuery(

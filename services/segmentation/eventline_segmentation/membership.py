@@ -123,9 +123,14 @@ WHERE r.segment_id = d.segment_id
 RETURNING r.segment_id, r.last_cursor
 """
 
-# Members entered and exited, and the transitions' log, in one statement (a (segment, customer) at
-# most once; the members' counting trigger fires at its end).
-_RECORD_TRANSITIONS = """
+# Members entered and exited, the transitions' log, and the transitions' customer events, in one
+# statement (one round trip in the consumer's path from event to ``segment_entered``). $1-$5: the
+# changes (a (segment, customer) at most once; the members' counting trigger fires at the end of
+# the statement). $6-$12: their customer events, one array each, in order, stored as ingestion
+# stores events: with their stats, and one outbox row per partition stream; $13 received_at. Then
+# a notification on $14 (the outbox channel), so that the relays publish the rows as soon as this
+# commits, not at their next poll. Every data-modifying part runs to completion, read or not.
+_RECORD = """
 WITH changes AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bool[], $5::timestamptz[])
         AS c(segment_id, cursor, customer_id, entered, occurred_at)
@@ -137,23 +142,18 @@ entered AS (
 exited AS (
     DELETE FROM segment_members m USING changes c
     WHERE NOT c.entered AND m.segment_id = c.segment_id AND m.customer_id = c.customer_id
-)
-INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at)
-SELECT segment_id, cursor, customer_id, entered, occurred_at FROM changes
-"""
-
-# Transitions' customer events ($1-$7 one array each, in order; $8 received_at), stored as
-# ingestion stores events: with their stats, and one outbox row per partition stream; then a
-# notification on $9 (the outbox channel), so that the relays publish the rows as soon as this
-# commits, not at their next poll.
-_STORE_EVENTS = """
-WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bytea[])
+),
+logged AS (
+    INSERT INTO segment_transitions (segment_id, cursor, customer_id, entered, occurred_at)
+    SELECT segment_id, cursor, customer_id, entered, occurred_at FROM changes
+),
+input AS (
+    SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::bytea[])
         WITH ORDINALITY AS i(customer_id, event_id, name, occurred_at, context, stream, entry, seq)
 ),
 stored AS (
     INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
-    SELECT customer_id, event_id, name, occurred_at, $8, context::jsonb FROM input ORDER BY seq
+    SELECT customer_id, event_id, name, occurred_at, $13, context::jsonb FROM input ORDER BY seq
     ON CONFLICT DO NOTHING
     RETURNING customer_id, event_id, name, occurred_at
 ),
@@ -171,7 +171,20 @@ outbox AS (
     SELECT i.stream, array_agg(i.customer_id ORDER BY i.seq), string_agg(i.entry, ''::bytea ORDER BY i.seq)
     FROM stored JOIN input i USING (customer_id, event_id) GROUP BY i.stream ORDER BY i.stream
 )
-SELECT pg_notify($9, '')
+SELECT pg_notify($14, '')
+"""
+
+# The ``segments`` rows of $3 that still exist, locked as ``keep_segments`` does (kind true), and
+# the (segment, customer) pairs of $1/$2 stored as members (kind false), in one round trip.
+_KEEP_AND_READ_MEMBERS = """
+WITH kept AS (
+    SELECT segment_id FROM segments WHERE segment_id = ANY($3::text[])
+    ORDER BY segment_id COLLATE "C" FOR KEY SHARE
+)
+SELECT true AS kept, segment_id, NULL::text AS customer_id FROM kept
+UNION ALL
+SELECT false, m.segment_id, m.customer_id FROM segment_members m
+JOIN unnest($1::text[], $2::text[]) AS k(segment_id, customer_id) USING (segment_id, customer_id)
 """
 
 
@@ -265,19 +278,22 @@ class MembershipRepository:
         reads their definitions."""
         await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended('segment-backfill', 0))")
 
-    async def memberships(
+    async def keep_segments_reading_members(
         self, connection: Connection, keys: Sequence[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """The (segment_id, customer_id) among ``keys`` that are stored as members."""
-        if not keys:
-            return set()
+    ) -> tuple[set[str], set[tuple[str, str]]]:
+        """``keep_segments`` of the keys' segments and ``memberships`` of the keys, in one round trip:
+        (the segments that still exist, the (segment_id, customer_id) stored as members).
+
+        The members are read at the statement's start, before a wait for a segment's lock; only a
+        DeleteSegment makes that wait, and its segment is then not kept (its keys are left out)."""
         rows = await connection.fetch(
-            "SELECT m.segment_id, m.customer_id FROM segment_members m "
-            "JOIN unnest($1::text[], $2::text[]) AS k(segment_id, customer_id) USING (segment_id, customer_id)",
+            _KEEP_AND_READ_MEMBERS,
             [k[0] for k in keys],
             [k[1] for k in keys],
+            sorted({k[0] for k in keys}),
         )
-        return {(r[0], r[1]) for r in rows}
+        kept = {r[1] for r in rows if r[0]}
+        return kept, {(r[1], r[2]) for r in rows if not r[0]}
 
     async def keep_segments(self, connection: Connection, segment_ids: Collection[str]) -> set[str]:
         """Keep the ``segments`` rows of ``segment_ids`` from being deleted until the transaction
@@ -325,14 +341,6 @@ class MembershipRepository:
             segment_id = change.segment.segment_id
             cursors.append(last[segment_id] - counts[segment_id] + 1)
             counts[segment_id] -= 1
-        await connection.execute(
-            _RECORD_TRANSITIONS,
-            [c.segment.segment_id for c in ordered],
-            cursors,
-            [c.customer_id for c in ordered],
-            [c.entered for c in ordered],
-            [c.at for c in ordered],
-        )
         # The customer events in time order (the outbox keeps each stream's entries in this order).
         events = sorted(zip(ordered, cursors, strict=True), key=lambda e: (e[0].at, e[0].segment.segment_id))
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
@@ -367,7 +375,17 @@ class MembershipRepository:
                 strict=True,
             ):
                 column.append(value)
-        await connection.execute(_STORE_EVENTS, *columns, received_at, notifications.OUTBOX)
+        await connection.execute(
+            _RECORD,
+            [c.segment.segment_id for c in ordered],
+            cursors,
+            [c.customer_id for c in ordered],
+            [c.entered for c in ordered],
+            [c.at for c in ordered],
+            *columns,
+            received_at,
+            notifications.OUTBOX,
+        )
 
     # Backfill ------------------------------------------------------------------------
 

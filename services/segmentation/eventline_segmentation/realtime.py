@@ -312,14 +312,15 @@ class RealtimeSegments:
         sweep leaves the timer set here (or its absence) alone."""
         if not probes:
             return 0
-        kept = await self.repository.keep_segments(
-            connection, {p.segment.definition.segment_id for p in probes}
+        keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
+        kept, stored = await self.repository.keep_segments_reading_members(connection, keys)
+        # Segments deleted meanwhile are left out.
+        keys, probes = (
+            [k for k in keys if k[0] in kept],
+            [p for p in probes if p.segment.definition.segment_id in kept],
         )
-        probes = [p for p in probes if p.segment.definition.segment_id in kept]  # not deleted meanwhile
         if not probes:
             return 0
-        keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
-        stored = await self.repository.memberships(connection, keys)
         changes: list[Change] = []
         timers: list[tuple[tuple[str, str], dt.datetime]] = []
         cancelled: list[tuple[str, str]] = []
