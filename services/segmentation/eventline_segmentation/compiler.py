@@ -56,17 +56,10 @@ class Params:
     """Bind parameters, numbered in the order they are added."""
 
     values: list[Any] = field(default_factory=list)
-    customers: str = ""
-    """When set, the placeholder of a ``text[]`` of customer ids: every id set and the scan of
-    ``customers`` are restricted to them (``page_query``), so each reads only their index entries."""
 
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
-
-    def only(self, column: str) -> str:
-        """`` AND column = ANY(the customers)`` when restricted, else nothing."""
-        return f" AND {column} = ANY({self.customers})" if self.customers else ""
 
 
 def _timestamp_text(stored: str) -> str:
@@ -189,9 +182,7 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
         low, high = node.low, node.high
         if not predicates and node.period is None:
             # Stats hold one row per (customer, name) with the exact count.
-            source = f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}" + params.only(
-                "s.customer_id"
-            )
+            source = f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}"
             if low >= 1:
                 source += f" AND s.count >= {params.add(low, 'bigint')}"
                 if high is not None:
@@ -199,7 +190,7 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
                 return IdSet(source, True, True)
             assert high is not None
             return IdSet(f"{source} AND s.count > {params.add(high, 'bigint')}", False, True)
-        where = [f"e.name = {name}" + params.only("e.customer_id")]
+        where = [f"e.name = {name}"]
         if node.period is not None:
             where += interval_sql("e.occurred_at", clock.resolve(node.period), params)
         where += predicates
@@ -222,14 +213,13 @@ def event_set(node: EventNode, clock: Clock, params: Params) -> IdSet | None:
         column = "s.first_at" if node.test == "first" else "s.last_at"
         condition = intervals_sql(column, intervals, params)
         return IdSet(
-            f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name}"
-            f"{params.only('s.customer_id')} AND {condition}",
+            f"SELECT s.customer_id FROM customer_event_stats s WHERE s.name = {name} AND {condition}",
             True,
             True,
         )
     aggregate = "min(e.occurred_at)" if node.test == "first" else "max(e.occurred_at)"
     condition = intervals_sql(aggregate, intervals, params)
-    matching = " AND ".join([f"e.name = {name}" + params.only("e.customer_id"), *predicates])
+    matching = " AND ".join([f"e.name = {name}", *predicates])
     return IdSet(
         f"SELECT e.customer_id FROM customer_events e WHERE {matching} GROUP BY e.customer_id HAVING {condition}",
         True,
@@ -305,7 +295,7 @@ def source_sql(root: Node, clock: Clock, params: Params) -> tuple[str, str]:
         where = " AND ".join(where_sql(n, clock, params, "p.customer_id") for n in rest) or "TRUE"
         return f"FROM ({driver}) p WHERE {where}", "p.customer_id"
     return (
-        f"FROM customers c WHERE {where_sql(root, clock, params)}{params.only('c.customer_id')}",
+        f"FROM customers c WHERE {where_sql(root, clock, params)}",
         "c.customer_id",
     )
 
@@ -341,15 +331,6 @@ def members_query(root: Node, clock: Clock) -> Compiled:
     params = Params()
     source, id_column = source_sql(root, clock, params)
     return Compiled(f"SELECT {id_column} AS customer_id {source}", params.values)
-
-
-def page_query(root: Node, clock: Clock, customer_ids: Sequence[str]) -> Compiled:
-    """The matching ids among ``customer_ids`` (a backfill page): the ids query with every id set
-    restricted to them, so its cost follows the page, not the whole population."""
-    params = Params()
-    params.customers = params.add(list(customer_ids), "text[]")
-    source, id_column = source_sql(root, clock, params)
-    return Compiled(f"SELECT {id_column} {source}", params.values)
 
 
 @dataclass
