@@ -1,8 +1,8 @@
 """The SQL of real-time segments: stored membership, transitions, and their customer events.
 
 Every write of a customer's membership runs in a transaction that first takes
-the customer's lock (``lock_customer``): evaluations of one customer, from the
-event consumer, the timer scheduler or a backfill page, on any replica, never
+the customer's lock (``lock_customers``): evaluations of one customer, from the
+event consumer, the timer scheduler or a forecast sweep, on any replica, never
 interleave. Locks are always taken in one order: the backfills' lock (``lock_backfills``:
 shared by evaluations, exclusive for a backfill), customers (ascending), then
 segments' ``segments`` rows (``keep_segments``: the key share lock that a
@@ -246,16 +246,11 @@ class MembershipRepository:
 
     # One customer --------------------------------------------------------------------
 
-    async def lock_customer(self, connection: Connection, customer_id: str) -> None:
-        """Serialise every membership write of ``customer_id`` until the transaction ends."""
-        await connection.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('segment-member:' || $1, 0))", customer_id
-        )
-
     async def lock_customers(self, connection: Connection, customer_ids: Sequence[str]) -> None:
-        """``lock_customer`` for many, in ascending order (the order every locker uses), after the
-        backfills' lock in shared mode (``lock_backfills``): an evaluation runs while no backfill
-        does."""
+        """Serialise every membership write of ``customer_ids`` until the transaction ends: their
+        locks in ascending order (the order every locker uses), after the backfills' lock in shared
+        mode (``lock_backfills``): an evaluation runs while no backfill does. The one way to lock
+        customers here, so that no evaluation can skip the backfills' lock."""
         await connection.execute(
             """
             WITH backfills AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(hashtextextended('segment-backfill', 0)))

@@ -22,7 +22,7 @@ MatchCustomer's answer at every instant, on any number of replicas:
   that the scheduler walks in pages (``sweep_forecasts``).
 
 Every evaluation of a customer runs in one transaction holding that
-customer's lock (``MembershipRepository.lock_customer``) and compares the
+customer's lock (``MembershipRepository.lock_customers``) and compares the
 answer with the stored membership: only a difference is a transition. So a
 redelivered event, a timer claimed twice or a second replica find nothing to
 change, and each transition is recorded once, with its customer event
@@ -130,19 +130,13 @@ class Probe:
     at: dt.datetime
 
 
-async def observe(
-    connection: Connection, segment: Compiled, customer_id: str, now: dt.datetime
-) -> Observation | None:
-    """Membership at ``now`` by MatchCustomer's query and evaluation, and when time alone may change
-    it next (None: never); None when the customer does not exist."""
-    return (await observe_many(connection, [Probe(segment, customer_id, now)]))[0]
-
-
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[Observation | None]:
-    """``observe`` for many probes in one statement, answers in the order of ``probes``.
+    """Each probe's membership at its instant by MatchCustomer's query and evaluation, and when
+    time alone may change it next (None: never), in one statement; answers in the order of
+    ``probes``, None for a customer that does not exist.
 
     The probes of one segment make one query over their customers, each at the instant of its
     own probe (``compiler.match_many_query``), that also loads the events the forecast needs
