@@ -617,8 +617,8 @@ class SegmentEvents(StreamHandler):
 
         Nothing is missed: those entries' events were committed before they were appended, hence
         before this read found no segment; a segment marked real-time later is backfilled from
-        the start, and each backfill page reads its customers' data (these events included) after
-        the segment's commit (the argument of ``RealtimeSegments.concerned``)."""
+        the start, and its backfill reads every customer's data (these events included) after the
+        segment's commit (the argument of ``RealtimeSegments.concerned``)."""
         return not await self.engine.repository.any_realtime()
 
     async def handle(self, batch: Sequence[Received]) -> None:
