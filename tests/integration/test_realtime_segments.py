@@ -381,6 +381,7 @@ async def test_erasure_and_deletion_leave_no_membership_timers_or_exit(suite: Su
     assert await suite.db.fetchval("SELECT count(*) FROM segment_transitions WHERE customer_id = 'e1'") == 0
     await suite.segmentation.DeleteSegment(pb.DeleteSegmentRequest(segment_id="deleted"))
     assert await suite.db.fetch("SELECT segment_id, customer_id FROM segment_timers") == [("erased", "e2")]
+    assert await suite.db.fetch("SELECT segment_id, customer_id FROM segment_members") == [("erased", "e2")]
     suite.clock.advance(60 * DAY)
     assert await suite.segmentation_server.realtime.fire_due() == 1
     assert await suite.transitions("erased") == [
@@ -388,6 +389,61 @@ async def test_erasure_and_deletion_leave_no_membership_timers_or_exit(suite: Su
         ("e2", False, dt.datetime(2026, 12, 26, tzinfo=UTC)),
     ]
     assert await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE name = 'segment_exited'") == 1
+
+
+async def test_an_erasure_during_a_backfill_waits_for_it_and_leaves_no_member(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members have no foreign key to customers (migration 0140): an erasure that comes while a
+    backfill has written the customer's membership, uncommitted, waits for the backfill, then
+    deletes that membership; the stored size stays exact."""
+    from tests.support import eventually
+
+    await suite.track("r1", "purchase", START)
+    await suite.track("r2", "purchase", START)
+    await suite.settle()
+    await suite.segmentation.CreateSegment(
+        pb.CreateSegmentRequest(
+            segment_id="racing", segment=pb.Segment(display_name="R", filter=purchases(1, 30), realtime=True)
+        )
+    )
+    segments = suite.segmentation_server.realtime
+    written, resume = asyncio.Event(), asyncio.Event()
+    backfill = segments.repository.backfill
+
+    async def paused(*args: Any) -> None:
+        await backfill(*args)
+        written.set()
+        await resume.wait()
+
+    monkeypatch.setattr(segments.repository, "backfill", paused)
+    backfilling = asyncio.create_task(segments.backfill("racing"))
+    try:
+        await asyncio.wait(
+            [backfilling, asyncio.create_task(written.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        assert written.is_set(), backfilling
+        erasing = asyncio.ensure_future(
+            suite.ingestion.EraseCustomer(ingestion_pb2.EraseCustomerRequest(customer_id="r1"))
+        )
+
+        async def erasure_waits() -> bool:
+            return bool(
+                await suite.db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+
+        await eventually(erasure_waits, 60, "the erasure did not wait for the backfill")
+        assert not erasing.done()
+    finally:
+        resume.set()
+    await backfilling
+    await erasing
+    assert await suite.members("racing") == ["r2"]
+    size = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id="racing"))
+    assert (size.size, size.stored) == (1, True)
 
 
 async def test_bad_real_time_segments_are_refused(suite: Suite) -> None:

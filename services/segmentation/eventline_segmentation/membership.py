@@ -5,8 +5,8 @@ the customer's lock (``lock_customers``): evaluations of one customer, from the
 event consumer, the timer scheduler or a forecast sweep, on any replica, never
 interleave. Locks are always taken in one order: the backfills' lock (``lock_backfills``:
 shared by evaluations, exclusive for a backfill), customers (ascending), then
-segments' ``segments`` rows (``keep_segments``: the key share lock that a
-foreign key check takes, which a DeleteSegment waits for), then their
+segments' ``segments`` rows (``keep_segments``: key share, which a DeleteSegment waits for;
+``segment_members`` has no foreign keys, migration 0140), then their
 ``segment_realtime`` rows (which recording a transition, or any change of
 membership through its counting trigger, updates), then timers, then forecast
 sweeps.
@@ -92,7 +92,11 @@ SELECT s.segment_id, s.display_name, s.filter, s.time_zone, r.backfill_after, r.
 FROM segments s JOIN segment_realtime r USING (segment_id)
 """
 
-# A backfill ({members}: the compiler's ids query; {segment}, {at}: its last two parameters).
+# A backfill ({members}: the compiler's ids query; {segment}, {at}: its last two parameters). The
+# new members in key order (each index insertion lands next to the previous one) and without ON
+# CONFLICT (a speculative insertion per row): no other transaction writes members while a backfill
+# runs (``lock_backfills``), so those not stored yet are exactly those the anti-join leaves. At 100k
+# customers, 18,000 members: 270-330 ms of PostgreSQL CPU with ON CONFLICT, 200-230 without it sorted.
 _BACKFILL = """
 WITH found AS MATERIALIZED ({members}),
 gone AS (
@@ -101,8 +105,9 @@ gone AS (
 ),
 added AS (
     INSERT INTO segment_members (segment_id, customer_id, entered_at)
-    SELECT {segment}, customer_id, {at} FROM found
-    ON CONFLICT DO NOTHING
+    SELECT {segment}, f.customer_id, {at} FROM found f
+    WHERE NOT EXISTS (SELECT FROM segment_members m WHERE m.segment_id = {segment} AND m.customer_id = f.customer_id)
+    ORDER BY f.customer_id
 ),
 timers AS (
     DELETE FROM segment_timers WHERE segment_id = {segment}
@@ -294,10 +299,13 @@ class MembershipRepository:
         """Keep the ``segments`` rows of ``segment_ids`` from being deleted until the transaction
         ends; returns those that still exist.
 
-        Writing members, transitions or timers checks their foreign key on ``segments`` with this
-        same lock: taken first, before the rows of ``segment_realtime`` and ``segment_timers``, it
-        keeps the order of DeleteSegment, which locks ``segments`` before its cascade reaches
-        those (taken after them, the two wait for each other).
+        Writing transitions or timers checks their foreign key on ``segments`` with this same lock;
+        members have no foreign key (migration 0140): this lock is what keeps a segment's members
+        from outliving it (a DeleteSegment waits for it, then its trigger deletes the members;
+        one that comes after finds no segment and writes none). Taken first, before the rows of
+        ``segment_realtime`` and ``segment_timers``, it keeps the order of DeleteSegment, which
+        locks ``segments`` before its cascade reaches those (taken after them, the two wait for
+        each other).
         """
         rows = await connection.fetch(
             'SELECT segment_id FROM segments WHERE segment_id = ANY($1::text[]) ORDER BY segment_id COLLATE "C" '
