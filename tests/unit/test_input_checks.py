@@ -14,7 +14,7 @@ from eventline.ingestion.v1 import ingestion_pb2
 from eventline.segmentation.v1 import segmentation_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_status import rpc_status
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from eventline_ingestion import validation
@@ -285,17 +285,25 @@ customer_events = st.builds(
     name=st.sampled_from(["A", "Bought", "bad-name"]),
     context=st.dictionaries(st.sampled_from(["a", "b", "c", "bad-code"]), values_strategy, max_size=4),
 )
-items = st.one_of(
-    st.builds(ingestion_pb2.TrackEventsItem, customer_event=customer_events),
-    st.builds(
+
+
+def system_items(
+    values: st.SearchStrategy[common_pb2.Value],
+) -> st.SearchStrategy[ingestion_pb2.TrackEventsItem]:
+    return st.builds(
         ingestion_pb2.TrackEventsItem,
         system_event=st.builds(
             ingestion_pb2.TrackSystemEventRequest,
             event_id=event_ids,
             name=st.just("S"),
-            context=st.dictionaries(st.sampled_from(["a", "b"]), values_strategy, max_size=3),
+            context=st.dictionaries(st.sampled_from(["a", "b"]), values, max_size=3),
         ),
-    ),
+    )
+
+
+items = st.one_of(
+    st.builds(ingestion_pb2.TrackEventsItem, customer_event=customer_events),
+    system_items(values_strategy),
     st.just(ingestion_pb2.TrackEventsItem()),
 )
 
@@ -324,3 +332,57 @@ def test_the_batch_reply_bound_is_never_below_the_reply(batch: list[ingestion_pb
             results.append(errors[i])
     assert ingestion_pb2.TrackEventsResponse(results=results).ByteSize() <= bound
     assert bound < MAX_REPLY_BYTES
+
+
+# --- the stored event's serialized form -----------------------------------------------------------
+
+long_values = st.one_of(
+    values_strategy,
+    # Lengths of 128 bytes and more take varints of several bytes.
+    st.builds(
+        common_pb2.Value, string_value=st.text(min_size=100, max_size=4096).filter(lambda s: "\x00" not in s)
+    ),
+)
+stored_items = st.one_of(
+    st.builds(
+        ingestion_pb2.TrackEventsItem,
+        customer_event=st.builds(
+            ingestion_pb2.TrackCustomerEventRequest,
+            event_id=st.from_regex(r"[A-Za-z0-9_.:\-]{1,128}", fullmatch=True),
+            customer_id=st.from_regex(r"[A-Za-z0-9_.:@+\-]{1,128}", fullmatch=True),
+            name=st.sampled_from(["A", "Bought", "x" * 64]),
+            occurred_at=st.one_of(
+                st.none(),
+                st.builds(
+                    timestamp_pb2.Timestamp,
+                    seconds=st.integers(1, 1_700_000_000),
+                    nanos=st.integers(0, 10**9 - 1),
+                ),
+            ),
+            context=st.dictionaries(st.sampled_from(["a", "amount", "c" * 64]), long_values, max_size=4),
+        ),
+    ),
+    system_items(long_values),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(stored_items, st.integers(0, 253402300799), st.integers(0, 999_999))
+def test_the_stored_event_written_by_hand_is_the_message_the_protobuf_api_builds(
+    item: ingestion_pb2.TrackEventsItem, seconds: int, micros: int
+) -> None:
+    """``stored_event`` parses the bytes the storing statement writes (the stream entry's payload);
+    they must be the event as stored: the item with its normalized values, kind and times."""
+    event = validation.batch_item(item, 0, validation.Arrival.now_under(""))
+    assume(isinstance(event, validation.NewEvent))  # a string with NUL in it is refused
+    assert isinstance(event, validation.NewEvent)
+    received_at = timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+    fields = ("event_id", "kind", "customer_id", "name", "context")
+    expected = common_pb2.Event(
+        **{field: getattr(event, field) for field in fields},
+        occurred_at=event.occurred_at_proto,
+        received_at=received_at,
+    )
+    for code, value in event.normalized.items():
+        expected.context[code].CopyFrom(value)
+    assert stored_event(event, received_at) == expected

@@ -106,8 +106,31 @@ def pack_entry(customer_id: str, event_id: str, name: str, payload: bytes, trace
     the relay hands the blobs to Redis as they are, so publishing costs no
     per-event work in Python.
     """
-    fields = (event_id.encode(), customer_id.encode(), name.encode(), payload, traceparent.encode())
-    return b"".join(part for field in fields for part in (_LENGTH.pack(len(field)), field))
+    return pack_encoded_entry(
+        customer_id.encode(), event_id.encode(), name.encode(), payload, traceparent.encode()
+    )
+
+
+def pack_encoded_entry(
+    customer_id: bytes, event_id: bytes, name: bytes, payload: bytes, traceparent: bytes
+) -> bytes:
+    """``pack_entry`` of fields already encoded as UTF-8 (a writer that encoded them for the
+    payload too encodes them once)."""
+    size = _LENGTH.pack
+    return b"".join(
+        (
+            size(len(event_id)),
+            event_id,
+            size(len(customer_id)),
+            customer_id,
+            size(len(name)),
+            name,
+            size(len(payload)),
+            payload,
+            size(len(traceparent)),
+            traceparent,
+        )
+    )
 
 
 def unpack_entries(blob: bytes) -> list[tuple[str, str, str, bytes, str]]:

@@ -67,7 +67,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         results = await self.writer.store([event])
         stored, seen = results[event.key]
         log.debug("event tracked", extra={"event_id": event.event_id, "deduplicated": seen})
-        return stored, seen
+        return common_pb2.Event.FromString(stored), seen
 
     async def TrackCustomerEvent(
         self, request: ingestion_pb2.TrackCustomerEventRequest, context: Context
@@ -137,7 +137,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
                 event, seen = stored[item.key]
                 stored_before |= seen
                 repeated = first_index.setdefault(item.key, i) != i
-                results.append(ingestion_pb2.TrackEventsResult(event=event, deduplicated=seen or repeated))
+                results.append(
+                    ingestion_pb2.TrackEventsResult(
+                        event=common_pb2.Event.FromString(event), deduplicated=seen or repeated
+                    )
+                )
             else:
                 results.append(errors[i])
         reply = ingestion_pb2.TrackEventsResponse(results=results)

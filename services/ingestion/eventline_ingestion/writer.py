@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from eventline.common.v1 import common_pb2
-
 from eventline_ingestion.repository import IngestionRepository
 from eventline_ingestion.validation import NewEvent
 from eventline_shared import faults
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
 from eventline_shared.streams.group_commit import GroupCommit
 
-Stored = dict[tuple[str, str], tuple[common_pb2.Event, bool]]
-"""For each (customer_id, event_id): the stored event and whether it had been stored before."""
+Stored = dict[tuple[str, str], tuple[bytes, bool]]
+"""For each (customer_id, event_id): the stored event, serialized (``common_pb2.Event``, parsed
+only by a reply that holds it), and whether it had been stored before."""
 
 STATEMENT_TIMEOUT_S = 30.0
 OVERLAP_EVENTS = 100
