@@ -61,16 +61,35 @@ def db_url(name: str, server_url: str = POSTGRES_URL) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
-async def fresh_database(name: str, server_url: str = POSTGRES_URL) -> str:
-    """Drop and re-create database ``name``, migrated; returns its URL."""
+_MIGRATE_WITH_ITS_CODE = """
+import asyncio, sys
+try:
+    from eventline_shared.storage import database
+except ImportError:  # a tree from before the shared packages were named
+    from eventline_shared import database
+asyncio.run(database.migrate_url(sys.argv[1]))
+"""
+
+
+async def fresh_database(name: str, server_url: str = POSTGRES_URL, python_path: str | None = None) -> str:
+    """Drop and re-create database ``name``, migrated; returns its URL. With ``python_path``
+    (another checkout's code, first on the path) the migrations are that checkout's."""
     await drop_database(name, server_url)
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    await database.migrate_url(db_url(name, server_url))
-    return db_url(name, server_url)
+    url = db_url(name, server_url)
+    if python_path:
+        migrating = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _MIGRATE_WITH_ITS_CODE, url, env={**os.environ, "PYTHONPATH": python_path}
+        )
+        if await migrating.wait():
+            raise RuntimeError(f"migrating {name} with the code of {python_path} failed")
+    else:
+        await database.migrate_url(url)
+    return url
 
 
 async def drop_database(name: str, server_url: str = POSTGRES_URL) -> None:

@@ -50,7 +50,12 @@ With ``--channel-cap`` an e-mail cap across campaigns is set first (1,000 per cu
 7 days: never reached here), so every delivery passes the cap's check where it is recorded
 (one transaction per batch of triggers, a lock per customer, a count and an insert): its cost.
 
-Usage: python bench/triggers.py [--quick] [--rate N] [--channel-cap] [--triggers-only]. The last line printed is one JSON object.
+With ``--service-path`` (PYTHONPATH entries, ":"-joined) the services run another checkout's code
+and its migrations make the run's database, measured by this checkout's bench: rounds of two
+trees alternate with one measuring code.
+
+Usage: python bench/triggers.py [--quick] [--rate N] [--channel-cap] [--triggers-only]
+[--service-path PATHS]. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -98,8 +103,8 @@ from eventline_cli import demo_campaigns
 TRIGGER_CUSTOMERS = 1000
 
 
-async def database_with_customers(name: str, customers: int) -> str:
-    url = await fresh_database(name)
+async def database_with_customers(name: str, customers: int, python_path: str | None = None) -> str:
+    url = await fresh_database(name, python_path=python_path)
     connection = await asyncpg.connect(url)
     try:
         await connection.copy_records_to_table(
@@ -165,7 +170,9 @@ class SmtpReceiver:
 class Services:
     """The three services as processes, as they run in production."""
 
-    def __init__(self, url: str, stream: str, smtp_port: int, sink: str) -> None:
+    def __init__(
+        self, url: str, stream: str, smtp_port: int, sink: str, python_path: str | None = None
+    ) -> None:
         self.ports = {"ingestion": free_port(), "segmentation": free_port(), "campaigns": free_port()}
         env = {
             "EVENTLINE_DATABASE_URL": url,
@@ -187,6 +194,8 @@ class Services:
             "EVENTLINE_PUSH_URL": "",
             "EVENTLINE_CAMPAIGNS_SINK_DIR": sink,  # SMS and push: unused here
         }
+        if python_path:
+            env["PYTHONPATH"] = python_path
         self.processes = [start_service(name, env) for name in self.ports]
 
     async def ready(self) -> None:
@@ -483,26 +492,34 @@ async def bench_fanout(
     return customers / ((max(arrivals) - sent_ns) / 1e9)
 
 
-async def main(quick: bool, rate: int, channel_cap: bool = False, fanout: bool = True) -> dict[str, float]:
+async def main(
+    quick: bool, rate: int, channel_cap: bool = False, fanout: bool = True, python_path: str | None = None
+) -> dict[str, float]:
     customers = 20_000 if quick else 100_000
     seconds = 3.0 if quick else 10.0
     # A database of this run's own: runs on one server at once (other checkouts) must not drop
     # each other's.
     database_name = f"eventline_bench_triggers_{uuid.uuid4().hex[:8]}"
-    url = await database_with_customers(database_name, customers)
+    url = await database_with_customers(database_name, customers, python_path)
     try:
-        return await measure(url, customers, seconds, rate, channel_cap, fanout)
+        return await measure(url, customers, seconds, rate, channel_cap, fanout, python_path)
     finally:
         await drop_database(database_name)
 
 
 async def measure(
-    url: str, customers: int, seconds: float, rate: int, channel_cap: bool = False, fanout: bool = True
+    url: str,
+    customers: int,
+    seconds: float,
+    rate: int,
+    channel_cap: bool = False,
+    fanout: bool = True,
+    python_path: str | None = None,
 ) -> dict[str, float]:
     stream = f"bench:{uuid.uuid4().hex[:8]}:events"
     sink = tempfile.mkdtemp(prefix="eventline-bench-sink-")
     with SmtpReceiver() as receiver:
-        services = Services(url, stream, receiver.port, sink)
+        services = Services(url, stream, receiver.port, sink, python_path)
         try:
             await services.ready()
             async with services.stubs() as (ingestion, campaigns):
@@ -591,10 +608,20 @@ if __name__ == "__main__":
         action="store_true",
         help="measure trigger latency only, no fan-out (short rounds that alternate two trees)",
     )
+    parser.add_argument(
+        "--service-path",
+        help="PYTHONPATH entries put first for the services and the migrations: another checkout's code",
+    )
     arguments = parser.parse_args()
     try:
         result = asyncio.run(
-            main(arguments.quick, arguments.rate, arguments.channel_cap, fanout=not arguments.triggers_only)
+            main(
+                arguments.quick,
+                arguments.rate,
+                arguments.channel_cap,
+                fanout=not arguments.triggers_only,
+                python_path=arguments.service_path,
+            )
         )
     except ImpossibleFigure as impossible:
         print(f"bench/triggers.py: impossible measurement, no figures printed: {impossible}", file=sys.stderr)

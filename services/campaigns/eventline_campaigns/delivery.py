@@ -75,10 +75,6 @@ FRESH_LEASE = 0.1
 sent without confirming its leases again (one round trip less per batch of triggers)."""
 
 
-async def _nothing_capped() -> list[ChannelCap]:
-    return []
-
-
 class Delivery:
     """Plans, records and sends deliveries; sends again those whose sender crashed."""
 
@@ -123,16 +119,18 @@ class Delivery:
         are locked while their recent sends are counted). Of the others, the messages of
         marketing campaigns on channels capped across campaigns share one transaction (their
         customers locked while counted), and the rest one statement. The caps across
-        campaigns are read once per call to choose; the transaction reads them again and
-        applies them.
+        campaigns are read once per call to choose (with the suppressions, one statement);
+        the transaction reads them again and applies them.
         ``notes`` (one per item, when given) become the reason of the item's pending
         deliveries, kept once sent (a journey's quiet-hour deferral).
         """
-        marketing = any(not campaign.transactional for campaign, _, _, _ in items)
-        # The caps are read while the messages are planned (one round trip less to wait for).
-        caps, plans = await asyncio.gather(
-            self.repository.channel_caps() if marketing else _nothing_capped(), self.plan(items)
-        )
+        caps: list[ChannelCap] = []
+        if any(not campaign.transactional for campaign, _, _, _ in items):
+            # The caps come with the suppressions: one round trip per batch, as before caps.
+            caps, suppressed = await self.repository.caps_and_suppressed(suppressible(items))
+        else:
+            suppressed = await self.suppressions.suppressed(suppressible(items))
+        plans = await plan(self.rendering, items, suppressed, self.unsubscribe_links)
         capped_channels = {c.channel for c in caps}
         uncapped: list[tuple[str, str, Planned]] = []
         across: list[tuple[str, str, Planned]] = []

@@ -241,6 +241,21 @@ FROM (SELECT c FROM unnest($1::text[]) AS c ORDER BY c) AS sorted
 
 _CHANNEL_CAPS = "SELECT channel, max_sends, window_s FROM channel_caps ORDER BY channel"
 
+# The suppressed ones among (channel, normal address) pairs, with their reason.
+_SUPPRESSED = """
+SELECT channel, address, reason FROM suppressions
+WHERE (channel, address) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))
+"""
+
+# The caps across campaigns (address NULL) and the suppressed pairs, in one round trip: what a
+# batch of triggers reads before it is planned.
+_CAPS_AND_SUPPRESSED = f"""
+SELECT channel, NULL::text AS address, max_sends, window_s FROM channel_caps
+UNION ALL
+SELECT channel, address, reason, NULL FROM ({_SUPPRESSED}) AS suppressed
+ORDER BY 1
+"""
+
 # A customer's counted messages on the capped channels within the longest window.
 _CHANNEL_SENDS_WITHIN = """
 SELECT customer_id, channel, campaign_id, event_id, sent_at FROM channel_sends
@@ -650,6 +665,17 @@ class CampaignRepository:
     async def channel_caps(self) -> list[ChannelCap]:
         """The caps across campaigns, in channel order."""
         return [ChannelCap(r[0], r[1], r[2]) for r in await self.pool.fetch(_CHANNEL_CAPS)]
+
+    async def caps_and_suppressed(
+        self, addresses: Sequence[tuple[ChannelNumber, str]]
+    ) -> tuple[list[ChannelCap], dict[tuple[ChannelNumber, str], int]]:
+        """``channel_caps`` and ``SuppressionRepository.suppressed`` of ``addresses`` in one statement
+        (a batch of triggers reads both before planning: one round trip, not two)."""
+        rows = await self.pool.fetch(
+            _CAPS_AND_SUPPRESSED, [c for c, _ in addresses], [a for _, a in addresses]
+        )
+        caps = [ChannelCap(r[0], r[2], r[3]) for r in rows if r[1] is None]
+        return caps, {(r[0], r[1]): r[2] for r in rows if r[1] is not None}
 
     async def set_channel_caps(self, caps: Sequence[ChannelCap]) -> list[ChannelCap]:
         """Set the caps given (``max_sends`` 0 removes the channel's); returns every cap."""
@@ -1081,14 +1107,7 @@ class SuppressionRepository:
         """The suppressed ones among (channel, normal address) pairs, with their reason."""
         if not addresses:
             return {}
-        rows = await self.pool.fetch(
-            """
-            SELECT channel, address, reason FROM suppressions
-            WHERE (channel, address) IN (SELECT * FROM unnest($1::smallint[], $2::text[]))
-            """,
-            [c for c, _ in addresses],
-            [a for _, a in addresses],
-        )
+        rows = await self.pool.fetch(_SUPPRESSED, [c for c, _ in addresses], [a for _, a in addresses])
         return {(r[0], r[1]): r[2] for r in rows}
 
     async def page(
