@@ -384,6 +384,20 @@ class MembershipRepository:
 
     # Backfill ------------------------------------------------------------------------
 
+    async def wait_for_profile_writers(self, pool: asyncpg.Pool) -> None:
+        """Wait until every transaction writing ``customers`` now has ended (a moment's lock of the
+        table in share mode, in a transaction of its own: writers that come meanwhile wait for it).
+
+        Segments with profile conditions are evaluated on profile notices only (besides the events
+        they name), and UpsertCustomer writes a notice only when its statement finds a real-time
+        segment. Called after the segment was marked real-time and before its backfill reads any
+        profile: an upsert that took its table lock before this call has committed (the backfill
+        reads its profile); one that takes it later read ``segment_realtime`` after the segment
+        was committed (a statement takes its snapshot after its table locks), so it writes a notice.
+        """
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("LOCK TABLE customers IN SHARE MODE")
+
     async def lock_progress(self, connection: Connection, segment_id: str) -> tuple[str | None, int] | None:
         row = await connection.fetchrow(
             "SELECT backfill_after, generation FROM segment_realtime WHERE segment_id = $1 FOR UPDATE",

@@ -52,6 +52,7 @@ from eventline_shared.clock import Clock
 from eventline_shared.storage.database import Connection
 from eventline_shared.storage.timers import Due, TimerTable
 from eventline_shared.streams.consumer_group import Received, StreamHandler
+from eventline_shared.streams.reserved import PROFILE_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -391,15 +392,21 @@ class RealtimeSegments:
     def _affected(segment: Compiled, names: set[str]) -> bool:
         """Whether events named ``names`` may change the customer's membership of ``segment``.
 
-        Those the filter names, and any entry: for filters an empty customer matches (the
-        event or profile change may have created the customer), and for filters with profile
-        conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after every
-        profile change while real-time segments exist, so a profile change moves membership
-        at once; any other event of the customer re-evaluates them too, which also covers a
-        change committed while the first real-time segment was being created.
+        Those the filter names; any entry for filters an empty customer matches (the event or
+        profile change may have created the customer); and profile notices for filters with
+        profile conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after
+        every profile change while real-time segments exist, so a profile change moves
+        membership at once, and a profile change is the only thing besides the customer's
+        creation that moves a profile condition. A change committed while the first real-time
+        segment was being created, without a notice, is read by that segment's backfill
+        (``MembershipRepository.wait_for_profile_writers``).
         """
         deps = segment.dependencies
-        return bool(names & deps.event_names) or segment.empty_matches or bool(deps.profile_fields)
+        return (
+            bool(names & deps.event_names)
+            or segment.empty_matches
+            or (bool(deps.profile_fields) and PROFILE_CHANGED in names)
+        )
 
     # Time ----------------------------------------------------------------------------
 
@@ -467,6 +474,9 @@ class RealtimeSegments:
         every customer and evaluates at its own instant. The price: evaluations of every segment
         wait for the backfill (about one CountCustomers of its filter).
         """
+        # Before the backfill reads any profile: a profile change that wrote no notice (it began
+        # before the first real-time segment existed) has committed by then.
+        await self.repository.wait_for_profile_writers(self.pool)
         async with self.pool.acquire() as connection, connection.transaction():
             await self.repository.lock_backfills(connection)
             # The segment's rows in the order every locker uses (segments, then segment_realtime).
