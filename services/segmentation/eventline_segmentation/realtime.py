@@ -159,9 +159,9 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     ] = []
     for number, (segment_id, indexes) in enumerate(groups.items()):
         segment = segments[segment_id]
-        rows = compiler.RowBounds(params, [probes[i].customer_id for i in indexes])
-        # Probes of one instant (all of an event batch's) share their clock and plan.
+        # Probes of one instant (all of an event batch's) share their clock, plan and bounds.
         instants = {probes[i].at for i in indexes}
+        rows = compiler.RowBounds(params, [probes[i].customer_id for i in indexes], shared=len(instants) == 1)
         clock_at = {at: periods.Clock(at, segment.zone) for at in instants}
         clocks = [clock_at[probes[i].at] for i in indexes]
         plans = None
