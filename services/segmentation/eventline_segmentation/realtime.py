@@ -8,7 +8,7 @@ MatchCustomer's answer at every instant, on any number of replicas:
   re-evaluates the real-time segments the events can affect: those whose
   filter names one of the events (``transitions.dependencies``), those an
   empty customer matches (a new customer may enter them on any first event),
-  and those with profile conditions (see ``_affected``). While no real-time
+  and, on a profile notice, those with profile conditions (see ``Affected``). While no real-time
   segment exists it reads nothing: the group moves past the entries unread
   (``SegmentEvents.idle``).
 * **Time.** After every evaluation of a segment that moves with time, the next
@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -110,6 +110,47 @@ def _holds_when_empty(root: Node) -> bool:
         and root.predicate is not None
         and root.predicate.operator == pb.OPERATOR_NOT_EXISTS
     )
+
+
+class Affected:
+    """Which of ``segments`` a customer's entries may move, by the entries' names (looked up in
+    an index of the segments' names: a consumer batch asks for each of its customers).
+
+    A segment is moved by the events its filter names; by any entry when an empty customer
+    matches it (the event or profile change may have created the customer); and by a profile
+    notice when it has profile conditions. Ingestion publishes a notice
+    (``reserved.PROFILE_CHANGED``) after every profile change while real-time segments exist,
+    so a profile change moves membership at once, and nothing but a profile change (or the
+    customer's creation) moves a profile condition. A change committed while the first
+    real-time segment was being created, without a notice, is read by that segment's backfill
+    (``MembershipRepository.wait_for_profile_writers``).
+    """
+
+    def __init__(self, segments: Sequence[Compiled]) -> None:
+        self.segments = segments
+        self._always = {i for i, s in enumerate(segments) if s.empty_matches}
+        self._on_profile = {i for i, s in enumerate(segments) if s.dependencies.profile_fields}
+        self._by_name: dict[str, list[int]] = {}
+        for i, segment in enumerate(segments):
+            for name in segment.dependencies.event_names:
+                self._by_name.setdefault(name, []).append(i)
+
+    def by(self, names: Collection[str]) -> list[Compiled]:
+        """The segments entries named ``names`` may move, in the order of ``segments``."""
+        found = set(self._always)
+        for name in names:
+            found.update(self._by_name.get(name, ()))
+        if PROFILE_CHANGED in names:
+            found |= self._on_profile
+        return [self.segments[i] for i in sorted(found)]
+
+    def any(self, names: Collection[str]) -> bool:
+        """Whether entries named ``names`` may move any of the segments."""
+        return bool(
+            self._always
+            or any(name in self._by_name for name in names)
+            or (self._on_profile and PROFILE_CHANGED in names)
+        )
 
 
 class _Superseded(Exception):
@@ -358,12 +399,14 @@ class RealtimeSegments:
             # due instant) is never later than this one.
             now = self.clock.now()
             definitions = await self.repository.definitions(connection)
-            segments = sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
+            affected = Affected(
+                sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
+            )
             probes = [
                 Probe(segment, customer_id, now)
                 for customer_id in customers
-                for segment in segments
-                if segment.definition.covers(customer_id) and self._affected(segment, names[customer_id])
+                for segment in affected.by(names[customer_id])
+                if segment.definition.covers(customer_id)
             ]
             changed = await self._evaluate(connection, probes, definitions)
             await faults.point("segmentation.before_commit")
@@ -371,7 +414,7 @@ class RealtimeSegments:
 
     async def concerned(self, names: dict[str, set[str]]) -> list[str]:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
-        segment's filter may depend on (``_affected``): one read of the definitions for a batch,
+        segment's filter may depend on (``Affected``): one read of the definitions for a batch,
         without locks, so that a customer no segment can be affected by costs no transaction.
 
         Leaving the others out misses nothing: their events were committed before they reached
@@ -381,32 +424,8 @@ class RealtimeSegments:
         backfill in progress may end before ``customers_events`` takes their lock): the chosen
         customers are evaluated as before, the definitions read again under their lock.
         """
-        segments = [self.compiled(d) for d in await self.repository.definitions(self.pool)]
-        return [
-            customer_id
-            for customer_id, seen in names.items()
-            if any(self._affected(segment, seen) for segment in segments)
-        ]
-
-    @staticmethod
-    def _affected(segment: Compiled, names: set[str]) -> bool:
-        """Whether events named ``names`` may change the customer's membership of ``segment``.
-
-        Those the filter names; any entry for filters an empty customer matches (the event or
-        profile change may have created the customer); and profile notices for filters with
-        profile conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after
-        every profile change while real-time segments exist, so a profile change moves
-        membership at once, and a profile change is the only thing besides the customer's
-        creation that moves a profile condition. A change committed while the first real-time
-        segment was being created, without a notice, is read by that segment's backfill
-        (``MembershipRepository.wait_for_profile_writers``).
-        """
-        deps = segment.dependencies
-        return (
-            bool(names & deps.event_names)
-            or segment.empty_matches
-            or (bool(deps.profile_fields) and PROFILE_CHANGED in names)
-        )
+        affected = Affected([self.compiled(d) for d in await self.repository.definitions(self.pool)])
+        return [customer_id for customer_id, seen in names.items() if affected.any(seen)]
 
     # Time ----------------------------------------------------------------------------
 
