@@ -342,6 +342,22 @@ async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(su
     assert await engine.concerned(events) == ["c1", "c2"]
 
 
+async def test_an_evaluation_that_does_not_move_a_timer_leaves_its_row_alone(suite: Suite) -> None:
+    await suite.save("buyers", purchases(1, 30))
+    await suite.track("t1", "purchase", START - DAY)
+    await suite.settle()
+    timer = "SELECT xmin::text, due_at FROM segment_timers WHERE customer_id = 't1'"
+    written = await suite.db.fetchrow(timer)
+    assert written is not None
+    engine = suite.segmentation_server.realtime
+    await engine.customer_events("t1", {"purchase"})  # a redelivery: the same next change
+    assert await suite.db.fetchrow(timer) == written
+    await suite.track("t1", "purchase", START)  # the window now ends 30 days after this one
+    await suite.settle()
+    moved = await suite.db.fetchrow(timer)
+    assert moved is not None and moved["due_at"] > written["due_at"]
+
+
 async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_event(suite: Suite) -> None:
     engine = suite.segmentation_server.realtime
     events = {"c1": {"browse"}, "c2": {PROFILE_CHANGED}, "c3": {"purchase"}}

@@ -349,11 +349,11 @@ class RealtimeSegments:
         if not probes:
             return 0
         keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
-        kept, stored = await self.repository.keep_segments_reading_members(connection, keys)
+        stored = await self.repository.keep_segments_reading_members(connection, keys)
         # Segments deleted meanwhile are left out.
         keys, probes = (
-            [k for k in keys if k[0] in kept],
-            [p for p in probes if p.segment.definition.segment_id in kept],
+            [k for k in keys if k[0] in stored.kept],
+            [p for p in probes if p.segment.definition.segment_id in stored.kept],
         )
         if not probes:
             return 0
@@ -368,11 +368,14 @@ class RealtimeSegments:
         for probe, key, observed in zip(probes, keys, observed_all, strict=True):
             if observed is None:
                 continue  # no such customer (erased)
-            if observed.member != (key in stored):
+            if observed.member != (key in stored.members):
                 changes.append(Change(probe.segment.definition, probe.customer_id, observed.member, probe.at))
+            # Only timers that change are written (most evaluations leave them as they were).
+            due = stored.timers.get(key)
             if observed.next_change is None:
-                cancelled.append(key)
-            else:
+                if due is not None:
+                    cancelled.append(key)
+            elif observed.next_change != due:
                 timers.append((key, observed.next_change))
         await self.repository.record(connection, changes, self.clock.now())
         await TIMERS.set_each(connection, timers)
