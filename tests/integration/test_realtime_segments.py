@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
@@ -23,8 +24,9 @@ from eventline_shared import values
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
+from eventline_shared.streams.reserved import PROFILE_CHANGED
 from tests.conftest import service_env
-from tests.support import attribute_equals, customer_event
+from tests.support import attribute_equals, customer_event, eventually
 
 UTC = dt.UTC
 START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -338,6 +340,76 @@ async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(su
     )
     await suite.save("idle", no_purchase)
     assert await engine.concerned(events) == ["c1", "c2"]
+
+
+async def test_an_evaluation_that_does_not_move_a_timer_leaves_its_row_alone(suite: Suite) -> None:
+    await suite.save("buyers", purchases(1, 30))
+    await suite.track("t1", "purchase", START - DAY)
+    await suite.settle()
+    timer = "SELECT xmin::text, due_at FROM segment_timers WHERE customer_id = 't1'"
+    written = await suite.db.fetchrow(timer)
+    assert written is not None
+    engine = suite.segmentation_server.realtime
+    await engine.customer_events("t1", {"purchase"})  # a redelivery: the same next change
+    assert await suite.db.fetchrow(timer) == written
+    await suite.track("t1", "purchase", START)  # the window now ends 30 days after this one
+    await suite.settle()
+    moved = await suite.db.fetchrow(timer)
+    assert moved is not None and moved["due_at"] > written["due_at"]
+
+
+async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_event(suite: Suite) -> None:
+    engine = suite.segmentation_server.realtime
+    events = {"c1": {"browse"}, "c2": {PROFILE_CHANGED}, "c3": {"purchase"}}
+    await suite.save("gold", attribute_equals("plan", "gold"))
+    assert await engine.concerned(events) == ["c2"]
+    gold_buyers = pb.Filter(
+        all_of=pb.FilterList(filters=[attribute_equals("plan", "gold"), purchases(1, 30)])
+    )
+    await suite.save("gold_buyers", gold_buyers)
+    assert await engine.concerned(events) == ["c2", "c3"]
+
+
+async def test_a_profile_change_without_notice_in_flight_at_the_first_segment_is_read_by_its_backfill(
+    suite: Suite, db_url: str
+) -> None:
+    """An upsert whose statement found no real-time segment writes no notice; if it commits only
+    after the first segment exists, the segment's backfill waits for it and reads its profile."""
+    await suite.ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(customer=common_pb2.Customer(customer_id="p1"))
+    )
+    writer = await asyncpg.connect(db_url)
+    try:
+        upsert = writer.transaction()
+        await upsert.start()
+        # As UpsertCustomer's statement does, having found no real-time segment: no notice.
+        await writer.execute(
+            "UPDATE customers SET attributes = '{\"plan\": \"gold\"}' WHERE customer_id = 'p1'"
+        )
+        await suite.segmentation.CreateSegment(
+            pb.CreateSegmentRequest(
+                segment_id="gold",
+                segment=pb.Segment(
+                    display_name="Gold", filter=attribute_equals("plan", "gold"), realtime=True
+                ),
+            )
+        )
+        backfill = asyncio.create_task(suite.segmentation_server.realtime.backfill_all())
+
+        async def waiting_for_the_upsert() -> bool:
+            return bool(
+                await suite.db.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'customers'::regclass AND NOT granted"
+                )
+            )
+
+        await eventually(waiting_for_the_upsert, 30, "the backfill did not wait for the profile writer")
+        await upsert.commit()
+        await backfill
+    finally:
+        await writer.close()
+    assert await suite.db.fetchval("SELECT count(*) FROM event_outbox") == 0  # no notice
+    assert await suite.members("gold") == ["p1"]
 
 
 async def test_filter_change_recomputes_and_unmarking_drops_membership(suite: Suite) -> None:

@@ -362,15 +362,24 @@ class RowBounds:
     ``q(customer_id, b1, b2, …)``: interval ``k`` of row ``r`` is ``[q.b<2k>, q.b<2k+1>]``,
     both ends inclusive. Timestamps are whole microseconds, so an exclusive end ``< end`` is the
     inclusive ``<= end - 1 µs``; a missing bound is the first or last instant there is.
+
+    ``shared``: every row is at one instant (a consumer batch), so each bound is one parameter
+    rather than an array of one value per row: a statement's parameters then grow with its
+    customers only, not with its customers times its intervals.
     """
 
-    def __init__(self, params: Params, customer_ids: Sequence[str]) -> None:
+    def __init__(self, params: Params, customer_ids: Sequence[str], *, shared: bool = False) -> None:
         self.params = params
         self.customer_ids = list(customer_ids)
+        self.shared = shared
         self._columns: list[str] = []
         self._arrays: list[str] = []
 
     def _column(self, values: list[dt.datetime]) -> str:
+        if self.shared:
+            if any(v != values[0] for v in values):
+                raise ValueError("rows of shared bounds at different instants")
+            return self.params.add(values[0], "timestamptz")
         name = f"b{len(self._columns)}"
         self._columns.append(name)
         self._arrays.append(self.params.add(values, "timestamptz[]"))

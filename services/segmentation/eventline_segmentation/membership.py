@@ -179,18 +179,33 @@ outbox AS (
 SELECT pg_notify($14, '')
 """
 
-# The ``segments`` rows of $3 that still exist, locked as ``keep_segments`` does (kind true), and
-# the (segment, customer) pairs of $1/$2 stored as members (kind false), in one round trip.
+# The ``segments`` rows of $3 that still exist, locked as ``keep_segments`` does (kind 0), the
+# (segment, customer) pairs of $1/$2 stored as members (kind 1), and their timers (kind 2, with
+# due_at), in one round trip.
 _KEEP_AND_READ_MEMBERS = """
 WITH kept AS (
     SELECT segment_id FROM segments WHERE segment_id = ANY($3::text[])
     ORDER BY segment_id COLLATE "C" FOR KEY SHARE
-)
-SELECT true AS kept, segment_id, NULL::text AS customer_id FROM kept
+),
+keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(segment_id, customer_id))
+SELECT 0 AS kind, segment_id, NULL::text AS customer_id, NULL::timestamptz AS due_at FROM kept
 UNION ALL
-SELECT false, m.segment_id, m.customer_id FROM segment_members m
-JOIN unnest($1::text[], $2::text[]) AS k(segment_id, customer_id) USING (segment_id, customer_id)
+SELECT 1, m.segment_id, m.customer_id, NULL FROM segment_members m JOIN keys USING (segment_id, customer_id)
+UNION ALL
+SELECT 2, t.segment_id, t.customer_id, t.due_at FROM segment_timers t JOIN keys USING (segment_id, customer_id)
 """
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``keep_segments_reading_members`` found for a set of (segment_id, customer_id) keys."""
+
+    kept: set[str]
+    """The keys' segments that still exist."""
+    members: set[tuple[str, str]]
+    """The keys stored as members."""
+    timers: dict[tuple[str, str], dt.datetime]
+    """The keys' timers, by key: when each is due."""
 
 
 def _definition(r: asyncpg.Record) -> Definition:
@@ -280,20 +295,25 @@ class MembershipRepository:
 
     async def keep_segments_reading_members(
         self, connection: Connection, keys: Sequence[tuple[str, str]]
-    ) -> tuple[set[str], set[tuple[str, str]]]:
-        """``keep_segments`` of the keys' segments and ``memberships`` of the keys, in one round trip:
-        (the segments that still exist, the (segment_id, customer_id) stored as members).
+    ) -> Stored:
+        """``keep_segments`` of the keys' segments, and the keys' stored memberships and timers, in
+        one round trip.
 
-        The members are read at the statement's start, before a wait for a segment's lock; only a
-        DeleteSegment makes that wait, and its segment is then not kept (its keys are left out)."""
+        The members and timers are read at the statement's start, before a wait for a segment's
+        lock; only a DeleteSegment makes that wait, and its segment is then not kept (its keys are
+        left out). Every other writer of a key's member or timer row holds the customer's lock (or,
+        for a backfill, excludes evaluations), so they stay as read until the transaction ends."""
         rows = await connection.fetch(
             _KEEP_AND_READ_MEMBERS,
             [k[0] for k in keys],
             [k[1] for k in keys],
             sorted({k[0] for k in keys}),
         )
-        kept = {r[1] for r in rows if r[0]}
-        return kept, {(r[1], r[2]) for r in rows if not r[0]}
+        return Stored(
+            {r[1] for r in rows if r[0] == 0},
+            {(r[1], r[2]) for r in rows if r[0] == 1},
+            {(r[1], r[2]): r[3] for r in rows if r[0] == 2},
+        )
 
     async def keep_segments(self, connection: Connection, segment_ids: Collection[str]) -> set[str]:
         """Keep the ``segments`` rows of ``segment_ids`` from being deleted until the transaction
@@ -391,6 +411,20 @@ class MembershipRepository:
         )
 
     # Backfill ------------------------------------------------------------------------
+
+    async def wait_for_profile_writers(self, pool: asyncpg.Pool) -> None:
+        """Wait until every transaction writing ``customers`` now has ended (a moment's lock of the
+        table in share mode, in a transaction of its own: writers that come meanwhile wait for it).
+
+        Segments with profile conditions are evaluated on profile notices only (besides the events
+        they name), and UpsertCustomer writes a notice only when its statement finds a real-time
+        segment. Called after the segment was marked real-time and before its backfill reads any
+        profile: an upsert that took its table lock before this call has committed (the backfill
+        reads its profile); one that takes it later read ``segment_realtime`` after the segment
+        was committed (a statement takes its snapshot after its table locks), so it writes a notice.
+        """
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("LOCK TABLE customers IN SHARE MODE")
 
     async def lock_progress(self, connection: Connection, segment_id: str) -> tuple[str | None, int] | None:
         row = await connection.fetchrow(

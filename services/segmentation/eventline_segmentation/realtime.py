@@ -8,7 +8,7 @@ MatchCustomer's answer at every instant, on any number of replicas:
   re-evaluates the real-time segments the events can affect: those whose
   filter names one of the events (``transitions.dependencies``), those an
   empty customer matches (a new customer may enter them on any first event),
-  and those with profile conditions (see ``_affected``). While no real-time
+  and, on a profile notice, those with profile conditions (see ``Affected``). While no real-time
   segment exists it reads nothing: the group moves past the entries unread
   (``SegmentEvents.idle``).
 * **Time.** After every evaluation of a segment that moves with time, the next
@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -52,6 +52,7 @@ from eventline_shared.clock import Clock
 from eventline_shared.storage.database import Connection
 from eventline_shared.storage.timers import Due, TimerTable
 from eventline_shared.streams.consumer_group import Received, StreamHandler
+from eventline_shared.streams.reserved import PROFILE_CHANGED
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,47 @@ def _holds_when_empty(root: Node) -> bool:
     )
 
 
+class Affected:
+    """Which of ``segments`` a customer's entries may move, by the entries' names (looked up in
+    an index of the segments' names: a consumer batch asks for each of its customers).
+
+    A segment is moved by the events its filter names; by any entry when an empty customer
+    matches it (the event or profile change may have created the customer); and by a profile
+    notice when it has profile conditions. Ingestion publishes a notice
+    (``reserved.PROFILE_CHANGED``) after every profile change while real-time segments exist,
+    so a profile change moves membership at once, and nothing but a profile change (or the
+    customer's creation) moves a profile condition. A change committed while the first
+    real-time segment was being created, without a notice, is read by that segment's backfill
+    (``MembershipRepository.wait_for_profile_writers``).
+    """
+
+    def __init__(self, segments: Sequence[Compiled]) -> None:
+        self.segments = segments
+        self._always = {i for i, s in enumerate(segments) if s.empty_matches}
+        self._on_profile = {i for i, s in enumerate(segments) if s.dependencies.profile_fields}
+        self._by_name: dict[str, list[int]] = {}
+        for i, segment in enumerate(segments):
+            for name in segment.dependencies.event_names:
+                self._by_name.setdefault(name, []).append(i)
+
+    def by(self, names: Collection[str]) -> list[Compiled]:
+        """The segments entries named ``names`` may move, in the order of ``segments``."""
+        found = set(self._always)
+        for name in names:
+            found.update(self._by_name.get(name, ()))
+        if PROFILE_CHANGED in names:
+            found |= self._on_profile
+        return [self.segments[i] for i in sorted(found)]
+
+    def any(self, names: Collection[str]) -> bool:
+        """Whether entries named ``names`` may move any of the segments."""
+        return bool(
+            self._always
+            or any(name in self._by_name for name in names)
+            or (self._on_profile and PROFILE_CHANGED in names)
+        )
+
+
 class _Superseded(Exception):
     """A sweep's page was walked by another replica, or a new backfill replaced the sweep."""
 
@@ -158,9 +200,9 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     ] = []
     for number, (segment_id, indexes) in enumerate(groups.items()):
         segment = segments[segment_id]
-        rows = compiler.RowBounds(params, [probes[i].customer_id for i in indexes])
-        # Probes of one instant (all of an event batch's) share their clock and plan.
+        # Probes of one instant (all of an event batch's) share their clock, plan and bounds.
         instants = {probes[i].at for i in indexes}
+        rows = compiler.RowBounds(params, [probes[i].customer_id for i in indexes], shared=len(instants) == 1)
         clock_at = {at: periods.Clock(at, segment.zone) for at in instants}
         clocks = [clock_at[probes[i].at] for i in indexes]
         plans = None
@@ -307,11 +349,11 @@ class RealtimeSegments:
         if not probes:
             return 0
         keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
-        kept, stored = await self.repository.keep_segments_reading_members(connection, keys)
+        stored = await self.repository.keep_segments_reading_members(connection, keys)
         # Segments deleted meanwhile are left out.
         keys, probes = (
-            [k for k in keys if k[0] in kept],
-            [p for p in probes if p.segment.definition.segment_id in kept],
+            [k for k in keys if k[0] in stored.kept],
+            [p for p in probes if p.segment.definition.segment_id in stored.kept],
         )
         if not probes:
             return 0
@@ -326,11 +368,14 @@ class RealtimeSegments:
         for probe, key, observed in zip(probes, keys, observed_all, strict=True):
             if observed is None:
                 continue  # no such customer (erased)
-            if observed.member != (key in stored):
+            if observed.member != (key in stored.members):
                 changes.append(Change(probe.segment.definition, probe.customer_id, observed.member, probe.at))
+            # Only timers that change are written (most evaluations leave them as they were).
+            due = stored.timers.get(key)
             if observed.next_change is None:
-                cancelled.append(key)
-            else:
+                if due is not None:
+                    cancelled.append(key)
+            elif observed.next_change != due:
                 timers.append((key, observed.next_change))
         await self.repository.record(connection, changes, self.clock.now())
         await TIMERS.set_each(connection, timers)
@@ -357,12 +402,14 @@ class RealtimeSegments:
             # due instant) is never later than this one.
             now = self.clock.now()
             definitions = await self.repository.definitions(connection)
-            segments = sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
+            affected = Affected(
+                sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
+            )
             probes = [
                 Probe(segment, customer_id, now)
                 for customer_id in customers
-                for segment in segments
-                if segment.definition.covers(customer_id) and self._affected(segment, names[customer_id])
+                for segment in affected.by(names[customer_id])
+                if segment.definition.covers(customer_id)
             ]
             changed = await self._evaluate(connection, probes, definitions)
             await faults.point("segmentation.before_commit")
@@ -370,7 +417,7 @@ class RealtimeSegments:
 
     async def concerned(self, names: dict[str, set[str]]) -> list[str]:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
-        segment's filter may depend on (``_affected``): one read of the definitions for a batch,
+        segment's filter may depend on (``Affected``): one read of the definitions for a batch,
         without locks, so that a customer no segment can be affected by costs no transaction.
 
         Leaving the others out misses nothing: their events were committed before they reached
@@ -380,26 +427,8 @@ class RealtimeSegments:
         backfill in progress may end before ``customers_events`` takes their lock): the chosen
         customers are evaluated as before, the definitions read again under their lock.
         """
-        segments = [self.compiled(d) for d in await self.repository.definitions(self.pool)]
-        return [
-            customer_id
-            for customer_id, seen in names.items()
-            if any(self._affected(segment, seen) for segment in segments)
-        ]
-
-    @staticmethod
-    def _affected(segment: Compiled, names: set[str]) -> bool:
-        """Whether events named ``names`` may change the customer's membership of ``segment``.
-
-        Those the filter names, and any entry: for filters an empty customer matches (the
-        event or profile change may have created the customer), and for filters with profile
-        conditions. Ingestion publishes a notice (``reserved.PROFILE_CHANGED``) after every
-        profile change while real-time segments exist, so a profile change moves membership
-        at once; any other event of the customer re-evaluates them too, which also covers a
-        change committed while the first real-time segment was being created.
-        """
-        deps = segment.dependencies
-        return bool(names & deps.event_names) or segment.empty_matches or bool(deps.profile_fields)
+        affected = Affected([self.compiled(d) for d in await self.repository.definitions(self.pool)])
+        return [customer_id for customer_id, seen in names.items() if affected.any(seen)]
 
     # Time ----------------------------------------------------------------------------
 
@@ -467,6 +496,9 @@ class RealtimeSegments:
         every customer and evaluates at its own instant. The price: evaluations of every segment
         wait for the backfill (about one CountCustomers of its filter).
         """
+        # Before the backfill reads any profile: a profile change that wrote no notice (it began
+        # before the first real-time segment existed) has committed by then.
+        await self.repository.wait_for_profile_writers(self.pool)
         async with self.pool.acquire() as connection, connection.transaction():
             await self.repository.lock_backfills(connection)
             # The segment's rows in the order every locker uses (segments, then segment_realtime).

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
@@ -260,6 +260,9 @@ class LoadPlan:
     now: dt.datetime
     zone: dt.tzinfo
     loads: tuple[Load, ...]
+    clock: Clock = field(compare=False, repr=False)
+    """``now`` in ``zone``: its day starts are computed once for every forecast of the plan (a
+    consumer batch forecasts hundreds of customers from one plan)."""
 
 
 def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
@@ -281,7 +284,7 @@ def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
                 loads.append(EarliestOccurrence(node))
             else:
                 loads.append(LatestOccurrence(node))
-    return LoadPlan(root, now, zone, tuple(loads))
+    return LoadPlan(root, now, zone, tuple(loads), clock)
 
 
 # The forecast ---------------------------------------------------------------------------
@@ -315,7 +318,7 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
     Each moving condition becomes the instants where it flips; sweeping them in
     time order through the tree gives the instants where the whole answer flips.
     """
-    calendar = _Calendar(plan.now, plan.zone)
+    calendar = _Calendar(plan.clock)
     now = calendar.now
     horizon = _AFTER_ALL  # where the loaded data stops telling
     counted: dict[str, tuple[list[tuple[int, int]], int, int | None]] = {}
@@ -483,10 +486,10 @@ class _Calendar:
     about; the forecast looks no further.
     """
 
-    def __init__(self, now: dt.datetime, zone: dt.tzinfo) -> None:
-        self.clock = Clock(now, zone)
-        self.zone = zone
-        self.now = _micros(now)
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.zone = clock.zone
+        self.now = _micros(clock.now)
         self.recheck = _AFTER_ALL
         self._starts: dict[dt.date, int] = {}
 
