@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 TIMERS = TimerTable("segment_timers", ["segment_id", "customer_id"])
 _MIN_WAIT_S = 0.01
 """The scheduler's shortest wait between looks for due timers."""
+FIRE_LIMIT = 2_000
+"""Most timers claimed at once. A scheduler that fell behind catches up in rounds this large: the
+statements of a round cost about the same for 500 timers as for 2,000 (20,000 exits all due, in
+process, load ~7: 1,190 fired/s in claims of 500, 1,830/s in claims of 2,000)."""
 _FIRE_CHUNK_MIN = 50
 """Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
 SWEEP_PAGE = 500
@@ -432,7 +436,7 @@ class RealtimeSegments:
 
     # Time ----------------------------------------------------------------------------
 
-    async def fire_due(self, limit: int = 500) -> int:
+    async def fire_due(self, limit: int = FIRE_LIMIT) -> int:
         """Walk a page of a forecast sweep (``sweep_forecasts``), then claim the timers due at the
         clock's now and re-evaluate each at its instant; returns how many were evaluated.
 
