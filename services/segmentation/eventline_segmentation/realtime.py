@@ -612,7 +612,10 @@ class RealtimeSegments:
             wait = self.poll_s
             try:
                 await self.backfill_all()
-                while await self.fire_due():
+                # Rounds until none is due, or until ``shutdown``: a stop waits for the round in
+                # progress (its claimed timers all fire), not for a backlog, which stays in the table
+                # for any replica.
+                while not self._stop.is_set() and await self.fire_due():
                     pass
                 await self.prune_when_due()
                 wait = await self._until_next_timer()
