@@ -191,6 +191,44 @@ async def test_enters_on_events_and_exits_when_the_older_purchase_turns_30_days_
     assert await suite.db.fetchval("SELECT count(*) FROM segment_timers") == 0
 
 
+async def test_the_stored_size_follows_entries_and_exits_recorded_together(suite: Suite) -> None:
+    """One transaction's transitions of several segments and customers move each size by its own
+    entries less its exits (once per segment, not per member)."""
+    await suite.save("week", purchases(1, 7))
+    await suite.save("month", purchases(1, 30))
+    for n, days_ago in enumerate((1, 2, 3, 20)):
+        await suite.track(f"s{n}", "purchase", START - days_ago * DAY)
+    await suite.settle()
+
+    async def sizes() -> tuple[int, int]:
+        found = []
+        for segment_id in ("week", "month"):
+            reply = await suite.segmentation.GetSegmentSize(pb.GetSegmentSizeRequest(segment_id=segment_id))
+            assert reply.stored
+            found.append(reply.size)
+        return found[0], found[1]
+
+    assert (await suite.members("week"), await suite.members("month")) == (
+        ["s0", "s1", "s2"],
+        ["s0", "s1", "s2", "s3"],
+    )
+    assert await sizes() == (3, 4)
+    # Eight days on, the three leave "week" in one round of the scheduler; "month" keeps them.
+    suite.clock.set(START + 8 * DAY)
+    assert await suite.segmentation_server.realtime.fire_due() == 3
+    assert await suite.members("week") == []
+    assert await sizes() == (0, 4)
+    # A new purchase enters s3 into "week" while s0..s2 stay in "month".
+    await suite.track("s3", "purchase", START + 8 * DAY)
+    await suite.settle()
+    assert await sizes() == (1, 4)
+    suite.clock.set(START + 40 * DAY)
+    while await suite.segmentation_server.realtime.fire_due():
+        pass
+    assert (await suite.members("week"), await suite.members("month")) == ([], [])
+    assert await sizes() == (0, 0)
+
+
 async def test_days_since_enters_at_the_local_midnight(suite: Suite) -> None:
     flt = pb.Filter(
         event=pb.EventCondition(

@@ -121,9 +121,15 @@ SELECT segment_id FROM segment_realtime WHERE segment_id = ANY($1::text[])
 ORDER BY segment_id COLLATE "C" FOR NO KEY UPDATE
 """
 
+# The segments' cursors taken and their sizes moved by the members entered less those exited, once
+# per segment; the members' counting trigger (once per member: a statement of 1,000 exits updated
+# the segment's row 1,000 times, each a new version of one hot row) is off for the rest of the
+# transaction (``eventline.backfilling``, as a backfill sets it), whose only member writes are
+# ``_RECORD``'s that follow.
 _TAKE_CURSORS = """
-UPDATE segment_realtime r SET last_cursor = r.last_cursor + d.n
-FROM unnest($1::text[], $2::bigint[]) AS d(segment_id, n)
+UPDATE segment_realtime r SET last_cursor = r.last_cursor + d.n, members = r.members + d.delta
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(segment_id, n, delta),
+    (SELECT set_config('eventline.backfilling', 'on', true)) AS counting_off
 WHERE r.segment_id = d.segment_id
 RETURNING r.segment_id, r.last_cursor
 """
@@ -349,13 +355,18 @@ class MembershipRepository:
             return
         ordered = sorted(changes, key=lambda c: (c.segment.segment_id.encode(), c.at, c.customer_id.encode()))
         counts: dict[str, int] = {}
+        deltas: dict[str, int] = {}
         for change in ordered:
-            counts[change.segment.segment_id] = counts.get(change.segment.segment_id, 0) + 1
-        # The segments' rows in ascending order (the order every locker uses), before the members'
-        # counting trigger updates them in whatever order its rows come.
+            segment_id = change.segment.segment_id
+            counts[segment_id] = counts.get(segment_id, 0) + 1
+            deltas[segment_id] = deltas.get(segment_id, 0) + (1 if change.entered else -1)
+        # The segments' rows in ascending order (the order every locker uses), before the update
+        # below locks them in whatever order its rows come.
         if len(counts) > 1:  # (one row: the update below locks it)
             await connection.execute(_LOCK_SEGMENTS, list(counts))
-        rows = await connection.fetch(_TAKE_CURSORS, list(counts), list(counts.values()))
+        rows = await connection.fetch(
+            _TAKE_CURSORS, list(counts), list(counts.values()), [deltas[s] for s in counts]
+        )
         last = {r[0]: r[1] for r in rows}
         # A segment deleted meanwhile has no row left: its changes go with it.
         ordered = [c for c in ordered if c.segment.segment_id in last]
@@ -367,12 +378,22 @@ class MembershipRepository:
         # The customer events in time order (the outbox keeps each stream's entries in this order).
         events = sorted(zip(ordered, cursors, strict=True), key=lambda e: (e[0].at, e[0].segment.segment_id))
         columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        # Every transition of a segment has the same context: built and encoded once per segment.
+        contexts: dict[str, tuple[dict[str, common_pb2.Value], str]] = {}
+        received = values.datetime_to_timestamp(received_at)
         for change, cursor in events:
             name = ENTERED if change.entered else EXITED
-            context = {
-                "segment_id": common_pb2.Value(string_value=change.segment.segment_id),
-                "segment_name": common_pb2.Value(string_value=change.segment.display_name),
-            }
+            found = contexts.get(change.segment.segment_id)
+            if found is None:
+                context = {
+                    "segment_id": common_pb2.Value(string_value=change.segment.segment_id),
+                    "segment_name": common_pb2.Value(string_value=change.segment.display_name),
+                }
+                found = contexts[change.segment.segment_id] = (
+                    context,
+                    values.encode_values(context, "context").json,
+                )
+            context, context_json = found
             event_id = _event_id(change.segment.segment_id, cursor)
             event = common_pb2.Event(
                 event_id=event_id,
@@ -380,7 +401,7 @@ class MembershipRepository:
                 customer_id=change.customer_id,
                 name=name,
                 occurred_at=values.datetime_to_timestamp(change.at),
-                received_at=values.datetime_to_timestamp(received_at),
+                received_at=received,
                 context=context,
             )
             entry = stream.pack_entry(change.customer_id, event_id, name, event.SerializeToString(), "")
@@ -391,7 +412,7 @@ class MembershipRepository:
                     event_id,
                     name,
                     change.at,
-                    values.encode_values(context, "context").json,
+                    context_json,
                     self.layout.key_for(change.customer_id),
                     entry,
                 ),

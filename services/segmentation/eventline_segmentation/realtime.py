@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 TIMERS = TimerTable("segment_timers", ["segment_id", "customer_id"])
 _MIN_WAIT_S = 0.01
 """The scheduler's shortest wait between looks for due timers."""
+FIRE_LIMIT = 2_000
+"""Most timers claimed at once. A scheduler that fell behind catches up in rounds this large: the
+statements of a round cost about the same for 500 timers as for 2,000 (20,000 exits all due, in
+process, load ~7: 1,190 fired/s in claims of 500, 1,830/s in claims of 2,000)."""
 _FIRE_CHUNK_MIN = 50
 """Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
 SWEEP_PAGE = 500
@@ -432,7 +436,7 @@ class RealtimeSegments:
 
     # Time ----------------------------------------------------------------------------
 
-    async def fire_due(self, limit: int = 500) -> int:
+    async def fire_due(self, limit: int = FIRE_LIMIT) -> int:
         """Walk a page of a forecast sweep (``sweep_forecasts``), then claim the timers due at the
         clock's now and re-evaluate each at its instant; returns how many were evaluated.
 
@@ -608,7 +612,10 @@ class RealtimeSegments:
             wait = self.poll_s
             try:
                 await self.backfill_all()
-                while await self.fire_due():
+                # Rounds until none is due, or until ``shutdown``: a stop waits for the round in
+                # progress (its claimed timers all fire), not for a backlog, which stays in the table
+                # for any replica.
+                while not self._stop.is_set() and await self.fire_due():
                     pass
                 await self.prune_when_due()
                 wait = await self._until_next_timer()
