@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from eventline_ingestion import validation
-from eventline_ingestion.repository import stored_event
+from eventline_ingestion.repository import received_at_field, stored_event_bytes
 from eventline_shared import paging, values
 from eventline_shared.errors import FieldViolation, InvalidArgument, quote
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
@@ -26,6 +26,19 @@ from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TRAILERS_LIMIT = 8 * 1024
 """What gRPC clients accept of trailers by default (the soft limit of grpc core)."""
+
+
+def stored_event(event: validation.NewEvent, received_at: timestamp_pb2.Timestamp) -> common_pb2.Event:
+    """The event exactly as the storing statement stores and publishes it (its stream payload)."""
+    return common_pb2.Event.FromString(
+        stored_event_bytes(
+            event,
+            event.event_id.encode(),
+            event.customer_id.encode(),
+            event.name.encode(),
+            received_at_field(received_at),
+        )
+    )
 
 
 def trailer_bytes(error: InvalidArgument) -> int:

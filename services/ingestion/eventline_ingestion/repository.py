@@ -172,19 +172,6 @@ def customer_from_row(row: asyncpg.Record) -> common_pb2.Customer:
     )
 
 
-def stored_event(event: NewEvent, received_at: timestamp_pb2.Timestamp) -> common_pb2.Event:
-    """The event exactly as it will be stored and published."""
-    return common_pb2.Event.FromString(
-        stored_event_bytes(
-            event,
-            event.event_id.encode(),
-            event.customer_id.encode(),
-            event.name.encode(),
-            received_at_field(received_at),
-        )
-    )
-
-
 # The stored event's serialized form (``eventline.common.v1.Event``) is written here, field by
 # field, rather than by building the message and serializing it: a batch event's payload is
 # needed for its stream entry whatever the reply, and the message only when the reply holds it
