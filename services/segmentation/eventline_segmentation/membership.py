@@ -185,14 +185,15 @@ outbox AS (
 SELECT pg_notify($14, '')
 """
 
+# The ``segments`` rows of the ids {ids} that still exist, kept from being deleted (``keep_segments``):
+# FOR KEY SHARE, in the order every locker uses.
+_KEEP_SEGMENTS = 'SELECT segment_id FROM segments WHERE segment_id = ANY({ids}::text[]) ORDER BY segment_id COLLATE "C" FOR KEY SHARE'
+
 # The ``segments`` rows of $3 that still exist, locked as ``keep_segments`` does (kind 0), the
 # (segment, customer) pairs of $1/$2 stored as members (kind 1), and their timers (kind 2, with
 # due_at), in one round trip.
-_KEEP_AND_READ_MEMBERS = """
-WITH kept AS (
-    SELECT segment_id FROM segments WHERE segment_id = ANY($3::text[])
-    ORDER BY segment_id COLLATE "C" FOR KEY SHARE
-),
+_KEEP_AND_READ_MEMBERS = f"""
+WITH kept AS ({_KEEP_SEGMENTS.format(ids="$3")}),
 keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(segment_id, customer_id))
 SELECT 0 AS kind, segment_id, NULL::text AS customer_id, NULL::timestamptz AS due_at FROM kept
 UNION ALL
@@ -333,11 +334,7 @@ class MembershipRepository:
         locks ``segments`` before its cascade reaches those (taken after them, the two wait for
         each other).
         """
-        rows = await connection.fetch(
-            'SELECT segment_id FROM segments WHERE segment_id = ANY($1::text[]) ORDER BY segment_id COLLATE "C" '
-            "FOR KEY SHARE",
-            sorted(segment_ids),
-        )
+        rows = await connection.fetch(_KEEP_SEGMENTS.format(ids="$1"), sorted(segment_ids))
         return {r[0] for r in rows}
 
     async def customer_exists(self, connection: Connection, customer_id: str) -> bool:
