@@ -447,8 +447,8 @@ def match_many_query(
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
         # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
-        once = {id(clock): resolve(clock) for clock in {id(clock): clock for clock in clocks}.values()}
-        return rows.interval(column, [once[id(clock)] for clock in clocks])
+        once = {clock: resolve(clock) for clock in set(clocks)}
+        return rows.interval(column, [once[clock] for clock in clocks])
 
     select = _match_select(root, params, bounded, extra)
     return MatchQuery(
