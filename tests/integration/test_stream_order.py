@@ -182,6 +182,54 @@ async def test_only_the_customers_of_a_batch_in_flight_wait_for_it(stream_key, r
 
 
 @single_and_cluster
+async def test_a_customer_the_handler_settled_goes_on_before_the_batch_ends(stream_key, redis_client):
+    settled = asyncio.Event()
+
+    class Settling(Recorder):
+        """Holds its first batch, after settling c1's entries of it."""
+
+        async def handle(self, batch: Sequence[Received]) -> None:
+            if self.batches == 0:
+                self.handled += [
+                    (i.event.customer_id, i.event.event_id) for i in batch if i.event.customer_id == "c1"
+                ]
+                for item in batch:
+                    if item.event.customer_id == "c1":
+                        item.settled()
+                settled.set()
+                self.batches += 1
+                assert self.gate is not None
+                await self.gate.wait()
+                self.handled += [
+                    (i.event.customer_id, i.event.event_id) for i in batch if i.event.customer_id != "c1"
+                ]
+                return
+            await super().handle(batch)
+
+    recorder, group = await gated_pairs(redis_client, stream_key, [("c1", "e0"), ("c2", "f0")])
+    settling = Settling()
+    settling.gate = recorder.gate
+    group.handler = settling
+    running = asyncio.create_task(group.run())
+    try:
+        await asyncio.wait_for(settled.wait(), 30)
+        for customer_id, event_id in (("c1", "e1"), ("c2", "f1")):
+            event = customer_event(customer_id, "A", event_id)
+            entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
+            await stream.Appender(redis_client, stream_key).append([entry])
+        # The first batch is held, but c1's work in it is done: c1's next entry goes; c2's waits.
+        await wait_until(lambda: ("c1", "e1") in settling.handled, 30, "c1 waited for the whole batch")
+        assert ("c2", "f1") not in settling.handled
+        assert settling.gate is not None
+        settling.gate.set()
+        await wait_until(lambda: len(settling.handled) == 4, 30, "the batches were not handled")
+    finally:
+        group.shutdown()
+        await running
+    assert settling.handled == [("c1", "e0"), ("c1", "e1"), ("c2", "f0"), ("c2", "f1")]
+
+
+@single_and_cluster
 async def test_consumers_of_gone_replicas_leave_the_group_once_their_entries_are_claimed(
     stream_key, redis_client
 ):
