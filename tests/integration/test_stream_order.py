@@ -131,15 +131,22 @@ async def test_partitions_keep_each_customers_events_together_and_in_order(
         assert (await redis_client.xpending(key, "g"))["pending"] == 0
 
 
+async def append_events(
+    redis_client: stream.Client, stream_key: str, events: Sequence[tuple[str, str]]
+) -> None:
+    """Append events A (customer id, event id) to the stream, one entry each."""
+    for customer_id, event_id in events:
+        event = customer_event(customer_id, "A", event_id)
+        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
+        await stream.Appender(redis_client, stream_key).append([entry])
+
+
 async def gated_pairs(
     redis_client: stream.Client, stream_key: str, events: Sequence[tuple[str, str]]
 ) -> tuple[Recorder, ConsumerGroup]:
     """Append events A (customer id, event id) to the stream; a consumer of batches of 2, two in
     flight, whose recorder holds its first batch until the test sets its gate."""
-    for customer_id, event_id in events:
-        event = customer_event(customer_id, "A", event_id)
-        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
-        await stream.Appender(redis_client, stream_key).append([entry])
+    await append_events(redis_client, stream_key, events)
     recorder = Recorder()
     recorder.gate = asyncio.Event()
     group = ConsumerGroup(
@@ -213,10 +220,7 @@ async def test_a_customer_the_handler_settled_goes_on_before_the_batch_ends(stre
     running = asyncio.create_task(group.run())
     try:
         await asyncio.wait_for(settled.wait(), 30)
-        for customer_id, event_id in (("c1", "e1"), ("c2", "f1")):
-            event = customer_event(customer_id, "A", event_id)
-            entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
-            await stream.Appender(redis_client, stream_key).append([entry])
+        await append_events(redis_client, stream_key, [("c1", "e1"), ("c2", "f1")])
         # The first batch is held, but c1's work in it is done: c1's next entry goes; c2's waits.
         await wait_until(lambda: ("c1", "e1") in settling.handled, 30, "c1 waited for the whole batch")
         assert ("c2", "f1") not in settling.handled
