@@ -160,9 +160,10 @@ class Affected:
         segment of, in at most ``limit`` groups whose segments are disjoint: customers whose
         segments overlap (directly, or through other customers) share a group. Each segment is
         then in one group's evaluation statement only, so evaluating the groups apart costs no
-        segment's share of a statement twice (about a millisecond of executor start-up a segment
-        in the 50-segment statement), and a customer whose segments are cheap (a few segments
-        no other customer of the batch needs) is not held by a statement of all the others.
+        segment's share of a statement twice (its plan, its executor's start: tens of ms for 50
+        segments even with few customers, docs/performance.md), and a customer whose segments
+        are few (segments no other customer of the batch needs) is not held by a statement of all
+        the others.
         Beyond ``limit``, the costliest groups (probes: customers times segments) are merged into
         one; the groups come in the order of their first customer in ``names``."""
         owner: dict[int, int] = {}  # union-find over the segments' indexes
