@@ -908,6 +908,33 @@ async def test_one_batch_evaluates_its_customers_and_segments_together(suite: Su
     assert await suite.members("often") == ["m2", "m3"]
 
 
+async def test_customers_of_disjoint_segments_are_evaluated_in_transactions_of_their_own(
+    suite: Suite,
+) -> None:
+    await suite.save("buyers", purchases(1, 30))
+    await suite.save("visitors", pb.Filter(event=pb.EventCondition(name="visit")))
+    await suite.track("slow", "purchase", START)
+    await suite.track("quick", "visit", START)
+    await suite.ingestion_server.relay.drain()
+    # Another evaluation of "slow" holds their lock: one consumer batch with both customers commits
+    # "quick"'s transition meanwhile (their segments are disjoint: two transactions), and "slow"'s
+    # once the lock is free.
+    lock = "hashtextextended('segment-member:' || $1, 0)"
+    await suite.db.execute(f"SELECT pg_advisory_lock({lock})", "slow")
+    consuming = asyncio.create_task(suite.segmentation_server.consumer.drain())
+    try:
+
+        async def quick_entered() -> bool:
+            return await suite.transitions("visitors") == [("quick", True, START)]
+
+        await eventually(quick_entered, 30, "quick's transition waited for slow's lock")
+        assert await suite.transitions("buyers") == []
+    finally:
+        await suite.db.execute(f"SELECT pg_advisory_unlock({lock})", "slow")
+    await consuming
+    assert await suite.transitions("buyers") == [("slow", True, START)]
+
+
 async def test_without_a_real_time_segment_nothing_is_read_and_a_later_segment_misses_nothing(
     db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
 ) -> None:

@@ -131,15 +131,22 @@ async def test_partitions_keep_each_customers_events_together_and_in_order(
         assert (await redis_client.xpending(key, "g"))["pending"] == 0
 
 
+async def append_events(
+    redis_client: stream.Client, stream_key: str, events: Sequence[tuple[str, str]]
+) -> None:
+    """Append events A (customer id, event id) to the stream, one entry each."""
+    for customer_id, event_id in events:
+        event = customer_event(customer_id, "A", event_id)
+        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
+        await stream.Appender(redis_client, stream_key).append([entry])
+
+
 async def gated_pairs(
     redis_client: stream.Client, stream_key: str, events: Sequence[tuple[str, str]]
 ) -> tuple[Recorder, ConsumerGroup]:
     """Append events A (customer id, event id) to the stream; a consumer of batches of 2, two in
     flight, whose recorder holds its first batch until the test sets its gate."""
-    for customer_id, event_id in events:
-        event = customer_event(customer_id, "A", event_id)
-        entry = stream.pack_entry(customer_id, event.event_id, "A", _event_bytes(event), "")
-        await stream.Appender(redis_client, stream_key).append([entry])
+    await append_events(redis_client, stream_key, events)
     recorder = Recorder()
     recorder.gate = asyncio.Event()
     group = ConsumerGroup(
@@ -179,6 +186,51 @@ async def test_only_the_customers_of_a_batch_in_flight_wait_for_it(stream_key, r
         group.shutdown()
         await running
     assert recorder.handled == [("c2", "f0"), ("c1", "e0"), ("c1", "e1"), ("c1", "e2")]
+
+
+@single_and_cluster
+async def test_a_customer_the_handler_settled_goes_on_before_the_batch_ends(stream_key, redis_client):
+    settled = asyncio.Event()
+
+    class Settling(Recorder):
+        """Holds its first batch, after settling c1's entries of it."""
+
+        async def handle(self, batch: Sequence[Received]) -> None:
+            if self.batches == 0:
+                self.handled += [
+                    (i.event.customer_id, i.event.event_id) for i in batch if i.event.customer_id == "c1"
+                ]
+                for item in batch:
+                    if item.event.customer_id == "c1":
+                        item.settled()
+                settled.set()
+                self.batches += 1
+                assert self.gate is not None
+                await self.gate.wait()
+                self.handled += [
+                    (i.event.customer_id, i.event.event_id) for i in batch if i.event.customer_id != "c1"
+                ]
+                return
+            await super().handle(batch)
+
+    recorder, group = await gated_pairs(redis_client, stream_key, [("c1", "e0"), ("c2", "f0")])
+    settling = Settling()
+    settling.gate = recorder.gate
+    group.handler = settling
+    running = asyncio.create_task(group.run())
+    try:
+        await asyncio.wait_for(settled.wait(), 30)
+        await append_events(redis_client, stream_key, [("c1", "e1"), ("c2", "f1")])
+        # The first batch is held, but c1's work in it is done: c1's next entry goes; c2's waits.
+        await wait_until(lambda: ("c1", "e1") in settling.handled, 30, "c1 waited for the whole batch")
+        assert ("c2", "f1") not in settling.handled
+        assert settling.gate is not None
+        settling.gate.set()
+        await wait_until(lambda: len(settling.handled) == 4, 30, "the batches were not handled")
+    finally:
+        group.shutdown()
+        await running
+    assert settling.handled == [("c1", "e0"), ("c1", "e1"), ("c2", "f0"), ("c2", "f1")]
 
 
 @single_and_cluster

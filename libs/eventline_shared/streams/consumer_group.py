@@ -31,8 +31,9 @@ batches; the campaign service is one user, a future consumer is another.
   and the handler's writes check it, so that a batch the previous owner had
   already begun fails there (``PartitionTakenOver``) and is left pending.
   Within a replica, the entries of a batch whose customers have a batch still
-  in flight wait for it; the batch's other entries do not (a customer's
-  entries all wait or all go).
+  in flight wait for it (or only until the handler said their customer's work
+  in it is done: ``Received.settled``); the batch's other entries do not (a
+  customer's entries all wait or all go).
 * Consumers of replicas that are gone are removed from the group
   (``XGROUP DELCONSUMER``) once they have nothing pending and have been idle
   for ``forget_idle_ms``.
@@ -54,6 +55,7 @@ batches; the campaign service is one user, a future consumer is another.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -112,6 +114,12 @@ class Received:
     """The token ``StreamHandler.fence`` gave this replica when it took the entry's partition
     over (None: read outside a lease, by ``drain()`` or with ``ordered=False``): the handler's
     writes check it, so that they fail once another replica has taken the partition over."""
+    settled: Callable[[], None] = lambda: None
+    """Call it once the work of this entry's customer in the batch is done (committed, or none
+    to do): the customer's entries of later batches may then start before this batch ends (it is
+    still acknowledged when it ends). For handlers whose work does not depend on the order it is
+    repeated in (a state-based evaluation): if the batch then fails, its entries are tried again
+    after those. Not calling it keeps the customer's later entries waiting for the whole batch."""
 
 
 class StreamHandler:
@@ -436,28 +444,40 @@ class ConsumerGroup:
         try:
             await asyncio.gather(*(self._in_turn(*part) for part in parts))
         finally:
-            for part, _, done in parts:
-                self._end_turn(part, done)  # a part cancelled before it started gives its place back
+            for part, _, turns, ended in parts:
+                self._end_turn(part, turns, ended)  # a part cancelled before it started gives its place back
         return len(entries)
 
     def _take_turn(
         self, parsed: Sequence[Received]
-    ) -> tuple[Sequence[Received], set[asyncio.Future[None]], asyncio.Future[None]]:
-        """Make ``parsed`` the latest entries of their customers: (them, the batches they wait for,
-        the future they set when done). Synchronous, so that no other batch comes in between."""
+    ) -> tuple[
+        Sequence[Received], set[asyncio.Future[None]], dict[str, asyncio.Future[None]], asyncio.Future[None]
+    ]:
+        """Make ``parsed`` the latest entries of their customers: (them, the turns they wait for,
+        their customers' turns, each done when the customer's work is: ``Received.settled``, or the
+        part's end; the part's end). Synchronous, so that no other batch comes in between."""
         before = {
             self._customers[p.entry.customer_id] for p in parsed if p.entry.customer_id in self._customers
         }
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
-            self._customers[customer] = done
+        loop = asyncio.get_running_loop()
+        turns: dict[str, asyncio.Future[None]] = {}
+        for p in parsed:
+            customer = p.entry.customer_id
+            if customer:
+                if customer not in turns:
+                    turns[customer] = self._customers[customer] = loop.create_future()
+                p.settled = functools.partial(self._settle, customer, turns[customer])
         self._inflight.update(p.entry.entry_id for p in parsed)
-        return parsed, before, done
+        return parsed, before, turns, loop.create_future()
 
     async def _in_turn(
-        self, parsed: Sequence[Received], before: set[asyncio.Future[None]], done: asyncio.Future[None]
+        self,
+        parsed: Sequence[Received],
+        before: set[asyncio.Future[None]],
+        turns: dict[str, asyncio.Future[None]],
+        ended: asyncio.Future[None],
     ) -> None:
-        """Process entries (``_take_turn``'s) once the batches they wait for are done."""
+        """Process entries (``_take_turn``'s) once the turns they wait for are done."""
         heartbeat = asyncio.create_task(self._hold(parsed))
         try:
             if before:
@@ -465,17 +485,27 @@ class ConsumerGroup:
             await self._process_parsed(parsed)
         finally:
             heartbeat.cancel()
-            self._end_turn(parsed, done)
+            self._end_turn(parsed, turns, ended)
 
-    def _end_turn(self, parsed: Sequence[Received], done: asyncio.Future[None]) -> None:
-        """Give the customers of ``parsed`` (``_take_turn``'s) to their next batch; once only."""
-        if done.done():
+    def _settle(self, customer: str, turn: asyncio.Future[None]) -> None:
+        """Give ``customer`` to their next batch (the turn ``_take_turn`` gave them); once only."""
+        if turn.done():
             return
+        turn.set_result(None)
+        if self._customers.get(customer) is turn:
+            del self._customers[customer]
+
+    def _end_turn(
+        self, parsed: Sequence[Received], turns: dict[str, asyncio.Future[None]], ended: asyncio.Future[None]
+    ) -> None:
+        """Give the customers of ``parsed`` (``_take_turn``'s) to their next batch, those the handler
+        has not settled yet; once only."""
+        if ended.done():
+            return
+        ended.set_result(None)
         self._inflight.difference_update(p.entry.entry_id for p in parsed)
-        done.set_result(None)
-        for customer in {p.entry.customer_id for p in parsed if p.entry.customer_id}:
-            if self._customers.get(customer) is done:
-                del self._customers[customer]
+        for customer, turn in turns.items():
+            self._settle(customer, turn)
 
     async def _claim_again(self, items: Sequence[Received]) -> None:
         """Reset the entries' idle time (XCLAIM JUSTID does not count as a delivery)."""

@@ -67,6 +67,10 @@ _FIRE_CHUNK_MIN = 50
 """Fewest timers per firing transaction when a claim is split between ``fire_concurrency``."""
 SWEEP_PAGE = 500
 """Customers per forecast sweep transaction (each holds their locks until it commits)."""
+PARTS_PER_BATCH = 2
+"""Most transactions a consumer batch is evaluated in (groups of customers whose segments are
+disjoint, ``Affected.parts``): the cheapest group apart, the others together. With the consumer's 4
+batches in flight, at most 8 of the pool's connections (10 by default) at once."""
 SWEEP_LEASE = dt.timedelta(seconds=30)
 """How long a replica holds a sweep it claimed before another may take it over."""
 
@@ -141,12 +145,58 @@ class Affected:
 
     def by(self, names: Collection[str]) -> list[Compiled]:
         """The segments entries named ``names`` may move, in the order of ``segments``."""
+        return [self.segments[i] for i in sorted(self._indexes(names))]
+
+    def _indexes(self, names: Collection[str]) -> set[int]:
         found = set(self._always)
         for name in names:
             found.update(self._by_name.get(name, ()))
         if PROFILE_CHANGED in names:
             found |= self._on_profile
-        return [self.segments[i] for i in sorted(found)]
+        return found
+
+    def parts(self, names: Mapping[str, Collection[str]], limit: int) -> list[list[str]]:
+        """The customers of ``names`` (their entries' names by customer) that entries may move any
+        segment of, in at most ``limit`` groups whose segments are disjoint: customers whose
+        segments overlap (directly, or through other customers) share a group. Each segment is
+        then in one group's evaluation statement only, so evaluating the groups apart costs no
+        segment's share of a statement twice (its plan, its executor's start: tens of ms for 50
+        segments even with few customers, docs/performance.md), and a customer whose segments
+        are few (segments no other customer of the batch needs) is not held by a statement of all
+        the others.
+        Beyond ``limit``, the costliest groups (probes: customers times segments) are merged into
+        one; the groups come in the order of their first customer in ``names``."""
+        owner: dict[int, int] = {}  # union-find over the segments' indexes
+
+        def root(i: int) -> int:
+            while owner.setdefault(i, i) != i:
+                owner[i] = owner[owner[i]]
+                i = owner[i]
+            return i
+
+        touched: dict[str, list[int]] = {}
+        for customer_id, seen in names.items():
+            found = sorted(self._indexes(seen))
+            if not found:
+                continue
+            touched[customer_id] = found
+            first = root(found[0])
+            for i in found[1:]:
+                owner[root(i)] = first
+        groups: dict[int, list[str]] = {}
+        cost: dict[int, int] = {}
+        for customer_id, found in touched.items():
+            key = root(found[0])
+            groups.setdefault(key, []).append(customer_id)
+            cost[key] = cost.get(key, 0) + len(found)
+        if len(groups) > limit:
+            cheapest = sorted(groups, key=lambda k: cost[k])
+            merged = [c for k in cheapest[limit - 1 :] for c in groups.pop(k)]
+            groups[cheapest[limit - 1]] = merged
+        order = {customer_id: n for n, customer_id in enumerate(names)}
+        return sorted(
+            (sorted(group, key=order.__getitem__) for group in groups.values()), key=lambda g: order[g[0]]
+        )
 
     def any(self, names: Collection[str]) -> bool:
         """Whether entries named ``names`` may move any of the segments."""
@@ -419,9 +469,15 @@ class RealtimeSegments:
             await faults.point("segmentation.before_commit")
         return changed
 
-    async def concerned(self, names: dict[str, set[str]]) -> list[str]:
+    async def concerned(self, names: Mapping[str, set[str]]) -> list[str]:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
-        segment's filter may depend on (``Affected``): one read of the definitions for a batch,
+        segment's filter may depend on (``Affected``): ``concerned_parts`` in one group."""
+        return [customer_id for part in await self.concerned_parts(names, 1) for customer_id in part]
+
+    async def concerned_parts(self, names: Mapping[str, set[str]], limit: int) -> list[list[str]]:
+        """The customers of ``names`` (their events' names by customer) whose events some real-time
+        segment's filter may depend on (``Affected``), in at most ``limit`` groups of customers
+        whose segments are disjoint (``Affected.parts``): one read of the definitions for a batch,
         without locks, so that a customer no segment can be affected by costs no transaction.
 
         Leaving the others out misses nothing: their events were committed before they reached
@@ -429,10 +485,12 @@ class RealtimeSegments:
         backfilled from the start, and its backfill reads every customer's data (these events
         included) after this read. Whether a segment covers the customer yet is not asked here (a
         backfill in progress may end before ``customers_events`` takes their lock): the chosen
-        customers are evaluated as before, the definitions read again under their lock.
+        customers are evaluated as before, the definitions read again under their lock (so a
+        definition changed since only makes the groups' segments overlap: each customer is still
+        in one group, evaluated in one transaction).
         """
         affected = Affected([self.compiled(d) for d in await self.repository.definitions(self.pool)])
-        return [customer_id for customer_id, seen in names.items() if affected.any(seen)]
+        return affected.parts(names, limit)
 
     # Time ----------------------------------------------------------------------------
 
@@ -662,11 +720,36 @@ class SegmentEvents(StreamHandler):
 
     async def handle(self, batch: Sequence[Received]) -> None:
         names: dict[str, set[str]] = {}
+        received: dict[str, list[Received]] = {}
         for item in batch:
             if item.entry.customer_id:  # system events change no customer's membership
                 names.setdefault(item.entry.customer_id, set()).add(item.entry.name)
+                received.setdefault(item.entry.customer_id, []).append(item)
         if not names:
             return
-        concerned = await self.engine.concerned(names)
-        if concerned:
-            await self.engine.customers_events({customer_id: names[customer_id] for customer_id in concerned})
+
+        def settle(customers: Collection[str]) -> None:
+            # Their later entries need not wait for the rest of the batch: the evaluation reads the
+            # customer's state under their lock, whatever order it is repeated in (a retry of this
+            # batch after a failure included).
+            for customer_id in customers:
+                for item in received[customer_id]:
+                    item.settled()
+
+        # Customers whose segments are disjoint are evaluated in transactions of their own, side
+        # by side, all committed before the batch is acknowledged: an event whose segments are few
+        # does not wait for the statement of every other customer's segments (issue 13, 1,000
+        # events/s). A customer is in one part only, so their evaluations stay serialised.
+        parts = await self.engine.concerned_parts(names, PARTS_PER_BATCH)
+        concerned = {customer_id for part in parts for customer_id in part}
+        settle([customer_id for customer_id in names if customer_id not in concerned])
+
+        async def evaluate(part: list[str]) -> None:
+            await self.engine.customers_events({customer_id: names[customer_id] for customer_id in part})
+            settle(part)
+
+        done = await asyncio.gather(*map(evaluate, parts), return_exceptions=True)
+        # Raised once every part has ended: a retry of the batch never runs beside one of its parts.
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
