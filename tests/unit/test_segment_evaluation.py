@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from eventline.common.v1 import common_pb2
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventline_predicates import filters, periods
-from eventline_segmentation import compiler, evaluation
+from eventline_segmentation import compiler, evaluation, transitions
 from tests.integration.test_segmentation_differential import bindings_strategy
 from tests.unit.test_segment_transitions import EXAMPLES, SCENARIOS, any_filters, local_day_start
 
@@ -78,3 +79,28 @@ def test_decision_holds_where_explain_does(
     held = evaluation.Decision(lean).held(tuple(row[name] for name in lean.names), clock)
     assert held[0] == matched
     assert held == [e.held for e in explanations]
+
+    # Counts in a sliding period decided by their window's events instead (real-time segments):
+    # a list of as many as the window load's limit at most.
+    plan = transitions.plan(checked.root, now, clock.zone)
+    node_index = {id(node): i for i, node in enumerate(whole.nodes)}
+    listed: dict[int, str] = {}
+    for j, load in enumerate(plan.loads):
+        if isinstance(load, transitions.WindowOccurrences):
+            i = node_index[id(load.node)]
+            listed[i] = f"w{j}"
+            row[f"w{j}"] = ",".join(str(k) for k in range(min(row[f"n{i}"], load.limit)))
+    params = compiler.Params()
+    windowed = compiler.match_many_query(
+        checked.root,
+        [clock],
+        params,
+        compiler.RowBounds(params, ["c"], shared=True),
+        [f"NULL AS {column}" for column in listed.values()],
+        listed,
+    )
+    assert not {f"n{i}" for i in listed} & set(windowed.names)
+    # Every parameter is used (PostgreSQL cannot type one that is not).
+    assert {int(n) for n in re.findall(r"\$(\d+)::", windowed.sql)} == set(range(1, len(params.values) + 1))
+    decision = evaluation.Decision(windowed, listed)
+    assert decision.held(tuple(row[name] for name in windowed.names), clock) == held

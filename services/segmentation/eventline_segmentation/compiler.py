@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,19 +439,26 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
 
 
 def match_many_query(
-    root: Node, clocks: Sequence[Clock], params: Params, rows: RowBounds, extra: Sequence[str] = ()
+    root: Node,
+    clocks: Sequence[Clock],
+    params: Params,
+    rows: RowBounds,
+    extra: Sequence[str] = (),
+    counted: Collection[int] = (),
 ) -> MatchQuery:
     """``match_query`` for the customers of ``rows``, row ``r`` at ``clocks[r]``, in one query: of its
     columns (each row's own intervals) only those that decide a leaf (``decisive_column``: no
-    explanation is built from these rows), then ``extra`` (built with ``rows`` before this call).
-    Customers that do not exist give no row. ``params`` is shared with the caller's other queries."""
+    explanation is built from these rows), but no count of the nodes ``counted`` (indexes in
+    ``walk(root)``: the caller counts their events in ``extra``), then ``extra`` (built with
+    ``rows`` before this call). Customers that do not exist give no row. ``params`` is shared
+    with the caller's other queries."""
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
         # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
         once = {clock: resolve(clock) for clock in set(clocks)}
         return rows.interval(column, [once[clock] for clock in clocks])
 
-    select = _match_select(root, params, bounded, extra, decisive=True)
+    select = _match_select(root, params, bounded, extra, decisive=True, counted=counted)
     return MatchQuery(
         f"{select.columns} FROM {rows.source()} JOIN customers c ON c.customer_id = q.customer_id{select.joins}",
         params.values,
@@ -478,18 +485,31 @@ def decisive_column(node: EventNode | CustomerNode, i: int) -> str:
 
 
 def _match_select(
-    root: Node, params: Params, interval: IntervalSql, extra: Sequence[str] = (), *, decisive: bool = False
+    root: Node,
+    params: Params,
+    interval: IntervalSql,
+    extra: Sequence[str] = (),
+    *,
+    decisive: bool = False,
+    counted: Collection[int] = (),
 ) -> _Select:
-    """The columns of ``match_query`` (all of them; with ``decisive``, only ``decisive_column``)."""
+    """The columns of ``match_query`` (all of them; with ``decisive``, only ``decisive_column``, and
+    none for the nodes ``counted``)."""
     nodes = walk(root)
     events = [n for n in nodes if isinstance(n, EventNode)]
     full_scan = any(n.predicates and (n.test != "count" or n.period is None) for n in events)
-    in_periods = [n.period for n in events if n.test == "count" and n.period is not None]
+    in_periods = [
+        n.period
+        for i, n in enumerate(nodes)
+        if isinstance(n, EventNode) and n.test == "count" and n.period is not None and i not in counted
+    ]
     outer: list[str] = []
     aggregates: list[str] = []
     scanned: list[str] = []
     for i, node in enumerate(nodes):
         if isinstance(node, EventNode):
+            if i in counted:
+                continue
             wanted = decisive_column(node, i)[0] if decisive else "nlf"
             name = params.add(node.name, "text")
             stats = f"FROM customer_event_stats s WHERE s.customer_id = c.customer_id AND s.name = {name}"

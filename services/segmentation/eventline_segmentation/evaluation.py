@@ -42,12 +42,16 @@ class Decision:
     the tree held, read by position in the row. Built once per query, used for each of its rows
     (a consumer batch evaluates thousands: the explanations were most of the evaluation's CPU)."""
 
-    def __init__(self, query: MatchQuery) -> None:
+    def __init__(self, query: MatchQuery, listed: Mapping[int, str] | None = None) -> None:
+        """``listed``: count conditions (by node index) whose column of that name lists their
+        matching events in the period, comma-separated, up to as many as decide the count (the
+        bound plus one, or the lower bound without upper: ``match_many_query``'s ``counted``)."""
         self.nodes = query.nodes
         position = {name: k for k, name in enumerate(query.names)}
         index = {id(node): i for i, node in enumerate(self.nodes)}
-        self._leaves: list[tuple[int, EventNode | CustomerNode, int]] = [
-            (i, node, position[decisive_column(node, i)])
+        listed = listed or {}
+        self._leaves: list[tuple[int, EventNode | CustomerNode, int, bool]] = [
+            (i, node, position[listed.get(i) or decisive_column(node, i)], i in listed)
             for i, node in enumerate(self.nodes)
             if isinstance(node, EventNode | CustomerNode)
         ]
@@ -61,10 +65,12 @@ class Decision:
     def held(self, row: Sequence[Any], clock: Clock) -> list[bool]:
         """Whether each node held (in pre-order: the first is the answer), as ``explain`` says."""
         held = [False] * len(self.nodes)
-        for i, node, column in self._leaves:
+        for i, node, column, in_list in self._leaves:
             value = row[column]
             if isinstance(node, CustomerNode):
                 held[i] = bool(value)
+            elif in_list:
+                held[i] = event_held(node, value.count(",") + 1 if value else 0, None, None, clock)
             elif node.test == "count":
                 held[i] = event_held(node, int(value), None, None, clock)
             elif node.test == "first":

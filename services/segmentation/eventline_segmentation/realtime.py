@@ -210,17 +210,22 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
         clocks = [clock_at[probes[i].at] for i in indexes]
         plans = None
         extra: list[str] = []
+        # A count in a sliding period is decided by its window's events (at most its limit):
+        # the query counts nothing more for it.
+        listed: dict[int, str] = {}
         if segment.dependencies.changes_with_time:
             plan_at = {at: transitions.plan(segment.root, at, segment.zone) for at in instants}
             plans = [plan_at[probes[i].at] for i in indexes]
+            node_index = {id(node): i for i, node in enumerate(filters.walk(segment.root))}
             for j, load in enumerate(plans[0].loads):
                 if isinstance(load, transitions.WindowOccurrences):
                     windows = [cast(transitions.WindowOccurrences, plan.loads[j]).window for plan in plans]
                     extra += _window_columns(load, j, rows.bounds(windows), params)
+                    listed[node_index[id(load.node)]] = f"w{j}"
         query = compiler.match_many_query(
-            segment.root, clocks, params, rows, [*extra, "q.position AS position"]
+            segment.root, clocks, params, rows, [*extra, "q.position AS position"], listed
         )
-        readings.append(_Reading(query, indexes, clocks, plans))
+        readings.append(_Reading(query, indexes, clocks, plans, listed))
         parts.append(f"SELECT {number} AS g, ROW(x.*) AS r FROM ({query.sql}) x")
     found: list[Observation | None] = [None] * len(probes)
     if not probes:
@@ -246,11 +251,12 @@ class _Reading:
         indexes: list[int],
         clocks: list[periods.Clock],
         plans: list[transitions.LoadPlan] | None,
+        listed: Mapping[int, str],
     ) -> None:
         self.indexes = indexes
         self.clocks = clocks
         self.plans = plans
-        self.decision = evaluation.Decision(query)
+        self.decision = evaluation.Decision(query, listed)
         column = {name: k for k, name in enumerate(query.names)}
         self.position = column["position"]
         node_index = {id(node): i for i, node in enumerate(query.nodes)}
