@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,18 +439,26 @@ def match_query(root: Node, clock: Clock, customer_id: str) -> MatchQuery:
 
 
 def match_many_query(
-    root: Node, clocks: Sequence[Clock], params: Params, rows: RowBounds, extra: Sequence[str] = ()
+    root: Node,
+    clocks: Sequence[Clock],
+    params: Params,
+    rows: RowBounds,
+    extra: Sequence[str] = (),
+    counted: Collection[int] = (),
 ) -> MatchQuery:
-    """``match_query`` for the customers of ``rows``, row ``r`` at ``clocks[r]``, in one query: the same
-    columns (each row's own intervals), then ``extra`` (built with ``rows`` before this call). Customers
-    that do not exist give no row. ``params`` is shared with the caller's other queries."""
+    """``match_query`` for the customers of ``rows``, row ``r`` at ``clocks[r]``, in one query: of its
+    columns (each row's own intervals) only those that decide a leaf (``decisive_column``: no
+    explanation is built from these rows), but no count of the nodes ``counted`` (indexes in
+    ``walk(root)``: the caller counts their events in ``extra``), then ``extra`` (built with
+    ``rows`` before this call). Customers that do not exist give no row. ``params`` is shared
+    with the caller's other queries."""
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
         # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
         once = {clock: resolve(clock) for clock in set(clocks)}
         return rows.interval(column, [once[clock] for clock in clocks])
 
-    select = _match_select(root, params, bounded, extra)
+    select = _match_select(root, params, bounded, extra, decisive=True, counted=counted)
     return MatchQuery(
         f"{select.columns} FROM {rows.source()} JOIN customers c ON c.customer_id = q.customer_id{select.joins}",
         params.values,
@@ -467,44 +475,75 @@ class _Select:
     names: list[str]
 
 
-def _match_select(root: Node, params: Params, interval: IntervalSql, extra: Sequence[str] = ()) -> _Select:
+def decisive_column(node: EventNode | CustomerNode, i: int) -> str:
+    """The one column of ``match_query`` that decides leaf ``i``: its count for a count test, its
+    last occurrence for days since and "last occurred", its first for "first occurred", and
+    whether it held for a customer condition."""
+    if isinstance(node, CustomerNode):
+        return f"h{i}"
+    return {"count": "n", "first": "f"}.get(node.test, "l") + str(i)
+
+
+def _match_select(
+    root: Node,
+    params: Params,
+    interval: IntervalSql,
+    extra: Sequence[str] = (),
+    *,
+    decisive: bool = False,
+    counted: Collection[int] = (),
+) -> _Select:
+    """The columns of ``match_query`` (all of them; with ``decisive``, only ``decisive_column``, and
+    none for the nodes ``counted``)."""
     nodes = walk(root)
     events = [n for n in nodes if isinstance(n, EventNode)]
     full_scan = any(n.predicates and (n.test != "count" or n.period is None) for n in events)
-    in_periods = [n.period for n in events if n.test == "count" and n.period is not None]
+    in_periods = [
+        n.period
+        for i, n in enumerate(nodes)
+        if isinstance(n, EventNode) and n.test == "count" and n.period is not None and i not in counted
+    ]
     outer: list[str] = []
     aggregates: list[str] = []
     scanned: list[str] = []
     for i, node in enumerate(nodes):
         if isinstance(node, EventNode):
+            if i in counted:
+                continue
+            wanted = decisive_column(node, i)[0] if decisive else "nlf"
             name = params.add(node.name, "text")
             stats = f"FROM customer_event_stats s WHERE s.customer_id = c.customer_id AND s.name = {name}"
             matching = [f"e.name = {name}", *(predicate_sql(p, "e.context", params) for p in node.predicates)]
-            if node.test == "count" and node.period is not None:
-                in_period = matching + interval("e.occurred_at", _resolver(node.period))
-                aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(in_period)}) AS n{i}")
-                outer.append(f"a.n{i}")
-                scanned.append(node.name)
-            elif not node.predicates:
-                outer.append(f"COALESCE((SELECT s.count {stats}), 0) AS n{i}")
-            else:
-                aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(matching)}) AS n{i}")
-                outer.append(f"a.n{i}")
-                scanned.append(node.name)
-            if not node.predicates:
-                outer.append(f"(SELECT s.last_at {stats}) AS l{i}")
-                outer.append(f"(SELECT s.first_at {stats}) AS f{i}")
-            elif full_scan:
-                aggregates.append(f"max(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS l{i}")
-                aggregates.append(f"min(e.occurred_at) FILTER (WHERE {' AND '.join(matching)}) AS f{i}")
-                outer += [f"a.l{i}", f"a.f{i}"]
-            else:
-                where = " AND ".join(["e.customer_id = c.customer_id", *matching])
-                outer.append(f"(SELECT max(e.occurred_at) FROM customer_events e WHERE {where}) AS l{i}")
-                outer.append(f"(SELECT min(e.occurred_at) FROM customer_events e WHERE {where}) AS f{i}")
+            if "n" in wanted:
+                if node.test == "count" and node.period is not None:
+                    in_period = matching + interval("e.occurred_at", _resolver(node.period))
+                    aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(in_period)}) AS n{i}")
+                    outer.append(f"a.n{i}")
+                    scanned.append(node.name)
+                elif not node.predicates:
+                    outer.append(f"COALESCE((SELECT s.count {stats}), 0) AS n{i}")
+                else:
+                    aggregates.append(f"count(*) FILTER (WHERE {' AND '.join(matching)}) AS n{i}")
+                    outer.append(f"a.n{i}")
+                    scanned.append(node.name)
+            for letter, column, aggregate in (("l", "last_at", "max"), ("f", "first_at", "min")):
+                if letter not in wanted:
+                    continue
+                if not node.predicates:
+                    outer.append(f"(SELECT s.{column} {stats}) AS {letter}{i}")
+                elif full_scan:
+                    filtered = f"FILTER (WHERE {' AND '.join(matching)})"
+                    aggregates.append(f"{aggregate}(e.occurred_at) {filtered} AS {letter}{i}")
+                    outer.append(f"a.{letter}{i}")
+                    scanned.append(node.name)
+                else:
+                    where = " AND ".join(["e.customer_id = c.customer_id", *matching])
+                    outer.append(
+                        f"(SELECT {aggregate}(e.occurred_at) FROM customer_events e WHERE {where}) AS {letter}{i}"
+                    )
         elif isinstance(node, CustomerNode):
             outer.append(f"{customer_sql(node, params)} AS h{i}")
-            if node.predicate is not None:
+            if node.predicate is not None and not decisive:
                 outer.append(f"(c.attributes -> {params.add(node.predicate.field, 'text')})::text AS v{i}")
     outer += extra
     names = ["customer_id", *(_alias(column) for column in outer)]

@@ -1,14 +1,15 @@
-"""Evaluating a checked tree for one customer from the row of ``compiler.match_query``."""
+"""Evaluating a checked tree for one customer from the row of ``compiler.match_query`` (with its
+explanation: MatchCustomer) or of ``compiler.match_many_query`` (the answer alone: real-time segments)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eventline_predicates.evaluation import Explanation, event_held, explain_tree
-from eventline_predicates.filters import CustomerNode, EventNode, Node
+from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node
 from eventline_predicates.periods import Clock
-from eventline_segmentation.compiler import MatchQuery
+from eventline_segmentation.compiler import MatchQuery, decisive_column
 from eventline_shared import values
 
 
@@ -33,3 +34,54 @@ def explain(query: MatchQuery, row: Mapping[str, Any] | Any, clock: Clock) -> tu
         return Explanation(node.path, bool(row[f"h{i}"]), value=seen)
 
     return explain_tree(query.nodes, leaf)
+
+
+class Decision:
+    """``explain``'s answers without its explanations, for the rows of one
+    ``compiler.match_many_query`` (only each leaf's ``decisive_column``): whether each node of
+    the tree held, read by position in the row. Built once per query, used for each of its rows
+    (a consumer batch evaluates thousands: the explanations were most of the evaluation's CPU)."""
+
+    def __init__(self, query: MatchQuery, listed: Mapping[int, str] | None = None) -> None:
+        """``listed``: count conditions (by node index) whose column of that name lists their
+        matching events in the period, comma-separated, up to as many as decide the count (the
+        bound plus one, or the lower bound without upper: ``match_many_query``'s ``counted``)."""
+        self.nodes = query.nodes
+        position = {name: k for k, name in enumerate(query.names)}
+        index = {id(node): i for i, node in enumerate(self.nodes)}
+        listed = listed or {}
+        self._leaves: list[tuple[int, EventNode | CustomerNode, int, bool]] = [
+            (i, node, position[listed.get(i) or decisive_column(node, i)], i in listed)
+            for i, node in enumerate(self.nodes)
+            if isinstance(node, EventNode | CustomerNode)
+        ]
+        # Children come after their parent in pre-order: groups are combined last to first.
+        self._groups = [
+            (i, node.op, [index[id(child)] for child in node.children])
+            for i, node in reversed(list(enumerate(self.nodes)))
+            if isinstance(node, BoolNode)
+        ]
+
+    def held(self, row: Sequence[Any], clock: Clock) -> list[bool]:
+        """Whether each node held (in pre-order: the first is the answer), as ``explain`` says."""
+        held = [False] * len(self.nodes)
+        for i, node, column, in_list in self._leaves:
+            value = row[column]
+            if isinstance(node, CustomerNode):
+                held[i] = bool(value)
+            elif in_list:
+                held[i] = event_held(node, value.count(",") + 1 if value else 0, None, None, clock)
+            elif node.test == "count":
+                held[i] = event_held(node, int(value), None, None, clock)
+            elif node.test == "first":
+                held[i] = event_held(node, 0, None, value, clock)
+            else:
+                held[i] = event_held(node, 0, value, None, clock)
+        for i, op, children in self._groups:
+            if op == "not":
+                held[i] = not held[children[0]]
+            elif op == "all":
+                held[i] = all(held[child] for child in children)
+            else:
+                held[i] = any(held[child] for child in children)
+        return held

@@ -235,11 +235,12 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     ``probes``, None for a customer that does not exist.
 
     The probes of one segment make one query over their customers, each at the instant of its
-    own probe (``compiler.match_many_query``), that also loads the events the forecast needs
-    (``transitions.plan``'s windows, as arrays of microseconds since 1970: the rows of the
-    segments' queries differ in shape, so each travels as an anonymous record, which asyncpg
-    decodes only with scalar fields); the segments' queries are joined by UNION ALL, in the
-    order of their ids, so that the statement's text depends only on which segments it holds.
+    own probe (``compiler.match_many_query``: only the columns that decide each condition), that
+    also loads the events the forecast needs (``transitions.plan``'s windows, as arrays of
+    microseconds since 1970: the rows of the segments' queries differ in shape, so each travels
+    as an anonymous record, which asyncpg decodes only with scalar fields); the segments' queries
+    are joined by UNION ALL, in the order of their ids, so that the statement's text depends only
+    on which segments it holds.
     """
     grouped: dict[str, list[int]] = {}
     segments: dict[str, Compiled] = {}
@@ -249,9 +250,7 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     groups = {segment_id: grouped[segment_id] for segment_id in sorted(grouped)}
     params = compiler.Params()
     parts: list[str] = []
-    queries: list[
-        tuple[compiler.MatchQuery, list[int], list[periods.Clock], list[transitions.LoadPlan] | None]
-    ] = []
+    readings: list[_Reading] = []
     for number, (segment_id, indexes) in enumerate(groups.items()):
         segment = segments[segment_id]
         # Probes of one instant (all of an event batch's) share their clock, plan and bounds.
@@ -261,17 +260,22 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
         clocks = [clock_at[probes[i].at] for i in indexes]
         plans = None
         extra: list[str] = []
+        # A count in a sliding period is decided by its window's events (at most its limit):
+        # the query counts nothing more for it.
+        listed: dict[int, str] = {}
         if segment.dependencies.changes_with_time:
             plan_at = {at: transitions.plan(segment.root, at, segment.zone) for at in instants}
             plans = [plan_at[probes[i].at] for i in indexes]
+            node_index = {id(node): i for i, node in enumerate(filters.walk(segment.root))}
             for j, load in enumerate(plans[0].loads):
                 if isinstance(load, transitions.WindowOccurrences):
                     windows = [cast(transitions.WindowOccurrences, plan.loads[j]).window for plan in plans]
                     extra += _window_columns(load, j, rows.bounds(windows), params)
+                    listed[node_index[id(load.node)]] = f"w{j}"
         query = compiler.match_many_query(
-            segment.root, clocks, params, rows, [*extra, "q.position AS position"]
+            segment.root, clocks, params, rows, [*extra, "q.position AS position"], listed
         )
-        queries.append((query, indexes, clocks, plans))
+        readings.append(_Reading(query, indexes, clocks, plans, listed))
         parts.append(f"SELECT {number} AS g, ROW(x.*) AS r FROM ({query.sql}) x")
     found: list[Observation | None] = [None] * len(probes)
     if not probes:
@@ -279,17 +283,66 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     for n, record in enumerate(await connection.fetch(" UNION ALL ".join(parts), *params.values)):
         if n % 100 == 99:
             await asyncio.sleep(0)  # let the event loop serve others between slices of a large batch
-        query, indexes, clocks, plans = queries[record["g"]]
-        row = dict(zip(query.names, record["r"], strict=True))
-        position = row["position"] - 1
-        found[indexes[position]] = _observation(
-            probes[indexes[position]],
-            query,
-            row,
-            clocks[position],
-            None if plans is None else plans[position],
-        )
+        reading = readings[record["g"]]
+        row = record["r"]
+        position = row[reading.position] - 1
+        index = reading.indexes[position]
+        found[index] = reading.observation(probes[index], row, position)
     return found
+
+
+class _Reading:
+    """How to read the rows of one segment's query in ``observe_many``: its columns by position,
+    and what each of the forecast's loads reads."""
+
+    def __init__(
+        self,
+        query: compiler.MatchQuery,
+        indexes: list[int],
+        clocks: list[periods.Clock],
+        plans: list[transitions.LoadPlan] | None,
+        listed: Mapping[int, str],
+    ) -> None:
+        self.indexes = indexes
+        self.clocks = clocks
+        self.plans = plans
+        self.decision = evaluation.Decision(query, listed)
+        column = {name: k for k, name in enumerate(query.names)}
+        self.position = column["position"]
+        node_index = {id(node): i for i, node in enumerate(query.nodes)}
+        # Per load: the index of its node, and the columns it reads (the node's decisive one, or
+        # the window's two).
+        self.loads: list[tuple[int, int, int]] = []
+        for j, load in enumerate(plans[0].loads if plans else ()):
+            i = node_index[id(load.node)]
+            if isinstance(load, transitions.WindowOccurrences):
+                self.loads.append((i, column[f"w{j}"], column[f"a{j}"]))
+            else:
+                self.loads.append((i, column[compiler.decisive_column(load.node, i)], -1))
+
+    def observation(self, probe: Probe, row: Sequence[Any], position: int) -> Observation:
+        held = self.decision.held(row, self.clocks[position])
+        matched = held[0]
+        if self.plans is None:
+            return Observation(matched, None)
+        plan = self.plans[position]
+        loaded: dict[str, transitions.Loaded] = {}
+        for load, (i, column, after) in zip(plan.loads, self.loads, strict=True):
+            path = load.node.path
+            if isinstance(load, transitions.AnswerNow):
+                loaded[path] = transitions.Answer(held[i])
+            elif isinstance(load, transitions.WindowOccurrences):
+                loaded[path] = transitions.WindowEvents(_instants(row[column]), _instants(row[after]))
+            else:  # the latest or earliest occurrence: the decisive column of days since, last, first
+                loaded[path] = transitions.Occurrence(row[column])
+        forecast = transitions.forecast(plan, loaded)
+        if forecast.member != matched:
+            # Two implementations of one semantics disagree: trust MatchCustomer's, look again soon.
+            log.error(
+                "forecast and match disagree", extra={"segment_id": probe.segment.definition.segment_id}
+            )
+            return Observation(matched, probe.at + dt.timedelta(seconds=1))
+        return Observation(matched, forecast.next_change)
 
 
 def _window_columns(
@@ -322,37 +375,6 @@ def _window_columns(
 
 def _instants(text: str) -> tuple[dt.datetime, ...]:
     return tuple(_EPOCH + dt.timedelta(microseconds=int(v)) for v in text.split(",")) if text else ()
-
-
-def _observation(
-    probe: Probe,
-    query: compiler.MatchQuery,
-    row: dict[str, Any],
-    clock: periods.Clock,
-    plan: transitions.LoadPlan | None,
-) -> Observation:
-    segment = probe.segment
-    matched, explanations = evaluation.explain(query, row, clock)
-    if plan is None:
-        return Observation(matched, None)
-    seen = {e.path: e for e in explanations}
-    loaded: dict[str, transitions.Loaded] = {}
-    for j, load in enumerate(plan.loads):
-        path = load.node.path
-        if isinstance(load, transitions.AnswerNow):
-            loaded[path] = transitions.Answer(seen[path].held)
-        elif isinstance(load, transitions.LatestOccurrence):
-            loaded[path] = transitions.Occurrence(seen[path].last)
-        elif isinstance(load, transitions.EarliestOccurrence):
-            loaded[path] = transitions.Occurrence(seen[path].first)
-        else:
-            loaded[path] = transitions.WindowEvents(_instants(row[f"w{j}"]), _instants(row[f"a{j}"]))
-    forecast = transitions.forecast(plan, loaded)
-    if forecast.member != matched:
-        # Two implementations of one semantics disagree: trust MatchCustomer's, look again soon.
-        log.error("forecast and match disagree", extra={"segment_id": segment.definition.segment_id})
-        return Observation(matched, probe.at + dt.timedelta(seconds=1))
-    return Observation(matched, forecast.next_change)
 
 
 class RealtimeSegments:

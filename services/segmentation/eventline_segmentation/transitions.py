@@ -263,6 +263,9 @@ class LoadPlan:
     clock: Clock = field(compare=False, repr=False)
     """``now`` in ``zone``: its day starts are computed once for every forecast of the plan (a
     consumer batch forecasts hundreds of customers from one plan)."""
+    day_starts: dict[dt.date, int] = field(default_factory=dict, compare=False, repr=False)
+    """``_Calendar.day_start`` by date, filled by the plan's forecasts (they ask for the same few
+    dates)."""
 
 
 def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
@@ -318,7 +321,7 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
     Each moving condition becomes the instants where it flips; sweeping them in
     time order through the tree gives the instants where the whole answer flips.
     """
-    calendar = _Calendar(plan.clock)
+    calendar = _Calendar(plan.clock, plan.day_starts)
     now = calendar.now
     horizon = _AFTER_ALL  # where the loaded data stops telling
     counted: dict[str, tuple[list[tuple[int, int]], int, int | None]] = {}
@@ -384,7 +387,9 @@ def _check_window(load: WindowOccurrences, events: WindowEvents) -> None:
     path = load.node.path
     if len(events.inside) > load.limit or len(events.after) > load.limit:
         raise ValueError(f"{path}: at most {load.limit} events inside and after the window")
-    if not all(load.window.holds(t) for t in events.inside) or not all(load.after(t) for t in events.after):
+    # The window is an interval and "after" a ray: their extremes hold exactly when all do.
+    inside = (min(events.inside), max(events.inside)) if events.inside else ()
+    if not all(load.window.holds(t) for t in inside) or (events.after and not load.after(min(events.after))):
         raise ValueError(f"{path}: an event is not where the plan asked for it")
 
 
@@ -486,12 +491,13 @@ class _Calendar:
     about; the forecast looks no further.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, starts: dict[dt.date, int]) -> None:
+        """``starts``: day starts found so far at ``clock`` (shared by the forecasts of one plan)."""
         self.clock = clock
         self.zone = clock.zone
         self.now = _micros(clock.now)
         self.recheck = _AFTER_ALL
-        self._starts: dict[dt.date, int] = {}
+        self._starts = starts
 
     def day_start(self, day: dt.date) -> int:
         """``Clock.day_start`` of ``day``: the first instant whose local date is ``day`` or later."""
