@@ -364,9 +364,9 @@ async def test_the_forecast_sweep_replays_changes_due_before_it_and_leaves_evalu
 async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(suite: Suite) -> None:
     engine = suite.segmentation_server.realtime
     events = {"c1": {"browse"}, "c2": {"purchase", "browse"}}
-    assert await engine.concerned(events) == []  # no real-time segment: no transaction at all
+    assert await engine.concerned_parts(events, 1) == []  # no real-time segment: no transaction at all
     await suite.save("buyers", purchases(1, 30))
-    assert await engine.concerned(events) == ["c2"]
+    assert await engine.concerned_parts(events, 1) == [["c2"]]
     # A filter an empty customer matches may change on any first event of anyone.
     no_purchase = pb.Filter(
         event=pb.EventCondition(
@@ -377,7 +377,7 @@ async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(su
         )
     )
     await suite.save("idle", no_purchase)
-    assert await engine.concerned(events) == ["c1", "c2"]
+    assert await engine.concerned_parts(events, 1) == [["c1", "c2"]]
 
 
 async def test_an_evaluation_that_does_not_move_a_timer_leaves_its_row_alone(suite: Suite) -> None:
@@ -400,12 +400,12 @@ async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_
     engine = suite.segmentation_server.realtime
     events = {"c1": {"browse"}, "c2": {PROFILE_CHANGED}, "c3": {"purchase"}}
     await suite.save("gold", attribute_equals("plan", "gold"))
-    assert await engine.concerned(events) == ["c2"]
+    assert await engine.concerned_parts(events, 1) == [["c2"]]
     gold_buyers = pb.Filter(
         all_of=pb.FilterList(filters=[attribute_equals("plan", "gold"), purchases(1, 30)])
     )
     await suite.save("gold_buyers", gold_buyers)
-    assert await engine.concerned(events) == ["c2", "c3"]
+    assert await engine.concerned_parts(events, 1) == [["c2", "c3"]]
 
 
 async def test_a_profile_change_without_notice_in_flight_at_the_first_segment_is_read_by_its_backfill(

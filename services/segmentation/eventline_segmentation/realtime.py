@@ -198,14 +198,6 @@ class Affected:
             (sorted(group, key=order.__getitem__) for group in groups.values()), key=lambda g: order[g[0]]
         )
 
-    def any(self, names: Collection[str]) -> bool:
-        """Whether entries named ``names`` may move any of the segments."""
-        return bool(
-            self._always
-            or any(name in self._by_name for name in names)
-            or (self._on_profile and PROFILE_CHANGED in names)
-        )
-
 
 class _Superseded(Exception):
     """A sweep's page was walked by another replica, or a new backfill replaced the sweep."""
@@ -491,11 +483,6 @@ class RealtimeSegments:
             await faults.point("segmentation.before_commit")
         return changed
 
-    async def concerned(self, names: Mapping[str, set[str]]) -> list[str]:
-        """The customers of ``names`` (their events' names by customer) whose events some real-time
-        segment's filter may depend on (``Affected``): ``concerned_parts`` in one group."""
-        return [customer_id for part in await self.concerned_parts(names, 1) for customer_id in part]
-
     async def concerned_parts(self, names: Mapping[str, set[str]], limit: int) -> list[list[str]]:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
         segment's filter may depend on (``Affected``), in at most ``limit`` groups of customers
@@ -737,7 +724,7 @@ class SegmentEvents(StreamHandler):
         Nothing is missed: those entries' events were committed before they were appended, hence
         before this read found no segment; a segment marked real-time later is backfilled from
         the start, and its backfill reads every customer's data (these events included) after the
-        segment's commit (the argument of ``RealtimeSegments.concerned``)."""
+        segment's commit (the argument of ``RealtimeSegments.concerned_parts``)."""
         return not await self.engine.repository.any_realtime()
 
     async def handle(self, batch: Sequence[Received]) -> None:
