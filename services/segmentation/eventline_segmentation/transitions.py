@@ -31,7 +31,7 @@ import datetime as dt
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
@@ -320,20 +320,35 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
 
     Each moving condition becomes the instants where it flips; sweeping them in
     time order through the tree gives the instants where the whole answer flips.
+    Two shortcuts give the same answer with less work: the conditions time cannot
+    move for this customer (answered now, or an occurrence that never happened)
+    are read first, and when they decide the tree alone nothing moves it; with a
+    single condition flipping, the tree flips at each of its instants or at none.
     """
     calendar = _Calendar(plan.clock, plan.day_starts)
     now = calendar.now
     horizon = _AFTER_ALL  # where the loaded data stops telling
-    counted: dict[str, tuple[list[tuple[int, int]], int, int | None]] = {}
-    answers: dict[str, bool] = {}
+    held: dict[str, bool] = {}
+    moving: list[Load] = []
     for load in plan.loads:
         path = load.node.path
         value = loaded.get(path)
         if isinstance(load, AnswerNow):
-            answers[path] = _expect(value, Answer, path).held
+            held[path] = _expect(value, Answer, path).held
         elif isinstance(load, WindowOccurrences):
-            events = _expect(value, WindowEvents, path)
-            _check_window(load, events)
+            _check_window(load, _expect(value, WindowEvents, path))
+            moving.append(load)
+        elif _expect(value, Occurrence, path).at is None:
+            held[path] = False  # every test but counts needs a matching event
+        else:
+            moving.append(load)
+    if moving and held and (decided := _decided(plan.root, held)) is not None:
+        return Forecast(decided, (), None)  # time moves nothing the answer depends on
+    counted: list[tuple[str, list[tuple[int, int]], int, int | None]] = []
+    for load in moving:
+        path = load.node.path
+        if isinstance(load, WindowOccurrences):
+            events = cast(WindowEvents, loaded[path])
             period = load.node.period
             assert period is not None
             if period.kind != "hours":
@@ -344,34 +359,64 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
             if len(events.after) >= load.limit:
                 # More events may follow the last one loaded: nothing is known from its entry on.
                 horizon = min(horizon, max(enter for enter, _ in spans[len(events.inside) :]))
-            counted[path] = (spans, load.node.low, load.node.high)
+            low, high = load.node.low, load.node.high
         else:
-            at = _expect(value, Occurrence, path).at
+            assert isinstance(load, LatestOccurrence | EarliestOccurrence)
+            at = cast(Occurrence, loaded[path]).at
+            assert at is not None
             node = load.node
-            if at is None:
-                answers[path] = False  # every test but counts needs a matching event
-            elif node.test == "days":
-                counted[path] = (_days_since_spans(node, at, calendar), 1, None)
+            low, high = 1, None
+            if node.test == "days":
+                spans = _days_since_spans(node, at, calendar)
             else:
                 assert node.period is not None
-                counted[path] = ([_presence(node.period, _micros(at), calendar)], 1, None)
+                spans = [_presence(node.period, _micros(at), calendar)]
+        counted.append((path, spans, low, high))
     horizon = min(horizon, calendar.recheck)
 
-    held = dict(answers)
-    flips: dict[int, list[str]] = {}
-    for path, (spans, low, high) in counted.items():
+    flipped: list[tuple[str, list[int]]] = []
+    for path, spans, low, high in counted:
         held[path], instants = _count_flips(spans, low, high, now, horizon)
-        for instant in instants:
-            flips.setdefault(instant, []).append(path)
+        if instants:
+            flipped.append((path, instants))
     member = current = _holds(plan.root, held)
     changes: list[dt.datetime] = []
-    for instant in sorted(flips):
-        for path in flips[instant]:
-            held[path] = not held[path]
-        if _holds(plan.root, held) != current:
-            current = not current
-            changes.append(_instant(instant))
+    if len(flipped) == 1:
+        # The other conditions hold still: the tree flips at every flip of this one, or at none.
+        path, instants = flipped[0]
+        held[path] = not held[path]
+        if _holds(plan.root, held) != member:
+            changes = [_instant(instant) for instant in instants]
+    elif flipped:
+        flips: dict[int, list[str]] = {}
+        for path, instants in flipped:
+            for instant in instants:
+                flips.setdefault(instant, []).append(path)
+        for instant in sorted(flips):
+            for path in flips[instant]:
+                held[path] = not held[path]
+            if _holds(plan.root, held) != current:
+                current = not current
+                changes.append(_instant(instant))
     return Forecast(member, tuple(changes), _instant(horizon) if horizon < _AFTER_ALL else None)
+
+
+def _decided(node: Node, held: Mapping[str, bool]) -> bool | None:
+    """The tree's answer when the leaves in ``held`` decide it whatever the others are, else None."""
+    if isinstance(node, BoolNode):
+        if node.op == "not":
+            negated = _decided(node.children[0], held)
+            return None if negated is None else not negated
+        decisive = node.op == "any"  # True decides "any", False decides "all"
+        undecided = False
+        for child in node.children:
+            answer = _decided(child, held)
+            if answer is None:
+                undecided = True
+            elif answer == decisive:
+                return decisive
+        return None if undecided else not decisive
+    return held.get(node.path)
 
 
 _T = TypeVar("_T")
