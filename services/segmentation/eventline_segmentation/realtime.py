@@ -428,10 +428,8 @@ class RealtimeSegments:
         changes: list[Change] = []
         timers: list[tuple[tuple[str, str], dt.datetime]] = []
         cancelled: list[tuple[str, str]] = []
-        # The evaluation statement's text depends only on which segments it evaluates (an event's
-        # name picks the same ones every time): plan it once per connection, not per call (planning
-        # one of 10 segments takes longer than running it for a customer).
-        await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        # The evaluation statement is planned once per connection, not per call (the statement
+        # above set plan_cache_mode for the rest of the transaction).
         observed_all = await observe_many(connection, probes)
         for probe, key, observed in zip(probes, keys, observed_all, strict=True):
             if observed is None:
