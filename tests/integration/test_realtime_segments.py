@@ -396,6 +396,27 @@ async def test_an_evaluation_that_does_not_move_a_timer_leaves_its_row_alone(sui
     assert moved is not None and moved["due_at"] > written["due_at"]
 
 
+async def test_reading_the_stored_members_plans_the_rest_of_the_transaction_once_per_connection(
+    suite: Suite,
+) -> None:
+    """The evaluation's statement (its text depends only on its segments) is planned generically:
+    the statement that reads the stored memberships sets it, without a round trip of its own."""
+    await suite.save("buyers", purchases(1, 30))
+    engine = suite.segmentation_server.realtime
+    async with engine.pool.acquire() as connection:
+        async with connection.transaction():
+            assert (
+                await connection.fetchval("SELECT current_setting('plan_cache_mode')") == "force_custom_plan"
+            )
+            stored = await engine.repository.keep_segments_reading_members(connection, [("buyers", "t1")])
+            assert stored.kept == {"buyers"}
+            assert (
+                await connection.fetchval("SELECT current_setting('plan_cache_mode')") == "force_generic_plan"
+            )
+        # Only for the transaction.
+        assert await connection.fetchval("SELECT current_setting('plan_cache_mode')") == "force_custom_plan"
+
+
 async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_event(suite: Suite) -> None:
     engine = suite.segmentation_server.realtime
     events = {"c1": {"browse"}, "c2": {PROFILE_CHANGED}, "c3": {"purchase"}}
