@@ -548,9 +548,8 @@ class _Calendar:
         """``Clock.day_start`` of ``day``: the first instant whose local date is ``day`` or later."""
         start = self._starts.get(day)
         if start is None:
-            try:
-                start = _micros(self.clock.day_start((self.clock.today - day).days))
-            except OverflowError:
+            start = _day_start(self.zone, day)
+            if start is None:
                 start = _AFTER_ALL if day > self.clock.today else _BEFORE_ALL
             self._starts[day] = start
         return start
@@ -589,6 +588,18 @@ class _Calendar:
         # Dates going back by more than a day (date-line moves before 1970) or a
         # midnight gap that is not at midnight would lead here; no zone has them from 1970 on.
         raise RuntimeError(f"the local dates of {self.zone} do not move as expected around {day}")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _day_start(zone: dt.tzinfo, day: dt.date) -> int | None:
+    """``Clock.day_start`` of ``day`` in ``zone`` (it depends on neither ``now`` nor today), None
+    beyond the calendar. Kept across plans: each consumer batch makes plans of its own, and their
+    forecasts ask for the same dates (the days of the customers' events)."""
+    try:
+        # As Clock.day_start: fold=0 maps a missing or repeated midnight to the day's first instant.
+        return _micros(dt.datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC))
+    except OverflowError:
+        return None
 
 
 @functools.lru_cache(maxsize=4096)
