@@ -42,6 +42,9 @@ UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = dt.timedelta(microseconds=1)
 _HOUR = 3_600_000_000  # microseconds
+_DAY = 24 * _HOUR
+_LAST_DAY = (dt.date.max - _EPOCH.date()).days
+"""The last date (9999-12-31) in days since 1970-01-01."""
 
 # Instants are whole microseconds since 1970 here; these two lie beyond every datetime.
 _BEFORE_ALL = (dt.datetime.min.replace(tzinfo=UTC) - _EPOCH) // _MICROSECOND - 1
@@ -351,7 +354,7 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
             events = cast(WindowEvents, loaded[path])
             period = load.node.period
             assert period is not None
-            if period.kind != "hours":
+            if period.kind != "hours" and calendar.utc_today is None:
                 # Events that left the period at the start of today (not loaded) come
                 # back if today later goes back to the day before.
                 calendar.reach(calendar.clock.today)
@@ -484,6 +487,15 @@ def _presence(period: PeriodSpec, at: int, calendar: _Calendar) -> tuple[int, in
     """When an event at ``at`` is in a sliding period, from now on: ``[enter, leave)``."""
     if period.kind == "hours":
         return at, min(at + period.amount * _HOUR + 1, _AFTER_ALL)
+    today = calendar.utc_today
+    if today is not None:  # the same in whole days since 1970 (a UTC day is 24 hours)
+        number = at // _DAY
+        if period.kind == "days":
+            return at, _reach_utc(number + period.amount, today)
+        return (
+            _reach_utc(number + period.min_days_ago, today),
+            _reach_utc(number + period.max_days_ago + 1, today),
+        )
     day = calendar.day_of(at)
     if period.kind == "days":
         # start of day (today - (amount - 1)) <= at <= now
@@ -497,9 +509,14 @@ def _presence(period: PeriodSpec, at: int, calendar: _Calendar) -> tuple[int, in
 
 def _days_since_spans(node: EventNode, last: dt.datetime, calendar: _Calendar) -> list[tuple[int, int]]:
     """When ``days_since <comparison> days`` holds: days since = today - the local date of ``last``."""
-    day = calendar.clock.local_date(last)
-    reached = calendar.reach(_plus(day, node.days))  # days since becomes `days`
-    passed = calendar.reach(_plus(day, node.days + 1))  # days since becomes `days + 1`
+    today = calendar.utc_today
+    if today is not None:  # the same in whole days since 1970
+        number = _micros(last) // _DAY
+        reached, passed = _reach_utc(number + node.days, today), _reach_utc(number + node.days + 1, today)
+    else:
+        day = calendar.clock.local_date(last)
+        reached = calendar.reach(_plus(day, node.days))  # days since becomes `days`
+        passed = calendar.reach(_plus(day, node.days + 1))  # days since becomes `days + 1`
     comparison = node.comparison
     if comparison == pb.COMPARISON_GREATER:
         return [(passed, _AFTER_ALL)]
@@ -525,6 +542,14 @@ def _plus(day: dt.date, days: int) -> dt.date | None:
 # Days ---------------------------------------------------------------------------------
 
 
+def _reach_utc(day: int, today: int) -> int:
+    """``_Calendar.reach`` in UTC, dates as days since 1970-01-01: no date goes back, each day
+    starts at midnight, and a day beyond the calendar is never reached."""
+    if day > _LAST_DAY:
+        return _AFTER_ALL
+    return _BEFORE_ALL if day <= today else day * _DAY
+
+
 class _Calendar:
     """Day arithmetic of one forecast: MatchCustomer's day starts, and when today reaches a date.
 
@@ -543,6 +568,8 @@ class _Calendar:
         self.now = _micros(clock.now)
         self.recheck = _AFTER_ALL
         self._starts = starts
+        self.utc_today = (clock.today - _EPOCH.date()).days if clock.zone is UTC else None
+        """In UTC, today in days since 1970-01-01 (``_reach_utc``); else None."""
 
     def day_start(self, day: dt.date) -> int:
         """``Clock.day_start`` of ``day``: the first instant whose local date is ``day`` or later."""
