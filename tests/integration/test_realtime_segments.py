@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
 from google.protobuf import field_mask_pb2
 
-from eventline_segmentation import realtime
+from eventline_predicates import filters, periods
+from eventline_segmentation import compiler, realtime
 from eventline_shared import values
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
@@ -415,6 +417,40 @@ async def test_reading_the_stored_members_plans_the_rest_of_the_transaction_once
             )
         # Only for the transaction.
         assert await connection.fetchval("SELECT current_setting('plan_cache_mode')") == "force_custom_plan"
+
+
+async def test_the_evaluation_statement_reads_each_customer_by_key_under_its_generic_plan(
+    db: asyncpg.Connection,
+) -> None:
+    """The generic plan of an evaluation (``observe_many``'s statement, planned once per connection
+    for 10 rows of its ``unnest``) looks each row's customer up by key: against a small customers
+    table it used to hash the rows and scan every customer, once per segment of the statement."""
+    await db.execute("INSERT INTO customers (customer_id) SELECT 'c' || i FROM generate_series(1, 2000) AS i")
+    await db.execute("ANALYZE customers")
+    checked = filters.check(purchases(1, 30), "filter", {})
+    assert checked.root is not None
+    params = compiler.Params()
+    customers = ["c1", "c2", "c3"]
+    rows = compiler.RowBounds(params, customers, shared=True)
+    clocks = [periods.Clock(START, UTC)] * len(customers)
+    query = compiler.match_many_query(checked.root, clocks, params, rows, ["q.position AS position"])
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    await db.execute(f"PREPARE evaluation AS {query.sql}")
+
+    def literal(value: Any) -> str:
+        if isinstance(value, list):
+            return "ARRAY[" + ", ".join(map(literal, value)) + "]"
+        return "'" + str(value).replace("'", "''") + "'"
+
+    execute = f"EXECUTE evaluation({', '.join(map(literal, params.values))})"
+    plan = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) {execute}"))
+
+    def scans(node: dict[str, Any]) -> list[str]:
+        found = [node["Node Type"]] if node.get("Relation Name") == "customers" else []
+        return found + [s for child in node.get("Plans", []) for s in scans(child)]
+
+    assert scans(plan[0]["Plan"]) in (["Index Scan"], ["Index Only Scan"])  # by key, once per row
+    assert len(await db.fetch(execute)) == len(customers)
 
 
 async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_event(suite: Suite) -> None:

@@ -459,8 +459,14 @@ def match_many_query(
         return rows.interval(column, [once[clock] for clock in clocks])
 
     select = _match_select(root, params, bounded, extra, decisive=True, counted=counted)
+    # Each row's customer by the primary key (a lateral subquery the planner cannot flatten), never
+    # a scan of ``customers``: the generic plan (real-time segments plan each statement once per
+    # connection) expects 10 rows from the unnest, and against a small table it hashed them and
+    # scanned every customer, once per segment of the statement (docs/performance.md, "The
+    # consumer's PostgreSQL").
+    customer = "SELECT * FROM customers c WHERE c.customer_id = q.customer_id OFFSET 0"
     return MatchQuery(
-        f"{select.columns} FROM {rows.source()} JOIN customers c ON c.customer_id = q.customer_id{select.joins}",
+        f"{select.columns} FROM {rows.source()} CROSS JOIN LATERAL ({customer}) c{select.joins}",
         params.values,
         select.nodes,
         select.names,
