@@ -128,3 +128,53 @@ async def test_what_waited_for_overlap_goes_out_when_the_running_statement_ends(
     run.gate.set()
     assert (await first, [await t for t in rest]) == (2, [4, 6])
     assert run.batches == [[1], [2, 3]]
+
+
+async def test_with_settle_turns_what_is_ready_when_a_statement_ends_joins_the_next() -> None:
+    """A request submitted by a callback that was ready when the running statement ended (the
+    reply's next call) shares the next statement with the one that waited, rather than the
+    waiting one going out alone and the ready one waiting for it in turn."""
+
+    async def batches_with(settle_turns: int) -> list[list[int]]:
+        run = Recorder()
+        group = GroupCommit(run, concurrency=2, overlap_size=10, settle_turns=settle_turns)
+        first = asyncio.create_task(group.submit(1))
+        await settle()
+        waiting = asyncio.create_task(group.submit(2))
+        await settle()
+        ready: list[asyncio.Task[int]] = []
+        first.add_done_callback(lambda _: ready.append(asyncio.create_task(group.submit(3))))
+        run.gate.set()
+        assert (await first, await waiting) == (2, 4)
+        assert await ready[0] == 6
+        return run.batches
+
+    assert await batches_with(0) == [[1], [2], [3]]
+    assert await batches_with(3) == [[1], [2, 3]]
+
+
+async def test_with_settle_turns_a_lone_request_goes_out_at_once() -> None:
+    run = Recorder()
+    group = GroupCommit(run, settle_turns=3)
+    lone = asyncio.create_task(group.submit(1))
+    await asyncio.sleep(0)  # submit runs and starts the statement's task
+    await asyncio.sleep(0)  # which runs: no turn waited for others
+    assert run.batches == [[1]]
+    run.gate.set()
+    assert await lone == 2
+
+
+async def test_with_settle_turns_work_enough_for_overlap_does_not_wait_for_the_turns() -> None:
+    """Batches (at least ``overlap_size`` queued) take the ended statement's place at once."""
+    run = Recorder()
+    group = GroupCommit(run, size=lambda r: r, concurrency=1, overlap_size=10, settle_turns=1000)
+    first = asyncio.create_task(group.submit(1))
+    await settle()
+    large = asyncio.create_task(group.submit(10))
+    await settle()
+    gate, run.gate = run.gate, asyncio.Event()
+    gate.set()
+    await settle()
+    assert run.batches == [[1], [10]]  # within the few turns settle gives, not a thousand
+    run.gate.set()
+    assert (await first, await large) == (2, 20)

@@ -14,6 +14,13 @@ fixed part whatever it carries, so small requests arriving at a steady pace
 (unary calls) are better grouped than spread over two statements, while large
 ones (batches) still overlap the database's work with the next statement's.
 
+With ``settle_turns``, a statement that ends with requests queued (less than ``overlap_size``) keeps its place for up to that
+many more turns of the event loop (no timer) before the next statement takes the queue: requests
+whose callbacks are ready meanwhile (calls being received, the replies' next calls) join it,
+instead of the next statement going out with the few queued at the very moment the last one
+ended. A statement that ends with nothing queued frees its place at once, and a request
+submitted with no statement running goes out at once.
+
 ``run`` gets the requests of one statement and returns one result per request,
 in order; if it raises, every request of that statement gets the exception.
 """
@@ -38,7 +45,8 @@ class _Pending(Generic[RequestT, ResultT]):
 
 class GroupCommit(Generic[RequestT, ResultT]):
     """Runs ``run`` over the requests queued meanwhile, ``concurrency`` statements at a time
-    (a statement beside a running one only for at least ``overlap_size`` of queued work)."""
+    (a statement beside a running one only for at least ``overlap_size`` of queued work; the
+    next one after ``settle_turns`` more turns of the loop)."""
 
     def __init__(
         self,
@@ -48,13 +56,16 @@ class GroupCommit(Generic[RequestT, ResultT]):
         max_size: int = 2000,
         concurrency: int = 2,
         overlap_size: int = 1,
+        settle_turns: int = 0,
     ) -> None:
         self.run = run
         self.size = size
         self.max_size = max_size
         self.concurrency = concurrency
         self.overlap_size = overlap_size
+        self.settle_turns = settle_turns
         self._queue: list[_Pending[RequestT, ResultT]] = []
+        self._queue_total = 0  # the sizes in ``_queue``, cancelled ones included
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -62,6 +73,7 @@ class GroupCommit(Generic[RequestT, ResultT]):
         """The result ``run`` gave for ``request``, once its statement has committed."""
         pending: _Pending[RequestT, ResultT] = _Pending(request, self.size(request))
         self._queue.append(pending)
+        self._queue_total += pending.size
         self._start_statements()
         return await pending.done
 
@@ -77,6 +89,7 @@ class GroupCommit(Generic[RequestT, ResultT]):
         if not pendings:
             return []
         self._queue.extend(pendings)
+        self._queue_total += sum(p.size for p in pendings)
         self._start_statements()
         try:
             await asyncio.wait([p.done for p in pendings])
@@ -98,6 +111,7 @@ class GroupCommit(Generic[RequestT, ResultT]):
             count = 0
             while self._queue and (not taken or count + self._queue[0].size <= self.max_size):
                 pending = self._queue.pop(0)
+                self._queue_total -= pending.size
                 if pending.done.cancelled():
                     continue
                 taken.append(pending)
@@ -118,6 +132,14 @@ class GroupCommit(Generic[RequestT, ResultT]):
                     break
         return total
 
+    async def _settle(self) -> None:
+        """Up to ``settle_turns`` turns of the loop while less than ``overlap_size`` is queued
+        and more than nothing (work enough for a statement of its own goes out at once)."""
+        for _ in range(self.settle_turns):
+            if not self._queue or self._queue_total >= self.overlap_size:
+                return
+            await asyncio.sleep(0)  # the statement's place is kept: what is ready joins the queue
+
     async def _statement(self, taken: list[_Pending[RequestT, ResultT]]) -> None:
         try:
             results = await self.run([pending.request for pending in taken])
@@ -132,5 +154,8 @@ class GroupCommit(Generic[RequestT, ResultT]):
                 if not pending.done.done():
                     pending.done.set_result(result)
         finally:
-            self._running -= 1
-            self._start_statements()
+            try:
+                await self._settle()
+            finally:
+                self._running -= 1
+                self._start_statements()
