@@ -127,10 +127,7 @@ def explain_tree(
 
     def held(node: Node) -> bool:
         if isinstance(node, BoolNode):
-            results = [held(child) for child in node.children]
-            answer = (
-                not results[0] if node.op == "not" else all(results) if node.op == "all" else any(results)
-            )
+            answer = node.combine([held(child) for child in node.children])  # each child explained
             by_node[id(node)] = Explanation(node.path, answer)
             return answer
         return by_node[id(node)].held

@@ -10,7 +10,7 @@ checked here by the same rules (``check_trigger_predicates``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -92,6 +92,13 @@ class Node:
 class BoolNode(Node):
     op: str  # "all", "any", "not"
     children: list[Node]
+
+    def combine(self, results: Iterable[bool]) -> bool:
+        """This node's answer from its children's, in their order (the one way every evaluator
+        of a tree combines them)."""
+        if self.op == "not":
+            return not next(iter(results))
+        return all(results) if self.op == "all" else any(results)
 
 
 @dataclass

@@ -57,7 +57,7 @@ class Decision:
         ]
         # Children come after their parent in pre-order: groups are combined last to first.
         self._groups = [
-            (i, node.op, [index[id(child)] for child in node.children])
+            (i, node, [index[id(child)] for child in node.children])
             for i, node in reversed(list(enumerate(self.nodes)))
             if isinstance(node, BoolNode)
         ]
@@ -77,11 +77,6 @@ class Decision:
                 held[i] = event_held(node, 0, None, value, clock)
             else:
                 held[i] = event_held(node, 0, value, None, clock)
-        for i, op, children in self._groups:
-            if op == "not":
-                held[i] = not held[children[0]]
-            elif op == "all":
-                held[i] = all(held[child] for child in children)
-            else:
-                held[i] = any(held[child] for child in children)
+        for i, group, children in self._groups:
+            held[i] = group.combine(held[child] for child in children)
         return held

@@ -106,10 +106,7 @@ def _holds_when_empty(root: Node) -> bool:
     """The answer for a customer with no events and an empty profile (time plays no part:
     without events no test involving a date can hold)."""
     if isinstance(root, BoolNode):
-        results = [_holds_when_empty(child) for child in root.children]
-        if root.op == "not":
-            return not results[0]
-        return all(results) if root.op == "all" else any(results)
+        return root.combine(_holds_when_empty(child) for child in root.children)
     if isinstance(root, EventNode):
         return root.test == "count" and root.low <= 0
     assert isinstance(root, CustomerNode)

@@ -443,10 +443,7 @@ def _check_window(load: WindowOccurrences, events: WindowEvents) -> None:
 
 def _holds(node: Node, held: Mapping[str, bool]) -> bool:
     if isinstance(node, BoolNode):
-        if node.op == "not":
-            return not _holds(node.children[0], held)
-        results = (_holds(child, held) for child in node.children)
-        return all(results) if node.op == "all" else any(results)
+        return node.combine(_holds(child, held) for child in node.children)
     return held[node.path]
 
 
