@@ -46,9 +46,10 @@ system clock, e-mail to bench/triggers.py's SMTP receiver in this process:
   load and the databases' growth fall on both alike); the rates are medians of the rounds
   (``batch_rounds``), ``batch_cost_pct`` the median of each back-to-back pair's cost
   (``batch_cost_pct_pairs``), so that one round the shared machine slowed does not decide it. A
-  round ends when the deployment's consumers have handled its events (``batch_consumed_s``, from the first call): ``batch_cpu_us_per_event`` is each service
-  process's and the database's PostgreSQL backends' CPU (user + system, from the kernel) per
-  event over those rounds. A negative cost (more work, faster) is noise: printed as null.
+  round ends when the deployment's consumers have handled its events (``batch_consumed_s``, from
+  the first call): ``batch_cpu_us_per_event`` is each service process's and the database's
+  PostgreSQL backends' CPU (user + system, from the kernel) per event over those rounds. A
+  negative cost (more work, faster) is noise: printed as null.
 * ``timer_lateness_p50_ms`` / ``timer_lateness_p99_ms`` / ``timer_lateness_max_ms`` (the 50
   segments deleted): ``timer_transitions`` customers (100,000, the issue's figure, with either
   option) each leave "bench_timer in the last hour" at an instant of their own, all within
@@ -115,9 +116,9 @@ PROBE = pb.Filter(event=pb.EventCondition(name="bench_probe"))
 
 PARTS = ("backfill", "transition", "trigger", "batch", "lateness")
 TIMERS = 100_000
+"""Exits due within one minute in the lateness part (the issue's figure)."""
 WARM_UP_ROUNDS = 2
 """Unmeasured batch rounds of each deployment before the measured pairs."""
-"""Exits due within one minute in the lateness part (the issue's figure)."""
 
 
 def realtime_segment(segment_id: str, display_name: str, filter_: pb.Filter) -> pb.CreateSegmentRequest:
@@ -387,9 +388,7 @@ async def live(
                 await with_50.segmentation.CreateSegment(realtime_segment(shapes[-1], shape_id, filter_))
             await wait_backfilled(with_50.segmentation, shapes)
             if "trigger" in parts:
-                result |= await segment_trigger(
-                    with_50, receiver, run, customers, 1_000, 200
-                )
+                result |= await segment_trigger(with_50, receiver, run, customers, 1_000, 200)
             if "batch" in parts:
                 async with deployment(
                     f"eventline_bench_realtime_{run}_without", customers, receiver, python_path
