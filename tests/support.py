@@ -106,6 +106,21 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     return found
 
 
+def plan_scans(plan: Any) -> dict[str, list[str]]:
+    """The node types that read each table in an EXPLAIN (FORMAT JSON) plan, in plan order (a
+    table read twice is listed twice)."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        if "Relation Name" in node:
+            found.setdefault(node["Relation Name"], []).append(node["Node Type"])
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return found
+
+
 async def wait_for_entries(redis_client, stream_key: str, count: int, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
     """Wait until the relay has published ``count`` entries to the stream."""
     deadline = time.monotonic() + timeout_s
