@@ -54,6 +54,14 @@ def time_zone(name: str, path: str = "time_zone") -> dt.tzinfo:
     return zoneinfo.ZoneInfo(name)
 
 
+def day_start(zone: dt.tzinfo, day: dt.date) -> dt.datetime:
+    """The first instant whose local date in ``zone`` is ``day`` (OverflowError beyond the calendar)."""
+    # Midnight may not exist (a DST jump at 00:00) or exist twice: fold=0
+    # maps it to the transition instant or to its first occurrence, which
+    # is in both cases the first instant of the local day (PEP 495).
+    return dt.datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+
+
 class Clock:
     """Day arithmetic in one time zone around one ``now`` (fixed: a clock is built per instant).
 
@@ -76,11 +84,7 @@ class Clock:
         instant = self._day_starts.get(days_before_today)
         if instant is None:
             day = self.today - dt.timedelta(days=days_before_today)
-            # Midnight may not exist (a DST jump at 00:00) or exist twice: fold=0
-            # maps it to the transition instant or to its first occurrence, which
-            # is in both cases the first instant of the local day (PEP 495).
-            local = dt.datetime(day.year, day.month, day.day, tzinfo=self.zone)
-            instant = self._day_starts[days_before_today] = local.astimezone(UTC)
+            instant = self._day_starts[days_before_today] = day_start(self.zone, day)
         return instant
 
     def resolve(self, period: PeriodSpec) -> Interval:

@@ -36,7 +36,7 @@ from typing import TypeVar, cast
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
 from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node, PeriodSpec, walk
-from eventline_predicates.periods import Clock, Interval
+from eventline_predicates.periods import Clock, Interval, day_start
 
 UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
@@ -616,12 +616,11 @@ class _Calendar:
 
 @functools.lru_cache(maxsize=65_536)
 def _day_start(zone: dt.tzinfo, day: dt.date) -> int | None:
-    """``Clock.day_start`` of ``day`` in ``zone`` (it depends on neither ``now`` nor today), None
+    """``periods.day_start`` of ``day`` in ``zone`` (it depends on neither ``now`` nor today), None
     beyond the calendar. Kept across plans: each consumer batch makes plans of its own, and their
     forecasts ask for the same dates (the days of the customers' events)."""
     try:
-        # As Clock.day_start: fold=0 maps a missing or repeated midnight to the day's first instant.
-        return _micros(dt.datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC))
+        return _micros(day_start(zone, day))
     except OverflowError:
         return None
 
