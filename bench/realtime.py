@@ -818,6 +818,17 @@ async def segment_trigger(
     return figures
 
 
+def pairs_count(text: str) -> int:
+    """``--batch-pairs``: a whole number of at least 1 (a median of no pairs is no figure)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return count
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="10,000 customers / 500,000 events")
@@ -834,7 +845,7 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--batch-pairs",
-        type=int,
+        type=pairs_count,
         help="pairs of batch rounds after the warm-ups (default 6 with --quick, 8 without)",
     )
     options = parser.parse_args()
