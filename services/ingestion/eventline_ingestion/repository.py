@@ -261,13 +261,16 @@ class IngestionRepository:
         # One pass builds each event's stored form, its stream entry and its row of the
         # statement's columns (the batch path's Python runs per event; docs/performance.md).
         received = received_at_field(datetime_to_timestamp(received_at))
-        key_for = self.layout.key_for
-        built: dict[tuple[str, str], bytes] = {}
+        layout = self.layout
+        only_stream = layout.key(0) if layout.partitions == 1 else None
+        # Each key's result as if it is new (the usual case, returned as it is).
+        built: dict[tuple[str, str], tuple[bytes, bool]] = {}
         customer_rows: list[tuple[object, ...]] = []
         system_rows: list[tuple[object, ...]] = []
         for arrival, e in sorted(enumerate(events), key=_by_key):
             event_id, customer_id, name = e.event_id.encode(), e.customer_id.encode(), e.name.encode()
-            payload = built[e.key] = stored_event_bytes(e, event_id, customer_id, name, received)
+            payload = stored_event_bytes(e, event_id, customer_id, name, received)
+            built[e.key] = (payload, False)
             entry = stream.pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
             if e.customer_id:
                 customer_rows.append(
@@ -278,7 +281,7 @@ class IngestionRepository:
                         e.occurred_us,
                         e.context_json,
                         entry,
-                        key_for(e.customer_id),
+                        only_stream or layout.key_for(e.customer_id),
                         arrival,
                     )
                 )
@@ -317,9 +320,9 @@ class IngestionRepository:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
         if len(rows) == len(built):  # the usual case: every event is new
-            return {key: (event, False) for key, event in built.items()}
+            return built
         new = {(r[0], r[1]) for r in rows}
-        results = {key: (built[key], False) for key in new}
+        results = {key: built[key] for key in new}
         seen = [e for e in events if e.key not in new]
         if seen:
             for event in await self.stored_events(seen, timeout):

@@ -233,12 +233,18 @@ def compact_reply_bytes(checked: Sequence[NewEvent | list[FieldViolation]], erro
 def batch_item(
     item: ingestion_pb2.TrackEventsItem, index: int, arrival: Arrival
 ) -> NewEvent | list[FieldViolation]:
+    # Validated without the item's path, which is put before the paths of violations only: the
+    # valid item, the hot path of a batch, formats no path at all.
     which = item.WhichOneof("event")
     if which == "customer_event":
-        return customer_event(item.customer_event, arrival, f"events[{index}].customer_event")
-    if which == "system_event":
-        return system_event(item.system_event, arrival, f"events[{index}].system_event")
-    return [FieldViolation(f"events[{index}]", "one of customer_event or system_event is required")]
+        checked = customer_event(item.customer_event, arrival)
+    elif which == "system_event":
+        checked = system_event(item.system_event, arrival)
+    else:
+        return [FieldViolation(f"events[{index}]", "one of customer_event or system_event is required")]
+    if isinstance(checked, NewEvent):
+        return checked
+    return [violation.under(f"events[{index}].{which}") for violation in checked]
 
 
 @dataclass(frozen=True, slots=True)
