@@ -265,7 +265,14 @@ class Oracle:
 
     def forecast(self, root: filters.Node, now: dt.datetime) -> transitions.Forecast:
         plan = transitions.plan(root, now, zone_of(self.zone))
-        return transitions.forecast(plan, self.load(plan))
+        loaded = self.load(plan)
+        found = transitions.forecast(plan, loaded)
+        # What the real-time consumer asks of the same values: the answer and the first change.
+        assert transitions.next_change(plan, as_values(plan, loaded)) == (
+            found.member,
+            None if found.next_change is None else micros(found.next_change),
+        )
+        return found
 
     def candidates(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
         """Every instant in (start, end] where the reference's answer can change (see the module docstring)."""
@@ -285,6 +292,24 @@ class Oracle:
             found.update(e.occurred_at + dt.timedelta(hours=h) + MICROSECOND for h in hours)
         found.update(local_date_changes(self.zone, start, end))
         return sorted(t for t in found if start < t <= end)
+
+
+def micros(t: dt.datetime) -> int:
+    return (t - dt.datetime(1970, 1, 1, tzinfo=UTC)) // MICROSECOND
+
+
+def as_values(plan: transitions.LoadPlan, loaded: dict[str, transitions.Loaded]) -> list[transitions.Value]:
+    """``loaded`` as ``transitions.next_change`` takes it (what the consumer reads from its rows)."""
+    found: list[transitions.Value] = []
+    for load in plan.loads:
+        value = loaded[load.node.path]
+        if isinstance(value, transitions.Answer):
+            found.append(value.held)
+        elif isinstance(value, transitions.Occurrence):
+            found.append(None if value.at is None else micros(value.at))
+        else:
+            found.append((tuple(map(micros, value.inside)), tuple(map(micros, value.after))))
+    return found
 
 
 def _leaves(f: pb.Filter, path: str) -> Iterator[tuple[str, pb.Filter]]:
@@ -644,6 +669,12 @@ def test_loaded_values_must_match_the_plan() -> None:
         transitions.forecast(plan, {"filter": transitions.Answer(True)})
     with pytest.raises(ValueError, match="not where the plan asked"):
         transitions.forecast(plan, {"filter": transitions.WindowEvents((now + MICROSECOND,), ())})
+    with pytest.raises(ValueError, match="not where the plan asked"):
+        transitions.next_change(plan, [((micros(now) + 1,), ())])
+    with pytest.raises(ValueError, match="not where the plan asked"):
+        transitions.next_change(plan, [((), (micros(now),))])
+    with pytest.raises(ValueError, match="at most 1 events"):
+        transitions.next_change(plan, [((micros(now), micros(now) - 1), ())])
     with pytest.raises(ValueError, match="from 1970 on"):
         transitions.plan(root, dt.datetime(1969, 12, 31, tzinfo=UTC), UTC)
 

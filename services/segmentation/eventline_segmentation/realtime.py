@@ -38,7 +38,7 @@ import datetime as dt
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 from eventline.segmentation.v1 import segmentation_pb2 as pb
@@ -200,8 +200,9 @@ class _Superseded(Exception):
     """A sweep's page was walked by another replica, or a new backfill replaced the sweep."""
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
+    """A probe's answer (a tuple: one is made per probe, thousands per consumer batch)."""
+
     member: bool
     next_change: dt.datetime | None
 
@@ -299,39 +300,46 @@ class _Reading:
         column = {name: k for k, name in enumerate(query.names)}
         self.position = column["position"]
         node_index = {id(node): i for i, node in enumerate(query.nodes)}
-        # Per load: the index of its node, and the columns it reads (the node's decisive one, or
-        # the window's two).
-        self.loads: list[tuple[int, int, int]] = []
+        # Per load (``transitions.next_change``'s values): its kind, the index of its node, and the
+        # columns it reads (the node's decisive one, or the window's two).
+        self.loads: list[tuple[int, int, int, int]] = []
         for j, load in enumerate(plans[0].loads if plans else ()):
             i = node_index[id(load.node)]
-            if isinstance(load, transitions.WindowOccurrences):
-                self.loads.append((i, column[f"w{j}"], column[f"a{j}"]))
-            else:
-                self.loads.append((i, column[compiler.decisive_column(load.node, i)], -1))
+            if isinstance(load, transitions.AnswerNow):
+                self.loads.append((_ANSWER, i, -1, -1))
+            elif isinstance(load, transitions.WindowOccurrences):
+                self.loads.append((_WINDOW, i, column[f"w{j}"], column[f"a{j}"]))
+            else:  # the latest or earliest occurrence: the decisive column of days since, last, first
+                self.loads.append((_OCCURRENCE, i, column[compiler.decisive_column(load.node, i)], -1))
 
     def observation(self, probe: Probe, row: Sequence[Any], position: int) -> Observation:
         held = self.decision.held(row, self.clocks[position])
         matched = held[0]
         if self.plans is None:
             return Observation(matched, None)
-        plan = self.plans[position]
-        loaded: dict[str, transitions.Loaded] = {}
-        for load, (i, column, after) in zip(plan.loads, self.loads, strict=True):
-            path = load.node.path
-            if isinstance(load, transitions.AnswerNow):
-                loaded[path] = transitions.Answer(held[i])
-            elif isinstance(load, transitions.WindowOccurrences):
-                loaded[path] = transitions.WindowEvents(_instants(row[column]), _instants(row[after]))
-            else:  # the latest or earliest occurrence: the decisive column of days since, last, first
-                loaded[path] = transitions.Occurrence(row[column])
-        forecast = transitions.forecast(plan, loaded)
-        if forecast.member != matched:
+        # The loaded values as the forecast reads them: instants in microseconds since 1970 (the
+        # windows' lists come as such), no ``Loaded`` objects.
+        values: list[transitions.Value] = []
+        for kind, i, column, after in self.loads:
+            if kind == _ANSWER:
+                values.append(held[i])
+            elif kind == _WINDOW:
+                values.append((_micros_list(row[column]), _micros_list(row[after])))
+            else:
+                at = row[column]
+                values.append(None if at is None else (at - _EPOCH) // _MICROSECOND)
+        member, change = transitions.next_change(self.plans[position], values)
+        if member != matched:
             # Two implementations of one semantics disagree: trust MatchCustomer's, look again soon.
             log.error(
                 "forecast and match disagree", extra={"segment_id": probe.segment.definition.segment_id}
             )
             return Observation(matched, probe.at + dt.timedelta(seconds=1))
-        return Observation(matched, forecast.next_change)
+        return Observation(matched, None if change is None else _EPOCH + dt.timedelta(microseconds=change))
+
+
+_ANSWER, _WINDOW, _OCCURRENCE = range(3)
+_MICROSECOND = dt.timedelta(microseconds=1)
 
 
 def _window_columns(
@@ -362,8 +370,8 @@ def _window_columns(
     return columns
 
 
-def _instants(text: str) -> tuple[dt.datetime, ...]:
-    return tuple(_EPOCH + dt.timedelta(microseconds=int(v)) for v in text.split(",")) if text else ()
+def _micros_list(text: str) -> tuple[int, ...]:
+    return tuple(map(int, text.split(","))) if text else ()
 
 
 class RealtimeSegments:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
@@ -269,6 +269,39 @@ class LoadPlan:
     day_starts: dict[dt.date, int] = field(default_factory=dict, compare=False, repr=False)
     """``_Calendar.day_start`` by date, filled by the plan's forecasts (they ask for the same few
     dates)."""
+    steps: tuple[_Step, ...] = field(default=(), compare=False, repr=False)
+    """Per load, what the forecast reads of it, worked out once for every forecast of the plan."""
+    now_micros: int = field(default=0, compare=False, repr=False)
+    utc_today: int | None = field(default=None, compare=False, repr=False)
+    """In UTC, today in days since 1970-01-01 (``_reach_utc``); else None."""
+
+
+_ANSWER, _WINDOW, _OCCURRENCE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One load as the forecast reads it: its kind, its leaf's path, and for a window its bounds
+    in microseconds since 1970 (``start <= t``, ``t <= end`` or ``t < end``)."""
+
+    kind: int
+    path: str
+    load: Load
+    start: int = _BEFORE_ALL
+    end: int = _AFTER_ALL
+    end_inclusive: bool = False
+
+
+def _step(load: Load) -> _Step:
+    path = load.node.path
+    if isinstance(load, AnswerNow):
+        return _Step(_ANSWER, path, load)
+    if isinstance(load, WindowOccurrences):
+        window = load.window
+        assert window.end is not None  # sliding periods end at now or at a day start
+        start = _BEFORE_ALL if window.start is None else _micros(window.start)
+        return _Step(_WINDOW, path, load, start, _micros(window.end), window.end_inclusive)
+    return _Step(_OCCURRENCE, path, load)
 
 
 def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
@@ -290,7 +323,16 @@ def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
                 loads.append(EarliestOccurrence(node))
             else:
                 loads.append(LatestOccurrence(node))
-    return LoadPlan(root, now, zone, tuple(loads), clock)
+    return LoadPlan(
+        root,
+        now,
+        zone,
+        tuple(loads),
+        clock,
+        steps=tuple(map(_step, loads)),
+        now_micros=_micros(now),
+        utc_today=(clock.today - _EPOCH.date()).days if clock.zone is UTC else None,
+    )
 
 
 # The forecast ---------------------------------------------------------------------------
@@ -328,53 +370,86 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
     are read first, and when they decide the tree alone nothing moves it; with a
     single condition flipping, the tree flips at each of its instants or at none.
     """
-    calendar = _Calendar(plan.clock, plan.day_starts)
-    now = calendar.now
+    values: list[Value] = []
+    for step in plan.steps:
+        value = loaded.get(step.path)
+        if step.kind == _ANSWER:
+            values.append(_expect(value, Answer, step.path).held)
+        elif step.kind == _WINDOW:
+            events = _expect(value, WindowEvents, step.path)
+            values.append((tuple(map(_micros, events.inside)), tuple(map(_micros, events.after))))
+        else:
+            at = _expect(value, Occurrence, step.path).at
+            values.append(None if at is None else _micros(at))
+    member, changes, horizon = _forecast(plan, values, every=True)
+    return Forecast(
+        member, tuple(map(_instant, changes)), _instant(horizon) if horizon < _AFTER_ALL else None
+    )
+
+
+Value = bool | int | None | tuple[tuple[int, ...], tuple[int, ...]]
+"""A loaded value as ``next_change`` takes it, per load of the plan: an ``AnswerNow``'s answer;
+an occurrence's instant (None: no matching event); a window's instants inside and after it. Instants
+in microseconds since 1970."""
+
+
+def next_change(plan: LoadPlan, values: Sequence[Value]) -> tuple[bool, int | None]:
+    """``forecast``'s ``member`` and ``next_change`` (in microseconds since 1970), from the loaded
+    values in ``plan.loads``' order as ``Value`` says: what a consumer needs of a forecast, without
+    its objects (each value's ``Loaded``, the instants' datetimes) or the changes after the first."""
+    member, changes, horizon = _forecast(plan, values, every=False)
+    if changes:
+        return member, changes[0]
+    return member, horizon if horizon < _AFTER_ALL else None
+
+
+def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[bool, list[int], int]:
+    """``forecast``: membership at now, the changes (only the first unless ``every``) and where the
+    loaded data stops telling (``_AFTER_ALL``: never), in microseconds since 1970."""
     horizon = _AFTER_ALL  # where the loaded data stops telling
     held: dict[str, bool] = {}
-    moving: list[Load] = []
-    for load in plan.loads:
-        path = load.node.path
-        value = loaded.get(path)
-        if isinstance(load, AnswerNow):
-            held[path] = _expect(value, Answer, path).held
-        elif isinstance(load, WindowOccurrences):
-            _check_window(load, _expect(value, WindowEvents, path))
-            moving.append(load)
-        elif _expect(value, Occurrence, path).at is None:
-            held[path] = False  # every test but counts needs a matching event
+    moving: list[tuple[_Step, Value]] = []
+    for step, value in zip(plan.steps, values, strict=True):
+        if step.kind == _ANSWER:
+            held[step.path] = cast(bool, value)
+        elif step.kind == _WINDOW:
+            _check_window(step, cast(tuple[tuple[int, ...], tuple[int, ...]], value))
+            moving.append((step, value))
+        elif value is None:
+            held[step.path] = False  # every test but counts needs a matching event
         else:
-            moving.append(load)
-    if moving and held and (decided := _decided(plan.root, held)) is not None:
-        return Forecast(decided, (), None)  # time moves nothing the answer depends on
+            moving.append((step, value))
+    if not moving:
+        return _holds(plan.root, held), [], horizon
+    if held and (decided := _decided(plan.root, held)) is not None:
+        return decided, [], horizon  # time moves nothing the answer depends on
+    calendar = _Calendar(plan)
+    now = calendar.now
     counted: list[tuple[str, list[tuple[int, int]], int, int | None]] = []
-    for load in moving:
-        path = load.node.path
-        if isinstance(load, WindowOccurrences):
-            events = cast(WindowEvents, loaded[path])
-            period = load.node.period
+    for step, value in moving:
+        node = cast(EventNode, step.load.node)
+        if step.kind == _WINDOW:
+            inside, after = cast(tuple[tuple[int, ...], tuple[int, ...]], value)
+            period = node.period
             assert period is not None
             if period.kind != "hours" and calendar.utc_today is None:
                 # Events that left the period at the start of today (not loaded) come
                 # back if today later goes back to the day before.
                 calendar.reach(calendar.clock.today)
-            spans = [_presence(period, _micros(t), calendar) for t in (*events.inside, *events.after)]
-            if len(events.after) >= load.limit:
+            spans = [_presence(period, t, calendar) for t in (*inside, *after)]
+            if len(after) >= cast(WindowOccurrences, step.load).limit:
                 # More events may follow the last one loaded: nothing is known from its entry on.
-                horizon = min(horizon, max(enter for enter, _ in spans[len(events.inside) :]))
-            low, high = load.node.low, load.node.high
+                horizon = min(horizon, max(enter for enter, _ in spans[len(inside) :]))
+            low, high = node.low, node.high
         else:
-            assert isinstance(load, LatestOccurrence | EarliestOccurrence)
-            at = cast(Occurrence, loaded[path]).at
-            assert at is not None
-            node = load.node
+            at = cast(int, value)
             low, high = 1, None
             if node.test == "days":
                 spans = _days_since_spans(node, at, calendar)
             else:
                 assert node.period is not None
-                spans = [_presence(node.period, _micros(at), calendar)]
-        counted.append((path, spans, low, high))
+                spans = [_presence(node.period, at, calendar)]
+        counted.append((step.path, spans, low, high))
     horizon = min(horizon, calendar.recheck)
 
     flipped: list[tuple[str, list[int]]] = []
@@ -383,13 +458,13 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
         if instants:
             flipped.append((path, instants))
     member = current = _holds(plan.root, held)
-    changes: list[dt.datetime] = []
+    changes: list[int] = []
     if len(flipped) == 1:
         # The other conditions hold still: the tree flips at every flip of this one, or at none.
         path, instants = flipped[0]
         held[path] = not held[path]
         if _holds(plan.root, held) != member:
-            changes = [_instant(instant) for instant in instants]
+            changes = instants
     elif flipped:
         flips: dict[int, list[str]] = {}
         for path, instants in flipped:
@@ -400,8 +475,10 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
                 held[path] = not held[path]
             if _holds(plan.root, held) != current:
                 current = not current
-                changes.append(_instant(instant))
-    return Forecast(member, tuple(changes), _instant(horizon) if horizon < _AFTER_ALL else None)
+                changes.append(instant)
+                if not every:
+                    break
+    return member, changes, horizon
 
 
 def _decided(node: Node, held: Mapping[str, bool]) -> bool | None:
@@ -431,14 +508,22 @@ def _expect(value: Loaded | None, kind: type[_T], path: str) -> _T:
     return value
 
 
-def _check_window(load: WindowOccurrences, events: WindowEvents) -> None:
-    path = load.node.path
-    if len(events.inside) > load.limit or len(events.after) > load.limit:
-        raise ValueError(f"{path}: at most {load.limit} events inside and after the window")
-    # The window is an interval and "after" a ray: their extremes hold exactly when all do.
-    inside = (min(events.inside), max(events.inside)) if events.inside else ()
-    if not all(load.window.holds(t) for t in inside) or (events.after and not load.after(min(events.after))):
-        raise ValueError(f"{path}: an event is not where the plan asked for it")
+def _check_window(step: _Step, events: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    inside, after = events
+    limit = cast(WindowOccurrences, step.load).limit
+    if len(inside) > limit or len(after) > limit:
+        raise ValueError(f"{step.path}: at most {limit} events inside and after the window")
+    # The window is an interval and "after" a ray (``WindowOccurrences.after``): their extremes
+    # hold exactly when all do.
+    end, inclusive = step.end, step.end_inclusive
+    if inside:
+        latest = max(inside)
+        if min(inside) < step.start or (latest > end if inclusive else latest >= end):
+            raise ValueError(f"{step.path}: an event is not where the plan asked for it")
+    if after:
+        earliest = min(after)
+        if earliest <= end if inclusive else earliest < end:
+            raise ValueError(f"{step.path}: an event is not where the plan asked for it")
 
 
 def _holds(node: Node, held: Mapping[str, bool]) -> bool:
@@ -504,14 +589,15 @@ def _presence(period: PeriodSpec, at: int, calendar: _Calendar) -> tuple[int, in
     )
 
 
-def _days_since_spans(node: EventNode, last: dt.datetime, calendar: _Calendar) -> list[tuple[int, int]]:
-    """When ``days_since <comparison> days`` holds: days since = today - the local date of ``last``."""
+def _days_since_spans(node: EventNode, last: int, calendar: _Calendar) -> list[tuple[int, int]]:
+    """When ``days_since <comparison> days`` holds: days since = today - the local date of ``last``
+    (microseconds since 1970)."""
     today = calendar.utc_today
     if today is not None:  # the same in whole days since 1970
-        number = _micros(last) // _DAY
+        number = last // _DAY
         reached, passed = _reach_utc(number + node.days, today), _reach_utc(number + node.days + 1, today)
     else:
-        day = calendar.clock.local_date(last)
+        day = calendar.clock.local_date(_instant(last))
         reached = calendar.reach(_plus(day, node.days))  # days since becomes `days`
         passed = calendar.reach(_plus(day, node.days + 1))  # days since becomes `days + 1`
     comparison = node.comparison
@@ -558,14 +644,14 @@ class _Calendar:
     about; the forecast looks no further.
     """
 
-    def __init__(self, clock: Clock, starts: dict[dt.date, int]) -> None:
-        """``starts``: day starts found so far at ``clock`` (shared by the forecasts of one plan)."""
-        self.clock = clock
-        self.zone = clock.zone
-        self.now = _micros(clock.now)
+    def __init__(self, plan: LoadPlan) -> None:
+        """The plan's clock, and its day starts found so far (shared by the forecasts of one plan)."""
+        self.clock = plan.clock
+        self.zone = plan.clock.zone
+        self.now = plan.now_micros
         self.recheck = _AFTER_ALL
-        self._starts = starts
-        self.utc_today = (clock.today - _EPOCH.date()).days if clock.zone is UTC else None
+        self._starts = plan.day_starts
+        self.utc_today = plan.utc_today
         """In UTC, today in days since 1970-01-01 (``_reach_utc``); else None."""
 
     def day_start(self, day: dt.date) -> int:
