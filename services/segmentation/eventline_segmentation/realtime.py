@@ -254,7 +254,7 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
         # the query counts nothing more for it.
         listed: dict[int, str] = {}
         if segment.dependencies.changes_with_time:
-            plan_at = {at: transitions.plan(segment.root, at, segment.zone) for at in instants}
+            plan_at = {at: transitions.plan(segment.root, at, segment.zone, clock_at[at]) for at in instants}
             plans = [plan_at[probes[i].at] for i in indexes]
             node_index = {id(node): i for i, node in enumerate(filters.walk(segment.root))}
             for j, load in enumerate(plans[0].loads):

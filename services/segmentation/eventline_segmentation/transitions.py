@@ -290,6 +290,7 @@ class _Step:
     start: int = _BEFORE_ALL
     end: int = _AFTER_ALL
     end_inclusive: bool = False
+    limit: int = 0
 
 
 def _step(load: Load) -> _Step:
@@ -300,15 +301,19 @@ def _step(load: Load) -> _Step:
         window = load.window
         assert window.end is not None  # sliding periods end at now or at a day start
         start = _BEFORE_ALL if window.start is None else _micros(window.start)
-        return _Step(_WINDOW, path, load, start, _micros(window.end), window.end_inclusive)
+        return _Step(_WINDOW, path, load, start, _micros(window.end), window.end_inclusive, load.limit)
     return _Step(_OCCURRENCE, path, load)
 
 
-def plan(root: Node, now: dt.datetime, zone: dt.tzinfo) -> LoadPlan:
-    """What ``forecast`` needs for ``root`` at ``now`` (aware, from 1970 on) in ``zone``."""
+def plan(root: Node, now: dt.datetime, zone: dt.tzinfo, clock: Clock | None = None) -> LoadPlan:
+    """What ``forecast`` needs for ``root`` at ``now`` (aware, from 1970 on) in ``zone``; ``clock``:
+    a ``Clock`` of that ``now`` and ``zone`` to share (its periods and day starts, resolved once)."""
     if now.tzinfo is None or now < _EPOCH:
         raise ValueError("now must be an aware datetime from 1970 on")
-    clock = Clock(now, zone)
+    if clock is None:
+        clock = Clock(now, zone)
+    elif clock.now != now or clock.zone is not zone:
+        raise ValueError("the clock must be at the plan's now and zone")
     loads: list[Load] = []
     for node in walk(root):
         if isinstance(node, CustomerNode):
@@ -387,7 +392,9 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
     )
 
 
-Value = bool | int | None | tuple[tuple[int, ...], tuple[int, ...]]
+_Events = tuple[tuple[int, ...], tuple[int, ...]]
+"""A window's instants inside and after it (``WindowEvents``), in microseconds since 1970."""
+Value = bool | int | None | _Events
 """A loaded value as ``next_change`` takes it, per load of the plan: an ``AnswerNow``'s answer;
 an occurrence's instant (None: no matching event); a window's instants inside and after it. Instants
 in microseconds since 1970."""
@@ -413,7 +420,7 @@ def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[boo
         if step.kind == _ANSWER:
             held[step.path] = cast(bool, value)
         elif step.kind == _WINDOW:
-            _check_window(step, cast(tuple[tuple[int, ...], tuple[int, ...]], value))
+            _check_window(step, cast(_Events, value))  # (an alias: a subscript here costs per call)
             moving.append((step, value))
         elif value is None:
             held[step.path] = False  # every test but counts needs a matching event
@@ -429,7 +436,7 @@ def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[boo
     for step, value in moving:
         node = cast(EventNode, step.load.node)
         if step.kind == _WINDOW:
-            inside, after = cast(tuple[tuple[int, ...], tuple[int, ...]], value)
+            inside, after = cast(_Events, value)
             period = node.period
             assert period is not None
             if period.kind != "hours" and calendar.utc_today is None:
@@ -437,7 +444,7 @@ def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[boo
                 # back if today later goes back to the day before.
                 calendar.reach(calendar.clock.today)
             spans = [_presence(period, t, calendar) for t in (*inside, *after)]
-            if len(after) >= cast(WindowOccurrences, step.load).limit:
+            if len(after) >= step.limit:
                 # More events may follow the last one loaded: nothing is known from its entry on.
                 horizon = min(horizon, max(enter for enter, _ in spans[len(inside) :]))
             low, high = node.low, node.high
@@ -508,9 +515,9 @@ def _expect(value: Loaded | None, kind: type[_T], path: str) -> _T:
     return value
 
 
-def _check_window(step: _Step, events: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+def _check_window(step: _Step, events: _Events) -> None:
     inside, after = events
-    limit = cast(WindowOccurrences, step.load).limit
+    limit = step.limit
     if len(inside) > limit or len(after) > limit:
         raise ValueError(f"{step.path}: at most {limit} events inside and after the window")
     # The window is an interval and "after" a ray (``WindowOccurrences.after``): their extremes
