@@ -50,8 +50,9 @@ class Decision:
         position = {name: k for k, name in enumerate(query.names)}
         index = {id(node): i for i, node in enumerate(self.nodes)}
         listed = listed or {}
-        self._leaves: list[tuple[int, EventNode | CustomerNode, int, bool]] = [
-            (i, node, position[listed.get(i) or decisive_column(node, i)], i in listed)
+        # Per leaf: its index, node, column and how the column reads (``_kind``), worked out once.
+        self._leaves: list[tuple[int, Any, int, int]] = [
+            (i, node, position[listed.get(i) or decisive_column(node, i)], _kind(node, i in listed))
             for i, node in enumerate(self.nodes)
             if isinstance(node, EventNode | CustomerNode)
         ]
@@ -65,18 +66,31 @@ class Decision:
     def held(self, row: Sequence[Any], clock: Clock) -> list[bool]:
         """Whether each node held (in pre-order: the first is the answer), as ``explain`` says."""
         held = [False] * len(self.nodes)
-        for i, node, column, in_list in self._leaves:
+        for i, node, column, kind in self._leaves:
             value = row[column]
-            if isinstance(node, CustomerNode):
+            if kind == _HELD:
                 held[i] = bool(value)
-            elif in_list:
+            elif kind == _LISTED:
                 held[i] = event_held(node, value.count(",") + 1 if value else 0, None, None, clock)
-            elif node.test == "count":
+            elif kind == _COUNT:
                 held[i] = event_held(node, int(value), None, None, clock)
-            elif node.test == "first":
+            elif kind == _FIRST:
                 held[i] = event_held(node, 0, None, value, clock)
             else:
                 held[i] = event_held(node, 0, value, None, clock)
         for i, group, children in self._groups:
             held[i] = group.combine(held[child] for child in children)
         return held
+
+
+_HELD, _LISTED, _COUNT, _FIRST, _LAST = range(5)
+"""How ``Decision.held`` reads a leaf's column: whether a customer condition held, a list of events
+to count, a count, the first occurrence, the last (days since and "last occurred")."""
+
+
+def _kind(node: EventNode | CustomerNode, listed: bool) -> int:
+    if isinstance(node, CustomerNode):
+        return _HELD
+    if listed:
+        return _LISTED
+    return {"count": _COUNT, "first": _FIRST}.get(node.test, _LAST)
