@@ -216,9 +216,6 @@ class Probe(NamedTuple):
     at: dt.datetime
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
 async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[Observation | None]:
     """Each probe's membership at its instant by MatchCustomer's query and evaluation, and when
     time alone may change it next (None: never), in one statement; answers in the order of
@@ -303,14 +300,14 @@ class _Reading:
         # Per load (``transitions.next_change``'s values): its kind, the index of its node, and the
         # columns it reads (the node's decisive one, or the window's two).
         self.loads: list[tuple[int, int, int, int]] = []
-        for j, load in enumerate(plans[0].loads if plans else ()):
-            i = node_index[id(load.node)]
-            if isinstance(load, transitions.AnswerNow):
-                self.loads.append((_ANSWER, i, -1, -1))
-            elif isinstance(load, transitions.WindowOccurrences):
-                self.loads.append((_WINDOW, i, column[f"w{j}"], column[f"a{j}"]))
+        for j, step in enumerate(plans[0].steps if plans else ()):
+            i = node_index[id(step.load.node)]
+            if step.kind == transitions.ANSWER:
+                self.loads.append((step.kind, i, -1, -1))
+            elif step.kind == transitions.WINDOW:
+                self.loads.append((step.kind, i, column[f"w{j}"], column[f"a{j}"]))
             else:  # the latest or earliest occurrence: the decisive column of days since, last, first
-                self.loads.append((_OCCURRENCE, i, column[compiler.decisive_column(load.node, i)], -1))
+                self.loads.append((step.kind, i, column[compiler.decisive_column(step.load.node, i)], -1))
 
     def observation(self, probe: Probe, row: Sequence[Any], position: int) -> Observation:
         held = self.decision.held(row, self.clocks[position])
@@ -321,13 +318,13 @@ class _Reading:
         # windows' lists come as such), no ``Loaded`` objects.
         values: list[transitions.Value] = []
         for kind, i, column, after in self.loads:
-            if kind == _ANSWER:
+            if kind == transitions.ANSWER:
                 values.append(held[i])
-            elif kind == _WINDOW:
+            elif kind == transitions.WINDOW:
                 values.append((_micros_list(row[column]), _micros_list(row[after])))
             else:
                 at = row[column]
-                values.append(None if at is None else (at - _EPOCH) // _MICROSECOND)
+                values.append(None if at is None else transitions.to_micros(at))
         member, change = transitions.next_change(self.plans[position], values)
         if member != matched:
             # Two implementations of one semantics disagree: trust MatchCustomer's, look again soon.
@@ -335,11 +332,7 @@ class _Reading:
                 "forecast and match disagree", extra={"segment_id": probe.segment.definition.segment_id}
             )
             return Observation(matched, probe.at + dt.timedelta(seconds=1))
-        return Observation(matched, None if change is None else _EPOCH + dt.timedelta(microseconds=change))
-
-
-_ANSWER, _WINDOW, _OCCURRENCE = range(3)
-_MICROSECOND = dt.timedelta(microseconds=1)
+        return Observation(matched, None if change is None else transitions.from_micros(change))
 
 
 def _window_columns(

@@ -62,11 +62,13 @@ _CONSENT_FIELDS: dict[int, str] = {
 }
 
 
-def _micros(t: dt.datetime) -> int:
+def to_micros(t: dt.datetime) -> int:
+    """``t`` (aware) in whole microseconds since 1970, as the forecast counts instants."""
     return (t - _EPOCH) // _MICROSECOND
 
 
-def _instant(micros: int) -> dt.datetime:
+def from_micros(micros: int) -> dt.datetime:
+    """The instant ``micros`` microseconds after 1970 (UTC)."""
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
@@ -276,7 +278,8 @@ class LoadPlan:
     """In UTC, today in days since 1970-01-01 (``_reach_utc``); else None."""
 
 
-_ANSWER, _WINDOW, _OCCURRENCE = 0, 1, 2
+ANSWER, WINDOW, OCCURRENCE = 0, 1, 2
+"""A load's kind (``_Step.kind``): an answer read now, a window's events, an occurrence."""
 
 
 @dataclass(frozen=True)
@@ -296,13 +299,13 @@ class _Step:
 def _step(load: Load) -> _Step:
     path = load.node.path
     if isinstance(load, AnswerNow):
-        return _Step(_ANSWER, path, load)
+        return _Step(ANSWER, path, load)
     if isinstance(load, WindowOccurrences):
         window = load.window
         assert window.end is not None  # sliding periods end at now or at a day start
-        start = _BEFORE_ALL if window.start is None else _micros(window.start)
-        return _Step(_WINDOW, path, load, start, _micros(window.end), window.end_inclusive, load.limit)
-    return _Step(_OCCURRENCE, path, load)
+        start = _BEFORE_ALL if window.start is None else to_micros(window.start)
+        return _Step(WINDOW, path, load, start, to_micros(window.end), window.end_inclusive, load.limit)
+    return _Step(OCCURRENCE, path, load)
 
 
 def plan(root: Node, now: dt.datetime, zone: dt.tzinfo, clock: Clock | None = None) -> LoadPlan:
@@ -335,7 +338,7 @@ def plan(root: Node, now: dt.datetime, zone: dt.tzinfo, clock: Clock | None = No
         tuple(loads),
         clock,
         steps=tuple(map(_step, loads)),
-        now_micros=_micros(now),
+        now_micros=to_micros(now),
         utc_today=(clock.today - _EPOCH.date()).days if clock.zone is UTC else None,
     )
 
@@ -378,17 +381,17 @@ def forecast(plan: LoadPlan, loaded: Mapping[str, Loaded]) -> Forecast:
     values: list[Value] = []
     for step in plan.steps:
         value = loaded.get(step.path)
-        if step.kind == _ANSWER:
+        if step.kind == ANSWER:
             values.append(_expect(value, Answer, step.path).held)
-        elif step.kind == _WINDOW:
+        elif step.kind == WINDOW:
             events = _expect(value, WindowEvents, step.path)
-            values.append((tuple(map(_micros, events.inside)), tuple(map(_micros, events.after))))
+            values.append((tuple(map(to_micros, events.inside)), tuple(map(to_micros, events.after))))
         else:
             at = _expect(value, Occurrence, step.path).at
-            values.append(None if at is None else _micros(at))
+            values.append(None if at is None else to_micros(at))
     member, changes, horizon = _forecast(plan, values, every=True)
     return Forecast(
-        member, tuple(map(_instant, changes)), _instant(horizon) if horizon < _AFTER_ALL else None
+        member, tuple(map(from_micros, changes)), from_micros(horizon) if horizon < _AFTER_ALL else None
     )
 
 
@@ -417,9 +420,9 @@ def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[boo
     held: dict[str, bool] = {}
     moving: list[tuple[_Step, Value]] = []
     for step, value in zip(plan.steps, values, strict=True):
-        if step.kind == _ANSWER:
+        if step.kind == ANSWER:
             held[step.path] = cast(bool, value)
-        elif step.kind == _WINDOW:
+        elif step.kind == WINDOW:
             _check_window(step, cast(_Events, value))  # (an alias: a subscript here costs per call)
             moving.append((step, value))
         elif value is None:
@@ -435,7 +438,7 @@ def _forecast(plan: LoadPlan, values: Sequence[Value], every: bool) -> tuple[boo
     counted: list[tuple[str, list[tuple[int, int]], int, int | None]] = []
     for step, value in moving:
         node = cast(EventNode, step.load.node)
-        if step.kind == _WINDOW:
+        if step.kind == WINDOW:
             inside, after = cast(_Events, value)
             period = node.period
             assert period is not None
@@ -604,7 +607,7 @@ def _days_since_spans(node: EventNode, last: int, calendar: _Calendar) -> list[t
         number = last // _DAY
         reached, passed = _reach_utc(number + node.days, today), _reach_utc(number + node.days + 1, today)
     else:
-        day = calendar.clock.local_date(_instant(last))
+        day = calendar.clock.local_date(from_micros(last))
         reached = calendar.reach(_plus(day, node.days))  # days since becomes `days`
         passed = calendar.reach(_plus(day, node.days + 1))  # days since becomes `days + 1`
     comparison = node.comparison
@@ -675,7 +678,7 @@ class _Calendar:
         """The latest date D with day_start(D) <= ``at``: an event at ``at`` is at or after
         the start of day D exactly when D <= day_of(at). (Its local date, except in the
         hour a clock change gives back to the previous date.)"""
-        day = self.clock.local_date(_instant(at))
+        day = self.clock.local_date(from_micros(at))
         while (after := _plus(day, 1)) is not None and self.day_start(after) <= at:
             day = after
         while self.day_start(day) > at:
@@ -713,7 +716,7 @@ def _day_start(zone: dt.tzinfo, day: dt.date) -> int | None:
     beyond the calendar. Kept across plans: each consumer batch makes plans of its own, and their
     forecasts ask for the same dates (the days of the customers' events)."""
     try:
-        return _micros(day_start(zone, day))
+        return to_micros(day_start(zone, day))
     except OverflowError:
         return None
 
@@ -731,9 +734,9 @@ def _date_goes_back(zone: dt.tzinfo, day: dt.date) -> tuple[int, int] | None:
         return None
     try:
         midnight = dt.datetime(day.year, day.month, day.day, tzinfo=zone)
-        begins = _micros(midnight.astimezone(UTC))
+        begins = to_micros(midnight.astimezone(UTC))
         # Aware arithmetic is wall-clock arithmetic: 23:59:59.999999 of the day before.
-        eve = _micros((midnight - _MICROSECOND).replace(fold=1).astimezone(UTC))
+        eve = to_micros((midnight - _MICROSECOND).replace(fold=1).astimezone(UTC))
     except OverflowError:
         return None
     if eve <= begins:
@@ -743,7 +746,7 @@ def _date_goes_back(zone: dt.tzinfo, day: dt.date) -> tuple[int, int] | None:
     low, high = begins, eve
     while high - low > 1:
         middle = (low + high) // 2
-        if _instant(middle).astimezone(zone).date() >= day:
+        if from_micros(middle).astimezone(zone).date() >= day:
             low = middle
         else:
             high = middle
