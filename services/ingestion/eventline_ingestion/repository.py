@@ -261,8 +261,7 @@ class IngestionRepository:
         # One pass builds each event's stored form, its stream entry and its row of the
         # statement's columns (the batch path's Python runs per event; docs/performance.md).
         received = received_at_field(datetime_to_timestamp(received_at))
-        layout = self.layout
-        only_stream = layout.key(0) if layout.partitions == 1 else None
+        key_for = self.layout.key_for
         # Each key's result as if it is new (the usual case, returned as it is).
         built: dict[tuple[str, str], tuple[bytes, bool]] = {}
         customer_rows: list[tuple[object, ...]] = []
@@ -281,7 +280,7 @@ class IngestionRepository:
                         e.occurred_us,
                         e.context_json,
                         entry,
-                        only_stream or layout.key_for(e.customer_id),
+                        key_for(e.customer_id),
                         arrival,
                     )
                 )
