@@ -130,3 +130,29 @@ async def test_the_writer_answers_each_request_for_its_own_keys_repeats_seen() -
         writer._group.submit_many([[new_event("c", "3")], [new_event("c", "3"), new_event("c", "4")]])
     )
     assert both[0] == [{("c", "3"): (b"3", False)}, {("c", "3"): (b"3", True), ("c", "4"): (b"4", False)}]
+
+
+class Answering(Writer):
+    """Answers every event with ``stored`` (its serialized form) and ``seen``."""
+
+    def __init__(self, stored: bytes, seen: bool) -> None:
+        super().__init__([])
+        self.stored, self.seen = stored, seen
+
+    async def store(self, events: Sequence[NewEvent]) -> Stored:
+        return {event.key: (self.stored, self.seen) for event in events}
+
+
+async def test_a_unary_reply_parsed_from_its_encoding_holds_the_stored_event() -> None:
+    """The reply to TrackCustomerEvent is parsed from the stored event's bytes as field 1 and
+    ``deduplicated``: the same message as one built from the parsed event, short or long."""
+    for context_chars, seen in ((0, False), (0, True), (300, False), (20_000, True)):
+        event = common_pb2.Event(
+            event_id="e1", customer_id="c1", name="Bought", kind=common_pb2.EVENT_KIND_CUSTOMER
+        )
+        if context_chars:
+            event.context["note"].string_value = "x" * context_chars
+        servicer = IngestionServicer(None, Answering(event.SerializeToString(), seen), None, None)  # type: ignore[arg-type]
+        request = ingestion_pb2.TrackCustomerEventRequest(customer_id="c1", event_id="e1", name="Bought")
+        reply = await servicer.TrackCustomerEvent(request, Call())
+        assert reply == ingestion_pb2.TrackCustomerEventResponse(event=event, deduplicated=seen)

@@ -208,6 +208,11 @@ def _varint(n: int) -> bytes:
     return bytes(encoded)
 
 
+def length_delimited(key: bytes, data: bytes) -> bytes:
+    """A length-delimited protobuf field (``key``: its field number and wire type) holding ``data``."""
+    return key + _varint(len(data)) + data
+
+
 def received_at_field(received_at: timestamp_pb2.Timestamp) -> bytes:
     """The ``received_at`` field of a stored event's serialized form (one per statement)."""
     data = received_at.SerializeToString()
