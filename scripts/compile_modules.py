@@ -42,16 +42,17 @@ def compile_modules() -> None:
 
     from eventline_shared.compiled import MANIFEST, source_digest
 
-    shutil.rmtree(BUILD, ignore_errors=True)
+    # Built beside the current build, which replaces it whole at the end: a process starting
+    # meanwhile imports the current one (or the sources), never half of a build.
+    new = BUILD.with_name(BUILD.name + ".new")
+    shutil.rmtree(new, ignore_errors=True)
     sources = {module: ROOT / path for module, path in MODULES.items()}
     digests = {module: source_digest(path) for module, path in sources.items()}
     os.chdir(ROOT)  # mypyc reads the project's mypy configuration (pyproject.toml) from here
-    extensions = mypycify(
-        list(MODULES.values()), opt_level="3", target_dir=str(BUILD / "c"), group_name=GROUP
-    )
+    extensions = mypycify(list(MODULES.values()), opt_level="3", target_dir=str(new / "c"), group_name=GROUP)
     build_ext = Distribution({"name": GROUP, "ext_modules": extensions}).get_command_obj("build_ext")
-    build_ext.build_lib = str(BUILD / "lib")
-    build_ext.build_temp = str(BUILD / "temp")
+    build_ext.build_lib = str(new / "lib")
+    build_ext.build_temp = str(new / "temp")
     build_ext.ensure_finalized()
     build_ext.run()
     manifest = {
@@ -63,7 +64,9 @@ def compile_modules() -> None:
     }
     # Only what each source was when compiling began is recorded: a source edited meanwhile is
     # then stale, and interpreted.
-    (BUILD / "lib" / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (new / "lib" / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(BUILD, ignore_errors=True)
+    new.rename(BUILD)
 
 
 def main() -> None:
@@ -71,10 +74,11 @@ def main() -> None:
         print(" ".join(MODULES.values()))
         return
     pth = Path(sysconfig.get_paths()["purelib"]) / PTH
-    pth.unlink(missing_ok=True)
     try:
         compile_modules()
     except (Exception, SystemExit) as failure:  # distutils reports a compiler's failure by exiting
+        pth.unlink(missing_ok=True)
+        shutil.rmtree(BUILD, ignore_errors=True)
         print(f"compile_modules: not compiled, the modules stay interpreted: {failure!r}", file=sys.stderr)
         sys.exit(1 if os.environ.get("CI") else 0)
     # Run at every start of this environment's Python: the finder, from this checkout by its path
