@@ -82,8 +82,11 @@ def main() -> None:
         print(f"compile_modules: not compiled, the modules stay interpreted: {failure!r}", file=sys.stderr)
         sys.exit(1 if os.environ.get("CI") else 0)
     # Run at every start of this environment's Python: the finder, from this checkout by its path
-    # (not imported: another checkout's code may come first on PYTHONPATH).
-    pth.write_text(f"import runpy; runpy.run_path({str(COMPILED)!r})['install']({str(BUILD / 'lib')!r})\n")
+    # (not imported: another checkout's code may come first on PYTHONPATH), while it is there.
+    finder, build = str(COMPILED), str(BUILD / "lib")
+    pth.write_text(
+        f"import os, runpy; os.path.isfile({finder!r}) and runpy.run_path({finder!r})['install']({build!r})\n"
+    )
     print(f"compile_modules: {len(MODULES)} modules compiled into {BUILD / 'lib'}")
 
 
