@@ -99,5 +99,7 @@ def install(directory: str) -> None:
     path = Path(directory)
     if not (path / MANIFEST).is_file():
         return
-    if not any(isinstance(finder, CompiledModules) for finder in sys.meta_path):
+    # Not by class: each run of the .pth file (once per path of site-packages: a virtual
+    # environment's lib64 is a link to lib) defines the class anew.
+    if not any(getattr(finder, "directory", None) == path for finder in sys.meta_path):
         sys.meta_path.insert(0, CompiledModules(path))

@@ -107,3 +107,12 @@ def test_install_without_a_build_changes_nothing(tmp_path: Path) -> None:
     finders = list(sys.meta_path)
     compiled.install(str(tmp_path))
     assert sys.meta_path == finders
+
+
+def test_install_twice_installs_one_finder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .pth file runs once per path of site-packages (lib and its link lib64)."""
+    build = _build(tmp_path, _checkout(tmp_path / "checkout"))
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    compiled.install(str(build))
+    compiled.install(str(build))
+    assert [getattr(finder, "directory", None) for finder in sys.meta_path].count(build) == 1
