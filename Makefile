@@ -13,6 +13,10 @@ NODE_CLIENT := clients/typescript/node_modules/.installed
 NODE_EXAMPLE := examples/node/node_modules/.installed
 HELM := deploy/tools/bin/helm
 PYTEST_ARGS ?=
+# The hot modules compiled with mypyc (scripts/compile_modules.py), built again when one changes;
+# interpreted where they cannot be compiled (no C compiler).
+COMPILED := build/mypyc/.attempted
+COMPILED_SOURCES := $(shell $(PYTHON) scripts/compile_modules.py --sources)
 
 .PHONY: run test lint protos check-protos node helm clean-data
 
@@ -21,7 +25,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e clients/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python scripts/compile_modules.py
 	@touch $(STAMP)
+	@mkdir -p $(dir $(COMPILED)) && touch $(COMPILED)
+
+$(COMPILED): $(STAMP) scripts/compile_modules.py libs/eventline_shared/compiled.py $(COMPILED_SOURCES)
+	$(BIN)/python scripts/compile_modules.py
+	@mkdir -p $(dir $(COMPILED)) && touch $(COMPILED)
 
 # npm ci also builds the TypeScript client (its `prepare` script runs tsc).
 $(NODE_CLIENT): clients/typescript/package-lock.json clients/typescript/package.json
@@ -45,7 +55,7 @@ helm: $(HELM)
 # Starts ingestion, segmentation, campaigns and the HTTP gateway, plus an embedded PostgreSQL and
 # Redis (data under .eventline/) unless EVENTLINE_DATABASE_URL / EVENTLINE_REDIS_URL
 # are set. Ctrl-C stops everything; the data stays.
-run: $(STAMP)
+run: $(STAMP) $(COMPILED)
 	@echo "Starting Eventline (Ctrl-C stops it). Once it is up, in another terminal:"
 	@echo "  $(BIN)/eventline demo                                           # campaigns at work, messages shown"
 	@echo "  $(BIN)/eventline events send --customer c1 --name signed_up     # send an event"
@@ -56,7 +66,7 @@ run: $(STAMP)
 
 # The whole suite, against PostgreSQL/Redis from the environment when reachable,
 # otherwise against embedded servers started for the run (EVENTLINE_EMBEDDED=1 forces them).
-test: $(STAMP) node $(HELM)
+test: $(STAMP) $(COMPILED) node $(HELM)
 	$(BIN)/python -m eventline_shared.dev.embedded test -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) $(NODE_CLIENT)
