@@ -47,6 +47,12 @@ batches; the campaign service is one user, a future consumer is another.
   ``run()`` moves the group past those appended before the handler said so
   (``XGROUP SETID``, never back), every ``idle_poll_s``, and reads again once it
   is not idle. The group stays current, so the stream is trimmed as usual.
+* A handler that may defer its work (``StreamHandler.deferring``: real-time segmentation while
+  bulk imports are being stored) is handed nothing new meanwhile: ``run()`` and ``drain()`` read
+  no new entry of a partition (none is held pending, so ``claim_idle_ms`` plays no part) until it
+  stops deferring or the partition's oldest unread entry is ``overdue`` for it (the handler's
+  bound on the lag), asking again every ``idle_poll_s``; entries pending already are processed
+  and reclaimed as usual.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -142,6 +148,19 @@ class StreamHandler:
         this answers False."""
         return False
 
+    may_defer = False
+    """Whether ``deferring`` may answer True: ``run()`` and ``drain()`` ask it only then."""
+
+    async def deferring(self) -> bool:
+        """Whether new entries may wait now (the handler's work is cheaper done later, for example
+        while a bulk import is being stored): nothing new is read, unless ``overdue``."""
+        return False
+
+    def overdue(self, event: common_pb2.Event) -> bool:
+        """While ``deferring``: whether the oldest unread entry of a partition (its event) has waited
+        too long, so that the partition is read after all."""
+        return True
+
     async def catch_up(self) -> None:
         """Before a ``drain()``: load what processing must see now (caches that poll)."""
 
@@ -215,6 +234,22 @@ return 0
 """
 
 
+# The first entry of stream KEYS[1] that group ARGV[1] has not read (nil: none), in one round trip.
+_OLDEST_UNREAD = """
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last
+    for i = 1, #group, 2 do
+        if group[i] == 'name' then name = group[i + 1] end
+        if group[i] == 'last-delivered-id' then last = group[i + 1] end
+    end
+    if name == ARGV[1] then
+        return redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
+    end
+end
+return nil
+"""
+
+
 # Lease scripts: KEYS[1] the lease, ARGV[1] this consumer, ARGV[2] the lease in ms.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -238,6 +273,11 @@ return redis.call('ZCARD', KEYS[1])
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A script's reply of an entry's fields (name, value, ...) as XRANGE's reply has them."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class ConsumerGroup:
@@ -315,6 +355,7 @@ class ConsumerGroup:
         self._release = client.register_script(_RELEASE)
         self._members = client.register_script(_MEMBERS)
         self._skip = client.register_script(_SKIP)
+        self._oldest_unread = client.register_script(_OLDEST_UNREAD)
 
     async def ensure_group(self) -> None:
         """Create the group at the start of every partition (it ignores nothing already stored)."""
@@ -608,7 +649,8 @@ class ConsumerGroup:
         total = 0
         for key in self.streams:
             entries = await self._reclaim(key, self.claim_idle_ms) if reclaim else []
-            entries += await self._read_new(key, block_ms)
+            if not await self.deferred(key):
+                entries += await self._read_new(key, block_ms)
             if entries:
                 total += await self.process(entries)
         return total
@@ -658,6 +700,8 @@ class ConsumerGroup:
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         next_idle_check = 0.0
+        next_defer_check = 0.0
+        held = False  # the handler defers: no new entry read (asked again every idle_poll_s)
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -701,7 +745,11 @@ class ConsumerGroup:
                     # Asked again only every idle_poll_s once it is busy: reading is always safe.
                     next_idle_check = loop.time() + self.idle_poll_s
                     idle = await self._skipped(key)
-                if not idle:
+                if self.handler.may_defer and not idle and loop.time() >= next_defer_check:
+                    # Like idle: asked again every idle_poll_s, whether it reads or not.
+                    next_defer_check = loop.time() + self.idle_poll_s
+                    held = await self.deferred(key)
+                if not idle and not held:
                     entries += await self._read_new(key, 20 if inflight else 500)
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
@@ -729,7 +777,7 @@ class ConsumerGroup:
                 self._reading[key] -= 1
                 if acquired:
                     slots.release()
-            if idle:
+            if idle or held:
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.idle_poll_s)
                 except TimeoutError:
@@ -745,6 +793,23 @@ class ConsumerGroup:
         if newest:
             await self._skip(keys=[key], args=[self.group, _text(newest[0][0])])
         return True
+
+    async def deferred(self, key: str) -> bool:
+        """Whether no new entry of partition ``key`` is to be read now: the handler defers
+        (``StreamHandler.deferring``) and the partition's oldest unread entry, if any, is not
+        ``overdue`` for it (one that cannot be parsed is read, to be dead-lettered)."""
+        if not self.handler.may_defer or not await self.handler.deferring():
+            return False
+        oldest: Any = await self._oldest_unread(keys=[key], args=[self.group])
+        if not oldest:
+            return True
+        try:
+            event = common_pb2.Event.FromString(
+                StreamEntry.from_fields(oldest[0], _fields(oldest[1]), key).payload
+            )
+        except DecodeError:
+            return False
+        return not self.handler.overdue(event)
 
     def _dispatch(
         self, key: str, entries: list[StreamEntry], slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]
