@@ -47,7 +47,8 @@ system clock, e-mail to bench/triggers.py's SMTP receiver in this process:
   (``batch_rounds``), ``batch_cost_pct`` the median of each back-to-back pair's cost
   (``batch_cost_pct_pairs``), so that one round the shared machine slowed does not decide it. A
   round ends when the deployment's consumers have handled its events (``batch_consumed_s``, from
-  the first call; ``batch_consumed_after_calls_s``, from the last reply): ``batch_cpu_us_per_event`` is each service process's and the database's
+  the first call; ``batch_consumed_after_calls_s``, from the last reply; the service processes'
+  CPU until the last reply alone: ``batch_cpu_us_per_event_in_calls``): ``batch_cpu_us_per_event`` is each service process's and the database's
   PostgreSQL backends' CPU (user + system, from the kernel) per event over those rounds. A
   negative cost (more work, faster) is noise: printed as null. ``batch_events_per_s_import`` /
   ``batch_cost_pct_import``: the same with the 50 segments, the calls hinted as a bulk import
@@ -512,6 +513,7 @@ async def batch_rounds(
     caught: dict[str, list[float]] = {label: [] for label in set_ups}
     after_calls: dict[str, list[float]] = {label: [] for label in set_ups}
     cpu: dict[str, dict[str, float]] = {label: {} for label in set_ups}
+    cpu_in_calls: dict[str, dict[str, float]] = {label: {} for label in set_ups}
     client = stream.connect(REDIS_URL)
     try:
         # Two warm-up rounds each: the first rounds of a deployment ran at a fraction of the later
@@ -526,6 +528,9 @@ async def batch_rounds(
             started = time.perf_counter()
             rate = await batch_rate(set_up.ingestion, batch, bulk_import=label == "with_50_import")
             replied = time.perf_counter()
+            in_calls = {
+                name: seconds - before[name] for name, seconds in set_up.services.cpu_seconds().items()
+            }
             await caught_up(client, set_up.stream_key, groups[label])
             elapsed = time.perf_counter() - started
             used = {name: seconds - before[name] for name, seconds in set_up.services.cpu_seconds().items()}
@@ -534,6 +539,7 @@ async def batch_rounds(
                 f"{'warm-up ' if number < len(warm_up) else ''}round {label}: {rate:.0f} events/s, consumed after "
                 f"{elapsed:.1f} s, CPU µs per event "
                 + ", ".join(f"{name} {seconds / events * 1e6:.0f}" for name, seconds in used.items())
+                + f"; segmentation's until the last reply {in_calls['segmentation'] / events * 1e6:.0f}"
                 + f" (load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -544,6 +550,8 @@ async def batch_rounds(
             after_calls[label].append(time.perf_counter() - replied)
             for name, seconds in used.items():
                 cpu[label][name] = cpu[label].get(name, 0.0) + seconds
+            for name, seconds in in_calls.items():
+                cpu_in_calls[label][name] = cpu_in_calls[label].get(name, 0.0) + seconds
     finally:
         await client.aclose()
     medians = {label: statistics.median(found) for label, found in rates.items()}
@@ -580,6 +588,12 @@ async def batch_rounds(
         "batch_cpu_us_per_event": {
             label: {name: round(seconds / (events * pairs) * 1e6, 1) for name, seconds in used_by.items()}
             for label, used_by in cpu.items()
+        },
+        # The service processes' CPU from the first call to the last reply only (what competes
+        # with the calls for the cores; PostgreSQL's is not read in between).
+        "batch_cpu_us_per_event_in_calls": {
+            label: {name: round(seconds / (events * pairs) * 1e6, 1) for name, seconds in used_by.items()}
+            for label, used_by in cpu_in_calls.items()
         },
     }
     print(

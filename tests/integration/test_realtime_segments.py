@@ -1226,3 +1226,52 @@ async def test_hinted_bad_input_is_refused_as_without_the_hint_and_an_unreadable
     assert not await consumer.deferred(key)
     assert await consumer.drain() == 1
     assert len(await consumer.client.xrange(stream.dead_letter_key(key))) == 1
+
+
+async def test_the_running_consumer_holds_its_reads_while_the_mark_holds_then_catches_up(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Segmentation serving in the background: once its consumer has found the mark live after an
+    event was appended, the event stays unread (and nothing pending) until the clock passes the
+    mark; then it is read and its customer enters."""
+    from eventline_shared.streams.imports import LEASE, ImportMark
+
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with serving(env, db, relay=True, background=True) as suite:
+        # "purchase at least once": no forecast sweep, only the consumer can move it.
+        await suite.save("buyers", pb.Filter(event=pb.EventCondition(name="purchase")))
+        handler = suite.segmentation_server.consumer.handler
+        answers: list[bool] = []
+        asked = handler.deferring
+
+        async def deferring() -> bool:
+            answers.append(await asked())
+            return answers[-1]
+
+        handler.deferring = deferring  # type: ignore[method-assign]
+
+        async def deferred_since(seen: int) -> bool:
+            return len(answers) > seen and answers[-1]
+
+        # Held from an answer after the mark was set (until the next answer, also True), so the
+        # event appended next is not read before the consumer asks again.
+        seen = len(answers)
+        await ImportMark(redis_client, stream.StreamLayout(stream_key), suite.clock).publish()
+        await eventually(lambda: deferred_since(seen), 60, "the consumer never deferred")
+        await suite.track("b1", "purchase", START - DAY)
+
+        async def on_the_stream() -> bool:
+            return bool(await redis_client.xlen(stream_key))
+
+        await eventually(on_the_stream, 60, "the relay did not publish the event")
+        seen = len(answers)
+        await eventually(lambda: deferred_since(seen), 60, "the consumer did not ask again")
+        unread, pending = await _unread(suite)  # the purchase (and the new customer's profile notice)
+        assert unread >= 1 and pending == 0
+        assert await suite.members("buyers") == []
+        suite.clock.advance(LEASE)
+
+        async def entered() -> bool:
+            return await suite.members("buyers") == ["b1"]
+
+        await eventually(entered, 60, "the consumer did not catch up once the mark lapsed")

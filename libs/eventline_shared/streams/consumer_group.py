@@ -51,8 +51,10 @@ batches; the campaign service is one user, a future consumer is another.
   bulk imports are being stored) is handed nothing new meanwhile: ``run()`` and ``drain()`` read
   no new entry of a partition (none is held pending, so ``claim_idle_ms`` plays no part) until it
   stops deferring or the partition's oldest unread entry is ``overdue`` for it (the handler's
-  bound on the lag), asking again every ``idle_poll_s``; entries pending already are processed
-  and reclaimed as usual.
+  bound on the lag). ``run()`` asks before every read, and again every ``idle_poll_s`` while it
+  defers; with no batch in flight it waits for new entries without taking them (``XREAD``), so
+  that it asks again before reading the first of a bulk load. Entries pending already are
+  processed and reclaimed as usual.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -700,8 +702,6 @@ class ConsumerGroup:
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         next_idle_check = 0.0
-        next_defer_check = 0.0
-        held = False  # the handler defers: no new entry read (asked again every idle_poll_s)
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -712,6 +712,7 @@ class ConsumerGroup:
                 continue
             acquired = False
             idle = False
+            held = False  # the handler defers: no new entry read (asked again after idle_poll_s)
             self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
                 if key in self._fresh and key not in self._fenced:  # before anything of it is processed
@@ -745,12 +746,15 @@ class ConsumerGroup:
                     # Asked again only every idle_poll_s once it is busy: reading is always safe.
                     next_idle_check = loop.time() + self.idle_poll_s
                     idle = await self._skipped(key)
-                if self.handler.may_defer and not idle and loop.time() >= next_defer_check:
-                    # Like idle: asked again every idle_poll_s, whether it reads or not.
-                    next_defer_check = loop.time() + self.idle_poll_s
+                if self.handler.may_defer and not idle:
+                    # Before every read (one GET): a read of up to ``batch`` entries made while a bulk
+                    # load had begun would take its events in before the next look.
                     held = await self.deferred(key)
                 if not idle and not held:
-                    entries += await self._read_new(key, 20 if inflight else 500)
+                    if self.handler.may_defer and not inflight:
+                        entries += await self._read_or_wait(key, 500)
+                    else:
+                        entries += await self._read_new(key, 20 if inflight else 500)
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
                 if entries:
@@ -793,6 +797,17 @@ class ConsumerGroup:
         if newest:
             await self._skip(keys=[key], args=[self.group, _text(newest[0][0])])
         return True
+
+    async def _read_or_wait(self, key: str, block_ms: int) -> list[StreamEntry]:
+        """For a handler that may defer, with no batch in flight: the new entries of partition
+        ``key`` there are now, or else none once one more is appended (or ``block_ms`` passed),
+        without taking it: the caller asks the handler again before it reads. A blocking read
+        would take in the first entries of a bulk load that began while it waited."""
+        newest: Any = await self.client.xrevrange(key, "+", "-", count=1)
+        entries = await self._read_new(key, None)
+        if not entries:
+            await self.client.xread({key: _text(newest[0][0]) if newest else "0-0"}, count=1, block=block_ms)
+        return entries
 
     async def deferred(self, key: str) -> bool:
         """Whether no new entry of partition ``key`` is to be read now: the handler defers
