@@ -51,10 +51,10 @@ batches; the campaign service is one user, a future consumer is another.
   bulk imports are being stored) is handed nothing new meanwhile: ``run()`` and ``drain()`` read
   no new entry of a partition (none is held pending, so ``claim_idle_ms`` plays no part) until it
   stops deferring or the partition's oldest unread entry is ``overdue`` for it (the handler's
-  bound on the lag). ``run()`` asks before every read, and again every ``idle_poll_s`` while it
-  defers; with no batch in flight it waits for new entries without taking them (``XREAD``), so
-  that it asks again before reading the first of a bulk load. Entries pending already are
-  processed and reclaimed as usual.
+  bound on the lag). ``run()`` asks before a read (at most every ``defer_check_s``), and every
+  ``idle_poll_s`` while it defers; a read that waits for new entries (no batch in flight) takes
+  only a few, so that a bulk load beginning meanwhile gets few in before the next read asks.
+  Entries pending already are processed and reclaimed as usual.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -85,6 +85,9 @@ from eventline_shared.streams.stream import Client, StreamEntry
 log = logging.getLogger(__name__)
 
 Keepalive = Callable[[], Awaitable[None]]
+
+_WAITING_READ = 10
+"""Most entries a read that waits for new ones takes when the handler may defer (``run()``)."""
 
 _LEASED: ContextVar[bool] = ContextVar("_LEASED", default=False)
 """True in ``run()``'s readers and the batch tasks they start: their batches are processed only
@@ -301,6 +304,7 @@ class ConsumerGroup:
         ordered: bool = True,
         max_outage_backoff_s: float = 5.0,
         idle_poll_s: float = 0.25,
+        defer_check_s: float = 0.01,
         dependencies: DependencyMonitor | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -338,7 +342,12 @@ class ConsumerGroup:
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
         self.idle_poll_s = idle_poll_s
-        """While the handler is idle (``StreamHandler.idle``), how often ``run()`` asks it again."""
+        """While the handler is idle (``StreamHandler.idle``), how often ``run()`` asks it again;
+        also how often it asks a handler that defers (``StreamHandler.deferring``) again."""
+        self.defer_check_s = defer_check_s
+        """While a handler that may defer does not, how often at most ``run()`` asks it again before
+        a read (a GET per partition): a bulk load's entries appear on the stream after its mark (its
+        calls are stored first), so few are read in between."""
         self.dependencies = dependencies
         """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
         self.errors: list[str] = []
@@ -373,9 +382,9 @@ class ConsumerGroup:
 
     # --- reading ---
 
-    async def _read_new(self, key: str, block_ms: int | None) -> list[StreamEntry]:
+    async def _read_new(self, key: str, block_ms: int | None, count: int | None = None) -> list[StreamEntry]:
         reply: Any = await self.client.xreadgroup(
-            self.group, self.consumer, {key: ">"}, count=self.batch, block=block_ms
+            self.group, self.consumer, {key: ">"}, count=count or self.batch, block=block_ms
         )
         entries: list[StreamEntry] = []
         for _, items in reply or []:
@@ -702,6 +711,8 @@ class ConsumerGroup:
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         next_idle_check = 0.0
+        next_defer_check = 0.0
+        held = False  # the handler defers: no new entry read (asked again after idle_poll_s)
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -712,7 +723,6 @@ class ConsumerGroup:
                 continue
             acquired = False
             idle = False
-            held = False  # the handler defers: no new entry read (asked again after idle_poll_s)
             self._reading[key] += 1  # until its batch is a task: a partition given up waits for it
             try:
                 if key in self._fresh and key not in self._fenced:  # before anything of it is processed
@@ -746,15 +756,19 @@ class ConsumerGroup:
                     # Asked again only every idle_poll_s once it is busy: reading is always safe.
                     next_idle_check = loop.time() + self.idle_poll_s
                     idle = await self._skipped(key)
-                if self.handler.may_defer and not idle:
-                    # Before every read (one GET): a read of up to ``batch`` entries made while a bulk
-                    # load had begun would take its events in before the next look.
+                if self.handler.may_defer and not idle and loop.time() >= next_defer_check:
+                    # Before a read (at most every defer_check_s): a read of up to ``batch`` entries
+                    # made after a bulk load had begun would take its events in before the next look.
                     held = await self.deferred(key)
+                    next_defer_check = loop.time() + (self.idle_poll_s if held else self.defer_check_s)
                 if not idle and not held:
-                    if self.handler.may_defer and not inflight:
-                        entries += await self._read_or_wait(key, 500)
-                    else:
-                        entries += await self._read_new(key, 20 if inflight else 500)
+                    # A handler that may defer: a read that waits (none in flight) takes few entries,
+                    # so that a bulk load that begins while it waits gets only those in before the
+                    # next read asks the handler (the reads after it take full batches).
+                    few = self.handler.may_defer and not inflight
+                    entries += await self._read_new(
+                        key, 20 if inflight else 500, _WAITING_READ if few else None
+                    )
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
                 if entries:
@@ -797,17 +811,6 @@ class ConsumerGroup:
         if newest:
             await self._skip(keys=[key], args=[self.group, _text(newest[0][0])])
         return True
-
-    async def _read_or_wait(self, key: str, block_ms: int) -> list[StreamEntry]:
-        """For a handler that may defer, with no batch in flight: the new entries of partition
-        ``key`` there are now, or else none once one more is appended (or ``block_ms`` passed),
-        without taking it: the caller asks the handler again before it reads. A blocking read
-        would take in the first entries of a bulk load that began while it waited."""
-        newest: Any = await self.client.xrevrange(key, "+", "-", count=1)
-        entries = await self._read_new(key, None)
-        if not entries:
-            await self.client.xread({key: _text(newest[0][0]) if newest else "0-0"}, count=1, block=block_ms)
-        return entries
 
     async def deferred(self, key: str) -> bool:
         """Whether no new entry of partition ``key`` is to be read now: the handler defers
