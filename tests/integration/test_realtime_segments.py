@@ -1031,6 +1031,7 @@ async def test_without_a_real_time_segment_nothing_is_read_and_a_later_segment_m
 # Bulk imports hinted (TrackEventsRequest.bulk_import) ------------------------------------------
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_the_import_mark_holds_a_lease_by_the_readers_clock_and_only_moves_later(
     stream_key: str, redis_client: stream.Client
 ) -> None:
@@ -1162,6 +1163,7 @@ async def test_a_hinted_import_is_read_once_its_mark_lapses_and_each_transition_
     assert entered == 4
 
 
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
 async def test_the_lag_bound_reads_while_an_import_goes_on(suite: Suite) -> None:
     """An import that goes on (its mark renewed) defers the consumer only until the oldest unread
     event has waited EVENTLINE_SEGMENTATION_IMPORT_MAX_LAG_S (30 s by default) by the clock."""
