@@ -365,7 +365,9 @@ async def deployment(
         services.stop()
         client = stream.connect(REDIS_URL)
         try:
-            await client.delete(stream_key, stream.dead_letter_key(stream_key))
+            await client.delete(
+                stream_key, stream.dead_letter_key(stream_key), stream.import_mark_key(stream_key)
+            )
         finally:
             await client.aclose()
         await drop_database(database)
