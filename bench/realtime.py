@@ -47,9 +47,15 @@ system clock, e-mail to bench/triggers.py's SMTP receiver in this process:
   (``batch_rounds``), ``batch_cost_pct`` the median of each back-to-back pair's cost
   (``batch_cost_pct_pairs``), so that one round the shared machine slowed does not decide it. A
   round ends when the deployment's consumers have handled its events (``batch_consumed_s``, from
-  the first call): ``batch_cpu_us_per_event`` is each service process's and the database's
+  the first call; ``batch_consumed_after_calls_s``, from the last reply; the service processes'
+  CPU until the last reply alone: ``batch_cpu_us_per_event_in_calls``): ``batch_cpu_us_per_event`` is each service process's and the database's
   PostgreSQL backends' CPU (user + system, from the kernel) per event over those rounds. A
-  negative cost (more work, faster) is noise: printed as null.
+  negative cost (more work, faster) is noise: printed as null. ``batch_events_per_s_import`` /
+  ``batch_cost_pct_import``: the same with the 50 segments, the calls hinted as a bulk import
+  (``TrackEventsRequest.bulk_import``: the real-time consumer defers its reading until they
+  end), in rounds of their own, each run next to a round without segments (rounds W N I, I N W,
+  …); ``batch_consumed_s_import``: the median time from the last reply of a hinted round until
+  its events were handled (the catch-up the hint defers work to).
 * ``timer_lateness_p50_ms`` / ``timer_lateness_p99_ms`` / ``timer_lateness_max_ms`` (the 50
   segments deleted): ``timer_transitions`` customers (100,000, the issue's figure, with either
   option) each leave "bench_timer in the last hour" at an instant of their own, all within
@@ -279,10 +285,11 @@ def paced_events(run: str, customers: int, count: int, now: dt.datetime) -> list
     ]
 
 
-async def batch_rate(ingestion: Any, events: list[Event]) -> float:
+async def batch_rate(ingestion: Any, events: list[Event], bulk_import: bool = False) -> float:
     """Events per second accepted by TrackEvents in calls of 500, 4 in flight (bench/ingest.py's
     batch phase), until the last reply (each reply: committed). Not until they are on the stream:
-    with real-time segments running, transitions are appended to it too."""
+    with real-time segments running, transitions are appended to it too. ``bulk_import``: the calls
+    say they are a bulk import (``TrackEventsRequest.bulk_import``)."""
     queue: asyncio.Queue[list[Event]] = asyncio.Queue()
     for i in range(0, len(events), 500):
         queue.put_nowait(events[i : i + 500])
@@ -295,7 +302,8 @@ async def batch_rate(ingestion: Any, events: list[Event]) -> float:
                     events=[
                         ingestion_pb2.TrackEventsItem(customer_event=ingest.customer_request(e))
                         for e in chunk
-                    ]
+                    ],
+                    bulk_import=bulk_import,
                 ),
                 timeout=60,
             )
@@ -357,7 +365,9 @@ async def deployment(
         services.stop()
         client = stream.connect(REDIS_URL)
         try:
-            await client.delete(stream_key, stream.dead_letter_key(stream_key))
+            await client.delete(
+                stream_key, stream.dead_letter_key(stream_key), stream.import_mark_key(stream_key)
+            )
         finally:
             await client.aclose()
         await drop_database(database)
@@ -487,16 +497,25 @@ async def batch_rounds(
     with_50: Deployment, without: Deployment, run: str, customers: int, events: int, pairs: int
 ) -> dict[str, Any]:
     """Ingestion's batch rate with the 50 segments (and the probe's, and its campaign, when the
-    trigger part ran) and without any, alternating rounds W N N W W N N W … after two warm-up
-    rounds each; CPU per event of each service process and of the database's PostgreSQL
-    backends, each round counted until the deployment's consumers have handled its events."""
-    set_ups = {"with_50": with_50, "without": without}
+    trigger part ran), the same with the calls hinted as a bulk import (I), and without any
+    segment (N), in rounds W N I, I N W, … after two warm-up rounds of W and N each (every W and
+    every I next to an N); CPU per event of each service process and of the database's
+    PostgreSQL backends, each round counted until the deployment's consumers have handled its
+    events."""
+    set_ups = {"with_50": with_50, "without": without, "with_50_import": with_50}
     # Without real-time segments segmentation may read no stream at all: wait for campaigns only.
-    groups = {"with_50": ("segmentation", "campaigns"), "without": ("campaigns",)}
-    order = [("with_50", "without")[(i + i // 2) % 2] for i in range(2 * pairs)]
+    groups = {
+        "with_50": ("segmentation", "campaigns"),
+        "without": ("campaigns",),
+        "with_50_import": ("segmentation", "campaigns"),
+    }
+    triple = ("with_50", "without", "with_50_import")
+    order = [label for i in range(pairs) for label in (triple if i % 2 == 0 else triple[::-1])]
     rates: dict[str, list[float]] = {label: [] for label in set_ups}
     caught: dict[str, list[float]] = {label: [] for label in set_ups}
+    after_calls: dict[str, list[float]] = {label: [] for label in set_ups}
     cpu: dict[str, dict[str, float]] = {label: {} for label in set_ups}
+    cpu_in_calls: dict[str, dict[str, float]] = {label: {} for label in set_ups}
     client = stream.connect(REDIS_URL)
     try:
         # Two warm-up rounds each: the first rounds of a deployment ran at a fraction of the later
@@ -509,7 +528,11 @@ async def batch_rounds(
             before = set_up.services.cpu_seconds()
             backends = await database_backend_cpu(set_up.url)
             started = time.perf_counter()
-            rate = await batch_rate(set_up.ingestion, batch)
+            rate = await batch_rate(set_up.ingestion, batch, bulk_import=label == "with_50_import")
+            replied = time.perf_counter()
+            in_calls = {
+                name: seconds - before[name] for name, seconds in set_up.services.cpu_seconds().items()
+            }
             await caught_up(client, set_up.stream_key, groups[label])
             elapsed = time.perf_counter() - started
             used = {name: seconds - before[name] for name, seconds in set_up.services.cpu_seconds().items()}
@@ -518,6 +541,7 @@ async def batch_rounds(
                 f"{'warm-up ' if number < len(warm_up) else ''}round {label}: {rate:.0f} events/s, consumed after "
                 f"{elapsed:.1f} s, CPU µs per event "
                 + ", ".join(f"{name} {seconds / events * 1e6:.0f}" for name, seconds in used.items())
+                + f"; segmentation's until the last reply {in_calls['segmentation'] / events * 1e6:.0f}"
                 + f" (load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
@@ -525,8 +549,11 @@ async def batch_rounds(
                 continue
             rates[label].append(rate)
             caught[label].append(elapsed)
+            after_calls[label].append(time.perf_counter() - replied)
             for name, seconds in used.items():
                 cpu[label][name] = cpu[label].get(name, 0.0) + seconds
+            for name, seconds in in_calls.items():
+                cpu_in_calls[label][name] = cpu_in_calls[label].get(name, 0.0) + seconds
     finally:
         await client.aclose()
     medians = {label: statistics.median(found) for label, found in rates.items()}
@@ -538,24 +565,47 @@ async def batch_rounds(
         for with_50, without in zip(rates["with_50"], rates["without"], strict=True)
     ]
     cost = statistics.median(costs)
+    # The hinted rounds against the N round of their triple (run next to it).
+    import_costs = [
+        100 * (1 - hinted / without)
+        for hinted, without in zip(rates["with_50_import"], rates["without"], strict=True)
+    ]
+    import_cost = statistics.median(import_costs)
     figures: dict[str, Any] = {
         "batch_events_per_s_without": round(medians["without"]),
         "batch_events_per_s_with_50": round(medians["with_50"]),
         # Work added cannot make ingestion faster: a negative cost is the machine's noise.
         "batch_cost_pct": round(cost, 1) if cost >= 0 else None,
         "batch_cost_pct_pairs": [round(c, 1) for c in costs],
+        "batch_events_per_s_import": round(medians["with_50_import"]),
+        "batch_cost_pct_import": round(import_cost, 1) if import_cost >= 0 else None,
+        "batch_cost_pct_import_pairs": [round(c, 1) for c in import_costs],
         "batch_rounds": {label: [round(r) for r in found] for label, found in rates.items()},
         "batch_consumed_s": {label: [round(s, 2) for s in found] for label, found in caught.items()},
+        # From the last reply until the consumers had handled the round: the hinted rounds' catch-up.
+        "batch_consumed_after_calls_s": {
+            label: [round(s, 2) for s in found] for label, found in after_calls.items()
+        },
+        "batch_consumed_s_import": round(statistics.median(after_calls["with_50_import"]), 2),
         "batch_cpu_us_per_event": {
             label: {name: round(seconds / (events * pairs) * 1e6, 1) for name, seconds in used_by.items()}
             for label, used_by in cpu.items()
+        },
+        # The service processes' CPU from the first call to the last reply only (what competes
+        # with the calls for the cores; PostgreSQL's is not read in between).
+        "batch_cpu_us_per_event_in_calls": {
+            label: {name: round(seconds / (events * pairs) * 1e6, 1) for name, seconds in used_by.items()}
+            for label, used_by in cpu_in_calls.items()
         },
     }
     print(
         f"ingestion batch {figures['batch_events_per_s_without']} events/s without real-time segments, "
         f"{figures['batch_events_per_s_with_50']} with 50 (medians of {pairs} rounds each); cost "
         f"{'within noise' if cost < 0 else f'{cost:.1f} %'} (median of the pairs' "
-        f"{figures['batch_cost_pct_pairs']}); CPU µs per event {figures['batch_cpu_us_per_event']}",
+        f"{figures['batch_cost_pct_pairs']}); hinted as a bulk import {figures['batch_events_per_s_import']}"
+        f" events/s, cost {figures['batch_cost_pct_import']} % (pairs {figures['batch_cost_pct_import_pairs']}),"
+        f" consumed {figures['batch_consumed_s_import']} s after the last reply (median); CPU µs per event "
+        f"{figures['batch_cpu_us_per_event']}",
         flush=True,
     )
     return figures

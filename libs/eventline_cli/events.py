@@ -312,9 +312,16 @@ class RateColumn(ProgressColumn):
 @click.option(
     "--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Batches in flight."
 )
+@click.option(
+    "--bulk/--live",
+    default=True,
+    show_default=True,
+    help="Send the batches as a bulk import (real-time segments catch up after it, within their "
+    "bound) or as live events (evaluated as they arrive).",
+)
 @click.pass_context
 def import_events(
-    ctx: click.Context, path: Path, file_format: str, batch_size: int, concurrency: int
+    ctx: click.Context, path: Path, file_format: str, batch_size: int, concurrency: int, bulk: bool
 ) -> None:
     """Import events from an NDJSON or CSV file through the batch RPC.
 
@@ -322,7 +329,8 @@ def import_events(
     TrackSystemEventRequest without customer_id, or a TrackEventsItem). CSV: columns event_id,
     customer_id, name, occurred_at, and one column per context key (header ``key`` or ``key:type``).
     Lines without an event id get one derived from the file name, line number and content, so
-    importing the same file again stores nothing twice.
+    importing the same file again stores nothing twice. The batches are hinted as a bulk import
+    (``TrackEventsRequest.bulk_import``: real-time segments catch up after it) unless ``--live``.
     """
     if file_format == "auto":
         file_format = "csv" if path.suffix.lower() == ".csv" else "ndjson"
@@ -373,7 +381,9 @@ def import_events(
                 chunk = good[start : start + batch_size]
                 # The outcome of each line is all the import reports: no stored event echoed back.
                 request = ingestion_pb2.TrackEventsRequest(
-                    events=[entry.item for entry in chunk if entry.item], omit_stored_events=True
+                    events=[entry.item for entry in chunk if entry.item],
+                    omit_stored_events=True,
+                    bulk_import=bulk,
                 )
                 future = stub.TrackEvents.future(request, timeout=opts.timeout_s, metadata=opts.metadata())
                 in_flight.append((chunk, future))

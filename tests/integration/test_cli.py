@@ -230,3 +230,24 @@ async def test_the_installed_command_exits_non_zero_on_server_errors(ingestion_s
     _, stderr = await process.communicate()
     assert process.returncode == 1
     assert b"NOT_FOUND" in stderr
+
+
+async def test_import_hints_a_bulk_import_unless_live(
+    ingestion_server: Any, redis_client: Any, stream_key: str, tmp_path: Path
+) -> None:
+    """``events import`` sends its batches with ``bulk_import`` (ingestion then publishes the
+    "import running" mark); ``--live`` sends them as live events (no mark)."""
+    from eventline_shared.streams import stream
+
+    key = stream.import_mark_key(stream_key)
+    path = tmp_path / "events.ndjson"
+    path.write_text(json.dumps({"customer_id": "c1", "name": "viewed"}) + "\n")
+    live = await run(ingestion_server.port, "events", "import", "--live", str(path))
+    assert live.exit_code == 0, live.output
+    await ingestion_server.imports.settled()
+    assert await redis_client.get(key) is None
+    path.write_text(json.dumps({"customer_id": "c2", "name": "viewed"}) + "\n")
+    bulk = await run(ingestion_server.port, "events", "import", str(path))
+    assert bulk.exit_code == 0, bulk.output
+    await ingestion_server.imports.settled()
+    assert await redis_client.get(key) is not None

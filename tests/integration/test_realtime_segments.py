@@ -28,7 +28,7 @@ from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
 from eventline_shared.streams.reserved import PROFILE_CHANGED
 from tests.conftest import service_env
-from tests.support import attribute_equals, customer_event, eventually, plan_scans
+from tests.support import attribute_equals, customer_event, eventually, plan_scans, violations
 
 UTC = dt.UTC
 START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -1026,3 +1026,254 @@ async def test_without_a_real_time_segment_nothing_is_read_and_a_later_segment_m
         await eventually(lambda: size_is(3), 60, "the consumer did not read the later event")
         # The backfill is silent: the one transition is the later event's.
         assert [(c, entered) for c, entered, _ in await suite.transitions("buyers")] == [("late", True)]
+
+
+# Bulk imports hinted (TrackEventsRequest.bulk_import) ------------------------------------------
+
+
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+async def test_the_import_mark_holds_a_lease_by_the_readers_clock_and_only_moves_later(
+    stream_key: str, redis_client: stream.Client
+) -> None:
+    from eventline_shared.streams.imports import LEASE, ImportMark
+
+    layout = stream.StreamLayout(stream_key, 4)
+    clock = ManualClock(START)
+    mark = ImportMark(redis_client, layout, clock)
+    assert mark.key == stream.import_mark_key(layout.keys[0])
+    assert stream.hash_tag(mark.key) == stream.hash_tag(stream.dead_letter_key(layout.keys[0]))
+    assert await mark.until() is None and not await mark.live()
+    assert await mark.publish() == START + LEASE
+    assert await mark.live()
+    # A replica whose clock is behind (or that published earlier) never moves the mark back.
+    behind = ImportMark(redis_client, layout, ManualClock(START - dt.timedelta(seconds=1)))
+    await behind.publish()
+    assert await mark.until() == START + LEASE
+    assert await behind.live()  # read by its own clock, the mark holds longer
+    clock.advance(LEASE - dt.timedelta(microseconds=1))
+    assert await mark.live()
+    clock.advance(dt.timedelta(microseconds=1))
+    assert not await mark.live()
+    # What this code did not write is no mark: consumers read on.
+    await redis_client.set(mark.key, "not an instant")
+    assert await mark.until() is None and not await mark.live()
+
+
+async def test_publishing_the_mark_never_fails_or_holds_a_call(stream_key: str) -> None:
+    """Redis down: the calls' storing goes on, the publishing fails in the background and is
+    only logged; once no call is stored, nothing is renewed any more."""
+    from eventline_shared.streams.imports import ImportMark, ImportsRunning
+
+    unreachable = stream.connect("redis://127.0.0.1:1/0")
+    try:
+        imports = ImportsRunning(ImportMark(unreachable, stream.StreamLayout(stream_key), ManualClock(START)))
+        with imports.storing():
+            assert imports.calls == 1
+        assert imports.calls == 0
+        await imports.settled()  # the background publish failed, and was only logged
+    finally:
+        await unreachable.aclose()
+
+
+async def _track_batch(suite: Suite, events: list[tuple[str, str, dt.datetime]], *, bulk: bool) -> None:
+    request = ingestion_pb2.TrackEventsRequest(bulk_import=bulk, omit_stored_events=True)
+    for customer_id, name, occurred_at in events:
+        item = request.events.add().customer_event
+        item.CopyFrom(customer_event(customer_id, name))
+        item.occurred_at.CopyFrom(values.datetime_to_timestamp(occurred_at))
+    reply = await suite.ingestion.TrackEvents(request)
+    assert not any(r.HasField("error") for r in reply.results)
+    await suite.ingestion_server.imports.settled()
+    await suite.ingestion_server.relay.drain()
+
+
+async def _unread(suite: Suite) -> tuple[int, int]:
+    """(entries the segmentation group has not read, entries it holds pending) of the stream."""
+    consumer = suite.segmentation_server.consumer
+    [key] = consumer.streams
+    groups = {g["name"].decode(): g for g in await consumer.client.xinfo_groups(key)}
+    last = groups[consumer.group]["last-delivered-id"].decode()
+    unread = await consumer.client.xrange(key, f"({last}", "+")
+    pending = await consumer.client.xpending(key, consumer.group)
+    return len(unread), int(pending["pending"])
+
+
+async def test_a_hinted_import_is_read_once_its_mark_lapses_and_each_transition_happens_once(
+    suite: Suite,
+) -> None:
+    """While a hinted import is stored the consumer reads nothing (nothing held pending either),
+    a live event waits too, and timers still fire; once the mark lapses every event is evaluated,
+    each transition recorded once, at the instant the consumer evaluated it."""
+    from eventline_shared.streams.imports import LEASE
+
+    consumer = suite.segmentation_server.consumer
+    await suite.save("buyers", purchases(2, 30))
+    await suite.track("old", "purchase", START - 29 * DAY)
+    await suite.track("old", "purchase", START - 28 * DAY)
+    await suite.settle()
+    while await suite.segmentation_server.realtime.fire_due():  # the backfill's forecast sweep
+        pass
+    assert await suite.members("buyers") == ["old"]
+    # "Last 30 days" holds old's first purchase until the midnight of its day + 30.
+    leaves = dt.datetime(2026, 11, 27, tzinfo=UTC)
+
+    suite.clock.set(leaves - LEASE / 2)
+    imported = suite.clock.now()
+    await _track_batch(
+        suite,
+        [
+            ("i1", "purchase", START - 5 * DAY),
+            ("i1", "purchase", START - 4 * DAY),
+            ("i2", "purchase", START - 3 * DAY),
+            ("i2", "purchase", START - 2 * DAY),
+            ("i3", "purchase", START - 3 * DAY),  # one purchase: never in
+        ],
+        bulk=True,
+    )
+    await suite.track("live", "purchase", START - DAY)
+    await suite.track("live", "purchase", START)
+    await suite.ingestion_server.relay.drain()
+    assert await consumer.drain() == 0
+    assert await _unread(suite) == (7, 0)
+    assert await suite.members("buyers") == ["old"]
+
+    # Time-driven transitions go on meanwhile.
+    suite.clock.set(leaves)
+    assert await consumer.deferred(consumer.streams[0])
+    assert await suite.segmentation_server.realtime.fire_due() == 1
+    assert await suite.members("buyers") == []
+
+    suite.clock.set(imported + LEASE)  # the mark lapses
+    assert not await consumer.deferred(consumer.streams[0])
+    caught_up = suite.clock.now()
+    await suite.settle()
+    assert await _unread(suite) == (0, 0)
+    assert await suite.members("buyers") == ["i1", "i2", "live"]
+    assert await suite.transitions("buyers") == [
+        ("old", True, START),
+        ("old", False, leaves),
+        ("i1", True, caught_up),
+        ("i2", True, caught_up),
+        ("live", True, caught_up),
+    ]
+    # Nothing is read twice: a second pass records nothing.
+    await suite.settle()
+    assert len(await suite.transitions("buyers")) == 5
+    entered = await suite.db.fetchval("SELECT count(*) FROM customer_events WHERE name = 'segment_entered'")
+    assert entered == 4
+
+
+@pytest.mark.parametrize("redis_url", ["single", "cluster"], indirect=True)
+async def test_the_lag_bound_reads_while_an_import_goes_on(suite: Suite) -> None:
+    """An import that goes on (its mark renewed) defers the consumer only until the oldest unread
+    event has waited EVENTLINE_SEGMENTATION_IMPORT_MAX_LAG_S (30 s by default) by the clock."""
+    from eventline_shared.streams.imports import ImportMark
+
+    consumer = suite.segmentation_server.consumer
+    mark = ImportMark(consumer.client, stream.StreamLayout(consumer.streams[0]), suite.clock)
+    await suite.save("buyers", purchases(1, 30))
+    await _track_batch(suite, [("i1", "purchase", START - DAY)], bulk=True)
+    for _ in range(29):
+        suite.clock.advance(dt.timedelta(seconds=1))
+        await mark.publish()  # the import goes on
+        assert await consumer.drain() == 0
+    suite.clock.advance(dt.timedelta(seconds=1) - dt.timedelta(microseconds=1))
+    await mark.publish()
+    assert await consumer.deferred(consumer.streams[0])
+    suite.clock.advance(dt.timedelta(microseconds=1))  # the event has waited 30 s
+    assert await consumer.drain() == 1
+    assert await suite.members("buyers") == ["i1"]
+    assert await _unread(suite) == (0, 0)
+
+
+async def test_an_unhinted_batch_sets_no_mark_and_is_read_at_once(suite: Suite) -> None:
+    consumer = suite.segmentation_server.consumer
+    await suite.save("buyers", purchases(1, 30))
+    await _track_batch(suite, [("u1", "purchase", START - DAY)], bulk=False)
+    assert await consumer.client.get(stream.import_mark_key(consumer.streams[0])) is None
+    assert not await consumer.deferred(consumer.streams[0])
+    assert await consumer.drain() == 1
+    assert await suite.members("buyers") == ["u1"]
+
+
+async def test_hinted_bad_input_is_refused_as_without_the_hint_and_an_unreadable_entry_is_read(
+    suite: Suite,
+) -> None:
+    """A hinted call is validated as any: no event is INVALID_ARGUMENT on ``events``, a bad item
+    is refused with its path and stores nothing (no mark for a call that stores nothing). While
+    the mark is live, an oldest unread entry that cannot be parsed is read (and dead-lettered)
+    rather than left to block the partition."""
+    from eventline_shared.streams.imports import ImportMark
+
+    consumer = suite.segmentation_server.consumer
+    key = consumer.streams[0]
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await suite.ingestion.TrackEvents(ingestion_pb2.TrackEventsRequest(bulk_import=True))
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(empty.value)) == {"events"}
+    request = ingestion_pb2.TrackEventsRequest(bulk_import=True)
+    request.events.add().customer_event.CopyFrom(customer_event("b1", "bad name"))
+    reply = await suite.ingestion.TrackEvents(request)
+    assert reply.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "events[0].customer_event.name" in reply.results[0].error.message
+    await suite.ingestion_server.imports.settled()
+    assert await consumer.client.get(stream.import_mark_key(key)) is None
+
+    await suite.save("buyers", purchases(1, 30))
+    await consumer.ensure_group()
+    await ImportMark(consumer.client, stream.StreamLayout(key), suite.clock).publish()
+    await consumer.client.xadd(
+        key, {"event_id": "x", "customer_id": "b2", "name": "purchase", "payload": b"\xff"}
+    )
+    assert not await consumer.deferred(key)
+    assert await consumer.drain() == 1
+    assert len(await consumer.client.xrange(stream.dead_letter_key(key))) == 1
+
+
+async def test_the_running_consumer_holds_its_reads_while_the_mark_holds_then_catches_up(
+    db_url: str, stream_key: str, redis_url: str, redis_client: stream.Client, db: asyncpg.Connection
+) -> None:
+    """Segmentation serving in the background: once its consumer has found the mark live after an
+    event was appended, the event stays unread (and nothing pending) until the clock passes the
+    mark; then it is read and its customer enters."""
+    from eventline_shared.streams.imports import LEASE, ImportMark
+
+    env = service_env(db_url, stream_key, EVENTLINE_REDIS_URL=redis_url)
+    async with serving(env, db, relay=True, background=True) as suite:
+        # "purchase at least once": no forecast sweep, only the consumer can move it.
+        await suite.save("buyers", pb.Filter(event=pb.EventCondition(name="purchase")))
+        handler = suite.segmentation_server.consumer.handler
+        answers: list[bool] = []
+        asked = handler.deferring
+
+        async def deferring() -> bool:
+            answers.append(await asked())
+            return answers[-1]
+
+        handler.deferring = deferring  # type: ignore[method-assign]
+
+        async def deferred_since(seen: int) -> bool:
+            return len(answers) > seen and answers[-1]
+
+        # Held from an answer after the mark was set (until the next answer, also True), so the
+        # event appended next is not read before the consumer asks again.
+        seen = len(answers)
+        await ImportMark(redis_client, stream.StreamLayout(stream_key), suite.clock).publish()
+        await eventually(lambda: deferred_since(seen), 60, "the consumer never deferred")
+        await suite.track("b1", "purchase", START - DAY)
+
+        async def on_the_stream() -> bool:
+            return bool(await redis_client.xlen(stream_key))
+
+        await eventually(on_the_stream, 60, "the relay did not publish the event")
+        seen = len(answers)
+        await eventually(lambda: deferred_since(seen), 60, "the consumer did not ask again")
+        unread, pending = await _unread(suite)  # the purchase (and the new customer's profile notice)
+        assert unread >= 1 and pending == 0
+        assert await suite.members("buyers") == []
+        suite.clock.advance(LEASE)
+
+        async def entered() -> bool:
+            return await suite.members("buyers") == ["b1"]
+
+        await eventually(entered, 60, "the consumer did not catch up once the mark lapsed")

@@ -27,7 +27,7 @@ from eventline_client import (
     service_config,
     to_value,
 )
-from eventline_client.client import _request_field
+from eventline_client.client import _BULK_IMPORT_FIELD, _request_field
 from eventline_client.events import relative_to_item
 
 context_values = st.one_of(
@@ -57,6 +57,14 @@ def test_a_batch_is_exactly_the_request_the_generated_code_serializes(events: li
     deterministic = b"".join(_request_field(item.SerializeToString(deterministic=True)) for item in items)
     request = ingestion_pb2.TrackEventsRequest(events=items)
     assert deterministic == request.SerializeToString(deterministic=True)
+
+
+def test_the_bulk_import_hint_appended_to_a_batch_is_the_requests_field() -> None:
+    items = [CustomerEvent("c1", "viewed").item("e1"), CustomerEvent("c2", "viewed").item("e2")]
+    encoded = b"".join(_request_field(item.SerializeToString()) for item in items) + _BULK_IMPORT_FIELD
+    request = ingestion_pb2.TrackEventsRequest.FromString(encoded)
+    assert request.bulk_import and list(request.events) == items
+    assert _BULK_IMPORT_FIELD == ingestion_pb2.TrackEventsRequest(bulk_import=True).SerializeToString()
 
 
 def test_long_items_get_multi_byte_lengths() -> None:

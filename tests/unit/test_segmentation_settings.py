@@ -46,6 +46,15 @@ def test_the_transition_retention_is_a_week_unless_set() -> None:
     assert set_.transition_retention_s == 3600.0
 
 
+def test_the_import_lag_bound_is_30_s_unless_set_and_refuses_bad_values() -> None:
+    assert Settings.from_env({}).import_max_lag_s == 30.0
+    name = "EVENTLINE_SEGMENTATION_IMPORT_MAX_LAG_S"
+    assert Settings.from_env({name: "120"}).import_max_lag_s == 120.0
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: bad})
+
+
 def test_session_settings_keep_the_callers_parameters() -> None:
     dsn = session_dsn("postgresql://u@h:5432/db?sslmode=disable&jit=on", 32)
     assert dsn.startswith("postgresql://u@h:5432/db?")

@@ -234,11 +234,15 @@ export class EventlineClient {
    * Records any number of events, in batches of at most `maxBatchEvents` events and
    * `maxBatchBytes` bytes, `concurrency` batches at a time. Returns one outcome per event in
    * input order; a batch failing for good throws a TrackManyError once the others are done.
+   * `bulkImport`: the events are a history being loaded (an import, a backfill), not live
+   * traffic; real-time segments may then catch up on them after the import, within the
+   * operator's bound (`TrackEventsRequest.bulk_import`).
    */
   async trackMany(
     events: Iterable<CustomerEvent | SystemEvent>,
-    options: { concurrency?: number } = {},
+    options: { concurrency?: number; bulkImport?: boolean } = {},
   ): Promise<Outcome[]> {
+    const bulkImport = options.bulkImport ?? false;
     const all = [...events];
     const eventIds = all.map((event) => event.eventId ?? newEventId());
     const items = all.map((event, i) => eventItem(event, eventIds[i]!));
@@ -249,7 +253,7 @@ export class EventlineClient {
     const send = async (start: number, batch: TrackEventsItem[]): Promise<void> => {
       let reply;
       try {
-        reply = await this.call((callOptions) => this.ingestion.trackEvents({ events: batch }, callOptions));
+        reply = await this.call((callOptions) => this.ingestion.trackEvents({ events: batch, bulkImport }, callOptions));
       } catch (error) {
         if (error instanceof EventlineError && error.code === Code.ResourceExhausted && batch.length > 1) {
           // The server bounds requests by more than our limits: halve the batch until it fits.

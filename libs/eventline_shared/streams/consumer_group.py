@@ -47,6 +47,14 @@ batches; the campaign service is one user, a future consumer is another.
   ``run()`` moves the group past those appended before the handler said so
   (``XGROUP SETID``, never back), every ``idle_poll_s``, and reads again once it
   is not idle. The group stays current, so the stream is trimmed as usual.
+* A handler that may defer its work (``StreamHandler.deferring``: real-time segmentation while
+  bulk imports are being stored) is handed nothing new meanwhile: ``run()`` and ``drain()`` read
+  no new entry of a partition (none is held pending, so ``claim_idle_ms`` plays no part) until it
+  stops deferring or the partition's oldest unread entry is ``overdue`` for it (the handler's
+  bound on the lag). ``run()`` asks before a read (at most every ``defer_check_s``), and every
+  ``idle_poll_s`` while it defers; a read that waits for new entries (no batch in flight) takes
+  only a few, so that a bulk load beginning meanwhile gets few in before the next read asks.
+  Entries pending already are processed and reclaimed as usual.
 * ``drain()`` processes until nothing is left (burst mode for tests and
   tools: it reads every partition, owned or not); ``run()`` serves until
   ``shutdown()``.
@@ -77,6 +85,9 @@ from eventline_shared.streams.stream import Client, StreamEntry
 log = logging.getLogger(__name__)
 
 Keepalive = Callable[[], Awaitable[None]]
+
+_WAITING_READ = 10
+"""Most entries a read that waits for new ones takes when the handler may defer (``run()``)."""
 
 _LEASED: ContextVar[bool] = ContextVar("_LEASED", default=False)
 """True in ``run()``'s readers and the batch tasks they start: their batches are processed only
@@ -141,6 +152,19 @@ class StreamHandler:
         keep up to date): ``run()`` then moves the group past them unread, and reads again once
         this answers False."""
         return False
+
+    may_defer = False
+    """Whether ``deferring`` may answer True: ``run()`` and ``drain()`` ask it only then."""
+
+    async def deferring(self) -> bool:
+        """Whether new entries may wait now (the handler's work is cheaper done later, for example
+        while a bulk import is being stored): nothing new is read, unless ``overdue``."""
+        return False
+
+    def overdue(self, event: common_pb2.Event) -> bool:
+        """While ``deferring``: whether the oldest unread entry of a partition (its event) has waited
+        too long, so that the partition is read after all."""
+        return True
 
     async def catch_up(self) -> None:
         """Before a ``drain()``: load what processing must see now (caches that poll)."""
@@ -215,6 +239,22 @@ return 0
 """
 
 
+# The first entry of stream KEYS[1] that group ARGV[1] has not read (nil: none), in one round trip.
+_OLDEST_UNREAD = """
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local name, last
+    for i = 1, #group, 2 do
+        if group[i] == 'name' then name = group[i + 1] end
+        if group[i] == 'last-delivered-id' then last = group[i + 1] end
+    end
+    if name == ARGV[1] then
+        return redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)[1]
+    end
+end
+return nil
+"""
+
+
 # Lease scripts: KEYS[1] the lease, ARGV[1] this consumer, ARGV[2] the lease in ms.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -240,6 +280,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A script's reply of an entry's fields (name, value, ...) as XRANGE's reply has them."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class ConsumerGroup:
     def __init__(
         self,
@@ -259,6 +304,7 @@ class ConsumerGroup:
         ordered: bool = True,
         max_outage_backoff_s: float = 5.0,
         idle_poll_s: float = 0.25,
+        defer_check_s: float = 0.01,
         dependencies: DependencyMonitor | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -296,7 +342,12 @@ class ConsumerGroup:
         self._reading: Counter[str] = Counter()  # reads in flight per partition
         self.max_outage_backoff_s = max_outage_backoff_s
         self.idle_poll_s = idle_poll_s
-        """While the handler is idle (``StreamHandler.idle``), how often ``run()`` asks it again."""
+        """While the handler is idle (``StreamHandler.idle``), how often ``run()`` asks it again;
+        also how often it asks a handler that defers (``StreamHandler.deferring``) again."""
+        self.defer_check_s = defer_check_s
+        """While a handler that may defer does not, how often at most ``run()`` asks it again before
+        a read (a GET per partition): a bulk load's entries appear on the stream after its mark (its
+        calls are stored first), so few are read in between."""
         self.dependencies = dependencies
         """Told whether each read of the stream worked, so health shows a consumer that cannot read."""
         self.errors: list[str] = []
@@ -315,6 +366,7 @@ class ConsumerGroup:
         self._release = client.register_script(_RELEASE)
         self._members = client.register_script(_MEMBERS)
         self._skip = client.register_script(_SKIP)
+        self._oldest_unread = client.register_script(_OLDEST_UNREAD)
 
     async def ensure_group(self) -> None:
         """Create the group at the start of every partition (it ignores nothing already stored)."""
@@ -330,9 +382,9 @@ class ConsumerGroup:
 
     # --- reading ---
 
-    async def _read_new(self, key: str, block_ms: int | None) -> list[StreamEntry]:
+    async def _read_new(self, key: str, block_ms: int | None, count: int | None = None) -> list[StreamEntry]:
         reply: Any = await self.client.xreadgroup(
-            self.group, self.consumer, {key: ">"}, count=self.batch, block=block_ms
+            self.group, self.consumer, {key: ">"}, count=count or self.batch, block=block_ms
         )
         entries: list[StreamEntry] = []
         for _, items in reply or []:
@@ -608,7 +660,8 @@ class ConsumerGroup:
         total = 0
         for key in self.streams:
             entries = await self._reclaim(key, self.claim_idle_ms) if reclaim else []
-            entries += await self._read_new(key, block_ms)
+            if not await self.deferred(key):
+                entries += await self._read_new(key, block_ms)
             if entries:
                 total += await self.process(entries)
         return total
@@ -658,6 +711,8 @@ class ConsumerGroup:
         loop = asyncio.get_running_loop()
         next_reclaim = 0.0
         next_idle_check = 0.0
+        next_defer_check = 0.0
+        held = False  # the handler defers: no new entry read (asked again after idle_poll_s)
         delay = 0.1
         while not self._stop.is_set():
             if not self.reads(key):
@@ -701,8 +756,19 @@ class ConsumerGroup:
                     # Asked again only every idle_poll_s once it is busy: reading is always safe.
                     next_idle_check = loop.time() + self.idle_poll_s
                     idle = await self._skipped(key)
-                if not idle:
-                    entries += await self._read_new(key, 20 if inflight else 500)
+                if self.handler.may_defer and not idle and loop.time() >= next_defer_check:
+                    # Before a read (at most every defer_check_s): a read of up to ``batch`` entries
+                    # made after a bulk load had begun would take its events in before the next look.
+                    held = await self.deferred(key)
+                    next_defer_check = loop.time() + (self.idle_poll_s if held else self.defer_check_s)
+                if not idle and not held:
+                    # A handler that may defer: a read that waits (none in flight) takes few entries,
+                    # so that a bulk load that begins while it waits gets only those in before the
+                    # next read asks the handler (the reads after it take full batches).
+                    few = self.handler.may_defer and not inflight
+                    entries += await self._read_new(
+                        key, 20 if inflight else 500, _WAITING_READ if few else None
+                    )
                 if self.dependencies is not None:
                     self.dependencies.report_ok(REDIS)
                 if entries:
@@ -729,7 +795,7 @@ class ConsumerGroup:
                 self._reading[key] -= 1
                 if acquired:
                     slots.release()
-            if idle:
+            if idle or held:
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.idle_poll_s)
                 except TimeoutError:
@@ -745,6 +811,23 @@ class ConsumerGroup:
         if newest:
             await self._skip(keys=[key], args=[self.group, _text(newest[0][0])])
         return True
+
+    async def deferred(self, key: str) -> bool:
+        """Whether no new entry of partition ``key`` is to be read now: the handler defers
+        (``StreamHandler.deferring``) and the partition's oldest unread entry, if any, is not
+        ``overdue`` for it (one that cannot be parsed is read, to be dead-lettered)."""
+        if not self.handler.may_defer or not await self.handler.deferring():
+            return False
+        oldest: Any = await self._oldest_unread(keys=[key], args=[self.group])
+        if not oldest:
+            return True
+        try:
+            event = common_pb2.Event.FromString(
+                StreamEntry.from_fields(oldest[0], _fields(oldest[1]), key).payload
+            )
+        except DecodeError:
+            return False
+        return not self.handler.overdue(event)
 
     def _dispatch(
         self, key: str, entries: list[StreamEntry], slots: asyncio.Semaphore, inflight: set[asyncio.Task[int]]

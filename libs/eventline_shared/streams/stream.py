@@ -196,6 +196,12 @@ def members_key(stream: str, group: str) -> str:
     return _same_slot(stream, f":members:{group}")
 
 
+def import_mark_key(stream: str) -> str:
+    """The mark saying bulk imports are being stored into the stream whose first partition is
+    ``stream`` (``eventline_shared.streams.imports``; in its slot)."""
+    return _same_slot(stream, ":importing")
+
+
 def partition_of(customer_id: str, partitions: int) -> int:
     """The partition of a customer's events: CRC-32 of the id, so every process agrees forever.
 

@@ -25,6 +25,7 @@ from eventline_shared.server.grpc_server import Server
 from eventline_shared.storage import database, notifications
 from eventline_shared.storage.database import PostgreSQL
 from eventline_shared.streams import stream
+from eventline_shared.streams.imports import ImportMark, ImportsRunning
 from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class RunningIngestion:
     port: int
     pool: asyncpg.Pool
     listener: notifications.Listener
+    imports: ImportsRunning
 
 
 @asynccontextmanager
@@ -76,7 +78,10 @@ async def running(
         writer = EventWriter(repository, outbox.wake, concurrency=settings.write_concurrency, clock=clock)
         tokens = await PageTokens.load(pool)
         erasure = Erasure(repository, client, common.stream_layout)
-        servicer = IngestionServicer(repository, writer, erasure, tokens, settings.max_batch, clock=clock)
+        imports = ImportsRunning(ImportMark(client, common.stream_layout, clock))
+        servicer = IngestionServicer(
+            repository, writer, erasure, tokens, settings.max_batch, clock=clock, imports=imports
+        )
         server = Server(
             [SERVICE_NAME],
             settings=common,
@@ -92,9 +97,10 @@ async def running(
         listener_task = asyncio.create_task(listener.run()) if relay else None
         log.info("ingestion serving", extra={"port": port})
         try:
-            yield RunningIngestion(server, outbox, port, pool, listener)
+            yield RunningIngestion(server, outbox, port, pool, listener, imports)
         finally:
             await server.stop(common.shutdown_grace_s)
+            await imports.close()
             if listener_task:
                 listener.shutdown()
                 await listener_task

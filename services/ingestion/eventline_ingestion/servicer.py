@@ -27,6 +27,7 @@ from eventline_shared.errors import (
 from eventline_shared.observability import tracing
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 from eventline_shared.server.grpc_server import Context, database_timeout
+from eventline_shared.streams.imports import ImportsRunning
 from eventline_shared.values import check_customer_id, check_timestamp, timestamp_to_datetime
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,12 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         tokens: PageTokens,
         max_batch: int = 1000,
         clock: Clock = SYSTEM_CLOCK,
+        imports: ImportsRunning | None = None,
     ) -> None:
         self.clock = clock
+        self.imports = imports
+        """Keeps the "import running" mark while calls hinted ``bulk_import`` are stored (None: no
+        mark, the hint is accepted and changes nothing)."""
         self.repository = repository
         self.writer = writer
         self.erasure = erasure
@@ -125,7 +130,11 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
                 ]
             )
         good = [e for e in checked if isinstance(e, NewEvent)]
-        stored = await self.writer.store(good) if good else {}
+        if good and request.bulk_import and self.imports is not None:
+            with self.imports.storing():
+                stored = await self.writer.store(good)
+        else:
+            stored = await self.writer.store(good) if good else {}
         log.debug("batch tracked", extra={"items": len(checked), "valid": len(good)})
         if omit:
             return _compact_reply(checked, stored, errors)

@@ -10,7 +10,9 @@ MatchCustomer's answer at every instant, on any number of replicas:
   empty customer matches (a new customer may enter them on any first event),
   and, on a profile notice, those with profile conditions (see ``Affected``). While no real-time
   segment exists it reads nothing: the group moves past the entries unread
-  (``SegmentEvents.idle``).
+  (``SegmentEvents.idle``). While bulk imports are being stored it reads nothing
+  new either, and catches up afterwards, within an operator's bound on the lag
+  (``SegmentEvents.deferring``).
 * **Time.** After every evaluation of a segment that moves with time, the next
   instant its membership may change (``transitions.forecast``) is stored as a
   timer (``eventline_shared.storage.timers``); ``fire_due`` claims the due timers and
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import asyncpg
+from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 
 from eventline_predicates import filters, periods
@@ -52,6 +55,7 @@ from eventline_shared.clock import Clock
 from eventline_shared.storage.database import Connection
 from eventline_shared.storage.timers import Due, TimerTable
 from eventline_shared.streams.consumer_group import Received, StreamHandler
+from eventline_shared.streams.imports import ImportMark
 from eventline_shared.streams.reserved import PROFILE_CHANGED
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,8 @@ PARTS_PER_BATCH = 2
 """Most transactions a consumer batch is evaluated in (groups of customers whose segments are
 disjoint, ``Affected.parts``): the cheapest group apart, the others together. With the consumer's 4
 batches in flight, at most 8 of the pool's connections (10 by default) at once."""
+DEFAULT_IMPORT_MAX_LAG = dt.timedelta(seconds=30)
+"""The longest the consumer leaves new events unread while bulk imports run (a setting)."""
 SWEEP_LEASE = dt.timedelta(seconds=30)
 """How long a replica holds a sweep it claimed before another may take it over."""
 
@@ -710,9 +716,39 @@ class SegmentEvents(StreamHandler):
     """The event stream's consumer for real-time segments."""
 
     may_idle = True
+    may_defer = True
 
-    def __init__(self, engine: RealtimeSegments) -> None:
+    def __init__(
+        self,
+        engine: RealtimeSegments,
+        imports: ImportMark | None = None,
+        max_lag: dt.timedelta = DEFAULT_IMPORT_MAX_LAG,
+    ) -> None:
         self.engine = engine
+        self.imports = imports
+        """The mark of bulk imports being stored (None: never deferred)."""
+        self.max_lag = max_lag
+        """The longest an unread event waits while imports run (since ingestion received it)."""
+
+    async def deferring(self) -> bool:
+        """Bulk imports are being stored (``TrackEventsRequest.bulk_import``, on any ingestion
+        replica): no new event is read meanwhile, so that their evaluations do not compete with
+        the storing for the cores and the database; the group catches up once they end.
+
+        Nothing is lost or repeated: the entries stay in the stream, unread (none is held pending),
+        and are evaluated as usual afterwards, each customer's in order, every transition once. An
+        event-driven evaluation is made at the clock's now under the customer's lock, so a
+        deferred one is too: its transitions take the instant of the catch-up, never earlier than
+        one already recorded (a timer of the customer fired meanwhile evaluated with the imported
+        events, which were committed before the call was answered). Timers keep firing."""
+        return self.imports is not None and await self.imports.live()
+
+    def overdue(self, event: common_pb2.Event) -> bool:
+        """The oldest unread event has waited ``max_lag`` since ingestion received it (by the
+        clock): events are read again although imports go on."""
+        if not event.HasField("received_at"):
+            return True
+        return self.engine.clock.now() - event.received_at.ToDatetime(dt.UTC) >= self.max_lag
 
     async def idle(self) -> bool:
         """No real-time segment exists: the entries appended so far change no membership, and the

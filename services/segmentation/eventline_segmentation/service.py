@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from eventline_shared.storage import database
 from eventline_shared.storage.database import PostgreSQL
 from eventline_shared.streams import stream
 from eventline_shared.streams.consumer_group import ConsumerGroup
+from eventline_shared.streams.imports import ImportMark
 from eventline_shared.streams.stream import Redis
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,11 @@ async def running(
         )
         consumer = ConsumerGroup(
             client,
-            SegmentEvents(realtime),
+            SegmentEvents(
+                realtime,
+                ImportMark(client, common.stream_layout, clock),
+                dt.timedelta(seconds=settings.import_max_lag_s),
+            ),
             streams=common.stream_layout.keys,
             batch=EVENT_BATCH,
             group=settings.consumer_group,

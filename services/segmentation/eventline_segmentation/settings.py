@@ -34,6 +34,10 @@ class Settings:
     transition_retention_s: float = 7 * 24 * 3600.0
     """EVENTLINE_SEGMENTATION_TRANSITION_RETENTION_S: transitions older than this are pruned from
     the log WatchSegment reads (their customer events stay)."""
+    import_max_lag_s: float = 30.0
+    """EVENTLINE_SEGMENTATION_IMPORT_MAX_LAG_S: while bulk imports are being stored
+    (``TrackEventsRequest.bulk_import``) the real-time consumer reads no new event, until the
+    oldest unread one has waited this long (by the clock, since ingestion received it)."""
     consumer_group: str = "segmentation"
     consumer_name: str = ""
     """EVENTLINE_SEGMENTATION_CONSUMER: this replica's name in the group (host, pid and a random
@@ -55,6 +59,7 @@ class Settings:
             read_database_url=read_database_url,
             realtime=env_bool(environ, "EVENTLINE_SEGMENTATION_REALTIME", True),
             transition_retention_s=retention,
+            import_max_lag_s=env_seconds(environ, "EVENTLINE_SEGMENTATION_IMPORT_MAX_LAG_S", 30.0),
             consumer_group=env_str(environ, "EVENTLINE_SEGMENTATION_GROUP", "segmentation"),
             consumer_name=env_str(
                 environ,

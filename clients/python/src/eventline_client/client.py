@@ -258,9 +258,15 @@ class AsyncClient:
         reply = await self.call(self.ingestion.TrackSystemEvent, event.request(event_id or new_event_id()))
         return Tracked(reply.event, reply.deduplicated)
 
-    async def track_many(self, events: Iterable[Event], *, concurrency: int | None = None) -> list[Outcome]:
+    async def track_many(
+        self, events: Iterable[Event], *, concurrency: int | None = None, bulk_import: bool = False
+    ) -> list[Outcome]:
         """Record any number of events: sent in batches of at most ``max_batch_events``
         events and ``max_batch_bytes`` bytes, ``concurrency`` batches at a time.
+
+        ``bulk_import``: the events are a history being loaded (an import, a backfill), not live
+        traffic; real-time segments may then catch up on them after the import, within the
+        operator's bound (``TrackEventsRequest.bulk_import``).
 
         Returns one outcome per event, in input order: :class:`Tracked` (stored) or
         :class:`Refused` (bad input; the other events are stored all the same). A batch that
@@ -274,6 +280,7 @@ class AsyncClient:
             _request_field(event.item(event_id).SerializeToString())
             for event, event_id in zip(events, event_ids, strict=True)
         ]
+        hint = _BULK_IMPORT_FIELD if bulk_import else b""
         outcomes: list[Outcome | None] = [None] * len(items)
         pending = list(self._batches(items))
         pending.reverse()
@@ -281,7 +288,7 @@ class AsyncClient:
 
         async def send(start: int, batch: list[bytes]) -> None:
             try:
-                reply = await self.call(self.ingestion.TrackEventsEncoded, b"".join(batch))
+                reply = await self.call(self.ingestion.TrackEventsEncoded, b"".join(batch) + hint)
             except ResourceExhaustedError:
                 if len(batch) == 1:
                     raise
@@ -407,6 +414,10 @@ class AsyncClient:
         return await self.call(
             self.ingestion.EraseCustomer, ingestion_pb2.EraseCustomerRequest(customer_id=customer_id)
         )
+
+
+_BULK_IMPORT_FIELD = b"\x18\x01"
+"""``bulk_import = true`` (field 3 of TrackEventsRequest, a varint), appended to a batch's items."""
 
 
 def _request_field(item: bytes) -> bytes:

@@ -78,12 +78,14 @@ class TrackEventsItem(_message.Message):
     def __init__(self, customer_event: _Optional[_Union[TrackCustomerEventRequest, _Mapping]] = ..., system_event: _Optional[_Union[TrackSystemEventRequest, _Mapping]] = ...) -> None: ...
 
 class TrackEventsRequest(_message.Message):
-    __slots__ = ("events", "omit_stored_events")
+    __slots__ = ("events", "omit_stored_events", "bulk_import")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     OMIT_STORED_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BULK_IMPORT_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[TrackEventsItem]
     omit_stored_events: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[TrackEventsItem, _Mapping]]] = ..., omit_stored_events: _Optional[bool] = ...) -> None: ...
+    bulk_import: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[TrackEventsItem, _Mapping]]] = ..., omit_stored_events: _Optional[bool] = ..., bulk_import: _Optional[bool] = ...) -> None: ...
 
 class TrackEventsResult(_message.Message):
     __slots__ = ("event", "error", "deduplicated")
