@@ -342,6 +342,9 @@ class MatchQuery:
     nodes: list[Node]
     names: list[str]
     """The output columns' names, in order."""
+    keyed: bool = True
+    """Whether a row comes only for a customer that exists (``match_many_query`` reads no customer
+    row for a tree without profile conditions: its caller asks once per customer instead)."""
 
 
 def _hull(intervals: list[Interval]) -> Interval:
@@ -450,8 +453,14 @@ def match_many_query(
     columns (each row's own intervals) only those that decide a leaf (``decisive_column``: no
     explanation is built from these rows), but no count of the nodes ``counted`` (indexes in
     ``walk(root)``: the caller counts their events in ``extra``), then ``extra`` (built with
-    ``rows`` before this call). Customers that do not exist give no row. ``params`` is shared
-    with the caller's other queries."""
+    ``rows`` before this call). ``params`` is shared with the caller's other queries.
+
+    Customers that do not exist give no row when the tree has profile conditions. Without any,
+    every row's customer is its id alone (``MatchQuery.keyed`` False): the caller learns which of
+    them exist in the same statement, once per customer (``existing_query``), rather than by a
+    primary-key probe of ``customers`` per row, which was a tenth of the consumer's evaluation
+    statement with the bench's 50 segments (docs/performance.md, "the consumer's PostgreSQL per
+    event")."""
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
         # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
@@ -464,13 +473,26 @@ def match_many_query(
     # connection) expects 10 rows from the unnest, and against a small table it hashed them and
     # scanned every customer, once per segment of the statement (docs/performance.md, "The
     # consumer's PostgreSQL").
-    customer = "SELECT * FROM customers c WHERE c.customer_id = q.customer_id OFFSET 0"
+    keyed = _uses_profile(root)
+    customer = (
+        "SELECT * FROM customers c WHERE c.customer_id = q.customer_id OFFSET 0"
+        if keyed
+        else "SELECT q.customer_id"
+    )
     return MatchQuery(
         f"{select.columns} FROM {rows.source()} CROSS JOIN LATERAL ({customer}) c{select.joins}",
         params.values,
         select.nodes,
         select.names,
+        keyed,
     )
+
+
+def existing_query(params: Params, customer_ids: Collection[str]) -> str:
+    """The customers of ``customer_ids`` that exist (column ``customer_id``): what a query of
+    ``match_many_query`` that is not ``keyed`` leaves to its caller, in the same statement (one
+    snapshot: a customer erased meanwhile is gone from both or from neither)."""
+    return f"SELECT c.customer_id FROM customers c WHERE c.customer_id = ANY({params.add(sorted(customer_ids), 'text[]')})"
 
 
 @dataclass(frozen=True)
