@@ -22,6 +22,7 @@ from google.protobuf import field_mask_pb2
 
 from eventline_predicates import filters, periods
 from eventline_segmentation import compiler, realtime
+from eventline_segmentation.membership import Definition
 from eventline_shared import values
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
@@ -423,30 +424,91 @@ async def test_the_evaluation_statement_reads_each_customer_by_key_under_its_gen
     db: asyncpg.Connection,
 ) -> None:
     """The generic plan of an evaluation (``observe_many``'s statement, planned once per connection
-    for 10 rows of its ``unnest``) looks each row's customer up by key: against a small customers
-    table it used to hash the rows and scan every customer, once per segment of the statement."""
+    for 10 rows of its ``unnest``) looks each row's customer up by key when the tree reads the
+    profile: against a small customers table it used to hash the rows and scan every customer, once
+    per segment of the statement. A tree without profile conditions reads no customer row at all
+    (its caller asks which customers exist once per statement, ``compiler.existing_query``)."""
     await db.execute("INSERT INTO customers (customer_id) SELECT 'c' || i FROM generate_series(1, 2000) AS i")
     await db.execute("ANALYZE customers")
-    checked = filters.check(purchases(1, 30), "filter", {})
-    assert checked.root is not None
-    params = compiler.Params()
-    customers = ["c1", "c2", "c3"]
-    rows = compiler.RowBounds(params, customers, shared=True)
-    clocks = [periods.Clock(START, UTC)] * len(customers)
-    query = compiler.match_many_query(checked.root, clocks, params, rows, ["q.position AS position"])
     await db.execute("SET plan_cache_mode = force_generic_plan")
-    await db.execute(f"PREPARE evaluation AS {query.sql}")
+    with_profile = pb.Filter(
+        all_of=pb.FilterList(filters=[purchases(1, 30), attribute_equals("plan", "pro")])
+    )
+    for number, (flt, scans) in enumerate(
+        [(with_profile, (["Index Scan"], ["Index Only Scan"])), (purchases(1, 30), (None,))]
+    ):
+        checked = filters.check(flt, "filter", {})
+        assert checked.root is not None
+        params = compiler.Params()
+        customers = ["c1", "c2", "c3"]
+        rows = compiler.RowBounds(params, customers, shared=True)
+        clocks = [periods.Clock(START, UTC)] * len(customers)
+        query = compiler.match_many_query(checked.root, clocks, params, rows, ["q.position AS position"])
+        assert query.keyed == (scans[0] is not None)
+        await db.execute(f"PREPARE evaluation{number} AS {query.sql}")
 
-    def literal(value: Any) -> str:
-        if isinstance(value, list):
-            return "ARRAY[" + ", ".join(map(literal, value)) + "]"
-        return "'" + str(value).replace("'", "''") + "'"
+        def literal(value: Any) -> str:
+            if isinstance(value, list):
+                return "ARRAY[" + ", ".join(map(literal, value)) + "]"
+            return "'" + str(value).replace("'", "''") + "'"
 
-    execute = f"EXECUTE evaluation({', '.join(map(literal, params.values))})"
-    plan = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) {execute}"))
-    # By key, once per row; not a scan of every customer per segment.
-    assert plan_scans(plan).get("customers") in (["Index Scan"], ["Index Only Scan"])
-    assert len(await db.fetch(execute)) == len(customers)
+        execute = f"EXECUTE evaluation{number}({', '.join(map(literal, params.values))})"
+        plan = json.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) {execute}"))
+        # By key, once per row; not a scan of every customer per segment.
+        assert plan_scans(plan).get("customers") in scans
+        assert len(await db.fetch(execute)) == len(customers)
+
+
+async def test_an_evaluation_reads_the_events_after_its_window_when_a_customer_has_one(
+    db: asyncpg.Connection,
+) -> None:
+    """The events after a window (an event dated after the evaluation's instant, or a timer fired
+    late) are read only when some customer has an event of the name after the window's end (the
+    name's latest ``customer_event_stats.last_at``), and then exactly as before."""
+    await db.execute("INSERT INTO customers (customer_id) VALUES ('c1'), ('c2')")
+
+    async def store(customer_id: str, event_id: str, at: dt.datetime) -> None:
+        await db.execute(
+            """
+            WITH stored AS (
+                INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at)
+                VALUES ($1, $2, 'purchase', $3, $3) RETURNING customer_id, name, occurred_at
+            )
+            INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
+            SELECT customer_id, name, occurred_at, occurred_at, 1 FROM stored
+            ON CONFLICT (customer_id, name) DO UPDATE SET
+                first_at = least(s.first_at, excluded.first_at),
+                last_at = greatest(s.last_at, excluded.last_at), count = s.count + 1
+            """,
+            customer_id,
+            event_id,
+            at,
+        )
+
+    await store("c1", "e1", START - DAY)
+    await store("c2", "e2", START - 2 * DAY)
+    segment = realtime.compile_definition(
+        Definition("s", "S", purchases(2, 30).SerializeToString(), "", None, 1)
+    )
+    probes = [realtime.Probe(segment, "c1", START), realtime.Probe(segment, "c2", START)]
+    # One purchase each, none after START: no change until an event comes. A customer that does
+    # not exist (erased) has no answer.
+    assert await realtime.observe_many(db, [*probes, realtime.Probe(segment, "gone", START)]) == [
+        realtime.Observation(False, None),
+        realtime.Observation(False, None),
+        None,
+    ]
+    # A purchase dated an hour after the instant enters c1's window then.
+    await store("c1", "e3", START + dt.timedelta(hours=1))
+    assert await realtime.observe_many(db, probes) == [
+        realtime.Observation(False, START + dt.timedelta(hours=1)),
+        realtime.Observation(False, None),
+    ]
+    # Seen from after it, the window holds it; c1 exits when the first purchase is 30 days old.
+    later = [realtime.Probe(segment, "c1", START + dt.timedelta(hours=2))]
+    assert await realtime.observe_many(db, later) == [
+        realtime.Observation(True, dt.datetime(2026, 12, 25, tzinfo=UTC))
+    ]
 
 
 async def test_profile_conditions_are_evaluated_on_profile_notices_not_on_every_event(suite: Suite) -> None:

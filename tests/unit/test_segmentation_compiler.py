@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+import pytest
 from eventline.common.v1 import common_pb2
 from hypothesis import given
 from hypothesis import strategies as st
@@ -46,3 +47,14 @@ def test_sql_text_depends_only_on_the_shape_of_the_filter(
         assert used == set(range(1, len(a.params) + 1)) and len(b.params) == len(a.params)
     hostile = compiler.count_query(wild.root, clock)
     assert text in hostile.params or any(text in str(p) for p in hostile.params)
+
+
+def test_an_id_list_is_its_ids_between_separators_and_refuses_an_id_holding_one() -> None:
+    """Id lists travel as one text parameter that the statement splits (``compiler.id_array``)."""
+    assert compiler.id_list([]) == ""
+    assert compiler.id_list(["c1", "a.b@c+d"]) == "c1\x1fa.b@c+d"
+    with pytest.raises(ValueError):
+        compiler.id_list(["c1", "x\x1fy"])
+    params = compiler.Params()
+    assert params.add_ids(["c1", "c2"]) == "string_to_array($1::text, E'\\x1f')"
+    assert params.values == ["c1\x1fc2"]

@@ -61,6 +61,32 @@ class Params:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
 
+    def add_ids(self, ids: Collection[str]) -> str:
+        """A list of ids (customers, segments) as a ``text[]`` expression, sent as one text
+        parameter (``id_list``)."""
+        return id_array(self.add(id_list(ids), "text"))
+
+
+ID_SEPARATOR = "\x1f"
+"""Between the ids of an ``id_list``: a control character no id may hold (customer ids are
+letters, digits and ``_.:@+-``; segment ids are codes)."""
+
+
+def id_list(ids: Collection[str]) -> str:
+    """``ids`` as one text, for ``id_array`` to split in the statement. asyncpg encodes a ``text[]``
+    parameter element by element in Python (0.3-0.5 µs each: ~10,000 ids per consumer batch of
+    ~500 events with the bench's 50 segments); one text costs a copy. Raises ``ValueError`` for an
+    id that holds the separator (none can: ids are validated when written)."""
+    joined = ID_SEPARATOR.join(ids)
+    if ids and joined.count(ID_SEPARATOR) != len(ids) - 1:
+        raise ValueError("an id holds the id list separator")
+    return joined
+
+
+def id_array(placeholder: str) -> str:
+    """The ``text[]`` of an ``id_list`` parameter (an empty list for an empty text)."""
+    return f"string_to_array({placeholder}, E'\\x1f')"
+
 
 def _timestamp_text(stored: str) -> str:
     """The fixed-width UTC text of a stored timestamp value."""
@@ -342,6 +368,9 @@ class MatchQuery:
     nodes: list[Node]
     names: list[str]
     """The output columns' names, in order."""
+    keyed: bool = True
+    """Whether a row comes only for a customer that exists (``match_many_query`` reads no customer
+    row for a tree without profile conditions: its caller asks once per customer instead)."""
 
 
 def _hull(intervals: list[Interval]) -> Interval:
@@ -402,7 +431,7 @@ class RowBounds:
 
     def source(self) -> str:
         """The ``FROM`` item of the rows (add it after every interval); ``q.position`` numbers them from 1."""
-        ids = self.params.add(self.customer_ids, "text[]")
+        ids = self.params.add_ids(self.customer_ids)
         names = ", ".join(["customer_id", *self._columns, "position"])
         return f"unnest({', '.join([ids, *self._arrays])}) WITH ORDINALITY AS q({names})"
 
@@ -450,8 +479,14 @@ def match_many_query(
     columns (each row's own intervals) only those that decide a leaf (``decisive_column``: no
     explanation is built from these rows), but no count of the nodes ``counted`` (indexes in
     ``walk(root)``: the caller counts their events in ``extra``), then ``extra`` (built with
-    ``rows`` before this call). Customers that do not exist give no row. ``params`` is shared
-    with the caller's other queries."""
+    ``rows`` before this call). ``params`` is shared with the caller's other queries.
+
+    Customers that do not exist give no row when the tree has profile conditions. Without any,
+    every row's customer is its id alone (``MatchQuery.keyed`` False): the caller learns which of
+    them exist in the same statement, once per customer (``existing_query``), rather than by a
+    primary-key probe of ``customers`` per row, which was a tenth of the consumer's evaluation
+    statement with the bench's 50 segments (docs/performance.md, "the consumer's PostgreSQL per
+    event")."""
 
     def bounded(column: str, resolve: Callable[[Clock], Interval]) -> list[str]:
         # Rows of one instant share their clock (a consumer batch: all of them): resolve it once.
@@ -464,13 +499,26 @@ def match_many_query(
     # connection) expects 10 rows from the unnest, and against a small table it hashed them and
     # scanned every customer, once per segment of the statement (docs/performance.md, "The
     # consumer's PostgreSQL").
-    customer = "SELECT * FROM customers c WHERE c.customer_id = q.customer_id OFFSET 0"
+    keyed = _uses_profile(root)
+    customer = (
+        "SELECT * FROM customers c WHERE c.customer_id = q.customer_id OFFSET 0"
+        if keyed
+        else "SELECT q.customer_id"
+    )
     return MatchQuery(
         f"{select.columns} FROM {rows.source()} CROSS JOIN LATERAL ({customer}) c{select.joins}",
         params.values,
         select.nodes,
         select.names,
+        keyed,
     )
+
+
+def existing_query(params: Params, customer_ids: Collection[str]) -> str:
+    """The customers of ``customer_ids`` that exist (column ``customer_id``): what a query of
+    ``match_many_query`` that is not ``keyed`` leaves to its caller, in the same statement (one
+    snapshot: a customer erased meanwhile is gone from both or from neither)."""
+    return f"SELECT c.customer_id FROM customers c WHERE c.customer_id = ANY({params.add_ids(sorted(customer_ids))})"
 
 
 @dataclass(frozen=True)

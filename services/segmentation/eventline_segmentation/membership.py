@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 from eventline.common.v1 import common_pb2
 
-from eventline_segmentation.compiler import Compiled
+from eventline_segmentation.compiler import Compiled, id_array, id_list
 from eventline_shared import values
 from eventline_shared.errors import FailedPrecondition, quote
 from eventline_shared.storage import notifications
@@ -194,7 +194,7 @@ _KEEP_SEGMENTS = 'SELECT segment_id FROM segments WHERE segment_id = ANY({ids}::
 # due_at), in one round trip.
 _KEEP_AND_READ_MEMBERS = f"""
 WITH kept AS ({_KEEP_SEGMENTS.format(ids="$3")}),
-keys AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(segment_id, customer_id))
+keys AS (SELECT * FROM unnest({id_array("$1::text")}, {id_array("$2::text")}) AS k(segment_id, customer_id))
 SELECT 0 AS kind, segment_id, NULL::text AS customer_id, NULL::timestamptz AS due_at FROM kept
 UNION ALL
 SELECT 1, m.segment_id, m.customer_id, NULL FROM segment_members m JOIN keys USING (segment_id, customer_id)
@@ -281,12 +281,12 @@ class MembershipRepository:
         mode (``lock_backfills``): an evaluation runs while no backfill does. The one way to lock
         customers here, so that no evaluation can skip the backfills' lock."""
         await connection.execute(
-            """
+            f"""
             WITH backfills AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(hashtextextended('segment-backfill', 0)))
             SELECT pg_advisory_xact_lock(hashtextextended('segment-member:' || id, 0))
-            FROM backfills, unnest($1::text[]) AS id ORDER BY id COLLATE "C"
+            FROM backfills, unnest({id_array("$1::text")}) AS id ORDER BY id COLLATE "C"
             """,
-            list(customer_ids),
+            id_list(customer_ids),
         )
 
     async def lock_backfills(self, connection: Connection) -> None:
@@ -317,8 +317,8 @@ class MembershipRepository:
         for a backfill, excludes evaluations), so they stay as read until the transaction ends."""
         rows = await connection.fetch(
             _KEEP_AND_READ_MEMBERS,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
+            id_list([k[0] for k in keys]),
+            id_list([k[1] for k in keys]),
             sorted({k[0] for k in keys}),
         )
         return Stored(

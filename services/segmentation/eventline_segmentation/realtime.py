@@ -244,6 +244,8 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
     params = compiler.Params()
     parts: list[str] = []
     readings: list[_Reading] = []
+    unkeyed: set[str] = set()
+    latest_names: list[str] = []
     for number, (segment_id, indexes) in enumerate(groups.items()):
         segment = segments[segment_id]
         # Probes of one instant (all of an event batch's) share their clock, plan and bounds.
@@ -263,21 +265,34 @@ async def observe_many(connection: Connection, probes: Sequence[Probe]) -> list[
             for j, load in enumerate(plans[0].loads):
                 if isinstance(load, transitions.WindowOccurrences):
                     windows = [cast(transitions.WindowOccurrences, plan.loads[j]).window for plan in plans]
-                    extra += _window_columns(load, j, rows.bounds(windows), params)
+                    extra += _window_columns(load, j, rows.bounds(windows), params, latest_names)
                     listed[node_index[id(load.node)]] = f"w{j}"
         query = compiler.match_many_query(
             segment.root, clocks, params, rows, [*extra, "q.position AS position"], listed
         )
         readings.append(_Reading(query, indexes, clocks, plans, listed))
         parts.append(f"SELECT {number} AS g, ROW(x.*) AS r FROM ({query.sql}) x")
+        if not query.keyed:
+            unkeyed.update(rows.customer_ids)
     found: list[Observation | None] = [None] * len(probes)
     if not probes:
         return found
-    for n, record in enumerate(await connection.fetch(" UNION ALL ".join(parts), *params.values)):
+    if unkeyed:
+        # Which customers of the queries without profile conditions exist (those queries give a
+        # row for every probe), once per customer: g = -1.
+        parts.append(f"SELECT -1 AS g, ROW(x.*) AS r FROM ({compiler.existing_query(params, unkeyed)}) x")
+    head = _LATEST.format(names=", ".join(latest_names)) if latest_names else ""
+    records = await connection.fetch(head + " UNION ALL ".join(parts), *params.values)
+    existing = {record[1][0] for record in records if record[0] < 0}
+    for n, record in enumerate(records):
         if n % 100 == 99:
             await asyncio.sleep(0)  # let the event loop serve others between slices of a large batch
+        if record[0] < 0:
+            continue
         reading = readings[record[0]]  # g
         row = record[1]  # r
+        if not reading.keyed and row[0] not in existing:
+            continue  # no such customer (erased): no observation, as a keyed query gives no row
         position = row[reading.position] - 1
         index = reading.indexes[position]
         found[index] = reading.observation(probes[index], row, position)
@@ -297,6 +312,7 @@ class _Reading:
         listed: Mapping[int, str],
     ) -> None:
         self.indexes = indexes
+        self.keyed = query.keyed
         self.clocks = clocks
         self.plans = plans
         self.decision = evaluation.Decision(query, listed)
@@ -342,31 +358,62 @@ class _Reading:
 
 
 def _window_columns(
-    load: transitions.WindowOccurrences, j: int, bounds: tuple[str, str], params: compiler.Params
+    load: transitions.WindowOccurrences,
+    j: int,
+    bounds: tuple[str, str],
+    params: compiler.Params,
+    names: list[str],
 ) -> list[str]:
     """The events a window load asks for: the newest ``limit`` inside the window (``w<j>``) and the
-    earliest ``limit`` after it (``a<j>``), as text lists of microseconds since 1970."""
+    earliest ``limit`` after it (``a<j>``), as text lists of microseconds since 1970.
+
+    The events after the window are looked for only when some customer has an event of the name
+    after its end (the latest ``customer_event_stats.last_at`` of the name: ``_LATEST``, one probe
+    of ``customer_event_stats_by_name`` per name and statement, not per row; the name's
+    placeholder is added to ``names``): a sliding window ends at the
+    evaluation's instant or at a day's start, and events stamped after that are rare (a timer fired
+    late, an event dated ahead); when there are some, they are read as before. Exact: an event's stats row is written in the transaction
+    that stores it, so the statement's snapshot holds both or neither, and ``last_at`` is never
+    earlier than the customer's latest event of the name (whatever its context). Without the
+    guard this column's index descent, finding nothing, was a fifth of the evaluation
+    statement's CPU (docs/performance.md, "the consumer's PostgreSQL per event")."""
     node = load.node
     start, end = bounds
+    name = params.add(node.name, "text")
     matching = " AND ".join(
         [
             "e.customer_id = c.customer_id",
-            f"e.name = {params.add(node.name, 'text')}",
+            f"e.name = {name}",
             *(compiler.predicate_sql(p, "e.context", params) for p in node.predicates),
         ]
     )
     limit = params.add(load.limit, "int")
     micros = "(extract(epoch FROM e.occurred_at) * 1000000)::bigint"
-    columns = []
-    for alias, where, order in (
-        (f"w{j}", f"e.occurred_at >= {start} AND e.occurred_at <= {end}", "DESC"),
-        (f"a{j}", f"e.occurred_at > {end}", "ASC"),
-    ):
-        columns.append(
+
+    def events(where: str, order: str) -> str:
+        return (
             f"array_to_string(ARRAY(SELECT {micros} FROM customer_events e WHERE {matching} AND {where} "
-            f"ORDER BY e.occurred_at {order} LIMIT {limit}), ',') AS {alias}"
+            f"ORDER BY e.occurred_at {order} LIMIT {limit}), ',')"
         )
-    return columns
+
+    # An uncorrelated subquery: evaluated once per statement (an InitPlan), over ``_LATEST``.
+    latest = f"(SELECT l.at FROM latest l WHERE l.name = {name})"
+    names.append(name)
+    return [
+        f"{events(f'e.occurred_at >= {start} AND e.occurred_at <= {end}', 'DESC')} AS w{j}",
+        f"CASE WHEN {latest} > {end} THEN {events(f'e.occurred_at > {end}', 'ASC')} ELSE '' END AS a{j}",
+    ]
+
+
+# The latest instant of any event of each of the windows' names ({names}: their placeholders), at
+# the head of the evaluation statement: one table for all its windows, so that the planner plans
+# one probe of the stats by name rather than one per window (planning a 50-segment statement takes
+# ~50 ms; a probe per window added a quarter to it).
+_LATEST = (
+    "WITH latest AS MATERIALIZED (SELECT d.n AS name, "
+    "(SELECT max(s.last_at) FROM customer_event_stats s WHERE s.name = d.n) AS at "
+    "FROM (SELECT DISTINCT n FROM unnest(ARRAY[{names}]) AS n) d) "
+)
 
 
 def _micros_list(text: str) -> tuple[int, ...]:
