@@ -116,21 +116,25 @@ UPDATE segment_realtime SET members = (SELECT count(*) FROM found), backfill_aft
 WHERE segment_id = {segment}
 """
 
-_LOCK_SEGMENTS = """
-SELECT segment_id FROM segment_realtime WHERE segment_id = ANY($1::text[])
-ORDER BY segment_id COLLATE "C" FOR NO KEY UPDATE
-"""
-
 # The segments' cursors taken and their sizes moved by the members entered less those exited, once
 # per segment; the members' counting trigger (once per member: a statement of 1,000 exits updated
 # the segment's row 1,000 times, each a new version of one hot row) is off for the rest of the
 # transaction (``eventline.backfilling``, as a backfill sets it), whose only member writes are
-# ``_RECORD``'s that follow.
+# ``_RECORD``'s that follow. The segments' rows are locked first, in ascending order (the order
+# every locker uses), before the update locks them in whatever order its rows come: the locking
+# subquery is uncorrelated, so it runs once, as the plan's one-time filter, before any row is
+# scanned (an update then finds a row changed since the statement began, locked by this
+# transaction: it updates the latest version, as ``UPDATE ... SET n = n + 1`` always does). Before
+# that lock had a round trip of its own.
 _TAKE_CURSORS = """
 UPDATE segment_realtime r SET last_cursor = r.last_cursor + d.n, members = r.members + d.delta
 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(segment_id, n, delta),
     (SELECT set_config('eventline.backfilling', 'on', true)) AS counting_off
 WHERE r.segment_id = d.segment_id
+  AND (SELECT count(*) FROM (
+      SELECT FROM segment_realtime WHERE segment_id = ANY($1::text[])
+      ORDER BY segment_id COLLATE "C" FOR NO KEY UPDATE
+  ) AS locked) >= 0
 RETURNING r.segment_id, r.last_cursor
 """
 
@@ -362,10 +366,7 @@ class MembershipRepository:
             segment_id = change.segment.segment_id
             counts[segment_id] = counts.get(segment_id, 0) + 1
             deltas[segment_id] = deltas.get(segment_id, 0) + (1 if change.entered else -1)
-        # The segments' rows in ascending order (the order every locker uses), before the update
-        # below locks them in whatever order its rows come.
-        if len(counts) > 1:  # (one row: the update below locks it)
-            await connection.execute(_LOCK_SEGMENTS, list(counts))
+        # The segments' rows locked in ascending order, then updated (``_TAKE_CURSORS``).
         rows = await connection.fetch(
             _TAKE_CURSORS, list(counts), list(counts.values()), [deltas[s] for s in counts]
         )
