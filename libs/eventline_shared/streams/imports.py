@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from eventline_shared.clock import Clock
 from eventline_shared.streams import stream
 from eventline_shared.streams.stream import Client, StreamLayout
+from eventline_shared.values import EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ stored and at the end of each, so it lapses this long (at most) after the last o
 
 _FORGET_MS = 3_600_000
 """The key's Redis expiry: only so that a mark nobody renews does not stay forever."""
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # Moves the mark KEYS[1] to instant ARGV[1] (µs) unless it holds later already; ARGV[2]: the key's
 # expiry (ms), for forgetting only.
@@ -44,7 +43,7 @@ return 1
 
 
 def _micros(instant: dt.datetime) -> int:
-    return (instant - _EPOCH) // dt.timedelta(microseconds=1)
+    return (instant - EPOCH) // dt.timedelta(microseconds=1)
 
 
 class ImportMark:
@@ -72,7 +71,7 @@ class ImportMark:
         if value is None:
             return None
         try:
-            return _EPOCH + dt.timedelta(microseconds=int(value))
+            return EPOCH + dt.timedelta(microseconds=int(value))
         except ValueError:
             return None  # not a mark this code wrote: ignored, so that consumers read on
 

@@ -57,6 +57,7 @@ from eventline_shared.storage.timers import Due, TimerTable
 from eventline_shared.streams.consumer_group import Received, StreamHandler
 from eventline_shared.streams.imports import ImportMark
 from eventline_shared.streams.reserved import PROFILE_CHANGED
+from eventline_shared.values import timestamp_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -795,7 +796,7 @@ class SegmentEvents(StreamHandler):
         clock): events are read again although imports go on."""
         if not event.HasField("received_at"):
             return True
-        return self.engine.clock.now() - event.received_at.ToDatetime(dt.UTC) >= self.max_lag
+        return self.engine.clock.now() - timestamp_to_datetime(event.received_at) >= self.max_lag
 
     async def idle(self) -> bool:
         """No real-time segment exists: the entries appended so far change no membership, and the
