@@ -39,6 +39,13 @@ system clock, e-mail to bench/triggers.py's SMTP receiver in this process:
   with --quick) arrive at 1,000/s, the issue's rate, with either option; ``paced_events_per_s``
   is the rate achieved, ``paced_transition_p50_ms`` / ``p99`` the call → ``segment_entered`` on the stream of
   the same probes. A message missing, repeated or arriving before its call stops the run.
+  ``segment_trigger_settled_p50_ms`` / ``p99``: the same of the probes sent once the paced events
+  had run a second (``segment_trigger_settled_probes`` of them; the first ones meet the
+  deployment's start under the load). ``segment_trigger_legs_p50_ms`` / ``p99``, each leg's own
+  percentiles over the probes, on the wall clock in whole milliseconds (the entries' ids):
+  ``to_stream`` (call → the event's entry: ingestion's commit and relay), ``segmentation``
+  (→ its ``segment_entered`` entry: the consumer, its transaction, the relay again) and
+  ``campaigns`` (→ the e-mail received: campaigns' consumer, delivery and SMTP).
 * ``batch_events_per_s_with_50`` / ``batch_events_per_s_without`` / ``batch_cost_pct``: TrackEvents
   in calls of 500, 4 in flight, until the last reply, on this deployment (the 50 segments, and the
   trigger part's segment and campaign when it ran) and on a second one of its own without
@@ -122,6 +129,10 @@ PROBE = pb.Filter(event=pb.EventCondition(name="bench_probe"))
 
 
 PARTS = ("backfill", "transition", "trigger", "batch", "lateness")
+SETTLED_S = 1.0
+"""The trigger part's ``settled`` figures leave out the probes sent before the paced events had
+run this long: the deployment's start under the load (each connection's first plan of each large
+evaluation statement), docs/performance.md."""
 TIMERS = 100_000
 """Exits due within one minute in the lateness part (the issue's figure)."""
 WARM_UP_ROUNDS = 2
@@ -741,10 +752,11 @@ async def lateness(live: Deployment, run: str, count: int, spread_s: float, lead
 
 
 async def entered_on_stream(
-    key: str, after: str, segment_id: str, found: dict[str, int], stop: asyncio.Event
+    key: str, after: str, segment_id: str, found: dict[str, int], probed: dict[str, int], stop: asyncio.Event
 ) -> None:
     """Until ``stop``: each customer's ``segment_entered`` of ``segment_id`` appended to ``key``
-    after entry ``after``, by the milliseconds of its entry id (Redis's wall clock)."""
+    after entry ``after`` (``found``), and their first "bench_probe" event's own entry
+    (``probed``), by the milliseconds of the entries' ids (Redis's wall clock)."""
     client = stream.connect(REDIS_URL)
     try:
         while not stop.is_set():
@@ -752,11 +764,13 @@ async def entered_on_stream(
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     after = entry_id
+                    if fields.get(b"name") == b"bench_probe":
+                        probed.setdefault(fields[b"customer_id"].decode(), entry_ms(entry_id))
                     if fields.get(b"name") != b"segment_entered":
                         continue
                     event = common_pb2.Event.FromString(fields[b"payload"])
                     if event.context["segment_id"].string_value == segment_id:
-                        found.setdefault(event.customer_id, int(entry_id.split(b"-")[0]))
+                        found.setdefault(event.customer_id, entry_ms(entry_id))
     finally:
         await client.aclose()
 
@@ -818,18 +832,22 @@ async def segment_trigger(
     finally:
         await client.aclose()
     entered: dict[str, int] = {}
+    probed: dict[str, int] = {}
     reading = asyncio.create_task(
-        entered_on_stream(live.stream_key, newest[0][0] if newest else "0-0", probe, entered, stop)
+        entered_on_stream(live.stream_key, newest[0][0] if newest else "0-0", probe, entered, probed, stop)
     )
     pacing = asyncio.create_task(pace())
     sent: dict[str, int] = {}
     sent_wall: dict[str, int] = {}
     paced_started = time.monotonic()
+    settled: set[str] = set()  # the probes sent once the paced events had run SETTLED_S
     try:
         for i in range(customers - probes, customers):
             customer = f"cust{i:06d}"
             sent[customer] = time.perf_counter_ns()
             sent_wall[customer] = time.time_ns()
+            if time.monotonic() - paced_started >= SETTLED_S:
+                settled.add(customer)
             await ingestion.TrackCustomerEvent(
                 ingestion_pb2.TrackCustomerEventRequest(
                     event_id=f"{run}-probe{i}", customer_id=customer, name="bench_probe"
@@ -842,7 +860,7 @@ async def segment_trigger(
         await pacing
         await reading
     achieved = paced / (time.monotonic() - paced_started)
-    latencies = []
+    latencies, settled_latencies = [], []
     for customer, at in sent.items():
         arrival = receiver.arrived.get(customer)
         triggers.impossible_unless(arrival is not None, f"no message for {customer}")
@@ -851,25 +869,40 @@ async def segment_trigger(
             arrival.perf_ns > at, f"{customer}'s message arrived before its event was sent"
         )
         latencies.append((arrival.perf_ns - at) / 1e6)
+        if customer in settled:
+            settled_latencies.append(latencies[-1])
     triggers.impossible_unless(not receiver.repeated, f"messages received twice: {receiver.repeated[:3]}")
     # Entry ids count whole milliseconds: an entry stamped in the call's millisecond reads up to 1 ms early.
     on_stream = []
+    legs: dict[str, list[float]] = {"to_stream": [], "segmentation": [], "campaigns": []}
     for customer, wall_ns in sent_wall.items():
         triggers.impossible_unless(customer in entered, f"no segment_entered for {customer} on the stream")
         on_stream.append(entered[customer] - wall_ns / 1e6)
         triggers.impossible_unless(on_stream[-1] > -1, f"{customer} entered before its event was sent")
+        triggers.impossible_unless(customer in probed, f"no bench_probe event of {customer} on the stream")
+        legs["to_stream"].append(probed[customer] - wall_ns / 1e6)
+        legs["segmentation"].append(entered[customer] - probed[customer])
+        legs["campaigns"].append(receiver.arrived[customer].wall_ns / 1e6 - entered[customer])
     figures = {
         "paced_transition_p50_ms": round(pct(on_stream, 50), 1),
         "paced_transition_p99_ms": round(pct(on_stream, 99), 1),
         "segment_trigger_p50_ms": round(pct(latencies, 50), 1),
         "segment_trigger_p99_ms": round(pct(latencies, 99), 1),
+        "segment_trigger_settled_p50_ms": round(pct(settled_latencies, 50), 1),
+        "segment_trigger_settled_p99_ms": round(pct(settled_latencies, 99), 1),
+        "segment_trigger_settled_probes": len(settled_latencies),
+        "segment_trigger_legs_p50_ms": {leg: round(pct(v, 50), 1) for leg, v in legs.items()},
+        "segment_trigger_legs_p99_ms": {leg: round(pct(v, 99), 1) for leg, v in legs.items()},
         "paced_events_per_s": round(achieved),
     }
     print(
         f"segment trigger (event -> e-mail received) p50 {figures['segment_trigger_p50_ms']} ms, "
         f"p99 {figures['segment_trigger_p99_ms']} ms, with 50 real-time segments and "
         f"{figures['paced_events_per_s']} events/s; event -> segment_entered on the stream meanwhile "
-        f"p50 {figures['paced_transition_p50_ms']} ms, p99 {figures['paced_transition_p99_ms']} ms",
+        f"p50 {figures['paced_transition_p50_ms']} ms, p99 {figures['paced_transition_p99_ms']} ms; "
+        f"settled p50 {figures['segment_trigger_settled_p50_ms']} ms, p99 "
+        f"{figures['segment_trigger_settled_p99_ms']} ms; legs p50 {figures['segment_trigger_legs_p50_ms']}, "
+        f"p99 {figures['segment_trigger_legs_p99_ms']}",
         flush=True,
     )
     return figures
