@@ -246,9 +246,7 @@ def stored_event_bytes(
     if customer_id:  # empty for a system event: proto3 leaves an empty string out
         parts += (_CUSTOMER_ID, _varint(len(customer_id)), customer_id)
     parts += (_NAME, _varint(len(name)), name, _OCCURRED_AT, _varint(len(occurred)), occurred, received_at)
-    context, normalized = event.context, event.normalized
-    for code in context:
-        value = normalized[code] if code in normalized else context[code]
+    for code, value in event.stored_context:
         data = value.SerializeToString()
         key = code.encode()
         entry = b"".join((_MAP_KEY, _varint(len(key)), key, _MAP_VALUE, _varint(len(data)), data))
