@@ -73,3 +73,24 @@ async def test_an_id_or_name_holding_the_separator_stores_nothing(db_url: str, f
         with pytest.raises(ValueError, match="holds ','"):
             await repository.store_events(batch, NOW)
         assert await pool.fetchval("SELECT count(*) FROM customer_events") == 0
+
+
+async def test_contexts_holding_the_separators_are_stored_as_sent(db_url: str) -> None:
+    """Contexts go joined by a control character, which their JSON text always escapes."""
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        repository = IngestionRepository(pool)
+        batch = events(("c1", "e1"), ("c1", "e2"), ("c2", "e3"))
+        text = "a\x1eb,c\x1f\u2028é\\\"'"
+        request = ingestion_pb2.TrackCustomerEventRequest(customer_id="c1", event_id="e2", name="Bought")
+        request.context["note"].string_value = text
+        request.context["amount"].decimal_value = "1e2"
+        odd = validation.customer_event(request, validation.Arrival.now_under("", ManualClock(NOW)))
+        assert isinstance(odd, validation.NewEvent)
+        batch[1] = odd
+        await repository.store_events(batch, NOW)
+        stored = await repository.stored_events(batch)
+        contexts = {e.event_id: dict(e.context) for e in stored}
+        assert contexts["e2"]["note"].string_value == text
+        assert contexts["e2"]["amount"].decimal_value == "100.0"
+        assert contexts["e1"]["item_id"].integer_value == 0
+        assert contexts["e3"]["item_id"].integer_value == 2

@@ -23,15 +23,17 @@ from eventline_shared.values import datetime_to_timestamp, decode_values
 # Rows are sorted by key in Python so that concurrent batches lock in the same
 # order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
 # The customer events' ids and names arrive as one text each, joined by ``_SEPARATOR``
-# (which no valid id or name holds), not as arrays: the driver checks and encodes each
-# element of an array in Python, PostgreSQL splits a text in C (docs/performance.md).
+# (which no valid id or name holds), and their contexts by ``_CONTEXT_SEPARATOR``, not as
+# arrays: the driver checks and encodes each element of an array in Python, PostgreSQL
+# splits a text in C (docs/performance.md).
 # Their stream keys ($13) come only with more than one partition stream (an empty array,
 # whose rows unnest pads with NULL, otherwise: $15 then).
 _STORE_EVENTS = """
 WITH input_us AS (
     SELECT * FROM ROWS FROM (
         unnest(string_to_array($1::text, ',')), unnest(string_to_array($2::text, ',')),
-        unnest(string_to_array($3::text, ',')), unnest($4::bigint[]), unnest($5::jsonb[])
+        unnest(string_to_array($3::text, ',')), unnest($4::bigint[]),
+        unnest(string_to_array($5::text, E'\\x1e')::jsonb[])
     ) AS t(customer_id, event_id, name, occurred_us, context)
 ),
 -- Times arrive in microseconds since the epoch (cheaper to send than timestamps); the
@@ -104,6 +106,9 @@ UNION ALL
 _SEPARATOR = ","
 """Joins the customer events' ids and names sent to ``_STORE_EVENTS``: ``CUSTOMER_ID``,
 ``EVENT_ID`` and ``CODE`` (``eventline_shared.values``) admit no comma."""
+_CONTEXT_SEPARATOR = "\x1e"
+"""Joins their contexts' JSON texts (``values.encode_values``), in which a control character is
+always escaped."""
 
 _STORED_CUSTOMER_EVENTS = """
 SELECT e.customer_id, e.event_id, e.name, e.occurred_at, e.received_at, e.context::text AS context
@@ -254,12 +259,12 @@ def stored_event_bytes(
     return b"".join(parts)
 
 
-def _joined(column: list[object]) -> str:
-    """A column of ids or names as one text for ``_STORE_EVENTS``."""
-    text = _SEPARATOR.join(cast("list[str]", column))
-    # A separator inside an id or name would shift every column after it: refused, not stored.
-    if text.count(_SEPARATOR) != max(len(column) - 1, 0):
-        raise ValueError(f"an id or name holds {_SEPARATOR!r}")
+def _joined(column: list[object], separator: str = _SEPARATOR) -> str:
+    """A column of texts (ids, names, contexts) as one text for ``_STORE_EVENTS``."""
+    text = separator.join(cast("list[str]", column))
+    # A separator inside a value would shift every column after it: refused, not stored.
+    if text.count(separator) != max(len(column) - 1, 0):
+        raise ValueError(f"an id, name or context holds {separator!r}")
     return text
 
 
@@ -316,7 +321,7 @@ class IngestionRepository:
         args = (
             *joined,
             occurred,
-            contexts,
+            _joined(contexts, _CONTEXT_SEPARATOR),
             entries,
             received_at,
             system_ids,
