@@ -197,6 +197,9 @@ class Encoded(NamedTuple):
     """Values whose stored form differs from what was sent (decimals in plain
     notation, timestamps cut to microseconds), by code; the others are stored
     exactly as sent."""
+    stored: list[tuple[str, common_pb2.Value]]
+    """Each code and its value as stored (``normalized`` applied), in code order: read once here,
+    where each read of a protobuf map builds a new message object (~0.25 µs)."""
 
 
 def _encode_value(
@@ -270,13 +273,14 @@ def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str 
     """Validate a context or attribute map and return its JSON storage text."""
     violations: list[FieldViolation] = []
     normalized: dict[str, common_pb2.Value] = {}
+    stored: list[tuple[str, common_pb2.Value]] = []
     if not values:
-        return Encoded("{}", violations, normalized)
+        return Encoded("{}", violations, normalized, stored)
     if len(values) > MAX_CONTEXT_KEYS:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {len(values)}")
         )
-        return Encoded("", violations, normalized)
+        return Encoded("", violations, normalized, stored)
     parts: list[str] = []
     size = 0
     for code in sorted(values):  # keys, then each value: iterating a protobuf map's items is slower
@@ -285,18 +289,22 @@ def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str 
                 FieldViolation(quote_path(field, code), f"{what} {quote(code)} must match {CODE_PATTERN}")
             )
             continue
-        encoded = _encode_value(values[code], code, normalized)
+        value = values[code]
+        encoded = _encode_value(value, code, normalized)
         if isinstance(encoded, _Invalid):
             violations.append(FieldViolation(quote_path(field, code), encoded))
             continue
         text, measured = encoded
         size += len(code) + measured
         parts.append(f'"{code}": {text}')
+        stored.append((code, value))
     if size > MAX_CONTEXT_BYTES:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_BYTES} bytes are allowed in all, got {size}")
         )
-    return Encoded("{" + ", ".join(parts) + "}", violations, normalized)
+    if normalized:
+        stored = [(code, normalized.get(code, value)) for code, value in stored]
+    return Encoded("{" + ", ".join(parts) + "}", violations, normalized, stored)
 
 
 class _DecimalText(str):

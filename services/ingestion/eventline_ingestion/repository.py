@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
+from typing import cast
 
 import asyncpg
 from eventline.common.v1 import common_pb2
@@ -21,10 +22,19 @@ from eventline_shared.values import datetime_to_timestamp, decode_values
 # for what was new.
 # Rows are sorted by key in Python so that concurrent batches lock in the same
 # order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
+# The customer events' ids and names arrive as one text each, joined by ``_SEPARATOR``
+# (which no valid id or name holds), and their contexts by ``_CONTEXT_SEPARATOR``, not as
+# arrays: the driver checks and encodes each element of an array in Python, PostgreSQL
+# splits a text in C (docs/performance.md).
+# Their stream keys ($13) come only with more than one partition stream (an empty array,
+# whose rows unnest pads with NULL, otherwise: $15 then).
 _STORE_EVENTS = """
 WITH input_us AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])
-        AS t(customer_id, event_id, name, occurred_us, context)
+    SELECT * FROM ROWS FROM (
+        unnest(string_to_array($1::text, ',')), unnest(string_to_array($2::text, ',')),
+        unnest(string_to_array($3::text, ',')), unnest($4::bigint[]),
+        unnest(string_to_array($5::text, E'\\x1e')::jsonb[])
+    ) AS t(customer_id, event_id, name, occurred_us, context)
 ),
 -- Times arrive in microseconds since the epoch (cheaper to send than timestamps); the
 -- product is exact below 2^53 µs (year 2255), and validation admits nothing after tomorrow.
@@ -35,7 +45,8 @@ input AS (
 ),
 new_customers AS (
     INSERT INTO customers (customer_id, created_at, updated_at)
-    SELECT DISTINCT customer_id, $7::timestamptz, $7::timestamptz FROM unnest($1::text[]) AS t(customer_id)
+    SELECT DISTINCT customer_id, $7::timestamptz, $7::timestamptz
+    FROM unnest(string_to_array($1::text, ',')) AS t(customer_id)
     ORDER BY 1
     ON CONFLICT (customer_id) DO NOTHING
 ),
@@ -70,8 +81,9 @@ system_stored AS (
 -- input is inlined into stored's SELECT instead of being written to a tuplestore with every
 -- entry's bytes (~0.7 µs of PostgreSQL per event; docs/performance.md).
 outbox_items AS (
-    SELECT i.customer_id, i.entry, i.stream, i.seq
-    FROM stored JOIN unnest($1::text[], $2::text[], $6::bytea[], $13::text[], $14::int[])
+    SELECT i.customer_id, i.entry, coalesce(i.stream, $15::text) AS stream, i.seq
+    FROM stored JOIN unnest(string_to_array($1::text, ','), string_to_array($2::text, ','), $6::bytea[],
+                            $13::text[], $14::int[])
         AS i(customer_id, event_id, entry, stream, seq) USING (customer_id, event_id)
     UNION ALL
     SELECT '', i.entry, $15::text, i.seq
@@ -83,10 +95,20 @@ outbox AS (
     SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
     FROM outbox_items GROUP BY stream ORDER BY stream
 )
-SELECT customer_id, event_id FROM stored
+-- The keys not stored (stored before): usually none, so usually no row to send and decode.
+(SELECT customer_id, event_id FROM unnest(string_to_array($1::text, ','), string_to_array($2::text, ','))
+    AS k(customer_id, event_id)
+ EXCEPT ALL SELECT customer_id, event_id FROM stored)
 UNION ALL
-SELECT '', event_id FROM system_stored
+(SELECT '', event_id FROM unnest($8::text[]) AS k(event_id)
+ EXCEPT ALL SELECT '', event_id FROM system_stored)
 """
+_SEPARATOR = ","
+"""Joins the customer events' ids and names sent to ``_STORE_EVENTS``: ``CUSTOMER_ID``,
+``EVENT_ID`` and ``CODE`` (``eventline_shared.values``) admit no comma."""
+_CONTEXT_SEPARATOR = "\x1e"
+"""Joins their contexts' JSON texts (``values.encode_values``), in which a control character is
+always escaped."""
 
 _STORED_CUSTOMER_EVENTS = """
 SELECT e.customer_id, e.event_id, e.name, e.occurred_at, e.received_at, e.context::text AS context
@@ -229,9 +251,7 @@ def stored_event_bytes(
     if customer_id:  # empty for a system event: proto3 leaves an empty string out
         parts += (_CUSTOMER_ID, _varint(len(customer_id)), customer_id)
     parts += (_NAME, _varint(len(name)), name, _OCCURRED_AT, _varint(len(occurred)), occurred, received_at)
-    context, normalized = event.context, event.normalized
-    for code in context:
-        value = normalized[code] if code in normalized else context[code]
+    for code, value in event.stored_context:
         data = value.SerializeToString()
         key = code.encode()
         entry = b"".join((_MAP_KEY, _varint(len(key)), key, _MAP_VALUE, _varint(len(data)), data))
@@ -239,8 +259,13 @@ def stored_event_bytes(
     return b"".join(parts)
 
 
-def _by_key(numbered: tuple[int, NewEvent]) -> tuple[str, str]:
-    return numbered[1].key
+def _joined(column: list[object], separator: str = _SEPARATOR) -> str:
+    """A column of texts (ids, names, contexts) as one text for ``_STORE_EVENTS``."""
+    text = separator.join(cast("list[str]", column))
+    # A separator inside a value would shift every column after it: refused, not stored.
+    if text.count(separator) != max(len(column) - 1, 0):
+        raise ValueError(f"an id, name or context holds {separator!r}")
+    return text
 
 
 def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
@@ -266,43 +291,37 @@ class IngestionRepository:
         # One pass builds each event's stored form, its stream entry and its row of the
         # statement's columns (the batch path's Python runs per event; docs/performance.md).
         received = received_at_field(datetime_to_timestamp(received_at))
+        partitioned = self.layout.partitions > 1
         key_for = self.layout.key_for
         # Each key's result as if it is new (the usual case, returned as it is).
         built: dict[tuple[str, str], tuple[bytes, bool]] = {}
         customer_rows: list[tuple[object, ...]] = []
         system_rows: list[tuple[object, ...]] = []
-        for arrival, e in sorted(enumerate(events), key=_by_key):
+        stream_keys: list[str] = []
+        keys = [e.key for e in events]
+        for arrival in sorted(range(len(events)), key=keys.__getitem__):
+            e = events[arrival]
             event_id, customer_id, name = e.event_id.encode(), e.customer_id.encode(), e.name.encode()
             payload = stored_event_bytes(e, event_id, customer_id, name, received)
             built[e.key] = (payload, False)
             entry = stream.pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
             if e.customer_id:
                 customer_rows.append(
-                    (
-                        e.customer_id,
-                        e.event_id,
-                        e.name,
-                        e.occurred_us,
-                        e.context_json,
-                        entry,
-                        key_for(e.customer_id),
-                        arrival,
-                    )
+                    (e.customer_id, e.event_id, e.name, e.occurred_us, e.context_json, entry, arrival)
                 )
+                if partitioned:
+                    stream_keys.append(key_for(e.customer_id))
             else:
                 system_rows.append((e.event_id, e.name, e.occurred_us, e.context_json, entry, arrival))
-        customer_ids, event_ids, names, occurred, contexts, entries, stream_keys, seqs = _columns(
-            customer_rows, 8
-        )
+        customer_ids, event_ids, names, occurred, contexts, entries, seqs = _columns(customer_rows, 7)
         system_ids, system_names, system_occurred, system_contexts, system_entries, system_seqs = _columns(
             system_rows, 6
         )
+        joined = [_joined(column) for column in (customer_ids, event_ids, names)]
         args = (
-            customer_ids,
-            event_ids,
-            names,
+            *joined,
             occurred,
-            contexts,
+            _joined(contexts, _CONTEXT_SEPARATOR),
             entries,
             received_at,
             system_ids,
@@ -323,11 +342,11 @@ class IngestionRepository:
                 if attempt == _RETRIES - 1:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
-        if len(rows) == len(built):  # the usual case: every event is new
+        if not rows:  # the usual case: every event is new
             return built
-        new = {(r[0], r[1]) for r in rows}
-        results = {key: built[key] for key in new}
-        seen = [e for e in events if e.key not in new]
+        stored_before = {(r[0], r[1]) for r in rows}
+        results = {key: value for key, value in built.items() if key not in stored_before}
+        seen = [e for e in events if e.key in stored_before]
         if seen:
             for event in await self.stored_events(seen, timeout):
                 results[(event.customer_id, event.event_id)] = (event.SerializeToString(), True)

@@ -74,6 +74,8 @@ class NewEvent(NamedTuple):
     context: Mapping[str, common_pb2.Value]
     """The context as sent; with ``normalized`` applied, it is the context as stored."""
     normalized: Mapping[str, common_pb2.Value]
+    stored_context: Sequence[tuple[str, common_pb2.Value]]
+    """The context as stored, each code with its value (``values.Encoded.stored``)."""
     traceparent: str
     """The W3C trace context the event's stream entry carries."""
 
@@ -131,12 +133,13 @@ def _event(
     if request.HasField("occurred_at"):
         occurred_at_proto = request.occurred_at
         bad = check_timestamp(occurred_at_proto, "")
+        seconds, nanos = occurred_at_proto.seconds, occurred_at_proto.nanos  # each read is a call
         if bad:
             violations.append(bad.under(_path(prefix, "occurred_at")))
-        elif occurred_at_proto.seconds == 0 and occurred_at_proto.nanos == 0:
+        elif seconds == 0 and nanos == 0:
             violations.append(FieldViolation(_path(prefix, "occurred_at"), EPOCH_REFUSED))
         else:
-            occurred_us = timestamp_micros(occurred_at_proto)
+            occurred_us = seconds * 1_000_000 + nanos // 1000  # timestamp_micros
             if occurred_us > arrival.latest_us:
                 violations.append(
                     FieldViolation(
@@ -145,10 +148,8 @@ def _event(
                 )
             elif occurred_us < 0:
                 violations.append(FieldViolation(_path(prefix, "occurred_at"), "occurred_at is before 1970"))
-            elif occurred_at_proto.nanos % 1000:
-                occurred_at_proto = timestamp_pb2.Timestamp(
-                    seconds=occurred_at_proto.seconds, nanos=occurred_at_proto.nanos // 1000 * 1000
-                )
+            elif nanos % 1000:
+                occurred_at_proto = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos // 1000 * 1000)
     context = encode_values(request.context, _path(prefix, "context"))
     if context.violations:
         violations += context.violations
@@ -165,6 +166,7 @@ def _event(
         context.json,
         request.context,
         context.normalized,
+        context.stored,
         arrival.traceparent,
     )
 

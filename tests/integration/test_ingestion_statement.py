@@ -1,0 +1,96 @@
+"""The storing statement on its own (``IngestionRepository.store_events``), on a real database: what
+it answers for new and stored keys, its outbox rows per partition stream, and the columns sent as one
+text each, which an id or name holding the separator would shift (refused before anything is sent)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+import pytest
+from eventline.common.v1 import common_pb2
+from eventline.ingestion.v1 import ingestion_pb2
+
+from eventline_ingestion import validation
+from eventline_ingestion.repository import IngestionRepository
+from eventline_shared.clock import ManualClock
+from eventline_shared.streams import stream
+
+NOW = dt.datetime(2026, 12, 2, 4, 0, tzinfo=dt.UTC)
+
+
+def events(*keys: tuple[str, str]) -> list[validation.NewEvent]:
+    arrival = validation.Arrival.now_under("", ManualClock(NOW))
+    made = []
+    for customer_id, event_id in keys:
+        request = ingestion_pb2.TrackCustomerEventRequest(
+            customer_id=customer_id, event_id=event_id, name="Bought"
+        )
+        request.context["item_id"].integer_value = len(made)
+        event = validation.customer_event(request, arrival)
+        assert isinstance(event, validation.NewEvent)
+        made.append(event)
+    return made
+
+
+async def test_new_keys_are_answered_as_built_and_stored_ones_with_the_stored_event(db_url: str) -> None:
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool:
+        repository = IngestionRepository(pool, stream.StreamLayout("app:{events}", partitions=4))
+        first = await repository.store_events(events(("c2", "e1"), ("c1", "e2"), ("c3", "e3")), NOW)
+        assert {key: seen for key, (_, seen) in first.items()} == {
+            ("c2", "e1"): False,
+            ("c1", "e2"): False,
+            ("c3", "e3"): False,
+        }
+        # c1's e2 again with another context: answered with the event stored first.
+        again = events(("c1", "e4"), ("c1", "e2"))
+        second = await repository.store_events(again, NOW)
+        parse = common_pb2.Event.FromString
+        assert second[("c1", "e2")][1] is True
+        assert parse(second[("c1", "e2")][0]) == parse(first[("c1", "e2")][0])
+        assert second[("c1", "e4")][1] is False
+        assert parse(second[("c1", "e4")][0]).context["item_id"].integer_value == 0
+        stored = await pool.fetch("SELECT customer_id, event_id FROM customer_events ORDER BY 1, 2")
+        assert [tuple(r) for r in stored] == [("c1", "e2"), ("c1", "e4"), ("c2", "e1"), ("c3", "e3")]
+        # Each entry is in its customer's partition stream, in arrival order.
+        rows = await pool.fetch("SELECT stream, entries FROM event_outbox ORDER BY id")
+        layout = repository.layout
+        for row in rows:
+            for customer_id, *_ in stream.unpack_entries(row["entries"]):
+                assert row["stream"] == layout.key_for(customer_id)
+        published = [e[1] for row in rows for e in stream.unpack_entries(row["entries"])]
+        assert sorted(published) == ["e1", "e2", "e3", "e4"]
+
+
+@pytest.mark.parametrize("field", ["customer_id", "event_id", "name"])
+async def test_an_id_or_name_holding_the_separator_stores_nothing(db_url: str, field: str) -> None:
+    """Validation admits no comma in ids and names; the statement would misalign its columns if one
+    came anyway, so the repository refuses the whole statement before sending it."""
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        repository = IngestionRepository(pool)
+        batch = events(("c1", "e1"), ("c1", "e2"))
+        batch[1] = batch[1]._replace(**{field: "a,b"})
+        with pytest.raises(ValueError, match="holds ','"):
+            await repository.store_events(batch, NOW)
+        assert await pool.fetchval("SELECT count(*) FROM customer_events") == 0
+
+
+async def test_contexts_holding_the_separators_are_stored_as_sent(db_url: str) -> None:
+    """Contexts go joined by a control character, which their JSON text always escapes."""
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        repository = IngestionRepository(pool)
+        batch = events(("c1", "e1"), ("c1", "e2"), ("c2", "e3"))
+        text = "a\x1eb,c\x1f\u2028é\\\"'"
+        request = ingestion_pb2.TrackCustomerEventRequest(customer_id="c1", event_id="e2", name="Bought")
+        request.context["note"].string_value = text
+        request.context["amount"].decimal_value = "1e2"
+        odd = validation.customer_event(request, validation.Arrival.now_under("", ManualClock(NOW)))
+        assert isinstance(odd, validation.NewEvent)
+        batch[1] = odd
+        await repository.store_events(batch, NOW)
+        stored = await repository.stored_events(batch)
+        contexts = {e.event_id: dict(e.context) for e in stored}
+        assert contexts["e2"]["note"].string_value == text
+        assert contexts["e2"]["amount"].decimal_value == "100.0"
+        assert contexts["e1"]["item_id"].integer_value == 0
+        assert contexts["e3"]["item_id"].integer_value == 2
