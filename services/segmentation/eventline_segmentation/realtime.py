@@ -505,6 +505,41 @@ class RealtimeSegments:
         )
         return len(changes)
 
+    async def _after_arrivals(self, connection: Connection, probes: list[Probe]) -> list[Probe]:
+        """``probes`` at past instants (timers due, a sweep's backfill instant), each moved to when
+        the latest event its segment names arrived (or, for a segment with profile conditions, the
+        customer's profile last changed), when that came after the probe's instant.
+
+        The evaluation reads every event and profile stored, those the consumer has not read yet
+        included (a hinted import defers its reads, a sweep walks for seconds after its backfill):
+        at the probe's own instant a change they make would be stamped before they arrived.
+        Evaluated at their arrival instead, as the consumer's evaluation of them at its now is (so
+        whichever runs first, the same transitions), each change is stamped at or after its
+        cause; a change time made due before that arrival is decided with them, as when the
+        consumer reads them first (docs/segmentation.md, "Evaluations at a past instant")."""
+        if not probes:
+            return probes
+        names = sorted({name for probe in probes for name in probe.segment.dependencies.event_names})
+        profiles = any(probe.segment.dependencies.profile_fields for probe in probes)
+        arrived = await self.repository.arrivals_since(
+            connection,
+            sorted({probe.customer_id for probe in probes}),
+            names,
+            min(probe.at for probe in probes),
+            profiles,
+        )
+        if not arrived:
+            return probes
+        moved = []
+        for probe in probes:
+            depends = probe.segment.dependencies
+            keys = [(probe.customer_id, name) for name in depends.event_names]
+            if depends.profile_fields:
+                keys.append((probe.customer_id, PROFILE_CHANGED))
+            latest = max((arrived[key] for key in keys if key in arrived), default=probe.at)
+            moved.append(probe._replace(at=latest) if latest > probe.at else probe)
+        return moved
+
     # Events --------------------------------------------------------------------------
 
     async def customer_events(self, customer_id: str, names: set[str]) -> int:
@@ -600,7 +635,7 @@ class RealtimeSegments:
                     # At the timer's own instant: a transition is recorded when it happened, and a
                     # scheduler that fell behind replays every change in order.
                     probes.append(Probe(self.compiled(definition), customer_id, timer.due_at))
-            await self._evaluate(connection, probes, listed)
+            await self._evaluate(connection, await self._after_arrivals(connection, probes), listed)
         return len(taken)
 
     # Backfill ------------------------------------------------------------------------
@@ -680,7 +715,9 @@ class RealtimeSegments:
                 customers = sorted(set(page))
                 await self.repository.lock_customers(connection, customers)
                 seen = await self.repository.seen_by_sweep(connection, sweep, customers)
-                probes = [Probe(segment, c, sweep.swept_at) for c in customers if c not in seen]
+                probes = await self._after_arrivals(
+                    connection, [Probe(segment, c, sweep.swept_at) for c in customers if c not in seen]
+                )
                 await self._evaluate(connection, probes)
                 if not await self.repository.advance_sweep(connection, sweep, len(page), len(page) < limit):
                     raise _Superseded
@@ -787,8 +824,9 @@ class SegmentEvents(StreamHandler):
         and are evaluated as usual afterwards, each customer's in order, every transition once. An
         event-driven evaluation is made at the clock's now under the customer's lock, so a
         deferred one is too: its transitions take the instant of the catch-up, never earlier than
-        one already recorded (a timer of the customer fired meanwhile evaluated with the imported
-        events, which were committed before the call was answered). Timers keep firing."""
+        one already recorded. Timers keep firing, and the backfills' forecast sweeps keep walking:
+        an evaluation of theirs that reads imported events (committed before the call was
+        answered) is made no earlier than they arrived (``RealtimeSegments._after_arrivals``)."""
         return self.imports is not None and await self.imports.live()
 
     def overdue(self, event: common_pb2.Event) -> bool:
