@@ -164,6 +164,9 @@ async def test_stored_membership_equals_match_customer_at_every_step(
     sequence = 0
     stored_events: list[tuple[Event, dt.datetime]] = []  # with when each arrived
     unread: dict[str, set[str]] = {}  # names of the events stored and not read yet, by customer
+    # How many events were stored when each transition (by cursor) was first seen, after the step
+    # that recorded it: one stored later, even at the same instant, cannot have caused it.
+    stored_by: dict[int, int] = {}
 
     async def store(customer: str, name: str, hours_ago: int) -> None:
         nonlocal sequence
@@ -209,11 +212,13 @@ async def test_stored_membership_equals_match_customer_at_every_step(
             while await engine.fire_due():
                 pass
         transitions = await db.fetch(
-            "SELECT customer_id, entered, occurred_at FROM segment_transitions WHERE segment_id = 's' ORDER BY cursor"
+            "SELECT cursor, customer_id, entered, occurred_at FROM segment_transitions "
+            "WHERE segment_id = 's' ORDER BY cursor"
         )
-        for customer, entered, at in transitions:
+        for cursor, customer, entered, at in transitions:
             assert backfilled_at <= at <= clock.now(), (step, customer, at)
-            arrived = [event for event, received_at in stored_events if received_at <= at]
+            before = stored_events[: stored_by.setdefault(cursor, len(stored_events))]
+            arrived = [event for event, received_at in before if received_at <= at]
             reference = Evaluator([Customer(c) for c in CUSTOMERS], arrived, {}, at, zone)
             assert (customer in reference.matching_ids(flt)) == entered, (step, customer, entered, at, flt)
         if step[0] != "advance" or unread:
@@ -227,7 +232,7 @@ async def test_stored_membership_equals_match_customer_at_every_step(
                 pb.MatchCustomerRequest(segment_id="s", customer_id=customer, now=now, time_zone=zone)
             )
             assert (customer in stored) == answer.matched, (step, customer, clock.now(), flt)
-            kinds = [entered for c, entered, _ in transitions if c == customer]
+            kinds = [entered for _, c, entered, _ in transitions if c == customer]
             assert all(a != b for a, b in itertools.pairwise(kinds)), (customer, kinds)
             if kinds:
                 assert kinds[-1] == (customer in stored), (customer, kinds)
