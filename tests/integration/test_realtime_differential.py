@@ -2,12 +2,15 @@
 
 Random real-time segments (counts in hour and day periods, days ago, days since, first and
 last occurred, under all_of / any_of / negation) in zones with and without DST, then random
-interleavings of new events (also dated in the past) and clock advances (across the
-European DST change of 2026-03-29), the first one before the backfill's forecast sweep
-runs. After every step, once due timers have fired, each
-customer's stored membership equals MatchCustomer's answer at the clock's now, and the
-transitions recorded for a customer alternate (never "entered" twice in a row) and end in
-the stored membership.
+interleavings of new events (also dated in the past), their consumption (at once, or later: an
+event stored and not read yet, as while a hinted import defers the consumer), clock advances
+(across the European DST change of 2026-03-29; due timers fire) and single pages of the
+backfill's forecast sweep, all after the clock has moved on from the backfill. After every clock
+advance that leaves no event unread (and after the last step), once due timers have fired and the
+sweep has ended, each customer's stored membership equals MatchCustomer's answer at the clock's now, and the transitions recorded for a customer alternate (never "entered" twice in a
+row) and end in the stored membership; every transition agrees with the reference evaluator
+(tests/unit/test_predicates_reference.py) at its own instant over the events that had arrived by
+then: none is stamped before the event that caused it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
 from tests.conftest import service_env
 from tests.fuzzing import differential_examples
+from tests.unit.test_predicates_reference import Customer, Evaluator, Event
 
 UTC = dt.UTC
 START = dt.datetime(2026, 3, 27, 9, 30, tzinfo=UTC)
@@ -108,8 +112,11 @@ trees = st.recursive(
 )
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("event"), st.sampled_from(CUSTOMERS), names, st.integers(0, 80)),
+        # An event stored, and read by the consumer at once or not (then by a later "read" step).
+        st.tuples(st.just("event"), st.sampled_from(CUSTOMERS), names, st.integers(0, 80), st.booleans()),
+        st.tuples(st.just("read")),
         st.tuples(st.just("advance"), st.integers(1, 60 * 60)),  # minutes: up to 2.5 days
+        st.tuples(st.just("sweep")),  # one page of one customer of the backfill's forecast sweep
     ),
     min_size=1,
     max_size=8,
@@ -155,12 +162,25 @@ async def test_stored_membership_equals_match_customer_at_every_step(
     for customer in CUSTOMERS:
         await db.execute("INSERT INTO customers (customer_id) VALUES ($1)", customer)
     sequence = 0
+    stored_events: list[tuple[Event, dt.datetime]] = []  # with when each arrived
+    unread: dict[str, set[str]] = {}  # names of the events stored and not read yet, by customer
+    # How many events were stored when each transition (by cursor) was first seen, after the step
+    # that recorded it: one stored later, even at the same instant, cannot have caused it.
+    stored_by: dict[int, int] = {}
 
     async def store(customer: str, name: str, hours_ago: int) -> None:
         nonlocal sequence
         sequence += 1
         now = clock.now()
-        await db.execute(_STORE, customer, f"e{sequence}", name, now - dt.timedelta(hours=hours_ago), now)
+        occurred_at = now - dt.timedelta(hours=hours_ago)
+        await db.execute(_STORE, customer, f"e{sequence}", name, occurred_at, now)
+        stored_events.append((Event(customer, name, occurred_at), now))
+
+    async def read() -> None:
+        # Each customer's entries in order, as the consumer group hands them over.
+        for customer, seen in sorted(unread.items()):
+            await engine.customer_events(customer, seen)
+        unread.clear()
 
     for customer, name, hours_ago in history:
         await store(customer, name, hours_ago)
@@ -171,17 +191,38 @@ async def test_stored_membership_equals_match_customer_at_every_step(
     )
     engine = server.realtime
     await engine.backfill_all()
-    # The clock moves on ``lag`` minutes before the backfill's forecast sweep runs: a change due
-    # meanwhile is recorded at its own instant when the sweep reaches its customer.
-    for step in [("advance", lag), *plan]:
+    backfilled_at = clock.now()
+    # The clock moves on ``lag`` minutes before the steps, so the backfill's forecast sweep runs
+    # (at the first advance, or page by page) after it: a change due meanwhile is recorded at its
+    # own instant when the sweep reaches its customer, unless an event of theirs arrived since.
+    clock.advance(dt.timedelta(minutes=lag))
+    for step in [*plan, ("read",), ("advance", 0)]:
         if step[0] == "event":
-            _, customer, name, hours_ago = step
+            _, customer, name, hours_ago, read_now = step
             await store(customer, name, hours_ago)
-            await engine.customer_events(customer, {name})
+            unread.setdefault(customer, set()).add(name)
+            if read_now:
+                await read()
+        elif step[0] == "read":
+            await read()
+        elif step[0] == "sweep":
+            await engine.sweep_forecasts(limit=1)
         else:
             clock.advance(dt.timedelta(minutes=step[1]))
             while await engine.fire_due():
                 pass
+        transitions = await db.fetch(
+            "SELECT cursor, customer_id, entered, occurred_at FROM segment_transitions "
+            "WHERE segment_id = 's' ORDER BY cursor"
+        )
+        for cursor, customer, entered, at in transitions:
+            assert backfilled_at <= at <= clock.now(), (step, customer, at)
+            before = stored_events[: stored_by.setdefault(cursor, len(stored_events))]
+            arrived = [event for event, received_at in before if received_at <= at]
+            reference = Evaluator([Customer(c) for c in CUSTOMERS], arrived, {}, at, zone)
+            assert (customer in reference.matching_ids(flt)) == entered, (step, customer, entered, at, flt)
+        if step[0] != "advance" or unread:
+            continue  # the stored membership waits for the due timers, the sweep or the consumer
         now = values.datetime_to_timestamp(clock.now())
         stored = {
             r[0] for r in await db.fetch("SELECT customer_id FROM segment_members WHERE segment_id = 's'")
@@ -191,13 +232,7 @@ async def test_stored_membership_equals_match_customer_at_every_step(
                 pb.MatchCustomerRequest(segment_id="s", customer_id=customer, now=now, time_zone=zone)
             )
             assert (customer in stored) == answer.matched, (step, customer, clock.now(), flt)
-            kinds = [
-                r[0]
-                for r in await db.fetch(
-                    "SELECT entered FROM segment_transitions WHERE segment_id = 's' AND customer_id = $1 ORDER BY cursor",
-                    customer,
-                )
-            ]
+            kinds = [entered for _, c, entered, _ in transitions if c == customer]
             assert all(a != b for a, b in itertools.pairwise(kinds)), (customer, kinds)
             if kinds:
                 assert kinds[-1] == (customer in stored), (customer, kinds)

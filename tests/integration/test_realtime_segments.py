@@ -34,14 +34,16 @@ from tests.support import attribute_equals, customer_event, eventually, plan_sca
 UTC = dt.UTC
 START = dt.datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 DAY = dt.timedelta(days=1)
+HOUR = dt.timedelta(hours=1)
 
 
-def purchases(at_least: int, days: int) -> pb.Filter:
+def purchases(at_least: int, days: int, unit: int = pb.TIME_UNIT_DAY) -> pb.Filter:
+    """At least ``at_least`` purchases in the last ``days`` days (or other ``unit``s)."""
     return pb.Filter(
         event=pb.EventCondition(
             name="purchase",
             count=pb.CountTest(
-                period=pb.Period(last=pb.RecentPeriod(amount=days, unit=pb.TIME_UNIT_DAY)), at_least=at_least
+                period=pb.Period(last=pb.RecentPeriod(amount=days, unit=unit)), at_least=at_least
             ),
         )
     )
@@ -67,6 +69,16 @@ class Suite:
         for _ in range(2):
             await self.ingestion_server.relay.drain()
             await self.segmentation_server.consumer.drain()
+
+    async def fire_and_settle(self, *, fire_first: bool) -> None:
+        """Fire what is due (forecast sweeps and timers) until nothing is, and ``settle``; or
+        ``settle`` first."""
+        if not fire_first:
+            await self.settle()
+        while await self.segmentation_server.realtime.fire_due():
+            pass
+        if fire_first:
+            await self.settle()
 
     async def save(self, segment_id: str, flt: pb.Filter, *, time_zone: str = "") -> None:
         await self.segmentation.CreateSegment(
@@ -362,6 +374,88 @@ async def test_the_forecast_sweep_replays_changes_due_before_it_and_leaves_evalu
     ]
     assert await suite.db.fetchval("SELECT count(*) FROM segment_forecast_sweeps") == 0
     assert await suite.db.fetchval("SELECT count(*) FROM segment_sweep_seen") == 0
+
+
+@pytest.mark.parametrize("sweep_first", [True, False], ids=["sweep-first", "consumer-first"])
+async def test_events_stored_after_a_backfill_move_membership_no_earlier_than_they_arrived(
+    suite: Suite, sweep_first: bool
+) -> None:
+    """Purchases stored a day after a backfill but dated before it (an import of history), not yet
+    consumed when the backfill's forecast sweep reaches their customers: the sweep evaluates those
+    customers no earlier than the purchases arrived, as the consumer does when it reads them first,
+    so either order records the same transitions, none stamped before the purchase that caused it
+    ("fresh" bought nothing before the day after the backfill). A customer without new purchases
+    still has the exit that fell due before the sweep recorded at its own instant."""
+    for customer in ("late", "moved"):
+        await suite.track(customer, "purchase", START - 30 * DAY + 12 * HOUR)  # leaves at START + 12 h
+    await suite.settle()
+    await suite.save("buyers", purchases(1, 30))
+    assert await suite.members("buyers") == ["late", "moved"]
+    arrived = START + DAY
+    suite.clock.set(arrived)
+    for customer in ("late", "fresh"):
+        await suite.track(customer, "purchase", START - HOUR)  # stored, not consumed yet
+    await suite.fire_and_settle(fire_first=sweep_first)
+    # "late" exits at START + 12 h only if nothing arrived meanwhile: the purchase that arrived
+    # later decides that change with it, as an event read before a due timer fires does.
+    assert sorted(await suite.transitions("buyers")) == [
+        ("fresh", True, arrived),
+        ("moved", False, START + 12 * HOUR),
+    ]
+    assert await suite.members("buyers") == ["fresh", "late"]
+    assert await suite.db.fetch("SELECT customer_id, due_at FROM segment_timers ORDER BY customer_id") == [
+        ("fresh", dt.datetime(2026, 12, 26, tzinfo=UTC)),
+        ("late", dt.datetime(2026, 12, 26, tzinfo=UTC)),
+    ]
+
+
+@pytest.mark.parametrize("sweep_first", [True, False], ids=["sweep-first", "consumer-first"])
+async def test_a_profile_change_after_a_backfill_moves_membership_no_earlier_than_it_was_made(
+    suite: Suite, sweep_first: bool
+) -> None:
+    """As for events: a profile change made a day after a backfill, its notice not consumed yet when
+    the backfill's forecast sweep reaches the customer, moves membership when it was made (by
+    ingestion's clock, as events arrive), in either order."""
+    await suite.track("g", "purchase", START - DAY)
+    await suite.settle()
+    flt = pb.Filter(all_of=pb.FilterList(filters=[purchases(1, 30), attribute_equals("plan", "gold")]))
+    await suite.save("gold", flt)
+    assert await suite.members("gold") == []
+    changed = START + DAY
+    suite.clock.set(changed)
+    await suite.ingestion.UpsertCustomer(
+        ingestion_pb2.UpsertCustomerRequest(
+            customer=common_pb2.Customer(
+                customer_id="g", attributes={"plan": common_pb2.Value(string_value="gold")}
+            )
+        )
+    )
+    await suite.fire_and_settle(fire_first=sweep_first)
+    assert await suite.transitions("gold") == [("g", True, changed)]
+
+
+@pytest.mark.parametrize("timers_first", [True, False], ids=["timers-first", "consumer-first"])
+async def test_a_timer_fired_late_reads_events_that_arrived_after_it_no_earlier_than_they_arrived(
+    suite: Suite, timers_first: bool
+) -> None:
+    """A timer due before an event arrived but fired after it, the event not yet consumed: the
+    evaluation reads the event, so it is made when the event arrived, not at the timer's instant
+    (where the purchase dated 3 h after START would enter at START + 3 h, two hours before it
+    arrived); either order records the same transitions."""
+    await suite.save("recent", purchases(1, 2, unit=pb.TIME_UNIT_HOUR))
+    await suite.track("p", "purchase", START)
+    await suite.settle()
+    assert await suite.db.fetch("SELECT customer_id, due_at FROM segment_timers") == [
+        ("p", START + 2 * HOUR + dt.timedelta(microseconds=1))
+    ]
+    arrived = START + 5 * HOUR
+    suite.clock.set(arrived)  # the exit is due; the scheduler has not looked yet
+    await suite.track("p", "purchase", START + 3 * HOUR)  # stored, not consumed yet
+    await suite.fire_and_settle(fire_first=timers_first)
+    assert await suite.transitions("recent") == [("p", True, START)]
+    assert await suite.db.fetch("SELECT customer_id, due_at FROM segment_timers") == [
+        ("p", START + 5 * HOUR + dt.timedelta(microseconds=1))
+    ]
 
 
 async def test_only_customers_whose_events_a_segment_depends_on_are_evaluated(suite: Suite) -> None:

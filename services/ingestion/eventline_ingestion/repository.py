@@ -123,12 +123,14 @@ FROM system_events WHERE event_id = ANY($1::text[])
 
 # The upsert and, only while real-time segments exist (one probe of a small table), a profile
 # notice for segmentation ($10, ``reserved.profile_notice``) on the customer's partition stream
-# ($11) and a wake-up of the relays ($12) when this commits: one statement, one round trip.
+# ($11) and a wake-up of the relays ($12) when this commits: one statement, one round trip. The
+# change is stamped ($13) by the service's clock, as events' ``received_at`` and the customers
+# events create are: segmentation compares it with the instants it evaluates at.
 _UPSERT_CUSTOMER = """
 WITH upserted AS (
     INSERT INTO customers AS c (customer_id, email, phone, push_tokens, attributes,
                                 email_consent, sms_consent, push_consent, created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, now(), now())
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $13, $13)
     ON CONFLICT (customer_id) DO UPDATE SET
         email = CASE WHEN 'email' = ANY($9::text[]) THEN excluded.email ELSE c.email END,
         phone = CASE WHEN 'phone' = ANY($9::text[]) THEN excluded.phone ELSE c.phone END,
@@ -137,7 +139,7 @@ WITH upserted AS (
         email_consent = CASE WHEN 'email_consent' = ANY($9::text[]) THEN excluded.email_consent ELSE c.email_consent END,
         sms_consent = CASE WHEN 'sms_consent' = ANY($9::text[]) THEN excluded.sms_consent ELSE c.sms_consent END,
         push_consent = CASE WHEN 'push_consent' = ANY($9::text[]) THEN excluded.push_consent ELSE c.push_consent END,
-        updated_at = now()
+        updated_at = $13
     RETURNING customer_id, email, phone, push_tokens, attributes::text AS attributes,
               email_consent, sms_consent, push_consent, created_at, updated_at, (xmax = 0) AS created
 ),
@@ -370,8 +372,9 @@ class IngestionRepository:
         return [event_from_row(r) for r in rows]
 
     async def upsert_customer(
-        self, change: CustomerChange, timeout: float | None = None
+        self, change: CustomerChange, at: dt.datetime, timeout: float | None = None
     ) -> tuple[common_pb2.Customer, bool]:
+        """Create or change a customer's profile at ``at`` (the service's clock)."""
         row = await self.pool.fetchrow(
             _UPSERT_CUSTOMER,
             change.customer_id,
@@ -387,6 +390,7 @@ class IngestionRepository:
             reserved.profile_notice(change.customer_id),
             self.layout.key_for(change.customer_id),
             notifications.OUTBOX,
+            at,
             timeout=timeout,
         )
         assert row is not None

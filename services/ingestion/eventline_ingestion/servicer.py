@@ -166,7 +166,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
         if not isinstance(change, validation.CustomerChange):
             raise InvalidArgument(change)
         customer, created = await self.repository.upsert_customer(
-            change, database_timeout(context, QUERY_CEILING_S)
+            change, self.clock.now(), database_timeout(context, QUERY_CEILING_S)
         )
         return ingestion_pb2.UpsertCustomerResponse(customer=customer, created=created)
 

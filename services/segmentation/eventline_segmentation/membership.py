@@ -29,6 +29,7 @@ from eventline_shared.errors import FailedPrecondition, quote
 from eventline_shared.storage import notifications
 from eventline_shared.storage.database import Connection
 from eventline_shared.streams import stream
+from eventline_shared.streams.reserved import PROFILE_CHANGED
 from eventline_shared.streams.reserved import SEGMENT_ENTERED as ENTERED
 from eventline_shared.streams.reserved import SEGMENT_EXITED as EXITED
 
@@ -566,6 +567,34 @@ class MembershipRepository:
             list(customer_ids),
         )
         return {r[0] for r in rows}
+
+    async def arrivals_since(
+        self,
+        connection: Connection,
+        customer_ids: Sequence[str],
+        names: Sequence[str],
+        since: dt.datetime,
+        profiles: bool,
+    ) -> dict[tuple[str, str], dt.datetime]:
+        """When the latest event of each of ``names`` stored after ``since`` (by its
+        ``received_at``) arrived, by (customer, name), for those of ``customer_ids`` that have one
+        (one look at each customer's events of each name, ``customer_events_by_customer_name``);
+        with ``profiles``, also when their profile changed after ``since`` (``updated_at``, by
+        ingestion's clock), as (customer, ``PROFILE_CHANGED``)."""
+        profile = (
+            " UNION ALL SELECT customer_id, $4, updated_at FROM customers "
+            "WHERE customer_id = ANY($1::text[]) AND updated_at > $3"
+        )
+        rows = await connection.fetch(
+            "SELECT customer_id, name, max(received_at) FROM customer_events "
+            "WHERE customer_id = ANY($1::text[]) AND name = ANY($2::text[]) AND received_at > $3 "
+            "GROUP BY customer_id, name" + (profile if profiles else ""),
+            list(customer_ids),
+            list(names),
+            since,
+            *([PROFILE_CHANGED] if profiles else []),
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
 
     async def mark_seen(self, connection: Connection, seen: Sequence[tuple[str, int, str]]) -> None:
         """Record (segment, generation, customer) evaluations made while the segment's sweep runs."""

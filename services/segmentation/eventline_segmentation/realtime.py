@@ -457,7 +457,12 @@ class RealtimeSegments:
         return found
 
     async def _evaluate(
-        self, connection: Connection, probes: Sequence[Probe], sweeping: Sequence[Definition] = ()
+        self,
+        connection: Connection,
+        probes: Sequence[Probe],
+        sweeping: Sequence[Definition] = (),
+        *,
+        past: bool = False,
     ) -> int:
         """Evaluate ``probes`` (each (segment, customer) once, the customers locked), record every
         difference with the stored membership, and set or cancel each one's timer, in a handful of
@@ -465,7 +470,9 @@ class RealtimeSegments:
 
         ``sweeping``: the probes' segments whose forecast sweep runs (``Definition.sweeping``, read
         under the customers' locks): their customers evaluated here are marked seen, so that the
-        sweep leaves the timer set here (or its absence) alone."""
+        sweep leaves the timer set here (or its absence) alone. ``past``: the probes' instants may
+        be before now (timers, sweeps), so none is evaluated before what it reads arrived
+        (``_no_earlier_than_arrivals``)."""
         if not probes:
             return 0
         keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
@@ -484,6 +491,10 @@ class RealtimeSegments:
         # The evaluation statement is planned once per connection, not per call (the statement
         # above set plan_cache_mode for the rest of the transaction).
         observed_all = await observe_many(connection, probes)
+        if past:
+            probes, observed_all = await self._no_earlier_than_arrivals(
+                connection, list(probes), observed_all
+            )
         for probe, key, observed in zip(probes, keys, observed_all, strict=True):
             if observed is None:
                 continue  # no such customer (erased)
@@ -504,6 +515,68 @@ class RealtimeSegments:
             connection, [(s, generations[s], c) for s, c in keys if s in generations]
         )
         return len(changes)
+
+    async def _no_earlier_than_arrivals(
+        self, connection: Connection, probes: list[Probe], observed: list[Observation | None]
+    ) -> tuple[list[Probe], list[Observation | None]]:
+        """``probes`` evaluated at past instants (``observed``), each evaluated again at the
+        latest arrival of what its segment depends on when that came after its instant
+        (``_after_arrivals``), until none is moved.
+
+        Looked for after the evaluation: under READ COMMITTED each statement has a snapshot of
+        its own, taken when it starts, so the look sees every event and profile change the
+        evaluation read (and perhaps a few more, which only move a probe to a later instant); a
+        look before it could miss one committed in between. A probe moved is evaluated again and
+        looked at again (an event that arrives meanwhile moves it once more: rare, a customer's
+        own events in the milliseconds between two statements)."""
+        indexes = list(range(len(probes)))
+        while indexes:
+            moved = await self._after_arrivals(connection, [probes[i] for i in indexes])
+            again = [i for i, probe in zip(indexes, moved, strict=True) if probe.at != probes[i].at]
+            for i, probe in zip(indexes, moved, strict=True):
+                probes[i] = probe
+            if again:
+                for i, answer in zip(
+                    again, await observe_many(connection, [probes[i] for i in again]), strict=True
+                ):
+                    observed[i] = answer
+            indexes = again
+        return probes, observed
+
+    async def _after_arrivals(self, connection: Connection, probes: list[Probe]) -> list[Probe]:
+        """``probes`` at past instants (timers due, a sweep's backfill instant), each moved to when
+        the latest event its segment names arrived (or, for a segment with profile conditions, the
+        customer's profile last changed), when that came after the probe's instant.
+
+        The evaluation reads every event and profile stored, those the consumer has not read yet
+        included (a hinted import defers its reads, a sweep walks for seconds after its backfill):
+        at the probe's own instant a change they make would be stamped before they arrived.
+        Evaluated at their arrival instead, as the consumer's evaluation of them at its now is (so
+        whichever runs first, the same transitions), each change is stamped at or after its
+        cause; a change time made due before that arrival is decided with them, as when the
+        consumer reads them first (docs/segmentation.md, "Evaluations at a past instant")."""
+        if not probes:
+            return probes
+        names = sorted({name for probe in probes for name in probe.segment.dependencies.event_names})
+        profiles = any(probe.segment.dependencies.profile_fields for probe in probes)
+        arrived = await self.repository.arrivals_since(
+            connection,
+            sorted({probe.customer_id for probe in probes}),
+            names,
+            min(probe.at for probe in probes),
+            profiles,
+        )
+        if not arrived:
+            return probes
+        moved = []
+        for probe in probes:
+            depends = probe.segment.dependencies
+            keys = [(probe.customer_id, name) for name in depends.event_names]
+            if depends.profile_fields:
+                keys.append((probe.customer_id, PROFILE_CHANGED))
+            latest = max((arrived[key] for key in keys if key in arrived), default=probe.at)
+            moved.append(probe._replace(at=latest) if latest > probe.at else probe)
+        return moved
 
     # Events --------------------------------------------------------------------------
 
@@ -600,7 +673,7 @@ class RealtimeSegments:
                     # At the timer's own instant: a transition is recorded when it happened, and a
                     # scheduler that fell behind replays every change in order.
                     probes.append(Probe(self.compiled(definition), customer_id, timer.due_at))
-            await self._evaluate(connection, probes, listed)
+            await self._evaluate(connection, probes, listed, past=True)
         return len(taken)
 
     # Backfill ------------------------------------------------------------------------
@@ -681,7 +754,7 @@ class RealtimeSegments:
                 await self.repository.lock_customers(connection, customers)
                 seen = await self.repository.seen_by_sweep(connection, sweep, customers)
                 probes = [Probe(segment, c, sweep.swept_at) for c in customers if c not in seen]
-                await self._evaluate(connection, probes)
+                await self._evaluate(connection, probes, past=True)
                 if not await self.repository.advance_sweep(connection, sweep, len(page), len(page) < limit):
                     raise _Superseded
         except _Superseded:
@@ -787,8 +860,10 @@ class SegmentEvents(StreamHandler):
         and are evaluated as usual afterwards, each customer's in order, every transition once. An
         event-driven evaluation is made at the clock's now under the customer's lock, so a
         deferred one is too: its transitions take the instant of the catch-up, never earlier than
-        one already recorded (a timer of the customer fired meanwhile evaluated with the imported
-        events, which were committed before the call was answered). Timers keep firing."""
+        one already recorded. Timers keep firing, and the backfills' forecast sweeps keep walking:
+        an evaluation of theirs that reads imported events (committed before the call was
+        answered) is made no earlier than they arrived
+        (``RealtimeSegments._no_earlier_than_arrivals``)."""
         return self.imports is not None and await self.imports.live()
 
     def overdue(self, event: common_pb2.Event) -> bool:
