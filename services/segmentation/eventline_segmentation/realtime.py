@@ -611,7 +611,8 @@ class RealtimeSegments:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
         segment's filter may depend on (``Affected``), in at most ``limit`` groups of customers
         whose segments are disjoint (``Affected.parts``): one read of the definitions for a batch,
-        without locks, so that a customer no segment can be affected by costs no transaction.
+        without locks, so that a customer no segment can be affected by costs no transaction (a
+        batch of one customer skips it: ``SegmentEvents.handle``).
 
         Leaving the others out misses nothing: their events were committed before they reached
         the stream, hence before this read; a segment marked real-time or changed after it is
