@@ -139,7 +139,7 @@ def _event(
         elif seconds == 0 and nanos == 0:
             violations.append(FieldViolation(_path(prefix, "occurred_at"), EPOCH_REFUSED))
         else:
-            occurred_us = seconds * 1_000_000 + nanos // 1000  # timestamp_micros
+            occurred_us = timestamp_micros(occurred_at_proto)
             if occurred_us > arrival.latest_us:
                 violations.append(
                     FieldViolation(
