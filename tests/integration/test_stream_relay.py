@@ -72,6 +72,34 @@ async def test_relay_publishes_rows_left_by_a_stopped_replica(
 
 
 @single_and_cluster
+async def test_appended_entries_read_back_field_for_field_in_order(redis_client, stream_key):
+    # The append script reads each entry's five fields with one struct.unpack: empty fields, a
+    # payload holding every byte value and several entries per blob must come back as packed.
+    entries = [
+        (
+            "c1",
+            "e1",
+            "Signed up",
+            bytes(range(256)) * 3,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("", "e2", "system", b"", ""),
+        ("c\u00e9", "e3", "Caf\u00e9 \u2028", b"\x00", ""),
+        ("c2", "e4", "A", b"x" * 70_000, "tp"),
+    ]
+    blobs = [
+        b"".join(stream.pack_entry(*entry) for entry in entries[:3]),
+        stream.pack_entry(*entries[3]),
+    ]
+    assert stream.unpack_entries(blobs[0]) == entries[:3]
+
+    assert await stream.Appender(redis_client, stream_key).append(blobs) == 4
+
+    read = [stream.StreamEntry.from_fields(i, f) for i, f in await redis_client.xrange(stream_key)]
+    assert [(e.customer_id, e.event_id, e.name, e.payload, e.traceparent) for e in read] == entries
+
+
+@single_and_cluster
 async def test_trim_never_drops_unacknowledged_or_unread_entries(redis_client, stream_key):
     ids = [await redis_client.xadd(stream_key, {"n": str(i)}) for i in range(10)]
     await redis_client.xgroup_create(stream_key, "slow", id="0")
