@@ -75,7 +75,7 @@ def verdict(
         empty_matches=empty_matches,
         profile_conditions=profile_conditions,
     )
-    return rules.verdict(events, profile_changed)
+    return rules.verdict(pruning.arrivals(events), profile_changed)
 
 
 def test_a_count_at_least_in_a_sliding_period_grows_with_a_recent_event_and_ignores_an_old_one() -> None:
@@ -224,7 +224,7 @@ def test_what_the_rules_say_holds_at_every_instant_from_now(
     rules = pruning.Pruning(
         root, periods.Clock(now, zone_of(zone)), empty_matches=False, profile_conditions=False
     )
-    found = rules.verdict([as_sent(new)])
+    found = rules.verdict(pruning.arrivals([as_sent(new)]))
     event({UNTOUCHED: "untouched", TRUER: "truer", FALSER: "falser", MIXED: "mixed"}[found])
     if found == MIXED:
         return

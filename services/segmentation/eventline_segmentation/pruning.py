@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
@@ -68,14 +69,30 @@ class Leaf:
     condition (``UNTOUCHED``: nothing, a count of at least 0)."""
     ahead_mixed: bool
     """Whether an event dated after now is ``MIXED`` whatever ``direction`` says ("last occurred")."""
-
-    def touched_by(self, at: int, event: common_pb2.Event) -> bool:
-        """Whether an event at ``at`` (microseconds since 1970) may change the condition."""
-        return at >= self.bound and _holds(self.node.predicates, event)
+    predicates: tuple[Predicate, ...]
+    """The condition's context predicates (the node's)."""
 
 
-def _holds(predicates: Iterable[Predicate], event: common_pb2.Event) -> bool:
-    return all(predicate_holds(p, event.context) for p in predicates)
+class Arrival(NamedTuple):
+    """A new event as the rules read it (made once per customer, read for each of their segments)."""
+
+    name: str
+    at: int | None
+    """``occurred_at`` in microseconds since 1970 (None: not given)."""
+    event: common_pb2.Event
+
+
+def arrivals(events: Iterable[common_pb2.Event]) -> list[Arrival]:
+    return [
+        Arrival(
+            e.name,
+            e.occurred_at.seconds * 1_000_000 + e.occurred_at.nanos // 1000
+            if e.HasField("occurred_at")
+            else None,
+            e,
+        )
+        for e in events
+    ]
 
 
 def bound(node: EventNode, clock: Clock) -> int:
@@ -128,7 +145,9 @@ def leaves(root: Node, clock: Clock) -> dict[str, list[Leaf]]:
             for child in node.children:
                 walk(child, -polarity if node.op == "not" else polarity)
         elif isinstance(node, EventNode):
-            leaf = Leaf(node, polarity, bound(node, clock), direction(node), node.test == "last")
+            leaf = Leaf(
+                node, polarity, bound(node, clock), direction(node), node.test == "last", node.predicates
+            )
             found.setdefault(node.name, []).append(leaf)
 
     walk(root, 1)
@@ -143,26 +162,38 @@ class Pruning:
         self.by_name = leaves(root, clock)
         self.empty_matches = empty_matches
         self.profile_conditions = profile_conditions
+        # What ``verdict`` reads of each leaf an event can touch, by name: its bound, the way it
+        # moves the segment (``direction`` times ``polarity``; MIXED stays MIXED), whether an event
+        # dated ahead is MIXED, its predicates (a consumer batch asks thousands of verdicts).
+        self._checks = {
+            name: [
+                (leaf.bound, leaf.direction * leaf.polarity, leaf.ahead_mixed, leaf.predicates)
+                for leaf in named
+                if leaf.direction != UNTOUCHED
+            ]
+            for name, named in self.by_name.items()
+        }
 
-    def verdict(self, events: Iterable[common_pb2.Event], profile_changed: bool = False) -> int:
-        """What ``events`` (a customer's, new) and a profile change do to the segment's answer
-        at every instant from now on (``UNTOUCHED``, ``TRUER``, ``FALSER`` or ``MIXED``)."""
+    def verdict(self, events: Iterable[Arrival], profile_changed: bool = False) -> int:
+        """What ``events`` (a customer's, new: ``arrivals``) and a profile change do to the
+        segment's answer at every instant from now on (``UNTOUCHED``, ``TRUER``, ``FALSER`` or
+        ``MIXED``)."""
         if self.empty_matches or (profile_changed and self.profile_conditions):
             return MIXED  # an event may create the customer; the profile moves its conditions
         moved = UNTOUCHED
-        for event in events:
-            named = self.by_name.get(event.name)
-            if not named:
+        for name, at, event in events:
+            checks = self._checks.get(name)
+            if not checks:
                 continue
-            if not event.HasField("occurred_at"):
+            if at is None:
                 return MIXED
-            at = event.occurred_at.seconds * 1_000_000 + event.occurred_at.nanos // 1000
-            for leaf in named:
-                if leaf.direction == UNTOUCHED or not leaf.touched_by(at, event):
-                    continue
-                if leaf.direction == MIXED or (leaf.ahead_mixed and at > self.now):
+            for bound, way, ahead_mixed, predicates in checks:
+                if at < bound or (
+                    predicates and not all(predicate_holds(p, event.context) for p in predicates)
+                ):
+                    continue  # too old for the condition, or not an event it matches
+                if way == MIXED or (ahead_mixed and at > self.now):
                     return MIXED
-                way = leaf.direction * leaf.polarity
                 if moved == UNTOUCHED:
                     moved = way
                 elif moved != way:

@@ -638,6 +638,7 @@ class RealtimeSegments:
             # a compiled segment keeps the definition it was compiled from.)
             rules: dict[str, pruning.Pruning | None] = {d.segment_id: None for d in definitions if d.sweeping}
             for customer_id in customers:
+                arrived = pruning.arrivals(events[customer_id]) if events is not None else []
                 for segment in affected.by(names[customer_id]):
                     if not segment.definition.covers(customer_id):
                         continue
@@ -645,7 +646,7 @@ class RealtimeSegments:
                     if events is not None:
                         rule = self._pruning(rules, segment, now)
                         if rule is not None:
-                            move = rule.verdict(events[customer_id], PROFILE_CHANGED in names[customer_id])
+                            move = rule.verdict(arrived, PROFILE_CHANGED in names[customer_id])
                     if move == pruning.UNTOUCHED:
                         self.pruned_untouched += 1
                         continue
