@@ -2,7 +2,8 @@
 
 The consumer evaluates every real-time segment that names one of a customer's new events
 (``realtime.Affected``). Most of those evaluations find nothing, and two rules tell some of them
-apart before any database read, exactly, for every instant from the batch's ``now`` on:
+apart, exactly, for every instant from the batch's ``now`` on (the first before any database
+read, the second from the stored membership and timer):
 
 * **Horizon.** A condition whose answer at every instant ``t >= now`` depends only on events after
   a lower bound that only moves forward with ``t`` (a count or "last occurred" in a sliding
