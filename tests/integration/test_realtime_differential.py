@@ -3,7 +3,9 @@
 Random real-time segments (counts in hour and day periods, days ago, days since, first and
 last occurred, under all_of / any_of / negation) in zones with and without DST, then random
 interleavings of new events (also dated in the past), their consumption (at once, or later: an
-event stored and not read yet, as while a hinted import defers the consumer), clock advances
+event stored and not read yet, as while a hinted import defers the consumer; the events handed
+to the consumer as the stream does, so that it prunes the probes they cannot change, or only
+their names), clock advances
 (across the European DST change of 2026-03-29; due timers fire) and single pages of the
 backfill's forecast sweep, all after the clock has moved on from the backfill. After every clock
 advance that leaves no event unread (and after the last step), once due timers have fired and the
@@ -24,9 +26,10 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from eventline.common.v1 import common_pb2
 from eventline.segmentation.v1 import segmentation_pb2 as pb
 from eventline.segmentation.v1 import segmentation_pb2_grpc
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from eventline_shared import values
@@ -113,7 +116,14 @@ trees = st.recursive(
 steps = st.lists(
     st.one_of(
         # An event stored, and read by the consumer at once or not (then by a later "read" step).
-        st.tuples(st.just("event"), st.sampled_from(CUSTOMERS), names, st.integers(0, 80), st.booleans()),
+        # Hours before now: within the filters' periods, or also older than most (ten days).
+        st.tuples(
+            st.just("event"),
+            st.sampled_from(CUSTOMERS),
+            names,
+            st.one_of(st.integers(0, 80), st.integers(0, 240)),
+            st.booleans(),
+        ),
         st.tuples(st.just("read")),
         st.tuples(st.just("advance"), st.integers(1, 60 * 60)),  # minutes: up to 2.5 days
         st.tuples(st.just("sweep")),  # one page of one customer of the backfill's forecast sweep
@@ -145,6 +155,8 @@ async def served(db_url: str, stream_key: str, redis_client: stream.Client) -> A
     history=st.lists(st.tuples(st.sampled_from(CUSTOMERS), names, st.integers(0, 120)), max_size=6),
     plan=steps,
     lag=st.sampled_from([0, 0, 30, 6 * 60, 40 * 60]),
+    hand_events=st.sampled_from([True, True, False]),
+    swept=st.booleans(),
 )
 async def test_stored_membership_equals_match_customer_at_every_step(
     served: Any,
@@ -153,6 +165,8 @@ async def test_stored_membership_equals_match_customer_at_every_step(
     history: list[tuple[str, str, int]],
     plan: list[tuple[Any, ...]],
     lag: int,
+    hand_events: bool,
+    swept: bool,
 ) -> None:
     clock, db, server, stub = served
     clock.set(START)
@@ -164,6 +178,9 @@ async def test_stored_membership_equals_match_customer_at_every_step(
     sequence = 0
     stored_events: list[tuple[Event, dt.datetime]] = []  # with when each arrived
     unread: dict[str, set[str]] = {}  # names of the events stored and not read yet, by customer
+    # The events themselves, handed to the consumer as the stream does (``hand_events``: the
+    # probes they provably change nothing of are not evaluated, eventline_segmentation.pruning).
+    unread_events: dict[str, list[common_pb2.Event]] = {}
     # How many events were stored when each transition (by cursor) was first seen, after the step
     # that recorded it: one stored later, even at the same instant, cannot have caused it.
     stored_by: dict[int, int] = {}
@@ -175,27 +192,35 @@ async def test_stored_membership_equals_match_customer_at_every_step(
         occurred_at = now - dt.timedelta(hours=hours_ago)
         await db.execute(_STORE, customer, f"e{sequence}", name, occurred_at, now)
         stored_events.append((Event(customer, name, occurred_at), now))
+        sent = common_pb2.Event(event_id=f"e{sequence}", customer_id=customer, name=name)
+        sent.occurred_at.CopyFrom(values.datetime_to_timestamp(occurred_at))
+        unread_events.setdefault(customer, []).append(sent)
 
     async def read() -> None:
         # Each customer's entries in order, as the consumer group hands them over.
         for customer, seen in sorted(unread.items()):
-            await engine.customer_events(customer, seen)
+            await engine.customer_events(customer, seen, unread_events[customer] if hand_events else None)
         unread.clear()
+        unread_events.clear()
 
     for customer, name, hours_ago in history:
         await store(customer, name, hours_ago)
+    unread_events.clear()  # the backfill reads these
     await stub.CreateSegment(
         pb.CreateSegmentRequest(
             segment_id="s", segment=pb.Segment(display_name="S", filter=flt, realtime=True, time_zone=zone)
         )
     )
     engine = server.realtime
+    pruned = (engine.pruned_untouched, engine.pruned_monotone)
     await engine.backfill_all()
     backfilled_at = clock.now()
     # The clock moves on ``lag`` minutes before the steps, so the backfill's forecast sweep runs
     # (at the first advance, or page by page) after it: a change due meanwhile is recorded at its
     # own instant when the sweep reaches its customer, unless an event of theirs arrived since.
     clock.advance(dt.timedelta(minutes=lag))
+    while swept and await engine.sweep_forecasts() is not None:
+        pass  # the whole sweep before the steps (no probe of a segment is pruned while it runs)
     for step in [*plan, ("read",), ("advance", 0)]:
         if step[0] == "event":
             _, customer, name, hours_ago, read_now = step
@@ -236,3 +261,7 @@ async def test_stored_membership_equals_match_customer_at_every_step(
             assert all(a != b for a, b in itertools.pairwise(kinds)), (customer, kinds)
             if kinds:
                 assert kinds[-1] == (customer in stored), (customer, kinds)
+    if hand_events:
+        event(
+            f"pruned untouched {engine.pruned_untouched > pruned[0]}, monotone {engine.pruned_monotone > pruned[1]}"
+        )

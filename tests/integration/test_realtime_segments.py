@@ -206,6 +206,98 @@ async def test_enters_on_events_and_exits_when_the_older_purchase_turns_30_days_
     assert await suite.db.fetchval("SELECT count(*) FROM segment_timers") == 0
 
 
+async def test_probes_the_new_events_cannot_change_are_not_evaluated(
+    suite: Suite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer's pruning (eventline_segmentation.pruning): an event too old for every period
+    that names it is not evaluated at all; a recent one that can only make a member's answer truer
+    (or a non-member's falser) is not evaluated before the stored timer, which then fires and finds
+    the later exit at its own instant."""
+    evaluated: list[tuple[str, str]] = []
+    observe_many = realtime.observe_many
+
+    async def counting(connection: Any, probes: Any) -> Any:
+        evaluated.extend((p.segment.definition.segment_id, p.customer_id) for p in probes)
+        return await observe_many(connection, probes)
+
+    monkeypatch.setattr(realtime, "observe_many", counting)
+    engine = suite.segmentation_server.realtime
+    await suite.save("buyers", purchases(2, 7))
+    # Visited once, and at most one purchase this week (an empty customer matches neither).
+    await suite.save(
+        "calm",
+        pb.Filter(
+            all_of=pb.FilterList(
+                filters=[
+                    pb.Filter(event=pb.EventCondition(name="visit")),
+                    pb.Filter(
+                        event=pb.EventCondition(
+                            name="purchase",
+                            count=pb.CountTest(
+                                period=pb.Period(last=pb.RecentPeriod(amount=7, unit=pb.TIME_UNIT_DAY)),
+                                at_most=1,
+                            ),
+                        )
+                    ),
+                ]
+            )
+        ),
+    )
+    while await engine.fire_due():  # the backfills' forecast sweeps end (none is pruned meanwhile)
+        pass
+    await suite.track("c1", "purchase", START - 2 * DAY)  # 2026-11-24: leaves at 12-01 00:00
+    await suite.track("c1", "purchase", START - DAY)  # 2026-11-25: leaves at 12-02 00:00
+    await suite.track("c2", "visit", START - DAY)
+    await suite.track("c2", "purchase", START - DAY)
+    await suite.track("c2", "purchase", START - DAY)  # two this week: not calm before 12-02 00:00
+    await suite.settle()
+    assert await suite.members("buyers") == ["c1", "c2"]
+    assert await suite.members("calm") == []
+    # c1 (new, so out of "calm") has only purchases, which can only make "calm" falser.
+    assert set(evaluated) == {("buyers", "c1"), ("buyers", "c2"), ("calm", "c2")}
+    assert (engine.pruned_untouched, engine.pruned_monotone) == (0, 1)
+    evaluated.clear()
+
+    # Older than both periods' start: neither segment is evaluated.
+    await suite.track("c1", "purchase", START - 20 * DAY)
+    await suite.track("c2", "purchase", START - 20 * DAY)
+    await suite.settle()
+    assert (evaluated, engine.pruned_untouched, engine.pruned_monotone) == ([], 4, 1)
+    # Recent: both are members of "buyers", which can only become truer, and out of "calm", which
+    # can only become falser; before their stored timers.
+    await suite.track("c1", "purchase", START - HOUR)  # 2026-11-26: leaves at 12-03 00:00
+    await suite.track("c2", "purchase", START - HOUR)
+    await suite.settle()
+    assert (evaluated, engine.pruned_untouched, engine.pruned_monotone) == ([], 4, 5)
+    assert await suite.members("buyers") == ["c1", "c2"]
+    assert await suite.members("calm") == []
+
+    # c1's stored timer (computed without the last purchase) fires: still a member, a new timer.
+    suite.clock.set(dt.datetime(2026, 12, 1, 0, 5, tzinfo=UTC))
+    assert await engine.fire_due() == 1
+    assert evaluated == [("buyers", "c1")]
+    assert await suite.members("buyers") == ["c1", "c2"]
+    # Then both leave "buyers", and c2 enters "calm" (one purchase this week), at 12-02 00:00.
+    suite.clock.set(dt.datetime(2026, 12, 2, 0, 5, tzinfo=UTC))
+    assert await engine.fire_due() == 3
+    assert await suite.members("buyers") == []
+    assert await suite.members("calm") == ["c2"]
+    left = dt.datetime(2026, 12, 2, tzinfo=UTC)
+    assert sorted(await suite.transitions("buyers")) == [
+        ("c1", False, left),
+        ("c1", True, START),
+        ("c2", False, left),
+        ("c2", True, START),
+    ]
+    assert await suite.transitions("calm") == [("c2", True, left)]
+    # MatchCustomer agrees with what is stored, for both customers and segments.
+    for segment_id, customer_id in [("buyers", "c1"), ("buyers", "c2"), ("calm", "c1"), ("calm", "c2")]:
+        answer = await suite.segmentation.MatchCustomer(
+            pb.MatchCustomerRequest(segment_id=segment_id, customer_id=customer_id)
+        )
+        assert answer.matched is (customer_id in await suite.members(segment_id))
+
+
 async def test_the_stored_size_follows_entries_and_exits_recorded_together(suite: Suite) -> None:
     """One transaction's transitions of several segments and customers move each size by its own
     entries less its exits (once per segment, not per member)."""

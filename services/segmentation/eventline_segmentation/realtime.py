@@ -48,8 +48,8 @@ from eventline.segmentation.v1 import segmentation_pb2 as pb
 
 from eventline_predicates import filters, periods
 from eventline_predicates.filters import BoolNode, CustomerNode, EventNode, Node
-from eventline_segmentation import compiler, evaluation, transitions
-from eventline_segmentation.membership import Change, Definition, MembershipRepository
+from eventline_segmentation import compiler, evaluation, pruning, transitions
+from eventline_segmentation.membership import Change, Definition, MembershipRepository, Stored
 from eventline_shared import faults
 from eventline_shared.clock import Clock
 from eventline_shared.storage.database import Connection
@@ -446,6 +446,10 @@ class RealtimeSegments:
         self._compiled: dict[tuple[str, bytes, str, int], Compiled] = {}
         self._stop = asyncio.Event()
         self.errors: list[str] = []
+        self.pruned_untouched = 0
+        """Probes of new events not evaluated: the events change none of their conditions."""
+        self.pruned_monotone = 0
+        """Probes of new events not evaluated: their stored membership stands until their timer."""
 
     def compiled(self, definition: Definition) -> Compiled:
         key = (definition.segment_id, definition.filter, definition.time_zone, definition.generation)
@@ -463,6 +467,7 @@ class RealtimeSegments:
         sweeping: Sequence[Definition] = (),
         *,
         past: bool = False,
+        moves: Sequence[int] = (),
     ) -> int:
         """Evaluate ``probes`` (each (segment, customer) once, the customers locked), record every
         difference with the stored membership, and set or cancel each one's timer, in a handful of
@@ -472,17 +477,23 @@ class RealtimeSegments:
         under the customers' locks): their customers evaluated here are marked seen, so that the
         sweep leaves the timer set here (or its absence) alone. ``past``: the probes' instants may
         be before now (timers, sweeps), so none is evaluated before what it reads arrived
-        (``_no_earlier_than_arrivals``)."""
+        (``_no_earlier_than_arrivals``). ``moves``: per probe, what new events do to its answer
+        (``pruning``; none: anything): a probe whose stored membership they cannot change before
+        its stored timer falls due is not evaluated (the monotone rule)."""
         if not probes:
             return 0
         keys = [(p.segment.definition.segment_id, p.customer_id) for p in probes]
         stored = await self.repository.keep_segments_reading_members(connection, keys)
-        # Segments deleted meanwhile are left out.
-        if not {segment_id for segment_id, _ in keys} <= stored.kept:
-            keys, probes = (
-                [k for k in keys if k[0] in stored.kept],
-                [p for p in probes if p.segment.definition.segment_id in stored.kept],
-            )
+        # Segments deleted meanwhile are left out, and probes the new events cannot move.
+        kept = [
+            i
+            for i, key in enumerate(keys)
+            if key[0] in stored.kept
+            and not (moves and self._holds_until_timer(probes[i], key, moves[i], stored))
+        ]
+        if len(kept) < len(keys):
+            self.pruned_monotone += sum(1 for key in keys if key[0] in stored.kept) - len(kept)
+            keys, probes = [keys[i] for i in kept], [probes[i] for i in kept]
         if not probes:
             return 0
         changes: list[Change] = []
@@ -515,6 +526,17 @@ class RealtimeSegments:
             connection, [(s, generations[s], c) for s, c in keys if s in generations]
         )
         return len(changes)
+
+    @staticmethod
+    def _holds_until_timer(probe: Probe, key: tuple[str, str], move: int, stored: Stored) -> bool:
+        """Whether the stored membership of ``key`` stands at every instant from the probe's until
+        its stored timer falls due, whatever the new events: they can only make a member's answer
+        truer, or a non-member's falser, and that timer is not overdue (it then fires and evaluates
+        exactly: the true next change is no earlier than it, computed without the events)."""
+        if move == pruning.MIXED or (move == pruning.TRUER) != (key in stored.members):
+            return False
+        due = stored.timers.get(key)
+        return due is None or due > probe.at
 
     async def _no_earlier_than_arrivals(
         self, connection: Connection, probes: list[Probe], observed: list[Observation | None]
@@ -580,13 +602,25 @@ class RealtimeSegments:
 
     # Events --------------------------------------------------------------------------
 
-    async def customer_events(self, customer_id: str, names: set[str]) -> int:
-        """Re-evaluate the real-time segments events named ``names`` can affect; returns transitions."""
-        return await self.customers_events({customer_id: names})
+    async def customer_events(
+        self, customer_id: str, names: set[str], events: Sequence[common_pb2.Event] | None = None
+    ) -> int:
+        """Re-evaluate the real-time segments events named ``names`` can affect (``events``: the
+        events themselves, see ``customers_events``); returns transitions."""
+        return await self.customers_events(
+            {customer_id: names}, None if events is None else {customer_id: events}
+        )
 
-    async def customers_events(self, names: Mapping[str, set[str]]) -> int:
+    async def customers_events(
+        self,
+        names: Mapping[str, set[str]],
+        events: Mapping[str, Sequence[common_pb2.Event]] | None = None,
+    ) -> int:
         """``customer_events`` for many customers (their event names), in one transaction and one
-        evaluation query; returns transitions."""
+        evaluation query; returns transitions.
+
+        ``events``: the new events themselves, by customer (all of them: what ``names`` lists). With
+        them, a probe the events provably change nothing of is not evaluated (``pruning``)."""
         async with self.pool.acquire() as connection, connection.transaction():
             customers = sorted(names)
             await self.repository.lock_customers(connection, customers)
@@ -597,15 +631,46 @@ class RealtimeSegments:
             affected = Affected(
                 sorted(map(self.compiled, definitions), key=lambda s: s.definition.segment_id)
             )
-            probes = [
-                Probe(segment, customer_id, now)
-                for customer_id in customers
-                for segment in affected.by(names[customer_id])
-                if segment.definition.covers(customer_id)
-            ]
-            changed = await self._evaluate(connection, probes, definitions)
+            probes: list[Probe] = []
+            moves: list[int] = []
+            # A segment whose forecast sweep runs is evaluated as before: its customers evaluated
+            # here are marked seen, and the sweep leaves them alone. (Read from these definitions:
+            # a compiled segment keeps the definition it was compiled from.)
+            rules: dict[str, pruning.Pruning | None] = {d.segment_id: None for d in definitions if d.sweeping}
+            for customer_id in customers:
+                arrived = pruning.arrivals(events[customer_id]) if events is not None else []
+                for segment in affected.by(names[customer_id]):
+                    if not segment.definition.covers(customer_id):
+                        continue
+                    move = pruning.MIXED
+                    if events is not None:
+                        rule = self._pruning(rules, segment, now)
+                        if rule is not None:
+                            move = rule.verdict(arrived, PROFILE_CHANGED in names[customer_id])
+                    if move == pruning.UNTOUCHED:
+                        self.pruned_untouched += 1
+                        continue
+                    probes.append(Probe(segment, customer_id, now))
+                    moves.append(move)
+            changed = await self._evaluate(connection, probes, definitions, moves=moves)
             await faults.point("segmentation.before_commit")
         return changed
+
+    @staticmethod
+    def _pruning(
+        rules: dict[str, pruning.Pruning | None], segment: Compiled, now: dt.datetime
+    ) -> pruning.Pruning | None:
+        """The pruning rules of ``segment`` at ``now``, made once per evaluation (``rules``, where
+        None: not pruned)."""
+        segment_id = segment.definition.segment_id
+        if segment_id not in rules:
+            rules[segment_id] = pruning.Pruning(
+                segment.root,
+                periods.Clock(now, segment.zone),
+                empty_matches=segment.empty_matches,
+                profile_conditions=bool(segment.dependencies.profile_fields),
+            )
+        return rules[segment_id]
 
     async def concerned_parts(self, names: Mapping[str, set[str]], limit: int) -> list[list[str]]:
         """The customers of ``names`` (their events' names by customer) whose events some real-time
@@ -917,7 +982,10 @@ class SegmentEvents(StreamHandler):
         settle([customer_id for customer_id in names if customer_id not in concerned])
 
         async def evaluate(part: list[str]) -> None:
-            await self.engine.customers_events({customer_id: names[customer_id] for customer_id in part})
+            await self.engine.customers_events(
+                {customer_id: names[customer_id] for customer_id in part},
+                {customer_id: [item.event for item in received[customer_id]] for customer_id in part},
+            )
             settle(part)
 
         done = await asyncio.gather(*map(evaluate, parts), return_exceptions=True)

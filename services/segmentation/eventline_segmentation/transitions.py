@@ -113,9 +113,9 @@ def dependencies(root: Node) -> Dependencies:
     return Dependencies(frozenset(names), frozenset(fields), timed)
 
 
-_SETTLED_MARGIN = dt.timedelta(days=2)
+SETTLED_MARGIN = dt.timedelta(days=2)
 """Kept below the earliest sliding bound: local dates, DST changes and a date that goes back
-move a day's bounds by less than this."""
+move a day's bounds by less than this (also the consumer's pruning, ``pruning.bound``)."""
 
 
 def settled_before(root: Node, now: dt.datetime, zone: dt.tzinfo) -> dt.datetime | None:
@@ -136,7 +136,7 @@ def settled_before(root: Node, now: dt.datetime, zone: dt.tzinfo) -> dt.datetime
             start = clock.resolve(node.period).start
             assert start is not None  # sliding periods always have a start
             bounds.append(start)
-    return min(bounds) - _SETTLED_MARGIN if bounds else None
+    return min(bounds) - SETTLED_MARGIN if bounds else None
 
 
 def _sliding(period: PeriodSpec | None) -> bool:
