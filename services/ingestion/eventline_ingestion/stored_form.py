@@ -13,7 +13,7 @@ from eventline.common.v1 import common_pb2
 from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import NewEvent
-from eventline_shared.streams import stream
+from eventline_shared.streams.entries import pack_encoded_entry
 
 # The stored event's serialized form (``eventline.common.v1.Event``) is written here, field by
 # field, rather than by building the message and serializing it: a batch event's payload is
@@ -115,7 +115,7 @@ def statement_columns(
         event_id, customer_id, name = e.event_id.encode(), e.customer_id.encode(), e.name.encode()
         payload = stored_event_bytes(e, event_id, customer_id, name, received_at)
         built[e.key] = (payload, False)
-        entry = stream.pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
+        entry = pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
         if e.customer_id:
             columns.customer_ids.append(e.customer_id)
             columns.event_ids.append(e.event_id)
