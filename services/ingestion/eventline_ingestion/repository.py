@@ -229,21 +229,22 @@ class IngestionRepository:
         key_for = self.layout.key_for if self.layout.partitions > 1 else None
         columns = statement_columns(events, received, key_for)
         built = columns.built
+        customer, system = columns.customer, columns.system
         args = (
-            *(_joined(column) for column in (columns.customer_ids, columns.event_ids, columns.names)),
-            columns.occurred,
-            _joined(columns.contexts, _CONTEXT_SEPARATOR),
-            columns.entries,
+            *(_joined(column) for column in (columns.customer_ids, customer.event_ids, customer.names)),
+            customer.occurred,
+            _joined(customer.contexts, _CONTEXT_SEPARATOR),
+            customer.entries,
             received_at,
-            columns.system_ids,
-            columns.system_names,
-            columns.system_occurred,
-            columns.system_contexts,
-            columns.system_entries,
+            system.event_ids,
+            system.names,
+            system.occurred,
+            system.contexts,
+            system.entries,
             columns.stream_keys,
-            columns.seqs,
+            customer.seqs,
             self.layout.key(0),
-            columns.system_seqs,
+            system.seqs,
         )
         for attempt in range(_RETRIES):
             try:

@@ -77,13 +77,11 @@ def stored_event_bytes(
     return b"".join(parts)
 
 
-class StatementColumns:
-    """The storing statement's columns, one element per event in key order (customer events and
-    system events apart), and each key's result as if the event is new."""
+class EventColumns:
+    """The storing statement's columns of one kind of event (customer or system), one element per
+    event in key order."""
 
     def __init__(self) -> None:
-        self.built: dict[tuple[str, str], tuple[bytes, bool]] = {}
-        self.customer_ids: list[str] = []
         self.event_ids: list[str] = []
         self.names: list[str] = []
         self.occurred: list[int] = []
@@ -91,14 +89,27 @@ class StatementColumns:
         self.entries: list[bytes] = []
         self.seqs: list[int] = []
         """Each event's place in the order of arrival (each partition's entries go in that order)."""
+
+    def add(self, event: NewEvent, entry: bytes, arrival: int) -> None:
+        self.event_ids.append(event.event_id)
+        self.names.append(event.name)
+        self.occurred.append(event.occurred_us)
+        self.contexts.append(event.context_json)
+        self.entries.append(entry)
+        self.seqs.append(arrival)
+
+
+class StatementColumns:
+    """The storing statement's columns, and each key's result as if the event is new."""
+
+    def __init__(self) -> None:
+        self.built: dict[tuple[str, str], tuple[bytes, bool]] = {}
+        self.customer = EventColumns()
+        self.customer_ids: list[str] = []
+        """The customer events' customers."""
         self.stream_keys: list[str] = []
         """Each customer event's partition stream, only with more than one."""
-        self.system_ids: list[str] = []
-        self.system_names: list[str] = []
-        self.system_occurred: list[int] = []
-        self.system_contexts: list[str] = []
-        self.system_entries: list[bytes] = []
-        self.system_seqs: list[int] = []
+        self.system = EventColumns()
 
 
 def statement_columns(
@@ -117,20 +128,10 @@ def statement_columns(
         built[e.key] = (payload, False)
         entry = pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
         if e.customer_id:
+            columns.customer.add(e, entry, arrival)
             columns.customer_ids.append(e.customer_id)
-            columns.event_ids.append(e.event_id)
-            columns.names.append(e.name)
-            columns.occurred.append(e.occurred_us)
-            columns.contexts.append(e.context_json)
-            columns.entries.append(entry)
-            columns.seqs.append(arrival)
             if key_for is not None:
                 columns.stream_keys.append(key_for(e.customer_id))
         else:
-            columns.system_ids.append(e.event_id)
-            columns.system_names.append(e.name)
-            columns.system_occurred.append(e.occurred_us)
-            columns.system_contexts.append(e.context_json)
-            columns.system_entries.append(entry)
-            columns.system_seqs.append(arrival)
+            columns.system.add(e, entry, arrival)
     return columns
