@@ -14,14 +14,17 @@ would return for it (worked out here from the events, by the reference predicate
 Ingestion, on bench/ingest.py's requests (500 events each, ``make_events``):
 
 * ``batch_item_us``: ``validation.batch_item`` per item (validation and context encoding);
-* ``stored_event_us``: ``repository.stored_event_bytes`` per event (the stored event's bytes).
+* ``stored_event_us``: ``stored_form.stored_event_bytes`` per event (the stored event's bytes);
+* ``columns_us``: ``stored_form.statement_columns`` per event, a request's events at a time (the
+  stored event's bytes, its stream entry and its elements of the storing statement's columns: the
+  per-event part of ``IngestionRepository.store_events``).
 
 Each figure is the least, over ``--repeats`` runs, of the process CPU time of the whole input set,
 per call. ``compiled`` says which of the modules were imported compiled (an extension module):
 compare two builds by running this once on each, alternating (an interpreted checkout's
 ``libs`` and ``services/*`` first on ``PYTHONPATH``). The last line printed is one JSON object.
 
-Usage: python bench/hot_functions.py [--repeats N]
+Usage: python bench/hot_functions.py [--repeats N] [--parts segmentation,ingestion]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from eventline.common.v1 import common_pb2
 from ingest import batch_requests, make_events
 from realtime import paced_events, variants
 
-from eventline_ingestion import repository, validation
+from eventline_ingestion import stored_form, validation
 from eventline_predicates import evaluation as predicates_evaluation
 from eventline_predicates import filters, periods
 from eventline_predicates.filters import CustomerNode, EventNode
@@ -59,7 +62,7 @@ MODULES = (
     filters,
     validation,
     values,
-    repository,
+    stored_form,
 )
 
 
@@ -183,7 +186,7 @@ def segmentation_inputs() -> list[tuple[realtime._Reading, realtime.Probe, tuple
         for j, load in enumerate(plan.loads):
             if isinstance(load, transitions.WindowOccurrences):
                 extra += realtime._window_columns(
-                    load, j, rows.bounds([load.window] * len(customers)), params
+                    load, j, rows.bounds([load.window] * len(customers)), params, []
                 )
                 listed[node_index[id(load.node)]] = f"w{j}"
         query = compiler.match_many_query(
@@ -248,8 +251,11 @@ def measure_ingestion(repeats: int) -> dict[str, float]:
     checked = [validation.batch_item(item, i, arrival) for r in requests for i, item in enumerate(r.events)]
     events = [e for e in checked if isinstance(e, validation.NewEvent)]
     assert len(events) == len(checked)
-    received = repository.received_at_field(values.datetime_to_timestamp(NOW))
+    received = stored_form.received_at_field(values.datetime_to_timestamp(NOW))
     encoded = [(e, e.event_id.encode(), e.customer_id.encode(), e.name.encode(), received) for e in events]
+    per_request = [
+        events[i : i + len(requests[0].events)] for i in range(0, len(events), len(requests[0].events))
+    ]
 
     def validate_all() -> int:
         batch_item = validation.batch_item
@@ -259,15 +265,22 @@ def measure_ingestion(repeats: int) -> dict[str, float]:
         return len(events)
 
     def encode_all() -> int:
-        stored_event_bytes = repository.stored_event_bytes
+        stored_event_bytes = stored_form.stored_event_bytes
         for args in encoded:
             stored_event_bytes(*args)
         return len(encoded)
+
+    def columns_all() -> int:
+        statement_columns = stored_form.statement_columns
+        for request_events in per_request:
+            statement_columns(request_events, received, None)
+        return len(events)
 
     return {
         "events": len(events),
         "batch_item_us": cpu_per_call(validate_all, repeats),
         "stored_event_us": cpu_per_call(encode_all, repeats),
+        "columns_us": cpu_per_call(columns_all, repeats),
     }
 
 
@@ -276,9 +289,19 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=20, help="timings of each input set (the least counts)"
     )
-    repeats = parser.parse_args().repeats
+    parser.add_argument(
+        "--parts",
+        default="segmentation,ingestion",
+        help="which functions to time, comma-separated: segmentation, ingestion",
+    )
+    arguments = parser.parse_args()
+    repeats, parts = arguments.repeats, arguments.parts.split(",")
     compiled = sorted(m.__name__ for m in MODULES if (m.__file__ or "").endswith(".so"))
-    figures = {"compiled": compiled, **measure_segmentation(repeats), **measure_ingestion(repeats)}
+    figures: dict[str, Any] = {"compiled": compiled}
+    if "segmentation" in parts:
+        figures.update(measure_segmentation(repeats))
+    if "ingestion" in parts:
+        figures.update(measure_ingestion(repeats))
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
 
 

@@ -33,6 +33,12 @@ MODULES = {
     "eventline_predicates.evaluation": "libs/eventline_predicates/evaluation.py",
     "eventline_segmentation.transitions": "services/segmentation/eventline_segmentation/transitions.py",
     "eventline_segmentation.evaluation": "services/segmentation/eventline_segmentation/evaluation.py",
+    # Ingestion's batch path per event: validation, the context's encoding, the stored event's
+    # bytes, its stream entry and the storing statement's columns (issue 16's tenth round).
+    "eventline_shared.values": "libs/eventline_shared/values.py",
+    "eventline_shared.streams.entries": "libs/eventline_shared/streams/entries.py",
+    "eventline_ingestion.validation": "services/ingestion/eventline_ingestion/validation.py",
+    "eventline_ingestion.stored_form": "services/ingestion/eventline_ingestion/stored_form.py",
 }
 
 

@@ -24,36 +24,37 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from json.encoder import encode_basestring as _json_string  # json.dumps(text, ensure_ascii=False)
+from typing import Any, Final, final
 
 from eventline.common.v1 import common_pb2
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from eventline_shared.errors import QUOTED_CHARS, FieldViolation, quote
 
-CODE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+CODE_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 """Event names, context field codes and attribute codes. Never contains ``-``."""
 # Used with fullmatch: "$" would also accept a trailing newline.
-CODE = re.compile(CODE_PATTERN[1:-1])
+CODE: Final = re.compile(CODE_PATTERN[1:-1])
 # Ids are checked with fullmatch too, and ASCII only: \w and \d would take any script's letters and digits.
-CUSTOMER_ID = re.compile(r"[A-Za-z0-9_.:@+\-]{1,128}")
-EVENT_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+CUSTOMER_ID: Final = re.compile(r"[A-Za-z0-9_.:@+\-]{1,128}")
+EVENT_ID: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+_DECIMAL: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 """Decimal notation in ASCII digits only (Python's Decimal would take Arabic-Indic or full-width digits)."""
-MAX_DECIMAL_CHARS = 200
+MAX_DECIMAL_CHARS: Final = 200
 
-MAX_CONTEXT_KEYS = 100
-MAX_STRING_CHARS = 4096
-MAX_CONTEXT_BYTES = 32 * 1024
-MAX_DECIMAL_DIGITS = 38
-MAX_DECIMAL_EXPONENT = 64
+MAX_CONTEXT_KEYS: Final = 100
+MAX_STRING_CHARS: Final = 4096
+MAX_CONTEXT_BYTES: Final = 32 * 1024
+MAX_DECIMAL_DIGITS: Final = 38
+MAX_DECIMAL_EXPONENT: Final = 64
 
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
-_TS_MIN_SECONDS = -62135596800  # 0001-01-01T00:00:00Z
-_TS_MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
-_DURATION_MAX_SECONDS = 315_576_000_000  # 10,000 years: google.protobuf.Duration's range
-_NANOS = 10**9
+_TS_MIN_SECONDS: Final = -62135596800  # 0001-01-01T00:00:00Z
+_TS_MAX_SECONDS: Final = 253402300799  # 9999-12-31T23:59:59Z
+_DURATION_MAX_SECONDS: Final = 315_576_000_000  # 10,000 years: google.protobuf.Duration's range
+_NANOS: Final = 10**9
 
 
 def quote_path(container: str, key: str) -> str:
@@ -99,7 +100,7 @@ def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
-_TIMESTAMP_RANGE = "timestamp must be between years 1 and 9999, with nanos from 0 to 999,999,999"
+_TIMESTAMP_RANGE: Final = "timestamp must be between years 1 and 9999, with nanos from 0 to 999,999,999"
 
 
 def _timestamp_in_range(ts: timestamp_pb2.Timestamp) -> bool:
@@ -160,7 +161,7 @@ def say_duration(span: dt.timedelta) -> str:
     return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
-_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_PLAIN_DECIMAL: Final = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 """A decimal already in its stored form: no exponent, no leading zero, a point."""
 
 
@@ -187,25 +188,36 @@ def _iso(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ").rjust(27, "0")
 
 
-class Encoded(NamedTuple):
-    """A validated map in storage form."""
+@final
+class Encoded:
+    """A validated map in storage form (one per event: a class with slots, whose construction
+    costs less than a ``NamedTuple``'s, compiled or not)."""
 
-    json: str
-    """The JSON storage text."""
-    violations: list[FieldViolation]
-    normalized: dict[str, common_pb2.Value]
-    """Values whose stored form differs from what was sent (decimals in plain
-    notation, timestamps cut to microseconds), by code; the others are stored
-    exactly as sent."""
-    stored: list[tuple[str, common_pb2.Value]]
-    """Each code and its value as stored (``normalized`` applied), in code order: read once here,
-    where each read of a protobuf map builds a new message object (~0.25 µs)."""
+    __slots__ = ("json", "normalized", "stored", "violations")
+
+    def __init__(
+        self,
+        json: str,
+        violations: list[FieldViolation],
+        normalized: dict[str, common_pb2.Value],
+        stored: list[tuple[str, common_pb2.Value]],
+    ) -> None:
+        self.json = json
+        """The JSON storage text."""
+        self.violations = violations
+        self.normalized = normalized
+        """Values whose stored form differs from what was sent (decimals in plain notation,
+        timestamps cut to microseconds), by code; the others are stored exactly as sent."""
+        self.stored = stored
+        """Each code and its value as stored (``normalized`` applied), in code order: read once
+        here, where each read of a protobuf map builds a new message object (~0.25 µs)."""
 
 
 def _encode_value(
     value: common_pb2.Value, code: str, normalized: dict[str, common_pb2.Value]
-) -> tuple[str, int] | _Invalid:
-    """The value's storage text and its size by the documented measure (``_measured_bytes``)."""
+) -> tuple[str, int] | str:
+    """The value's storage text and its size by the documented measure (below), or why it is
+    invalid (a text alone)."""
     kind = value.WhichOneof("kind")
     if kind == "integer_value":
         text = str(value.integer_value)
@@ -213,7 +225,7 @@ def _encode_value(
     if kind == "decimal_value":
         decimal = _decimal_text(value.decimal_value)
         if decimal is None:
-            return _Invalid(
+            return (
                 f"decimal {quote(value.decimal_value)} must be a finite number in ASCII digits with "
                 f"at most {MAX_DECIMAL_DIGITS} significant digits"
             )
@@ -223,29 +235,25 @@ def _encode_value(
     if kind == "string_value":
         text = value.string_value
         if len(text) > MAX_STRING_CHARS:
-            return _Invalid(f"string is longer than {MAX_STRING_CHARS} characters")
+            return f"string is longer than {MAX_STRING_CHARS} characters"
         if "\x00" in text:
-            return _Invalid("string must not contain NUL characters")
-        return json.dumps(text, ensure_ascii=False), len(text.encode())
+            return "string must not contain NUL characters"
+        return _json_string(text), len(text.encode())
     if kind == "boolean_value":
         return ("true", 4) if value.boolean_value else ("false", 5)
     if kind == "timestamp_value":
         ts = value.timestamp_value
         if not _timestamp_in_range(ts):
-            return _Invalid(_TIMESTAMP_RANGE)
+            return _TIMESTAMP_RANGE
         if ts.nanos % 1000:
             normalized[code] = common_pb2.Value(
                 timestamp_value=timestamp_pb2.Timestamp(seconds=ts.seconds, nanos=ts.nanos - ts.nanos % 1000)
             )
         return '{"ts": "' + _iso(timestamp_to_datetime(ts)) + '"}', _TIMESTAMP_TEXT_BYTES
-    return _Invalid("value must have one of string, integer, decimal, boolean or timestamp set")
+    return "value must have one of string, integer, decimal, boolean or timestamp set"
 
 
-class _Invalid(str):
-    """The description of why a value is invalid."""
-
-
-_TIMESTAMP_TEXT_BYTES = len("2026-11-26T23:24:01.000000Z")
+_TIMESTAMP_TEXT_BYTES: Final = len("2026-11-26T23:24:01.000000Z")
 
 
 # A value's size by the documented measure (ingestion.proto, the context field) is its text as
@@ -253,9 +261,9 @@ _TIMESTAMP_TEXT_BYTES = len("2026-11-26T23:24:01.000000Z")
 # stored as (decimals in plain notation), a boolean 4 or 5 ("true", "false"), a timestamp the 27
 # of its RFC 3339 text.
 
-_VALID_CODES: set[str] = set()
+_VALID_CODES: Final[set[str]] = set()
 """Codes seen valid (codes repeat across events; bounded by ``_MAX_VALID_CODES``)."""
-_MAX_VALID_CODES = 10_000
+_MAX_VALID_CODES: Final = 10_000
 
 
 def valid_code(code: str) -> bool:
@@ -291,7 +299,7 @@ def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str 
             continue
         value = values[code]
         encoded = _encode_value(value, code, normalized)
-        if isinstance(encoded, _Invalid):
+        if isinstance(encoded, str):
             violations.append(FieldViolation(quote_path(field, code), encoded))
             continue
         text, measured = encoded
@@ -307,8 +315,12 @@ def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str 
     return Encoded("{" + ", ".join(parts) + "}", violations, normalized, stored)
 
 
-class _DecimalText(str):
-    """A JSON number that had a decimal point, kept as its exact text."""
+class _DecimalText:
+    """A JSON number that had a decimal point, kept as its exact text (not a ``str`` subclass,
+    which a module compiled by mypyc cannot define without ``mypy_extensions`` at run time)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _decode_json(text: str) -> Any:
@@ -319,7 +331,7 @@ def decode_value(stored: Any) -> common_pb2.Value:
     if isinstance(stored, bool):
         return common_pb2.Value(boolean_value=stored)
     if isinstance(stored, _DecimalText):
-        return common_pb2.Value(decimal_value=str(stored))
+        return common_pb2.Value(decimal_value=stored.text)
     if isinstance(stored, int):
         return common_pb2.Value(integer_value=stored)
     if isinstance(stored, str):

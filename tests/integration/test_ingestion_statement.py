@@ -69,7 +69,7 @@ async def test_an_id_or_name_holding_the_separator_stores_nothing(db_url: str, f
     async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
         repository = IngestionRepository(pool)
         batch = events(("c1", "e1"), ("c1", "e2"))
-        batch[1] = batch[1]._replace(**{field: "a,b"})
+        setattr(batch[1], field, "a,b")  # past validation, which would refuse it
         with pytest.raises(ValueError, match="holds ','"):
             await repository.store_events(batch, NOW)
         assert await pool.fetchval("SELECT count(*) FROM customer_events") == 0

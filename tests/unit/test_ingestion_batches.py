@@ -77,9 +77,7 @@ async def test_violations_of_a_batch_name_their_items() -> None:
 def test_the_compact_reply_of_new_events_is_the_reply_built_item_by_item() -> None:
     """The shortcut (every item valid, new and of its own id) answers what the general rule
     does: an empty result per item."""
-    checked = [
-        NewEvent((f"c{i}", "e"), 1, f"c{i}", "e", "A", 0, None, "{}", {}, {}, [], "") for i in range(3)
-    ]  # type: ignore[arg-type]
+    checked = [NewEvent(1, f"c{i}", "e", "A", 0, None, "{}", {}, {}, [], "") for i in range(3)]  # type: ignore[arg-type]
     stored = {event.key: (b"", False) for event in checked}
     reply = servicing._compact_reply(checked, stored, {})  # type: ignore[arg-type]
     assert reply == ingestion_pb2.TrackEventsResponse(results=[ingestion_pb2.TrackEventsResult()] * 3)
@@ -107,7 +105,6 @@ class Repository:
 
 def new_event(customer: str, event_id: str) -> NewEvent:
     return NewEvent(
-        (customer, event_id),
         common_pb2.EVENT_KIND_CUSTOMER,
         customer,
         event_id,

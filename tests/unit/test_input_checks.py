@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from eventline_ingestion import validation
-from eventline_ingestion.repository import received_at_field, stored_event_bytes
+from eventline_ingestion.stored_form import received_at_field, stored_event_bytes
 from eventline_shared import paging, values
 from eventline_shared.errors import FieldViolation, InvalidArgument, quote
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens

@@ -25,7 +25,6 @@ Each stored event becomes one stream entry with the fields:
 
 from __future__ import annotations
 
-import struct
 import time
 import zlib
 from collections.abc import Sequence
@@ -41,6 +40,9 @@ from redis.retry import Retry
 
 from eventline_shared.errors import Unavailable
 from eventline_shared.observability.dependencies import REDIS, Dependency
+from eventline_shared.streams.entries import pack_encoded_entry as pack_encoded_entry
+from eventline_shared.streams.entries import pack_entry as pack_entry
+from eventline_shared.streams.entries import unpack_entries as unpack_entries
 
 Client: TypeAlias = redis.Redis | RedisCluster
 """A client of a single Redis server or of a Redis Cluster (see ``connect``)."""
@@ -94,59 +96,6 @@ for _, blob in ipairs(ARGV) do
 end
 return count
 """
-
-_LENGTH = struct.Struct(">I")
-
-
-def pack_entry(customer_id: str, event_id: str, name: str, payload: bytes, traceparent: str) -> bytes:
-    """One stream entry, packed for ``Appender``: five length-prefixed fields.
-
-    Entries are packed once, when their events are stored, and concatenated;
-    the relay hands the blobs to Redis as they are, so publishing costs no
-    per-event work in Python.
-    """
-    return pack_encoded_entry(
-        customer_id.encode(), event_id.encode(), name.encode(), payload, traceparent.encode()
-    )
-
-
-def pack_encoded_entry(
-    customer_id: bytes, event_id: bytes, name: bytes, payload: bytes, traceparent: bytes
-) -> bytes:
-    """``pack_entry`` of fields already encoded as UTF-8 (a writer that encoded them for the
-    payload too encodes them once)."""
-    size = _LENGTH.pack
-    return b"".join(
-        (
-            size(len(event_id)),
-            event_id,
-            size(len(customer_id)),
-            customer_id,
-            size(len(name)),
-            name,
-            size(len(payload)),
-            payload,
-            size(len(traceparent)),
-            traceparent,
-        )
-    )
-
-
-def unpack_entries(blob: bytes) -> list[tuple[str, str, str, bytes, str]]:
-    """The (customer_id, event_id, name, payload, traceparent) entries packed in ``blob``."""
-    entries = []
-    position = 0
-    while position < len(blob):
-        fields = []
-        for _ in range(5):
-            (size,) = _LENGTH.unpack_from(blob, position)
-            fields.append(blob[position + 4 : position + 4 + size])
-            position += 4 + size
-        event_id, customer_id, name, payload, traceparent = fields
-        entries.append(
-            (customer_id.decode(), event_id.decode(), name.decode(), payload, traceparent.decode())
-        )
-    return entries
 
 
 class Appender:

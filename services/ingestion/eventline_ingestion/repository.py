@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from typing import cast
 
 import asyncpg
 from eventline.common.v1 import common_pb2
-from google.protobuf import timestamp_pb2
 
+from eventline_ingestion.stored_form import received_at_field, statement_columns
 from eventline_ingestion.validation import CustomerChange, NewEvent
 from eventline_shared.server.config import DEFAULT_STREAM
 from eventline_shared.storage import notifications
@@ -200,79 +199,13 @@ def customer_from_row(row: asyncpg.Record) -> common_pb2.Customer:
     )
 
 
-# The stored event's serialized form (``eventline.common.v1.Event``) is written here, field by
-# field, rather than by building the message and serializing it: a batch event's payload is
-# needed for its stream entry whatever the reply, and the message only when the reply holds it
-# (then parsed from these bytes); writing the bytes costs about half of building and serializing
-# the message (docs/performance.md). Tags: field number << 3 | wire type (2: length-delimited).
-_EVENT_ID, _CUSTOMER_ID, _NAME, _OCCURRED_AT, _RECEIVED_AT, _CONTEXT = (
-    b"\x0a",
-    b"\x1a",
-    b"\x22",
-    b"\x2a",
-    b"\x32",
-    b"\x3a",
-)
-_KIND = {kind: b"\x10" + bytes((kind,)) for kind in common_pb2.EventKind.values() if kind}
-"""Field 2, a varint: the kind's number (each below 128, one byte)."""
-_MAP_KEY, _MAP_VALUE = b"\x0a", b"\x12"
-"""A map entry's fields: its key (1) and its value (2)."""
-_SHORT_VARINTS = [bytes((n,)) for n in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    """A non-negative length as a protobuf varint."""
-    if n < 128:
-        return _SHORT_VARINTS[n]
-    encoded = bytearray()
-    while n > 0x7F:
-        encoded.append(n & 0x7F | 0x80)
-        n >>= 7
-    encoded.append(n)
-    return bytes(encoded)
-
-
-def length_delimited(key: bytes, data: bytes) -> bytes:
-    """A length-delimited protobuf field (``key``: its field number and wire type) holding ``data``."""
-    return key + _varint(len(data)) + data
-
-
-def received_at_field(received_at: timestamp_pb2.Timestamp) -> bytes:
-    """The ``received_at`` field of a stored event's serialized form (one per statement)."""
-    data = received_at.SerializeToString()
-    return _RECEIVED_AT + _varint(len(data)) + data
-
-
-def stored_event_bytes(
-    event: NewEvent, event_id: bytes, customer_id: bytes, name: bytes, received_at: bytes
-) -> bytes:
-    """The serialized ``Event`` exactly as it will be stored and published: ``event`` with its
-    ids and name encoded as UTF-8 and its ``received_at_field``."""
-    occurred = event.occurred_at_proto.SerializeToString()
-    parts = [_EVENT_ID, _varint(len(event_id)), event_id, _KIND[event.kind]]
-    if customer_id:  # empty for a system event: proto3 leaves an empty string out
-        parts += (_CUSTOMER_ID, _varint(len(customer_id)), customer_id)
-    parts += (_NAME, _varint(len(name)), name, _OCCURRED_AT, _varint(len(occurred)), occurred, received_at)
-    for code, value in event.stored_context:
-        data = value.SerializeToString()
-        key = code.encode()
-        entry = b"".join((_MAP_KEY, _varint(len(key)), key, _MAP_VALUE, _varint(len(data)), data))
-        parts += (_CONTEXT, _varint(len(entry)), entry)
-    return b"".join(parts)
-
-
-def _joined(column: list[object], separator: str = _SEPARATOR) -> str:
+def _joined(column: Sequence[str], separator: str = _SEPARATOR) -> str:
     """A column of texts (ids, names, contexts) as one text for ``_STORE_EVENTS``."""
-    text = separator.join(cast("list[str]", column))
+    text = separator.join(column)
     # A separator inside a value would shift every column after it: refused, not stored.
     if text.count(separator) != max(len(column) - 1, 0):
         raise ValueError(f"an id, name or context holds {separator!r}")
     return text
-
-
-def _columns(rows: list[tuple[object, ...]], width: int) -> list[list[object]]:
-    """The columns of ``rows`` (``width`` empty ones when there are none)."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 class IngestionRepository:
@@ -290,51 +223,28 @@ class IngestionRepository:
         ``events`` must have distinct keys, in the order they arrived: each
         partition's outbox row holds its entries in that order.
         """
-        # One pass builds each event's stored form, its stream entry and its row of the
-        # statement's columns (the batch path's Python runs per event; docs/performance.md).
+        # One pass builds each event's stored form, its stream entry and its elements of the
+        # statement's columns (the batch path's Python per event, compiled: ``stored_form``).
         received = received_at_field(datetime_to_timestamp(received_at))
-        partitioned = self.layout.partitions > 1
-        key_for = self.layout.key_for
-        # Each key's result as if it is new (the usual case, returned as it is).
-        built: dict[tuple[str, str], tuple[bytes, bool]] = {}
-        customer_rows: list[tuple[object, ...]] = []
-        system_rows: list[tuple[object, ...]] = []
-        stream_keys: list[str] = []
-        keys = [e.key for e in events]
-        for arrival in sorted(range(len(events)), key=keys.__getitem__):
-            e = events[arrival]
-            event_id, customer_id, name = e.event_id.encode(), e.customer_id.encode(), e.name.encode()
-            payload = stored_event_bytes(e, event_id, customer_id, name, received)
-            built[e.key] = (payload, False)
-            entry = stream.pack_encoded_entry(customer_id, event_id, name, payload, e.traceparent.encode())
-            if e.customer_id:
-                customer_rows.append(
-                    (e.customer_id, e.event_id, e.name, e.occurred_us, e.context_json, entry, arrival)
-                )
-                if partitioned:
-                    stream_keys.append(key_for(e.customer_id))
-            else:
-                system_rows.append((e.event_id, e.name, e.occurred_us, e.context_json, entry, arrival))
-        customer_ids, event_ids, names, occurred, contexts, entries, seqs = _columns(customer_rows, 7)
-        system_ids, system_names, system_occurred, system_contexts, system_entries, system_seqs = _columns(
-            system_rows, 6
-        )
-        joined = [_joined(column) for column in (customer_ids, event_ids, names)]
+        key_for = self.layout.key_for if self.layout.partitions > 1 else None
+        columns = statement_columns(events, received, key_for)
+        built = columns.built
+        customer, system = columns.customer, columns.system
         args = (
-            *joined,
-            occurred,
-            _joined(contexts, _CONTEXT_SEPARATOR),
-            entries,
+            *(_joined(column) for column in (columns.customer_ids, customer.event_ids, customer.names)),
+            customer.occurred,
+            _joined(customer.contexts, _CONTEXT_SEPARATOR),
+            customer.entries,
             received_at,
-            system_ids,
-            system_names,
-            system_occurred,
-            system_contexts,
-            system_entries,
-            stream_keys,
-            seqs,
+            system.event_ids,
+            system.names,
+            system.occurred,
+            system.contexts,
+            system.entries,
+            columns.stream_keys,
+            customer.seqs,
             self.layout.key(0),
-            system_seqs,
+            system.seqs,
         )
         for attempt in range(_RETRIES):
             try:

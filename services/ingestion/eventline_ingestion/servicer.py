@@ -10,7 +10,8 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 
 from eventline_ingestion import validation
 from eventline_ingestion.erasure import Erasure
-from eventline_ingestion.repository import IngestionRepository, length_delimited
+from eventline_ingestion.repository import IngestionRepository
+from eventline_ingestion.stored_form import length_delimited
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter, Stored
 from eventline_shared import paging
