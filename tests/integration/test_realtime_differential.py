@@ -456,7 +456,7 @@ prunable_steps = st.lists(
     min_size=4,
     max_size=12,
 )
-PRUNING_EXAMPLES = int(os.environ.get("EVENTLINE_REALTIME_PRUNING_EXAMPLES", "25"))
+PRUNING_EXAMPLES = int(os.environ.get("EVENTLINE_REALTIME_PRUNING_EXAMPLES", "60"))
 
 
 @differential_examples(PRUNING_EXAMPLES)
