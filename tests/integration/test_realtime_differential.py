@@ -16,7 +16,8 @@ that had arrived by then: none is stamped before the event that caused it.
 
 The second test plays the same steps (with profile changes and erasures among them) over the
 shapes the consumer's pruning rules decide (eventline_segmentation.pruning), so that many of its
-examples leave probes out by each rule (docs/performance.md says how many); ``EVENTLINE_REALTIME_PRUNING_EXAMPLES`` sets its count.
+examples leave probes out by each rule (docs/performance.md says how many);
+``EVENTLINE_REALTIME_PRUNING_EXAMPLES`` sets its count.
 """
 
 from __future__ import annotations
