@@ -47,18 +47,20 @@ def run(command: list[str], cwd: Path, **env: str) -> str:
     return result.stdout
 
 
-def stages() -> tuple[str, str]:
-    build, final = STAGE.split((ROOT / "Dockerfile").read_text())[1:]
-    return build, final
+def stages() -> tuple[str, str, str]:
+    """The Dockerfile's stages: the sources, the build stage, the final stage."""
+    sources, build, final = STAGE.split((ROOT / "Dockerfile").read_text())[1:]
+    return sources, build, final
 
 
 def copy_context(stage: str, app: Path) -> None:
-    """The stage's ``COPY`` lines from the build context (not ``--from``) into ``app``."""
+    """The stage's ``COPY`` lines from the build context (not ``--from``) into ``app`` (``/app``)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "node_modules")
     for line in re.findall(r"^COPY (?!--from)(.+)$", stage, flags=re.MULTILINE):
         *sources, target = line.split()
+        target = target.removeprefix("/app").lstrip("/")
         for source in sources:
-            destination = app / target / Path(source).name if target.endswith("/") else app / target
+            destination = app / target / Path(source).name if line.endswith("/") else app / target
             destination.parent.mkdir(parents=True, exist_ok=True)
             if (ROOT / source).is_dir():
                 shutil.copytree(ROOT / source, destination, ignore=ignore, dirs_exist_ok=True)
@@ -120,11 +122,12 @@ def serves(python: Path, app: Path) -> None:
 
 
 def main() -> None:
-    build_stage, final_stage = stages()
+    sources, build_stage, final_stage = stages()
     scratch = Path(tempfile.mkdtemp(prefix="eventline-image-"))
     app, environment, artefacts = scratch / "app", scratch / "venv", scratch / "artefacts"
     try:
         # The build stage.
+        copy_context(sources, app)
         copy_context(build_stage, app)
         python, purelib = venv(environment)
         for install in pip_installs(build_stage):
@@ -136,12 +139,13 @@ def main() -> None:
 
         # The final stage: a new context, a new environment at the same path, the artefacts.
         shutil.rmtree(app)
+        copy_context(sources, app)
         copy_context(final_stage, app)
         python, purelib = venv(environment)
         for install in pip_installs(final_stage):
             run([str(python), "-m", "pip", "install", "-q", *install], app)
         copied = re.findall(r"^COPY --from=\S+ (.+)$", final_stage, flags=re.MULTILINE)
-        assert len(copied) == 2, copied  # the build and the .pth file, nothing else
+        assert len(copied) == 3, copied  # the sources, the build and the .pth file, nothing else
         shutil.copytree(artefacts / "lib", built)
         shutil.copy(artefacts / PTH, purelib / PTH)
 

@@ -346,7 +346,7 @@ def test_the_dockerfile_copies_what_the_package_needs() -> None:
     # The hot modules compiled in a build stage against the project installed as the final stage
     # installs it; the final stage takes only the build and its .pth file, and checks they import
     # compiled (scripts/check_image_build.py runs both stages by hand).
-    build_stage, final_stage = re.split(r"^FROM .*$", dockerfile, flags=re.MULTILINE)[1:]
+    _, build_stage, final_stage = re.split(r"^FROM .*$", dockerfile, flags=re.MULTILINE)[1:]
     assert "compile_modules.py --installed" in build_stage
     assert re.findall(r"^COPY --from=compiled (\S+) ", final_stage, flags=re.MULTILINE) == [
         "/app/build/mypyc/lib",
