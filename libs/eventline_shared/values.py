@@ -94,6 +94,11 @@ def timestamp_to_datetime(ts: timestamp_pb2.Timestamp) -> dt.datetime:
     return EPOCH + dt.timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
 
 
+def timestamp_micros(ts: timestamp_pb2.Timestamp) -> int:
+    """A valid timestamp in microseconds since the epoch, truncated as ``timestamp_to_datetime`` does."""
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
 def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     delta = value - EPOCH
     seconds = delta.days * 86400 + delta.seconds

@@ -31,6 +31,7 @@ from eventline_shared.values import (
     datetime_to_timestamp,
     encode_values,
     present,
+    timestamp_micros,
     valid_code,
 )
 
@@ -127,11 +128,6 @@ class Arrival(NamedTuple):
         now_proto = datetime_to_timestamp(clock.now())
         now_us = timestamp_micros(now_proto)
         return cls(now_us, now_proto, now_us + _MAX_FUTURE_US, traceparent)
-
-
-def timestamp_micros(ts: timestamp_pb2.Timestamp) -> int:
-    """A valid timestamp in microseconds since the epoch, truncated as ``timestamp_to_datetime`` does."""
-    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def _path(prefix: str, field: str) -> str:

@@ -44,6 +44,7 @@ from eventline_predicates.evaluation import predicate_holds
 from eventline_predicates.filters import BoolNode, EventNode, Node, Predicate
 from eventline_predicates.periods import Clock
 from eventline_segmentation.transitions import SETTLED_MARGIN, to_micros
+from eventline_shared.values import timestamp_micros
 
 MIXED, TRUER, FALSER, UNTOUCHED = 0, 1, -1, 2
 """What a customer's new events do to a segment's answer at every instant from now on: anything
@@ -87,9 +88,7 @@ def arrivals(events: Iterable[common_pb2.Event]) -> list[Arrival]:
     return [
         Arrival(
             e.name,
-            e.occurred_at.seconds * 1_000_000 + e.occurred_at.nanos // 1000
-            if e.HasField("occurred_at")
-            else None,
+            timestamp_micros(e.occurred_at) if e.HasField("occurred_at") else None,
             e,
         )
         for e in events
