@@ -164,6 +164,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
         await asyncio.sleep(0.05)
 
 
+async def session_waits_for_a_lock(db: asyncpg.Connection, what: str, timeout_s: float = 60) -> None:
+    """Wait until a session of ``db``'s database waits for a lock (a row's, a key's, a transaction's)."""
+
+    async def waiting() -> bool:
+        return bool(
+            await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+        )
+
+    await eventually(waiting, timeout_s, what)
+
+
 async def outbox_drained(db: asyncpg.Connection, timeout_s: float = 60) -> None:
     """Wait until the relay has published (and deleted) every outbox row."""
 

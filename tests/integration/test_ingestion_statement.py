@@ -1,20 +1,26 @@
 """The storing statement on its own (``IngestionRepository.store_events``), on a real database: what
-it answers for new and stored keys, its outbox rows per partition stream, and the columns sent as one
-text each, which an id or name holding the separator would shift (refused before anything is sent)."""
+it answers for new and stored keys, its outbox rows per partition stream, the columns sent as one
+text each, which an id or name holding the separator would shift (refused before anything is sent),
+and its two forms: plain inserts for new keys, and the form that skips keys stored before, which a
+key stored before (or being stored by another statement) sends the events through."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+from typing import Any
 
 import asyncpg
 import pytest
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
 
+from eventline_ingestion import repository as statements
 from eventline_ingestion import validation
 from eventline_ingestion.repository import IngestionRepository
 from eventline_shared.clock import ManualClock
 from eventline_shared.streams import stream
+from tests.support import session_waits_for_a_lock
 
 NOW = dt.datetime(2026, 12, 2, 4, 0, tzinfo=dt.UTC)
 
@@ -94,3 +100,86 @@ async def test_contexts_holding_the_separators_are_stored_as_sent(db_url: str) -
         assert contexts["e2"]["amount"].decimal_value == "100.0"
         assert contexts["e1"]["item_id"].integer_value == 0
         assert contexts["e3"]["item_id"].integer_value == 2
+
+
+class RecordingPool:
+    """A real pool that records which storing statement each call ran."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.forms: list[str] = []
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
+        form = {statements._STORE_NEW_EVENTS: "new", statements._STORE_EVENTS: "tolerant"}.get(query)
+        try:
+            return await self.pool.fetch(query, *args, **kwargs)
+        finally:
+            if form:
+                self.forms.append(form)
+
+
+async def test_a_key_stored_before_sends_this_batch_and_the_next_ones_through_the_tolerant_form(
+    db_url: str,
+) -> None:
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        recording = RecordingPool(pool)
+        repository = IngestionRepository(recording)  # type: ignore[arg-type]
+        await repository.store_events(events(("c1", "e1"), ("c1", "e2")), NOW)
+        assert recording.forms == ["new"]
+        again = await repository.store_events(events(("c1", "e3"), ("c1", "e2")), NOW)
+        assert recording.forms == ["new", "new", "tolerant"], "failed on e2, then stored what was new"
+        assert {key: seen for key, (_, seen) in again.items()} == {("c1", "e2"): True, ("c1", "e3"): False}
+        await repository.store_events(events(("c1", "e4")), NOW)
+        assert recording.forms[3:] == ["tolerant"], "a client sending again sends more than one batch"
+        # Nothing of the failed statement is kept: one row per event, the stats and one outbox row
+        # per statement that stored something.
+        assert await pool.fetchval("SELECT count(*) FROM customer_events") == 4
+        assert await pool.fetchval("SELECT count FROM customer_event_stats WHERE customer_id = 'c1'") == 4
+        entries = [
+            e[1]
+            for r in await pool.fetch("SELECT entries FROM event_outbox ORDER BY id")
+            for e in stream.unpack_entries(r["entries"])
+        ]
+        assert entries == ["e1", "e2", "e3", "e4"]
+
+
+async def test_a_key_another_statement_is_storing_is_answered_as_stored_before(db_url: str) -> None:
+    """The plain form waits for the other transaction's key; once that commits, it fails on it, and
+    the events go through the tolerant form."""
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool:
+        repository = IngestionRepository(pool)
+        async with pool.acquire() as other, other.transaction():
+            await other.execute("INSERT INTO customers (customer_id) VALUES ('c1')")
+            await other.execute(
+                "INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at)"
+                " VALUES ('c1', 'e1', 'Bought', $1, $1)",
+                NOW,
+            )
+            storing = asyncio.create_task(repository.store_events(events(("c1", "e1"), ("c1", "e2")), NOW))
+            await session_waits_for_a_lock(other, "the statement did not wait for the other's key")
+        results = await storing
+        assert {key: seen for key, (_, seen) in results.items()} == {("c1", "e1"): True, ("c1", "e2"): False}
+        assert await pool.fetchval("SELECT count FROM customer_event_stats WHERE customer_id = 'c1'") == 1
+
+
+async def test_the_new_events_are_written_before_their_stats_rows_are_locked(db_url: str) -> None:
+    """Concurrent statements share a busy customer's stats rows; the plain form takes their locks
+    last, so that another statement waits for them only from then to the commit, not through
+    the whole insert. Seen from a third session: while the statement waits for a stats row, its
+    event's key is already taken."""
+    async with asyncpg.create_pool(db_url, min_size=3, max_size=3) as pool:
+        repository = IngestionRepository(pool)
+        await repository.store_events(events(("c1", "e1")), NOW)
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT FROM customer_event_stats WHERE customer_id = 'c1' FOR UPDATE")
+            storing = asyncio.create_task(repository.store_events(events(("c1", "e2")), NOW))
+            await session_waits_for_a_lock(holder, "the statement did not wait for the stats row")
+            async with pool.acquire() as probe:
+                await probe.execute("SET lock_timeout = '10ms'")
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await probe.execute(
+                        "INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at)"
+                        " VALUES ('c1', 'e2', 'Bought', $1, $1)",
+                        NOW,
+                    )
+        assert {key: seen for key, (_, seen) in (await storing).items()} == {("c1", "e2"): False}

@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import pytest
 from eventline.campaigns.v1 import campaigns_pb2
 from redis import exceptions as redis_errors
@@ -37,7 +36,7 @@ from eventline_shared.streams.consumer_group import (
 from tests.conftest import single_and_cluster
 from tests.integration.test_campaigns import GRANTED, deliveries, email_campaign, start, upsert
 from tests.integration.test_stream_order import Recorder
-from tests.support import customer_event, packed_entry, wait_for_entries, wait_until
+from tests.support import customer_event, packed_entry, session_waits_for_a_lock, wait_for_entries, wait_until
 
 LEASE_MS = 600_000
 """Long: the owner's own renewal (every third of it) does not come during the test."""
@@ -242,7 +241,7 @@ async def test_a_take_over_waits_for_the_recording_in_progress_and_refuses_the_l
     async with repository.pool.acquire() as connection, connection.transaction():
         await repository._record_many(connection, [delivery("in-progress")], 60)  # locks the row FOR SHARE
         raising = asyncio.create_task(repository.raise_fence(partition))
-        await wait_until_waiting(db, "the take-over did not wait for the recording in progress")
+        await session_waits_for_a_lock(db, "the take-over did not wait for the recording in progress")
         assert not raising.done()
     new_token = await raising
     assert new_token > old_token
@@ -260,19 +259,6 @@ async def test_a_take_over_waits_for_the_recording_in_progress_and_refuses_the_l
     )
     assert [r["event_id"] for r in events] == ["in-progress", "new", "unleased"]
     assert await repository.raise_fence(partition, old_token) > new_token, "raised: another fenced since"
-
-
-async def wait_until_waiting(db: asyncpg.Connection, what: str) -> None:
-    """Until a session of this database waits for a row lock."""
-    for _ in range(600):
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(what)
 
 
 async def test_an_owner_taking_its_partition_again_keeps_its_token_and_its_batch(  # type: ignore[no-untyped-def]

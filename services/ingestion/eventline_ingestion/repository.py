@@ -20,27 +20,22 @@ from eventline_shared.values import datetime_to_timestamp, decode_values
 # and their stats rows, system events and one outbox row per partition stream
 # for what was new.
 # Rows are sorted by key in Python so that concurrent batches lock in the same
-# order; ON CONFLICT DO NOTHING makes repeated event ids store nothing.
+# order.
 # The customer events' ids and names arrive as one text each, joined by ``_SEPARATOR``
 # (which no valid id or name holds), and their contexts by ``_CONTEXT_SEPARATOR``, not as
 # arrays: the driver checks and encodes each element of an array in Python, PostgreSQL
 # splits a text in C (docs/performance.md).
 # Their stream keys ($13) come only with more than one partition stream (an empty array,
 # whose rows unnest pads with NULL, otherwise: $15 then).
-_STORE_EVENTS = """
-WITH input_us AS (
+# Two forms share these parts: _STORE_NEW_EVENTS, for events none of which is stored yet (the
+# usual case), and _STORE_EVENTS, which stores what is new among events some of which may be.
+_INPUT = """
+input_us AS (
     SELECT * FROM ROWS FROM (
         unnest(string_to_array($1::text, ',')), unnest(string_to_array($2::text, ',')),
         unnest(string_to_array($3::text, ',')), unnest($4::bigint[]),
         unnest(string_to_array($5::text, E'\\x1e')::jsonb[])
     ) AS t(customer_id, event_id, name, occurred_us, context)
-),
--- Times arrive in microseconds since the epoch (cheaper to send than timestamps); the
--- product is exact below 2^53 µs (year 2255), and validation admits nothing after tomorrow.
-input AS (
-    SELECT customer_id, event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
-           context
-    FROM input_us
 ),
 new_customers AS (
     INSERT INTO customers (customer_id, created_at, updated_at)
@@ -48,22 +43,14 @@ new_customers AS (
     FROM unnest(string_to_array($1::text, ',')) AS t(customer_id)
     ORDER BY 1
     ON CONFLICT (customer_id) DO NOTHING
-),
-stored AS (
-    INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
-    SELECT customer_id, event_id, name, occurred_at, $7, context FROM input
-    ON CONFLICT DO NOTHING
-    RETURNING customer_id, event_id, name, occurred_at
-),
-stats AS (
-    INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
-    SELECT customer_id, name, min(occurred_at), max(occurred_at), count(*)
-    FROM stored GROUP BY customer_id, name ORDER BY customer_id, name
+)"""
+_STATS_UPSERT = """
+    GROUP BY customer_id, name ORDER BY customer_id, name
     ON CONFLICT (customer_id, name) DO UPDATE SET
         first_at = least(s.first_at, excluded.first_at),
         last_at = greatest(s.last_at, excluded.last_at),
-        count = s.count + excluded.count
-),
+        count = s.count + excluded.count"""
+_SYSTEM_EVENTS = """
 system_input AS (
     SELECT event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
            context, entry, seq
@@ -75,7 +62,73 @@ system_stored AS (
     SELECT event_id, name, occurred_at, $7, context FROM system_input
     ON CONFLICT DO NOTHING
     RETURNING event_id
+)"""
+_SYSTEM_OUTBOX_ITEMS = """
+    SELECT '', i.entry, $15::text, i.seq
+    FROM system_stored JOIN system_input i USING (event_id)"""
+# One row per partition stream, its entries in the order the events arrived.
+_OUTBOX = """
+outbox AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
+    FROM outbox_items GROUP BY stream ORDER BY stream
+)"""
+# The keys not stored (stored before): usually none, so usually no row to send and decode.
+_SYSTEM_NOT_STORED = """
+SELECT '', event_id FROM unnest($8::text[]) AS k(event_id)
+EXCEPT ALL SELECT '', event_id FROM system_stored"""
+
+# Plain inserts: no ON CONFLICT arbiter probe and speculative insertion per event, no RETURNING,
+# no joins on what was stored (~15 % of PostgreSQL's CPU per batch event; docs/performance.md).
+# A key stored before fails it on the primary key: nothing of it is kept, and the events go
+# through _STORE_EVENTS. The stats come from the arrays, not from the events inserted, and are
+# written first: data-modifying parts that the query does not read run to completion after it,
+# the last written first (PostgreSQL's ExecPostprocessPlan), so the stats rows, which concurrent
+# statements share (a busy customer's), are locked last, once the events are in, and held only
+# to the commit.
+_STORE_NEW_EVENTS = f"""
+WITH stats AS (
+    INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
+    SELECT customer_id, name, to_timestamp(0) + min(occurred_us) * interval '1 microsecond',
+           to_timestamp(0) + max(occurred_us) * interval '1 microsecond', count(*)
+    FROM unnest(string_to_array($1::text, ','), string_to_array($3::text, ','), $4::bigint[])
+        AS t(customer_id, name, occurred_us){_STATS_UPSERT}
+),{_INPUT},
+stored AS (
+    INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
+    SELECT customer_id, event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond', $7, context
+    FROM input_us
+),{_SYSTEM_EVENTS},
+outbox_items AS (
+    SELECT i.customer_id, i.entry, coalesce(i.stream, $15::text) AS stream, i.seq
+    FROM unnest(string_to_array($1::text, ','), $6::bytea[], $13::text[], $14::int[])
+        AS i(customer_id, entry, stream, seq)
+    UNION ALL{_SYSTEM_OUTBOX_ITEMS}
+),{_OUTBOX}{_SYSTEM_NOT_STORED}
+"""
+
+# ON CONFLICT DO NOTHING makes the events stored before store nothing; the stats and the outbox
+# take only what was stored.
+_STORE_EVENTS = f"""
+WITH{_INPUT},
+-- Times arrive in microseconds since the epoch (cheaper to send than timestamps); the
+-- product is exact below 2^53 µs (year 2255), and validation admits nothing after tomorrow.
+input AS (
+    SELECT customer_id, event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
+           context
+    FROM input_us
 ),
+stored AS (
+    INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
+    SELECT customer_id, event_id, name, occurred_at, $7, context FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING customer_id, event_id, name, occurred_at
+),
+stats AS (
+    INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
+    SELECT customer_id, name, min(occurred_at), max(occurred_at), count(*)
+    FROM stored{_STATS_UPSERT}
+),{_SYSTEM_EVENTS},
 -- The outbox's columns come from the arrays again, not from input: read once (by stored),
 -- input is inlined into stored's SELECT instead of being written to a tuplestore with every
 -- entry's bytes (~0.7 µs of PostgreSQL per event; docs/performance.md).
@@ -84,23 +137,13 @@ outbox_items AS (
     FROM stored JOIN unnest(string_to_array($1::text, ','), string_to_array($2::text, ','), $6::bytea[],
                             $13::text[], $14::int[])
         AS i(customer_id, event_id, entry, stream, seq) USING (customer_id, event_id)
-    UNION ALL
-    SELECT '', i.entry, $15::text, i.seq
-    FROM system_stored JOIN system_input i USING (event_id)
-),
--- One row per partition stream, its entries in the order the events arrived.
-outbox AS (
-    INSERT INTO event_outbox (stream, customer_ids, entries)
-    SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
-    FROM outbox_items GROUP BY stream ORDER BY stream
-)
--- The keys not stored (stored before): usually none, so usually no row to send and decode.
+    UNION ALL{_SYSTEM_OUTBOX_ITEMS}
+),{_OUTBOX}
 (SELECT customer_id, event_id FROM unnest(string_to_array($1::text, ','), string_to_array($2::text, ','))
     AS k(customer_id, event_id)
  EXCEPT ALL SELECT customer_id, event_id FROM stored)
 UNION ALL
-(SELECT '', event_id FROM unnest($8::text[]) AS k(event_id)
- EXCEPT ALL SELECT '', event_id FROM system_stored)
+({_SYSTEM_NOT_STORED})
 """
 _SEPARATOR = ","
 """Joins the customer events' ids and names sent to ``_STORE_EVENTS``: ``CUSTOMER_ID``,
@@ -169,6 +212,10 @@ LIMIT $7
 """
 
 _RETRIES = 3
+_EVENT_KEY = "customer_events_pkey"
+_TOLERANT_AFTER_CONFLICT = 64
+"""Statements stored through ``_STORE_EVENTS`` after a key stored before failed
+``_STORE_NEW_EVENTS``: a client sending a batch again rarely sends one such batch only."""
 
 
 def event_from_row(row: asyncpg.Record) -> common_pb2.Event:
@@ -213,6 +260,9 @@ class IngestionRepository:
         self.pool = pool
         self.layout = layout or stream.StreamLayout(DEFAULT_STREAM)
         """Which partition stream each stored event's outbox row is for."""
+        self._tolerant_statements = 0
+        """How many statements go on storing through ``_STORE_EVENTS`` after a key stored before
+        failed ``_STORE_NEW_EVENTS``."""
 
     async def store_events(
         self, events: Sequence[NewEvent], received_at: dt.datetime, timeout: float | None = None
@@ -248,7 +298,7 @@ class IngestionRepository:
         )
         for attempt in range(_RETRIES):
             try:
-                rows = await self.pool.fetch(_STORE_EVENTS, *args, timeout=timeout)
+                rows = await self._store(args, timeout)
                 break
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == _RETRIES - 1:
@@ -263,6 +313,22 @@ class IngestionRepository:
             for event in await self.stored_events(seen, timeout):
                 results[(event.customer_id, event.event_id)] = (event.SerializeToString(), True)
         return results
+
+    async def _store(self, args: Sequence[object], timeout: float | None) -> list[asyncpg.Record]:
+        """Run the storing statement for ``args``: the plain form first, unless a key stored
+        before made it fail lately (a client sending again what it sent, as at-least-once
+        producers do: each failure costs a statement's work up to the key, and an error line in
+        PostgreSQL's log)."""
+        if self._tolerant_statements:
+            self._tolerant_statements -= 1
+        else:
+            try:
+                return await self.pool.fetch(_STORE_NEW_EVENTS, *args, timeout=timeout)
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name != _EVENT_KEY:
+                    raise
+                self._tolerant_statements = _TOLERANT_AFTER_CONFLICT
+        return await self.pool.fetch(_STORE_EVENTS, *args, timeout=timeout)
 
     async def stored_events(
         self, keys: Sequence[NewEvent], timeout: float | None = None
