@@ -165,9 +165,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, wha
 
 
 async def session_waits_for_a_lock(db: asyncpg.Connection, what: str, timeout_s: float = 60) -> None:
-    """Wait until a session of ``db``'s database waits for a lock (a row's, a key's, a transaction's)."""
+    """Wait until a session of ``db``'s database waits for a lock (a row's, a key's, a transaction's).
+    ``db`` may be in a transaction: the sessions' states are read afresh each time, not from the
+    snapshot PostgreSQL keeps for the rest of a transaction."""
 
     async def waiting() -> bool:
+        await db.execute("SELECT pg_stat_clear_snapshot()")
         return bool(
             await db.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

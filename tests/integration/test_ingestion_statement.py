@@ -110,12 +110,21 @@ class RecordingPool:
         self.forms: list[str] = []
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> list[asyncpg.Record]:
-        form = {statements._STORE_NEW_EVENTS: "new", statements._STORE_EVENTS: "tolerant"}.get(query)
         try:
             return await self.pool.fetch(query, *args, **kwargs)
         finally:
-            if form:
-                self.forms.append(form)
+            self._record(query)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        try:
+            return await self.pool.execute(query, *args, **kwargs)
+        finally:
+            self._record(query)
+
+    def _record(self, query: str) -> None:
+        form = {statements._STORE_NEW_EVENTS: "new", statements._STORE_EVENTS: "tolerant"}.get(query)
+        if form:
+            self.forms.append(form)
 
 
 async def test_a_key_stored_before_sends_this_batch_and_the_next_ones_through_the_tolerant_form(
@@ -183,3 +192,44 @@ async def test_the_new_events_are_written_before_their_stats_rows_are_locked(db_
                         NOW,
                     )
         assert {key: seen for key, (_, seen) in (await storing).items()} == {("c1", "e2"): False}
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+async def test_new_events_outbox_rows_hold_each_partitions_entries_and_customers_in_arrival_order(
+    db_url: str, partitions: int
+) -> None:
+    """The plain form gets each partition's outbox row made: the entries are sorted by key for the
+    statement's columns, and put back in the order they arrived."""
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        recording = RecordingPool(pool)
+        layout = stream.StreamLayout("app:{events}", partitions=partitions)
+        repository = IngestionRepository(recording, layout)  # type: ignore[arg-type]
+        arrived = [(f"c{(7 * i) % 10}", f"e{99 - i:02d}") for i in range(40)]
+        await repository.store_events(events(*arrived), NOW)
+        assert recording.forms == ["new"]
+        rows = await pool.fetch("SELECT stream, customer_ids, entries FROM event_outbox ORDER BY id")
+        assert sorted(r["stream"] for r in rows) == sorted({layout.key_for(c) for c, _ in arrived})
+        for row in rows:
+            unpacked = [(e[0], e[1]) for e in stream.unpack_entries(row["entries"])]
+            assert unpacked == [key for key in arrived if layout.key_for(key[0]) == row["stream"]]
+            assert row["customer_ids"] == [c for c, _ in unpacked]
+
+
+async def test_a_statement_with_system_events_goes_through_the_tolerant_form(db_url: str) -> None:
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
+        recording = RecordingPool(pool)
+        repository = IngestionRepository(recording)  # type: ignore[arg-type]
+        arrival = validation.Arrival.now_under("", ManualClock(NOW))
+        system = validation.system_event(
+            ingestion_pb2.TrackSystemEventRequest(event_id="s1", name="InStock"), arrival
+        )
+        assert isinstance(system, validation.NewEvent)
+        results = await repository.store_events([*events(("c1", "e1")), system], NOW)
+        assert recording.forms == ["tolerant"]
+        assert {key: seen for key, (_, seen) in results.items()} == {("c1", "e1"): False, ("", "s1"): False}
+        published = [
+            e[1]
+            for r in await pool.fetch("SELECT entries FROM event_outbox")
+            for e in stream.unpack_entries(r["entries"])
+        ]
+        assert published == ["e1", "s1"]

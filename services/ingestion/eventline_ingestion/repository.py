@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import asyncpg
 from eventline.common.v1 import common_pb2
 
-from eventline_ingestion.stored_form import received_at_field, statement_columns
+from eventline_ingestion.stored_form import StatementColumns, received_at_field, statement_columns
 from eventline_ingestion.validation import CustomerChange, NewEvent
 from eventline_shared.server.config import DEFAULT_STREAM
 from eventline_shared.storage import notifications
@@ -50,42 +50,17 @@ _STATS_UPSERT = """
         first_at = least(s.first_at, excluded.first_at),
         last_at = greatest(s.last_at, excluded.last_at),
         count = s.count + excluded.count"""
-_SYSTEM_EVENTS = """
-system_input AS (
-    SELECT event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
-           context, entry, seq
-    FROM unnest($8::text[], $9::text[], $10::bigint[], $11::jsonb[], $12::bytea[], $16::int[])
-        AS t(event_id, name, occurred_us, context, entry, seq)
-),
-system_stored AS (
-    INSERT INTO system_events (event_id, name, occurred_at, received_at, context)
-    SELECT event_id, name, occurred_at, $7, context FROM system_input
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-)"""
-_SYSTEM_OUTBOX_ITEMS = """
-    SELECT '', i.entry, $15::text, i.seq
-    FROM system_stored JOIN system_input i USING (event_id)"""
-# One row per partition stream, its entries in the order the events arrived.
-_OUTBOX = """
-outbox AS (
-    INSERT INTO event_outbox (stream, customer_ids, entries)
-    SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
-    FROM outbox_items GROUP BY stream ORDER BY stream
-)"""
-# The keys not stored (stored before): usually none, so usually no row to send and decode.
-_SYSTEM_NOT_STORED = """
-SELECT '', event_id FROM unnest($8::text[]) AS k(event_id)
-EXCEPT ALL SELECT '', event_id FROM system_stored"""
 
-# Plain inserts: no ON CONFLICT arbiter probe and speculative insertion per event, no RETURNING,
-# no joins on what was stored (~15 % of PostgreSQL's CPU per batch event; docs/performance.md).
-# A key stored before fails it on the primary key: nothing of it is kept, and the events go
-# through _STORE_EVENTS. The stats come from the arrays, not from the events inserted, and are
-# written first: data-modifying parts that the query does not read run to completion after it,
-# the last written first (PostgreSQL's ExecPostprocessPlan), so the stats rows, which concurrent
-# statements share (a busy customer's), are locked last, once the events are in, and held only
-# to the commit.
+# Plain inserts, for customer events only: no ON CONFLICT arbiter probe and speculative insertion
+# per event, no RETURNING, no joins on what was stored (~15 % of PostgreSQL's CPU per batch event;
+# docs/performance.md). A key stored before fails it on the primary key: nothing of it is kept,
+# and the events go through _STORE_EVENTS. Every event being stored, each partition stream's
+# outbox row comes made ($6: the streams, $8: their customers joined, $9: their entries packed,
+# in arrival order), not aggregated here from an entry per event. The stats come from the arrays,
+# not from the events inserted, and are written first: data-modifying parts run to completion
+# after the main statement (the outbox's insert), the last written first (PostgreSQL's
+# ExecPostprocessPlan), so the stats rows, which concurrent statements share (a busy customer's),
+# are locked last, once the events are in, and held only to the commit.
 _STORE_NEW_EVENTS = f"""
 WITH stats AS (
     INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
@@ -98,13 +73,10 @@ stored AS (
     INSERT INTO customer_events (customer_id, event_id, name, occurred_at, received_at, context)
     SELECT customer_id, event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond', $7, context
     FROM input_us
-),{_SYSTEM_EVENTS},
-outbox_items AS (
-    SELECT i.customer_id, i.entry, coalesce(i.stream, $15::text) AS stream, i.seq
-    FROM unnest(string_to_array($1::text, ','), $6::bytea[], $13::text[], $14::int[])
-        AS i(customer_id, entry, stream, seq)
-    UNION ALL{_SYSTEM_OUTBOX_ITEMS}
-),{_OUTBOX}{_SYSTEM_NOT_STORED}
+)
+INSERT INTO event_outbox (stream, customer_ids, entries)
+SELECT stream, string_to_array(customer_ids, ','), entries
+FROM unnest($6::text[], $8::text[], $9::bytea[]) AS t(stream, customer_ids, entries)
 """
 
 # ON CONFLICT DO NOTHING makes the events stored before store nothing; the stats and the outbox
@@ -128,7 +100,19 @@ stats AS (
     INSERT INTO customer_event_stats AS s (customer_id, name, first_at, last_at, count)
     SELECT customer_id, name, min(occurred_at), max(occurred_at), count(*)
     FROM stored{_STATS_UPSERT}
-),{_SYSTEM_EVENTS},
+),
+system_input AS (
+    SELECT event_id, name, to_timestamp(0) + occurred_us * interval '1 microsecond' AS occurred_at,
+           context, entry, seq
+    FROM unnest($8::text[], $9::text[], $10::bigint[], $11::jsonb[], $12::bytea[], $16::int[])
+        AS t(event_id, name, occurred_us, context, entry, seq)
+),
+system_stored AS (
+    INSERT INTO system_events (event_id, name, occurred_at, received_at, context)
+    SELECT event_id, name, occurred_at, $7, context FROM system_input
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
 -- The outbox's columns come from the arrays again, not from input: read once (by stored),
 -- input is inlined into stored's SELECT instead of being written to a tuplestore with every
 -- entry's bytes (~0.7 µs of PostgreSQL per event; docs/performance.md).
@@ -137,13 +121,23 @@ outbox_items AS (
     FROM stored JOIN unnest(string_to_array($1::text, ','), string_to_array($2::text, ','), $6::bytea[],
                             $13::text[], $14::int[])
         AS i(customer_id, event_id, entry, stream, seq) USING (customer_id, event_id)
-    UNION ALL{_SYSTEM_OUTBOX_ITEMS}
-),{_OUTBOX}
+    UNION ALL
+    SELECT '', i.entry, $15::text, i.seq
+    FROM system_stored JOIN system_input i USING (event_id)
+),
+-- One row per partition stream, its entries in the order the events arrived.
+outbox AS (
+    INSERT INTO event_outbox (stream, customer_ids, entries)
+    SELECT stream, array_agg(customer_id ORDER BY seq), string_agg(entry, ''::bytea ORDER BY seq)
+    FROM outbox_items GROUP BY stream ORDER BY stream
+)
+-- The keys not stored (stored before): usually none, so usually no row to send and decode.
 (SELECT customer_id, event_id FROM unnest(string_to_array($1::text, ','), string_to_array($2::text, ','))
     AS k(customer_id, event_id)
  EXCEPT ALL SELECT customer_id, event_id FROM stored)
 UNION ALL
-({_SYSTEM_NOT_STORED})
+(SELECT '', event_id FROM unnest($8::text[]) AS k(event_id)
+ EXCEPT ALL SELECT '', event_id FROM system_stored)
 """
 _SEPARATOR = ","
 """Joins the customer events' ids and names sent to ``_STORE_EVENTS``: ``CUSTOMER_ID``,
@@ -279,26 +273,9 @@ class IngestionRepository:
         key_for = self.layout.key_for if self.layout.partitions > 1 else None
         columns = statement_columns(events, received, key_for)
         built = columns.built
-        customer, system = columns.customer, columns.system
-        args = (
-            *(_joined(column) for column in (columns.customer_ids, customer.event_ids, customer.names)),
-            customer.occurred,
-            _joined(customer.contexts, _CONTEXT_SEPARATOR),
-            customer.entries,
-            received_at,
-            system.event_ids,
-            system.names,
-            system.occurred,
-            system.contexts,
-            system.entries,
-            columns.stream_keys,
-            customer.seqs,
-            self.layout.key(0),
-            system.seqs,
-        )
         for attempt in range(_RETRIES):
             try:
-                rows = await self._store(args, timeout)
+                rows = await self._store(columns, received_at, timeout)
                 break
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == _RETRIES - 1:
@@ -314,21 +291,76 @@ class IngestionRepository:
                 results[(event.customer_id, event.event_id)] = (event.SerializeToString(), True)
         return results
 
-    async def _store(self, args: Sequence[object], timeout: float | None) -> list[asyncpg.Record]:
-        """Run the storing statement for ``args``: the plain form first, unless a key stored
-        before made it fail lately (a client sending again what it sent, as at-least-once
+    async def _store(
+        self, columns: StatementColumns, received_at: dt.datetime, timeout: float | None
+    ) -> list[asyncpg.Record]:
+        """Run a storing statement: for customer events only, the plain form first, unless a key
+        stored before made it fail lately (a client sending again what it sent, as at-least-once
         producers do: each failure costs a statement's work up to the key, and an error line in
-        PostgreSQL's log)."""
+        PostgreSQL's log); the keys not stored."""
+        customer = columns.customer
+        joined = [_joined(column) for column in (columns.customer_ids, customer.event_ids, customer.names)]
+        contexts = _joined(customer.contexts, _CONTEXT_SEPARATOR)
         if self._tolerant_statements:
             self._tolerant_statements -= 1
-        else:
+        elif customer.event_ids and not columns.system.event_ids:
+            streams, customer_ids, entries = self._outbox_rows(columns)
             try:
-                return await self.pool.fetch(_STORE_NEW_EVENTS, *args, timeout=timeout)
+                await self.pool.execute(
+                    _STORE_NEW_EVENTS,
+                    *joined,
+                    customer.occurred,
+                    contexts,
+                    streams,
+                    received_at,
+                    customer_ids,
+                    entries,
+                    timeout=timeout,
+                )
+                return []
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != _EVENT_KEY:
                     raise
                 self._tolerant_statements = _TOLERANT_AFTER_CONFLICT
-        return await self.pool.fetch(_STORE_EVENTS, *args, timeout=timeout)
+        system = columns.system
+        return await self.pool.fetch(
+            _STORE_EVENTS,
+            *joined,
+            customer.occurred,
+            contexts,
+            customer.entries,
+            received_at,
+            system.event_ids,
+            system.names,
+            system.occurred,
+            system.contexts,
+            system.entries,
+            columns.stream_keys,
+            customer.seqs,
+            self.layout.key(0),
+            system.seqs,
+            timeout=timeout,
+        )
+
+    def _outbox_rows(self, columns: StatementColumns) -> tuple[list[str], list[str], list[bytes]]:
+        """For customer events all new: each partition stream's outbox row (the streams in order,
+        their customers joined, their entries packed), its events in the order they arrived."""
+        customer, ids = columns.customer, columns.customer_ids
+        arrived = sorted(range(len(ids)), key=customer.seqs.__getitem__)
+        keys = columns.stream_keys
+        if not keys:  # one partition stream
+            per_stream = {self.layout.key(0): arrived}
+        else:
+            per_stream = {}
+            for i in arrived:
+                per_stream.setdefault(keys[i], []).append(i)
+        streams = sorted(per_stream)
+        entries = customer.entries
+        return (
+            streams,
+            [_SEPARATOR.join([ids[i] for i in per_stream[s]]) for s in streams],
+            [b"".join([entries[i] for i in per_stream[s]]) for s in streams],
+        )
 
     async def stored_events(
         self, keys: Sequence[NewEvent], timeout: float | None = None
