@@ -68,6 +68,46 @@ async def test_new_keys_are_answered_as_built_and_stored_ones_with_the_stored_ev
         assert sorted(published) == ["e1", "e2", "e3", "e4"]
 
 
+def mixed(*keys: tuple[str, str]) -> list[validation.NewEvent]:
+    """Customer events, and system events where the customer id is ``""``, in this order."""
+    arrival = validation.Arrival.now_under("", ManualClock(NOW))
+    made = []
+    for customer_id, event_id in keys:
+        if customer_id:
+            made += events((customer_id, event_id))
+            continue
+        system = validation.system_event(
+            ingestion_pb2.TrackSystemEventRequest(event_id=event_id, name="Restocked"), arrival
+        )
+        assert isinstance(system, validation.NewEvent)
+        made.append(system)
+    return made
+
+
+async def test_the_outbox_row_holds_the_new_events_in_arrival_order_whether_or_not_some_were_stored(
+    db_url: str,
+) -> None:
+    # All new: the outbox takes the arrays' rows as they are; some stored before: only the new
+    # ones, joined with what was stored. Either way in arrival order, system events among them.
+    async with asyncpg.create_pool(db_url, min_size=1, max_size=2) as pool:
+        repository = IngestionRepository(pool, stream.StreamLayout("app:events"))
+
+        async def outbox_row() -> list[str]:
+            rows = await pool.fetch("DELETE FROM event_outbox RETURNING entries")
+            assert len(rows) == 1
+            return [event_id for _, event_id, *_ in stream.unpack_entries(rows[0]["entries"])]
+
+        await repository.store_events(mixed(("c2", "e1"), ("", "s1"), ("c1", "e2"), ("c2", "e3")), NOW)
+        assert await outbox_row() == ["e1", "s1", "e2", "e3"]
+        again = mixed(
+            ("c3", "e4"), ("c1", "e2"), ("", "s2"), ("", "s1"), ("c2", "e5"), ("c2", "e1"), ("c1", "e6")
+        )
+        await repository.store_events(again, NOW)
+        assert await outbox_row() == ["e4", "s2", "e5", "e6"]
+        await repository.store_events(mixed(("c1", "e2"), ("", "s1")), NOW)
+        assert await pool.fetchval("SELECT count(*) FROM event_outbox") == 0
+
+
 @pytest.mark.parametrize("field", ["customer_id", "event_id", "name"])
 async def test_an_id_or_name_holding_the_separator_stores_nothing(db_url: str, field: str) -> None:
     """Validation admits no comma in ids and names; the statement would misalign its columns if one
@@ -219,12 +259,7 @@ async def test_a_statement_with_system_events_goes_through_the_tolerant_form(db_
     async with asyncpg.create_pool(db_url, min_size=1, max_size=1) as pool:
         recording = RecordingPool(pool)
         repository = IngestionRepository(recording)  # type: ignore[arg-type]
-        arrival = validation.Arrival.now_under("", ManualClock(NOW))
-        system = validation.system_event(
-            ingestion_pb2.TrackSystemEventRequest(event_id="s1", name="InStock"), arrival
-        )
-        assert isinstance(system, validation.NewEvent)
-        results = await repository.store_events([*events(("c1", "e1")), system], NOW)
+        results = await repository.store_events(mixed(("c1", "e1"), ("", "s1")), NOW)
         assert recording.forms == ["tolerant"]
         assert {key: seen for key, (_, seen) in results.items()} == {("c1", "e1"): False, ("", "s1"): False}
         published = [
