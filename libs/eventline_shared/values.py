@@ -207,7 +207,11 @@ class Encoded:
     __slots__ = ("json", "normalized", "violations", "wire")
 
     def __init__(
-        self, json: str, violations: list[FieldViolation], normalized: dict[str, common_pb2.Value], wire: bytes
+        self,
+        json: str,
+        violations: list[FieldViolation],
+        normalized: dict[str, common_pb2.Value],
+        wire: bytes,
     ) -> None:
         self.json = json
         """The JSON storage text."""
@@ -352,7 +356,9 @@ def encode_values(
     if not count:
         return Encoded("{}", violations, normalized, b"")
     if count > MAX_CONTEXT_KEYS:
-        violations.append(FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {count}"))
+        violations.append(
+            FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {count}")
+        )
         return Encoded("", violations, normalized, b"")
     wire = bool(map_field)
     parts: list[str] = []

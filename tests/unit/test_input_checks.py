@@ -359,7 +359,9 @@ long_values = st.one_of(
     # still written (a oneof's member has presence), negative numbers take ten bytes.
     st.builds(common_pb2.Value, boolean_value=st.booleans()),
     st.builds(common_pb2.Value, integer_value=st.sampled_from([0, -1, 127, 128, -(2**63), 2**63 - 1])),
-    st.builds(common_pb2.Value, decimal_value=st.sampled_from(["0.0", "-0.5", "1e3", "007.10", "1" * 37 + ".5"])),
+    st.builds(
+        common_pb2.Value, decimal_value=st.sampled_from(["0.0", "-0.5", "1e3", "007.10", "1" * 37 + ".5"])
+    ),
     st.builds(
         common_pb2.Value,
         timestamp_value=st.builds(
@@ -405,7 +407,9 @@ def test_the_stored_event_written_by_hand_is_the_message_the_protobuf_api_builds
     assert isinstance(event, validation.NewEvent)
     received_at = timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
     sent = getattr(item, item.WhichOneof("event"))
-    occurred_at = timestamp_pb2.Timestamp(seconds=arrival.now_us // 10**6, nanos=arrival.now_us % 10**6 * 1000)
+    occurred_at = timestamp_pb2.Timestamp(
+        seconds=arrival.now_us // 10**6, nanos=arrival.now_us % 10**6 * 1000
+    )
     if sent.HasField("occurred_at"):  # stored cut to microseconds
         occurred_at = timestamp_pb2.Timestamp(
             seconds=sent.occurred_at.seconds, nanos=sent.occurred_at.nanos // 1000 * 1000

@@ -72,12 +72,12 @@ class NewEvent:
     __slots__ = (
         "context",
         "context_json",
+        "context_wire",
         "customer_id",
         "event_id",
         "key",
         "kind",
         "name",
-        "context_wire",
         "normalized",
         "occurred_at",
         "occurred_us",
@@ -285,6 +285,14 @@ def batch_item(
     if isinstance(checked, NewEvent):
         return checked
     return [violation.under(f"events[{index}].{which}") for violation in checked]
+
+
+def batch_items(
+    items: Sequence[ingestion_pb2.TrackEventsItem], arrival: Arrival
+) -> list[NewEvent | list[FieldViolation]]:
+    """``batch_item`` of each item of a request, in a compiled loop (interpreted in the servicer,
+    the loop was ~2 % of the service's samples per batch event)."""
+    return [batch_item(item, i, arrival) for i, item in enumerate(items)]
 
 
 @dataclass(frozen=True, slots=True)
