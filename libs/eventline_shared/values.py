@@ -344,6 +344,24 @@ def valid_code(code: str) -> bool:
     return True
 
 
+_CODE_FORMS: Final[dict[str, tuple[str, bytes]]] = {}
+"""Valid codes seen, each with the start of its JSON member (``"code": ``) and its map entry's key
+field (codes repeat across events; bounded by ``_MAX_VALID_CODES``)."""
+
+
+def _code_forms(code: str) -> tuple[str, bytes] | None:
+    """``code``'s forms in a stored map, or None if it is not a valid code."""
+    forms = _CODE_FORMS.get(code)
+    if forms is None:
+        if not valid_code(code):
+            return None
+        key = code.encode()
+        forms = (f'"{code}": ', _ENTRY_KEY + varint(len(key)) + key)
+        if len(_CODE_FORMS) < _MAX_VALID_CODES:
+            _CODE_FORMS[code] = forms
+    return forms
+
+
 def encode_values(
     values: Mapping[str, common_pb2.Value], field: str, what: str = "field code", map_field: bytes = b""
 ) -> Encoded:
@@ -365,7 +383,8 @@ def encode_values(
     entries: list[bytes] = []
     size = 0
     for code in sorted(values):  # keys, then each value: iterating a protobuf map's items is slower
-        if not valid_code(code):
+        forms = _code_forms(code)
+        if forms is None:
             violations.append(
                 FieldViolation(quote_path(field, code), f"{what} {quote(code)} must match {CODE_PATTERN}")
             )
@@ -376,11 +395,12 @@ def encode_values(
             continue
         text, measured, data = encoded
         size += len(code) + measured
-        parts.append(f'"{code}": {text}')
-        if wire:
-            key = code.encode()
-            entry = b"".join((_ENTRY_KEY, varint(len(key)), key, _ENTRY_VALUE, varint(len(data)), data))
-            entries += (map_field, varint(len(entry)), entry)
+        member, key_field = forms
+        parts.append(member + text)
+        if wire:  # the map entry: its key field, then its value's
+            value_size = varint(len(data))
+            entry_size = len(key_field) + len(_ENTRY_VALUE) + len(value_size) + len(data)
+            entries += (map_field, varint(entry_size), key_field, _ENTRY_VALUE, value_size, data)
     if size > MAX_CONTEXT_BYTES:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_BYTES} bytes are allowed in all, got {size}")
