@@ -105,11 +105,17 @@ def datetime_to_timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=delta.microseconds * 1000)
 
 
-_TIMESTAMP_RANGE: Final = "timestamp must be between years 1 and 9999, with nanos from 0 to 999,999,999"
+TIMESTAMP_RANGE: Final = "timestamp must be between years 1 and 9999, with nanos from 0 to 999,999,999"
 
 
 def _timestamp_in_range(ts: timestamp_pb2.Timestamp) -> bool:
-    return _TS_MIN_SECONDS <= ts.seconds <= _TS_MAX_SECONDS and 0 <= ts.nanos < _NANOS
+    return in_timestamp_range(ts.seconds, ts.nanos)
+
+
+def in_timestamp_range(seconds: int, nanos: int) -> bool:
+    """``check_timestamp``'s rule for a timestamp whose fields were read already (each read of a
+    protobuf field is a call)."""
+    return _TS_MIN_SECONDS <= seconds <= _TS_MAX_SECONDS and 0 <= nanos < _NANOS
 
 
 def check_timestamp(
@@ -128,7 +134,7 @@ def check_timestamp(
     Only a timestamp that passes may go to ``timestamp_to_datetime``.
     """
     if not _timestamp_in_range(ts):
-        return FieldViolation(field, _TIMESTAMP_RANGE)
+        return FieldViolation(field, TIMESTAMP_RANGE)
     if earliest is not None or latest is not None:
         moment = timestamp_to_datetime(ts)
         if (earliest is not None and moment < earliest) or (latest is not None and moment >= latest):
@@ -198,14 +204,14 @@ class Encoded:
     """A validated map in storage form (one per event: a class with slots, whose construction
     costs less than a ``NamedTuple``'s, compiled or not)."""
 
-    __slots__ = ("json", "normalized", "stored", "violations")
+    __slots__ = ("json", "normalized", "violations", "wire")
 
     def __init__(
         self,
         json: str,
         violations: list[FieldViolation],
         normalized: dict[str, common_pb2.Value],
-        stored: list[tuple[str, common_pb2.Value]],
+        wire: bytes,
     ) -> None:
         self.json = json
         """The JSON storage text."""
@@ -213,48 +219,104 @@ class Encoded:
         self.normalized = normalized
         """Values whose stored form differs from what was sent (decimals in plain notation,
         timestamps cut to microseconds), by code; the others are stored exactly as sent."""
-        self.stored = stored
-        """Each code and its value as stored (``normalized`` applied), in code order: read once
-        here, where each read of a protobuf map builds a new message object (~0.25 µs)."""
+        self.wire = wire
+        """The map as stored (``normalized`` applied), serialized as the field ``map_field`` of
+        ``encode_values`` (empty without it), each entry in code order."""
+
+
+# The serialized form of a map of values as stored, for a message written by hand (the stored
+# event: eventline_ingestion.stored_form), from what validation reads of each value anyway: a
+# value's SerializeToString is a call of ~0.5 µs, its bytes here a few concatenations. A map
+# entry is a message of its key (field 1) and its value (field 2); a Value holds one field of its
+# oneof, written even when zero or empty (a oneof's member has presence). Tags: field number << 3
+# | wire type (0: varint, 2: length-delimited).
+_ENTRY_KEY: Final = b"\x0a"
+_ENTRY_VALUE: Final = b"\x12"
+_STRING_VALUE: Final = b"\x0a"
+_INTEGER_VALUE: Final = b"\x10"
+_DECIMAL_VALUE: Final = b"\x1a"
+_TRUE_VALUE: Final = b"\x20\x01"
+_FALSE_VALUE: Final = b"\x20\x00"
+_TIMESTAMP_VALUE: Final = b"\x2a"
+_TIMESTAMP_SECONDS: Final = b"\x08"
+_TIMESTAMP_NANOS: Final = b"\x10"
+_SHORT_VARINTS: Final[list[bytes]] = [bytes((n,)) for n in range(128)]
+_TWO_TO_64: Final = 1 << 64
+
+
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf varint; a negative one (an int64) as its 64-bit two's complement."""
+    if 0 <= n < 128:
+        return _SHORT_VARINTS[n]
+    if n < 0:
+        n += _TWO_TO_64
+    # Its bytes gathered in an int, little-endian: compiled, a third of appending to a bytearray.
+    spread = 0
+    size = 0
+    while n > 0x7F:
+        spread |= (n & 0x7F | 0x80) << (8 * size)
+        size += 1
+        n >>= 7
+    return (spread | n << (8 * size)).to_bytes(size + 1, "little")
+
+
+def length_delimited(key: bytes, data: bytes) -> bytes:
+    """A length-delimited protobuf field (``key``: its field number and wire type) holding ``data``."""
+    return key + varint(len(data)) + data
+
+
+def timestamp_bytes(seconds: int, nanos: int) -> bytes:
+    """A ``google.protobuf.Timestamp`` serialized, its zero fields left out as proto3 does."""
+    data = _TIMESTAMP_SECONDS + varint(seconds) if seconds else b""
+    return data + _TIMESTAMP_NANOS + varint(nanos) if nanos else data
 
 
 def _encode_value(
-    value: common_pb2.Value, code: str, normalized: dict[str, common_pb2.Value]
-) -> tuple[str, int] | str:
-    """The value's storage text and its size by the documented measure (below), or why it is
-    invalid (a text alone)."""
-    kind = value.WhichOneof("kind")
-    if kind == "integer_value":
-        text = str(value.integer_value)
-        return text, len(text)
-    if kind == "decimal_value":
-        decimal = _decimal_text(value.decimal_value)
+    value: common_pb2.Value, code: str, normalized: dict[str, common_pb2.Value], wire: bool
+) -> tuple[str, int, bytes] | str:
+    """The value's storage text, its size by the documented measure (below) and, with ``wire``,
+    its serialized form as stored (else empty); or why it is invalid (a text alone)."""
+    # A HasField is a cheaper call than WhichOneof (which makes a text of the kind's name): the
+    # kinds clients send most are asked first, each read once.
+    if value.HasField("integer_value"):
+        number = value.integer_value
+        text = str(number)
+        return text, len(text), _INTEGER_VALUE + varint(number) if wire else b""
+    if value.HasField("decimal_value"):
+        sent = value.decimal_value
+        decimal = _decimal_text(sent)
         if decimal is None:
             return (
-                f"decimal {quote(value.decimal_value)} must be a finite number in ASCII digits with "
+                f"decimal {quote(sent)} must be a finite number in ASCII digits with "
                 f"at most {MAX_DECIMAL_DIGITS} significant digits"
             )
-        if decimal != value.decimal_value:
+        if decimal != sent:
             normalized[code] = common_pb2.Value(decimal_value=decimal)
-        return decimal, len(decimal)
-    if kind == "string_value":
+        return decimal, len(decimal), length_delimited(_DECIMAL_VALUE, decimal.encode()) if wire else b""
+    if value.HasField("string_value"):
         text = value.string_value
         if len(text) > MAX_STRING_CHARS:
             return f"string is longer than {MAX_STRING_CHARS} characters"
         if "\x00" in text:
             return "string must not contain NUL characters"
-        return _json_string(text), len(text.encode())
+        data = text.encode()
+        return _json_string(text), len(data), length_delimited(_STRING_VALUE, data) if wire else b""
+    kind = value.WhichOneof("kind")
     if kind == "boolean_value":
-        return ("true", 4) if value.boolean_value else ("false", 5)
+        return ("true", 4, _TRUE_VALUE) if value.boolean_value else ("false", 5, _FALSE_VALUE)
     if kind == "timestamp_value":
         ts = value.timestamp_value
-        if not _timestamp_in_range(ts):
-            return _TIMESTAMP_RANGE
-        if ts.nanos % 1000:
+        seconds, nanos = ts.seconds, ts.nanos
+        if not in_timestamp_range(seconds, nanos):
+            return TIMESTAMP_RANGE
+        micros = nanos // 1000
+        if nanos % 1000:
             normalized[code] = common_pb2.Value(
-                timestamp_value=timestamp_pb2.Timestamp(seconds=ts.seconds, nanos=ts.nanos - ts.nanos % 1000)
+                timestamp_value=timestamp_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
             )
-        return '{"ts": "' + _iso(timestamp_to_datetime(ts)) + '"}', _TIMESTAMP_TEXT_BYTES
+        text = '{"ts": "' + _iso(EPOCH + dt.timedelta(seconds=seconds, microseconds=micros)) + '"}'
+        stored = length_delimited(_TIMESTAMP_VALUE, timestamp_bytes(seconds, micros * 1000)) if wire else b""
+        return text, _TIMESTAMP_TEXT_BYTES, stored
     return "value must have one of string, integer, decimal, boolean or timestamp set"
 
 
@@ -282,42 +344,68 @@ def valid_code(code: str) -> bool:
     return True
 
 
-def encode_values(values: Mapping[str, common_pb2.Value], field: str, what: str = "field code") -> Encoded:
-    """Validate a context or attribute map and return its JSON storage text."""
+_CODE_FORMS: Final[dict[str, tuple[str, bytes]]] = {}
+"""Valid codes seen, each with the start of its JSON member (``"code": ``) and its map entry's key
+field (codes repeat across events; bounded by ``_MAX_VALID_CODES``)."""
+
+
+def _code_forms(code: str) -> tuple[str, bytes] | None:
+    """``code``'s forms in a stored map, or None if it is not a valid code."""
+    forms = _CODE_FORMS.get(code)
+    if forms is None:
+        if not valid_code(code):
+            return None
+        key = code.encode()
+        forms = (f'"{code}": ', _ENTRY_KEY + varint(len(key)) + key)
+        if len(_CODE_FORMS) < _MAX_VALID_CODES:
+            _CODE_FORMS[code] = forms
+    return forms
+
+
+def encode_values(
+    values: Mapping[str, common_pb2.Value], field: str, what: str = "field code", map_field: bytes = b""
+) -> Encoded:
+    """Validate a context or attribute map and return its JSON storage text; with ``map_field``
+    (a tag: the field number of a map of values and wire type 2) also the map as stored,
+    serialized as that field (``Encoded.wire``)."""
     violations: list[FieldViolation] = []
     normalized: dict[str, common_pb2.Value] = {}
-    stored: list[tuple[str, common_pb2.Value]] = []
-    if not values:
-        return Encoded("{}", violations, normalized, stored)
-    if len(values) > MAX_CONTEXT_KEYS:
+    count = len(values)
+    if not count:
+        return Encoded("{}", violations, normalized, b"")
+    if count > MAX_CONTEXT_KEYS:
         violations.append(
-            FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {len(values)}")
+            FieldViolation(field, f"at most {MAX_CONTEXT_KEYS} fields are allowed, got {count}")
         )
-        return Encoded("", violations, normalized, stored)
+        return Encoded("", violations, normalized, b"")
+    wire = bool(map_field)
     parts: list[str] = []
+    entries: list[bytes] = []
     size = 0
     for code in sorted(values):  # keys, then each value: iterating a protobuf map's items is slower
-        if not valid_code(code):
+        forms = _code_forms(code)
+        if forms is None:
             violations.append(
                 FieldViolation(quote_path(field, code), f"{what} {quote(code)} must match {CODE_PATTERN}")
             )
             continue
-        value = values[code]
-        encoded = _encode_value(value, code, normalized)
+        encoded = _encode_value(values[code], code, normalized, wire)
         if isinstance(encoded, str):
             violations.append(FieldViolation(quote_path(field, code), encoded))
             continue
-        text, measured = encoded
+        text, measured, data = encoded
         size += len(code) + measured
-        parts.append(f'"{code}": {text}')
-        stored.append((code, value))
+        member, key_field = forms
+        parts.append(member + text)
+        if wire:  # the map entry: its key field, then its value's
+            value_size = varint(len(data))
+            entry_size = len(key_field) + len(_ENTRY_VALUE) + len(value_size) + len(data)
+            entries += (map_field, varint(entry_size), key_field, _ENTRY_VALUE, value_size, data)
     if size > MAX_CONTEXT_BYTES:
         violations.append(
             FieldViolation(field, f"at most {MAX_CONTEXT_BYTES} bytes are allowed in all, got {size}")
         )
-    if normalized:
-        stored = [(code, normalized.get(code, value)) for code, value in stored]
-    return Encoded("{" + ", ".join(parts) + "}", violations, normalized, stored)
+    return Encoded("{" + ", ".join(parts) + "}", violations, normalized, b"".join(entries))
 
 
 class _DecimalText:

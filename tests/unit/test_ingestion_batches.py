@@ -77,7 +77,7 @@ async def test_violations_of_a_batch_name_their_items() -> None:
 def test_the_compact_reply_of_new_events_is_the_reply_built_item_by_item() -> None:
     """The shortcut (every item valid, new and of its own id) answers what the general rule
     does: an empty result per item."""
-    checked = [NewEvent(1, f"c{i}", "e", "A", 0, None, "{}", {}, {}, [], "") for i in range(3)]  # type: ignore[arg-type]
+    checked = [NewEvent(1, f"c{i}", "e", "A", 0, b"", "{}", {}, {}, b"", "") for i in range(3)]  # type: ignore[arg-type]
     stored = {event.key: (b"", False) for event in checked}
     reply = servicing._compact_reply(checked, stored, {})  # type: ignore[arg-type]
     assert reply == ingestion_pb2.TrackEventsResponse(results=[ingestion_pb2.TrackEventsResult()] * 3)
@@ -110,11 +110,11 @@ def new_event(customer: str, event_id: str) -> NewEvent:
         event_id,
         "A",
         0,
-        None,  # type: ignore[arg-type]
+        b"",
         "{}",
         {},
         {},
-        [],
+        b"",
         "",
     )
 

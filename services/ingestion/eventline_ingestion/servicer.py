@@ -11,7 +11,6 @@ from eventline.ingestion.v1 import ingestion_pb2, ingestion_pb2_grpc
 from eventline_ingestion import validation
 from eventline_ingestion.erasure import Erasure
 from eventline_ingestion.repository import IngestionRepository
-from eventline_ingestion.stored_form import length_delimited
 from eventline_ingestion.validation import Arrival, NewEvent
 from eventline_ingestion.writer import EventWriter, Stored
 from eventline_shared import paging
@@ -29,7 +28,12 @@ from eventline_shared.observability import tracing
 from eventline_shared.paging import MAX_REPLY_BYTES, PageTokens
 from eventline_shared.server.grpc_server import Context, database_timeout
 from eventline_shared.streams.imports import ImportsRunning
-from eventline_shared.values import check_customer_id, check_timestamp, timestamp_to_datetime
+from eventline_shared.values import (
+    check_customer_id,
+    check_timestamp,
+    length_delimited,
+    timestamp_to_datetime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ class IngestionServicer(ingestion_pb2_grpc.IngestionServiceServicer):  # type: i
                 ]
             )
         arrival = _arrival(context, self.clock)
-        checked = [validation.batch_item(item, i, arrival) for i, item in enumerate(request.events)]
+        checked = validation.batch_items(request.events, arrival)
         errors = {
             i: ingestion_pb2.TrackEventsResult(error=InvalidArgument(item).to_status())
             for i, item in enumerate(checked)

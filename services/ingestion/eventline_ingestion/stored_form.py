@@ -14,49 +14,29 @@ from google.protobuf import timestamp_pb2
 
 from eventline_ingestion.validation import NewEvent
 from eventline_shared.streams.entries import pack_encoded_entry
+from eventline_shared.values import length_delimited, varint
 
 # The stored event's serialized form (``eventline.common.v1.Event``) is written here, field by
 # field, rather than by building the message and serializing it: a batch event's payload is
 # needed for its stream entry whatever the reply, and the message only when the reply holds it
 # (then parsed from these bytes); writing the bytes costs about half of building and serializing
-# the message (docs/performance.md). Tags: field number << 3 | wire type (2: length-delimited).
+# the message (docs/performance.md). Its occurred_at and context come serialized from validation
+# (``NewEvent.occurred_at``, ``NewEvent.context_wire``), written from the fields it read. Tags:
+# field number << 3 | wire type (2: length-delimited).
 _EVENT_ID: Final = b"\x0a"
 _CUSTOMER_ID: Final = b"\x1a"
 _NAME: Final = b"\x22"
 _OCCURRED_AT: Final = b"\x2a"
 _RECEIVED_AT: Final = b"\x32"
-_CONTEXT: Final = b"\x3a"
 _KIND: Final[dict[int, bytes]] = {
     kind: b"\x10" + bytes((kind,)) for kind in common_pb2.EventKind.values() if kind
 }
 """Field 2, a varint: the kind's number (each below 128, one byte)."""
-_MAP_KEY: Final = b"\x0a"
-_MAP_VALUE: Final = b"\x12"
-"""A map entry's fields: its key (1) and its value (2)."""
-_SHORT_VARINTS: Final[list[bytes]] = [bytes((n,)) for n in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    """A non-negative length as a protobuf varint."""
-    if n < 128:
-        return _SHORT_VARINTS[n]
-    encoded = bytearray()
-    while n > 0x7F:
-        encoded.append(n & 0x7F | 0x80)
-        n >>= 7
-    encoded.append(n)
-    return bytes(encoded)
-
-
-def length_delimited(key: bytes, data: bytes) -> bytes:
-    """A length-delimited protobuf field (``key``: its field number and wire type) holding ``data``."""
-    return key + _varint(len(data)) + data
 
 
 def received_at_field(received_at: timestamp_pb2.Timestamp) -> bytes:
     """The ``received_at`` field of a stored event's serialized form (one per statement)."""
-    data = received_at.SerializeToString()
-    return _RECEIVED_AT + _varint(len(data)) + data
+    return length_delimited(_RECEIVED_AT, received_at.SerializeToString())
 
 
 def stored_event_bytes(
@@ -64,17 +44,25 @@ def stored_event_bytes(
 ) -> bytes:
     """The serialized ``Event`` exactly as it will be stored and published: ``event`` with its
     ids and name encoded as UTF-8 and its ``received_at_field``."""
-    occurred = event.occurred_at_proto.SerializeToString()
-    parts = [_EVENT_ID, _varint(len(event_id)), event_id, _KIND[event.kind]]
-    if customer_id:  # empty for a system event: proto3 leaves an empty string out
-        parts += (_CUSTOMER_ID, _varint(len(customer_id)), customer_id)
-    parts += (_NAME, _varint(len(name)), name, _OCCURRED_AT, _varint(len(occurred)), occurred, received_at)
-    for code, value in event.stored_context:
-        data = value.SerializeToString()
-        key = code.encode()
-        entry = b"".join((_MAP_KEY, _varint(len(key)), key, _MAP_VALUE, _varint(len(data)), data))
-        parts += (_CONTEXT, _varint(len(entry)), entry)
-    return b"".join(parts)
+    occurred = event.occurred_at
+    return b"".join(
+        (
+            _EVENT_ID,
+            varint(len(event_id)),
+            event_id,
+            _KIND[event.kind],
+            # Empty for a system event: proto3 leaves an empty string out.
+            length_delimited(_CUSTOMER_ID, customer_id) if customer_id else b"",
+            _NAME,
+            varint(len(name)),
+            name,
+            _OCCURRED_AT,
+            varint(len(occurred)),
+            occurred,
+            received_at,
+            event.context_wire,
+        )
+    )
 
 
 class EventColumns:

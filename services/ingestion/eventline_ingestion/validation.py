@@ -14,7 +14,6 @@ from typing import Final, NamedTuple, final
 import email_validator
 from eventline.common.v1 import common_pb2
 from eventline.ingestion.v1 import ingestion_pb2
-from google.protobuf import timestamp_pb2
 
 from eventline_shared import field_masks
 from eventline_shared.clock import SYSTEM_CLOCK, Clock
@@ -24,13 +23,15 @@ from eventline_shared.streams.reserved import RESERVED_EVENT_NAMES
 from eventline_shared.values import (
     CUSTOMER_ID,
     EVENT_ID,
+    TIMESTAMP_RANGE,
     check_code,
     check_customer_id,
     check_event_id,
-    check_timestamp,
     datetime_to_timestamp,
     encode_values,
+    in_timestamp_range,
     present,
+    timestamp_bytes,
     timestamp_micros,
     valid_code,
 )
@@ -57,6 +58,11 @@ EPOCH_REFUSED: Final = (
     "the time (an empty Timestamp); leave occurred_at unset to mean the time of arrival"
 )
 
+_EVENT_CONTEXT: Final = b"\x3a"
+"""The stored event's context: ``eventline.common.v1.Event``'s field 7, length-delimited. Its bytes
+are written as the context is validated (``encode_values``' ``map_field``), from what validation
+reads of each value anyway (``stored_form`` writes the rest of the stored event)."""
+
 
 @final
 class NewEvent:
@@ -66,15 +72,15 @@ class NewEvent:
     __slots__ = (
         "context",
         "context_json",
+        "context_wire",
         "customer_id",
         "event_id",
         "key",
         "kind",
         "name",
         "normalized",
-        "occurred_at_proto",
+        "occurred_at",
         "occurred_us",
-        "stored_context",
         "traceparent",
     )
 
@@ -85,11 +91,11 @@ class NewEvent:
         event_id: str,
         name: str,
         occurred_us: int,
-        occurred_at_proto: timestamp_pb2.Timestamp,
+        occurred_at: bytes,
         context_json: str,
         context: Mapping[str, common_pb2.Value],
         normalized: Mapping[str, common_pb2.Value],
-        stored_context: Sequence[tuple[str, common_pb2.Value]],
+        context_wire: bytes,
         traceparent: str,
     ) -> None:
         self.key = (customer_id, event_id)
@@ -102,13 +108,14 @@ class NewEvent:
         self.occurred_us = occurred_us
         """When it occurred, in microseconds since the epoch (what PostgreSQL keeps of a time: the
         statement turns it into a timestamptz, cheaper than a datetime built and encoded here)."""
-        self.occurred_at_proto = occurred_at_proto
+        self.occurred_at = occurred_at
+        """When it occurred as stored (cut to microseconds): a ``google.protobuf.Timestamp`` serialized."""
         self.context_json = context_json
         self.context = context
         """The context as sent; with ``normalized`` applied, it is the context as stored."""
         self.normalized = normalized
-        self.stored_context = stored_context
-        """The context as stored, each code with its value (``values.Encoded.stored``)."""
+        self.context_wire = context_wire
+        """The context as stored, serialized as the stored event's field (``values.Encoded.wire``)."""
         self.traceparent = traceparent
         """The W3C trace context the event's stream entry carries."""
 
@@ -118,16 +125,18 @@ class Arrival(NamedTuple):
 
     now_us: int
     """Microseconds since the epoch."""
-    now_proto: timestamp_pb2.Timestamp
+    now_bytes: bytes
+    """The same instant as a serialized ``google.protobuf.Timestamp``: the occurred_at of an event
+    sent without one."""
     latest_us: int
     """The latest occurred_at accepted, in microseconds since the epoch."""
     traceparent: str
 
     @classmethod
     def now_under(cls, traceparent: str, clock: Clock = SYSTEM_CLOCK) -> Arrival:
-        now_proto = datetime_to_timestamp(clock.now())
-        now_us = timestamp_micros(now_proto)
-        return cls(now_us, now_proto, now_us + _MAX_FUTURE_US, traceparent)
+        now = datetime_to_timestamp(clock.now())
+        now_us = timestamp_micros(now)
+        return cls(now_us, timestamp_bytes(now.seconds, now.nanos), now_us + _MAX_FUTURE_US, traceparent)
 
 
 def _path(prefix: str, field: str) -> str:
@@ -157,17 +166,16 @@ def _event(
                 "enters or exits a real-time segment",
             )
         )
-    occurred_us, occurred_at_proto = arrival.now_us, arrival.now_proto
+    occurred_us, occurred_at = arrival.now_us, arrival.now_bytes
     if request.HasField("occurred_at"):
-        occurred_at_proto = request.occurred_at
-        bad = check_timestamp(occurred_at_proto, "")
-        seconds, nanos = occurred_at_proto.seconds, occurred_at_proto.nanos  # each read is a call
-        if bad:
-            violations.append(bad.under(_path(prefix, "occurred_at")))
+        sent = request.occurred_at
+        seconds, nanos = sent.seconds, sent.nanos  # each read of a field is a call: once each
+        if not in_timestamp_range(seconds, nanos):  # check_timestamp's rule
+            violations.append(FieldViolation(_path(prefix, "occurred_at"), TIMESTAMP_RANGE))
         elif seconds == 0 and nanos == 0:
             violations.append(FieldViolation(_path(prefix, "occurred_at"), EPOCH_REFUSED))
         else:
-            occurred_us = timestamp_micros(occurred_at_proto)
+            occurred_us = seconds * 1_000_000 + nanos // 1000  # timestamp_micros
             if occurred_us > arrival.latest_us:
                 violations.append(
                     FieldViolation(
@@ -176,9 +184,10 @@ def _event(
                 )
             elif occurred_us < 0:
                 violations.append(FieldViolation(_path(prefix, "occurred_at"), "occurred_at is before 1970"))
-            elif nanos % 1000:
-                occurred_at_proto = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos // 1000 * 1000)
-    context = encode_values(request.context, _path(prefix, "context"))
+            else:
+                occurred_at = timestamp_bytes(seconds, nanos - nanos % 1000)
+    sent_context = request.context  # each read of a map builds its wrapper: once
+    context = encode_values(sent_context, _path(prefix, "context"), map_field=_EVENT_CONTEXT)
     if context.violations:
         violations += context.violations
     if violations:
@@ -189,11 +198,11 @@ def _event(
         event_id,
         name,
         occurred_us,
-        occurred_at_proto,
+        occurred_at,
         context.json,
-        request.context,
+        sent_context,
         context.normalized,
-        context.stored,
+        context.wire,
         arrival.traceparent,
     )
 
@@ -264,16 +273,26 @@ def batch_item(
 ) -> NewEvent | list[FieldViolation]:
     # Validated without the item's path, which is put before the paths of violations only: the
     # valid item, the hot path of a batch, formats no path at all.
-    which = item.WhichOneof("event")
-    if which == "customer_event":
+    # HasField is a cheaper call than WhichOneof (which makes a text of the member's name).
+    if item.HasField("customer_event"):
+        which = "customer_event"
         checked = customer_event(item.customer_event, arrival)
-    elif which == "system_event":
+    elif item.HasField("system_event"):
+        which = "system_event"
         checked = system_event(item.system_event, arrival)
     else:
         return [FieldViolation(f"events[{index}]", "one of customer_event or system_event is required")]
     if isinstance(checked, NewEvent):
         return checked
     return [violation.under(f"events[{index}].{which}") for violation in checked]
+
+
+def batch_items(
+    items: Sequence[ingestion_pb2.TrackEventsItem], arrival: Arrival
+) -> list[NewEvent | list[FieldViolation]]:
+    """``batch_item`` of each item of a request, in a compiled loop (interpreted in the servicer,
+    the loop was ~2 % of the service's samples per batch event)."""
+    return [batch_item(item, i, arrival) for i, item in enumerate(items)]
 
 
 @dataclass(frozen=True, slots=True)
